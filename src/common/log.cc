@@ -1,0 +1,99 @@
+#include "common/log.h"
+
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <ctime>
+
+namespace moat {
+namespace {
+
+std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
+std::atomic<int> g_fd{STDERR_FILENO};
+
+std::string_view LevelName(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kError: return "error";
+  }
+  return "info";
+}
+
+void AppendValue(std::string& out, std::string_view v) {
+  bool quote = v.empty();
+  for (char c : v) {
+    if (c == ' ' || c == '"' || c == '=' || c == '\n' || c == '\\' || c == '\t') quote = true;
+  }
+  if (!quote) {
+    out += v;
+    return;
+  }
+  out += '"';
+  for (char c : v) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+
+}  // namespace
+
+void SetLogLevel(LogLevel level) { g_level = static_cast<int>(level); }
+void SetLogFd(int fd) { g_fd = fd; }
+
+void Log(LogLevel level, std::string_view event, std::initializer_list<LogField> fields) {
+  if (static_cast<int>(level) < g_level.load()) return;
+  timeval tv{};
+  gettimeofday(&tv, nullptr);
+  tm t{};
+  gmtime_r(&tv.tv_sec, &t);
+  char ts[64];
+  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900,
+                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+  std::string line = "ts=";
+  line += ts;
+  line += " level=";
+  line += LevelName(level);
+  line += " event=";
+  AppendValue(line, event);
+  for (const auto& f : fields) {
+    line += ' ';
+    line += f.key;
+    line += '=';
+    AppendValue(line, f.value);
+  }
+  line += '\n';
+  // One write(2) per line keeps lines from different threads whole.
+  ssize_t unused = ::write(g_fd.load(), line.data(), line.size());
+  (void)unused;
+}
+
+bool RateLimiter::Allow(unsigned long* suppressed) {
+  std::lock_guard lock(mu_);
+  auto now = std::chrono::steady_clock::now();
+  double elapsed = std::chrono::duration<double>(now - last_).count();
+  last_ = now;
+  tokens_ = std::min(burst_, tokens_ + elapsed * rate_);
+  if (tokens_ < 1.0) {
+    ++dropped_;
+    return false;
+  }
+  tokens_ -= 1.0;
+  if (suppressed) *suppressed = dropped_;
+  dropped_ = 0;
+  return true;
+}
+
+}  // namespace moat
