@@ -49,9 +49,11 @@ std::string CheckHeader(const char* h, uint32_t* length) {
   if ((ft == FrameType::kPing || ft == FrameType::kPong) && *length > 64) {
     return "PING/PONG payload over 64 bytes";
   }
+  // The JSON limit is on the JSON text; only a HELLO carries the magic in front of it.
+  size_t json_limit = kMaxJsonPayload + (ft == FrameType::kHello ? kHelloMagic.size() : 0);
   if ((ft == FrameType::kRequest || ft == FrameType::kMessage || ft == FrameType::kEnd ||
        ft == FrameType::kHello) &&
-      *length > kMaxJsonPayload + kHelloMagic.size()) {
+      *length > json_limit) {
     return "JSON payload over " + std::to_string(kMaxJsonPayload) + " bytes";
   }
   return {};

@@ -65,6 +65,10 @@ class FrameDecoder {
   };
   explicit FrameDecoder(Mode mode) : mode_(mode) {}
 
+  // Switches modes without losing buffered bytes (the host resynchronises until the guest's
+  // HELLO, then validates strictly).
+  void SetMode(Mode mode) { mode_ = mode; }
+
   void Feed(std::string_view bytes) { buf_.append(bytes); }
   // The next complete frame, nullopt if more bytes are needed, or an error (kStrict only).
   Result<std::optional<Frame>> Next();

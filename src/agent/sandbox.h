@@ -1,0 +1,104 @@
+// Sandbox: the host-side owner of one microVM — its VMM process (through a VmmDriver), its guest
+// channel, its directory DATA_DIR/sandboxes/<id>/ and its disk overlay. Kill() (or the destructor)
+// releases all of them; a sandbox whose VMM died is released the same way.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "channel/guest_client.h"
+#include "common/status.h"
+#include "vmm/jail.h"
+#include "vmm/vmm_driver.h"
+
+namespace moat::agent {
+
+// A template's boot artifacts and fixed resources.
+struct TemplateSpec {
+  std::string name = "base";
+  std::string kernel_path;
+  std::string rootfs_path;  // raw ext4 image, read-only; each sandbox writes to its own overlay
+  unsigned vcpus = 1;
+  uint64_t memory_mib = 512;
+};
+
+// What every sandbox of this agent shares.
+struct SandboxEnv {
+  std::string sandboxes_dir;  // DATA_DIR/sandboxes
+  vmm::Accel accel = vmm::Accel::kTcg;
+  vmm::JailIdAllocator* jail_ids = nullptr;  // null: VMMs run unjailed (tests of the jail only)
+  std::chrono::milliseconds ready_timeout{60000};
+};
+
+// The guest's identity, (re)sent after every boot and every restore.
+struct GuestIdentity {
+  std::map<std::string, std::string> env;
+  std::string user;     // default user for execs; empty: the guest's default ("user")
+  std::string workdir;  // default cwd; empty: the user's home
+};
+
+// Paths inside a sandbox's directory.
+struct SandboxPaths {
+  explicit SandboxPaths(const std::string& dir);
+  std::string dir, disk, memory, qmp_socket, guest_socket, console_log, state, jail_root;
+};
+
+struct SandboxUsage {
+  uint64_t pss_bytes = 0;   // the VMM's proportional set size (shared template pages split)
+  uint64_t rss_bytes = 0;
+  uint64_t disk_bytes = 0;  // host bytes allocated to the overlay
+};
+
+class Sandbox {
+ public:
+  ~Sandbox();
+  Sandbox(const Sandbox&) = delete;
+  Sandbox& operator=(const Sandbox&) = delete;
+
+  // Cold-boots a new sandbox from `tmpl` and waits until moat-guest answers, then sends the
+  // identity. On failure everything created so far is released.
+  static Result<std::unique_ptr<Sandbox>> Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
+                                               const std::string& id,
+                                               const GuestIdentity& identity);
+
+  const std::string& id() const { return id_; }
+  const std::string& template_name() const { return template_name_; }
+  const SandboxPaths& paths() const { return paths_; }
+  pid_t vmm_pid() const;
+  std::chrono::milliseconds boot_time() const { return boot_time_; }
+
+  // The guest channel; reconnects first if the connection was lost while the VM still runs.
+  // Shared: a caller's in-flight streams stay valid even if the sandbox is killed meanwhile
+  // (they then end with Unavailable).
+  Result<std::shared_ptr<channel::GuestClient>> Guest();
+  // Drops the guest connection and connects anew (what every restore and fork does): the guest
+  // forgets the old streams, its processes keep running.
+  Status ReconnectGuest();
+  // Has the VMM process exited (crashed, or killed from outside)?
+  bool VmmExited();
+  Result<SandboxUsage> Usage();
+  // Stops the VM and releases everything; idempotent.
+  void Kill();
+
+ private:
+  Sandbox(const SandboxEnv& env, std::string id, std::string template_name);
+  Status ConnectGuest(std::chrono::milliseconds timeout);
+  Status SendIdentity(const GuestIdentity& identity);
+
+  SandboxEnv env_;
+  std::string id_;
+  std::string template_name_;
+  SandboxPaths paths_;
+  std::chrono::milliseconds boot_time_{0};
+  uint32_t jail_id_ = 0;
+  std::mutex mu_;
+  std::unique_ptr<vmm::VmmDriver> vmm_;
+  std::shared_ptr<channel::GuestClient> guest_;
+  bool killed_ = false;
+  bool owns_dir_ = false;  // set once Boot created the directory: only then does Kill remove it
+};
+
+}  // namespace moat::agent

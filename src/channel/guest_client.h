@@ -1,0 +1,131 @@
+// GuestClient: the host side of the host<->guest channel (api/guest-channel.md) over a
+// connected stream fd (the VMM's chardev socket, or `moat-guest --listen-unix`).
+//
+// One reader thread per connection dispatches frames to streams; the API is blocking and
+// thread-safe. Memory stays bounded whatever the guest sends: DATA is limited by the window we
+// grant (credit goes back only as the caller consumes it), MESSAGEs per stream and the total of
+// queued bytes are capped, and a guest that breaks the protocol is disconnected.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "channel/frame.h"
+#include "common/status.h"
+#include "common/unique_fd.h"
+
+namespace moat::channel {
+
+// One item of a stream, in the order the guest sent it.
+struct StreamEvent {
+  enum class Kind { kData, kEof, kMessage, kEnd };
+  Kind kind = Kind::kEnd;
+  SubChannel channel = SubChannel::kStdout;  // kData, kEof
+  std::string data;                          // kData
+  nlohmann::json message;                    // kMessage
+  Status status;                             // kEnd: the guest's result (or why the stream died)
+};
+
+struct ExecRequest {
+  std::vector<std::string> argv;  // or
+  std::string cmd;                // run by /bin/bash -l -c
+  std::map<std::string, std::string> env;
+  std::string cwd;
+  std::string user;
+  std::optional<std::string> stdin_data;  // written, then closed; none: no stdin
+  std::string tag;
+  int64_t timeout_ms = 0;
+  // Run() fails with ResourceExhausted past this much stdout + stderr.
+  size_t max_output_bytes = 64 * 1024 * 1024;
+
+  nlohmann::json ToJson() const;
+};
+
+struct ExecResult {
+  pid_t pid = -1;
+  std::string stdout_data;
+  std::string stderr_data;
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  bool timed_out = false;
+};
+
+// The guest's error code names (api/guest-channel.md) back to ErrorCode; kInternal if unknown.
+ErrorCode ErrorCodeFromName(std::string_view name);
+
+class GuestClient {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Deadline = Clock::time_point;
+
+  class Stream {
+   public:
+    ~Stream();  // cancels the stream unless it ended
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+
+    uint32_t id() const { return id_; }
+    // The next event; DeadlineExceeded if none came by `deadline`. After the END event, returns
+    // that END again. Consuming DATA returns its credit to the guest.
+    Result<StreamEvent> Next(std::optional<Deadline> deadline = std::nullopt);
+    // Sends DATA on `ch` (kStdin for process input and uploads), split into frames and blocking
+    // while the guest has granted no credit.
+    Status Write(SubChannel ch, std::string_view data,
+                 std::optional<Deadline> deadline = std::nullopt);
+    Status CloseWrite(SubChannel ch);
+    // Abandons the stream (CANCEL): for exec/attach the process keeps running, detached.
+    void Cancel();
+
+   private:
+    friend class GuestClient;
+    struct State;
+    struct Shared;
+    Stream(std::shared_ptr<Shared> shared, std::shared_ptr<State> state, uint32_t id)
+        : shared_(std::move(shared)), state_(std::move(state)), id_(id) {}
+    std::shared_ptr<Shared> shared_;
+    std::shared_ptr<State> state_;
+    uint32_t id_;
+  };
+
+  // Handshake: HELLO every 200 ms until the guest's HELLO (bytes before it are skipped), then
+  // starts the reader thread.
+  static Result<std::unique_ptr<GuestClient>> Connect(UniqueFd fd,
+                                                      std::chrono::milliseconds handshake_timeout);
+  // Closes the connection (every open stream ends with Unavailable) and joins the reader.
+  ~GuestClient();
+  GuestClient(const GuestClient&) = delete;
+  GuestClient& operator=(const GuestClient&) = delete;
+
+  // Sends a REQUEST and returns its stream.
+  Result<std::unique_ptr<Stream>> Open(const nlohmann::json& request);
+  // A unary op: the last MESSAGE (`{}` if none), or the END's error. Ops whose result is split
+  // over several MESSAGEs (`list` entries, `processes`) have their arrays concatenated.
+  Result<nlohmann::json> Call(const nlohmann::json& request, Deadline deadline);
+  // Runs a process to completion, collecting its output.
+  Result<ExecResult> Run(const ExecRequest& request, Deadline deadline);
+
+  bool alive() const;
+  // The guest's HELLO: version, boot_id, uptime_ms, pid1.
+  const nlohmann::json& guest_hello() const { return guest_hello_; }
+
+ private:
+  explicit GuestClient(std::shared_ptr<Stream::Shared> shared) : shared_(std::move(shared)) {}
+  void ReaderLoop();
+
+  std::shared_ptr<Stream::Shared> shared_;
+  nlohmann::json guest_hello_;
+  std::thread reader_;
+};
+
+}  // namespace moat::channel

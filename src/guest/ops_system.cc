@@ -1,0 +1,40 @@
+// System ops: watch, identity, health, metrics.
+#include "guest/server.h"
+
+namespace moat::guest {
+
+Result<Server::OpOutcome> Server::OpWatch(uint32_t id, const Json& req) {
+  UserTable users = UserTable::Load();
+  MOAT_ASSIGN_OR_RETURN(auto user_path, UserAndPath(req, "path", users));
+  MOAT_ASSIGN_OR_RETURN(auto recursive, OptBool(req, "recursive"));
+  Transport* transport = transport_.get();
+  MOAT_ASSIGN_OR_RETURN(
+      auto watch,
+      Watch::Start(
+          loop_, user_path.second, recursive.value_or(false),
+          [this, id](const Json& event) { SendMessage(id, event); },
+          [transport] { return transport->has_room(); }));
+  NewStream(id, Stream::Kind::kWatch).watch = std::move(watch);
+  SendMessage(id, Json{{"type", "start"}});
+  return OpOutcome::kOpen;  // until CANCEL
+}
+
+Result<Server::OpOutcome> Server::OpIdentity(uint32_t id, const Json& req) {
+  (void)id;
+  MOAT_ASSIGN_OR_RETURN(IdentityRequest identity, ParseIdentity(req));
+  MOAT_RETURN_IF_ERROR(ApplyIdentity(identity, options_.system, &defaults_));
+  return OpOutcome::kDone;
+}
+
+Result<Server::OpOutcome> Server::OpHealth(uint32_t id, const Json&) {
+  SendMessage(id, Json{{"ok", true}, {"uptime_ms", UptimeMs()}});
+  return OpOutcome::kDone;
+}
+
+Result<Server::OpOutcome> Server::OpMetrics(uint32_t id, const Json&) {
+  MOAT_ASSIGN_OR_RETURN(Json metrics, metrics_.Collect());
+  SendMessage(id, metrics);
+  return OpOutcome::kDone;
+}
+
+}  // namespace moat::guest

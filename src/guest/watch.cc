@@ -1,0 +1,127 @@
+#include "guest/watch.h"
+
+#include <dirent.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "common/log.h"
+
+namespace moat::guest {
+namespace {
+
+constexpr uint32_t kMask = IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                           IN_ATTRIB | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
+constexpr size_t kMaxWatchedDirs = 8192;
+
+RateLimiter g_watch_log(1, 5);
+
+const char* EventType(uint32_t mask) {
+  if (mask & (IN_CREATE | IN_MOVED_TO)) return "create";
+  if (mask & IN_MODIFY) return "write";
+  if (mask & IN_DELETE) return "remove";
+  if (mask & IN_MOVED_FROM) return "rename";
+  if (mask & IN_ATTRIB) return "chmod";
+  return nullptr;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Watch>> Watch::Start(EventLoop& loop, const std::string& root,
+                                            bool recursive, Emit emit, HasRoom has_room) {
+  struct stat st{};
+  if (::stat(root.c_str(), &st) < 0) return ErrnoError("stat(" + root + ")");
+  if (!S_ISDIR(st.st_mode)) return InvalidArgument("watch(" + root + "): not a directory");
+  UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  if (!fd) return ErrnoError("inotify_init1");
+  std::unique_ptr<Watch> w(
+      new Watch(loop, std::move(fd), recursive, std::move(emit), std::move(has_room)));
+  w->root_ = root;
+  MOAT_RETURN_IF_ERROR(w->AddTree(root, ""));
+  w->Refresh();
+  return w;
+}
+
+Watch::~Watch() { loop_.Remove(reg_); }
+
+Status Watch::AddTree(const std::string& dir, const std::string& rel) {
+  if (dirs_.size() >= kMaxWatchedDirs) {
+    return ResourceExhausted("watch: more than " + std::to_string(kMaxWatchedDirs) +
+                             " directories");
+  }
+  int wd = ::inotify_add_watch(fd_.get(), dir.c_str(), kMask | IN_ONLYDIR);
+  if (wd < 0) return ErrnoError("inotify_add_watch(" + dir + ")");
+  dirs_[wd] = rel;
+  if (!recursive_) return Status::Ok();
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return Status::Ok();  // vanished or unreadable: nothing below to watch
+  std::vector<std::string> subdirs;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_type != DT_DIR) continue;
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    subdirs.push_back(name);
+  }
+  ::closedir(d);
+  for (const auto& name : subdirs) {
+    MOAT_RETURN_IF_ERROR(AddTree(dir + "/" + name, rel.empty() ? name : rel + "/" + name));
+  }
+  return Status::Ok();
+}
+
+void Watch::Refresh() {
+  bool want = has_room_();
+  if (want && reg_ == 0) {
+    auto id = loop_.Add(fd_.get(), EPOLLIN, [this](uint32_t) { OnReadable(); });
+    if (id.ok()) reg_ = *id;
+  } else if (!want && reg_ != 0) {
+    loop_.Remove(reg_);
+    reg_ = 0;
+  }
+}
+
+void Watch::OnReadable() {
+  // Large enough for many events; each is aligned for struct inotify_event.
+  alignas(inotify_event) char buf[64 * 1024];
+  ssize_t n = ::read(fd_.get(), buf, sizeof buf);
+  if (n <= 0) return;
+  std::string last_type, last_name;
+  for (ssize_t off = 0; off + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
+    // The kernel writes whole, aligned inotify_event records back to back into the buffer.
+    const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+    off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+    if (ev->mask & IN_Q_OVERFLOW) {
+      if (g_watch_log.Allow()) LogWarn("guest.watch_overflow", {{"root", root_}});
+      continue;
+    }
+    auto it = dirs_.find(ev->wd);
+    if (it == dirs_.end()) continue;
+    if (ev->mask & IN_IGNORED) {
+      dirs_.erase(it);
+      continue;
+    }
+    std::string name = ev->len > 0 ? std::string(ev->name, strnlen(ev->name, ev->len)) : "";
+    std::string rel = it->second.empty() ? name : (name.empty() ? it->second
+                                                                : it->second + "/" + name);
+    if (recursive_ && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO))) {
+      std::string abs = root_ + (root_ == "/" ? "" : "/") + rel;
+      if (Status s = AddTree(abs, rel); !s.ok() && g_watch_log.Allow()) {
+        LogWarn("guest.watch_add_failed", {{"error", s.ToString()}});
+      }
+    }
+    const char* type = EventType(ev->mask);
+    if (type == nullptr || rel.empty()) continue;
+    // A large write is a stream of IN_MODIFY; one event per batch says the same.
+    if (type == last_type && rel == last_name) continue;
+    last_type = type;
+    last_name = rel;
+    emit_(Json{{"type", type}, {"name", rel}});
+  }
+  Refresh();
+}
+
+}  // namespace moat::guest

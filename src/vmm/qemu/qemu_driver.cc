@@ -1,0 +1,363 @@
+#include "vmm/qemu/qemu_driver.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "common/cleanup.h"
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/socket.h"
+
+namespace moat::vmm::qemu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr char kStateFdName[] = "moat-state";
+
+std::chrono::microseconds Since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t);
+}
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos || slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// The VM's own directories (sockets, console log) become the jailed uid's. A shared sticky
+// directory such as /tmp is refused rather than given away.
+Status GiveDirToVm(const std::string& dir, uid_t uid, gid_t gid) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) < 0) return ErrnoError("stat(" + dir + ")");
+  if (!S_ISDIR(st.st_mode)) return InvalidArgument(dir + " is not a directory");
+  if ((st.st_mode & S_ISVTX) != 0) {
+    return InvalidArgument(
+        "VM files must live in a directory of their own, not in the shared "
+        "sticky directory " +
+        dir);
+  }
+  if (::chown(dir.c_str(), uid, gid) < 0) return ErrnoError("chown(" + dir + ")");
+  if (::chmod(dir.c_str(), 0750) < 0) return ErrnoError("chmod(" + dir + ")");
+  return Status::Ok();
+}
+
+Status GiveFileToVm(const std::string& path, uid_t uid, gid_t gid, mode_t mode) {
+  if (::chown(path.c_str(), uid, gid) < 0) return ErrnoError("chown(" + path + ")");
+  if (::chmod(path.c_str(), mode) < 0) return ErrnoError("chmod(" + path + ")");
+  return Status::Ok();
+}
+
+// A restored clone opens the template's memory file O_RDWR (QEMU 7.2 has no read-only open
+// with a private writable mapping) but never writes it; the file stays the template's and is
+// reached through the shared gid. See docs/jail.md.
+Status CheckVmCanOpen(const std::string& path, uid_t uid, gid_t gid) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
+  bool owner = st.st_uid == uid && (st.st_mode & 0600) == 0600;
+  bool group = st.st_gid == gid && (st.st_mode & 0060) == 0060;
+  if (!owner && !group) {
+    return FailedPrecondition(path + " must be read-writable by the jail's uid " +
+                              std::to_string(uid) + " or gid " + std::to_string(gid));
+  }
+  return Status::Ok();
+}
+
+Result<UniqueFd> OpenLog(const std::string& path) {
+  if (path.empty()) {
+    UniqueFd fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+    if (!fd) return ErrnoError("open(/dev/null)");
+    return fd;
+  }
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
+  if (!fd) return ErrnoError("open(" + path + ")");
+  return fd;
+}
+
+}  // namespace
+
+QemuDriver::QemuDriver(QemuDriverOptions options) : options_(std::move(options)) {}
+
+QemuDriver::~QemuDriver() {
+  Kill();
+}
+
+Status QemuDriver::WithVmmLog(const Status& s) const {
+  if (spec_.vmm_log_path.empty()) return s;
+  auto log = ReadFile(spec_.vmm_log_path);
+  if (!log.ok() || log->empty()) return s;
+  std::string tail = log->size() > 400 ? log->substr(log->size() - 400) : *log;
+  while (!tail.empty() && tail.back() == '\n') tail.pop_back();
+  return Status(s.code(), s.message() + " (qemu: " + tail + ")");
+}
+
+Status QemuDriver::Start(const VmSpec& spec) {
+  if (process_.valid()) return FailedPrecondition("vmm " + spec.name + ": already started");
+  auto t0 = Clock::now();
+  spec_ = spec;
+  timings_ = {};
+  memory_is_snapshot_ = false;
+  Cleanup release_on_error([this] { Kill(); });
+  MOAT_ASSIGN_OR_RETURN(std::vector<std::string> argv,
+                        BuildCommandLine(spec, options_.qemu_binary));
+  const bool restore = spec.boot_mode == BootMode::kRestore;
+  ::unlink(spec.qmp_socket_path.c_str());
+  ::unlink(spec.guest_socket_path.c_str());
+  if (restore) {
+    struct stat st {};
+    if (::stat(spec.memory_path.c_str(), &st) < 0) {
+      return ErrnoError("template memory file: stat(" + spec.memory_path + ")");
+    }
+    if (static_cast<uint64_t>(st.st_size) < spec.memory_mib << 20) {
+      return FailedPrecondition("template memory file " + spec.memory_path + " is " +
+                                std::to_string(st.st_size) + " bytes, smaller than the guest");
+    }
+  } else if (!PathExists(spec.memory_path)) {
+    // Created by the host, not QEMU, so that its owner and mode are ours to choose.
+    UniqueFd mem(::open(spec.memory_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!mem) return ErrnoError("open(" + spec.memory_path + ")");
+    if (::ftruncate(mem.get(), static_cast<off_t>(spec.memory_mib << 20)) < 0) {
+      return ErrnoError("ftruncate(" + spec.memory_path + ")");
+    }
+  }
+  if (spec.jail) MOAT_RETURN_IF_ERROR(SetUpJail(*spec.jail));
+
+  auto t_spawn = Clock::now();
+  MOAT_ASSIGN_OR_RETURN(process_, SpawnQemu(argv));
+  timings_.spawn = Since(t_spawn);
+  LogInfo("vmm.spawned", {{"vm", spec.name},
+                          {"pid", process_.pid()},
+                          {"accel", std::string(AccelName(spec.accel))},
+                          {"mode", restore ? "restore" : "cold"}});
+  MOAT_RETURN_IF_ERROR(ConnectQmp());
+  timings_.qmp_ready = Since(t0);
+  if (restore) {
+    MOAT_RETURN_IF_ERROR(LoadDeviceState());
+    timings_.state_loaded = Since(t0);
+  }
+  timings_.total = Since(t0);
+  release_on_error.Cancel();
+  return Status::Ok();
+}
+
+Status QemuDriver::SetUpJail(const JailSpec& jail_in) {
+  JailSpec jail = jail_in;
+  const VmSpec& s = spec_;
+  const bool restore = s.boot_mode == BootMode::kRestore;
+  std::vector<std::string> own_dirs{DirName(s.qmp_socket_path), DirName(s.guest_socket_path),
+                                    DirName(s.console_log_path)};
+  for (const auto& d : own_dirs) {
+    MOAT_RETURN_IF_ERROR(GiveDirToVm(d, jail.uid, jail.gid));
+    jail.binds.push_back({d, true});
+  }
+  if (!restore) jail.binds.push_back({s.kernel_path, false});
+  if (s.rootfs.overlay_path.empty()) {
+    if (!s.rootfs.read_only) {
+      MOAT_RETURN_IF_ERROR(GiveFileToVm(s.rootfs.path, jail.uid, jail.gid, 0600));
+    }
+    jail.binds.push_back({s.rootfs.path, !s.rootfs.read_only});
+  } else {
+    MOAT_RETURN_IF_ERROR(GiveFileToVm(s.rootfs.overlay_path, jail.uid, jail.gid, 0600));
+    jail.binds.push_back({s.rootfs.path, false});
+    jail.binds.push_back({s.rootfs.overlay_path, true});
+  }
+  if (restore) {
+    MOAT_RETURN_IF_ERROR(CheckVmCanOpen(s.memory_path, jail.uid, jail.gid));
+  } else {
+    // The template's memory: owned by the baking VM, read-writable by the template's gid.
+    MOAT_RETURN_IF_ERROR(GiveFileToVm(s.memory_path, jail.uid, jail.gid, 0660));
+  }
+  jail.binds.push_back({s.memory_path, true});
+  jail.dev_kvm = jail.dev_kvm || s.accel == Accel::kKvm;
+  if (jail.root_dir.empty()) jail.root_dir = DirName(s.qmp_socket_path) + "/jail";
+  if (!PathExists(jail.root_dir)) {
+    if (::mkdir(jail.root_dir.c_str(), 0755) < 0) return ErrnoError("mkdir(" + jail.root_dir + ")");
+    created_jail_root_ = true;
+    spec_.jail->root_dir = jail.root_dir;
+  }
+  if (jail.use_cgroup) {
+    MOAT_ASSIGN_OR_RETURN(CgroupLayout layout, DetectCgroupLayout());
+    CgroupLimits limits = jail.limits;
+    if (limits.memory_bytes == 0) {
+      limits.memory_bytes = (s.memory_mib + options_.memory_overhead_mib) << 20;
+    }
+    if (limits.cpus == 0) limits.cpus = s.vcpus;
+    if (limits.pids_max == 0) limits.pids_max = 64 + 2 * s.vcpus;
+    MOAT_ASSIGN_OR_RETURN(Cgroup cg, Cgroup::Create(layout, jail.cgroup_parent, s.name, limits));
+    cgroup_.emplace(std::move(cg));
+  }
+  MOAT_ASSIGN_OR_RETURN(jail_, PreparedJail::Prepare(jail, cgroup_ ? &*cgroup_ : nullptr));
+  return Status::Ok();
+}
+
+Result<ChildProcess> QemuDriver::SpawnQemu(const std::vector<std::string>& argv) {
+  MOAT_ASSIGN_OR_RETURN(UniqueFd log, OpenLog(spec_.vmm_log_path));
+  SpawnOptions o;
+  o.argv = argv;
+  o.env = std::vector<std::string>{};  // nothing of the agent's environment leaks in
+  o.fds = {{1, log.get()}, {2, log.get()}};
+  if (jail_) o.pre_exec = jail_->PreExec();
+  auto child = ChildProcess::Spawn(o);
+  if (!child.ok()) return WithVmmLog(child.status().Annotate("starting qemu"));
+  return child;
+}
+
+Status QemuDriver::ConnectQmp() {
+  auto deadline = Clock::now() + options_.qmp_connect_timeout;
+  for (;;) {
+    if (process_.Exited()) {
+      return WithVmmLog(Unavailable("qemu " +
+                                    DescribeWaitStatus(process_.exit_status().value_or(-1)) +
+                                    " before its QMP socket was ready"));
+    }
+    // Short connect attempts, so that a QEMU that died is noticed quickly.
+    auto fd = ConnectUnix(spec_.qmp_socket_path, std::chrono::milliseconds(20));
+    if (fd.ok()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      auto client =
+          QmpClient::FromSocket(std::move(*fd), std::max(left, std::chrono::milliseconds(200)));
+      if (!client.ok()) return WithVmmLog(client.status());
+      qmp_ = std::move(*client);
+      return Status::Ok();
+    }
+    if (Clock::now() >= deadline) {
+      return WithVmmLog(fd.status().Annotate("qmp socket not ready within " +
+                                             std::to_string(options_.qmp_connect_timeout.count()) +
+                                             " ms"));
+    }
+  }
+}
+
+Status QemuDriver::WaitMigration(uint64_t cursor, std::string_view what) {
+  auto ev = qmp_->WaitEvent("MIGRATION", cursor, options_.migration_timeout, [](const Json& e) {
+    std::string st = e.value("data", Json::object()).value("status", "");
+    return st == "completed" || st == "failed" || st == "cancelled";
+  });
+  if (!ev.ok()) return WithVmmLog(ev.status().Annotate(what));
+  std::string st = (*ev)["data"].value("status", "");
+  if (st != "completed") return WithVmmLog(Internal(std::string(what) + ": migration " + st));
+  return Status::Ok();
+}
+
+Status QemuDriver::LoadDeviceState() {
+  UniqueFd state(::open(spec_.device_state_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!state) return ErrnoError("open(" + spec_.device_state_path + ")");
+  Json caps{{"capabilities", Json::array({{{"capability", "x-ignore-shared"}, {"state", true}},
+                                          {{"capability", "events"}, {"state", true}}})}};
+  MOAT_RETURN_IF_ERROR(qmp_->Execute("migrate-set-capabilities", caps).status());
+  MOAT_RETURN_IF_ERROR(qmp_->GetFd(kStateFdName, state.get()));
+  uint64_t cursor = qmp_->EventCursor();
+  MOAT_RETURN_IF_ERROR(
+      qmp_->Execute("migrate-incoming", {{"uri", std::string("fd:") + kStateFdName}}).status());
+  return WaitMigration(cursor, "loading device state from " + spec_.device_state_path);
+}
+
+Status QemuDriver::Pause() {
+  if (!qmp_) return FailedPrecondition("vmm not started");
+  return qmp_->Execute("stop").status();
+}
+
+Status QemuDriver::Resume() {
+  if (!qmp_) return FailedPrecondition("vmm not started");
+  if (memory_is_snapshot_) {
+    return FailedPrecondition("vmm " + spec_.name +
+                              ": its shared memory file is now a snapshot; resuming would "
+                              "change it (restore a clone instead)");
+  }
+  return qmp_->Execute("cont").status();
+}
+
+Status QemuDriver::SaveDeviceState(const std::string& path) {
+  if (!qmp_) return FailedPrecondition("vmm not started");
+  if (!spec_.memory_shared) {
+    // x-ignore-shared leaves guest RAM out of the stream: only a shared mapping has it on disk.
+    return FailedPrecondition(
+        "save device state: guest memory is private (share=off), so the "
+        "memory file does not hold it");
+  }
+  UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+  if (!out) return ErrnoError("open(" + path + ")");
+  Json caps{{"capabilities", Json::array({{{"capability", "x-ignore-shared"}, {"state", true}},
+                                          {{"capability", "events"}, {"state", true}}})}};
+  MOAT_RETURN_IF_ERROR(qmp_->Execute("migrate-set-capabilities", caps).status());
+  MOAT_RETURN_IF_ERROR(qmp_->Execute("stop").status());
+  MOAT_RETURN_IF_ERROR(qmp_->GetFd(kStateFdName, out.get()));
+  uint64_t cursor = qmp_->EventCursor();
+  MOAT_RETURN_IF_ERROR(
+      qmp_->Execute("migrate", {{"uri", std::string("fd:") + kStateFdName}}).status());
+  memory_is_snapshot_ = true;
+  MOAT_RETURN_IF_ERROR(WaitMigration(cursor, "saving device state to " + path));
+  if (::fsync(out.get()) < 0) return ErrnoError("fsync(" + path + ")");
+  UniqueFd mem(::open(spec_.memory_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!mem || ::fsync(mem.get()) < 0) return ErrnoError("fsync(" + spec_.memory_path + ")");
+  return Status::Ok();
+}
+
+Result<VmStatus> QemuDriver::QueryStatus() {
+  VmStatus st;
+  if (!process_.valid() || process_.Exited()) {
+    st.state = VmState::kExited;
+    st.exit_status = process_.exit_status();
+    return st;
+  }
+  if (!qmp_) return FailedPrecondition("vmm not started");
+  MOAT_ASSIGN_OR_RETURN(Json r, qmp_->Execute("query-status"));
+  st.qmp_status = r.value("status", "");
+  if (st.qmp_status == "running") {
+    st.state = VmState::kRunning;
+  } else if (st.qmp_status == "inmigrate" || st.qmp_status == "prelaunch") {
+    st.state = VmState::kStarting;
+  } else {
+    st.state = VmState::kPaused;
+  }
+  return st;
+}
+
+Status QemuDriver::Stop(std::chrono::milliseconds grace) {
+  if (!process_.valid()) return Status::Ok();
+  if (qmp_ && qmp_->connected()) {
+    // The reply may or may not arrive before QEMU closes the socket: either is fine.
+    (void)qmp_->Execute("quit", Json::object(), std::chrono::milliseconds(1000));
+  }
+  auto r = process_.Wait(grace);
+  Status s = r.ok() ? Status::Ok()
+                    : DeadlineExceeded("qemu did not quit within " + std::to_string(grace.count()) +
+                                       " ms; killed");
+  Kill();
+  return s;
+}
+
+void QemuDriver::Kill() {
+  process_.Kill();
+  Release();
+}
+
+Result<int> QemuDriver::WaitForExit(std::optional<std::chrono::milliseconds> timeout) {
+  if (!process_.valid()) return FailedPrecondition("vmm not started");
+  return process_.Wait(timeout);
+}
+
+void QemuDriver::Release() {
+  qmp_.reset();
+  if (!spec_.qmp_socket_path.empty()) ::unlink(spec_.qmp_socket_path.c_str());
+  if (!spec_.guest_socket_path.empty()) ::unlink(spec_.guest_socket_path.c_str());
+  if (cgroup_) {
+    Status s = cgroup_->Remove();
+    if (!s.ok())
+      LogError("vmm.cgroup_remove_failed", {{"vm", spec_.name}, {"error", s.ToString()}});
+    cgroup_.reset();
+  }
+  jail_.reset();
+  if (created_jail_root_ && spec_.jail) {
+    if (::rmdir(spec_.jail->root_dir.c_str()) < 0 && errno != ENOENT) {
+      LogError("vmm.jail_root_remove_failed",
+               {{"vm", spec_.name},
+                {"error", ErrnoError("rmdir(" + spec_.jail->root_dir + ")").message()}});
+    }
+    created_jail_root_ = false;
+  }
+}
+
+}  // namespace moat::vmm::qemu

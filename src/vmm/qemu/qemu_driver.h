@@ -1,0 +1,79 @@
+// QemuDriver: VmmDriver for qemu-system-x86_64 -M microvm, driven over QMP. One object per VM;
+// not thread-safe (the agent's lifecycle code serialises calls per sandbox).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/child_process.h"
+#include "vmm/cgroup.h"
+#include "vmm/qemu/command_line.h"
+#include "vmm/qemu/qmp_client.h"
+#include "vmm/vmm_driver.h"
+
+namespace moat::vmm::qemu {
+
+struct QemuDriverOptions {
+  std::string qemu_binary = kDefaultQemuBinary;
+  std::chrono::milliseconds qmp_connect_timeout{10000};
+  std::chrono::milliseconds migration_timeout{30000};
+  // Added to guest RAM for the cgroup memory limit when the JailSpec sets none: QEMU itself,
+  // its TCG translation cache, device state.
+  uint64_t memory_overhead_mib = 64 + kTcgTbSizeMib;
+};
+
+// Where Start() spent its time; the restore path is what every sandbox create pays.
+struct StartTimings {
+  std::chrono::microseconds spawn{0};         // fork+exec+jail until Spawn returned
+  std::chrono::microseconds qmp_ready{0};     // until QMP answered qmp_capabilities
+  std::chrono::microseconds state_loaded{0};  // restore: until migrate-incoming completed
+  std::chrono::microseconds total{0};
+};
+
+class QemuDriver final : public VmmDriver {
+ public:
+  explicit QemuDriver(QemuDriverOptions options = {});
+  ~QemuDriver() override;
+
+  Status Start(const VmSpec& spec) override;
+  Status Pause() override;
+  Status Resume() override;
+  Status SaveDeviceState(const std::string& path) override;
+  Result<VmStatus> QueryStatus() override;
+  Status Stop(std::chrono::milliseconds grace) override;
+  void Kill() override;
+  Result<int> WaitForExit(std::optional<std::chrono::milliseconds> timeout) override;
+  pid_t pid() const override { return process_.pid(); }
+
+  // Readable (poll/epoll) once the VMM process has exited.
+  int pidfd() const { return process_.pidfd(); }
+  const StartTimings& timings() const { return timings_; }
+  const Cgroup* cgroup() const { return cgroup_ ? &*cgroup_ : nullptr; }
+  QmpClient* qmp() { return qmp_.get(); }
+
+ private:
+  Status SetUpJail(const JailSpec& jail);
+  Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv);
+  Status ConnectQmp();
+  Status LoadDeviceState();
+  // Waits for the MIGRATION event that ends a migration; the error names the final status.
+  Status WaitMigration(uint64_t cursor, std::string_view what);
+  // Adds QEMU's stderr tail to an error about the process.
+  Status WithVmmLog(const Status& s) const;
+  void Release();
+
+  QemuDriverOptions options_;
+  VmSpec spec_;
+  std::optional<Cgroup> cgroup_;
+  std::unique_ptr<PreparedJail> jail_;
+  bool created_jail_root_ = false;
+  ChildProcess process_;
+  std::unique_ptr<QmpClient> qmp_;
+  StartTimings timings_;
+  // After SaveDeviceState the shared memory file is a snapshot: running on would change it.
+  bool memory_is_snapshot_ = false;
+};
+
+}  // namespace moat::vmm::qemu

@@ -1,0 +1,331 @@
+// Boots real microVMs under TCG with the jail on: cold boot, pause/resume, save device state,
+// restore a clone from the template memory, and checks that the VMM is confined and that
+// nothing is left behind. Needs root and the guest artifacts in $MOAT_BUILD_DIR/guest.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "common/fs.h"
+#include "vmm/qemu/accel_probe.h"
+#include "vmm/qemu/qemu_driver.h"
+
+namespace moat::vmm::qemu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+struct Artifacts {
+  std::string kernel;
+  std::string rootfs;
+};
+
+// The artifacts are part of the build: their absence is a failure, not a reason to skip.
+Artifacts RequireArtifacts() {
+  const char* build = std::getenv("MOAT_BUILD_DIR");
+  std::string dir = std::string(build ? build : "build") + "/guest";
+  Artifacts a{dir + "/vmlinux", dir + "/rootfs.ext4"};
+  EXPECT_EQ(::geteuid(), 0u) << "the VMM e2e tests need root (jail, cgroups)";
+  EXPECT_TRUE(PathExists(a.kernel))
+      << "guest kernel missing: " << a.kernel << " (build it: guest/build-kernel.sh)";
+  EXPECT_TRUE(PathExists(a.rootfs))
+      << "guest rootfs missing: " << a.rootfs << " (build it: guest/build-rootfs.sh)";
+  return a;
+}
+
+bool WaitFor(const std::function<bool()>& cond, milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return cond();
+}
+
+std::string StatusField(pid_t pid, const std::string& key) {
+  auto text = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  if (!text.ok()) return "";
+  size_t at = text->find("\n" + key + ":");
+  if (at == std::string::npos) return "";
+  size_t start = text->find_first_not_of(" \t", at + key.size() + 2);
+  return text->substr(start, text->find('\n', start) - start);
+}
+
+std::string Readlink(const std::string& path) {
+  char buf[256];
+  ssize_t n = ::readlink(path.c_str(), buf, sizeof buf - 1);
+  return n < 0 ? "" : std::string(buf, static_cast<size_t>(n));
+}
+
+double Ms(std::chrono::microseconds us) {
+  return static_cast<double>(us.count()) / 1000.0;
+}
+
+class VmDirs {
+ public:
+  explicit VmDirs(const std::string& base, const std::string& name) : dir(base + "/" + name) {
+    EXPECT_TRUE(MakeDirs(dir, 0755).ok());
+  }
+  std::string dir;
+};
+
+VmSpec BaseSpec(const Artifacts& a, const std::string& name, const std::string& dir, uid_t uid,
+                gid_t gid) {
+  VmSpec s;
+  s.name = name;
+  s.vcpus = 1;
+  s.memory_mib = 128;
+  s.accel = Accel::kTcg;
+  s.kernel_path = a.kernel;
+  // The test rootfs may lack a working moat-guest: run a shell as init, which waits on the
+  // console forever, and print the kernel's info lines ("Run /bin/sh as init process").
+  // "ro" (the last of rw/ro wins): the guest never writes its disk, so a clone's overlay over
+  // the same base image stays consistent with the template's page cache.
+  s.kernel_cmdline_extra = "init=/bin/sh loglevel=7 ro";
+  s.rootfs.path = a.rootfs;
+  // virtio-blk's read-only feature bit is device state: template and clone must agree, so both
+  // get a writable qcow2 overlay of their own.
+  s.rootfs.overlay_path = dir + "/overlay.qcow2";
+  std::string qemu_img =
+      "qemu-img create -q -f qcow2 -F raw -b " + a.rootfs + " " + s.rootfs.overlay_path;
+  EXPECT_EQ(std::system(qemu_img.c_str()), 0) << qemu_img;
+  s.console_log_path = dir + "/console.log";
+  s.guest_socket_path = dir + "/guest.sock";
+  s.qmp_socket_path = dir + "/qmp.sock";
+  s.vmm_log_path = dir + "/vmm.log";
+  JailSpec j;
+  j.uid = uid;
+  j.gid = gid;
+  s.jail = j;
+  return s;
+}
+
+TEST(AccelProbe, AutoPicksTcgOnThisHostQuicklyAndSaysWhy) {
+  Artifacts a = RequireArtifacts();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  AccelProbeOptions o;
+  o.kernel_path = a.kernel;
+  o.work_dir = "/dev/shm";
+  auto start = Clock::now();
+  auto choice = ResolveAccel(AccelMode::kAuto, o);
+  ASSERT_TRUE(choice.ok()) << choice.status().ToString();
+  auto cheap_ms = std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
+  std::printf("accel=%s reason=\"%s\" (%lld ms)\n", std::string(AccelName(choice->accel)).c_str(),
+              choice->reason.c_str(), static_cast<long long>(cheap_ms));
+  EXPECT_FALSE(choice->reason.empty());
+  // This host's /dev/kvm is PVM nested virtualization, where stock guests cannot run.
+  bool pvm = PathExists("/sys/module/kvm_pvm");
+  if (pvm || !PathExists("/dev/kvm")) {
+    EXPECT_EQ(choice->accel, Accel::kTcg);
+  }
+  // The real boot probe, forced past the cheap checks: it must finish in bounded time and, on
+  // PVM, say that the guest failed.
+  o.force_boot_probe = true;
+  o.boot_timeout = milliseconds(8000);
+  start = Clock::now();
+  auto probed = ResolveAccel(AccelMode::kAuto, o);
+  auto probe_ms = std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
+  ASSERT_TRUE(probed.ok());
+  std::printf("boot probe: accel=%s reason=\"%s\" (%lld ms)\n",
+              std::string(AccelName(probed->accel)).c_str(), probed->reason.c_str(),
+              static_cast<long long>(probe_ms));
+  EXPECT_LT(probe_ms, 12000);
+  if (pvm) {
+    EXPECT_EQ(probed->accel, Accel::kTcg);
+  }
+  auto tcg = ResolveAccel(AccelMode::kTcg, o);
+  ASSERT_TRUE(tcg.ok());
+  EXPECT_EQ(tcg->accel, Accel::kTcg);
+}
+
+TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
+  Artifacts a = RequireArtifacts();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  auto base_dir = MakeTempDir("/dev/shm", "moat-vmm-e2e.");  // tmpfs: the memory file lives here
+  ASSERT_TRUE(base_dir.ok());
+  std::string base = *base_dir;
+  ::chmod(base.c_str(), 0755);
+  struct RemoveBase {
+    std::string p;
+    ~RemoveBase() { (void)RemoveTree(p); }
+  } remove_base{base};
+  JailIdAllocator ids(900000 + static_cast<uint32_t>(::getpid() % 1000) * 16, 16);
+  gid_t template_gid = *ids.Allocate();
+  uid_t uid1 = *ids.Allocate();
+  uid_t uid2 = *ids.Allocate();
+  std::string tag = std::to_string(::getpid());
+  ASSERT_TRUE(MakeDirs(base + "/template", 0755).ok());
+  std::string mem = base + "/template/mem";
+  std::string vmstate = base + "/template/vmstate";
+
+  // --- Cold boot ------------------------------------------------------------------------
+  VmDirs d1(base, "vm1");
+  VmSpec s1 = BaseSpec(a, "e2e-" + tag + "-vm1", d1.dir, uid1, template_gid);
+  s1.memory_path = mem;
+  s1.memory_shared = true;
+  QemuDriver vm1;
+  auto t0 = Clock::now();
+  Status started = vm1.Start(s1);
+  ASSERT_TRUE(started.ok()) << started.ToString();
+  pid_t pid1 = vm1.pid();
+  ASSERT_GT(pid1, 0);
+  bool booted = WaitFor(
+      [&] {
+        auto c = ReadFile(s1.console_log_path);
+        return c.ok() && c->find("Run /bin/sh as init process") != std::string::npos;
+      },
+      milliseconds(30000));
+  auto console = ReadFile(s1.console_log_path);
+  ASSERT_TRUE(booted) << "console: " << (console.ok() ? *console : console.status().ToString());
+  EXPECT_NE(console->find("Linux version"), std::string::npos);
+  std::printf("cold boot to init: %.0f ms\n",
+              std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  auto st = vm1.QueryStatus();
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  EXPECT_EQ(st->state, VmState::kRunning);
+  EXPECT_EQ(st->qmp_status, "running");
+
+  // --- The jail, seen from the host -----------------------------------------------------
+  EXPECT_EQ(StatusField(pid1, "Uid"), std::to_string(uid1) + "\t" + std::to_string(uid1) + "\t" +
+                                          std::to_string(uid1) + "\t" + std::to_string(uid1));
+  EXPECT_EQ(StatusField(pid1, "Gid").substr(0, std::to_string(template_gid).size()),
+            std::to_string(template_gid));
+  EXPECT_EQ(StatusField(pid1, "Groups"), "");
+  EXPECT_EQ(StatusField(pid1, "CapEff"), "0000000000000000");
+  EXPECT_EQ(StatusField(pid1, "CapPrm"), "0000000000000000");
+  EXPECT_EQ(StatusField(pid1, "CapBnd"), "0000000000000000");
+  EXPECT_EQ(StatusField(pid1, "NoNewPrivs"), "1");
+  EXPECT_EQ(StatusField(pid1, "Seccomp"), "2");  // QEMU's own -sandbox on
+  ASSERT_NE(vm1.cgroup(), nullptr);
+  auto in_cgroup = vm1.cgroup()->Contains(pid1);
+  ASSERT_TRUE(in_cgroup.ok()) << in_cgroup.status().ToString();
+  EXPECT_TRUE(*in_cgroup);
+  std::vector<std::string> cgroup_dirs = vm1.cgroup()->dirs();
+  auto proc_cgroup = ReadFile("/proc/" + std::to_string(pid1) + "/cgroup");
+  ASSERT_TRUE(proc_cgroup.ok());
+  EXPECT_NE(proc_cgroup->find("/moat/" + s1.name), std::string::npos) << *proc_cgroup;
+  EXPECT_NE(Readlink("/proc/" + std::to_string(pid1) + "/ns/mnt"), Readlink("/proc/self/ns/mnt"));
+  std::string root = "/proc/" + std::to_string(pid1) + "/root";
+  EXPECT_TRUE(PathExists(root + "/usr/bin/qemu-system-x86_64"));
+  EXPECT_TRUE(PathExists(root + s1.qmp_socket_path));
+  EXPECT_FALSE(PathExists(root + "/etc/shadow"));
+  EXPECT_FALSE(PathExists(root + "/root"));
+  EXPECT_FALSE(PathExists(root + "/home"));
+  EXPECT_FALSE(PathExists(root + "/proc/1"));
+  EXPECT_FALSE(PathExists(root + base + "/template/vmstate")) << "files beside the memory file";
+  std::vector<std::string> top;
+  if (DIR* dir = ::opendir((root + "/").c_str())) {
+    while (dirent* e = ::readdir(dir)) {
+      std::string n = e->d_name;
+      if (n != "." && n != "..") top.push_back(n);
+    }
+    ::closedir(dir);
+  }
+  // Only the system directories and the first components of the VM's own paths.
+  auto first = [](const std::string& p) { return p.substr(1, p.find('/', 1) - 1); };
+  for (const auto& n : top) {
+    EXPECT_TRUE(n == "usr" || n == "lib" || n == "lib64" || n == "bin" || n == "sbin" ||
+                n == "etc" || n == "dev" || n == first(base) || n == first(a.kernel) ||
+                n == first(a.rootfs))
+        << "unexpected entry in the jail's root: /" << n;
+  }
+  // The artifact directory shows only the two bound files, whatever else it holds on the host.
+  std::string kernel_dir = a.kernel.substr(0, a.kernel.rfind('/'));
+  auto base_name = [](const std::string& p) { return p.substr(p.rfind('/') + 1); };
+  if (DIR* dir = ::opendir((root + kernel_dir).c_str())) {
+    while (dirent* e = ::readdir(dir)) {
+      std::string n = e->d_name;
+      EXPECT_TRUE(n == "." || n == ".." || n == base_name(a.kernel) || n == base_name(a.rootfs))
+          << "a sibling of the kernel image is visible in the jail: " << n;
+    }
+    ::closedir(dir);
+  } else {
+    ADD_FAILURE() << "the kernel's directory is missing from the jail";
+  }
+  auto devs = ReadFile(root + "/etc/ld.so.cache");
+  EXPECT_TRUE(devs.ok());
+  EXPECT_FALSE(PathExists(root + "/etc/passwd"));
+
+  // --- Pause and resume -----------------------------------------------------------------
+  ASSERT_TRUE(vm1.Pause().ok());
+  EXPECT_EQ(vm1.QueryStatus()->qmp_status, "paused");
+  ASSERT_TRUE(vm1.Resume().ok());
+  EXPECT_EQ(vm1.QueryStatus()->qmp_status, "running");
+
+  // --- Save device state: the template snapshot ------------------------------------------
+  auto t_save = Clock::now();
+  Status saved = vm1.SaveDeviceState(vmstate);
+  ASSERT_TRUE(saved.ok()) << saved.ToString();
+  double save_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_save).count();
+  struct stat state_st {};
+  ASSERT_EQ(::stat(vmstate.c_str(), &state_st), 0);
+  std::printf("save device state: %.1f ms, %lld bytes\n", save_ms,
+              static_cast<long long>(state_st.st_size));
+  EXPECT_GT(state_st.st_size, 4 * 1024);
+  EXPECT_LT(state_st.st_size, 1024 * 1024) << "guest RAM must not be in the device state";
+  Status resumed = vm1.Resume();
+  EXPECT_EQ(resumed.code(), ErrorCode::kFailedPrecondition) << resumed.ToString();
+
+  // --- Restore a clone from the template: private memory, a qcow2 overlay ------------------
+  VmDirs d2(base, "vm2");
+  VmSpec s2 = BaseSpec(a, "e2e-" + tag + "-vm2", d2.dir, uid2, template_gid);
+  s2.boot_mode = BootMode::kRestore;
+  s2.kernel_path.clear();
+  s2.memory_path = mem;
+  s2.memory_shared = false;
+  s2.device_state_path = vmstate;
+  QemuDriver vm2;
+  auto t_restore = Clock::now();
+  Status restored = vm2.Start(s2);
+  ASSERT_TRUE(restored.ok()) << restored.ToString();
+  EXPECT_EQ(vm2.QueryStatus()->qmp_status, "paused");
+  auto t_cont = Clock::now();
+  ASSERT_TRUE(vm2.Resume().ok());
+  auto done = Clock::now();
+  const StartTimings& t = vm2.timings();
+  std::printf(
+      "restore (jailed, TCG): spawn %.1f ms, qmp ready %.1f ms, state loaded %.1f ms, cont %.2f "
+      "ms, total to running %.1f ms\n",
+      Ms(t.spawn), Ms(t.qmp_ready), Ms(t.state_loaded),
+      std::chrono::duration<double, std::milli>(done - t_cont).count(),
+      std::chrono::duration<double, std::milli>(done - t_restore).count());
+  auto st2 = vm2.QueryStatus();
+  ASSERT_TRUE(st2.ok()) << st2.status().ToString();
+  EXPECT_EQ(st2->qmp_status, "running");
+  // Still running a moment later: the restored guest did not crash.
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_EQ(vm2.QueryStatus()->qmp_status, "running");
+  EXPECT_EQ(StatusField(vm2.pid(), "CapEff"), "0000000000000000");
+  EXPECT_FALSE(PathExists("/proc/" + std::to_string(vm2.pid()) + "/root" + d1.dir + "/qmp.sock"))
+      << "the clone sees the template VM's directory";
+
+  // --- Kill: nothing left behind ----------------------------------------------------------
+  pid_t pid2 = vm2.pid();
+  std::vector<std::string> all_cgroups = cgroup_dirs;
+  for (const auto& d : vm2.cgroup()->dirs()) all_cgroups.push_back(d);
+  vm1.Kill();
+  Status stopped = vm2.Stop(milliseconds(3000));
+  EXPECT_TRUE(stopped.ok()) << stopped.ToString();
+  for (pid_t p : {pid1, pid2}) {
+    EXPECT_TRUE(::kill(p, 0) < 0 && errno == ESRCH) << "qemu " << p << " still exists";
+  }
+  for (const auto& d : all_cgroups) EXPECT_FALSE(PathExists(d)) << "cgroup left: " << d;
+  for (const auto& s : {s1, s2}) {
+    EXPECT_FALSE(PathExists(s.qmp_socket_path)) << s.qmp_socket_path;
+    EXPECT_FALSE(PathExists(s.guest_socket_path)) << s.guest_socket_path;
+    EXPECT_TRUE(PathExists(s.console_log_path)) << "the console log is kept";
+  }
+  EXPECT_FALSE(PathExists(d1.dir + "/jail"));
+  EXPECT_FALSE(PathExists(d2.dir + "/jail"));
+}
+
+}  // namespace
+}  // namespace moat::vmm::qemu

@@ -1,0 +1,168 @@
+#include "vmm/qemu/command_line.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+namespace moat::vmm::qemu {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+VmSpec ColdSpec() {
+  VmSpec s;
+  s.name = "sb1";
+  s.vcpus = 2;
+  s.memory_mib = 256;
+  s.kernel_path = "/t/vmlinux";
+  s.rootfs.path = "/t/rootfs.ext4";
+  s.memory_path = "/t/mem";
+  s.memory_shared = true;
+  s.console_log_path = "/s/console.log";
+  s.guest_socket_path = "/s/guest.sock";
+  s.qmp_socket_path = "/s/qmp.sock";
+  return s;
+}
+
+VmSpec RestoreSpec() {
+  VmSpec s = ColdSpec();
+  s.boot_mode = BootMode::kRestore;
+  s.kernel_path.clear();
+  s.memory_shared = false;
+  s.device_state_path = "/t/vmstate";
+  return s;
+}
+
+// The value following `flag` (the first occurrence whose value contains `needle`).
+std::string ValueOf(const std::vector<std::string>& argv, const std::string& flag,
+                    const std::string& needle = "") {
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == flag && argv[i + 1].find(needle) != std::string::npos) return argv[i + 1];
+  }
+  return "";
+}
+
+TEST(CommandLine, ColdBootUnderTcgKeepsMicrovmDefaultsAndBootsTheKernel) {
+  auto argv = BuildCommandLine(ColdSpec());
+  ASSERT_TRUE(argv.ok()) << argv.status().ToString();
+  EXPECT_EQ((*argv)[0], kDefaultQemuBinary);
+  EXPECT_EQ(ValueOf(*argv, "-M"),
+            "microvm,x-option-roms=off,isa-serial=on,acpi=off,mem-merge=off,memory-backend=mem");
+  EXPECT_EQ(ValueOf(*argv, "-accel"), "tcg,tb-size=128");
+  EXPECT_THAT(*argv, Not(Contains("-cpu")));
+  EXPECT_EQ(ValueOf(*argv, "-smp"), "2");
+  EXPECT_EQ(ValueOf(*argv, "-m"), "256M");
+  EXPECT_EQ(ValueOf(*argv, "-object"),
+            "memory-backend-file,id=mem,size=256M,mem-path=/t/mem,share=on,merge=off");
+  EXPECT_EQ(ValueOf(*argv, "-kernel"), "/t/vmlinux");
+  EXPECT_EQ(ValueOf(*argv, "-append"),
+            "console=ttyS0 root=/dev/vda rootfstype=ext4 init=/usr/sbin/moat-guest reboot=t "
+            "panic=-1 quiet rw");
+  EXPECT_THAT(*argv, Not(Contains("-incoming")));
+  EXPECT_THAT(*argv, Not(Contains("-S")));
+  for (const char* flag : {"-nodefaults", "-no-user-config", "-no-reboot"}) {
+    EXPECT_THAT(*argv, Contains(flag));
+  }
+  EXPECT_EQ(ValueOf(*argv, "-sandbox"),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  EXPECT_EQ(ValueOf(*argv, "-chardev", "id=qmp"),
+            "socket,id=qmp,path=/s/qmp.sock,server=on,wait=off");
+  EXPECT_EQ(ValueOf(*argv, "-mon"), "chardev=qmp,mode=control");
+  EXPECT_EQ(ValueOf(*argv, "-chardev", "id=guest"),
+            "socket,id=guest,path=/s/guest.sock,server=on,wait=off");
+  EXPECT_EQ(ValueOf(*argv, "-device", "virtserialport"),
+            "virtserialport,bus=vser0.0,chardev=guest,name=moat.0");
+  EXPECT_EQ(ValueOf(*argv, "-chardev", "id=console"),
+            "file,id=console,path=/s/console.log,append=on");
+  EXPECT_EQ(ValueOf(*argv, "-serial"), "chardev:console");
+  EXPECT_EQ(ValueOf(*argv, "-device", "rng"), "virtio-rng-device");
+  EXPECT_EQ(ValueOf(*argv, "-blockdev", "driver=file"),
+            "driver=file,node-name=disk0-file,filename=/t/rootfs.ext4,read-only=off");
+  EXPECT_EQ(ValueOf(*argv, "-device", "blk"), "virtio-blk-device,drive=disk0");
+}
+
+TEST(CommandLine, KvmAddsHostCpuAndTurnsTheRtcOff) {
+  VmSpec s = ColdSpec();
+  s.accel = Accel::kKvm;
+  auto argv = BuildCommandLine(s);
+  ASSERT_TRUE(argv.ok());
+  EXPECT_THAT(ValueOf(*argv, "-M"), HasSubstr(",rtc=off"));
+  EXPECT_EQ(ValueOf(*argv, "-accel"), "kvm");
+  EXPECT_EQ(ValueOf(*argv, "-cpu"), "host");
+}
+
+TEST(CommandLine, RestoreWaitsForIncomingStateWithPrivateMemoryAndNoKernel) {
+  auto argv = BuildCommandLine(RestoreSpec());
+  ASSERT_TRUE(argv.ok()) << argv.status().ToString();
+  EXPECT_EQ(ValueOf(*argv, "-incoming"), "defer");
+  EXPECT_THAT(*argv, Contains("-S"));
+  EXPECT_THAT(*argv, Not(Contains("-kernel")));
+  EXPECT_THAT(*argv, Not(Contains("-append")));
+  EXPECT_THAT(ValueOf(*argv, "-object"), HasSubstr(",share=off,"));
+  // Same machine and devices as the cold boot: the migration stream must match them.
+  auto cold = BuildCommandLine(ColdSpec());
+  ASSERT_TRUE(cold.ok());
+  for (const char* flag : {"-M", "-accel", "-smp", "-m"}) {
+    EXPECT_EQ(ValueOf(*argv, flag), ValueOf(*cold, flag)) << flag;
+  }
+  for (const char* dev : {"virtio-serial-device", "virtserialport", "rng", "blk"}) {
+    EXPECT_EQ(ValueOf(*argv, "-device", dev), ValueOf(*cold, "-device", dev)) << dev;
+  }
+}
+
+TEST(CommandLine, RestoreRefusesSharedMemoryAndNeedsTheDeviceState) {
+  VmSpec s = RestoreSpec();
+  s.memory_shared = true;
+  EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+  s = RestoreSpec();
+  s.device_state_path.clear();
+  EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST(CommandLine, OverlayGetsTheRawImageAsAnExplicitReadOnlyBackingNode) {
+  VmSpec s = ColdSpec();
+  s.rootfs.overlay_path = "/s/overlay.qcow2";
+  auto argv = BuildCommandLine(s);
+  ASSERT_TRUE(argv.ok());
+  EXPECT_EQ(ValueOf(*argv, "-blockdev", "base0-file"),
+            "driver=file,node-name=base0-file,filename=/t/rootfs.ext4,read-only=on");
+  EXPECT_EQ(ValueOf(*argv, "-blockdev", "driver=raw"),
+            "driver=raw,node-name=base0,file=base0-file,read-only=on");
+  EXPECT_EQ(ValueOf(*argv, "-blockdev", "driver=qcow2"),
+            "driver=qcow2,node-name=disk0,file=disk0-file,backing=base0");
+  EXPECT_EQ(ValueOf(*argv, "-blockdev", "overlay"),
+            "driver=file,node-name=disk0-file,filename=/s/overlay.qcow2");
+}
+
+TEST(CommandLine, ReadOnlyDiskMountsRootReadOnlyAndExtraCmdlineComesLast) {
+  VmSpec s = ColdSpec();
+  s.rootfs.read_only = true;
+  s.kernel_cmdline_extra = "init=/bin/sh";
+  auto argv = BuildCommandLine(s);
+  ASSERT_TRUE(argv.ok());
+  EXPECT_THAT(ValueOf(*argv, "-blockdev", "driver=file"), HasSubstr("read-only=on"));
+  std::string append = ValueOf(*argv, "-append");
+  EXPECT_THAT(append, HasSubstr(" ro init=/bin/sh"));
+  EXPECT_EQ(append.rfind("init=/bin/sh"), append.size() - std::string("init=/bin/sh").size());
+}
+
+TEST(CommandLine, RejectsPathsThatCouldInjectOptions) {
+  VmSpec s = ColdSpec();
+  s.qmp_socket_path = "/s/qmp.sock,server=off";
+  EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+  s = ColdSpec();
+  s.rootfs.path = "relative/rootfs";
+  EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+  s = ColdSpec();
+  s.kernel_path.clear();
+  EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+  s = ColdSpec();
+  s.vcpus = 0;
+  EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace moat::vmm::qemu
