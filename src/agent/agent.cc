@@ -5,6 +5,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
+
 #include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "common/child_process.h"
@@ -29,9 +32,15 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   if (config.base.vcpus == 0 || config.base.memory_mib < 64) {
     return InvalidArgument("agent: template needs >= 1 vCPU and >= 64 MiB");
   }
+  MOAT_RETURN_IF_ERROR(MakeDirs(config.data_dir + "/sandboxes", 0711));
+  // Disk backing files and jail binds need absolute, canonical paths.
+  for (std::string* path : {&config.data_dir, &config.base.kernel_path, &config.base.rootfs_path}) {
+    char real[PATH_MAX];
+    if (::realpath(path->c_str(), real) == nullptr) return ErrnoError("realpath(" + *path + ")");
+    *path = real;
+  }
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
   AgentConfig& c = agent->config_;
-  MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/sandboxes", 0711));
   if (c.jail) {
     agent->jail_ids_ = std::make_unique<vmm::JailIdAllocator>(c.jail_id_first, c.jail_id_count);
   }
@@ -73,9 +82,16 @@ void RemoveLeftoverCgroup(const std::string& vm_name) {
   auto layout = vmm::DetectCgroupLayout();
   if (!layout.ok()) return;
   for (const auto& dir : vmm::CgroupDirsFor(*layout, "", vm_name)) {
-    if (PathExists(dir) && ::rmdir(dir.c_str()) < 0) {
-      LogWarn("agent.cgroup_cleanup_failed", {{"dir", dir}, {"errno", errno}});
+    // The kernel may still count a just-killed member for a moment: rmdir fails with EBUSY.
+    for (int attempt = 0; PathExists(dir) && ::rmdir(dir.c_str()) < 0; ++attempt) {
+      if (errno != EBUSY || attempt == 100) {
+        LogWarn("agent.cgroup_cleanup_failed", {{"dir", dir}, {"errno", errno}});
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+    // The shared parent (".../moat") goes too once empty; it is busy while others use it.
+    ::rmdir(dir.substr(0, dir.rfind('/')).c_str());
   }
 }
 

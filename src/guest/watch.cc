@@ -1,6 +1,7 @@
 #include "guest/watch.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,9 +62,16 @@ Status Watch::AddTree(const std::string& dir, const std::string& rel) {
   if (d == nullptr) return Status::Ok();  // vanished or unreadable: nothing below to watch
   std::vector<std::string> subdirs;
   while (dirent* e = ::readdir(d)) {
-    if (e->d_type != DT_DIR) continue;
     std::string name = e->d_name;
     if (name == "." || name == "..") continue;
+    if (e->d_type == DT_UNKNOWN) {  // some filesystems do not fill d_type in
+      struct stat st{};
+      if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
+        continue;
+      }
+    } else if (e->d_type != DT_DIR) {
+      continue;
+    }
     subdirs.push_back(name);
   }
   ::closedir(d);

@@ -1,0 +1,163 @@
+// End to end: what a sandbox owns is released on every path — kill, a VMM that dies under the
+// agent, and an agent that dies under its sandboxes.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "agent/agent.h"
+#include "common/fs.h"
+#include "support/test_util.h"
+#include "vmm/cgroup.h"
+
+namespace moat::agent {
+namespace {
+
+using namespace std::chrono_literals;
+
+AgentConfig TestConfig(const std::string& data_dir) {
+  std::string guest = moat::testing::BuildDir() + "/guest";
+  AgentConfig c;
+  c.data_dir = data_dir;
+  c.base.kernel_path = guest + "/vmlinux";
+  c.base.rootfs_path = guest + "/rootfs.ext4";
+  c.base.vcpus = 1;
+  c.base.memory_mib = 256;
+  c.accel = vmm::Accel::kTcg;
+  c.monitor_interval = 50ms;
+  return c;
+}
+
+std::string ProcStatusField(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return line.substr(field.size() + 1);
+  }
+  return "";
+}
+
+bool CgroupExists(const std::string& vm_name) {
+  auto layout = vmm::DetectCgroupLayout();
+  if (!layout.ok()) return false;
+  for (const auto& d : vmm::CgroupDirsFor(*layout, "", vm_name)) {
+    if (PathExists(d)) return true;
+  }
+  return false;
+}
+
+bool WaitUntil(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {
+  auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return cond();
+}
+
+class SandboxLifecycleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto dir = MakeTempDir("/tmp", "moat-life.");
+    ASSERT_TRUE(dir.ok());
+    dir_ = *dir;
+  }
+  void TearDown() override {
+    EXPECT_EQ(moat::testing::CountProcessesMentioning(dir_), 0) << "VMM processes left behind";
+    EXPECT_TRUE(RemoveTree(dir_).ok());
+  }
+  std::string dir_;
+};
+
+TEST_F(SandboxLifecycleTest, TheVmmRunsJailedWithoutPrivileges) {
+  auto agent = Agent::Start(TestConfig(dir_));
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  auto sb = (*agent)->Create("base", {});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  pid_t pid = (*sb)->vmm_pid();
+  std::string uid = ProcStatusField(pid, "Uid");
+  EXPECT_EQ(uid.find("\t0\t"), std::string::npos) << uid;
+  EXPECT_EQ(ProcStatusField(pid, "CapEff"), "\t0000000000000000");
+  EXPECT_EQ(ProcStatusField(pid, "NoNewPrivs"), "\t1");
+  // Its root is the jail: host files are not there.
+  std::string root = "/proc/" + std::to_string(pid) + "/root";
+  EXPECT_FALSE(PathExists(root + "/etc/shadow"));
+  EXPECT_FALSE(PathExists(root + "/root"));
+  EXPECT_TRUE(PathExists(root + (*sb)->paths().guest_socket));
+}
+
+TEST_F(SandboxLifecycleTest, KillReleasesProcessDirectoryAndCgroup) {
+  auto agent = Agent::Start(TestConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  auto sb = (*agent)->Create("base", {});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  std::string id = (*sb)->id();
+  std::string sandbox_dir = (*sb)->paths().dir;
+  ASSERT_TRUE(CgroupExists("moat-" + id));
+  ASSERT_TRUE((*agent)->Kill(id).ok());
+  EXPECT_FALSE(PathExists(sandbox_dir));
+  EXPECT_FALSE(CgroupExists("moat-" + id));
+  EXPECT_EQ((*agent)->Kill(id).code(), ErrorCode::kNotFound);
+  EXPECT_EQ((*agent)->Get(id).status().code(), ErrorCode::kNotFound);
+}
+
+TEST_F(SandboxLifecycleTest, AVmmThatDiesIsNoticedAndReleased) {
+  auto agent = Agent::Start(TestConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  auto sb = (*agent)->Create("base", {});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  std::string id = (*sb)->id();
+  std::string sandbox_dir = (*sb)->paths().dir;
+  ASSERT_EQ(::kill((*sb)->vmm_pid(), SIGKILL), 0);
+  EXPECT_TRUE(WaitUntil([&] { return !(*agent)->Get(id).ok(); }, 5s));
+  EXPECT_TRUE(WaitUntil([&] { return !PathExists(sandbox_dir); }, 5s));
+  EXPECT_FALSE(CgroupExists("moat-" + id));
+  // A caller holding the sandbox gets a clear error, not a hang.
+  auto guest = (*sb)->Guest();
+  EXPECT_FALSE(guest.ok());
+}
+
+TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterOneThatDied) {
+  // An agent in a child process boots a sandbox and is then SIGKILLed: no destructor runs.
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    auto agent = Agent::Start(TestConfig(dir_));
+    if (!agent.ok()) ::_exit(1);
+    auto sb = (*agent)->Create("base", {});
+    if (!sb.ok()) ::_exit(2);
+    std::string id = (*sb)->id();
+    (void)!::write(ready[1], id.data(), id.size());
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char buf[64] = {};
+  ssize_t n = ::read(ready[0], buf, sizeof buf);
+  ::close(ready[0]);
+  ASSERT_EQ(n, 20) << "the child agent failed to boot a sandbox";
+  std::string id(buf, 20);
+  ASSERT_TRUE(PathExists(dir_ + "/sandboxes/" + id));
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  // Its VMM dies with it (parent-death signal); its directory and cgroup are left behind.
+  EXPECT_TRUE(WaitUntil([&] { return moat::testing::CountProcessesMentioning(dir_) == 0; }, 5s));
+  auto agent = Agent::Start(TestConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  ASSERT_EQ((*agent)->recovery().cleaned.size(), 1u);
+  EXPECT_EQ((*agent)->recovery().cleaned[0], id);
+  EXPECT_FALSE(PathExists(dir_ + "/sandboxes/" + id));
+  EXPECT_FALSE(CgroupExists("moat-" + id));
+  EXPECT_TRUE((*agent)->List().empty());
+}
+
+}  // namespace
+}  // namespace moat::agent
