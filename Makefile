@@ -63,7 +63,7 @@ fmt:
 	clang-format -i $(FORMAT_FILES)
 
 fmt-check:
-	clang-format --dry-run -Werror $(FORMAT_FILES)
+	@clang-format --dry-run -Werror $(FORMAT_FILES)
 
 tidy: build
 	run-clang-tidy -quiet -p $(BUILD) 'src/' 2>/dev/null || \

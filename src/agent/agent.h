@@ -21,8 +21,8 @@
 namespace moat::agent {
 
 struct AgentConfig {
-  std::string data_dir;   // DATA_DIR (sandboxes/ lives under it)
-  TemplateSpec base;      // the `base` template's artifacts and resources
+  std::string data_dir;  // DATA_DIR (sandboxes/ lives under it)
+  TemplateSpec base;     // the `base` template's artifacts and resources
   vmm::Accel accel = vmm::Accel::kTcg;
   bool jail = true;
   uint32_t jail_id_first = 900000;

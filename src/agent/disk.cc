@@ -10,9 +10,9 @@ namespace moat::agent {
 Status CreateOverlay(const std::string& base, const std::string& overlay) {
   if (!PathExists(base)) return NotFound("disk image " + base + " does not exist");
   if (PathExists(overlay)) return Status(ErrorCode::kAlreadyExists, overlay + " already exists");
-  auto child = ChildProcess::Spawn({.argv = {"qemu-img", "create", "-q", "-f", "qcow2", "-F",
-                                             "raw", "-b", base, overlay},
-                                    .env = std::vector<std::string>{"PATH=/usr/bin:/bin"}});
+  auto child = ChildProcess::Spawn(
+      {.argv = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, overlay},
+       .env = std::vector<std::string>{"PATH=/usr/bin:/bin"}});
   if (!child.ok()) return child.status().Annotate("qemu-img create");
   MOAT_ASSIGN_OR_RETURN(int st, child->Wait(std::chrono::milliseconds(10000)));
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -23,7 +23,7 @@ Status CreateOverlay(const std::string& base, const std::string& overlay) {
 }
 
 Result<uint64_t> AllocatedBytes(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
   return static_cast<uint64_t>(st.st_blocks) * 512;
 }

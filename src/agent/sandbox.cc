@@ -35,9 +35,13 @@ Sandbox::Sandbox(const SandboxEnv& env, std::string id, std::string template_nam
       template_name_(std::move(template_name)),
       paths_(env.sandboxes_dir + "/" + id_) {}
 
-Sandbox::~Sandbox() { Kill(); }
+Sandbox::~Sandbox() {
+  Kill();
+}
 
-pid_t Sandbox::vmm_pid() const { return vmm_ ? vmm_->pid() : -1; }
+pid_t Sandbox::vmm_pid() const {
+  return vmm_ ? vmm_->pid() : -1;
+}
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
                                                const std::string& id,
@@ -45,7 +49,8 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   auto start = Clock::now();
   std::unique_ptr<Sandbox> sb(new Sandbox(env, id, tmpl.name));
   const SandboxPaths& p = sb->paths_;
-  if (PathExists(p.dir)) return Status(ErrorCode::kAlreadyExists, "sandbox dir " + p.dir + " exists");
+  if (PathExists(p.dir))
+    return Status(ErrorCode::kAlreadyExists, "sandbox dir " + p.dir + " exists");
   // From here on, any failure releases what was made (the destructor runs Kill()).
   MOAT_RETURN_IF_ERROR(MakeDirs(p.dir, 0711));
   sb->owns_dir_ = true;
@@ -118,7 +123,8 @@ Status Sandbox::ConnectGuest(std::chrono::milliseconds timeout) {
   // QEMU creates the socket during start-up; the guest answers the HELLO once moat-guest runs.
   MOAT_ASSIGN_OR_RETURN(UniqueFd fd, ConnectUnix(paths_.guest_socket, timeout));
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-  auto client = channel::GuestClient::Connect(std::move(fd), std::max(left, std::chrono::milliseconds(1)));
+  auto client =
+      channel::GuestClient::Connect(std::move(fd), std::max(left, std::chrono::milliseconds(1)));
   if (!client.ok()) {
     return client.status().Annotate("waiting for moat-guest in sandbox " + id_ +
                                     " (console log: " + paths_.console_log + ")");

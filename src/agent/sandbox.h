@@ -47,7 +47,7 @@ struct SandboxPaths {
 };
 
 struct SandboxUsage {
-  uint64_t pss_bytes = 0;   // the VMM's proportional set size (shared template pages split)
+  uint64_t pss_bytes = 0;  // the VMM's proportional set size (shared template pages split)
   uint64_t rss_bytes = 0;
   uint64_t disk_bytes = 0;  // host bytes allocated to the overlay
 };

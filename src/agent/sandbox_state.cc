@@ -64,9 +64,11 @@ Result<SandboxState> ParseSandboxState(const std::string& text) {
 
 Result<uint64_t> ProcessStartTime(pid_t pid) {
   MOAT_ASSIGN_OR_RETURN(std::string stat, ReadFile("/proc/" + std::to_string(pid) + "/stat"));
-  // The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
+  // The command name (field 2) may contain spaces and parentheses: fields resume after the last
+  // ')'.
   size_t close = stat.rfind(')');
-  if (close == std::string::npos) return Internal("/proc/" + std::to_string(pid) + "/stat: bad format");
+  if (close == std::string::npos)
+    return Internal("/proc/" + std::to_string(pid) + "/stat: bad format");
   size_t pos = close + 2;  // field 3 starts here
   for (int field = 3; field < 22; ++field) {
     pos = stat.find(' ', pos);

@@ -29,8 +29,8 @@ int BootCheck(MoatdConfig config) {
     std::fprintf(stderr, "moatd: --accel: %s\n", accel.status().message().c_str());
     return 2;
   }
-  LogInfo("moatd.accel", {{"accel", std::string(vmm::AccelName(accel->accel))},
-                          {"reason", accel->reason}});
+  LogInfo("moatd.accel",
+          {{"accel", std::string(vmm::AccelName(accel->accel))}, {"reason", accel->reason}});
 
   agent::AgentConfig ac;
   ac.data_dir = config.data_dir;
@@ -64,9 +64,8 @@ int BootCheck(MoatdConfig config) {
       "  accelerator:        %s (%s)\n"
       "  sandbox:            %s, cold boot to moat-guest ready in %ld ms\n"
       "  inside the guest:   %s",
-      std::string(vmm::AccelName(accel->accel)).c_str(), accel->reason.c_str(),
-      (*sb)->id().c_str(), static_cast<long>((*sb)->boot_time().count()),
-      run->stdout_data.c_str());
+      std::string(vmm::AccelName(accel->accel)).c_str(), accel->reason.c_str(), (*sb)->id().c_str(),
+      static_cast<long>((*sb)->boot_time().count()), run->stdout_data.c_str());
   (void)(*agent)->Kill((*sb)->id());
   std::printf(
       "moatd: the HTTP API (%s) is not implemented yet — it is the next issue; the sandbox was "

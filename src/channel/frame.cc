@@ -18,7 +18,8 @@ uint32_t GetU32(const char* p) {
 }
 
 bool KnownType(uint8_t t) {
-  return t >= static_cast<uint8_t>(FrameType::kHello) && t <= static_cast<uint8_t>(FrameType::kPong);
+  return t >= static_cast<uint8_t>(FrameType::kHello) &&
+         t <= static_cast<uint8_t>(FrameType::kPong);
 }
 
 // Checks a header; returns an empty string if valid, else why not.

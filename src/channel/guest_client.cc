@@ -1,8 +1,8 @@
 #include "channel/guest_client.h"
 
 #include <poll.h>
-#include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,11 +40,11 @@ std::string Truncated(std::string s) {
 }  // namespace
 
 ErrorCode ErrorCodeFromName(std::string_view name) {
-  for (auto code : {ErrorCode::kInvalidArgument, ErrorCode::kNotFound, ErrorCode::kAlreadyExists,
-                    ErrorCode::kPermissionDenied, ErrorCode::kFailedPrecondition,
-                    ErrorCode::kResourceExhausted, ErrorCode::kDeadlineExceeded,
-                    ErrorCode::kUnavailable, ErrorCode::kCancelled, ErrorCode::kAborted,
-                    ErrorCode::kInternal}) {
+  for (auto code :
+       {ErrorCode::kInvalidArgument, ErrorCode::kNotFound, ErrorCode::kAlreadyExists,
+        ErrorCode::kPermissionDenied, ErrorCode::kFailedPrecondition, ErrorCode::kResourceExhausted,
+        ErrorCode::kDeadlineExceeded, ErrorCode::kUnavailable, ErrorCode::kCancelled,
+        ErrorCode::kAborted, ErrorCode::kInternal}) {
     if (ErrorCodeName(code) == name) return code;
   }
   return ErrorCode::kInternal;
@@ -142,23 +142,21 @@ struct GuestClient::Stream::Shared {
 Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to_cancel) {
   switch (f.type) {
     case FrameType::kHello:
-    case FrameType::kPong:
-      return Status::Ok();  // repeated answers to our repeated HELLOs
+    case FrameType::kPong: return Status::Ok();  // repeated answers to our repeated HELLOs
     case FrameType::kPing:
       to_cancel->push_back(0);  // 0: answer with PONG (below, outside the lock)
       return Status::Ok();
     case FrameType::kRequest:
     case FrameType::kCancel:
       return InvalidArgument(std::string(FrameTypeName(f.type)) + " frame from the guest");
-    default:
-      break;
+    default: break;
   }
   auto it = streams.find(f.stream);
   if (it == streams.end()) {
     // Frames still in flight for a stream we cancelled or ended are expected; a stream we never
     // opened is not.
-    if (f.stream >= next_id) return InvalidArgument("frame for unopened stream " +
-                                                    std::to_string(f.stream));
+    if (f.stream >= next_id)
+      return InvalidArgument("frame for unopened stream " + std::to_string(f.stream));
     return Status::Ok();
   }
   uint32_t id = f.stream;
@@ -200,8 +198,7 @@ Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to
       }
       if (st->queued_messages + 1 > kMaxQueuedMessages ||
           st->queued_message_bytes + f.payload.size() > kMaxQueuedMessageBytes) {
-        EndLocally(id, st, ResourceExhausted("too many unread messages on the stream"),
-                   to_cancel);
+        EndLocally(id, st, ResourceExhausted("too many unread messages on the stream"), to_cancel);
         return Status::Ok();
       }
       st->queued_messages += 1;
@@ -235,8 +232,7 @@ Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to
       streams.erase(id);
       return Status::Ok();
     }
-    default:
-      return InvalidArgument("unexpected frame");
+    default: return InvalidArgument("unexpected frame");
   }
   if (total_queued > kMaxTotalQueuedBytes) {
     return ResourceExhausted("guest exceeded the host's buffer limit");
@@ -258,8 +254,8 @@ Result<std::unique_ptr<GuestClient>> GuestClient::Connect(UniqueFd fd,
   for (;;) {
     auto now = Clock::now();
     if (now >= deadline) {
-      return DeadlineExceeded("no HELLO from the guest within " +
-                              std::to_string(timeout.count()) + " ms");
+      return DeadlineExceeded("no HELLO from the guest within " + std::to_string(timeout.count()) +
+                              " ms");
     }
     if (now >= next_hello) {
       MOAT_RETURN_IF_ERROR(WriteAll(shared->fd.get(), hello).Annotate("sending HELLO"));
@@ -400,7 +396,9 @@ Result<std::unique_ptr<GuestClient::Stream>> GuestClient::Open(const json& reque
   return std::unique_ptr<Stream>(new Stream(shared_, state, id));
 }
 
-GuestClient::Stream::~Stream() { Cancel(); }
+GuestClient::Stream::~Stream() {
+  Cancel();
+}
 
 Result<StreamEvent> GuestClient::Stream::Next(std::optional<Deadline> deadline) {
   uint32_t credit = 0;
@@ -430,11 +428,8 @@ Result<StreamEvent> GuestClient::Stream::Next(std::optional<Deadline> deadline) 
         state_->queued_messages -= 1;
         state_->queued_message_bytes -= std::min(state_->queued_message_bytes, bytes);
         break;
-      case StreamEvent::Kind::kEnd:
-        state_->final_end = ev;
-        break;
-      case StreamEvent::Kind::kEof:
-        break;
+      case StreamEvent::Kind::kEnd: state_->final_end = ev; break;
+      case StreamEvent::Kind::kEof: break;
     }
   }
   // Credit goes back only now that the caller has the bytes: a slow consumer slows the guest.
@@ -467,8 +462,8 @@ Status GuestClient::Stream::Write(SubChannel ch, std::string_view data,
           std::min<uint64_t>({data.size(), state_->send_window, uint64_t{kMaxPayload}}));
       state_->send_window -= n;
     }
-    MOAT_RETURN_IF_ERROR(shared_->Send(FrameType::kData, static_cast<uint8_t>(ch), id_,
-                                       data.substr(0, n)));
+    MOAT_RETURN_IF_ERROR(
+        shared_->Send(FrameType::kData, static_cast<uint8_t>(ch), id_, data.substr(0, n)));
     data.remove_prefix(n);
   }
   return Status::Ok();
@@ -513,8 +508,8 @@ Result<json> GuestClient::Call(const json& request, Deadline deadline) {
       case StreamEvent::Kind::kMessage: {
         bool merged = false;
         for (const char* key : {"entries", "processes"}) {
-          if (have && result.contains(key) && result[key].is_array() &&
-              ev->message.contains(key) && ev->message[key].is_array()) {
+          if (have && result.contains(key) && result[key].is_array() && ev->message.contains(key) &&
+              ev->message[key].is_array()) {
             for (auto& item : ev->message[key]) result[key].push_back(std::move(item));
             merged = true;
           }
@@ -526,8 +521,7 @@ Result<json> GuestClient::Call(const json& request, Deadline deadline) {
       case StreamEvent::Kind::kEnd:
         if (!ev->status.ok()) return ev->status;
         return result;
-      default:
-        break;  // DATA is consumed (and credited) and ignored
+      default: break;  // DATA is consumed (and credited) and ignored
     }
   }
 }
@@ -573,8 +567,8 @@ Result<ExecResult> GuestClient::Run(const ExecRequest& request, Deadline deadlin
         } else if (type == "exit") {
           result.exit_code = int_field("exit_code");
           result.signal = int_field("signal");
-          result.timed_out = m.value("timed_out", json(false)).is_boolean() &&
-                             m.value("timed_out", false);
+          result.timed_out =
+              m.value("timed_out", json(false)).is_boolean() && m.value("timed_out", false);
         }
         break;
       }
@@ -582,8 +576,7 @@ Result<ExecResult> GuestClient::Run(const ExecRequest& request, Deadline deadlin
         status = ev->status;
         done = true;
         break;
-      case StreamEvent::Kind::kEof:
-        break;
+      case StreamEvent::Kind::kEof: break;
     }
   }
   stream->Cancel();  // unblocks the writer if the process ended before reading its input

@@ -25,7 +25,7 @@ struct SpawnOptions {
   // parent is closed in the child (close-on-exec).
   std::vector<std::pair<int, int>> fds;
   std::string cwd;
-  bool new_session = true;          // setsid(): the child leads its own process group
+  bool new_session = true;            // setsid(): the child leads its own process group
   int parent_death_signal = SIGKILL;  // 0: none
   // Runs in the child just before exec. It must only make async-signal-safe calls (the parent
   // may be multi-threaded): no allocation, no locks. Returns 0, or an errno that fails Spawn.

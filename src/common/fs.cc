@@ -70,14 +70,14 @@ Status MakeDirs(const std::string& path, mode_t mode) {
       return ErrnoError("mkdir(" + cur + ")");
     }
   }
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
   if (!S_ISDIR(st.st_mode)) return InvalidArgument("mkdir(" + path + "): not a directory");
   return Status::Ok();
 }
 
 Status RemoveTree(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) < 0) {
     if (errno == ENOENT) return Status::Ok();
     return ErrnoError("lstat(" + path + ")");
@@ -102,7 +102,7 @@ Status RemoveTree(const std::string& path) {
 }
 
 bool PathExists(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
 }
 

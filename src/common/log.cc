@@ -50,8 +50,12 @@ void AppendValue(std::string& out, std::string_view v) {
 
 }  // namespace
 
-void SetLogLevel(LogLevel level) { g_level = static_cast<int>(level); }
-void SetLogFd(int fd) { g_fd = fd; }
+void SetLogLevel(LogLevel level) {
+  g_level = static_cast<int>(level);
+}
+void SetLogFd(int fd) {
+  g_fd = fd;
+}
 
 void Log(LogLevel level, std::string_view event, std::initializer_list<LogField> fields) {
   if (static_cast<int>(level) < g_level.load()) return;
@@ -61,7 +65,8 @@ void Log(LogLevel level, std::string_view event, std::initializer_list<LogField>
   gmtime_r(&tv.tv_sec, &t);
   char ts[64];
   std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900,
-                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                static_cast<int>(tv.tv_usec / 1000));
   std::string line = "ts=";
   line += ts;
   line += " level=";

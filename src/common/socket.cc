@@ -16,8 +16,8 @@ Result<sockaddr_un> UnixAddr(const std::string& path) {
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) {
     return InvalidArgument("unix socket path too long (" + std::to_string(path.size()) +
-                           " bytes, max " + std::to_string(sizeof addr.sun_path - 1) + "): " +
-                           path);
+                           " bytes, max " + std::to_string(sizeof addr.sun_path - 1) +
+                           "): " + path);
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   return addr;

@@ -41,12 +41,18 @@ Status Status::Annotate(std::string_view context) const {
 Status InvalidArgument(std::string message) {
   return {ErrorCode::kInvalidArgument, std::move(message)};
 }
-Status NotFound(std::string message) { return {ErrorCode::kNotFound, std::move(message)}; }
+Status NotFound(std::string message) {
+  return {ErrorCode::kNotFound, std::move(message)};
+}
 Status FailedPrecondition(std::string message) {
   return {ErrorCode::kFailedPrecondition, std::move(message)};
 }
-Status Internal(std::string message) { return {ErrorCode::kInternal, std::move(message)}; }
-Status Unavailable(std::string message) { return {ErrorCode::kUnavailable, std::move(message)}; }
+Status Internal(std::string message) {
+  return {ErrorCode::kInternal, std::move(message)};
+}
+Status Unavailable(std::string message) {
+  return {ErrorCode::kUnavailable, std::move(message)};
+}
 Status DeadlineExceeded(std::string message) {
   return {ErrorCode::kDeadlineExceeded, std::move(message)};
 }
@@ -57,34 +63,26 @@ Status ResourceExhausted(std::string message) {
 ErrorCode ErrorCodeFromErrno(int err) {
   switch (err) {
     case ENOENT:
-    case ESRCH:
-      return ErrorCode::kNotFound;
-    case EEXIST:
-      return ErrorCode::kAlreadyExists;
+    case ESRCH: return ErrorCode::kNotFound;
+    case EEXIST: return ErrorCode::kAlreadyExists;
     case EACCES:
-    case EPERM:
-      return ErrorCode::kPermissionDenied;
+    case EPERM: return ErrorCode::kPermissionDenied;
     case EINVAL:
     case ENAMETOOLONG:
     case ENOTDIR:
     case EISDIR:
-    case ENOTEMPTY:
-      return ErrorCode::kInvalidArgument;
+    case ENOTEMPTY: return ErrorCode::kInvalidArgument;
     case ENOSPC:
     case ENOMEM:
     case EMFILE:
     case ENFILE:
-    case EAGAIN:
-      return ErrorCode::kResourceExhausted;
-    case ETIMEDOUT:
-      return ErrorCode::kDeadlineExceeded;
+    case EAGAIN: return ErrorCode::kResourceExhausted;
+    case ETIMEDOUT: return ErrorCode::kDeadlineExceeded;
     case ECONNREFUSED:
     case ECONNRESET:
     case EPIPE:
-    case ENOTCONN:
-      return ErrorCode::kUnavailable;
-    default:
-      return ErrorCode::kInternal;
+    case ENOTCONN: return ErrorCode::kUnavailable;
+    default: return ErrorCode::kInternal;
   }
 }
 

@@ -15,11 +15,10 @@
 namespace moat::guest {
 namespace {
 
-constexpr const char* kDefaultPath =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 bool IsExecutableFile(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111) != 0;
 }
 
@@ -120,7 +119,7 @@ Result<ExecSpec> ParseExecRequest(const Json& request, const Defaults& defaults,
   } else {
     spec.cwd = ResolvePath(home, "/");
   }
-  struct stat st{};
+  struct stat st {};
   if (::stat(spec.cwd.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) {
     if ((cwd && !cwd->empty()) || !defaults.workdir.empty()) {
       return NotFound("cwd " + spec.cwd + " is not an existing directory");

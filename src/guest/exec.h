@@ -23,7 +23,7 @@ struct PtySize {
 };
 
 struct ExecSpec {
-  std::vector<std::string> argv;  // what runs: argv[0] resolved to a path at spawn time
+  std::vector<std::string> argv;          // what runs: argv[0] resolved to a path at spawn time
   std::vector<std::string> request_argv;  // as requested (for `processes`)
   std::string cmd;                        // as requested, when run through bash
   std::vector<std::string> env;           // KEY=VALUE

@@ -15,7 +15,7 @@ namespace moat::guest {
 Result<std::unique_ptr<FileDownload>> FileDownload::Open(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
   if (!fd) return ErrnoError("open(" + path + ")");
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) < 0) return ErrnoError("stat(" + path + ")");
   if (!S_ISREG(st.st_mode)) return InvalidArgument("read_file(" + path + "): not a regular file");
   return std::unique_ptr<FileDownload>(
@@ -35,10 +35,10 @@ Result<std::string> FileDownload::Read(size_t max) {
   }
 }
 
-Result<std::unique_ptr<FileUpload>> FileUpload::Begin(const std::string& path,
-                                                      const UserInfo& user, mode_t mode) {
+Result<std::unique_ptr<FileUpload>> FileUpload::Begin(const std::string& path, const UserInfo& user,
+                                                      mode_t mode) {
   if (path == "/") return InvalidArgument("write_file(/): is a directory");
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     return InvalidArgument("write_file(" + path + "): is a directory");
   }

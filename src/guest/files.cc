@@ -42,7 +42,7 @@ Status ListInto(const std::string& dir, int depth, const UserTable& users, size_
     std::string name = e->d_name;
     if (name == "." || name == "..") continue;
     std::string path = JoinPath(dir, name);
-    struct stat st{};
+    struct stat st {};
     if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;  // raced
     if (out.size() >= max_entries) {
       status = ResourceExhausted("list(" + dir + "): more than " + std::to_string(max_entries) +
@@ -135,14 +135,14 @@ Json EntryJson(const std::string& path, const struct stat& st, const UserTable& 
 }
 
 Result<Json> StatPath(const std::string& path, const UserTable& users) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
   return EntryJson(path, st, users);
 }
 
 Result<std::vector<Json>> ListDir(const std::string& path, int depth, const UserTable& users,
                                   size_t max_entries) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
   if (!S_ISDIR(st.st_mode)) return InvalidArgument("list(" + path + "): not a directory");
   std::vector<Json> out;
@@ -151,7 +151,7 @@ Result<std::vector<Json>> ListDir(const std::string& path, int depth, const User
 }
 
 Result<bool> MakeDirsOwned(const std::string& path, uid_t uid, gid_t gid, mode_t mode) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) return FailedPrecondition("mkdir(" + path + "): not a directory");
     return false;
@@ -169,7 +169,7 @@ Result<bool> MakeDirsOwned(const std::string& path, uid_t uid, gid_t gid, mode_t
 }
 
 Status MovePath(const std::string& from, const std::string& to, uid_t uid, gid_t gid) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(from.c_str(), &st) < 0) return ErrnoError("stat(" + from + ")");
   MOAT_ASSIGN_OR_RETURN(bool created, MakeDirsOwned(ParentDir(to), uid, gid));
   (void)created;

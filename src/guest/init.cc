@@ -41,7 +41,7 @@ Status Mount(const MountSpec& m) {
 }
 
 Status RemountRootReadWrite() {
-  struct statvfs vfs{};
+  struct statvfs vfs {};
   if (::statvfs("/", &vfs) < 0) return ErrnoError("statvfs(/)");
   if ((vfs.f_flag & ST_RDONLY) == 0) return Status::Ok();
   if (::mount(nullptr, "/", nullptr, MS_REMOUNT, nullptr) < 0) return ErrnoError("remount / rw");
@@ -94,7 +94,7 @@ Status InitSystem() {
   for (const auto& m : later) note(Mount(m), m.target);
   // /dev/ptmx must reach the devpts instance above: the devtmpfs node does (it looks up
   // pts/ptmx beside itself) once it is world-usable; without a node, point a link at it.
-  struct stat st{};
+  struct stat st {};
   if (::lstat("/dev/ptmx", &st) == 0) {
     if (S_ISCHR(st.st_mode) && ::chmod("/dev/ptmx", 0666) < 0) {
       note(ErrnoError("chmod(/dev/ptmx)"), "ptmx");

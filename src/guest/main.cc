@@ -135,8 +135,7 @@ int Main(int argc, char** argv) {
   }
   LogInfo("guest.starting", {{"pid1", pid1 ? "true" : "false"}});
   for (int attempt = 0;; ++attempt) {
-    Status s = signal_fd >= 0 ? Serve(flags->server, signal_fd, pid1)
-                              : Unavailable("no signalfd");
+    Status s = signal_fd >= 0 ? Serve(flags->server, signal_fd, pid1) : Unavailable("no signalfd");
     if (s.ok() && !pid1) return 0;
     LogError("guest.server_failed", {{"error", s.ToString()}, {"attempt", attempt}});
     // PID 1 must never exit (the kernel would panic): reap, wait, serve again.
@@ -151,4 +150,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace moat::guest
 
-int main(int argc, char** argv) { return moat::guest::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return moat::guest::Main(argc, argv);
+}

@@ -117,7 +117,7 @@ Result<Json> MetricsCollector::Collect() {
   MOAT_ASSIGN_OR_RETURN(CpuSample now, ParseProcStat(stat_text));
   MOAT_ASSIGN_OR_RETURN(std::string mem_text, ReadFile("/proc/meminfo"));
   MOAT_ASSIGN_OR_RETURN(MemInfo mem, ParseMeminfo(mem_text));
-  struct statvfs vfs{};
+  struct statvfs vfs {};
   if (::statvfs("/", &vfs) < 0) return ErrnoError("statvfs(/)");
   double cpu = CpuUsedPct(last_, now);
   last_ = now;

@@ -50,8 +50,8 @@ Result<Server::OpOutcome> Server::OpAttach(uint32_t id, const Json& req) {
   NewStream(id, Stream::Kind::kExec).pid = target;
   uint32_t previous = procs_.Attach(*p, id);
   if (previous != 0) {
-    EndStream(previous, Status(ErrorCode::kAborted, "another stream attached to process " +
-                                                        std::to_string(target)));
+    EndStream(previous, Status(ErrorCode::kAborted,
+                               "another stream attached to process " + std::to_string(target)));
   }
   return OpOutcome::kOpen;
 }
@@ -92,9 +92,8 @@ Result<Server::OpOutcome> Server::OpResize(uint32_t id, const Json& req) {
   MOAT_ASSIGN_OR_RETURN(int64_t pid, RequiredInt(req, "pid", 1, kMaxPid));
   MOAT_ASSIGN_OR_RETURN(int64_t cols, RequiredInt(req, "cols", 1, 65535));
   MOAT_ASSIGN_OR_RETURN(int64_t rows, RequiredInt(req, "rows", 1, 65535));
-  MOAT_RETURN_IF_ERROR(procs_.Resize(static_cast<pid_t>(pid),
-                                     PtySize{static_cast<uint16_t>(cols),
-                                             static_cast<uint16_t>(rows)}));
+  MOAT_RETURN_IF_ERROR(procs_.Resize(
+      static_cast<pid_t>(pid), PtySize{static_cast<uint16_t>(cols), static_cast<uint16_t>(rows)}));
   return OpOutcome::kDone;
 }
 

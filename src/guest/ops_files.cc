@@ -65,8 +65,8 @@ Result<Server::OpOutcome> Server::OpList(uint32_t id, const Json& req) {
 Result<Server::OpOutcome> Server::OpMkdir(uint32_t id, const Json& req) {
   UserTable users = UserTable::Load();
   MOAT_ASSIGN_OR_RETURN(auto user_path, UserAndPath(req, "path", users));
-  MOAT_ASSIGN_OR_RETURN(bool created, MakeDirsOwned(user_path.second, user_path.first.uid,
-                                                    user_path.first.gid));
+  MOAT_ASSIGN_OR_RETURN(bool created,
+                        MakeDirsOwned(user_path.second, user_path.first.uid, user_path.first.gid));
   SendMessage(id, Json{{"created", created}});
   return OpOutcome::kDone;
 }

@@ -8,12 +8,10 @@ Result<Server::OpOutcome> Server::OpWatch(uint32_t id, const Json& req) {
   MOAT_ASSIGN_OR_RETURN(auto user_path, UserAndPath(req, "path", users));
   MOAT_ASSIGN_OR_RETURN(auto recursive, OptBool(req, "recursive"));
   Transport* transport = transport_.get();
-  MOAT_ASSIGN_OR_RETURN(
-      auto watch,
-      Watch::Start(
-          loop_, user_path.second, recursive.value_or(false),
-          [this, id](const Json& event) { SendMessage(id, event); },
-          [transport] { return transport->has_room(); }));
+  MOAT_ASSIGN_OR_RETURN(auto watch, Watch::Start(
+                                        loop_, user_path.second, recursive.value_or(false),
+                                        [this, id](const Json& event) { SendMessage(id, event); },
+                                        [transport] { return transport->has_room(); }));
   NewStream(id, Stream::Kind::kWatch).watch = std::move(watch);
   SendMessage(id, Json{{"type", "start"}});
   return OpOutcome::kOpen;  // until CANCEL

@@ -116,7 +116,9 @@ void ProcessTable::DetachAll() {
   }
 }
 
-void ProcessTable::Forget(pid_t pid) { Erase(pid); }
+void ProcessTable::Forget(pid_t pid) {
+  Erase(pid);
+}
 
 void ProcessTable::RefreshAll() {
   for (auto& [pid, p] : procs_) UpdateOutputInterest(p);

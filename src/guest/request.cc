@@ -93,8 +93,8 @@ Json EndJson(const Status& status) {
   std::string message = status.message();
   // Keep END frames well under the JSON payload limit whatever the message holds.
   if (message.size() > 4096) message.resize(4096);
-  return Json{{"error", {{"code", std::string(ErrorCodeName(status.code()))},
-                         {"message", message}}}};
+  return Json{
+      {"error", {{"code", std::string(ErrorCodeName(status.code()))}, {"message", message}}}};
 }
 
 }  // namespace moat::guest

@@ -90,16 +90,14 @@ void Server::OnFrame(Frame frame) {
     case FrameType::kEof: OnEof(frame); return;
     case FrameType::kWindow: OnWindow(frame); return;
     case FrameType::kCancel: CloseStream(frame.stream); return;
-    case FrameType::kPing:
-      transport_->Send(FrameType::kPong, 0, 0, frame.payload);
-      return;
+    case FrameType::kPing: transport_->Send(FrameType::kPong, 0, 0, frame.payload); return;
     case FrameType::kPong: return;
     case FrameType::kMessage:
       // No op takes MESSAGEs from the host (yet); an unknown one is not worth ending a stream.
       return;
     default:
-      LogHostInput("guest.unexpected_frame", {{"type", FrameTypeName(frame.type)},
-                                              {"stream", frame.stream}});
+      LogHostInput("guest.unexpected_frame",
+                   {{"type", FrameTypeName(frame.type)}, {"stream", frame.stream}});
       return;
   }
 }
@@ -229,9 +227,7 @@ void Server::OnData(const Frame& frame) {
       StdinConsumed(id, n);
       return;
     }
-    default:
-      StdinConsumed(id, n);
-      return;
+    default: StdinConsumed(id, n); return;
   }
 }
 
@@ -240,12 +236,8 @@ void Server::OnEof(const Frame& frame) {
   if (s == nullptr || frame.flags != static_cast<uint8_t>(SubChannel::kStdin)) return;
   uint32_t id = frame.stream;
   switch (s->kind) {
-    case Stream::Kind::kExec:
-      (void)procs_.CloseStdin(s->pid);
-      return;
-    case Stream::Kind::kStdin:
-      EndStream(id, procs_.CloseStdin(s->pid));
-      return;
+    case Stream::Kind::kExec: (void)procs_.CloseStdin(s->pid); return;
+    case Stream::Kind::kStdin: EndStream(id, procs_.CloseStdin(s->pid)); return;
     case Stream::Kind::kWriteFile: {
       if (Status st = s->upload->Commit(); !st.ok()) {
         EndStream(id, st);
@@ -257,8 +249,7 @@ void Server::OnEof(const Frame& frame) {
       EndStream(id, entry.status());
       return;
     }
-    default:
-      return;
+    default: return;
   }
 }
 
@@ -335,9 +326,9 @@ void Server::StdinConsumed(uint32_t stream, size_t bytes) {
   Stream* s = FindStream(stream);
   if (s == nullptr || bytes == 0) return;
   s->recv_outstanding -= std::min<uint64_t>(s->recv_outstanding, bytes);
-  transport_->Send(FrameType::kWindow, 0, stream,
-                   channel::EncodeWindow(stream, static_cast<uint32_t>(bytes))
-                       .substr(channel::kHeaderSize));
+  transport_->Send(
+      FrameType::kWindow, 0, stream,
+      channel::EncodeWindow(stream, static_cast<uint32_t>(bytes)).substr(channel::kHeaderSize));
 }
 
 void Server::SendMessage(uint32_t id, const Json& message) {

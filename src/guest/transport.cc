@@ -41,10 +41,8 @@ Result<std::unique_ptr<Transport>> Transport::ListenUnix(EventLoop& loop, const 
   std::unique_ptr<Transport> t(new Transport(loop, Kind::kUnix, std::move(callbacks)));
   MOAT_ASSIGN_OR_RETURN(t->listen_fd_, moat::ListenUnix(path, 4));
   Transport* self = t.get();
-  MOAT_ASSIGN_OR_RETURN(t->listen_id_,
-                        loop.Add(t->listen_fd_.get(), EPOLLIN, [self](uint32_t) {
-                          self->OnAccept();
-                        }));
+  MOAT_ASSIGN_OR_RETURN(t->listen_id_, loop.Add(t->listen_fd_.get(), EPOLLIN,
+                                                [self](uint32_t) { self->OnAccept(); }));
   return t;
 }
 
@@ -56,9 +54,8 @@ Transport::~Transport() {
 }
 
 Status Transport::Register() {
-  MOAT_ASSIGN_OR_RETURN(conn_id_, loop_.Add(conn_.get(), EPOLLIN, [this](uint32_t ev) {
-                          OnConnEvents(ev);
-                        }));
+  MOAT_ASSIGN_OR_RETURN(conn_id_,
+                        loop_.Add(conn_.get(), EPOLLIN, [this](uint32_t ev) { OnConnEvents(ev); }));
   UpdateInterest();
   return Status::Ok();
 }

@@ -126,9 +126,8 @@ Result<UserInfo> UserTable::Find(std::string_view name_or_uid) const {
 }
 
 bool UserTable::Exists(std::string_view name) const {
-  return std::any_of(users_.begin(), users_.end(), [&](const UserInfo& u) {
-    return u.name == name;
-  });
+  return std::any_of(users_.begin(), users_.end(),
+                     [&](const UserInfo& u) { return u.name == name; });
 }
 
 std::string UserTable::UserName(uid_t uid) const {

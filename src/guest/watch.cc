@@ -34,7 +34,7 @@ const char* EventType(uint32_t mask) {
 
 Result<std::unique_ptr<Watch>> Watch::Start(EventLoop& loop, const std::string& root,
                                             bool recursive, Emit emit, HasRoom has_room) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(root.c_str(), &st) < 0) return ErrnoError("stat(" + root + ")");
   if (!S_ISDIR(st.st_mode)) return InvalidArgument("watch(" + root + "): not a directory");
   UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
@@ -47,7 +47,9 @@ Result<std::unique_ptr<Watch>> Watch::Start(EventLoop& loop, const std::string& 
   return w;
 }
 
-Watch::~Watch() { loop_.Remove(reg_); }
+Watch::~Watch() {
+  loop_.Remove(reg_);
+}
 
 Status Watch::AddTree(const std::string& dir, const std::string& rel) {
   if (dirs_.size() >= kMaxWatchedDirs) {
@@ -65,7 +67,7 @@ Status Watch::AddTree(const std::string& dir, const std::string& rel) {
     std::string name = e->d_name;
     if (name == "." || name == "..") continue;
     if (e->d_type == DT_UNKNOWN) {  // some filesystems do not fill d_type in
-      struct stat st{};
+      struct stat st {};
       if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
         continue;
       }
@@ -113,8 +115,8 @@ void Watch::OnReadable() {
       continue;
     }
     std::string name = ev->len > 0 ? std::string(ev->name, strnlen(ev->name, ev->len)) : "";
-    std::string rel = it->second.empty() ? name : (name.empty() ? it->second
-                                                                : it->second + "/" + name);
+    std::string rel =
+        it->second.empty() ? name : (name.empty() ? it->second : it->second + "/" + name);
     if (recursive_ && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO))) {
       std::string abs = root_ + (root_ == "/" ? "" : "/") + rel;
       if (Status s = AddTree(abs, rel); !s.ok() && g_watch_log.Allow()) {

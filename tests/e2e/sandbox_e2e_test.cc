@@ -1,6 +1,7 @@
 // End to end: real microVMs booted by the agent (jailed QEMU microvm, the real guest kernel and
 // rootfs with moat-guest as PID 1), driven over the virtio-serial channel. One VM is shared by
 // the tests of the suite; the lifecycle tests boot their own.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,8 +11,6 @@
 #include <cstring>
 #include <set>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "agent/agent.h"
 #include "common/fs.h"
@@ -27,7 +26,9 @@ using channel::SubChannel;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-GuestClient::Deadline In(std::chrono::milliseconds d) { return GuestClient::Clock::now() + d; }
+GuestClient::Deadline In(std::chrono::milliseconds d) {
+  return GuestClient::Clock::now() + d;
+}
 
 AgentConfig TestConfig(const std::string& data_dir) {
   std::string guest = moat::testing::BuildDir() + "/guest";
@@ -41,7 +42,6 @@ AgentConfig TestConfig(const std::string& data_dir) {
   c.ready_timeout = 60s;
   return c;
 }
-
 
 class SandboxE2eTest : public ::testing::Test {
  protected:
@@ -101,7 +101,8 @@ int SandboxE2eTest::fds_before_ = 0;
 TEST_F(SandboxE2eTest, ColdBootReachesReadyAndKeepsTheConsoleLog) {
   auto& sb = *sandbox_;
   EXPECT_LT(sb->boot_time(), 30s);
-  std::printf("cold boot to moat-guest ready: %ld ms\n", static_cast<long>(sb->boot_time().count()));
+  std::printf("cold boot to moat-guest ready: %ld ms\n",
+              static_cast<long>(sb->boot_time().count()));
   auto log = ReadFile(sb->paths().console_log);
   ASSERT_TRUE(log.ok());
   // The kernel runs with `quiet`; moat-guest (PID 1) logs its start to the console.
@@ -151,7 +152,8 @@ TEST_F(SandboxE2eTest, StdinIsEchoedByCatUntilClosed) {
 }
 
 TEST_F(SandboxE2eTest, EnvCwdAndUserApply) {
-  auto r = Run({.cmd = "echo $MOAT_TEST $FOO; pwd; id -un", .env = {{"FOO", "bar"}}, .cwd = "/tmp"});
+  auto r =
+      Run({.cmd = "echo $MOAT_TEST $FOO; pwd; id -un", .env = {{"FOO", "bar"}}, .cwd = "/tmp"});
   EXPECT_EQ(r.stdout_data, "yes bar\n/tmp\nuser\n");
   auto root = Run({.argv = {"id", "-un"}, .user = "root"});
   EXPECT_EQ(root.stdout_data, "root\n");
@@ -161,10 +163,11 @@ TEST_F(SandboxE2eTest, EnvCwdAndUserApply) {
 
 TEST_F(SandboxE2eTest, HundredMibOfStdoutArrivesIntactWithBoundedHostMemory) {
   // 100 MiB of a known pattern; the host checks it chunk by chunk without keeping it.
-  auto stream = Guest()->Open(
-      {{"op", "exec"},
-       {"argv", {"python3", "-c",
-                 "import sys\nb=bytes(range(256))*4096\nfor _ in range(100): sys.stdout.buffer.write(b)"}}});
+  auto stream = Guest()->Open({{"op", "exec"},
+                               {"argv",
+                                {"python3", "-c",
+                                 "import sys\nb=bytes(range(256))*4096\nfor _ in range(100): "
+                                 "sys.stdout.buffer.write(b)"}}});
   ASSERT_TRUE(stream.ok());
   long rss_before = moat::testing::VmRssKiB();
   long rss_peak = rss_before;

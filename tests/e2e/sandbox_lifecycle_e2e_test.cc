@@ -1,5 +1,6 @@
 // End to end: what a sandbox owns is released on every path — kill, a VMM that dies under the
 // agent, and an agent that dies under its sandboxes.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,8 +8,6 @@
 #include <chrono>
 #include <fstream>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "agent/agent.h"
 #include "common/fs.h"

@@ -1,6 +1,7 @@
 // moat-guest on the host (--listen-unix) driven through GuestClient: the real binary, real
 // processes and files, the real protocol. No VM and no root-only system changes.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -14,8 +15,6 @@
 #include <string>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "channel/guest_client.h"
 #include "common/child_process.h"
 #include "common/fs.h"
@@ -27,7 +26,9 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-GuestClient::Deadline In(std::chrono::milliseconds d) { return GuestClient::Clock::now() + d; }
+GuestClient::Deadline In(std::chrono::milliseconds d) {
+  return GuestClient::Clock::now() + d;
+}
 
 std::string Sha256(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -262,14 +263,14 @@ TEST_F(GuestAgentTest, Streams100MiBOfStdoutIntactWithBoundedHostMemory) {
   EXPECT_EQ(mismatches, 0u);
   ASSERT_TRUE(exit.has_value());
   EXPECT_EQ((*exit)["exit_code"], 0);
-  EXPECT_LT(rss_peak - rss_before, 64 * 1024) << "host RSS grew by " << (rss_peak - rss_before)
-                                               << " KiB";
+  EXPECT_LT(rss_peak - rss_before, 64 * 1024)
+      << "host RSS grew by " << (rss_peak - rss_before) << " KiB";
 }
 
 TEST_F(GuestAgentTest, ASlowConsumerBlocksTheProcessOnItsPipe) {
   std::string marker = work_ + "/finished";
-  auto stream = client_->Open(
-      {{"op", "exec"}, {"cmd", "head -c 20000000 /dev/zero; touch " + marker}});
+  auto stream =
+      client_->Open({{"op", "exec"}, {"cmd", "head -c 20000000 /dev/zero; touch " + marker}});
   ASSERT_TRUE(stream.ok());
   // Nobody reads: the guest may send one window (1 MiB), the pipe holds a little more, and
   // then the process must be stuck in write(2).
@@ -450,8 +451,7 @@ TEST_F(GuestAgentTest, FieldsOfTheWrongTypeAreInvalidArgumentsNamingTheField) {
 
 TEST_F(GuestAgentTest, DetachedOutputIsDrainedSoTheProcessFinishes) {
   std::string marker = work_ + "/done";
-  auto s = client_->Open({{"op", "exec"},
-                          {"cmd", "head -c 30000000 /dev/zero; touch " + marker}});
+  auto s = client_->Open({{"op", "exec"}, {"cmd", "head -c 30000000 /dev/zero; touch " + marker}});
   ASSERT_TRUE(s.ok());
   (*s)->Cancel();
   auto deadline = std::chrono::steady_clock::now() + 15s;
@@ -492,7 +492,8 @@ TEST_F(GuestAgentTest, BackgroundProcessSurvivesAReconnectAndCanBeAttached) {
   auto procs = client_->Call({{"op", "processes"}}, In(5s));
   ASSERT_TRUE(procs.ok()) << procs.status().ToString();
   bool listed = false;
-  for (const auto& p : (*procs)["processes"]) listed = listed || (p["pid"] == pid && p["tag"] == tag);
+  for (const auto& p : (*procs)["processes"])
+    listed = listed || (p["pid"] == pid && p["tag"] == tag);
   EXPECT_TRUE(listed) << procs->dump();
 
   auto attached = client_->Open({{"op", "attach"}, {"tag", tag}});

@@ -1,8 +1,8 @@
 #include "support/test_util.h"
 
 #include <dirent.h>
-#include <unistd.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>

@@ -1,13 +1,12 @@
 // GuestClient against a scripted fake guest on a socketpair: the limits a hostile guest meets.
 #include "channel/guest_client.h"
 
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
 
 #include <atomic>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "common/socket.h"
 
@@ -17,7 +16,9 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-GuestClient::Deadline In(std::chrono::milliseconds d) { return GuestClient::Clock::now() + d; }
+GuestClient::Deadline In(std::chrono::milliseconds d) {
+  return GuestClient::Clock::now() + d;
+}
 
 // The guest end of the socketpair: reads host frames, writes whatever the test scripts.
 class FakeGuest {

@@ -1,8 +1,7 @@
 #include "common/fs.h"
 
-#include <sys/stat.h>
-
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 namespace moat {
 namespace {
@@ -26,7 +25,7 @@ TEST_F(FsTest, WriteFileAtomicReplacesContentAndSetsMode) {
   ASSERT_TRUE(WriteFileAtomic(p, "one", 0600).ok());
   ASSERT_TRUE(WriteFileAtomic(p, "two", 0600).ok());
   EXPECT_EQ(*ReadFile(p), "two");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(p.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }

@@ -1,8 +1,7 @@
 #include "common/log.h"
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 namespace moat {
 namespace {

@@ -1,8 +1,7 @@
 #include "guest/files.h"
 
-#include <sys/stat.h>
-
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 namespace moat::guest {
 namespace {
@@ -35,7 +34,7 @@ TEST(PermissionsString, LooksLikeLs) {
 }
 
 TEST(EntryJson, DescribesAFile) {
-  struct stat st{};
+  struct stat st {};
   st.st_mode = S_IFREG | 0600;
   st.st_size = 12;
   st.st_uid = 1000;

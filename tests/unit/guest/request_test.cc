@@ -70,9 +70,9 @@ TEST(ParseExecRequest, RejectsBadShapes) {
 TEST(ParseExecRequest, FillsInUserEnvironmentAndProgramPath) {
   Defaults d;
   d.env = {{"FROM_IDENTITY", "1"}};
-  auto spec = ParseExecRequest({{"argv", {"sh", "-c", "true"}}, {"env", {{"X", "y"}}},
-                                {"user", "root"}, {"cwd", "/"}},
-                               d, Users());
+  auto spec = ParseExecRequest(
+      {{"argv", {"sh", "-c", "true"}}, {"env", {{"X", "y"}}}, {"user", "root"}, {"cwd", "/"}}, d,
+      Users());
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   EXPECT_EQ(spec->argv[0].front(), '/');  // resolved in PATH
   EXPECT_EQ(spec->cwd, "/");
@@ -100,8 +100,7 @@ TEST(FindProgram, SearchesPathAndReportsMissingProgramsAsNotFound) {
   auto sh = FindProgram("sh", "/nonexistent:/bin:/usr/bin", "/");
   ASSERT_TRUE(sh.ok());
   EXPECT_EQ(sh->substr(sh->size() - 3), "/sh");
-  EXPECT_EQ(FindProgram("no-such-program-moat", "/bin", "/").status().code(),
-            ErrorCode::kNotFound);
+  EXPECT_EQ(FindProgram("no-such-program-moat", "/bin", "/").status().code(), ErrorCode::kNotFound);
   EXPECT_EQ(FindProgram("./nope", "/bin", "/tmp").status().code(), ErrorCode::kNotFound);
 }
 
@@ -111,8 +110,10 @@ TEST(ParseIdentity, ValidatesEntropyAndHostname) {
   EXPECT_FALSE(ParseIdentity({{"entropy", "abcd"}}).ok());                // too short
   EXPECT_FALSE(ParseIdentity({{"unix_ns", "now"}}).ok());
   EXPECT_FALSE(ParseIdentity({{"hostname", ""}}).ok());
-  auto id = ParseIdentity({{"entropy", std::string(64, 'a')}, {"user", "user"},
-                           {"env", {{"A", "b"}}}, {"unix_ns", 1700000000000000000}});
+  auto id = ParseIdentity({{"entropy", std::string(64, 'a')},
+                           {"user", "user"},
+                           {"env", {{"A", "b"}}},
+                           {"unix_ns", 1700000000000000000}});
   ASSERT_TRUE(id.ok()) << id.status().ToString();
   EXPECT_EQ(id->entropy.size(), 32u);
   EXPECT_EQ(id->entropy[0], '\xaa');
@@ -120,7 +121,9 @@ TEST(ParseIdentity, ValidatesEntropyAndHostname) {
 
 TEST(ApplyIdentity, OnlyUpdatesDefaultsOutsideAVm) {
   Defaults d;
-  auto id = ParseIdentity({{"user", "user"}, {"workdir", "/w"}, {"env", {{"A", "b"}}},
+  auto id = ParseIdentity({{"user", "user"},
+                           {"workdir", "/w"},
+                           {"env", {{"A", "b"}}},
                            {"unix_ns", 1}});  // would set the clock to 1970 if applied
   ASSERT_TRUE(id.ok());
   ASSERT_TRUE(ApplyIdentity(*id, /*system=*/false, &d).ok());
