@@ -25,7 +25,7 @@ build: $(BUILD)/build.ninja
 
 build-asan:
 	@[ -f build-asan/build.ninja ] || cmake --preset asan >/dev/null
-	cmake --build build-asan -j$(JOBS)
+	cmake --build build-asan -j$(JOBS) --target unit_tests
 
 guest: build
 	guest/build-kernel.sh $(GUEST)
@@ -48,6 +48,10 @@ test-integration: build
 
 test-e2e: build guest
 	ctest --test-dir $(BUILD) -L e2e --output-on-failure
+
+# Benchmarks, side by side in one run; JSON lands in build/bench/.
+bench: build guest
+	$(BUILD)/bin/sandbox_bench --guest-dir $(GUEST) --json $(BUILD)/bench/sandbox.json
 
 # The channel decoder's fuzz target, for a bounded time (FUZZ_SECONDS).
 fuzz:

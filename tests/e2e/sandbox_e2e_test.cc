@@ -14,6 +14,7 @@
 
 #include "agent/agent.h"
 #include "common/fs.h"
+#include "support/agent_config.h"
 #include "support/test_util.h"
 
 namespace moat::agent {
@@ -30,30 +31,17 @@ GuestClient::Deadline In(std::chrono::milliseconds d) {
   return GuestClient::Clock::now() + d;
 }
 
-AgentConfig TestConfig(const std::string& data_dir) {
-  std::string guest = moat::testing::BuildDir() + "/guest";
-  AgentConfig c;
-  c.data_dir = data_dir;
-  c.base.kernel_path = guest + "/vmlinux";
-  c.base.rootfs_path = guest + "/rootfs.ext4";
-  c.base.vcpus = 1;
-  c.base.memory_mib = 256;
-  c.accel = vmm::Accel::kTcg;  // these machines' /dev/kvm cannot run a stock guest
-  c.ready_timeout = 60s;
-  return c;
-}
-
 class SandboxE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string guest = moat::testing::BuildDir() + "/guest";
+    std::string guest = moat::test_support::BuildDir() + "/guest";
     ASSERT_TRUE(PathExists(guest + "/vmlinux") && PathExists(guest + "/rootfs.ext4"))
         << "guest artifacts missing in " << guest << " (run `make guest`)";
     auto dir = MakeTempDir("/tmp", "moat-e2e.");
     ASSERT_TRUE(dir.ok());
     data_dir_ = new std::string(*dir);
-    fds_before_ = moat::testing::OpenFdCount();
-    auto agent = Agent::Start(TestConfig(*data_dir_));
+    fds_before_ = moat::test_support::OpenFdCount();
+    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(*data_dir_));
     ASSERT_TRUE(agent.ok()) << agent.status().ToString();
     agent_ = agent->release();
     auto sb = agent_->Create("base", {.env = {{"MOAT_TEST", "yes"}}});
@@ -68,8 +56,8 @@ class SandboxE2eTest : public ::testing::Test {
       // Nothing of any sandbox is left: directories, VMM processes, fds of the agent.
       std::string left = *data_dir_ + "/sandboxes";
       EXPECT_TRUE(!PathExists(left) || ::rmdir(left.c_str()) == 0) << "sandbox dirs left behind";
-      EXPECT_EQ(moat::testing::CountProcessesMentioning(*data_dir_), 0);
-      EXPECT_EQ(moat::testing::OpenFdCount(), fds_before_) << "fds leaked by the agent";
+      EXPECT_EQ(moat::test_support::CountProcessesMentioning(*data_dir_), 0);
+      EXPECT_EQ(moat::test_support::OpenFdCount(), fds_before_) << "fds leaked by the agent";
       EXPECT_TRUE(RemoveTree(*data_dir_).ok());
     }
     delete data_dir_;
@@ -169,7 +157,7 @@ TEST_F(SandboxE2eTest, HundredMibOfStdoutArrivesIntactWithBoundedHostMemory) {
                                  "import sys\nb=bytes(range(256))*4096\nfor _ in range(100): "
                                  "sys.stdout.buffer.write(b)"}}});
   ASSERT_TRUE(stream.ok());
-  long rss_before = moat::testing::VmRssKiB();
+  long rss_before = moat::test_support::VmRssKiB();
   long rss_peak = rss_before;
   std::string expected_block;
   for (int i = 0; i < 4096; ++i)
@@ -188,7 +176,7 @@ TEST_F(SandboxE2eTest, HundredMibOfStdoutArrivesIntactWithBoundedHostMemory) {
       }
       total += ev->data.size();
       if (total % (8 << 20) < ev->data.size()) {
-        rss_peak = std::max(rss_peak, moat::testing::VmRssKiB());
+        rss_peak = std::max(rss_peak, moat::test_support::VmRssKiB());
         // A slow consumer: the guest must wait rather than the host buffering.
         std::this_thread::sleep_for(20ms);
       }
@@ -228,7 +216,7 @@ TEST_F(SandboxE2eTest, FiftyMibFileRoundTripsAndFileOpsBehave) {
     }
   }
   auto sum = Run({.argv = {"sha256sum", "/home/user/dir/blob.bin"}}, 120s);
-  EXPECT_EQ(sum.stdout_data.substr(0, 64), moat::testing::Sha256Hex(data));
+  EXPECT_EQ(sum.stdout_data.substr(0, 64), moat::test_support::Sha256Hex(data));
   auto down = g->Open({{"op", "read_file"}, {"path", "dir/blob.bin"}});
   ASSERT_TRUE(down.ok());
   std::string back;
@@ -239,7 +227,7 @@ TEST_F(SandboxE2eTest, FiftyMibFileRoundTripsAndFileOpsBehave) {
     if (ev->kind == StreamEvent::Kind::kEnd) break;
   }
   EXPECT_EQ(back.size(), data.size());
-  EXPECT_EQ(moat::testing::Sha256Hex(back), moat::testing::Sha256Hex(data));
+  EXPECT_EQ(moat::test_support::Sha256Hex(back), moat::test_support::Sha256Hex(data));
 
   auto stat = g->Call({{"op", "stat"}, {"path", "/home/user/dir/blob.bin"}}, In(10s));
   ASSERT_TRUE(stat.ok()) << stat.status().ToString();

@@ -11,6 +11,7 @@
 
 #include "agent/agent.h"
 #include "common/fs.h"
+#include "support/agent_config.h"
 #include "support/test_util.h"
 #include "vmm/cgroup.h"
 
@@ -18,19 +19,6 @@ namespace moat::agent {
 namespace {
 
 using namespace std::chrono_literals;
-
-AgentConfig TestConfig(const std::string& data_dir) {
-  std::string guest = moat::testing::BuildDir() + "/guest";
-  AgentConfig c;
-  c.data_dir = data_dir;
-  c.base.kernel_path = guest + "/vmlinux";
-  c.base.rootfs_path = guest + "/rootfs.ext4";
-  c.base.vcpus = 1;
-  c.base.memory_mib = 256;
-  c.accel = vmm::Accel::kTcg;
-  c.monitor_interval = 50ms;
-  return c;
-}
 
 std::string ProcStatusField(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -67,14 +55,14 @@ class SandboxLifecycleTest : public ::testing::Test {
     dir_ = *dir;
   }
   void TearDown() override {
-    EXPECT_EQ(moat::testing::CountProcessesMentioning(dir_), 0) << "VMM processes left behind";
+    EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "VMM processes left behind";
     EXPECT_TRUE(RemoveTree(dir_).ok());
   }
   std::string dir_;
 };
 
 TEST_F(SandboxLifecycleTest, TheVmmRunsJailedWithoutPrivileges) {
-  auto agent = Agent::Start(TestConfig(dir_));
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok()) << agent.status().ToString();
   auto sb = (*agent)->Create("base", {});
   ASSERT_TRUE(sb.ok()) << sb.status().ToString();
@@ -91,7 +79,7 @@ TEST_F(SandboxLifecycleTest, TheVmmRunsJailedWithoutPrivileges) {
 }
 
 TEST_F(SandboxLifecycleTest, KillReleasesProcessDirectoryAndCgroup) {
-  auto agent = Agent::Start(TestConfig(dir_));
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok());
   auto sb = (*agent)->Create("base", {});
   ASSERT_TRUE(sb.ok()) << sb.status().ToString();
@@ -106,7 +94,7 @@ TEST_F(SandboxLifecycleTest, KillReleasesProcessDirectoryAndCgroup) {
 }
 
 TEST_F(SandboxLifecycleTest, AVmmThatDiesIsNoticedAndReleased) {
-  auto agent = Agent::Start(TestConfig(dir_));
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok());
   auto sb = (*agent)->Create("base", {});
   ASSERT_TRUE(sb.ok()) << sb.status().ToString();
@@ -129,7 +117,7 @@ TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterOneThatDied) {
   ASSERT_GE(child, 0);
   if (child == 0) {
     ::close(ready[0]);
-    auto agent = Agent::Start(TestConfig(dir_));
+    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
     if (!agent.ok()) ::_exit(1);
     auto sb = (*agent)->Create("base", {});
     if (!sb.ok()) ::_exit(2);
@@ -148,8 +136,9 @@ TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterOneThatDied) {
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
   // Its VMM dies with it (parent-death signal); its directory and cgroup are left behind.
-  EXPECT_TRUE(WaitUntil([&] { return moat::testing::CountProcessesMentioning(dir_) == 0; }, 5s));
-  auto agent = Agent::Start(TestConfig(dir_));
+  EXPECT_TRUE(
+      WaitUntil([&] { return moat::test_support::CountProcessesMentioning(dir_) == 0; }, 5s));
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok());
   ASSERT_EQ((*agent)->recovery().cleaned.size(), 1u);
   EXPECT_EQ((*agent)->recovery().cleaned[0], id);

@@ -2,7 +2,6 @@
 // processes and files, the real protocol. No VM and no root-only system changes.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "common/child_process.h"
 #include "common/fs.h"
 #include "common/socket.h"
+#include "support/test_util.h"
 
 namespace moat::channel {
 namespace {
@@ -28,28 +28,6 @@ using namespace std::chrono_literals;
 
 GuestClient::Deadline In(std::chrono::milliseconds d) {
   return GuestClient::Clock::now() + d;
-}
-
-std::string Sha256(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return out;
-}
-
-long VmRssKiB() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  }
-  return -1;
 }
 
 bool UserExists(const std::string& name) {
@@ -239,7 +217,7 @@ TEST_F(GuestAgentTest, Streams100MiBOfStdoutIntactWithBoundedHostMemory) {
       {{"op", "exec"},
        {"cmd", "yes " + kLine.substr(0, 63) + " | head -c " + std::to_string(kTotal)}});
   ASSERT_TRUE(stream.ok());
-  long rss_before = VmRssKiB();
+  long rss_before = moat::test_support::VmRssKiB();
   long rss_peak = rss_before;
   size_t received = 0;
   size_t mismatches = 0;
@@ -257,7 +235,7 @@ TEST_F(GuestAgentTest, Streams100MiBOfStdoutIntactWithBoundedHostMemory) {
       ASSERT_TRUE(ev->status.ok()) << ev->status.ToString();
       break;
     }
-    if (i % 64 == 0) rss_peak = std::max(rss_peak, VmRssKiB());
+    if (i % 64 == 0) rss_peak = std::max(rss_peak, moat::test_support::VmRssKiB());
   }
   EXPECT_EQ(received, kTotal);
   EXPECT_EQ(mismatches, 0u);
@@ -311,8 +289,8 @@ TEST_F(GuestAgentTest, WritesA50MiBFileAndReadsBackTheSameBytes) {
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_FALSE(messages.empty());
   EXPECT_EQ(messages[0]["size"], data.size());
-  std::string want = Sha256(data);
-  EXPECT_EQ(Sha256(back), want);
+  std::string want = moat::test_support::Sha256Hex(data);
+  EXPECT_EQ(moat::test_support::Sha256Hex(back), want);
 
   ExecRequest sum;
   sum.argv = {"sha256sum", path};

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <iterator>
 
-namespace moat::testing {
+namespace moat::test_support {
 
 std::string Sha256Hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -63,4 +63,4 @@ std::string BuildDir() {
   return b != nullptr ? b : "build";
 }
 
-}  // namespace moat::testing
+}  // namespace moat::test_support

@@ -4,7 +4,7 @@
 #include <string>
 #include <string_view>
 
-namespace moat::testing {
+namespace moat::test_support {
 
 // Lower-case hex SHA-256 of `data`.
 std::string Sha256Hex(std::string_view data);
@@ -17,4 +17,4 @@ int CountProcessesMentioning(const std::string& needle);
 // The directory tests find build outputs in: $MOAT_BUILD_DIR, else "build".
 std::string BuildDir();
 
-}  // namespace moat::testing
+}  // namespace moat::test_support
