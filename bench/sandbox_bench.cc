@@ -10,10 +10,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/agent.h"
 #include "common/child_process.h"
@@ -33,13 +32,15 @@ struct Options {
   std::string json_path = "build/bench/sandbox.json";
 };
 
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double Ms(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 json Percentiles(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
-  return {{"n", v.size()}, {"p50", at(0.50)}, {"p95", at(0.95)}, {"p99", at(0.99)},
-          {"min", v.front()}, {"max", v.back()}};
+  return {{"n", v.size()},   {"p50", at(0.50)},  {"p95", at(0.95)},
+          {"p99", at(0.99)}, {"min", v.front()}, {"max", v.back()}};
 }
 
 int Fail(const Status& s, const char* what) {
