@@ -323,3 +323,45 @@ TEST_F(SandboxE2eTest, TheChannelSurvivesTheHostReconnecting) {
 
 }  // namespace
 }  // namespace moat::agent
+
+namespace moat::agent {
+namespace {
+
+TEST_F(SandboxE2eTest, APtyProcessSeesItsTerminalResized) {
+  auto g = Guest();
+  auto s = g->Open({{"op", "exec"},
+                    {"cmd", "stty size; read line; stty size"},
+                    {"stdin", true},
+                    {"pty", {{"cols", 80}, {"rows", 24}}}});
+  ASSERT_TRUE(s.ok());
+  auto start = (*s)->Next(In(10s));
+  ASSERT_TRUE(start.ok());
+  int pid = start->message.value("pid", -1);
+  std::string out;
+  auto read_until = [&](const std::string& want) {
+    while (out.find(want) == std::string::npos) {
+      auto ev = (*s)->Next(In(20s));
+      if (!ev.ok() || ev->kind == StreamEvent::Kind::kEnd) return false;
+      if (ev->kind == StreamEvent::Kind::kData) out += ev->data;
+    }
+    return true;
+  };
+  ASSERT_TRUE(read_until("24 80")) << out;
+  auto resized = g->Call({{"op", "resize"}, {"pid", pid}, {"cols", 132}, {"rows", 50}}, In(10s));
+  ASSERT_TRUE(resized.ok()) << resized.status().ToString();
+  ASSERT_TRUE((*s)->Write(SubChannel::kStdin, "go\n").ok());
+  EXPECT_TRUE(read_until("50 132")) << out;
+}
+
+TEST_F(SandboxE2eTest, TheGuestClockMatchesTheHost) {
+  auto r = Run({.argv = {"date", "+%s%N"}});
+  ASSERT_EQ(r.exit_code, 0);
+  int64_t guest_ns = std::stoll(r.stdout_data);
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  int64_t host_ns = static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+  EXPECT_LT(std::llabs(host_ns - guest_ns), 2'000'000'000LL) << "guest clock is off";
+}
+
+}  // namespace
+}  // namespace moat::agent
