@@ -7,7 +7,7 @@ GUEST := $(BUILD)/guest
 FUZZ_SECONDS ?= 30
 
 .PHONY: all setup deps build build-asan guest up test test-unit test-asan test-integration \
-        test-e2e fuzz fmt fmt-check tidy bench clean
+        test-e2e test-compat fuzz fmt fmt-check tidy bench clean
 
 all: build
 
@@ -34,7 +34,7 @@ guest: build
 up: setup
 	$(BUILD)/bin/moatd serve --listen 127.0.0.1:3000 --data-dir .moat
 
-test: setup fmt-check test-unit test-asan fuzz test-integration test-e2e
+test: setup fmt-check test-unit test-asan fuzz test-integration test-e2e test-compat
 	@echo "make test: all suites passed"
 
 test-unit: build
@@ -49,9 +49,14 @@ test-integration: build
 test-e2e: build guest
 	ctest --test-dir $(BUILD) -L e2e --output-on-failure
 
+# The official e2b SDK (tests/compat, npm lockfile) against a real moatd with real VMs.
+test-compat: build guest
+	ctest --test-dir $(BUILD) -L compat --output-on-failure
+
 # Benchmarks, side by side in one run; JSON lands in build/bench/.
 bench: build guest
 	$(BUILD)/bin/sandbox_bench --guest-dir $(GUEST) --json $(BUILD)/bench/sandbox.json
+	$(BUILD)/bin/net_bench --json $(BUILD)/bench/net.json
 
 # The channel decoder's fuzz target, for a bounded time (FUZZ_SECONDS).
 fuzz:

@@ -7,15 +7,18 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: build-kernel.sh OUT_DIR}
+out=$(realpath -m "${1:?usage: build-kernel.sh OUT_DIR}")  # absolute: the build cd-s away
 cache=${MOAT_CACHE_DIR:-$HOME/.cache/moat}
 src_tar=/usr/src/linux-source-6.1.tar.xz
 fragment=$here/kernel.config
 
 [ -f "$src_tar" ] || { echo "build-kernel: $src_tar missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 
+# Bump when the build steps below change what is built (this file's other edits do not rebuild).
+recipe_version=1
 key=$({
-  cat "$fragment" "$here/build-kernel.sh"
+  cat "$fragment"
+  echo "recipe $recipe_version"
   dpkg-query -W -f='${Version}\n' linux-source-6.1
   gcc --version | head -n 1
 } | sha256sum | cut -c1-16)

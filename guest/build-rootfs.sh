@@ -11,8 +11,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY}
-guest_bin=${2:?usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY}
+out=$(realpath -m "${1:?usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY}")
+guest_bin=$(realpath -m "${2:?usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY}")
 cache=${MOAT_CACHE_DIR:-$HOME/.cache/moat}
 suite=bookworm
 mirror=${MOAT_DEBIAN_MIRROR:-http://deb.debian.org/debian}

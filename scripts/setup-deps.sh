@@ -9,12 +9,16 @@ packages=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev clang-format clang-tidy
   # libraries
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libssl-dev libcli11-dev
+  libboost-dev libsqlite3-dev zlib1g-dev
+  # the compatibility suite and its runner (npm comes with nodejs where nodejs is NodeSource's;
+  # on stock Debian add the `npm` package)
+  nodejs curl python3
   # the VMM and disk tools
   qemu-system-x86 qemu-utils e2fsprogs
   # the guest image: kernel source and its build tools, debootstrap
   linux-source-6.1 bc bison flex libelf-dev cpio xz-utils debootstrap
-  # host networking and process tools used by tests
-  iproute2 procps
+  # host networking (network slots: ip, nft) and process tools used by tests
+  iproute2 nftables procps curl
 )
 
 missing=()

@@ -10,6 +10,7 @@
 
 #include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
+#include "common/cleanup.h"
 #include "common/child_process.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -48,6 +49,9 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
                  .accel = c.accel,
                  .jail_ids = agent->jail_ids_.get(),
                  .ready_timeout = c.ready_timeout};
+  agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
+  MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/snapshots", 0711));
+  MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/templates", 0711));
   agent->Recover();
   agent->monitor_ = std::thread([a = agent.get()] { a->MonitorLoop(); });
   return agent;
@@ -97,17 +101,48 @@ void RemoveLeftoverCgroup(const std::string& vm_name) {
 
 }  // namespace
 
-void Agent::Recover() {
-  std::string root = env_.sandboxes_dir;
-  DIR* d = ::opendir(root.c_str());
-  if (d == nullptr) return;
+namespace {
+
+std::vector<std::string> ListDir(const std::string& dir) {
   std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return names;
   while (dirent* e = ::readdir(d)) {
     std::string n = e->d_name;
     if (n != "." && n != "..") names.push_back(n);
   }
   ::closedir(d);
-  for (const auto& name : names) {
+  return names;
+}
+
+}  // namespace
+
+void Agent::Recover() {
+  // Snapshots and bakes are renamed into place when complete; anything else is a leftover of a
+  // crash in the middle of writing one.
+  std::string snaps = config_.data_dir + "/snapshots";
+  for (const auto& name : ListDir(snaps)) {
+    std::string dir = snaps + "/" + name;
+    auto m = ReadManifest(dir);
+    if (!m.ok() || name.find('.') != std::string::npos) {
+      (void)RemoveTree(dir);
+      recovery_.removed_partial.push_back(dir);
+    } else if (m->kind == "paused") {
+      recovery_.paused.push_back(name);
+    }
+  }
+  std::string tmpls = config_.data_dir + "/templates";
+  for (const auto& tmpl : ListDir(tmpls)) {
+    for (const auto& build : ListDir(tmpls + "/" + tmpl)) {
+      if (build.rfind(".bake-", 0) == 0) {
+        std::string dir = tmpls + "/" + tmpl + "/" + build;
+        (void)RemoveTree(dir);
+        recovery_.removed_partial.push_back(dir);
+      }
+    }
+  }
+  std::string root = env_.sandboxes_dir;
+  for (const auto& name : ListDir(root)) {
     std::string dir = root + "/" + name;
     auto text = ReadFile(dir + "/state.json");
     if (text.ok()) {
@@ -129,18 +164,142 @@ void Agent::Recover() {
   }
 }
 
+std::string Agent::SnapshotDir(const std::string& id) const {
+  return config_.data_dir + "/snapshots/" + id;
+}
+
+void Agent::Track(const std::shared_ptr<Sandbox>& sb) {
+  std::lock_guard lock(mu_);
+  sandboxes_[sb->id()] = sb;
+}
+
+Result<std::shared_ptr<Sandbox>> Agent::Restore(const std::string& snapshot_dir,
+                                                const SnapshotManifest& m, const std::string& id,
+                                                const GuestIdentity& identity) {
+  MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb,
+                        Sandbox::Restore(env_, snapshot_dir, m, id, identity));
+  std::shared_ptr<Sandbox> shared = std::move(sb);
+  Track(shared);
+  return shared;
+}
+
 Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
                                                const GuestIdentity& identity) {
-  if (template_name != config_.base.name) {
-    return NotFound("template \"" + template_name + "\" not found");
+  std::string dir;
+  if (template_name == config_.base.name) {
+    MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(config_.base));
+  } else {
+    // A named snapshot's id (never a paused sandbox's: those are resumed, not cloned).
+    dir = SnapshotDir(template_name);
+    auto m = IsValidSnapshotName(template_name) ? ReadManifest(dir) : NotFound("");
+    if (!m.ok() || m->kind != "named") {
+      return NotFound("template \"" + template_name + "\" not found");
+    }
   }
-  std::string id = NewSandboxId();
+  MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
+  return Restore(dir, m, NewSandboxId(), identity);
+}
+
+Result<std::shared_ptr<Sandbox>> Agent::CreateColdBoot(const GuestIdentity& identity) {
   MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb,
-                        Sandbox::Boot(env_, config_.base, id, identity));
+                        Sandbox::Boot(env_, config_.base, NewSandboxId(), identity));
   std::shared_ptr<Sandbox> shared = std::move(sb);
-  std::lock_guard lock(mu_);
-  sandboxes_[id] = shared;
+  Track(shared);
   return shared;
+}
+
+Status Agent::Pause(const std::string& id) {
+  std::lock_guard paused(paused_mu_);
+  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
+  SnapshotManifest m{.kind = "paused", .name = id, .sandbox_id = id};
+  MOAT_RETURN_IF_ERROR(sb->SaveSnapshot(SnapshotDir(id), m, /*keep_running=*/false));
+  {
+    std::lock_guard lock(mu_);
+    sandboxes_.erase(id);
+  }
+  sb->Kill();
+  return Status::Ok();
+}
+
+Result<std::shared_ptr<Sandbox>> Agent::Resume(const std::string& id) {
+  std::lock_guard paused(paused_mu_);
+  if (Get(id).ok()) return FailedPrecondition("sandbox " + id + " is running, not paused");
+  std::string dir = SnapshotDir(id);
+  auto m = IsValidSandboxId(id) ? ReadManifest(dir) : NotFound("");
+  if (!m.ok() || m->kind != "paused") return NotFound("sandbox \"" + id + "\" not found");
+  // The paused snapshot is removed only once the sandbox runs again: a failed resume loses
+  // nothing.
+  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Restore(dir, *m, id, {}));
+  Status removed = RemoveTree(dir);
+  if (!removed.ok()) LogWarn("agent.paused_cleanup_failed", {{"error", removed.ToString()}});
+  return sb;
+}
+
+bool Agent::IsPaused(const std::string& id) {
+  if (!IsValidSandboxId(id)) return false;
+  auto m = ReadManifest(SnapshotDir(id));
+  return m.ok() && m->kind == "paused";
+}
+
+std::vector<SnapshotManifest> Agent::ListPaused() {
+  std::vector<SnapshotManifest> out;
+  for (const auto& name : ListDir(config_.data_dir + "/snapshots")) {
+    auto m = ReadManifest(SnapshotDir(name));
+    if (m.ok() && m->kind == "paused") out.push_back(*m);
+  }
+  return out;
+}
+
+Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id, int count) {
+  if (count < 1 || count > 64) return InvalidArgument("fork: count must be 1..64");
+  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> parent, Get(id));
+  // One snapshot of the parent (it runs on right after), then every child restores from it.
+  std::string dir = SnapshotDir(".fork-" + NewSandboxId());
+  Cleanup remove([&] { (void)RemoveTree(dir); });
+  SnapshotManifest m{.kind = "named", .name = "fork of " + id};
+  MOAT_RETURN_IF_ERROR(parent->SaveSnapshot(dir, m, /*keep_running=*/true));
+  MOAT_ASSIGN_OR_RETURN(m, ReadManifest(dir));
+  std::vector<std::shared_ptr<Sandbox>> children;
+  for (int i = 0; i < count; ++i) {
+    auto child = Restore(dir, m, NewSandboxId(), parent->identity());
+    if (!child.ok()) {
+      for (auto& c : children) (void)Kill(c->id());
+      return child.status().Annotate("fork of " + id);
+    }
+    children.push_back(*child);
+  }
+  return children;
+}
+
+Result<SnapshotManifest> Agent::CreateSnapshot(const std::string& id, const std::string& name) {
+  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
+  std::string snap_id = "snap" + NewSandboxId().substr(4);
+  SnapshotManifest m{.kind = "named", .name = name.empty() ? snap_id : name};
+  MOAT_RETURN_IF_ERROR(sb->SaveSnapshot(SnapshotDir(snap_id), m, /*keep_running=*/true));
+  MOAT_ASSIGN_OR_RETURN(m, ReadManifest(SnapshotDir(snap_id)));
+  m.sandbox_id = snap_id;  // reported as the snapshot's id
+  return m;
+}
+
+std::vector<SnapshotManifest> Agent::ListSnapshots() {
+  std::vector<SnapshotManifest> out;
+  for (const auto& name : ListDir(config_.data_dir + "/snapshots")) {
+    auto m = ReadManifest(SnapshotDir(name));
+    if (m.ok() && m->kind == "named") {
+      m->sandbox_id = name;
+      out.push_back(*m);
+    }
+  }
+  return out;
+}
+
+Status Agent::DeleteSnapshot(const std::string& snapshot_id) {
+  auto m = IsValidSnapshotName(snapshot_id) ? ReadManifest(SnapshotDir(snapshot_id))
+                                            : NotFound("");
+  if (!m.ok() || m->kind != "named") {
+    return NotFound("snapshot \"" + snapshot_id + "\" not found");
+  }
+  return RemoveTree(SnapshotDir(snapshot_id));
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::Get(const std::string& id) {
@@ -162,9 +321,15 @@ Status Agent::Kill(const std::string& id) {
   {
     std::lock_guard lock(mu_);
     auto it = sandboxes_.find(id);
-    if (it == sandboxes_.end()) return NotFound("sandbox \"" + id + "\" not found");
-    sb = std::move(it->second);
-    sandboxes_.erase(it);
+    if (it != sandboxes_.end()) {
+      sb = std::move(it->second);
+      sandboxes_.erase(it);
+    }
+  }
+  if (!sb) {
+    std::lock_guard paused(paused_mu_);
+    if (IsPaused(id)) return RemoveTree(SnapshotDir(id));
+    return NotFound("sandbox \"" + id + "\" not found");
   }
   sb->Kill();
   return Status::Ok();

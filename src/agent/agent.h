@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "agent/sandbox.h"
+#include "agent/snapshot.h"
+#include "agent/template_store.h"
 #include "common/status.h"
 #include "vmm/jail.h"
 #include "vmm/vmm_driver.h"
@@ -33,6 +35,8 @@ struct AgentConfig {
 
 struct RecoveryReport {
   std::vector<std::string> cleaned;  // sandboxes of an earlier agent: everything was released
+  std::vector<std::string> paused;   // paused sandboxes found on disk: they can be resumed
+  std::vector<std::string> removed_partial;  // half-written snapshots and bakes, removed
 };
 
 class Agent {
@@ -43,10 +47,31 @@ class Agent {
   // Stops the monitor and kills every sandbox.
   ~Agent();
 
+  // A new sandbox restored from `template_name`: the base template (baked on first use) or the
+  // id of a named snapshot. Never a cold boot once the template is baked.
   Result<std::shared_ptr<Sandbox>> Create(const std::string& template_name,
                                           const GuestIdentity& identity);
+  // A cold boot of the base template, for reference benchmarks and tests.
+  Result<std::shared_ptr<Sandbox>> CreateColdBoot(const GuestIdentity& identity);
+
+  // Pause persists RAM, device state and disk under DATA_DIR/snapshots/<id>/ and frees the VM;
+  // the sandbox keeps its id. Resume restores it (same id, same identity).
+  Status Pause(const std::string& id);
+  Result<std::shared_ptr<Sandbox>> Resume(const std::string& id);
+  bool IsPaused(const std::string& id);
+  std::vector<SnapshotManifest> ListPaused();
+
+  // `count` children of a running sandbox, each with its memory and files at fork time and a
+  // fresh identity; the parent pauses only while its state is written.
+  Result<std::vector<std::shared_ptr<Sandbox>>> Fork(const std::string& id, int count);
+
+  // A named snapshot of a running sandbox (it keeps running); its id is usable as a template.
+  Result<SnapshotManifest> CreateSnapshot(const std::string& id, const std::string& name);
+  std::vector<SnapshotManifest> ListSnapshots();
+  Status DeleteSnapshot(const std::string& snapshot_id);
   Result<std::shared_ptr<Sandbox>> Get(const std::string& id);
   std::vector<std::shared_ptr<Sandbox>> List();
+  // Kills a running sandbox, or deletes a paused one.
   Status Kill(const std::string& id);
   void KillAll();
 
@@ -56,12 +81,19 @@ class Agent {
  private:
   explicit Agent(AgentConfig config);
   void Recover();
+  std::string SnapshotDir(const std::string& id) const;
+  Result<std::shared_ptr<Sandbox>> Restore(const std::string& snapshot_dir,
+                                           const SnapshotManifest& m, const std::string& id,
+                                           const GuestIdentity& identity);
+  void Track(const std::shared_ptr<Sandbox>& sb);
   void MonitorLoop();
 
   AgentConfig config_;
   std::unique_ptr<vmm::JailIdAllocator> jail_ids_;
   SandboxEnv env_;
+  std::unique_ptr<TemplateStore> templates_;
   RecoveryReport recovery_;
+  std::mutex paused_mu_;  // serialises pause/resume/delete of paused sandboxes
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;

@@ -1,5 +1,6 @@
 #include "agent/sandbox.h"
 
+#include <fcntl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 
 #include "agent/disk.h"
 #include "agent/sandbox_state.h"
+#include "agent/template_store.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -48,6 +50,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
                                                const GuestIdentity& identity) {
   auto start = Clock::now();
   std::unique_ptr<Sandbox> sb(new Sandbox(env, id, tmpl.name));
+  sb->identity_ = identity;
   const SandboxPaths& p = sb->paths_;
   if (PathExists(p.dir))
     return Status(ErrorCode::kAlreadyExists, "sandbox dir " + p.dir + " exists");
@@ -72,41 +75,14 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   spec.console_log_path = p.console_log;
   spec.guest_socket_path = p.guest_socket;
   spec.qmp_socket_path = p.qmp_socket;
-  if (env.jail_ids != nullptr) {
-    MOAT_ASSIGN_OR_RETURN(sb->jail_id_, env.jail_ids->Allocate());
-    vmm::JailSpec jail;
-    jail.uid = sb->jail_id_;
-    jail.gid = sb->jail_id_;
-    jail.root_dir = p.jail_root;
-    jail.binds = {{.path = tmpl.kernel_path, .writable = false},
-                  {.path = tmpl.rootfs_path, .writable = false},
-                  {.path = p.dir, .writable = true}};
-    jail.dev_kvm = env.accel == vmm::Accel::kKvm;
-    spec.jail = jail;
-    // The jailed VMM writes its sockets, console log and overlay here.
-    if (::chown(p.dir.c_str(), jail.uid, jail.gid) < 0 ||
-        ::chown(p.disk.c_str(), jail.uid, jail.gid) < 0) {
-      return ErrnoError("chown(" + p.dir + ")");
-    }
-  }
-
-  auto driver = std::make_unique<vmm::qemu::QemuDriver>();
-  Status started = driver->Start(spec);
-  sb->vmm_ = std::move(driver);
-  MOAT_RETURN_IF_ERROR(started.Annotate("starting the VMM of sandbox " + id));
-
-  SandboxState state{.id = id,
-                     .template_name = tmpl.name,
-                     .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000,
-                     .vmm_pid = sb->vmm_->pid(),
-                     .vmm_start_time = 0,
-                     .jail_id = sb->jail_id_,
-                     .accel = std::string(vmm::AccelName(env.accel)),
-                     .vm_name = spec.name};
-  auto st = ProcessStartTime(state.vmm_pid);
-  if (st.ok()) state.vmm_start_time = *st;
-  MOAT_RETURN_IF_ERROR(WriteFileAtomic(p.state, SerializeSandboxState(state), 0600));
-
+  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, /*gid=*/0));
+  sb->origin_ = {.kind = "template",
+                 .name = tmpl.name,
+                 .source = tmpl.name,
+                 .vcpus = tmpl.vcpus,
+                 .memory_mib = tmpl.memory_mib,
+                 .accel = std::string(vmm::AccelName(env.accel)),
+                 .base_disk = tmpl.rootfs_path};
   MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
@@ -116,6 +92,132 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
                              {"vmm_pid", sb->vmm_->pid()},
                              {"ready_ms", static_cast<long>(sb->boot_time_.count())}});
   return sb;
+}
+
+Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid) {
+  const SandboxPaths& p = paths_;
+  if (env_.jail_ids != nullptr) {
+    MOAT_ASSIGN_OR_RETURN(jail_id_, env_.jail_ids->Allocate());
+    vmm::JailSpec jail;
+    jail.uid = jail_id_;
+    jail.gid = gid != 0 ? gid : jail_id_;
+    jail.root_dir = p.jail_root;
+    jail.dev_kvm = env_.accel == vmm::Accel::kKvm;
+    spec.jail = jail;
+    // A sandbox's own memory file (a full snapshot's fresh RAM) is its VM's alone.
+    if (spec.boot_mode == vmm::BootMode::kRestore && spec.memory_path == p.memory &&
+        ::chown(p.memory.c_str(), jail.uid, jail.gid) < 0) {
+      return ErrnoError("chown(" + p.memory + ")");
+    }
+  }
+  auto driver = std::make_unique<vmm::qemu::QemuDriver>();
+  Status started = driver->Start(spec);
+  vmm_ = std::move(driver);
+  MOAT_RETURN_IF_ERROR(started.Annotate("starting the VMM of sandbox " + id_));
+  SandboxState state{.id = id_,
+                     .template_name = template_name_,
+                     .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000,
+                     .vmm_pid = vmm_->pid(),
+                     .vmm_start_time = 0,
+                     .jail_id = jail_id_,
+                     .accel = std::string(vmm::AccelName(env_.accel)),
+                     .vm_name = spec.name};
+  auto st = ProcessStartTime(state.vmm_pid);
+  if (st.ok()) state.vmm_start_time = *st;
+  return WriteFileAtomic(p.state, SerializeSandboxState(state), 0600);
+}
+
+Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
+                                                  const std::string& snapshot_dir,
+                                                  const SnapshotManifest& snap,
+                                                  const std::string& id,
+                                                  const GuestIdentity& identity) {
+  auto start = Clock::now();
+  if (snap.accel != vmm::AccelName(env.accel)) {
+    return FailedPrecondition("snapshot " + snap.name + " was made under " + snap.accel +
+                              " and cannot be restored under " +
+                              std::string(vmm::AccelName(env.accel)));
+  }
+  std::unique_ptr<Sandbox> sb(new Sandbox(env, id, snap.source));
+  const SandboxPaths& p = sb->paths_;
+  SnapshotFiles f(snapshot_dir);
+  if (PathExists(p.dir)) {
+    return Status(ErrorCode::kAlreadyExists, "sandbox dir " + p.dir + " exists");
+  }
+  MOAT_RETURN_IF_ERROR(MakeDirs(p.dir, 0711));
+  sb->owns_dir_ = true;
+  MOAT_RETURN_IF_ERROR(CopyFile(f.overlay, p.disk));
+
+  vmm::VmSpec spec;
+  spec.name = "moat-" + id;
+  spec.vcpus = snap.vcpus;
+  spec.memory_mib = snap.memory_mib;
+  spec.accel = env.accel;
+  spec.boot_mode = vmm::BootMode::kRestore;
+  spec.rootfs = {.path = snap.base_disk, .read_only = false, .overlay_path = p.disk};
+  spec.device_state_path = f.state;
+  spec.memory_shared = false;
+  spec.console_log_path = p.console_log;
+  spec.guest_socket_path = p.guest_socket;
+  spec.qmp_socket_path = p.qmp_socket;
+  gid_t gid = 0;
+  if (snap.kind == "template") {
+    // Copy-on-write over the template's RAM: clean pages stay shared by every clone.
+    spec.memory_path = f.memory;
+    gid = kTemplateGid;
+  } else {
+    // A full snapshot: RAM comes from the stream into fresh private memory. QEMU maps this
+    // empty sparse file privately, so it is never written.
+    spec.memory_path = p.memory;
+    UniqueFd mem(::open(p.memory.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!mem || ::ftruncate(mem.get(), static_cast<off_t>(snap.memory_mib) << 20) < 0) {
+      return ErrnoError("creating " + p.memory);
+    }
+  }
+  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, gid));
+  MOAT_RETURN_IF_ERROR(sb->vmm_->Resume().Annotate("resuming restored sandbox " + id));
+  sb->origin_ = snap;
+  sb->identity_ = identity;
+  MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
+  MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
+  sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  LogInfo("sandbox.restored", {{"sandbox", id},
+                               {"from", snap.kind + ":" + snap.name},
+                               {"vmm_pid", sb->vmm_->pid()},
+                               {"ready_us", static_cast<long>(
+                                                std::chrono::duration_cast<std::chrono::microseconds>(
+                                                    Clock::now() - start)
+                                                    .count())}});
+  return sb;
+}
+
+Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool keep_running) {
+  std::lock_guard lock(mu_);
+  if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
+  if (PathExists(dir)) return Status(ErrorCode::kAlreadyExists, dir + " exists");
+  // Written under a temporary name, renamed when complete: a crash leaves no half snapshot.
+  std::string tmp = dir + ".tmp";
+  (void)RemoveTree(tmp);
+  MOAT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
+  Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
+  SnapshotFiles f(tmp);
+  // Private memory: the stream holds the RAM. The VM stops, and its disk is flushed and
+  // inactivated when the migration completes: the overlay can be copied consistently.
+  MOAT_RETURN_IF_ERROR(vmm_->SaveDeviceState(f.state).Annotate("snapshot of sandbox " + id_));
+  MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
+  if (keep_running) {
+    MOAT_RETURN_IF_ERROR(vmm_->Resume().Annotate("resuming sandbox " + id_ + " after snapshot"));
+  }
+  m.vcpus = origin_.vcpus;
+  m.memory_mib = origin_.memory_mib;
+  m.accel = origin_.accel;
+  m.base_disk = origin_.base_disk;
+  m.source = origin_.source;
+  m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
+  MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
+  if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
+  remove_tmp.Cancel();
+  return Status::Ok();
 }
 
 Status Sandbox::ConnectGuest(std::chrono::milliseconds timeout) {
@@ -148,8 +250,9 @@ Status Sandbox::SendIdentity(const GuestIdentity& identity) {
   }
   json req = {{"op", "identity"},
               {"unix_ns", static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec},
-              {"entropy", hex},
-              {"env", identity.env}};
+              {"entropy", hex}};
+  // Absent fields keep the guest's defaults: a resumed sandbox keeps the env it was given.
+  if (!identity.env.empty()) req["env"] = identity.env;
   if (!identity.user.empty()) req["user"] = identity.user;
   if (!identity.workdir.empty()) req["workdir"] = identity.workdir;
   auto r = guest_->Call(req, Clock::now() + std::chrono::seconds(10));

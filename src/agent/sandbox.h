@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "agent/snapshot.h"
 #include "channel/guest_client.h"
 #include "common/status.h"
 #include "vmm/jail.h"
@@ -64,7 +65,25 @@ class Sandbox {
                                                const std::string& id,
                                                const GuestIdentity& identity);
 
+  // Creates a sandbox by restoring a snapshot (a template's, a paused sandbox's or a named one):
+  // no cold boot. Memory is mapped copy-on-write from the template, or loaded into fresh private
+  // memory from a full snapshot; the disk is a copy of the snapshot's overlay over its base.
+  // Then the guest gets its identity (clock, entropy, env, user, workdir).
+  static Result<std::unique_ptr<Sandbox>> Restore(const SandboxEnv& env,
+                                                  const std::string& snapshot_dir,
+                                                  const SnapshotManifest& snapshot,
+                                                  const std::string& id,
+                                                  const GuestIdentity& identity);
+
+  // Writes a full snapshot (RAM, device state, disk) into `dir`, which must not exist yet; the
+  // VM is paused meanwhile. With `keep_running` it continues afterwards (named snapshots, fork),
+  // otherwise the VM is released as by Kill() (pause). The manifest is written last.
+  Status SaveSnapshot(const std::string& dir, SnapshotManifest manifest, bool keep_running);
+
   const std::string& id() const { return id_; }
+  // Where its disk's base image is and what template it came from (for pause/snapshot).
+  const SnapshotManifest& origin() const { return origin_; }
+  const GuestIdentity& identity() const { return identity_; }
   const std::string& template_name() const { return template_name_; }
   const SandboxPaths& paths() const { return paths_; }
   pid_t vmm_pid() const;
@@ -87,6 +106,7 @@ class Sandbox {
   Sandbox(const SandboxEnv& env, std::string id, std::string template_name);
   Status ConnectGuest(std::chrono::milliseconds timeout);
   Status SendIdentity(const GuestIdentity& identity);
+  Status StartVmm(vmm::VmSpec spec, gid_t gid);
 
   SandboxEnv env_;
   std::string id_;
@@ -94,6 +114,8 @@ class Sandbox {
   SandboxPaths paths_;
   std::chrono::milliseconds boot_time_{0};
   uint32_t jail_id_ = 0;
+  SnapshotManifest origin_;
+  GuestIdentity identity_;
   std::mutex mu_;
   std::unique_ptr<vmm::VmmDriver> vmm_;
   std::shared_ptr<channel::GuestClient> guest_;

@@ -35,4 +35,9 @@ bool IsValidSandboxId(std::string_view id) {
   return true;
 }
 
+bool IsValidSnapshotName(std::string_view id) {
+  if (id.size() != kSandboxIdLength || id.substr(0, 4) != "snap") return false;
+  return IsValidSandboxId(id);
+}
+
 }  // namespace moat::agent

@@ -11,5 +11,7 @@ inline constexpr size_t kSandboxIdLength = 20;
 // A fresh random ID from the kernel's CSPRNG (~103 bits).
 std::string NewSandboxId();
 bool IsValidSandboxId(std::string_view id);
+// Snapshot ids share the alphabet ("snap" + 16 characters): safe as directory names.
+bool IsValidSnapshotName(std::string_view id);
 
 }  // namespace moat::agent

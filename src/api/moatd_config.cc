@@ -29,8 +29,17 @@ Status ValidateConfig(MoatdConfig& c) {
   std::string port = c.listen.substr(colon + 1);
   char* end = nullptr;
   long p = std::strtol(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || p < 1 || p > 65535) {
-    return InvalidArgument("--listen: port must be 1..65535, got \"" + port + "\"");
+  if (port.empty() || *end != '\0' || p < 0 || p > 65535) {
+    return InvalidArgument("--listen: port must be 0..65535, got \"" + port + "\"");
+  }
+  c.listen_host = c.listen.substr(0, colon);
+  if (c.listen_host.size() > 2 && c.listen_host.front() == '[' && c.listen_host.back() == ']') {
+    c.listen_host = c.listen_host.substr(1, c.listen_host.size() - 2);
+  }
+  c.listen_port = static_cast<uint16_t>(p);
+  if (c.max_body_bytes < 1024 * 1024) {
+    return InvalidArgument("--max-body-bytes: must be at least 1048576, got " +
+                           std::to_string(c.max_body_bytes));
   }
   if (c.data_dir.empty()) return InvalidArgument("--data-dir: must not be empty");
   Status made = MakeDirs(c.data_dir, 0711);

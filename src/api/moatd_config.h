@@ -15,10 +15,17 @@ struct MoatdConfig {
   vmm::qemu::AccelMode accel = vmm::qemu::AccelMode::kAuto;
   // Where the base template's vmlinux and rootfs.ext4 are; default: <moatd's dir>/../guest.
   std::string guest_dir;
+  // Request bodies above this are refused with 413 (file uploads are the large ones).
+  size_t max_body_bytes = 256u * 1024 * 1024;
+
+  // Filled in by ValidateConfig from `listen`.
+  std::string listen_host;
+  uint16_t listen_port = 0;
 };
 
-// Checks every field: listen is host:port with a port in 1..65535, the data dir is creatable,
-// the guest dir holds both artifacts. Fills in defaults that depend on the environment.
+// Checks every field: listen is host:port with a port in 0..65535 (0: any free port), the data dir
+// is creatable, the guest dir holds both artifacts. Fills in defaults that depend on the
+// environment.
 Status ValidateConfig(MoatdConfig& config);
 
 }  // namespace moat::api

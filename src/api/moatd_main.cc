@@ -1,22 +1,37 @@
-// moatd: the moat server. `moatd serve` is the all-in-one role (API + local agent).
-//
-// The HTTP API is not implemented yet (it is the API issue). Until then `serve` does what it
-// honestly can: chooses the accelerator (and says why), starts the agent (cleaning up what an
-// earlier run left), boot-checks the `base` guest — cold boot, moat-guest ready, one command run
-// inside — prints what it did, and exits. It never pretends to serve.
+// moatd: the moat server. `moatd serve` is the all-in-one role: the HTTP API (control + envd on
+// one port), the embedded SQLite store and the local host agent.
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 
 #include "agent/agent.h"
+#include "api/api_server.h"
+#include "api/auth.h"
 #include "api/moatd_config.h"
+#include "api/sandbox_controller.h"
+#include "api/store/sqlite_store.h"
 #include "common/log.h"
 
 namespace moat::api {
 namespace {
 
-int BootCheck(MoatdConfig config) {
+int Fail(const std::string& what, const Status& s) {
+  std::fprintf(stderr, "moatd: %s: %s\n", what.c_str(), s.ToString().c_str());
+  return 1;
+}
+
+int Serve(MoatdConfig config) {
+  // SIGINT/SIGTERM are taken by sigwait below; blocked before any thread starts, so that every
+  // thread inherits the mask (children reset it before exec).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
   Status valid = ValidateConfig(config);
   if (!valid.ok()) {
     std::fprintf(stderr, "moatd: %s\n", valid.message().c_str());
@@ -32,45 +47,66 @@ int BootCheck(MoatdConfig config) {
   LogInfo("moatd.accel",
           {{"accel", std::string(vmm::AccelName(accel->accel))}, {"reason", accel->reason}});
 
+  auto store = store::SqliteStore::Open(config.data_dir + "/moat.db");
+  if (!store.ok()) return Fail("store", store.status());
+  const char* env_key = std::getenv("MOAT_API_KEY");
+  auto boot =
+      BootstrapApiKey(**store, config.data_dir,
+                      env_key != nullptr ? std::optional<std::string>(env_key) : std::nullopt);
+  if (!boot.ok()) return Fail("api key", boot.status());
+
   agent::AgentConfig ac;
   ac.data_dir = config.data_dir;
   ac.base.kernel_path = config.guest_dir + "/vmlinux";
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
   ac.accel = accel->accel;
   auto agent = agent::Agent::Start(ac);
-  if (!agent.ok()) {
-    std::fprintf(stderr, "moatd: %s\n", agent.status().ToString().c_str());
-    return 1;
-  }
-  auto sb = (*agent)->Create("base", {});
-  if (!sb.ok()) {
-    std::fprintf(stderr, "moatd: boot check failed: %s\n", sb.status().ToString().c_str());
-    return 1;
-  }
-  auto guest = (*sb)->Guest();
-  if (!guest.ok()) {
-    std::fprintf(stderr, "moatd: boot check failed: %s\n", guest.status().ToString().c_str());
-    return 1;
-  }
-  auto run = (*guest)->Run({.cmd = "uname -sr; python3 --version; id -un"},
-                           channel::GuestClient::Clock::now() + std::chrono::seconds(30));
-  if (!run.ok() || run->exit_code != 0) {
-    std::fprintf(stderr, "moatd: boot check command failed: %s\n",
-                 run.ok() ? run->stderr_data.c_str() : run.status().ToString().c_str());
-    return 1;
+  if (!agent.ok()) return Fail("agent", agent.status());
+
+  Metrics metrics;
+  auto controller = SandboxController::Start(**agent, **store, metrics, {});
+  if (!controller.ok()) return Fail("controller", controller.status());
+
+  http::ServerOptions opts;
+  opts.host = config.listen_host;
+  opts.port = config.listen_port;
+  opts.body_limit = config.max_body_bytes;
+  auto server = ApiServer::Start(opts, **controller, **store, metrics);
+  if (!server.ok()) return Fail("listen", server.status());
+
+  std::string host = config.listen_host.find(':') != std::string::npos
+                         ? "[" + config.listen_host + "]"
+                         : config.listen_host;
+  std::string url = "http://" + host + ":" + std::to_string((*server)->port());
+  LogInfo("moatd.listening", {{"url", url}, {"data_dir", config.data_dir}});
+  std::printf("moatd: serving the API on %s (data in %s)\n", url.c_str(), config.data_dir.c_str());
+  if (boot->created && env_key != nullptr && *env_key != '\0') {
+    std::printf("moatd: created the admin API key from MOAT_API_KEY (also in %s)\n",
+                boot->key_file.c_str());
+  } else if (boot->created) {
+    // Printed once, when generated; the file keeps it.
+    std::printf("moatd: created the admin API key (also in %s):\n  %s\n", boot->key_file.c_str(),
+                boot->key.c_str());
+  } else {
+    std::printf("moatd: API keys as before (the first one is in %s)\n", boot->key_file.c_str());
   }
   std::printf(
-      "moatd: boot check passed\n"
-      "  accelerator:        %s (%s)\n"
-      "  sandbox:            %s, cold boot to moat-guest ready in %ld ms\n"
-      "  inside the guest:   %s",
-      std::string(vmm::AccelName(accel->accel)).c_str(), accel->reason.c_str(), (*sb)->id().c_str(),
-      static_cast<long>((*sb)->boot_time().count()), run->stdout_data.c_str());
-  (void)(*agent)->Kill((*sb)->id());
-  std::printf(
-      "moatd: the HTTP API (%s) is not implemented yet — it is the next issue; the sandbox was "
-      "killed and moatd exits here.\n",
-      config.listen.c_str());
+      "moatd: use it from the e2b SDKs with\n  export E2B_API_URL=%s E2B_SANDBOX_URL=%s "
+      "E2B_API_KEY=$(cat %s)\n",
+      url.c_str(), url.c_str(), boot->key_file.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LogInfo("moatd.stopping", {{"signal", sig}});
+  // Stop taking requests, end every sandbox (their streams end), then let the handlers finish.
+  (*server)->Shutdown();
+  (*agent)->KillAll();
+  (*server)->Wait();
+  server->reset();
+  controller->reset();
+  agent->reset();
+  LogInfo("moatd.stopped");
   return 0;
 }
 
@@ -84,10 +120,13 @@ int main(int argc, char** argv) {
   moat::api::MoatdConfig config;
   std::string accel = "auto";
   auto* serve = app.add_subcommand("serve", "API + scheduler + local agent on embedded defaults");
-  serve->add_option("--listen", config.listen, "HOST:PORT to listen on")->capture_default_str();
+  serve->add_option("--listen", config.listen, "HOST:PORT to listen on (port 0: any free port)")
+      ->capture_default_str();
   serve->add_option("--data-dir", config.data_dir, "state directory")->capture_default_str();
   serve->add_option("--accel", accel, "auto|kvm|tcg")->capture_default_str();
   serve->add_option("--guest-dir", config.guest_dir, "directory with vmlinux and rootfs.ext4");
+  serve->add_option("--max-body-bytes", config.max_body_bytes, "largest request body (413 above)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   auto mode = moat::vmm::qemu::ParseAccelMode(accel);
   if (!mode.ok()) {
@@ -95,6 +134,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   config.accel = *mode;
-  if (serve->parsed()) return moat::api::BootCheck(config);
+  if (serve->parsed()) return moat::api::Serve(config);
   return 2;
 }

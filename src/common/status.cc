@@ -18,6 +18,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kCancelled: return "cancelled";
     case ErrorCode::kAborted: return "aborted";
     case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kUnauthenticated: return "unauthenticated";
   }
   return "unknown";
 }
@@ -58,6 +59,9 @@ Status DeadlineExceeded(std::string message) {
 }
 Status ResourceExhausted(std::string message) {
   return {ErrorCode::kResourceExhausted, std::move(message)};
+}
+Status Unauthenticated(std::string message) {
+  return {ErrorCode::kUnauthenticated, std::move(message)};
 }
 
 ErrorCode ErrorCodeFromErrno(int err) {

@@ -23,6 +23,7 @@ enum class ErrorCode {
   kCancelled,
   kAborted,
   kInternal,
+  kUnauthenticated,  // no or wrong credentials (HTTP 401)
 };
 
 std::string_view ErrorCodeName(ErrorCode code);
@@ -53,6 +54,7 @@ Status Internal(std::string message);
 Status Unavailable(std::string message);
 Status DeadlineExceeded(std::string message);
 Status ResourceExhausted(std::string message);
+Status Unauthenticated(std::string message);
 // An error from a failed system call: "<context>: <strerror(err)>", code derived from errno.
 Status ErrnoError(std::string_view context, int err = errno);
 ErrorCode ErrorCodeFromErrno(int err);

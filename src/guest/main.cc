@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "guest/event_loop.h"
 #include "guest/init.h"
+#include "guest/network.h"
 #include "guest/server.h"
 
 namespace moat::guest {
@@ -32,7 +33,8 @@ constexpr const char* kUsage =
     "  --log-level LEVEL   debug, info (default), warn or error\n"
     "  --help              this text\n"
     "\n"
-    "The `identity` op sets the clock, entropy and hostname only when running as PID 1.\n";
+    "The `identity` op sets the clock, entropy and hostname, and the `network` op configures\n"
+    "eth0, only when running as PID 1.\n";
 
 struct Flags {
   ServerOptions server;
@@ -131,6 +133,14 @@ int Main(int argc, char** argv) {
   if (system) {
     if (Status s = InitSystem(); !s.ok()) {
       LogWarn("guest.init_incomplete", {{"error", s.ToString()}});
+    }
+    // A sandbox with a NIC gets the fixed address now; the host repeats it (`network` op)
+    // after every restore. Without a NIC there is nothing to do.
+    NetworkRequest network = DefaultNetwork();
+    if (InterfaceExists(network.interface)) {
+      if (Status s = ApplyNetwork(network); !s.ok()) {
+        LogWarn("guest.network_failed", {{"error", s.ToString()}});
+      }
     }
   }
   LogInfo("guest.starting", {{"pid1", pid1 ? "true" : "false"}});

@@ -1,4 +1,5 @@
 // System ops: watch, identity, health, metrics.
+#include "guest/network.h"
 #include "guest/server.h"
 
 namespace moat::guest {
@@ -21,6 +22,14 @@ Result<Server::OpOutcome> Server::OpIdentity(uint32_t id, const Json& req) {
   (void)id;
   MOAT_ASSIGN_OR_RETURN(IdentityRequest identity, ParseIdentity(req));
   MOAT_RETURN_IF_ERROR(ApplyIdentity(identity, options_.system, &defaults_));
+  return OpOutcome::kDone;
+}
+
+Result<Server::OpOutcome> Server::OpNetwork(uint32_t id, const Json& req) {
+  (void)id;
+  MOAT_ASSIGN_OR_RETURN(NetworkRequest network, ParseNetwork(req));
+  // Outside a VM (--listen-unix) the interfaces are the host's: validate only.
+  if (options_.system) MOAT_RETURN_IF_ERROR(ApplyNetwork(network));
   return OpOutcome::kDone;
 }
 

@@ -187,6 +187,7 @@ Result<Server::OpOutcome> Server::Dispatch(uint32_t id, const std::string& op, c
   if (op == "remove") return OpRemove(id, req);
   if (op == "watch") return OpWatch(id, req);
   if (op == "identity") return OpIdentity(id, req);
+  if (op == "network") return OpNetwork(id, req);
   if (op == "health") return OpHealth(id, req);
   if (op == "metrics") return OpMetrics(id, req);
   std::string shown = op.size() > 64 ? op.substr(0, 64) + "..." : op;

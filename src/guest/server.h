@@ -101,6 +101,7 @@ class Server : public ProcessSink {
   Result<OpOutcome> OpRemove(uint32_t id, const Json& req);
   Result<OpOutcome> OpWatch(uint32_t id, const Json& req);
   Result<OpOutcome> OpIdentity(uint32_t id, const Json& req);
+  Result<OpOutcome> OpNetwork(uint32_t id, const Json& req);
   Result<OpOutcome> OpHealth(uint32_t id, const Json& req);
   Result<OpOutcome> OpMetrics(uint32_t id, const Json& req);
 

@@ -162,7 +162,16 @@ Result<std::unique_ptr<PreparedJail>> PreparedJail::Prepare(const JailSpec& spec
                              static_cast<mode_t>(S_IFCHR | (d.owned_by_vm ? 0600 : 0666)),
                              ds.st_rdev, d.owned_by_vm});
   }
-  if (cgroup != nullptr) j->cgroup_procs_fds_ = cgroup->procs_fds();
+  if (cgroup != nullptr) {
+    // Copies numbered 1024 and up: the child's fd mapping (SpawnOptions::fds, e.g. a tap as
+    // fd 3) dup2s onto low numbers before pre_exec runs and would otherwise clobber these.
+    for (int fd : cgroup->procs_fds()) {
+      UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 1024));
+      if (!copy) return ErrnoError("jail: fcntl(F_DUPFD_CLOEXEC, cgroup.procs)");
+      j->cgroup_procs_fds_.push_back(copy.get());
+      j->owned_fds_.push_back(std::move(copy));
+    }
+  }
   return j;
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/unique_fd.h"
 #include "vmm/cgroup.h"
 
 namespace moat::vmm {
@@ -104,7 +105,8 @@ class PreparedJail {
   std::vector<std::string> files_;  // empty files created as bind targets
   std::vector<Bind> binds_;
   std::vector<DevNode> dev_nodes_;
-  std::vector<int> cgroup_procs_fds_;
+  std::vector<int> cgroup_procs_fds_;  // numbers of owned_fds_, read by the child
+  std::vector<UniqueFd> owned_fds_;
 };
 
 }  // namespace moat::vmm

@@ -31,6 +31,14 @@ struct DiskSpec {
   std::string overlay_path;  // optional qcow2 overlay over `path`
 };
 
+// A virtio-net NIC backed by a tap the host created (in the sandbox's network namespace, see
+// src/net/): QEMU gets the open fd, so it needs no /dev/net/tun and no privileges. Every guest
+// uses the same MAC (it is migrated device state: one snapshot restores into any slot).
+struct NetDeviceSpec {
+  int tap_fd = -1;  // owned by the caller, who keeps it open until Start() returns
+  std::string mac;  // "02:00:a9:fe:00:15"
+};
+
 // How the VM starts: a cold boot runs the kernel; a restore loads a snapshot made by
 // SaveDeviceState (template memory file + device-state file) and stays paused until Resume().
 enum class BootMode { kColdBoot, kRestore };
@@ -61,6 +69,10 @@ struct VmSpec {
   std::string qmp_socket_path;    // QMP, a unix socket QEMU listens on
   std::string vmm_log_path;       // QEMU's own stderr, opened by the host; empty: discarded
 
+  // The NIC, if any. A snapshot taken with one restores only into a VM with one (and without
+  // one only into a VM without).
+  std::optional<NetDeviceSpec> net;
+
   // Runs QEMU jailed (own uid/gid, mount namespace, cgroup). Off only in tests that need it.
   std::optional<JailSpec> jail;
 };
@@ -85,8 +97,10 @@ class VmmDriver {
   virtual Status Pause() = 0;
   // Starts the vCPUs (QMP cont); also the last step of a restore.
   virtual Status Resume() = 0;
-  // Pauses the VM and writes its device state (not guest RAM, which stays in the shared memory
-  // file) to `path`. The VM stays paused. Together with the memory file this is a snapshot.
+  // Pauses the VM and writes its state to `path`. With shared memory the RAM stays in the memory
+  // file (the stream is ~50 KB of device state; together they are a snapshot, and the VM must
+  // not run on). With private memory the stream carries the RAM too (a full snapshot) and the
+  // VM may Resume(). Either way the disks are flushed and the VM stays paused.
   virtual Status SaveDeviceState(const std::string& path) = 0;
   virtual Result<VmStatus> QueryStatus() = 0;
   // Asks QEMU to quit (QMP quit), waits up to `grace`, then kills it.

@@ -86,15 +86,13 @@ Agent* SandboxE2eTest::agent_ = nullptr;
 std::shared_ptr<Sandbox>* SandboxE2eTest::sandbox_ = nullptr;
 int SandboxE2eTest::fds_before_ = 0;
 
-TEST_F(SandboxE2eTest, ColdBootReachesReadyAndKeepsTheConsoleLog) {
+TEST_F(SandboxE2eTest, CreateRestoresTheBakedTemplateAndKeepsAConsoleLog) {
   auto& sb = *sandbox_;
+  EXPECT_EQ(sb->origin().kind, "template");
   EXPECT_LT(sb->boot_time(), 30s);
-  std::printf("cold boot to moat-guest ready: %ld ms\n",
+  std::printf("create (restore) to moat-guest ready: %ld ms\n",
               static_cast<long>(sb->boot_time().count()));
-  auto log = ReadFile(sb->paths().console_log);
-  ASSERT_TRUE(log.ok());
-  // The kernel runs with `quiet`; moat-guest (PID 1) logs its start to the console.
-  EXPECT_NE(log->find("event=guest.starting pid1=true"), std::string::npos) << *log;
+  EXPECT_TRUE(PathExists(sb->paths().console_log));
   auto hello = Guest()->guest_hello();
   EXPECT_EQ(hello.value("pid1", false), true) << hello.dump();
 }

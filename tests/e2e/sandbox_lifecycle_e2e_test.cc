@@ -78,6 +78,20 @@ TEST_F(SandboxLifecycleTest, TheVmmRunsJailedWithoutPrivileges) {
   EXPECT_TRUE(PathExists(root + (*sb)->paths().guest_socket));
 }
 
+TEST_F(SandboxLifecycleTest, AColdBootReachesReadyAndKeepsTheConsoleLog) {
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  auto sb = (*agent)->CreateColdBoot({});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  EXPECT_LT((*sb)->boot_time(), 30s);
+  std::printf("cold boot to moat-guest ready: %ld ms\n",
+              static_cast<long>((*sb)->boot_time().count()));
+  auto log = ReadFile((*sb)->paths().console_log);
+  ASSERT_TRUE(log.ok());
+  // The kernel runs with `quiet`; moat-guest (PID 1) logs its start to the console.
+  EXPECT_NE(log->find("event=guest.starting pid1=true"), std::string::npos) << *log;
+}
+
 TEST_F(SandboxLifecycleTest, KillReleasesProcessDirectoryAndCgroup) {
   auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok());

@@ -21,6 +21,23 @@ Status CheckPath(std::string_view what, const std::string& path, bool required) 
   return Status::Ok();
 }
 
+// "02:00:a9:fe:00:15": six lower- or upper-case hex pairs; unicast (the low bit of the first
+// octet clear), as QEMU refuses a multicast MAC only at device realisation.
+Status CheckMac(const std::string& mac) {
+  auto hex = [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+  };
+  bool ok = mac.size() == 17;
+  for (size_t i = 0; ok && i < mac.size(); ++i) {
+    ok = (i % 3 == 2) ? mac[i] == ':' : hex(mac[i]);
+  }
+  if (!ok) return InvalidArgument("net.mac is not a MAC address: \"" + mac.substr(0, 32) + "\"");
+  if (std::stoi(mac.substr(0, 2), nullptr, 16) & 1) {
+    return InvalidArgument("net.mac is a multicast address: " + mac);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::string KernelCmdline(const VmSpec& spec) {
@@ -49,6 +66,10 @@ Result<std::vector<std::string>> BuildCommandLine(const VmSpec& spec,
   if (restore && spec.memory_shared) {
     // A restored clone writing through to the template's memory would corrupt every sibling.
     return InvalidArgument("a restore maps the template memory private: memory_shared=false");
+  }
+  if (spec.net) {
+    if (spec.net->tap_fd < 0) return InvalidArgument("net.tap_fd is required");
+    MOAT_RETURN_IF_ERROR(CheckMac(spec.net->mac));
   }
   if (spec.kernel_cmdline_extra.find('\n') != std::string::npos) {
     return InvalidArgument("kernel_cmdline_extra contains a newline");
@@ -106,6 +127,13 @@ Result<std::vector<std::string>> BuildCommandLine(const VmSpec& spec,
          "driver=qcow2,node-name=disk0,file=disk0-file,backing=base0"});
   }
   add({"-device", "virtio-blk-device,drive=disk0"});
+  // The NIC comes after every other device, so that VMs without one keep the same virtio-mmio
+  // layout (and their snapshots stay valid).
+  if (spec.net) {
+    add({"-netdev", std::string("tap,id=") + kNetdevId + ",fd=" + std::to_string(kTapFdInQemu),
+         "-device",
+         std::string("virtio-net-device,netdev=") + kNetdevId + ",mac=" + spec.net->mac});
+  }
   if (restore) {
     // -S: stay paused after the state is loaded, whatever the saved run state was; the caller
     // decides when to `cont`. No -kernel/-append: the guest is already in memory.

@@ -198,6 +198,8 @@ Result<ChildProcess> QemuDriver::SpawnQemu(const std::vector<std::string>& argv)
   o.argv = argv;
   o.env = std::vector<std::string>{};  // nothing of the agent's environment leaks in
   o.fds = {{1, log.get()}, {2, log.get()}};
+  // The tap stays the caller's; QEMU gets its own copy as fd kTapFdInQemu.
+  if (spec_.net) o.fds.push_back({kTapFdInQemu, spec_.net->tap_fd});
   if (jail_) o.pre_exec = jail_->PreExec();
   auto child = ChildProcess::Spawn(o);
   if (!child.ok()) return WithVmmLog(child.status().Annotate("starting qemu"));
@@ -271,27 +273,28 @@ Status QemuDriver::Resume() {
 
 Status QemuDriver::SaveDeviceState(const std::string& path) {
   if (!qmp_) return FailedPrecondition("vmm not started");
-  if (!spec_.memory_shared) {
-    // x-ignore-shared leaves guest RAM out of the stream: only a shared mapping has it on disk.
-    return FailedPrecondition(
-        "save device state: guest memory is private (share=off), so the "
-        "memory file does not hold it");
-  }
   UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
   if (!out) return ErrnoError("open(" + path + ")");
+  // x-ignore-shared leaves a shared memory file's RAM out of the stream (it is on disk already);
+  // private (share=off) RAM is not ignored, so then the stream is a full snapshot.
   Json caps{{"capabilities", Json::array({{{"capability", "x-ignore-shared"}, {"state", true}},
                                           {{"capability", "events"}, {"state", true}}})}};
   MOAT_RETURN_IF_ERROR(qmp_->Execute("migrate-set-capabilities", caps).status());
+  // The default bandwidth cap (128 MiB/s) is for networks; this is a local file.
+  MOAT_RETURN_IF_ERROR(
+      qmp_->Execute("migrate-set-parameters", {{"max-bandwidth", int64_t{1} << 40}}).status());
   MOAT_RETURN_IF_ERROR(qmp_->Execute("stop").status());
   MOAT_RETURN_IF_ERROR(qmp_->GetFd(kStateFdName, out.get()));
   uint64_t cursor = qmp_->EventCursor();
   MOAT_RETURN_IF_ERROR(
       qmp_->Execute("migrate", {{"uri", std::string("fd:") + kStateFdName}}).status());
-  memory_is_snapshot_ = true;
+  if (spec_.memory_shared) memory_is_snapshot_ = true;
   MOAT_RETURN_IF_ERROR(WaitMigration(cursor, "saving device state to " + path));
   if (::fsync(out.get()) < 0) return ErrnoError("fsync(" + path + ")");
-  UniqueFd mem(::open(spec_.memory_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!mem || ::fsync(mem.get()) < 0) return ErrnoError("fsync(" + spec_.memory_path + ")");
+  if (spec_.memory_shared) {
+    UniqueFd mem(::open(spec_.memory_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!mem || ::fsync(mem.get()) < 0) return ErrnoError("fsync(" + spec_.memory_path + ")");
+  }
   return Status::Ok();
 }
 

@@ -60,7 +60,7 @@ TEST(CommandLine, ColdBootUnderTcgKeepsMicrovmDefaultsAndBootsTheKernel) {
   EXPECT_EQ(ValueOf(*argv, "-kernel"), "/t/vmlinux");
   EXPECT_EQ(ValueOf(*argv, "-append"),
             "console=ttyS0 root=/dev/vda rootfstype=ext4 init=/usr/sbin/moat-guest reboot=t "
-            "panic=-1 quiet rw");
+            "panic=-1 tsc=reliable quiet rw");
   EXPECT_THAT(*argv, Not(Contains("-incoming")));
   EXPECT_THAT(*argv, Not(Contains("-S")));
   for (const char* flag : {"-nodefaults", "-no-user-config", "-no-reboot"}) {
@@ -162,6 +162,56 @@ TEST(CommandLine, RejectsPathsThatCouldInjectOptions) {
   s = ColdSpec();
   s.vcpus = 0;
   EXPECT_EQ(BuildCommandLine(s).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST(CommandLine, NicIsATapFdAfterEveryOtherDeviceWithTheGivenMac) {
+  VmSpec s = ColdSpec();
+  auto plain = BuildCommandLine(s);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_THAT(*plain, Not(Contains("-netdev")));
+  s.net = NetDeviceSpec{.tap_fd = 17, .mac = "02:00:a9:fe:00:15"};
+  auto argv = BuildCommandLine(s);
+  ASSERT_TRUE(argv.ok()) << argv.status().ToString();
+  // QEMU sees the tap as fd 3 whatever the caller's number (the driver maps it there).
+  EXPECT_EQ(ValueOf(*argv, "-netdev"), "tap,id=net0,fd=3");
+  EXPECT_EQ(ValueOf(*argv, "-device", "virtio-net"),
+            "virtio-net-device,netdev=net0,mac=02:00:a9:fe:00:15");
+  // The devices of a VM without a NIC come first, in the same order: its virtio-mmio layout
+  // (and so its snapshots) do not change.
+  auto net_at = std::find(argv->begin(), argv->end(), "-netdev") - argv->begin();
+  auto blk_at =
+      std::find(argv->begin(), argv->end(), "virtio-blk-device,drive=disk0") - argv->begin();
+  EXPECT_LT(blk_at, net_at);
+  std::vector<std::string> without(argv->begin(), argv->begin() + net_at);
+  std::vector<std::string> plain_devices;
+  for (const auto& a : *plain) {
+    if (a == "-kernel") break;
+    plain_devices.push_back(a);
+  }
+  EXPECT_EQ(without, plain_devices);
+  // A restore gets the same NIC (it is part of the device state).
+  VmSpec r = RestoreSpec();
+  r.net = s.net;
+  auto restore = BuildCommandLine(r);
+  ASSERT_TRUE(restore.ok());
+  EXPECT_EQ(ValueOf(*restore, "-netdev"), "tap,id=net0,fd=3");
+}
+
+TEST(CommandLine, NicNeedsAnFdAndAUnicastMac) {
+  VmSpec s = ColdSpec();
+  for (const char* bad : {"", "02:00:a9:fe:00", "02:00:a9:fe:00:1g", "02-00-a9-fe-00-15",
+                          "01:00:5e:00:00:01", "02:00:a9:fe:00:15,x=y"}) {
+    s.net = NetDeviceSpec{.tap_fd = 5, .mac = bad};
+    auto argv = BuildCommandLine(s);
+    EXPECT_FALSE(argv.ok()) << bad;
+    if (!argv.ok()) {
+      EXPECT_EQ(argv.status().code(), ErrorCode::kInvalidArgument);
+    }
+  }
+  s.net = NetDeviceSpec{.tap_fd = -1, .mac = "02:00:a9:fe:00:15"};
+  EXPECT_FALSE(BuildCommandLine(s).ok());
+  s.net = NetDeviceSpec{.tap_fd = 5, .mac = "02:00:A9:FE:00:15"};
+  EXPECT_TRUE(BuildCommandLine(s).ok());
 }
 
 }  // namespace

@@ -1,0 +1,52 @@
+// Snapshots a sandbox is restored from, and their manifests on disk.
+//
+// Two kinds, one shape:
+//  - a template snapshot (DATA_DIR/templates/<name>/<build>/): guest RAM in a memory file that
+//    every clone maps privately (clean pages shared across sandboxes), ~50 KB of device state;
+//  - a full snapshot (a paused sandbox, DATA_DIR/snapshots/<id>/, or a named snapshot): guest
+//    RAM inside the state stream, restored into fresh private memory.
+// Both carry the disk as a raw read-only base plus a qcow2 overlay that each restore copies.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace moat::agent {
+
+struct SnapshotManifest {
+  std::string kind;        // "template" | "paused" | "named"
+  std::string name;        // template name, sandbox id (paused) or snapshot id (named)
+  std::string source;      // the template a sandbox came from (for reporting)
+  unsigned vcpus = 1;
+  uint64_t memory_mib = 256;
+  std::string accel;       // a snapshot restores only under the accelerator that made it
+  std::string base_disk;   // absolute path of the raw base image
+  int64_t created_unix_ms = 0;
+  // Paused sandboxes: what the sandbox had, so that resume gives it back.
+  std::string sandbox_id;
+};
+
+// Files inside a snapshot directory.
+struct SnapshotFiles {
+  explicit SnapshotFiles(const std::string& dir)
+      : dir(dir),
+        manifest(dir + "/manifest.json"),
+        state(dir + "/state"),
+        memory(dir + "/mem"),
+        overlay(dir + "/disk.qcow2") {}
+  std::string dir, manifest, state, memory, overlay;
+};
+
+std::string SerializeManifest(const SnapshotManifest& m);
+Result<SnapshotManifest> ParseManifest(const std::string& text);
+Result<SnapshotManifest> ReadManifest(const std::string& dir);
+// A snapshot is complete only once its manifest exists: it is written last, atomically.
+Status WriteManifest(const std::string& dir, const SnapshotManifest& m);
+
+// Copies `from` to `to` (a new file), sharing blocks where the filesystem can (reflink), else a
+// sparse-aware copy. For qcow2 overlays: a few hundred KB to a few MB.
+Status CopyFile(const std::string& from, const std::string& to);
+
+}  // namespace moat::agent

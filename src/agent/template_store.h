@@ -1,0 +1,43 @@
+// TemplateStore: bakes a template's snapshot on first use and hands out its directory.
+//
+// Bake = cold-boot the template with guest RAM in a shared memory file, wait for moat-guest,
+// save the device state, stop the VM. The build id hashes everything the snapshot depends on
+// (kernel, rootfs, resources, accelerator, QEMU version), so a changed template gets a new
+// snapshot. Concurrent creates of a template that is being baked wait for that one bake.
+#pragma once
+
+#include <future>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "agent/sandbox.h"
+#include "common/status.h"
+
+namespace moat::agent {
+
+// The gid shared by every template's bake VM and its clones: the clones must open the
+// template's memory file (QEMU 7.2 opens it read-write even to map it privately), and only
+// that file of it is bound into each clone's jail. See docs/jail.md.
+inline constexpr gid_t kTemplateGid = 899999;
+
+class TemplateStore {
+ public:
+  TemplateStore(std::string templates_dir, SandboxEnv env)
+      : dir_(std::move(templates_dir)), env_(std::move(env)) {}
+
+  // The snapshot directory of the current build of `tmpl`, baked now if needed.
+  Result<std::string> Ensure(const TemplateSpec& tmpl);
+  // The build id `tmpl` has now (for tests and logs).
+  Result<std::string> BuildId(const TemplateSpec& tmpl) const;
+
+ private:
+  Result<std::string> Bake(const TemplateSpec& tmpl, const std::string& build_dir);
+
+  std::string dir_;
+  SandboxEnv env_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_future<Result<std::string>>> bakes_;  // by build dir
+};
+
+}  // namespace moat::agent

@@ -1,0 +1,53 @@
+// ApiServer: moatd's one public port. Each request goes to the envd routes when it names a
+// sandbox (E2b-Sandbox-Id, or Host 49983-<id>.<domain>), to the control routes otherwise.
+// Every answer is counted in the metrics by route, and logged.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "api/http/router.h"
+#include "api/http/server.h"
+#include "api/metrics.h"
+#include "api/routes/routes.h"
+#include "api/sandbox_controller.h"
+#include "api/store/store.h"
+
+namespace moat::api {
+
+inline constexpr const char* kEnvdVersion = "0.5.7";
+
+class ApiServer {
+ public:
+  static Result<std::unique_ptr<ApiServer>> Start(http::ServerOptions options,
+                                                  SandboxController& controller,
+                                                  store::Store& store, Metrics& metrics);
+  ~ApiServer();
+
+  uint16_t port() const { return http_->port(); }
+  // Stops accepting and closes connections; Wait() joins their threads once the handlers
+  // return (kill the sandboxes in between so that streams end).
+  void Shutdown() { http_->Shutdown(); }
+  void Wait() { http_->Wait(); }
+
+  const http::Router& control_router() const { return control_; }
+  const http::Router& envd_router() const { return envd_; }
+  // Routes a request as the server does (tests drive it with a RecordingWriter).
+  void Handle(http::Request& req, http::ResponseWriter& w);
+
+  // The routes without a server (the OpenAPI test reads them).
+  static void RegisterAll(http::Router& control, http::Router& envd, routes::ControlContext& cc,
+                          routes::EnvdContext& ec);
+
+ private:
+  ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics);
+
+  routes::ControlContext control_ctx_;
+  routes::EnvdContext envd_ctx_;
+  Metrics& metrics_;
+  http::Router control_;
+  http::Router envd_;
+  std::unique_ptr<http::HttpServer> http_;
+};
+
+}  // namespace moat::api

@@ -1,0 +1,84 @@
+#include "api/auth.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+
+#include "common/fs.h"
+#include "common/socket.h"
+#include "common/unique_fd.h"
+
+namespace moat::api {
+
+std::string Sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 15]);
+  }
+  return out;
+}
+
+std::string RandomToken(std::string_view prefix, size_t bytes) {
+  std::string raw(bytes, '\0');
+  // RAND_bytes writes `bytes` bytes into the string's buffer, which holds exactly that many.
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), static_cast<int>(bytes)) != 1) {
+    std::abort();  // no randomness: nothing secure can be issued
+  }
+  static const char* kHex = "0123456789abcdef";
+  std::string out(prefix);
+  for (unsigned char c : raw) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+std::string NewApiKey() {
+  return RandomToken("moat_", 20);
+}
+
+std::string MaskApiKey(std::string_view key) {
+  if (key.size() <= 13) return std::string(key.substr(0, 4)) + "…";
+  return std::string(key.substr(0, 9)) + "…" + std::string(key.substr(key.size() - 4));
+}
+
+bool SecretsEqual(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+Result<BootstrapResult> BootstrapApiKey(store::Store& store, const std::string& data_dir,
+                                        const std::optional<std::string>& env_key) {
+  BootstrapResult out;
+  out.key_file = data_dir + "/api-key";
+  MOAT_ASSIGN_OR_RETURN(bool has, store.HasApiKeys());
+  if (has) return out;
+  std::string key = env_key && !env_key->empty() ? *env_key : NewApiKey();
+  MOAT_ASSIGN_OR_RETURN(auto team, store.CreateTeam("admin"));
+  MOAT_ASSIGN_OR_RETURN(auto rec,
+                        store.AddApiKey(team.id, "admin", Sha256Hex(key), MaskApiKey(key)));
+  (void)rec;
+  UniqueFd fd(::open(out.key_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return ErrnoError("open(" + out.key_file + ")");
+  ::fchmod(fd.get(), 0600);
+  MOAT_RETURN_IF_ERROR(WriteAll(fd.get(), key + "\n"));
+  out.created = true;
+  out.key = key;
+  return out;
+}
+
+Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request& req) {
+  std::string key = req.Header("X-API-KEY");
+  if (key.empty()) return Unauthenticated("missing X-API-KEY header");
+  MOAT_ASSIGN_OR_RETURN(auto team, store.TeamByKeyHash(Sha256Hex(key)));
+  if (!team) return Unauthenticated("invalid API key");
+  return *team;
+}
+
+}  // namespace moat::api

@@ -1,0 +1,38 @@
+// API keys and envd access tokens. Keys are `moat_` + 40 hex digits; only their SHA-256 is
+// stored. The first start with an empty store creates the admin team and one key: the value
+// of MOAT_API_KEY if set, otherwise a fresh one, written to DATA_DIR/api-key (mode 0600).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "api/http/message.h"
+#include "api/store/store.h"
+#include "common/status.h"
+
+namespace moat::api {
+
+std::string Sha256Hex(std::string_view data);
+// `prefix` + hex of `bytes` random bytes from the OS CSPRNG.
+std::string RandomToken(std::string_view prefix, size_t bytes);
+std::string NewApiKey();
+// "moat_1a2b…9f0e".
+std::string MaskApiKey(std::string_view key);
+// Constant-time comparison of secrets.
+bool SecretsEqual(std::string_view a, std::string_view b);
+
+struct BootstrapResult {
+  bool created = false;  // a key was created now (print it once)
+  std::string key;       // the key created (empty if none was)
+  std::string key_file;  // where it was written
+};
+
+// Creates the admin team and its key when the store has no key yet.
+Result<BootstrapResult> BootstrapApiKey(store::Store& store, const std::string& data_dir,
+                                        const std::optional<std::string>& env_key);
+
+// The team of the request's X-API-KEY; unauthenticated if it is missing or unknown.
+Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request& req);
+
+}  // namespace moat::api

@@ -1,0 +1,74 @@
+// The HTTP request and response types route handlers see. They are independent of Beast so that
+// handlers and the router can be unit-tested with a recording ResponseWriter.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moat::api::http {
+
+// Header names compare case-insensitively.
+struct CaseInsensitiveLess {
+  bool operator()(std::string_view a, std::string_view b) const;
+};
+using Headers = std::map<std::string, std::string, CaseInsensitiveLess>;
+
+struct Request {
+  std::string method;     // "GET", "POST", ...
+  std::string path;       // the target up to '?', not percent-decoded
+  std::string raw_query;  // after '?', not decoded
+  Headers headers;
+  std::string body;
+  std::map<std::string, std::string> params;  // path parameters filled in by the router
+  std::string peer;                           // "127.0.0.1:54321", for logs
+
+  // The header's value, empty if absent.
+  std::string Header(std::string_view name) const;
+  bool HasHeader(std::string_view name) const { return headers.count(std::string(name)) > 0; }
+  std::string Param(const std::string& name) const;
+};
+
+// How a handler answers: one whole response, or a streamed one (headers, chunks, end). Every
+// method fails once the client is gone; handlers stop producing then.
+class ResponseWriter {
+ public:
+  virtual ~ResponseWriter() = default;
+  virtual Status Send(int status, Headers headers, std::string body) = 0;
+  virtual Status BeginStream(int status, Headers headers) = 0;
+  virtual Status WriteChunk(std::string_view data) = 0;
+  virtual Status EndStream() = 0;
+  // Has a response (or its head) been sent?
+  virtual bool started() const = 0;
+};
+
+// A ResponseWriter that keeps what it was given: the router's and handlers' unit tests, and
+// in-process callers.
+class RecordingWriter : public ResponseWriter {
+ public:
+  Status Send(int status, Headers headers, std::string body) override;
+  Status BeginStream(int status, Headers headers) override;
+  Status WriteChunk(std::string_view data) override;
+  Status EndStream() override;
+  bool started() const override { return status_ != 0; }
+
+  int status() const { return status_; }
+  const Headers& headers() const { return headers_; }
+  const std::string& body() const { return body_; }
+  bool streamed() const { return streamed_; }
+  bool ended() const { return ended_; }
+
+ private:
+  int status_ = 0;
+  Headers headers_;
+  std::string body_;
+  bool streamed_ = false;
+  bool ended_ = false;
+};
+
+}  // namespace moat::api::http

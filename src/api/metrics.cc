@@ -1,0 +1,83 @@
+#include "api/metrics.h"
+
+#include <cstdio>
+
+namespace moat::api {
+namespace {
+
+std::string Escape(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out.push_back('\\');
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+std::string Num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+}  // namespace
+
+void Histogram::Observe(double seconds) {
+  std::lock_guard lock(mu_);
+  for (size_t i = 0; i < kBuckets.size(); ++i) {
+    if (seconds <= kBuckets[i]) ++counts_[i];
+  }
+  ++count_;
+  sum_ += seconds;
+}
+
+std::string Histogram::Render(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  std::string out = "# TYPE " + name + " histogram\n";
+  for (size_t i = 0; i < kBuckets.size(); ++i) {
+    out += name + "_bucket{le=\"" + Num(kBuckets[i]) + "\"} " + std::to_string(counts_[i]) + "\n";
+  }
+  out += name + "_bucket{le=\"+Inf\"} " + std::to_string(count_) + "\n";
+  out += name + "_sum " + Num(sum_) + "\n";
+  out += name + "_count " + std::to_string(count_) + "\n";
+  return out;
+}
+
+void Metrics::CountRequest(const std::string& route, int http_status) {
+  std::lock_guard lock(mu_);
+  ++requests_[{route, http_status}];
+}
+
+std::string Metrics::Render(const std::map<std::string, int64_t>& by_state) const {
+  std::string out = "# HELP moat_sandboxes Sandboxes by state.\n# TYPE moat_sandboxes gauge\n";
+  for (const auto& [state, n] : by_state) {
+    out += "moat_sandboxes{state=\"" + Escape(state) + "\"} " + std::to_string(n) + "\n";
+  }
+  out += "# HELP moat_sandbox_create_seconds Time to create a sandbox, until its agent answers.\n";
+  out += create_.Render("moat_sandbox_create_seconds");
+  out += "# HELP moat_exec_start_seconds Time from an exec request to the process start.\n";
+  out += exec_.Render("moat_exec_start_seconds");
+  std::lock_guard lock(mu_);
+  out += "# HELP moat_http_requests_total Requests answered, by route and status.\n";
+  out += "# TYPE moat_http_requests_total counter\n";
+  for (const auto& [key, n] : requests_) {
+    out += "moat_http_requests_total{route=\"" + Escape(key.first) + "\",status=\"" +
+           std::to_string(key.second) + "\"} " + std::to_string(n) + "\n";
+  }
+  out += "# HELP moat_http_errors_total Requests answered with a status >= 400, by route.\n";
+  out += "# TYPE moat_http_errors_total counter\n";
+  std::map<std::string, uint64_t> errors;
+  for (const auto& [key, n] : requests_) {
+    if (key.second >= 400) errors[key.first] += n;
+  }
+  for (const auto& [route, n] : errors) {
+    out += "moat_http_errors_total{route=\"" + Escape(route) + "\"} " + std::to_string(n) + "\n";
+  }
+  return out;
+}
+
+}  // namespace moat::api

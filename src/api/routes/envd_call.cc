@@ -1,0 +1,192 @@
+#include "api/routes/envd_call.h"
+
+#include <strings.h>
+
+#include "api/auth.h"
+#include "api/codec/connect.h"
+#include "api/codec/protojson.h"
+#include "api/errors.h"
+#include "common/log.h"
+
+namespace moat::api::routes {
+namespace {
+
+bool IsSandboxId(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) return false;
+  }
+  return true;
+}
+
+constexpr size_t kMaxConnectMessage = 16 * 1024 * 1024;
+
+std::string ContentTypeBase(const http::Request& req) {
+  std::string ct = req.Header("Content-Type");
+  return ct.substr(0, ct.find(';'));
+}
+
+}  // namespace
+
+std::optional<EnvdTarget> EnvdTargetOf(const http::Request& req) {
+  std::string id = req.Header("E2b-Sandbox-Id");
+  if (!id.empty()) {
+    EnvdTarget t{id, kEnvdPort};
+    std::string port = req.Header("E2b-Sandbox-Port");
+    if (!port.empty()) t.port = std::atoi(port.c_str());
+    return t;
+  }
+  // Host: <port>-<id>.<domain>[:listen port]
+  std::string host = req.Header("Host");
+  size_t dot = host.find('.');
+  if (dot == std::string::npos) return std::nullopt;
+  std::string label = host.substr(0, dot);
+  size_t dash = label.find('-');
+  if (dash == std::string::npos || dash == 0) return std::nullopt;
+  std::string port = label.substr(0, dash);
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
+    return std::nullopt;
+  }
+  std::string sid = label.substr(dash + 1);
+  if (!IsSandboxId(sid)) return std::nullopt;
+  return EnvdTarget{sid, std::atoi(port.c_str())};
+}
+
+Result<std::string> BasicAuthUser(const http::Request& req) {
+  std::string auth = req.Header("Authorization");
+  if (auth.empty()) return std::string();
+  if (auth.size() < 6 || ::strncasecmp(auth.c_str(), "Basic ", 6) != 0) {
+    return InvalidArgument("Authorization: expected Basic credentials");
+  }
+  auto decoded = codec::Base64Decode(auth.substr(6));
+  if (!decoded.ok()) return InvalidArgument("Authorization: bad base64");
+  std::string user = decoded->substr(0, decoded->find(':'));
+  return user;
+}
+
+http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_required,
+                          std::function<void(EnvdCall&, http::ResponseWriter&)> handler) {
+  return [&ctx, errors, token_required, handler = std::move(handler)](http::Request& req,
+                                                                      http::ResponseWriter& w) {
+    auto fail = [&](const Status& s) {
+      if (errors == EnvdErrors::kConnect) {
+        SendConnectUnaryError(w, s);
+      } else {
+        SendRestError(w, s);
+      }
+    };
+    auto target = EnvdTargetOf(req);
+    if (!target) return fail(InvalidArgument("missing E2b-Sandbox-Id header"));
+    if (target->port != kEnvdPort) {
+      return SendRestError(
+          w,
+          Unavailable("port " + std::to_string(target->port) + " of sandbox " + target->sandbox_id +
+                      ": forwarding to sandbox ports needs sandbox networking, "
+                      "which this moatd does not have yet"),
+          502);
+    }
+    auto running = ctx.controller->FindRunning(target->sandbox_id);
+    if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);
+    if (token_required &&
+        !SecretsEqual(req.Header("X-Access-Token"), running->record.access_token)) {
+      return fail(Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
+                                                                  : "missing X-Access-Token"));
+    }
+    auto user = BasicAuthUser(req);
+    if (!user.ok()) return fail(user.status());
+    EnvdCall call{req, std::move(*running), user->empty() ? kDefaultUser : *user, *ctx.metrics};
+    handler(call, w);
+  };
+}
+
+http::Handler ConnectUnary(EnvdContext& ctx, UnaryFn fn) {
+  return WithSandbox(ctx, EnvdErrors::kConnect, true,
+                     [fn = std::move(fn)](EnvdCall& call, http::ResponseWriter& w) {
+                       if (ContentTypeBase(call.req) != "application/json") {
+                         return SendConnectUnaryError(
+                             w, InvalidArgument("unary calls take Content-Type application/json"));
+                       }
+                       auto msg = codec::ParseMessage(call.req.body);
+                       if (!msg.ok()) return SendConnectUnaryError(w, msg.status());
+                       auto res = fn(call, *msg);
+                       if (!res.ok()) return SendConnectUnaryError(w, res.status());
+                       SendJson(w, 200, res->dump(-1, ' ', false, json::error_handler_t::replace));
+                     });
+}
+
+bool StreamSink::Begin() {
+  if (begun_) return !gone_;
+  begun_ = true;
+  if (!w_.BeginStream(200, {{"Content-Type", "application/connect+json"}}).ok()) gone_ = true;
+  return !gone_;
+}
+
+bool StreamSink::Send(const json& message) {
+  if (!Begin()) return false;
+  std::string text = message.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!w_.WriteChunk(codec::EncodeEnvelope(0, text)).ok()) {
+    gone_ = true;
+    return false;
+  }
+  last_ = std::chrono::steady_clock::now();
+  return true;
+}
+
+bool StreamSink::KeepaliveIfDue() {
+  if (std::chrono::steady_clock::now() < KeepaliveDue()) return !gone_;
+  return Send(keepalive_message_);
+}
+
+void StreamSink::Finish(const Status& status) {
+  if (!Begin()) return;
+  if (!w_.WriteChunk(
+             codec::EncodeEnvelope(codec::kEnvelopeEndStream, codec::EndStreamMessage(status)))
+           .ok() ||
+      !w_.EndStream().ok()) {
+    gone_ = true;
+  }
+}
+
+StreamLimits StreamLimitsOf(const http::Request& req) {
+  StreamLimits l;
+  std::string t = req.Header("Connect-Timeout-Ms");
+  if (!t.empty()) {
+    char* end = nullptr;
+    long long ms = std::strtoll(t.c_str(), &end, 10);
+    if (*end == '\0' && ms > 0) {
+      l.timeout_ms = ms;
+      l.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    }
+  }
+  std::string k = req.Header("Keepalive-Ping-Interval");
+  if (!k.empty()) {
+    long s = std::strtol(k.c_str(), nullptr, 10);
+    if (s >= 1 && s <= 3600) l.keepalive = std::chrono::seconds(s);
+  }
+  return l;
+}
+
+http::Handler ConnectServerStream(EnvdContext& ctx, json keepalive_message, StreamFn fn) {
+  return WithSandbox(
+      ctx, EnvdErrors::kConnect, true,
+      [fn = std::move(fn), keepalive_message = std::move(keepalive_message)](
+          EnvdCall& call, http::ResponseWriter& w) {
+        StreamLimits limits = StreamLimitsOf(call.req);
+        StreamSink sink(w, keepalive_message, limits.keepalive);
+        if (ContentTypeBase(call.req) != "application/connect+json") {
+          return SendConnectUnaryError(
+              w, InvalidArgument("streaming calls take Content-Type application/connect+json"));
+        }
+        auto envelopes = codec::DecodeEnvelopes(call.req.body, kMaxConnectMessage);
+        if (!envelopes.ok()) return sink.Finish(envelopes.status());
+        if (envelopes->size() != 1 || (*envelopes)[0].flags != 0) {
+          return sink.Finish(InvalidArgument("expected exactly one request message"));
+        }
+        auto msg = codec::ParseMessage((*envelopes)[0].message);
+        if (!msg.ok()) return sink.Finish(msg.status());
+        Status s = fn(call, *msg, limits, sink);
+        if (!sink.client_gone()) sink.Finish(s);
+      });
+}
+
+}  // namespace moat::api::routes

@@ -1,0 +1,97 @@
+// What every envd ("in-sandbox") route shares: finding the target sandbox (E2b-Sandbox-Id or
+// Host 49983-<id>.<domain>), the access token, the Linux user (Authorization: Basic), and the
+// Connect protocol's unary and server-streaming shapes (E2B-WIRE §1, §4, §8).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "api/http/message.h"
+#include "api/http/router.h"
+#include "api/sandbox_controller.h"
+
+namespace moat::api::routes {
+
+using nlohmann::json;
+
+inline constexpr int kEnvdPort = 49983;
+inline constexpr const char* kDefaultUser = "user";
+
+// Where an envd request is going, from its headers; nullopt when it is not an envd request.
+struct EnvdTarget {
+  std::string sandbox_id;
+  int port = kEnvdPort;
+};
+std::optional<EnvdTarget> EnvdTargetOf(const http::Request& req);
+// The user of `Authorization: Basic base64("<user>:")`; empty if absent; invalid_argument if
+// malformed.
+Result<std::string> BasicAuthUser(const http::Request& req);
+
+// One envd request, once its sandbox is known to be running and its token checked.
+struct EnvdCall {
+  http::Request& req;
+  SandboxController::Running target;
+  std::string user;  // never empty
+  Metrics& metrics;
+  Result<std::shared_ptr<channel::GuestClient>> Guest() { return target.sandbox->Guest(); }
+};
+
+struct EnvdContext {
+  SandboxController* controller;  // pointers: see ControlContext
+  Metrics* metrics;
+};
+
+enum class EnvdErrors { kRest, kConnect };
+// Wraps an envd handler: resolves the sandbox (502 when it is not running), checks
+// X-Access-Token unless `token_required` is false, and the user; errors in `errors` shape.
+http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_required,
+                          std::function<void(EnvdCall&, http::ResponseWriter&)> handler);
+
+// Connect unary over JSON: the request message in, the response message (or an error) out.
+using UnaryFn = std::function<Result<json>(EnvdCall&, const json&)>;
+http::Handler ConnectUnary(EnvdContext& ctx, UnaryFn fn);
+
+// The sending side of a server stream. Headers go out with the first message, so errors that
+// come before it still travel in the end-stream message of a 200 response, as Connect wants.
+class StreamSink {
+ public:
+  StreamSink(http::ResponseWriter& w, json keepalive_message, std::chrono::seconds keepalive)
+      : w_(w), keepalive_message_(std::move(keepalive_message)), keepalive_(keepalive) {}
+  // False once the client is gone.
+  bool Send(const json& message);
+  // Sends the keepalive message if nothing went out for the keepalive interval.
+  bool KeepaliveIfDue();
+  // When the next keepalive is due.
+  std::chrono::steady_clock::time_point KeepaliveDue() const { return last_ + keepalive_; }
+  // The end-stream message; the response is then complete.
+  void Finish(const Status& status);
+  bool client_gone() const { return gone_; }
+
+ private:
+  bool Begin();
+  http::ResponseWriter& w_;
+  json keepalive_message_;
+  std::chrono::seconds keepalive_;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+  bool begun_ = false;
+  bool gone_ = false;
+};
+
+// The stream's limits from the request: Connect-Timeout-Ms (none if absent or 0) and
+// Keepalive-Ping-Interval (seconds; 50 if absent).
+struct StreamLimits {
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  int64_t timeout_ms = 0;
+  std::chrono::seconds keepalive{50};
+};
+StreamLimits StreamLimitsOf(const http::Request& req);
+
+// Connect server streaming over JSON: one request message in, messages out through the sink,
+// then the end-stream message with the returned status.
+using StreamFn = std::function<Status(EnvdCall&, const json&, const StreamLimits&, StreamSink&)>;
+http::Handler ConnectServerStream(EnvdContext& ctx, json keepalive_message, StreamFn fn);
+
+}  // namespace moat::api::routes

@@ -1,0 +1,35 @@
+// Route registration, one function per resource file.
+#pragma once
+
+#include "api/http/router.h"
+#include "api/metrics.h"
+#include "api/routes/envd_call.h"
+#include "api/sandbox_controller.h"
+#include "api/store/store.h"
+
+namespace moat::api::routes {
+
+// Pointers, not references, so that the OpenAPI test can register the routes without a live
+// controller (it never calls a handler).
+struct ControlContext {
+  SandboxController* controller;
+  store::Store* store;
+  Metrics* metrics;
+  std::string envd_version;
+};
+
+// Control API (E2B-WIRE §2): /sandboxes, /v2/sandboxes and their sub-resources.
+void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx);
+// moat's own: /healthz, /metrics, /openapi.json.
+void RegisterSystemRoutes(http::Router& router, ControlContext& ctx);
+// envd (E2B-WIRE §3, §6, §7).
+void RegisterEnvdFileRoutes(http::Router& router, EnvdContext& ctx);
+void RegisterEnvdProcessRoutes(http::Router& router, EnvdContext& ctx);
+void RegisterEnvdFilesystemRoutes(http::Router& router, EnvdContext& ctx);
+
+}  // namespace moat::api::routes
+
+namespace moat::api::routes {
+// The guest's file entry (api/guest-channel.md `stat`) as envd's EntryInfo (E2B-WIRE §7).
+nlohmann::json EntryInfo(const nlohmann::json& guest_entry);
+}  // namespace moat::api::routes

@@ -1,0 +1,162 @@
+// The control API's sandbox routes (E2B-WIRE §2.2, §2.4): create, get, list, kill, timeout,
+// connect, refreshes — both SDK generations. Handlers parse into actions
+// (sandbox_actions.h) and hand them to the SandboxController.
+#include <nlohmann/json.hpp>
+
+#include "api/auth.h"
+#include "api/codec/protojson.h"
+#include "api/codec/query.h"
+#include "api/errors.h"
+#include "api/routes/routes.h"
+
+namespace moat::api::routes {
+namespace {
+
+using nlohmann::json;
+using store::SandboxRecord;
+using TeamHandler =
+    std::function<void(http::Request&, http::ResponseWriter&, const store::TeamRecord&)>;
+
+std::string Dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// Authenticates with X-API-KEY, then runs the handler for the key's team.
+http::Handler Authed(ControlContext& ctx, TeamHandler fn) {
+  return [&ctx, fn = std::move(fn)](http::Request& req, http::ResponseWriter& w) {
+    auto team = Authenticate(*ctx.store, req);
+    if (!team.ok()) return SendRestError(w, team.status());
+    fn(req, w, *team);
+  };
+}
+
+json SandboxJson(const ControlContext& ctx, const SandboxRecord& r) {
+  return {{"sandboxID", r.id},
+          {"templateID", r.template_id},
+          {"clientID", "moat"},
+          {"envdVersion", ctx.envd_version},
+          {"envdAccessToken", r.access_token},
+          {"domain", nullptr}};
+}
+
+json ListedJson(const ControlContext& ctx, const SandboxRecord& r) {
+  return {{"sandboxID", r.id},
+          {"templateID", r.template_id},
+          {"clientID", "moat"},
+          {"startedAt", codec::Rfc3339(r.started_at_ms * 1000000)},
+          {"endAt", codec::Rfc3339(r.end_at_ms * 1000000)},
+          {"state", r.state},
+          {"cpuCount", r.cpu_count},
+          {"memoryMB", r.memory_mb},
+          {"diskSizeMB", r.disk_size_mb},
+          {"envdVersion", ctx.envd_version},
+          {"metadata", r.metadata}};
+}
+
+json DetailJson(const ControlContext& ctx, const SandboxRecord& r) {
+  json j = ListedJson(ctx, r);
+  j["envdAccessToken"] = r.access_token;
+  j["domain"] = nullptr;
+  j["lifecycle"] = {{"onTimeout", r.auto_pause ? "pause" : "kill"}, {"autoResume", false}};
+  return j;
+}
+
+void Create(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+            const store::TeamRecord& team, int64_t default_timeout_s) {
+  auto action = ParseCreateSandbox(req.body, default_timeout_s);
+  if (!action.ok()) return SendRestError(w, action.status());
+  auto r = ctx.controller->Create(team, *action);
+  if (!r.ok()) return SendRestError(w, r.status());
+  SendJson(w, 201, Dump(SandboxJson(ctx, *r)));
+}
+
+void List(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+          const store::TeamRecord& team, bool v2) {
+  auto filter = ParseListQuery(codec::ParseQuery(req.raw_query), v2);
+  if (!filter.ok()) return SendRestError(w, filter.status());
+  filter->team_id = team.id;
+  json out = json::array();
+  http::Headers headers;
+  if (v2) {
+    auto page = ctx.controller->List(*filter);
+    if (!page.ok()) return SendRestError(w, page.status());
+    for (const auto& r : page->items) out.push_back(ListedJson(ctx, r));
+    if (!page->next_token.empty()) headers["X-Next-Token"] = page->next_token;
+  } else {
+    // The old route has no paging: every page, in one answer.
+    for (;;) {
+      auto page = ctx.controller->List(*filter);
+      if (!page.ok()) return SendRestError(w, page.status());
+      for (const auto& r : page->items) out.push_back(ListedJson(ctx, r));
+      if (page->next_token.empty()) break;
+      filter->next_token = page->next_token;
+    }
+  }
+  SendJson(w, 200, Dump(out), std::move(headers));
+}
+
+// Connect: extends the end time (never shortens); `timeout` required on the old route.
+void Connect(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+             const store::TeamRecord& team, bool v2) {
+  auto secs = ParseSeconds(req.body, "timeout", v2 ? std::optional<int64_t>(0) : std::nullopt);
+  if (!secs.ok()) return SendRestError(w, secs.status());
+  auto r = ctx.controller->Connect(team.id, req.Param("sandboxID"), *secs);
+  if (!r.ok()) return SendRestError(w, r.status());
+  SendJson(w, 200, Dump(SandboxJson(ctx, *r)));
+}
+
+}  // namespace
+
+void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
+  router.Add("POST", "/v2/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               Create(ctx, req, w, team, 300);
+             }));
+  router.Add("POST", "/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               Create(ctx, req, w, team, 15);
+             }));
+  router.Add("GET", "/v2/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               List(ctx, req, w, team, true);
+             }));
+  router.Add("GET", "/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               List(ctx, req, w, team, false);
+             }));
+  router.Add("GET", "/sandboxes/{sandboxID}",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               auto r = ctx.controller->Get(team.id, req.Param("sandboxID"));
+               if (!r.ok()) return SendRestError(w, r.status());
+               SendJson(w, 200, Dump(DetailJson(ctx, *r)));
+             }));
+  router.Add("DELETE", "/sandboxes/{sandboxID}",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               Status s = ctx.controller->Kill(team.id, req.Param("sandboxID"));
+               if (!s.ok()) return SendRestError(w, s);
+               SendNoContent(w);
+             }));
+  router.Add("POST", "/sandboxes/{sandboxID}/timeout",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               auto secs = ParseSeconds(req.body, "timeout", std::nullopt);
+               if (!secs.ok()) return SendRestError(w, secs.status());
+               Status s = ctx.controller->SetTimeout(team.id, req.Param("sandboxID"), *secs);
+               if (!s.ok()) return SendRestError(w, s);
+               SendNoContent(w);
+             }));
+  router.Add("POST", "/sandboxes/{sandboxID}/refreshes",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               // Without a duration a refresh keeps the sandbox for the default 60 s more.
+               auto secs = ParseSeconds(req.body, "duration", 60);
+               if (!secs.ok()) return SendRestError(w, secs.status());
+               auto r = ctx.controller->Connect(team.id, req.Param("sandboxID"), *secs);
+               if (!r.ok()) return SendRestError(w, r.status());
+               SendNoContent(w);
+             }));
+  router.Add("POST", "/v2/sandboxes/{sandboxID}/connect",
+             Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               Connect(ctx, req, w, team, true);
+             }));
+  router.Add("POST", "/sandboxes/{sandboxID}/connect",
+             Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               Connect(ctx, req, w, team, false);
+             }));
+}
+
+}  // namespace moat::api::routes

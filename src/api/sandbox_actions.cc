@@ -1,0 +1,119 @@
+#include "api/sandbox_actions.h"
+
+#include <nlohmann/json.hpp>
+
+#include "api/codec/protojson.h"
+
+namespace moat::api {
+
+using nlohmann::json;
+
+namespace {
+
+Result<json> ParseObject(std::string_view body) {
+  if (body.empty()) return json::object();
+  json j;
+  // nlohmann's exceptions stop here; its message says where the JSON broke.
+  try {
+    j = json::parse(body);
+  } catch (const json::exception& e) {
+    return InvalidArgument(std::string("malformed JSON body: ") + e.what());
+  }
+  if (!j.is_object()) return InvalidArgument("request body must be a JSON object");
+  return j;
+}
+
+Result<int64_t> TimeoutField(const json& body, std::string_view field, int64_t default_s) {
+  MOAT_ASSIGN_OR_RETURN(auto v, codec::IntField(body, field, INT64_MIN, INT64_MAX));
+  if (!v) return default_s;
+  if (*v <= 0)
+    return InvalidArgument("\"" + std::string(field) + "\" must be a positive number of seconds");
+  if (*v > kMaxTimeoutSeconds) {
+    return InvalidArgument("\"" + std::string(field) + "\" must be at most " +
+                           std::to_string(kMaxTimeoutSeconds) + " seconds");
+  }
+  return *v;
+}
+
+}  // namespace
+
+Result<CreateSandboxAction> ParseCreateSandbox(std::string_view text, int64_t default_timeout_s) {
+  MOAT_ASSIGN_OR_RETURN(json body, ParseObject(text));
+  CreateSandboxAction a;
+  MOAT_ASSIGN_OR_RETURN(auto tmpl, codec::StringField(body, "templateID"));
+  if (tmpl) {
+    if (tmpl->empty()) return InvalidArgument("\"templateID\" must not be empty");
+    a.template_id = *tmpl;
+  }
+  MOAT_ASSIGN_OR_RETURN(a.timeout_s, TimeoutField(body, "timeout", default_timeout_s));
+  MOAT_ASSIGN_OR_RETURN(a.metadata, codec::StringMapField(body, "metadata"));
+  MOAT_ASSIGN_OR_RETURN(a.env_vars, codec::StringMapField(body, "envVars"));
+  MOAT_ASSIGN_OR_RETURN(auto auto_pause, codec::BoolField(body, "autoPause"));
+  a.auto_pause = auto_pause.value_or(false);
+  if (a.auto_pause) {
+    return InvalidArgument(
+        "\"autoPause\" needs pause/resume, which this moatd does not support yet");
+  }
+  for (const auto& [k, v] : a.env_vars) {
+    if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
+      return InvalidArgument("\"envVars\": bad variable name \"" + k + "\"");
+    }
+  }
+  return a;
+}
+
+Result<int64_t> ParseSeconds(std::string_view text, std::string_view field,
+                             std::optional<int64_t> default_s) {
+  MOAT_ASSIGN_OR_RETURN(json body, ParseObject(text));
+  if (!default_s && codec::Field(body, field) == nullptr) {
+    return InvalidArgument("\"" + std::string(field) + "\" is required");
+  }
+  return TimeoutField(body, field, default_s.value_or(0));
+}
+
+Result<store::SandboxFilter> ParseListQuery(const codec::QueryParams& q, bool v2) {
+  store::SandboxFilter f;
+  if (auto m = codec::QueryValue(q, "metadata"); m && !m->empty()) {
+    MOAT_ASSIGN_OR_RETURN(f.metadata, codec::ParseMetadataFilter(*m));
+  }
+  if (!v2) {
+    f.states = {"running"};
+    f.limit = 100;
+    return f;
+  }
+  if (auto s = codec::QueryValue(q, "state"); s && !s->empty()) {
+    size_t start = 0;
+    for (;;) {
+      size_t comma = s->find(',', start);
+      std::string st = s->substr(start, comma == std::string::npos ? comma : comma - start);
+      if (st != "running" && st != "paused") {
+        return InvalidArgument("state: expected running or paused, got \"" + st + "\"");
+      }
+      f.states.push_back(st);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  if (auto t = codec::QueryValue(q, "template"); t) f.template_id = *t;
+  if (auto o = codec::QueryValue(q, "order"); o && !o->empty()) {
+    if (*o != "asc" && *o != "desc")
+      return InvalidArgument("order: expected asc or desc, got \"" + *o + "\"");
+    f.ascending = *o == "asc";
+  }
+  if (auto l = codec::QueryValue(q, "limit"); l && !l->empty()) {
+    char* end = nullptr;
+    long v = std::strtol(l->c_str(), &end, 10);
+    if (*end != '\0' || v < 1 || v > 100)
+      return InvalidArgument("limit: must be 1..100, got \"" + *l + "\"");
+    f.limit = static_cast<int>(v);
+  }
+  if (auto t = codec::QueryValue(q, "nextToken"); t) f.next_token = *t;
+  if (auto a = codec::QueryValue(q, "startedAfter"); a && !a->empty()) {
+    auto secs = codec::ParseRfc3339(*a);
+    if (!secs.ok()) return secs.status().Annotate("startedAfter");
+    f.started_after_ms = *secs * 1000;
+  }
+  return f;
+}
+
+}  // namespace moat::api

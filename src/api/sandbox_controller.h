@@ -1,0 +1,81 @@
+// SandboxController: executes the control API's actions against the host agent and the store,
+// and enforces every sandbox's end time (the reaper). The store is the record of which team
+// owns which sandbox; the agent owns the VMs. A sandbox of another team is not_found.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "agent/agent.h"
+#include "api/metrics.h"
+#include "api/sandbox_actions.h"
+#include "api/store/store.h"
+
+namespace moat::api {
+
+struct ControllerOptions {
+  std::chrono::milliseconds reap_interval{500};
+};
+
+class SandboxController {
+ public:
+  // Reconciles the store with the agent (records of sandboxes the agent does not have — an
+  // earlier moatd's, cleaned up by the agent's recovery — are dropped) and starts the reaper.
+  static Result<std::unique_ptr<SandboxController>> Start(agent::Agent& agent, store::Store& store,
+                                                          Metrics& metrics,
+                                                          ControllerOptions options);
+  // Stops the reaper (sandboxes are the agent's to kill).
+  ~SandboxController();
+  SandboxController(const SandboxController&) = delete;
+  SandboxController& operator=(const SandboxController&) = delete;
+
+  Result<store::SandboxRecord> Create(const store::TeamRecord& team,
+                                      const CreateSandboxAction& action);
+  Result<store::SandboxRecord> Get(const std::string& team_id, const std::string& id);
+  Result<store::SandboxPage> List(const store::SandboxFilter& filter);
+  Status Kill(const std::string& team_id, const std::string& id);
+  // end = now + timeout (may shorten).
+  Status SetTimeout(const std::string& team_id, const std::string& id, int64_t timeout_s);
+  // end = max(end, now + timeout); the sandbox must be running.
+  Result<store::SandboxRecord> Connect(const std::string& team_id, const std::string& id,
+                                       int64_t timeout_s);
+
+  // envd: a running sandbox by id, whatever its team (envd requests carry no API key; the
+  // access token guards them). not_found if it is not running.
+  struct Running {
+    store::SandboxRecord record;
+    std::shared_ptr<agent::Sandbox> sandbox;
+  };
+  Result<Running> FindRunning(const std::string& id);
+
+  // Sandboxes per state, for /metrics.
+  std::map<std::string, int64_t> CountByState();
+  // One reaper pass (tests call it directly): kills expired sandboxes, drops records of VMs
+  // that died.
+  void ReapOnce();
+
+ private:
+  SandboxController(agent::Agent& agent, store::Store& store, Metrics& metrics,
+                    ControllerOptions options)
+      : agent_(agent), store_(store), metrics_(metrics), options_(options) {}
+  void ReaperLoop();
+  Status Release(const std::string& id, const char* why);
+
+  agent::Agent& agent_;
+  store::Store& store_;
+  Metrics& metrics_;
+  ControllerOptions options_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread reaper_;
+};
+
+int64_t UnixMillisNow();
+
+}  // namespace moat::api

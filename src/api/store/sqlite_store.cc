@@ -1,0 +1,448 @@
+#include "api/store/sqlite_store.h"
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <random>
+
+namespace moat::api::store {
+namespace {
+
+// The schema, one migration per entry; never edit one that has shipped, append a new one.
+const char* const kMigrations[] = {
+    // 1: teams, keys, sandboxes and their metadata.
+    R"sql(
+CREATE TABLE teams (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  name TEXT NOT NULL,
+  key_sha256 TEXT NOT NULL UNIQUE,
+  mask TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  revoked_at_ms INTEGER
+);
+CREATE TABLE sandboxes (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  template_id TEXT NOT NULL,
+  access_token TEXT NOT NULL,
+  env_vars TEXT NOT NULL,
+  state TEXT NOT NULL,
+  started_at_ms INTEGER NOT NULL,
+  end_at_ms INTEGER NOT NULL,
+  auto_pause INTEGER NOT NULL,
+  cpu_count INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  disk_size_mb INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_by_team ON sandboxes(team_id, started_at_ms, id);
+CREATE TABLE sandbox_metadata (
+  sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (sandbox_id, key)
+);
+)sql",
+};
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string RandomId(size_t bytes) {
+  static thread_local std::random_device rd;
+  static const char* kHex = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xff;
+    s.push_back(kHex[v >> 4]);
+    s.push_back(kHex[v & 15]);
+  }
+  return s;
+}
+
+// One prepared statement; finalized on destruction.
+class Statement {
+ public:
+  Statement(sqlite3* db, const std::string& sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &stmt_, nullptr);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  Status status() const {
+    if (rc_ == SQLITE_OK) return Status::Ok();
+    return Internal(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
+  }
+  Statement& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  // SQLITE_ROW → true, SQLITE_DONE → false, else an error.
+  Result<bool> Step() {
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return Internal(std::string("sqlite step: ") + sqlite3_errmsg(db_));
+  }
+  Status Run() {
+    auto r = Step();
+    return r.ok() ? Status::Ok() : r.status();
+  }
+  std::string Text(int col) {
+    const unsigned char* t = sqlite3_column_text(stmt_, col);
+    return t == nullptr ? std::string()
+                        : std::string(reinterpret_cast<const char*>(t),
+                                      static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+// Commits on Commit(), rolls back otherwise.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {
+    ok_ = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+  }
+  ~Transaction() {
+    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  Status Commit() {
+    if (!ok_) return Internal(std::string("sqlite begin: ") + sqlite3_errmsg(db_));
+    done_ = true;
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return Internal(std::string("sqlite commit: ") + sqlite3_errmsg(db_));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false;
+  bool done_ = false;
+};
+
+constexpr const char* kSandboxColumns =
+    "id, team_id, template_id, access_token, env_vars, state, started_at_ms, end_at_ms, "
+    "auto_pause, cpu_count, memory_mb, disk_size_mb";
+
+SandboxRecord ReadSandbox(Statement& s) {
+  SandboxRecord r;
+  r.id = s.Text(0);
+  r.team_id = s.Text(1);
+  r.template_id = s.Text(2);
+  r.access_token = s.Text(3);
+  auto env = nlohmann::json::parse(s.Text(4), nullptr, false);
+  if (env.is_object()) {
+    for (auto& [k, v] : env.items()) {
+      if (v.is_string()) r.env_vars[k] = v.get<std::string>();
+    }
+  }
+  r.state = s.Text(5);
+  r.started_at_ms = s.Int(6);
+  r.end_at_ms = s.Int(7);
+  r.auto_pause = s.Int(8) != 0;
+  r.cpu_count = static_cast<uint32_t>(s.Int(9));
+  r.memory_mb = static_cast<uint32_t>(s.Int(10));
+  r.disk_size_mb = static_cast<uint32_t>(s.Int(11));
+  return r;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc =
+      sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close(db);
+    return Unavailable("open " + path + ": " + msg);
+  }
+  std::unique_ptr<SqliteStore> store(new SqliteStore(db));
+  sqlite3_busy_timeout(db, 5000);
+  MOAT_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;"));
+  Status migrated = store->Migrate();
+  if (!migrated.ok()) return migrated.Annotate(path);
+  return store;
+}
+
+SqliteStore::~SqliteStore() {
+  sqlite3_close(db_);
+}
+
+Status SqliteStore::Exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err != nullptr ? err : "unknown error";
+    sqlite3_free(err);
+    return Internal("sqlite: " + msg);
+  }
+  return Status::Ok();
+}
+
+int SqliteStore::schema_version() {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "PRAGMA user_version");
+  auto row = s.Step();
+  return row.ok() && *row ? static_cast<int>(s.Int(0)) : -1;
+}
+
+Status SqliteStore::Migrate() {
+  Statement v(db_, "PRAGMA user_version");
+  MOAT_ASSIGN_OR_RETURN(bool row, v.Step());
+  int version = row ? static_cast<int>(v.Int(0)) : 0;
+  int latest = static_cast<int>(std::size(kMigrations));
+  if (version > latest) {
+    return FailedPrecondition("database schema version " + std::to_string(version) +
+                              " is newer than this moatd (" + std::to_string(latest) + ")");
+  }
+  for (int i = version; i < latest; ++i) {
+    Transaction tx(db_);
+    MOAT_RETURN_IF_ERROR(Exec(kMigrations[i]));
+    MOAT_RETURN_IF_ERROR(Exec("PRAGMA user_version = " + std::to_string(i + 1)));
+    MOAT_RETURN_IF_ERROR(tx.Commit());
+  }
+  return Status::Ok();
+}
+
+Result<bool> SqliteStore::HasApiKeys() {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "SELECT 1 FROM api_keys WHERE revoked_at_ms IS NULL LIMIT 1");
+  MOAT_RETURN_IF_ERROR(s.status());
+  return s.Step();
+}
+
+Result<TeamRecord> SqliteStore::CreateTeam(const std::string& name) {
+  std::lock_guard lock(mu_);
+  TeamRecord t{RandomId(8), name, NowMs()};
+  Statement s(db_, "INSERT INTO teams (id, name, created_at_ms) VALUES (?, ?, ?)");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, t.id).Bind(2, t.name).Bind(3, t.created_at_ms).Run());
+  return t;
+}
+
+Result<ApiKeyRecord> SqliteStore::AddApiKey(const std::string& team_id, const std::string& name,
+                                            const std::string& key_sha256,
+                                            const std::string& mask) {
+  std::lock_guard lock(mu_);
+  ApiKeyRecord k{RandomId(8), team_id, name, mask, NowMs()};
+  Statement s(db_,
+              "INSERT INTO api_keys (id, team_id, name, key_sha256, mask, created_at_ms) "
+              "VALUES (?, ?, ?, ?, ?, ?)");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, k.id)
+                           .Bind(2, team_id)
+                           .Bind(3, name)
+                           .Bind(4, key_sha256)
+                           .Bind(5, mask)
+                           .Bind(6, k.created_at_ms)
+                           .Run());
+  return k;
+}
+
+Result<std::optional<TeamRecord>> SqliteStore::TeamByKeyHash(const std::string& key_sha256) {
+  std::lock_guard lock(mu_);
+  Statement s(db_,
+              "SELECT t.id, t.name, t.created_at_ms FROM api_keys k JOIN teams t ON t.id = "
+              "k.team_id WHERE k.key_sha256 = ? AND k.revoked_at_ms IS NULL");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, key_sha256);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<TeamRecord>();
+  return std::optional<TeamRecord>(TeamRecord{s.Text(0), s.Text(1), s.Int(2)});
+}
+
+Result<std::vector<ApiKeyRecord>> SqliteStore::ListApiKeys(const std::string& team_id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_,
+              "SELECT id, team_id, name, mask, created_at_ms FROM api_keys WHERE team_id = ? AND "
+              "revoked_at_ms IS NULL ORDER BY created_at_ms, id");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, team_id);
+  std::vector<ApiKeyRecord> out;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back({s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4)});
+  }
+  return out;
+}
+
+Status SqliteStore::RevokeApiKey(const std::string& team_id, const std::string& key_id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_,
+              "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND team_id = ? AND "
+              "revoked_at_ms IS NULL");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, NowMs()).Bind(2, key_id).Bind(3, team_id).Run());
+  if (sqlite3_changes(db_) == 0) return NotFound("API key \"" + key_id + "\" not found");
+  return Status::Ok();
+}
+
+Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
+  std::lock_guard lock(mu_);
+  Transaction tx(db_);
+  {
+    Statement s(db_, std::string("INSERT INTO sandboxes (") + kSandboxColumns +
+                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    MOAT_RETURN_IF_ERROR(s.status());
+    MOAT_RETURN_IF_ERROR(s.Bind(1, r.id)
+                             .Bind(2, r.team_id)
+                             .Bind(3, r.template_id)
+                             .Bind(4, r.access_token)
+                             .Bind(5, nlohmann::json(r.env_vars).dump())
+                             .Bind(6, r.state)
+                             .Bind(7, r.started_at_ms)
+                             .Bind(8, r.end_at_ms)
+                             .Bind(9, int64_t{r.auto_pause ? 1 : 0})
+                             .Bind(10, int64_t{r.cpu_count})
+                             .Bind(11, int64_t{r.memory_mb})
+                             .Bind(12, int64_t{r.disk_size_mb})
+                             .Run());
+  }
+  for (const auto& [k, v] : r.metadata) {
+    Statement s(db_, "INSERT INTO sandbox_metadata (sandbox_id, key, value) VALUES (?, ?, ?)");
+    MOAT_RETURN_IF_ERROR(s.status());
+    MOAT_RETURN_IF_ERROR(s.Bind(1, r.id).Bind(2, k).Bind(3, v).Run());
+  }
+  return tx.Commit();
+}
+
+Status SqliteStore::LoadMaps(SandboxRecord& r) {
+  Statement s(db_, "SELECT key, value FROM sandbox_metadata WHERE sandbox_id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, r.id);
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return Status::Ok();
+    r.metadata[s.Text(0)] = s.Text(1);
+  }
+}
+
+Result<std::optional<SandboxRecord>> SqliteStore::GetSandbox(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<SandboxRecord>();
+  SandboxRecord r = ReadSandbox(s);
+  MOAT_RETURN_IF_ERROR(LoadMaps(r));
+  return std::optional<SandboxRecord>(std::move(r));
+}
+
+Result<SandboxPage> SqliteStore::ListSandboxes(const SandboxFilter& f) {
+  // Parameters are numbered as they are added, so text and integer binds can mix freely.
+  std::string sql = std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE 1";
+  std::vector<std::pair<int, std::string>> texts;
+  std::vector<std::pair<int, int64_t>> ints;
+  auto text = [&](const std::string& v) {
+    texts.emplace_back(static_cast<int>(texts.size() + ints.size()) + 1, v);
+    return "?" + std::to_string(texts.back().first);
+  };
+  auto integer = [&](int64_t v) {
+    ints.emplace_back(static_cast<int>(texts.size() + ints.size()) + 1, v);
+    return "?" + std::to_string(ints.back().first);
+  };
+  sql += " AND team_id = " + text(f.team_id);
+  for (const auto& [k, v] : f.metadata) {
+    sql +=
+        " AND EXISTS (SELECT 1 FROM sandbox_metadata m WHERE m.sandbox_id = sandboxes.id AND "
+        "m.key = " +
+        text(k) + " AND m.value = " + text(v) + ")";
+  }
+  if (!f.states.empty()) {
+    sql += " AND state IN (";
+    for (size_t i = 0; i < f.states.size(); ++i) sql += (i == 0 ? "" : ", ") + text(f.states[i]);
+    sql += ")";
+  }
+  if (!f.template_id.empty()) sql += " AND template_id = " + text(f.template_id);
+  if (f.started_after_ms) sql += " AND started_at_ms > " + integer(*f.started_after_ms);
+  // The cursor is "<started_at_ms>.<id>" of the last item of the previous page.
+  if (!f.next_token.empty()) {
+    size_t dot = f.next_token.find('.');
+    char* end = nullptr;
+    long long ms = std::strtoll(f.next_token.c_str(), &end, 10);
+    if (dot == std::string::npos || dot == 0 || end != f.next_token.c_str() + dot) {
+      return InvalidArgument("nextToken: malformed cursor \"" + f.next_token + "\"");
+    }
+    std::string ms_param = integer(ms);
+    sql += std::string(" AND (started_at_ms, id) ") + (f.ascending ? ">" : "<") + " (" + ms_param +
+           ", " + text(f.next_token.substr(dot + 1)) + ")";
+  }
+  int limit = f.limit < 1 ? 1 : (f.limit > 100 ? 100 : f.limit);
+  sql +=
+      f.ascending ? " ORDER BY started_at_ms ASC, id ASC" : " ORDER BY started_at_ms DESC, id DESC";
+  sql += " LIMIT " + std::to_string(limit + 1);
+
+  std::lock_guard lock(mu_);
+  Statement s(db_, sql);
+  MOAT_RETURN_IF_ERROR(s.status());
+  for (auto& [i, v] : texts) s.Bind(i, v);
+  for (auto& [i, v] : ints) s.Bind(i, v);
+  SandboxPage page;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    page.items.push_back(ReadSandbox(s));
+  }
+  if (page.items.size() > static_cast<size_t>(limit)) {
+    page.items.resize(static_cast<size_t>(limit));
+    const auto& last = page.items.back();
+    page.next_token = std::to_string(last.started_at_ms) + "." + last.id;
+  }
+  for (auto& r : page.items) MOAT_RETURN_IF_ERROR(LoadMaps(r));
+  return page;
+}
+
+Result<std::vector<SandboxRecord>> SqliteStore::AllSandboxes() {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSandboxColumns + " FROM sandboxes ORDER BY id");
+  MOAT_RETURN_IF_ERROR(s.status());
+  std::vector<SandboxRecord> out;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back(ReadSandbox(s));
+  }
+  for (auto& r : out) MOAT_RETURN_IF_ERROR(LoadMaps(r));
+  return out;
+}
+
+Status SqliteStore::SetSandboxEndAt(const std::string& id, int64_t end_at_ms) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, end_at_ms).Bind(2, id).Run());
+  if (sqlite3_changes(db_) == 0) return NotFound("sandbox \"" + id + "\" not found");
+  return Status::Ok();
+}
+
+Status SqliteStore::DeleteSandbox(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "DELETE FROM sandboxes WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  return s.Bind(1, id).Run();
+}
+
+}  // namespace moat::api::store

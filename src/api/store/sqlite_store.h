@@ -1,0 +1,51 @@
+// SqliteStore: the embedded Store (DATA_DIR/moat.db). One connection guarded by a mutex; WAL
+// journal; the schema is brought up to date by numbered migrations when the store opens.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "api/store/store.h"
+
+struct sqlite3;
+
+namespace moat::api::store {
+
+class SqliteStore : public Store {
+ public:
+  // Opens (creating if needed) the database file and applies pending migrations.
+  static Result<std::unique_ptr<SqliteStore>> Open(const std::string& path);
+  ~SqliteStore() override;
+  SqliteStore(const SqliteStore&) = delete;
+  SqliteStore& operator=(const SqliteStore&) = delete;
+
+  // The schema version after migrations (tests).
+  int schema_version();
+
+  Result<bool> HasApiKeys() override;
+  Result<TeamRecord> CreateTeam(const std::string& name) override;
+  Result<ApiKeyRecord> AddApiKey(const std::string& team_id, const std::string& name,
+                                 const std::string& key_sha256, const std::string& mask) override;
+  Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) override;
+  Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) override;
+  Status RevokeApiKey(const std::string& team_id, const std::string& key_id) override;
+
+  Status InsertSandbox(const SandboxRecord& sandbox) override;
+  Result<std::optional<SandboxRecord>> GetSandbox(const std::string& id) override;
+  Result<SandboxPage> ListSandboxes(const SandboxFilter& filter) override;
+  Result<std::vector<SandboxRecord>> AllSandboxes() override;
+  Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) override;
+  Status DeleteSandbox(const std::string& id) override;
+
+ private:
+  explicit SqliteStore(sqlite3* db) : db_(db) {}
+  Status Migrate();
+  Status Exec(const std::string& sql);
+  Status LoadMaps(SandboxRecord& r);
+
+  std::mutex mu_;
+  sqlite3* db_;  // owned; closed by the destructor
+};
+
+}  // namespace moat::api::store

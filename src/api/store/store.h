@@ -1,0 +1,86 @@
+// Store: moatd's durable state — teams, API keys (only their SHA-256), sandboxes with their
+// metadata and end times. An interface because a second implementation (PostgreSQL, for the
+// split api/agent roles) is planned; SqliteStore is the embedded default.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moat::api::store {
+
+struct TeamRecord {
+  std::string id;
+  std::string name;
+  int64_t created_at_ms = 0;
+};
+
+struct ApiKeyRecord {
+  std::string id;
+  std::string team_id;
+  std::string name;
+  std::string mask;  // "moat_1a2b…9f0e": enough to recognise a key, never enough to use it
+  int64_t created_at_ms = 0;
+};
+
+struct SandboxRecord {
+  std::string id;
+  std::string team_id;
+  std::string template_id;
+  std::string access_token;  // envd's X-Access-Token
+  std::map<std::string, std::string> metadata;
+  std::map<std::string, std::string> env_vars;
+  std::string state = "running";  // "running" | "paused"
+  int64_t started_at_ms = 0;
+  int64_t end_at_ms = 0;
+  bool auto_pause = false;
+  uint32_t cpu_count = 0;
+  uint32_t memory_mb = 0;
+  uint32_t disk_size_mb = 0;
+};
+
+struct SandboxFilter {
+  std::string team_id;                          // required
+  std::map<std::string, std::string> metadata;  // every pair must match
+  std::vector<std::string> states;              // empty: any
+  std::optional<int64_t> started_after_ms;
+  std::string template_id;  // empty: any
+  bool ascending = false;   // by start time; default newest first
+  int limit = 100;
+  std::string next_token;  // from the previous page
+};
+
+struct SandboxPage {
+  std::vector<SandboxRecord> items;
+  std::string next_token;  // empty: last page
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  virtual Result<bool> HasApiKeys() = 0;
+  virtual Result<TeamRecord> CreateTeam(const std::string& name) = 0;
+  virtual Result<ApiKeyRecord> AddApiKey(const std::string& team_id, const std::string& name,
+                                         const std::string& key_sha256,
+                                         const std::string& mask) = 0;
+  // The team a (non-revoked) key belongs to; nullopt for an unknown key.
+  virtual Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) = 0;
+  virtual Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) = 0;
+  // not_found unless the key exists and belongs to the team.
+  virtual Status RevokeApiKey(const std::string& team_id, const std::string& key_id) = 0;
+
+  virtual Status InsertSandbox(const SandboxRecord& sandbox) = 0;
+  virtual Result<std::optional<SandboxRecord>> GetSandbox(const std::string& id) = 0;
+  virtual Result<SandboxPage> ListSandboxes(const SandboxFilter& filter) = 0;
+  // Every sandbox of every team (the reaper and start-up reconciliation).
+  virtual Result<std::vector<SandboxRecord>> AllSandboxes() = 0;
+  virtual Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) = 0;
+  virtual Status DeleteSandbox(const std::string& id) = 0;
+};
+
+}  // namespace moat::api::store

@@ -1,0 +1,128 @@
+#include "net/nft_ruleset.h"
+
+namespace moat::net {
+namespace {
+
+constexpr char kReject[] = "reject with icmp type admin-prohibited";
+
+// Destinations no sandbox reaches whatever its policy. 169.254/16 holds the metadata address
+// 169.254.169.254 (and the guest's own link, which is never forwarded).
+const char* const kFixedDenied[] = {"0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                                    "240.0.0.0/4"};
+
+// "{ a, b }", or "" for a list that holds 0.0.0.0/0 (the rule then matches any address).
+std::string AddressSet(const std::vector<Ipv4Cidr>& cidrs) {
+  std::string s = "{ ";
+  for (size_t i = 0; i < cidrs.size(); ++i) {
+    if (cidrs[i].prefix == 0) return "";
+    if (i > 0) s += ", ";
+    s += cidrs[i].prefix == 32 ? cidrs[i].address.ToString() : cidrs[i].ToString();
+  }
+  return s + " }";
+}
+
+std::string DaddrMatch(const std::vector<Ipv4Cidr>& cidrs) {
+  std::string set = AddressSet(cidrs);
+  return set.empty() ? "" : "ip daddr " + set + " ";
+}
+
+std::vector<Ipv4Cidr> AlwaysDenied(const NetConfig& config) {
+  std::vector<Ipv4Cidr> cidrs{config.pool};
+  for (const char* c : kFixedDenied) cidrs.push_back(*Ipv4Cidr::Parse(c));
+  cidrs.insert(cidrs.end(), config.always_denied.begin(), config.always_denied.end());
+  return NormalizeCidrs(std::move(cidrs));
+}
+
+std::string EgressRules(const SlotAddresses& slot, const NetConfig& config,
+                        const EgressPolicy& policy) {
+  (void)slot;
+  std::string prefix = std::string("add rule ip ") + kSlotTable + " egress ";
+  std::string r;
+  auto rule = [&](const std::string& text) { r += prefix + text + "\n"; };
+  // Only the guest's own address leaves the tap (no spoofing behind the NAT).
+  rule(std::string("ip saddr != ") + kGuestAddress + " drop");
+  // DNS the slot itself redirected to the configured resolver (prerouting DNAT below).
+  if (!config.dns_servers.empty() && policy.AllowsAnyEgress()) {
+    rule("ip daddr " + config.dns_servers.front().ToString() +
+         " meta l4proto { tcp, udp } th dport 53 ct status dnat accept");
+  }
+  rule(DaddrMatch(AlwaysDenied(config)) + kReject);
+  if (!config.control_plane_ports.empty()) {
+    std::string ports;
+    for (uint16_t p : config.control_plane_ports) {
+      ports += (ports.empty() ? "" : ", ") + std::to_string(p);
+    }
+    rule("tcp dport { " + ports + " } " + kReject);
+  }
+  if (!policy.allow_out.empty()) rule(DaddrMatch(policy.allow_out) + "accept");
+  if (!policy.deny_out.empty()) rule(DaddrMatch(policy.deny_out) + kReject);
+  rule(policy.allow_internet_access ? "accept" : kReject);
+  return r;
+}
+
+}  // namespace
+
+std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
+                        const EgressPolicy& policy) {
+  const std::string tap = std::string("\"") + kTapName + "\"";
+  const std::string veth = "\"" + slot.ns_link + "\"";
+  const std::string slot_addr = slot.slot_address.ToString();
+  std::string t = std::string("table ip ") + kSlotTable + " {\n";
+  t += "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n";
+  if (!config.dns_servers.empty()) {
+    t += "    iifname " + tap + " ip daddr " + kGatewayAddress +
+         " meta l4proto { tcp, udp } th dport 53 dnat to " + config.dns_servers.front().ToString() +
+         "\n";
+  }
+  // The host (moatd's port proxy) reaches guest ports at the slot address.
+  t += "    iifname " + veth + " ip daddr " + slot_addr + " dnat to " + kGuestAddress + "\n  }\n";
+  t += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+  t += "    oifname " + veth + " ip saddr " + kGuestAddress + " snat to " + slot_addr + "\n  }\n";
+  // The guest talks to nothing in the slot namespace itself (DNS is DNATed before input).
+  t += "  chain input {\n    type filter hook input priority filter; policy accept;\n";
+  t += "    iifname " + tap + " " + kReject + "\n  }\n";
+  t += "  chain forward {\n    type filter hook forward priority filter; policy drop;\n";
+  t += "    ct state established,related accept\n";
+  t += "    ct state invalid drop\n";
+  t += "    iifname " + veth + " oifname " + tap + " ct status dnat accept\n";
+  t += "    iifname " + tap + " oifname " + veth + " jump egress\n  }\n";
+  t += "  chain egress {\n  }\n}\n";
+  return t + EgressRules(slot, config, policy);
+}
+
+std::string EgressChainUpdate(const SlotAddresses& slot, const NetConfig& config,
+                              const EgressPolicy& policy) {
+  return std::string("flush chain ip ") + kSlotTable + " egress\n" +
+         EgressRules(slot, config, policy);
+}
+
+std::string HostTableName(const Ipv4Cidr& pool) {
+  std::string name = "moat_host_" + pool.ToString();
+  for (char& c : name) {
+    if (c == '.' || c == '/') c = '_';
+  }
+  return name;
+}
+
+std::string HostRuleset(const NetConfig& config) {
+  const std::string table = "ip " + HostTableName(config.pool);
+  const std::string group = std::to_string(config.link_group);
+  const std::string pool = config.pool.ToString();
+  std::string t = "table " + table + "\ndelete table " + table + "\n";
+  t += "table " + table + " {\n";
+  // Slots reach nothing on the host (any of its addresses, any port); replies to connections
+  // the host opened (moatd's port proxy) come back.
+  t += "  chain input {\n    type filter hook input priority filter - 10; policy accept;\n";
+  t += "    iifgroup " + group + " ct state established,related accept\n";
+  t += "    iifgroup " + group + " " + kReject + "\n  }\n";
+  // No slot reaches another; whatever the slot namespaces let out still cannot reach the
+  // always-denied ranges (defence in depth: a slot's table is the first line).
+  t += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
+  t += "    iifgroup " + group + " oifgroup " + group + " " + kReject + "\n";
+  t += "    iifgroup " + group + " " + DaddrMatch(AlwaysDenied(config)) + kReject + "\n  }\n";
+  t += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+  t += "    ip saddr " + pool + " oifgroup != " + group + " masquerade\n  }\n}\n";
+  return t;
+}
+
+}  // namespace moat::net

@@ -1,0 +1,231 @@
+// The official e2b SDK (pinned in package.json) against a real moatd, configured only through
+// E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL. run.sh starts moatd and runs this file.
+import { after, before, describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import {
+  AuthenticationError,
+  CommandExitError,
+  FileType,
+  FilesystemEventType,
+  NotFoundError,
+  Sandbox,
+} from 'e2b'
+
+for (const name of ['E2B_API_KEY', 'E2B_API_URL', 'E2B_SANDBOX_URL']) {
+  assert.ok(process.env[name], `${name} must be set (run tests/compat/run.sh)`)
+}
+
+// Unique per run, so that a metadata filter finds only this run's sandboxes.
+const run = `r${process.pid}${Date.now()}`
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function waitFor(what, predicate, timeoutMs = 20000) {
+  const end = Date.now() + timeoutMs
+  while (Date.now() < end) {
+    if (await predicate()) return
+    await sleep(100)
+  }
+  assert.fail(`timed out waiting for ${what}`)
+}
+
+describe('e2b SDK against moatd', { concurrency: false }, () => {
+  let plain // Sandbox.create() with every default
+  let tagged // Sandbox.create() with metadata and envs
+
+  before(async () => {
+    ;[plain, tagged] = await Promise.all([
+      Sandbox.create(),
+      Sandbox.create({ metadata: { suite: 'compat', run }, envs: { GREETING: 'hello from create' } }),
+    ])
+  })
+
+  after(async () => {
+    await Promise.allSettled([plain?.kill(), tagged?.kill()])
+  })
+
+  test('Sandbox.create() with defaults returns a running base sandbox', async () => {
+    assert.match(plain.sandboxId, /^[a-z0-9]{20}$/)
+    assert.equal(await plain.isRunning(), true)
+    const info = await plain.getInfo()
+    assert.equal(info.sandboxId, plain.sandboxId)
+    assert.equal(info.templateId, 'base')
+    assert.equal(info.state, 'running')
+    const ttl = info.endAt.getTime() - info.startedAt.getTime()
+    assert.ok(ttl > 295000 && ttl < 305000, `default timeout is 300 s, got ${ttl} ms`)
+  })
+
+  test('Sandbox.create() with metadata and envs keeps both', async () => {
+    const info = await tagged.getInfo()
+    assert.deepEqual(info.metadata, { suite: 'compat', run })
+    const r = await tagged.commands.run('echo "$GREETING"')
+    assert.equal(r.stdout, 'hello from create\n')
+  })
+
+  test('commands.run streams stdout and stderr to the callbacks', async () => {
+    const out = []
+    const err = []
+    const r = await plain.commands.run('echo one; echo two >&2; echo three', {
+      onStdout: (d) => out.push(d),
+      onStderr: (d) => err.push(d),
+    })
+    assert.equal(r.exitCode, 0)
+    assert.equal(r.stdout, 'one\nthree\n')
+    assert.equal(r.stderr, 'two\n')
+    assert.equal(out.join(''), 'one\nthree\n')
+    assert.equal(err.join(''), 'two\n')
+  })
+
+  test('a non-zero exit raises CommandExitError with the exit code and output', async () => {
+    await assert.rejects(plain.commands.run('echo bad >&2; exit 3'), (e) => {
+      assert.ok(e instanceof CommandExitError, `got ${e}`)
+      assert.equal(e.exitCode, 3)
+      assert.equal(e.stderr, 'bad\n')
+      return true
+    })
+  })
+
+  test('commands.run passes envs, cwd and user', async () => {
+    const env = await plain.commands.run('echo "$A-$B"', { envs: { A: '1', B: 'two words' } })
+    assert.equal(env.stdout, '1-two words\n')
+    const cwd = await plain.commands.run('pwd', { cwd: '/tmp' })
+    assert.equal(cwd.stdout, '/tmp\n')
+    const home = await plain.commands.run('pwd; id -un')
+    assert.equal(home.stdout, '/home/user\nuser\n')
+    const root = await plain.commands.run('id -un', { user: 'root' })
+    assert.equal(root.stdout, 'root\n')
+  })
+
+  test('background commands can be waited for and killed', async () => {
+    const h = await plain.commands.run('sleep 1; echo done', { background: true })
+    assert.ok(h.pid > 0)
+    const r = await h.wait()
+    assert.equal(r.stdout, 'done\n')
+
+    const long = await plain.commands.run('sleep 600', { background: true, timeoutMs: 0 })
+    const listed = await plain.commands.list()
+    assert.ok(listed.some((p) => p.pid === long.pid), 'the background process is listed')
+    assert.equal(await long.kill(), true)
+    await assert.rejects(long.wait(), (e) => e instanceof CommandExitError)
+    assert.equal(await plain.commands.kill(long.pid), false, 'killing it again finds nothing')
+  })
+
+  test('sendStdin feeds a running command', async () => {
+    const h = await plain.commands.run('read a; read b; echo "got $a and $b"', {
+      background: true,
+      stdin: true,
+    })
+    await plain.commands.sendStdin(h.pid, 'x\n')
+    await plain.commands.sendStdin(h.pid, 'y\n')
+    const r = await h.wait()
+    assert.equal(r.stdout, 'got x and y\n')
+  })
+
+  test('files.write and files.read: text, bytes, several files', async () => {
+    const w = await plain.files.write('/home/user/d/a.txt', 'data')
+    assert.equal(w.path, '/home/user/d/a.txt')
+    assert.equal(w.name, 'a.txt')
+    assert.equal(await plain.files.read('d/a.txt'), 'data', 'relative to /home/user')
+
+    const bytes = new Uint8Array(256).map((_, i) => i)
+    await plain.files.write('/home/user/d/bin', bytes)
+    const back = await plain.files.read('/home/user/d/bin', { format: 'bytes' })
+    assert.deepEqual(Array.from(back), Array.from(bytes))
+
+    const many = await plain.files.write([
+      { path: '/home/user/m/one.txt', data: '1' },
+      { path: '/home/user/m/two.txt', data: '22' },
+    ])
+    assert.deepEqual(many.map((e) => e.path).sort(), ['/home/user/m/one.txt', '/home/user/m/two.txt'])
+    assert.equal(await plain.files.read('/home/user/m/two.txt'), '22')
+    const owner = await plain.commands.run('stat -c %U /home/user/m/one.txt')
+    assert.equal(owner.stdout, 'user\n')
+  })
+
+  test('files.list, exists, makeDir, rename and remove', async () => {
+    await plain.files.write('/home/user/l/f.txt', 'x')
+    assert.equal(await plain.files.makeDir('/home/user/l/sub'), true)
+    assert.equal(await plain.files.makeDir('/home/user/l/sub'), false, 'already exists')
+    const entries = await plain.files.list('/home/user/l')
+    assert.deepEqual(entries.map((e) => e.name).sort(), ['f.txt', 'sub'])
+    const file = entries.find((e) => e.name === 'f.txt')
+    assert.equal(file.type, FileType.FILE)
+    assert.equal(file.size, 1)
+    assert.equal(entries.find((e) => e.name === 'sub').type, FileType.DIR)
+
+    assert.equal(await plain.files.exists('/home/user/l/f.txt'), true)
+    assert.equal(await plain.files.exists('/nope'), false)
+
+    const moved = await plain.files.rename('/home/user/l/f.txt', '/home/user/l/g.txt')
+    assert.equal(moved.name, 'g.txt')
+    assert.equal(await plain.files.exists('/home/user/l/f.txt'), false)
+    assert.equal(await plain.files.read('/home/user/l/g.txt'), 'x')
+
+    await plain.files.remove('/home/user/l')
+    assert.equal(await plain.files.exists('/home/user/l'), false)
+    await plain.files.remove('/home/user/l')  // a missing path is not an error
+    await assert.rejects(plain.files.read('/home/user/l/g.txt'), (e) => e instanceof NotFoundError)
+  })
+
+  test('files.watchDir reports changes', async () => {
+    await plain.files.makeDir('/home/user/w')
+    const events = []
+    const handle = await plain.files.watchDir('/home/user/w', (e) => events.push(e))
+    try {
+      await plain.files.write('/home/user/w/new.txt', 'hi')
+      await waitFor('a create event for new.txt', () =>
+        events.some((e) => e.name === 'new.txt' && e.type === FilesystemEventType.CREATE) ||
+        events.some((e) => e.name === 'new.txt' && e.type === FilesystemEventType.RENAME))
+    } finally {
+      await handle.stop()
+    }
+  })
+
+  test('Sandbox.list filters by metadata', async () => {
+    const paginator = Sandbox.list({ query: { metadata: { suite: 'compat', run } } })
+    const items = await paginator.nextItems()
+    assert.deepEqual(items.map((s) => s.sandboxId), [tagged.sandboxId])
+    assert.equal(items[0].state, 'running')
+    assert.deepEqual(items[0].metadata, { suite: 'compat', run })
+    assert.equal(paginator.hasNext, false)
+  })
+
+  test('Sandbox.connect reaches the same sandbox', async () => {
+    await tagged.files.write('/home/user/marker', 'still here')
+    const again = await Sandbox.connect(tagged.sandboxId)
+    assert.equal(again.sandboxId, tagged.sandboxId)
+    assert.equal(await again.files.read('/home/user/marker'), 'still here')
+    const r = await again.commands.run('echo "$GREETING"')
+    assert.equal(r.stdout, 'hello from create\n')
+  })
+
+  test('setTimeout ends the sandbox when it expires', async () => {
+    const short = await Sandbox.create({ timeoutMs: 120000 })
+    try {
+      await short.setTimeout(2000)
+      const info = await short.getInfo()
+      assert.ok(info.endAt.getTime() - Date.now() < 3000, 'the end time moved closer')
+      await waitFor('the sandbox to expire', async () => !(await short.isRunning()))
+      await assert.rejects(Sandbox.getInfo(short.sandboxId), (e) => e instanceof NotFoundError)
+    } finally {
+      await Sandbox.kill(short.sandboxId)
+    }
+  })
+
+  test('kill ends the sandbox; a second kill returns false', async () => {
+    assert.equal(await plain.kill(), true)
+    assert.equal(await Sandbox.kill(plain.sandboxId), false)
+    assert.equal(await plain.isRunning(), false)
+    await assert.rejects(Sandbox.connect(plain.sandboxId), (e) => e instanceof NotFoundError)
+  })
+
+  test('a wrong API key raises AuthenticationError', async () => {
+    await assert.rejects(Sandbox.create({ apiKey: 'moat_wrong' }), (e) => e instanceof AuthenticationError)
+    await assert.rejects(
+      Sandbox.list({ apiKey: 'moat_wrong' }).nextItems(),
+      (e) => e instanceof AuthenticationError,
+    )
+    await assert.rejects(Sandbox.kill(tagged.sandboxId, { apiKey: 'moat_wrong' }),
+      (e) => e instanceof AuthenticationError)
+    assert.equal(await tagged.isRunning(), true, 'a rejected kill leaves the sandbox running')
+  })
+})

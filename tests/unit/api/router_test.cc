@@ -1,0 +1,134 @@
+#include "api/http/router.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "api/api_server.h"
+#include "api/openapi.h"
+#include "api/routes/envd_call.h"
+#include "api/sandbox_actions.h"
+
+namespace moat::api {
+namespace {
+
+using http::Request;
+using http::Router;
+
+http::Handler Named(std::string* out, std::string name) {
+  return [out, name](Request&, http::ResponseWriter&) { *out = name; };
+}
+
+TEST(Router, MatchesParametersAndPrefersLiteralSegments) {
+  Router r;
+  std::string hit;
+  r.Add("GET", "/sandboxes/{sandboxID}", Named(&hit, "get"));
+  r.Add("POST", "/sandboxes/{sandboxID}/timeout", Named(&hit, "timeout"));
+  r.Add("GET", "/sandboxes/special", Named(&hit, "special"));
+  auto m = r.Find("GET", "/sandboxes/abc%20d");
+  ASSERT_NE(m.route, nullptr);
+  EXPECT_EQ(m.params["sandboxID"], "abc d");
+  EXPECT_EQ(r.Find("GET", "/sandboxes/special").route->pattern, "/sandboxes/special");
+  EXPECT_EQ(r.Find("POST", "/sandboxes/x/timeout").params["sandboxID"], "x");
+  auto wrong_method = r.Find("DELETE", "/sandboxes/x");
+  EXPECT_EQ(wrong_method.route, nullptr);
+  EXPECT_TRUE(wrong_method.path_known);
+  EXPECT_FALSE(r.Find("GET", "/sandboxes/").path_known) << "an empty segment is no parameter";
+  EXPECT_FALSE(r.Find("GET", "/other").path_known);
+}
+
+TEST(EnvdRouting, ByHeaderOrByHostName) {
+  Request by_header;
+  by_header.headers["e2b-sandbox-id"] = "abc123";
+  by_header.headers["E2b-Sandbox-Port"] = "49983";
+  auto t = routes::EnvdTargetOf(by_header);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->sandbox_id, "abc123");
+  EXPECT_EQ(t->port, 49983);
+
+  Request by_host;
+  by_host.headers["Host"] = "49983-k3v9q2m8x7c1b5n4z6p0.moat.local:3000";
+  t = routes::EnvdTargetOf(by_host);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->sandbox_id, "k3v9q2m8x7c1b5n4z6p0");
+
+  Request control;
+  control.headers["Host"] = "127.0.0.1:3000";
+  EXPECT_FALSE(routes::EnvdTargetOf(control).has_value());
+  control.headers["Host"] = "api.example.com";
+  EXPECT_FALSE(routes::EnvdTargetOf(control).has_value());
+  control.headers["Host"] = "8080-UPPER.example.com";
+  EXPECT_FALSE(routes::EnvdTargetOf(control).has_value());
+}
+
+TEST(EnvdRouting, BasicAuthNamesTheUser) {
+  Request r;
+  EXPECT_EQ(*routes::BasicAuthUser(r), "");
+  r.headers["Authorization"] = "Basic cm9vdDo=";  // "root:"
+  EXPECT_EQ(*routes::BasicAuthUser(r), "root");
+  r.headers["Authorization"] = "Bearer x";
+  EXPECT_FALSE(routes::BasicAuthUser(r).ok());
+}
+
+TEST(ControlRequests, CreateBodyDefaultsAndErrorsNameTheProblem) {
+  auto a = ParseCreateSandbox("", 300);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->template_id, "base");
+  EXPECT_EQ(a->timeout_s, 300);
+  a = ParseCreateSandbox(
+      R"({"templateID":"t","timeout":120,"metadata":{"k":"v"},"envVars":{"A":"1"}})", 15);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->timeout_s, 120);
+  EXPECT_EQ(a->metadata.at("k"), "v");
+  auto bad = ParseCreateSandbox("{bad", 300);
+  EXPECT_EQ(bad.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("malformed JSON"), std::string::npos);
+  EXPECT_NE(ParseCreateSandbox(R"({"timeout":0})", 300).status().message().find("timeout"),
+            std::string::npos);
+  EXPECT_NE(ParseCreateSandbox(R"({"metadata":{"k":1}})", 300).status().message().find("metadata"),
+            std::string::npos);
+  EXPECT_FALSE(ParseCreateSandbox("[]", 300).ok());
+  EXPECT_FALSE(ParseSeconds("{}", "timeout", std::nullopt).ok()) << "required";
+  EXPECT_EQ(*ParseSeconds("{}", "duration", 60), 60);
+}
+
+TEST(ControlRequests, ListQueryStatesOrderLimitAndMetadata) {
+  auto f = ParseListQuery(
+      codec::ParseQuery("state=running%2Cpaused&order=asc&limit=5&metadata=a%3D1"), true);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->states, (std::vector<std::string>{"running", "paused"}));
+  EXPECT_TRUE(f->ascending);
+  EXPECT_EQ(f->limit, 5);
+  EXPECT_EQ(f->metadata.at("a"), "1");
+  EXPECT_FALSE(ParseListQuery(codec::ParseQuery("state=dead"), true).ok());
+  EXPECT_FALSE(ParseListQuery(codec::ParseQuery("limit=101"), true).ok());
+  auto old = ParseListQuery(codec::ParseQuery(""), false);
+  EXPECT_EQ(old->states, std::vector<std::string>{"running"});
+}
+
+// Every REST route moatd registers is in api/openapi.json, and every operation there is a
+// registered route.
+TEST(OpenApi, DescribesExactlyTheRegisteredControlRoutes) {
+  Router control, envd;
+  // Handlers are never called here, so the contexts need no live objects.
+  routes::ControlContext cc{nullptr, nullptr, nullptr, kEnvdVersion};
+  routes::EnvdContext ec{nullptr, nullptr};
+  ApiServer::RegisterAll(control, envd, cc, ec);
+  std::set<std::string> registered;
+  for (const auto& r : control.routes()) registered.insert(r.method + " " + r.pattern);
+  auto doc = nlohmann::json::parse(OpenApiDocument());
+  std::set<std::string> documented;
+  for (const auto& [path, ops] : doc.at("paths").items()) {
+    for (const auto& [method, op] : ops.items()) {
+      std::string m = method;
+      for (auto& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      documented.insert(m + " " + path);
+    }
+  }
+  EXPECT_EQ(registered, documented);
+  EXPECT_FALSE(envd.routes().empty());
+}
+
+}  // namespace
+}  // namespace moat::api
