@@ -10,8 +10,8 @@
 
 #include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
-#include "common/cleanup.h"
 #include "common/child_process.h"
+#include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "vmm/cgroup.h"
@@ -294,8 +294,7 @@ std::vector<SnapshotManifest> Agent::ListSnapshots() {
 }
 
 Status Agent::DeleteSnapshot(const std::string& snapshot_id) {
-  auto m = IsValidSnapshotName(snapshot_id) ? ReadManifest(SnapshotDir(snapshot_id))
-                                            : NotFound("");
+  auto m = IsValidSnapshotName(snapshot_id) ? ReadManifest(SnapshotDir(snapshot_id)) : NotFound("");
   if (!m.ok() || m->kind != "named") {
     return NotFound("snapshot \"" + snapshot_id + "\" not found");
   }
@@ -363,7 +362,7 @@ void Agent::MonitorLoop() {
       }
     }
     for (auto& sb : dead) {
-      LogWarn("sandbox.vmm_exited", {{"sandbox", sb->id()}});
+      LogWarn("sandbox.vmm_exited", {{"sandbox", sb->id()}, {"tail", sb->DiagnosticTail()}});
       sb->Kill();
     }
     lock.lock();

@@ -1,7 +1,8 @@
 // Agent: the per-host owner of every sandbox. Creates and kills them, notices VMMs that died and
 // releases what they held, and on start cleans up whatever a previous agent left behind, using
-// the state each sandbox keeps on disk (VMM processes die with the agent that spawned them:
-// they are started with a parent-death signal, so nothing runs unsupervised).
+// the state each sandbox keeps on disk: a VMM that outlived its agent is killed (its pid and
+// start time are recorded), its cgroup and directory removed. Paused sandboxes and named
+// snapshots live on and can be resumed.
 #pragma once
 
 #include <atomic>

@@ -28,6 +28,7 @@ SandboxPaths::SandboxPaths(const std::string& d)
       qmp_socket(d + "/qmp.sock"),
       guest_socket(d + "/guest.sock"),
       console_log(d + "/console.log"),
+      vmm_log(d + "/vmm.log"),
       state(d + "/state.json"),
       jail_root(d + "/root") {}
 
@@ -73,6 +74,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   spec.memory_path = p.memory;
   spec.memory_shared = false;
   spec.console_log_path = p.console_log;
+  spec.vmm_log_path = p.vmm_log;
   spec.guest_socket_path = p.guest_socket;
   spec.qmp_socket_path = p.qmp_socket;
   MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, /*gid=*/0));
@@ -158,6 +160,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
   spec.device_state_path = f.state;
   spec.memory_shared = false;
   spec.console_log_path = p.console_log;
+  spec.vmm_log_path = p.vmm_log;
   spec.guest_socket_path = p.guest_socket;
   spec.qmp_socket_path = p.qmp_socket;
   gid_t gid = 0;
@@ -181,13 +184,14 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
   MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-  LogInfo("sandbox.restored", {{"sandbox", id},
-                               {"from", snap.kind + ":" + snap.name},
-                               {"vmm_pid", sb->vmm_->pid()},
-                               {"ready_us", static_cast<long>(
-                                                std::chrono::duration_cast<std::chrono::microseconds>(
-                                                    Clock::now() - start)
-                                                    .count())}});
+  LogInfo(
+      "sandbox.restored",
+      {{"sandbox", id},
+       {"from", snap.kind + ":" + snap.name},
+       {"vmm_pid", sb->vmm_->pid()},
+       {"ready_us",
+        static_cast<long>(
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count())}});
   return sb;
 }
 
@@ -298,6 +302,17 @@ Result<SandboxUsage> Sandbox::Usage() {
   u.rss_bytes = field("Rss");
   MOAT_ASSIGN_OR_RETURN(u.disk_bytes, AllocatedBytes(paths_.disk));
   return u;
+}
+
+std::string Sandbox::DiagnosticTail() const {
+  std::string out;
+  for (const std::string& path : {paths_.vmm_log, paths_.console_log}) {
+    auto text = ReadFile(path);
+    if (!text.ok()) continue;
+    size_t from = text->size() > 600 ? text->size() - 600 : 0;
+    out += path.substr(path.rfind('/') + 1) + ": " + text->substr(from) + "\n";
+  }
+  return out;
 }
 
 void Sandbox::Kill() {

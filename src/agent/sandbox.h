@@ -44,7 +44,7 @@ struct GuestIdentity {
 // Paths inside a sandbox's directory.
 struct SandboxPaths {
   explicit SandboxPaths(const std::string& dir);
-  std::string dir, disk, memory, qmp_socket, guest_socket, console_log, state, jail_root;
+  std::string dir, disk, memory, qmp_socket, guest_socket, console_log, vmm_log, state, jail_root;
 };
 
 struct SandboxUsage {
@@ -99,6 +99,8 @@ class Sandbox {
   // Has the VMM process exited (crashed, or killed from outside)?
   bool VmmExited();
   Result<SandboxUsage> Usage();
+  // The last lines the VMM and the guest console wrote: why a VMM died, for the log.
+  std::string DiagnosticTail() const;
   // Stops the VM and releases everything; idempotent.
   void Kill();
 

@@ -16,10 +16,14 @@ namespace moat::agent {
 using nlohmann::json;
 
 std::string SerializeManifest(const SnapshotManifest& m) {
-  json j = {{"kind", m.kind},           {"name", m.name},
-            {"source", m.source},       {"vcpus", m.vcpus},
-            {"memoryMib", m.memory_mib}, {"accel", m.accel},
-            {"baseDisk", m.base_disk},  {"createdUnixMs", m.created_unix_ms},
+  json j = {{"kind", m.kind},
+            {"name", m.name},
+            {"source", m.source},
+            {"vcpus", m.vcpus},
+            {"memoryMib", m.memory_mib},
+            {"accel", m.accel},
+            {"baseDisk", m.base_disk},
+            {"createdUnixMs", m.created_unix_ms},
             {"sandboxId", m.sandbox_id}};
   return j.dump(2) + "\n";
 }
@@ -73,7 +77,7 @@ Status WriteManifest(const std::string& dir, const SnapshotManifest& m) {
 Status CopyFile(const std::string& from, const std::string& to) {
   UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return ErrnoError("open(" + from + ")");
-  struct stat st{};
+  struct stat st {};
   if (::fstat(in.get(), &st) < 0) return ErrnoError("fstat(" + from + ")");
   UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!out) return ErrnoError("open(" + to + ")");
@@ -97,8 +101,8 @@ Status CopyFile(const std::string& from, const std::string& to) {
     if (hole < 0) return fail("lseek(SEEK_HOLE)");
     off_t src = data, dst = data;
     while (src < hole) {
-      ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst,
-                                    static_cast<size_t>(hole - src), 0);
+      ssize_t n =
+          ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(hole - src), 0);
       if (n < 0) {
         if (errno == EINTR) continue;
         return fail("copy_file_range");

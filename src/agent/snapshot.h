@@ -16,13 +16,13 @@
 namespace moat::agent {
 
 struct SnapshotManifest {
-  std::string kind;        // "template" | "paused" | "named"
-  std::string name;        // template name, sandbox id (paused) or snapshot id (named)
-  std::string source;      // the template a sandbox came from (for reporting)
+  std::string kind;    // "template" | "paused" | "named"
+  std::string name;    // template name, sandbox id (paused) or snapshot id (named)
+  std::string source;  // the template a sandbox came from (for reporting)
   unsigned vcpus = 1;
   uint64_t memory_mib = 256;
-  std::string accel;       // a snapshot restores only under the accelerator that made it
-  std::string base_disk;   // absolute path of the raw base image
+  std::string accel;      // a snapshot restores only under the accelerator that made it
+  std::string base_disk;  // absolute path of the raw base image
   int64_t created_unix_ms = 0;
   // Paused sandboxes: what the sandbox had, so that resume gives it back.
   std::string sandbox_id;

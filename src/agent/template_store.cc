@@ -34,13 +34,15 @@ uint64_t Fnv(std::string_view s, uint64_t h = 1469598103934665603ull) {
 std::string ArtifactKey(const std::string& path, const std::string& key_file) {
   auto key = ReadFile(key_file);
   if (key.ok() && !key->empty()) return *key;
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return "missing";
   return std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
          std::to_string(st.st_mtim.tv_nsec);
 }
 
-std::string Dir(const std::string& path) { return path.substr(0, path.rfind('/')); }
+std::string Dir(const std::string& path) {
+  return path.substr(0, path.rfind('/'));
+}
 
 }  // namespace
 
@@ -112,6 +114,7 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   spec.memory_path = f.memory;
   spec.memory_shared = true;
   spec.console_log_path = tmp + "/console.log";
+  spec.vmm_log_path = tmp + "/vmm.log";
   spec.guest_socket_path = tmp + "/guest.sock";
   spec.qmp_socket_path = tmp + "/qmp.sock";
   uint32_t uid = 0;
@@ -167,12 +170,13 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
     return ErrnoError("rename(" + tmp + ", " + build_dir + ")");
   }
   remove_tmp.Cancel();
-  LogInfo("template.baked",
-          {{"template", t.name},
-           {"dir", build_dir},
-           {"ms", static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                        Clock::now() - t0)
-                                        .count())}});
+  LogInfo(
+      "template.baked",
+      {{"template", t.name},
+       {"dir", build_dir},
+       {"ms",
+        static_cast<long>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count())}});
   return build_dir;
 }
 

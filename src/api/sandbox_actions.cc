@@ -50,10 +50,6 @@ Result<CreateSandboxAction> ParseCreateSandbox(std::string_view text, int64_t de
   MOAT_ASSIGN_OR_RETURN(a.env_vars, codec::StringMapField(body, "envVars"));
   MOAT_ASSIGN_OR_RETURN(auto auto_pause, codec::BoolField(body, "autoPause"));
   a.auto_pause = auto_pause.value_or(false);
-  if (a.auto_pause) {
-    return InvalidArgument(
-        "\"autoPause\" needs pause/resume, which this moatd does not support yet");
-  }
   for (const auto& [k, v] : a.env_vars) {
     if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
       return InvalidArgument("\"envVars\": bad variable name \"" + k + "\"");

@@ -20,6 +20,7 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(agent::Agent
   std::unique_ptr<SandboxController> c(new SandboxController(agent, store, metrics, options));
   MOAT_ASSIGN_OR_RETURN(auto all, store.AllSandboxes());
   for (const auto& r : all) {
+    if (r.state == "paused" && agent.IsPaused(r.id)) continue;  // persisted: resumable
     if (!agent.Get(r.id).ok()) {
       // The agent re-adopts no VMM across restarts yet: its recovery released this one.
       MOAT_RETURN_IF_ERROR(store.DeleteSandbox(r.id));
@@ -107,8 +108,14 @@ Status SandboxController::SetTimeout(const std::string& team_id, const std::stri
 }
 
 Result<store::SandboxRecord> SandboxController::Connect(const std::string& team_id,
-                                                        const std::string& id, int64_t timeout_s) {
+                                                        const std::string& id, int64_t timeout_s,
+                                                        bool* resumed) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
+  if (resumed != nullptr) *resumed = false;
+  if (r.state == "paused") {
+    if (resumed != nullptr) *resumed = true;
+    return ResumeRecord(r, timeout_s);
+  }
   if (!agent_.Get(r.id).ok()) return NotFound("sandbox \"" + id + "\" is not running");
   int64_t end = UnixMillisNow() + timeout_s * 1000;
   if (end > r.end_at_ms) {
@@ -116,6 +123,63 @@ Result<store::SandboxRecord> SandboxController::Connect(const std::string& team_
     r.end_at_ms = end;
   }
   return r;
+}
+
+Status SandboxController::Pause(const std::string& team_id, const std::string& id) {
+  MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
+  if (r.state == "paused") return FailedPrecondition("sandbox \"" + id + "\" is already paused");
+  MOAT_RETURN_IF_ERROR(agent_.Pause(r.id));
+  MOAT_RETURN_IF_ERROR(store_.SetSandboxState(r.id, "paused"));
+  LogInfo("api.sandbox_paused", {{"sandbox", r.id}});
+  return Status::Ok();
+}
+
+Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecord r,
+                                                             int64_t timeout_s) {
+  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Resume(r.id));
+  (void)sb;
+  MOAT_RETURN_IF_ERROR(store_.SetSandboxState(r.id, "running"));
+  r.state = "running";
+  // A connect may carry no timeout (0): a resumed sandbox then gets the default 300 s.
+  r.end_at_ms = UnixMillisNow() + (timeout_s > 0 ? timeout_s : 300) * 1000;
+  MOAT_RETURN_IF_ERROR(store_.SetSandboxEndAt(r.id, r.end_at_ms));
+  LogInfo("api.sandbox_resumed", {{"sandbox", r.id}});
+  return r;
+}
+
+Result<store::SandboxRecord> SandboxController::Resume(const std::string& team_id,
+                                                       const std::string& id, int64_t timeout_s) {
+  MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
+  if (r.state != "paused") {
+    return Status(ErrorCode::kAborted, "sandbox \"" + id + "\" is already running");
+  }
+  return ResumeRecord(r, timeout_s);
+}
+
+Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::string& team_id,
+                                                                  const std::string& id, int count,
+                                                                  int64_t timeout_s) {
+  MOAT_ASSIGN_OR_RETURN(auto parent, Get(team_id, id));
+  if (parent.state != "running") {
+    return FailedPrecondition("sandbox \"" + id + "\" is paused; resume it before forking");
+  }
+  MOAT_ASSIGN_OR_RETURN(auto children, agent_.Fork(parent.id, count));
+  std::vector<store::SandboxRecord> out;
+  for (const auto& child : children) {
+    store::SandboxRecord r = parent;
+    r.id = child->id();
+    r.access_token = RandomToken("", 24);
+    r.started_at_ms = UnixMillisNow();
+    r.end_at_ms = r.started_at_ms + timeout_s * 1000;
+    r.state = "running";
+    if (Status s = store_.InsertSandbox(r); !s.ok()) {
+      for (const auto& c : children) (void)agent_.Kill(c->id());
+      return s.Annotate("recording fork " + r.id);
+    }
+    out.push_back(std::move(r));
+  }
+  LogInfo("api.sandbox_forked", {{"sandbox", parent.id}, {"children", count}});
+  return out;
 }
 
 Result<SandboxController::Running> SandboxController::FindRunning(const std::string& id) {
@@ -143,6 +207,16 @@ void SandboxController::ReapOnce() {
   int64_t now = UnixMillisNow();
   for (const auto& r : *all) {
     const char* why = nullptr;
+    if (r.state == "paused") continue;  // kept until deleted
+    if (r.end_at_ms <= now && r.auto_pause) {
+      if (Status s = agent_.Pause(r.id); s.ok()) {
+        (void)store_.SetSandboxState(r.id, "paused");
+        LogInfo("api.sandbox_paused", {{"sandbox", r.id}, {"reason", "timeout"}});
+        continue;
+      } else {
+        LogError("api.auto_pause_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
+      }
+    }
     if (r.end_at_ms <= now) {
       why = "timeout";
     } else if (r.state == "running" && !agent_.Get(r.id).ok()) {

@@ -40,9 +40,18 @@ class SandboxController {
   Status Kill(const std::string& team_id, const std::string& id);
   // end = now + timeout (may shorten).
   Status SetTimeout(const std::string& team_id, const std::string& id, int64_t timeout_s);
-  // end = max(end, now + timeout); the sandbox must be running.
+  // end = max(end, now + timeout). A paused sandbox is resumed first (*resumed = true).
   Result<store::SandboxRecord> Connect(const std::string& team_id, const std::string& id,
-                                       int64_t timeout_s);
+                                       int64_t timeout_s, bool* resumed = nullptr);
+  // failed_precondition ("already paused") for a paused sandbox: the routes answer 409.
+  Status Pause(const std::string& team_id, const std::string& id);
+  // aborted if it is running (409); end = now + timeout.
+  Result<store::SandboxRecord> Resume(const std::string& team_id, const std::string& id,
+                                      int64_t timeout_s);
+  // `count` children of a running sandbox, recorded for the same team with the parent's
+  // metadata; each its own end time (now + timeout).
+  Result<std::vector<store::SandboxRecord>> Fork(const std::string& team_id, const std::string& id,
+                                                 int count, int64_t timeout_s);
 
   // envd: a running sandbox by id, whatever its team (envd requests carry no API key; the
   // access token guards them). not_found if it is not running.
@@ -64,6 +73,7 @@ class SandboxController {
       : agent_(agent), store_(store), metrics_(metrics), options_(options) {}
   void ReaperLoop();
   Status Release(const std::string& id, const char* why);
+  Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
 
   agent::Agent& agent_;
   store::Store& store_;

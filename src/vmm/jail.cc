@@ -94,7 +94,6 @@ Result<std::unique_ptr<PreparedJail>> PreparedJail::Prepare(const JailSpec& spec
   std::unique_ptr<PreparedJail> j(new PreparedJail());
   j->uid_ = spec.uid;
   j->gid_ = spec.gid;
-  j->parent_pid_ = ::getpid();
   j->root_ = Normalize(spec.root_dir);
   auto last_cap = ReadFile("/proc/sys/kernel/cap_last_cap");
   if (last_cap.ok()) j->last_cap_ = std::atoi(last_cap->c_str());
@@ -241,10 +240,9 @@ int PreparedJail::RunInChild() const {
   if (::syscall(SYS_setresgid, gid_, gid_, gid_) < 0) return errno;
   if (::syscall(SYS_setresuid, uid_, uid_, uid_) < 0) return errno;
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return errno;
-  // Changing credentials cleared the parent-death signal: set it again, then make sure the
-  // parent did not die in between.
-  if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) return errno;
-  if (::getppid() != parent_pid_) return ESRCH;
+  // No parent-death signal: it fires when the *thread* that spawned the VMM exits (an API
+  // connection's thread, say), not the agent. The agent supervises VMMs itself and a restarted
+  // agent kills the ones it finds (pid and start time recorded in state.json).
   // 6. Verify: setresuid from root to non-root must have cleared every capability.
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2]{};

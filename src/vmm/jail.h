@@ -97,7 +97,6 @@ class PreparedJail {
   };
   uid_t uid_ = 0;
   gid_t gid_ = 0;
-  pid_t parent_pid_ = 0;
   int last_cap_ = 40;
   std::string root_;
   std::vector<std::string> dirs_;  // created under root, parents first

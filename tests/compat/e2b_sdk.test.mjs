@@ -211,6 +211,44 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     }
   })
 
+  test('pause then connect: files and a running process survive', async () => {
+    const sbx = await Sandbox.create()
+    try {
+      await sbx.files.write('/home/user/kept.txt', 'before pause')
+      const bg = await sbx.commands.run('sleep 600', { background: true })
+      assert.equal(await sbx.pause(), true)
+      assert.equal(await sbx.pause(), false, 'a second pause reports already paused')
+      const info = await Sandbox.getInfo(sbx.sandboxId)
+      assert.equal(info.state, 'paused')
+      const back = await Sandbox.connect(sbx.sandboxId)
+      assert.equal(await back.files.read('/home/user/kept.txt'), 'before pause')
+      const procs = await back.commands.list()
+      assert.ok(procs.some((p) => p.pid === bg.pid), 'the background process survived the pause')
+      assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, 'running')
+    } finally {
+      await Sandbox.kill(sbx.sandboxId)
+    }
+  })
+
+  test('fork gives a child with the parent files, isolated afterwards', async () => {
+    const parent = await Sandbox.create()
+    let children = []
+    try {
+      await parent.files.write('/tmp/at-fork.txt', 'parent')
+      children = await parent.fork()
+      assert.equal(children.length, 1)
+      const child = children[0]
+      assert.ok(!(child instanceof Error), String(child))
+      assert.notEqual(child.sandboxId, parent.sandboxId)
+      assert.equal(await child.files.read('/tmp/at-fork.txt'), 'parent')
+      await child.files.write('/tmp/at-fork.txt', 'child')
+      assert.equal(await parent.files.read('/tmp/at-fork.txt'), 'parent')
+    } finally {
+      for (const c of children) if (!(c instanceof Error)) await c.kill()
+      await parent.kill()
+    }
+  })
+
   test('kill ends the sandbox; a second kill returns false', async () => {
     assert.equal(await plain.kill(), true)
     assert.equal(await Sandbox.kill(plain.sandboxId), false)

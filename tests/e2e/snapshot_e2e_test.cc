@@ -1,5 +1,6 @@
 // End to end: snapshots — create restores the baked template, pause/resume, named snapshots and
 // fork — on real microVMs, with the reliability loops of the snapshot issue.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,8 +8,6 @@
 #include <chrono>
 #include <set>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "agent/agent.h"
 #include "common/fs.h"
@@ -23,7 +22,9 @@ using channel::StreamEvent;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-GuestClient::Deadline In(std::chrono::milliseconds d) { return GuestClient::Clock::now() + d; }
+GuestClient::Deadline In(std::chrono::milliseconds d) {
+  return GuestClient::Clock::now() + d;
+}
 
 class SnapshotE2eTest : public ::testing::Test {
  protected:
@@ -68,24 +69,24 @@ class SnapshotE2eTest : public ::testing::Test {
   static void StartCounter(const std::shared_ptr<Sandbox>& sb) {
     auto g = sb->Guest();
     ASSERT_TRUE(g.ok());
-    auto s = (*g)->Open(
-        {{"op", "exec"},
-         {"tag", "counter"},
-         {"cmd",
-          "rm -f /tmp/q /tmp/a; mkfifo /tmp/q /tmp/a; exec python3 -c '\n"
-          "n = 0\n"
-          "while True:\n"
-          "    open(\"/tmp/q\").read()\n"
-          "    n += 1\n"
-          "    open(\"/tmp/a\", \"w\").write(str(n))\n"
-          "'"}});
+    auto s = (*g)->Open({{"op", "exec"},
+                         {"tag", "counter"},
+                         {"cmd",
+                          "rm -f /tmp/q /tmp/a; mkfifo /tmp/q /tmp/a; exec python3 -c '\n"
+                          "n = 0\n"
+                          "while True:\n"
+                          "    open(\"/tmp/q\").read()\n"
+                          "    n += 1\n"
+                          "    open(\"/tmp/a\", \"w\").write(str(n))\n"
+                          "'"}});
     ASSERT_TRUE(s.ok());
     auto start = (*s)->Next(In(10s));
     ASSERT_TRUE(start.ok());
     (*s)->Cancel();  // detached: keeps running
     // Ready once both FIFOs exist (python opens /tmp/q next).
-    Sh(sb, "for i in $(seq 500); do [ -p /tmp/q ] && [ -p /tmp/a ] && exit 0; sleep 0.01; done; "
-           "exit 1");
+    Sh(sb,
+       "for i in $(seq 500); do [ -p /tmp/q ] && [ -p /tmp/a ] && exit 0; sleep 0.01; done; "
+       "exit 1");
   }
   static int Tick(const std::shared_ptr<Sandbox>& sb) {
     std::string out = Sh(sb, "echo > /tmp/q; cat /tmp/a");

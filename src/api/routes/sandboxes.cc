@@ -100,9 +100,27 @@ void Connect(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
              const store::TeamRecord& team, bool v2) {
   auto secs = ParseSeconds(req.body, "timeout", v2 ? std::optional<int64_t>(0) : std::nullopt);
   if (!secs.ok()) return SendRestError(w, secs.status());
-  auto r = ctx.controller->Connect(team.id, req.Param("sandboxID"), *secs);
+  bool resumed = false;
+  auto r = ctx.controller->Connect(team.id, req.Param("sandboxID"), *secs, &resumed);
   if (!r.ok()) return SendRestError(w, r.status());
-  SendJson(w, 200, Dump(SandboxJson(ctx, *r)));
+  SendJson(w, resumed ? 201 : 200, Dump(SandboxJson(ctx, *r)));
+}
+
+void Fork(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+          const store::TeamRecord& team) {
+  auto secs = ParseSeconds(req.body, "timeout", 300);
+  if (!secs.ok()) return SendRestError(w, secs.status());
+  auto count = ParseSeconds(req.body, "count", 1);
+  if (!count.ok()) return SendRestError(w, count.status());
+  if (*count < 1 || *count > 64) {
+    return SendRestError(w, InvalidArgument("\"count\" must be 1..64"));
+  }
+  auto children =
+      ctx.controller->Fork(team.id, req.Param("sandboxID"), static_cast<int>(*count), *secs);
+  if (!children.ok()) return SendRestError(w, children.status());
+  json out = json::array();
+  for (const auto& c : *children) out.push_back({{"sandbox", SandboxJson(ctx, c)}});
+  SendJson(w, 201, Dump(out));
 }
 
 }  // namespace
@@ -149,6 +167,23 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                if (!r.ok()) return SendRestError(w, r.status());
                SendNoContent(w);
              }));
+  router.Add("POST", "/sandboxes/{sandboxID}/pause",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               Status s = ctx.controller->Pause(team.id, req.Param("sandboxID"));
+               if (!s.ok()) return SendRestError(w, s);
+               SendNoContent(w);
+             }));
+  router.Add("POST", "/sandboxes/{sandboxID}/resume",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               auto secs = ParseSeconds(req.body, "timeout", 300);
+               if (!secs.ok()) return SendRestError(w, secs.status());
+               auto r = ctx.controller->Resume(team.id, req.Param("sandboxID"), *secs);
+               if (!r.ok()) return SendRestError(w, r.status());
+               SendJson(w, 201, Dump(SandboxJson(ctx, *r)));
+             }));
+  router.Add(
+      "POST", "/sandboxes/{sandboxID}/fork",
+      Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Fork(ctx, req, w, team); }));
   router.Add("POST", "/v2/sandboxes/{sandboxID}/connect",
              Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
                Connect(ctx, req, w, team, true);

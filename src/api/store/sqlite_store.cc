@@ -438,6 +438,18 @@ Status SqliteStore::SetSandboxEndAt(const std::string& id, int64_t end_at_ms) {
   return Status::Ok();
 }
 
+Status SqliteStore::SetSandboxState(const std::string& id, const std::string& state) {
+  if (state != "running" && state != "paused") {
+    return InvalidArgument("sandbox state \"" + state + "\" is neither running nor paused");
+  }
+  std::lock_guard lock(mu_);
+  Statement s(db_, "UPDATE sandboxes SET state = ? WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, state).Bind(2, id).Run());
+  if (sqlite3_changes(db_) == 0) return NotFound("sandbox \"" + id + "\" not found");
+  return Status::Ok();
+}
+
 Status SqliteStore::DeleteSandbox(const std::string& id) {
   std::lock_guard lock(mu_);
   Statement s(db_, "DELETE FROM sandboxes WHERE id = ?");

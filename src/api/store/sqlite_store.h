@@ -36,6 +36,7 @@ class SqliteStore : public Store {
   Result<SandboxPage> ListSandboxes(const SandboxFilter& filter) override;
   Result<std::vector<SandboxRecord>> AllSandboxes() override;
   Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) override;
+  Status SetSandboxState(const std::string& id, const std::string& state) override;
   Status DeleteSandbox(const std::string& id) override;
 
  private:

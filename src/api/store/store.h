@@ -80,6 +80,8 @@ class Store {
   // Every sandbox of every team (the reaper and start-up reconciliation).
   virtual Result<std::vector<SandboxRecord>> AllSandboxes() = 0;
   virtual Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) = 0;
+  // "running" | "paused".
+  virtual Status SetSandboxState(const std::string& id, const std::string& state) = 0;
   virtual Status DeleteSandbox(const std::string& id) = 0;
 };
 

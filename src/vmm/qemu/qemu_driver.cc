@@ -198,6 +198,8 @@ Result<ChildProcess> QemuDriver::SpawnQemu(const std::vector<std::string>& argv)
   o.argv = argv;
   o.env = std::vector<std::string>{};  // nothing of the agent's environment leaks in
   o.fds = {{1, log.get()}, {2, log.get()}};
+  // See jail.cc: a parent-death signal would kill the VM when the spawning thread ends.
+  o.parent_death_signal = 0;
   // The tap stays the caller's; QEMU gets its own copy as fd kTapFdInQemu.
   if (spec_.net) o.fds.push_back({kTapFdInQemu, spec_.net->tap_fd});
   if (jail_) o.pre_exec = jail_->PreExec();
