@@ -56,6 +56,7 @@ test-compat: build guest
 # Benchmarks, side by side in one run; JSON lands in build/bench/.
 bench: build guest
 	$(BUILD)/bin/sandbox_bench --guest-dir $(GUEST) --json $(BUILD)/bench/sandbox.json
+	$(BUILD)/bin/snapshot_bench --guest-dir $(GUEST) --json $(BUILD)/bench/snapshot.json
 	$(BUILD)/bin/net_bench --json $(BUILD)/bench/net.json
 
 # The channel decoder's fuzz target, for a bounded time (FUZZ_SECONDS).

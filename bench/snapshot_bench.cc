@@ -1,0 +1,225 @@
+// Snapshot benchmark, side by side in one run: cold boot vs create (restore) to first exec,
+// pause/resume, fork (N = 1 and 8) of a sandbox with dirtied memory, PSS of idle sandboxes, and
+// creates per second with concurrent clients. Prints a summary and writes JSON.
+//
+// usage: snapshot_bench [--guest-dir DIR] [--creates N] [--idle N] [--json PATH]
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/agent.h"
+#include "common/fs.h"
+
+namespace moat::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+struct Options {
+  std::string guest_dir = "build/guest";
+  int creates = 100;
+  int idle = 50;
+  std::string json_path = "build/bench/snapshot.json";
+};
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+json Percentiles(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
+  return {{"n", v.size()}, {"p50", at(0.50)}, {"p95", at(0.95)}, {"p99", at(0.99)}};
+}
+
+[[noreturn]] void Die(const Status& s, const char* what) {
+  std::fprintf(stderr, "snapshot_bench: %s: %s\n", what, s.ToString().c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T Must(Result<T> r, const char* what) {
+  if (!r.ok()) Die(r.status(), what);
+  return std::move(r).value();
+}
+
+// Time from asking for a sandbox to `true` having run in it.
+double CreateToFirstExec(agent::Agent& a, bool cold, std::string* id) {
+  auto t0 = Clock::now();
+  auto sb = Must(cold ? a.CreateColdBoot({}) : a.Create("base", {}), "create");
+  auto g = Must(sb->Guest(), "guest");
+  auto r = Must(g->Run({.argv = {"/bin/true"}}, Clock::now() + std::chrono::seconds(60)), "exec");
+  if (r.exit_code != 0) Die(Internal("true failed"), "exec");
+  *id = sb->id();
+  return Ms(Clock::now() - t0);
+}
+
+std::unique_ptr<agent::Agent> StartAgent(const Options& o, const std::string& dir, uint64_t mib) {
+  agent::AgentConfig c;
+  c.data_dir = dir;
+  c.base.kernel_path = o.guest_dir + "/vmlinux";
+  c.base.rootfs_path = o.guest_dir + "/rootfs.ext4";
+  c.base.vcpus = 1;
+  c.base.memory_mib = mib;
+  c.accel = vmm::Accel::kTcg;
+  return Must(agent::Agent::Start(c), "agent");
+}
+
+int Run(const Options& o) {
+  std::string dir = Must(MakeTempDir("/tmp", "moat-snapbench."), "temp dir");
+  json out = {{"accel", "tcg"}, {"vcpus", 1}};
+  {
+    auto a = StartAgent(o, dir + "/small", 256);
+    std::string id;
+    CreateToFirstExec(*a, false, &id);  // bakes the template; not counted
+    (void)a->Kill(id);
+    std::vector<double> cold, warm;
+    for (int i = 0; i < 5; ++i) {
+      cold.push_back(CreateToFirstExec(*a, true, &id));
+      (void)a->Kill(id);
+    }
+    for (int i = 0; i < o.creates; ++i) {
+      warm.push_back(CreateToFirstExec(*a, false, &id));
+      (void)a->Kill(id);
+    }
+    out["memory_mib"] = 256;
+    out["cold_boot_to_first_exec_ms"] = Percentiles(cold);
+    out["create_to_first_exec_ms"] = Percentiles(warm);
+
+    // Pause / resume of one sandbox.
+    auto sb = Must(a->Create("base", {}), "create");
+    id = sb->id();
+    sb.reset();
+    std::vector<double> pause, resume;
+    for (int i = 0; i < 10; ++i) {
+      auto t0 = Clock::now();
+      if (Status s = a->Pause(id); !s.ok()) Die(s, "pause");
+      pause.push_back(Ms(Clock::now() - t0));
+      t0 = Clock::now();
+      auto r = Must(a->Resume(id), "resume");
+      auto g = Must(r->Guest(), "guest");
+      (void)Must(g->Run({.argv = {"/bin/true"}}, Clock::now() + std::chrono::seconds(60)), "exec");
+      resume.push_back(Ms(Clock::now() - t0));
+    }
+    (void)a->Kill(id);
+    out["pause_ms"] = Percentiles(pause);
+    out["resume_to_first_exec_ms"] = Percentiles(resume);
+
+    // PSS of idle sandboxes restored from one template.
+    std::vector<std::shared_ptr<agent::Sandbox>> idle;
+    for (int i = 0; i < o.idle; ++i) idle.push_back(Must(a->Create("base", {}), "create idle"));
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    double pss = 0, rss = 0;
+    for (auto& s : idle) {
+      auto u = Must(s->Usage(), "usage");
+      pss += static_cast<double>(u.pss_bytes);
+      rss += static_cast<double>(u.rss_bytes);
+    }
+    out["idle_sandboxes"] = o.idle;
+    out["pss_per_idle_sandbox_mib"] = pss / o.idle / (1 << 20);
+    out["rss_per_idle_sandbox_mib"] = rss / o.idle / (1 << 20);
+    for (auto& s : idle) (void)a->Kill(s->id());
+    idle.clear();
+
+    // Creates per second with 4 concurrent clients.
+    std::atomic<int> done{0}, failed{0};
+    auto t0 = Clock::now();
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 4; ++c) {
+      clients.emplace_back([&] {
+        for (int i = 0; i < 10; ++i) {
+          auto s = a->Create("base", {});
+          if (!s.ok()) {
+            ++failed;
+            continue;
+          }
+          ++done;
+          (void)a->Kill((*s)->id());
+        }
+      });
+    }
+    for (auto& t : clients) t.join();
+    out["creates_per_second_4_clients"] = done / std::chrono::duration<double>(Clock::now() - t0).count();
+    out["create_failures_4_clients"] = failed.load();
+  }
+  {
+    // Fork of a 512 MiB sandbox with 128 MiB dirtied (a python process holding it).
+    auto a = StartAgent(o, dir + "/big", 512);
+    auto parent = Must(a->Create("base", {}), "create 512 MiB");
+    auto g = Must(parent->Guest(), "guest");
+    auto s = Must(g->Open({{"op", "exec"},
+                           {"cmd", "python3 -c 'import os,time; b=bytearray(os.urandom(1<<20))*128; "
+                                   "open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'"}}),
+                  "dirty");
+    (void)Must(g->Run({.cmd = "while [ ! -e /tmp/ready ]; do sleep 0.1; done"},
+                      Clock::now() + std::chrono::seconds(120)),
+               "wait for dirty memory");
+    for (int n : {1, 8}) {
+      std::vector<double> times;
+      for (int i = 0; i < (n == 1 ? 5 : 2); ++i) {
+        auto t0 = Clock::now();
+        auto kids = Must(a->Fork(parent->id(), n), "fork");
+        times.push_back(Ms(Clock::now() - t0));
+        for (auto& k : kids) (void)a->Kill(k->id());
+      }
+      out["fork_512mib_128mib_dirty_n" + std::to_string(n) + "_ms"] = Percentiles(times);
+    }
+    s->Cancel();
+    (void)a->Kill(parent->id());
+  }
+  (void)RemoveTree(dir);
+
+  if (o.json_path.find('/') != std::string::npos) {
+    (void)MakeDirs(o.json_path.substr(0, o.json_path.rfind('/')));
+  }
+  if (Status w = WriteFileAtomic(o.json_path, out.dump(2) + "\n"); !w.ok()) Die(w, "json");
+  auto p = [&](const char* k, const char* q) { return out[k][q].get<double>(); };
+  std::printf(
+      "snapshot benchmark (TCG, 1 vCPU)\n"
+      "  cold boot to first exec     p50 %8.1f ms  p99 %8.1f ms\n"
+      "  create (restore) to exec    p50 %8.1f ms  p95 %8.1f ms  p99 %8.1f ms  (n=%d)\n"
+      "  pause                       p50 %8.1f ms\n"
+      "  resume to first exec        p50 %8.1f ms\n"
+      "  fork 512 MiB/128 dirty N=1  p50 %8.1f ms  p99 %8.1f ms\n"
+      "  fork 512 MiB/128 dirty N=8  p50 %8.1f ms\n"
+      "  idle sandbox: PSS %.1f MiB, RSS %.1f MiB (%d idle from one template)\n"
+      "  creates/s with 4 clients    %.1f (%d failures)\n"
+      "  JSON: %s\n",
+      p("cold_boot_to_first_exec_ms", "p50"), p("cold_boot_to_first_exec_ms", "p99"),
+      p("create_to_first_exec_ms", "p50"), p("create_to_first_exec_ms", "p95"),
+      p("create_to_first_exec_ms", "p99"), o.creates, p("pause_ms", "p50"),
+      p("resume_to_first_exec_ms", "p50"), p("fork_512mib_128mib_dirty_n1_ms", "p50"),
+      p("fork_512mib_128mib_dirty_n1_ms", "p99"), p("fork_512mib_128mib_dirty_n8_ms", "p50"),
+      out["pss_per_idle_sandbox_mib"].get<double>(), out["rss_per_idle_sandbox_mib"].get<double>(),
+      o.idle, out["creates_per_second_4_clients"].get<double>(),
+      out["create_failures_4_clients"].get<int>(), o.json_path.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace moat::bench
+
+int main(int argc, char** argv) {
+  moat::bench::Options o;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i], v = argv[i + 1];
+    if (k == "--guest-dir") {
+      o.guest_dir = v;
+    } else if (k == "--creates") {
+      o.creates = std::max(1, std::atoi(v.c_str()));
+    } else if (k == "--idle") {
+      o.idle = std::max(1, std::atoi(v.c_str()));
+    } else if (k == "--json") {
+      o.json_path = v;
+    } else {
+      std::fprintf(stderr, "snapshot_bench: unknown flag %s\n", k.c_str());
+      return 2;
+    }
+  }
+  return moat::bench::Run(o);
+}
