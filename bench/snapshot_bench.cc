@@ -7,11 +7,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/agent.h"
 #include "common/fs.h"
@@ -29,7 +28,9 @@ struct Options {
   std::string json_path = "build/bench/snapshot.json";
 };
 
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double Ms(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 json Percentiles(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -144,7 +145,8 @@ int Run(const Options& o) {
       });
     }
     for (auto& t : clients) t.join();
-    out["creates_per_second_4_clients"] = done / std::chrono::duration<double>(Clock::now() - t0).count();
+    out["creates_per_second_4_clients"] =
+        done / std::chrono::duration<double>(Clock::now() - t0).count();
     out["create_failures_4_clients"] = failed.load();
   }
   {
@@ -153,8 +155,9 @@ int Run(const Options& o) {
     auto parent = Must(a->Create("base", {}), "create 512 MiB");
     auto g = Must(parent->Guest(), "guest");
     auto s = Must(g->Open({{"op", "exec"},
-                           {"cmd", "python3 -c 'import os,time; b=bytearray(os.urandom(1<<20))*128; "
-                                   "open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'"}}),
+                           {"cmd",
+                            "python3 -c 'import os,time; b=bytearray(os.urandom(1<<20))*128; "
+                            "open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'"}}),
                   "dirty");
     (void)Must(g->Run({.cmd = "while [ ! -e /tmp/ready ]; do sleep 0.1; done"},
                       Clock::now() + std::chrono::seconds(120)),

@@ -99,6 +99,19 @@ void RemoveLeftoverCgroup(const std::string& vm_name) {
   }
 }
 
+// Kills the VMM and removes the cgroup recorded in `dir`/state.json, if any.
+void ReleaseLeftoverVmm(const std::string& dir) {
+  auto text = ReadFile(dir + "/state.json");
+  if (!text.ok()) return;
+  auto state = ParseSandboxState(*text);
+  if (!state.ok()) {
+    LogWarn("agent.bad_state", {{"dir", dir}, {"error", state.status().ToString()}});
+    return;
+  }
+  KillLeftoverVmm(*state);
+  if (!state->vm_name.empty()) RemoveLeftoverCgroup(state->vm_name);
+}
+
 }  // namespace
 
 namespace {
@@ -136,6 +149,7 @@ void Agent::Recover() {
     for (const auto& build : ListDir(tmpls + "/" + tmpl)) {
       if (build.rfind(".bake-", 0) == 0) {
         std::string dir = tmpls + "/" + tmpl + "/" + build;
+        ReleaseLeftoverVmm(dir);
         (void)RemoveTree(dir);
         recovery_.removed_partial.push_back(dir);
       }
@@ -144,16 +158,7 @@ void Agent::Recover() {
   std::string root = env_.sandboxes_dir;
   for (const auto& name : ListDir(root)) {
     std::string dir = root + "/" + name;
-    auto text = ReadFile(dir + "/state.json");
-    if (text.ok()) {
-      auto state = ParseSandboxState(*text);
-      if (state.ok()) {
-        KillLeftoverVmm(*state);
-        if (!state->vm_name.empty()) RemoveLeftoverCgroup(state->vm_name);
-      } else {
-        LogWarn("agent.bad_state", {{"dir", dir}, {"error", state.status().ToString()}});
-      }
-    }
+    ReleaseLeftoverVmm(dir);
     Status s = RemoveTree(dir);
     if (!s.ok()) {
       LogError("agent.recover_cleanup_failed", {{"dir", dir}, {"error", s.ToString()}});

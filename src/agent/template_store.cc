@@ -7,6 +7,8 @@
 #include <ctime>
 
 #include "agent/disk.h"
+#include "agent/sandbox_id.h"
+#include "agent/sandbox_state.h"
 #include "agent/snapshot.h"
 #include "channel/guest_client.h"
 #include "common/cleanup.h"
@@ -135,6 +137,13 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   vmm::qemu::QemuDriver vm;
   Cleanup kill_vm([&] { vm.Kill(); });
   MOAT_RETURN_IF_ERROR(vm.Start(spec).Annotate("baking template " + t.name));
+  // If the agent dies during the bake, the next one finds this and kills the VMM (Recover).
+  SandboxState record{.id = std::string(kSandboxIdLength, '0'),
+                      .template_name = t.name,
+                      .vmm_pid = vm.pid(),
+                      .vm_name = spec.name};
+  if (auto st = ProcessStartTime(vm.pid()); st.ok()) record.vmm_start_time = *st;
+  MOAT_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/state.json", SerializeSandboxState(record), 0600));
   MOAT_ASSIGN_OR_RETURN(UniqueFd sock, ConnectUnix(spec.guest_socket_path, env_.ready_timeout));
   auto guest = channel::GuestClient::Connect(std::move(sock), env_.ready_timeout);
   if (!guest.ok()) {
@@ -150,7 +159,7 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   // Clones only read these; nobody writes the template again.
   ::chmod(f.state.c_str(), 0644);
   ::chmod(f.overlay.c_str(), 0644);
-  for (const char* leftover : {"/guest.sock", "/qmp.sock", "/jail"}) {
+  for (const char* leftover : {"/guest.sock", "/qmp.sock", "/jail", "/state.json"}) {
     (void)RemoveTree(tmp + leftover);
   }
   // The bake VM owned its directory; the finished template belongs to the agent again.

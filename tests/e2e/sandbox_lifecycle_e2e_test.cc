@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/sandbox_id.h"
 #include "common/fs.h"
 #include "support/agent_config.h"
 #include "support/test_util.h"
@@ -159,6 +160,59 @@ TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterOneThatDied) {
   EXPECT_FALSE(CgroupExists("moat-" + id));
   EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "the leftover VMM runs on";
   EXPECT_TRUE((*agent)->List().empty());
+}
+
+TEST_F(SandboxLifecycleTest, ABakeKilledHalfWayIsNeverUsedAndLeavesNothing) {
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+    if (!agent.ok()) ::_exit(1);
+    (void)(*agent)->Create("base", {});  // bakes first; killed before it finishes
+    ::_exit(0);
+  }
+  // The bake VM is up (its partial template directory exists) well before the bake completes.
+  std::string tmpls = dir_ + "/templates/base";
+  bool baking = WaitUntil(
+      [&] { return moat::test_support::CountProcessesMentioning(tmpls + "/.bake-") > 0; }, 20s);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ASSERT_TRUE(baking) << "the bake never started";
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  EXPECT_FALSE((*agent)->recovery().removed_partial.empty());
+  EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "the bake VMM runs on";
+  EXPECT_FALSE(CgroupExists("moat-bake-base"));
+  // The next create bakes afresh and works.
+  auto sb = (*agent)->Create("base", {});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  auto g = (*sb)->Guest();
+  ASSERT_TRUE(g.ok());
+  auto r = (*g)->Run({.argv = {"true"}}, std::chrono::steady_clock::now() + 30s);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->exit_code, 0);
+}
+
+TEST_F(SandboxLifecycleTest, HalfWrittenSnapshotsAreRemovedAndNeverResumed) {
+  {
+    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+    ASSERT_TRUE(agent.ok());
+  }
+  // What a kill during pause or fork leaves: a snapshot still under its temporary name, and
+  // one without a manifest.
+  std::string id = NewSandboxId();
+  ASSERT_TRUE(MakeDirs(dir_ + "/snapshots/" + id + ".tmp").ok());
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/snapshots/" + id + ".tmp/state", "partial").ok());
+  std::string other = NewSandboxId();
+  ASSERT_TRUE(MakeDirs(dir_ + "/snapshots/" + other).ok());
+  ASSERT_TRUE(MakeDirs(dir_ + "/snapshots/.fork-" + NewSandboxId()).ok());
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  EXPECT_EQ((*agent)->recovery().removed_partial.size(), 3u);
+  EXPECT_FALSE((*agent)->IsPaused(id));
+  EXPECT_FALSE((*agent)->IsPaused(other));
+  EXPECT_EQ((*agent)->Resume(other).status().code(), ErrorCode::kNotFound);
+  EXPECT_FALSE(PathExists(dir_ + "/snapshots/" + other));
 }
 
 }  // namespace
