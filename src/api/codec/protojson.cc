@@ -76,7 +76,7 @@ std::string Rfc3339(int64_t unix_ns) {
   }
   std::string s = Rfc3339Seconds(secs);
   if (frac == 0) return s;
-  char buf[16];
+  char buf[32];  // room for any int64 the compiler cannot rule out
   int digits = 9;
   int64_t f = frac;
   if (f % 1000000 == 0) {
