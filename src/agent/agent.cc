@@ -82,10 +82,25 @@ void KillLeftoverVmm(const SandboxState& s) {
   ::kill(s.vmm_pid, SIGKILL);
 }
 
+// Kills whatever still runs in the VM's cgroup (a VMM whose state.json was never written: the
+// agent died between spawn and record), then removes the cgroup.
 void RemoveLeftoverCgroup(const std::string& vm_name) {
   auto layout = vmm::DetectCgroupLayout();
   if (!layout.ok()) return;
   for (const auto& dir : vmm::CgroupDirsFor(*layout, "", vm_name)) {
+    if (!PathExists(dir)) continue;
+    for (int attempt = 0; attempt <= 100; ++attempt) {
+      auto procs = ReadFile(dir + "/cgroup.procs");
+      if (!procs.ok() || procs->empty()) break;
+      for (size_t pos = 0; pos < procs->size();) {
+        size_t end = procs->find('\n', pos);
+        if (end == std::string::npos) end = procs->size();
+        pid_t pid = static_cast<pid_t>(std::atol(procs->substr(pos, end - pos).c_str()));
+        if (pid > 0) ::kill(pid, SIGKILL);
+        pos = end + 1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     // The kernel may still count a just-killed member for a moment: rmdir fails with EBUSY.
     for (int attempt = 0; PathExists(dir) && ::rmdir(dir.c_str()) < 0; ++attempt) {
       if (errno != EBUSY || attempt == 100) {
@@ -99,17 +114,18 @@ void RemoveLeftoverCgroup(const std::string& vm_name) {
   }
 }
 
-// Kills the VMM and removes the cgroup recorded in `dir`/state.json, if any.
-void ReleaseLeftoverVmm(const std::string& dir) {
+// Kills the VMM recorded in `dir`/state.json, if any, and everything in the cgroup `vm_name`.
+void ReleaseLeftoverVmm(const std::string& dir, const std::string& vm_name) {
   auto text = ReadFile(dir + "/state.json");
-  if (!text.ok()) return;
-  auto state = ParseSandboxState(*text);
-  if (!state.ok()) {
-    LogWarn("agent.bad_state", {{"dir", dir}, {"error", state.status().ToString()}});
-    return;
+  if (text.ok()) {
+    auto state = ParseSandboxState(*text);
+    if (state.ok()) {
+      KillLeftoverVmm(*state);
+    } else {
+      LogWarn("agent.bad_state", {{"dir", dir}, {"error", state.status().ToString()}});
+    }
   }
-  KillLeftoverVmm(*state);
-  if (!state->vm_name.empty()) RemoveLeftoverCgroup(state->vm_name);
+  RemoveLeftoverCgroup(vm_name);
 }
 
 }  // namespace
@@ -149,7 +165,7 @@ void Agent::Recover() {
     for (const auto& build : ListDir(tmpls + "/" + tmpl)) {
       if (build.rfind(".bake-", 0) == 0) {
         std::string dir = tmpls + "/" + tmpl + "/" + build;
-        ReleaseLeftoverVmm(dir);
+        ReleaseLeftoverVmm(dir, "moat-bake-" + tmpl);
         (void)RemoveTree(dir);
         recovery_.removed_partial.push_back(dir);
       }
@@ -158,7 +174,7 @@ void Agent::Recover() {
   std::string root = env_.sandboxes_dir;
   for (const auto& name : ListDir(root)) {
     std::string dir = root + "/" + name;
-    ReleaseLeftoverVmm(dir);
+    ReleaseLeftoverVmm(dir, "moat-" + name);
     Status s = RemoveTree(dir);
     if (!s.ok()) {
       LogError("agent.recover_cleanup_failed", {{"dir", dir}, {"error", s.ToString()}});

@@ -174,6 +174,12 @@ Result<int> ChildProcess::Wait(std::optional<std::chrono::milliseconds> timeout)
     if (r == 0) return DeadlineExceeded("process " + std::to_string(pid_) + " still running");
   }
   if (!is_child_) {
+    // Not ours to reap: wait for the exit through the pidfd, the status stays unknown.
+    if (!timeout && pidfd_.valid()) {
+      pollfd p{pidfd_.get(), POLLIN, 0};
+      while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+      }
+    }
     status_ = -1;
     return *status_;
   }
