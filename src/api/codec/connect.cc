@@ -41,22 +41,8 @@ Result<std::vector<Envelope>> DecodeEnvelopes(std::string_view body, size_t max_
 }
 
 std::string_view ConnectCodeName(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::kOk: return "ok";
-    case ErrorCode::kInvalidArgument: return "invalid_argument";
-    case ErrorCode::kNotFound: return "not_found";
-    case ErrorCode::kAlreadyExists: return "already_exists";
-    case ErrorCode::kPermissionDenied: return "permission_denied";
-    case ErrorCode::kFailedPrecondition: return "failed_precondition";
-    case ErrorCode::kResourceExhausted: return "resource_exhausted";
-    case ErrorCode::kDeadlineExceeded: return "deadline_exceeded";
-    case ErrorCode::kUnavailable: return "unavailable";
-    case ErrorCode::kCancelled: return "canceled";  // Connect spells it the American way
-    case ErrorCode::kAborted: return "aborted";
-    case ErrorCode::kInternal: return "internal";
-    case ErrorCode::kUnauthenticated: return "unauthenticated";
-  }
-  return "unknown";
+  // Connect spells it the American way; every other name is moat's own (ErrorCodeName).
+  return code == ErrorCode::kCancelled ? "canceled" : ErrorCodeName(code);
 }
 
 int ConnectHttpStatus(ErrorCode code) {
