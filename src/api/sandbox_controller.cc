@@ -219,8 +219,10 @@ void SandboxController::ReapOnce() {
     }
     if (r.end_at_ms <= now) {
       why = "timeout";
-    } else if (r.state == "running" && !agent_.Get(r.id).ok()) {
-      why = "vmm exited";  // the agent's monitor already released the VM
+    } else if (r.state == "running" && !agent_.Get(r.id).ok() && !agent_.IsPaused(r.id)) {
+      // The agent's monitor already released the VM. (A sandbox that the agent has just
+      // paused, and whose record does not say so yet, is not gone: it must not be deleted.)
+      why = "vmm exited";
     }
     if (why == nullptr) continue;
     if (Status s = Release(r.id, why); !s.ok()) {

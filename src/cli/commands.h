@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace moat::cli {
 
@@ -11,5 +13,20 @@ using Runner = std::function<int()>;
 
 Runner AddVersion(CLI::App& app);
 Runner AddDoctor(CLI::App& app);
+// Over the public API (MOAT_API_URL, MOAT_API_KEY):
+Runner AddSandbox(CLI::App& app);  // sandbox create|list|info|kill|timeout|pause|resume|fork
+Runner AddExec(CLI::App& app);     // process.Process/Start, output streamed, exit code propagated
+Runner AddCp(CLI::App& app);       // envd GET/POST /files
+
+// A repeatable `--flag K=V` collected into `values`. It is a scalar option fired on each use,
+// not a vector option, because CLI11 ends a vector option's values at `--`, which `exec` needs
+// to keep as the start of the command.
+inline CLI::Option* AddRepeatedOption(CLI::App& cmd, const std::string& name,
+                                      std::vector<std::string>& values, const std::string& help) {
+  return cmd
+      .add_option_function<std::string>(
+          name, [&values](const std::string& v) { values.push_back(v); }, help)
+      ->trigger_on_parse();
+}
 
 }  // namespace moat::cli

@@ -1,5 +1,5 @@
-// moat: the command-line client. Subcommands over the public API (sandbox, exec, cp, ...) come
-// with the API server; `version` and `doctor` work on their own.
+// moat: the command-line client. `version` and `doctor` work on their own; `sandbox`, `exec` and
+// `cp` talk to moatd's public API at MOAT_API_URL with MOAT_API_KEY.
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
@@ -8,10 +8,11 @@ int main(int argc, char** argv) {
   CLI::App app{"moat: open, self-hosted microVM sandboxes"};
   app.require_subcommand(1);
   std::vector<std::pair<CLI::App*, moat::cli::Runner>> commands;
-  auto version = moat::cli::AddVersion(app);
-  commands.emplace_back(app.get_subcommands({}).back(), version);
-  auto doctor = moat::cli::AddDoctor(app);
-  commands.emplace_back(app.get_subcommands({}).back(), doctor);
+  for (auto add : {moat::cli::AddVersion, moat::cli::AddDoctor, moat::cli::AddSandbox,
+                   moat::cli::AddExec, moat::cli::AddCp}) {
+    auto run = add(app);
+    commands.emplace_back(app.get_subcommands({}).back(), run);
+  }
   CLI11_PARSE(app, argc, argv);
   for (auto& [sub, run] : commands) {
     if (sub->parsed()) return run();

@@ -60,3 +60,21 @@ done
 curl -fs "$url/healthz" >/dev/null || { echo "compat: moatd did not answer /healthz" >&2; exit 1; }
 
 E2B_API_KEY=$key E2B_API_URL=$url E2B_SANDBOX_URL=$url node --test --test-concurrency=1
+
+# The moat CLI against the same moatd: create, exec (output and exit code), cp both ways, kill.
+moat=$build/bin/moat
+[ -x "$moat" ] || { echo "compat: $moat not built" >&2; exit 1; }
+export MOAT_API_URL=$url MOAT_API_KEY=$key
+cli_fail() { echo "compat: moat CLI: $*" >&2; exit 1; }
+sbx=$("$moat" sandbox create --json --timeout 60 | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])')
+[ -n "$sbx" ] || cli_fail "create printed no sandboxID"
+out=$("$moat" exec "$sbx" -- echo hi) || cli_fail "exec echo hi exited $?"
+[ "$out" = hi ] || cli_fail "exec echo hi printed '$out'"
+rc=0; "$moat" exec "$sbx" -- sh -c 'exit 3' || rc=$?
+[ "$rc" = 3 ] || cli_fail "exec 'exit 3' exited $rc"
+head -c 70000 /dev/urandom >"$data/cli-in.bin"
+"$moat" cp "$data/cli-in.bin" "$sbx:/tmp/cli-in.bin" || cli_fail "cp in failed"
+"$moat" cp "$sbx:/tmp/cli-in.bin" "$data/cli-out.bin" || cli_fail "cp out failed"
+cmp -s "$data/cli-in.bin" "$data/cli-out.bin" || cli_fail "cp round trip changed the bytes"
+"$moat" sandbox kill "$sbx" >/dev/null || cli_fail "kill failed"
+echo "compat: moat CLI ok"

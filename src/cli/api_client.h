@@ -1,0 +1,54 @@
+// The CLI's view of moatd: where it is and with which key (MOAT_API_URL, MOAT_API_KEY), control
+// calls with `X-API-Key`, and the headers an envd call needs for one sandbox (E2B-WIRE §1).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli/http_client.h"
+#include "common/status.h"
+
+namespace moat::cli {
+
+using nlohmann::json;
+
+inline constexpr const char* kDefaultApiUrl = "http://127.0.0.1:3000";
+inline constexpr const char* kEnvdPort = "49983";
+
+struct ApiConfig {
+  BaseUrl base;
+  std::string api_key;
+};
+
+// MOAT_API_URL (default kDefaultApiUrl) and MOAT_API_KEY (may be empty: moatd then answers 401).
+Result<ApiConfig> ApiConfigFromEnv();
+
+// The error a non-2xx response stands for: the body's JSON `message` (control API, envd HTTP and
+// Connect unary errors all carry one), else "HTTP <status>"; the code follows the status.
+Status ResponseError(const HttpResponse& response);
+
+class ApiClient {
+ public:
+  explicit ApiClient(ApiConfig config) : config_(std::move(config)) {}
+
+  // A control route. `body` is sent as JSON unless null. Returns the parsed response body, or
+  // null for an empty one (204). `next_token`, if given, receives the X-Next-Token header.
+  Result<json> Control(const std::string& method, const std::string& target,
+                       const json& body = nullptr, std::string* next_token = nullptr);
+
+  // Routing headers for sandbox `id`'s envd, its access token (looked up with GET
+  // /sandboxes/{id}) and, when `user` is set, Basic auth naming that Linux user.
+  Result<std::vector<std::pair<std::string, std::string>>> EnvdHeaders(const std::string& id,
+                                                                       const std::string& user);
+
+  Result<HttpResponse> Send(const HttpRequest& request, const BodySink& sink = nullptr) {
+    return SendHttp(config_.base, request, sink);
+  }
+
+ private:
+  ApiConfig config_;
+};
+
+}  // namespace moat::cli

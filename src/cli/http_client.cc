@@ -1,0 +1,112 @@
+#include "cli/http_client.h"
+
+#include <array>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <limits>
+
+namespace moat::cli {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = boost::asio::ip::tcp;
+
+Status TransportError(const BaseUrl& base, std::string_view what, const beast::error_code& ec) {
+  return Unavailable(std::string(what) + " http://" + base.host + ":" + base.port + ": " +
+                     ec.message());
+}
+
+}  // namespace
+
+Result<BaseUrl> ParseBaseUrl(std::string_view url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.substr(0, kScheme.size()) != kScheme) {
+    return InvalidArgument("MOAT_API_URL must start with http:// (got \"" + std::string(url) +
+                           "\")");
+  }
+  std::string_view rest = url.substr(kScheme.size());
+  BaseUrl out;
+  size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  if (slash != std::string_view::npos) out.prefix = std::string(rest.substr(slash));
+  while (!out.prefix.empty() && out.prefix.back() == '/') out.prefix.pop_back();
+  size_t colon = authority.rfind(':');
+  if (colon != std::string_view::npos && authority.find(']', colon) == std::string_view::npos) {
+    out.host = std::string(authority.substr(0, colon));
+    out.port = std::string(authority.substr(colon + 1));
+  } else {
+    out.host = std::string(authority);
+    out.port = "80";
+  }
+  if (out.host.size() > 2 && out.host.front() == '[' && out.host.back() == ']') {
+    out.host = out.host.substr(1, out.host.size() - 2);
+  }
+  if (out.host.empty() || out.port.empty() ||
+      out.port.find_first_not_of("0123456789") != std::string::npos) {
+    return InvalidArgument("MOAT_API_URL has no valid host:port (got \"" + std::string(url) +
+                           "\")");
+  }
+  return out;
+}
+
+Result<HttpResponse> SendHttp(const BaseUrl& base, const HttpRequest& request,
+                              const BodySink& sink) {
+  boost::asio::io_context ioc;
+  tcp::resolver resolver(ioc);
+  beast::tcp_stream stream(ioc);
+  beast::error_code ec;
+  auto endpoints = resolver.resolve(base.host, base.port, ec);
+  if (ec) return TransportError(base, "resolving", ec);
+  stream.connect(endpoints, ec);
+  if (ec) return TransportError(base, "connecting to", ec);
+
+  bhttp::request<bhttp::string_body> req;
+  req.method_string(request.method);
+  req.target(base.prefix + request.target);
+  req.version(11);
+  req.set(bhttp::field::host, base.host + ":" + base.port);
+  req.set(bhttp::field::user_agent, "moat-cli/0.1.0");
+  req.set(bhttp::field::connection, "close");
+  for (const auto& [name, value] : request.headers) req.set(name, value);
+  req.body() = request.body;
+  req.prepare_payload();
+  bhttp::write(stream, req, ec);
+  if (ec) return TransportError(base, "sending to", ec);
+
+  beast::flat_buffer buffer;
+  bhttp::response_parser<bhttp::buffer_body> parser;
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+  bhttp::read_header(stream, buffer, parser, ec);
+  if (ec) return TransportError(base, "reading the response from", ec);
+
+  HttpResponse out;
+  out.status = static_cast<int>(parser.get().result_int());
+  out.content_type = std::string(parser.get()[bhttp::field::content_type]);
+  out.next_token = std::string(parser.get()["X-Next-Token"]);
+  const bool to_sink = sink && out.status >= 200 && out.status < 300;
+
+  // read_some (not read) so that each chunk reaches the sink as soon as it arrives: exec output
+  // must stream live, not wait for a full buffer.
+  std::array<char, 64 * 1024> chunk;
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk.data();
+    parser.get().body().size = chunk.size();
+    bhttp::read_some(stream, buffer, parser, ec);
+    if (ec == bhttp::error::need_buffer) ec = {};
+    if (ec) return TransportError(base, "reading the response from", ec);
+    size_t n = chunk.size() - parser.get().body().size;
+    if (n == 0) continue;
+    std::string_view data(chunk.data(), n);
+    if (to_sink) {
+      MOAT_RETURN_IF_ERROR(sink(data));
+    } else {
+      out.body.append(data);
+    }
+  }
+  stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+  return out;
+}
+
+}  // namespace moat::cli

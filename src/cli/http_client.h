@@ -1,0 +1,46 @@
+// A small synchronous HTTP/1.1 client for the CLI (Boost.Beast): one connection per request,
+// plain http:// only, chunked responses handled by Beast. A 2xx body can be streamed to a sink
+// as bytes arrive (exec output, downloads); other bodies are collected so the caller can read
+// the API's error message.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moat::cli {
+
+// "http://host[:port][/prefix]" split into its parts; port defaults to 80.
+struct BaseUrl {
+  std::string host;
+  std::string port;
+  std::string prefix;  // no trailing slash; "" for the root
+};
+Result<BaseUrl> ParseBaseUrl(std::string_view url);
+
+struct HttpRequest {
+  std::string method;  // "GET", "POST", "DELETE"
+  std::string target;  // path and query, appended to the base URL's prefix
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+struct HttpResponse {
+  int status = 0;
+  std::string content_type;
+  std::string next_token;  // X-Next-Token (list pagination), "" when absent
+  std::string body;        // empty when a 2xx body went to the sink
+};
+
+// Receives a 2xx body chunk by chunk; an error stops the transfer and is returned.
+using BodySink = std::function<Status(std::string_view chunk)>;
+
+// Sends `request` and reads the response. Transport failures are `unavailable` naming the URL.
+Result<HttpResponse> SendHttp(const BaseUrl& base, const HttpRequest& request,
+                              const BodySink& sink = nullptr);
+
+}  // namespace moat::cli
