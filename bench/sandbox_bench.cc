@@ -15,13 +15,13 @@
 #include <vector>
 
 #include "agent/agent.h"
+#include "bench_util.h"
 #include "common/child_process.h"
 #include "common/fs.h"
 
 namespace moat::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
 struct Options {
@@ -31,17 +31,6 @@ struct Options {
   int file_mib = 64;
   std::string json_path = "build/bench/sandbox.json";
 };
-
-double Ms(Clock::duration d) {
-  return std::chrono::duration<double, std::milli>(d).count();
-}
-
-json Percentiles(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
-  return {{"n", v.size()},   {"p50", at(0.50)},  {"p95", at(0.95)},
-          {"p99", at(0.99)}, {"min", v.front()}, {"max", v.back()}};
-}
 
 int Fail(const Status& s, const char* what) {
   std::fprintf(stderr, "sandbox_bench: %s: %s\n", what, s.ToString().c_str());

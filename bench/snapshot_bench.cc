@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "agent/agent.h"
+#include "bench_util.h"
 #include "common/fs.h"
 
 namespace moat::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
 struct Options {
@@ -27,16 +27,6 @@ struct Options {
   int idle = 50;
   std::string json_path = "build/bench/snapshot.json";
 };
-
-double Ms(Clock::duration d) {
-  return std::chrono::duration<double, std::milli>(d).count();
-}
-
-json Percentiles(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
-  return {{"n", v.size()}, {"p50", at(0.50)}, {"p95", at(0.95)}, {"p99", at(0.99)}};
-}
 
 [[noreturn]] void Die(const Status& s, const char* what) {
   std::fprintf(stderr, "snapshot_bench: %s: %s\n", what, s.ToString().c_str());
