@@ -3,15 +3,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 namespace moat::bench {
 
 using Clock = std::chrono::steady_clock;
 
-inline double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+inline double Ms(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 // {"n", "p50", "p95", "p99", "min", "max"} of `v` (not empty).
 inline nlohmann::json Percentiles(std::vector<double> v) {
