@@ -61,22 +61,12 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   MOAT_RETURN_IF_ERROR(MakeDirs(p.jail_root, 0755));
   MOAT_RETURN_IF_ERROR(CreateOverlay(tmpl.rootfs_path, p.disk));
 
-  vmm::VmSpec spec;
-  spec.name = "moat-" + id;
-  spec.vcpus = tmpl.vcpus;
-  spec.memory_mib = tmpl.memory_mib;
-  spec.accel = env.accel;
+  vmm::VmSpec spec = sb->BaseSpec(tmpl.vcpus, tmpl.memory_mib, tmpl.rootfs_path);
   spec.boot_mode = vmm::BootMode::kColdBoot;
   spec.kernel_path = tmpl.kernel_path;
-  spec.rootfs = {.path = tmpl.rootfs_path, .read_only = false, .overlay_path = p.disk};
   // A private mapping of an empty file: guest RAM is anonymous copy-on-write memory, never
   // written back to the data dir. (A template bake uses a shared mapping instead.)
   spec.memory_path = p.memory;
-  spec.memory_shared = false;
-  spec.console_log_path = p.console_log;
-  spec.vmm_log_path = p.vmm_log;
-  spec.guest_socket_path = p.guest_socket;
-  spec.qmp_socket_path = p.qmp_socket;
   MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, /*gid=*/0));
   sb->origin_ = {.kind = "template",
                  .name = tmpl.name,
@@ -94,6 +84,22 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
                              {"vmm_pid", sb->vmm_->pid()},
                              {"ready_ms", static_cast<long>(sb->boot_time_.count())}});
   return sb;
+}
+
+vmm::VmSpec Sandbox::BaseSpec(unsigned vcpus, uint64_t memory_mib,
+                              const std::string& base_disk) const {
+  vmm::VmSpec spec;
+  spec.name = "moat-" + id_;
+  spec.vcpus = vcpus;
+  spec.memory_mib = memory_mib;
+  spec.accel = env_.accel;
+  spec.rootfs = {.path = base_disk, .read_only = false, .overlay_path = paths_.disk};
+  spec.memory_shared = false;
+  spec.console_log_path = paths_.console_log;
+  spec.vmm_log_path = paths_.vmm_log;
+  spec.guest_socket_path = paths_.guest_socket;
+  spec.qmp_socket_path = paths_.qmp_socket;
+  return spec;
 }
 
 Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid) {
@@ -150,19 +156,9 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
   sb->owns_dir_ = true;
   MOAT_RETURN_IF_ERROR(CopyFile(f.overlay, p.disk));
 
-  vmm::VmSpec spec;
-  spec.name = "moat-" + id;
-  spec.vcpus = snap.vcpus;
-  spec.memory_mib = snap.memory_mib;
-  spec.accel = env.accel;
+  vmm::VmSpec spec = sb->BaseSpec(snap.vcpus, snap.memory_mib, snap.base_disk);
   spec.boot_mode = vmm::BootMode::kRestore;
-  spec.rootfs = {.path = snap.base_disk, .read_only = false, .overlay_path = p.disk};
   spec.device_state_path = f.state;
-  spec.memory_shared = false;
-  spec.console_log_path = p.console_log;
-  spec.vmm_log_path = p.vmm_log;
-  spec.guest_socket_path = p.guest_socket;
-  spec.qmp_socket_path = p.qmp_socket;
   gid_t gid = 0;
   if (snap.kind == "template") {
     // Copy-on-write over the template's RAM: clean pages stay shared by every clone.

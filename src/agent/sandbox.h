@@ -108,6 +108,9 @@ class Sandbox {
   Sandbox(const SandboxEnv& env, std::string id, std::string template_name);
   Status ConnectGuest(std::chrono::milliseconds timeout);
   Status SendIdentity(const GuestIdentity& identity);
+  // The spec every sandbox VM shares: its name, resources, sockets and logs in its directory,
+  // private memory, and its own overlay over `base_disk`.
+  vmm::VmSpec BaseSpec(unsigned vcpus, uint64_t memory_mib, const std::string& base_disk) const;
   Status StartVmm(vmm::VmSpec spec, gid_t gid);
 
   SandboxEnv env_;
