@@ -45,14 +45,26 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   if (c.jail) {
     agent->jail_ids_ = std::make_unique<vmm::JailIdAllocator>(c.jail_id_first, c.jail_id_count);
   }
-  agent->env_ = {.sandboxes_dir = c.data_dir + "/sandboxes",
-                 .accel = c.accel,
-                 .jail_ids = agent->jail_ids_.get(),
-                 .ready_timeout = c.ready_timeout};
-  agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
+  if (c.network) {
+    // The host table now; slots an earlier agent left are released after Recover() has killed
+    // the VMMs that held their taps.
+    MOAT_ASSIGN_OR_RETURN(agent->host_net_, net::HostNetwork::Create(*c.network));
+  }
   MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/snapshots", 0711));
   MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/templates", 0711));
   agent->Recover();
+  if (agent->host_net_) {
+    auto released = agent->host_net_->CleanupLeftovers();
+    if (!released.ok()) return released.status().Annotate("releasing leftover network slots");
+    if (*released > 0) LogInfo("agent.released_leftover_slots", {{"count", *released}});
+    agent->slot_pool_ = std::make_unique<net::SlotPool>(*agent->host_net_, c.ready_slots);
+  }
+  agent->env_ = {.sandboxes_dir = c.data_dir + "/sandboxes",
+                 .accel = c.accel,
+                 .jail_ids = agent->jail_ids_.get(),
+                 .ready_timeout = c.ready_timeout,
+                 .slots = agent->slot_pool_.get()};
+  agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
   agent->monitor_ = std::thread([a = agent.get()] { a->MonitorLoop(); });
   return agent;
 }
@@ -196,16 +208,18 @@ void Agent::Track(const std::shared_ptr<Sandbox>& sb) {
 
 Result<std::shared_ptr<Sandbox>> Agent::Restore(const std::string& snapshot_dir,
                                                 const SnapshotManifest& m, const std::string& id,
-                                                const GuestIdentity& identity) {
+                                                const GuestIdentity& identity,
+                                                const std::optional<net::EgressPolicy>& egress) {
   MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb,
-                        Sandbox::Restore(env_, snapshot_dir, m, id, identity));
+                        Sandbox::Restore(env_, snapshot_dir, m, id, identity, egress));
   std::shared_ptr<Sandbox> shared = std::move(sb);
   Track(shared);
   return shared;
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
-                                               const GuestIdentity& identity) {
+                                               const GuestIdentity& identity,
+                                               const net::EgressPolicy& egress) {
   std::string dir;
   if (template_name == config_.base.name) {
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(config_.base));
@@ -218,7 +232,12 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
     }
   }
   MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
-  return Restore(dir, m, NewSandboxId(), identity);
+  return Restore(dir, m, NewSandboxId(), identity, egress);
+}
+
+Status Agent::SetEgress(const std::string& id, const net::EgressPolicy& egress) {
+  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
+  return sb->SetEgress(egress);
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::CreateColdBoot(const GuestIdentity& identity) {
@@ -250,7 +269,8 @@ Result<std::shared_ptr<Sandbox>> Agent::Resume(const std::string& id) {
   if (!m.ok() || m->kind != "paused") return NotFound("sandbox \"" + id + "\" not found");
   // The paused snapshot is removed only once the sandbox runs again: a failed resume loses
   // nothing.
-  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Restore(dir, *m, id, {}));
+  // Its recorded egress policy comes back with it.
+  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Restore(dir, *m, id, {}, std::nullopt));
   Status removed = RemoveTree(dir);
   if (!removed.ok()) LogWarn("agent.paused_cleanup_failed", {{"error", removed.ToString()}});
   return sb;
@@ -282,7 +302,8 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id,
   MOAT_ASSIGN_OR_RETURN(m, ReadManifest(dir));
   std::vector<std::shared_ptr<Sandbox>> children;
   for (int i = 0; i < count; ++i) {
-    auto child = Restore(dir, m, NewSandboxId(), parent->identity());
+    // Each child on a slot of its own, with the parent's policy (recorded in the snapshot).
+    auto child = Restore(dir, m, NewSandboxId(), parent->identity(), std::nullopt);
     if (!child.ok()) {
       for (auto& c : children) (void)Kill(c->id());
       return child.status().Annotate("fork of " + id);

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +19,8 @@
 #include "agent/snapshot.h"
 #include "agent/template_store.h"
 #include "common/status.h"
+#include "net/network_slot.h"
+#include "net/slot_pool.h"
 #include "vmm/jail.h"
 #include "vmm/vmm_driver.h"
 
@@ -32,6 +35,10 @@ struct AgentConfig {
   uint32_t jail_id_count = 65536;
   std::chrono::milliseconds ready_timeout{60000};
   std::chrono::milliseconds monitor_interval{250};
+  // Networking (src/net/, DESIGN §6): every sandbox on a slot of its own. Absent: sandboxes
+  // have no NIC at all.
+  std::optional<net::NetConfig> network;
+  size_t ready_slots = 4;  // the ready-slot pool's target
 };
 
 struct RecoveryReport {
@@ -50,10 +57,17 @@ class Agent {
 
   // A new sandbox restored from `template_name`: the base template (baked on first use) or the
   // id of a named snapshot. Never a cold boot once the template is baked.
+  // `egress` is its network policy (ignored without networking).
   Result<std::shared_ptr<Sandbox>> Create(const std::string& template_name,
-                                          const GuestIdentity& identity);
+                                          const GuestIdentity& identity,
+                                          const net::EgressPolicy& egress = {});
   // A cold boot of the base template, for reference benchmarks and tests.
   Result<std::shared_ptr<Sandbox>> CreateColdBoot(const GuestIdentity& identity);
+  // Replaces a running sandbox's egress policy (PUT /sandboxes/{id}/network).
+  Status SetEgress(const std::string& id, const net::EgressPolicy& egress);
+  bool networking() const { return slot_pool_ != nullptr; }
+  // The ready-slot pool, null without networking (benchmarks wait for it to fill).
+  net::SlotPool* slot_pool() { return slot_pool_.get(); }
 
   // Pause persists RAM, device state and disk under DATA_DIR/snapshots/<id>/ and frees the VM;
   // the sandbox keeps its id. Resume restores it (same id, same identity).
@@ -85,11 +99,15 @@ class Agent {
   std::string SnapshotDir(const std::string& id) const;
   Result<std::shared_ptr<Sandbox>> Restore(const std::string& snapshot_dir,
                                            const SnapshotManifest& m, const std::string& id,
-                                           const GuestIdentity& identity);
+                                           const GuestIdentity& identity,
+                                           const std::optional<net::EgressPolicy>& egress);
   void Track(const std::shared_ptr<Sandbox>& sb);
   void MonitorLoop();
 
   AgentConfig config_;
+  // Declared before everything that holds slots: destroyed after them.
+  std::unique_ptr<net::HostNetwork> host_net_;
+  std::unique_ptr<net::SlotPool> slot_pool_;
   std::unique_ptr<vmm::JailIdAllocator> jail_ids_;
   SandboxEnv env_;
   std::unique_ptr<TemplateStore> templates_;

@@ -47,8 +47,8 @@ pid_t Sandbox::vmm_pid() const {
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
-                                               const std::string& id,
-                                               const GuestIdentity& identity) {
+                                               const std::string& id, const GuestIdentity& identity,
+                                               const net::EgressPolicy& egress) {
   auto start = Clock::now();
   std::unique_ptr<Sandbox> sb(new Sandbox(env, id, tmpl.name));
   sb->identity_ = identity;
@@ -67,6 +67,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   // A private mapping of an empty file: guest RAM is anonymous copy-on-write memory, never
   // written back to the data dir. (A template bake uses a shared mapping instead.)
   spec.memory_path = p.memory;
+  if (env.slots != nullptr) MOAT_RETURN_IF_ERROR(sb->AttachSlot(spec, egress));
   MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, /*gid=*/0));
   sb->origin_ = {.kind = "template",
                  .name = tmpl.name,
@@ -74,9 +75,11 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
                  .vcpus = tmpl.vcpus,
                  .memory_mib = tmpl.memory_mib,
                  .accel = std::string(vmm::AccelName(env.accel)),
-                 .base_disk = tmpl.rootfs_path};
+                 .base_disk = tmpl.rootfs_path,
+                 .network = spec.net.has_value()};
   MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
+  MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   LogInfo("sandbox.booted", {{"sandbox", id},
                              {"template", tmpl.name},
@@ -139,12 +142,23 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
                                                   const std::string& snapshot_dir,
                                                   const SnapshotManifest& snap,
                                                   const std::string& id,
-                                                  const GuestIdentity& identity) {
+                                                  const GuestIdentity& identity,
+                                                  const std::optional<net::EgressPolicy>& egress) {
   auto start = Clock::now();
   if (snap.accel != vmm::AccelName(env.accel)) {
     return FailedPrecondition("snapshot " + snap.name + " was made under " + snap.accel +
                               " and cannot be restored under " +
                               std::string(vmm::AccelName(env.accel)));
+  }
+  if (snap.network && env.slots == nullptr) {
+    return FailedPrecondition("snapshot " + snap.name +
+                              " has a network device but this agent runs without networking");
+  }
+  net::EgressPolicy policy;
+  if (egress) {
+    policy = *egress;
+  } else if (!snap.egress.is_null()) {
+    MOAT_ASSIGN_OR_RETURN(policy, net::EgressPolicy::FromJson(snap.egress));
   }
   std::unique_ptr<Sandbox> sb(new Sandbox(env, id, snap.source));
   const SandboxPaths& p = sb->paths_;
@@ -173,12 +187,15 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
       return ErrnoError("creating " + p.memory);
     }
   }
+  if (snap.network) MOAT_RETURN_IF_ERROR(sb->AttachSlot(spec, policy));
   MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, gid));
   MOAT_RETURN_IF_ERROR(sb->vmm_->Resume().Annotate("resuming restored sandbox " + id));
   sb->origin_ = snap;
+  sb->origin_.egress = nullptr;
   sb->identity_ = identity;
   MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
+  MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   LogInfo(
       "sandbox.restored",
@@ -213,11 +230,50 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.accel = origin_.accel;
   m.base_disk = origin_.base_disk;
   m.source = origin_.source;
+  m.network = origin_.network;
+  m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
   remove_tmp.Cancel();
   return Status::Ok();
+}
+
+Status Sandbox::AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress) {
+  MOAT_ASSIGN_OR_RETURN(slot_, env_.slots->Acquire());
+  // Ready slots carry the default policy; replacing it costs an nft run, so only when needed.
+  if (!(egress == net::EgressPolicy{})) {
+    MOAT_RETURN_IF_ERROR(slot_->ApplyPolicy(egress).Annotate("egress policy of sandbox " + id_));
+  }
+  spec.net = vmm::NetDeviceSpec{.tap_fd = slot_->tap_fd(), .mac = net::NetworkSlot::guest_mac()};
+  return Status::Ok();
+}
+
+Status Sandbox::ConfigureGuestNetwork() {
+  if (!slot_) return Status::Ok();
+  auto r = guest_->Call(slot_->GuestConfigJson(), Clock::now() + std::chrono::seconds(10));
+  return r.status().Annotate("configuring the network of sandbox " + id_);
+}
+
+Result<net::Ipv4Address> Sandbox::NetworkAddress() {
+  std::lock_guard lock(mu_);
+  if (killed_) return NotFound("sandbox " + id_ + " was killed");
+  if (!slot_) return FailedPrecondition("sandbox " + id_ + " has no network");
+  return slot_->slot_address();
+}
+
+Result<net::EgressPolicy> Sandbox::Egress() {
+  std::lock_guard lock(mu_);
+  if (killed_) return NotFound("sandbox " + id_ + " was killed");
+  if (!slot_) return FailedPrecondition("sandbox " + id_ + " has no network");
+  return slot_->policy();
+}
+
+Status Sandbox::SetEgress(const net::EgressPolicy& policy) {
+  std::lock_guard lock(mu_);
+  if (killed_) return NotFound("sandbox " + id_ + " was killed");
+  if (!slot_) return FailedPrecondition("sandbox " + id_ + " has no network");
+  return slot_->ApplyPolicy(policy);
 }
 
 Status Sandbox::ConnectGuest(std::chrono::milliseconds timeout) {
@@ -319,6 +375,14 @@ void Sandbox::Kill() {
   if (vmm_) {
     vmm_->Kill();  // the process, its cgroup and its jail directory
     vmm_.reset();
+  }
+  if (slot_) {
+    // Only now: a VMM still holding the tap would keep the namespace alive.
+    Status released = slot_->Release();
+    if (!released.ok()) {
+      LogError("sandbox.slot_release_failed", {{"sandbox", id_}, {"error", released.ToString()}});
+    }
+    slot_.reset();
   }
   Status s = owns_dir_ ? RemoveTree(paths_.dir) : Status::Ok();
   if (!s.ok()) LogError("sandbox.cleanup_failed", {{"sandbox", id_}, {"error", s.ToString()}});

@@ -7,11 +7,15 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "agent/snapshot.h"
 #include "channel/guest_client.h"
 #include "common/status.h"
+#include "net/egress_policy.h"
+#include "net/network_slot.h"
+#include "net/slot_pool.h"
 #include "vmm/jail.h"
 #include "vmm/vmm_driver.h"
 
@@ -32,6 +36,9 @@ struct SandboxEnv {
   vmm::Accel accel = vmm::Accel::kTcg;
   vmm::JailIdAllocator* jail_ids = nullptr;  // null: VMMs run unjailed (tests of the jail only)
   std::chrono::milliseconds ready_timeout{60000};
+  // Network slots (src/net/): null means sandboxes have no NIC. With them, every VM gets a NIC
+  // on its own slot, and templates are baked with one (the device state includes it).
+  net::SlotPool* slots = nullptr;
 };
 
 // The guest's identity, (re)sent after every boot and every restore.
@@ -62,18 +69,18 @@ class Sandbox {
   // Cold-boots a new sandbox from `tmpl` and waits until moat-guest answers, then sends the
   // identity. On failure everything created so far is released.
   static Result<std::unique_ptr<Sandbox>> Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
-                                               const std::string& id,
-                                               const GuestIdentity& identity);
+                                               const std::string& id, const GuestIdentity& identity,
+                                               const net::EgressPolicy& egress = {});
 
   // Creates a sandbox by restoring a snapshot (a template's, a paused sandbox's or a named one):
   // no cold boot. Memory is mapped copy-on-write from the template, or loaded into fresh private
   // memory from a full snapshot; the disk is a copy of the snapshot's overlay over its base.
-  // Then the guest gets its identity (clock, entropy, env, user, workdir).
-  static Result<std::unique_ptr<Sandbox>> Restore(const SandboxEnv& env,
-                                                  const std::string& snapshot_dir,
-                                                  const SnapshotManifest& snapshot,
-                                                  const std::string& id,
-                                                  const GuestIdentity& identity);
+  // Then the guest gets its identity (clock, entropy, env, user, workdir) and, with a NIC, its
+  // network on a slot of its own with `egress` (absent: the policy the snapshot recorded).
+  static Result<std::unique_ptr<Sandbox>> Restore(
+      const SandboxEnv& env, const std::string& snapshot_dir, const SnapshotManifest& snapshot,
+      const std::string& id, const GuestIdentity& identity,
+      const std::optional<net::EgressPolicy>& egress = std::nullopt);
 
   // Writes a full snapshot (RAM, device state, disk) into `dir`, which must not exist yet; the
   // VM is paused meanwhile. With `keep_running` it continues afterwards (named snapshots, fork),
@@ -99,6 +106,11 @@ class Sandbox {
   // Has the VMM process exited (crashed, or killed from outside)?
   bool VmmExited();
   Result<SandboxUsage> Usage();
+  // Networking: the address moatd's port proxy connects to (a port P inside the guest is
+  // address:P), and the egress policy. FailedPrecondition for a sandbox without a NIC.
+  Result<net::Ipv4Address> NetworkAddress();
+  Result<net::EgressPolicy> Egress();
+  Status SetEgress(const net::EgressPolicy& policy);
   // The last lines the VMM and the guest console wrote: why a VMM died, for the log.
   std::string DiagnosticTail() const;
   // Stops the VM and releases everything; idempotent.
@@ -108,6 +120,10 @@ class Sandbox {
   Sandbox(const SandboxEnv& env, std::string id, std::string template_name);
   Status ConnectGuest(std::chrono::milliseconds timeout);
   Status SendIdentity(const GuestIdentity& identity);
+  // Takes a slot (from the ready pool) with `egress` and adds its NIC to `spec`.
+  Status AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress);
+  // Sends the slot's `network` op: after every boot, restore and fork.
+  Status ConfigureGuestNetwork();
   // The spec every sandbox VM shares: its name, resources, sockets and logs in its directory,
   // private memory, and its own overlay over `base_disk`.
   vmm::VmSpec BaseSpec(unsigned vcpus, uint64_t memory_mib, const std::string& base_disk) const;
@@ -123,6 +139,7 @@ class Sandbox {
   GuestIdentity identity_;
   std::mutex mu_;
   std::unique_ptr<vmm::VmmDriver> vmm_;
+  std::unique_ptr<net::NetworkSlot> slot_;  // released after the VMM has exited
   std::shared_ptr<channel::GuestClient> guest_;
   bool killed_ = false;
   bool owns_dir_ = false;  // set once Boot created the directory: only then does Kill remove it

@@ -24,7 +24,9 @@ std::string SerializeManifest(const SnapshotManifest& m) {
             {"accel", m.accel},
             {"baseDisk", m.base_disk},
             {"createdUnixMs", m.created_unix_ms},
-            {"sandboxId", m.sandbox_id}};
+            {"sandboxId", m.sandbox_id},
+            {"network", m.network},
+            {"egress", m.egress}};
   return j.dump(2) + "\n";
 }
 
@@ -57,6 +59,17 @@ Result<SnapshotManifest> ParseManifest(const std::string& text) {
   if (vcpus < 1 || vcpus > 64 || mem < 64) return InvalidArgument("manifest: bad resources");
   if (m.kind != "template" && m.kind != "paused" && m.kind != "named") {
     return InvalidArgument("manifest: unknown kind \"" + m.kind + "\"");
+  }
+  // Absent in manifests written before sandboxes had networking: no NIC.
+  if (j.contains("network")) {
+    if (!j["network"].is_boolean()) return InvalidArgument("manifest: \"network\" must be a bool");
+    m.network = j["network"].get<bool>();
+  }
+  if (j.contains("egress")) {
+    if (!j["egress"].is_null() && !j["egress"].is_object()) {
+      return InvalidArgument("manifest: \"egress\" must be an object or null");
+    }
+    m.egress = j["egress"];
   }
   m.vcpus = static_cast<unsigned>(vcpus);
   m.memory_mib = static_cast<uint64_t>(mem);

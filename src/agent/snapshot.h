@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/status.h"
@@ -26,6 +27,12 @@ struct SnapshotManifest {
   int64_t created_unix_ms = 0;
   // Paused sandboxes: what the sandbox had, so that resume gives it back.
   std::string sandbox_id;
+  // Does the VM have a NIC? The device state holds it: a snapshot with one restores only
+  // with a network slot, one without only without.
+  bool network = false;
+  // The egress policy in force when a sandbox was paused or snapshotted (src/net/
+  // egress_policy.h ToJson); null: the default. A resumed sandbox gets it back, a fork inherits it.
+  nlohmann::json egress = nullptr;
 };
 
 // Files inside a snapshot directory.

@@ -56,7 +56,8 @@ Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
                    std::to_string(t.vcpus) + "|" + std::to_string(t.memory_mib) + "|" +
                    std::string(vmm::AccelName(env_.accel)) + "|" +
                    ArtifactKey("/usr/bin/qemu-system-x86_64", "") + "|" +
-                   vmm::qemu::kBaseKernelCmdline + "|moat-snapshot-v1";
+                   vmm::qemu::kBaseKernelCmdline + "|moat-snapshot-v1" +
+                   (env_.slots != nullptr ? "|nic" : "");
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(Fnv(in)));
   return std::string(hex);
@@ -119,6 +120,16 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   spec.vmm_log_path = tmp + "/vmm.log";
   spec.guest_socket_path = tmp + "/guest.sock";
   spec.qmp_socket_path = tmp + "/qmp.sock";
+  // With networking, the template has the NIC every clone will have (the device state holds
+  // it). The bake's slot only lends the VM a tap: it is released once the VM is gone.
+  std::unique_ptr<net::NetworkSlot> slot;
+  Cleanup release_slot([&] {
+    if (slot) (void)slot->Release();
+  });
+  if (env_.slots != nullptr) {
+    MOAT_ASSIGN_OR_RETURN(slot, env_.slots->Acquire());
+    spec.net = vmm::NetDeviceSpec{.tap_fd = slot->tap_fd(), .mac = net::NetworkSlot::guest_mac()};
+  }
   uint32_t uid = 0;
   Cleanup release_uid([&] {
     if (uid != 0 && env_.jail_ids != nullptr) env_.jail_ids->Release(uid);
@@ -173,7 +184,8 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
                      .memory_mib = t.memory_mib,
                      .accel = std::string(vmm::AccelName(env_.accel)),
                      .base_disk = build_dir + "/disk.raw",
-                     .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000};
+                     .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000,
+                     .network = spec.net.has_value()};
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), build_dir.c_str()) < 0) {
     return ErrnoError("rename(" + tmp + ", " + build_dir + ")");

@@ -23,6 +23,7 @@
 #include "net/net_tools.h"
 #include "net/network_slot.h"
 #include "net/nft_ruleset.h"
+#include "support/test_internet.h"
 #include "support/test_util.h"
 #include "vmm/qemu/qemu_driver.h"
 
@@ -34,42 +35,13 @@ using nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-const std::string kInternet = "http://198.51.100.1:8000/";
-const std::string kInternet2 = "http://203.0.113.1:8000/";
-const std::string kControlPlane = "http://198.51.100.1:3000/";
-const std::string kMetadata = "http://169.254.169.254/";
-constexpr char kHostTestAddress[] = "198.51.100.254";  // the host's end of the internet link
-
-const std::string kDns = "dns:169.254.0.22";  // the resolver the slot provides
-
-// Fetches each URL once with a 3 s timeout; "dns:<ip>" sends one UDP datagram to port 53 and
-// waits 3 s for the answer. Prints {"target": "ok:<body>" | "err:<reason>"}.
-constexpr char kProbe[] = R"(import json, socket, sys, urllib.request
-out = {}
-for u in sys.argv[1:]:
-    try:
-        if u.startswith("dns:"):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(3)
-            s.connect((u[4:], 53))
-            s.send(b"query")
-            out[u] = "ok:" + s.recv(64).decode(errors="replace")
-            continue
-        with urllib.request.urlopen(u, timeout=3) as r:
-            out[u] = "ok:" + r.read(64).decode(errors="replace").strip()
-    except Exception as e:
-        out[u] = "err:" + str(getattr(e, "reason", e))
-print(json.dumps(out))
-)";
-
-// A stand-in resolver in the internet namespace: answers every datagram on port 53.
-constexpr char kUdpEcho[] = R"(import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("198.51.100.1", 53))
-while True:
-    d, a = s.recvfrom(512)
-    s.sendto(b"answer:" + d, a)
-)";
+using test_support::Denied;
+using test_support::TestInternet;
+const std::string kInternet = TestInternet::kInternet;
+const std::string kInternet2 = TestInternet::kInternet2;
+const std::string kControlPlane = TestInternet::kControlPlane;
+const std::string kMetadata = TestInternet::kMetadata;
+const std::string kDns = TestInternet::kDnsProbe;
 
 Result<std::string> Sh(const std::string& cmd) {
   return RunTool({"sh", "-c", cmd}, {}, -1, seconds(20));
@@ -77,12 +49,6 @@ Result<std::string> Sh(const std::string& cmd) {
 
 std::string OrEmpty(const Result<std::string>& r) {
   return r.ok() ? r.value() : "";
-}
-
-bool Denied(const std::string& result) {
-  // A reject (ICMP admin-prohibited) reads as EHOSTUNREACH; a timeout would mean the packet
-  // went somewhere (and the guard dropped it).
-  return result.rfind("err:", 0) == 0 && result.find("No route to host") != std::string::npos;
 }
 
 // One VM with its slot, directory and guest channel.
@@ -108,74 +74,25 @@ class NetE2e : public ::testing::Test {
     base_ = *base;
     ::chmod(base_.c_str(), 0755);
     tag_ = std::to_string(::getpid());
-    inet_ns_ = "moat-test-inet-" + tag_;
-    inet_link_ = "moatin" + std::to_string(::getpid() % 10000000) + "h";
-
     config_.pool = *Ipv4Cidr::Parse("10.223." + std::to_string(::getpid() % 250) + ".0/24");
     config_.state_dir = base_ + "/slots";
-    config_.dns_servers = {*Ipv4Address::Parse("198.51.100.1")};
+    config_.dns_servers = {*Ipv4Address::Parse(TestInternet::kResolver)};
     auto host = HostNetwork::Create(config_);
     ASSERT_TRUE(host.ok()) << host.status().ToString();
     host_ = std::move(*host).release();
-
-    // The test's safety net: whatever the code under test lets out of a slot of this pool
-    // goes only to the test's internet ranges or other slots.
-    std::string guard = "table ip moat_test_guard_" + tag_ +
-                        " {\n chain forward {\n  type filter hook forward priority -300; policy "
-                        "accept;\n  iifgroup " +
-                        std::to_string(config_.link_group) + " ip saddr " +
-                        config_.pool.ToString() +
-                        " ip daddr != { 198.51.100.0/24, 203.0.113.0/24, " +
-                        config_.pool.ToString() + " } drop\n }\n}\n";
-    ASSERT_TRUE(RunTool({"nft", "-f", "-"}, guard).ok());
-
-    // The internet: a namespace behind a veth, two addresses, HTTP on 8000 and on 3000 (a
-    // "control plane" port), and a host-side address with its own HTTP server.
-    std::string setup = "ip netns add " + inet_ns_ + " && ip link add " + inet_link_ +
-                        " type veth peer name eth0 netns " + inet_ns_ + " && ip addr add " +
-                        kHostTestAddress + "/24 dev " + inet_link_ + " && ip link set " +
-                        inet_link_ + " up && echo 1 > /proc/sys/net/ipv4/conf/" + inet_link_ +
-                        "/forwarding && ip route add 203.0.113.0/24 via 198.51.100.1 dev " +
-                        inet_link_ + " && ip -n " + inet_ns_ + " link set lo up && ip -n " +
-                        inet_ns_ + " addr add 198.51.100.1/24 dev eth0 && ip -n " + inet_ns_ +
-                        " addr add 203.0.113.1/24 dev eth0 && ip -n " + inet_ns_ +
-                        " link set eth0 up && mkdir -p " + base_ + "/www " + base_ +
-                        "/hostwww && echo internet > " + base_ + "/www/index.html && echo host > " +
-                        base_ + "/hostwww/index.html";
-    auto r = Sh(setup);
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    servers_ = new std::vector<ChildProcess>;
-    auto serve = [](std::vector<std::string> argv) {
-      SpawnOptions o;
-      o.argv = std::move(argv);
-      auto c = ChildProcess::Spawn(o);
-      ASSERT_TRUE(c.ok()) << c.status().ToString();
-      servers_->push_back(std::move(*c));
-    };
-    for (const char* port : {"8000", "3000"}) {
-      serve({"ip", "netns", "exec", inet_ns_, "python3", "-m", "http.server", port, "--bind",
-             "0.0.0.0", "--directory", base_ + "/www"});
-    }
-    serve({"ip", "netns", "exec", inet_ns_, "python3", "-c", kUdpEcho});
-    serve({"python3", "-m", "http.server", "8001", "--bind", kHostTestAddress, "--directory",
-           base_ + "/hostwww"});
+    auto inet = TestInternet::Start(base_, config_);
+    ASSERT_TRUE(inet.ok()) << inet.status().ToString();
+    internet_ = inet->release();
   }
 
   static void TearDownTestSuite() {
-    if (servers_ != nullptr) {
-      delete servers_;  // kills the servers
-      servers_ = nullptr;
-    }
-    (void)Sh("ip link del " + inet_link_ + " 2>/dev/null; ip netns del " + inet_ns_ +
-             " 2>/dev/null; nft delete table ip moat_test_guard_" + tag_ + " 2>/dev/null; true");
+    delete internet_;
+    internet_ = nullptr;
     delete host_;
     host_ = nullptr;
     (void)RemoveTree(base_);
-    auto left =
-        Sh("ip netns list | grep -c moat || true; ip link | grep -c moat || true; "
-           "nft list tables | grep -c moat || true");
     std::printf("moat namespaces, links, nft tables left on the machine: %s\n",
-                left.ok() ? left->c_str() : "?");
+                test_support::MoatNetworkObjects().c_str());
   }
 
   // Cold boot (memory shared, so that it can become a snapshot) or restore of `from`.
@@ -242,7 +159,7 @@ class NetE2e : public ::testing::Test {
 
   static json Probe(Vm& vm, const std::vector<std::string>& urls) {
     channel::ExecRequest req;
-    req.argv = {"python3", "-c", kProbe};
+    req.argv = {"python3", "-c", test_support::kProbeScript};
     req.argv.insert(req.argv.end(), urls.begin(), urls.end());
     req.timeout_ms = 60000;
     auto r = vm.guest->Run(req, Clock::now() + seconds(70));
@@ -263,10 +180,10 @@ class NetE2e : public ::testing::Test {
   }
 
   static constexpr gid_t kGid = 930000;
-  static inline std::string kernel_, rootfs_, base_, tag_, inet_ns_, inet_link_;
+  static inline std::string kernel_, rootfs_, base_, tag_;
   static inline NetConfig config_;
   static inline HostNetwork* host_ = nullptr;
-  static inline std::vector<ChildProcess>* servers_ = nullptr;
+  static inline TestInternet* internet_ = nullptr;
 };
 
 TEST_F(NetE2e, EgressPolicyIsolationAndRestoreIntoAnotherSlot) {
@@ -308,7 +225,7 @@ TEST_F(NetE2e, EgressPolicyIsolationAndRestoreIntoAnotherSlot) {
   }
   ASSERT_NE(fetched.find("sandbox-b"), std::string::npos) << "host could not reach sandbox b";
   // The host's test address answers the host itself.
-  std::string host_url = std::string("http://") + kHostTestAddress + ":8001/";
+  std::string host_url = internet_->HostUrl();
   ASSERT_NE(OrEmpty(Sh("curl -s --max-time 2 " + host_url)).find("host"), std::string::npos);
 
   std::string gateway_url = "http://" + a->slot->addresses().host_address.ToString() + ":8001/";

@@ -1,0 +1,250 @@
+// Sandboxes of an Agent with networking on: created, restored, forked, paused and resumed
+// sandboxes each get a slot of their own with their egress policy; the host reaches their ports
+// at the slot address (what moatd's port proxy does); kill releases everything. The "internet"
+// is a namespace the test makes (tests/support/test_internet.h); traffic goes nowhere else.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+
+#include "agent/agent.h"
+#include "common/fs.h"
+#include "net/net_tools.h"
+#include "support/agent_config.h"
+#include "support/test_internet.h"
+#include "support/test_util.h"
+
+namespace moat::agent {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+using test_support::Denied;
+using test_support::TestInternet;
+using namespace std::chrono_literals;
+
+const std::string kInternet = TestInternet::kInternet;
+const std::string kInternet2 = TestInternet::kInternet2;
+
+Result<std::string> HostSh(const std::string& cmd) {
+  return net::RunTool({"sh", "-c", cmd}, {}, -1, std::chrono::seconds(20));
+}
+
+class SandboxNetE2e : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_EQ(::geteuid(), 0u);
+    auto dir = MakeTempDir("/tmp", "moat-sbnet.");
+    ASSERT_TRUE(dir.ok());
+    dir_ = new std::string(*dir);
+    ::chmod(dir_->c_str(), 0755);
+    fds_before_ = test_support::OpenFdCount();
+    AgentConfig c = test_support::E2eAgentConfig(*dir_);
+    net::NetConfig n;
+    n.pool = *net::Ipv4Cidr::Parse("10.224." + std::to_string(::getpid() % 250) + ".0/24");
+    n.state_dir = *dir_ + "/net";
+    n.dns_servers = {*net::Ipv4Address::Parse(TestInternet::kResolver)};
+    c.network = n;
+    pool_ = n.pool;
+    c.ready_slots = 2;
+    auto inet = TestInternet::Start(*dir_, n);
+    ASSERT_TRUE(inet.ok()) << inet.status().ToString();
+    internet_ = inet->release();
+    auto agent = Agent::Start(c);
+    ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+    agent_ = agent->release();
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+    delete internet_;
+    internet_ = nullptr;
+    EXPECT_EQ(test_support::CountProcessesMentioning(*dir_), 0);
+    EXPECT_EQ(test_support::OpenFdCount(), fds_before_) << "fds leaked";
+    EXPECT_TRUE(RemoveTree(*dir_).ok());
+    delete dir_;
+    EXPECT_EQ(test_support::SlotObjects(pool_), 0) << "slots left after the agent stopped";
+    std::printf("moat namespaces, links, nft tables left on the machine: %s\n",
+                test_support::MoatNetworkObjects().c_str());
+  }
+
+  static std::shared_ptr<Sandbox> MustCreate(const net::EgressPolicy& egress = {}) {
+    auto sb = agent_->Create("base", {}, egress);
+    EXPECT_TRUE(sb.ok()) << sb.status().ToString();
+    return sb.ok() ? *sb : nullptr;
+  }
+  static std::string Sh(const std::shared_ptr<Sandbox>& sb, const std::string& cmd) {
+    auto g = sb->Guest();
+    EXPECT_TRUE(g.ok()) << g.status().ToString();
+    if (!g.ok()) return "";
+    channel::ExecRequest req;
+    req.cmd = cmd;
+    req.timeout_ms = 60000;
+    auto r = (*g)->Run(req, Clock::now() + 70s);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->stdout_data : "";
+  }
+  static json Probe(const std::shared_ptr<Sandbox>& sb, const std::vector<std::string>& urls) {
+    auto g = sb->Guest();
+    EXPECT_TRUE(g.ok());
+    if (!g.ok()) return json::object();
+    channel::ExecRequest req;
+    req.argv = {"python3", "-c", test_support::kProbeScript};
+    req.argv.insert(req.argv.end(), urls.begin(), urls.end());
+    req.timeout_ms = 60000;
+    auto r = (*g)->Run(req, Clock::now() + 70s);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (!r.ok()) return json::object();
+    json j = json::parse(r->stdout_data, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << r->stdout_data << r->stderr_data;
+    std::printf("probe from %s: %s\n", sb->id().c_str(), j.dump().c_str());
+    return j.is_object() ? j : json::object();
+  }
+  // Serves `content` on `port` inside the sandbox (a background process of the guest).
+  static void Serve(const std::shared_ptr<Sandbox>& sb, int port, const std::string& content) {
+    std::string www = "/tmp/www" + std::to_string(port);
+    Sh(sb, "mkdir -p " + www + " && echo " + content + " > " + www +
+               "/index.html && (setsid python3 -m http.server " + std::to_string(port) +
+               " --directory " + www + " >/dev/null 2>&1 &)");
+  }
+  // What the host (moatd's port proxy) gets from `port` of the sandbox, retried while the
+  // server starts.
+  static std::string FetchFromHost(const std::shared_ptr<Sandbox>& sb, int port,
+                                   const std::string& expect) {
+    auto addr = sb->NetworkAddress();
+    EXPECT_TRUE(addr.ok()) << addr.status().ToString();
+    if (!addr.ok()) return "";
+    std::string url = "http://" + addr->ToString() + ":" + std::to_string(port) + "/";
+    std::string got;
+    for (int i = 0; i < 60; ++i) {
+      auto r = HostSh("curl -s --max-time 2 " + url + " || true");
+      got = r.ok() ? *r : "";
+      if (got.find(expect) != std::string::npos) break;
+      std::this_thread::sleep_for(500ms);
+    }
+    return got;
+  }
+
+  static inline std::string* dir_ = nullptr;
+  static inline Agent* agent_ = nullptr;
+  static inline TestInternet* internet_ = nullptr;
+  static inline int fds_before_ = 0;
+  static inline net::Ipv4Cidr pool_;
+};
+
+TEST_F(SandboxNetE2e, DefaultPolicyReachesTheInternetAndNothingElse) {
+  auto a = MustCreate();
+  auto b = MustCreate();
+  ASSERT_TRUE(a && b);
+  Serve(b, 8080, "sandbox-b");
+  ASSERT_NE(FetchFromHost(b, 8080, "sandbox-b").find("sandbox-b"), std::string::npos);
+  std::string b_url = "http://" + b->NetworkAddress()->ToString() + ":8080/";
+  std::string host_url = internet_->HostUrl();
+  json p = Probe(a, {kInternet, TestInternet::kControlPlane, TestInternet::kMetadata, host_url,
+                     b_url, TestInternet::kDnsProbe});
+  EXPECT_EQ(p[kInternet], "ok:internet");
+  EXPECT_EQ(p[TestInternet::kDnsProbe], "ok:answer:query");
+  for (const std::string& u : {std::string(TestInternet::kControlPlane),
+                               std::string(TestInternet::kMetadata), host_url, b_url}) {
+    EXPECT_TRUE(Denied(p.value(u, ""))) << u << " -> " << p.value(u, "");
+  }
+  EXPECT_TRUE(agent_->Kill(a->id()).ok());
+  EXPECT_TRUE(agent_->Kill(b->id()).ok());
+}
+
+TEST_F(SandboxNetE2e, CreatePolicyAndUpdateWhileRunning) {
+  auto p = net::EgressPolicy::FromE2b(nullptr, false);
+  ASSERT_TRUE(p.ok());
+  auto sb = MustCreate(*p);
+  ASSERT_TRUE(sb);
+  json r = Probe(sb, {kInternet});
+  EXPECT_TRUE(Denied(r.value(kInternet, ""))) << r.dump();
+  // denyOut one range, the rest allowed.
+  auto deny = net::EgressPolicy::FromE2b({{"denyOut", {"203.0.113.0/24"}}}, true);
+  ASSERT_TRUE(deny.ok());
+  ASSERT_TRUE(agent_->SetEgress(sb->id(), *deny).ok());
+  r = Probe(sb, {kInternet, kInternet2});
+  EXPECT_EQ(r[kInternet], "ok:internet");
+  EXPECT_TRUE(Denied(r.value(kInternet2, ""))) << r.dump();
+  EXPECT_TRUE(agent_->Kill(sb->id()).ok());
+}
+
+TEST_F(SandboxNetE2e, PauseResumeKeepsThePolicyOnANewSlot) {
+  auto deny = net::EgressPolicy::FromE2b({{"denyOut", {"203.0.113.0/24"}}}, true);
+  ASSERT_TRUE(deny.ok());
+  auto sb = MustCreate(*deny);
+  ASSERT_TRUE(sb);
+  Serve(sb, 8000, "before-pause");
+  ASSERT_NE(FetchFromHost(sb, 8000, "before-pause").find("before-pause"), std::string::npos);
+  std::string id = sb->id();
+  ASSERT_TRUE(agent_->Pause(id).ok());
+  sb.reset();
+  auto resumed = agent_->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  auto egress = (*resumed)->Egress();
+  ASSERT_TRUE(egress.ok());
+  EXPECT_EQ(*egress, *deny);
+  json r = Probe(*resumed, {kInternet, kInternet2});
+  EXPECT_EQ(r[kInternet], "ok:internet");
+  EXPECT_TRUE(Denied(r.value(kInternet2, ""))) << r.dump();
+  // The server that ran before the pause answers on the new slot.
+  EXPECT_NE(FetchFromHost(*resumed, 8000, "before-pause").find("before-pause"), std::string::npos);
+  EXPECT_TRUE(agent_->Kill(id).ok());
+}
+
+TEST_F(SandboxNetE2e, ForkedChildrenHaveSeparateWorkingNetworks) {
+  auto parent = MustCreate();
+  ASSERT_TRUE(parent);
+  Serve(parent, 8000, "parent");
+  ASSERT_NE(FetchFromHost(parent, 8000, "parent").find("parent"), std::string::npos);
+  auto children = agent_->Fork(parent->id(), 2);
+  ASSERT_TRUE(children.ok()) << children.status().ToString();
+  ASSERT_EQ(children->size(), 2u);
+  auto& c1 = (*children)[0];
+  auto& c2 = (*children)[1];
+  EXPECT_NE(c1->NetworkAddress()->ToString(), c2->NetworkAddress()->ToString());
+  EXPECT_NE(c1->NetworkAddress()->ToString(), parent->NetworkAddress()->ToString());
+  // The same port in both children, different content: the page each one serves changes.
+  Sh(c1, "echo child-one > /tmp/www8000/index.html");
+  Sh(c2, "echo child-two > /tmp/www8000/index.html");
+  EXPECT_NE(FetchFromHost(c1, 8000, "child-one").find("child-one"), std::string::npos);
+  EXPECT_NE(FetchFromHost(c2, 8000, "child-two").find("child-two"), std::string::npos);
+  EXPECT_NE(FetchFromHost(parent, 8000, "parent").find("parent"), std::string::npos);
+  // Each child reaches the internet, never its parent.
+  std::string parent_url = "http://" + parent->NetworkAddress()->ToString() + ":8000/";
+  for (auto* c : {&c1, &c2}) {
+    json r = Probe(*c, {kInternet, parent_url});
+    EXPECT_EQ(r[kInternet], "ok:internet");
+    EXPECT_TRUE(Denied(r.value(parent_url, ""))) << r.dump();
+  }
+  for (auto& c : *children) EXPECT_TRUE(agent_->Kill(c->id()).ok());
+  EXPECT_TRUE(agent_->Kill(parent->id()).ok());
+}
+
+TEST_F(SandboxNetE2e, ThreeHundredCreateKillCyclesLeaveNoNetworkBehind) {
+  auto pool = agent_->slot_pool();
+  ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(pool->WaitReady(2, 30s).ok());
+  int before = test_support::SlotObjects(pool_);
+  int fds = test_support::OpenFdCount();
+  for (int i = 0; i < 300; ++i) {
+    auto sb = agent_->Create("base", {});
+    ASSERT_TRUE(sb.ok()) << "cycle " << i << ": " << sb.status().ToString();
+    ASSERT_TRUE((*sb)->NetworkAddress().ok());
+    ASSERT_TRUE(agent_->Kill((*sb)->id()).ok());
+  }
+  EXPECT_TRUE(agent_->List().empty());
+  EXPECT_EQ(test_support::OpenFdCount(), fds) << "the agent leaks fds";
+  // Only the ready pool's slots (refilled in the background) remain: as many as before.
+  ASSERT_TRUE(pool->WaitReady(2, 30s).ok());
+  EXPECT_EQ(test_support::SlotObjects(pool_), before);
+}
+
+}  // namespace
+}  // namespace moat::agent
