@@ -194,17 +194,22 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
   sb->origin_.egress = nullptr;
   sb->identity_ = identity;
   MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
+  auto t_id = Clock::now();
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
+  auto t_net = Clock::now();
   MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
+  auto t_done = Clock::now();
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-  LogInfo(
-      "sandbox.restored",
-      {{"sandbox", id},
-       {"from", snap.kind + ":" + snap.name},
-       {"vmm_pid", sb->vmm_->pid()},
-       {"ready_us",
-        static_cast<long>(
-            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count())}});
+  auto us = [](Clock::duration d) {
+    return static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(d).count());
+  };
+  LogInfo("sandbox.restored", {{"sandbox", id},
+                               {"from", snap.kind + ":" + snap.name},
+                               {"vmm_pid", sb->vmm_->pid()},
+                               {"ready_us", us(t_done - start)},
+                               {"guest_us", us(t_id - start)},
+                               {"identity_us", us(t_net - t_id)},
+                               {"network_us", us(t_done - t_net)}});
   return sb;
 }
 

@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common/fs.h"
@@ -47,6 +49,35 @@ ifreq IfReq(const std::string& name) {
   ifreq ifr{};
   std::strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
   return ifr;
+}
+
+uint32_t Get(const sockaddr& src) {
+  sockaddr_in sin{};
+  std::memcpy(&sin, &src, sizeof sin);
+  return ntohl(sin.sin_addr.s_addr);
+}
+
+// Is the interface already up with this address and mask, the default route via this gateway
+// and resolv.conf as requested? What a restored sandbox finds (every slot looks the same from
+// inside): then only the neighbour entry needs forgetting, and the guest skips re-adding the
+// address, which would drop and rebuild its routes and cost a restore ~100 ms under TCG.
+bool AlreadyApplied(int sock, const NetworkRequest& r) {
+  ifreq ifr = IfReq(r.interface);
+  if (::ioctl(sock, SIOCGIFADDR, &ifr) < 0 || Get(ifr.ifr_addr) != r.address) return false;
+  ifr = IfReq(r.interface);
+  if (::ioctl(sock, SIOCGIFNETMASK, &ifr) < 0 ||
+      Get(ifr.ifr_netmask) != (~uint32_t{0} << (32 - r.prefix))) {
+    return false;
+  }
+  ifr = IfReq(r.interface);
+  if (::ioctl(sock, SIOCGIFFLAGS, &ifr) < 0 || (ifr.ifr_flags & IFF_UP) == 0) return false;
+  // /proc/net/route: "Iface Destination Gateway ..." with addresses in network byte order, hex.
+  auto routes = ReadFile("/proc/net/route");
+  char want[64];
+  std::snprintf(want, sizeof want, "\n%s\t00000000\t%08X\t", r.interface.c_str(), htonl(r.gateway));
+  if (!routes.ok() || routes->find(want) == std::string::npos) return false;
+  auto resolv = ReadFile("/etc/resolv.conf");
+  return resolv.ok() && *resolv == ResolvConf(r.dns);
 }
 
 }  // namespace
@@ -109,50 +140,68 @@ std::string ResolvConf(const std::vector<std::string>& dns) {
   return text;
 }
 
-Status ApplyNetwork(const NetworkRequest& r) {
-  if (!InterfaceExists(r.interface)) return NotFound("no network interface " + r.interface);
-  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!sock) return ErrnoError("socket(AF_INET)");
+namespace {
+
+// Address, netmask, up.
+Status ConfigureInterface(int sock, const NetworkRequest& r) {
   const std::string& dev = r.interface;
   // SIOCSIFADDR / SIOCSIFNETMASK read ifr_name and the AF_INET address in ifr_addr (the same
   // storage as ifr_netmask); SIOCGIFFLAGS / SIOCSIFFLAGS read and write ifr_flags.
   ifreq ifr = IfReq(dev);
   Put(&ifr.ifr_addr, r.address);
-  if (::ioctl(sock.get(), SIOCSIFADDR, &ifr) < 0)
-    return ErrnoError("ioctl(SIOCSIFADDR, " + dev + ")");
+  if (::ioctl(sock, SIOCSIFADDR, &ifr) < 0) return ErrnoError("ioctl(SIOCSIFADDR, " + dev + ")");
   ifr = IfReq(dev);
   Put(&ifr.ifr_netmask, ~uint32_t{0} << (32 - r.prefix));
-  if (::ioctl(sock.get(), SIOCSIFNETMASK, &ifr) < 0) {
+  if (::ioctl(sock, SIOCSIFNETMASK, &ifr) < 0) {
     return ErrnoError("ioctl(SIOCSIFNETMASK, " + dev + ")");
   }
   ifr = IfReq(dev);
-  if (::ioctl(sock.get(), SIOCGIFFLAGS, &ifr) < 0)
-    return ErrnoError("ioctl(SIOCGIFFLAGS, " + dev + ")");
+  if (::ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) return ErrnoError("ioctl(SIOCGIFFLAGS, " + dev + ")");
   ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-  if (::ioctl(sock.get(), SIOCSIFFLAGS, &ifr) < 0)
-    return ErrnoError("ioctl(SIOCSIFFLAGS, " + dev + ")");
-  // A restored guest may remember the previous slot's gateway; the gateway's MAC is the same
-  // in every slot, but forget the entry anyway so that nothing stale survives. SIOCDARP reads
-  // arp_pa and arp_dev; ENXIO: there was no entry.
+  if (::ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) return ErrnoError("ioctl(SIOCSIFFLAGS, " + dev + ")");
+  return Status::Ok();
+}
+
+// A restored guest may remember the previous slot's gateway; the gateway's MAC is the same in
+// every slot, but forget the entry anyway so that nothing stale survives. SIOCDARP reads arp_pa
+// and arp_dev; ENXIO: there was no entry.
+Status ForgetGateway(int sock, const NetworkRequest& r) {
   arpreq arp{};
   Put(&arp.arp_pa, r.gateway);
-  std::strncpy(arp.arp_dev, dev.c_str(), sizeof arp.arp_dev - 1);
-  if (::ioctl(sock.get(), SIOCDARP, &arp) < 0 && errno != ENXIO) {
-    return ErrnoError("ioctl(SIOCDARP, " + dev + ")");
+  std::strncpy(arp.arp_dev, r.interface.c_str(), sizeof arp.arp_dev - 1);
+  if (::ioctl(sock, SIOCDARP, &arp) < 0 && errno != ENXIO) {
+    return ErrnoError("ioctl(SIOCDARP, " + r.interface + ")");
   }
-  // Default route. SIOCADDRT reads the rtentry, whose rt_dev points at a NUL-terminated name
-  // that lives (in `dev_name`) until the call returns. EEXIST: it is already there.
+  return Status::Ok();
+}
+
+// Default route. SIOCADDRT reads the rtentry, whose rt_dev points at a NUL-terminated name that
+// lives (in `dev_name`) until the call returns. EEXIST: it is already there.
+Status AddDefaultRoute(int sock, const NetworkRequest& r) {
   rtentry rt{};
   Put(&rt.rt_dst, 0);
   Put(&rt.rt_genmask, 0);
   Put(&rt.rt_gateway, r.gateway);
   rt.rt_flags = RTF_UP | RTF_GATEWAY;
   char dev_name[IFNAMSIZ] = {};
-  std::strncpy(dev_name, dev.c_str(), IFNAMSIZ - 1);
+  std::strncpy(dev_name, r.interface.c_str(), IFNAMSIZ - 1);
   rt.rt_dev = dev_name;
-  if (::ioctl(sock.get(), SIOCADDRT, &rt) < 0 && errno != EEXIST) {
-    return ErrnoError("ioctl(SIOCADDRT, default via " + dev + ")");
+  if (::ioctl(sock, SIOCADDRT, &rt) < 0 && errno != EEXIST) {
+    return ErrnoError("ioctl(SIOCADDRT, default via " + r.interface + ")");
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ApplyNetwork(const NetworkRequest& r) {
+  if (!InterfaceExists(r.interface)) return NotFound("no network interface " + r.interface);
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock) return ErrnoError("socket(AF_INET)");
+  if (AlreadyApplied(sock.get(), r)) return ForgetGateway(sock.get(), r);
+  MOAT_RETURN_IF_ERROR(ConfigureInterface(sock.get(), r));
+  MOAT_RETURN_IF_ERROR(ForgetGateway(sock.get(), r));
+  MOAT_RETURN_IF_ERROR(AddDefaultRoute(sock.get(), r));
   return WriteFileAtomic("/etc/resolv.conf", ResolvConf(r.dns), 0644);
 }
 
