@@ -57,7 +57,8 @@ test-compat: build guest
 bench: build guest
 	$(BUILD)/bin/sandbox_bench --guest-dir $(GUEST) --json $(BUILD)/bench/sandbox.json
 	$(BUILD)/bin/snapshot_bench --guest-dir $(GUEST) --json $(BUILD)/bench/snapshot.json
-	$(BUILD)/bin/net_bench --json $(BUILD)/bench/net.json
+	$(BUILD)/bin/net_bench --guest-dir $(GUEST) --json $(BUILD)/bench/net.json
+	$(BUILD)/bin/api_bench --guest-dir $(GUEST) --json $(BUILD)/bench/api.json
 
 # The channel decoder's fuzz target, for a bounded time (FUZZ_SECONDS).
 fuzz:

@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 
@@ -52,31 +53,58 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   }
   MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/snapshots", 0711));
   MOAT_RETURN_IF_ERROR(MakeDirs(c.data_dir + "/templates", 0711));
+  // Recovery needs the environment but no slot pool (adopted sandboxes bring their slots, and
+  // only creating a sandbox takes one): the pool starts once the leftovers are gone.
+  agent->env_ = {.sandboxes_dir = c.data_dir + "/sandboxes",
+                 .accel = c.accel,
+                 .jail_ids = agent->jail_ids_.get(),
+                 .ready_timeout = c.ready_timeout,
+                 .slots = nullptr};
   agent->Recover();
+  // A start that fails from here on leaves the adopted sandboxes running for the next attempt.
+  Cleanup detach_on_error([a = agent.get()] {
+    if (!a->recovery_.adopted.empty()) a->Detach();
+  });
   if (agent->host_net_) {
     auto released = agent->host_net_->CleanupLeftovers();
     if (!released.ok()) return released.status().Annotate("releasing leftover network slots");
     if (*released > 0) LogInfo("agent.released_leftover_slots", {{"count", *released}});
     agent->slot_pool_ = std::make_unique<net::SlotPool>(*agent->host_net_, c.ready_slots);
+    agent->env_.slots = agent->slot_pool_.get();
   }
-  agent->env_ = {.sandboxes_dir = c.data_dir + "/sandboxes",
-                 .accel = c.accel,
-                 .jail_ids = agent->jail_ids_.get(),
-                 .ready_timeout = c.ready_timeout,
-                 .slots = agent->slot_pool_.get()};
   agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
+  detach_on_error.Cancel();
   agent->monitor_ = std::thread([a = agent.get()] { a->MonitorLoop(); });
   return agent;
 }
 
 Agent::~Agent() {
+  StopMonitor();
+  KillAll();
+}
+
+void Agent::StopMonitor() {
   {
     std::lock_guard lock(monitor_mu_);
     stopping_ = true;
   }
   monitor_cv_.notify_all();
   if (monitor_.joinable()) monitor_.join();
-  KillAll();
+}
+
+void Agent::Detach() {
+  // No sandbox is released under them once detached: the monitor stops first.
+  StopMonitor();
+  std::lock_guard paused(paused_mu_);
+  std::map<std::string, std::shared_ptr<Sandbox>> all;
+  {
+    std::lock_guard lock(mu_);
+    all.swap(sandboxes_);
+  }
+  for (auto& [id, sb] : all) sb->Detach();
+  // Their slots live on, and so must the host table; with no sandbox left it goes as usual.
+  if (host_net_ && !all.empty()) host_net_->Detach();
+  LogInfo("agent.detached", {{"sandboxes", all.size()}});
 }
 
 namespace {
@@ -183,9 +211,27 @@ void Agent::Recover() {
       }
     }
   }
+  // Running sandboxes: adopted where possible, otherwise cleaned up.
+  std::map<std::string, net::SlotRecord> slots;  // by netns name
+  if (host_net_) {
+    auto records = host_net_->LeftoverSlots();
+    if (records.ok()) {
+      for (auto& r : *records) slots.emplace(r.slot.netns, std::move(r));
+    } else {
+      LogWarn("agent.slot_records_unreadable", {{"error", records.status().ToString()}});
+    }
+  }
   std::string root = env_.sandboxes_dir;
   for (const auto& name : ListDir(root)) {
     std::string dir = root + "/" + name;
+    auto adopted = AdoptLeftover(dir, name, slots);
+    if (adopted.ok()) {
+      Track(*adopted);
+      recovery_.adopted.push_back(name);
+      LogInfo("agent.adopted_leftover", {{"sandbox", name}});
+      continue;
+    }
+    // Whatever adoption took over it released again; this kills what it did not reach.
     ReleaseLeftoverVmm(dir, "moat-" + name);
     Status s = RemoveTree(dir);
     if (!s.ok()) {
@@ -193,8 +239,53 @@ void Agent::Recover() {
       continue;
     }
     recovery_.cleaned.push_back(name);
-    LogInfo("agent.cleaned_leftover", {{"sandbox", name}});
+    LogInfo("agent.cleaned_leftover", {{"sandbox", name}, {"reason", adopted.status().ToString()}});
   }
+}
+
+Result<std::shared_ptr<Sandbox>> Agent::AdoptLeftover(
+    const std::string& dir, const std::string& id,
+    const std::map<std::string, net::SlotRecord>& slots) {
+  MOAT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/state.json"));
+  MOAT_ASSIGN_OR_RETURN(SandboxState state, ParseSandboxState(text));
+  // Every check that needs nothing taken over comes first: a refusal then touches nothing, and
+  // the caller cleans up as for any leftover.
+  if (state.id != id || state.vm_name != "moat-" + id) {
+    return FailedPrecondition("its state.json names sandbox " + state.id + ", VM " + state.vm_name);
+  }
+  if (!state.adoptable()) {
+    return FailedPrecondition(
+        "its state.json does not record enough to adopt it (an older agent's, or written "
+        "before the sandbox was ready)");
+  }
+  auto started = state.vmm_pid > 0 ? ProcessStartTime(state.vmm_pid) : NotFound("");
+  if (!started.ok() || *started != state.vmm_start_time) {
+    return NotFound("its VMM (pid " + std::to_string(state.vmm_pid) + ") has exited");
+  }
+  if (std::find(recovery_.paused.begin(), recovery_.paused.end(), id) != recovery_.paused.end()) {
+    // Paused just before the earlier agent stopped: the complete snapshot is the sandbox now.
+    return FailedPrecondition("it was paused (its snapshot is complete)");
+  }
+  if ((state.jail_id != 0) != config_.jail) {
+    return FailedPrecondition(state.jail_id != 0 ? "its VMM is jailed, this agent's are not"
+                                                 : "its VMM runs unjailed");
+  }
+  std::unique_ptr<net::NetworkSlot> slot;
+  if (!state.netns.empty()) {
+    if (!host_net_) {
+      return FailedPrecondition("it has network slot " + state.netns +
+                                " but this agent runs without networking");
+    }
+    auto record = slots.find(state.netns);
+    if (record == slots.end()) {
+      return NotFound("its network slot " + state.netns + " has no record");
+    }
+    MOAT_ASSIGN_OR_RETURN(slot, host_net_->AdoptSlot(record->second));
+  } else if (state.origin->network) {
+    return FailedPrecondition("its VM has a NIC but no network slot is recorded");
+  }
+  MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb, Sandbox::Adopt(env_, state, std::move(slot)));
+  return std::shared_ptr<Sandbox>(std::move(sb));
 }
 
 std::string Agent::SnapshotDir(const std::string& id) const {

@@ -1,8 +1,10 @@
 // Agent: the per-host owner of every sandbox. Creates and kills them, notices VMMs that died and
-// releases what they held, and on start cleans up whatever a previous agent left behind, using
-// the state each sandbox keeps on disk: a VMM that outlived its agent is killed (its pid and
-// start time are recorded), its cgroup and directory removed. Paused sandboxes and named
-// snapshots live on and can be resumed.
+// releases what they held, and on start takes over whatever a previous agent left behind, using
+// the state each sandbox keeps on disk: a sandbox whose VMM outlived its agent is re-adopted
+// (VMM, cgroup, jail, network slot, directory; the guest must answer), one whose VMM died — or
+// that cannot be adopted — is cleaned up: the VMM killed (its pid and start time are recorded),
+// its cgroup, slot and directory removed. Paused sandboxes and named snapshots live on and can
+// be resumed.
 #pragma once
 
 #include <atomic>
@@ -42,6 +44,7 @@ struct AgentConfig {
 };
 
 struct RecoveryReport {
+  std::vector<std::string> adopted;  // running sandboxes of an earlier agent, now this one's
   std::vector<std::string> cleaned;  // sandboxes of an earlier agent: everything was released
   std::vector<std::string> paused;   // paused sandboxes found on disk: they can be resumed
   std::vector<std::string> removed_partial;  // half-written snapshots and bakes, removed
@@ -49,11 +52,19 @@ struct RecoveryReport {
 
 class Agent {
  public:
-  // Validates the config, creates DATA_DIR/sandboxes, cleans up what a previous agent left, and
-  // starts the monitor that releases sandboxes whose VMM died.
+  // Validates the config, creates DATA_DIR/sandboxes, re-adopts or cleans up what a previous
+  // agent left, and starts the monitor that releases sandboxes whose VMM died.
   static Result<std::unique_ptr<Agent>> Start(AgentConfig config);
-  // Stops the monitor and kills every sandbox.
+  // Stops the monitor and kills every sandbox (none after Detach()).
   ~Agent();
+
+  // Lets every running sandbox live on for the next agent on this data dir to re-adopt (moatd
+  // --keep-sandboxes-on-stop): stops the monitor, then closes each sandbox's connections and
+  // leaves its VMM, directory, cgroup and network slot as they are (the host's nftables table
+  // too, which their traffic needs). The agent has no sandboxes afterwards; destroying it
+  // releases only what is its own (ready slots of the pool). Call it when stopping, once no
+  // request is in flight: a sandbox created meanwhile is killed with the agent.
+  void Detach();
 
   // A new sandbox restored from `template_name`: the base template (baked on first use) or the
   // id of a named snapshot. Never a cold boot once the template is baked.
@@ -96,6 +107,12 @@ class Agent {
  private:
   explicit Agent(AgentConfig config);
   void Recover();
+  // Takes over the sandbox in `dir` if its state.json allows and its VMM runs; `slots` are the
+  // earlier agent's slot records by namespace name.
+  Result<std::shared_ptr<Sandbox>> AdoptLeftover(
+      const std::string& dir, const std::string& id,
+      const std::map<std::string, net::SlotRecord>& slots);
+  void StopMonitor();
   std::string SnapshotDir(const std::string& id) const;
   Result<std::shared_ptr<Sandbox>> Restore(const std::string& snapshot_dir,
                                            const SnapshotManifest& m, const std::string& id,

@@ -10,6 +10,7 @@
 #include "agent/disk.h"
 #include "agent/sandbox_state.h"
 #include "agent/template_store.h"
+#include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -80,6 +81,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
   MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
+  MOAT_RETURN_IF_ERROR(sb->WriteState(/*ready=*/true));
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   LogInfo("sandbox.booted", {{"sandbox", id},
                              {"template", tmpl.name},
@@ -125,17 +127,100 @@ Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid) {
   Status started = driver->Start(spec);
   vmm_ = std::move(driver);
   MOAT_RETURN_IF_ERROR(started.Annotate("starting the VMM of sandbox " + id_));
+  created_unix_ms_ = static_cast<int64_t>(::time(nullptr)) * 1000;
+  vm_name_ = spec.name;
+  auto st = ProcessStartTime(vmm_->pid());
+  if (st.ok()) vmm_start_time_ = *st;
+  return WriteState(/*ready=*/false);
+}
+
+Status Sandbox::WriteState(bool ready) {
   SandboxState state{.id = id_,
                      .template_name = template_name_,
-                     .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000,
-                     .vmm_pid = vmm_->pid(),
-                     .vmm_start_time = 0,
+                     .created_unix_ms = created_unix_ms_,
+                     .vmm_pid = vmm_ ? vmm_->pid() : 0,
+                     .vmm_start_time = vmm_start_time_,
                      .jail_id = jail_id_,
                      .accel = std::string(vmm::AccelName(env_.accel)),
-                     .vm_name = spec.name};
-  auto st = ProcessStartTime(state.vmm_pid);
-  if (st.ok()) state.vmm_start_time = *st;
-  return WriteFileAtomic(p.state, SerializeSandboxState(state), 0600);
+                     .vm_name = vm_name_};
+  if (ready) {
+    state.ready = true;
+    state.origin = origin_;
+    state.identity = identity_;
+    if (slot_) state.netns = slot_->netns_name();
+  }
+  return WriteFileAtomic(paths_.state, SerializeSandboxState(state), 0600);
+}
+
+vmm::VmSpec Sandbox::AdoptedSpec(uint32_t jail_id) const {
+  vmm::VmSpec spec = BaseSpec(origin_.vcpus, origin_.memory_mib, origin_.base_disk);
+  spec.name = vm_name_;
+  spec.boot_mode = vmm::BootMode::kRestore;
+  // Guest RAM is private (share=off) in every sandbox: SaveDeviceState streams it and never
+  // reads the file, whichever file it maps.
+  spec.memory_path = paths_.memory;
+  if (jail_id != 0) {
+    vmm::JailSpec jail;
+    jail.uid = jail_id;
+    jail.gid = jail_id;  // unused by a re-adopting driver: the process runs as it was started
+    jail.root_dir = paths_.jail_root;
+    spec.jail = jail;
+  }
+  return spec;
+}
+
+Result<std::unique_ptr<Sandbox>> Sandbox::Adopt(const SandboxEnv& env, const SandboxState& state,
+                                                std::unique_ptr<net::NetworkSlot> slot) {
+  auto start = Clock::now();
+  if (!state.adoptable()) {
+    return FailedPrecondition("sandbox " + state.id +
+                              ": its state.json does not record enough to adopt it");
+  }
+  std::unique_ptr<Sandbox> sb(new Sandbox(env, state.id, state.template_name));
+  // From here on the sandbox owns what it was given: a failure releases it (the destructor runs
+  // Kill()), the VMM first.
+  sb->owns_dir_ = true;
+  sb->slot_ = std::move(slot);
+  sb->origin_ = *state.origin;
+  sb->identity_ = *state.identity;
+  sb->created_unix_ms_ = state.created_unix_ms;
+  sb->vmm_start_time_ = state.vmm_start_time;
+  sb->vm_name_ = state.vm_name;
+  vmm::VmSpec spec = sb->AdoptedSpec(state.jail_id);
+  auto driver = std::make_unique<vmm::qemu::QemuDriver>();
+  Status adopted = driver->Adopt(spec, state.vmm_pid, state.vmm_start_time);
+  sb->vmm_ = std::move(driver);
+  MOAT_RETURN_IF_ERROR(adopted.Annotate("adopting the VMM of sandbox " + state.id));
+  // Reserved only now, and only then this sandbox's to release (Kill()): a VMM that is gone
+  // or someone else's must not take an id another sandbox may hold.
+  if (state.jail_id != 0 && env.jail_ids != nullptr) {
+    MOAT_RETURN_IF_ERROR(env.jail_ids->Reserve(state.jail_id).Annotate("sandbox " + state.id));
+    sb->jail_id_ = state.jail_id;
+  }
+  // A snapshot (pause, fork, named) stops the VM while its state is written; an earlier agent
+  // that died meanwhile left it stopped (the driver has cancelled the migration; recovery removes
+  // the unfinished snapshot). It runs on as if the snapshot had failed.
+  MOAT_ASSIGN_OR_RETURN(vmm::VmStatus status, sb->vmm_->QueryStatus());
+  bool resumed = false;
+  if (status.qmp_status == "paused" || status.qmp_status == "postmigrate") {
+    MOAT_RETURN_IF_ERROR(sb->vmm_->Resume().Annotate("resuming adopted sandbox " + state.id));
+    resumed = true;
+  } else if (status.qmp_status != "running") {
+    return FailedPrecondition("sandbox " + state.id + ": its VM is in state \"" +
+                              status.qmp_status + "\"");
+  }
+  // The guest's end of the channel takes a new connection; its processes ran on meanwhile.
+  MOAT_RETURN_IF_ERROR(
+      sb->ConnectGuest(std::min(env.ready_timeout, std::chrono::milliseconds(30000))));
+  // A VM that stood still has a clock that lags by as long: set it (same env, user, workdir).
+  if (resumed) MOAT_RETURN_IF_ERROR(sb->SendIdentity(sb->identity_));
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  LogInfo("sandbox.adopted", {{"sandbox", state.id},
+                              {"vmm_pid", sb->vmm_->pid()},
+                              {"netns", state.netns.empty() ? "none" : state.netns},
+                              {"resumed", resumed ? "true" : "false"},
+                              {"ms", static_cast<long>(ms.count())}});
+  return sb;
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
@@ -198,6 +283,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
   auto t_net = Clock::now();
   MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
+  MOAT_RETURN_IF_ERROR(sb->WriteState(/*ready=*/true));
   auto t_done = Clock::now();
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   auto us = [](Clock::duration d) {
@@ -393,6 +479,28 @@ void Sandbox::Kill() {
   if (!s.ok()) LogError("sandbox.cleanup_failed", {{"sandbox", id_}, {"error", s.ToString()}});
   if (jail_id_ != 0 && env_.jail_ids != nullptr) env_.jail_ids->Release(jail_id_);
   jail_id_ = 0;
+}
+
+void Sandbox::Detach() {
+  std::lock_guard lock(mu_);
+  if (killed_) return;
+  killed_ = true;
+  // Callers may hold the client: shut it down for all of them, so that the next agent's
+  // connection is the only one the guest's chardev waits on.
+  if (guest_) guest_->Shutdown();
+  guest_.reset();
+  if (vmm_) {
+    vmm_->Detach();
+    vmm_.reset();
+  }
+  if (slot_) {
+    slot_->Detach();
+    slot_.reset();
+  }
+  owns_dir_ = false;
+  // The jail id stays taken in this agent's allocator: its VMM still runs under it.
+  jail_id_ = 0;
+  LogInfo("sandbox.detached", {{"sandbox", id_}});
 }
 
 }  // namespace moat::agent

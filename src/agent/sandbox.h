@@ -10,6 +10,8 @@
 #include <optional>
 #include <string>
 
+#include "agent/guest_identity.h"
+#include "agent/sandbox_state.h"
 #include "agent/snapshot.h"
 #include "channel/guest_client.h"
 #include "common/status.h"
@@ -39,13 +41,6 @@ struct SandboxEnv {
   // Network slots (src/net/): null means sandboxes have no NIC. With them, every VM gets a NIC
   // on its own slot, and templates are baked with one (the device state includes it).
   net::SlotPool* slots = nullptr;
-};
-
-// The guest's identity, (re)sent after every boot and every restore.
-struct GuestIdentity {
-  std::map<std::string, std::string> env;
-  std::string user;     // default user for execs; empty: the guest's default ("user")
-  std::string workdir;  // default cwd; empty: the user's home
 };
 
 // Paths inside a sandbox's directory.
@@ -82,6 +77,16 @@ class Sandbox {
       const std::string& id, const GuestIdentity& identity,
       const std::optional<net::EgressPolicy>& egress = std::nullopt);
 
+  // Takes over a sandbox that an earlier agent left running, as its state.json records it
+  // (state.adoptable()): the VMM process — if it still is the one that started at the recorded
+  // time —, its cgroup, jail id and jail, its directory, and `slot` (the sandbox's network slot,
+  // adopted by the caller from the earlier agent's records; null without a NIC). A VM that the
+  // earlier agent left paused in the middle of a snapshot runs on. The guest must answer on a
+  // new connection of the channel. On failure everything is released: the VMM killed (never a
+  // process that merely reuses its pid), the slot, jail id and directory released.
+  static Result<std::unique_ptr<Sandbox>> Adopt(const SandboxEnv& env, const SandboxState& state,
+                                                std::unique_ptr<net::NetworkSlot> slot);
+
   // Writes a full snapshot (RAM, device state, disk) into `dir`, which must not exist yet; the
   // VM is paused meanwhile. With `keep_running` it continues afterwards (named snapshots, fork),
   // otherwise the VM is released as by Kill() (pause). The manifest is written last.
@@ -115,6 +120,10 @@ class Sandbox {
   std::string DiagnosticTail() const;
   // Stops the VM and releases everything; idempotent.
   void Kill();
+  // Lets the VM run on for the next agent to adopt (Adopt): closes the guest and VMM
+  // connections and leaves the VMM, its directory, cgroup and network slot as they are. The
+  // object then behaves as killed, and its destruction releases nothing.
+  void Detach();
 
  private:
   Sandbox(const SandboxEnv& env, std::string id, std::string template_name);
@@ -128,12 +137,21 @@ class Sandbox {
   // private memory, and its own overlay over `base_disk`.
   vmm::VmSpec BaseSpec(unsigned vcpus, uint64_t memory_mib, const std::string& base_disk) const;
   Status StartVmm(vmm::VmSpec spec, gid_t gid);
+  // state.json: what cleaning up needs once the VMM runs; everything adoption needs once
+  // `ready` (written atomically either way).
+  Status WriteState(bool ready);
+  // The VM's spec as StartVmm gave it to the driver, as far as a re-adopting driver needs it
+  // (`jail_id` 0: not jailed).
+  vmm::VmSpec AdoptedSpec(uint32_t jail_id) const;
 
   SandboxEnv env_;
   std::string id_;
   std::string template_name_;
   SandboxPaths paths_;
   std::chrono::milliseconds boot_time_{0};
+  int64_t created_unix_ms_ = 0;
+  uint64_t vmm_start_time_ = 0;  // ProcessStartTime of the VMM: state.json's guard against reuse
+  std::string vm_name_;
   uint32_t jail_id_ = 0;
   SnapshotManifest origin_;
   GuestIdentity identity_;

@@ -3,11 +3,38 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/sandbox_id.h"
-#include "common/fs.h"
 
 namespace moat::agent {
 
 using nlohmann::json;
+
+namespace {
+
+Result<GuestIdentity> IdentityFromJson(const json& j) {
+  if (!j.is_object()) return InvalidArgument("state.json: \"identity\" must be an object");
+  GuestIdentity id;
+  for (auto& [key, v] : j.items()) {
+    if (key == "env") {
+      if (!v.is_object()) return InvalidArgument("state.json: \"identity.env\" must be an object");
+      for (auto& [name, value] : v.items()) {
+        if (!value.is_string()) {
+          return InvalidArgument("state.json: \"identity.env." + name + "\" must be a string");
+        }
+        id.env[name] = value.get<std::string>();
+      }
+    } else if (key == "user" || key == "workdir") {
+      if (!v.is_string()) {
+        return InvalidArgument("state.json: \"identity." + key + "\" must be a string");
+      }
+      (key == "user" ? id.user : id.workdir) = v.get<std::string>();
+    } else {
+      return InvalidArgument("state.json: unknown key \"identity." + key + "\"");
+    }
+  }
+  return id;
+}
+
+}  // namespace
 
 std::string SerializeSandboxState(const SandboxState& s) {
   json j = {{"id", s.id},
@@ -18,6 +45,14 @@ std::string SerializeSandboxState(const SandboxState& s) {
             {"jailId", s.jail_id},
             {"accel", s.accel},
             {"vmName", s.vm_name}};
+  // The keys of the full record only once the sandbox is ready (see the header).
+  if (s.ready) j["ready"] = true;
+  if (s.origin) j["origin"] = ManifestToJson(*s.origin);
+  if (s.identity) {
+    j["identity"] = {
+        {"env", s.identity->env}, {"user", s.identity->user}, {"workdir", s.identity->workdir}};
+  }
+  if (!s.netns.empty()) j["netns"] = s.netns;
   return j.dump(2) + "\n";
 }
 
@@ -54,28 +89,26 @@ Result<SandboxState> ParseSandboxState(const std::string& text) {
     } else if (key == "vmName") {
       MOAT_RETURN_IF_ERROR(want(v.is_string(), "a string"));
       s.vm_name = v.get<std::string>();
+    } else if (key == "ready") {
+      MOAT_RETURN_IF_ERROR(want(v.is_boolean(), "a bool"));
+      s.ready = v.get<bool>();
+    } else if (key == "origin") {
+      auto m = ManifestFromJson(v);
+      if (!m.ok()) return m.status().Annotate("state.json: \"origin\"");
+      s.origin = std::move(*m);
+    } else if (key == "identity") {
+      MOAT_ASSIGN_OR_RETURN(GuestIdentity id, IdentityFromJson(v));
+      s.identity = std::move(id);
+    } else if (key == "netns") {
+      MOAT_RETURN_IF_ERROR(
+          want(v.is_string() && !v.get<std::string>().empty(), "a non-empty string"));
+      s.netns = v.get<std::string>();
     } else {
       return InvalidArgument("state.json: unknown key \"" + key + "\"");
     }
   }
   if (!IsValidSandboxId(s.id)) return InvalidArgument("state.json: invalid sandbox id");
   return s;
-}
-
-Result<uint64_t> ProcessStartTime(pid_t pid) {
-  MOAT_ASSIGN_OR_RETURN(std::string stat, ReadFile("/proc/" + std::to_string(pid) + "/stat"));
-  // The command name (field 2) may contain spaces and parentheses: fields resume after the last
-  // ')'.
-  size_t close = stat.rfind(')');
-  if (close == std::string::npos)
-    return Internal("/proc/" + std::to_string(pid) + "/stat: bad format");
-  size_t pos = close + 2;  // field 3 starts here
-  for (int field = 3; field < 22; ++field) {
-    pos = stat.find(' ', pos);
-    if (pos == std::string::npos) return Internal("/proc/stat: too few fields");
-    ++pos;
-  }
-  return std::stoull(stat.substr(pos, stat.find(' ', pos) - pos));
 }
 
 }  // namespace moat::agent

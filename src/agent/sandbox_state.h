@@ -1,12 +1,17 @@
 // What the agent keeps on disk about each sandbox (DATA_DIR/sandboxes/<id>/state.json), so that a
-// restarted agent can re-adopt a running VMM or clean up after a dead one.
+// restarted agent can re-adopt a running VMM or clean up after a dead one. Written when the VMM
+// has started (pid, start time, jail, VM name: enough to clean up), then in full once the sandbox
+// is ready (also what it was restored from, its identity and its network slot: enough to adopt).
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
+#include "agent/guest_identity.h"
+#include "agent/snapshot.h"
 #include "common/status.h"
 
 namespace moat::agent {
@@ -21,13 +26,22 @@ struct SandboxState {
   uint32_t jail_id = 0;  // uid/gid of the jailed VMM; 0 when not jailed
   std::string accel;     // "kvm" | "tcg"
   std::string vm_name;   // the VmSpec name (names the cgroup)
+
+  // Set in the full record, written once the sandbox is ready. Files of older agents have none
+  // of these keys: their sandboxes are cleaned up, never adopted.
+  bool ready = false;
+  std::optional<SnapshotManifest> origin;  // what it was restored from (pause, fork, snapshot)
+  std::optional<GuestIdentity> identity;
+  // Its network slot's namespace ("moat-10.200.0.20"), which names the slot's record in the
+  // network state dir; empty for a sandbox without a NIC.
+  std::string netns;
+
+  // Can a new agent take this sandbox over (if its VMM still runs)?
+  bool adoptable() const { return ready && origin.has_value() && identity.has_value(); }
 };
 
 std::string SerializeSandboxState(const SandboxState& s);
 // Rejects unknown keys and wrong types, naming them.
 Result<SandboxState> ParseSandboxState(const std::string& text);
-
-// The start time of a process (clock ticks since boot), or NotFound if it is gone.
-Result<uint64_t> ProcessStartTime(pid_t pid);
 
 }  // namespace moat::agent

@@ -15,24 +15,32 @@ namespace moat::agent {
 
 using nlohmann::json;
 
+json ManifestToJson(const SnapshotManifest& m) {
+  return {{"kind", m.kind},
+          {"name", m.name},
+          {"source", m.source},
+          {"vcpus", m.vcpus},
+          {"memoryMib", m.memory_mib},
+          {"accel", m.accel},
+          {"baseDisk", m.base_disk},
+          {"createdUnixMs", m.created_unix_ms},
+          {"sandboxId", m.sandbox_id},
+          {"network", m.network},
+          {"egress", m.egress}};
+}
+
 std::string SerializeManifest(const SnapshotManifest& m) {
-  json j = {{"kind", m.kind},
-            {"name", m.name},
-            {"source", m.source},
-            {"vcpus", m.vcpus},
-            {"memoryMib", m.memory_mib},
-            {"accel", m.accel},
-            {"baseDisk", m.base_disk},
-            {"createdUnixMs", m.created_unix_ms},
-            {"sandboxId", m.sandbox_id},
-            {"network", m.network},
-            {"egress", m.egress}};
-  return j.dump(2) + "\n";
+  return ManifestToJson(m).dump(2) + "\n";
 }
 
 Result<SnapshotManifest> ParseManifest(const std::string& text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return InvalidArgument("manifest: not a JSON object");
+  if (j.is_discarded()) return InvalidArgument("manifest: not a JSON object");
+  return ManifestFromJson(j);
+}
+
+Result<SnapshotManifest> ManifestFromJson(const json& j) {
+  if (!j.is_object()) return InvalidArgument("manifest: not a JSON object");
   SnapshotManifest m;
   auto str = [&](const char* key, std::string* out) -> Status {
     if (!j.contains(key) || !j[key].is_string()) {

@@ -48,6 +48,9 @@ struct SnapshotFiles {
 
 std::string SerializeManifest(const SnapshotManifest& m);
 Result<SnapshotManifest> ParseManifest(const std::string& text);
+// The same as a JSON object (state.json keeps a sandbox's origin this way).
+nlohmann::json ManifestToJson(const SnapshotManifest& m);
+Result<SnapshotManifest> ManifestFromJson(const nlohmann::json& j);
 Result<SnapshotManifest> ReadManifest(const std::string& dir);
 // A snapshot is complete only once its manifest exists: it is written last, atomically.
 Status WriteManifest(const std::string& dir, const SnapshotManifest& m);

@@ -11,6 +11,7 @@
 #include "agent/sandbox_state.h"
 #include "agent/snapshot.h"
 #include "channel/guest_client.h"
+#include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/log.h"

@@ -37,21 +37,31 @@ RateLimiter& ErrorLogLimiter() {
 
 }  // namespace
 
-ApiServer::ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics)
-    : control_ctx_{&controller, &store, &metrics, kEnvdVersion},
+ApiServer::ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics,
+                     PortResolver resolver, PortProxyOptions proxy_options)
+    : control_ctx_{&controller, &store, &metrics, kEnvdVersion, proxy_options.domain},
       envd_ctx_{&controller, &metrics},
-      metrics_(metrics) {}
+      metrics_(metrics),
+      proxy_(proxy_options, std::move(resolver), metrics) {}
 
 ApiServer::~ApiServer() {
   if (http_) {
-    http_->Shutdown();
+    Shutdown();
     http_->Wait();
   }
+}
+
+void ApiServer::Shutdown() {
+  http_->Shutdown();
+  // Relayed connections end when their upstream side is shut down too.
+  proxy_.Shutdown();
 }
 
 void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::ControlContext& cc,
                             routes::EnvdContext& ec) {
   routes::RegisterSandboxRoutes(control, cc);
+  routes::RegisterSnapshotRoutes(control, cc);
+  routes::RegisterKeyRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
   routes::RegisterEnvdFileRoutes(envd, ec);
   routes::RegisterEnvdProcessRoutes(envd, ec);
@@ -60,8 +70,11 @@ void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::C
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
                                                     SandboxController& controller,
-                                                    store::Store& store, Metrics& metrics) {
-  std::unique_ptr<ApiServer> s(new ApiServer(controller, store, metrics));
+                                                    store::Store& store, Metrics& metrics,
+                                                    PortResolver resolver,
+                                                    PortProxyOptions proxy_options) {
+  std::unique_ptr<ApiServer> s(
+      new ApiServer(controller, store, metrics, std::move(resolver), proxy_options));
   RegisterAll(s->control_, s->envd_, s->control_ctx_, s->envd_ctx_);
   ApiServer* self = s.get();
   MOAT_ASSIGN_OR_RETURN(
@@ -77,7 +90,14 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
 
 void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
-  bool envd = routes::EnvdTargetOf(req).has_value();
+  auto target = routes::EnvdTargetOf(req);
+  if (target && target->port != routes::kEnvdPort) {
+    // Public traffic to a port inside the sandbox: neither API key nor access token.
+    int status = proxy_.Serve(req, target->sandbox_id, target->port, w);
+    // 502/503/504 here say that the sandbox's side is down or busy, not moatd: no warning.
+    return Record("(port proxy)", status, started, req.peer, status == 500);
+  }
+  bool envd = target.has_value();
   const http::Router& router = envd ? envd_ : control_;
   auto match = router.Find(req.method, req.path);
   StatusRecorder rec(w);
@@ -94,15 +114,20 @@ void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
     req.params = std::move(match.params);
     match.route->handler(req, rec);
   }
-  metrics_.CountRequest(route, rec.status());
+  Record(route, rec.status(), started, req.peer, rec.status() >= 500);
+}
+
+void ApiServer::Record(const std::string& route, int status,
+                       std::chrono::steady_clock::time_point started, const std::string& peer,
+                       bool warn) {
+  metrics_.CountRequest(route, status);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
                                                                   started)
                 .count();
-  if (rec.status() >= 500 && ErrorLogLimiter().Allow()) {
-    LogWarn("api.request",
-            {{"route", route}, {"status", rec.status()}, {"ms", ms}, {"peer", req.peer}});
+  if (warn && ErrorLogLimiter().Allow()) {
+    LogWarn("api.request", {{"route", route}, {"status", status}, {"ms", ms}, {"peer", peer}});
   } else {
-    LogDebug("api.request", {{"route", route}, {"status", rec.status()}, {"ms", ms}});
+    LogDebug("api.request", {{"route", route}, {"status", status}, {"ms", ms}});
   }
 }
 

@@ -1,14 +1,17 @@
 // ApiServer: moatd's one public port. Each request goes to the envd routes when it names a
-// sandbox (E2b-Sandbox-Id, or Host 49983-<id>.<domain>), to the control routes otherwise.
-// Every answer is counted in the metrics by route, and logged.
+// sandbox (E2b-Sandbox-Id, or Host 49983-<id>.<domain>), to the port proxy when it names another
+// port of a sandbox (E2b-Sandbox-Port, or Host <port>-<id>.<domain>), to the control routes
+// otherwise. Every answer is counted in the metrics by route, and logged.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
 #include "api/http/router.h"
 #include "api/http/server.h"
 #include "api/metrics.h"
+#include "api/port_proxy.h"
 #include "api/routes/routes.h"
 #include "api/sandbox_controller.h"
 #include "api/store/store.h"
@@ -19,15 +22,19 @@ inline constexpr const char* kEnvdVersion = "0.5.7";
 
 class ApiServer {
  public:
+  // `resolver` finds the address of a sandbox's port for the port proxy; null: no sandbox has
+  // networking, and requests for sandbox ports answer 502.
   static Result<std::unique_ptr<ApiServer>> Start(http::ServerOptions options,
                                                   SandboxController& controller,
-                                                  store::Store& store, Metrics& metrics);
+                                                  store::Store& store, Metrics& metrics,
+                                                  PortResolver resolver = nullptr,
+                                                  PortProxyOptions proxy_options = {});
   ~ApiServer();
 
   uint16_t port() const { return http_->port(); }
-  // Stops accepting and closes connections; Wait() joins their threads once the handlers
-  // return (kill the sandboxes in between so that streams end).
-  void Shutdown() { http_->Shutdown(); }
+  // Stops accepting and closes connections, proxied ones included; Wait() joins their threads
+  // once the handlers return (kill the sandboxes in between so that streams end).
+  void Shutdown();
   void Wait() { http_->Wait(); }
 
   const http::Router& control_router() const { return control_; }
@@ -40,13 +47,19 @@ class ApiServer {
                           routes::EnvdContext& ec);
 
  private:
-  ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics);
+  ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics,
+            PortResolver resolver, PortProxyOptions proxy_options);
+  // Counts and logs one answered request; `warn`: as a warning (rate-limited), for moatd's own
+  // failures.
+  void Record(const std::string& route, int status, std::chrono::steady_clock::time_point started,
+              const std::string& peer, bool warn);
 
   routes::ControlContext control_ctx_;
   routes::EnvdContext envd_ctx_;
   Metrics& metrics_;
   http::Router control_;
   http::Router envd_;
+  PortProxy proxy_;  // before http_: connection threads use it until http_ is gone
   std::unique_ptr<http::HttpServer> http_;
 };
 

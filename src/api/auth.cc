@@ -60,7 +60,7 @@ Result<BootstrapResult> BootstrapApiKey(store::Store& store, const std::string& 
   MOAT_ASSIGN_OR_RETURN(bool has, store.HasApiKeys());
   if (has) return out;
   std::string key = env_key && !env_key->empty() ? *env_key : NewApiKey();
-  MOAT_ASSIGN_OR_RETURN(auto team, store.CreateTeam("admin"));
+  MOAT_ASSIGN_OR_RETURN(auto team, store.CreateTeam("admin", /*admin=*/true));
   MOAT_ASSIGN_OR_RETURN(auto rec,
                         store.AddApiKey(team.id, "admin", Sha256Hex(key), MaskApiKey(key)));
   (void)rec;

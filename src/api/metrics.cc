@@ -52,6 +52,18 @@ void Metrics::CountRequest(const std::string& route, int http_status) {
   ++requests_[{route, http_status}];
 }
 
+void Metrics::CountPortProxy(std::string_view outcome) {
+  std::lock_guard lock(mu_);
+  auto it = port_proxy_.find(outcome);
+  if (it == port_proxy_.end()) it = port_proxy_.emplace(std::string(outcome), 0).first;
+  ++it->second;
+}
+
+void Metrics::SetPortProxyActive(int64_t n) {
+  std::lock_guard lock(mu_);
+  port_proxy_active_ = n;
+}
+
 std::string Metrics::Render(const std::map<std::string, int64_t>& by_state) const {
   std::string out = "# HELP moat_sandboxes Sandboxes by state.\n# TYPE moat_sandboxes gauge\n";
   for (const auto& [state, n] : by_state) {
@@ -77,6 +89,15 @@ std::string Metrics::Render(const std::map<std::string, int64_t>& by_state) cons
   for (const auto& [route, n] : errors) {
     out += "moat_http_errors_total{route=\"" + Escape(route) + "\"} " + std::to_string(n) + "\n";
   }
+  out += "# HELP moat_port_proxy_requests_total Requests to sandbox ports, by outcome.\n";
+  out += "# TYPE moat_port_proxy_requests_total counter\n";
+  for (const auto& [outcome, n] : port_proxy_) {
+    out += "moat_port_proxy_requests_total{outcome=\"" + Escape(outcome) + "\"} " +
+           std::to_string(n) + "\n";
+  }
+  out += "# HELP moat_port_proxy_connections Connections to sandbox ports open now.\n";
+  out += "# TYPE moat_port_proxy_connections gauge\n";
+  out += "moat_port_proxy_connections " + std::to_string(port_proxy_active_) + "\n";
   return out;
 }
 

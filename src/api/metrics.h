@@ -1,5 +1,6 @@
 // moatd's Prometheus metrics (GET /metrics): request errors by route, create and exec latency
-// histograms. Sandboxes by state are read from the store when scraped. Thread-safe.
+// histograms, the port proxy's requests by outcome and its open connections. Sandboxes by state are
+// read from the store when scraped. Thread-safe.
 #pragma once
 
 #include <array>
@@ -7,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace moat::api {
@@ -34,6 +36,10 @@ class Metrics {
   Histogram& exec_start_latency() { return exec_; }
   // One request answered: counted by route pattern and status class; errors (>= 400) apart.
   void CountRequest(const std::string& route, int http_status);
+  // One request to a sandbox port (PortProxy), by outcome: "relayed", "sandbox_not_found", …
+  void CountPortProxy(std::string_view outcome);
+  // Connections the port proxy is connecting or relaying now.
+  void SetPortProxyActive(int64_t n);
   // The whole exposition; `by_state` are the sandboxes per state.
   std::string Render(const std::map<std::string, int64_t>& by_state) const;
 
@@ -42,6 +48,8 @@ class Metrics {
   Histogram exec_;
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;  // (route, status) → count
+  std::map<std::string, uint64_t, std::less<>> port_proxy_;   // outcome → count
+  int64_t port_proxy_active_ = 0;
 };
 
 }  // namespace moat::api

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <utility>
@@ -17,6 +18,51 @@ std::string ExecutableDir() {
   if (n <= 0) return ".";
   std::string path(buf, static_cast<size_t>(n));
   return path.substr(0, path.rfind('/'));
+}
+
+// The IPv4 nameservers of resolv.conf that are not loopback (a local stub resolver is not
+// reachable from a sandbox: the host accepts nothing from slots).
+std::vector<std::string> SystemResolvers() {
+  std::vector<std::string> out;
+  auto text = ReadFile("/etc/resolv.conf");
+  if (!text.ok()) return out;
+  size_t pos = 0;
+  while (pos < text->size()) {
+    size_t end = text->find('\n', pos);
+    if (end == std::string::npos) end = text->size();
+    std::string line = text->substr(pos, end - pos);
+    pos = end + 1;
+    const std::string kKey = "nameserver";
+    if (line.rfind(kKey, 0) != 0) continue;
+    size_t start = line.find_first_not_of(" \t", kKey.size());
+    if (start == std::string::npos || start == kKey.size()) continue;
+    std::string addr = line.substr(start, line.find_first_of(" \t#", start) - start);
+    auto ip = net::Ipv4Address::Parse(addr);
+    if (ip.ok() && (ip->value >> 24) != 127) out.push_back(addr);
+  }
+  return out;
+}
+
+Status ValidateNetwork(MoatdConfig& c) {
+  auto pool = net::Ipv4Cidr::Parse(c.net_pool);
+  if (!pool.ok()) return pool.status().Annotate("--net-pool");
+  c.net.pool = *pool;
+  c.net.state_dir = c.data_dir + "/net";
+  if (c.dns.empty()) c.dns = SystemResolvers();
+  c.net.dns_servers.clear();
+  for (const auto& d : c.dns) {
+    auto ip = net::Ipv4Address::Parse(d);
+    if (!ip.ok()) return InvalidArgument("--dns: not an IPv4 address: \"" + d + "\"");
+    c.net.dns_servers.push_back(*ip);
+  }
+  // moatd's own port, on whatever address a sandbox might find it.
+  c.net.control_plane_ports = {c.listen_port};
+  if (c.ready_slots > 64) {
+    return InvalidArgument("--ready-slots: must be 0..64, got " + std::to_string(c.ready_slots));
+  }
+  Status valid = c.net.Validate();
+  if (!valid.ok()) return valid.Annotate("networking");
+  return Status::Ok();
 }
 
 }  // namespace
@@ -41,6 +87,13 @@ Status ValidateConfig(MoatdConfig& c) {
     return InvalidArgument("--max-body-bytes: must be at least 1048576, got " +
                            std::to_string(c.max_body_bytes));
   }
+  if (c.proxy_idle_timeout_s < 1 || c.proxy_idle_timeout_s > 7 * 24 * 3600) {
+    return InvalidArgument("--proxy-idle-timeout: must be 1..604800 seconds, got " +
+                           std::to_string(c.proxy_idle_timeout_s));
+  }
+  if (c.proxy_max_connections < 1) {
+    return InvalidArgument("--proxy-max-connections: must be at least 1");
+  }
   if (c.data_dir.empty()) return InvalidArgument("--data-dir: must not be empty");
   Status made = MakeDirs(c.data_dir, 0711);
   if (!made.ok()) return made.Annotate("--data-dir");
@@ -58,6 +111,12 @@ Status ValidateConfig(MoatdConfig& c) {
       return NotFound("--guest-dir: " + c.guest_dir + f + " not found (run `make guest`)");
     }
   }
+  for (char ch : c.domain) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.') {
+      return InvalidArgument("--domain: not a DNS name: \"" + c.domain + "\"");
+    }
+  }
+  if (c.network) MOAT_RETURN_IF_ERROR(ValidateNetwork(c));
   return Status::Ok();
 }
 

@@ -2,9 +2,12 @@
 // names the flag.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
+#include "net/net_config.h"
 #include "vmm/qemu/accel_probe.h"
 
 namespace moat::api {
@@ -17,10 +20,26 @@ struct MoatdConfig {
   std::string guest_dir;
   // Request bodies above this are refused with 413 (file uploads are the large ones).
   size_t max_body_bytes = 256u * 1024 * 1024;
+  // The port proxy (<port>-<id>.<domain>): a proxied connection idle this long is closed; at most
+  // this many are open at once (503 past it).
+  int64_t proxy_idle_timeout_s = 600;
+  size_t proxy_max_connections = 1024;
+  // Sandbox networking (DESIGN §6): on gives every sandbox a slot with internet access and
+  // nothing else; off gives sandboxes no NIC at all.
+  bool network = true;
+  // The sandbox domain clients are told (Sandbox.domain, the SDK's getHost); empty: null.
+  std::string domain;
+  std::string net_pool = "10.200.0.0/16";
+  // Resolvers the slots forward DNS to; empty: the non-loopback nameservers of
+  // /etc/resolv.conf.
+  std::vector<std::string> dns;
+  size_t ready_slots = 4;
 
   // Filled in by ValidateConfig from `listen`.
   std::string listen_host;
   uint16_t listen_port = 0;
+  // Filled in by ValidateConfig when `network` is on.
+  net::NetConfig net;
 };
 
 // Checks every field: listen is host:port with a port in 0..65535 (0: any free port), the data dir

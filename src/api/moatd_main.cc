@@ -23,7 +23,9 @@ int Fail(const std::string& what, const Status& s) {
   return 1;
 }
 
-int Serve(MoatdConfig config) {
+// `keep_sandboxes`: on SIGTERM/SIGINT leave running sandboxes to the next moatd on this data dir
+// (Agent::Detach) instead of killing them.
+int Serve(MoatdConfig config, bool keep_sandboxes) {
   // SIGINT/SIGTERM are taken by sigwait below; blocked before any thread starts, so that every
   // thread inherits the mask (children reset it before exec).
   sigset_t stop_signals;
@@ -60,6 +62,15 @@ int Serve(MoatdConfig config) {
   ac.base.kernel_path = config.guest_dir + "/vmlinux";
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
   ac.accel = accel->accel;
+  if (config.network) {
+    ac.network = config.net;
+    ac.ready_slots = config.ready_slots;
+    std::string dns;
+    for (const auto& d : config.dns) dns += (dns.empty() ? "" : ",") + d;
+    LogInfo("moatd.network", {{"pool", config.net_pool}, {"dns", dns.empty() ? "none" : dns}});
+  } else {
+    LogInfo("moatd.network", {{"pool", "off"}});
+  }
   auto agent = agent::Agent::Start(ac);
   if (!agent.ok()) return Fail("agent", agent.status());
 
@@ -71,7 +82,22 @@ int Serve(MoatdConfig config) {
   opts.host = config.listen_host;
   opts.port = config.listen_port;
   opts.body_limit = config.max_body_bytes;
-  auto server = ApiServer::Start(opts, **controller, **store, metrics);
+  PortProxyOptions proxy;
+  proxy.idle_timeout = std::chrono::seconds(config.proxy_idle_timeout_s);
+  proxy.max_connections = config.proxy_max_connections;
+  proxy.domain = config.domain;
+  // No resolver yet: until the agent's network slots resolve sandbox ports, requests for them
+  // answer 502.
+  // Sandbox ports: the slot address of a running sandbox (its DNAT forwards to the guest).
+  PortResolver resolver = nullptr;
+  if (config.network) {
+    resolver = [c = controller->get()](const std::string& id,
+                                       uint16_t port) -> Result<SandboxEndpoint> {
+      MOAT_ASSIGN_OR_RETURN(auto endpoint, c->ResolvePort(id, port));
+      return SandboxEndpoint{endpoint.first, endpoint.second};
+    };
+  }
+  auto server = ApiServer::Start(opts, **controller, **store, metrics, resolver, proxy);
   if (!server.ok()) return Fail("listen", server.status());
 
   std::string host = config.listen_host.find(':') != std::string::npos
@@ -98,10 +124,16 @@ int Serve(MoatdConfig config) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  LogInfo("moatd.stopping", {{"signal", sig}});
-  // Stop taking requests, end every sandbox (their streams end), then let the handlers finish.
+  LogInfo("moatd.stopping",
+          {{"signal", sig}, {"sandboxes", keep_sandboxes ? "kept running" : "killed"}});
+  // Stop taking requests, end every sandbox — or detach it, for the next moatd to re-adopt —
+  // (their streams end), then let the handlers finish.
   (*server)->Shutdown();
-  (*agent)->KillAll();
+  if (keep_sandboxes) {
+    (*agent)->Detach();
+  } else {
+    (*agent)->KillAll();
+  }
   (*server)->Wait();
   server->reset();
   controller->reset();
@@ -127,13 +159,41 @@ int main(int argc, char** argv) {
   serve->add_option("--guest-dir", config.guest_dir, "directory with vmlinux and rootfs.ext4");
   serve->add_option("--max-body-bytes", config.max_body_bytes, "largest request body (413 above)")
       ->capture_default_str();
+  serve
+      ->add_option("--proxy-idle-timeout", config.proxy_idle_timeout_s,
+                   "seconds a connection to a sandbox port may stay idle")
+      ->capture_default_str();
+  serve
+      ->add_option("--proxy-max-connections", config.proxy_max_connections,
+                   "connections to sandbox ports open at once (503 past it)")
+      ->capture_default_str();
+  serve->add_option("--domain", config.domain,
+                    "sandbox domain: <port>-<id>.<domain> must resolve to moatd (wildcard DNS)");
+  std::string network = "on";
+  serve->add_option("--network", network, "on|off: sandboxes get a network slot (DESIGN §6)")
+      ->capture_default_str();
+  serve->add_option("--net-pool", config.net_pool, "IPv4 pool the slots' /30s come from")
+      ->capture_default_str();
+  serve->add_option("--dns", config.dns,
+                    "resolver(s) sandboxes' DNS goes to (default: /etc/resolv.conf's)");
+  serve->add_option("--ready-slots", config.ready_slots, "network slots kept ready")
+      ->capture_default_str();
+  bool keep_sandboxes = false;
+  serve->add_flag("--keep-sandboxes-on-stop", keep_sandboxes,
+                  "on SIGTERM/SIGINT leave running sandboxes running; the next moatd on the same "
+                  "data dir re-adopts them (default: they are killed)");
   CLI11_PARSE(app, argc, argv);
+  if (network != "on" && network != "off") {
+    std::fprintf(stderr, "moatd: --network: expected on or off, got \"%s\"\n", network.c_str());
+    return 2;
+  }
+  config.network = network == "on";
   auto mode = moat::vmm::qemu::ParseAccelMode(accel);
   if (!mode.ok()) {
     std::fprintf(stderr, "moatd: --accel: %s\n", mode.status().message().c_str());
     return 2;
   }
   config.accel = *mode;
-  if (serve->parsed()) return moat::api::Serve(config);
+  if (serve->parsed()) return moat::api::Serve(config, keep_sandboxes);
   return 2;
 }

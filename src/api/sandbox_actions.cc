@@ -35,6 +35,17 @@ Result<int64_t> TimeoutField(const json& body, std::string_view field, int64_t d
   return *v;
 }
 
+Result<int> LimitParam(const codec::QueryParams& q) {
+  auto l = codec::QueryValue(q, "limit");
+  if (!l || l->empty()) return 100;
+  char* end = nullptr;
+  long v = std::strtol(l->c_str(), &end, 10);
+  if (*end != '\0' || v < 1 || v > 100) {
+    return InvalidArgument("limit: must be 1..100, got \"" + *l + "\"");
+  }
+  return static_cast<int>(v);
+}
+
 }  // namespace
 
 Result<CreateSandboxAction> ParseCreateSandbox(std::string_view text, int64_t default_timeout_s) {
@@ -50,12 +61,25 @@ Result<CreateSandboxAction> ParseCreateSandbox(std::string_view text, int64_t de
   MOAT_ASSIGN_OR_RETURN(a.env_vars, codec::StringMapField(body, "envVars"));
   MOAT_ASSIGN_OR_RETURN(auto auto_pause, codec::BoolField(body, "autoPause"));
   a.auto_pause = auto_pause.value_or(false);
+  MOAT_ASSIGN_OR_RETURN(auto internet, codec::BoolField(body, "allow_internet_access"));
+  const json* network = codec::Field(body, "network");
+  MOAT_ASSIGN_OR_RETURN(a.egress,
+                        net::EgressPolicy::FromE2b(network ? *network : json(nullptr), internet));
   for (const auto& [k, v] : a.env_vars) {
     if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
       return InvalidArgument("\"envVars\": bad variable name \"" + k + "\"");
     }
   }
   return a;
+}
+
+Result<net::EgressPolicy> ParseNetworkUpdate(std::string_view text) {
+  MOAT_ASSIGN_OR_RETURN(json body, ParseObject(text));
+  MOAT_ASSIGN_OR_RETURN(auto internet, codec::BoolField(body, "allow_internet_access"));
+  // The update body is the `network` object itself, plus allow_internet_access.
+  json network = body;
+  network.erase("allow_internet_access");
+  return net::EgressPolicy::FromE2b(network, internet);
 }
 
 Result<int64_t> ParseSeconds(std::string_view text, std::string_view field,
@@ -96,19 +120,43 @@ Result<store::SandboxFilter> ParseListQuery(const codec::QueryParams& q, bool v2
       return InvalidArgument("order: expected asc or desc, got \"" + *o + "\"");
     f.ascending = *o == "asc";
   }
-  if (auto l = codec::QueryValue(q, "limit"); l && !l->empty()) {
-    char* end = nullptr;
-    long v = std::strtol(l->c_str(), &end, 10);
-    if (*end != '\0' || v < 1 || v > 100)
-      return InvalidArgument("limit: must be 1..100, got \"" + *l + "\"");
-    f.limit = static_cast<int>(v);
-  }
+  MOAT_ASSIGN_OR_RETURN(f.limit, LimitParam(q));
   if (auto t = codec::QueryValue(q, "nextToken"); t) f.next_token = *t;
   if (auto a = codec::QueryValue(q, "startedAfter"); a && !a->empty()) {
     auto secs = codec::ParseRfc3339(*a);
     if (!secs.ok()) return secs.status().Annotate("startedAfter");
     f.started_after_ms = *secs * 1000;
   }
+  return f;
+}
+
+Result<CreateSnapshotAction> ParseCreateSnapshot(std::string_view text) {
+  MOAT_ASSIGN_OR_RETURN(json body, ParseObject(text));
+  CreateSnapshotAction a;
+  MOAT_ASSIGN_OR_RETURN(auto name, codec::StringField(body, "name"));
+  if (!name) return a;
+  if (name->empty() || name->size() > 128) {
+    return InvalidArgument("\"name\" must be 1 to 128 characters long");
+  }
+  for (char c : *name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '/' || c == '-';
+    if (!ok) {
+      return InvalidArgument("\"name\" may hold only letters, digits and . _ : / - (got \"" +
+                             *name + "\")");
+    }
+  }
+  if (*name == "base") return InvalidArgument("\"name\": \"base\" is the built-in template");
+  a.name = *name;
+  return a;
+}
+
+Result<store::SnapshotFilter> ParseSnapshotListQuery(const codec::QueryParams& q) {
+  store::SnapshotFilter f;
+  if (auto s = codec::QueryValue(q, "sandboxID")) f.sandbox_id = *s;
+  if (auto n = codec::QueryValue(q, "name")) f.name = *n;
+  MOAT_ASSIGN_OR_RETURN(f.limit, LimitParam(q));
+  if (auto t = codec::QueryValue(q, "nextToken")) f.next_token = *t;
   return f;
 }
 

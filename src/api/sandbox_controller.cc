@@ -2,6 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <set>
+
 #include "api/auth.h"
 #include "common/log.h"
 
@@ -19,13 +22,40 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(agent::Agent
                                                                     ControllerOptions options) {
   std::unique_ptr<SandboxController> c(new SandboxController(agent, store, metrics, options));
   MOAT_ASSIGN_OR_RETURN(auto all, store.AllSandboxes());
+  const auto& cleaned = agent.recovery().cleaned;
   for (const auto& r : all) {
     if (r.state == "paused" && agent.IsPaused(r.id)) continue;  // persisted: resumable
-    if (!agent.Get(r.id).ok()) {
-      // The agent re-adopts no VMM across restarts yet: its recovery released this one.
-      MOAT_RETURN_IF_ERROR(store.DeleteSandbox(r.id));
-      LogInfo("api.sandbox_dropped", {{"sandbox", r.id}, {"reason", "not running after restart"}});
+    // Running: the agent's recovery re-adopted it (moatd restarted, its VMM ran on).
+    if (agent.Get(r.id).ok()) {
+      LogInfo("api.sandbox_kept", {{"sandbox", r.id}, {"reason", "re-adopted after restart"}});
+      continue;
     }
+    // Gone: its VMM died while no moatd ran (the agent's recovery released what was left), or
+    // it was never re-adopted. Its record goes too.
+    bool was_left = std::find(cleaned.begin(), cleaned.end(), r.id) != cleaned.end();
+    MOAT_RETURN_IF_ERROR(store.DeleteSandbox(r.id));
+    LogInfo("api.sandbox_dropped",
+            {{"sandbox", r.id},
+             {"reason", was_left ? "not running after restart: marked and cleaned"
+                                 : "not running after restart"}});
+  }
+  // A sandbox the agent re-adopted that no record names (moatd stopped between making it and
+  // recording it: a create or fork in flight) belongs to no team and no one could reach it.
+  std::set<std::string> recorded;
+  for (const auto& r : all) recorded.insert(r.id);
+  for (const auto& sb : agent.List()) {
+    if (recorded.count(sb->id()) != 0) continue;
+    (void)agent.Kill(sb->id());
+    LogWarn("api.sandbox_killed",
+            {{"sandbox", sb->id()}, {"reason", "re-adopted without a record"}});
+  }
+  MOAT_ASSIGN_OR_RETURN(auto snapshots, store.AllSnapshots());
+  std::set<std::string> on_disk;
+  for (const auto& m : agent.ListSnapshots()) on_disk.insert(m.sandbox_id);
+  for (const auto& s : snapshots) {
+    if (on_disk.count(s.id) != 0) continue;
+    MOAT_RETURN_IF_ERROR(store.DeleteSnapshot(s.id));
+    LogInfo("api.snapshot_dropped", {{"snapshot", s.id}, {"reason", "no files"}});
   }
   c->reaper_ = std::thread([p = c.get()] { p->ReaperLoop(); });
   return c;
@@ -43,14 +73,15 @@ SandboxController::~SandboxController() {
 Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& team,
                                                        const CreateSandboxAction& a) {
   auto started = std::chrono::steady_clock::now();
+  MOAT_ASSIGN_OR_RETURN(std::string template_id, ResolveTemplate(team.id, a.template_id));
   agent::GuestIdentity identity;
   identity.env = a.env_vars;
-  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Create(a.template_id, identity));
+  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Create(template_id, identity, a.egress));
   const auto& tmpl = agent_.config().base;
   store::SandboxRecord r;
   r.id = sb->id();
   r.team_id = team.id;
-  r.template_id = a.template_id;
+  r.template_id = template_id;
   r.access_token = RandomToken("", 24);
   r.metadata = a.metadata;
   r.env_vars = a.env_vars;
@@ -77,6 +108,60 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   return r;
 }
 
+Result<std::string> SandboxController::ResolveTemplate(const std::string& team_id,
+                                                       const std::string& template_id) {
+  if (template_id == agent_.config().base.name) return template_id;
+  MOAT_ASSIGN_OR_RETURN(auto by_id, store_.GetSnapshot(template_id));
+  if (by_id && by_id->team_id == team_id) return by_id->id;
+  MOAT_ASSIGN_OR_RETURN(auto by_name, store_.SnapshotByName(team_id, template_id));
+  if (by_name) return by_name->id;
+  return NotFound("template \"" + template_id + "\" not found");
+}
+
+Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::string& team_id,
+                                                                const std::string& sandbox_id,
+                                                                const CreateSnapshotAction& a) {
+  MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, sandbox_id));
+  if (r.state != "running") {
+    return FailedPrecondition("sandbox \"" + sandbox_id +
+                              "\" is paused; resume it before taking a snapshot");
+  }
+  auto started = std::chrono::steady_clock::now();
+  MOAT_ASSIGN_OR_RETURN(auto manifest, agent_.CreateSnapshot(r.id, a.name));
+  store::SnapshotRecord snap{.id = manifest.sandbox_id,
+                             .team_id = team_id,
+                             .sandbox_id = r.id,
+                             .name = a.name,
+                             .created_at_ms = UnixMillisNow()};
+  if (Status s = store_.InsertSnapshot(snap); !s.ok()) {
+    (void)agent_.DeleteSnapshot(snap.id);
+    return s.Annotate("recording snapshot " + snap.id);
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  started)
+                .count();
+  LogInfo("api.snapshot_created",
+          {{"snapshot", snap.id}, {"sandbox", r.id}, {"team", team_id}, {"ms", ms}});
+  return snap;
+}
+
+Result<store::SnapshotPage> SandboxController::ListSnapshots(const store::SnapshotFilter& filter) {
+  return store_.ListSnapshots(filter);
+}
+
+Status SandboxController::DeleteSnapshot(const std::string& team_id,
+                                         const std::string& snapshot_id) {
+  MOAT_ASSIGN_OR_RETURN(auto snap, store_.GetSnapshot(snapshot_id));
+  if (!snap || snap->team_id != team_id) {
+    return NotFound("snapshot \"" + snapshot_id + "\" not found");
+  }
+  Status removed = agent_.DeleteSnapshot(snap->id);
+  if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
+  MOAT_RETURN_IF_ERROR(store_.DeleteSnapshot(snap->id));
+  LogInfo("api.snapshot_deleted", {{"snapshot", snap->id}, {"team", team_id}});
+  return Status::Ok();
+}
+
 Result<store::SandboxRecord> SandboxController::Get(const std::string& team_id,
                                                     const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, store_.GetSandbox(id));
@@ -89,9 +174,14 @@ Result<store::SandboxPage> SandboxController::List(const store::SandboxFilter& f
 }
 
 Status SandboxController::Release(const std::string& id, const char* why) {
-  Status killed = agent_.Kill(id);
-  if (!killed.ok() && killed.code() != ErrorCode::kNotFound) return killed;
+  // The record goes first: from then on every route answers 404 for it at once, while the VM
+  // and its network slot are released (tens of milliseconds, more under load).
   MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
+  Status killed = agent_.Kill(id);
+  if (!killed.ok() && killed.code() != ErrorCode::kNotFound) {
+    LogError("api.sandbox_release_failed", {{"sandbox", id}, {"error", killed.ToString()}});
+    return killed;
+  }
   LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
   return Status::Ok();
 }
@@ -99,6 +189,22 @@ Status SandboxController::Release(const std::string& id, const char* why) {
 Status SandboxController::Kill(const std::string& team_id, const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
   return Release(r.id, "killed");
+}
+
+Status SandboxController::UpdateNetwork(const std::string& team_id, const std::string& id,
+                                        const net::EgressPolicy& egress) {
+  MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
+  if (r.state == "paused") {
+    return FailedPrecondition("sandbox \"" + id + "\" is paused: resume it to change its network");
+  }
+  return agent_.SetEgress(r.id, egress);
+}
+
+Result<std::pair<std::string, uint16_t>> SandboxController::ResolvePort(const std::string& id,
+                                                                        uint16_t port) {
+  MOAT_ASSIGN_OR_RETURN(Running running, FindRunning(id));
+  MOAT_ASSIGN_OR_RETURN(net::Ipv4Address address, running.sandbox->NetworkAddress());
+  return std::make_pair(address.ToString(), port);
 }
 
 Status SandboxController::SetTimeout(const std::string& team_id, const std::string& id,

@@ -1,6 +1,7 @@
 // SandboxController: executes the control API's actions against the host agent and the store,
 // and enforces every sandbox's end time (the reaper). The store is the record of which team
-// owns which sandbox; the agent owns the VMs. A sandbox of another team is not_found.
+// owns which sandbox and which named snapshot; the agent owns the VMs and the snapshot files.
+// A sandbox or snapshot of another team is not_found.
 #pragma once
 
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "agent/agent.h"
 #include "api/metrics.h"
@@ -24,7 +26,8 @@ struct ControllerOptions {
 class SandboxController {
  public:
   // Reconciles the store with the agent (records of sandboxes the agent does not have — an
-  // earlier moatd's, cleaned up by the agent's recovery — are dropped) and starts the reaper.
+  // earlier moatd's, cleaned up by the agent's recovery — are dropped, and so are records of
+  // snapshots whose files are gone) and starts the reaper.
   static Result<std::unique_ptr<SandboxController>> Start(agent::Agent& agent, store::Store& store,
                                                           Metrics& metrics,
                                                           ControllerOptions options);
@@ -33,6 +36,7 @@ class SandboxController {
   SandboxController(const SandboxController&) = delete;
   SandboxController& operator=(const SandboxController&) = delete;
 
+  // The template is `base`, or one of the team's snapshots by id or (the newest by) name.
   Result<store::SandboxRecord> Create(const store::TeamRecord& team,
                                       const CreateSandboxAction& action);
   Result<store::SandboxRecord> Get(const std::string& team_id, const std::string& id);
@@ -40,6 +44,12 @@ class SandboxController {
   Status Kill(const std::string& team_id, const std::string& id);
   // end = now + timeout (may shorten).
   Status SetTimeout(const std::string& team_id, const std::string& id, int64_t timeout_s);
+  // Replaces a running sandbox's egress policy; failed_precondition while paused.
+  Status UpdateNetwork(const std::string& team_id, const std::string& id,
+                       const net::EgressPolicy& egress);
+  // Where moatd's port proxy connects for `port` of a running sandbox (any team: port traffic
+  // is public, as in E2B). failed_precondition if it has no network.
+  Result<std::pair<std::string, uint16_t>> ResolvePort(const std::string& id, uint16_t port);
   // end = max(end, now + timeout). A paused sandbox is resumed first (*resumed = true).
   Result<store::SandboxRecord> Connect(const std::string& team_id, const std::string& id,
                                        int64_t timeout_s, bool* resumed = nullptr);
@@ -52,6 +62,15 @@ class SandboxController {
   // metadata; each its own end time (now + timeout).
   Result<std::vector<store::SandboxRecord>> Fork(const std::string& team_id, const std::string& id,
                                                  int count, int64_t timeout_s);
+
+  // A named snapshot of a running sandbox, which keeps running; owned by the sandbox's team.
+  // failed_precondition (409) for a paused sandbox.
+  Result<store::SnapshotRecord> CreateSnapshot(const std::string& team_id,
+                                               const std::string& sandbox_id,
+                                               const CreateSnapshotAction& action);
+  Result<store::SnapshotPage> ListSnapshots(const store::SnapshotFilter& filter);
+  // Removes the snapshot's files and record; sandboxes created from it are not affected.
+  Status DeleteSnapshot(const std::string& team_id, const std::string& snapshot_id);
 
   // envd: a running sandbox by id, whatever its team (envd requests carry no API key; the
   // access token guards them). not_found if it is not running.
@@ -74,6 +93,8 @@ class SandboxController {
   void ReaperLoop();
   Status Release(const std::string& id, const char* why);
   Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
+  // The agent's name for a create's templateID: "base", or the id of the team's snapshot.
+  Result<std::string> ResolveTemplate(const std::string& team_id, const std::string& template_id);
 
   agent::Agent& agent_;
   store::Store& store_;

@@ -309,6 +309,11 @@ GuestClient::~GuestClient() {
   if (reader_.joinable()) reader_.join();
 }
 
+void GuestClient::Shutdown() {
+  shared_->Fail(Unavailable("guest client shut down"));
+  ::shutdown(shared_->fd.get(), SHUT_RDWR);
+}
+
 bool GuestClient::alive() const {
   std::lock_guard lock(shared_->mu);
   return shared_->alive;

@@ -115,6 +115,10 @@ class GuestClient {
   Result<ExecResult> Run(const ExecRequest& request, Deadline deadline);
 
   bool alive() const;
+  // Ends every stream (Unavailable) and shuts the connection down now, for every holder of this
+  // client at once: the guest's end (the VMM's chardev) sees it close and can take a new
+  // connection. The object stays usable (every call fails) until its last holder drops it.
+  void Shutdown();
   // The guest's HELLO: version, boot_id, uptime_ms, pid1.
   const nlohmann::json& guest_hello() const { return guest_hello_; }
 

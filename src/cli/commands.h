@@ -14,9 +14,11 @@ using Runner = std::function<int()>;
 Runner AddVersion(CLI::App& app);
 Runner AddDoctor(CLI::App& app);
 // Over the public API (MOAT_API_URL, MOAT_API_KEY):
-Runner AddSandbox(CLI::App& app);  // sandbox create|list|info|kill|timeout|pause|resume|fork
-Runner AddExec(CLI::App& app);     // process.Process/Start, output streamed, exit code propagated
-Runner AddCp(CLI::App& app);       // envd GET/POST /files
+Runner AddSandbox(CLI::App& app);   // sandbox create|list|info|kill|timeout|pause|resume|fork
+Runner AddExec(CLI::App& app);      // process.Process/Start streamed, exit code propagated; -i, -t
+Runner AddCp(CLI::App& app);        // envd GET/POST /files
+Runner AddSnapshot(CLI::App& app);  // snapshot create|list|delete
+Runner AddKeys(CLI::App& app);      // keys create|list|revoke (/keys)
 
 // A repeatable `--flag K=V` collected into `values`. It is a scalar option fired on each use,
 // not a vector option, because CLI11 ends a vector option's values at `--`, which `exec` needs

@@ -12,6 +12,12 @@ bool IsSandboxId(std::string_view s) {
   });
 }
 
+// Columns a cell takes on a terminal: UTF-8 code points (masks hold "…"), not bytes.
+size_t DisplayWidth(std::string_view s) {
+  return static_cast<size_t>(
+      std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+}
+
 }  // namespace
 
 Result<std::map<std::string, std::string>> ParseKeyValues(const std::vector<std::string>& args,
@@ -41,7 +47,7 @@ std::string FormatTable(const std::vector<std::string>& header,
   std::vector<size_t> widths(header.size(), 0);
   auto measure = [&widths](const std::vector<std::string>& row) {
     for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
-      widths[i] = std::max(widths[i], row[i].size());
+      widths[i] = std::max(widths[i], DisplayWidth(row[i]));
     }
   };
   measure(header);
@@ -52,7 +58,7 @@ std::string FormatTable(const std::vector<std::string>& header,
     for (size_t i = 0; i < widths.size(); ++i) {
       const std::string cell = i < row.size() ? row[i] : "";
       line += cell;
-      if (i + 1 < widths.size()) line += std::string(widths[i] - cell.size() + 2, ' ');
+      if (i + 1 < widths.size()) line += std::string(widths[i] - DisplayWidth(cell) + 2, ' ');
     }
     while (!line.empty() && line.back() == ' ') line.pop_back();
     out += line + "\n";
@@ -76,6 +82,15 @@ std::string Cell(const json& object, std::string_view key) {
     }
     return out;
   }
+  if (it->is_array()) {
+    if (it->empty()) return "-";
+    std::string out;
+    for (const auto& v : *it) {
+      if (!out.empty()) out += ",";
+      out += v.is_string() ? v.get<std::string>() : v.dump();
+    }
+    return out;
+  }
   return it->dump();
 }
 
@@ -90,17 +105,42 @@ std::string FormatSandboxList(const json& sandboxes) {
   return FormatTable({"SANDBOX ID", "TEMPLATE", "STATE", "STARTED", "ENDS", "METADATA"}, rows);
 }
 
-std::string FormatSandboxFields(const json& sandbox) {
-  static constexpr std::string_view kFields[] = {
-      "sandboxID", "templateID", "alias",      "state",       "startedAt", "endAt",
-      "cpuCount",  "memoryMB",   "diskSizeMB", "envdVersion", "domain",    "metadata"};
+std::string FormatFields(const json& object, const std::vector<std::string_view>& fields) {
   std::vector<std::vector<std::string>> rows;
-  for (std::string_view field : kFields) {
-    if (!sandbox.is_object() || !sandbox.contains(field)) continue;
-    rows.push_back({std::string(field) + ":", Cell(sandbox, field)});
+  for (std::string_view field : fields) {
+    if (!object.is_object() || !object.contains(field)) continue;
+    rows.push_back({std::string(field) + ":", Cell(object, field)});
   }
   std::string table = FormatTable({"", ""}, rows);
   return table.substr(table.find('\n') + 1);  // no header line for a field list
+}
+
+std::string FormatSandboxFields(const json& sandbox) {
+  return FormatFields(
+      sandbox, {"sandboxID", "templateID", "alias", "state", "startedAt", "endAt", "cpuCount",
+                "memoryMB", "diskSizeMB", "envdVersion", "domain", "metadata"});
+}
+
+std::string FormatKeyList(const json& keys) {
+  std::vector<std::vector<std::string>> rows;
+  if (keys.is_array()) {
+    for (const auto& k : keys) {
+      rows.push_back({Cell(k, "id"), Cell(k, "name"), Cell(k, "mask"), Cell(k, "teamID"),
+                      Cell(k, "createdAt")});
+    }
+  }
+  return FormatTable({"KEY ID", "NAME", "KEY", "TEAM ID", "CREATED"}, rows);
+}
+
+std::string FormatSnapshotList(const json& snapshots) {
+  std::vector<std::vector<std::string>> rows;
+  if (snapshots.is_array()) {
+    for (const auto& s : snapshots) {
+      rows.push_back(
+          {Cell(s, "snapshotID"), Cell(s, "names"), Cell(s, "sandboxID"), Cell(s, "createdAt")});
+    }
+  }
+  return FormatTable({"SNAPSHOT ID", "NAMES", "FROM SANDBOX", "CREATED"}, rows);
 }
 
 std::string FormatForks(const json& forks) {

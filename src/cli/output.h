@@ -32,7 +32,8 @@ CpEndpoint ParseCpEndpoint(std::string_view arg);
 std::string FormatTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows);
 
-// A JSON value as a table cell: strings bare, null or absent as "-", objects as k=v,k2=v2.
+// A JSON value as a table cell: strings bare, null or absent as "-", objects as k=v,k2=v2,
+// arrays as a,b (empty: "-").
 std::string Cell(const json& object, std::string_view key);
 
 // `sandbox list`: ListedSandbox[] as a table.
@@ -42,6 +43,13 @@ std::string FormatSandboxList(const json& sandboxes);
 std::string FormatSandboxFields(const json& sandbox);
 // `sandbox fork`: [{"sandbox":…} | {"error":…}] as a table, one row per fork.
 std::string FormatForks(const json& forks);
+
+// "field: value" lines for the `fields` an object has, in that order (no header).
+std::string FormatFields(const json& object, const std::vector<std::string_view>& fields);
+// `keys list`: ApiKey[] as a table (masked keys only: the API never lists a key's value).
+std::string FormatKeyList(const json& keys);
+// `snapshot list`: SnapshotInfo[] as a table.
+std::string FormatSnapshotList(const json& snapshots);
 
 // Prints "moat: <message>" on stderr (one line) and returns the exit status for a failed command.
 int ReportError(const Status& status);

@@ -2,6 +2,8 @@
 
 #include <csignal>
 
+#include "api/codec/protojson.h"
+
 namespace moat::cli {
 namespace {
 
@@ -36,13 +38,30 @@ std::string StringMember(const json& object, const char* key, std::string fallba
 }  // namespace
 
 json StartRequest(const std::vector<std::string>& argv,
-                  const std::map<std::string, std::string>& envs, const std::string& cwd) {
+                  const std::map<std::string, std::string>& envs, const std::string& cwd,
+                  bool stdin_open, std::optional<PtySize> pty) {
   json process = {
       {"cmd", argv.empty() ? "" : argv[0]},
       {"args", std::vector<std::string>(argv.begin() + (argv.empty() ? 0 : 1), argv.end())}};
   if (!envs.empty()) process["envs"] = envs;
   if (!cwd.empty()) process["cwd"] = cwd;
-  return {{"process", process}, {"stdin", false}};
+  json request = {{"process", process}, {"stdin", stdin_open}};
+  if (pty) request["pty"] = {{"size", {{"cols", pty->cols}, {"rows", pty->rows}}}};
+  return request;
+}
+
+json SendInputRequest(uint32_t pid, std::string_view data, bool pty) {
+  return {{"process", {{"pid", pid}}},
+          {"input", {{pty ? "pty" : "stdin", api::codec::Base64Encode(data)}}}};
+}
+
+json ResizeRequest(uint32_t pid, PtySize size) {
+  return {{"process", {{"pid", pid}}},
+          {"pty", {{"size", {{"cols", size.cols}, {"rows", size.rows}}}}}};
+}
+
+json CloseStdinRequest(uint32_t pid) {
+  return {{"process", {{"pid", pid}}}};
 }
 
 Result<std::optional<api::codec::Envelope>> EnvelopeReader::Next() {

@@ -2,6 +2,7 @@
 // response envelopes as they arrive in arbitrary chunks, and the exit code an `end` event means.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -16,9 +17,22 @@ namespace moat::cli {
 
 using nlohmann::json;
 
-// {"process":{"cmd","args","envs","cwd"?},"stdin":false}; argv[0] is the command.
+struct PtySize {
+  uint16_t cols = 80;
+  uint16_t rows = 24;
+};
+
+// {"process":{"cmd","args","envs","cwd"?},"stdin":<stdin_open>,"pty"?:{"size":{…}}}; argv[0]
+// is the command. With a PTY the process's output arrives as `data.pty` and its input goes in
+// as `input.pty`; without one, `stdin_open` lets SendInput feed it (`input.stdin`).
 json StartRequest(const std::vector<std::string>& argv,
-                  const std::map<std::string, std::string>& envs, const std::string& cwd);
+                  const std::map<std::string, std::string>& envs, const std::string& cwd,
+                  bool stdin_open = false, std::optional<PtySize> pty = std::nullopt);
+// The unary requests of an interactive exec: input to pid (`input.pty` or `input.stdin`), a PTY
+// resize, closing stdin.
+json SendInputRequest(uint32_t pid, std::string_view data, bool pty);
+json ResizeRequest(uint32_t pid, PtySize size);
+json CloseStdinRequest(uint32_t pid);
 
 // Splits a byte stream into Connect envelopes, however the transport chunked it.
 class EnvelopeReader {

@@ -9,7 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+
+#include "common/fs.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -232,6 +236,29 @@ std::string DescribeWaitStatus(int status) {
     return std::string("killed by SIG") + (name ? name : std::to_string(WTERMSIG(status)).c_str());
   }
   return "status " + std::to_string(status);
+}
+
+Result<uint64_t> ProcessStartTime(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  MOAT_ASSIGN_OR_RETURN(std::string stat, ReadFile(path));
+  // The command name (field 2) may contain spaces and parentheses: fields resume after the last
+  // ')'.
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size())
+    return Internal(path + ": bad format");
+  size_t pos = close + 2;  // field 3 starts here: the state
+  // A zombie has exited and only waits for its parent (which may never come: a dead agent's
+  // VMM is reparented to init) to collect its status.
+  if (stat[pos] == 'Z' || stat[pos] == 'X') return NotFound(path + ": the process has exited");
+  for (int field = 3; field < 22; ++field) {
+    pos = stat.find(' ', pos);
+    if (pos == std::string::npos) return Internal(path + ": too few fields");
+    ++pos;
+  }
+  char* end = nullptr;
+  unsigned long long ticks = std::strtoull(stat.c_str() + pos, &end, 10);
+  if (end == stat.c_str() + pos) return Internal(path + ": bad start time");
+  return static_cast<uint64_t>(ticks);
 }
 
 }  // namespace moat

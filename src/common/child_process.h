@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -72,5 +73,10 @@ class ChildProcess {
 
 // "exited with 3", "killed by SIGKILL".
 std::string DescribeWaitStatus(int status);
+
+// The start time of a process (clock ticks since boot, /proc/<pid>/stat field 22), or NotFound
+// if it is gone or has exited (a zombie, not yet reaped). With the pid it names one process for
+// good: a later process reusing the pid starts later.
+Result<uint64_t> ProcessStartTime(pid_t pid);
 
 }  // namespace moat

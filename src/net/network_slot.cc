@@ -174,6 +174,21 @@ Status NetworkSlot::Release() {
   return Status::Ok();
 }
 
+void NetworkSlot::Detach() {
+  std::lock_guard lock(mu_);
+  tap_.Reset();
+  owns_links_ = false;
+  owns_record_ = false;
+  if (owns_index_) {
+    {
+      std::lock_guard shared_lock(shared_->mu);
+      shared_->live.erase(slot_.netns);
+    }
+    shared_->allocator.Release(slot_.index);
+    owns_index_ = false;
+  }
+}
+
 // --- HostNetwork ---------------------------------------------------------------------------
 
 Result<std::unique_ptr<HostNetwork>> HostNetwork::Create(NetConfig config) {
@@ -191,11 +206,19 @@ Result<std::unique_ptr<HostNetwork>> HostNetwork::Create(NetConfig config) {
 }
 
 HostNetwork::~HostNetwork() {
+  if (detached_) {
+    LogInfo("net.host_table_kept", {{"table", HostTableName(shared_->config.pool)}});
+    return;
+  }
   uint32_t live = shared_->allocator.in_use();
   if (live > 0) LogWarn("net.host_table_removed_with_live_slots", {{"slots", live}});
   const NetConfig& c = shared_->config;
   auto r = RunTool({c.nft_binary, "delete", "table", "ip", HostTableName(c.pool)});
   if (!r.ok()) LogError("net.host_table_remove_failed", {{"error", r.status().ToString()}});
+}
+
+void HostNetwork::Detach() {
+  detached_ = true;
 }
 
 const NetConfig& HostNetwork::config() const {

@@ -57,6 +57,10 @@ class NetworkSlot {
   // table), the record, and returns the slot to the allocator. Idempotent. Call it after the
   // VMM has exited: a VMM still holding the tap keeps the (unnamed) namespace alive.
   Status Release();
+  // Leaves the slot set up and recorded, for the next agent to adopt along with its sandbox
+  // (whose VMM holds the tap): closes this object's tap fd and returns the index to the
+  // allocator without removing anything. Release() and the destructor do nothing afterwards.
+  void Detach();
 
  private:
   friend class HostNetwork;
@@ -99,6 +103,10 @@ class HostNetwork {
   Result<std::vector<SlotRecord>> LeftoverSlots() const;
   // Releases every recorded slot not adopted by this HostNetwork.
   Result<size_t> CleanupLeftovers();
+  // Makes the destructor leave the host table installed: detached slots (NetworkSlot::Detach)
+  // live on, and their traffic needs its NAT and guards until the next agent's Create()
+  // replaces the table.
+  void Detach();
 
   const NetConfig& config() const;
   uint32_t slots_in_use() const;
@@ -106,6 +114,7 @@ class HostNetwork {
  private:
   explicit HostNetwork(std::shared_ptr<NetworkSlot::Shared> shared) : shared_(std::move(shared)) {}
   std::shared_ptr<NetworkSlot::Shared> shared_;
+  bool detached_ = false;
 };
 
 }  // namespace moat::net

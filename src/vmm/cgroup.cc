@@ -236,6 +236,41 @@ Result<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_view paren
   return cg;
 }
 
+Result<Cgroup> Cgroup::Adopt(pid_t pid, std::string_view name) {
+  if (!ValidName(name)) {
+    return InvalidArgument("cgroup name \"" + std::string(name) +
+                           "\" must be 1-64 of [A-Za-z0-9_.-]");
+  }
+  // The version and mounts are the host's; the paths are the process's own.
+  MOAT_ASSIGN_OR_RETURN(CgroupLayout self, DetectCgroupLayout());
+  std::string proc = "/proc/" + std::to_string(pid) + "/cgroup";
+  MOAT_ASSIGN_OR_RETURN(std::string text, ReadFile(proc));
+  MOAT_ASSIGN_OR_RETURN(CgroupLayout layout, ParseCgroupLayout(self.version, kFsRoot, text));
+  // Filled only once every hierarchy checks out: a Cgroup removes its directories when dropped.
+  std::vector<std::string> dirs, parents;
+  for (const auto& h : layout.hierarchies) {
+    std::string dir = JoinCgroupPath(h.mount, h.self_path);
+    size_t slash = dir.rfind('/');
+    if (dir.substr(slash + 1) != name || slash <= h.mount.size()) {
+      std::string where = h.controller.empty() ? "" : " (" + h.controller + ")";
+      return FailedPrecondition("process " + std::to_string(pid) + " is in cgroup " + h.self_path +
+                                where + ", not in one named " + std::string(name));
+    }
+    dirs.push_back(dir);
+    parents.push_back(dir.substr(0, slash));
+  }
+  Cgroup cg;
+  cg.dirs_ = std::move(dirs);
+  cg.parents_ = std::move(parents);
+  return cg;
+}
+
+void Cgroup::Release() {
+  dirs_.clear();
+  parents_.clear();
+  procs_fds_.clear();
+}
+
 std::vector<int> Cgroup::procs_fds() const {
   std::vector<int> fds;
   for (const auto& fd : procs_fds_) fds.push_back(fd.get());

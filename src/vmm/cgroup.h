@@ -78,6 +78,12 @@ class Cgroup {
   static Result<Cgroup> Create(const CgroupLayout& layout, std::string_view parent,
                                std::string_view name, const CgroupLimits& limits);
 
+  // Takes over the cgroup a running process `pid` sits in, which an earlier agent created for
+  // the VM `name` (a VMM re-adopted after a restart): found through /proc/<pid>/cgroup, so it
+  // is found wherever the earlier agent ran. FailedPrecondition if the process is not in a
+  // cgroup of that name in every hierarchy (never adopt, and later remove, someone else's).
+  static Result<Cgroup> Adopt(pid_t pid, std::string_view name);
+
   const std::vector<std::string>& dirs() const { return dirs_; }
   // cgroup.procs of each directory, open for writing: a child joins with write(fd, "<pid>").
   std::vector<int> procs_fds() const;
@@ -85,6 +91,8 @@ class Cgroup {
   Result<bool> Contains(pid_t pid) const;
   // Removes the directories; fails (and keeps ownership) while processes remain after `wait`.
   Status Remove(std::chrono::milliseconds wait = std::chrono::milliseconds(2000));
+  // Gives the directories up without removing them (a VMM left running for the next agent).
+  void Release();
 
  private:
   std::vector<std::string> dirs_;

@@ -73,6 +73,20 @@ Result<uint32_t> JailIdAllocator::Allocate() {
                            std::to_string(first_) + " are in use");
 }
 
+Status JailIdAllocator::Reserve(uint32_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (id < first_ || id - first_ >= count_) {
+    return InvalidArgument("jail id " + std::to_string(id) + " is outside [" +
+                           std::to_string(first_) + ", " + std::to_string(first_ + count_) + ")");
+  }
+  if (used_.size() != count_) used_.assign(count_, false);
+  if (used_[id - first_]) {
+    return Status(ErrorCode::kAlreadyExists, "jail id " + std::to_string(id) + " is in use");
+  }
+  used_[id - first_] = true;
+  return Status::Ok();
+}
+
 void JailIdAllocator::Release(uint32_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (id >= first_ && id - first_ < count_ && used_.size() == count_) used_[id - first_] = false;

@@ -51,6 +51,9 @@ class JailIdAllocator {
   JailIdAllocator(uint32_t first, uint32_t count) : first_(first), count_(count) {}
   // ResourceExhausted when every id is taken.
   Result<uint32_t> Allocate();
+  // Marks `id` taken (the jail id of a VMM re-adopted after a restart). AlreadyExists if it is
+  // taken, InvalidArgument if it is outside the range.
+  Status Reserve(uint32_t id);
   void Release(uint32_t id);
 
  private:

@@ -93,6 +93,17 @@ class VmmDriver {
   // Starts the VMM process and connects to it. Cold boot: the guest is running on return.
   // Restore: the device state is loaded and the guest is paused until Resume().
   virtual Status Start(const VmSpec& spec) = 0;
+  // Takes over a VMM that an earlier agent started from `spec` and left running (re-adoption
+  // after a restart): `pid` must still be the process that started at `start_time` (clock ticks
+  // since boot, ProcessStartTime) — otherwise NotFound, and that pid is left alone. Supervises
+  // it from then on as if Start() had made it: its control socket, its cgroup and (jailed) its
+  // jail directory are this driver's to release. The VM keeps the run state it had
+  // (QueryStatus). On any other failure the VMM is killed.
+  virtual Status Adopt(const VmSpec& spec, pid_t pid, uint64_t start_time) = 0;
+  // Lets the VMM run on without this driver (an agent that stops and leaves its sandboxes to the
+  // next one): the connection is closed; the process, its sockets, cgroup and jail directory are
+  // left as they are. The driver is empty afterwards.
+  virtual void Detach() = 0;
   // Stops the vCPUs (QMP stop).
   virtual Status Pause() = 0;
   // Starts the vCPUs (QMP cont); also the last step of a restore.

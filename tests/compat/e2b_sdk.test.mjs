@@ -2,6 +2,8 @@
 // E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL. run.sh starts moatd and runs this file.
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import http from 'node:http'
+import zlib from 'node:zlib'
 import {
   AuthenticationError,
   CommandExitError,
@@ -9,6 +11,7 @@ import {
   FilesystemEventType,
   NotFoundError,
   Sandbox,
+  SandboxNotFoundError,
 } from 'e2b'
 
 for (const name of ['E2B_API_KEY', 'E2B_API_URL', 'E2B_SANDBOX_URL']) {
@@ -18,6 +21,28 @@ for (const name of ['E2B_API_KEY', 'E2B_API_URL', 'E2B_SANDBOX_URL']) {
 // Unique per run, so that a metadata filter finds only this run's sandboxes.
 const run = `r${process.pid}${Date.now()}`
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// moat's own routes (/keys), which the SDK does not know: plain fetch with an API key.
+async function moatApi(method, path, key, body) {
+  const res = await fetch(`${process.env.E2B_API_URL}${path}`, {
+    method,
+    headers: { 'X-API-Key': key, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+  return { status: res.status, body: res.status === 204 ? null : await res.json() }
+}
+
+// A raw GET (node:http never decompresses), to see what is on the wire.
+function rawGet(url, headers) {
+  return new Promise((resolve, reject) => {
+    http.get(url, { headers }, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }))
+      res.on('error', reject)
+    }).on('error', reject)
+  })
+}
 
 async function waitFor(what, predicate, timeoutMs = 20000) {
   const end = Date.now() + timeoutMs
@@ -141,6 +166,28 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     assert.equal(owner.stdout, 'user\n')
   })
 
+  test('files.read with gzip: compressed on the wire, the same text read back', async () => {
+    const text = 'compressible text '.repeat(4000)
+    await plain.files.write('/home/user/gz.txt', text)
+    assert.equal(await plain.files.read('/home/user/gz.txt', { gzip: true }), text)
+
+    const { body: info } = await moatApi('GET', `/sandboxes/${plain.sandboxId}`, process.env.E2B_API_KEY)
+    const url = `${process.env.E2B_SANDBOX_URL}/files?path=${encodeURIComponent('/home/user/gz.txt')}`
+    const headers = {
+      'E2b-Sandbox-Id': plain.sandboxId,
+      'E2b-Sandbox-Port': '49983',
+      'X-Access-Token': info.envdAccessToken,
+    }
+    const gz = await rawGet(url, { ...headers, 'Accept-Encoding': 'gzip, deflate' })
+    assert.equal(gz.status, 200)
+    assert.equal(gz.headers['content-encoding'], 'gzip')
+    assert.ok(gz.body.length < text.length / 10, `compressed to ${gz.body.length} bytes`)
+    assert.equal(zlib.gunzipSync(gz.body).toString(), text)
+    const plainBody = await rawGet(url, { ...headers, 'Accept-Encoding': 'identity' })
+    assert.equal(plainBody.headers['content-encoding'], undefined)
+    assert.equal(plainBody.body.toString(), text)
+  })
+
   test('files.list, exists, makeDir, rename and remove', async () => {
     await plain.files.write('/home/user/l/f.txt', 'x')
     assert.equal(await plain.files.makeDir('/home/user/l/sub'), true)
@@ -246,6 +293,101 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     } finally {
       for (const c of children) if (!(c instanceof Error)) await c.kill()
       await parent.kill()
+    }
+  })
+
+  test('snapshots: createSnapshot, listSnapshots, create from one, deleteSnapshot', async () => {
+    const src = await Sandbox.create()
+    const made = []
+    const children = []
+    try {
+      await src.files.write('/home/user/snap.txt', 'before snapshot')
+      const named = await src.createSnapshot({ name: `compat-${run}` })
+      made.push(named.snapshotId)
+      assert.match(named.snapshotId, /^snap[a-z0-9]{16}$/)
+      assert.deepEqual(named.names, [`compat-${run}`])
+      await src.files.write('/home/user/snap.txt', 'after snapshot')
+      const unnamed = await Sandbox.createSnapshot(src.sandboxId)
+      made.push(unnamed.snapshotId)
+      assert.deepEqual(unnamed.names, [])
+      assert.equal(await src.isRunning(), true, 'the sandbox keeps running')
+
+      // Newest first, one per page.
+      const paginator = src.listSnapshots({ limit: 1 })
+      const first = await paginator.nextItems()
+      assert.deepEqual(first.map((x) => x.snapshotId), [unnamed.snapshotId])
+      assert.equal(paginator.hasNext, true)
+      const second = await paginator.nextItems()
+      assert.deepEqual(second.map((x) => x.snapshotId), [named.snapshotId])
+      assert.deepEqual(second[0].names, [`compat-${run}`])
+      assert.equal(paginator.hasNext, false)
+      const byName = await Sandbox.listSnapshots({ name: `compat-${run}` }).nextItems()
+      assert.deepEqual(byName.map((x) => x.snapshotId), [named.snapshotId])
+
+      const fromId = await Sandbox.create(named.snapshotId)
+      children.push(fromId)
+      assert.notEqual(fromId.sandboxId, src.sandboxId)
+      assert.equal(await fromId.files.read('/home/user/snap.txt'), 'before snapshot')
+      assert.equal((await fromId.getInfo()).templateId, named.snapshotId)
+      const fromName = await Sandbox.create(`compat-${run}`)
+      children.push(fromName)
+      assert.equal(await fromName.files.read('/home/user/snap.txt'), 'before snapshot')
+      const fromUnnamed = await Sandbox.create(unnamed.snapshotId)
+      children.push(fromUnnamed)
+      assert.equal(await fromUnnamed.files.read('/home/user/snap.txt'), 'after snapshot')
+
+      assert.equal(await Sandbox.deleteSnapshot(named.snapshotId), true)
+      assert.equal(await Sandbox.deleteSnapshot(named.snapshotId), false, 'already deleted')
+      assert.equal(await fromId.files.read('/home/user/snap.txt'), 'before snapshot',
+        'a sandbox made from a deleted snapshot runs on')
+      const left = await Sandbox.listSnapshots({ sandboxId: src.sandboxId }).nextItems()
+      assert.deepEqual(left.map((x) => x.snapshotId), [unnamed.snapshotId])
+      await assert.rejects(Sandbox.create(named.snapshotId), (e) => e.statusCode === 404)
+      await assert.rejects(Sandbox.createSnapshot('nosuchsandbox'),
+        (e) => e instanceof SandboxNotFoundError)
+    } finally {
+      for (const c of children) await c.kill()
+      for (const id of made) await Sandbox.deleteSnapshot(id)
+      await src.kill()
+    }
+  })
+
+  test('API keys and snapshots belong to a team: another team sees none of them', async () => {
+    const admin = process.env.E2B_API_KEY
+    const created = await moatApi('POST', '/keys', admin, { name: 'compat', team: `team-${run}` })
+    assert.equal(created.status, 201, JSON.stringify(created.body))
+    const other = created.body.key
+    assert.match(other, /^moat_[0-9a-f]{40}$/)
+    const snap = await tagged.createSnapshot()
+    try {
+      assert.deepEqual(await Sandbox.listSnapshots({ apiKey: other }).nextItems(), [])
+      assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId, { apiKey: other }), false)
+      await assert.rejects(Sandbox.create(snap.snapshotId, { apiKey: other }),
+        (e) => e.statusCode === 404)
+      await assert.rejects(Sandbox.createSnapshot(tagged.sandboxId, { apiKey: other }),
+        (e) => e instanceof SandboxNotFoundError)
+      assert.ok((await Sandbox.listSnapshots().nextItems()).some((x) => x.snapshotId === snap.snapshotId),
+        'still there for its own team')
+
+      // The new team manages its own keys and nobody else's.
+      const own = await moatApi('GET', '/keys', other)
+      assert.equal(own.status, 200)
+      assert.deepEqual(own.body.map((k) => k.id), [created.body.id])
+      assert.ok(!JSON.stringify(own.body).includes(other), 'a listed key has no value')
+      assert.equal((await moatApi('POST', '/keys', other, { name: 'x', team: 'evil' })).status, 403)
+      const adminKeys = await moatApi('GET', '/keys', admin)
+      const adminKeyId = adminKeys.body[0].id
+      assert.equal((await moatApi('DELETE', `/keys/${adminKeyId}`, other)).status, 404)
+      const lastAdmin = await moatApi('DELETE', `/keys/${adminKeyId}`, admin)
+      assert.equal(lastAdmin.status, 409, 'the last admin key cannot be revoked')
+      assert.equal(lastAdmin.body.code, 409)
+
+      // A revoked key is refused at once.
+      assert.equal((await moatApi('DELETE', `/keys/${created.body.id}`, admin)).status, 204)
+      await assert.rejects(Sandbox.list({ apiKey: other }).nextItems(),
+        (e) => e instanceof AuthenticationError)
+    } finally {
+      await Sandbox.deleteSnapshot(snap.snapshotId)
     }
   })
 

@@ -47,8 +47,11 @@ trap cleanup EXIT INT TERM
 
 # A free loopback port: bind port 0, read what the kernel chose, release it.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Sandboxes get network slots from a pool of this run's own (moatd's default pool may be in use
+# by a moatd on this machine); <port>-<id>.moat.test names are sent to moatd by the tests.
 MOAT_API_KEY=$key "$moatd" serve --listen "127.0.0.1:$port" --data-dir "$data" --accel auto \
-  --guest-dir "$build/guest" >"$data/moatd.log" 2>&1 &
+  --guest-dir "$build/guest" --net-pool "10.226.$(($$ % 250)).0/24" --domain moat.test \
+  >"$data/moatd.log" 2>&1 &
 moatd_pid=$!
 
 url=http://127.0.0.1:$port
@@ -61,12 +64,13 @@ curl -fs "$url/healthz" >/dev/null || { echo "compat: moatd did not answer /heal
 
 E2B_API_KEY=$key E2B_API_URL=$url E2B_SANDBOX_URL=$url node --test --test-concurrency=1
 
-# The moat CLI against the same moatd: create, exec (output and exit code), cp both ways, kill.
+# The moat CLI against the same moatd: create, exec (output and exit code, -i, -it), cp both
+# ways, snapshots, API keys, kill.
 moat=$build/bin/moat
 [ -x "$moat" ] || { echo "compat: $moat not built" >&2; exit 1; }
 export MOAT_API_URL=$url MOAT_API_KEY=$key
 cli_fail() { echo "compat: moat CLI: $*" >&2; exit 1; }
-sbx=$("$moat" sandbox create --json --timeout 60 | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])')
+sbx=$("$moat" sandbox create --json --timeout 300 | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])')
 [ -n "$sbx" ] || cli_fail "create printed no sandboxID"
 out=$("$moat" exec "$sbx" -- echo hi) || cli_fail "exec echo hi exited $?"
 [ "$out" = hi ] || cli_fail "exec echo hi printed '$out'"
@@ -76,5 +80,55 @@ head -c 70000 /dev/urandom >"$data/cli-in.bin"
 "$moat" cp "$data/cli-in.bin" "$sbx:/tmp/cli-in.bin" || cli_fail "cp in failed"
 "$moat" cp "$sbx:/tmp/cli-in.bin" "$data/cli-out.bin" || cli_fail "cp out failed"
 cmp -s "$data/cli-in.bin" "$data/cli-out.bin" || cli_fail "cp round trip changed the bytes"
+
+# exec -i: our stdin reaches the command, and its end closes the command's stdin.
+out=$(printf 'line one\nline two\n' | "$moat" exec -i "$sbx" -- cat) || cli_fail "exec -i cat exited $?"
+[ "$out" = "$(printf 'line one\nline two')" ] || cli_fail "exec -i cat printed '$out'"
+# exec -it under script(1), which gives moat a terminal: the command gets a PTY, typed input
+# reaches it, and its exit status comes back.
+if command -v script >/dev/null; then
+  out=$(script -qec "$moat exec -it $sbx -- sh -c 'test -t 0 && echo tty-ok; stty size'" /dev/null </dev/null) \
+    || cli_fail "exec -it (tty check) exited $?"
+  out=$(printf '%s' "$out" | tr -d '\r')
+  echo "$out" | grep -qx tty-ok || cli_fail "exec -it: no PTY in the sandbox: '$out'"
+  echo "$out" | grep -Eqx '[1-9][0-9]* [1-9][0-9]*' || cli_fail "exec -it: no PTY size: '$out'"
+  rc=0
+  out=$(printf 'echo typed-$((40+2))\nexit 7\n' | script -qec "$moat exec -it $sbx -- sh" /dev/null) || rc=$?
+  [ "$rc" = 7 ] || cli_fail "exec -it sh (exit 7) exited $rc: '$out'"
+  # Not -x: the shell's prompt may share the line.
+  echo "$out" | tr -d '\r' | grep -q typed-42 || cli_fail "exec -it: typed input not run: '$out'"
+else
+  echo "compat: script(1) not found; skipping moat exec -it" >&2
+fi
+
+# snapshot create|list|delete, and a sandbox created from a snapshot.
+"$moat" exec "$sbx" -- sh -c 'echo snapped >/home/user/snap.txt' || cli_fail "exec write failed"
+snap=$("$moat" snapshot create "$sbx" --name "cli-$$" --json \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshotID"])') || cli_fail "snapshot create failed"
+case "$snap" in snap*) ;; *) cli_fail "snapshot create printed '$snap'" ;; esac
+out=$("$moat" snapshot list --sandbox "$sbx") || cli_fail "snapshot list failed"
+echo "$out" | grep -q "^$snap  cli-$$  $sbx " || cli_fail "snapshot list lacks $snap: '$out'"
+out=$("$moat" snapshot list --name "cli-$$" --json) || cli_fail "snapshot list --name failed"
+echo "$out" | grep -q "\"$snap\"" || cli_fail "snapshot list --name lacks $snap: '$out'"
+child=$("$moat" sandbox create --template "$snap" --json \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])') || cli_fail "create from $snap failed"
+out=$("$moat" exec "$child" -- cat /home/user/snap.txt) || cli_fail "exec in the snapshot's child failed"
+[ "$out" = snapped ] || cli_fail "the snapshot's child read '$out'"
+"$moat" sandbox kill "$child" >/dev/null || cli_fail "kill child failed"
+"$moat" snapshot delete "$snap" >/dev/null || cli_fail "snapshot delete failed"
+err=$("$moat" snapshot delete "$snap" 2>&1) && cli_fail "deleting $snap twice succeeded"
+[ "$(echo "$err" | wc -l)" = 1 ] && echo "$err" | grep -q "not found" || cli_fail "second delete said '$err'"
 "$moat" sandbox kill "$sbx" >/dev/null || cli_fail "kill failed"
+
+# keys create|list|revoke: a new team's key works until it is revoked.
+created=$("$moat" keys create ci --team "cli-$$" --json) || cli_fail "keys create failed"
+newkey=$(echo "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+keyid=$(echo "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+out=$(MOAT_API_KEY=$newkey "$moat" keys list) || cli_fail "keys list failed"
+echo "$out" | grep -q "^$keyid  ci " || cli_fail "keys list lacks $keyid: '$out'"
+echo "$out" | grep -q "$newkey" && cli_fail "keys list shows a key's value"
+MOAT_API_KEY=$newkey "$moat" sandbox list >/dev/null || cli_fail "the new key was refused"
+"$moat" keys revoke "$keyid" >/dev/null || cli_fail "keys revoke failed"
+err=$(MOAT_API_KEY=$newkey "$moat" sandbox list 2>&1) && cli_fail "a revoked key still works"
+echo "$err" | grep -q "invalid API key" || cli_fail "a revoked key got '$err'"
 echo "compat: moat CLI ok"

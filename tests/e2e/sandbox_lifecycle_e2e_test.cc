@@ -1,11 +1,12 @@
 // End to end: what a sandbox owns is released on every path — kill, a VMM that dies under the
-// agent, and an agent that dies under its sandboxes.
+// agent, and a VMM that dies with its agent — and a sandbox whose agent died is re-adopted.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -124,7 +125,7 @@ TEST_F(SandboxLifecycleTest, AVmmThatDiesIsNoticedAndReleased) {
   EXPECT_FALSE(guest.ok());
 }
 
-TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterOneThatDied) {
+TEST_F(SandboxLifecycleTest, ARestartedAgentAdoptsTheSandboxOfOneThatDied) {
   // An agent in a child process boots a sandbox and is then SIGKILLed: no destructor runs.
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
@@ -150,15 +151,68 @@ TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterOneThatDied) {
   ASSERT_TRUE(PathExists(dir_ + "/sandboxes/" + id));
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
-  // Its VMM, directory and cgroup outlive it; the next agent must clean them up.
+  // Its VMM, directory and cgroup outlive it; the next agent takes them over. The VMM is no
+  // child of this process (it was the dead agent's): supervised through its pidfd.
   EXPECT_GT(moat::test_support::CountProcessesMentioning(dir_), 0);
   auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok());
-  ASSERT_EQ((*agent)->recovery().cleaned.size(), 1u);
-  EXPECT_EQ((*agent)->recovery().cleaned[0], id);
+  EXPECT_TRUE((*agent)->recovery().cleaned.empty());
+  ASSERT_EQ((*agent)->recovery().adopted, std::vector<std::string>{id});
+  auto sb = (*agent)->Get(id);
+  ASSERT_TRUE(sb.ok());
+  pid_t pid = (*sb)->vmm_pid();
+  EXPECT_NE(std::atoi(ProcStatusField(pid, "PPid").c_str()), ::getpid());
+  auto g = (*sb)->Guest();
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  auto r = (*g)->Run({.argv = {"echo", "adopted"}}, std::chrono::steady_clock::now() + 30s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->stdout_data, "adopted\n");
+  g->reset();
+  sb->reset();
+  // Killed from outside, the adopted VMM is noticed and released like any other.
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  EXPECT_TRUE(WaitUntil([&] { return (*agent)->List().empty(); }, 5s));
+  EXPECT_TRUE(WaitUntil([&] { return !PathExists(dir_ + "/sandboxes/" + id); }, 5s));
+  EXPECT_FALSE(CgroupExists("moat-" + id));
+  EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "the adopted VMM runs on";
+}
+
+TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterAVmmThatDiedWithItsAgent) {
+  // As above, but the VMM dies too before the next agent starts.
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+    if (!agent.ok()) ::_exit(1);
+    auto sb = (*agent)->Create("base", {});
+    if (!sb.ok()) ::_exit(2);
+    std::string report = (*sb)->id() + std::to_string((*sb)->vmm_pid());
+    (void)!::write(ready[1], report.data(), report.size());
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char buf[64] = {};
+  ssize_t n = ::read(ready[0], buf, sizeof buf);
+  ::close(ready[0]);
+  ASSERT_GT(n, 20) << "the child agent failed to boot a sandbox";
+  std::string id(buf, 20);
+  pid_t vmm = static_cast<pid_t>(std::atoi(buf + 20));
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  // Whether or not its new parent has reaped it yet, it is dead.
+  ASSERT_EQ(::kill(vmm, SIGKILL), 0);
+  EXPECT_TRUE(
+      WaitUntil([&] { return moat::test_support::CountProcessesMentioning(dir_) == 0; }, 5s));
+  auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+  ASSERT_TRUE(agent.ok());
+  EXPECT_TRUE((*agent)->recovery().adopted.empty());
+  EXPECT_EQ((*agent)->recovery().cleaned, std::vector<std::string>{id});
   EXPECT_FALSE(PathExists(dir_ + "/sandboxes/" + id));
   EXPECT_FALSE(CgroupExists("moat-" + id));
-  EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "the leftover VMM runs on";
   EXPECT_TRUE((*agent)->List().empty());
 }
 

@@ -27,11 +27,18 @@ struct Request {
   std::string body;
   std::map<std::string, std::string> params;  // path parameters filled in by the router
   std::string peer;                           // "127.0.0.1:54321", for logs
+  unsigned version = 11;                      // HTTP/1.x as 10 or 11
 
   // The header's value, empty if absent.
   std::string Header(std::string_view name) const;
   bool HasHeader(std::string_view name) const { return headers.count(std::string(name)) > 0; }
   std::string Param(const std::string& name) const;
+};
+
+// A client connection a handler has taken over (ResponseWriter::Hijack).
+struct HijackedConnection {
+  int fd = -1;  // borrowed: the server still owns it, and closes it when the handler returns
+  std::string buffered;  // what the client sent after the request, already read by the server
 };
 
 // How a handler answers: one whole response, or a streamed one (headers, chunks, end). Every
@@ -45,6 +52,14 @@ class ResponseWriter {
   virtual Status EndStream() = 0;
   // Has a response (or its head) been sent?
   virtual bool started() const = 0;
+  // Takes the raw connection over, for a handler that speaks its own protocol on it from here
+  // on (the port proxy relays bytes both ways). The server then neither reads nor writes it
+  // again, does not reuse it for another request, and closes it once the handler returns; its
+  // Shutdown() still shuts the socket down, which the handler sees as EOF or an error.
+  // failed_precondition once a response has started, or where there is no connection.
+  virtual Result<HijackedConnection> Hijack() {
+    return FailedPrecondition("this response writer has no connection to take over");
+  }
 };
 
 // A ResponseWriter that keeps what it was given: the router's and handlers' unit tests, and

@@ -3,12 +3,14 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
@@ -31,8 +33,10 @@ Status FromErrorCode(const error_code& ec, std::string_view what) {
 // The writer of one request's response on a connection.
 class ConnectionWriter : public ResponseWriter {
  public:
-  ConnectionWriter(FdStream& stream, unsigned version, bool keep_alive)
-      : stream_(stream), version_(version), keep_alive_(keep_alive) {}
+  // `buffer` (may be null: no hijacking) holds what was read past the request.
+  ConnectionWriter(FdStream& stream, unsigned version, bool keep_alive, int fd = -1,
+                   boost::beast::flat_buffer* buffer = nullptr)
+      : stream_(stream), version_(version), keep_alive_(keep_alive), fd_(fd), buffer_(buffer) {}
 
   Status Send(int status, Headers headers, std::string body) override {
     if (started_) return FailedPrecondition("response already started");
@@ -92,7 +96,18 @@ class ConnectionWriter : public ResponseWriter {
     return Status::Ok();
   }
 
+  Result<HijackedConnection> Hijack() override {
+    if (started_) return FailedPrecondition("response already started");
+    if (buffer_ == nullptr) return ResponseWriter::Hijack();
+    started_ = true;
+    hijacked_ = true;
+    HijackedConnection c{fd_, boost::beast::buffers_to_string(buffer_->data())};
+    buffer_->consume(buffer_->size());
+    return c;
+  }
+
   bool started() const override { return started_; }
+  bool hijacked() const { return hijacked_; }
   // Can the connection carry another request?
   bool reusable() const { return complete_ && keep_alive_ && !failed_; }
 
@@ -100,6 +115,9 @@ class ConnectionWriter : public ResponseWriter {
   FdStream& stream_;
   unsigned version_;
   bool keep_alive_;
+  int fd_;
+  boost::beast::flat_buffer* buffer_;
+  bool hijacked_ = false;
   bool started_ = false;
   bool streaming_ = false;
   bool failed_ = false;
@@ -125,7 +143,31 @@ std::string PeerName(int fd) {
   return std::string(host) + ":" + std::to_string(port);
 }
 
+// Owns the stream its ConnectionWriter writes to.
+class RawConnectionWriter : public ResponseWriter {
+ public:
+  explicit RawConnectionWriter(int fd)
+      : stream_(fd, std::chrono::seconds(1), std::chrono::seconds(5)),
+        writer_(stream_, 11, false) {}
+  Status Send(int status, Headers headers, std::string body) override {
+    return writer_.Send(status, std::move(headers), std::move(body));
+  }
+  Status BeginStream(int, Headers) override { return Unimplemented(); }
+  Status WriteChunk(std::string_view) override { return Unimplemented(); }
+  Status EndStream() override { return Unimplemented(); }
+  bool started() const override { return writer_.started(); }
+
+ private:
+  static Status Unimplemented() { return FailedPrecondition("only whole responses here"); }
+  FdStream stream_;
+  ConnectionWriter writer_;
+};
+
 }  // namespace
+
+std::unique_ptr<ResponseWriter> HijackedResponseWriter(int fd) {
+  return std::make_unique<RawConnectionWriter>(fd);
+}
 
 struct HttpServer::Impl {
   ServerOptions options;
@@ -152,6 +194,11 @@ struct HttpServer::Impl {
   void Admit(UniqueFd fd) {
     // The socket came from accept(): make it close-on-exec so VMM children never inherit it.
     ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+    // Streamed responses are many small writes (head, then one chunk per event). With Nagle on,
+    // each waits for the ACK of the one before, which a client in delayed-ACK mode holds back
+    // for up to 40 ms: keep-alive exec round trips doubled (bench/api_bench.cc).
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     std::unique_lock lock(mu);
     if (shutting_down) return;
     if (connections.size() >= options.max_connections) {
@@ -217,20 +264,28 @@ struct HttpServer::Impl {
       }
       req.body = std::move(breq.body());
       req.peer = peer;
-      ConnectionWriter writer(stream, breq.version(), breq.keep_alive());
+      req.version = breq.version();
+      ConnectionWriter writer(stream, breq.version(), breq.keep_alive(), fd, &buffer);
       handler(req, writer);
+      if (writer.hijacked()) {
+        // Whatever the handler relayed may still be in flight to the client: close gently.
+        DrainBriefly(fd);
+        return;
+      }
       if (!writer.started()) reject(Internal("the handler sent no response"), 500, writer);
       if (!writer.reusable()) return;
     }
   }
 
-  // After rejecting a request whose body we did not read, read (and drop) a little of it so the
-  // client sees our answer rather than a reset.
+  // Before closing a connection the client may still be sending on (a request body we did not
+  // read, a hijacked connection), read and drop a little of it, so that the client sees all we
+  // sent rather than a reset. Bounded in bytes and in time.
   static void DrainBriefly(int fd) {
     ::shutdown(fd, SHUT_WR);
     char buf[16384];
     FdStream s(fd, std::chrono::milliseconds(200), std::chrono::milliseconds(200));
-    for (size_t total = 0; total < (8u << 20);) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    for (size_t total = 0; total < (8u << 20) && std::chrono::steady_clock::now() < deadline;) {
       error_code ec;
       size_t n = s.read_some(net::buffer(buf), ec);
       if (ec || n == 0) break;

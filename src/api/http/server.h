@@ -2,7 +2,9 @@
 // the listening socket). Each connection gets its own thread, so a handler may block on a
 // sandbox (a streaming exec, a slow upload) and a slow or stuck client holds up only itself.
 // Keep-alive, chunked request and response bodies, a body size limit (413), per-connection
-// idle and write timeouts, and a bound on concurrent connections (503 past it).
+// idle and write timeouts, and a bound on concurrent connections (503 past it). A handler may
+// take a connection over (ResponseWriter::Hijack) to relay another protocol on it; only its own
+// thread is held for as long as that lasts.
 #pragma once
 
 #include <atomic>
@@ -36,6 +38,10 @@ using RequestHandler = std::function<void(Request&, ResponseWriter&)>;
 // Called instead of the handler for requests the server itself rejects (413, 503, 400): it
 // decides the body, so errors keep one format.
 using RejectHandler = std::function<void(const Status&, int http_status, ResponseWriter&)>;
+
+// A writer for one whole response on a connection a handler took over (Hijack) and has sent
+// nothing on yet: it can still answer, with `Connection: close`. Send() only.
+std::unique_ptr<ResponseWriter> HijackedResponseWriter(int fd);
 
 class HttpServer {
  public:

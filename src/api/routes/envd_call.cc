@@ -21,6 +21,15 @@ bool IsSandboxId(std::string_view s) {
 
 constexpr size_t kMaxConnectMessage = 16 * 1024 * 1024;
 
+// "8080" → 8080; 0 for anything but 1..65535 in decimal (the port proxy answers 400 then).
+int ParsePort(std::string_view s) {
+  if (s.empty() || s.size() > 5 || s.find_first_not_of("0123456789") != std::string_view::npos) {
+    return 0;
+  }
+  int port = std::atoi(std::string(s).c_str());
+  return port <= 65535 ? port : 0;
+}
+
 std::string ContentTypeBase(const http::Request& req) {
   std::string ct = req.Header("Content-Type");
   return ct.substr(0, ct.find(';'));
@@ -33,7 +42,7 @@ std::optional<EnvdTarget> EnvdTargetOf(const http::Request& req) {
   if (!id.empty()) {
     EnvdTarget t{id, kEnvdPort};
     std::string port = req.Header("E2b-Sandbox-Port");
-    if (!port.empty()) t.port = std::atoi(port.c_str());
+    if (!port.empty()) t.port = ParsePort(port);
     return t;
   }
   // Host: <port>-<id>.<domain>[:listen port]
@@ -49,7 +58,7 @@ std::optional<EnvdTarget> EnvdTargetOf(const http::Request& req) {
   }
   std::string sid = label.substr(dash + 1);
   if (!IsSandboxId(sid)) return std::nullopt;
-  return EnvdTarget{sid, std::atoi(port.c_str())};
+  return EnvdTarget{sid, ParsePort(port)};
 }
 
 Result<std::string> BasicAuthUser(const http::Request& req) {
@@ -78,12 +87,11 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_requir
     auto target = EnvdTargetOf(req);
     if (!target) return fail(InvalidArgument("missing E2b-Sandbox-Id header"));
     if (target->port != kEnvdPort) {
-      return SendRestError(
-          w,
-          Unavailable("port " + std::to_string(target->port) + " of sandbox " + target->sandbox_id +
-                      ": forwarding to sandbox ports needs sandbox networking, "
-                      "which this moatd does not have yet"),
-          502);
+      // ApiServer sends these to the port proxy; envd's routes never see them.
+      return SendRestError(w,
+                           InvalidArgument("port " + std::to_string(target->port) + " of sandbox " +
+                                           target->sandbox_id + " is not envd's"),
+                           400);
     }
     auto running = ctx.controller->FindRunning(target->sandbox_id);
     if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);

@@ -20,10 +20,11 @@ using nlohmann::json;
 inline constexpr int kEnvdPort = 49983;
 inline constexpr const char* kDefaultUser = "user";
 
-// Where an envd request is going, from its headers; nullopt when it is not an envd request.
+// Where a request for a sandbox is going, from its headers; nullopt when it names no sandbox.
+// A port other than kEnvdPort is the port proxy's (PortProxy).
 struct EnvdTarget {
   std::string sandbox_id;
-  int port = kEnvdPort;
+  int port = kEnvdPort;  // 0: the request named no valid port (not 1..65535 in decimal)
 };
 std::optional<EnvdTarget> EnvdTargetOf(const http::Request& req);
 // The user of `Authorization: Basic base64("<user>:")`; empty if absent; invalid_argument if

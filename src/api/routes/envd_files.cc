@@ -1,6 +1,8 @@
-// envd's HTTP file routes (E2B-WIRE §3): GET /files streams a file out of the sandbox, POST
-// /files writes one or more (multipart, or a raw octet-stream body, optionally gzip).
+// envd's HTTP file routes (E2B-WIRE §3): GET /files streams a file out of the sandbox (gzip if
+// the client accepts it), POST /files writes one or more (multipart, or a raw octet-stream
+// body, optionally gzip).
 #include <chrono>
+#include <memory>
 
 #include "api/codec/gzip.h"
 #include "api/codec/multipart.h"
@@ -34,6 +36,8 @@ std::string FileUser(EnvdCall& call, const codec::QueryParams& q) {
   return u && !u->empty() ? *u : call.user;
 }
 
+// Streams the file as the guest reads it; gzip-compressed on the way when the client accepts
+// it (E2B-WIRE §3), so that memory stays bounded whatever the file's size.
 void GetFile(EnvdCall& call, http::ResponseWriter& w) {
   auto q = codec::ParseQuery(call.req.raw_query);
   auto path = codec::QueryValue(q, "path");
@@ -43,13 +47,24 @@ void GetFile(EnvdCall& call, http::ResponseWriter& w) {
   if (!guest.ok()) return SendFileError(w, guest.status());
   auto stream = (*guest)->Open({{"op", "read_file"}, {"path", *path}, {"user", FileUser(call, q)}});
   if (!stream.ok()) return SendFileError(w, stream.status());
+  std::unique_ptr<codec::GzipWriter> gzip;
+  http::Headers head = {{"Content-Type", "application/octet-stream"}, {"Vary", "Accept-Encoding"}};
+  if (codec::AcceptsGzip(call.req.Header("Accept-Encoding"))) {
+    gzip = std::make_unique<codec::GzipWriter>();
+    head["Content-Encoding"] = "gzip";
+  }
   auto deadline = Clock::now() + kTransferTimeout;
   bool begun = false;
+  auto begin = [&] {
+    begun = true;
+    return w.BeginStream(200, head).ok();
+  };
+  // Mid-body failures just return: the connection closes and the client sees a truncated body.
   for (;;) {
     auto ev = (*stream)->Next(deadline);
     if (!ev.ok()) {
       if (!begun) SendFileError(w, ev.status());
-      return;  // mid-body: the connection closes and the client sees a truncated body
+      return;
     }
     if (ev->kind == StreamEvent::Kind::kEnd) {
       if (!ev->status.ok()) {
@@ -57,22 +72,28 @@ void GetFile(EnvdCall& call, http::ResponseWriter& w) {
         return;
       }
       if (!begun) {
+        // An empty file: `Content-Length: 0`, which the client reads as empty.
         (void)w.Send(200, {{"Content-Type", "application/octet-stream"}}, "");
         return;
+      }
+      if (gzip) {
+        auto tail = gzip->Finish();
+        if (!tail.ok() || !w.WriteChunk(*tail).ok()) return;
       }
       (void)w.EndStream();
       return;
     }
     if (ev->kind == StreamEvent::Kind::kMessage && !begun) {
       // {"size":N} comes before any byte: the file opened, the answer is 200.
-      if (!w.BeginStream(200, {{"Content-Type", "application/octet-stream"}}).ok()) return;
-      begun = true;
+      if (!begin()) return;
     } else if (ev->kind == StreamEvent::Kind::kData) {
-      if (!begun) {
-        if (!w.BeginStream(200, {{"Content-Type", "application/octet-stream"}}).ok()) return;
-        begun = true;
+      if (!begun && !begin()) return;
+      if (!gzip) {
+        if (!w.WriteChunk(ev->data).ok()) return;  // client gone; the stream cancels
+        continue;
       }
-      if (!w.WriteChunk(ev->data).ok()) return;  // client gone; the stream cancels
+      auto z = gzip->Write(ev->data);
+      if (!z.ok() || !w.WriteChunk(*z).ok()) return;
     }
   }
 }

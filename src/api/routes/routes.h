@@ -1,6 +1,10 @@
 // Route registration, one function per resource file.
 #pragma once
 
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "api/http/router.h"
 #include "api/metrics.h"
 #include "api/routes/envd_call.h"
@@ -16,16 +20,30 @@ struct ControlContext {
   store::Store* store;
   Metrics* metrics;
   std::string envd_version;
+  std::string domain;  // the sandbox domain; empty: answered as null
 };
 
 // Control API (E2B-WIRE §2): /sandboxes, /v2/sandboxes and their sub-resources.
 void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx);
+// Named snapshots (E2B-WIRE §2.2): POST /sandboxes/{id}/snapshots, GET /snapshots, DELETE
+// /templates/{id}.
+void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx);
+// moat's own API key administration: /keys.
+void RegisterKeyRoutes(http::Router& router, ControlContext& ctx);
 // moat's own: /healthz, /metrics, /openapi.json.
 void RegisterSystemRoutes(http::Router& router, ControlContext& ctx);
 // envd (E2B-WIRE §3, §6, §7).
 void RegisterEnvdFileRoutes(http::Router& router, EnvdContext& ctx);
 void RegisterEnvdProcessRoutes(http::Router& router, EnvdContext& ctx);
 void RegisterEnvdFilesystemRoutes(http::Router& router, EnvdContext& ctx);
+
+using TeamHandler =
+    std::function<void(http::Request&, http::ResponseWriter&, const store::TeamRecord&)>;
+// Authenticates with X-API-KEY (401 without a valid one), then runs the handler for the key's
+// team.
+http::Handler Authed(ControlContext& ctx, TeamHandler fn);
+// Compact JSON; invalid UTF-8 is replaced, never thrown on.
+std::string DumpJson(const nlohmann::json& j);
 
 }  // namespace moat::api::routes
 

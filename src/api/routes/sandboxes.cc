@@ -14,20 +14,9 @@ namespace {
 
 using nlohmann::json;
 using store::SandboxRecord;
-using TeamHandler =
-    std::function<void(http::Request&, http::ResponseWriter&, const store::TeamRecord&)>;
 
 std::string Dump(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-// Authenticates with X-API-KEY, then runs the handler for the key's team.
-http::Handler Authed(ControlContext& ctx, TeamHandler fn) {
-  return [&ctx, fn = std::move(fn)](http::Request& req, http::ResponseWriter& w) {
-    auto team = Authenticate(*ctx.store, req);
-    if (!team.ok()) return SendRestError(w, team.status());
-    fn(req, w, *team);
-  };
+  return DumpJson(j);
 }
 
 json SandboxJson(const ControlContext& ctx, const SandboxRecord& r) {
@@ -36,7 +25,7 @@ json SandboxJson(const ControlContext& ctx, const SandboxRecord& r) {
           {"clientID", "moat"},
           {"envdVersion", ctx.envd_version},
           {"envdAccessToken", r.access_token},
-          {"domain", nullptr}};
+          {"domain", ctx.domain.empty() ? json(nullptr) : json(ctx.domain)}};
 }
 
 json ListedJson(const ControlContext& ctx, const SandboxRecord& r) {
@@ -56,7 +45,7 @@ json ListedJson(const ControlContext& ctx, const SandboxRecord& r) {
 json DetailJson(const ControlContext& ctx, const SandboxRecord& r) {
   json j = ListedJson(ctx, r);
   j["envdAccessToken"] = r.access_token;
-  j["domain"] = nullptr;
+  j["domain"] = ctx.domain.empty() ? json(nullptr) : json(ctx.domain);
   j["lifecycle"] = {{"onTimeout", r.auto_pause ? "pause" : "kill"}, {"autoResume", false}};
   return j;
 }
@@ -125,6 +114,18 @@ void Fork(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
 
 }  // namespace
 
+http::Handler Authed(ControlContext& ctx, TeamHandler fn) {
+  return [&ctx, fn = std::move(fn)](http::Request& req, http::ResponseWriter& w) {
+    auto team = Authenticate(*ctx.store, req);
+    if (!team.ok()) return SendRestError(w, team.status());
+    fn(req, w, *team);
+  };
+}
+
+std::string DumpJson(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("POST", "/v2/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
                Create(ctx, req, w, team, 300);
@@ -165,6 +166,14 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                if (!secs.ok()) return SendRestError(w, secs.status());
                auto r = ctx.controller->Connect(team.id, req.Param("sandboxID"), *secs);
                if (!r.ok()) return SendRestError(w, r.status());
+               SendNoContent(w);
+             }));
+  router.Add("PUT", "/sandboxes/{sandboxID}/network",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               auto egress = ParseNetworkUpdate(req.body);
+               if (!egress.ok()) return SendRestError(w, egress.status());
+               Status s = ctx.controller->UpdateNetwork(team.id, req.Param("sandboxID"), *egress);
+               if (!s.ok()) return SendRestError(w, s);
                SendNoContent(w);
              }));
   router.Add("POST", "/sandboxes/{sandboxID}/pause",

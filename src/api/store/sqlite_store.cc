@@ -49,6 +49,20 @@ CREATE TABLE sandbox_metadata (
   PRIMARY KEY (sandbox_id, key)
 );
 )sql",
+    // 2: the admin flag of teams, and named snapshots' owners.
+    R"sql(
+ALTER TABLE teams ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+-- Until now only the first start created teams: every existing team is that admin team.
+UPDATE teams SET is_admin = 1;
+CREATE TABLE snapshots (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  sandbox_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX snapshots_by_team ON snapshots(team_id, created_at_ms, id);
+)sql",
 };
 
 int64_t NowMs() {
@@ -166,6 +180,64 @@ SandboxRecord ReadSandbox(Statement& s) {
   return r;
 }
 
+constexpr const char* kTeamColumns = "id, name, created_at_ms, is_admin";
+
+TeamRecord ReadTeam(Statement& s, int first = 0) {
+  return TeamRecord{s.Text(first), s.Text(first + 1), s.Int(first + 2), s.Int(first + 3) != 0};
+}
+
+constexpr const char* kSnapshotColumns = "id, team_id, sandbox_id, name, created_at_ms";
+
+SnapshotRecord ReadSnapshot(Statement& s) {
+  return SnapshotRecord{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4)};
+}
+
+// Page cursors are "<ms>.<id>" of the last item of the previous page.
+struct Cursor {
+  int64_t ms = 0;
+  std::string id;
+};
+
+Result<Cursor> ParseCursor(const std::string& token) {
+  size_t dot = token.find('.');
+  char* end = nullptr;
+  long long ms = std::strtoll(token.c_str(), &end, 10);
+  if (dot == std::string::npos || dot == 0 || end != token.c_str() + dot) {
+    return InvalidArgument("nextToken: malformed cursor \"" + token + "\"");
+  }
+  return Cursor{ms, token.substr(dot + 1)};
+}
+
+std::string MakeCursor(int64_t ms, const std::string& id) {
+  return std::to_string(ms) + "." + id;
+}
+
+// Builds a query whose parameters are numbered as they are added, so that text and integer
+// binds can mix freely.
+class QueryBuilder {
+ public:
+  explicit QueryBuilder(std::string sql) : sql_(std::move(sql)) {}
+  std::string Text(const std::string& v) {
+    texts_.emplace_back(++count_, v);
+    return "?" + std::to_string(count_);
+  }
+  std::string Int(int64_t v) {
+    ints_.emplace_back(++count_, v);
+    return "?" + std::to_string(count_);
+  }
+  std::string& sql() { return sql_; }
+  void BindAll(Statement& s) const {
+    for (const auto& [i, v] : texts_) s.Bind(i, v);
+    for (const auto& [i, v] : ints_) s.Bind(i, v);
+  }
+
+ private:
+  std::string sql_;
+  int count_ = 0;
+  std::vector<std::pair<int, std::string>> texts_;
+  std::vector<std::pair<int, int64_t>> ints_;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string& path) {
@@ -232,13 +304,37 @@ Result<bool> SqliteStore::HasApiKeys() {
   return s.Step();
 }
 
-Result<TeamRecord> SqliteStore::CreateTeam(const std::string& name) {
+Result<TeamRecord> SqliteStore::CreateTeam(const std::string& name, bool admin) {
   std::lock_guard lock(mu_);
-  TeamRecord t{RandomId(8), name, NowMs()};
-  Statement s(db_, "INSERT INTO teams (id, name, created_at_ms) VALUES (?, ?, ?)");
+  TeamRecord t{RandomId(8), name, NowMs(), admin};
+  Statement s(db_, "INSERT INTO teams (id, name, created_at_ms, is_admin) VALUES (?, ?, ?, ?)");
   MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, t.id).Bind(2, t.name).Bind(3, t.created_at_ms).Run());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, t.id)
+                           .Bind(2, t.name)
+                           .Bind(3, t.created_at_ms)
+                           .Bind(4, int64_t{admin ? 1 : 0})
+                           .Run());
   return t;
+}
+
+Result<std::optional<TeamRecord>> SqliteStore::FindTeam(const char* column,
+                                                        const std::string& value) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kTeamColumns + " FROM teams WHERE " + column +
+                       " = ? ORDER BY created_at_ms, id LIMIT 1");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, value);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<TeamRecord>();
+  return std::optional<TeamRecord>(ReadTeam(s));
+}
+
+Result<std::optional<TeamRecord>> SqliteStore::GetTeam(const std::string& id) {
+  return FindTeam("id", id);
+}
+
+Result<std::optional<TeamRecord>> SqliteStore::TeamByName(const std::string& name) {
+  return FindTeam("name", name);
 }
 
 Result<ApiKeyRecord> SqliteStore::AddApiKey(const std::string& team_id, const std::string& name,
@@ -263,13 +359,13 @@ Result<ApiKeyRecord> SqliteStore::AddApiKey(const std::string& team_id, const st
 Result<std::optional<TeamRecord>> SqliteStore::TeamByKeyHash(const std::string& key_sha256) {
   std::lock_guard lock(mu_);
   Statement s(db_,
-              "SELECT t.id, t.name, t.created_at_ms FROM api_keys k JOIN teams t ON t.id = "
-              "k.team_id WHERE k.key_sha256 = ? AND k.revoked_at_ms IS NULL");
+              "SELECT t.id, t.name, t.created_at_ms, t.is_admin FROM api_keys k JOIN teams t ON "
+              "t.id = k.team_id WHERE k.key_sha256 = ? AND k.revoked_at_ms IS NULL");
   MOAT_RETURN_IF_ERROR(s.status());
   s.Bind(1, key_sha256);
   MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
   if (!row) return std::optional<TeamRecord>();
-  return std::optional<TeamRecord>(TeamRecord{s.Text(0), s.Text(1), s.Int(2)});
+  return std::optional<TeamRecord>(ReadTeam(s));
 }
 
 Result<std::vector<ApiKeyRecord>> SqliteStore::ListApiKeys(const std::string& team_id) {
@@ -288,15 +384,49 @@ Result<std::vector<ApiKeyRecord>> SqliteStore::ListApiKeys(const std::string& te
   return out;
 }
 
-Status SqliteStore::RevokeApiKey(const std::string& team_id, const std::string& key_id) {
+Result<std::optional<ApiKeyRecord>> SqliteStore::GetApiKey(const std::string& key_id) {
   std::lock_guard lock(mu_);
   Statement s(db_,
-              "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND team_id = ? AND "
+              "SELECT id, team_id, name, mask, created_at_ms FROM api_keys WHERE id = ? AND "
               "revoked_at_ms IS NULL");
   MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, NowMs()).Bind(2, key_id).Bind(3, team_id).Run());
-  if (sqlite3_changes(db_) == 0) return NotFound("API key \"" + key_id + "\" not found");
-  return Status::Ok();
+  s.Bind(1, key_id);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<ApiKeyRecord>();
+  return std::optional<ApiKeyRecord>(
+      ApiKeyRecord{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4)});
+}
+
+Status SqliteStore::RevokeApiKey(const std::string& team_id, const std::string& key_id) {
+  std::lock_guard lock(mu_);
+  // One transaction, so that two revocations cannot both pass the last-admin-key check.
+  Transaction tx(db_);
+  bool admin = false;
+  {
+    Statement s(db_,
+                "SELECT t.is_admin FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.id = ? "
+                "AND k.team_id = ? AND k.revoked_at_ms IS NULL");
+    MOAT_RETURN_IF_ERROR(s.status());
+    s.Bind(1, key_id).Bind(2, team_id);
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return NotFound("API key \"" + key_id + "\" not found");
+    admin = s.Int(0) != 0;
+  }
+  if (admin) {
+    Statement s(db_,
+                "SELECT COUNT(*) FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE "
+                "t.is_admin = 1 AND k.revoked_at_ms IS NULL");
+    MOAT_RETURN_IF_ERROR(s.status());
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (row && s.Int(0) <= 1) {
+      return FailedPrecondition("API key \"" + key_id +
+                                "\" is the last admin key; create another admin key first");
+    }
+  }
+  Statement s(db_, "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, NowMs()).Bind(2, key_id).Run());
+  return tx.Commit();
 }
 
 Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
@@ -352,43 +482,30 @@ Result<std::optional<SandboxRecord>> SqliteStore::GetSandbox(const std::string& 
 }
 
 Result<SandboxPage> SqliteStore::ListSandboxes(const SandboxFilter& f) {
-  // Parameters are numbered as they are added, so text and integer binds can mix freely.
-  std::string sql = std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE 1";
-  std::vector<std::pair<int, std::string>> texts;
-  std::vector<std::pair<int, int64_t>> ints;
-  auto text = [&](const std::string& v) {
-    texts.emplace_back(static_cast<int>(texts.size() + ints.size()) + 1, v);
-    return "?" + std::to_string(texts.back().first);
-  };
-  auto integer = [&](int64_t v) {
-    ints.emplace_back(static_cast<int>(texts.size() + ints.size()) + 1, v);
-    return "?" + std::to_string(ints.back().first);
-  };
-  sql += " AND team_id = " + text(f.team_id);
+  QueryBuilder q(std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE 1");
+  std::string& sql = q.sql();
+  sql += " AND team_id = " + q.Text(f.team_id);
   for (const auto& [k, v] : f.metadata) {
+    std::string key = q.Text(k);
+    std::string value = q.Text(v);
     sql +=
         " AND EXISTS (SELECT 1 FROM sandbox_metadata m WHERE m.sandbox_id = sandboxes.id AND "
         "m.key = " +
-        text(k) + " AND m.value = " + text(v) + ")";
+        key + " AND m.value = " + value + ")";
   }
   if (!f.states.empty()) {
     sql += " AND state IN (";
-    for (size_t i = 0; i < f.states.size(); ++i) sql += (i == 0 ? "" : ", ") + text(f.states[i]);
+    for (size_t i = 0; i < f.states.size(); ++i) sql += (i == 0 ? "" : ", ") + q.Text(f.states[i]);
     sql += ")";
   }
-  if (!f.template_id.empty()) sql += " AND template_id = " + text(f.template_id);
-  if (f.started_after_ms) sql += " AND started_at_ms > " + integer(*f.started_after_ms);
-  // The cursor is "<started_at_ms>.<id>" of the last item of the previous page.
+  if (!f.template_id.empty()) sql += " AND template_id = " + q.Text(f.template_id);
+  if (f.started_after_ms) sql += " AND started_at_ms > " + q.Int(*f.started_after_ms);
   if (!f.next_token.empty()) {
-    size_t dot = f.next_token.find('.');
-    char* end = nullptr;
-    long long ms = std::strtoll(f.next_token.c_str(), &end, 10);
-    if (dot == std::string::npos || dot == 0 || end != f.next_token.c_str() + dot) {
-      return InvalidArgument("nextToken: malformed cursor \"" + f.next_token + "\"");
-    }
-    std::string ms_param = integer(ms);
-    sql += std::string(" AND (started_at_ms, id) ") + (f.ascending ? ">" : "<") + " (" + ms_param +
-           ", " + text(f.next_token.substr(dot + 1)) + ")";
+    MOAT_ASSIGN_OR_RETURN(Cursor c, ParseCursor(f.next_token));
+    std::string ms = q.Int(c.ms);
+    std::string id = q.Text(c.id);
+    sql += std::string(" AND (started_at_ms, id) ") + (f.ascending ? ">" : "<") + " (" + ms + ", " +
+           id + ")";
   }
   int limit = f.limit < 1 ? 1 : (f.limit > 100 ? 100 : f.limit);
   sql +=
@@ -398,8 +515,7 @@ Result<SandboxPage> SqliteStore::ListSandboxes(const SandboxFilter& f) {
   std::lock_guard lock(mu_);
   Statement s(db_, sql);
   MOAT_RETURN_IF_ERROR(s.status());
-  for (auto& [i, v] : texts) s.Bind(i, v);
-  for (auto& [i, v] : ints) s.Bind(i, v);
+  q.BindAll(s);
   SandboxPage page;
   for (;;) {
     MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
@@ -409,7 +525,7 @@ Result<SandboxPage> SqliteStore::ListSandboxes(const SandboxFilter& f) {
   if (page.items.size() > static_cast<size_t>(limit)) {
     page.items.resize(static_cast<size_t>(limit));
     const auto& last = page.items.back();
-    page.next_token = std::to_string(last.started_at_ms) + "." + last.id;
+    page.next_token = MakeCursor(last.started_at_ms, last.id);
   }
   for (auto& r : page.items) MOAT_RETURN_IF_ERROR(LoadMaps(r));
   return page;
@@ -455,6 +571,99 @@ Status SqliteStore::DeleteSandbox(const std::string& id) {
   Statement s(db_, "DELETE FROM sandboxes WHERE id = ?");
   MOAT_RETURN_IF_ERROR(s.status());
   return s.Bind(1, id).Run();
+}
+
+Status SqliteStore::InsertSnapshot(const SnapshotRecord& r) {
+  std::lock_guard lock(mu_);
+  Statement s(
+      db_, std::string("INSERT INTO snapshots (") + kSnapshotColumns + ") VALUES (?, ?, ?, ?, ?)");
+  MOAT_RETURN_IF_ERROR(s.status());
+  return s.Bind(1, r.id)
+      .Bind(2, r.team_id)
+      .Bind(3, r.sandbox_id)
+      .Bind(4, r.name)
+      .Bind(5, r.created_at_ms)
+      .Run();
+}
+
+Result<std::optional<SnapshotRecord>> SqliteStore::GetSnapshot(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSnapshotColumns + " FROM snapshots WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<SnapshotRecord>();
+  return std::optional<SnapshotRecord>(ReadSnapshot(s));
+}
+
+Result<std::optional<SnapshotRecord>> SqliteStore::SnapshotByName(const std::string& team_id,
+                                                                  const std::string& name) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSnapshotColumns +
+                       " FROM snapshots WHERE team_id = ? AND name = ? AND name != '' ORDER BY "
+                       "created_at_ms DESC, id DESC LIMIT 1");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, team_id).Bind(2, name);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<SnapshotRecord>();
+  return std::optional<SnapshotRecord>(ReadSnapshot(s));
+}
+
+Result<SnapshotPage> SqliteStore::ListSnapshots(const SnapshotFilter& f) {
+  QueryBuilder q(std::string("SELECT ") + kSnapshotColumns + " FROM snapshots WHERE 1");
+  std::string& sql = q.sql();
+  sql += " AND team_id = " + q.Text(f.team_id);
+  if (!f.sandbox_id.empty()) sql += " AND sandbox_id = " + q.Text(f.sandbox_id);
+  if (!f.name.empty()) {
+    std::string name = q.Text(f.name);
+    sql += " AND (name = " + name + " OR id = " + name + ")";
+  }
+  if (!f.next_token.empty()) {
+    MOAT_ASSIGN_OR_RETURN(Cursor c, ParseCursor(f.next_token));
+    std::string ms = q.Int(c.ms);
+    std::string id = q.Text(c.id);
+    sql += " AND (created_at_ms, id) < (" + ms + ", " + id + ")";
+  }
+  int limit = f.limit < 1 ? 1 : (f.limit > 100 ? 100 : f.limit);
+  sql += " ORDER BY created_at_ms DESC, id DESC LIMIT " + std::to_string(limit + 1);
+
+  std::lock_guard lock(mu_);
+  Statement s(db_, sql);
+  MOAT_RETURN_IF_ERROR(s.status());
+  q.BindAll(s);
+  SnapshotPage page;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    page.items.push_back(ReadSnapshot(s));
+  }
+  if (page.items.size() > static_cast<size_t>(limit)) {
+    page.items.resize(static_cast<size_t>(limit));
+    const auto& last = page.items.back();
+    page.next_token = MakeCursor(last.created_at_ms, last.id);
+  }
+  return page;
+}
+
+Result<std::vector<SnapshotRecord>> SqliteStore::AllSnapshots() {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSnapshotColumns + " FROM snapshots ORDER BY id");
+  MOAT_RETURN_IF_ERROR(s.status());
+  std::vector<SnapshotRecord> out;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return out;
+    out.push_back(ReadSnapshot(s));
+  }
+}
+
+Status SqliteStore::DeleteSnapshot(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "DELETE FROM snapshots WHERE id = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, id).Run());
+  if (sqlite3_changes(db_) == 0) return NotFound("snapshot \"" + id + "\" not found");
+  return Status::Ok();
 }
 
 }  // namespace moat::api::store

@@ -24,11 +24,14 @@ class SqliteStore : public Store {
   int schema_version();
 
   Result<bool> HasApiKeys() override;
-  Result<TeamRecord> CreateTeam(const std::string& name) override;
+  Result<TeamRecord> CreateTeam(const std::string& name, bool admin) override;
+  Result<std::optional<TeamRecord>> GetTeam(const std::string& id) override;
+  Result<std::optional<TeamRecord>> TeamByName(const std::string& name) override;
   Result<ApiKeyRecord> AddApiKey(const std::string& team_id, const std::string& name,
                                  const std::string& key_sha256, const std::string& mask) override;
   Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) override;
   Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) override;
+  Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) override;
   Status RevokeApiKey(const std::string& team_id, const std::string& key_id) override;
 
   Status InsertSandbox(const SandboxRecord& sandbox) override;
@@ -39,11 +42,20 @@ class SqliteStore : public Store {
   Status SetSandboxState(const std::string& id, const std::string& state) override;
   Status DeleteSandbox(const std::string& id) override;
 
+  Status InsertSnapshot(const SnapshotRecord& snapshot) override;
+  Result<std::optional<SnapshotRecord>> GetSnapshot(const std::string& id) override;
+  Result<std::optional<SnapshotRecord>> SnapshotByName(const std::string& team_id,
+                                                       const std::string& name) override;
+  Result<SnapshotPage> ListSnapshots(const SnapshotFilter& filter) override;
+  Result<std::vector<SnapshotRecord>> AllSnapshots() override;
+  Status DeleteSnapshot(const std::string& id) override;
+
  private:
   explicit SqliteStore(sqlite3* db) : db_(db) {}
   Status Migrate();
   Status Exec(const std::string& sql);
   Status LoadMaps(SandboxRecord& r);
+  Result<std::optional<TeamRecord>> FindTeam(const char* column, const std::string& value);
 
   std::mutex mu_;
   sqlite3* db_;  // owned; closed by the destructor

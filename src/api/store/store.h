@@ -1,6 +1,7 @@
 // Store: moatd's durable state — teams, API keys (only their SHA-256), sandboxes with their
-// metadata and end times. An interface because a second implementation (PostgreSQL, for the
-// split api/agent roles) is planned; SqliteStore is the embedded default.
+// metadata and end times, and which team owns which named snapshot. An interface because a second
+// implementation (PostgreSQL, for the split api/agent roles) is planned; SqliteStore is the
+// embedded default.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,8 @@ struct TeamRecord {
   std::string id;
   std::string name;
   int64_t created_at_ms = 0;
+  // The team the first start created: its keys may create teams and manage any team's keys.
+  bool admin = false;
 };
 
 struct ApiKeyRecord {
@@ -59,19 +62,46 @@ struct SandboxPage {
   std::string next_token;  // empty: last page
 };
 
+// A named snapshot (the agent keeps its files; the store says whose it is).
+struct SnapshotRecord {
+  std::string id;  // "snap" + 16 characters; usable as a templateID
+  std::string team_id;
+  std::string sandbox_id;  // the sandbox it was taken from (which may be gone since)
+  std::string name;        // empty: unnamed
+  int64_t created_at_ms = 0;
+};
+
+struct SnapshotFilter {
+  std::string team_id;     // required
+  std::string sandbox_id;  // empty: any
+  std::string name;        // empty: any; else the snapshot's name or id
+  int limit = 100;
+  std::string next_token;  // from the previous page
+};
+
+struct SnapshotPage {
+  std::vector<SnapshotRecord> items;  // newest first
+  std::string next_token;             // empty: last page
+};
+
 class Store {
  public:
   virtual ~Store() = default;
 
   virtual Result<bool> HasApiKeys() = 0;
-  virtual Result<TeamRecord> CreateTeam(const std::string& name) = 0;
+  virtual Result<TeamRecord> CreateTeam(const std::string& name, bool admin) = 0;
+  virtual Result<std::optional<TeamRecord>> GetTeam(const std::string& id) = 0;
+  virtual Result<std::optional<TeamRecord>> TeamByName(const std::string& name) = 0;
   virtual Result<ApiKeyRecord> AddApiKey(const std::string& team_id, const std::string& name,
                                          const std::string& key_sha256,
                                          const std::string& mask) = 0;
   // The team a (non-revoked) key belongs to; nullopt for an unknown key.
   virtual Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) = 0;
   virtual Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) = 0;
-  // not_found unless the key exists and belongs to the team.
+  // A key that is not revoked, by id.
+  virtual Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) = 0;
+  // not_found unless the key exists, is not revoked and belongs to the team; failed_precondition
+  // for the last key of the admin teams (nobody could manage keys any more).
   virtual Status RevokeApiKey(const std::string& team_id, const std::string& key_id) = 0;
 
   virtual Status InsertSandbox(const SandboxRecord& sandbox) = 0;
@@ -83,6 +113,17 @@ class Store {
   // "running" | "paused".
   virtual Status SetSandboxState(const std::string& id, const std::string& state) = 0;
   virtual Status DeleteSandbox(const std::string& id) = 0;
+
+  virtual Status InsertSnapshot(const SnapshotRecord& snapshot) = 0;
+  virtual Result<std::optional<SnapshotRecord>> GetSnapshot(const std::string& id) = 0;
+  // The team's newest snapshot with this name.
+  virtual Result<std::optional<SnapshotRecord>> SnapshotByName(const std::string& team_id,
+                                                               const std::string& name) = 0;
+  virtual Result<SnapshotPage> ListSnapshots(const SnapshotFilter& filter) = 0;
+  // Every team's (start-up reconciliation with the agent).
+  virtual Result<std::vector<SnapshotRecord>> AllSnapshots() = 0;
+  // not_found if there is no such snapshot.
+  virtual Status DeleteSnapshot(const std::string& id) = 0;
 };
 
 }  // namespace moat::api::store

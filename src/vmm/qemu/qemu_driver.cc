@@ -142,6 +142,71 @@ Status QemuDriver::Start(const VmSpec& spec) {
   return Status::Ok();
 }
 
+Status QemuDriver::Adopt(const VmSpec& spec, pid_t pid, uint64_t start_time) {
+  if (process_.valid()) return FailedPrecondition("vmm " + spec.name + ": already started");
+  auto adopted = ChildProcess::Adopt(pid);
+  if (!adopted.ok()) {
+    return NotFound("vmm " + spec.name + ": process " + std::to_string(pid) + " is gone");
+  }
+  // The pidfd pins the process: if it started when the VMM did, it is the VMM.
+  auto started = ProcessStartTime(pid);
+  if (!started.ok() || *started != start_time) {
+    adopted->Release();  // someone else's process (the pid was reused): never signalled
+    return NotFound("vmm " + spec.name + ": process " + std::to_string(pid) +
+                    " is gone (the pid now names another process)");
+  }
+  spec_ = spec;
+  timings_ = {};
+  memory_is_snapshot_ = false;
+  process_ = std::move(*adopted);
+  Cleanup release_on_error([this] { Kill(); });
+  if (spec.jail) {
+    if (spec.jail->use_cgroup) {
+      MOAT_ASSIGN_OR_RETURN(Cgroup cg, Cgroup::Adopt(pid, spec.name));
+      cgroup_.emplace(std::move(cg));
+    }
+    created_jail_root_ = !spec.jail->root_dir.empty();
+  }
+  MOAT_RETURN_IF_ERROR(ConnectQmp().Annotate("reconnecting to the VMM of " + spec.name));
+  MOAT_RETURN_IF_ERROR(CancelMigration());
+  release_on_error.Cancel();
+  LogInfo("vmm.adopted", {{"vm", spec.name}, {"pid", pid}});
+  return Status::Ok();
+}
+
+Status QemuDriver::CancelMigration() {
+  // "none" before the first migration; completed, failed and cancelled are final.
+  auto in_progress = [](const std::string& st) {
+    return !st.empty() && st != "none" && st != "completed" && st != "failed" && st != "cancelled";
+  };
+  MOAT_ASSIGN_OR_RETURN(Json q, qmp_->Execute("query-migrate"));
+  std::string st = q.value("status", "");
+  if (!in_progress(st)) return Status::Ok();
+  LogWarn("vmm.migration_cancelled", {{"vm", spec_.name}, {"status", st}});
+  MOAT_RETURN_IF_ERROR(qmp_->Execute("migrate_cancel").status());
+  auto deadline = Clock::now() + options_.migration_timeout;
+  while (in_progress(st)) {
+    if (Clock::now() >= deadline) {
+      return DeadlineExceeded("vmm " + spec_.name + ": a migration is still \"" + st + "\"");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    MOAT_ASSIGN_OR_RETURN(q, qmp_->Execute("query-migrate"));
+    st = q.value("status", "");
+  }
+  return Status::Ok();
+}
+
+void QemuDriver::Detach() {
+  qmp_.reset();
+  (void)process_.Release();
+  if (cgroup_) cgroup_->Release();
+  cgroup_.reset();
+  jail_.reset();
+  created_jail_root_ = false;
+  // Nothing of the VM's is touched by Kill() or the destructor from now on.
+  spec_ = VmSpec{};
+}
+
 Status QemuDriver::SetUpJail(const JailSpec& jail_in) {
   JailSpec jail = jail_in;
   const VmSpec& s = spec_;

@@ -38,6 +38,9 @@ class QemuDriver final : public VmmDriver {
   ~QemuDriver() override;
 
   Status Start(const VmSpec& spec) override;
+  // Reconnects QMP (the monitor's socket takes a new client once the old one is gone).
+  Status Adopt(const VmSpec& spec, pid_t pid, uint64_t start_time) override;
+  void Detach() override;
   Status Pause() override;
   Status Resume() override;
   Status SaveDeviceState(const std::string& path) override;
@@ -58,6 +61,9 @@ class QemuDriver final : public VmmDriver {
   Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv);
   Status ConnectQmp();
   Status LoadDeviceState();
+  // Cancels a migration an earlier agent left running (its target file is gone with the
+  // snapshot it was writing) and waits until it has ended.
+  Status CancelMigration();
   // Waits for the MIGRATION event that ends a migration; the error names the final status.
   Status WaitMigration(uint64_t cursor, std::string_view what);
   // Adds QEMU's stderr tail to an error about the process.

@@ -159,5 +159,46 @@ TEST(Gzip, InflatesAndBoundsTheOutput) {
   EXPECT_FALSE(GunzipBounded("not gzip", 1 << 20).ok());
 }
 
+TEST(Gzip, CompressesAStreamChunkByChunkIntoOneMember) {
+  std::string plain;
+  for (int i = 0; i < 200000; ++i) plain += static_cast<char>('a' + (i * 7919) % 26);
+  GzipWriter writer;
+  std::string gz;
+  for (size_t off = 0; off < plain.size(); off += 65536) {
+    auto part = writer.Write(std::string_view(plain).substr(off, 65536));
+    ASSERT_TRUE(part.ok()) << part.status().ToString();
+    gz += *part;
+  }
+  auto tail = writer.Finish();
+  ASSERT_TRUE(tail.ok());
+  gz += *tail;
+  ASSERT_GE(gz.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(gz[0]), 0x1f) << "a gzip header, not zlib's";
+  EXPECT_EQ(static_cast<unsigned char>(gz[1]), 0x8b);
+  EXPECT_LT(gz.size(), plain.size());
+  EXPECT_EQ(*GunzipBounded(gz, 1 << 20), plain);
+  EXPECT_FALSE(writer.Write("more").ok()) << "nothing after Finish";
+
+  GzipWriter empty;
+  auto only_tail = empty.Finish();
+  ASSERT_TRUE(only_tail.ok());
+  EXPECT_EQ(*GunzipBounded(*only_tail, 10), "");
+}
+
+TEST(Gzip, AcceptEncodingAllowsGzipOnlyWithAPositiveQValue) {
+  EXPECT_TRUE(AcceptsGzip("gzip"));
+  EXPECT_TRUE(AcceptsGzip("gzip, deflate"));  // Node's fetch sends this on every request
+  EXPECT_TRUE(AcceptsGzip("br;q=1.0, GZIP;q=0.5"));
+  EXPECT_TRUE(AcceptsGzip("x-gzip"));
+  EXPECT_TRUE(AcceptsGzip("*"));
+  EXPECT_FALSE(AcceptsGzip(""));
+  EXPECT_FALSE(AcceptsGzip("identity"));
+  EXPECT_FALSE(AcceptsGzip("deflate, br"));
+  EXPECT_FALSE(AcceptsGzip("gzip;q=0"));
+  EXPECT_FALSE(AcceptsGzip("*, gzip;q=0")) << "refused by name beats the wildcard";
+  EXPECT_FALSE(AcceptsGzip("*;q=0"));
+  EXPECT_FALSE(AcceptsGzip("gzip;q=abc")) << "a malformed element is ignored";
+}
+
 }  // namespace
 }  // namespace moat::api::codec

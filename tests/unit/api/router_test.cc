@@ -107,6 +107,28 @@ TEST(ControlRequests, ListQueryStatesOrderLimitAndMetadata) {
   EXPECT_EQ(old->states, std::vector<std::string>{"running"});
 }
 
+TEST(ControlRequests, SnapshotNamesAndListQueries) {
+  EXPECT_EQ(ParseCreateSnapshot("")->name, "") << "unnamed";
+  EXPECT_EQ(ParseCreateSnapshot("{}")->name, "");
+  EXPECT_EQ(ParseCreateSnapshot(R"({"name":"team/my-snap:v2"})")->name, "team/my-snap:v2");
+  EXPECT_NE(ParseCreateSnapshot(R"({"name":"a b"})").status().message().find("\"name\""),
+            std::string::npos);
+  EXPECT_FALSE(ParseCreateSnapshot(R"({"name":""})").ok());
+  EXPECT_FALSE(ParseCreateSnapshot(R"({"name":"base"})").ok()) << "base is the built-in template";
+  EXPECT_FALSE(ParseCreateSnapshot(R"({"name":1})").ok());
+  EXPECT_FALSE(
+      ParseCreateSnapshot(std::string(R"({"name":")") + std::string(129, 'a') + "\"}").ok());
+  auto f = ParseSnapshotListQuery(codec::ParseQuery("sandboxID=abc&name=n&limit=3&nextToken=5.x"));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->sandbox_id, "abc");
+  EXPECT_EQ(f->name, "n");
+  EXPECT_EQ(f->limit, 3);
+  EXPECT_EQ(f->next_token, "5.x");
+  EXPECT_EQ(ParseSnapshotListQuery(codec::ParseQuery(""))->limit, 100);
+  EXPECT_NE(ParseSnapshotListQuery(codec::ParseQuery("limit=0")).status().message().find("limit"),
+            std::string::npos);
+}
+
 // Every REST route moatd registers is in api/openapi.json, and every operation there is a
 // registered route.
 TEST(OpenApi, DescribesExactlyTheRegisteredControlRoutes) {

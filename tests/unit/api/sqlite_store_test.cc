@@ -1,6 +1,7 @@
 #include "api/store/sqlite_store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "common/fs.h"
 
@@ -41,16 +42,37 @@ class SqliteStoreTest : public ::testing::Test {
 };
 
 TEST_F(SqliteStoreTest, MigratesAFreshFileAndReopensIt) {
-  EXPECT_EQ(store_->schema_version(), 1);
+  EXPECT_EQ(store_->schema_version(), 2);
   store_.reset();
   auto again = SqliteStore::Open(dir_ + "/moat.db");
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->schema_version(), 1);
+  EXPECT_EQ((*again)->schema_version(), 2);
+}
+
+TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin) {
+  // The teams table as schema 1 had it, with the one team the first start created.
+  std::string path = dir_ + "/v1.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE teams (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                         "created_at_ms INTEGER NOT NULL); INSERT INTO teams VALUES ('t1', "
+                         "'admin', 5); PRAGMA user_version = 1;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto upgraded = SqliteStore::Open(path);
+  ASSERT_TRUE(upgraded.ok()) << upgraded.status().ToString();
+  EXPECT_EQ((*upgraded)->schema_version(), 2);
+  auto team = (*upgraded)->GetTeam("t1");
+  ASSERT_TRUE(team.ok() && team->has_value());
+  EXPECT_TRUE((*team)->admin);
+  EXPECT_TRUE((*upgraded)->AllSnapshots()->empty());
 }
 
 TEST_F(SqliteStoreTest, FindsTeamsByKeyHashUntilRevoked) {
   EXPECT_FALSE(*store_->HasApiKeys());
-  auto team = store_->CreateTeam("t");
+  auto team = store_->CreateTeam("t", false);
   ASSERT_TRUE(team.ok());
   auto key = store_->AddApiKey(team->id, "k", "hash1", "moat_…");
   ASSERT_TRUE(key.ok());
@@ -59,16 +81,123 @@ TEST_F(SqliteStoreTest, FindsTeamsByKeyHashUntilRevoked) {
   ASSERT_TRUE(found.ok() && found->has_value());
   EXPECT_EQ((*found)->id, team->id);
   EXPECT_FALSE(store_->TeamByKeyHash("other")->has_value());
-  auto other = store_->CreateTeam("o");
+  auto other = store_->CreateTeam("o", false);
   EXPECT_EQ(store_->RevokeApiKey(other->id, key->id).code(), ErrorCode::kNotFound)
       << "another team cannot revoke it";
   EXPECT_TRUE(store_->RevokeApiKey(team->id, key->id).ok());
   EXPECT_FALSE(store_->TeamByKeyHash("hash1")->has_value());
   EXPECT_TRUE(store_->ListApiKeys(team->id)->empty());
+  EXPECT_FALSE(store_->GetApiKey(key->id)->has_value()) << "a revoked key is gone";
+  EXPECT_EQ(store_->RevokeApiKey(team->id, key->id).code(), ErrorCode::kNotFound) << "revoked once";
+}
+
+TEST_F(SqliteStoreTest, FindsTeamsByIdAndNameWithTheirAdminFlag) {
+  auto admin = *store_->CreateTeam("admin", true);
+  auto acme = *store_->CreateTeam("acme", false);
+  EXPECT_TRUE((*store_->GetTeam(admin.id))->admin);
+  auto by_name = store_->TeamByName("acme");
+  ASSERT_TRUE(by_name.ok() && by_name->has_value());
+  EXPECT_EQ((*by_name)->id, acme.id);
+  EXPECT_FALSE((*by_name)->admin);
+  EXPECT_FALSE(store_->TeamByName("nobody")->has_value());
+  EXPECT_FALSE(store_->GetTeam("nope")->has_value());
+  auto key = *store_->AddApiKey(admin.id, "k", "h-admin", "m");
+  EXPECT_TRUE((*store_->TeamByKeyHash("h-admin"))->admin);
+  auto got = store_->GetApiKey(key.id);
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ((*got)->team_id, admin.id);
+  EXPECT_EQ((*got)->name, "k");
+}
+
+TEST_F(SqliteStoreTest, RefusesToRevokeTheLastAdminKey) {
+  auto admin = *store_->CreateTeam("admin", true);
+  auto first = *store_->AddApiKey(admin.id, "first", "h1", "m1");
+  Status last = store_->RevokeApiKey(admin.id, first.id);
+  EXPECT_EQ(last.code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(last.message().find("last admin key"), std::string::npos) << last.message();
+  EXPECT_TRUE(store_->TeamByKeyHash("h1")->has_value()) << "still valid";
+  auto second = *store_->AddApiKey(admin.id, "second", "h2", "m2");
+  EXPECT_TRUE(store_->RevokeApiKey(admin.id, first.id).ok()) << "another admin key remains";
+  EXPECT_EQ(store_->RevokeApiKey(admin.id, second.id).code(), ErrorCode::kFailedPrecondition);
+  // A team's last ordinary key may go.
+  auto team = *store_->CreateTeam("t", false);
+  auto only = *store_->AddApiKey(team.id, "only", "h3", "m3");
+  EXPECT_TRUE(store_->RevokeApiKey(team.id, only.id).ok());
+}
+
+TEST_F(SqliteStoreTest, KeepsSnapshotsPerTeamAndFindsThemByIdNameOrSandbox) {
+  auto a = *store_->CreateTeam("a", false);
+  auto b = *store_->CreateTeam("b", false);
+  ASSERT_TRUE(store_->InsertSnapshot({"snapa1", a.id, "sbx1", "nightly", 10}).ok());
+  ASSERT_TRUE(store_->InsertSnapshot({"snapa2", a.id, "sbx2", "", 20}).ok());
+  ASSERT_TRUE(store_->InsertSnapshot({"snapa3", a.id, "sbx1", "nightly", 30}).ok());
+  ASSERT_TRUE(store_->InsertSnapshot({"snapb1", b.id, "sbx9", "nightly", 40}).ok());
+
+  auto got = store_->GetSnapshot("snapa2");
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ((*got)->team_id, a.id);
+  EXPECT_EQ((*got)->sandbox_id, "sbx2");
+  EXPECT_EQ((*got)->created_at_ms, 20);
+  EXPECT_FALSE(store_->GetSnapshot("snapzz")->has_value());
+
+  auto newest = store_->SnapshotByName(a.id, "nightly");
+  ASSERT_TRUE(newest.ok() && newest->has_value());
+  EXPECT_EQ((*newest)->id, "snapa3") << "the newest of that name, of that team";
+  EXPECT_FALSE(store_->SnapshotByName(a.id, "")->has_value()) << "unnamed ones have no name";
+  EXPECT_EQ((*store_->SnapshotByName(b.id, "nightly"))->id, "snapb1");
+
+  auto ids = [](const SnapshotPage& p) {
+    std::vector<std::string> out;
+    for (const auto& r : p.items) out.push_back(r.id);
+    return out;
+  };
+  SnapshotFilter f;
+  f.team_id = a.id;
+  EXPECT_EQ(ids(*store_->ListSnapshots(f)),
+            (std::vector<std::string>{"snapa3", "snapa2", "snapa1"}));
+  f.sandbox_id = "sbx1";
+  EXPECT_EQ(ids(*store_->ListSnapshots(f)), (std::vector<std::string>{"snapa3", "snapa1"}));
+  f.sandbox_id = "";
+  f.name = "snapa2";
+  EXPECT_EQ(ids(*store_->ListSnapshots(f)), std::vector<std::string>{"snapa2"}) << "by id";
+  f.name = "nightly";
+  EXPECT_EQ(ids(*store_->ListSnapshots(f)), (std::vector<std::string>{"snapa3", "snapa1"}));
+  f.team_id = b.id;
+  f.name = "snapa1";
+  EXPECT_TRUE(store_->ListSnapshots(f)->items.empty()) << "another team's is invisible";
+
+  EXPECT_EQ(store_->DeleteSnapshot("snapzz").code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(store_->DeleteSnapshot("snapa3").ok());
+  EXPECT_EQ((*store_->SnapshotByName(a.id, "nightly"))->id, "snapa1");
+  EXPECT_EQ(store_->AllSnapshots()->size(), 3u);
+}
+
+TEST_F(SqliteStoreTest, PagesSnapshotsNewestFirstWithACursor) {
+  auto t = *store_->CreateTeam("t", false);
+  for (int i = 0; i < 5; ++i) {
+    std::string id = "snap" + std::to_string(i);
+    ASSERT_TRUE(store_->InsertSnapshot({id, t.id, "sbx", "", 100 + i}).ok());
+  }
+  SnapshotFilter f;
+  f.team_id = t.id;
+  f.limit = 2;
+  std::vector<std::string> seen;
+  int pages = 0;
+  for (; pages < 10; ++pages) {
+    auto page = store_->ListSnapshots(f);
+    ASSERT_TRUE(page.ok()) << page.status().ToString();
+    for (auto& r : page->items) seen.push_back(r.id);
+    if (page->next_token.empty()) break;
+    f.next_token = page->next_token;
+  }
+  EXPECT_EQ(pages, 2);
+  EXPECT_EQ(seen, (std::vector<std::string>{"snap4", "snap3", "snap2", "snap1", "snap0"}));
+  f.next_token = "nodot";
+  EXPECT_EQ(store_->ListSnapshots(f).status().code(), ErrorCode::kInvalidArgument);
 }
 
 TEST_F(SqliteStoreTest, KeepsSandboxesWithMetadataAndEnvVars) {
-  auto team = *store_->CreateTeam("t");
+  auto team = *store_->CreateTeam("t", false);
   ASSERT_TRUE(store_->InsertSandbox(Sandbox("s1", team.id, 1000, {{"k", "v"}})).ok());
   auto got = store_->GetSandbox("s1");
   ASSERT_TRUE(got.ok() && got->has_value());
@@ -83,8 +212,8 @@ TEST_F(SqliteStoreTest, KeepsSandboxesWithMetadataAndEnvVars) {
 }
 
 TEST_F(SqliteStoreTest, ListsOnlyTheTeamsSandboxesMatchingEveryMetadataPair) {
-  auto a = *store_->CreateTeam("a");
-  auto b = *store_->CreateTeam("b");
+  auto a = *store_->CreateTeam("a", false);
+  auto b = *store_->CreateTeam("b", false);
   ASSERT_TRUE(store_->InsertSandbox(Sandbox("a1", a.id, 1, {{"env", "prod"}, {"app", "x"}})).ok());
   ASSERT_TRUE(store_->InsertSandbox(Sandbox("a2", a.id, 2, {{"env", "prod"}})).ok());
   ASSERT_TRUE(store_->InsertSandbox(Sandbox("b1", b.id, 3, {{"env", "prod"}, {"app", "x"}})).ok());
@@ -101,7 +230,7 @@ TEST_F(SqliteStoreTest, ListsOnlyTheTeamsSandboxesMatchingEveryMetadataPair) {
 }
 
 TEST_F(SqliteStoreTest, PagesNewestFirstWithACursor) {
-  auto t = *store_->CreateTeam("t");
+  auto t = *store_->CreateTeam("t", false);
   for (int i = 0; i < 5; ++i) {
     ASSERT_TRUE(store_->InsertSandbox(Sandbox("s" + std::to_string(i), t.id, 100 + i)).ok());
   }

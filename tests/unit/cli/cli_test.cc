@@ -1,6 +1,8 @@
 // The CLI's pure helpers: what it sends (Start request, KEY=VALUE), how it reads the stream
 // (envelopes split anywhere, end events) and what it prints (tables, errors).
 #include <gtest/gtest.h>
+#include <pty.h>
+#include <sys/ioctl.h>
 
 #include <csignal>
 
@@ -9,6 +11,8 @@
 #include "cli/http_client.h"
 #include "cli/output.h"
 #include "cli/process_stream.h"
+#include "cli/terminal.h"
+#include "common/unique_fd.h"
 
 namespace moat::cli {
 namespace {
@@ -125,6 +129,107 @@ TEST(StartRequest, PutsArgvZeroInCmdAndOmitsUnsetFields) {
   EXPECT_EQ(full["process"]["envs"], json::parse(R"({"A":"1"})"));
   EXPECT_EQ(full["process"]["cwd"], "/tmp");
   EXPECT_EQ(full["process"]["args"], json::array());
+}
+
+TEST(StartRequest, AsksForAPtyOfTheGivenSizeAndOpenStdin) {
+  json r = StartRequest({"bash"}, {}, "", /*stdin_open=*/true, PtySize{.cols = 120, .rows = 40});
+  EXPECT_EQ(r["stdin"], true);
+  EXPECT_EQ(r["pty"], json::parse(R"({"size":{"cols":120,"rows":40}})"));
+  EXPECT_FALSE(StartRequest({"cat"}, {}, "", true).contains("pty"));
+}
+
+TEST(InteractiveRequests, CarryThePidAndBase64Input) {
+  EXPECT_EQ(SendInputRequest(42, "hi\n", /*pty=*/true),
+            json::parse(R"({"process":{"pid":42},"input":{"pty":"aGkK"}})"));
+  EXPECT_EQ(SendInputRequest(7, "x", /*pty=*/false),
+            json::parse(R"({"process":{"pid":7},"input":{"stdin":"eA=="}})"));
+  EXPECT_EQ(ResizeRequest(42, {.cols = 100, .rows = 30}),
+            json::parse(R"({"process":{"pid":42},"pty":{"size":{"cols":100,"rows":30}}})"));
+  EXPECT_EQ(CloseStdinRequest(9), json::parse(R"({"process":{"pid":9}})"));
+}
+
+TEST(FormatKeyList, ShowsMasksNeverValues) {
+  json keys = json::parse(R"([{"id":"k1","name":"ci","mask":"moat_1234…abcd","teamID":"t1",
+      "createdAt":"2026-01-01T12:00:00Z"}])");
+  EXPECT_EQ(FormatKeyList(keys),
+            "KEY ID  NAME  KEY             TEAM ID  CREATED\n"
+            "k1      ci    moat_1234…abcd  t1       2026-01-01T12:00:00Z\n")
+      << "columns line up however many bytes the mask's ellipsis takes";
+}
+
+TEST(FormatSnapshotList, JoinsNamesAndShowsADashForNone) {
+  json snaps = json::parse(R"([{"snapshotID":"snap1","names":["a","b"],"sandboxID":"s1",
+      "createdAt":"2026-01-01T12:00:00Z"},{"snapshotID":"snap2","names":[]}])");
+  EXPECT_EQ(FormatSnapshotList(snaps),
+            "SNAPSHOT ID  NAMES  FROM SANDBOX  CREATED\n"
+            "snap1        a,b    s1            2026-01-01T12:00:00Z\n"
+            "snap2        -      -             -\n");
+}
+
+TEST(FormatFields, PrintsOnlyPresentFieldsInOrder) {
+  json k = json::parse(R"({"key":"moat_x","id":"k1","name":"ci"})");
+  EXPECT_EQ(FormatFields(k, {"id", "name", "teamID", "key"}),
+            "id:    k1\n"
+            "name:  ci\n"
+            "key:   moat_x\n");
+}
+
+// A pseudo-terminal stands in for the user's terminal.
+class TerminalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int master = -1;
+    int slave = -1;
+    ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+    master_.Reset(master);
+    slave_.Reset(slave);
+  }
+  tcflag_t LocalFlags() {
+    struct termios t {};
+    EXPECT_EQ(::tcgetattr(slave_.get(), &t), 0);
+    return t.c_lflag;
+  }
+  UniqueFd master_, slave_;
+};
+
+TEST_F(TerminalTest, RawModeIsUndoneOnRestoreAndOnDestruction) {
+  ASSERT_TRUE(LocalFlags() & ICANON);
+  {
+    RawTerminal raw;
+    ASSERT_TRUE(raw.Enter(slave_.get()).ok());
+    EXPECT_FALSE(LocalFlags() & (ICANON | ECHO | ISIG));
+    EXPECT_FALSE(raw.Enter(slave_.get()).ok()) << "one at a time";
+    raw.Restore();
+    EXPECT_TRUE(LocalFlags() & ICANON);
+    EXPECT_TRUE(LocalFlags() & ECHO);
+    ASSERT_TRUE(raw.Enter(slave_.get()).ok());
+  }
+  EXPECT_TRUE(LocalFlags() & ICANON) << "the destructor restores";
+  RawTerminal not_a_tty;
+  EXPECT_FALSE(not_a_tty.Enter(master_.get() + 1000).ok());
+}
+
+TEST_F(TerminalTest, ReportsTheWindowSizeAndResizesArriveOnThePipe) {
+  struct winsize ws {};
+  ws.ws_col = 132;
+  ws.ws_row = 43;
+  ASSERT_EQ(::ioctl(master_.get(), TIOCSWINSZ, &ws), 0);
+  auto size = TerminalSize(slave_.get());
+  ASSERT_TRUE(size.has_value());
+  EXPECT_EQ(size->cols, 132);
+  EXPECT_EQ(size->rows, 43);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  EXPECT_FALSE(TerminalSize(fds[0]).has_value()) << "a pipe is no terminal";
+  ::close(fds[0]);
+  ::close(fds[1]);
+
+  auto winch = WinchPipe::Install();
+  ASSERT_TRUE(winch.ok());
+  EXPECT_FALSE((*winch)->Drain());
+  ASSERT_EQ(::raise(SIGWINCH), 0);
+  EXPECT_TRUE((*winch)->Drain());
+  EXPECT_FALSE((*winch)->Drain()) << "drained";
 }
 
 TEST(EnvelopeReader, YieldsEnvelopesHoweverTheBytesAreSplit) {

@@ -21,6 +21,30 @@ TEST(ChildProcess, ReportsTheExitCode) {
   EXPECT_EQ(DescribeWaitStatus(*st), "exited with 3");
 }
 
+TEST(ChildProcess, ProcessStartTimeIsFixedForALiveProcessAndNotFoundOnceReaped) {
+  auto self = ProcessStartTime(::getpid());
+  ASSERT_TRUE(self.ok()) << self.status().ToString();
+  auto child = ChildProcess::Spawn({.argv = {"/bin/sleep", "30"}});
+  ASSERT_TRUE(child.ok());
+  pid_t pid = child->pid();
+  auto started = ProcessStartTime(pid);
+  ASSERT_TRUE(started.ok());
+  EXPECT_GE(*started, *self);
+  EXPECT_EQ(ProcessStartTime(pid).value(), *started);
+  child->Kill();
+  EXPECT_EQ(ProcessStartTime(pid).status().code(), ErrorCode::kNotFound);
+}
+
+TEST(ChildProcess, AZombieHasNoStartTime) {
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ::_exit(0);
+  // Not reaped yet: a zombie until waitpid below.
+  for (int i = 0; i < 500 && ProcessStartTime(pid).ok(); ++i) ::usleep(10000);
+  EXPECT_EQ(ProcessStartTime(pid).status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(::waitpid(pid, nullptr, 0), pid);
+}
+
 TEST(ChildProcess, FailsSpawnWhenTheProgramIsMissing) {
   auto child = ChildProcess::Spawn({.argv = {"/nonexistent/program"}});
   ASSERT_FALSE(child.ok());

@@ -24,6 +24,19 @@ TEST(JailIdAllocator, HandsOutDistinctIdsAndFailsWhenExhausted) {
   EXPECT_EQ(*again, 900001u);
 }
 
+TEST(JailIdAllocator, ReservedIdsAreSkippedUntilReleased) {
+  JailIdAllocator ids(100, 3);
+  ASSERT_TRUE(ids.Reserve(100).ok());
+  EXPECT_EQ(ids.Reserve(100).code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(ids.Reserve(99).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(ids.Reserve(103).code(), ErrorCode::kInvalidArgument);
+  auto a = ids.Allocate();
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, 101u);
+  ids.Release(100);
+  EXPECT_TRUE(ids.Reserve(100).ok());
+}
+
 TEST(JailIdAllocator, ReusesReleasedIdsLast) {
   JailIdAllocator ids(100, 4);
   auto a = ids.Allocate();

@@ -1,0 +1,74 @@
+// Named snapshots (E2B-WIRE §2.2): create from a running sandbox, list the team's, delete. A
+// snapshot's id is a templateID for create. Snapshots belong to the team of the key that made
+// them; another team's are not_found everywhere.
+#include <nlohmann/json.hpp>
+
+#include "api/codec/protojson.h"
+#include "api/codec/query.h"
+#include "api/errors.h"
+#include "api/routes/routes.h"
+
+namespace moat::api::routes {
+namespace {
+
+using nlohmann::json;
+
+// SnapshotInfo, plus moat's `sandboxID` and `createdAt` (the SDK ignores unknown fields).
+json SnapshotJson(const store::SnapshotRecord& s) {
+  json names = json::array();
+  if (!s.name.empty()) names.push_back(s.name);
+  return {{"snapshotID", s.id},
+          {"names", names},
+          {"sandboxID", s.sandbox_id},
+          {"createdAt", codec::Rfc3339(s.created_at_ms * 1000000)}};
+}
+
+void Create(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+            const store::TeamRecord& team) {
+  auto action = ParseCreateSnapshot(req.body);
+  if (!action.ok()) return SendRestError(w, action.status());
+  auto snap = ctx.controller->CreateSnapshot(team.id, req.Param("sandboxID"), *action);
+  if (!snap.ok()) return SendRestError(w, snap.status());
+  SendJson(w, 201, DumpJson(SnapshotJson(*snap)));
+}
+
+void List(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+          const store::TeamRecord& team) {
+  auto filter = ParseSnapshotListQuery(codec::ParseQuery(req.raw_query));
+  if (!filter.ok()) return SendRestError(w, filter.status());
+  filter->team_id = team.id;
+  auto page = ctx.controller->ListSnapshots(*filter);
+  if (!page.ok()) return SendRestError(w, page.status());
+  json out = json::array();
+  for (const auto& s : page->items) out.push_back(SnapshotJson(s));
+  http::Headers headers;
+  if (!page->next_token.empty()) headers["X-Next-Token"] = page->next_token;
+  SendJson(w, 200, DumpJson(out), std::move(headers));
+}
+
+void Delete(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
+            const store::TeamRecord& team) {
+  std::string id = req.Param("templateID");
+  if (id == "base") {
+    return SendRestError(w, InvalidArgument("template \"base\" is built in and cannot be deleted"));
+  }
+  Status s = ctx.controller->DeleteSnapshot(team.id, id);
+  if (!s.ok()) return SendRestError(w, s);
+  SendNoContent(w);
+}
+
+}  // namespace
+
+void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx) {
+  router.Add(
+      "POST", "/sandboxes/{sandboxID}/snapshots",
+      Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Create(ctx, req, w, team); }));
+  router.Add("GET", "/snapshots", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+               List(ctx, req, w, team);
+             }));
+  router.Add(
+      "DELETE", "/templates/{templateID}",
+      Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Delete(ctx, req, w, team); }));
+}
+
+}  // namespace moat::api::routes

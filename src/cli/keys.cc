@@ -1,0 +1,84 @@
+// `moat keys create|list|revoke`: moatd's API key administration (/keys) with the caller's
+// X-API-Key. A key manages its own team's keys; the admin key (the one moatd printed on its
+// first start) may also create a team (--team) and manage another team's keys (--team-id).
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "api/codec/query.h"
+#include "cli/api_client.h"
+#include "cli/commands.h"
+#include "cli/output.h"
+
+namespace moat::cli {
+namespace {
+
+using api::codec::PercentEncode;
+
+struct KeysOptions {
+  bool json = false;
+  std::string name;     // create
+  std::string team;     // create: a new team
+  std::string team_id;  // create, list: an existing team
+  std::string id;       // revoke
+};
+
+CLI::App* Leaf(CLI::App& parent, const char* name, const char* help, KeysOptions& o) {
+  auto* cmd = parent.add_subcommand(name, help);
+  cmd->add_flag("--json", o.json, "print the API's JSON response");
+  return cmd;
+}
+
+}  // namespace
+
+Runner AddKeys(CLI::App& app) {
+  auto o = std::make_shared<KeysOptions>();
+  auto* keys = app.add_subcommand("keys", "create, list and revoke API keys");
+  keys->require_subcommand(1);
+
+  auto* create = Leaf(*keys, "create", "create an API key and print it (shown only this once)", *o);
+  create->add_option("name", o->name, "what the key is for")->required();
+  auto* team = create->add_option("--team", o->team, "admin only: a new team the key is for");
+  create->add_option("--team-id", o->team_id, "an existing team (admin only: another team)")
+      ->excludes(team);
+  auto* list = Leaf(*keys, "list", "list a team's keys (masked)", *o);
+  list->add_option("--team-id", o->team_id, "admin only: another team's keys");
+  auto* revoke = Leaf(*keys, "revoke", "revoke a key; it is refused from then on", *o);
+  revoke->add_option("id", o->id, "key ID (from keys list)")->required();
+
+  return [=] {
+    auto config = ApiConfigFromEnv();
+    if (!config.ok()) return ReportError(config.status());
+    ApiClient api(std::move(*config));
+
+    Result<json> r = json(nullptr);
+    std::string text;
+    if (create->parsed()) {
+      json body = {{"name", o->name}};
+      if (!o->team.empty()) body["team"] = o->team;
+      if (!o->team_id.empty()) body["teamID"] = o->team_id;
+      r = api.Control("POST", "/keys", body);
+      if (r.ok()) {
+        text = FormatFields(*r, {"id", "name", "teamID", "teamName", "createdAt", "key"});
+        if (!o->json) std::fputs("moat: the key is shown only this once: store it now\n", stderr);
+      }
+    } else if (list->parsed()) {
+      std::string target = "/keys";
+      if (!o->team_id.empty()) target += "?teamID=" + PercentEncode(o->team_id);
+      r = api.Control("GET", target);
+      if (r.ok()) text = FormatKeyList(*r);
+    } else if (revoke->parsed()) {
+      r = api.Control("DELETE", "/keys/" + PercentEncode(o->id));
+      text = "revoked " + o->id + "\n";
+    }
+    if (!r.ok()) return ReportError(r.status());
+    if (o->json) {
+      if (!r->is_null()) PrintJson(*r);  // revoke answers 204: the exit status says it all
+    } else {
+      std::fputs(text.c_str(), stdout);
+    }
+    return 0;
+  };
+}
+
+}  // namespace moat::cli

@@ -1,0 +1,91 @@
+// `moat snapshot create|list|delete`: named snapshots over the control API (E2B-WIRE §2.2). A
+// snapshot's ID is a template: `moat sandbox create --template <snapshot ID>`.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "api/codec/query.h"
+#include "cli/api_client.h"
+#include "cli/commands.h"
+#include "cli/output.h"
+
+namespace moat::cli {
+namespace {
+
+using api::codec::PercentEncode;
+
+struct SnapshotOptions {
+  bool json = false;
+  std::string id;       // create: the sandbox; delete: the snapshot
+  std::string name;     // create: its name; list: only this name or ID
+  std::string sandbox;  // list: only those taken from this sandbox
+};
+
+Result<json> List(ApiClient& api, const SnapshotOptions& o) {
+  std::string query = "?limit=100";
+  if (!o.sandbox.empty()) query += "&sandboxID=" + PercentEncode(o.sandbox);
+  if (!o.name.empty()) query += "&name=" + PercentEncode(o.name);
+  json all = json::array();
+  std::string next;
+  do {
+    std::string target = "/snapshots" + query;
+    if (!next.empty()) target += "&nextToken=" + PercentEncode(next);
+    MOAT_ASSIGN_OR_RETURN(json page, api.Control("GET", target, nullptr, &next));
+    if (!page.is_array()) return Internal("GET /snapshots: expected a JSON array");
+    for (auto& s : page) all.push_back(std::move(s));
+  } while (!next.empty());
+  return all;
+}
+
+CLI::App* Leaf(CLI::App& parent, const char* name, const char* help, SnapshotOptions& o) {
+  auto* cmd = parent.add_subcommand(name, help);
+  cmd->add_flag("--json", o.json, "print the API's JSON response");
+  return cmd;
+}
+
+}  // namespace
+
+Runner AddSnapshot(CLI::App& app) {
+  auto o = std::make_shared<SnapshotOptions>();
+  auto* snapshot = app.add_subcommand("snapshot", "create, list and delete named snapshots");
+  snapshot->require_subcommand(1);
+
+  auto* create = Leaf(*snapshot, "create", "snapshot a running sandbox (it keeps running)", *o);
+  create->add_option("sandbox", o->id, "sandbox ID")->required();
+  create->add_option("--name", o->name, "a name, usable as a template like the ID");
+  auto* list = Leaf(*snapshot, "list", "list your snapshots, newest first", *o);
+  list->add_option("--sandbox", o->sandbox, "only snapshots taken from this sandbox");
+  list->add_option("--name", o->name, "only snapshots with this name or ID");
+  auto* remove = Leaf(*snapshot, "delete", "delete a snapshot", *o);
+  remove->add_option("id", o->id, "snapshot ID")->required();
+
+  return [=] {
+    auto config = ApiConfigFromEnv();
+    if (!config.ok()) return ReportError(config.status());
+    ApiClient api(std::move(*config));
+
+    Result<json> r = json(nullptr);
+    std::string text;
+    if (create->parsed()) {
+      json body = json::object();
+      if (!o->name.empty()) body["name"] = o->name;
+      r = api.Control("POST", "/sandboxes/" + PercentEncode(o->id) + "/snapshots", body);
+      if (r.ok()) text = FormatFields(*r, {"snapshotID", "names", "sandboxID", "createdAt"});
+    } else if (list->parsed()) {
+      r = List(api, *o);
+      if (r.ok()) text = FormatSnapshotList(*r);
+    } else if (remove->parsed()) {
+      r = api.Control("DELETE", "/templates/" + PercentEncode(o->id));
+      text = "deleted " + o->id + "\n";
+    }
+    if (!r.ok()) return ReportError(r.status());
+    if (o->json) {
+      if (!r->is_null()) PrintJson(*r);  // delete answers 204: the exit status says it all
+    } else {
+      std::fputs(text.c_str(), stdout);
+    }
+    return 0;
+  };
+}
+
+}  // namespace moat::cli
