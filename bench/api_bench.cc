@@ -524,10 +524,7 @@ int Run(const Options& o) {
   (void)RemoveTree(*dir);
   if (!out.contains("exec_true")) return 1;
 
-  if (o.json_path.find('/') != std::string::npos) {
-    (void)MakeDirs(o.json_path.substr(0, o.json_path.rfind('/')));
-  }
-  Status saved = WriteFileAtomic(o.json_path, out.dump(2) + "\n");
+  Status saved = WriteJson(o.json_path, out);
   if (!saved.ok()) return Fail(saved, "writing JSON");
   PrintSummary(o, out);
   return rc;
@@ -537,32 +534,20 @@ int Run(const Options& o) {
 }  // namespace moat::bench
 
 int main(int argc, char** argv) {
+  using moat::bench::AtLeastOne;
   moat::bench::Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
-    if (k == "--moatd") {
-      o.moatd = v;
-    } else if (k == "--guest-dir") {
-      o.guest_dir = v;
-    } else if (k == "--sandboxes") {
-      o.sandboxes = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--streams") {
-      o.streams = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--rounds") {
-      o.rounds = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--execs") {
-      o.execs = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--json") {
-      o.json_path = v;
-    } else {
-      std::fprintf(stderr, "api_bench: unknown flag %s\n", k.c_str());
-      return 2;
-    }
-  }
-  if (argc % 2 == 0) {
-    std::fprintf(stderr, "api_bench: flag %s needs a value\n", argv[argc - 1]);
-    return 2;
-  }
+  bool parsed = moat::bench::ParseFlags(
+      argc, argv,
+      {{"--moatd", [&](const std::string& v) { o.moatd = v; }},
+       {"--guest-dir", [&](const std::string& v) { o.guest_dir = v; }},
+       {"--sandboxes", [&](const std::string& v) { o.sandboxes = AtLeastOne(v); }},
+       {"--streams", [&](const std::string& v) { o.streams = AtLeastOne(v); }},
+       {"--rounds", [&](const std::string& v) { o.rounds = AtLeastOne(v); }},
+       {"--execs", [&](const std::string& v) { o.execs = AtLeastOne(v); }},
+       {"--json", [&](const std::string& v) { o.json_path = v; }}},
+      "api_bench [--moatd PATH] [--guest-dir DIR] [--sandboxes N] [--streams N] [--rounds N] "
+      "[--execs N] [--json PATH]");
+  if (!parsed) return 2;
   if (o.moatd.empty()) {
     std::string self = moat::bench::Absolute("/proc/self/exe");
     o.moatd = self.substr(0, self.rfind('/') + 1) + "moatd";

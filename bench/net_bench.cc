@@ -169,11 +169,7 @@ int Run(const Options& o) {
     if (!compared.ok()) return Fail("create with and without networking", compared);
   }
 
-  std::string text = out.dump(2) + "\n";
-  if (o.json_path.find('/') != std::string::npos) {
-    (void)MakeDirs(o.json_path.substr(0, o.json_path.rfind('/')));
-  }
-  Status saved = WriteFileAtomic(o.json_path, text);
+  Status saved = bench::WriteJson(o.json_path, out);
   if (!saved.ok()) return Fail("write json", saved);
   auto p = [&](const char* k, const char* q) { return out[k][q].get<double>(); };
   std::printf(
@@ -208,25 +204,17 @@ int Run(const Options& o) {
 }  // namespace moat::net
 
 int main(int argc, char** argv) {
+  using moat::bench::AtLeastOne;
   moat::net::Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
-    if (k == "--cycles") {
-      o.cycles = std::max(1, std::stoi(v));
-    } else if (k == "--pool-target") {
-      o.pool_target = static_cast<size_t>(std::max(1, std::stoi(v)));
-    } else if (k == "--json") {
-      o.json_path = v;
-    } else if (k == "--guest-dir") {
-      o.guest_dir = v;
-    } else if (k == "--creates") {
-      o.creates = std::max(1, std::stoi(v));
-    } else {
-      std::fprintf(stderr,
-                   "usage: net_bench [--cycles N] [--pool-target N] [--guest-dir DIR] "
-                   "[--creates N] [--json PATH]\n");
-      return 2;
-    }
-  }
+  bool parsed = moat::bench::ParseFlags(
+      argc, argv,
+      {{"--cycles", [&](const std::string& v) { o.cycles = AtLeastOne(v); }},
+       {"--pool-target",
+        [&](const std::string& v) { o.pool_target = static_cast<size_t>(AtLeastOne(v)); }},
+       {"--guest-dir", [&](const std::string& v) { o.guest_dir = v; }},
+       {"--creates", [&](const std::string& v) { o.creates = AtLeastOne(v); }},
+       {"--json", [&](const std::string& v) { o.json_path = v; }}},
+      "net_bench [--cycles N] [--pool-target N] [--guest-dir DIR] [--creates N] [--json PATH]");
+  if (!parsed) return 2;
   return moat::net::Run(o);
 }

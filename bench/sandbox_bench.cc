@@ -138,10 +138,7 @@ int Run(const Options& o) {
   }
   (void)RemoveTree(*dir);
 
-  std::string text = out.dump(2) + "\n";
-  std::string parent = o.json_path.substr(0, o.json_path.rfind('/'));
-  if (o.json_path.find('/') != std::string::npos) (void)MakeDirs(parent);
-  Status saved = WriteFileAtomic(o.json_path, text);
+  Status saved = WriteJson(o.json_path, out);
   if (!saved.ok()) return Fail(saved, "writing JSON");
   auto p = [&](const char* k, const char* q) { return out[k][q].get<double>(); };
   std::printf(
@@ -165,27 +162,16 @@ int Run(const Options& o) {
 }  // namespace moat::bench
 
 int main(int argc, char** argv) {
+  using moat::bench::AtLeastOne;
   moat::bench::Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
-    if (k == "--guest-dir") {
-      o.guest_dir = v;
-    } else if (k == "--boots") {
-      o.boots = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--execs") {
-      o.execs = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--file-mib") {
-      o.file_mib = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--json") {
-      o.json_path = v;
-    } else {
-      std::fprintf(stderr, "sandbox_bench: unknown flag %s\n", k.c_str());
-      return 2;
-    }
-  }
-  if (argc % 2 == 0) {
-    std::fprintf(stderr, "sandbox_bench: flag %s needs a value\n", argv[argc - 1]);
-    return 2;
-  }
+  bool parsed = moat::bench::ParseFlags(
+      argc, argv,
+      {{"--guest-dir", [&](const std::string& v) { o.guest_dir = v; }},
+       {"--boots", [&](const std::string& v) { o.boots = AtLeastOne(v); }},
+       {"--execs", [&](const std::string& v) { o.execs = AtLeastOne(v); }},
+       {"--file-mib", [&](const std::string& v) { o.file_mib = AtLeastOne(v); }},
+       {"--json", [&](const std::string& v) { o.json_path = v; }}},
+      "sandbox_bench [--guest-dir DIR] [--boots N] [--execs N] [--file-mib N] [--json PATH]");
+  if (!parsed) return 2;
   return moat::bench::Run(o);
 }

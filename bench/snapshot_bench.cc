@@ -167,10 +167,7 @@ int Run(const Options& o) {
   }
   (void)RemoveTree(dir);
 
-  if (o.json_path.find('/') != std::string::npos) {
-    (void)MakeDirs(o.json_path.substr(0, o.json_path.rfind('/')));
-  }
-  if (Status w = WriteFileAtomic(o.json_path, out.dump(2) + "\n"); !w.ok()) Die(w, "json");
+  if (Status w = WriteJson(o.json_path, out); !w.ok()) Die(w, "json");
   auto p = [&](const char* k, const char* q) { return out[k][q].get<double>(); };
   std::printf(
       "snapshot benchmark (TCG, 1 vCPU)\n"
@@ -198,21 +195,15 @@ int Run(const Options& o) {
 }  // namespace moat::bench
 
 int main(int argc, char** argv) {
+  using moat::bench::AtLeastOne;
   moat::bench::Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
-    if (k == "--guest-dir") {
-      o.guest_dir = v;
-    } else if (k == "--creates") {
-      o.creates = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--idle") {
-      o.idle = std::max(1, std::atoi(v.c_str()));
-    } else if (k == "--json") {
-      o.json_path = v;
-    } else {
-      std::fprintf(stderr, "snapshot_bench: unknown flag %s\n", k.c_str());
-      return 2;
-    }
-  }
+  bool parsed = moat::bench::ParseFlags(
+      argc, argv,
+      {{"--guest-dir", [&](const std::string& v) { o.guest_dir = v; }},
+       {"--creates", [&](const std::string& v) { o.creates = AtLeastOne(v); }},
+       {"--idle", [&](const std::string& v) { o.idle = AtLeastOne(v); }},
+       {"--json", [&](const std::string& v) { o.json_path = v; }}},
+      "snapshot_bench [--guest-dir DIR] [--creates N] [--idle N] [--json PATH]");
+  if (!parsed) return 2;
   return moat::bench::Run(o);
 }
