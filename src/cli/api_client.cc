@@ -43,6 +43,19 @@ Status ResponseError(const HttpResponse& response) {
   return Status(CodeForHttpStatus(response.status), std::move(message));
 }
 
+Result<json> ApiClient::ListAll(const std::string& path, const std::string& query) {
+  json all = json::array();
+  std::string next;
+  do {
+    std::string target = path + query;
+    if (!next.empty()) target += "&nextToken=" + api::codec::PercentEncode(next);
+    MOAT_ASSIGN_OR_RETURN(json page, Control("GET", target, nullptr, &next));
+    if (!page.is_array()) return Internal("GET " + path + ": expected a JSON array");
+    for (auto& item : page) all.push_back(std::move(item));
+  } while (!next.empty());
+  return all;
+}
+
 Result<json> ApiClient::Control(const std::string& method, const std::string& target,
                                 const json& body, std::string* next_token) {
   HttpRequest req{.method = method, .target = target, .headers = {}, .body = {}};

@@ -38,6 +38,9 @@ class ApiClient {
   Result<json> Control(const std::string& method, const std::string& target,
                        const json& body = nullptr, std::string* next_token = nullptr);
 
+  // Every page of a paged list route (`path` + `query`, X-Next-Token), as one JSON array.
+  Result<json> ListAll(const std::string& path, const std::string& query);
+
   // Routing headers for sandbox `id`'s envd, its access token (looked up with GET
   // /sandboxes/{id}) and, when `user` is set, Basic auth naming that Linux user.
   Result<std::vector<std::pair<std::string, std::string>>> EnvdHeaders(const std::string& id,

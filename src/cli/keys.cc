@@ -72,11 +72,7 @@ Runner AddKeys(CLI::App& app) {
       text = "revoked " + o->id + "\n";
     }
     if (!r.ok()) return ReportError(r.status());
-    if (o->json) {
-      if (!r->is_null()) PrintJson(*r);  // revoke answers 204: the exit status says it all
-    } else {
-      std::fputs(text.c_str(), stdout);
-    }
+    PrintResult(*r, o->json, text);
     return 0;
   };
 }

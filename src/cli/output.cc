@@ -171,4 +171,12 @@ void PrintJson(const json& value) {
   std::printf("%s\n", value.dump(2, ' ', false, json::error_handler_t::replace).c_str());
 }
 
+void PrintResult(const json& response, bool as_json, const std::string& text) {
+  if (!as_json) {
+    std::fputs(text.c_str(), stdout);
+  } else if (!response.is_null()) {
+    PrintJson(response);
+  }
+}
+
 }  // namespace moat::cli

@@ -55,5 +55,8 @@ std::string FormatSnapshotList(const json& snapshots);
 int ReportError(const Status& status);
 // Prints `value` indented, for --json.
 void PrintJson(const json& value);
+// A command's answer: the API's JSON with --json (nothing for a 204: the exit status says it
+// all), else `text` for people.
+void PrintResult(const json& response, bool as_json, const std::string& text);
 
 }  // namespace moat::cli

@@ -53,16 +53,7 @@ Result<json> List(ApiClient& api, const SandboxOptions& o) {
   MOAT_ASSIGN_OR_RETURN(auto metadata, ParseKeyValues(o.metadata, "--metadata"));
   std::string query = "?limit=100";
   if (!metadata.empty()) query += "&metadata=" + MetadataQuery(metadata);
-  json all = json::array();
-  std::string next;
-  do {
-    std::string target = "/v2/sandboxes" + query;
-    if (!next.empty()) target += "&nextToken=" + PercentEncode(next);
-    MOAT_ASSIGN_OR_RETURN(json page, api.Control("GET", target, nullptr, &next));
-    if (!page.is_array()) return Internal("GET /v2/sandboxes: expected a JSON array");
-    for (auto& s : page) all.push_back(std::move(s));
-  } while (!next.empty());
-  return all;
+  return api.ListAll("/v2/sandboxes", query);
 }
 
 // Every subcommand shares one options struct; each leaf gets --json.
@@ -142,12 +133,7 @@ Runner AddSandbox(CLI::App& app) {
     }
     if (!r.ok()) return ReportError(r.status());
 
-    if (o->json) {
-      // 204 routes (kill, timeout, pause) have no body to print; the exit status says it all.
-      if (!r->is_null()) PrintJson(*r);
-    } else {
-      std::fputs(text.c_str(), stdout);
-    }
+    PrintResult(*r, o->json, text);
     // A fork that failed is reported in its row; the command as a whole then fails too.
     if (fork->parsed() && r->is_array()) {
       for (const auto& f : *r) {

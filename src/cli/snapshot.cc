@@ -1,6 +1,5 @@
 // `moat snapshot create|list|delete`: named snapshots over the control API (E2B-WIRE §2.2). A
 // snapshot's ID is a template: `moat sandbox create --template <snapshot ID>`.
-#include <cstdio>
 #include <memory>
 #include <string>
 
@@ -25,16 +24,7 @@ Result<json> List(ApiClient& api, const SnapshotOptions& o) {
   std::string query = "?limit=100";
   if (!o.sandbox.empty()) query += "&sandboxID=" + PercentEncode(o.sandbox);
   if (!o.name.empty()) query += "&name=" + PercentEncode(o.name);
-  json all = json::array();
-  std::string next;
-  do {
-    std::string target = "/snapshots" + query;
-    if (!next.empty()) target += "&nextToken=" + PercentEncode(next);
-    MOAT_ASSIGN_OR_RETURN(json page, api.Control("GET", target, nullptr, &next));
-    if (!page.is_array()) return Internal("GET /snapshots: expected a JSON array");
-    for (auto& s : page) all.push_back(std::move(s));
-  } while (!next.empty());
-  return all;
+  return api.ListAll("/snapshots", query);
 }
 
 CLI::App* Leaf(CLI::App& parent, const char* name, const char* help, SnapshotOptions& o) {
@@ -79,11 +69,7 @@ Runner AddSnapshot(CLI::App& app) {
       text = "deleted " + o->id + "\n";
     }
     if (!r.ok()) return ReportError(r.status());
-    if (o->json) {
-      if (!r->is_null()) PrintJson(*r);  // delete answers 204: the exit status says it all
-    } else {
-      std::fputs(text.c_str(), stdout);
-    }
+    PrintResult(*r, o->json, text);
     return 0;
   };
 }
