@@ -19,6 +19,7 @@
 #include "common/fs.h"
 #include "net/net_tools.h"
 #include "support/agent_config.h"
+#include "support/sandbox_net.h"
 #include "support/test_internet.h"
 #include "support/test_util.h"
 
@@ -41,10 +42,7 @@ class SandboxAdoptNetE2e : public ::testing::Test {
     ::chmod(dir_->c_str(), 0755);
     fds_before_ = test_support::OpenFdCount();
     config_ = new AgentConfig(test_support::E2eAgentConfig(*dir_));
-    net::NetConfig n;
-    n.pool = *net::Ipv4Cidr::Parse("10.225." + std::to_string(::getpid() % 250) + ".0/24");
-    n.state_dir = *dir_ + "/net";
-    n.dns_servers = {*net::Ipv4Address::Parse(TestInternet::kResolver)};
+    net::NetConfig n = test_support::TestNetConfig(*dir_, 225);
     config_->network = n;
     config_->ready_slots = 1;
     pool_ = n.pool;
@@ -64,44 +62,14 @@ class SandboxAdoptNetE2e : public ::testing::Test {
   }
 
   static std::string Sh(const std::shared_ptr<Sandbox>& sb, const std::string& cmd) {
-    auto g = sb->Guest();
-    EXPECT_TRUE(g.ok()) << g.status().ToString();
-    if (!g.ok()) return "";
-    channel::ExecRequest req;
-    req.cmd = cmd;
-    req.timeout_ms = 60000;
-    auto r = (*g)->Run(req, Clock::now() + 70s);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? r->stdout_data : "";
+    return test_support::GuestSh(sb, cmd);
   }
   static json Probe(const std::shared_ptr<Sandbox>& sb, const std::vector<std::string>& urls) {
-    auto g = sb->Guest();
-    EXPECT_TRUE(g.ok());
-    if (!g.ok()) return json::object();
-    channel::ExecRequest req;
-    req.argv = {"python3", "-c", test_support::kProbeScript};
-    req.argv.insert(req.argv.end(), urls.begin(), urls.end());
-    req.timeout_ms = 60000;
-    auto r = (*g)->Run(req, Clock::now() + 70s);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    if (!r.ok()) return json::object();
-    json j = json::parse(r->stdout_data, nullptr, false);
-    EXPECT_TRUE(j.is_object()) << r->stdout_data << r->stderr_data;
-    return j.is_object() ? j : json::object();
+    return test_support::GuestProbe(sb, urls);
   }
-  // What the host (moatd's port proxy) gets from `address`:`port`, retried while it starts.
   static std::string FetchFromHost(const std::string& address, int port,
                                    const std::string& expect) {
-    std::string url = "http://" + address + ":" + std::to_string(port) + "/";
-    std::string got;
-    for (int i = 0; i < 60; ++i) {
-      auto r = net::RunTool({"sh", "-c", "curl -s --max-time 2 " + url + " || true"}, {}, -1,
-                            std::chrono::seconds(20));
-      got = r.ok() ? *r : "";
-      if (got.find(expect) != std::string::npos) break;
-      std::this_thread::sleep_for(500ms);
-    }
-    return got;
+    return test_support::FetchFromHost(address, port, expect);
   }
   static std::string RecordedNetns(const std::shared_ptr<Sandbox>& sb) {
     auto text = ReadFile(sb->paths().state);

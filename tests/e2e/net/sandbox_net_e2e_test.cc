@@ -15,8 +15,8 @@
 
 #include "agent/agent.h"
 #include "common/fs.h"
-#include "net/net_tools.h"
 #include "support/agent_config.h"
+#include "support/sandbox_net.h"
 #include "support/test_internet.h"
 #include "support/test_util.h"
 
@@ -32,10 +32,6 @@ using namespace std::chrono_literals;
 const std::string kInternet = TestInternet::kInternet;
 const std::string kInternet2 = TestInternet::kInternet2;
 
-Result<std::string> HostSh(const std::string& cmd) {
-  return net::RunTool({"sh", "-c", cmd}, {}, -1, std::chrono::seconds(20));
-}
-
 class SandboxNetE2e : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -46,10 +42,7 @@ class SandboxNetE2e : public ::testing::Test {
     ::chmod(dir_->c_str(), 0755);
     fds_before_ = test_support::OpenFdCount();
     AgentConfig c = test_support::E2eAgentConfig(*dir_);
-    net::NetConfig n;
-    n.pool = *net::Ipv4Cidr::Parse("10.224." + std::to_string(::getpid() % 250) + ".0/24");
-    n.state_dir = *dir_ + "/net";
-    n.dns_servers = {*net::Ipv4Address::Parse(TestInternet::kResolver)};
+    net::NetConfig n = test_support::TestNetConfig(*dir_, 224);
     c.network = n;
     pool_ = n.pool;
     c.ready_slots = 2;
@@ -80,31 +73,10 @@ class SandboxNetE2e : public ::testing::Test {
     return sb.ok() ? *sb : nullptr;
   }
   static std::string Sh(const std::shared_ptr<Sandbox>& sb, const std::string& cmd) {
-    auto g = sb->Guest();
-    EXPECT_TRUE(g.ok()) << g.status().ToString();
-    if (!g.ok()) return "";
-    channel::ExecRequest req;
-    req.cmd = cmd;
-    req.timeout_ms = 60000;
-    auto r = (*g)->Run(req, Clock::now() + 70s);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? r->stdout_data : "";
+    return test_support::GuestSh(sb, cmd);
   }
   static json Probe(const std::shared_ptr<Sandbox>& sb, const std::vector<std::string>& urls) {
-    auto g = sb->Guest();
-    EXPECT_TRUE(g.ok());
-    if (!g.ok()) return json::object();
-    channel::ExecRequest req;
-    req.argv = {"python3", "-c", test_support::kProbeScript};
-    req.argv.insert(req.argv.end(), urls.begin(), urls.end());
-    req.timeout_ms = 60000;
-    auto r = (*g)->Run(req, Clock::now() + 70s);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    if (!r.ok()) return json::object();
-    json j = json::parse(r->stdout_data, nullptr, false);
-    EXPECT_TRUE(j.is_object()) << r->stdout_data << r->stderr_data;
-    std::printf("probe from %s: %s\n", sb->id().c_str(), j.dump().c_str());
-    return j.is_object() ? j : json::object();
+    return test_support::GuestProbe(sb, urls);
   }
   // Serves `content` on `port` inside the sandbox (a background process of the guest).
   static void Serve(const std::shared_ptr<Sandbox>& sb, int port, const std::string& content) {
@@ -113,22 +85,12 @@ class SandboxNetE2e : public ::testing::Test {
                "/index.html && (setsid python3 -m http.server " + std::to_string(port) +
                " --directory " + www + " >/dev/null 2>&1 &)");
   }
-  // What the host (moatd's port proxy) gets from `port` of the sandbox, retried while the
-  // server starts.
+  // What the host (moatd's port proxy) gets from `port` of the sandbox.
   static std::string FetchFromHost(const std::shared_ptr<Sandbox>& sb, int port,
                                    const std::string& expect) {
     auto addr = sb->NetworkAddress();
     EXPECT_TRUE(addr.ok()) << addr.status().ToString();
-    if (!addr.ok()) return "";
-    std::string url = "http://" + addr->ToString() + ":" + std::to_string(port) + "/";
-    std::string got;
-    for (int i = 0; i < 60; ++i) {
-      auto r = HostSh("curl -s --max-time 2 " + url + " || true");
-      got = r.ok() ? *r : "";
-      if (got.find(expect) != std::string::npos) break;
-      std::this_thread::sleep_for(500ms);
-    }
-    return got;
+    return addr.ok() ? test_support::FetchFromHost(addr->ToString(), port, expect) : "";
   }
 
   static inline std::string* dir_ = nullptr;
