@@ -31,4 +31,12 @@ inline CLI::Option* AddRepeatedOption(CLI::App& cmd, const std::string& name,
       ->trigger_on_parse();
 }
 
+// A leaf subcommand of a resource command (`sandbox create`, `keys list`, ...): every one takes
+// --json, which prints the API's response instead of the table.
+inline CLI::App* AddJsonLeaf(CLI::App& parent, const char* name, const char* help, bool& json) {
+  auto* cmd = parent.add_subcommand(name, help);
+  cmd->add_flag("--json", json, "print the API's JSON response");
+  return cmd;
+}
+
 }  // namespace moat::cli

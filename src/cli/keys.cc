@@ -23,12 +23,6 @@ struct KeysOptions {
   std::string id;       // revoke
 };
 
-CLI::App* Leaf(CLI::App& parent, const char* name, const char* help, KeysOptions& o) {
-  auto* cmd = parent.add_subcommand(name, help);
-  cmd->add_flag("--json", o.json, "print the API's JSON response");
-  return cmd;
-}
-
 }  // namespace
 
 Runner AddKeys(CLI::App& app) {
@@ -36,14 +30,15 @@ Runner AddKeys(CLI::App& app) {
   auto* keys = app.add_subcommand("keys", "create, list and revoke API keys");
   keys->require_subcommand(1);
 
-  auto* create = Leaf(*keys, "create", "create an API key and print it (shown only this once)", *o);
+  auto* create = AddJsonLeaf(*keys, "create",
+                             "create an API key and print it (shown only this once)", o->json);
   create->add_option("name", o->name, "what the key is for")->required();
   auto* team = create->add_option("--team", o->team, "admin only: a new team the key is for");
   create->add_option("--team-id", o->team_id, "an existing team (admin only: another team)")
       ->excludes(team);
-  auto* list = Leaf(*keys, "list", "list a team's keys (masked)", *o);
+  auto* list = AddJsonLeaf(*keys, "list", "list a team's keys (masked)", o->json);
   list->add_option("--team-id", o->team_id, "admin only: another team's keys");
-  auto* revoke = Leaf(*keys, "revoke", "revoke a key; it is refused from then on", *o);
+  auto* revoke = AddJsonLeaf(*keys, "revoke", "revoke a key; it is refused from then on", o->json);
   revoke->add_option("id", o->id, "key ID (from keys list)")->required();
 
   return [=] {

@@ -59,8 +59,7 @@ Result<json> List(ApiClient& api, const SandboxOptions& o) {
 // Every subcommand shares one options struct; each leaf gets --json.
 CLI::App* Leaf(CLI::App& parent, const char* name, const char* help, SandboxOptions& o,
                bool takes_id) {
-  auto* cmd = parent.add_subcommand(name, help);
-  cmd->add_flag("--json", o.json, "print the API's JSON response");
+  auto* cmd = AddJsonLeaf(parent, name, help, o.json);
   if (takes_id) cmd->add_option("id", o.id, "sandbox ID")->required();
   return cmd;
 }

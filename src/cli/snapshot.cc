@@ -27,12 +27,6 @@ Result<json> List(ApiClient& api, const SnapshotOptions& o) {
   return api.ListAll("/snapshots", query);
 }
 
-CLI::App* Leaf(CLI::App& parent, const char* name, const char* help, SnapshotOptions& o) {
-  auto* cmd = parent.add_subcommand(name, help);
-  cmd->add_flag("--json", o.json, "print the API's JSON response");
-  return cmd;
-}
-
 }  // namespace
 
 Runner AddSnapshot(CLI::App& app) {
@@ -40,13 +34,14 @@ Runner AddSnapshot(CLI::App& app) {
   auto* snapshot = app.add_subcommand("snapshot", "create, list and delete named snapshots");
   snapshot->require_subcommand(1);
 
-  auto* create = Leaf(*snapshot, "create", "snapshot a running sandbox (it keeps running)", *o);
+  auto* create =
+      AddJsonLeaf(*snapshot, "create", "snapshot a running sandbox (it keeps running)", o->json);
   create->add_option("sandbox", o->id, "sandbox ID")->required();
   create->add_option("--name", o->name, "a name, usable as a template like the ID");
-  auto* list = Leaf(*snapshot, "list", "list your snapshots, newest first", *o);
+  auto* list = AddJsonLeaf(*snapshot, "list", "list your snapshots, newest first", o->json);
   list->add_option("--sandbox", o->sandbox, "only snapshots taken from this sandbox");
   list->add_option("--name", o->name, "only snapshots with this name or ID");
-  auto* remove = Leaf(*snapshot, "delete", "delete a snapshot", *o);
+  auto* remove = AddJsonLeaf(*snapshot, "delete", "delete a snapshot", o->json);
   remove->add_option("id", o->id, "snapshot ID")->required();
 
   return [=] {

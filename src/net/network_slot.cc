@@ -163,15 +163,18 @@ Status NetworkSlot::Release() {
     if (::unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoError("unlink(" + path + ")");
     owns_record_ = false;
   }
-  if (owns_index_) {
-    {
-      std::lock_guard shared_lock(shared_->mu);
-      shared_->live.erase(slot_.netns);
-    }
-    shared_->allocator.Release(slot_.index);
-    owns_index_ = false;
-  }
+  ReleaseIndex();
   return Status::Ok();
+}
+
+void NetworkSlot::ReleaseIndex() {
+  if (!owns_index_) return;
+  {
+    std::lock_guard shared_lock(shared_->mu);
+    shared_->live.erase(slot_.netns);
+  }
+  shared_->allocator.Release(slot_.index);
+  owns_index_ = false;
 }
 
 void NetworkSlot::Detach() {
@@ -179,14 +182,7 @@ void NetworkSlot::Detach() {
   tap_.Reset();
   owns_links_ = false;
   owns_record_ = false;
-  if (owns_index_) {
-    {
-      std::lock_guard shared_lock(shared_->mu);
-      shared_->live.erase(slot_.netns);
-    }
-    shared_->allocator.Release(slot_.index);
-    owns_index_ = false;
-  }
+  ReleaseIndex();
 }
 
 // --- HostNetwork ---------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class NetworkSlot {
       : shared_(std::move(shared)), slot_(std::move(slot)) {}
   Status SetUp(const EgressPolicy& policy);
   Status WriteRecord();
+  // Returns the slot's index to the allocator, if this object holds it. Called with mu_ held.
+  void ReleaseIndex();
 
   std::shared_ptr<Shared> shared_;
   SlotAddresses slot_;
