@@ -91,10 +91,8 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   // Sandbox ports: the slot address of a running sandbox (its DNAT forwards to the guest).
   PortResolver resolver = nullptr;
   if (config.network) {
-    resolver = [c = controller->get()](const std::string& id,
-                                       uint16_t port) -> Result<SandboxEndpoint> {
-      MOAT_ASSIGN_OR_RETURN(auto endpoint, c->ResolvePort(id, port));
-      return SandboxEndpoint{endpoint.first, endpoint.second};
+    resolver = [c = controller->get()](const std::string& id, uint16_t port) {
+      return c->ResolvePort(id, port);
     };
   }
   auto server = ApiServer::Start(opts, **controller, **store, metrics, resolver, proxy);

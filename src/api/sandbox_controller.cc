@@ -200,11 +200,10 @@ Status SandboxController::UpdateNetwork(const std::string& team_id, const std::s
   return agent_.SetEgress(r.id, egress);
 }
 
-Result<std::pair<std::string, uint16_t>> SandboxController::ResolvePort(const std::string& id,
-                                                                        uint16_t port) {
+Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, uint16_t port) {
   MOAT_ASSIGN_OR_RETURN(Running running, FindRunning(id));
   MOAT_ASSIGN_OR_RETURN(net::Ipv4Address address, running.sandbox->NetworkAddress());
-  return std::make_pair(address.ToString(), port);
+  return SandboxEndpoint{address.ToString(), port};
 }
 
 Status SandboxController::SetTimeout(const std::string& team_id, const std::string& id,

@@ -14,6 +14,7 @@
 
 #include "agent/agent.h"
 #include "api/metrics.h"
+#include "api/port_proxy.h"
 #include "api/sandbox_actions.h"
 #include "api/store/store.h"
 
@@ -49,7 +50,8 @@ class SandboxController {
                        const net::EgressPolicy& egress);
   // Where moatd's port proxy connects for `port` of a running sandbox (any team: port traffic
   // is public, as in E2B). failed_precondition if it has no network.
-  Result<std::pair<std::string, uint16_t>> ResolvePort(const std::string& id, uint16_t port);
+  // It is moatd's PortResolver.
+  Result<SandboxEndpoint> ResolvePort(const std::string& id, uint16_t port);
   // end = max(end, now + timeout). A paused sandbox is resumed first (*resumed = true).
   Result<store::SandboxRecord> Connect(const std::string& team_id, const std::string& id,
                                        int64_t timeout_s, bool* resumed = nullptr);
