@@ -10,7 +10,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <utility>
 
 #include "agent/agent.h"
 #include "api/metrics.h"
