@@ -26,7 +26,8 @@ json ManifestToJson(const SnapshotManifest& m) {
           {"createdUnixMs", m.created_unix_ms},
           {"sandboxId", m.sandbox_id},
           {"network", m.network},
-          {"egress", m.egress}};
+          {"egress", m.egress},
+          {"guestNetwork", m.guest_network}};
 }
 
 std::string SerializeManifest(const SnapshotManifest& m) {
@@ -78,6 +79,12 @@ Result<SnapshotManifest> ManifestFromJson(const json& j) {
       return InvalidArgument("manifest: \"egress\" must be an object or null");
     }
     m.egress = j["egress"];
+  }
+  if (j.contains("guestNetwork")) {
+    if (!j["guestNetwork"].is_null() && !j["guestNetwork"].is_object()) {
+      return InvalidArgument("manifest: \"guestNetwork\" must be an object or null");
+    }
+    m.guest_network = j["guestNetwork"];
   }
   m.vcpus = static_cast<unsigned>(vcpus);
   m.memory_mib = static_cast<uint64_t>(mem);

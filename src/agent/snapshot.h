@@ -33,6 +33,11 @@ struct SnapshotManifest {
   // The egress policy in force when a sandbox was paused or snapshotted (src/net/
   // egress_policy.h ToJson); null: the default. A resumed sandbox gets it back, a fork inherits it.
   nlohmann::json egress = nullptr;
+  // Templates: the guest `network` op the bake applied (net::NetworkSlot::GuestConfigJson).
+  // Every slot presents the same guest config, so a clone restored into a slot whose config
+  // equals this finds its network exactly as it needs it and skips the op. Null (paused and
+  // named snapshots, whose guest a user may have reconfigured; older templates): always sent.
+  nlohmann::json guest_network = nullptr;
 };
 
 // Files inside a snapshot directory.

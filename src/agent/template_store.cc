@@ -162,10 +162,12 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
     return guest.status().Annotate("baking template " + t.name + ": moat-guest never answered (" +
                                    spec.console_log_path + ")");
   }
+  nlohmann::json guest_network = nullptr;
   if (slot) {
-    // Configured as every clone will be: the restore's `network` op then finds nothing to
-    // change (every slot looks the same from inside) and costs a round trip, not a rewrite.
-    auto net = (*guest)->Call(slot->GuestConfigJson(), Clock::now() + std::chrono::seconds(10));
+    // Configured as every clone will be (every slot looks the same from inside): a clone
+    // restored into a slot with this same config needs no `network` op at all.
+    guest_network = slot->GuestConfigJson();
+    auto net = (*guest)->Call(guest_network, Clock::now() + std::chrono::seconds(10));
     MOAT_RETURN_IF_ERROR(net.status().Annotate("baking template " + t.name + ": network"));
   }
   // Saved while the guest waits on a connected port: after a restore the host's HELLO wakes it
@@ -192,7 +194,8 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
                      .accel = std::string(vmm::AccelName(env_.accel)),
                      .base_disk = build_dir + "/disk.raw",
                      .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000,
-                     .network = spec.net.has_value()};
+                     .network = spec.net.has_value(),
+                     .guest_network = guest_network};
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), build_dir.c_str()) < 0) {
     return ErrnoError("rename(" + tmp + ", " + build_dir + ")");

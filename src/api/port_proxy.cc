@@ -11,11 +11,11 @@
 #include <vector>
 
 #include "api/errors.h"
-#include "api/http/relay.h"
 #include "api/http/server.h"
 #include "common/cleanup.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "net/relay.h"
 
 namespace moat::api {
 namespace {
@@ -84,13 +84,13 @@ std::string WithConnectionClose(std::string_view head) {
 // The response heads as the client gets them. The final one says `Connection: close` (the
 // client connection ends with this exchange, whatever the upstream would like) and mutes the
 // client; a 101 for an upgrade passes untouched and the client speaks on; other 1xx pass.
-Result<http::HeadDecision> FilterResponseHead(std::string_view head, bool upgrade, int* status) {
+Result<net::HeadDecision> FilterResponseHead(std::string_view head, bool upgrade, int* status) {
   int code = StatusOf(head);
   if (code < 100) return Unavailable("no HTTP/1.x status line");
   *status = code;
-  if (code == 101 && upgrade) return http::HeadDecision{std::string(head), false, false};
-  if (code < 200 && code != 101) return http::HeadDecision{std::string(head), true, false};
-  return http::HeadDecision{WithConnectionClose(head), false, true};
+  if (code == 101 && upgrade) return net::HeadDecision{std::string(head), false, false};
+  if (code < 200 && code != 101) return net::HeadDecision{std::string(head), true, false};
+  return net::HeadDecision{WithConnectionClose(head), false, true};
 }
 
 // A TCP connection to `ep`, or an error once `timeout` has passed without one. The fd is
@@ -243,7 +243,7 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
   auto client = w.Hijack();
   if (!client.ok()) return Fail(w, "error", client.status().Annotate("port proxy"), 500);
   bool upgrade = IsUpgrade(req);
-  http::RelayOptions relay_options;
+  net::RelayOptions relay_options;
   relay_options.idle_timeout = options_.idle_timeout;
   // A plain request is whole already: anything more the client sends could be a request for
   // another sandbox, or with an API key in it, and must not reach this upstream. An upgrade's
@@ -255,19 +255,19 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
     return FilterResponseHead(head, upgrade, &status);
   };
   auto started = std::chrono::steady_clock::now();
-  http::RelayStats st = http::Relay(client->fd, upstream_fd, std::move(request), relay_options);
+  net::RelayStats st = net::Relay(client->fd, upstream_fd, std::move(request), relay_options);
 
   std::string_view outcome = "relayed";
-  if (st.end == http::RelayEnd::kIdleTimeout) outcome = "idle_timeout";
-  if (st.end == http::RelayEnd::kBadResponse) outcome = "bad_response";
-  if (st.to_client == 0 && st.end != http::RelayEnd::kClientGone) {
+  if (st.end == net::RelayEnd::kIdleTimeout) outcome = "idle_timeout";
+  if (st.end == net::RelayEnd::kBadResponse) outcome = "bad_response";
+  if (st.to_client == 0 && st.end != net::RelayEnd::kClientGone) {
     // Nothing reached the client yet, so it can still have a proper answer.
     Status why = Unavailable(what + " closed the connection without a response");
     status = 502;
-    if (st.end == http::RelayEnd::kIdleTimeout) {
+    if (st.end == net::RelayEnd::kIdleTimeout) {
       why = DeadlineExceeded(what + " sent no response within the idle timeout");
       status = 504;
-    } else if (st.end == http::RelayEnd::kBadResponse) {
+    } else if (st.end == net::RelayEnd::kBadResponse) {
       why = Unavailable(what + " did not answer in HTTP/1.x: " + st.error.message());
     } else {
       outcome = "no_response";
@@ -279,7 +279,7 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
   LogDebug("api.port_proxy", {{"sandbox", sandbox_id},
                               {"port", port},
                               {"status", status},
-                              {"end", http::RelayEndName(st.end)},
+                              {"end", net::RelayEndName(st.end)},
                               {"bytes_up", st.to_upstream},
                               {"bytes_down", st.to_client},
                               {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(

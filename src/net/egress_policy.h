@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -22,16 +24,24 @@ struct EgressPolicy {
   // (allow_internet_access). Stored normalised (sorted, no entry inside another).
   std::vector<Ipv4Cidr> allow_out;
   std::vector<Ipv4Cidr> deny_out;
+  // The domain names of allowOut ("example.com", or "*.example.com" for any name under it),
+  // lower case, sorted, without a trailing dot. A TCP connection to port 80 or 443 that the
+  // lists above would reject is allowed when its HTTP Host / TLS SNI names one of these and
+  // its destination is an address of that name (docs/networking.md, net/domain_proxy.h).
+  std::vector<std::string> allow_domains;
 
   // From the create or update body: `allow_internet_access` (absent: true) and the `network`
-  // object (absent or null: no lists). Domain names in allowOut (matched by TLS SNI / HTTP
-  // Host in E2B) are not supported yet and are refused rather than ignored. Unknown keys of
-  // `network` that change nothing here (allowPublicTraffic, maskRequestHost, ...) are ignored.
+  // object (absent or null: no lists). Unknown keys of `network` that change nothing here
+  // (allowPublicTraffic, maskRequestHost, ...) are ignored.
   static Result<EgressPolicy> FromE2b(const nlohmann::json& network,
                                       std::optional<bool> allow_internet_access);
   // Does the guest reach anything beyond the always-allowed? (DNS is forwarded only then.)
-  bool AllowsAnyEgress() const { return allow_internet_access || !allow_out.empty(); }
-  // {"allow_internet_access":b,"allow_out":[...],"deny_out":[...]}
+  bool AllowsAnyEgress() const {
+    return allow_internet_access || !allow_out.empty() || !allow_domains.empty();
+  }
+  // Does `host` (any case, trailing dot allowed) match an entry of allow_domains?
+  bool AllowsDomain(std::string_view host) const;
+  // {"allow_internet_access":b,"allow_out":[...],"deny_out":[...],"allow_domains":[...]}
   nlohmann::json ToJson() const;
   static Result<EgressPolicy> FromJson(const nlohmann::json& j);
   friend bool operator==(const EgressPolicy&, const EgressPolicy&) = default;
@@ -40,5 +50,10 @@ struct EgressPolicy {
 // Sorted, duplicates and entries contained in another entry removed: nftables refuses
 // overlapping intervals in one set.
 std::vector<Ipv4Cidr> NormalizeCidrs(std::vector<Ipv4Cidr> cidrs);
+
+// `text` as an allow_domains entry: lower-cased, trailing dot dropped, checked (labels of
+// letters, digits, '-' and '_', 1..63 characters each, 253 in all; "*." only as the first
+// label). Errors name what is wrong.
+Result<std::string> NormalizeDomain(std::string_view text);
 
 }  // namespace moat::net

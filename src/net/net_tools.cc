@@ -26,23 +26,6 @@ std::string Joined(const std::vector<std::string>& argv) {
   return s;
 }
 
-// Runs `fn` on a new thread that first entered the namespace `netns_fd` (-1: stays in ours).
-// setns(CLONE_NEWNET) changes only the calling thread, which then exits; the caller's threads
-// never change namespace.
-template <typename T>
-Result<T> InNetns(int netns_fd, const std::function<Result<T>()>& fn) {
-  std::optional<Result<T>> out;
-  std::thread t([&] {
-    if (netns_fd >= 0 && ::setns(netns_fd, CLONE_NEWNET) < 0) {
-      out.emplace(ErrnoError("setns(CLONE_NEWNET)"));
-      return;
-    }
-    out.emplace(fn());
-  });
-  t.join();
-  return std::move(*out);
-}
-
 }  // namespace
 
 std::string NetnsPath(const std::string& name) {

@@ -3,9 +3,14 @@
 // between fork and exec.
 #pragma once
 
+#include <sched.h>
+
 #include <chrono>
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/status.h"
@@ -18,6 +23,23 @@ namespace moat::net {
 Result<std::string> RunTool(const std::vector<std::string>& argv, std::string_view input = {},
                             int netns_fd = -1,
                             std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// Runs `fn` on a new thread that first entered the namespace `netns_fd` (-1: stays in ours).
+// setns(CLONE_NEWNET) changes only the calling thread, which then exits; the caller's threads
+// never change namespace.
+template <typename T>
+Result<T> InNetns(int netns_fd, const std::function<Result<T>()>& fn) {
+  std::optional<Result<T>> out;
+  std::thread t([&] {
+    if (netns_fd >= 0 && ::setns(netns_fd, CLONE_NEWNET) < 0) {
+      out.emplace(ErrnoError("setns(CLONE_NEWNET)"));
+      return;
+    }
+    out.emplace(fn());
+  });
+  t.join();
+  return std::move(*out);
+}
 
 // Opens /run/netns/<name> (O_CLOEXEC).
 Result<UniqueFd> OpenNetns(const std::string& name);

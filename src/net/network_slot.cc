@@ -109,6 +109,7 @@ Status NetworkSlot::SetUp(const EgressPolicy& policy) {
   MOAT_RETURN_IF_ERROR(RunTool({c.ip_binary, "-batch", "-"}, ns_batch, ns.get()).status());
   MOAT_RETURN_IF_ERROR(
       RunTool({c.nft_binary, "-f", "-"}, SlotRuleset(slot_, c, policy_), ns.get()).status());
+  MOAT_RETURN_IF_ERROR(SyncDomainProxy(policy_, ns.get()));
   // Forwarding last: nothing is forwarded before the rules are in place. On the host only the
   // slot's own link forwards (packets arriving on it may be routed on).
   // The rejects of the policy are ICMP errors to the guest; the kernel rate-limits them per
@@ -126,12 +127,41 @@ Status NetworkSlot::ApplyPolicy(const EgressPolicy& policy) {
   if (!owns_links_) return FailedPrecondition("network slot " + slot_.netns + " was released");
   MOAT_ASSIGN_OR_RETURN(UniqueFd ns, OpenNetns(slot_.netns));
   const NetConfig& c = shared_->config;
-  MOAT_RETURN_IF_ERROR(
-      RunTool({c.nft_binary, "-f", "-"}, EgressChainUpdate(slot_, c, policy), ns.get())
-          .status()
-          .Annotate("applying the egress policy of " + slot_.netns));
+  // The proxy first: a policy it cannot serve changes nothing.
+  MOAT_RETURN_IF_ERROR(SyncDomainProxy(policy, ns.get()));
+  Status s = RunTool({c.nft_binary, "-f", "-"}, EgressChainUpdate(slot_, c, policy), ns.get())
+                 .status()
+                 .Annotate("applying the egress policy of " + slot_.netns);
+  if (!s.ok()) {
+    (void)SyncDomainProxy(policy_, ns.get());
+    return s;
+  }
   policy_ = policy;
   return WriteRecord();
+}
+
+Status NetworkSlot::SyncDomainProxy(const EgressPolicy& policy, int netns_fd) {
+  if (policy.allow_domains.empty()) {
+    domain_proxy_.reset();
+    return Status::Ok();
+  }
+  if (domain_proxy_) {
+    domain_proxy_->SetPolicy(policy);
+    return Status::Ok();
+  }
+  const NetConfig& c = shared_->config;
+  if (c.dns_servers.empty()) {
+    return FailedPrecondition(
+        "domain names in allowOut need a resolver for sandboxes, and this agent has none "
+        "(moatd --dns)");
+  }
+  DomainProxyOptions options;
+  options.resolver = c.dns_servers.front();
+  options.denied = AlwaysDeniedRanges(c);
+  options.denied_ports = c.control_plane_ports;
+  MOAT_ASSIGN_OR_RETURN(domain_proxy_,
+                        DomainProxy::Start(netns_fd, slot_.netns, policy, std::move(options)));
+  return Status::Ok();
 }
 
 EgressPolicy NetworkSlot::policy() const {
@@ -151,6 +181,7 @@ nlohmann::json NetworkSlot::GuestConfigJson() const {
 
 Status NetworkSlot::Release() {
   std::lock_guard lock(mu_);
+  domain_proxy_.reset();
   tap_.Reset();
   Status first;
   if (owns_links_) {
@@ -179,6 +210,9 @@ void NetworkSlot::ReleaseIndex() {
 
 void NetworkSlot::Detach() {
   std::lock_guard lock(mu_);
+  // The next agent starts its own proxy when it adopts the slot; until then, connections the
+  // policy lets through by name only are refused.
+  domain_proxy_.reset();
   tap_.Reset();
   owns_links_ = false;
   owns_record_ = false;
@@ -270,6 +304,11 @@ Result<std::unique_ptr<NetworkSlot>> HostNetwork::AdoptSlot(const SlotRecord& re
     shared_->live.insert(record.slot.netns);
   }
   MOAT_RETURN_IF_ERROR(slot->WriteRecord());  // now owned by this agent's pid
+  if (!record.policy.allow_domains.empty()) {
+    MOAT_ASSIGN_OR_RETURN(UniqueFd ns, OpenNetns(record.slot.netns));
+    std::lock_guard lock(slot->mu_);
+    MOAT_RETURN_IF_ERROR(slot->SyncDomainProxy(record.policy, ns.get()));
+  }
   return slot;
 }
 

@@ -18,6 +18,7 @@
 
 #include "common/status.h"
 #include "common/unique_fd.h"
+#include "net/domain_proxy.h"
 #include "net/egress_policy.h"
 #include "net/net_config.h"
 #include "net/slot_allocator.h"
@@ -68,6 +69,8 @@ class NetworkSlot {
   NetworkSlot(std::shared_ptr<Shared> shared, SlotAddresses slot)
       : shared_(std::move(shared)), slot_(std::move(slot)) {}
   Status SetUp(const EgressPolicy& policy);
+  // Starts, updates or stops the domain proxy to match `policy` (called with mu_ held).
+  Status SyncDomainProxy(const EgressPolicy& policy, int netns_fd);
   Status WriteRecord();
   // Returns the slot's index to the allocator, if this object holds it. Called with mu_ held.
   void ReleaseIndex();
@@ -77,6 +80,7 @@ class NetworkSlot {
   mutable std::mutex mu_;
   UniqueFd tap_;
   EgressPolicy policy_;
+  std::unique_ptr<DomainProxy> domain_proxy_;  // while the policy names domains
   int64_t created_unix_ms_ = 0;
   // What this object owns and must remove: set as each piece is created (or adopted).
   bool owns_index_ = false;

@@ -26,13 +26,6 @@ std::string DaddrMatch(const std::vector<Ipv4Cidr>& cidrs) {
   return set.empty() ? "" : "ip daddr " + set + " ";
 }
 
-std::vector<Ipv4Cidr> AlwaysDenied(const NetConfig& config) {
-  std::vector<Ipv4Cidr> cidrs{config.pool};
-  for (const char* c : kFixedDenied) cidrs.push_back(*Ipv4Cidr::Parse(c));
-  cidrs.insert(cidrs.end(), config.always_denied.begin(), config.always_denied.end());
-  return NormalizeCidrs(std::move(cidrs));
-}
-
 std::string EgressRules(const SlotAddresses& slot, const NetConfig& config,
                         const EgressPolicy& policy) {
   (void)slot;
@@ -46,7 +39,7 @@ std::string EgressRules(const SlotAddresses& slot, const NetConfig& config,
     rule("ip daddr " + config.dns_servers.front().ToString() +
          " meta l4proto { tcp, udp } th dport 53 ct status dnat accept");
   }
-  rule(DaddrMatch(AlwaysDenied(config)) + kReject);
+  rule(DaddrMatch(AlwaysDeniedRanges(config)) + kReject);
   if (!config.control_plane_ports.empty()) {
     std::string ports;
     for (uint16_t p : config.control_plane_ports) {
@@ -60,6 +53,30 @@ std::string EgressRules(const SlotAddresses& slot, const NetConfig& config,
   return r;
 }
 
+// The `domains` chain (jumped to from prerouting for the guest's TCP to ports 80 and 443):
+// redirects to the domain proxy exactly the connections the egress chain would reject on
+// account of the policy's lists, so that the proxy may let through those naming an allowed
+// domain. The always-denied ranges are never redirected (they are rejected in forward).
+std::string DomainRules(const NetConfig& config, const EgressPolicy& policy) {
+  if (policy.allow_domains.empty()) return "";
+  std::string prefix = std::string("add rule ip ") + kSlotTable + " domains ";
+  // (nft needs the protocol in the rule itself to redirect to a port.)
+  const std::string redirect = "meta l4proto tcp redirect to :" + std::to_string(kDomainProxyPort);
+  std::string r;
+  auto rule = [&](const std::string& text) { r += prefix + text + "\n"; };
+  rule(DaddrMatch(AlwaysDeniedRanges(config)) + "return");
+  if (!policy.allow_out.empty()) rule(DaddrMatch(policy.allow_out) + "return");
+  if (!policy.deny_out.empty()) rule(DaddrMatch(policy.deny_out) + redirect);
+  if (!policy.allow_internet_access) rule(redirect);
+  return r;
+}
+
+std::string DomainPortSet() {
+  std::string s;
+  for (uint16_t p : kDomainPorts) s += (s.empty() ? "" : ", ") + std::to_string(p);
+  return "{ " + s + " }";
+}
+
 }  // namespace
 
 std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
@@ -68,18 +85,25 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
   const std::string veth = "\"" + slot.ns_link + "\"";
   const std::string slot_addr = slot.slot_address.ToString();
   std::string t = std::string("table ip ") + kSlotTable + " {\n";
+  t += "  chain domains {\n  }\n";  // declared before the prerouting rule that jumps to it
   t += "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n";
   if (!config.dns_servers.empty()) {
     t += "    iifname " + tap + " ip daddr " + kGatewayAddress +
          " meta l4proto { tcp, udp } th dport 53 dnat to " + config.dns_servers.front().ToString() +
          "\n";
   }
+  t += "    iifname " + tap + " tcp dport " + DomainPortSet() + " jump domains\n";
   // The host (moatd's port proxy) reaches guest ports at the slot address.
   t += "    iifname " + veth + " ip daddr " + slot_addr + " dnat to " + kGuestAddress + "\n  }\n";
+
   t += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
   t += "    oifname " + veth + " ip saddr " + kGuestAddress + " snat to " + slot_addr + "\n  }\n";
   // The guest talks to nothing in the slot namespace itself (DNS is DNATed before input).
   t += "  chain input {\n    type filter hook input priority filter; policy accept;\n";
+  // ... but the domain proxy, for what prerouting redirected there (a connection made to the
+  // gateway's port directly is not DNATed and is rejected).
+  t += "    iifname " + tap + " tcp dport " + std::to_string(kDomainProxyPort) +
+       " ct status dnat accept\n";
   t += "    iifname " + tap + " " + kReject + "\n  }\n";
   t += "  chain forward {\n    type filter hook forward priority filter; policy drop;\n";
   t += "    ct state established,related accept\n";
@@ -87,13 +111,21 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
   t += "    iifname " + veth + " oifname " + tap + " ct status dnat accept\n";
   t += "    iifname " + tap + " oifname " + veth + " jump egress\n  }\n";
   t += "  chain egress {\n  }\n}\n";
-  return t + EgressRules(slot, config, policy);
+  return t + EgressRules(slot, config, policy) + DomainRules(config, policy);
 }
 
 std::string EgressChainUpdate(const SlotAddresses& slot, const NetConfig& config,
                               const EgressPolicy& policy) {
-  return std::string("flush chain ip ") + kSlotTable + " egress\n" +
-         EgressRules(slot, config, policy);
+  return std::string("flush chain ip ") + kSlotTable + " egress\n" + "flush chain ip " +
+         kSlotTable + " domains\n" + EgressRules(slot, config, policy) +
+         DomainRules(config, policy);
+}
+
+std::vector<Ipv4Cidr> AlwaysDeniedRanges(const NetConfig& config) {
+  std::vector<Ipv4Cidr> cidrs{config.pool};
+  for (const char* c : kFixedDenied) cidrs.push_back(*Ipv4Cidr::Parse(c));
+  cidrs.insert(cidrs.end(), config.always_denied.begin(), config.always_denied.end());
+  return NormalizeCidrs(std::move(cidrs));
 }
 
 std::string HostTableName(const Ipv4Cidr& pool) {
@@ -119,7 +151,7 @@ std::string HostRuleset(const NetConfig& config) {
   // always-denied ranges (defence in depth: a slot's table is the first line).
   t += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
   t += "    iifgroup " + group + " oifgroup " + group + " " + kReject + "\n";
-  t += "    iifgroup " + group + " " + DaddrMatch(AlwaysDenied(config)) + kReject + "\n  }\n";
+  t += "    iifgroup " + group + " " + DaddrMatch(AlwaysDeniedRanges(config)) + kReject + "\n  }\n";
   t += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
   t += "    ip saddr " + pool + " oifgroup != " + group + " masquerade\n  }\n}\n";
   return t;

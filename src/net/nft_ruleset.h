@@ -3,12 +3,16 @@
 // Two tables (docs/networking.md):
 //  - in each slot's namespace, table `ip moat`: NAT between the guest's fixed address and the
 //    slot address, DNS forwarding, the ingress DNAT moatd's port proxy uses, and the `egress`
-//    chain, which ApplyPolicy replaces atomically;
+//    and `domains` chains, which ApplyPolicy replaces atomically (`domains` redirects what
+//    the egress chain would reject on ports 80/443 to the domain proxy, when the policy names
+//    domains);
 //  - in the host namespace, one table per agent (`ip moat_host_<pool>`): slots may not reach
 //    the host or each other, and their traffic is masqueraded on the way out.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "net/egress_policy.h"
 #include "net/net_config.h"
@@ -17,14 +21,23 @@
 namespace moat::net {
 
 inline constexpr char kSlotTable[] = "moat";
+// The port of the slot's domain proxy on the gateway address (net/domain_proxy.h), and the
+// guest's destination ports whose connections it sees when the policy has domain names: HTTP
+// (Host header) and HTTPS (TLS SNI).
+inline constexpr uint16_t kDomainProxyPort = 15080;
+inline constexpr uint16_t kDomainPorts[] = {80, 443};
 
 // The whole slot table, created once when the slot is set up (the namespace is new and empty).
 std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
                         const EgressPolicy& policy);
-// Replaces the rules of the slot's egress chain in one transaction (nft -f is atomic):
-// connections already established keep going; new ones see the new policy.
+// Replaces the rules of the slot's egress and domains chains in one transaction (nft -f is
+// atomic): connections already established keep going; new ones see the new policy.
 std::string EgressChainUpdate(const SlotAddresses& slot, const NetConfig& config,
                               const EgressPolicy& policy);
+
+// What no sandbox reaches whatever its policy: the pool, the fixed ranges (0/8, 127/8,
+// 169.254/16 with the metadata address, multicast, 240/4) and the config's always_denied.
+std::vector<Ipv4Cidr> AlwaysDeniedRanges(const NetConfig& config);
 
 // "moat_host_10_200_0_0_16".
 std::string HostTableName(const Ipv4Cidr& pool);

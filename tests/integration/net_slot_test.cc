@@ -149,6 +149,63 @@ TEST_F(NetSlotTest, SetUpBuildsNamespaceVethTapAndRulesAndReleaseRemovesThemAll)
   EXPECT_EQ(test_support::OpenFdCount(), fds_before);
 }
 
+// Listening TCP sockets in the slot's namespace.
+std::string Listening(const std::string& ns) {
+  auto r = RunTool({"ip", "netns", "exec", ns, "ss", "-ltnH"});
+  return r.ok() ? *r : r.status().ToString();
+}
+
+TEST_F(NetSlotTest, ADomainPolicyRunsTheDomainProxyInTheSlotUntilThePolicyDropsIt) {
+  int fds_before = test_support::OpenFdCount();
+  auto domains = EgressPolicy::FromE2b(
+      {{"allowOut", {"allowed.test", "*.wild.test"}}, {"denyOut", {"0.0.0.0/0"}}}, true);
+  ASSERT_TRUE(domains.ok()) << domains.status().ToString();
+  const std::string proxy = "169.254.0.22:" + std::to_string(kDomainProxyPort);
+  {
+    // Without a resolver names cannot be checked: refused, the old policy stays.
+    auto host = HostNetwork::Create(config_);
+    ASSERT_TRUE(host.ok()) << host.status().ToString();
+    auto slot = (*host)->CreateSlot();
+    ASSERT_TRUE(slot.ok()) << slot.status().ToString();
+    Status s = (*slot)->ApplyPolicy(*domains);
+    EXPECT_EQ(s.code(), ErrorCode::kFailedPrecondition);
+    EXPECT_NE(s.message().find("--dns"), std::string::npos) << s.ToString();
+    EXPECT_EQ((*slot)->policy(), EgressPolicy{});
+    EXPECT_TRUE((*slot)->Release().ok());
+  }
+  config_.dns_servers = {*Ipv4Address::Parse("192.0.2.53")};
+  {
+    auto host = HostNetwork::Create(config_);
+    ASSERT_TRUE(host.ok()) << host.status().ToString();
+    auto slot = (*host)->CreateSlot(*domains);
+    ASSERT_TRUE(slot.ok()) << slot.status().ToString();
+    const std::string ns = (*slot)->netns_name();
+    EXPECT_NE(Listening(ns).find(proxy), std::string::npos) << Listening(ns);
+    auto ns_fd = OpenNetns(ns);
+    ASSERT_TRUE(ns_fd.ok());
+    auto chain = RunTool({"nft", "list", "chain", "ip", "moat", "domains"}, {}, ns_fd->get());
+    ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+    EXPECT_NE(chain->find("redirect to :" + std::to_string(kDomainProxyPort)), std::string::npos)
+        << *chain;
+    // A policy without names stops the proxy and empties the chain; names again restart it.
+    auto plain = EgressPolicy::FromE2b({{"denyOut", {"0.0.0.0/0"}}}, true);
+    ASSERT_TRUE((*slot)->ApplyPolicy(*plain).ok());
+    EXPECT_EQ(Listening(ns).find(proxy), std::string::npos) << Listening(ns);
+    chain = RunTool({"nft", "list", "chain", "ip", "moat", "domains"}, {}, ns_fd->get());
+    ASSERT_TRUE(chain.ok());
+    EXPECT_EQ(chain->find("redirect"), std::string::npos) << *chain;
+    ASSERT_TRUE((*slot)->ApplyPolicy(*domains).ok());
+    EXPECT_NE(Listening(ns).find(proxy), std::string::npos);
+    // The record keeps the names: an agent that adopts the slot restarts the proxy.
+    auto record = ParseSlotRecord(*ReadFile(config_.state_dir + "/" + ns + ".json"));
+    ASSERT_TRUE(record.ok());
+    EXPECT_EQ(record->policy.allow_domains, domains->allow_domains);
+    ns_fd->Reset();
+    EXPECT_TRUE((*slot)->Release().ok());
+  }
+  EXPECT_EQ(test_support::OpenFdCount(), fds_before);
+}
+
 TEST_F(NetSlotTest, ThreeHundredCreateReleaseCyclesLeaveNothing) {
   int fds_before = test_support::OpenFdCount();
   {

@@ -36,11 +36,41 @@ TEST(EgressPolicy, ReadsE2bNetworkListsNormalised) {
   EXPECT_TRUE(p->AllowsAnyEgress());
 }
 
-TEST(EgressPolicy, RefusesDomainsBadEntriesAndHugeLists) {
-  auto domain = EgressPolicy::FromE2b({{"allowOut", {"example.com"}}}, true);
-  ASSERT_FALSE(domain.ok());
-  EXPECT_NE(domain.status().message().find("domain names"), std::string::npos);
-  EXPECT_FALSE(EgressPolicy::FromE2b({{"allowOut", {"*.example.com"}}}, true).ok());
+TEST(EgressPolicy, ReadsDomainNamesOfAllowOutAndMatchesThem) {
+  auto p = EgressPolicy::FromE2b(
+      {{"allowOut", {"API.Example.com.", "*.cdn.example.net", "10.0.0.0/8", "api.example.com"}},
+       {"denyOut", {"0.0.0.0/0"}}},
+      std::nullopt);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->allow_domains, (std::vector<std::string>{"*.cdn.example.net", "api.example.com"}));
+  EXPECT_EQ(Strings(p->allow_out), (std::vector<std::string>{"10.0.0.0/8"}));
+  EXPECT_TRUE(p->AllowsDomain("api.example.com"));
+  EXPECT_TRUE(p->AllowsDomain("API.EXAMPLE.COM."));
+  EXPECT_FALSE(p->AllowsDomain("example.com"));
+  EXPECT_FALSE(p->AllowsDomain("xapi.example.com"));
+  EXPECT_TRUE(p->AllowsDomain("a.cdn.example.net"));
+  EXPECT_TRUE(p->AllowsDomain("a.b.cdn.example.net"));
+  EXPECT_FALSE(p->AllowsDomain("cdn.example.net"));  // the wildcard needs a label before it
+  EXPECT_FALSE(p->AllowsDomain("evilcdn.example.net"));
+  EXPECT_FALSE(p->AllowsDomain(""));
+  // Internet off but names allowed: DNS must work.
+  auto off = EgressPolicy::FromE2b({{"allowOut", {"example.com"}}}, false);
+  ASSERT_TRUE(off.ok());
+  EXPECT_TRUE(off->AllowsAnyEgress());
+  auto back = EgressPolicy::FromJson(p->ToJson());
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, *p);
+}
+
+TEST(EgressPolicy, RefusesBadDomainsDomainsInDenyOutBadEntriesAndHugeLists) {
+  auto deny = EgressPolicy::FromE2b({{"denyOut", {"example.com"}}}, true);
+  ASSERT_FALSE(deny.ok());
+  EXPECT_NE(deny.status().message().find("only allowOut takes domain names"), std::string::npos);
+  for (const char* bad : {"*", "*.", "a..b", "a.*.b", "ex ample.com", "exa$mple.com", "-*.x"}) {
+    auto p = EgressPolicy::FromE2b({{"allowOut", {bad}}}, true);
+    EXPECT_FALSE(p.ok()) << bad;
+  }
+  EXPECT_FALSE(EgressPolicy::FromE2b({{"allowOut", {std::string(64, 'a') + ".com"}}}, true).ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {"10.0.0.1/8"}}}, true).ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {"300.0.0.1"}}}, true).ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {7}}}, true).ok());

@@ -24,10 +24,10 @@ EgressPolicy Policy(bool internet, std::vector<const char*> allow, std::vector<c
   return *EgressPolicy::FromE2b(network, internet);
 }
 
-// The egress chain's rules, in order, without the "add rule ip moat egress " prefix.
-std::vector<std::string> EgressRulesOf(const std::string& text) {
+// A chain's rules, in order, without the "add rule ip moat <chain> " prefix.
+std::vector<std::string> RulesOf(const std::string& text, const std::string& chain) {
   std::vector<std::string> out;
-  const std::string prefix = "add rule ip moat egress ";
+  const std::string prefix = "add rule ip moat " + chain + " ";
   size_t at = 0;
   while ((at = text.find(prefix, at)) != std::string::npos) {
     size_t end = text.find('\n', at);
@@ -35,6 +35,10 @@ std::vector<std::string> EgressRulesOf(const std::string& text) {
     at = end;
   }
   return out;
+}
+
+std::vector<std::string> EgressRulesOf(const std::string& text) {
+  return RulesOf(text, "egress");
 }
 
 TEST(SlotRuleset, NatsTheGuestToTheSlotAddressAndLetsTheHostReachGuestPorts) {
@@ -101,9 +105,33 @@ TEST(SlotRuleset, DnsToTheGatewayIsForwardedOnlyWhenAResolverIsSetAndEgressAllow
   for (const auto& r : off) EXPECT_THAT(r, Not(HasSubstr("dport 53")));
 }
 
+TEST(SlotRuleset, DomainsRedirectWhatTheListsWouldRejectOnWebPortsToTheProxy) {
+  auto p = *EgressPolicy::FromE2b(
+      {{"allowOut", {"example.com", "198.51.100.7"}}, {"denyOut", {"203.0.113.0/24"}}}, false);
+  NetConfig c = Config();
+  c.dns_servers = {*Ipv4Address::Parse("192.0.2.53")};
+  std::string t = SlotRuleset(Slot5(), c, p);
+  EXPECT_THAT(t, HasSubstr("iifname \"moat-tap\" tcp dport { 80, 443 } jump domains"));
+  EXPECT_THAT(t, HasSubstr("iifname \"moat-tap\" tcp dport 15080 ct status dnat accept"));
+  auto rules = RulesOf(t, "domains");
+  ASSERT_EQ(rules.size(), 4u) << t;
+  EXPECT_THAT(rules[0], HasSubstr("169.254.0.0/16"));  // always denied: never redirected
+  EXPECT_THAT(rules[0], HasSubstr("return"));
+  EXPECT_EQ(rules[1], "ip daddr { 198.51.100.7 } return");
+  EXPECT_EQ(rules[2], "ip daddr { 203.0.113.0/24 } meta l4proto tcp redirect to :15080");
+  EXPECT_EQ(rules[3], "meta l4proto tcp redirect to :15080");  // internet off: everything else
+  // DNS is forwarded: the guest must resolve the names it is allowed.
+  EXPECT_THAT(EgressRulesOf(t)[1], HasSubstr("dport 53"));
+  // Internet on and no denyOut: nothing the lists reject, nothing to redirect.
+  auto on = *EgressPolicy::FromE2b({{"allowOut", {"example.com"}}}, true);
+  EXPECT_EQ(RulesOf(SlotRuleset(Slot5(), Config(), on), "domains").size(), 1u);
+  // No domains: an empty chain.
+  EXPECT_TRUE(RulesOf(SlotRuleset(Slot5(), Config(), Policy(false, {}, {})), "domains").empty());
+}
+
 TEST(EgressChainUpdate, FlushesAndRefillsOnlyTheEgressChainInOneTransaction) {
   std::string t = EgressChainUpdate(Slot5(), Config(), Policy(false, {"198.51.100.0/24"}, {}));
-  EXPECT_EQ(t.rfind("flush chain ip moat egress\n", 0), 0u);
+  EXPECT_EQ(t.rfind("flush chain ip moat egress\nflush chain ip moat domains\n", 0), 0u);
   EXPECT_THAT(t, Not(HasSubstr("table")));
   auto rules = EgressRulesOf(t);
   EXPECT_EQ(rules,

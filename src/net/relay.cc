@@ -1,4 +1,4 @@
-#include "api/http/relay.h"
+#include "net/relay.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -7,7 +7,7 @@
 #include <climits>
 #include <memory>
 
-namespace moat::api::http {
+namespace moat::net {
 namespace {
 
 enum class Io { kProgress, kWouldBlock, kEof, kError };
@@ -240,4 +240,4 @@ RelayStats Relay(int client_fd, int upstream_fd, std::string first_to_upstream,
   }
 }
 
-}  // namespace moat::api::http
+}  // namespace moat::net
