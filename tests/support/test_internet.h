@@ -1,10 +1,15 @@
 // TestInternet: the outside world for networking tests, made of namespaces the test owns. A
 // namespace behind a veth holds 198.51.100.1 and 203.0.113.1 (documentation ranges) with HTTP
-// servers on :8000 and on :3000 (a "control plane" port) and a UDP responder on :53 (a stand-in
-// resolver); the host end of the link is 198.51.100.254 with its own HTTP server on :8001.
-// A guard table drops anything the slots of `pool` forward to any other destination, so even a
-// broken policy cannot reach the machine's real uplink (it shows up as a timeout instead of the
-// expected rejection). Stop() (or the destructor) removes all of it.
+// servers on :8000 and on :3000 (a "control plane" port), web servers on :80 and :443 (TLS,
+// self-signed) of each address that say which address answered, and a resolver on
+// 198.51.100.1:53 with a small zone (below); the host end of the link is 198.51.100.254 with its
+// own HTTP server on :8001. A guard table drops anything the slots of `pool` forward to any other
+// destination, so even a broken policy cannot reach the machine's real uplink (it shows up as a
+// timeout instead of the expected rejection). Stop() (or the destructor) removes all of it.
+//
+// The zone (A records, TTL 5; other types of these names: no answer; any other name: NXDOMAIN):
+//   allowed.test, <anything>.wild.test       198.51.100.1  (:80 "internet80", :443 "tls-internet")
+//   other.test, spoof.test, wild.test        203.0.113.1   (:80 "other80", :443 "tls-other")
 #pragma once
 
 #include <memory>
@@ -27,6 +32,18 @@ class TestInternet {
   static constexpr char kHostAddress[] = "198.51.100.254";  // the host's end of the link
   static constexpr char kResolver[] = "198.51.100.1";       // give this to NetConfig::dns_servers
   static constexpr char kDnsProbe[] = "dns:169.254.0.22";   // the resolver a slot provides
+  // By name, through the slot's resolver (the zone above).
+  static constexpr char kAllowedHttp[] = "http://allowed.test/";    // ok:internet80
+  static constexpr char kAllowedHttps[] = "https://allowed.test/";  // ok:tls-internet
+  static constexpr char kOtherHttp[] = "http://other.test/";        // ok:other80
+  static constexpr char kOtherHttps[] = "https://other.test/";      // ok:tls-other
+  static constexpr char kWildHttp[] = "http://a.wild.test/";        // ok:internet80
+  static constexpr char kWildHttps[] = "https://b.wild.test/";      // ok:tls-internet
+  static constexpr char kWildBaseHttp[] = "http://wild.test/";      // ok:other80
+  // A name the sender claims for an address that is not the name's: the Host header of a
+  // request to 203.0.113.1:80, the TLS server name of a handshake with 203.0.113.1:443.
+  static constexpr char kSpoofedHost[] = "host:allowed.test@http://203.0.113.1/";
+  static constexpr char kSpoofedSni[] = "sni:allowed.test@https://203.0.113.1/";
 
   // `dir`: where the servers' documents go (removed by Stop); `pool`: the slots to guard.
   static Result<std::unique_ptr<TestInternet>> Start(const std::string& dir,
@@ -44,9 +61,13 @@ class TestInternet {
   bool stopped_ = true;
 };
 
-// Fetches each URL once with a 3 s timeout ("dns:<ip>" sends one UDP datagram to port 53) and
-// prints {"target": "ok:<first 64 bytes of the body>" | "err:<reason>"}: run in a guest with
-// `python3 -c kProbeScript url...`.
+// Fetches each URL once with a 3 s timeout and prints
+// {"target": "ok:<first 64 bytes of the body>" | "err:<reason>"}: run in a guest with
+// `python3 -c kProbeScript target...`. A target is a URL (https: certificates are not checked;
+// a response other than 2xx is "err:HTTP Error <code>: <reason>: <first 64 bytes of the body>"),
+// "dns:<ip>" (one UDP datagram "query" to port 53; the test resolver answers "answer:query"), or
+// "host:<name>@<url>" / "sni:<name>@<url>" (alike: connects to the URL's address and port and
+// sends <name> as the Host header and, for https, as the TLS server name).
 extern const char kProbeScript[];
 // Did a probe result say the destination rejected the connection (ICMP admin-prohibited reads
 // as EHOSTUNREACH)? A timeout would mean the packet went somewhere (and the guard dropped it).

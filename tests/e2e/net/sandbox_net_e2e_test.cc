@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -187,6 +188,64 @@ TEST_F(SandboxNetE2e, ForkedChildrenHaveSeparateWorkingNetworks) {
   }
   for (auto& c : *children) EXPECT_TRUE(agent_->Kill(c->id()).ok());
   EXPECT_TRUE(agent_->Kill(parent->id()).ok());
+}
+
+TEST_F(SandboxNetE2e, DomainsInAllowOutAreMatchedBySniAndHost) {
+  auto by_name = net::EgressPolicy::FromE2b(
+      {{"allowOut", {"allowed.test", "*.wild.test"}}, {"denyOut", {"0.0.0.0/0"}}}, std::nullopt);
+  ASSERT_TRUE(by_name.ok()) << by_name.status().ToString();
+  auto sb = MustCreate(*by_name);
+  ASSERT_TRUE(sb);
+  const std::string allowed_http = TestInternet::kAllowedHttp;
+  const std::string allowed_https = TestInternet::kAllowedHttps;
+  const std::string other_http = TestInternet::kOtherHttp;
+  const std::string other_https = TestInternet::kOtherHttps;
+  const std::string wild_http = TestInternet::kWildHttp;
+  const std::string wild_https = TestInternet::kWildHttps;
+  const std::string wild_base = TestInternet::kWildBaseHttp;
+  const std::string spoofed_host = TestInternet::kSpoofedHost;
+  const std::string spoofed_sni = TestInternet::kSpoofedSni;
+  json r = Probe(sb, {allowed_http, allowed_https, wild_http, wild_https, other_http, other_https,
+                      kInternet, spoofed_host, spoofed_sni, wild_base});
+  EXPECT_EQ(r[allowed_http], "ok:internet80");
+  EXPECT_EQ(r[allowed_https], "ok:tls-internet");
+  EXPECT_EQ(r[wild_http], "ok:internet80");
+  EXPECT_EQ(r[wild_https], "ok:tls-internet");
+  // A name outside the list: the proxy answers HTTP itself and closes TLS.
+  std::string other = r.value(other_http, "");
+  EXPECT_NE(other.find("403"), std::string::npos) << other;
+  EXPECT_NE(other.find("not allowed"), std::string::npos) << other;
+  EXPECT_EQ(r.value(other_https, "").rfind("err:", 0), 0u) << r.dump();
+  // Names are matched on 80 and 443 only; any other port is up to the CIDR lists.
+  EXPECT_TRUE(Denied(r.value(kInternet, ""))) << r.dump();
+  // An allowed name claimed for an address that is not the name's never reaches that address
+  // (the proxy goes to the name's own address instead, or refuses).
+  EXPECT_EQ(r.value(spoofed_host, "").find("other80"), std::string::npos) << r.dump();
+  EXPECT_EQ(r.value(spoofed_sni, "").find("tls-other"), std::string::npos) << r.dump();
+  // "*.wild.test" matches names under wild.test, not wild.test itself.
+  EXPECT_EQ(r.value(wild_base, "").rfind("err:", 0), 0u) << r.dump();
+  EXPECT_NE(r.value(wild_base, "").find("403"), std::string::npos) << r.dump();
+
+  // Without domains the name is refused like any address; with them again, it is reachable.
+  auto no_names = net::EgressPolicy::FromE2b({{"denyOut", {"0.0.0.0/0"}}}, std::nullopt);
+  ASSERT_TRUE(no_names.ok());
+  Status set = agent_->SetEgress(sb->id(), *no_names);
+  ASSERT_TRUE(set.ok()) << set.ToString();
+  r = Probe(sb, {allowed_http});
+  EXPECT_EQ(r.value(allowed_http, "").rfind("err:", 0), 0u) << r.dump();
+  set = agent_->SetEgress(sb->id(), *by_name);
+  ASSERT_TRUE(set.ok()) << set.ToString();
+  r = Probe(sb, {allowed_http});
+  EXPECT_EQ(r[allowed_http], "ok:internet80");
+
+  // The default policy goes to any name directly, with no proxy in the way.
+  auto open = MustCreate();
+  ASSERT_TRUE(open);
+  r = Probe(open, {other_http, other_https});
+  EXPECT_EQ(r[other_http], "ok:other80");
+  EXPECT_EQ(r[other_https], "ok:tls-other");
+  EXPECT_TRUE(agent_->Kill(sb->id()).ok());
+  EXPECT_TRUE(agent_->Kill(open->id()).ok());
 }
 
 TEST_F(SandboxNetE2e, ThreeHundredCreateKillCyclesLeaveNoNetworkBehind) {
