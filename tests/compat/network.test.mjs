@@ -206,4 +206,22 @@ describe('sandbox networking through moatd', { concurrency: false }, () => {
     await serve(sbx, 8000, 'still-served')
     assert.equal((await fetchUntil({ Host: sbx.getHost(8000) }, 'still-served')).status, 200)
   })
+
+  test('allowOut takes domain names (not denyOut); the policy with names is applied', async () => {
+    const sbx = await create({
+      network: { allowOut: ['Example.com', '*.example.org'], denyOut: ['0.0.0.0/0'] },
+    })
+    await sbx.updateNetwork({ allowOut: ['api.example.com'], denyOut: ['0.0.0.0/0'] })
+    await assert.rejects(
+      sbx.updateNetwork({ denyOut: ['example.com'] }),
+      /only allowOut takes domain names/,
+    )
+    await assert.rejects(sbx.updateNetwork({ allowOut: ['exa mple.com'] }), /not a domain name/)
+    await assert.rejects(
+      Sandbox.create({ timeoutMs: 60_000, network: { allowOut: ['*'] } }),
+      /not a domain name/,
+    )
+    // Still alive and serving after the refusals.
+    assert.equal((await sbx.commands.run('echo alive')).stdout.trim(), 'alive')
+  })
 })

@@ -48,10 +48,12 @@ trap cleanup EXIT INT TERM
 # A free loopback port: bind port 0, read what the kernel chose, release it.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Sandboxes get network slots from a pool of this run's own (moatd's default pool may be in use
-# by a moatd on this machine); <port>-<id>.moat.test names are sent to moatd by the tests.
+# by a moatd on this machine); <port>-<id>.moat.test names are sent to moatd by the tests. The
+# sandboxes' resolver is a documentation address (TEST-NET-1): no test resolves a name, and
+# none may reach the machine's real resolver.
 MOAT_API_KEY=$key "$moatd" serve --listen "127.0.0.1:$port" --data-dir "$data" --accel auto \
   --guest-dir "$build/guest" --net-pool "10.226.$(($$ % 250)).0/24" --domain moat.test \
-  >"$data/moatd.log" 2>&1 &
+  --dns 192.0.2.53 >"$data/moatd.log" 2>&1 &
 moatd_pid=$!
 
 url=http://127.0.0.1:$port
