@@ -75,12 +75,118 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
   detach_on_error.Cancel();
   agent->monitor_ = std::thread([a = agent.get()] { a->MonitorLoop(); });
+  if (c.warm_sandboxes > 0) agent->warm_filler_ = std::thread([a = agent.get()] { a->WarmLoop(); });
   return agent;
 }
 
 Agent::~Agent() {
+  StopWarmPool();
   StopMonitor();
   KillAll();
+}
+
+void Agent::StopWarmPool() {
+  {
+    std::lock_guard lock(warm_mu_);
+    warm_stopping_ = true;
+  }
+  warm_cv_.notify_all();
+  if (warm_filler_.joinable()) warm_filler_.join();
+  std::deque<WarmClone> all;
+  {
+    std::lock_guard lock(warm_mu_);
+    all.swap(warm_);
+  }
+  for (auto& w : all) w.sandbox->Kill();
+}
+
+void Agent::WarmLoop() {
+  auto backoff = std::chrono::milliseconds(0);
+  for (;;) {
+    {
+      std::unique_lock lock(warm_mu_);
+      warm_cv_.wait_for(lock, std::max(backoff, std::chrono::milliseconds(1000)), [&] {
+        return warm_stopping_ || (backoff.count() == 0 && warm_.size() < config_.warm_sandboxes);
+      });
+      if (warm_stopping_) return;
+    }
+    // Drop clones that died or belong to a template build no longer current.
+    auto dir = templates_->Ensure(config_.base);
+    std::vector<std::unique_ptr<Sandbox>> stale;
+    size_t have;
+    {
+      std::lock_guard lock(warm_mu_);
+      for (auto it = warm_.begin(); it != warm_.end();) {
+        if (!dir.ok() || it->template_dir != *dir || it->sandbox->VmmExited()) {
+          stale.push_back(std::move(it->sandbox));
+          it = warm_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      have = warm_.size();
+    }
+    for (auto& sb : stale) sb->Kill();
+    if (have >= config_.warm_sandboxes) {
+      backoff = std::chrono::milliseconds(0);
+      continue;
+    }
+    Status s = dir.status();
+    if (s.ok()) {
+      auto m = ReadManifest(*dir);
+      s = m.status();
+      if (s.ok()) {
+        auto sb = Sandbox::Restore(env_, *dir, *m, NewSandboxId(), {}, std::nullopt,
+                                   /*pooled=*/true);
+        s = sb.status();
+        if (s.ok()) s = (*sb)->WarmUp();
+        if (s.ok()) {
+          std::lock_guard lock(warm_mu_);
+          warm_.push_back({*dir, std::move(*sb)});
+        } else if (sb.ok()) {
+          (*sb)->Kill();
+        }
+      }
+    }
+    if (s.ok()) {
+      backoff = std::chrono::milliseconds(0);
+    } else {
+      // A failing restore (disk full, template broken) must not spin: 1 s, doubling to 30 s.
+      backoff = std::min<std::chrono::milliseconds>(
+          std::max(backoff * 2, std::chrono::milliseconds(1000)), std::chrono::seconds(30));
+      LogWarn("agent.warm_fill_failed", {{"error", s.ToString()}, {"retry_ms", backoff.count()}});
+    }
+  }
+}
+
+size_t Agent::warm_ready() {
+  std::lock_guard lock(warm_mu_);
+  return warm_.size();
+}
+
+std::shared_ptr<Sandbox> Agent::ClaimWarm(const std::string& template_dir,
+                                          const GuestIdentity& identity,
+                                          const net::EgressPolicy& egress) {
+  while (true) {
+    std::unique_ptr<Sandbox> sb;
+    {
+      std::lock_guard lock(warm_mu_);
+      auto it = std::find_if(warm_.begin(), warm_.end(),
+                             [&](const WarmClone& w) { return w.template_dir == template_dir; });
+      if (it == warm_.end()) return nullptr;
+      sb = std::move(it->sandbox);
+      warm_.erase(it);
+    }
+    warm_cv_.notify_all();  // refill
+    Status claimed = sb->Claim(identity, egress);
+    if (claimed.ok()) {
+      std::shared_ptr<Sandbox> shared = std::move(sb);
+      Track(shared);
+      return shared;
+    }
+    LogWarn("agent.warm_claim_failed", {{"sandbox", sb->id()}, {"error", claimed.ToString()}});
+    sb->Kill();
+  }
 }
 
 void Agent::StopMonitor() {
@@ -93,6 +199,8 @@ void Agent::StopMonitor() {
 }
 
 void Agent::Detach() {
+  // Warm clones are nobody's sandboxes: they go (state.json never said ready).
+  StopWarmPool();
   // No sandbox is released under them once detached: the monitor stops first.
   StopMonitor();
   std::lock_guard paused(paused_mu_);
@@ -321,6 +429,9 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
     if (!m.ok() || m->kind != "named") {
       return NotFound("template \"" + template_name + "\" not found");
     }
+  }
+  if (template_name == config_.base.name && config_.warm_sandboxes > 0) {
+    if (auto warm = ClaimWarm(dir, identity, egress)) return warm;
   }
   MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
   return Restore(dir, m, NewSandboxId(), identity, egress);

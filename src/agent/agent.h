@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,6 +42,11 @@ struct AgentConfig {
   // have no NIC at all.
   std::optional<net::NetConfig> network;
   size_t ready_slots = 4;  // the ready-slot pool's target
+  // Warm clones of the base template kept restored, warmed up and waiting (docs/snapshots.md):
+  // Create() hands one out after giving it the sandbox's identity (and policy), instead of
+  // restoring on the request's path; the pool refills in the background. 0: none (every
+  // create restores).
+  size_t warm_sandboxes = 0;
 };
 
 struct RecoveryReport {
@@ -79,6 +85,8 @@ class Agent {
   bool networking() const { return slot_pool_ != nullptr; }
   // The ready-slot pool, null without networking (benchmarks wait for it to fill).
   net::SlotPool* slot_pool() { return slot_pool_.get(); }
+  // Warm clones ready to be claimed (benchmarks and tests wait for the pool to fill).
+  size_t warm_ready();
 
   // Pause persists RAM, device state and disk under DATA_DIR/snapshots/<id>/ and frees the VM;
   // the sandbox keeps its id. Resume restores it (same id, same identity).
@@ -120,6 +128,12 @@ class Agent {
                                            const std::optional<net::EgressPolicy>& egress);
   void Track(const std::shared_ptr<Sandbox>& sb);
   void MonitorLoop();
+  // The warm pool: a clone of the template build in `template_dir`, claimed for a sandbox with
+  // `identity` and `egress`; null when none is ready (the caller restores).
+  std::shared_ptr<Sandbox> ClaimWarm(const std::string& template_dir, const GuestIdentity& identity,
+                                     const net::EgressPolicy& egress);
+  void WarmLoop();
+  void StopWarmPool();
 
   AgentConfig config_;
   // Declared before everything that holds slots: destroyed after them.
@@ -133,6 +147,16 @@ class Agent {
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;
+
+  struct WarmClone {
+    std::string template_dir;  // the template build it was restored from
+    std::unique_ptr<Sandbox> sandbox;
+  };
+  std::mutex warm_mu_;
+  std::condition_variable warm_cv_;
+  std::deque<WarmClone> warm_;
+  bool warm_stopping_ = false;
+  std::thread warm_filler_;
 
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;

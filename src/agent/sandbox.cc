@@ -143,7 +143,7 @@ Status Sandbox::WriteState(bool ready) {
                      .jail_id = jail_id_,
                      .accel = std::string(vmm::AccelName(env_.accel)),
                      .vm_name = vm_name_};
-  if (ready) {
+  if (ready && !pooled_) {
     state.ready = true;
     state.origin = origin_;
     state.identity = identity_;
@@ -223,12 +223,10 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Adopt(const SandboxEnv& env, const San
   return sb;
 }
 
-Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
-                                                  const std::string& snapshot_dir,
-                                                  const SnapshotManifest& snap,
-                                                  const std::string& id,
-                                                  const GuestIdentity& identity,
-                                                  const std::optional<net::EgressPolicy>& egress) {
+Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
+    const SandboxEnv& env, const std::string& snapshot_dir, const SnapshotManifest& snap,
+    const std::string& id, const GuestIdentity& identity,
+    const std::optional<net::EgressPolicy>& egress, bool pooled) {
   auto start = Clock::now();
   if (snap.accel != vmm::AccelName(env.accel)) {
     return FailedPrecondition("snapshot " + snap.name + " was made under " + snap.accel +
@@ -246,6 +244,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
     MOAT_ASSIGN_OR_RETURN(policy, net::EgressPolicy::FromJson(snap.egress));
   }
   std::unique_ptr<Sandbox> sb(new Sandbox(env, id, snap.source));
+  sb->pooled_ = pooled;
   const SandboxPaths& p = sb->paths_;
   SnapshotFiles f(snapshot_dir);
   if (PathExists(p.dir)) {
@@ -292,17 +291,53 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const SandboxEnv& env,
   auto us = [](Clock::duration d) {
     return static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(d).count());
   };
-  LogInfo("sandbox.restored", {{"sandbox", id},
-                               {"from", snap.kind + ":" + snap.name},
-                               {"vmm_pid", sb->vmm_->pid()},
-                               {"ready_us", us(t_done - start)},
-                               {"guest_us", us(t_id - start)},
-                               {"identity_us", us(t_net - t_id)},
-                               {"network_us", us(t_done - t_net)},
-                               {"network", !sb->slot_ ? "none"
-                                           : as_baked ? "as_baked"
-                                                      : "op"}});
+  LogInfo(pooled ? "sandbox.restored_for_pool" : "sandbox.restored",
+          {{"sandbox", id},
+           {"from", snap.kind + ":" + snap.name},
+           {"vmm_pid", sb->vmm_->pid()},
+           {"ready_us", us(t_done - start)},
+           {"guest_us", us(t_id - start)},
+           {"identity_us", us(t_net - t_id)},
+           {"network_us", us(t_done - t_net)},
+           {"network", !sb->slot_ ? "none"
+                       : as_baked ? "as_baked"
+                                  : "op"}});
   return sb;
+}
+
+Status Sandbox::WarmUp() {
+  channel::ExecRequest req;
+  req.argv = {"true"};
+  req.timeout_ms = 30000;
+  auto r = guest_->Run(req, Clock::now() + std::chrono::seconds(35));
+  if (!r.ok()) return r.status().Annotate("warming up pooled sandbox " + id_);
+  return Status::Ok();
+}
+
+Status Sandbox::Claim(const GuestIdentity& identity, const net::EgressPolicy& egress) {
+  auto start = Clock::now();
+  std::lock_guard lock(mu_);
+  if (killed_ || !vmm_ || !guest_ || !guest_->alive() ||
+      vmm_->WaitForExit(std::chrono::milliseconds(0)).ok()) {
+    return Unavailable("pooled sandbox " + id_ + " is gone");
+  }
+  if (slot_ && !(slot_->policy() == egress)) {
+    MOAT_RETURN_IF_ERROR(slot_->ApplyPolicy(egress).Annotate("egress policy of sandbox " + id_));
+  }
+  MOAT_RETURN_IF_ERROR(SendIdentity(identity));
+  identity_ = identity;
+  pooled_ = false;
+  from_warm_pool_ = true;
+  created_unix_ms_ = static_cast<int64_t>(::time(nullptr)) * 1000;
+  MOAT_RETURN_IF_ERROR(WriteState(/*ready=*/true));
+  boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  LogInfo(
+      "sandbox.claimed",
+      {{"sandbox", id_},
+       {"ready_us",
+        static_cast<long>(
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count())}});
+  return Status::Ok();
 }
 
 Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool keep_running) {

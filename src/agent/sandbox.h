@@ -72,10 +72,21 @@ class Sandbox {
   // memory from a full snapshot; the disk is a copy of the snapshot's overlay over its base.
   // Then the guest gets its identity (clock, entropy, env, user, workdir) and, with a NIC, its
   // network on a slot of its own with `egress` (absent: the policy the snapshot recorded).
+  // `pooled`: a warm clone for Agent's pool, not a sandbox yet — state.json never says ready
+  // (an agent restarting finds it and cleans it up rather than adopting it) until Claim().
   static Result<std::unique_ptr<Sandbox>> Restore(
       const SandboxEnv& env, const std::string& snapshot_dir, const SnapshotManifest& snapshot,
       const std::string& id, const GuestIdentity& identity,
-      const std::optional<net::EgressPolicy>& egress = std::nullopt);
+      const std::optional<net::EgressPolicy>& egress = std::nullopt, bool pooled = false);
+
+  // A pooled clone: runs `true` once, so that this VMM's TCG has translated the guest's exec
+  // path (fork, exec, the loader) before a user's first command needs it.
+  Status WarmUp();
+  // Makes a pooled clone a sandbox: checks that it still runs, applies `egress` when it is not
+  // what the slot has, gives the guest its identity (clock, fresh entropy, env, user,
+  // workdir), restarts its clock of creation and records it as ready. On failure the caller
+  // kills it.
+  Status Claim(const GuestIdentity& identity, const net::EgressPolicy& egress);
 
   // Takes over a sandbox that an earlier agent left running, as its state.json records it
   // (state.adoptable()): the VMM process — if it still is the one that started at the recorded
@@ -100,6 +111,8 @@ class Sandbox {
   const SandboxPaths& paths() const { return paths_; }
   pid_t vmm_pid() const;
   std::chrono::milliseconds boot_time() const { return boot_time_; }
+  // Was it handed out from the agent's warm pool (Claim) rather than restored for its create?
+  bool from_warm_pool() const { return from_warm_pool_; }
 
   // The guest channel; reconnects first if the connection was lost while the VM still runs.
   // Shared: a caller's in-flight streams stay valid even if the sandbox is killed meanwhile
@@ -155,6 +168,8 @@ class Sandbox {
   uint32_t jail_id_ = 0;
   SnapshotManifest origin_;
   GuestIdentity identity_;
+  bool pooled_ = false;  // a warm clone not claimed yet (state.json: never ready)
+  bool from_warm_pool_ = false;
   std::mutex mu_;
   std::unique_ptr<vmm::VmmDriver> vmm_;
   std::unique_ptr<net::NetworkSlot> slot_;  // released after the VMM has exited

@@ -116,6 +116,10 @@ Status ValidateConfig(MoatdConfig& c) {
       return InvalidArgument("--domain: not a DNS name: \"" + c.domain + "\"");
     }
   }
+  if (c.warm_sandboxes > 16) {
+    return InvalidArgument("--warm-sandboxes: must be 0..16, got " +
+                           std::to_string(c.warm_sandboxes));
+  }
   if (c.network) MOAT_RETURN_IF_ERROR(ValidateNetwork(c));
   return Status::Ok();
 }

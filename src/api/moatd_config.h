@@ -34,6 +34,8 @@ struct MoatdConfig {
   // /etc/resolv.conf.
   std::vector<std::string> dns;
   size_t ready_slots = 4;
+  // Warm clones of the base template kept restored for creates (agent::AgentConfig).
+  size_t warm_sandboxes = 2;
 
   // Filled in by ValidateConfig from `listen`.
   std::string listen_host;

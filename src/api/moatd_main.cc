@@ -62,6 +62,7 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   ac.base.kernel_path = config.guest_dir + "/vmlinux";
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
   ac.accel = accel->accel;
+  ac.warm_sandboxes = config.warm_sandboxes;
   if (config.network) {
     ac.network = config.net;
     ac.ready_slots = config.ready_slots;
@@ -175,6 +176,11 @@ int main(int argc, char** argv) {
   serve->add_option("--dns", config.dns,
                     "resolver(s) sandboxes' DNS goes to (default: /etc/resolv.conf's)");
   serve->add_option("--ready-slots", config.ready_slots, "network slots kept ready")
+      ->capture_default_str();
+  serve
+      ->add_option("--warm-sandboxes", config.warm_sandboxes,
+                   "clones of the base template kept restored and warm, so that a create only "
+                   "hands one out (0: every create restores)")
       ->capture_default_str();
   bool keep_sandboxes = false;
   serve->add_flag("--keep-sandboxes-on-stop", keep_sandboxes,

@@ -1,0 +1,156 @@
+// End to end: the agent's warm pool. Clones of the base template wait restored and warmed up;
+// a create hands one out with the sandbox's own identity (clock, fresh entropy, env, user,
+// workdir) and egress policy, the pool refills, dead clones are replaced, clones are never
+// listed as sandboxes, and nothing is left when the agent goes.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/sandbox_state.h"
+#include "common/fs.h"
+#include "support/agent_config.h"
+#include "support/sandbox_net.h"
+#include "support/test_util.h"
+
+namespace moat::agent {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n != "." && n != "..") out.push_back(n);
+    }
+    ::closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+class WarmPoolE2e : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_EQ(::geteuid(), 0u);
+    auto dir = MakeTempDir("/tmp", "moat-warm.");
+    ASSERT_TRUE(dir.ok());
+    dir_ = new std::string(*dir);
+    ::chmod(dir_->c_str(), 0755);
+    fds_before_ = test_support::OpenFdCount();
+    AgentConfig c = test_support::E2eAgentConfig(*dir_);
+    c.network = test_support::TestNetConfig(*dir_, 227);
+    c.ready_slots = 2;
+    c.warm_sandboxes = 2;
+    auto agent = Agent::Start(c);
+    ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+    agent_ = agent->release();
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+    // The clones still waiting went with the agent.
+    EXPECT_EQ(test_support::CountProcessesMentioning(*dir_), 0);
+    EXPECT_EQ(ListDir(*dir_ + "/sandboxes"), std::vector<std::string>{});
+    EXPECT_EQ(test_support::OpenFdCount(), fds_before_) << "fds leaked";
+    EXPECT_TRUE(RemoveTree(*dir_).ok());
+    delete dir_;
+  }
+  static bool WaitForPool(size_t n, std::chrono::seconds limit = 120s) {
+    auto end = Clock::now() + limit;
+    while (agent_->warm_ready() < n && Clock::now() < end) std::this_thread::sleep_for(50ms);
+    return agent_->warm_ready() >= n;
+  }
+  static std::string Sh(const std::shared_ptr<Sandbox>& sb, const std::string& cmd) {
+    return test_support::GuestSh(sb, cmd);
+  }
+
+  static inline std::string* dir_ = nullptr;
+  static inline Agent* agent_ = nullptr;
+  static inline int fds_before_ = 0;
+};
+
+TEST_F(WarmPoolE2e, ACreateClaimsAWarmCloneWithItsOwnIdentityAndThePoolRefills) {
+  ASSERT_TRUE(WaitForPool(2));
+  EXPECT_TRUE(agent_->List().empty()) << "warm clones are not sandboxes";
+  GuestIdentity who{.env = {{"WARM_TEST", "claimed"}}, .user = "root", .workdir = "/tmp"};
+  auto policy = net::EgressPolicy::FromE2b({{"denyOut", {"203.0.113.0/24"}}}, true);
+  ASSERT_TRUE(policy.ok());
+  auto a = agent_->Create("base", who, *policy);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto b = agent_->Create("base", {});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_TRUE((*a)->from_warm_pool());
+  EXPECT_TRUE((*b)->from_warm_pool());
+  EXPECT_EQ(agent_->List().size(), 2u);
+
+  // The identity of its create, not the pool's.
+  EXPECT_EQ(Sh(*a, "echo $WARM_TEST $(id -un) $(pwd)"), "claimed root /tmp\n");
+  EXPECT_EQ(Sh(*b, "id -un"), "user\n");
+  EXPECT_NE(Sh(*a, "head -c 32 /dev/urandom | od -An -tx1"),
+            Sh(*b, "head -c 32 /dev/urandom | od -An -tx1"));
+  auto g = (*a)->Guest();
+  ASSERT_TRUE(g.ok());
+  auto before = std::chrono::system_clock::now();
+  auto r = (*g)->Run({.argv = {"date", "+%s%N"}}, channel::GuestClient::Clock::now() + 10s);
+  auto after = std::chrono::system_clock::now();
+  ASSERT_TRUE(r.ok());
+  auto guest_ns = std::chrono::nanoseconds(std::stoll(r->stdout_data));
+  auto guest = std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(guest_ns));
+  EXPECT_GT(guest, before - 50ms);
+  EXPECT_LT(guest, after + 50ms);
+  // Its policy, and a state.json an agent restart would adopt.
+  auto egress = (*a)->Egress();
+  ASSERT_TRUE(egress.ok());
+  EXPECT_EQ(*egress, *policy);
+  auto state = ParseSandboxState(*ReadFile((*a)->paths().state));
+  ASSERT_TRUE(state.ok());
+  EXPECT_TRUE(state->ready);
+  EXPECT_EQ(state->identity->env, who.env);
+
+  // Both were claimed: the pool refills to its target.
+  ASSERT_TRUE(WaitForPool(2));
+  EXPECT_EQ(agent_->List().size(), 2u);
+  EXPECT_TRUE(agent_->Kill((*a)->id()).ok());
+  EXPECT_TRUE(agent_->Kill((*b)->id()).ok());
+}
+
+TEST_F(WarmPoolE2e, WaitingClonesAreNeverReadyOnDiskAndDeadOnesAreReplaced) {
+  ASSERT_TRUE(WaitForPool(2));
+  ASSERT_TRUE(agent_->List().empty());
+  // Every directory now is a waiting clone's: none says ready (a restarted agent would clean
+  // them up, not adopt them as sandboxes nobody created).
+  std::vector<std::string> clones = ListDir(*dir_ + "/sandboxes");
+  ASSERT_EQ(clones.size(), 2u);
+  for (const auto& id : clones) {
+    auto state = ParseSandboxState(*ReadFile(*dir_ + "/sandboxes/" + id + "/state.json"));
+    ASSERT_TRUE(state.ok());
+    EXPECT_FALSE(state->ready) << id;
+    // Kill its VMM from outside.
+    ASSERT_GT(state->vmm_pid, 0);
+    ::kill(state->vmm_pid, SIGKILL);
+  }
+  // A create right away still gets a sandbox (a dead clone is dropped, not handed out).
+  auto sb = agent_->Create("base", {});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  EXPECT_EQ(Sh(*sb, "echo ok"), "ok\n");
+  EXPECT_TRUE(agent_->Kill((*sb)->id()).ok());
+  // And the pool is whole again, with new clones.
+  ASSERT_TRUE(WaitForPool(2));
+  for (const auto& id : ListDir(*dir_ + "/sandboxes")) {
+    EXPECT_EQ(std::count(clones.begin(), clones.end(), id), 0) << "a dead clone is still there";
+  }
+}
+
+}  // namespace
+}  // namespace moat::agent
