@@ -313,7 +313,7 @@ void Agent::Recover() {
     for (const auto& build : ListDir(tmpls + "/" + tmpl)) {
       if (build.rfind(".bake-", 0) == 0) {
         std::string dir = tmpls + "/" + tmpl + "/" + build;
-        ReleaseLeftoverVmm(dir, "moat-bake-" + tmpl);
+        ReleaseLeftoverVmm(dir, BakeVmName(tmpl, dir));
         (void)RemoveTree(dir);
         recovery_.removed_partial.push_back(dir);
       }
@@ -502,15 +502,33 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id,
   SnapshotManifest m{.kind = "named", .name = "fork of " + id};
   MOAT_RETURN_IF_ERROR(parent->SaveSnapshot(dir, m, /*keep_running=*/true));
   MOAT_ASSIGN_OR_RETURN(m, ReadManifest(dir));
-  std::vector<std::shared_ptr<Sandbox>> children;
-  for (int i = 0; i < count; ++i) {
-    // Each child on a slot of its own, with the parent's policy (recorded in the snapshot).
-    auto child = Restore(dir, m, NewSandboxId(), parent->identity(), std::nullopt);
-    if (!child.ok()) {
-      for (auto& c : children) (void)Kill(c->id());
-      return child.status().Annotate("fork of " + id);
+  // Children restore concurrently, as many at once as the host has cores: each one is a QEMU
+  // loading the stream and then a guest translating its first code, both CPU-bound. Each child
+  // gets a slot of its own with the parent's policy (recorded in the snapshot).
+  std::vector<std::optional<Result<std::shared_ptr<Sandbox>>>> results(count);
+  std::atomic<int> next{0};
+  auto work = [&] {
+    for (int i; (i = next.fetch_add(1)) < count;) {
+      results[i] = Restore(dir, m, NewSandboxId(), parent->identity(), std::nullopt);
     }
-    children.push_back(*child);
+  };
+  int workers = std::min<int>(count, std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  std::vector<std::shared_ptr<Sandbox>> children;
+  Status failed;
+  for (auto& r : results) {
+    if (r->ok()) {
+      children.push_back(**r);
+    } else if (failed.ok()) {
+      failed = r->status();
+    }
+  }
+  if (!failed.ok()) {
+    for (auto& c : children) (void)Kill(c->id());
+    return failed.Annotate("fork of " + id);
   }
   return children;
 }

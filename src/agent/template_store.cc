@@ -49,6 +49,11 @@ std::string Dir(const std::string& path) {
 
 }  // namespace
 
+std::string BakeVmName(const std::string& template_name, const std::string& bake_dir) {
+  std::string base = bake_dir.substr(bake_dir.rfind('/') + 1);  // ".bake-XXXXXX"
+  return "moat-bake-" + template_name + "-" + base.substr(std::string_view(".bake-").size());
+}
+
 Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
   if (!PathExists(t.kernel_path)) return NotFound("template kernel " + t.kernel_path);
   if (!PathExists(t.rootfs_path)) return NotFound("template rootfs " + t.rootfs_path);
@@ -108,7 +113,7 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   MOAT_RETURN_IF_ERROR(CreateOverlay(base, f.overlay));
 
   vmm::VmSpec spec;
-  spec.name = "moat-bake-" + t.name;
+  spec.name = BakeVmName(t.name, tmp);
   spec.vcpus = t.vcpus;
   spec.memory_mib = t.memory_mib;
   spec.accel = env_.accel;

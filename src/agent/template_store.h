@@ -21,6 +21,11 @@ namespace moat::agent {
 // that file of it is bound into each clone's jail. See docs/jail.md.
 inline constexpr gid_t kTemplateGid = 899999;
 
+// The bake VM's name (and so its cgroup's): unique per bake directory
+// (<templates>/<name>/.bake-XXXXXX), since the cgroup namespace is the host's and two agents
+// (two data dirs) may bake a template of the same name at once.
+std::string BakeVmName(const std::string& template_name, const std::string& bake_dir);
+
 class TemplateStore {
  public:
   TemplateStore(std::string templates_dir, SandboxEnv env)

@@ -1,5 +1,6 @@
 // End to end: what a sandbox owns is released on every path — kill, a VMM that dies under the
 // agent, and a VMM that dies with its agent — and a sandbox whose agent died is re-adopted.
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -229,14 +230,24 @@ TEST_F(SandboxLifecycleTest, ABakeKilledHalfWayIsNeverUsedAndLeavesNothing) {
   std::string tmpls = dir_ + "/templates/base";
   bool baking = WaitUntil(
       [&] { return moat::test_support::CountProcessesMentioning(tmpls + "/.bake-") > 0; }, 20s);
+  // Its VM (and cgroup) is named after the bake directory.
+  std::string bake_vm;
+  if (DIR* d = ::opendir(tmpls.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n.rfind(".bake-", 0) == 0) bake_vm = BakeVmName("base", tmpls + "/" + n);
+    }
+    ::closedir(d);
+  }
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
   ASSERT_TRUE(baking) << "the bake never started";
+  ASSERT_FALSE(bake_vm.empty());
   auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
   ASSERT_TRUE(agent.ok());
   EXPECT_FALSE((*agent)->recovery().removed_partial.empty());
   EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "the bake VMM runs on";
-  EXPECT_FALSE(CgroupExists("moat-bake-base"));
+  EXPECT_FALSE(CgroupExists(bake_vm)) << bake_vm;
   // The next create bakes afresh and works.
   auto sb = (*agent)->Create("base", {});
   ASSERT_TRUE(sb.ok()) << sb.status().ToString();
