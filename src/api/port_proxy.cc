@@ -7,6 +7,8 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include <openssl/crypto.h>
+
 #include <cerrno>
 #include <vector>
 
@@ -137,7 +139,7 @@ Result<UniqueFd> ConnectTcp(const SandboxEndpoint& ep, std::chrono::milliseconds
 std::string UpstreamRequest(const http::Request& req, std::string_view client_ip) {
   HeaderNames drop = {"Connection", "Keep-Alive", "Proxy-Connection",  "TE",
                       "Trailer",    "Upgrade",    "Transfer-Encoding", "Content-Length",
-                      "Expect",     "X-API-Key",  "X-Forwarded-For"};
+                      "Expect",     "X-API-Key",  "X-Forwarded-For",   kTrafficTokenHeader};
   for (auto& t : Tokens(req.Header("Connection"))) drop.insert(std::move(t));
   std::string target = req.path;
   if (!req.raw_query.empty()) target += "?" + req.raw_query;
@@ -204,6 +206,16 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
     bool no_network = s.code() == ErrorCode::kFailedPrecondition;
     return Fail(w, no_network ? "no_network" : "error", Status(s.code(), what + ": " + s.message()),
                 502);
+  }
+  if (const std::string& token = endpoint->traffic_access_token; !token.empty()) {
+    std::string given = req.Header(kTrafficTokenHeader);
+    if (given.size() != token.size() || CRYPTO_memcmp(given.data(), token.data(), token.size())) {
+      return Fail(w, "forbidden",
+                  Status(ErrorCode::kPermissionDenied,
+                         what + " is not public: send the sandbox's trafficAccessToken in the " +
+                             kTrafficTokenHeader + " header"),
+                  403);
+    }
   }
   {
     std::lock_guard lock(mu_);

@@ -6,8 +6,10 @@
 // The client connection serves this one exchange, because a second request on it could name
 // another sandbox or carry an API key: the upstream gets `Connection: close` (for an upgrade,
 // `Connection: Upgrade`), the client gets `Connection: close` on the final response head, and
-// nothing the client sends after a plain request is forwarded. Public traffic in E2B's terms:
-// no API key, no access token.
+// nothing the client sends after a plain request is forwarded. Public traffic in E2B's terms —
+// no API key, no envd access token — unless the sandbox was created with
+// `network.allowPublicTraffic: false`: then the request must carry the sandbox's
+// trafficAccessToken (kTrafficTokenHeader), which is not passed on to the sandbox.
 #pragma once
 
 #include <chrono>
@@ -29,7 +31,12 @@ namespace moat::api {
 struct SandboxEndpoint {
   std::string ipv4;  // dotted quad
   uint16_t port = 0;
+  // Non-empty: the sandbox's ports are not public; a request must carry this value in
+  // kTrafficTokenHeader (403 otherwise), and the header is not passed on.
+  std::string traffic_access_token;
 };
+
+inline constexpr char kTrafficTokenHeader[] = "e2b-traffic-access-token";
 
 // Resolves (sandbox id, port inside the sandbox). Errors: not_found when the sandbox is unknown
 // or not running (404); failed_precondition when it has no network (502); anything else is a

@@ -65,6 +65,11 @@ Result<CreateSandboxAction> ParseCreateSandbox(std::string_view text, int64_t de
   const json* network = codec::Field(body, "network");
   MOAT_ASSIGN_OR_RETURN(a.egress,
                         net::EgressPolicy::FromE2b(network ? *network : json(nullptr), internet));
+  if (network != nullptr && network->is_object() && network->contains("allowPublicTraffic")) {
+    const json& v = (*network)["allowPublicTraffic"];
+    if (!v.is_boolean()) return InvalidArgument("\"network.allowPublicTraffic\" must be a boolean");
+    a.allow_public_traffic = v.get<bool>();
+  }
   for (const auto& [k, v] : a.env_vars) {
     if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
       return InvalidArgument("\"envVars\": bad variable name \"" + k + "\"");

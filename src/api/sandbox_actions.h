@@ -25,6 +25,9 @@ struct CreateSandboxAction {
   bool auto_pause = false;
   // `allow_internet_access` and the `network` object.
   net::EgressPolicy egress;
+  // `network.allowPublicTraffic` (default true): false guards the sandbox's ports with a
+  // traffic access token.
+  bool allow_public_traffic = true;
 };
 
 // POST /v2/sandboxes and POST /sandboxes (`default_timeout_s`: 300 and 15).

@@ -83,6 +83,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   r.team_id = team.id;
   r.template_id = template_id;
   r.access_token = RandomToken("", 24);
+  if (!a.allow_public_traffic) r.traffic_access_token = RandomToken("", 24);
   r.metadata = a.metadata;
   r.env_vars = a.env_vars;
   r.started_at_ms = UnixMillisNow();
@@ -203,7 +204,7 @@ Status SandboxController::UpdateNetwork(const std::string& team_id, const std::s
 Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, uint16_t port) {
   MOAT_ASSIGN_OR_RETURN(Running running, FindRunning(id));
   MOAT_ASSIGN_OR_RETURN(net::Ipv4Address address, running.sandbox->NetworkAddress());
-  return SandboxEndpoint{address.ToString(), port};
+  return SandboxEndpoint{address.ToString(), port, running.record.traffic_access_token};
 }
 
 Status SandboxController::SetTimeout(const std::string& team_id, const std::string& id,
@@ -274,6 +275,8 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
     store::SandboxRecord r = parent;
     r.id = child->id();
     r.access_token = RandomToken("", 24);
+    // A child's ports are as private as its parent's, behind a token of its own.
+    if (!r.traffic_access_token.empty()) r.traffic_access_token = RandomToken("", 24);
     r.started_at_ms = UnixMillisNow();
     r.end_at_ms = r.started_at_ms + timeout_s * 1000;
     r.state = "running";

@@ -122,6 +122,15 @@ Result<EgressPolicy> EgressPolicy::FromE2b(const nlohmann::json& network,
   p.allow_internet_access = allow_internet_access.value_or(true);
   if (network.is_null()) return p;
   if (!network.is_object()) return InvalidArgument("network must be an object");
+  // Options that would change where traffic goes or what it carries are refused rather than
+  // ignored: a sandbox must never run with less control than its creator asked for.
+  for (const char* unsupported : {"egressProxy", "rules"}) {
+    auto it = network.find(unsupported);
+    if (it != network.end() && !it->is_null() && !(it->is_object() && it->empty()) &&
+        !(it->is_array() && it->empty())) {
+      return InvalidArgument(std::string("network.") + unsupported + " is not supported by moat");
+    }
+  }
   MOAT_ASSIGN_OR_RETURN(p.allow_out, ParseList(network, "allowOut", &p.allow_domains));
   MOAT_ASSIGN_OR_RETURN(p.deny_out, ParseList(network, "denyOut", nullptr));
   return p;

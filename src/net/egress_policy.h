@@ -31,8 +31,9 @@ struct EgressPolicy {
   std::vector<std::string> allow_domains;
 
   // From the create or update body: `allow_internet_access` (absent: true) and the `network`
-  // object (absent or null: no lists). Unknown keys of `network` that change nothing here
-  // (allowPublicTraffic, maskRequestHost, ...) are ignored.
+  // object (absent or null: no lists). `egressProxy` and `rules` (proxying and header
+  // rewriting moat does not do) are refused when set; keys that change nothing here
+  // (allowPublicTraffic, read by the API; maskRequestHost, httpsPorts) are ignored.
   static Result<EgressPolicy> FromE2b(const nlohmann::json& network,
                                       std::optional<bool> allow_internet_access);
   // Does the guest reach anything beyond the always-allowed? (DNS is forwarded only then.)

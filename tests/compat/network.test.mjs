@@ -224,4 +224,26 @@ describe('sandbox networking through moatd', { concurrency: false }, () => {
     // Still alive and serving after the refusals.
     assert.equal((await sbx.commands.run('echo alive')).stdout.trim(), 'alive')
   })
+
+  test('allowPublicTraffic: false guards the ports with the trafficAccessToken', async () => {
+    const sbx = await create({ network: { allowPublicTraffic: false } })
+    assert.ok(sbx.trafficAccessToken, 'create returns a trafficAccessToken')
+    await serve(sbx, 8000, 'private-page')
+    const host = { Host: sbx.getHost(8000) }
+    const ok = await fetchUntil(
+      { ...host, 'e2b-traffic-access-token': sbx.trafficAccessToken },
+      'private-page',
+    )
+    assert.equal(ok.status, 200)
+    const none = await get(host)
+    assert.equal(none.status, 403)
+    assert.match(none.body, /e2b-traffic-access-token/)
+    const wrong = await get({ ...host, 'e2b-traffic-access-token': 'x' + sbx.trafficAccessToken })
+    assert.equal(wrong.status, 403)
+    const info = await sbx.getInfo()
+    assert.equal(info.network?.allowPublicTraffic, false)
+    // A public sandbox has no token, and its ports need none.
+    const open = await create()
+    assert.equal(open.trafficAccessToken, undefined)
+  })
 })

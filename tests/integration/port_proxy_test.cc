@@ -43,6 +43,9 @@ using test_support::WebSocketMessage;
 
 constexpr const char* kSandbox = "proxysbx000000000001";
 constexpr const char* kNoNetSandbox = "proxynonet0000000001";
+// Created with allowPublicTraffic: false: its ports need this token.
+constexpr const char* kPrivateSandbox = "proxyprivate00000001";
+constexpr const char* kTrafficToken = "traffic-token-0123456789";
 constexpr uint16_t kHttpPort = 8080;  // the sandbox ports the resolver knows
 constexpr uint16_t kWsPort = 9000;
 constexpr uint16_t kRefusedPort = 7000;
@@ -101,6 +104,7 @@ class PortProxyTest : public ::testing::Test {
 
   Result<SandboxEndpoint> Resolve(const std::string& id, uint16_t port) {
     if (id == kNoNetSandbox) return FailedPrecondition("sandbox " + id + " has no network");
+    if (id == kPrivateSandbox) return SandboxEndpoint{"127.0.0.1", http_.port(), kTrafficToken};
     if (id != kSandbox) return NotFound("no sandbox " + id);
     switch (port) {
       case kHttpPort: return SandboxEndpoint{"127.0.0.1", http_.port()};
@@ -253,6 +257,26 @@ TEST_F(PortProxyTest, HttpByHostNameReachesTheSandboxPortWithForwardedHeaders) {
   EXPECT_EQ(h["x-forwarded-proto"], "http");
   EXPECT_EQ(h["connection"], "close");
   EXPECT_FALSE(h.contains("x-api-key")) << "the API key never goes into a sandbox";
+}
+
+TEST_F(PortProxyTest, APrivateSandboxsPortsNeedItsTrafficTokenWhichIsNotPassedOn) {
+  const std::string host = HostOf(kHttpPort, kPrivateSandbox);
+  Reply none = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+  EXPECT_EQ(none.status, 403);
+  EXPECT_NE(none.body.find("e2b-traffic-access-token"), std::string::npos) << none.body;
+  Reply wrong = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host +
+                                    "\r\ne2b-traffic-access-token: traffic-token-0123456788\r\n\r\n");
+  EXPECT_EQ(wrong.status, 403);
+  Reply right = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host +
+                                    "\r\nE2B-Traffic-Access-Token: " + kTrafficToken + "\r\n\r\n");
+  ASSERT_EQ(right.status, 200) << right.body;
+  json j = json::parse(right.body);
+  EXPECT_FALSE(j["headers"].contains("e2b-traffic-access-token")) << "the token stays with moatd";
+  // A public sandbox ignores the header (and does not pass it on either).
+  Reply open = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + HostOf(kHttpPort) +
+                                   "\r\ne2b-traffic-access-token: x\r\n\r\n");
+  ASSERT_EQ(open.status, 200);
+  EXPECT_FALSE(json::parse(open.body)["headers"].contains("e2b-traffic-access-token"));
 }
 
 TEST_F(PortProxyTest, HttpBySandboxHeadersCarriesAChunkedBody) {

@@ -25,6 +25,8 @@ json SandboxJson(const ControlContext& ctx, const SandboxRecord& r) {
           {"clientID", "moat"},
           {"envdVersion", ctx.envd_version},
           {"envdAccessToken", r.access_token},
+          {"trafficAccessToken",
+           r.traffic_access_token.empty() ? json(nullptr) : json(r.traffic_access_token)},
           {"domain", ctx.domain.empty() ? json(nullptr) : json(ctx.domain)}};
 }
 
@@ -45,6 +47,9 @@ json ListedJson(const ControlContext& ctx, const SandboxRecord& r) {
 json DetailJson(const ControlContext& ctx, const SandboxRecord& r) {
   json j = ListedJson(ctx, r);
   j["envdAccessToken"] = r.access_token;
+  j["trafficAccessToken"] =
+      r.traffic_access_token.empty() ? json(nullptr) : json(r.traffic_access_token);
+  j["network"] = {{"allowPublicTraffic", r.traffic_access_token.empty()}};
   j["domain"] = ctx.domain.empty() ? json(nullptr) : json(ctx.domain);
   j["lifecycle"] = {{"onTimeout", r.auto_pause ? "pause" : "kill"}, {"autoResume", false}};
   return j;

@@ -63,6 +63,10 @@ CREATE TABLE snapshots (
 );
 CREATE INDEX snapshots_by_team ON snapshots(team_id, created_at_ms, id);
 )sql",
+    // 3: the token that guards a sandbox's ports when they are not public.
+    R"sql(
+ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 int64_t NowMs() {
@@ -156,7 +160,7 @@ class Transaction {
 
 constexpr const char* kSandboxColumns =
     "id, team_id, template_id, access_token, env_vars, state, started_at_ms, end_at_ms, "
-    "auto_pause, cpu_count, memory_mb, disk_size_mb";
+    "auto_pause, cpu_count, memory_mb, disk_size_mb, traffic_access_token";
 
 SandboxRecord ReadSandbox(Statement& s) {
   SandboxRecord r;
@@ -177,6 +181,7 @@ SandboxRecord ReadSandbox(Statement& s) {
   r.cpu_count = static_cast<uint32_t>(s.Int(9));
   r.memory_mb = static_cast<uint32_t>(s.Int(10));
   r.disk_size_mb = static_cast<uint32_t>(s.Int(11));
+  r.traffic_access_token = s.Text(12);
   return r;
 }
 
@@ -434,7 +439,7 @@ Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
   Transaction tx(db_);
   {
     Statement s(db_, std::string("INSERT INTO sandboxes (") + kSandboxColumns +
-                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     MOAT_RETURN_IF_ERROR(s.status());
     MOAT_RETURN_IF_ERROR(s.Bind(1, r.id)
                              .Bind(2, r.team_id)
@@ -448,6 +453,7 @@ Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
                              .Bind(10, int64_t{r.cpu_count})
                              .Bind(11, int64_t{r.memory_mb})
                              .Bind(12, int64_t{r.disk_size_mb})
+                             .Bind(13, r.traffic_access_token)
                              .Run());
   }
   for (const auto& [k, v] : r.metadata) {

@@ -35,6 +35,10 @@ struct SandboxRecord {
   std::string team_id;
   std::string template_id;
   std::string access_token;  // envd's X-Access-Token
+  // E2B's trafficAccessToken: set when the sandbox was created with
+  // `network.allowPublicTraffic: false`; moatd's port proxy then requires it as the
+  // `e2b-traffic-access-token` header. Empty: its ports are public (E2B's default).
+  std::string traffic_access_token;
   std::map<std::string, std::string> metadata;
   std::map<std::string, std::string> env_vars;
   std::string state = "running";  // "running" | "paused"

@@ -89,6 +89,14 @@ TEST(ControlRequests, CreateBodyDefaultsAndErrorsNameTheProblem) {
   EXPECT_NE(ParseCreateSandbox(R"({"metadata":{"k":1}})", 300).status().message().find("metadata"),
             std::string::npos);
   EXPECT_FALSE(ParseCreateSandbox("[]", 300).ok());
+  EXPECT_TRUE(ParseCreateSandbox("{}", 300)->allow_public_traffic);
+  EXPECT_FALSE(
+      ParseCreateSandbox(R"({"network":{"allowPublicTraffic":false}})", 300)->allow_public_traffic);
+  EXPECT_NE(ParseCreateSandbox(R"({"network":{"allowPublicTraffic":"no"}})", 300)
+                .status()
+                .message()
+                .find("allowPublicTraffic"),
+            std::string::npos);
   EXPECT_FALSE(ParseSeconds("{}", "timeout", std::nullopt).ok()) << "required";
   EXPECT_EQ(*ParseSeconds("{}", "duration", 60), 60);
 }

@@ -42,32 +42,43 @@ class SqliteStoreTest : public ::testing::Test {
 };
 
 TEST_F(SqliteStoreTest, MigratesAFreshFileAndReopensIt) {
-  EXPECT_EQ(store_->schema_version(), 2);
+  EXPECT_EQ(store_->schema_version(), 3);
   store_.reset();
   auto again = SqliteStore::Open(dir_ + "/moat.db");
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->schema_version(), 2);
+  EXPECT_EQ((*again)->schema_version(), 3);
 }
 
 TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin) {
-  // The teams table as schema 1 had it, with the one team the first start created.
+  // The teams and sandboxes tables as schema 1 had them, with the one team the first start
+  // created and one of its sandboxes.
   std::string path = dir_ + "/v1.db";
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db,
                          "CREATE TABLE teams (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
                          "created_at_ms INTEGER NOT NULL); INSERT INTO teams VALUES ('t1', "
-                         "'admin', 5); PRAGMA user_version = 1;",
+                         "'admin', 5); CREATE TABLE sandboxes (id TEXT PRIMARY KEY, team_id TEXT "
+                         "NOT NULL, template_id TEXT NOT NULL, access_token TEXT NOT NULL, "
+                         "env_vars TEXT NOT NULL, state TEXT NOT NULL, started_at_ms INTEGER NOT "
+                         "NULL, end_at_ms INTEGER NOT NULL, auto_pause INTEGER NOT NULL, "
+                         "cpu_count INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_size_mb "
+                         "INTEGER NOT NULL); INSERT INTO sandboxes VALUES ('s1', 't1', 'base', "
+                         "'tok', '{}', 'running', 1, 2, 0, 1, 256, 2048); PRAGMA user_version = 1;",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
   sqlite3_close(db);
   auto upgraded = SqliteStore::Open(path);
   ASSERT_TRUE(upgraded.ok()) << upgraded.status().ToString();
-  EXPECT_EQ((*upgraded)->schema_version(), 2);
+  EXPECT_EQ((*upgraded)->schema_version(), 3);
   auto team = (*upgraded)->GetTeam("t1");
   ASSERT_TRUE(team.ok() && team->has_value());
   EXPECT_TRUE((*team)->admin);
   EXPECT_TRUE((*upgraded)->AllSnapshots()->empty());
+  // Sandboxes from before traffic tokens have public ports.
+  auto sb = (*upgraded)->GetSandbox("s1");
+  ASSERT_TRUE(sb.ok() && sb->has_value()) << sb.status().ToString();
+  EXPECT_EQ((*sb)->traffic_access_token, "");
 }
 
 TEST_F(SqliteStoreTest, FindsTeamsByKeyHashUntilRevoked) {
@@ -204,6 +215,11 @@ TEST_F(SqliteStoreTest, KeepsSandboxesWithMetadataAndEnvVars) {
   EXPECT_EQ((*got)->metadata, (std::map<std::string, std::string>{{"k", "v"}}));
   EXPECT_EQ((*got)->env_vars.at("A"), "1");
   EXPECT_EQ((*got)->access_token, "tok-s1");
+  EXPECT_EQ((*got)->traffic_access_token, "");
+  auto with_token = Sandbox("s2", team.id, 1001, {});
+  with_token.traffic_access_token = "traffic-s2";
+  ASSERT_TRUE(store_->InsertSandbox(with_token).ok());
+  EXPECT_EQ((*store_->GetSandbox("s2"))->traffic_access_token, "traffic-s2");
   ASSERT_TRUE(store_->SetSandboxEndAt("s1", 42).ok());
   EXPECT_EQ((*store_->GetSandbox("s1"))->end_at_ms, 42);
   EXPECT_EQ(store_->SetSandboxEndAt("nope", 1).code(), ErrorCode::kNotFound);

@@ -71,6 +71,14 @@ TEST(EgressPolicy, RefusesBadDomainsDomainsInDenyOutBadEntriesAndHugeLists) {
     EXPECT_FALSE(p.ok()) << bad;
   }
   EXPECT_FALSE(EgressPolicy::FromE2b({{"allowOut", {std::string(64, 'a') + ".com"}}}, true).ok());
+  auto proxy = EgressPolicy::FromE2b({{"egressProxy", {{"address", "10.0.0.1:3128"}}}}, true);
+  ASSERT_FALSE(proxy.ok());
+  EXPECT_NE(proxy.status().message().find("egressProxy"), std::string::npos);
+  EXPECT_FALSE(EgressPolicy::FromE2b({{"rules", {{"a.com", json::array({1})}}}}, true).ok());
+  EXPECT_TRUE(EgressPolicy::FromE2b({{"rules", json::object()}, {"egressProxy", nullptr},
+                                     {"maskRequestHost", "x"}, {"httpsPorts", {8443}}},
+                                    true)
+                  .ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {"10.0.0.1/8"}}}, true).ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {"300.0.0.1"}}}, true).ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {7}}}, true).ok());
