@@ -3,11 +3,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <strings.h>
 #include <sys/socket.h>
-
-#include <openssl/crypto.h>
 
 #include <cerrno>
 #include <vector>

@@ -264,8 +264,9 @@ TEST_F(PortProxyTest, APrivateSandboxsPortsNeedItsTrafficTokenWhichIsNotPassedOn
   Reply none = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
   EXPECT_EQ(none.status, 403);
   EXPECT_NE(none.body.find("e2b-traffic-access-token"), std::string::npos) << none.body;
-  Reply wrong = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host +
-                                    "\r\ne2b-traffic-access-token: traffic-token-0123456788\r\n\r\n");
+  Reply wrong =
+      Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host +
+                          "\r\ne2b-traffic-access-token: traffic-token-0123456788\r\n\r\n");
   EXPECT_EQ(wrong.status, 403);
   Reply right = Exchange(port_, "GET / HTTP/1.1\r\nHost: " + host +
                                     "\r\nE2B-Traffic-Access-Token: " + kTrafficToken + "\r\n\r\n");

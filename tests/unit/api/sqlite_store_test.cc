@@ -50,7 +50,7 @@ TEST_F(SqliteStoreTest, MigratesAFreshFileAndReopensIt) {
 }
 
 TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin) {
-  // The teams and sandboxes tables as schema 1 had them, with the one team the first start
+  // Schema 1's tables (teams, sandboxes and their metadata), with the one team the first start
   // created and one of its sandboxes.
   std::string path = dir_ + "/v1.db";
   sqlite3* db = nullptr;
@@ -64,7 +64,9 @@ TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin
                          "NULL, end_at_ms INTEGER NOT NULL, auto_pause INTEGER NOT NULL, "
                          "cpu_count INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_size_mb "
                          "INTEGER NOT NULL); INSERT INTO sandboxes VALUES ('s1', 't1', 'base', "
-                         "'tok', '{}', 'running', 1, 2, 0, 1, 256, 2048); PRAGMA user_version = 1;",
+                         "'tok', '{}', 'running', 1, 2, 0, 1, 256, 2048); CREATE TABLE "
+                         "sandbox_metadata (sandbox_id TEXT NOT NULL, key TEXT NOT NULL, value "
+                         "TEXT NOT NULL, PRIMARY KEY (sandbox_id, key)); PRAGMA user_version = 1;",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
   sqlite3_close(db);

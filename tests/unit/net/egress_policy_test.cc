@@ -75,8 +75,10 @@ TEST(EgressPolicy, RefusesBadDomainsDomainsInDenyOutBadEntriesAndHugeLists) {
   ASSERT_FALSE(proxy.ok());
   EXPECT_NE(proxy.status().message().find("egressProxy"), std::string::npos);
   EXPECT_FALSE(EgressPolicy::FromE2b({{"rules", {{"a.com", json::array({1})}}}}, true).ok());
-  EXPECT_TRUE(EgressPolicy::FromE2b({{"rules", json::object()}, {"egressProxy", nullptr},
-                                     {"maskRequestHost", "x"}, {"httpsPorts", {8443}}},
+  EXPECT_TRUE(EgressPolicy::FromE2b({{"rules", json::object()},
+                                     {"egressProxy", nullptr},
+                                     {"maskRequestHost", "x"},
+                                     {"httpsPorts", {8443}}},
                                     true)
                   .ok());
   EXPECT_FALSE(EgressPolicy::FromE2b({{"denyOut", {"10.0.0.1/8"}}}, true).ok());
