@@ -1,6 +1,5 @@
 #include "agent/agent.h"
 
-#include <dirent.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -278,27 +277,11 @@ void ReleaseLeftoverVmm(const std::string& dir, const std::string& vm_name) {
 
 }  // namespace
 
-namespace {
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  ::closedir(d);
-  return names;
-}
-
-}  // namespace
-
 void Agent::Recover() {
   // Snapshots and bakes are renamed into place when complete; anything else is a leftover of a
   // crash in the middle of writing one.
   std::string snaps = config_.data_dir + "/snapshots";
-  for (const auto& name : ListDir(snaps)) {
+  for (const auto& name : DirNames(snaps)) {
     std::string dir = snaps + "/" + name;
     auto m = ReadManifest(dir);
     if (!m.ok() || name.find('.') != std::string::npos) {
@@ -309,8 +292,8 @@ void Agent::Recover() {
     }
   }
   std::string tmpls = config_.data_dir + "/templates";
-  for (const auto& tmpl : ListDir(tmpls)) {
-    for (const auto& build : ListDir(tmpls + "/" + tmpl)) {
+  for (const auto& tmpl : DirNames(tmpls)) {
+    for (const auto& build : DirNames(tmpls + "/" + tmpl)) {
       if (build.rfind(".bake-", 0) == 0) {
         std::string dir = tmpls + "/" + tmpl + "/" + build;
         ReleaseLeftoverVmm(dir, BakeVmName(tmpl, dir));
@@ -330,7 +313,7 @@ void Agent::Recover() {
     }
   }
   std::string root = env_.sandboxes_dir;
-  for (const auto& name : ListDir(root)) {
+  for (const auto& name : DirNames(root)) {
     std::string dir = root + "/" + name;
     auto adopted = AdoptLeftover(dir, name, slots);
     if (adopted.ok()) {
@@ -486,7 +469,7 @@ bool Agent::IsPaused(const std::string& id) {
 
 std::vector<SnapshotManifest> Agent::ListPaused() {
   std::vector<SnapshotManifest> out;
-  for (const auto& name : ListDir(config_.data_dir + "/snapshots")) {
+  for (const auto& name : DirNames(config_.data_dir + "/snapshots")) {
     auto m = ReadManifest(SnapshotDir(name));
     if (m.ok() && m->kind == "paused") out.push_back(*m);
   }
@@ -545,7 +528,7 @@ Result<SnapshotManifest> Agent::CreateSnapshot(const std::string& id, const std:
 
 std::vector<SnapshotManifest> Agent::ListSnapshots() {
   std::vector<SnapshotManifest> out;
-  for (const auto& name : ListDir(config_.data_dir + "/snapshots")) {
+  for (const auto& name : DirNames(config_.data_dir + "/snapshots")) {
     auto m = ReadManifest(SnapshotDir(name));
     if (m.ok() && m->kind == "named") {
       m->sandbox_id = name;

@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
@@ -19,6 +20,9 @@ Status MakeDirs(const std::string& path, mode_t mode = 0755);
 // symlinks and does not cross into other mounts.
 Status RemoveTree(const std::string& path);
 bool PathExists(const std::string& path);
+// The names in `dir` (without "." and ".."), sorted; empty when it does not exist or cannot be
+// read.
+std::vector<std::string> DirNames(const std::string& dir);
 // A fresh directory under `parent` named prefix + random suffix (mkdtemp).
 Result<std::string> MakeTempDir(const std::string& parent, std::string_view prefix);
 

@@ -1,6 +1,5 @@
 // End to end: what a sandbox owns is released on every path — kill, a VMM that dies under the
 // agent, and a VMM that dies with its agent — and a sandbox whose agent died is re-adopted.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -232,12 +231,8 @@ TEST_F(SandboxLifecycleTest, ABakeKilledHalfWayIsNeverUsedAndLeavesNothing) {
       [&] { return moat::test_support::CountProcessesMentioning(tmpls + "/.bake-") > 0; }, 20s);
   // Its VM (and cgroup) is named after the bake directory.
   std::string bake_vm;
-  if (DIR* d = ::opendir(tmpls.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n.rfind(".bake-", 0) == 0) bake_vm = BakeVmName("base", tmpls + "/" + n);
-    }
-    ::closedir(d);
+  for (const auto& n : DirNames(tmpls)) {
+    if (n.rfind(".bake-", 0) == 0) bake_vm = BakeVmName("base", tmpls + "/" + n);
   }
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);

@@ -2,7 +2,6 @@
 // a create hands one out with the sandbox's own identity (clock, fresh entropy, env, user,
 // workdir) and egress policy, the pool refills, dead clones are replaced, clones are never
 // listed as sandboxes, and nothing is left when the agent goes.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -24,19 +23,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> out;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n != "." && n != "..") out.push_back(n);
-    }
-    ::closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 class WarmPoolE2e : public ::testing::Test {
  protected:
@@ -60,7 +46,7 @@ class WarmPoolE2e : public ::testing::Test {
     agent_ = nullptr;
     // The clones still waiting went with the agent.
     EXPECT_EQ(test_support::CountProcessesMentioning(*dir_), 0);
-    EXPECT_EQ(ListDir(*dir_ + "/sandboxes"), std::vector<std::string>{});
+    EXPECT_EQ(DirNames(*dir_ + "/sandboxes"), std::vector<std::string>{});
     EXPECT_EQ(test_support::OpenFdCount(), fds_before_) << "fds leaked";
     EXPECT_TRUE(RemoveTree(*dir_).ok());
     delete dir_;
@@ -130,7 +116,7 @@ TEST_F(WarmPoolE2e, WaitingClonesAreNeverReadyOnDiskAndDeadOnesAreReplaced) {
   ASSERT_TRUE(agent_->List().empty());
   // Every directory now is a waiting clone's: none says ready (a restarted agent would clean
   // them up, not adopt them as sandboxes nobody created).
-  std::vector<std::string> clones = ListDir(*dir_ + "/sandboxes");
+  std::vector<std::string> clones = DirNames(*dir_ + "/sandboxes");
   ASSERT_EQ(clones.size(), 2u);
   for (const auto& id : clones) {
     auto state = ParseSandboxState(*ReadFile(*dir_ + "/sandboxes/" + id + "/state.json"));
@@ -147,7 +133,7 @@ TEST_F(WarmPoolE2e, WaitingClonesAreNeverReadyOnDiskAndDeadOnesAreReplaced) {
   EXPECT_TRUE(agent_->Kill((*sb)->id()).ok());
   // And the pool is whole again, with new clones.
   ASSERT_TRUE(WaitForPool(2));
-  for (const auto& id : ListDir(*dir_ + "/sandboxes")) {
+  for (const auto& id : DirNames(*dir_ + "/sandboxes")) {
     EXPECT_EQ(std::count(clones.begin(), clones.end(), id), 0) << "a dead clone is still there";
   }
 }

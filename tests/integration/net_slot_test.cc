@@ -2,7 +2,6 @@
 // generated rulesets are accepted by nft, 300 create/release cycles leave nothing, a crashed
 // agent's slots are adopted or released, and the ready pool refills. Each test uses a pool of
 // its own derived from the pid, so concurrent runs on one machine do not meet.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,27 +23,15 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<std::string> DirEntries(const std::string& dir) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return out;
-  while (dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") out.push_back(n);
-  }
-  ::closedir(d);
-  return out;
-}
-
 // Everything of `pool` that could be left behind: namespaces, host links, the host table.
 std::vector<std::string> Leftovers(const Ipv4Cidr& pool) {
   std::vector<std::string> left;
-  for (const auto& n : DirEntries("/run/netns")) {
+  for (const auto& n : DirNames("/run/netns")) {
     if (n.rfind("moat-", 0) != 0) continue;
     auto a = Ipv4Address::Parse(n.substr(5));
     if (a.ok() && pool.Contains(*a)) left.push_back("netns " + n);
   }
-  for (const auto& n : DirEntries("/sys/class/net")) {
+  for (const auto& n : DirNames("/sys/class/net")) {
     if (n.rfind("moat", 0) != 0 || n.size() != 13) continue;
     uint32_t v = static_cast<uint32_t>(std::stoul(n.substr(4, 8), nullptr, 16));
     if (pool.Contains({v})) left.push_back("link " + n);
@@ -225,7 +212,7 @@ TEST_F(NetSlotTest, ThreeHundredCreateReleaseCyclesLeaveNothing) {
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     std::printf("300 slot create+release cycles: %.0f ms (%.1f ms each)\n", ms, ms / 300);
     EXPECT_EQ((*host)->slots_in_use(), 0u);
-    EXPECT_TRUE(DirEntries(config_.state_dir).empty());
+    EXPECT_TRUE(DirNames(config_.state_dir).empty());
   }
   EXPECT_EQ(test_support::OpenFdCount(), fds_before);
 }
@@ -269,7 +256,7 @@ TEST_F(NetSlotTest, SlotsOfACrashedAgentAreAdoptedOrReleased) {
   EXPECT_NE((*fresh)->addresses().index, (*adopted)->addresses().index);
   fresh->reset();
   adopted->reset();
-  EXPECT_TRUE(DirEntries(config_.state_dir).empty());
+  EXPECT_TRUE(DirNames(config_.state_dir).empty());
 }
 
 TEST_F(NetSlotTest, SlotOfSomeoneElseIsSkippedNotTouched) {
