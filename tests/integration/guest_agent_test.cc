@@ -415,6 +415,28 @@ TEST_F(GuestAgentTest, UnknownProcessesAndMissingFilesAreNotFound) {
   EXPECT_EQ(r.status().code(), ErrorCode::kNotFound) << r.status().ToString();
 }
 
+TEST_F(GuestAgentTest, AnExecThatFailsAfterTheForkEndsTheStreamWithoutAStartOrAnExit) {
+  // An executable script whose interpreter does not exist: the program is found, and only the
+  // child's execve fails (ENOENT) after the fork, so the failure arrives on the exec status.
+  std::string bogus = work_ + "/not-a-program";
+  ASSERT_TRUE(WriteFileAtomic(bogus, "#!/no/such/interpreter\n", 0755).ok());
+  auto s = client_->Open({{"op", "exec"}, {"argv", {bogus}}});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  auto first = (*s)->Next(In(10s));
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_EQ(first->kind, StreamEvent::Kind::kEnd)
+      << "before the failure: " << first->message.dump();
+  EXPECT_NE(first->status.message().find("exec " + bogus), std::string::npos)
+      << first->status.ToString();
+  EXPECT_NE(first->status.message().find("No such file"), std::string::npos)
+      << first->status.ToString();
+  // Nothing of it is left, and the guest goes on.
+  auto list = client_->Call({{"op", "processes"}}, In(5s));
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->dump().find("not-a-program"), std::string::npos) << list->dump();
+  EXPECT_EQ(MustRun({.argv = {"echo", "still here"}}).stdout_data, "still here\n");
+}
+
 TEST_F(GuestAgentTest, FieldsOfTheWrongTypeAreInvalidArgumentsNamingTheField) {
   auto r = client_->Call({{"op", "exec"}, {"argv", "ls"}}, In(5s));
   EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument);
