@@ -166,7 +166,11 @@ int Run(const Options& o) {
       paced_hits += hit;
       (void)a->Kill(id);
     }
-    while (a->warm_ready() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    wait_for_clone();
+    for (auto t0 = Clock::now();
+         a->warm_ready() < 2 && Clock::now() - t0 < std::chrono::minutes(1);) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     for (int i = 0; i < o.creates; ++i) {
       bool hit = false;
       burst.push_back(CreateToFirstExec(*a, false, &id, &hit));

@@ -163,16 +163,16 @@ size_t Agent::warm_ready() {
   return warm_.size();
 }
 
-std::shared_ptr<Sandbox> Agent::ClaimWarm(const std::string& template_dir,
-                                          const GuestIdentity& identity,
-                                          const net::EgressPolicy& egress) {
+Result<std::shared_ptr<Sandbox>> Agent::ClaimWarm(const std::string& template_dir,
+                                                  const GuestIdentity& identity,
+                                                  const net::EgressPolicy& egress) {
   while (true) {
     std::unique_ptr<Sandbox> sb;
     {
       std::lock_guard lock(warm_mu_);
       auto it = std::find_if(warm_.begin(), warm_.end(),
                              [&](const WarmClone& w) { return w.template_dir == template_dir; });
-      if (it == warm_.end()) return nullptr;
+      if (it == warm_.end()) return std::shared_ptr<Sandbox>();
       sb = std::move(it->sandbox);
       warm_.erase(it);
     }
@@ -185,6 +185,9 @@ std::shared_ptr<Sandbox> Agent::ClaimWarm(const std::string& template_dir,
     }
     LogWarn("agent.warm_claim_failed", {{"sandbox", sb->id()}, {"error", claimed.ToString()}});
     sb->Kill();
+    // A clone that died is replaced by the next one; anything else (a policy that cannot be
+    // applied, say) would fail on every clone alike: the create fails with it.
+    if (claimed.code() != ErrorCode::kUnavailable) return claimed;
   }
 }
 
@@ -297,6 +300,7 @@ void Agent::Recover() {
       if (build.rfind(".bake-", 0) == 0) {
         std::string dir = tmpls + "/" + tmpl + "/" + build;
         ReleaseLeftoverVmm(dir, BakeVmName(tmpl, dir));
+        RemoveLeftoverCgroup("moat-bake-" + tmpl);  // the name bakes had before BakeVmName
         (void)RemoveTree(dir);
         recovery_.removed_partial.push_back(dir);
       }
@@ -414,7 +418,8 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
     }
   }
   if (template_name == config_.base.name && config_.warm_sandboxes > 0) {
-    if (auto warm = ClaimWarm(dir, identity, egress)) return warm;
+    MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> warm, ClaimWarm(dir, identity, egress));
+    if (warm) return warm;
   }
   MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
   return Restore(dir, m, NewSandboxId(), identity, egress);
@@ -496,7 +501,7 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id,
     }
   };
   int workers = std::min<int>(count, std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> threads;
+  std::vector<std::jthread> threads;  // joined even if starting one of them throws
   for (int w = 1; w < workers; ++w) threads.emplace_back(work);
   work();
   for (auto& t : threads) t.join();

@@ -129,9 +129,11 @@ class Agent {
   void Track(const std::shared_ptr<Sandbox>& sb);
   void MonitorLoop();
   // The warm pool: a clone of the template build in `template_dir`, claimed for a sandbox with
-  // `identity` and `egress`; null when none is ready (the caller restores).
-  std::shared_ptr<Sandbox> ClaimWarm(const std::string& template_dir, const GuestIdentity& identity,
-                                     const net::EgressPolicy& egress);
+  // `identity` and `egress`; null when none is ready (the caller restores). An error that is
+  // not about the clone (the policy cannot be applied) is returned.
+  Result<std::shared_ptr<Sandbox>> ClaimWarm(const std::string& template_dir,
+                                             const GuestIdentity& identity,
+                                             const net::EgressPolicy& egress);
   void WarmLoop();
   void StopWarmPool();
 

@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <list>
+#include <system_error>
 
 #include "common/log.h"
 #include "net/dns_resolver.h"
@@ -126,7 +128,23 @@ int RemainingMs(Clock::time_point deadline) {
   return static_cast<int>(std::max<int64_t>(0, left.count()));
 }
 
-Result<UniqueFd> ConnectTcp(Ipv4Address to, uint16_t port, std::chrono::milliseconds timeout) {
+// Connections of every slot's proxy at once: each holds a thread and two fds of the agent.
+constexpr size_t kMaxConnectionsPerAgent = 1024;
+std::atomic<size_t> g_connections{0};
+
+// Waits for `events` on `fd` until `timeout`; false on timeout, on error, or once `wake`
+// (the proxy's stop eventfd, which stays readable once written) fires.
+bool PollOrWake(int fd, short events, int wake, int timeout_ms) {
+  pollfd p[2] = {{fd, events, 0}, {wake, POLLIN, 0}};
+  int n;
+  do {
+    n = ::poll(p, 2, timeout_ms);
+  } while (n < 0 && errno == EINTR);
+  return n > 0 && p[1].revents == 0 && p[0].revents != 0;
+}
+
+Result<UniqueFd> ConnectTcp(Ipv4Address to, uint16_t port, std::chrono::milliseconds timeout,
+                            int wake) {
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return ErrnoError("socket");
   sockaddr_in sa{};
@@ -136,12 +154,9 @@ Result<UniqueFd> ConnectTcp(Ipv4Address to, uint16_t port, std::chrono::millisec
   std::string where = to.ToString() + ":" + std::to_string(port);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0) {
     if (errno != EINPROGRESS) return ErrnoError("connect(" + where + ")");
-    pollfd p{fd.get(), POLLOUT, 0};
-    int n;
-    do {
-      n = ::poll(&p, 1, static_cast<int>(timeout.count()));
-    } while (n < 0 && errno == EINTR);
-    if (n == 0) return Unavailable("connect(" + where + "): timed out");
+    if (!PollOrWake(fd.get(), POLLOUT, wake, static_cast<int>(timeout.count()))) {
+      return Unavailable("connect(" + where + "): timed out or stopped");
+    }
     int err = 0;
     socklen_t len = sizeof(err);
     ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
@@ -350,18 +365,32 @@ void DomainProxy::AcceptLoop() {
     for (auto& w : finished) w.thread.join();
     if (n <= 0 || (p[0].revents & POLLIN) == 0) continue;
     UniqueFd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!client) continue;
+    if (!client) {
+      // Out of fds: the pending connection stays queued and poll would report it at once.
+      if (errno == EMFILE || errno == ENFILE) ::poll(nullptr, 0, 100);
+      continue;
+    }
     std::lock_guard lock(mu_);
-    if (workers_->list.size() >= options_.max_connections) {
+    if (workers_->list.size() >= options_.max_connections ||
+        g_connections.load() >= kMaxConnectionsPerAgent) {
       LogWarn("net.domain_proxy_full", {{"slot", label_}, {"max", options_.max_connections}});
       continue;  // closes the client
     }
     auto it = workers_->list.emplace(workers_->list.end());
-    it->thread = std::thread([this, it, fd = client.Release()]() mutable {
-      Serve(UniqueFd(fd));
-      std::lock_guard done_lock(mu_);
-      it->done = true;
-    });
+    ++g_connections;
+    try {
+      it->thread = std::thread([this, it, fd = client.get()] {
+        Serve(UniqueFd(fd));
+        --g_connections;
+        std::lock_guard done_lock(mu_);
+        it->done = true;
+      });
+      (void)client.Release();  // the thread owns it now
+    } catch (const std::system_error&) {
+      --g_connections;
+      workers_->list.erase(it);
+      LogWarn("net.domain_proxy_no_thread", {{"slot", label_}});
+    }
   }
 }
 
@@ -389,10 +418,8 @@ void DomainProxy::Serve(UniqueFd client) {
   PeekedHost peek;
   auto deadline = Clock::now() + options_.peek_timeout;
   while (peek.state == PeekedHost::kNeedMore && first.size() < options_.max_peek_bytes) {
-    pollfd p{client.get(), POLLIN, 0};
-    int n = ::poll(&p, 1, RemainingMs(deadline));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // timed out (or failed): the guest said nothing we can judge
+    // Timed out, failed or stopped: the guest said nothing we can judge.
+    if (!PollOrWake(client.get(), POLLIN, wake_.get(), RemainingMs(deadline))) return;
     char buf[4096];
     size_t want = std::min(sizeof(buf), options_.max_peek_bytes - first.size());
     ssize_t got = ::recv(client.get(), buf, want, MSG_DONTWAIT);
@@ -429,7 +456,7 @@ void DomainProxy::Serve(UniqueFd client) {
   if (!resolved.ok()) return refuse(resolved.status().message());
   auto to = ChooseUpstream(dst, *resolved, options_.denied);
   if (!to) return refuse(peek.host + " has no address this sandbox may reach");
-  auto upstream = ConnectTcp(*to, port, options_.connect_timeout);
+  auto upstream = ConnectTcp(*to, port, options_.connect_timeout, wake_.get());
   if (!upstream.ok()) {
     LogInfo("net.domain_proxy_connect_failed",
             {{"slot", label_}, {"host", peek.host}, {"error", upstream.status().ToString()}});

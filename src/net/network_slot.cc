@@ -305,9 +305,16 @@ Result<std::unique_ptr<NetworkSlot>> HostNetwork::AdoptSlot(const SlotRecord& re
   }
   MOAT_RETURN_IF_ERROR(slot->WriteRecord());  // now owned by this agent's pid
   if (!record.policy.allow_domains.empty()) {
-    MOAT_ASSIGN_OR_RETURN(UniqueFd ns, OpenNetns(record.slot.netns));
+    // A proxy that cannot start (no resolver in this agent, say) must not cost the sandbox its
+    // network: without it, connections by name are refused (fail closed) until the policy is
+    // applied again.
+    auto ns = OpenNetns(record.slot.netns);
     std::lock_guard lock(slot->mu_);
-    MOAT_RETURN_IF_ERROR(slot->SyncDomainProxy(record.policy, ns.get()));
+    Status s = ns.ok() ? slot->SyncDomainProxy(record.policy, ns->get()) : ns.status();
+    if (!s.ok()) {
+      LogError("net.domain_proxy_not_adopted",
+               {{"netns", record.slot.netns}, {"error", s.ToString()}});
+    }
   }
   return slot;
 }

@@ -92,7 +92,10 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
          " meta l4proto { tcp, udp } th dport 53 dnat to " + config.dns_servers.front().ToString() +
          "\n";
   }
-  t += "    iifname " + tap + " tcp dport " + DomainPortSet() + " jump domains\n";
+  // Only the guest's own address: a spoofed source must never get a connection (and SYN-ACKs
+  // from the proxy) instead of the egress chain's drop.
+  t += "    iifname " + tap + " ip saddr " + kGuestAddress + " tcp dport " + DomainPortSet() +
+       " jump domains\n";
   // The host (moatd's port proxy) reaches guest ports at the slot address.
   t += "    iifname " + veth + " ip daddr " + slot_addr + " dnat to " + kGuestAddress + "\n  }\n";
 
@@ -102,8 +105,8 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
   t += "  chain input {\n    type filter hook input priority filter; policy accept;\n";
   // ... but the domain proxy, for what prerouting redirected there (a connection made to the
   // gateway's port directly is not DNATed and is rejected).
-  t += "    iifname " + tap + " tcp dport " + std::to_string(kDomainProxyPort) +
-       " ct status dnat accept\n";
+  t += "    iifname " + tap + " ip saddr " + kGuestAddress + " tcp dport " +
+       std::to_string(kDomainProxyPort) + " ct status dnat accept\n";
   t += "    iifname " + tap + " " + kReject + "\n  }\n";
   t += "  chain forward {\n    type filter hook forward priority filter; policy drop;\n";
   t += "    ct state established,related accept\n";
@@ -116,9 +119,12 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
 
 std::string EgressChainUpdate(const SlotAddresses& slot, const NetConfig& config,
                               const EgressPolicy& policy) {
-  return std::string("flush chain ip ") + kSlotTable + " egress\n" + "flush chain ip " +
-         kSlotTable + " domains\n" + EgressRules(slot, config, policy) +
-         DomainRules(config, policy);
+  // `add chain` first: a slot set up before the domains chain existed (adopted after an
+  // upgrade) gets it, so the flush cannot fail; its prerouting has no jump to it, so names are
+  // refused there (fail closed) until the sandbox is restarted.
+  return std::string("flush chain ip ") + kSlotTable + " egress\n" + "add chain ip " + kSlotTable +
+         " domains\nflush chain ip " + kSlotTable + " domains\n" +
+         EgressRules(slot, config, policy) + DomainRules(config, policy);
 }
 
 std::vector<Ipv4Cidr> AlwaysDeniedRanges(const NetConfig& config) {

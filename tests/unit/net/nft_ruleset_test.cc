@@ -111,8 +111,10 @@ TEST(SlotRuleset, DomainsRedirectWhatTheListsWouldRejectOnWebPortsToTheProxy) {
   NetConfig c = Config();
   c.dns_servers = {*Ipv4Address::Parse("192.0.2.53")};
   std::string t = SlotRuleset(Slot5(), c, p);
-  EXPECT_THAT(t, HasSubstr("iifname \"moat-tap\" tcp dport { 80, 443 } jump domains"));
-  EXPECT_THAT(t, HasSubstr("iifname \"moat-tap\" tcp dport 15080 ct status dnat accept"));
+  EXPECT_THAT(t, HasSubstr("iifname \"moat-tap\" ip saddr 169.254.0.21 tcp dport { 80, 443 } "
+                           "jump domains"));
+  EXPECT_THAT(t, HasSubstr("iifname \"moat-tap\" ip saddr 169.254.0.21 tcp dport 15080 ct status "
+                           "dnat accept"));
   auto rules = RulesOf(t, "domains");
   ASSERT_EQ(rules.size(), 4u) << t;
   EXPECT_THAT(rules[0], HasSubstr("169.254.0.0/16"));  // always denied: never redirected
@@ -131,7 +133,10 @@ TEST(SlotRuleset, DomainsRedirectWhatTheListsWouldRejectOnWebPortsToTheProxy) {
 
 TEST(EgressChainUpdate, FlushesAndRefillsOnlyTheEgressChainInOneTransaction) {
   std::string t = EgressChainUpdate(Slot5(), Config(), Policy(false, {"198.51.100.0/24"}, {}));
-  EXPECT_EQ(t.rfind("flush chain ip moat egress\nflush chain ip moat domains\n", 0), 0u);
+  EXPECT_EQ(t.rfind("flush chain ip moat egress\nadd chain ip moat domains\nflush chain ip moat "
+                    "domains\n",
+                    0),
+            0u);
   EXPECT_THAT(t, Not(HasSubstr("table")));
   auto rules = EgressRulesOf(t);
   EXPECT_EQ(rules,
