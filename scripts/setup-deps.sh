@@ -13,6 +13,8 @@ packages=(
   # the compatibility suite and its runner (npm comes with nodejs where nodejs is NodeSource's;
   # on stock Debian add the `npm` package)
   nodejs curl python3
+  # the networking tests' HTTPS server makes its self-signed certificate with it
+  openssl
   # the VMM and disk tools
   qemu-system-x86 qemu-utils e2fsprogs
   # the guest image: kernel source and its build tools, debootstrap
