@@ -4,6 +4,7 @@
 
 #include "api/codec/protojson.h"
 #include "api/codec/query.h"
+#include "cli/output.h"
 
 namespace moat::cli {
 namespace {
@@ -25,6 +26,18 @@ ErrorCode CodeForHttpStatus(int status) {
 }
 
 }  // namespace
+
+int RunControlCall(bool as_json, const ControlCall& call,
+                   const std::function<int(const json&)>& exit_code) {
+  auto config = ApiConfigFromEnv();
+  if (!config.ok()) return ReportError(config.status());
+  ApiClient api(std::move(*config));
+  std::string text;
+  Result<json> r = call(api, &text);
+  if (!r.ok()) return ReportError(r.status());
+  PrintResult(*r, as_json, text);
+  return exit_code ? exit_code(*r) : 0;
+}
 
 Result<ApiConfig> ApiConfigFromEnv() {
   const char* url = std::getenv("MOAT_API_URL");

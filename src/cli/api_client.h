@@ -2,6 +2,7 @@
 // calls with `X-API-Key`, and the headers an envd call needs for one sandbox (E2B-WIRE §1).
 #pragma once
 
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -28,6 +29,16 @@ Result<ApiConfig> ApiConfigFromEnv();
 // The error a non-2xx response stands for: the body's JSON `message` (control API, envd HTTP and
 // Connect unary errors all carry one), else "HTTP <status>"; the code follows the status.
 Status ResponseError(const HttpResponse& response);
+
+class ApiClient;
+
+// One control-API command of the CLI: `call` makes its request(s) with a client configured from
+// the environment and sets `text`, what people see; the response is printed as JSON (--json) or
+// as that text, an error reported. The exit status is 0, or what `exit_code` makes of the
+// printed response.
+using ControlCall = std::function<Result<json>(ApiClient& api, std::string* text)>;
+int RunControlCall(bool as_json, const ControlCall& call,
+                   const std::function<int(const json&)>& exit_code = nullptr);
 
 class ApiClient {
  public:

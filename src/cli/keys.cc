@@ -42,33 +42,26 @@ Runner AddKeys(CLI::App& app) {
   revoke->add_option("id", o->id, "key ID (from keys list)")->required();
 
   return [=] {
-    auto config = ApiConfigFromEnv();
-    if (!config.ok()) return ReportError(config.status());
-    ApiClient api(std::move(*config));
-
-    Result<json> r = json(nullptr);
-    std::string text;
-    if (create->parsed()) {
-      json body = {{"name", o->name}};
-      if (!o->team.empty()) body["team"] = o->team;
-      if (!o->team_id.empty()) body["teamID"] = o->team_id;
-      r = api.Control("POST", "/keys", body);
-      if (r.ok()) {
-        text = FormatFields(*r, {"id", "name", "teamID", "teamName", "createdAt", "key"});
+    return RunControlCall(o->json, [&](ApiClient& api, std::string* text) -> Result<json> {
+      if (create->parsed()) {
+        json body = {{"name", o->name}};
+        if (!o->team.empty()) body["team"] = o->team;
+        if (!o->team_id.empty()) body["teamID"] = o->team_id;
+        MOAT_ASSIGN_OR_RETURN(json r, api.Control("POST", "/keys", body));
+        *text = FormatFields(r, {"id", "name", "teamID", "teamName", "createdAt", "key"});
         if (!o->json) std::fputs("moat: the key is shown only this once: store it now\n", stderr);
+        return r;
       }
-    } else if (list->parsed()) {
-      std::string target = "/keys";
-      if (!o->team_id.empty()) target += "?teamID=" + PercentEncode(o->team_id);
-      r = api.Control("GET", target);
-      if (r.ok()) text = FormatKeyList(*r);
-    } else if (revoke->parsed()) {
-      r = api.Control("DELETE", "/keys/" + PercentEncode(o->id));
-      text = "revoked " + o->id + "\n";
-    }
-    if (!r.ok()) return ReportError(r.status());
-    PrintResult(*r, o->json, text);
-    return 0;
+      if (list->parsed()) {
+        std::string target = "/keys";
+        if (!o->team_id.empty()) target += "?teamID=" + PercentEncode(o->team_id);
+        MOAT_ASSIGN_OR_RETURN(json r, api.Control("GET", target));
+        *text = FormatKeyList(r);
+        return r;
+      }
+      *text = "revoked " + o->id + "\n";
+      return api.Control("DELETE", "/keys/" + PercentEncode(o->id));
+    });
   };
 }
 

@@ -96,50 +96,49 @@ Runner AddSandbox(CLI::App& app) {
   fork->add_option("--count", o->count, "how many forks")->check(CLI::Range(1, 100));
 
   return [=] {
-    auto config = ApiConfigFromEnv();
-    if (!config.ok()) return ReportError(config.status());
-    ApiClient api(std::move(*config));
-
-    // Each branch yields the response to print and how to print it for people.
-    Result<json> r = json(nullptr);
-    std::string text;
-    if (create->parsed()) {
-      r = Create(api, *o);
-      if (r.ok()) text = FormatSandboxFields(*r);
-    } else if (list->parsed()) {
-      r = List(api, *o);
-      if (r.ok()) text = FormatSandboxList(*r);
-    } else if (info->parsed()) {
-      r = api.Control("GET", SandboxPath(o->id));
-      if (r.ok()) text = FormatSandboxFields(*r);
-    } else if (kill->parsed()) {
-      r = api.Control("DELETE", SandboxPath(o->id));
-      text = "killed " + o->id + "\n";
-    } else if (timeout->parsed()) {
-      r = api.Control("POST", SandboxPath(o->id, "/timeout"), {{"timeout", o->timeout}});
-      text = o->id + " now ends in " + std::to_string(o->timeout) + "s\n";
-    } else if (pause->parsed()) {
-      r = api.Control("POST", SandboxPath(o->id, "/pause"), json::object());
-      text = "paused " + o->id + "\n";
-    } else if (resume->parsed()) {
-      json body = json::object();
-      if (o->timeout > 0) body["timeout"] = o->timeout;
-      r = api.Control("POST", SandboxPath(o->id, "/resume"), body);
-      if (r.ok()) text = FormatSandboxFields(*r);
-    } else if (fork->parsed()) {
-      r = api.Control("POST", SandboxPath(o->id, "/fork"), {{"count", o->count}});
-      if (r.ok()) text = FormatForks(*r);
-    }
-    if (!r.ok()) return ReportError(r.status());
-
-    PrintResult(*r, o->json, text);
     // A fork that failed is reported in its row; the command as a whole then fails too.
-    if (fork->parsed() && r->is_array()) {
-      for (const auto& f : *r) {
+    auto exit_code = [fork](const json& r) {
+      if (!fork->parsed() || !r.is_array()) return 0;
+      for (const auto& f : r) {
         if (f.is_object() && f.contains("error")) return 1;
       }
-    }
-    return 0;
+      return 0;
+    };
+    return RunControlCall(
+        o->json,
+        [&](ApiClient& api, std::string* text) -> Result<json> {
+          // Each branch yields the response to print and how to print it for people.
+          Result<json> r = json(nullptr);
+          if (create->parsed()) {
+            r = Create(api, *o);
+            if (r.ok()) *text = FormatSandboxFields(*r);
+          } else if (list->parsed()) {
+            r = List(api, *o);
+            if (r.ok()) *text = FormatSandboxList(*r);
+          } else if (info->parsed()) {
+            r = api.Control("GET", SandboxPath(o->id));
+            if (r.ok()) *text = FormatSandboxFields(*r);
+          } else if (kill->parsed()) {
+            r = api.Control("DELETE", SandboxPath(o->id));
+            *text = "killed " + o->id + "\n";
+          } else if (timeout->parsed()) {
+            r = api.Control("POST", SandboxPath(o->id, "/timeout"), {{"timeout", o->timeout}});
+            *text = o->id + " now ends in " + std::to_string(o->timeout) + "s\n";
+          } else if (pause->parsed()) {
+            r = api.Control("POST", SandboxPath(o->id, "/pause"), json::object());
+            *text = "paused " + o->id + "\n";
+          } else if (resume->parsed()) {
+            json body = json::object();
+            if (o->timeout > 0) body["timeout"] = o->timeout;
+            r = api.Control("POST", SandboxPath(o->id, "/resume"), body);
+            if (r.ok()) *text = FormatSandboxFields(*r);
+          } else if (fork->parsed()) {
+            r = api.Control("POST", SandboxPath(o->id, "/fork"), {{"count", o->count}});
+            if (r.ok()) *text = FormatForks(*r);
+          }
+          return r;
+        },
+        exit_code);
   };
 }
 

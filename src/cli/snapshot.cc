@@ -45,27 +45,23 @@ Runner AddSnapshot(CLI::App& app) {
   remove->add_option("id", o->id, "snapshot ID")->required();
 
   return [=] {
-    auto config = ApiConfigFromEnv();
-    if (!config.ok()) return ReportError(config.status());
-    ApiClient api(std::move(*config));
-
-    Result<json> r = json(nullptr);
-    std::string text;
-    if (create->parsed()) {
-      json body = json::object();
-      if (!o->name.empty()) body["name"] = o->name;
-      r = api.Control("POST", "/sandboxes/" + PercentEncode(o->id) + "/snapshots", body);
-      if (r.ok()) text = FormatFields(*r, {"snapshotID", "names", "sandboxID", "createdAt"});
-    } else if (list->parsed()) {
-      r = List(api, *o);
-      if (r.ok()) text = FormatSnapshotList(*r);
-    } else if (remove->parsed()) {
-      r = api.Control("DELETE", "/templates/" + PercentEncode(o->id));
-      text = "deleted " + o->id + "\n";
-    }
-    if (!r.ok()) return ReportError(r.status());
-    PrintResult(*r, o->json, text);
-    return 0;
+    return RunControlCall(o->json, [&](ApiClient& api, std::string* text) -> Result<json> {
+      if (create->parsed()) {
+        json body = json::object();
+        if (!o->name.empty()) body["name"] = o->name;
+        MOAT_ASSIGN_OR_RETURN(
+            json r, api.Control("POST", "/sandboxes/" + PercentEncode(o->id) + "/snapshots", body));
+        *text = FormatFields(r, {"snapshotID", "names", "sandboxID", "createdAt"});
+        return r;
+      }
+      if (list->parsed()) {
+        MOAT_ASSIGN_OR_RETURN(json r, List(api, *o));
+        *text = FormatSnapshotList(r);
+        return r;
+      }
+      *text = "deleted " + o->id + "\n";
+      return api.Control("DELETE", "/templates/" + PercentEncode(o->id));
+    });
   };
 }
 

@@ -61,14 +61,6 @@ class Reader {
   bool ok_ = true;
 };
 
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
 // A host name as it may appear in SNI or Host: letters, digits, '-', '_', '.'.
 bool PlausibleHost(std::string_view h) {
   return !h.empty() && h.size() <= 253 && std::all_of(h.begin(), h.end(), [](char c) {
@@ -100,7 +92,7 @@ PeekedHost ParseClientHello(std::string_view body) {
       uint32_t name_type = list.Read(1);
       std::string_view name = list.Take(list.Read(2));
       if (list.ok() && name_type == 0 && PlausibleHost(name)) {
-        return {PeekedHost::kFound, Lower(name), false};
+        return {PeekedHost::kFound, LowerAscii(name), false};
       }
     }
     return None();
@@ -220,14 +212,14 @@ PeekedHost PeekHttpHost(std::string_view bytes) {
     if (!h.empty() && h.back() == '\r') h.remove_suffix(1);
     if (h.empty()) return None(true);  // end of the head: no Host
     size_t colon = h.find(':');
-    if (colon != std::string_view::npos && Lower(h.substr(0, colon)) == "host") {
+    if (colon != std::string_view::npos && LowerAscii(h.substr(0, colon)) == "host") {
       std::string_view v = h.substr(colon + 1);
       while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
       while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
       size_t port = v.rfind(':');
       if (port != std::string_view::npos) v = v.substr(0, port);
       if (!PlausibleHost(v)) return None(true);
-      return {PeekedHost::kFound, Lower(v), true};
+      return {PeekedHost::kFound, LowerAscii(v), true};
     }
     start = end + 1;
   }

@@ -50,14 +50,6 @@ bool IsLabelChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
 
-std::string Lower(std::string_view text) {
-  std::string s(text);
-  for (char& c : s) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return s;
-}
-
 }  // namespace
 
 std::vector<Ipv4Cidr> NormalizeCidrs(std::vector<Ipv4Cidr> cidrs) {
@@ -75,8 +67,16 @@ std::vector<Ipv4Cidr> NormalizeCidrs(std::vector<Ipv4Cidr> cidrs) {
   return out;
 }
 
+std::string LowerAscii(std::string_view text) {
+  std::string s(text);
+  for (char& c : s) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return s;
+}
+
 Result<std::string> NormalizeDomain(std::string_view text) {
-  std::string d = Lower(text);
+  std::string d = LowerAscii(text);
   if (!d.empty() && d.back() == '.') d.pop_back();
   const std::string quoted = "\"" + std::string(text.substr(0, 128)) + "\"";
   if (d.empty() || d.size() > 253)
@@ -101,7 +101,7 @@ Result<std::string> NormalizeDomain(std::string_view text) {
 }
 
 bool EgressPolicy::AllowsDomain(std::string_view host) const {
-  std::string h = Lower(host);
+  std::string h = LowerAscii(host);
   if (!h.empty() && h.back() == '.') h.pop_back();
   if (h.empty()) return false;
   for (const std::string& d : allow_domains) {

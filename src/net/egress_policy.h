@@ -52,6 +52,9 @@ struct EgressPolicy {
 // overlapping intervals in one set.
 std::vector<Ipv4Cidr> NormalizeCidrs(std::vector<Ipv4Cidr> cidrs);
 
+// `text` with A-Z as a-z (host names and header names compare case-insensitively).
+std::string LowerAscii(std::string_view text);
+
 // `text` as an allow_domains entry: lower-cased, trailing dot dropped, checked (labels of
 // letters, digits, '-' and '_', 1..63 characters each, 253 in all; "*." only as the first
 // label). Errors name what is wrong.

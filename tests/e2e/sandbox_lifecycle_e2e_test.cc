@@ -60,6 +60,37 @@ class SandboxLifecycleTest : public ::testing::Test {
     EXPECT_EQ(moat::test_support::CountProcessesMentioning(dir_), 0) << "VMM processes left behind";
     EXPECT_TRUE(RemoveTree(dir_).ok());
   }
+  // An agent in a child process creates a sandbox and is then SIGKILLed (no destructor runs):
+  // the sandbox's id and VMM pid, or an empty id if the child could not create it.
+  struct Orphan {
+    std::string id;
+    pid_t vmm = 0;
+  };
+  Orphan CreateThenKillItsAgent() {
+    int ready[2];
+    if (::pipe(ready) != 0) return {};
+    pid_t child = ::fork();
+    if (child < 0) return {};
+    if (child == 0) {
+      ::close(ready[0]);
+      auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
+      if (!agent.ok()) ::_exit(1);
+      auto sb = (*agent)->Create("base", {});
+      if (!sb.ok()) ::_exit(2);
+      std::string report = (*sb)->id() + std::to_string((*sb)->vmm_pid());
+      (void)!::write(ready[1], report.data(), report.size());
+      ::pause();
+      ::_exit(0);
+    }
+    ::close(ready[1]);
+    char buf[64] = {};
+    ssize_t n = ::read(ready[0], buf, sizeof buf);
+    ::close(ready[0]);
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    if (n <= 20) return {};
+    return {std::string(buf, 20), static_cast<pid_t>(std::atoi(buf + 20))};
+  }
   std::string dir_;
 };
 
@@ -126,31 +157,10 @@ TEST_F(SandboxLifecycleTest, AVmmThatDiesIsNoticedAndReleased) {
 }
 
 TEST_F(SandboxLifecycleTest, ARestartedAgentAdoptsTheSandboxOfOneThatDied) {
-  // An agent in a child process boots a sandbox and is then SIGKILLed: no destructor runs.
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(ready[0]);
-    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
-    if (!agent.ok()) ::_exit(1);
-    auto sb = (*agent)->Create("base", {});
-    if (!sb.ok()) ::_exit(2);
-    std::string id = (*sb)->id();
-    (void)!::write(ready[1], id.data(), id.size());
-    ::pause();
-    ::_exit(0);
-  }
-  ::close(ready[1]);
-  char buf[64] = {};
-  ssize_t n = ::read(ready[0], buf, sizeof buf);
-  ::close(ready[0]);
-  ASSERT_EQ(n, 20) << "the child agent failed to boot a sandbox";
-  std::string id(buf, 20);
+  Orphan orphan = CreateThenKillItsAgent();
+  ASSERT_FALSE(orphan.id.empty()) << "the child agent failed to boot a sandbox";
+  const std::string& id = orphan.id;
   ASSERT_TRUE(PathExists(dir_ + "/sandboxes/" + id));
-  ::kill(child, SIGKILL);
-  ::waitpid(child, nullptr, 0);
   // Its VMM, directory and cgroup outlive it; the next agent takes them over. The VMM is no
   // child of this process (it was the dead agent's): supervised through its pidfd.
   EXPECT_GT(moat::test_support::CountProcessesMentioning(dir_), 0);
@@ -179,32 +189,11 @@ TEST_F(SandboxLifecycleTest, ARestartedAgentAdoptsTheSandboxOfOneThatDied) {
 
 TEST_F(SandboxLifecycleTest, ARestartedAgentCleansUpAfterAVmmThatDiedWithItsAgent) {
   // As above, but the VMM dies too before the next agent starts.
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(ready[0]);
-    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));
-    if (!agent.ok()) ::_exit(1);
-    auto sb = (*agent)->Create("base", {});
-    if (!sb.ok()) ::_exit(2);
-    std::string report = (*sb)->id() + std::to_string((*sb)->vmm_pid());
-    (void)!::write(ready[1], report.data(), report.size());
-    ::pause();
-    ::_exit(0);
-  }
-  ::close(ready[1]);
-  char buf[64] = {};
-  ssize_t n = ::read(ready[0], buf, sizeof buf);
-  ::close(ready[0]);
-  ASSERT_GT(n, 20) << "the child agent failed to boot a sandbox";
-  std::string id(buf, 20);
-  pid_t vmm = static_cast<pid_t>(std::atoi(buf + 20));
-  ::kill(child, SIGKILL);
-  ::waitpid(child, nullptr, 0);
+  Orphan orphan = CreateThenKillItsAgent();
+  ASSERT_FALSE(orphan.id.empty()) << "the child agent failed to boot a sandbox";
+  const std::string& id = orphan.id;
   // Whether or not its new parent has reaped it yet, it is dead.
-  ASSERT_EQ(::kill(vmm, SIGKILL), 0);
+  ASSERT_EQ(::kill(orphan.vmm, SIGKILL), 0);
   EXPECT_TRUE(
       WaitUntil([&] { return moat::test_support::CountProcessesMentioning(dir_) == 0; }, 5s));
   auto agent = Agent::Start(moat::test_support::E2eAgentConfig(dir_));

@@ -28,10 +28,8 @@ class WarmPoolE2e : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ASSERT_EQ(::geteuid(), 0u);
-    auto dir = MakeTempDir("/tmp", "moat-warm.");
-    ASSERT_TRUE(dir.ok());
-    dir_ = new std::string(*dir);
-    ::chmod(dir_->c_str(), 0755);
+    dir_ = test_support::NewSuiteDir("moat-warm.");
+    ASSERT_NE(dir_, nullptr);
     fds_before_ = test_support::OpenFdCount();
     AgentConfig c = test_support::E2eAgentConfig(*dir_);
     c.network = test_support::TestNetConfig(*dir_, 227);

@@ -2,10 +2,14 @@
 // dir, a small VM, TCG (these machines' /dev/kvm cannot run a stock guest).
 #pragma once
 
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
 #include <chrono>
 #include <string>
 
 #include "agent/agent.h"
+#include "common/fs.h"
 #include "support/test_util.h"
 
 namespace moat::test_support {
@@ -22,6 +26,17 @@ inline agent::AgentConfig E2eAgentConfig(const std::string& data_dir) {
   c.ready_timeout = std::chrono::seconds(60);
   c.monitor_interval = std::chrono::milliseconds(50);
   return c;
+}
+
+// A suite's data dir under /tmp, readable by the jailed VMMs (they run as other users and must
+// reach their files through it). Owned by the caller; null (and a test failure) if it cannot be
+// made.
+inline std::string* NewSuiteDir(const std::string& prefix) {
+  auto dir = MakeTempDir("/tmp", prefix);
+  EXPECT_TRUE(dir.ok()) << dir.status().ToString();
+  if (!dir.ok()) return nullptr;
+  ::chmod(dir->c_str(), 0755);
+  return new std::string(*dir);
 }
 
 }  // namespace moat::test_support

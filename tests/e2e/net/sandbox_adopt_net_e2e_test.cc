@@ -36,10 +36,8 @@ class SandboxAdoptNetE2e : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ASSERT_EQ(::geteuid(), 0u);
-    auto dir = MakeTempDir("/tmp", "moat-adoptnet.");
-    ASSERT_TRUE(dir.ok());
-    dir_ = new std::string(*dir);
-    ::chmod(dir_->c_str(), 0755);
+    dir_ = test_support::NewSuiteDir("moat-adoptnet.");
+    ASSERT_NE(dir_, nullptr);
     fds_before_ = test_support::OpenFdCount();
     config_ = new AgentConfig(test_support::E2eAgentConfig(*dir_));
     net::NetConfig n = test_support::TestNetConfig(*dir_, 225);
