@@ -60,13 +60,18 @@ bench: build guest
 	$(BUILD)/bin/net_bench --guest-dir $(GUEST) --json $(BUILD)/bench/net.json
 	$(BUILD)/bin/api_bench --guest-dir $(GUEST) --json $(BUILD)/bench/api.json
 
-# The channel decoder's fuzz target, for a bounded time (FUZZ_SECONDS).
+# The fuzz targets, each for a bounded time (FUZZ_SECONDS): the channel decoder (bytes from the
+# guest) and the RAM splitter (the migration stream from QEMU).
 fuzz:
 	@[ -f build-fuzz/build.ninja ] || cmake --preset fuzz >/dev/null
-	cmake --build build-fuzz -j$(JOBS) --target frame_decoder_fuzz
-	mkdir -p build-fuzz/corpus
-	build-fuzz/bin/frame_decoder_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	  -print_final_stats=1 build-fuzz/corpus 2>&1 | tail -n 5
+	cmake --build build-fuzz -j$(JOBS) --target frame_decoder_fuzz ram_split_fuzz
+	mkdir -p build-fuzz/corpus build-fuzz/corpus-ram-split
+	@build-fuzz/bin/frame_decoder_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -print_final_stats=1 build-fuzz/corpus > build-fuzz/frame_decoder_fuzz.log 2>&1; \
+	  rc=$$?; tail -n 5 build-fuzz/frame_decoder_fuzz.log; exit $$rc
+	@build-fuzz/bin/ram_split_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
+	  -print_final_stats=1 build-fuzz/corpus-ram-split tests/fuzz/seeds/ram_split \
+	  > build-fuzz/ram_split_fuzz.log 2>&1; rc=$$?; tail -n 5 build-fuzz/ram_split_fuzz.log; exit $$rc
 
 FORMAT_FILES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null)
 

@@ -442,7 +442,8 @@ Status Agent::Pause(const std::string& id) {
   std::lock_guard paused(paused_mu_);
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
   SnapshotManifest m{.kind = "paused", .name = id, .sandbox_id = id};
-  MOAT_RETURN_IF_ERROR(sb->SaveSnapshot(SnapshotDir(id), m, /*keep_running=*/false));
+  MOAT_RETURN_IF_ERROR(
+      sb->SaveSnapshot(SnapshotDir(id), m, /*keep_running=*/false, /*durable=*/true));
   {
     std::lock_guard lock(mu_);
     sandboxes_.erase(id);
@@ -488,7 +489,7 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id,
   std::string dir = SnapshotDir(".fork-" + NewSandboxId());
   Cleanup remove([&] { (void)RemoveTree(dir); });
   SnapshotManifest m{.kind = "named", .name = "fork of " + id};
-  MOAT_RETURN_IF_ERROR(parent->SaveSnapshot(dir, m, /*keep_running=*/true));
+  MOAT_RETURN_IF_ERROR(parent->SaveSnapshot(dir, m, /*keep_running=*/true, /*durable=*/false));
   MOAT_ASSIGN_OR_RETURN(m, ReadManifest(dir));
   // Children restore concurrently, as many at once as the host has cores: each one is a QEMU
   // loading the stream and then a guest translating its first code, both CPU-bound. Each child
@@ -525,7 +526,8 @@ Result<SnapshotManifest> Agent::CreateSnapshot(const std::string& id, const std:
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
   std::string snap_id = "snap" + NewSandboxId().substr(4);
   SnapshotManifest m{.kind = "named", .name = name.empty() ? snap_id : name};
-  MOAT_RETURN_IF_ERROR(sb->SaveSnapshot(SnapshotDir(snap_id), m, /*keep_running=*/true));
+  MOAT_RETURN_IF_ERROR(
+      sb->SaveSnapshot(SnapshotDir(snap_id), m, /*keep_running=*/true, /*durable=*/true));
   MOAT_ASSIGN_OR_RETURN(m, ReadManifest(SnapshotDir(snap_id)));
   m.sandbox_id = snap_id;  // reported as the snapshot's id
   return m;

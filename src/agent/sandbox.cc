@@ -69,7 +69,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   // written back to the data dir. (A template bake uses a shared mapping instead.)
   spec.memory_path = p.memory;
   if (env.slots != nullptr) MOAT_RETURN_IF_ERROR(sb->AttachSlot(spec, egress));
-  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, /*gid=*/0));
+  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, /*gid=*/0, /*own_memory=*/false));
   sb->origin_ = {.kind = "template",
                  .name = tmpl.name,
                  .source = tmpl.name,
@@ -107,7 +107,7 @@ vmm::VmSpec Sandbox::BaseSpec(unsigned vcpus, uint64_t memory_mib,
   return spec;
 }
 
-Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid) {
+Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid, bool own_memory) {
   const SandboxPaths& p = paths_;
   if (env_.jail_ids != nullptr) {
     MOAT_ASSIGN_OR_RETURN(jail_id_, env_.jail_ids->Allocate());
@@ -117,9 +117,8 @@ Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid) {
     jail.root_dir = p.jail_root;
     jail.dev_kvm = env_.accel == vmm::Accel::kKvm;
     spec.jail = jail;
-    // A sandbox's own memory file (a full snapshot's fresh RAM) is its VM's alone.
-    if (spec.boot_mode == vmm::BootMode::kRestore && spec.memory_path == p.memory &&
-        ::chown(p.memory.c_str(), jail.uid, jail.gid) < 0) {
+    // A sandbox's own memory file (the fresh RAM of an old full snapshot) is its VM's alone.
+    if (own_memory && ::chown(p.memory.c_str(), jail.uid, jail.gid) < 0) {
       return ErrnoError("chown(" + p.memory + ")");
     }
   }
@@ -258,9 +257,19 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
   spec.boot_mode = vmm::BootMode::kRestore;
   spec.device_state_path = f.state;
   gid_t gid = 0;
+  bool own_memory = false;
   if (snap.kind == "template") {
     // Copy-on-write over the template's RAM: clean pages stay shared by every clone.
     spec.memory_path = f.memory;
+    gid = kTemplateGid;
+  } else if (snap.memory_file) {
+    // The same over the snapshot's RAM file, linked into the sandbox's dir: it outlives the
+    // snapshot (a resume removes it, a fork's is transient), its disk space is the sandbox's,
+    // and fork children of one snapshot share its clean pages (one inode).
+    if (::link(f.memory.c_str(), p.memory.c_str()) < 0) {
+      return ErrnoError("link(" + f.memory + ", " + p.memory + ")");
+    }
+    spec.memory_path = p.memory;
     gid = kTemplateGid;
   } else {
     // A full snapshot: RAM comes from the stream into fresh private memory. QEMU maps this
@@ -270,9 +279,10 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
     if (!mem || ::ftruncate(mem.get(), static_cast<off_t>(snap.memory_mib) << 20) < 0) {
       return ErrnoError("creating " + p.memory);
     }
+    own_memory = true;
   }
   if (snap.network) MOAT_RETURN_IF_ERROR(sb->AttachSlot(spec, policy));
-  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, gid));
+  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, gid, own_memory));
   MOAT_RETURN_IF_ERROR(sb->vmm_->Resume().Annotate("resuming restored sandbox " + id));
   sb->origin_ = snap;
   sb->origin_.egress = nullptr;
@@ -340,7 +350,8 @@ Status Sandbox::Claim(const GuestIdentity& identity, const net::EgressPolicy& eg
   return Status::Ok();
 }
 
-Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool keep_running) {
+Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool keep_running,
+                             bool durable) {
   std::lock_guard lock(mu_);
   if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
   if (PathExists(dir)) return Status(ErrorCode::kAlreadyExists, dir + " exists");
@@ -349,11 +360,24 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   (void)RemoveTree(tmp);
   MOAT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
   Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
+  // A failed snapshot (or pause) leaves the sandbox running as it was.
+  Cleanup resume_on_failure([&] {
+    Status s = vmm_->Resume();
+    if (!s.ok()) LogError("sandbox.resume_failed", {{"sandbox", id_}, {"error", s.ToString()}});
+  });
   SnapshotFiles f(tmp);
-  // Private memory: the stream holds the RAM. The VM stops, and its disk is flushed and
-  // inactivated when the migration completes: the overlay can be copied consistently.
-  MOAT_RETURN_IF_ERROR(vmm_->SaveDeviceState(f.state).Annotate("snapshot of sandbox " + id_));
+  // RAM into a memory file, device state without it. The VM stops, and its disk is flushed
+  // and inactivated when the migration completes: the overlay can be copied consistently.
+  MOAT_RETURN_IF_ERROR(
+      vmm_->SaveMemorySnapshot(f.state, f.memory, durable).Annotate("snapshot of sandbox " + id_));
+  // Every VM restored from the file maps it share=off; QEMU opens it read-write (7.2 has no
+  // read-only open for a private mapping), so it is the restoring VMs' group's, like a
+  // template's memory.
+  if (::chown(f.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(f.memory.c_str(), 0660) < 0) {
+    return ErrnoError("giving " + f.memory + " to the sandboxes' group");
+  }
   MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
+  resume_on_failure.Cancel();
   if (keep_running) {
     MOAT_RETURN_IF_ERROR(vmm_->Resume().Annotate("resuming sandbox " + id_ + " after snapshot"));
   }
@@ -364,6 +388,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.source = origin_.source;
   m.network = origin_.network;
   m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
+  m.memory_file = true;
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");

@@ -68,12 +68,14 @@ class Sandbox {
                                                const net::EgressPolicy& egress = {});
 
   // Creates a sandbox by restoring a snapshot (a template's, a paused sandbox's or a named one):
-  // no cold boot. Memory is mapped copy-on-write from the template, or loaded into fresh private
-  // memory from a full snapshot; the disk is a copy of the snapshot's overlay over its base.
-  // Then the guest gets its identity (clock, entropy, env, user, workdir) and, with a NIC, its
-  // network on a slot of its own with `egress` (absent: the policy the snapshot recorded).
-  // `pooled`: a warm clone for Agent's pool, not a sandbox yet — state.json never says ready
-  // (an agent restarting finds it and cleans it up rather than adopting it) until Claim().
+  // no cold boot. Memory is mapped copy-on-write from the snapshot's memory file (a template's,
+  // or a sandbox snapshot's linked into the sandbox's dir), or, from a snapshot written before
+  // memory files, loaded into fresh private memory from the stream; the disk is a copy of the
+  // snapshot's overlay over its base. Then the guest gets its identity (clock, entropy, env, user,
+  // workdir) and, with a NIC, its network on a slot of its own with `egress` (absent: the policy
+  // the snapshot recorded). `pooled`: a warm clone for Agent's pool, not a sandbox yet — state.json
+  // never says ready (an agent restarting finds it and cleans it up rather than adopting it) until
+  // Claim().
   static Result<std::unique_ptr<Sandbox>> Restore(
       const SandboxEnv& env, const std::string& snapshot_dir, const SnapshotManifest& snapshot,
       const std::string& id, const GuestIdentity& identity,
@@ -98,10 +100,13 @@ class Sandbox {
   static Result<std::unique_ptr<Sandbox>> Adopt(const SandboxEnv& env, const SandboxState& state,
                                                 std::unique_ptr<net::NetworkSlot> slot);
 
-  // Writes a full snapshot (RAM, device state, disk) into `dir`, which must not exist yet; the
-  // VM is paused meanwhile. With `keep_running` it continues afterwards (named snapshots, fork),
-  // otherwise the VM is released as by Kill() (pause). The manifest is written last.
-  Status SaveSnapshot(const std::string& dir, SnapshotManifest manifest, bool keep_running);
+  // Writes a snapshot (RAM in a memory file, device state, disk) into `dir`, which must not
+  // exist yet; the VM is paused meanwhile. With `keep_running` it continues afterwards (named
+  // snapshots, fork), otherwise it stays paused for the caller to release (pause); on failure it
+  // runs on. `durable`: fsync'd (not for a fork's transient snapshot). The manifest is written
+  // last.
+  Status SaveSnapshot(const std::string& dir, SnapshotManifest manifest, bool keep_running,
+                      bool durable);
 
   const std::string& id() const { return id_; }
   // Where its disk's base image is and what template it came from (for pause/snapshot).
@@ -149,7 +154,7 @@ class Sandbox {
   // The spec every sandbox VM shares: its name, resources, sockets and logs in its directory,
   // private memory, and its own overlay over `base_disk`.
   vmm::VmSpec BaseSpec(unsigned vcpus, uint64_t memory_mib, const std::string& base_disk) const;
-  Status StartVmm(vmm::VmSpec spec, gid_t gid);
+  Status StartVmm(vmm::VmSpec spec, gid_t gid, bool own_memory);
   // state.json: what cleaning up needs once the VMM runs; everything adoption needs once
   // `ready` (written atomically either way).
   Status WriteState(bool ready);

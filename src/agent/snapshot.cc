@@ -27,7 +27,8 @@ json ManifestToJson(const SnapshotManifest& m) {
           {"sandboxId", m.sandbox_id},
           {"network", m.network},
           {"egress", m.egress},
-          {"guestNetwork", m.guest_network}};
+          {"guestNetwork", m.guest_network},
+          {"memoryFile", m.memory_file}};
 }
 
 std::string SerializeManifest(const SnapshotManifest& m) {
@@ -85,6 +86,12 @@ Result<SnapshotManifest> ManifestFromJson(const json& j) {
       return InvalidArgument("manifest: \"guestNetwork\" must be an object or null");
     }
     m.guest_network = j["guestNetwork"];
+  }
+  if (j.contains("memoryFile")) {
+    if (!j["memoryFile"].is_boolean()) {
+      return InvalidArgument("manifest: \"memoryFile\" must be a bool");
+    }
+    m.memory_file = j["memoryFile"].get<bool>();
   }
   m.vcpus = static_cast<unsigned>(vcpus);
   m.memory_mib = static_cast<uint64_t>(mem);

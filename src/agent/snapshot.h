@@ -3,8 +3,11 @@
 // Two kinds, one shape:
 //  - a template snapshot (DATA_DIR/templates/<name>/<build>/): guest RAM in a memory file that
 //    every clone maps privately (clean pages shared across sandboxes), ~50 KB of device state;
-//  - a full snapshot (a paused sandbox, DATA_DIR/snapshots/<id>/, or a named snapshot): guest
-//    RAM inside the state stream, restored into fresh private memory.
+//  - a sandbox's snapshot (a paused sandbox, DATA_DIR/snapshots/<id>/, a named snapshot, a fork's
+//    transient one): the same shape — RAM in a memory file (`memoryFile`), written by
+//    SaveMemorySnapshot, mapped privately by whatever restores from it. Snapshots written before
+//    memory files (no `memoryFile`) carry the RAM inside the state stream and restore into fresh
+//    private memory.
 // Both carry the disk as a raw read-only base plus a qcow2 overlay that each restore copies.
 #pragma once
 
@@ -38,6 +41,9 @@ struct SnapshotManifest {
   // equals this finds its network exactly as it needs it and skips the op. Null (paused and
   // named snapshots, whose guest a user may have reconfigured; older templates): always sent.
   nlohmann::json guest_network = nullptr;
+  // Paused and named snapshots: guest RAM is in the `mem` file (not in the state stream).
+  // Templates always have one.
+  bool memory_file = false;
 };
 
 // Files inside a snapshot directory.

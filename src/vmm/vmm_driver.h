@@ -113,6 +113,14 @@ class VmmDriver {
   // not run on). With private memory the stream carries the RAM too (a full snapshot) and the
   // VM may Resume(). Either way the disks are flushed and the VM stays paused.
   virtual Status SaveDeviceState(const std::string& path) = 0;
+  // Private memory only: pauses the VM and writes a memory-file snapshot: guest RAM into
+  // `memory_path` (a new sparse file the size of guest RAM, pages at their offsets) and the
+  // device state without it into `state_path`. Restored like a template (that file mapped
+  // share=off), it loads no RAM, and VMs restored from one such file share its clean pages.
+  // `durable`: both files are fsync'd (pause, named snapshots; a fork's transient snapshot is
+  // not). The disks are flushed; the VM stays paused and may Resume().
+  virtual Status SaveMemorySnapshot(const std::string& state_path, const std::string& memory_path,
+                                    bool durable) = 0;
   virtual Result<VmStatus> QueryStatus() = 0;
   // Asks QEMU to quit (QMP quit), waits up to `grace`, then kills it.
   virtual Status Stop(std::chrono::milliseconds grace) = 0;

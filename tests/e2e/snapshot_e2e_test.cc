@@ -2,6 +2,7 @@
 // fork — on real microVMs, with the reliability loops of the snapshot issue.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -138,6 +139,15 @@ TEST_F(SnapshotE2eTest, PauseAndResumeKeepProcessesAndFiles) {
   ASSERT_TRUE(agent_->Pause(id).ok());
   EXPECT_TRUE(agent_->IsPaused(id));
   EXPECT_FALSE(agent_->Get(id).ok());
+  // A memory-file snapshot: the RAM in `mem` (sparse, the guest's size), the state without it.
+  std::string snap = *dir_ + "/snapshots/" + id;
+  struct stat mem {
+  }, state{};
+  ASSERT_EQ(::stat((snap + "/mem").c_str(), &mem), 0);
+  ASSERT_EQ(::stat((snap + "/state").c_str(), &state), 0);
+  EXPECT_EQ(static_cast<uint64_t>(mem.st_size), uint64_t{256} << 20);
+  EXPECT_LT(static_cast<uint64_t>(mem.st_blocks) * 512, uint64_t{200} << 20) << "not sparse";
+  EXPECT_LT(state.st_size, 1 << 20) << "RAM left in the device state";
   EXPECT_EQ(moat::test_support::CountProcessesMentioning(sb->paths().dir), 0)
       << "pause must free the VM";
   sb.reset();
@@ -212,6 +222,17 @@ TEST_F(SnapshotE2eTest, ForkedChildrenKeepMemoryAndFilesAndAreIsolated) {
   auto& c1 = (*children)[1];
   std::set<std::string> ids{parent->id(), c0->id(), c1->id()};
   EXPECT_EQ(ids.size(), 3u);
+  // Both children map one memory file (their clean pages are shared), linked into each one's
+  // directory; the fork's transient snapshot is gone.
+  struct stat m0 {
+  }, m1{};
+  ASSERT_EQ(::stat(c0->paths().memory.c_str(), &m0), 0);
+  ASSERT_EQ(::stat(c1->paths().memory.c_str(), &m1), 0);
+  EXPECT_EQ(m0.st_ino, m1.st_ino);
+  EXPECT_EQ(m0.st_nlink, 2u);
+  for (const auto& name : DirNames(*dir_ + "/snapshots")) {
+    EXPECT_NE(name.rfind(".fork-", 0), 0u) << name << " left behind";
+  }
   // The running python process and its memory came along; each copy counts on its own.
   EXPECT_EQ(Tick(c0), 2);
   EXPECT_EQ(Tick(c0), 3);

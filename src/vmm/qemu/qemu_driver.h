@@ -44,6 +44,8 @@ class QemuDriver final : public VmmDriver {
   Status Pause() override;
   Status Resume() override;
   Status SaveDeviceState(const std::string& path) override;
+  Status SaveMemorySnapshot(const std::string& state_path, const std::string& memory_path,
+                            bool durable) override;
   Result<VmStatus> QueryStatus() override;
   Status Stop(std::chrono::milliseconds grace) override;
   void Kill() override;
@@ -61,6 +63,8 @@ class QemuDriver final : public VmmDriver {
   Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv);
   Status ConnectQmp();
   Status LoadDeviceState();
+  // Sets the capabilities and bandwidth of a save, stops the VM and starts `migrate` into `fd`.
+  Status StartSave(int fd, uint64_t* cursor);
   // Cancels a migration an earlier agent left running (its target file is gone with the
   // snapshot it was writing) and waits until it has ended.
   Status CancelMigration();

@@ -110,5 +110,22 @@ TEST(SandboxState, UnknownKeysAndWrongTypesAreRejectedByName) {
   }
 }
 
+TEST(SnapshotManifest, MemoryFileRoundTripsAndIsAbsentInOlderManifests) {
+  SnapshotManifest m{.kind = "paused", .name = kId, .source = "base", .sandbox_id = kId};
+  m.memory_file = true;
+  auto back = ParseManifest(SerializeManifest(m));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->memory_file);
+  // Written before memory files: the RAM is in the state stream.
+  json older = json::parse(SerializeManifest(m));
+  older.erase("memoryFile");
+  back = ParseManifest(older.dump());
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_FALSE(back->memory_file);
+  older["memoryFile"] = "yes";
+  EXPECT_NE(ParseManifest(older.dump()).status().message().find("\"memoryFile\" must be a bool"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace moat::agent

@@ -1,0 +1,315 @@
+#include "vmm/qemu/ram_split.h"
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/unique_fd.h"
+
+namespace moat::vmm::qemu {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kPage = kTargetPageSize;
+constexpr uint64_t kBlockBytes = 64 * kPage;
+constexpr uint64_t kBiosBytes = 16 * kPage;
+
+std::string Be32(uint32_t v) {
+  std::string s(4, '\0');
+  for (int i = 3; i >= 0; --i, v >>= 8) s[i] = static_cast<char>(v & 0xff);
+  return s;
+}
+std::string Be64(uint64_t v) {
+  return Be32(static_cast<uint32_t>(v >> 32)) + Be32(static_cast<uint32_t>(v));
+}
+std::string Idstr(const std::string& s) {
+  return std::string(1, static_cast<char>(s.size())) + s;
+}
+std::string PageOf(char c) {
+  return std::string(kPage, c);
+}
+
+// Builds a stream the way QEMU 7.2 writes one (x-ignore-shared, footers) and, alongside, the
+// state the splitter must make of it.
+class StreamBuilder {
+ public:
+  StreamBuilder() {
+    Both("QEVM" + Be32(3));
+    Both("\x07" + Be32(7) + "microvm");
+    Both("\x05" + Idstr("configuration/capabilities") + Be32(1) + Be32(1) +
+         Idstr("x-ignore-shared"));
+  }
+  void RamStart(uint64_t block_bytes = kBlockBytes) {
+    Both("\x01" + Be32(2) + Idstr("ram") + Be32(0) + Be32(4));
+    Both(Be64((block_bytes + kBiosBytes) | 0x04));
+    Both(Idstr("mem") + Be64(block_bytes) + Be64(0));
+    Both(Idstr("pc.bios") + Be64(kBiosBytes) + Be64(0xffff0000));
+    EndRamSection();
+  }
+  void RamPart(char type = 0x02) { Both(std::string(1, type) + Be32(2)); }
+  void EndRamSection() { Both(Be64(0x10) + "\x7e" + Be32(2)); }
+  // A page record of "mem" (left out of the state); continue_block: CONTINUE, no idstr.
+  void MemPage(uint64_t offset, const std::string& data, bool continue_block = false) {
+    stream += Be64(offset | 0x08 | (continue_block ? 0x20 : 0)) +
+              (continue_block ? "" : Idstr("mem")) + data;
+  }
+  void MemZero(uint64_t offset, char fill = 0) {
+    stream += Be64(offset | 0x02) + Idstr("mem") + std::string(1, fill);
+  }
+  // A page of the BIOS block: kept, always with its idstr in the state.
+  void BiosPage(uint64_t offset, const std::string& data, bool continue_block = false) {
+    stream += Be64(offset | 0x08 | (continue_block ? 0x20 : 0)) +
+              (continue_block ? "" : Idstr("pc.bios")) + data;
+    state += Be64(offset | 0x08) + Idstr("pc.bios") + data;
+  }
+  void Devices() {
+    Both("\x04" + Be32(0) + Idstr("timer") + Be32(0) + Be32(2) + std::string(24, '\x11') + "\x7e" +
+         Be32(0));
+    Both(std::string(1, '\0'));  // EOF
+    Both("\x06" + Be32(20) + R"({"page_size": 4096})" + std::string(1, '\0'));
+  }
+  void Both(const std::string& s) {
+    stream += s;
+    state += s;
+  }
+
+  std::string stream, state;
+};
+
+UniqueFd Memfd(const char* name) {
+  return UniqueFd(::memfd_create(name, MFD_CLOEXEC));
+}
+
+std::string ReadAll(int fd) {
+  std::string out;
+  char buf[65536];
+  for (off_t off = 0;;) {
+    ssize_t n = ::pread(fd, buf, sizeof buf, off);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    off += n;
+  }
+  return out;
+}
+
+struct Split {
+  Result<RamSplitStats> result = RamSplitStats{};
+  std::string state, memory;
+};
+
+// Feeds `stream` through a pipe in uneven chunks (so records straddle reads) and splits it.
+Split RunSplit(const std::string& stream, RamSplitOptions o = {}) {
+  ::signal(SIGPIPE, SIG_IGN);  // the writer of a refused stream gets EPIPE, like QEMU would
+  if (o.block.empty()) o.block = "mem";
+  if (o.block_bytes == 0) o.block_bytes = kBlockBytes;
+  int p[2];
+  EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);
+  std::thread writer([&stream, fd = std::move(wr)] {
+    size_t chunk = 1;
+    for (size_t off = 0; off < stream.size();) {
+      size_t n = std::min(chunk, stream.size() - off);
+      ssize_t w = ::write(fd.get(), stream.data() + off, n);
+      if (w <= 0) return;
+      off += static_cast<size_t>(w);
+      chunk = chunk * 7 % 9001 + 1;
+    }
+  });
+  UniqueFd state = Memfd("state"), mem = Memfd("mem");
+  Split s;
+  s.result = SplitRamFromStream(rd.get(), state.get(), mem.get(), o);
+  rd.Reset();  // a writer blocked on a failed split gets EPIPE
+  writer.join();
+  s.state = ReadAll(state.get());
+  s.memory = ReadAll(mem.get());
+  return s;
+}
+
+TEST(RamSplit, PagesGoToTheFileEverythingElseToTheState) {
+  StreamBuilder b;
+  b.RamStart();
+  b.RamPart();
+  b.MemPage(0, PageOf('a'));
+  b.MemPage(3 * kPage, PageOf('b'), /*continue_block=*/true);
+  b.MemZero(kPage);
+  b.BiosPage(0, PageOf('c'));
+  b.BiosPage(kPage, PageOf('d'), /*continue_block=*/true);  // continues pc.bios
+  b.MemPage(63 * kPage, PageOf('e'));
+  b.EndRamSection();
+  b.RamPart(0x03);  // END: page 0 turned out zero after all, page 5 is all 0x7f
+  b.MemZero(0);
+  b.MemZero(5 * kPage, '\x7f');
+  b.EndRamSection();
+  b.Devices();
+
+  Split s = RunSplit(b.stream);
+  ASSERT_TRUE(s.result.ok()) << s.result.status().ToString();
+  EXPECT_EQ(s.state, b.state);
+  ASSERT_EQ(s.memory.size(), kBlockBytes);
+  EXPECT_EQ(s.memory.substr(0, kPage), std::string(kPage, '\0'));
+  EXPECT_EQ(s.memory.substr(kPage, kPage), std::string(kPage, '\0'));
+  EXPECT_EQ(s.memory.substr(3 * kPage, kPage), PageOf('b'));
+  EXPECT_EQ(s.memory.substr(5 * kPage, kPage), PageOf('\x7f'));
+  EXPECT_EQ(s.memory.substr(63 * kPage, kPage), PageOf('e'));
+  EXPECT_EQ(s.result->pages, 3u);
+  EXPECT_EQ(s.result->zero_pages, 3u);
+  EXPECT_EQ(s.result->state_bytes, b.state.size());
+  EXPECT_EQ(s.result->stream_bytes, b.stream.size());
+}
+
+TEST(RamSplit, ManyPagesOverSeveralBufferFills) {
+  // 8 MiB of pages: the input buffer (4 MiB) is refilled and moved while writes are queued.
+  constexpr uint64_t kBig = 2048 * kPage;
+  StreamBuilder b;
+  b.RamStart(kBig);
+  b.RamPart();
+  for (uint64_t i = 0; i < 2048; ++i) {
+    std::string page(kPage, '\0');
+    std::memcpy(page.data(), &i, sizeof i);
+    page[kPage - 1] = static_cast<char>(i * 31);
+    b.MemPage(i * kPage, page, /*continue_block=*/i > 0);
+  }
+  b.EndRamSection();
+  b.Devices();
+  Split s = RunSplit(b.stream, {.block = "mem", .block_bytes = kBig});
+  ASSERT_TRUE(s.result.ok()) << s.result.status().ToString();
+  EXPECT_EQ(s.state, b.state);
+  ASSERT_EQ(s.memory.size(), kBig);
+  for (uint64_t i = 0; i < 2048; ++i) {
+    uint64_t got;
+    std::memcpy(&got, s.memory.data() + i * kPage, sizeof got);
+    ASSERT_EQ(got, i);
+    ASSERT_EQ(s.memory[i * kPage + kPage - 1], static_cast<char>(i * 31));
+  }
+}
+
+TEST(RamSplit, ZeroPagesStayHoles) {
+  StreamBuilder b;
+  b.RamStart();
+  b.RamPart();
+  for (uint64_t i = 0; i < 64; ++i) b.MemZero(i * kPage);
+  b.MemPage(10 * kPage, PageOf('z'));
+  b.EndRamSection();
+  b.Devices();
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);
+  std::thread writer([&] {
+    (void)!::write(wr.get(), b.stream.data(), b.stream.size());
+    wr.Reset();
+  });
+  char path[] = "/tmp/moat-ram-split.XXXXXX";
+  UniqueFd mem(::mkstemp(path));
+  ::unlink(path);
+  UniqueFd state = Memfd("state");
+  auto r = SplitRamFromStream(rd.get(), state.get(), mem.get(),
+                              {.block = "mem", .block_bytes = kBlockBytes});
+  writer.join();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  // One page of data in a 64-page file: the rest was never written.
+  EXPECT_EQ(::lseek(mem.get(), 0, SEEK_DATA), static_cast<off_t>(10 * kPage));
+  EXPECT_EQ(::lseek(mem.get(), 10 * kPage, SEEK_HOLE), static_cast<off_t>(11 * kPage));
+}
+
+Status SplitError(const std::string& stream, RamSplitOptions o = {}) {
+  Split s = RunSplit(stream, std::move(o));
+  return s.result.ok() ? Status::Ok() : s.result.status();
+}
+
+TEST(RamSplit, RefusesWhatItDoesNotKnow) {
+  {
+    EXPECT_THAT(SplitError("QEMU" + Be32(3)).message(), HasSubstr("no QEVM magic"));
+    EXPECT_THAT(SplitError("QEVM" + Be32(2)).message(), HasSubstr("version 2"));
+  }
+  {
+    StreamBuilder b;
+    b.Both("\x05" + Idstr("configuration/something-new") + Be32(1));
+    EXPECT_THAT(SplitError(b.stream).message(), HasSubstr("something-new"));
+  }
+  {
+    StreamBuilder b;
+    b.RamStart();
+    b.RamPart();
+    b.stream += Be64(0x40) + Idstr("mem");  // XBZRLE
+    EXPECT_THAT(SplitError(b.stream).message(), HasSubstr("unsupported RAM record flags 0x40"));
+  }
+  {
+    StreamBuilder b;
+    b.RamStart();
+    b.RamPart();
+    b.MemPage(kBlockBytes, PageOf('x'));  // one past the block
+    EXPECT_THAT(SplitError(b.stream).message(), HasSubstr("outside the block"));
+  }
+  {
+    StreamBuilder b;
+    b.RamStart(2 * kBlockBytes);
+    EXPECT_THAT(SplitError(b.stream).message(), HasSubstr("expected 262144"));
+  }
+  {
+    StreamBuilder b;
+    b.RamStart();
+    b.RamPart();
+    b.stream += Be64(0x08 | 0x20) + PageOf('x');  // CONTINUE with nothing before
+    EXPECT_THAT(SplitError(b.stream).message(), HasSubstr("continues no block"));
+  }
+  {
+    StreamBuilder b;
+    b.RamStart();
+    b.RamPart();
+    b.MemPage(0, PageOf('x').substr(0, 100));  // ends in the middle of a page
+    EXPECT_THAT(SplitError(b.stream).message(), HasSubstr("ends early"));
+  }
+  {
+    StreamBuilder b;  // the block is not in the stream at all
+    b.RamStart();
+    EXPECT_THAT(SplitError(b.stream, {.block = "other", .block_bytes = kBlockBytes}).message(),
+                HasSubstr("no RAM block \"other\""));
+  }
+  {
+    StreamBuilder b;
+    b.RamStart();
+    b.Devices();
+    b.stream += std::string(100000, 'x');
+    Status s = SplitError(b.stream,
+                          {.block = "mem", .block_bytes = kBlockBytes, .max_state_bytes = 50000});
+    EXPECT_EQ(s.code(), ErrorCode::kResourceExhausted) << s.ToString();
+  }
+  EXPECT_EQ(SplitError("", {.block = "mem", .block_bytes = 100}).code(),
+            ErrorCode::kInvalidArgument);
+}
+
+TEST(RamSplit, TimesOutAndCancels) {
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);  // held open, never written: QEMU hanging
+  UniqueFd state = Memfd("state"), mem = Memfd("mem");
+  auto r = SplitRamFromStream(
+      rd.get(), state.get(), mem.get(),
+      {.block = "mem", .block_bytes = kBlockBytes, .timeout = std::chrono::milliseconds(100)});
+  EXPECT_EQ(r.status().code(), ErrorCode::kDeadlineExceeded);
+
+  int c[2];
+  ASSERT_EQ(::pipe2(c, O_CLOEXEC), 0);
+  UniqueFd cancel_rd(c[0]), cancel_wr(c[1]);
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    cancel_wr.Reset();  // EOF makes the read end readable
+  });
+  r = SplitRamFromStream(
+      rd.get(), state.get(), mem.get(),
+      {.block = "mem", .block_bytes = kBlockBytes, .cancel_fd = cancel_rd.get()});
+  canceller.join();
+  EXPECT_EQ(r.status().code(), ErrorCode::kCancelled);
+}
+
+}  // namespace
+}  // namespace moat::vmm::qemu
