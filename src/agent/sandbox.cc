@@ -291,10 +291,10 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
   auto t_id = Clock::now();
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
   auto t_net = Clock::now();
-  // A template clone whose slot presents what the bake configured has nothing to change.
-  bool as_baked = sb->slot_ && snap.guest_network.is_object() &&
-                  snap.guest_network == sb->slot_->GuestConfigJson();
-  if (!as_baked) MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
+  // A guest whose new slot presents what was last applied to it has nothing to change.
+  bool as_applied = sb->slot_ && snap.guest_network.is_object() &&
+                    snap.guest_network == sb->slot_->GuestConfigJson();
+  if (!as_applied) MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
   MOAT_RETURN_IF_ERROR(sb->WriteState(/*ready=*/true));
   auto t_done = Clock::now();
   sb->boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
@@ -309,9 +309,9 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
            {"guest_us", us(t_id - start)},
            {"identity_us", us(t_net - t_id)},
            {"network_us", us(t_done - t_net)},
-           {"network", !sb->slot_ ? "none"
-                       : as_baked ? "as_baked"
-                                  : "op"}});
+           {"network", !sb->slot_   ? "none"
+                       : as_applied ? "as_applied"
+                                    : "op"}});
   return sb;
 }
 
@@ -388,6 +388,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.source = origin_.source;
   m.network = origin_.network;
   m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
+  m.guest_network = slot_ ? slot_->GuestConfigJson() : nlohmann::json(nullptr);
   m.memory_file = true;
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));

@@ -36,10 +36,12 @@ struct SnapshotManifest {
   // The egress policy in force when a sandbox was paused or snapshotted (src/net/
   // egress_policy.h ToJson); null: the default. A resumed sandbox gets it back, a fork inherits it.
   nlohmann::json egress = nullptr;
-  // Templates: the guest `network` op the bake applied (net::NetworkSlot::GuestConfigJson).
-  // Every slot presents the same guest config, so a clone restored into a slot whose config
-  // equals this finds its network exactly as it needs it and skips the op. Null (paused and
-  // named snapshots, whose guest a user may have reconfigured; older templates): always sent.
+  // The guest `network` op the platform last applied to the snapshotted guest
+  // (net::NetworkSlot::GuestConfigJson): the bake's, or the slot's of the sandbox snapshotted.
+  // Every slot presents the same guest config, so a VM restored into a slot whose config equals
+  // this finds its network exactly as it needs it and skips the op. (Whatever a user changed
+  // inside the guest stays changed, like everything else a resumed guest had.) Null (no NIC,
+  // older snapshots) or different (the agent's --dns changed since): the op is sent.
   nlohmann::json guest_network = nullptr;
   // Paused and named snapshots: guest RAM is in the `mem` file (not in the state stream).
   // Templates always have one.
