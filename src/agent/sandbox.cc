@@ -155,8 +155,8 @@ vmm::VmSpec Sandbox::AdoptedSpec(uint32_t jail_id) const {
   vmm::VmSpec spec = BaseSpec(origin_.vcpus, origin_.memory_mib, origin_.base_disk);
   spec.name = vm_name_;
   spec.boot_mode = vmm::BootMode::kRestore;
-  // Guest RAM is private (share=off) in every sandbox: SaveDeviceState streams it and never
-  // reads the file, whichever file it maps.
+  // Guest RAM is private (share=off) in every sandbox: SaveMemorySnapshot gets it from the
+  // stream and never reads the file, whichever file it maps.
   spec.memory_path = paths_.memory;
   if (jail_id != 0) {
     vmm::JailSpec jail;
@@ -267,7 +267,12 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
     // snapshot (a resume removes it, a fork's is transient), its disk space is the sandbox's,
     // and fork children of one snapshot share its clean pages (one inode).
     if (::link(f.memory.c_str(), p.memory.c_str()) < 0) {
-      return ErrnoError("link(" + f.memory + ", " + p.memory + ")");
+      // Snapshots and sandboxes on different filesystems: a copy (sparse), then this sandbox's.
+      if (errno != EXDEV) return ErrnoError("link(" + f.memory + ", " + p.memory + ")");
+      MOAT_RETURN_IF_ERROR(CopyFile(f.memory, p.memory));
+      if (::chown(p.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(p.memory.c_str(), 0660) < 0) {
+        return ErrnoError("giving " + p.memory + " to the sandboxes' group");
+      }
     }
     spec.memory_path = p.memory;
     gid = kTemplateGid;
@@ -377,8 +382,9 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
     return ErrnoError("giving " + f.memory + " to the sandboxes' group");
   }
   MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
-  resume_on_failure.Cancel();
   if (keep_running) {
+    // The VM runs on as soon as its state is written; the rest is host-side bookkeeping.
+    resume_on_failure.Cancel();
     MOAT_RETURN_IF_ERROR(vmm_->Resume().Annotate("resuming sandbox " + id_ + " after snapshot"));
   }
   m.vcpus = origin_.vcpus;
@@ -394,6 +400,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
   remove_tmp.Cancel();
+  resume_on_failure.Cancel();
   return Status::Ok();
 }
 

@@ -38,7 +38,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     off += static_cast<size_t>(w);
   }
   ::lseek(in.get(), 0, SEEK_SET);
-  RamSplitOptions o{.block = "mem", .block_bytes = 16 * 4096, .max_state_bytes = 1 << 16};
+  // A small buffer: refills move unread bytes over queued page writes, as with big streams.
+  RamSplitOptions o{.block = "mem",
+                    .block_bytes = 16 * 4096,
+                    .max_state_bytes = 1 << 16,
+                    .read_buffer_bytes = 8192};
   auto r = SplitRamFromStream(in.get(), state.get(), mem.get(), o);
   if (SizeOf(mem.get()) != static_cast<off_t>(o.block_bytes)) std::abort();
   if (SizeOf(state.get()) > static_cast<off_t>(o.max_state_bytes)) std::abort();

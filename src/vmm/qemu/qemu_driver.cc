@@ -403,19 +403,25 @@ Status QemuDriver::SaveMemorySnapshot(const std::string& state_path, const std::
                     .timeout = options_.migration_timeout,
                     .cancel_fd = cancel_rd.get()};
   Result<RamSplitStats> split = Internal("not run");
-  std::jthread splitter(
-      [&] { split = SplitRamFromStream(stream_rd.get(), state.get(), mem.get(), o); });
+  // The thread owns the read end: closing it the moment the split ends (a full disk, a stream
+  // it refuses) fails QEMU's writes at once instead of leaving the migration blocked on a full
+  // pipe until its timeout.
+  std::jthread splitter([&, rd = std::move(stream_rd)]() mutable {
+    split = SplitRamFromStream(rd.get(), state.get(), mem.get(), o);
+    rd.Reset();
+  });
   uint64_t cursor = 0;
   Status saved = StartSave(stream_wr.get(), &cursor);
   stream_wr.Reset();  // QEMU holds the write end now: its closing ends the stream
-  if (saved.ok()) {
-    saved = WaitMigration(cursor, "saving a memory snapshot to " + state_path);
-  } else {
-    cancel_wr.Reset();
-  }
+  if (saved.ok()) saved = WaitMigration(cursor, "saving a memory snapshot to " + state_path);
+  if (!saved.ok()) cancel_wr.Reset();
   splitter.join();
+  // The split's own error explains a failed migration better than "migration failed" (unless
+  // the split was only cancelled because the migration had failed).
+  if (!split.ok() && (saved.ok() || split.status().code() != ErrorCode::kCancelled)) {
+    return WithVmmLog(split.status().Annotate("splitting the RAM out of the state"));
+  }
   MOAT_RETURN_IF_ERROR(saved);
-  if (!split.ok()) return WithVmmLog(split.status().Annotate("splitting the RAM out of the state"));
   auto split_done = Clock::now();
   if (durable) {
     if (::fsync(mem.get()) < 0) return ErrnoError("fsync(" + memory_path + ")");

@@ -34,7 +34,7 @@ constexpr uint64_t kFlagEos = 0x10;
 constexpr uint64_t kFlagContinue = 0x20;
 constexpr uint64_t kFlagMask = kTargetPageSize - 1;
 
-constexpr size_t kInputBuffer = size_t{4} << 20;
+constexpr size_t kMinInputBuffer = 8192;
 constexpr size_t kStateBuffer = size_t{64} << 10;
 constexpr int kMaxIov = 256;
 
@@ -55,12 +55,13 @@ void PutBe64(uint8_t* p, uint64_t v) {
 // Buffered reads from QEMU's end of the pipe, bounded in time and cancellable.
 class Input {
  public:
-  Input(int fd, int cancel_fd, Clock::time_point deadline, std::function<Status()> before_move)
+  Input(int fd, int cancel_fd, size_t buffer_bytes, Clock::time_point deadline,
+        std::function<Status()> before_move)
       : fd_(fd),
         cancel_fd_(cancel_fd),
         deadline_(deadline),
         before_move_(std::move(before_move)),
-        buf_(kInputBuffer) {}
+        buf_(buffer_bytes) {}
 
   // Makes n bytes available at data(); a stream that ends first is malformed.
   Status Need(size_t n) {
@@ -225,7 +226,8 @@ class Splitter {
   Splitter(int in_fd, int state_fd, int memory_fd, const RamSplitOptions& o)
       : o_(o),
         mem_(memory_fd, o.block_bytes),
-        in_(in_fd, o.cancel_fd, Clock::now() + o.timeout, [this] { return mem_.Flush(); }),
+        in_(in_fd, o.cancel_fd, o.read_buffer_bytes, Clock::now() + o.timeout,
+            [this] { return mem_.Flush(); }),
         out_(state_fd, o.max_state_bytes) {}
 
   Result<RamSplitStats> Run() {
@@ -444,6 +446,9 @@ Result<RamSplitStats> SplitRamFromStream(int in_fd, int state_fd, int memory_fd,
   }
   if (options.block_bytes == 0 || options.block_bytes % kTargetPageSize != 0) {
     return InvalidArgument("ram split: block size must be a positive multiple of the page size");
+  }
+  if (options.read_buffer_bytes < kMinInputBuffer) {
+    return InvalidArgument("ram split: read buffer must be at least 8 KiB");
   }
   if (::ftruncate(memory_fd, static_cast<off_t>(options.block_bytes)) < 0) {
     return ErrnoError("ftruncate(memory file)");

@@ -40,6 +40,9 @@ struct RamSplitOptions {
   std::chrono::milliseconds timeout{30000};
   // Readable: stop at once (Cancelled). -1: none.
   int cancel_fd = -1;
+  // The input buffer (at least 8 KiB: a record must fit). Queued page writes point into it and
+  // are flushed before its unread bytes move to the front; tests make it small to exercise that.
+  size_t read_buffer_bytes = size_t{4} << 20;
 };
 
 struct RamSplitStats {

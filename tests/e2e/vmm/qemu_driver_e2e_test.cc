@@ -2,8 +2,10 @@
 // restore a clone from the template memory, and checks that the VMM is confined and that
 // nothing is left behind. Needs root and the guest artifacts in $MOAT_BUILD_DIR/guest.
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <thread>
 
 #include "common/fs.h"
+#include "common/unique_fd.h"
 #include "vmm/qemu/accel_probe.h"
 #include "vmm/qemu/qemu_driver.h"
 
@@ -306,6 +309,93 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
   EXPECT_EQ(StatusField(vm2.pid(), "CapEff"), "0000000000000000");
   EXPECT_FALSE(PathExists("/proc/" + std::to_string(vm2.pid()) + "/root" + d1.dir + "/qmp.sock"))
       << "the clone sees the template VM's directory";
+
+  // --- Snapshots of the clone, restored: byte-identical RAM ---------------------------------
+  // Its RAM is private. A memory-file snapshot splits it out of the stream into a sparse file
+  // that a restore maps (nothing loaded); the older full stream carries it. Each restored VM,
+  // paused before it runs a single instruction, must hold exactly the RAM the clone had.
+  uid_t uid3 = *ids.Allocate();
+  auto dump_ram = [](QemuDriver& vm, const std::string& path) {
+    auto r = vm.qmp()->Execute("pmemsave",
+                               {{"val", 0}, {"size", int64_t{128} << 20}, {"filename", path}});
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    auto data = ReadFile(path);
+    // The dump is on tmpfs, charged to the VM's cgroup: it must not stay there.
+    ::unlink(path.c_str());
+    EXPECT_TRUE(data.ok()) << data.status().ToString();
+    return data.ok() ? *data : std::string();
+  };
+  auto restore_from = [&](const std::string& name, const std::string& memory,
+                          const std::string& state, QemuDriver& vm) {
+    VmDirs d(base, name);
+    VmSpec sp = BaseSpec(a, "e2e-" + tag + "-" + name, d.dir, uid3, template_gid);
+    sp.boot_mode = BootMode::kRestore;
+    sp.kernel_path.clear();
+    sp.memory_path = memory;
+    sp.memory_shared = false;
+    sp.device_state_path = state;
+    Status st = vm.Start(sp);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return d.dir;
+  };
+  std::string snap_mem = d2.dir + "/snap.mem", snap_state = d2.dir + "/snap.state";
+  Status split = vm2.SaveMemorySnapshot(snap_state, snap_mem, /*durable=*/true);
+  ASSERT_TRUE(split.ok()) << split.ToString();
+  ASSERT_EQ(::chown(snap_mem.c_str(), 0, template_gid), 0);
+  ASSERT_EQ(::chmod(snap_mem.c_str(), 0660), 0);
+  struct stat mem_st {
+  }, split_state_st{};
+  ASSERT_EQ(::stat(snap_mem.c_str(), &mem_st), 0);
+  ASSERT_EQ(::stat(snap_state.c_str(), &split_state_st), 0);
+  EXPECT_EQ(mem_st.st_size, int64_t{128} << 20);
+  EXPECT_LT(split_state_st.st_size, 1024 * 1024) << "guest RAM left in the device state";
+  std::string ram2 = dump_ram(vm2, d2.dir + "/ram-at-split.dump");
+  {
+    QemuDriver vm3;
+    std::string dir3 = restore_from("vm3", snap_mem, snap_state, vm3);
+    EXPECT_EQ(vm3.QueryStatus()->qmp_status, "paused");
+    EXPECT_TRUE(dump_ram(vm3, dir3 + "/ram.dump") == ram2) << "memory-file restore changed RAM";
+    ASSERT_TRUE(vm3.Resume().ok());
+    std::this_thread::sleep_for(milliseconds(300));
+    EXPECT_EQ(vm3.QueryStatus()->qmp_status, "running");
+    EXPECT_TRUE(vm3.Stop(milliseconds(3000)).ok());
+  }
+  // A split that fails (here: the memory file's filesystem is full) fails the save at once —
+  // QEMU's writes fail when the agent stops reading — and the VM can run on.
+  {
+    ASSERT_TRUE(vm2.Resume().ok());
+    std::string small = base + "/small";
+    ASSERT_TRUE(MakeDirs(small, 0755).ok());
+    ASSERT_EQ(::mount("moat-e2e-small", small.c_str(), "tmpfs", 0, "size=1m"), 0);
+    auto t_fail = Clock::now();
+    Status full = vm2.SaveMemorySnapshot(small + "/state", small + "/mem", /*durable=*/false);
+    auto fail_ms = std::chrono::duration_cast<milliseconds>(Clock::now() - t_fail).count();
+    EXPECT_EQ(::umount2(small.c_str(), MNT_DETACH), 0);
+    EXPECT_FALSE(full.ok());
+    EXPECT_NE(full.message().find("No space left"), std::string::npos) << full.ToString();
+    EXPECT_LT(fail_ms, 10000) << "a failed split must not wait for the migration timeout";
+  }
+  // The clone runs on after a snapshot; then a full snapshot (QEMU refuses to migrate a VM
+  // still paused by the previous migration).
+  ASSERT_TRUE(vm2.Resume().ok());
+  std::string full_state = d2.dir + "/full.state";
+  ASSERT_TRUE(vm2.SaveDeviceState(full_state).ok());
+  std::string ram2_full = dump_ram(vm2, d2.dir + "/ram-at-full.dump");
+  {
+    std::string fresh = base + "/fresh.mem";
+    {
+      UniqueFd f(::open(fresh.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+      ASSERT_TRUE(f.valid());
+      ASSERT_EQ(::ftruncate(f.get(), int64_t{128} << 20), 0);
+      ASSERT_EQ(::fchown(f.get(), uid3, template_gid), 0);
+    }
+    QemuDriver vm4;
+    std::string dir4 = restore_from("vm4", fresh, full_state, vm4);
+    EXPECT_TRUE(dump_ram(vm4, dir4 + "/ram.dump") == ram2_full)
+        << "full-stream restore changed RAM";
+    EXPECT_TRUE(vm4.Stop(milliseconds(3000)).ok());
+  }
+  ASSERT_TRUE(vm2.Resume().ok());
 
   // --- Kill: nothing left behind ----------------------------------------------------------
   pid_t pid2 = vm2.pid();
