@@ -1,7 +1,8 @@
 // Snapshot benchmark, side by side in one run: cold boot vs create (restore) to first exec vs
 // create from the agent's warm pool (paced so that a clone is ready, and back to back),
-// pause/resume, fork (N = 1 and 8) of a sandbox with dirtied memory, PSS of idle sandboxes, and
-// creates per second with concurrent clients. Prints a summary and writes JSON.
+// pause/resume and fork (N = 1 and 8) of a sandbox with dirtied memory (memory-file snapshots
+// side by side with full-stream ones), PSS of idle sandboxes, and creates per second with
+// concurrent clients. Prints a summary and writes JSON.
 //
 // usage: snapshot_bench [--guest-dir DIR] [--creates N] [--idle N] [--json PATH] [--only S,..]
 #include <algorithm>
@@ -57,7 +58,7 @@ double CreateToFirstExec(agent::Agent& a, bool cold, std::string* id, bool* from
 }
 
 std::unique_ptr<agent::Agent> StartAgent(const Options& o, const std::string& dir, uint64_t mib,
-                                         size_t warm = 0) {
+                                         size_t warm = 0, bool memory_files = true) {
   agent::AgentConfig c;
   c.data_dir = dir;
   c.base.kernel_path = o.guest_dir + "/vmlinux";
@@ -66,6 +67,7 @@ std::unique_ptr<agent::Agent> StartAgent(const Options& o, const std::string& di
   c.base.memory_mib = mib;
   c.accel = vmm::Accel::kTcg;
   c.warm_sandboxes = warm;
+  c.memory_file_snapshots = memory_files;
   return Must(agent::Agent::Start(c), "agent");
 }
 
@@ -94,27 +96,36 @@ int Run(const Options& o) {
 
     if (o.Runs("pause")) {
       // Pause / resume of one sandbox: the resume call (the sandbox runs and its guest has
-      // answered the identity op), and on to the first exec.
-      auto sb = Must(a->Create("base", {}), "create");
-      id = sb->id();
-      sb.reset();
-      std::vector<double> pause, resume, resume_exec;
+      // answered the identity op), and on to the first exec. Side by side, alternating: memory-
+      // file snapshots (this agent) and full-stream snapshots (an agent of its own).
+      auto a_stream = StartAgent(o, dir + "/small-stream", 256, 0, /*memory_files=*/false);
+      struct Run {
+        agent::Agent* a;
+        std::string suffix, id;
+        std::vector<double> pause, resume, resume_exec;
+      };
+      std::vector<Run> runs{{a.get(), ""}, {a_stream.get(), "_stream"}};
+      for (auto& r : runs) r.id = Must(r.a->Create("base", {}), "create")->id();
       for (int i = 0; i < 20; ++i) {
-        auto t0 = Clock::now();
-        if (Status s = a->Pause(id); !s.ok()) Die(s, "pause");
-        pause.push_back(Ms(Clock::now() - t0));
-        t0 = Clock::now();
-        auto r = Must(a->Resume(id), "resume");
-        resume.push_back(Ms(Clock::now() - t0));
-        auto g = Must(r->Guest(), "guest");
-        (void)Must(g->Run({.argv = {"/bin/true"}}, Clock::now() + std::chrono::seconds(60)),
-                   "exec");
-        resume_exec.push_back(Ms(Clock::now() - t0));
+        for (auto& r : runs) {
+          auto t0 = Clock::now();
+          if (Status s = r.a->Pause(r.id); !s.ok()) Die(s, "pause");
+          r.pause.push_back(Ms(Clock::now() - t0));
+          t0 = Clock::now();
+          auto sb = Must(r.a->Resume(r.id), "resume");
+          r.resume.push_back(Ms(Clock::now() - t0));
+          auto g = Must(sb->Guest(), "guest");
+          (void)Must(g->Run({.argv = {"/bin/true"}}, Clock::now() + std::chrono::seconds(60)),
+                     "exec");
+          r.resume_exec.push_back(Ms(Clock::now() - t0));
+        }
       }
-      (void)a->Kill(id);
-      out["pause_ms"] = Percentiles(pause);
-      out["resume_ms"] = Percentiles(resume);
-      out["resume_to_first_exec_ms"] = Percentiles(resume_exec);
+      for (auto& r : runs) {
+        (void)r.a->Kill(r.id);
+        out["pause" + r.suffix + "_ms"] = Percentiles(r.pause);
+        out["resume" + r.suffix + "_ms"] = Percentiles(r.resume);
+        out["resume_to_first_exec" + r.suffix + "_ms"] = Percentiles(r.resume_exec);
+      }
     }
 
     if (o.Runs("pss")) {
@@ -200,30 +211,49 @@ int Run(const Options& o) {
     out["create_to_first_exec_warm_pool_back_to_back_hits"] = burst_hits;
   }
   if (o.Runs("fork")) {
-    // Fork of a 512 MiB sandbox with 128 MiB dirtied (a python process holding it).
-    auto a = StartAgent(o, dir + "/big", 512);
-    auto parent = Must(a->Create("base", {}), "create 512 MiB");
-    auto g = Must(parent->Guest(), "guest");
-    auto s = Must(g->Open({{"op", "exec"},
-                           {"cmd",
-                            "python3 -c 'import os,time; b=bytearray(os.urandom(1<<20))*128; "
-                            "open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'"}}),
-                  "dirty");
-    (void)Must(g->Run({.cmd = "while [ ! -e /tmp/ready ]; do sleep 0.1; done"},
-                      Clock::now() + std::chrono::seconds(120)),
-               "wait for dirty memory");
-    for (int n : {1, 8}) {
-      std::vector<double> times;
-      for (int i = 0; i < (n == 1 ? 10 : 3); ++i) {
-        auto t0 = Clock::now();
-        auto kids = Must(a->Fork(parent->id(), n), "fork");
-        times.push_back(Ms(Clock::now() - t0));
-        for (auto& k : kids) (void)a->Kill(k->id());
-      }
-      out["fork_512mib_128mib_dirty_n" + std::to_string(n) + "_ms"] = Percentiles(times);
+    // Fork of a 512 MiB sandbox with 128 MiB dirtied (a python process holding it). Side by
+    // side, alternating: memory-file snapshots and full-stream snapshots, an agent each.
+    struct Parent {
+      std::unique_ptr<agent::Agent> a;
+      std::string suffix;
+      std::shared_ptr<agent::Sandbox> sb;
+      std::unique_ptr<channel::GuestClient::Stream> dirty;
+    };
+    std::vector<Parent> parents;
+    parents.push_back({StartAgent(o, dir + "/big", 512), ""});
+    parents.push_back({StartAgent(o, dir + "/big-stream", 512, 0, false), "_stream"});
+    for (auto& p : parents) {
+      p.sb = Must(p.a->Create("base", {}), "create 512 MiB");
+      auto g = Must(p.sb->Guest(), "guest");
+      p.dirty = Must(g->Open({{"op", "exec"},
+                              {"cmd",
+                               "python3 -c 'import os,time; b=bytearray(os.urandom(1<<20))*128; "
+                               "open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'"}}),
+                     "dirty");
+      (void)Must(g->Run({.cmd = "while [ ! -e /tmp/ready ]; do sleep 0.1; done"},
+                        Clock::now() + std::chrono::seconds(120)),
+                 "wait for dirty memory");
     }
-    s->Cancel();
-    (void)a->Kill(parent->id());
+    for (int n : {1, 8}) {
+      std::vector<std::vector<double>> times(parents.size());
+      for (int i = 0; i < (n == 1 ? 10 : 3); ++i) {
+        for (size_t k = 0; k < parents.size(); ++k) {
+          auto& p = parents[k];
+          auto t0 = Clock::now();
+          auto kids = Must(p.a->Fork(p.sb->id(), n), "fork");
+          times[k].push_back(Ms(Clock::now() - t0));
+          for (auto& c : kids) (void)p.a->Kill(c->id());
+        }
+      }
+      for (size_t k = 0; k < parents.size(); ++k) {
+        out["fork_512mib_128mib_dirty_n" + std::to_string(n) + parents[k].suffix + "_ms"] =
+            Percentiles(times[k]);
+      }
+    }
+    for (auto& p : parents) {
+      p.dirty->Cancel();
+      (void)p.a->Kill(p.sb->id());
+    }
   }
   (void)RemoveTree(dir);
 
@@ -248,10 +278,15 @@ int Run(const Options& o) {
                 out["create_to_first_exec_warm_pool_back_to_back_hits"].get<int>(), o.creates);
   }
   row("pause_ms", "pause");
+  row("pause_stream_ms", "  (full-stream snapshots)");
   row("resume_ms", "resume");
+  row("resume_stream_ms", "  (full-stream snapshots)");
   row("resume_to_first_exec_ms", "resume to first exec");
+  row("resume_to_first_exec_stream_ms", "  (full-stream snapshots)");
   row("fork_512mib_128mib_dirty_n1_ms", "fork 512 MiB/128 MiB dirty, N=1");
+  row("fork_512mib_128mib_dirty_n1_stream_ms", "  (full-stream snapshots)");
   row("fork_512mib_128mib_dirty_n8_ms", "fork 512 MiB/128 MiB dirty, N=8");
+  row("fork_512mib_128mib_dirty_n8_stream_ms", "  (full-stream snapshots)");
   if (out.contains("pss_per_idle_sandbox_mib")) {
     std::printf("  idle sandbox: PSS %.1f MiB, RSS %.1f MiB (%d idle from one template)\n",
                 out["pss_per_idle_sandbox_mib"].get<double>(),

@@ -58,7 +58,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
                  .accel = c.accel,
                  .jail_ids = agent->jail_ids_.get(),
                  .ready_timeout = c.ready_timeout,
-                 .slots = nullptr};
+                 .slots = nullptr,
+                 .memory_file_snapshots = c.memory_file_snapshots};
   agent->Recover();
   // A start that fails from here on leaves the adopted sandboxes running for the next attempt.
   Cleanup detach_on_error([a = agent.get()] {

@@ -47,6 +47,12 @@ struct AgentConfig {
   // restoring on the request's path; the pool refills in the background. 0: none (every
   // create restores).
   size_t warm_sandboxes = 0;
+  // Pause, named snapshots and fork write memory-file snapshots: the RAM split out of the
+  // migration stream into a file that restores map (nothing loaded; fork children share its
+  // pages). False: one full migration stream each, whose RAM every restore loads — the format
+  // before memory files, kept for comparison (snapshot_bench) and as a way out should a QEMU
+  // build write a stream the splitter refuses. Both formats always restore.
+  bool memory_file_snapshots = true;
 };
 
 struct RecoveryReport {

@@ -371,15 +371,21 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
     if (!s.ok()) LogError("sandbox.resume_failed", {{"sandbox", id_}, {"error", s.ToString()}});
   });
   SnapshotFiles f(tmp);
-  // RAM into a memory file, device state without it. The VM stops, and its disk is flushed
-  // and inactivated when the migration completes: the overlay can be copied consistently.
-  MOAT_RETURN_IF_ERROR(
-      vmm_->SaveMemorySnapshot(f.state, f.memory, durable).Annotate("snapshot of sandbox " + id_));
-  // Every VM restored from the file maps it share=off; QEMU opens it read-write (7.2 has no
-  // read-only open for a private mapping), so it is the restoring VMs' group's, like a
-  // template's memory.
-  if (::chown(f.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(f.memory.c_str(), 0660) < 0) {
-    return ErrnoError("giving " + f.memory + " to the sandboxes' group");
+  // The VM stops, and its disk is flushed and inactivated when the migration completes: the
+  // overlay can be copied consistently.
+  if (env_.memory_file_snapshots) {
+    // RAM into a memory file, device state without it.
+    MOAT_RETURN_IF_ERROR(vmm_->SaveMemorySnapshot(f.state, f.memory, durable)
+                             .Annotate("snapshot of sandbox " + id_));
+    // Every VM restored from the file maps it share=off; QEMU opens it read-write (7.2 has no
+    // read-only open for a private mapping), so it is the restoring VMs' group's, like a
+    // template's memory.
+    if (::chown(f.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(f.memory.c_str(), 0660) < 0) {
+      return ErrnoError("giving " + f.memory + " to the sandboxes' group");
+    }
+  } else {
+    // One full stream, RAM included (always fsync'd).
+    MOAT_RETURN_IF_ERROR(vmm_->SaveDeviceState(f.state).Annotate("snapshot of sandbox " + id_));
   }
   MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
   if (keep_running) {
@@ -395,7 +401,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.network = origin_.network;
   m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
   m.guest_network = slot_ ? slot_->GuestConfigJson() : nlohmann::json(nullptr);
-  m.memory_file = true;
+  m.memory_file = env_.memory_file_snapshots;
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");

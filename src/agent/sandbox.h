@@ -41,6 +41,8 @@ struct SandboxEnv {
   // Network slots (src/net/): null means sandboxes have no NIC. With them, every VM gets a NIC
   // on its own slot, and templates are baked with one (the device state includes it).
   net::SlotPool* slots = nullptr;
+  // AgentConfig::memory_file_snapshots.
+  bool memory_file_snapshots = true;
 };
 
 // Paths inside a sandbox's directory.

@@ -36,6 +36,9 @@ struct MoatdConfig {
   size_t ready_slots = 4;
   // Warm clones of the base template kept restored for creates (agent::AgentConfig).
   size_t warm_sandboxes = 2;
+  // Pause, named snapshots and fork write memory-file snapshots (docs/snapshots.md); false:
+  // one full migration stream each (--snapshot-format stream).
+  bool memory_file_snapshots = true;
 
   // Filled in by ValidateConfig from `listen`.
   std::string listen_host;

@@ -63,6 +63,7 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
   ac.accel = accel->accel;
   ac.warm_sandboxes = config.warm_sandboxes;
+  ac.memory_file_snapshots = config.memory_file_snapshots;
   if (config.network) {
     ac.network = config.net;
     ac.ready_slots = config.ready_slots;
@@ -182,6 +183,13 @@ int main(int argc, char** argv) {
                    "clones of the base template kept restored and warm, so that a create only "
                    "hands one out (0: every create restores)")
       ->capture_default_str();
+  std::string snapshot_format = "memory-file";
+  serve
+      ->add_option("--snapshot-format", snapshot_format,
+                   "memory-file|stream: how pause, named snapshots and fork save a sandbox's RAM "
+                   "(memory-file: a file that restores map, nothing loaded; stream: inside one "
+                   "migration stream that restores load)")
+      ->capture_default_str();
   bool keep_sandboxes = false;
   serve->add_flag("--keep-sandboxes-on-stop", keep_sandboxes,
                   "on SIGTERM/SIGINT leave running sandboxes running; the next moatd on the same "
@@ -192,6 +200,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   config.network = network == "on";
+  if (snapshot_format != "memory-file" && snapshot_format != "stream") {
+    std::fprintf(stderr, "moatd: --snapshot-format: expected memory-file or stream, got \"%s\"\n",
+                 snapshot_format.c_str());
+    return 2;
+  }
+  config.memory_file_snapshots = snapshot_format == "memory-file";
   auto mode = moat::vmm::qemu::ParseAccelMode(accel);
   if (!mode.ok()) {
     std::fprintf(stderr, "moatd: --accel: %s\n", mode.status().message().c_str());

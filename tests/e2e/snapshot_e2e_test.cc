@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/snapshot.h"
 #include "common/fs.h"
 #include "support/agent_config.h"
 #include "support/test_util.h"
@@ -36,8 +37,10 @@ class SnapshotE2eTest : public ::testing::Test {
     fds_before_ = moat::test_support::OpenFdCount();
     StartAgent();
   }
-  static void StartAgent() {
-    auto agent = Agent::Start(moat::test_support::E2eAgentConfig(*dir_));
+  static void StartAgent(bool memory_file_snapshots = true) {
+    auto config = moat::test_support::E2eAgentConfig(*dir_);
+    config.memory_file_snapshots = memory_file_snapshots;
+    auto agent = Agent::Start(config);
     ASSERT_TRUE(agent.ok()) << agent.status().ToString();
     agent_ = agent->release();
   }
@@ -184,6 +187,55 @@ TEST_F(SnapshotE2eTest, APausedSandboxSurvivesAnAgentRestart) {
   ASSERT_TRUE(agent_->Pause(again->id()).ok());
   ASSERT_TRUE(agent_->Kill(again->id()).ok());
   EXPECT_FALSE(agent_->IsPaused(again->id()));
+}
+
+// Full-stream snapshots (--snapshot-format stream, and every snapshot written before memory
+// files) pause, resume and fork; a sandbox paused that way resumes under an agent that writes
+// memory files, and its next pause is one.
+TEST_F(SnapshotE2eTest, FullStreamSnapshotsWorkAndResumeAfterTheSwitchToMemoryFiles) {
+  delete agent_;
+  agent_ = nullptr;
+  StartAgent(/*memory_file_snapshots=*/false);
+  ASSERT_NE(agent_, nullptr);
+  auto sb = MustCreate();
+  ASSERT_TRUE(sb);
+  std::string id = sb->id();
+  StartCounter(sb);
+  EXPECT_EQ(Tick(sb), 1);
+  Sh(sb, "echo streamed > /home/user/f");
+  auto kids = agent_->Fork(id, 1);
+  ASSERT_TRUE(kids.ok()) << kids.status().ToString();
+  EXPECT_EQ(Tick((*kids)[0]), 2);
+  EXPECT_EQ(Sh((*kids)[0], "cat /home/user/f"), "streamed\n");
+  ASSERT_TRUE(agent_->Kill((*kids)[0]->id()).ok());
+  ASSERT_TRUE(agent_->Pause(id).ok());
+  sb.reset();
+  std::string snap = *dir_ + "/snapshots/" + id;
+  auto m = ReadManifest(snap);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_FALSE(m->memory_file);
+  EXPECT_FALSE(PathExists(snap + "/mem"));
+  struct stat st {};
+  ASSERT_EQ(::stat((snap + "/state").c_str(), &st), 0);
+  EXPECT_GT(st.st_size, 4 << 20) << "a full stream carries the RAM";
+
+  delete agent_;
+  agent_ = nullptr;
+  StartAgent(/*memory_file_snapshots=*/true);
+  ASSERT_NE(agent_, nullptr);
+  auto resumed = agent_->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ(Tick(*resumed), 2);
+  EXPECT_EQ(Sh(*resumed, "cat /home/user/f"), "streamed\n");
+  resumed->reset();
+  ASSERT_TRUE(agent_->Pause(id).ok());
+  m = ReadManifest(snap);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_TRUE(m->memory_file);
+  resumed = agent_->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ(Tick(*resumed), 3);
+  ASSERT_TRUE(agent_->Kill(id).ok());
 }
 
 TEST_F(SnapshotE2eTest, ANamedSnapshotKeepsTheSandboxRunningAndServesAsATemplate) {
