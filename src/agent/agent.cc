@@ -443,13 +443,21 @@ Status Agent::Pause(const std::string& id) {
   std::lock_guard paused(paused_mu_);
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
   SnapshotManifest m{.kind = "paused", .name = id, .sandbox_id = id};
+  auto start = std::chrono::steady_clock::now();
   MOAT_RETURN_IF_ERROR(
       sb->SaveSnapshot(SnapshotDir(id), m, /*keep_running=*/false, /*durable=*/true));
+  auto saved = std::chrono::steady_clock::now();
   {
     std::lock_guard lock(mu_);
     sandboxes_.erase(id);
   }
   sb->Kill();
+  auto ms = [](auto d) {
+    return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+  };
+  LogInfo("sandbox.paused", {{"sandbox", id},
+                             {"snapshot_ms", ms(saved - start)},
+                             {"release_ms", ms(std::chrono::steady_clock::now() - saved)}});
   return Status::Ok();
 }
 
