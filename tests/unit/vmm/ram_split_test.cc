@@ -166,13 +166,13 @@ TEST(RamSplit, PagesGoToTheFileEverythingElseToTheState) {
   EXPECT_EQ(s.result->stream_bytes, b.stream.size());
 }
 
-TEST(RamSplit, ManyPagesOverSeveralBufferFills) {
-  // 8 MiB of pages: the input buffer (4 MiB) is refilled and moved while writes are queued.
-  constexpr uint64_t kBig = 2048 * kPage;
+// A stream of `pages` pages of "mem", each holding its number and, in its last byte, a value
+// derived from it; NumberedPagesOk checks a memory file against it.
+StreamBuilder NumberedPages(uint64_t pages) {
   StreamBuilder b;
-  b.RamStart(kBig);
+  b.RamStart(pages * kPage);
   b.RamPart();
-  for (uint64_t i = 0; i < 2048; ++i) {
+  for (uint64_t i = 0; i < pages; ++i) {
     std::string page(kPage, '\0');
     std::memcpy(page.data(), &i, sizeof i);
     page[kPage - 1] = static_cast<char>(i * 31);
@@ -180,16 +180,38 @@ TEST(RamSplit, ManyPagesOverSeveralBufferFills) {
   }
   b.EndRamSection();
   b.Devices();
-  Split s = RunSplit(b.stream, {.block = "mem", .block_bytes = kBig});
+  return b;
+}
+
+::testing::AssertionResult NumberedPagesOk(const std::string& memory, uint64_t pages) {
+  if (memory.size() != pages * kPage) {
+    return ::testing::AssertionFailure() << "memory file of " << memory.size() << " bytes";
+  }
+  for (uint64_t i = 0; i < pages; ++i) {
+    uint64_t got;
+    std::memcpy(&got, memory.data() + i * kPage, sizeof got);
+    if (got != i || memory[i * kPage + kPage - 1] != static_cast<char>(i * 31)) {
+      return ::testing::AssertionFailure() << "page " << i << " holds page " << got;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// A memfd holding `data`, read from its start (a file: big reads, unlike a pipe).
+UniqueFd MemfdWith(const std::string& data) {
+  UniqueFd fd = Memfd("stream");
+  EXPECT_EQ(::write(fd.get(), data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  EXPECT_EQ(::lseek(fd.get(), 0, SEEK_SET), 0);
+  return fd;
+}
+
+TEST(RamSplit, ManyPagesOverSeveralBufferFills) {
+  // 8 MiB of pages through a pipe: the input buffer (4 MiB) is refilled and moved.
+  StreamBuilder b = NumberedPages(2048);
+  Split s = RunSplit(b.stream, {.block = "mem", .block_bytes = 2048 * kPage});
   ASSERT_TRUE(s.result.ok()) << s.result.status().ToString();
   EXPECT_EQ(s.state, b.state);
-  ASSERT_EQ(s.memory.size(), kBig);
-  for (uint64_t i = 0; i < 2048; ++i) {
-    uint64_t got;
-    std::memcpy(&got, s.memory.data() + i * kPage, sizeof got);
-    ASSERT_EQ(got, i);
-    ASSERT_EQ(s.memory[i * kPage + kPage - 1], static_cast<char>(i * 31));
-  }
+  EXPECT_TRUE(NumberedPagesOk(s.memory, 2048));
 }
 
 TEST(RamSplit, ZeroPagesStayHoles) {
@@ -200,10 +222,7 @@ TEST(RamSplit, ZeroPagesStayHoles) {
   b.MemPage(10 * kPage, PageOf('z'));
   b.EndRamSection();
   b.Devices();
-  UniqueFd in = Memfd("stream"), state = Memfd("state"), mem = Memfd("mem");
-  ASSERT_EQ(::write(in.get(), b.stream.data(), b.stream.size()),
-            static_cast<ssize_t>(b.stream.size()));
-  ASSERT_EQ(::lseek(in.get(), 0, SEEK_SET), 0);
+  UniqueFd in = MemfdWith(b.stream), state = Memfd("state"), mem = Memfd("mem");
   auto r = SplitRamFromStream(in.get(), state.get(), mem.get(),
                               {.block = "mem", .block_bytes = kBlockBytes});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -215,33 +234,14 @@ TEST(RamSplit, ZeroPagesStayHoles) {
 TEST(RamSplit, QueuedPagesAreWrittenBeforeTheBufferMoves) {
   // Big reads (a file, not a pipe) into a small buffer: every refill moves unread bytes over
   // pages still queued for writing, so they must be written first.
-  constexpr uint64_t kBig = 512 * kPage;
-  StreamBuilder b;
-  b.RamStart(kBig);
-  b.RamPart();
-  for (uint64_t i = 0; i < 512; ++i) {
-    std::string page(kPage, static_cast<char>('a' + i % 26));
-    std::memcpy(page.data(), &i, sizeof i);
-    b.MemPage(i * kPage, page, /*continue_block=*/i > 0);
-  }
-  b.EndRamSection();
-  b.Devices();
+  StreamBuilder b = NumberedPages(512);
   for (size_t buffer : {size_t{8192}, size_t{10000}, size_t{65536}}) {
-    UniqueFd in = Memfd("stream"), state = Memfd("state"), mem = Memfd("mem");
-    ASSERT_EQ(::write(in.get(), b.stream.data(), b.stream.size()),
-              static_cast<ssize_t>(b.stream.size()));
-    ASSERT_EQ(::lseek(in.get(), 0, SEEK_SET), 0);
-    auto r = SplitRamFromStream(in.get(), state.get(), mem.get(),
-                                {.block = "mem", .block_bytes = kBig, .read_buffer_bytes = buffer});
+    UniqueFd in = MemfdWith(b.stream), state = Memfd("state"), mem = Memfd("mem");
+    auto r = SplitRamFromStream(
+        in.get(), state.get(), mem.get(),
+        {.block = "mem", .block_bytes = 512 * kPage, .read_buffer_bytes = buffer});
     ASSERT_TRUE(r.ok()) << r.status().ToString();
-    std::string got = ReadAll(mem.get());
-    ASSERT_EQ(got.size(), kBig);
-    for (uint64_t i = 0; i < 512; ++i) {
-      uint64_t v;
-      std::memcpy(&v, got.data() + i * kPage, sizeof v);
-      ASSERT_EQ(v, i) << "buffer " << buffer;
-      ASSERT_EQ(got[i * kPage + kPage - 1], static_cast<char>('a' + i % 26)) << "buffer " << buffer;
-    }
+    EXPECT_TRUE(NumberedPagesOk(ReadAll(mem.get()), 512)) << "buffer " << buffer;
     EXPECT_EQ(ReadAll(state.get()), b.state);
   }
 }
