@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
+#include <sstream>
 
 #include "agent/disk.h"
 #include "agent/sandbox_state.h"
@@ -522,8 +524,36 @@ Result<SandboxUsage> Sandbox::Usage() {
     return std::strtoull(rollup.c_str() + at + name.size() + 2, nullptr, 10) * 1024;
   };
   u.pss_bytes = field("Pss");
+  u.pss_file_bytes = field("Pss_File");
   u.rss_bytes = field("Rss");
+  // utime and stime: fields 14 and 15 of /proc/<pid>/stat, counted after the command name's
+  // closing parenthesis (the name may hold spaces).
+  MOAT_ASSIGN_OR_RETURN(std::string stat, ReadFile("/proc/" + std::to_string(pid) + "/stat"));
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos)
+    return Internal("unparsable /proc/" + std::to_string(pid) + "/stat");
+  std::istringstream fields(stat.substr(close + 2));
+  std::string f;
+  unsigned long long utime = 0, stime = 0, starttime = 0;
+  for (int i = 3; i <= 22 && (fields >> f); ++i) {
+    if (i == 14) utime = std::strtoull(f.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(f.c_str(), nullptr, 10);
+    if (i == 22) starttime = std::strtoull(f.c_str(), nullptr, 10);
+  }
+  const auto ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  u.cpu_seconds = static_cast<double>(utime + stime) / ticks;
+  if (auto up = ReadFile("/proc/uptime"); up.ok()) {
+    u.vmm_age_seconds =
+        std::max(0.0, std::strtod(up->c_str(), nullptr) - static_cast<double>(starttime) / ticks);
+  }
+  u.vmm_pid = pid;
+  u.vcpus = origin_.vcpus;
+  u.memory_total_bytes = origin_.memory_mib << 20;
   MOAT_ASSIGN_OR_RETURN(u.disk_bytes, AllocatedBytes(paths_.disk));
+  struct stat base {};
+  if (::stat(origin_.base_disk.c_str(), &base) == 0) {
+    u.disk_total_bytes = static_cast<uint64_t>(base.st_size);
+  }
   return u;
 }
 

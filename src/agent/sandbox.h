@@ -51,10 +51,18 @@ struct SandboxPaths {
   std::string dir, disk, memory, qmp_socket, guest_socket, console_log, vmm_log, state, jail_root;
 };
 
+// What a running sandbox costs the host (E2B's getMetrics reports it).
 struct SandboxUsage {
-  uint64_t pss_bytes = 0;  // the VMM's proportional set size (shared template pages split)
+  uint64_t pss_bytes = 0;       // the VMM's proportional set size (shared pages split)
+  uint64_t pss_file_bytes = 0;  // of which file-backed: its share of the memory file it maps
   uint64_t rss_bytes = 0;
-  uint64_t disk_bytes = 0;  // host bytes allocated to the overlay
+  uint64_t memory_total_bytes = 0;  // guest RAM
+  uint64_t disk_bytes = 0;          // host bytes allocated to the overlay
+  uint64_t disk_total_bytes = 0;    // the guest disk's size
+  unsigned vcpus = 0;
+  double cpu_seconds = 0;      // CPU time of the VMM process (vCPUs and device emulation) so far
+  double vmm_age_seconds = 0;  // since the VMM process started (a resume starts a new one)
+  pid_t vmm_pid = 0;
 };
 
 class Sandbox {

@@ -135,6 +135,25 @@ Result<store::SandboxFilter> ParseListQuery(const codec::QueryParams& q, bool v2
   return f;
 }
 
+Result<MetricsRange> ParseMetricsQuery(const codec::QueryParams& q) {
+  MetricsRange r;
+  for (auto [name, field] : {std::pair{"start", &r.start_s}, std::pair{"end", &r.end_s}}) {
+    auto v = codec::QueryValue(q, name);
+    if (!v || v->empty()) continue;
+    char* end = nullptr;
+    errno = 0;
+    long long secs = std::strtoll(v->c_str(), &end, 10);
+    if (*end != '\0' || errno != 0 || secs < 0) {
+      return InvalidArgument(std::string(name) + ": expected unix seconds, got \"" + *v + "\"");
+    }
+    *field = secs;
+  }
+  if (r.start_s && r.end_s && *r.start_s > *r.end_s) {
+    return InvalidArgument("start is after end");
+  }
+  return r;
+}
+
 Result<CreateSnapshotAction> ParseCreateSnapshot(std::string_view text) {
   MOAT_ASSIGN_OR_RETURN(json body, ParseObject(text));
   CreateSnapshotAction a;

@@ -52,4 +52,10 @@ Result<CreateSnapshotAction> ParseCreateSnapshot(std::string_view body);
 // GET /snapshots?sandboxID=&name=&limit=&nextToken= (the team is the caller's).
 Result<store::SnapshotFilter> ParseSnapshotListQuery(const codec::QueryParams& query);
 
+// GET /sandboxes/{id}/metrics?start=&end= (unix seconds, each optional, start <= end).
+struct MetricsRange {
+  std::optional<int64_t> start_s, end_s;
+};
+Result<MetricsRange> ParseMetricsQuery(const codec::QueryParams& query);
+
 }  // namespace moat::api

@@ -170,11 +170,48 @@ Result<store::SandboxRecord> SandboxController::Get(const std::string& team_id,
   return *r;
 }
 
+Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUsage(
+    const std::string& team_id, const std::string& id, std::optional<int64_t> start_s,
+    std::optional<int64_t> end_s) {
+  MOAT_ASSIGN_OR_RETURN(store::SandboxRecord r, Get(team_id, id));
+  std::vector<MetricSample> out;
+  int64_t now_ms = UnixMillisNow();
+  if (r.state != "running" || (start_s && now_ms / 1000 < *start_s) ||
+      (end_s && now_ms / 1000 > *end_s)) {
+    return out;
+  }
+  auto sb = agent_.Get(id);
+  if (!sb.ok()) return out;  // paused or killed in the meantime
+  auto usage = (*sb)->Usage();
+  if (!usage.ok()) return out;  // its VMM just exited
+  MetricSample m{.unix_ms = now_ms, .usage = *usage};
+  {
+    std::lock_guard lock(cpu_mu_);
+    // Since the previous request, or since its VMM started (the first, or after a resume).
+    double cpu = m.usage.cpu_seconds, wall = m.usage.vmm_age_seconds;
+    if (auto it = last_cpu_.find(id);
+        it != last_cpu_.end() && it->second.vmm_pid == m.usage.vmm_pid) {
+      cpu -= it->second.cpu_seconds;
+      wall = static_cast<double>(now_ms - it->second.unix_ms) / 1000.0;
+    }
+    if (wall > 0 && m.usage.vcpus > 0) {
+      m.cpu_used_pct = std::clamp(100.0 * cpu / (wall * m.usage.vcpus), 0.0, 100.0);
+    }
+    last_cpu_[id] = {m.usage.vmm_pid, now_ms, m.usage.cpu_seconds};
+  }
+  out.push_back(m);
+  return out;
+}
+
 Result<store::SandboxPage> SandboxController::List(const store::SandboxFilter& filter) {
   return store_.ListSandboxes(filter);
 }
 
 Status SandboxController::Release(const std::string& id, const char* why) {
+  {
+    std::lock_guard lock(cpu_mu_);
+    last_cpu_.erase(id);
+  }
   // The record goes first: from then on every route answers 404 for it at once, while the VM
   // and its network slot are released (tens of milliseconds, more under load).
   MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));

@@ -6,8 +6,10 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -81,6 +83,19 @@ class SandboxController {
   };
   Result<Running> FindRunning(const std::string& id);
 
+  // GET /sandboxes/{id}/metrics: one sample of what the sandbox costs the host now (E2B keeps a
+  // series; moat samples on request). Empty for a paused sandbox or a range that excludes now.
+  // cpu_used_pct is over the time since the previous request for this sandbox (the first: since
+  // it started).
+  struct MetricSample {
+    int64_t unix_ms = 0;
+    agent::SandboxUsage usage;
+    double cpu_used_pct = 0;
+  };
+  Result<std::vector<MetricSample>> SampleUsage(const std::string& team_id, const std::string& id,
+                                                std::optional<int64_t> start_s,
+                                                std::optional<int64_t> end_s);
+
   // Sandboxes per state, for /metrics.
   std::map<std::string, int64_t> CountByState();
   // One reaper pass (tests call it directly): kills expired sandboxes, drops records of VMs
@@ -101,6 +116,15 @@ class SandboxController {
   store::Store& store_;
   Metrics& metrics_;
   ControllerOptions options_;
+
+  // The previous CPU reading per sandbox, for cpu_used_pct.
+  struct CpuReading {
+    pid_t vmm_pid = 0;
+    int64_t unix_ms = 0;
+    double cpu_seconds = 0;
+  };
+  std::mutex cpu_mu_;
+  std::map<std::string, CpuReading> last_cpu_;
 
   std::mutex mu_;
   std::condition_variable cv_;

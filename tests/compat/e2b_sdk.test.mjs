@@ -245,6 +245,26 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     assert.equal(r.stdout, 'hello from create\n')
   })
 
+  test('getMetrics reports what the sandbox costs the host', async () => {
+    // A busy loop first, so that the CPU share since the previous sample is not zero.
+    await tagged.commands.run('timeout 1 sh -c "while :; do :; done"; true')
+    const metrics = await tagged.getMetrics()
+    assert.equal(metrics.length, 1)
+    const m = metrics[0]
+    assert.ok(m.timestamp instanceof Date && Math.abs(m.timestamp.getTime() - Date.now()) < 60000)
+    assert.equal(m.cpuCount, 1)
+    assert.ok(m.cpuUsedPct > 0 && m.cpuUsedPct <= 100, `cpuUsedPct ${m.cpuUsedPct}`)
+    assert.ok(m.memUsed > 1 << 20 && m.memUsed < m.memTotal, `memUsed ${m.memUsed}`)
+    assert.ok(m.memCache <= m.memUsed, 'memCache is the file-backed part of memUsed')
+    assert.ok(m.diskUsed > 0 && m.diskUsed < m.diskTotal, `diskUsed ${m.diskUsed}`)
+    // A range that ends before now has no sample; a bad range is refused.
+    assert.deepEqual(await tagged.getMetrics({ start: new Date(1000), end: new Date(2000) }), [])
+    await assert.rejects(
+      tagged.getMetrics({ start: new Date(5000), end: new Date(1000) }),
+      (e) => /start is after end/.test(e.message),
+    )
+  })
+
   test('setTimeout ends the sandbox when it expires', async () => {
     const short = await Sandbox.create({ timeoutMs: 120000 })
     try {

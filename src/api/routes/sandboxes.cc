@@ -150,6 +150,29 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                if (!r.ok()) return SendRestError(w, r.status());
                SendJson(w, 200, Dump(DetailJson(ctx, *r)));
              }));
+  // E2B's getMetrics: what the sandbox costs the host now (docs/api.md).
+  router.Add("GET", "/sandboxes/{sandboxID}/metrics",
+             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+               auto range = ParseMetricsQuery(codec::ParseQuery(req.raw_query));
+               if (!range.ok()) return SendRestError(w, range.status());
+               auto samples = ctx.controller->SampleUsage(team.id, req.Param("sandboxID"),
+                                                          range->start_s, range->end_s);
+               if (!samples.ok()) return SendRestError(w, samples.status());
+               json out = json::array();
+               for (const auto& m : *samples) {
+                 const agent::SandboxUsage& u = m.usage;
+                 out.push_back({{"timestamp", codec::Rfc3339(m.unix_ms * 1000000)},
+                                {"timestampUnix", m.unix_ms / 1000},
+                                {"cpuCount", u.vcpus},
+                                {"cpuUsedPct", m.cpu_used_pct},
+                                {"memUsed", u.pss_bytes},
+                                {"memTotal", u.memory_total_bytes},
+                                {"memCache", u.pss_file_bytes},
+                                {"diskUsed", u.disk_bytes},
+                                {"diskTotal", u.disk_total_bytes}});
+               }
+               SendJson(w, 200, Dump(out));
+             }));
   router.Add("DELETE", "/sandboxes/{sandboxID}",
              Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
                Status s = ctx.controller->Kill(team.id, req.Param("sandboxID"));

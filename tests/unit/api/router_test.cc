@@ -115,6 +115,22 @@ TEST(ControlRequests, ListQueryStatesOrderLimitAndMetadata) {
   EXPECT_EQ(old->states, std::vector<std::string>{"running"});
 }
 
+TEST(ControlRequests, MetricsRange) {
+  auto r = ParseMetricsQuery(codec::ParseQuery("start=10&end=20"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r->start_s, 10);
+  EXPECT_EQ(*r->end_s, 20);
+  r = ParseMetricsQuery(codec::ParseQuery(""));
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->start_s || r->end_s);
+  EXPECT_NE(ParseMetricsQuery(codec::ParseQuery("start=abc")).status().message().find("start"),
+            std::string::npos);
+  EXPECT_FALSE(ParseMetricsQuery(codec::ParseQuery("end=-1")).ok());
+  EXPECT_FALSE(ParseMetricsQuery(codec::ParseQuery("end=99999999999999999999")).ok());
+  EXPECT_EQ(ParseMetricsQuery(codec::ParseQuery("start=20&end=10")).status().code(),
+            ErrorCode::kInvalidArgument);
+}
+
 TEST(ControlRequests, SnapshotNamesAndListQueries) {
   EXPECT_EQ(ParseCreateSnapshot("")->name, "") << "unnamed";
   EXPECT_EQ(ParseCreateSnapshot("{}")->name, "");
