@@ -514,7 +514,13 @@ bool Sandbox::VmmExited() {
 
 Result<SandboxUsage> Sandbox::Usage() {
   SandboxUsage u;
-  pid_t pid = vmm_pid();
+  pid_t pid = -1;
+  {
+    // The API samples while the sandbox may be killed: read the VMM under the lock.
+    std::lock_guard lock(mu_);
+    if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
+    pid = vmm_->pid();
+  }
   if (pid <= 0) return FailedPrecondition("sandbox " + id_ + " has no VMM");
   MOAT_ASSIGN_OR_RETURN(std::string rollup,
                         ReadFile("/proc/" + std::to_string(pid) + "/smaps_rollup"));
