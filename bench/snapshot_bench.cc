@@ -68,6 +68,10 @@ std::unique_ptr<agent::Agent> StartAgent(const Options& o, const std::string& di
   c.accel = vmm::Accel::kTcg;
   c.warm_sandboxes = warm;
   c.memory_file_snapshots = memory_files;
+  // Agents alive side by side must not hand out the same jail uids.
+  static uint32_t next_jail_range = 900000;
+  c.jail_id_first = next_jail_range;
+  next_jail_range += c.jail_id_count;
   return Must(agent::Agent::Start(c), "agent");
 }
 

@@ -386,8 +386,9 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
       return ErrnoError("giving " + f.memory + " to the sandboxes' group");
     }
   } else {
-    // One full stream, RAM included (always fsync'd).
-    MOAT_RETURN_IF_ERROR(vmm_->SaveDeviceState(f.state).Annotate("snapshot of sandbox " + id_));
+    // One full stream, RAM included.
+    MOAT_RETURN_IF_ERROR(
+        vmm_->SaveDeviceState(f.state, durable).Annotate("snapshot of sandbox " + id_));
   }
   MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
   if (keep_running) {
@@ -515,11 +516,13 @@ bool Sandbox::VmmExited() {
 Result<SandboxUsage> Sandbox::Usage() {
   SandboxUsage u;
   pid_t pid = -1;
+  uint64_t start_time = 0;
   {
     // The API samples while the sandbox may be killed: read the VMM under the lock.
     std::lock_guard lock(mu_);
     if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
     pid = vmm_->pid();
+    start_time = vmm_start_time_;
   }
   if (pid <= 0) return FailedPrecondition("sandbox " + id_ + " has no VMM");
   MOAT_ASSIGN_OR_RETURN(std::string rollup,
@@ -552,7 +555,13 @@ Result<SandboxUsage> Sandbox::Usage() {
     u.vmm_age_seconds =
         std::max(0.0, std::strtod(up->c_str(), nullptr) - static_cast<double>(starttime) / ticks);
   }
+  // Read last: if the VMM was killed meanwhile and its pid reused, the figures above are not
+  // this sandbox's.
+  if (start_time != 0 && starttime != start_time) {
+    return NotFound("sandbox " + id_ + ": its VMM is gone");
+  }
   u.vmm_pid = pid;
+  u.vmm_start_time = starttime;
   u.vcpus = origin_.vcpus;
   u.memory_total_bytes = origin_.memory_mib << 20;
   MOAT_ASSIGN_OR_RETURN(u.disk_bytes, AllocatedBytes(paths_.disk));

@@ -63,6 +63,7 @@ struct SandboxUsage {
   double cpu_seconds = 0;      // CPU time of the VMM process (vCPUs and device emulation) so far
   double vmm_age_seconds = 0;  // since the VMM process started (a resume starts a new one)
   pid_t vmm_pid = 0;
+  uint64_t vmm_start_time = 0;  // the process's start time (clock ticks after boot)
 };
 
 class Sandbox {

@@ -177,7 +177,8 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   }
   // Saved while the guest waits on a connected port: after a restore the host's HELLO wakes it
   // at once (a disconnected port would leave it polling).
-  MOAT_RETURN_IF_ERROR(vm.SaveDeviceState(f.state).Annotate("baking template " + t.name));
+  MOAT_RETURN_IF_ERROR(
+      vm.SaveDeviceState(f.state, /*durable=*/true).Annotate("baking template " + t.name));
   guest->reset();
   vm.Kill();
   kill_vm.Cancel();

@@ -175,29 +175,48 @@ Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUs
     std::optional<int64_t> end_s) {
   MOAT_ASSIGN_OR_RETURN(store::SandboxRecord r, Get(team_id, id));
   std::vector<MetricSample> out;
-  int64_t now_ms = UnixMillisNow();
-  if (r.state != "running" || (start_s && now_ms / 1000 < *start_s) ||
-      (end_s && now_ms / 1000 > *end_s)) {
+  // The SDK rounds its range to seconds, and clocks differ: a sample "now" belongs to a range
+  // that ends within a few seconds of it.
+  constexpr int64_t kSlackS = 5;
+  int64_t now_s = UnixMillisNow() / 1000;
+  if (r.state != "running" || (start_s && now_s + kSlackS < *start_s) ||
+      (end_s && now_s - kSlackS > *end_s)) {
     return out;
   }
   auto sb = agent_.Get(id);
   if (!sb.ok()) return out;  // paused or killed in the meantime
   auto usage = (*sb)->Usage();
-  if (!usage.ok()) return out;  // its VMM just exited
-  MetricSample m{.unix_ms = now_ms, .usage = *usage};
+  if (!usage.ok()) {
+    // Its VMM just went away (killed, paused, exited): no sample.
+    if (usage.status().code() == ErrorCode::kNotFound || !agent_.Get(id).ok() ||
+        (*sb)->vmm_pid() <= 0) {
+      return out;
+    }
+    LogWarn("api.usage_failed", {{"sandbox", id}, {"error", usage.status().ToString()}});
+    return usage.status();
+  }
+  MetricSample m{.unix_ms = UnixMillisNow(), .usage = *usage};
   {
     std::lock_guard lock(cpu_mu_);
-    // Since the previous request, or since its VMM started (the first, or after a resume).
-    double cpu = m.usage.cpu_seconds, wall = m.usage.vmm_age_seconds;
-    if (auto it = last_cpu_.find(id);
-        it != last_cpu_.end() && it->second.vmm_pid == m.usage.vmm_pid) {
+    // Since the previous sample of this VMM (intervals on its own boot-time clock), or since
+    // the VMM started (the first sample, or after a resume started a new one).
+    const agent::SandboxUsage& u = m.usage;
+    double cpu = u.cpu_seconds, wall = u.vmm_age_seconds;
+    auto it = last_cpu_.find(id);
+    bool same_vmm = it != last_cpu_.end() && it->second.vmm_pid == u.vmm_pid &&
+                    it->second.vmm_start_time == u.vmm_start_time;
+    if (same_vmm && it->second.age_seconds < u.vmm_age_seconds) {
       cpu -= it->second.cpu_seconds;
-      wall = static_cast<double>(now_ms - it->second.unix_ms) / 1000.0;
+      wall = u.vmm_age_seconds - it->second.age_seconds;
     }
-    if (wall > 0 && m.usage.vcpus > 0) {
-      m.cpu_used_pct = std::clamp(100.0 * cpu / (wall * m.usage.vcpus), 0.0, 100.0);
+    if (wall > 0 && u.vcpus > 0) {
+      m.cpu_used_pct = std::clamp(100.0 * cpu / (wall * u.vcpus), 0.0, 100.0);
     }
-    last_cpu_[id] = {m.usage.vmm_pid, now_ms, m.usage.cpu_seconds};
+    // Never a reading older than the one kept (two samplers at once), and none for a sandbox
+    // that is gone: Release drops the entry after the agent has let go of the sandbox.
+    if ((!same_vmm || it->second.age_seconds < u.vmm_age_seconds) && agent_.Get(id).ok()) {
+      last_cpu_[id] = {u.vmm_pid, u.vmm_start_time, u.vmm_age_seconds, u.cpu_seconds};
+    }
   }
   out.push_back(m);
   return out;
@@ -208,14 +227,15 @@ Result<store::SandboxPage> SandboxController::List(const store::SandboxFilter& f
 }
 
 Status SandboxController::Release(const std::string& id, const char* why) {
-  {
-    std::lock_guard lock(cpu_mu_);
-    last_cpu_.erase(id);
-  }
   // The record goes first: from then on every route answers 404 for it at once, while the VM
   // and its network slot are released (tens of milliseconds, more under load).
   MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
   Status killed = agent_.Kill(id);
+  {
+    // After the agent let go of it: a sample racing with the kill cannot put it back.
+    std::lock_guard lock(cpu_mu_);
+    last_cpu_.erase(id);
+  }
   if (!killed.ok() && killed.code() != ErrorCode::kNotFound) {
     LogError("api.sandbox_release_failed", {{"sandbox", id}, {"error", killed.ToString()}});
     return killed;

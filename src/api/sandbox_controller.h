@@ -120,7 +120,8 @@ class SandboxController {
   // The previous CPU reading per sandbox, for cpu_used_pct.
   struct CpuReading {
     pid_t vmm_pid = 0;
-    int64_t unix_ms = 0;
+    uint64_t vmm_start_time = 0;
+    double age_seconds = 0;  // the VMM's age at the reading
     double cpu_seconds = 0;
   };
   std::mutex cpu_mu_;

@@ -112,7 +112,8 @@ class VmmDriver {
   // file (the stream is ~50 KB of device state; together they are a snapshot, and the VM must
   // not run on). With private memory the stream carries the RAM too (a full snapshot) and the
   // VM may Resume(). Either way the disks are flushed and the VM stays paused.
-  virtual Status SaveDeviceState(const std::string& path) = 0;
+  // `durable`: the file is fsync'd (and a shared memory file with it).
+  virtual Status SaveDeviceState(const std::string& path, bool durable) = 0;
   // Private memory only: pauses the VM and writes a memory-file snapshot: guest RAM into
   // `memory_path` (a new sparse file the size of guest RAM, pages at their offsets) and the
   // device state without it into `state_path`. Restored like a template (that file mapped

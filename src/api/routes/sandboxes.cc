@@ -150,7 +150,7 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                if (!r.ok()) return SendRestError(w, r.status());
                SendJson(w, 200, Dump(DetailJson(ctx, *r)));
              }));
-  // E2B's getMetrics: what the sandbox costs the host now (docs/api.md).
+  // E2B's getMetrics: what the sandbox costs the host now (docs/sandbox.md, Usage).
   router.Add("GET", "/sandboxes/{sandboxID}/metrics",
              Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
                auto range = ParseMetricsQuery(codec::ParseQuery(req.raw_query));

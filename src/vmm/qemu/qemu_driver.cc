@@ -364,7 +364,7 @@ Status QemuDriver::StartSave(int fd, uint64_t* cursor) {
   return migrate;
 }
 
-Status QemuDriver::SaveDeviceState(const std::string& path) {
+Status QemuDriver::SaveDeviceState(const std::string& path, bool durable) {
   if (!qmp_) return FailedPrecondition("vmm not started");
   UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
   if (!out) return ErrnoError("open(" + path + ")");
@@ -372,6 +372,7 @@ Status QemuDriver::SaveDeviceState(const std::string& path) {
   MOAT_RETURN_IF_ERROR(StartSave(out.get(), &cursor));
   if (spec_.memory_shared) memory_is_snapshot_ = true;
   MOAT_RETURN_IF_ERROR(WaitMigration(cursor, "saving device state to " + path));
+  if (!durable) return Status::Ok();
   if (::fsync(out.get()) < 0) return ErrnoError("fsync(" + path + ")");
   if (spec_.memory_shared) {
     UniqueFd mem(::open(spec_.memory_path.c_str(), O_RDONLY | O_CLOEXEC));

@@ -43,7 +43,7 @@ class QemuDriver final : public VmmDriver {
   void Detach() override;
   Status Pause() override;
   Status Resume() override;
-  Status SaveDeviceState(const std::string& path) override;
+  Status SaveDeviceState(const std::string& path, bool durable) override;
   Status SaveMemorySnapshot(const std::string& state_path, const std::string& memory_path,
                             bool durable) override;
   Result<VmStatus> QueryStatus() override;

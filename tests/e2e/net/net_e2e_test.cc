@@ -264,7 +264,7 @@ TEST_F(NetE2e, EgressPolicyIsolationAndRestoreIntoAnotherSlot) {
   // --- Snapshot a and restore it into a new slot: same MAC and address, working network. ---
   std::string vmstate = a->dir + "/vmstate";
   a->guest.reset();
-  Status saved = a->driver->SaveDeviceState(vmstate);
+  Status saved = a->driver->SaveDeviceState(vmstate, /*durable=*/true);
   ASSERT_TRUE(saved.ok()) << saved.ToString();
   auto c = StartVm("c", uid + 3, a.get(), vmstate);
   ASSERT_TRUE(c != nullptr);

@@ -265,7 +265,7 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
 
   // --- Save device state: the template snapshot ------------------------------------------
   auto t_save = Clock::now();
-  Status saved = vm1.SaveDeviceState(vmstate);
+  Status saved = vm1.SaveDeviceState(vmstate, /*durable=*/true);
   ASSERT_TRUE(saved.ok()) << saved.ToString();
   double save_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_save).count();
   struct stat state_st {};
@@ -379,7 +379,7 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
   // still paused by the previous migration).
   ASSERT_TRUE(vm2.Resume().ok());
   std::string full_state = d2.dir + "/full.state";
-  ASSERT_TRUE(vm2.SaveDeviceState(full_state).ok());
+  ASSERT_TRUE(vm2.SaveDeviceState(full_state, /*durable=*/true).ok());
   std::string ram2_full = dump_ram(vm2, d2.dir + "/ram-at-full.dump");
   {
     std::string fresh = base + "/fresh.mem";
