@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <ctime>
-#include <sstream>
 
 #include "agent/disk.h"
 #include "agent/sandbox_state.h"
@@ -34,6 +33,20 @@ SandboxPaths::SandboxPaths(const std::string& d)
       vmm_log(d + "/vmm.log"),
       state(d + "/state.json"),
       jail_root(d + "/root") {}
+
+namespace {
+
+// A snapshot's memory file, mapped share=off by every VM restored from it: QEMU 7.2 opens it
+// read-write (no read-only open for a private mapping), so it is the restoring VMs' group's,
+// like a template's memory (docs/jail.md).
+Status GiveMemoryFileToSandboxes(const std::string& path) {
+  if (::chown(path.c_str(), 0, kTemplateGid) < 0 || ::chmod(path.c_str(), 0660) < 0) {
+    return ErrnoError("giving " + path + " to the sandboxes' group");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
 
 Sandbox::Sandbox(const SandboxEnv& env, std::string id, std::string template_name)
     : env_(env),
@@ -272,9 +285,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
       // Snapshots and sandboxes on different filesystems: a copy (sparse), then this sandbox's.
       if (errno != EXDEV) return ErrnoError("link(" + f.memory + ", " + p.memory + ")");
       MOAT_RETURN_IF_ERROR(CopyFile(f.memory, p.memory));
-      if (::chown(p.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(p.memory.c_str(), 0660) < 0) {
-        return ErrnoError("giving " + p.memory + " to the sandboxes' group");
-      }
+      MOAT_RETURN_IF_ERROR(GiveMemoryFileToSandboxes(p.memory));
     }
     spec.memory_path = p.memory;
     gid = kTemplateGid;
@@ -379,12 +390,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
     // RAM into a memory file, device state without it.
     MOAT_RETURN_IF_ERROR(vmm_->SaveMemorySnapshot(f.state, f.memory, durable)
                              .Annotate("snapshot of sandbox " + id_));
-    // Every VM restored from the file maps it share=off; QEMU opens it read-write (7.2 has no
-    // read-only open for a private mapping), so it is the restoring VMs' group's, like a
-    // template's memory.
-    if (::chown(f.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(f.memory.c_str(), 0660) < 0) {
-      return ErrnoError("giving " + f.memory + " to the sandboxes' group");
-    }
+    MOAT_RETURN_IF_ERROR(GiveMemoryFileToSandboxes(f.memory));
   } else {
     // One full stream, RAM included.
     MOAT_RETURN_IF_ERROR(
@@ -535,33 +541,20 @@ Result<SandboxUsage> Sandbox::Usage() {
   u.pss_bytes = field("Pss");
   u.pss_file_bytes = field("Pss_File");
   u.rss_bytes = field("Rss");
-  // utime and stime: fields 14 and 15 of /proc/<pid>/stat, counted after the command name's
-  // closing parenthesis (the name may hold spaces).
-  MOAT_ASSIGN_OR_RETURN(std::string stat, ReadFile("/proc/" + std::to_string(pid) + "/stat"));
-  size_t close = stat.rfind(')');
-  if (close == std::string::npos)
-    return Internal("unparsable /proc/" + std::to_string(pid) + "/stat");
-  std::istringstream fields(stat.substr(close + 2));
-  std::string f;
-  unsigned long long utime = 0, stime = 0, starttime = 0;
-  for (int i = 3; i <= 22 && (fields >> f); ++i) {
-    if (i == 14) utime = std::strtoull(f.c_str(), nullptr, 10);
-    if (i == 15) stime = std::strtoull(f.c_str(), nullptr, 10);
-    if (i == 22) starttime = std::strtoull(f.c_str(), nullptr, 10);
-  }
+  MOAT_ASSIGN_OR_RETURN(ProcessTimes times, ReadProcessTimes(pid));
   const auto ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
-  u.cpu_seconds = static_cast<double>(utime + stime) / ticks;
+  u.cpu_seconds = static_cast<double>(times.user + times.system) / ticks;
   if (auto up = ReadFile("/proc/uptime"); up.ok()) {
-    u.vmm_age_seconds =
-        std::max(0.0, std::strtod(up->c_str(), nullptr) - static_cast<double>(starttime) / ticks);
+    u.vmm_age_seconds = std::max(
+        0.0, std::strtod(up->c_str(), nullptr) - static_cast<double>(times.start_time) / ticks);
   }
   // Read last: if the VMM was killed meanwhile and its pid reused, the figures above are not
   // this sandbox's.
-  if (start_time != 0 && starttime != start_time) {
+  if (start_time != 0 && times.start_time != start_time) {
     return NotFound("sandbox " + id_ + ": its VMM is gone");
   }
   u.vmm_pid = pid;
-  u.vmm_start_time = starttime;
+  u.vmm_start_time = times.start_time;
   u.vcpus = origin_.vcpus;
   u.memory_total_bytes = origin_.memory_mib << 20;
   MOAT_ASSIGN_OR_RETURN(u.disk_bytes, AllocatedBytes(paths_.disk));

@@ -238,7 +238,7 @@ std::string DescribeWaitStatus(int status) {
   return "status " + std::to_string(status);
 }
 
-Result<uint64_t> ProcessStartTime(pid_t pid) {
+Result<ProcessTimes> ReadProcessTimes(pid_t pid) {
   std::string path = "/proc/" + std::to_string(pid) + "/stat";
   MOAT_ASSIGN_OR_RETURN(std::string stat, ReadFile(path));
   // The command name (field 2) may contain spaces and parentheses: fields resume after the last
@@ -250,15 +250,28 @@ Result<uint64_t> ProcessStartTime(pid_t pid) {
   // A zombie has exited and only waits for its parent (which may never come: a dead agent's
   // VMM is reparented to init) to collect its status.
   if (stat[pos] == 'Z' || stat[pos] == 'X') return NotFound(path + ": the process has exited");
-  for (int field = 3; field < 22; ++field) {
+  ProcessTimes t;
+  for (int field = 3; field <= 22; ++field) {
+    uint64_t* out = field == 14   ? &t.user
+                    : field == 15 ? &t.system
+                    : field == 22 ? &t.start_time
+                                  : nullptr;
+    if (out != nullptr) {
+      char* end = nullptr;
+      *out = std::strtoull(stat.c_str() + pos, &end, 10);
+      if (end == stat.c_str() + pos) return Internal(path + ": bad field " + std::to_string(field));
+    }
+    if (field == 22) break;
     pos = stat.find(' ', pos);
     if (pos == std::string::npos) return Internal(path + ": too few fields");
     ++pos;
   }
-  char* end = nullptr;
-  unsigned long long ticks = std::strtoull(stat.c_str() + pos, &end, 10);
-  if (end == stat.c_str() + pos) return Internal(path + ": bad start time");
-  return static_cast<uint64_t>(ticks);
+  return t;
+}
+
+Result<uint64_t> ProcessStartTime(pid_t pid) {
+  MOAT_ASSIGN_OR_RETURN(ProcessTimes t, ReadProcessTimes(pid));
+  return t.start_time;
 }
 
 }  // namespace moat

@@ -74,9 +74,18 @@ class ChildProcess {
 // "exited with 3", "killed by SIGKILL".
 std::string DescribeWaitStatus(int status);
 
-// The start time of a process (clock ticks since boot, /proc/<pid>/stat field 22), or NotFound
-// if it is gone or has exited (a zombie, not yet reaped). With the pid it names one process for
-// good: a later process reusing the pid starts later.
+// A live process's times from /proc/<pid>/stat, in clock ticks (sysconf(_SC_CLK_TCK)), or
+// NotFound if it is gone or has exited (a zombie, not yet reaped).
+struct ProcessTimes {
+  uint64_t user = 0;        // field 14: CPU time in user mode
+  uint64_t system = 0;      // field 15: CPU time in the kernel
+  uint64_t start_time = 0;  // field 22: since boot
+};
+Result<ProcessTimes> ReadProcessTimes(pid_t pid);
+
+// The start time of a process (clock ticks since boot), or NotFound if it is gone or has
+// exited. With the pid it names one process for good: a later process reusing the pid starts
+// later.
 Result<uint64_t> ProcessStartTime(pid_t pid);
 
 }  // namespace moat

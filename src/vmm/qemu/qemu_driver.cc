@@ -428,20 +428,15 @@ Status QemuDriver::SaveMemorySnapshot(const std::string& state_path, const std::
     if (::fsync(mem.get()) < 0) return ErrnoError("fsync(" + memory_path + ")");
     if (::fsync(state.get()) < 0) return ErrnoError("fsync(" + state_path + ")");
   }
-  LogInfo(
-      "vmm.memory_snapshot",
-      {{"vm", spec_.name},
-       {"pages", static_cast<long>(split->pages)},
-       {"zero_pages", static_cast<long>(split->zero_pages)},
-       {"state_bytes", static_cast<long>(split->state_bytes)},
-       {"waited_for_qemu_ms", static_cast<long>(split->waited.count() / 1000)},
-       {"durable", durable},
-       {"save_ms",
-        static_cast<long>(
-            std::chrono::duration_cast<std::chrono::milliseconds>(split_done - start).count())},
-       {"ms",
-        static_cast<long>(
-            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count())}});
+  LogInfo("vmm.memory_snapshot",
+          {{"vm", spec_.name},
+           {"pages", static_cast<long>(split->pages)},
+           {"zero_pages", static_cast<long>(split->zero_pages)},
+           {"state_bytes", static_cast<long>(split->state_bytes)},
+           {"waited_for_qemu_ms", static_cast<long>(split->waited.count() / 1000)},
+           {"durable", durable},
+           {"save_ms", static_cast<long>((split_done - start) / std::chrono::milliseconds(1))},
+           {"ms", static_cast<long>(Since(start).count() / 1000)}});
   return Status::Ok();
 }
 

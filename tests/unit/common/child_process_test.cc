@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+
 #include "common/unique_fd.h"
 
 namespace moat {
@@ -33,6 +35,22 @@ TEST(ChildProcess, ProcessStartTimeIsFixedForALiveProcessAndNotFoundOnceReaped) 
   EXPECT_EQ(ProcessStartTime(pid).value(), *started);
   child->Kill();
   EXPECT_EQ(ProcessStartTime(pid).status().code(), ErrorCode::kNotFound);
+}
+
+TEST(ChildProcess, ProcessTimesCountCpuAndAgreeOnTheStartTime) {
+  auto before = ReadProcessTimes(::getpid());
+  ASSERT_TRUE(before.ok()) << before.status().ToString();
+  EXPECT_EQ(before->start_time, ProcessStartTime(::getpid()).value());
+  // Burn a few clock ticks of CPU.
+  volatile uint64_t x = 0;
+  for (auto t0 = std::chrono::steady_clock::now();
+       std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(100);) {
+    for (int i = 0; i < 100000; ++i) x = x + i;
+  }
+  auto after = ReadProcessTimes(::getpid());
+  ASSERT_TRUE(after.ok());
+  EXPECT_GT(after->user + after->system, before->user + before->system);
+  EXPECT_EQ(after->start_time, before->start_time);
 }
 
 TEST(ChildProcess, AZombieHasNoStartTime) {
