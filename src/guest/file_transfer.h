@@ -1,5 +1,10 @@
 // The bulk halves of read_file and write_file: a file read in credit-sized pieces, and an upload
 // written to a temporary file beside its destination and renamed into place when complete.
+//
+// Both are begun under the requesting user's FsCredentials (the caller's), so the kernel checks
+// the open as that user and the temporary file belongs to them. Later reads and writes go to the
+// descriptor opened then; the upload's final rename (and the removal of an abandoned temporary
+// file) switch to the user again themselves.
 #pragma once
 
 #include <sys/types.h>
@@ -17,7 +22,8 @@ namespace moat::guest {
 
 class FileDownload {
  public:
-  // Regular files only (a directory or device is InvalidArgument).
+  // Regular files only: a directory, FIFO, socket or device is InvalidArgument, and is never
+  // opened (so a FIFO without a writer cannot block moat-guest).
   static Result<std::unique_ptr<FileDownload>> Open(const std::string& path);
   uint64_t size() const { return size_; }
   // Up to `max` bytes; an empty string at the end of the file.
@@ -33,7 +39,9 @@ class FileDownload {
 
 class FileUpload {
  public:
-  // Creates missing parents (owned by `user`) and the temporary file.
+  // Creates missing parents and the temporary file (never through a symlink). An existing
+  // destination that is a directory or not a regular file (FIFO, socket, device) is
+  // InvalidArgument.
   static Result<std::unique_ptr<FileUpload>> Begin(const std::string& path, const UserInfo& user,
                                                    mode_t mode);
   // Removes the temporary file unless committed.
@@ -42,16 +50,27 @@ class FileUpload {
   FileUpload& operator=(const FileUpload&) = delete;
 
   Status Write(std::string_view bytes);
-  // fsync, then rename over the destination.
+  // fsync, then rename over the destination (a symlink there is replaced, not followed).
   Status Commit();
   const std::string& path() const { return path_; }
 
  private:
-  FileUpload(UniqueFd fd, std::string path, std::string tmp, mode_t mode)
-      : fd_(std::move(fd)), path_(std::move(path)), tmp_(std::move(tmp)), mode_(mode) {}
+  FileUpload(UniqueFd dir, UniqueFd fd, std::string path, std::string name, std::string tmp,
+             UserInfo user, mode_t mode)
+      : dir_(std::move(dir)),
+        fd_(std::move(fd)),
+        path_(std::move(path)),
+        name_(std::move(name)),
+        tmp_(std::move(tmp)),
+        user_(std::move(user)),
+        mode_(mode) {}
+  UniqueFd dir_;  // the destination's directory (O_PATH): the rename happens there, whatever
+                  // becomes of the path to it meanwhile
   UniqueFd fd_;
   std::string path_;
-  std::string tmp_;
+  std::string name_;  // the destination's name in dir_
+  std::string tmp_;   // the temporary file's name in dir_
+  UserInfo user_;
   mode_t mode_;
   bool committed_ = false;
 };

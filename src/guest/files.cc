@@ -6,11 +6,14 @@
 
 #include <cerrno>
 
-#include "common/fs.h"
 #include "common/unique_fd.h"
+#include "guest/path_open.h"
 
 namespace moat::guest {
 namespace {
+
+// Bounds the recursion (and the descriptors it holds, one per level) of a removal.
+constexpr int kMaxRemoveDepth = 512;
 
 std::string TypeName(mode_t mode) {
   if (S_ISREG(mode)) return "file";
@@ -29,13 +32,13 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
   return dir == "/" ? "/" + name : dir + "/" + name;
 }
 
-Status ListInto(const std::string& dir, int depth, const UserTable& users, size_t max_entries,
-                std::vector<Json>& out) {
-  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) return ErrnoError("open(" + dir + ")");
-  DIR* d = ::fdopendir(fd.get());
+// Lists the directory open as `dir_fd` (named `dir`), and below it down to `depth` levels.
+// Subdirectories are opened relative to their parent and never through a symlink.
+Status ListInto(UniqueFd dir_fd, const std::string& dir, int depth, const UserTable& users,
+                size_t max_entries, std::vector<Json>& out) {
+  DIR* d = ::fdopendir(dir_fd.get());
   if (d == nullptr) return ErrnoError("fdopendir(" + dir + ")");
-  fd.Release();  // owned by the DIR stream now
+  dir_fd.Release();  // owned by the DIR stream now
   std::vector<std::string> subdirs;
   Status status;
   while (dirent* e = ::readdir(d)) {
@@ -49,17 +52,73 @@ Status ListInto(const std::string& dir, int depth, const UserTable& users, size_
                                  " entries");
       break;
     }
-    out.push_back(EntryJson(path, st, users));
-    if (S_ISDIR(st.st_mode) && depth > 1) subdirs.push_back(path);
+    out.push_back(EntryJson(path, st, users, ::dirfd(d), name));
+    if (S_ISDIR(st.st_mode) && depth > 1) subdirs.push_back(name);
+  }
+  for (const auto& name : subdirs) {
+    if (!status.ok()) break;
+    UniqueFd sub(::openat(::dirfd(d), name.c_str(),
+                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    // A subdirectory that vanished or is unreadable does not fail the whole listing.
+    if (!sub) continue;
+    Status s = ListInto(std::move(sub), JoinPath(dir, name), depth - 1, users, max_entries, out);
+    if (s.code() == ErrorCode::kResourceExhausted) status = s;
   }
   ::closedir(d);
-  MOAT_RETURN_IF_ERROR(status);
-  for (const auto& sub : subdirs) {
-    Status s = ListInto(sub, depth - 1, users, max_entries, out);
-    // A subdirectory that vanished or is unreadable does not fail the whole listing.
-    if (s.code() == ErrorCode::kResourceExhausted) return s;
+  return status;
+}
+
+// rm -rf of `name` in `parent`, relative all the way down: a symlink is removed, never followed,
+// and a directory on another filesystem (a mount point) is not entered.
+Status RemoveAt(int parent, const std::string& name, const std::string& path, dev_t dev,
+                int depth) {
+  struct stat st {};
+  if (::fstatat(parent, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return ErrnoError("stat(" + path + ")");
   }
-  return Status::Ok();
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlinkat(parent, name.c_str(), 0) < 0 && errno != ENOENT) {
+      return ErrnoError("unlink(" + path + ")");
+    }
+    return Status::Ok();
+  }
+  Status first;
+  if (st.st_dev == dev) {
+    if (depth > kMaxRemoveDepth) {
+      return InvalidArgument("remove(" + path + "): deeper than " +
+                             std::to_string(kMaxRemoveDepth) + " levels");
+    }
+    UniqueFd fd(::openat(parent, name.c_str(),
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) return ErrnoError("open(" + path + ")");
+    // The names first, then the DIR stream (and its buffer) closed: a level of recursion holds
+    // only its descriptor.
+    std::vector<std::string> names;
+    {
+      int copy = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
+      if (copy < 0) return ErrnoError("dup(" + path + ")");
+      DIR* d = ::fdopendir(copy);
+      if (d == nullptr) {
+        Status s = ErrnoError("opendir(" + path + ")");
+        ::close(copy);
+        return s;
+      }
+      while (dirent* e = ::readdir(d)) {
+        std::string child = e->d_name;
+        if (child != "." && child != "..") names.push_back(std::move(child));
+      }
+      ::closedir(d);
+    }
+    for (const auto& child : names) {
+      Status s = RemoveAt(fd.get(), child, JoinPath(path, child), dev, depth + 1);
+      if (!s.ok() && first.ok()) first = s;
+    }
+  }
+  if (::unlinkat(parent, name.c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT && first.ok()) {
+    first = ErrnoError("rmdir(" + path + ")");
+  }
+  return first;
 }
 
 }  // namespace
@@ -115,6 +174,11 @@ std::string PermissionsString(mode_t mode) {
 }
 
 Json EntryJson(const std::string& path, const struct stat& st, const UserTable& users) {
+  return EntryJson(path, st, users, AT_FDCWD, path);
+}
+
+Json EntryJson(const std::string& path, const struct stat& st, const UserTable& users, int dir_fd,
+               const std::string& name) {
   Json e = {
       {"name", BaseName(path)},
       {"path", path},
@@ -128,52 +192,67 @@ Json EntryJson(const std::string& path, const struct stat& st, const UserTable& 
   };
   if (S_ISLNK(st.st_mode)) {
     char target[4096];
-    ssize_t n = ::readlink(path.c_str(), target, sizeof target);
+    ssize_t n = ::readlinkat(dir_fd, name.c_str(), target, sizeof target);
     if (n >= 0) e["symlink_target"] = std::string(target, static_cast<size_t>(n));
   }
   return e;
 }
 
 Result<Json> StatPath(const std::string& path, const UserTable& users) {
+  MOAT_ASSIGN_OR_RETURN(ParentDirFd at, OpenParentDir(path, "stat"));
   struct stat st {};
-  if (::lstat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
-  return EntryJson(path, st, users);
+  if (::fstatat(at.dir.get(), at.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    return ErrnoError("stat(" + path + ")");
+  }
+  return EntryJson(path, st, users, at.dir.get(), at.name);
 }
 
 Result<std::vector<Json>> ListDir(const std::string& path, int depth, const UserTable& users,
                                   size_t max_entries) {
+  // O_PATH opens nothing (a FIFO cannot block it); "." below it then opens the directory itself,
+  // which the kernel allows only to a user who may read it.
+  MOAT_ASSIGN_OR_RETURN(UniqueFd at, OpenPath(path, O_PATH, 0, "list"));
   struct stat st {};
-  if (::stat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
+  if (::fstat(at.get(), &st) < 0) return ErrnoError("stat(" + path + ")");
   if (!S_ISDIR(st.st_mode)) return InvalidArgument("list(" + path + "): not a directory");
+  UniqueFd fd(::openat(at.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return ErrnoError("open(" + path + ")");
   std::vector<Json> out;
-  MOAT_RETURN_IF_ERROR(ListInto(path, depth, users, max_entries, out));
+  MOAT_RETURN_IF_ERROR(ListInto(std::move(fd), path, depth, users, max_entries, out));
   return out;
 }
 
-Result<bool> MakeDirsOwned(const std::string& path, uid_t uid, gid_t gid, mode_t mode) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0) {
+Result<bool> MakeDirs(const std::string& path, mode_t mode) {
+  auto existing = OpenPath(path, O_PATH, 0, "mkdir");
+  if (existing.ok()) {
+    struct stat st {};
+    if (::fstat(existing->get(), &st) < 0) return ErrnoError("stat(" + path + ")");
     if (!S_ISDIR(st.st_mode)) return FailedPrecondition("mkdir(" + path + "): not a directory");
     return false;
   }
+  if (existing.status().code() != ErrorCode::kNotFound) return existing.status();
   if (path != "/") {
-    MOAT_ASSIGN_OR_RETURN(bool parent_created, MakeDirsOwned(ParentDir(path), uid, gid, mode));
+    MOAT_ASSIGN_OR_RETURN(bool parent_created, MakeDirs(ParentDir(path), mode));
     (void)parent_created;
   }
-  if (::mkdir(path.c_str(), mode) < 0) {
-    if (errno == EEXIST) return false;  // raced with another creator
+  MOAT_ASSIGN_OR_RETURN(ParentDirFd at, OpenParentDir(path, "mkdir"));
+  if (::mkdirat(at.dir.get(), at.name.c_str(), mode) < 0) {
+    if (errno == EEXIST) return false;  // raced with another creator, or a dangling symlink
     return ErrnoError("mkdir(" + path + ")");
   }
-  if (::lchown(path.c_str(), uid, gid) < 0) return ErrnoError("chown(" + path + ")");
   return true;
 }
 
-Status MovePath(const std::string& from, const std::string& to, uid_t uid, gid_t gid) {
+Status MovePath(const std::string& from, const std::string& to) {
+  MOAT_ASSIGN_OR_RETURN(ParentDirFd src, OpenParentDir(from, "move"));
   struct stat st {};
-  if (::lstat(from.c_str(), &st) < 0) return ErrnoError("stat(" + from + ")");
-  MOAT_ASSIGN_OR_RETURN(bool created, MakeDirsOwned(ParentDir(to), uid, gid));
+  if (::fstatat(src.dir.get(), src.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    return ErrnoError("stat(" + from + ")");
+  }
+  MOAT_ASSIGN_OR_RETURN(bool created, MakeDirs(ParentDir(to)));
   (void)created;
-  if (::rename(from.c_str(), to.c_str()) < 0) {
+  MOAT_ASSIGN_OR_RETURN(ParentDirFd dst, OpenParentDir(to, "move"));
+  if (::renameat(src.dir.get(), src.name.c_str(), dst.dir.get(), dst.name.c_str()) < 0) {
     return ErrnoError("rename(" + from + ", " + to + ")");
   }
   return Status::Ok();
@@ -181,8 +260,13 @@ Status MovePath(const std::string& from, const std::string& to, uid_t uid, gid_t
 
 Status RemovePath(const std::string& path) {
   if (path == "/") return InvalidArgument("refusing to remove /");
-  if (!PathExists(path)) return NotFound("remove(" + path + "): No such file or directory");
-  return RemoveTree(path);
+  MOAT_ASSIGN_OR_RETURN(ParentDirFd at, OpenParentDir(path, "remove"));
+  struct stat st {};
+  if (::fstatat(at.dir.get(), at.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno == ENOENT) return NotFound("remove(" + path + "): No such file or directory");
+    return ErrnoError("stat(" + path + ")");
+  }
+  return RemoveAt(at.dir.get(), at.name, path, st.st_dev, 0);
 }
 
 }  // namespace moat::guest

@@ -1,5 +1,8 @@
 // Filesystem operations of the channel (stat, list, mkdir, move, remove) and the entry JSON they
-// report. moat-guest runs as root; what it creates on a user's behalf is chowned to that user.
+// report. The caller holds the requesting user's FsCredentials around each of them: the kernel
+// checks every access as that user, and what they create belongs to that user. Paths are resolved
+// without /proc magic links (path_open.h); the final component is never followed except where the
+// operation means to (list, mkdir's existing directory).
 #pragma once
 
 #include <sys/stat.h>
@@ -23,18 +26,23 @@ std::string ResolvePath(std::string_view path, std::string_view home);
 std::string PermissionsString(mode_t mode);
 // The entry JSON of the spec (`stat`): name, path, type, size, mode, permissions, owner, group,
 // mtime_ns, symlink_target (symlinks only).
+// A symlink's target is read with readlinkat(dir_fd, name) (by `path` when dir_fd is AT_FDCWD).
 Json EntryJson(const std::string& path, const struct stat& st, const UserTable& users);
+Json EntryJson(const std::string& path, const struct stat& st, const UserTable& users, int dir_fd,
+               const std::string& name);
 
 Result<Json> StatPath(const std::string& path, const UserTable& users);
 // Entries below `path` down to `depth` levels (1: the directory's own children), without
 // following symlinks; at most `max_entries` (ResourceExhausted beyond that).
 Result<std::vector<Json>> ListDir(const std::string& path, int depth, const UserTable& users,
                                   size_t max_entries);
-// mkdir -p; directories it creates are chowned to uid:gid. Returns whether `path` was created.
-Result<bool> MakeDirsOwned(const std::string& path, uid_t uid, gid_t gid, mode_t mode = 0755);
-// rename(2); missing parents of `to` are created (owned by uid:gid).
-Status MovePath(const std::string& from, const std::string& to, uid_t uid, gid_t gid);
-// rm -rf, but a missing path is NotFound.
+// mkdir -p (the directories it creates belong to the current filesystem user). Returns whether
+// `path` was created; an existing non-directory is FailedPrecondition.
+Result<bool> MakeDirs(const std::string& path, mode_t mode = 0755);
+// rename(2) of `from` itself (a symlink is moved, not followed); missing parents of `to` are
+// created.
+Status MovePath(const std::string& from, const std::string& to);
+// rm -rf without following symlinks or crossing mounts, but a missing path is NotFound.
 Status RemovePath(const std::string& path);
 // The parent directory of a normalised absolute path ("/" for "/x").
 std::string ParentDir(const std::string& path);

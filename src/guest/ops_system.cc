@@ -1,4 +1,5 @@
 // System ops: watch, identity, health, metrics.
+#include "guest/fs_credentials.h"
 #include "guest/network.h"
 #include "guest/server.h"
 
@@ -9,10 +10,15 @@ Result<Server::OpOutcome> Server::OpWatch(uint32_t id, const Json& req) {
   MOAT_ASSIGN_OR_RETURN(auto user_path, UserAndPath(req, "path", users));
   MOAT_ASSIGN_OR_RETURN(auto recursive, OptBool(req, "recursive"));
   Transport* transport = transport_.get();
-  MOAT_ASSIGN_OR_RETURN(auto watch, Watch::Start(
-                                        loop_, user_path.second, recursive.value_or(false),
-                                        [this, id](const Json& event) { SendMessage(id, event); },
-                                        [transport] { return transport->has_room(); }));
+  std::unique_ptr<Watch> watch;
+  {
+    MOAT_ASSIGN_OR_RETURN(FsCredentials creds, FsCredentials::Assume(user_path.first));
+    MOAT_ASSIGN_OR_RETURN(watch,
+                          Watch::Start(
+                              loop_, user_path.second, recursive.value_or(false), user_path.first,
+                              [this, id](const Json& event) { SendMessage(id, event); },
+                              [transport] { return transport->has_room(); }));
+  }
   NewStream(id, Stream::Kind::kWatch).watch = std::move(watch);
   SendMessage(id, Json{{"type", "start"}});
   return OpOutcome::kOpen;  // until CANCEL

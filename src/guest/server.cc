@@ -9,6 +9,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "guest/files.h"
+#include "guest/fs_credentials.h"
 
 namespace moat::guest {
 namespace {
@@ -245,7 +246,11 @@ void Server::OnEof(const Frame& frame) {
         return;
       }
       UserTable users = UserTable::Load();
-      auto entry = StatPath(s->upload->path(), users);
+      Result<Json> entry = Internal("unreachable");
+      {
+        auto creds = FsCredentials::Assume(s->user);
+        entry = creds.ok() ? StatPath(s->upload->path(), users) : Result<Json>(creds.status());
+      }
       if (entry.ok()) SendMessage(id, *entry);
       EndStream(id, entry.status());
       return;

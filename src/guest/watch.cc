@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "common/log.h"
+#include "guest/fs_credentials.h"
+#include "guest/path_open.h"
 
 namespace moat::guest {
 namespace {
@@ -33,14 +35,17 @@ const char* EventType(uint32_t mask) {
 }  // namespace
 
 Result<std::unique_ptr<Watch>> Watch::Start(EventLoop& loop, const std::string& root,
-                                            bool recursive, Emit emit, HasRoom has_room) {
+                                            bool recursive, const UserInfo& user, Emit emit,
+                                            HasRoom has_room) {
+  // Resolved once without magic links (path_open.h); inotify itself takes only a path.
+  MOAT_ASSIGN_OR_RETURN(UniqueFd at, OpenPath(root, O_PATH, 0, "watch"));
   struct stat st {};
-  if (::stat(root.c_str(), &st) < 0) return ErrnoError("stat(" + root + ")");
+  if (::fstat(at.get(), &st) < 0) return ErrnoError("stat(" + root + ")");
   if (!S_ISDIR(st.st_mode)) return InvalidArgument("watch(" + root + "): not a directory");
   UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
   if (!fd) return ErrnoError("inotify_init1");
   std::unique_ptr<Watch> w(
-      new Watch(loop, std::move(fd), recursive, std::move(emit), std::move(has_room)));
+      new Watch(loop, std::move(fd), recursive, user, std::move(emit), std::move(has_room)));
   w->root_ = root;
   MOAT_RETURN_IF_ERROR(w->AddTree(root, ""));
   w->Refresh();
@@ -119,7 +124,9 @@ void Watch::OnReadable() {
         it->second.empty() ? name : (name.empty() ? it->second : it->second + "/" + name);
     if (recursive_ && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO))) {
       std::string abs = root_ + (root_ == "/" ? "" : "/") + rel;
-      if (Status s = AddTree(abs, rel); !s.ok() && g_watch_log.Allow()) {
+      auto creds = FsCredentials::Assume(user_);
+      Status s = creds.ok() ? AddTree(abs, rel) : creds.status();
+      if (!s.ok() && g_watch_log.Allow()) {
         LogWarn("guest.watch_add_failed", {{"error", s.ToString()}});
       }
     }

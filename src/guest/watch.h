@@ -1,6 +1,7 @@
 // The `watch` op: inotify on a directory (optionally its whole tree), events named relative to
 // the watched directory. Read only while the outbound queue has room: inotify's own queue (and
-// its overflow event) then bounds what a busy directory costs.
+// its overflow event) then bounds what a busy directory costs. Directories are watched as the
+// requesting user (FsCredentials): a directory that user may not read is not watched.
 #pragma once
 
 #include <functional>
@@ -12,6 +13,7 @@
 #include "common/unique_fd.h"
 #include "guest/event_loop.h"
 #include "guest/request.h"
+#include "guest/users.h"
 
 namespace moat::guest {
 
@@ -20,8 +22,10 @@ class Watch {
   using Emit = std::function<void(const Json& event)>;
   using HasRoom = std::function<bool()>;
 
+  // Call under `user`'s FsCredentials; directories created later are added under them too.
   static Result<std::unique_ptr<Watch>> Start(EventLoop& loop, const std::string& root,
-                                              bool recursive, Emit emit, HasRoom has_room);
+                                              bool recursive, const UserInfo& user, Emit emit,
+                                              HasRoom has_room);
   ~Watch();
   Watch(const Watch&) = delete;
   Watch& operator=(const Watch&) = delete;
@@ -30,10 +34,11 @@ class Watch {
   void Refresh();
 
  private:
-  Watch(EventLoop& loop, UniqueFd fd, bool recursive, Emit emit, HasRoom has_room)
+  Watch(EventLoop& loop, UniqueFd fd, bool recursive, UserInfo user, Emit emit, HasRoom has_room)
       : loop_(loop),
         fd_(std::move(fd)),
         recursive_(recursive),
+        user_(std::move(user)),
         emit_(std::move(emit)),
         has_room_(std::move(has_room)) {}
   // Watches `dir` (relative name `rel`) and, when recursive, every directory below it.
@@ -43,6 +48,7 @@ class Watch {
   EventLoop& loop_;
   UniqueFd fd_;
   bool recursive_;
+  UserInfo user_;
   Emit emit_;
   HasRoom has_room_;
   EventLoop::Id reg_ = 0;

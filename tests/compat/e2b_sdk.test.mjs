@@ -227,6 +227,37 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     }
   })
 
+  test('file operations run as the requesting user, as in E2B', async () => {
+    // As the default user the kernel's checks apply: no /etc/shadow, no writes into /etc.
+    await assert.rejects(plain.files.read('/etc/shadow'))
+    await assert.rejects(plain.files.write('/etc/moat-compat-x', 'by user'))
+    assert.equal((await plain.commands.run('ls -a /etc | grep -c moat-compat || true')).stdout, '0\n')
+    // As root they succeed.
+    assert.match(await plain.files.read('/etc/shadow', { user: 'root' }), /^root:/)
+    await plain.files.write('/etc/moat-compat-x', 'by root', { user: 'root' })
+    assert.equal((await plain.commands.run('stat -c %U /etc/moat-compat-x')).stdout, 'root\n')
+    // What the user writes, parents included, belongs to the user.
+    await plain.files.write('/home/user/owned/sub/f.txt', 'mine')
+    const owners = await plain.commands.run(
+      'stat -c %U /home/user/owned /home/user/owned/sub /home/user/owned/sub/f.txt')
+    assert.equal(owners.stdout, 'user\nuser\nuser\n')
+    // Code in the sandbox plants ~/data -> /etc: the user's next write "into home" is refused.
+    await plain.commands.run('ln -sfn /etc /home/user/data')
+    await assert.rejects(plain.files.write('/home/user/data/moat-compat-x', 'pwned'))
+    assert.equal(await plain.files.read('/etc/moat-compat-x', { user: 'root' }), 'by root')
+    await plain.files.remove('/etc/moat-compat-x', { user: 'root' })
+    await plain.files.remove('/home/user/data')
+  })
+
+  test('reading a FIFO fails at once and the sandbox keeps answering', async () => {
+    await plain.commands.run('rm -f /home/user/fifo && mkfifo /home/user/fifo')
+    const started = Date.now()
+    await assert.rejects(plain.files.read('/home/user/fifo'))
+    assert.ok(Date.now() - started < 5000, 'the read did not wait for a writer')
+    assert.equal((await plain.commands.run('echo alive')).stdout, 'alive\n')
+    await plain.files.remove('/home/user/fifo')
+  })
+
   test('Sandbox.list filters by metadata', async () => {
     const paginator = Sandbox.list({ query: { metadata: { suite: 'compat', run } } })
     const items = await paginator.nextItems()
