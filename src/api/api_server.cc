@@ -62,6 +62,7 @@ void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::C
   routes::RegisterSandboxRoutes(control, cc);
   routes::RegisterSnapshotRoutes(control, cc);
   routes::RegisterKeyRoutes(control, cc);
+  routes::RegisterTeamRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
   routes::RegisterEnvdFileRoutes(envd, ec);
   routes::RegisterEnvdProcessRoutes(envd, ec);

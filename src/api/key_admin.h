@@ -39,7 +39,8 @@ Result<std::vector<store::ApiKeyRecord>> ListKeys(store::Store& store,
                                                   const store::TeamRecord& caller,
                                                   const std::string& team_id);
 // A key the caller may manage: its team's, or any for the admin team (others: not_found). It is
-// rejected at once by Authenticate. failed_precondition for the last admin key.
+// rejected at once by Authenticate. failed_precondition (409) for a team's last key, whoever
+// asks: a team without a key could not manage its sandboxes any more.
 Status RevokeKey(store::Store& store, const store::TeamRecord& caller, const std::string& key_id);
 
 }  // namespace moat::api

@@ -95,14 +95,15 @@ Result<net::HeadDecision> FilterResponseHead(std::string_view head, bool upgrade
 }
 
 // A TCP connection to `ep`, or an error once `timeout` has passed without one. The fd is
-// non-blocking and close-on-exec.
+// non-blocking and close-on-exec. Error messages reach the client, so they never name `ep`: the
+// slot address is moatd's internal layout (Serve logs it).
 Result<UniqueFd> ConnectTcp(const SandboxEndpoint& ep, std::chrono::milliseconds timeout) {
-  std::string where = "connect(" + ep.ipv4 + ":" + std::to_string(ep.port) + ")";
+  const std::string where = "connect";
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(ep.port);
   if (::inet_pton(AF_INET, ep.ipv4.c_str(), &addr.sin_addr) != 1) {
-    return Internal("the resolver gave no IPv4 address: \"" + ep.ipv4 + "\"");
+    return Internal("the sandbox's network address is not IPv4");
   }
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return ErrnoError("socket(AF_INET)");
@@ -202,9 +203,13 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
       return Fail(w, "sandbox_not_found",
                   NotFound("sandbox " + sandbox_id + " is not found or not running"), 404);
     }
-    bool no_network = s.code() == ErrorCode::kFailedPrecondition;
-    return Fail(w, no_network ? "no_network" : "error", Status(s.code(), what + ": " + s.message()),
-                502);
+    // The resolver's own words may name slots and addresses: they go to the log only.
+    LogDebug("api.port_proxy_unresolved",
+             {{"sandbox", sandbox_id}, {"port", port}, {"error", s.ToString()}});
+    if (s.code() == ErrorCode::kFailedPrecondition) {
+      return Fail(w, "no_network", FailedPrecondition(what + ": the sandbox has no network"), 502);
+    }
+    return Fail(w, "error", Unavailable(what + ": its network address is unknown"), 502);
   }
   if (const std::string& token = endpoint->traffic_access_token; !token.empty()) {
     std::string given = req.Header(kTrafficTokenHeader);
@@ -235,6 +240,11 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
 
   auto upstream = ConnectTcp(*endpoint, options_.connect_timeout);
   if (!upstream.ok()) {
+    LogDebug("api.port_proxy_unreachable",
+             {{"sandbox", sandbox_id},
+              {"port", port},
+              {"upstream", endpoint->ipv4 + ":" + std::to_string(endpoint->port)},
+              {"error", upstream.status().ToString()}});
     return Fail(w, "upstream_unreachable",
                 Unavailable(what + " is not reachable: " + upstream.status().message()), 502);
   }

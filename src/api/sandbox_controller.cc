@@ -74,6 +74,10 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
                                                        const CreateSandboxAction& a) {
   auto started = std::chrono::steady_clock::now();
   MOAT_ASSIGN_OR_RETURN(std::string template_id, ResolveTemplate(team.id, a.template_id));
+  // Held until the sandbox is recorded (or its start failed): see team_quotas.h.
+  const auto& base = agent_.config().base;
+  auto ask = QuotaGate::CreateAsk(a, base.vcpus, static_cast<int64_t>(base.memory_mib));
+  MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team.id, ask));
   agent::GuestIdentity identity;
   identity.env = a.env_vars;
   MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Create(template_id, identity, a.egress));
@@ -299,6 +303,8 @@ Status SandboxController::Pause(const std::string& team_id, const std::string& i
 
 Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecord r,
                                                              int64_t timeout_s) {
+  QuotaGate::Ask ask{.sandboxes = 1, .vcpus = r.cpu_count, .memory_mib = r.memory_mb};
+  MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(r.team_id, ask));
   MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Resume(r.id));
   (void)sb;
   MOAT_RETURN_IF_ERROR(store_.SetSandboxState(r.id, "running"));
@@ -326,6 +332,11 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
   if (parent.state != "running") {
     return FailedPrecondition("sandbox \"" + id + "\" is paused; resume it before forking");
   }
+  QuotaGate::Ask ask{.sandboxes = count,
+                     .vcpus = count * int64_t{parent.cpu_count},
+                     .memory_mib = count * int64_t{parent.memory_mb},
+                     .creates = count};
+  MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team_id, ask));
   MOAT_ASSIGN_OR_RETURN(auto children, agent_.Fork(parent.id, count));
   std::vector<store::SandboxRecord> out;
   for (const auto& child : children) {

@@ -18,6 +18,7 @@
 #include "api/port_proxy.h"
 #include "api/sandbox_actions.h"
 #include "api/store/store.h"
+#include "api/team_quotas.h"
 
 namespace moat::api {
 
@@ -96,6 +97,9 @@ class SandboxController {
                                                 std::optional<int64_t> start_s,
                                                 std::optional<int64_t> end_s);
 
+  // Per-team quotas: create, resume (connect to a paused sandbox) and fork are admitted here.
+  QuotaGate& quotas() { return quotas_; }
+
   // Sandboxes per state, for /metrics.
   std::map<std::string, int64_t> CountByState();
   // One reaper pass (tests call it directly): kills expired sandboxes, drops records of VMs
@@ -105,7 +109,7 @@ class SandboxController {
  private:
   SandboxController(agent::Agent& agent, store::Store& store, Metrics& metrics,
                     ControllerOptions options)
-      : agent_(agent), store_(store), metrics_(metrics), options_(options) {}
+      : agent_(agent), store_(store), metrics_(metrics), options_(options), quotas_(store) {}
   void ReaperLoop();
   Status Release(const std::string& id, const char* why);
   Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
@@ -116,6 +120,7 @@ class SandboxController {
   store::Store& store_;
   Metrics& metrics_;
   ControllerOptions options_;
+  QuotaGate quotas_;
 
   // The previous CPU reading per sandbox, for cpu_used_pct.
   struct CpuReading {

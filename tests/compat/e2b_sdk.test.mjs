@@ -10,6 +10,7 @@ import {
   FileType,
   FilesystemEventType,
   NotFoundError,
+  RateLimitError,
   Sandbox,
   SandboxNotFoundError,
 } from 'e2b'
@@ -433,6 +434,12 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
       assert.equal(lastAdmin.status, 409, 'the last admin key cannot be revoked')
       assert.equal(lastAdmin.body.code, 409)
 
+      // A team's last key cannot be revoked, even by an admin: it would orphan the team.
+      const lastOfTeam = await moatApi('DELETE', `/keys/${created.body.id}`, admin)
+      assert.equal(lastOfTeam.status, 409, JSON.stringify(lastOfTeam.body))
+      const spare = await moatApi('POST', '/keys', admin, { name: 'spare', teamID: created.body.teamID })
+      assert.equal(spare.status, 201, JSON.stringify(spare.body))
+
       // A revoked key is refused at once.
       assert.equal((await moatApi('DELETE', `/keys/${created.body.id}`, admin)).status, 204)
       await assert.rejects(Sandbox.list({ apiKey: other }).nextItems(),
@@ -440,6 +447,49 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     } finally {
       await Sandbox.deleteSnapshot(snap.snapshotId)
     }
+  })
+
+  test('a team over its sandbox quota gets 429 from Sandbox.create', async () => {
+    const admin = process.env.E2B_API_KEY
+    const created = await moatApi('POST', '/keys', admin, { name: 'quota', team: `quota-${run}` })
+    assert.equal(created.status, 201, JSON.stringify(created.body))
+    const key = created.body.key
+    const quotas = `/teams/${created.body.teamID}/quotas`
+    const set = await moatApi('PUT', quotas, admin, { maxSandboxes: 1 })
+    assert.equal(set.status, 200, JSON.stringify(set.body))
+    assert.equal((await moatApi('PUT', quotas, key, { maxSandboxes: 50 })).status, 403,
+      'a team cannot raise its own quota')
+    const first = await Sandbox.create({ apiKey: key })
+    try {
+      await assert.rejects(Sandbox.create({ apiKey: key }), (e) => {
+        assert.ok(e instanceof RateLimitError, `${e.name}: ${e.message}`)
+        assert.match(e.message, /maxSandboxes/)
+        assert.match(e.message, /limit is 1/)
+        return true
+      })
+      // Paused sandboxes do not count; resuming one needs room again.
+      assert.equal(await first.pause(), true)
+      const second = await Sandbox.create({ apiKey: key })
+      await assert.rejects(Sandbox.connect(first.sandboxId, { apiKey: key }),
+        (e) => e instanceof RateLimitError)
+      await second.kill()
+      const usage = await moatApi('GET', quotas, key)
+      assert.equal(usage.status, 200)
+      assert.equal(usage.body.usage.sandboxes, 0)
+      assert.ok(usage.body.usage.createsLastMinute >= 2)
+      // Metadata past the size quota (64 KiB by default) is refused the same way.
+      await assert.rejects(
+        Sandbox.create({ apiKey: key, metadata: { blob: 'x'.repeat(70 * 1024) } }),
+        (e) => e instanceof RateLimitError && /maxMetadataBytes/.test(e.message))
+    } finally {
+      await Sandbox.kill(first.sandboxId, { apiKey: key })
+    }
+    // /metrics needs a key, as Prometheus sends it.
+    assert.equal((await fetch(`${process.env.E2B_API_URL}/metrics`)).status, 401)
+    const scraped = await fetch(`${process.env.E2B_API_URL}/metrics`,
+      { headers: { Authorization: `Bearer ${key}` } })
+    assert.equal(scraped.status, 200)
+    assert.match(await scraped.text(), /moat_sandboxes\{state="running"\}/)
   })
 
   test('kill ends the sandbox; a second kill returns false', async () => {

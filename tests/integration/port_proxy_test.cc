@@ -14,6 +14,7 @@
 
 #include "agent/agent.h"
 #include "api/api_server.h"
+#include "api/auth.h"
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
@@ -46,6 +47,7 @@ constexpr const char* kNoNetSandbox = "proxynonet0000000001";
 // Created with allowPublicTraffic: false: its ports need this token.
 constexpr const char* kPrivateSandbox = "proxyprivate00000001";
 constexpr const char* kTrafficToken = "traffic-token-0123456789";
+constexpr const char* kApiKey = "moat_port_proxy_test_key";
 constexpr uint16_t kHttpPort = 8080;  // the sandbox ports the resolver knows
 constexpr uint16_t kWsPort = 9000;
 constexpr uint16_t kRefusedPort = 7000;
@@ -71,6 +73,7 @@ class PortProxyTest : public ::testing::Test {
     auto store = store::SqliteStore::Open(dir_ + "/moat.db");
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     store_ = std::move(*store);
+    ASSERT_TRUE(BootstrapApiKey(*store_, dir_, std::string(kApiKey)).ok());
     auto controller = SandboxController::Start(*agent_, *store_, metrics_, {});
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = std::move(*controller);
@@ -202,8 +205,11 @@ class PortProxyTest : public ::testing::Test {
     return c;
   }
 
+  // /metrics needs a key; Prometheus sends it as a bearer token.
   std::string ScrapeMetrics() {
-    return Exchange(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").body;
+    return Exchange(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                               std::string(kApiKey) + "\r\nConnection: close\r\n\r\n")
+        .body;
   }
 
   std::string dir_;
@@ -368,6 +374,15 @@ TEST_F(PortProxyTest, ErrorsNameTheSandboxAndPort) {
                            "{outcome=\"upstream_unreachable\"} 2", "{outcome=\"bad_port\"} 6"}) {
     EXPECT_TRUE(Contains(m, std::string("moat_port_proxy_requests_total") + line)) << line << "\n"
                                                                                    << m;
+  }
+
+  // The slot addresses behind a sandbox's ports are moatd's own: no error names them.
+  for (uint16_t p : {kRefusedPort, kBlackholePort}) {
+    std::string body = get("Host: " + HostOf(p)).body;
+    for (const std::string& internal : {std::string("127.0.0.1"), std::string("192.0.2.1"),
+                                        ":" + std::to_string(refused_port_)}) {
+      EXPECT_FALSE(Contains(body, internal)) << internal << " in " << body;
+    }
   }
 }
 

@@ -30,6 +30,8 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx);
 void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx);
 // moat's own API key administration: /keys.
 void RegisterKeyRoutes(http::Router& router, ControlContext& ctx);
+// moat's own team administration: /teams/{teamID}/quotas.
+void RegisterTeamRoutes(http::Router& router, ControlContext& ctx);
 // moat's own: /healthz, /metrics, /openapi.json.
 void RegisterSystemRoutes(http::Router& router, ControlContext& ctx);
 // envd (E2B-WIRE §3, §6, §7).

@@ -2,12 +2,15 @@
 
 #include <sqlite3.h>
 
-#include <chrono>
 #include <nlohmann/json.hpp>
-#include <random>
+
+#include "api/store/sqlite_statement.h"
 
 namespace moat::api::store {
 namespace {
+
+using sqlite::Statement;
+using sqlite::Transaction;
 
 // The schema, one migration per entry; never edit one that has shipped, append a new one.
 const char* const kMigrations[] = {
@@ -67,95 +70,18 @@ CREATE INDEX snapshots_by_team ON snapshots(team_id, created_at_ms, id);
     R"sql(
 ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT NOT NULL DEFAULT '';
 )sql",
-};
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-std::string RandomId(size_t bytes) {
-  static thread_local std::random_device rd;
-  static const char* kHex = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < bytes; ++i) {
-    unsigned v = rd() & 0xff;
-    s.push_back(kHex[v >> 4]);
-    s.push_back(kHex[v & 15]);
-  }
-  return s;
-}
-
-// One prepared statement; finalized on destruction.
-class Statement {
- public:
-  Statement(sqlite3* db, const std::string& sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &stmt_, nullptr);
-  }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-
-  Status status() const {
-    if (rc_ == SQLITE_OK) return Status::Ok();
-    return Internal(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
-  }
-  Statement& Bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& Bind(int i, int64_t v) {
-    sqlite3_bind_int64(stmt_, i, v);
-    return *this;
-  }
-  // SQLITE_ROW → true, SQLITE_DONE → false, else an error.
-  Result<bool> Step() {
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return Internal(std::string("sqlite step: ") + sqlite3_errmsg(db_));
-  }
-  Status Run() {
-    auto r = Step();
-    return r.ok() ? Status::Ok() : r.status();
-  }
-  std::string Text(int col) {
-    const unsigned char* t = sqlite3_column_text(stmt_, col);
-    return t == nullptr ? std::string()
-                        : std::string(reinterpret_cast<const char*>(t),
-                                      static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
-  }
-  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
-  int rc_;
-};
-
-// Commits on Commit(), rolls back otherwise.
-class Transaction {
- public:
-  explicit Transaction(sqlite3* db) : db_(db) {
-    ok_ = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
-  }
-  ~Transaction() {
-    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  Status Commit() {
-    if (!ok_) return Internal(std::string("sqlite begin: ") + sqlite3_errmsg(db_));
-    done_ = true;
-    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return Internal(std::string("sqlite commit: ") + sqlite3_errmsg(db_));
-    }
-    return Status::Ok();
-  }
-
- private:
-  sqlite3* db_;
-  bool ok_ = false;
-  bool done_ = false;
+    // 4: per-team quotas; a NULL limit is moatd's default (api/team_quotas.h).
+    R"sql(
+CREATE TABLE team_quotas (
+  team_id TEXT PRIMARY KEY REFERENCES teams(id),
+  max_sandboxes INTEGER,
+  max_vcpus INTEGER,
+  max_memory_mib INTEGER,
+  max_creates_per_minute INTEGER,
+  max_metadata_bytes INTEGER
+);
+CREATE INDEX sandboxes_by_team_state ON sandboxes(team_id, state);
+)sql",
 };
 
 constexpr const char* kSandboxColumns =
@@ -183,12 +109,6 @@ SandboxRecord ReadSandbox(Statement& s) {
   r.disk_size_mb = static_cast<uint32_t>(s.Int(11));
   r.traffic_access_token = s.Text(12);
   return r;
-}
-
-constexpr const char* kTeamColumns = "id, name, created_at_ms, is_admin";
-
-TeamRecord ReadTeam(Statement& s, int first = 0) {
-  return TeamRecord{s.Text(first), s.Text(first + 1), s.Int(first + 2), s.Int(first + 3) != 0};
 }
 
 constexpr const char* kSnapshotColumns = "id, team_id, sandbox_id, name, created_at_ms";
@@ -300,138 +220,6 @@ Status SqliteStore::Migrate() {
     MOAT_RETURN_IF_ERROR(tx.Commit());
   }
   return Status::Ok();
-}
-
-Result<bool> SqliteStore::HasApiKeys() {
-  std::lock_guard lock(mu_);
-  Statement s(db_, "SELECT 1 FROM api_keys WHERE revoked_at_ms IS NULL LIMIT 1");
-  MOAT_RETURN_IF_ERROR(s.status());
-  return s.Step();
-}
-
-Result<TeamRecord> SqliteStore::CreateTeam(const std::string& name, bool admin) {
-  std::lock_guard lock(mu_);
-  TeamRecord t{RandomId(8), name, NowMs(), admin};
-  Statement s(db_, "INSERT INTO teams (id, name, created_at_ms, is_admin) VALUES (?, ?, ?, ?)");
-  MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, t.id)
-                           .Bind(2, t.name)
-                           .Bind(3, t.created_at_ms)
-                           .Bind(4, int64_t{admin ? 1 : 0})
-                           .Run());
-  return t;
-}
-
-Result<std::optional<TeamRecord>> SqliteStore::FindTeam(const char* column,
-                                                        const std::string& value) {
-  std::lock_guard lock(mu_);
-  Statement s(db_, std::string("SELECT ") + kTeamColumns + " FROM teams WHERE " + column +
-                       " = ? ORDER BY created_at_ms, id LIMIT 1");
-  MOAT_RETURN_IF_ERROR(s.status());
-  s.Bind(1, value);
-  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return std::optional<TeamRecord>();
-  return std::optional<TeamRecord>(ReadTeam(s));
-}
-
-Result<std::optional<TeamRecord>> SqliteStore::GetTeam(const std::string& id) {
-  return FindTeam("id", id);
-}
-
-Result<std::optional<TeamRecord>> SqliteStore::TeamByName(const std::string& name) {
-  return FindTeam("name", name);
-}
-
-Result<ApiKeyRecord> SqliteStore::AddApiKey(const std::string& team_id, const std::string& name,
-                                            const std::string& key_sha256,
-                                            const std::string& mask) {
-  std::lock_guard lock(mu_);
-  ApiKeyRecord k{RandomId(8), team_id, name, mask, NowMs()};
-  Statement s(db_,
-              "INSERT INTO api_keys (id, team_id, name, key_sha256, mask, created_at_ms) "
-              "VALUES (?, ?, ?, ?, ?, ?)");
-  MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, k.id)
-                           .Bind(2, team_id)
-                           .Bind(3, name)
-                           .Bind(4, key_sha256)
-                           .Bind(5, mask)
-                           .Bind(6, k.created_at_ms)
-                           .Run());
-  return k;
-}
-
-Result<std::optional<TeamRecord>> SqliteStore::TeamByKeyHash(const std::string& key_sha256) {
-  std::lock_guard lock(mu_);
-  Statement s(db_,
-              "SELECT t.id, t.name, t.created_at_ms, t.is_admin FROM api_keys k JOIN teams t ON "
-              "t.id = k.team_id WHERE k.key_sha256 = ? AND k.revoked_at_ms IS NULL");
-  MOAT_RETURN_IF_ERROR(s.status());
-  s.Bind(1, key_sha256);
-  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return std::optional<TeamRecord>();
-  return std::optional<TeamRecord>(ReadTeam(s));
-}
-
-Result<std::vector<ApiKeyRecord>> SqliteStore::ListApiKeys(const std::string& team_id) {
-  std::lock_guard lock(mu_);
-  Statement s(db_,
-              "SELECT id, team_id, name, mask, created_at_ms FROM api_keys WHERE team_id = ? AND "
-              "revoked_at_ms IS NULL ORDER BY created_at_ms, id");
-  MOAT_RETURN_IF_ERROR(s.status());
-  s.Bind(1, team_id);
-  std::vector<ApiKeyRecord> out;
-  for (;;) {
-    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    out.push_back({s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4)});
-  }
-  return out;
-}
-
-Result<std::optional<ApiKeyRecord>> SqliteStore::GetApiKey(const std::string& key_id) {
-  std::lock_guard lock(mu_);
-  Statement s(db_,
-              "SELECT id, team_id, name, mask, created_at_ms FROM api_keys WHERE id = ? AND "
-              "revoked_at_ms IS NULL");
-  MOAT_RETURN_IF_ERROR(s.status());
-  s.Bind(1, key_id);
-  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return std::optional<ApiKeyRecord>();
-  return std::optional<ApiKeyRecord>(
-      ApiKeyRecord{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4)});
-}
-
-Status SqliteStore::RevokeApiKey(const std::string& team_id, const std::string& key_id) {
-  std::lock_guard lock(mu_);
-  // One transaction, so that two revocations cannot both pass the last-admin-key check.
-  Transaction tx(db_);
-  bool admin = false;
-  {
-    Statement s(db_,
-                "SELECT t.is_admin FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.id = ? "
-                "AND k.team_id = ? AND k.revoked_at_ms IS NULL");
-    MOAT_RETURN_IF_ERROR(s.status());
-    s.Bind(1, key_id).Bind(2, team_id);
-    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) return NotFound("API key \"" + key_id + "\" not found");
-    admin = s.Int(0) != 0;
-  }
-  if (admin) {
-    Statement s(db_,
-                "SELECT COUNT(*) FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE "
-                "t.is_admin = 1 AND k.revoked_at_ms IS NULL");
-    MOAT_RETURN_IF_ERROR(s.status());
-    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
-    if (row && s.Int(0) <= 1) {
-      return FailedPrecondition("API key \"" + key_id +
-                                "\" is the last admin key; create another admin key first");
-    }
-  }
-  Statement s(db_, "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ?");
-  MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, NowMs()).Bind(2, key_id).Run());
-  return tx.Commit();
 }
 
 Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
@@ -561,8 +349,8 @@ Status SqliteStore::SetSandboxEndAt(const std::string& id, int64_t end_at_ms) {
 }
 
 Status SqliteStore::SetSandboxState(const std::string& id, const std::string& state) {
-  if (state != "running" && state != "paused") {
-    return InvalidArgument("sandbox state \"" + state + "\" is neither running nor paused");
+  if (state != "running" && state != "paused" && state != "error") {
+    return InvalidArgument("sandbox state \"" + state + "\" is not running, paused or error");
   }
   std::lock_guard lock(mu_);
   Statement s(db_, "UPDATE sandboxes SET state = ? WHERE id = ?");

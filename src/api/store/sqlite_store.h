@@ -1,5 +1,6 @@
 // SqliteStore: the embedded Store (DATA_DIR/moat.db). One connection guarded by a mutex; WAL
 // journal; the schema is brought up to date by numbered migrations when the store opens.
+// Sandboxes and snapshots are in sqlite_store.cc, teams, keys and quotas in sqlite_team_store.cc.
 #pragma once
 
 #include <memory>
@@ -33,6 +34,9 @@ class SqliteStore : public Store {
   Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) override;
   Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) override;
   Status RevokeApiKey(const std::string& team_id, const std::string& key_id) override;
+  Result<QuotaSettings> GetTeamQuotas(const std::string& team_id) override;
+  Status SetTeamQuotas(const std::string& team_id, const QuotaSettings& quotas) override;
+  Result<TeamUsage> RunningUsage(const std::string& team_id) override;
 
   Status InsertSandbox(const SandboxRecord& sandbox) override;
   Result<std::optional<SandboxRecord>> GetSandbox(const std::string& id) override;

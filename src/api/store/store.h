@@ -41,13 +41,32 @@ struct SandboxRecord {
   std::string traffic_access_token;
   std::map<std::string, std::string> metadata;
   std::map<std::string, std::string> env_vars;
-  std::string state = "running";  // "running" | "paused"
+  // "running" | "paused" | "error" (its guest broke the protocol; the VM still runs until killed)
+  std::string state = "running";
   int64_t started_at_ms = 0;
   int64_t end_at_ms = 0;
   bool auto_pause = false;
   uint32_t cpu_count = 0;
   uint32_t memory_mb = 0;
   uint32_t disk_size_mb = 0;
+};
+
+// A team's quota settings as stored; an unset one is moatd's default (api/team_quotas.h).
+struct QuotaSettings {
+  std::optional<int64_t> max_sandboxes;
+  std::optional<int64_t> max_vcpus;
+  std::optional<int64_t> max_memory_mib;
+  std::optional<int64_t> max_creates_per_minute;
+  std::optional<int64_t> max_metadata_bytes;
+  bool operator==(const QuotaSettings&) const = default;
+};
+
+// What a team's running sandboxes hold (those in state "error" too: their VMs still run); paused
+// ones hold only disk and are not counted.
+struct TeamUsage {
+  int64_t sandboxes = 0;
+  int64_t vcpus = 0;
+  int64_t memory_mib = 0;
 };
 
 struct SandboxFilter {
@@ -105,8 +124,16 @@ class Store {
   // A key that is not revoked, by id.
   virtual Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) = 0;
   // not_found unless the key exists, is not revoked and belongs to the team; failed_precondition
-  // for the last key of the admin teams (nobody could manage keys any more).
+  // for a team's last key (nobody could manage its sandboxes any more, nor, for an admin team,
+  // keys).
   virtual Status RevokeApiKey(const std::string& team_id, const std::string& key_id) = 0;
+
+  // The team's quota settings (all unset for a team that has none).
+  virtual Result<QuotaSettings> GetTeamQuotas(const std::string& team_id) = 0;
+  // Replaces the team's settings; not_found for an unknown team.
+  virtual Status SetTeamQuotas(const std::string& team_id, const QuotaSettings& quotas) = 0;
+  // What the team's running sandboxes hold now.
+  virtual Result<TeamUsage> RunningUsage(const std::string& team_id) = 0;
 
   virtual Status InsertSandbox(const SandboxRecord& sandbox) = 0;
   virtual Result<std::optional<SandboxRecord>> GetSandbox(const std::string& id) = 0;
@@ -114,7 +141,7 @@ class Store {
   // Every sandbox of every team (the reaper and start-up reconciliation).
   virtual Result<std::vector<SandboxRecord>> AllSandboxes() = 0;
   virtual Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) = 0;
-  // "running" | "paused".
+  // "running" | "paused" | "error".
   virtual Status SetSandboxState(const std::string& id, const std::string& state) = 0;
   virtual Status DeleteSandbox(const std::string& id) = 0;
 

@@ -153,6 +153,10 @@ TEST_F(KeyAdminTest, KeyRoutesShowTheKeyOnceAndARevokedKeyIsRejectedAtOnce) {
   EXPECT_EQ(unknown.status(), 404);
   EXPECT_EQ(json::parse(unknown.body()).at("code"), 404);
 
+  auto last = Call("DELETE", "/keys/" + id, key);
+  EXPECT_EQ(last.status(), 409) << "the team's last key stays: " << last.body();
+  EXPECT_EQ(json::parse(last.body()).at("code"), 409);
+  ASSERT_EQ(Call("POST", "/keys", key, R"({"name":"next"})").status(), 201);
   EXPECT_EQ(Call("DELETE", "/keys/" + id, key).status(), 204) << "a key may revoke itself";
   auto after = Call("GET", "/keys", key);
   EXPECT_EQ(after.status(), 401);

@@ -247,8 +247,9 @@ class PortProxyErrors : public ::testing::Test {
     (void)port;
     return SandboxEndpoint{"127.0.0.1", ntohs(a.sin_port)};
   }
-  http::RecordingWriter Serve(const std::string& id, int port, PortResolver resolver = Resolve) {
-    PortProxy proxy({}, std::move(resolver), metrics_);
+  http::RecordingWriter Serve(const std::string& id, int port, PortResolver resolver = Resolve,
+                              PortProxyOptions options = {}) {
+    PortProxy proxy(options, std::move(resolver), metrics_);
     Request req;
     req.method = "GET";
     req.path = "/";
@@ -292,6 +293,40 @@ TEST_F(PortProxyErrors, NameTheProblemAndAreCountedByOutcome) {
                            "moat_port_proxy_connections 0"}) {
     EXPECT_TRUE(Contains(m, line)) << line << " in\n" << m;
   }
+}
+
+// Slot addresses are moatd's internal layout: no error a client can provoke names one, whatever
+// the resolver or the connect said (they go to the log).
+TEST_F(PortProxyErrors, NeverNameAnInternalAddress) {
+  uint16_t refused = 0;
+  auto resolve = [&refused](const std::string& id, uint16_t port) -> Result<SandboxEndpoint> {
+    if (id == "nonet") return FailedPrecondition("slot 10.200.0.4/30 of nonet has no tap");
+    if (id == "broken") return Internal("slot 10.200.0.8: netns /run/netns/moat-7 is gone");
+    if (id == "notipv4") return SandboxEndpoint{"fd00::10:200:0:6", port};
+    if (id == "blackhole") return SandboxEndpoint{"192.0.2.1", 9};  // TEST-NET-1: no answer
+    auto r = Resolve(id, port);
+    if (r.ok()) refused = r->port;
+    return r;
+  };
+  PortProxyOptions fast;
+  fast.connect_timeout = std::chrono::milliseconds(200);
+  std::vector<std::pair<std::string, http::RecordingWriter>> answers;
+  for (const char* id : {"known", "nonet", "broken", "notipv4", "blackhole", "missing"}) {
+    answers.emplace_back(id, Serve(id, 8080, resolve, fast));
+  }
+  ASSERT_NE(refused, 0);
+  for (const auto& [id, w] : answers) {
+    EXPECT_GE(w.status(), 400) << id;
+    EXPECT_TRUE(Contains(w.body(), id)) << "names the sandbox: " << w.body();
+    for (const std::string& internal :
+         {std::string("127.0.0.1"), std::string("10.200."), std::string("192.0.2.1"),
+          std::string("fd00:"), std::string("netns"), ":" + std::to_string(refused)}) {
+      EXPECT_FALSE(Contains(w.body(), internal)) << id << ": " << internal << " in " << w.body();
+    }
+  }
+  EXPECT_TRUE(Contains(answers[0].second.body(), "port 8080 of sandbox known is not reachable"))
+      << answers[0].second.body();
+  EXPECT_TRUE(Contains(answers[1].second.body(), "has no network"));
 }
 
 }  // namespace

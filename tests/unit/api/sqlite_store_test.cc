@@ -42,11 +42,11 @@ class SqliteStoreTest : public ::testing::Test {
 };
 
 TEST_F(SqliteStoreTest, MigratesAFreshFileAndReopensIt) {
-  EXPECT_EQ(store_->schema_version(), 3);
+  EXPECT_EQ(store_->schema_version(), 4);
   store_.reset();
   auto again = SqliteStore::Open(dir_ + "/moat.db");
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->schema_version(), 3);
+  EXPECT_EQ((*again)->schema_version(), 4);
 }
 
 TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin) {
@@ -72,7 +72,7 @@ TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin
   sqlite3_close(db);
   auto upgraded = SqliteStore::Open(path);
   ASSERT_TRUE(upgraded.ok()) << upgraded.status().ToString();
-  EXPECT_EQ((*upgraded)->schema_version(), 3);
+  EXPECT_EQ((*upgraded)->schema_version(), 4);
   auto team = (*upgraded)->GetTeam("t1");
   ASSERT_TRUE(team.ok() && team->has_value());
   EXPECT_TRUE((*team)->admin);
@@ -81,6 +81,12 @@ TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin
   auto sb = (*upgraded)->GetSandbox("s1");
   ASSERT_TRUE(sb.ok() && sb->has_value()) << sb.status().ToString();
   EXPECT_EQ((*sb)->traffic_access_token, "");
+  // Teams from before quotas have the defaults (nothing set), and their running sandboxes count.
+  EXPECT_EQ(*(*upgraded)->GetTeamQuotas("t1"), QuotaSettings{});
+  auto usage = (*upgraded)->RunningUsage("t1");
+  ASSERT_TRUE(usage.ok()) << usage.status().ToString();
+  EXPECT_EQ(usage->sandboxes, 1);
+  EXPECT_EQ(usage->memory_mib, 256);
 }
 
 TEST_F(SqliteStoreTest, FindsTeamsByKeyHashUntilRevoked) {
@@ -97,9 +103,10 @@ TEST_F(SqliteStoreTest, FindsTeamsByKeyHashUntilRevoked) {
   auto other = store_->CreateTeam("o", false);
   EXPECT_EQ(store_->RevokeApiKey(other->id, key->id).code(), ErrorCode::kNotFound)
       << "another team cannot revoke it";
+  ASSERT_TRUE(store_->AddApiKey(team->id, "k2", "hash2", "moat_…").ok()) << "not the last key";
   EXPECT_TRUE(store_->RevokeApiKey(team->id, key->id).ok());
   EXPECT_FALSE(store_->TeamByKeyHash("hash1")->has_value());
-  EXPECT_TRUE(store_->ListApiKeys(team->id)->empty());
+  EXPECT_EQ(store_->ListApiKeys(team->id)->size(), 1u);
   EXPECT_FALSE(store_->GetApiKey(key->id)->has_value()) << "a revoked key is gone";
   EXPECT_EQ(store_->RevokeApiKey(team->id, key->id).code(), ErrorCode::kNotFound) << "revoked once";
 }
@@ -132,10 +139,23 @@ TEST_F(SqliteStoreTest, RefusesToRevokeTheLastAdminKey) {
   auto second = *store_->AddApiKey(admin.id, "second", "h2", "m2");
   EXPECT_TRUE(store_->RevokeApiKey(admin.id, first.id).ok()) << "another admin key remains";
   EXPECT_EQ(store_->RevokeApiKey(admin.id, second.id).code(), ErrorCode::kFailedPrecondition);
-  // A team's last ordinary key may go.
-  auto team = *store_->CreateTeam("t", false);
+}
+
+TEST_F(SqliteStoreTest, RefusesToRevokeATeamsLastKeyWhichWouldOrphanItsSandboxes) {
+  auto team = *store_->CreateTeam("acme", false);
   auto only = *store_->AddApiKey(team.id, "only", "h3", "m3");
-  EXPECT_TRUE(store_->RevokeApiKey(team.id, only.id).ok());
+  ASSERT_TRUE(store_->InsertSandbox(Sandbox("s1", team.id, 1)).ok());
+  Status last = store_->RevokeApiKey(team.id, only.id);
+  EXPECT_EQ(last.code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(last.message().find("last key of team \"acme\""), std::string::npos) << last.message();
+  EXPECT_TRUE(store_->TeamByKeyHash("h3")->has_value()) << "still valid";
+  auto next = *store_->AddApiKey(team.id, "next", "h4", "m4");
+  EXPECT_TRUE(store_->RevokeApiKey(team.id, only.id).ok()) << "the team keeps a key";
+  EXPECT_EQ(store_->RevokeApiKey(team.id, next.id).code(), ErrorCode::kFailedPrecondition);
+  // Another team's keys do not count: one key left there does not keep this one alive.
+  auto other = *store_->CreateTeam("other", false);
+  (void)*store_->AddApiKey(other.id, "o", "h5", "m5");
+  EXPECT_EQ(store_->RevokeApiKey(team.id, next.id).code(), ErrorCode::kFailedPrecondition);
 }
 
 TEST_F(SqliteStoreTest, KeepsSnapshotsPerTeamAndFindsThemByIdNameOrSandbox) {
