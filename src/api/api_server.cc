@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "api/auth.h"
 #include "api/errors.h"
 #include "common/log.h"
 
@@ -78,6 +79,7 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
       new ApiServer(controller, store, metrics, std::move(resolver), proxy_options));
   RegisterAll(s->control_, s->envd_, s->control_ctx_, s->envd_ctx_);
   ApiServer* self = s.get();
+  s->max_body_bytes_ = options.body_limit;
   MOAT_ASSIGN_OR_RETURN(
       s->http_, http::HttpServer::Start(
                     std::move(options),
@@ -85,8 +87,81 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
                     [self](const Status& st, int code, http::ResponseWriter& w) {
                       self->metrics_.CountRequest("(rejected)", code);
                       SendRestError(w, st, code);
+                    },
+                    [self](http::Request& req, bool has_body, http::ResponseWriter& w) {
+                      return self->Admit(req, has_body, w);
                     }));
   return s;
+}
+
+namespace {
+
+// envd's Connect routes are /<package>.<Service>/<Method>; the rest (/files, /health) are REST.
+bool IsConnectPattern(const std::string& pattern) {
+  return pattern.find('.') < pattern.find('/', 1);
+}
+
+}  // namespace
+
+http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::ResponseWriter& w) {
+  auto started = std::chrono::steady_clock::now();
+  http::Admission a;
+  a.body_limit = kControlBodyLimit;
+  auto target = routes::EnvdTargetOf(req);
+  if (target && target->port != routes::kEnvdPort) {
+    // Public traffic to a sandbox's port: the port proxy relays the body whole, and checks its
+    // own token (PortProxy).
+    a.body_limit = max_body_bytes_;
+    return a;
+  }
+  bool envd = target.has_value();
+  const http::Router& router = envd ? envd_ : control_;
+  auto match = router.Find(req.method, req.path);
+  std::string route = match.route
+                          ? (envd ? "envd " : "") + match.route->method + " " + match.route->pattern
+                          : "(unmatched)";
+  std::optional<SandboxController::Running> running;
+  Status unauthenticated;  // why the request does not authenticate
+  if (envd) {
+    a.body_limit = kEnvdBodyLimit;
+    if (match.route && match.route->method == "POST" && match.route->pattern == "/files") {
+      a.body = http::Admission::Body::kStream;
+      a.body_limit = max_body_bytes_;
+    }
+    auto found = control_ctx_.controller->FindRunning(target->sandbox_id);
+    if (found.ok()) running = std::move(*found);
+    a.authenticated = running && req.HasHeader("X-Access-Token") &&
+                      SecretsEqual(req.Header("X-Access-Token"), running->record.access_token);
+    if (!a.authenticated) {
+      unauthenticated = Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
+                                                                        : "missing X-Access-Token");
+    }
+  } else {
+    auto team = Authenticate(*control_ctx_.store, req);
+    a.authenticated = team.ok();
+    if (!team.ok()) unauthenticated = team.status();
+  }
+  // A request without a body costs nothing to route the usual way, and its handler checks its
+  // credentials (some routes need none); one with a body is refused here if it would be anyway.
+  if (!has_body) return a;
+  StatusRecorder rec(w);
+  if (match.route == nullptr) {
+    if (match.path_known) {
+      SendRestError(rec, InvalidArgument(req.method + " is not allowed on " + req.path), 405);
+    } else {
+      SendRestError(rec, NotFound("no route " + req.method + " " + req.path), 404);
+    }
+  } else if (envd && !running) {
+    SendSandboxNotRunning(rec, target->sandbox_id);
+  } else if (!a.authenticated) {
+    if (envd && IsConnectPattern(match.route->pattern)) {
+      SendConnectUnaryError(rec, unauthenticated);
+    } else {
+      SendRestError(rec, unauthenticated);
+    }
+  }
+  if (rec.status() != 0) Record(route, rec.status(), started, req.peer, false);
+  return a;
 }
 
 void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {

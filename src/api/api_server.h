@@ -19,6 +19,10 @@
 namespace moat::api {
 
 inline constexpr const char* kEnvdVersion = "0.5.7";
+// The largest control-API body (JSON; 413 past it).
+inline constexpr size_t kControlBodyLimit = 1024 * 1024;
+// The largest envd Connect body: one 16 MiB message and its framing.
+inline constexpr size_t kEnvdBodyLimit = 16 * 1024 * 1024 + 64 * 1024;
 
 class ApiServer {
  public:
@@ -41,6 +45,13 @@ class ApiServer {
   const http::Router& envd_router() const { return envd_; }
   // Routes a request as the server does (tests drive it with a RecordingWriter).
   void Handle(http::Request& req, http::ResponseWriter& w);
+  // The server's admission hook (http::AdmissionHandler): from the head alone, whether the
+  // request authenticates (X-API-Key on control routes; a running sandbox's X-Access-Token on
+  // envd's) and how its body is read — POST /files streams, control JSON is buffered up to
+  // kControlBodyLimit, envd's Connect calls up to kEnvdBodyLimit. A request with a body that
+  // would be refused anyway (no valid credentials, no such route, no such sandbox) is answered
+  // here, before any of its body is read.
+  http::Admission Admit(http::Request& req, bool has_body, http::ResponseWriter& w);
 
   // The routes without a server (the OpenAPI test reads them).
   static void RegisterAll(http::Router& control, http::Router& envd, routes::ControlContext& cc,
@@ -57,6 +68,7 @@ class ApiServer {
   routes::ControlContext control_ctx_;
   routes::EnvdContext envd_ctx_;
   Metrics& metrics_;
+  size_t max_body_bytes_ = 0;  // ServerOptions::body_limit: streamed uploads, proxied bodies
   http::Router control_;
   http::Router envd_;
   PortProxy proxy_;  // before http_: connection threads use it until http_ is gone

@@ -87,6 +87,19 @@ Status ValidateConfig(MoatdConfig& c) {
     return InvalidArgument("--max-body-bytes: must be at least 1048576, got " +
                            std::to_string(c.max_body_bytes));
   }
+  if (c.max_connections < 1) return InvalidArgument("--max-connections: must be at least 1");
+  if (c.max_connections_per_client < 1) {
+    return InvalidArgument("--max-connections-per-client: must be at least 1");
+  }
+  if (c.reserved_connections >= c.max_connections) {
+    return InvalidArgument("--reserved-connections: must be less than --max-connections (" +
+                           std::to_string(c.max_connections) + "), got " +
+                           std::to_string(c.reserved_connections));
+  }
+  if (c.header_timeout_s < 1 || c.header_timeout_s > 3600) {
+    return InvalidArgument("--header-timeout: must be 1..3600 seconds, got " +
+                           std::to_string(c.header_timeout_s));
+  }
   if (c.proxy_idle_timeout_s < 1 || c.proxy_idle_timeout_s > 7 * 24 * 3600) {
     return InvalidArgument("--proxy-idle-timeout: must be 1..604800 seconds, got " +
                            std::to_string(c.proxy_idle_timeout_s));

@@ -18,8 +18,17 @@ struct MoatdConfig {
   vmm::qemu::AccelMode accel = vmm::qemu::AccelMode::kAuto;
   // Where the base template's vmlinux and rootfs.ext4 are; default: <moatd's dir>/../guest.
   std::string guest_dir;
-  // Request bodies above this are refused with 413 (file uploads are the large ones).
+  // Request bodies above this are refused with 413 (file uploads are the large ones; they stream
+  // into the guest, so this bounds the transfer, not moatd's memory).
   size_t max_body_bytes = 256u * 1024 * 1024;
+  // HTTP limits (docs/security.md, "HTTP limits"): connections in all, connections per client
+  // address that have not authenticated, the slots kept for authenticated requests, the time a
+  // request's head may take, and the rate below which a body is cut off (bytes/s; 0: none).
+  size_t max_connections = 2048;
+  size_t max_connections_per_client = 256;
+  size_t reserved_connections = 64;
+  int64_t header_timeout_s = 30;
+  size_t min_body_rate = 16 * 1024;
   // The port proxy (<port>-<id>.<domain>): a proxied connection idle this long is closed; at most
   // this many are open at once (503 past it).
   int64_t proxy_idle_timeout_s = 600;

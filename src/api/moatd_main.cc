@@ -84,6 +84,11 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   opts.host = config.listen_host;
   opts.port = config.listen_port;
   opts.body_limit = config.max_body_bytes;
+  opts.max_connections = config.max_connections;
+  opts.max_connections_per_client = config.max_connections_per_client;
+  opts.reserved_connections = config.reserved_connections;
+  opts.header_timeout = std::chrono::seconds(config.header_timeout_s);
+  opts.body_min_rate = config.min_body_rate;
   PortProxyOptions proxy;
   proxy.idle_timeout = std::chrono::seconds(config.proxy_idle_timeout_s);
   proxy.max_connections = config.proxy_max_connections;
@@ -158,6 +163,24 @@ int main(int argc, char** argv) {
   serve->add_option("--accel", accel, "auto|kvm|tcg")->capture_default_str();
   serve->add_option("--guest-dir", config.guest_dir, "directory with vmlinux and rootfs.ext4");
   serve->add_option("--max-body-bytes", config.max_body_bytes, "largest request body (413 above)")
+      ->capture_default_str();
+  serve->add_option("--max-connections", config.max_connections, "open HTTP connections (503 past)")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-connections-per-client", config.max_connections_per_client,
+                   "connections from one address that have not authenticated yet")
+      ->capture_default_str();
+  serve
+      ->add_option("--reserved-connections", config.reserved_connections,
+                   "connections kept for authenticated requests")
+      ->capture_default_str();
+  serve
+      ->add_option("--header-timeout", config.header_timeout_s,
+                   "seconds a request's head may take to arrive (408 past it)")
+      ->capture_default_str();
+  serve
+      ->add_option("--min-body-rate", config.min_body_rate,
+                   "bytes/s below which a request body is cut off after 30 s (0: no minimum)")
       ->capture_default_str();
   serve
       ->add_option("--proxy-idle-timeout", config.proxy_idle_timeout_s,

@@ -6,36 +6,93 @@
 
 namespace moat::api::codec {
 
-Result<std::string> GunzipBounded(std::string_view data, size_t max_output) {
+struct GunzipStream::State {
   z_stream zs{};
+  bool ok = false;
+  bool ended = false;
+  InflateLimits limits;
+  std::unique_ptr<char[]> out = std::make_unique<char[]>(kPiece);
+};
+
+GunzipStream::GunzipStream(InflateLimits limits) : state_(std::make_unique<State>()) {
+  state_->limits = limits;
   // 15 + 32: any window size, gzip or zlib header detected automatically.
-  if (inflateInit2(&zs, 15 + 32) != Z_OK) return Internal("inflateInit2 failed");
-  std::string out;
-  // zlib's API takes non-const input pointers but does not write through them.
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  zs.avail_in = static_cast<uInt>(data.size());
-  char buf[64 * 1024];
-  int rc = Z_OK;
-  while (rc != Z_STREAM_END) {
-    zs.next_out = reinterpret_cast<Bytef*>(buf);
-    zs.avail_out = sizeof buf;
-    rc = inflate(&zs, Z_NO_FLUSH);
-    if (rc != Z_OK && rc != Z_STREAM_END) {
-      inflateEnd(&zs);
-      return InvalidArgument("gzip: corrupt or truncated data");
+  state_->ok = inflateInit2(&state_->zs, 15 + 32) == Z_OK;
+}
+
+GunzipStream::~GunzipStream() {
+  if (state_->ok) inflateEnd(&state_->zs);
+}
+
+bool GunzipStream::ended() const {
+  return state_->ended;
+}
+uint64_t GunzipStream::total_in() const {
+  return state_->zs.total_in;
+}
+uint64_t GunzipStream::total_out() const {
+  return state_->zs.total_out;
+}
+
+Status GunzipStream::Write(std::string_view input, const Sink& sink) {
+  if (!state_->ok) return Internal("gzip: inflateInit2 failed");
+  z_stream& zs = state_->zs;
+  const InflateLimits& limits = state_->limits;
+  while (!input.empty() && !state_->ended) {
+    // zlib takes at most 4 GB at a time (uInt); pieces here are far smaller, but stay correct.
+    std::string_view part = input.substr(0, 1u << 30);
+    // zlib's API takes non-const input pointers but does not write through them.
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(part.data()));
+    zs.avail_in = static_cast<uInt>(part.size());
+    // Until zlib took all the input and had room to spare: a full output buffer may leave
+    // more output pending inside zlib.
+    bool full = true;
+    while ((zs.avail_in > 0 || full) && !state_->ended) {
+      // The output buffer is kPiece bytes, owned by the state; zlib writes at most avail_out.
+      zs.next_out = reinterpret_cast<Bytef*>(state_->out.get());
+      zs.avail_out = kPiece;
+      int rc = inflate(&zs, Z_NO_FLUSH);
+      if (rc == Z_STREAM_END) {
+        state_->ended = true;
+      } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        return InvalidArgument("gzip: corrupt data");
+      }
+      size_t produced = kPiece - zs.avail_out;
+      full = zs.avail_out == 0;
+      if (zs.total_out > limits.max_output) {
+        return ResourceExhausted("gzip: inflated data exceeds " +
+                                 std::to_string(limits.max_output) + " bytes");
+      }
+      if (limits.max_ratio > 0 && zs.total_out > limits.ratio_after &&
+          zs.total_out / limits.max_ratio > zs.total_in) {
+        return ResourceExhausted("gzip: the data inflates more than " +
+                                 std::to_string(limits.max_ratio) + ":1 (send it uncompressed)");
+      }
+      if (produced > 0) MOAT_RETURN_IF_ERROR(sink(std::string_view(state_->out.get(), produced)));
+      // Z_BUF_ERROR with input left and output room: no progress is possible (cannot happen
+      // with room in both, but never spin on it).
+      if (rc == Z_BUF_ERROR && produced == 0 && zs.avail_in > 0) {
+        return InvalidArgument("gzip: corrupt data");
+      }
     }
-    out.append(buf, sizeof buf - zs.avail_out);
-    if (out.size() > max_output) {
-      inflateEnd(&zs);
-      return ResourceExhausted("gzip: inflated data exceeds " + std::to_string(max_output) +
-                               " bytes");
-    }
-    if (rc == Z_OK && zs.avail_in == 0 && zs.avail_out != 0) {
-      inflateEnd(&zs);
-      return InvalidArgument("gzip: truncated data");
-    }
+    input.remove_prefix(part.size());
   }
-  inflateEnd(&zs);
+  return Status::Ok();
+}
+
+Status GunzipStream::Finish() const {
+  if (!state_->ended) return InvalidArgument("gzip: truncated data");
+  return Status::Ok();
+}
+
+Result<std::string> GunzipBounded(std::string_view data, size_t max_output) {
+  GunzipStream gunzip(InflateLimits{max_output, 0, 0});
+  std::string out;
+  MOAT_RETURN_IF_ERROR(gunzip.Write(data, [&out](std::string_view piece) {
+    out.append(piece);
+    return Status::Ok();
+  }));
+  MOAT_RETURN_IF_ERROR(gunzip.Finish());
   return out;
 }
 

@@ -1,7 +1,10 @@
-// gzip for envd's /files (zlib): `Content-Encoding: gzip` uploads are inflated, and downloads
-// are compressed as they stream when the client sends `Accept-Encoding: gzip`.
+// gzip for envd's /files (zlib): `Content-Encoding: gzip` uploads are inflated as they stream
+// in, and downloads are compressed as they stream out when the client sends
+// `Accept-Encoding: gzip`. Memory stays bounded by zlib's window and one buffer either way.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -10,8 +13,46 @@
 
 namespace moat::api::codec {
 
-// Inflates a gzip (or zlib) stream; invalid_argument if corrupt, resource_exhausted past
-// `max_output` bytes (a decompression bomb).
+// Bounds on what a client's compressed data may expand to (a decompression bomb).
+struct InflateLimits {
+  uint64_t max_output = uint64_t{1} << 30;  // resource_exhausted past this many bytes
+  // resource_exhausted once the output passes `ratio_after` bytes and `max_ratio` times the
+  // input consumed so far; 0: no bound. Deflate cannot expand past ~1032:1, so only data
+  // (nearly) all one byte value comes near 1000:1.
+  uint64_t max_ratio = 1000;
+  uint64_t ratio_after = uint64_t{1} << 20;
+};
+
+// Inflates a gzip (or zlib) stream piece by piece as its input arrives.
+class GunzipStream {
+ public:
+  // The output goes out in pieces of at most this many bytes.
+  static constexpr size_t kPiece = 64 * 1024;
+  using Sink = std::function<Status(std::string_view)>;
+
+  explicit GunzipStream(InflateLimits limits = {});
+  ~GunzipStream();
+  GunzipStream(const GunzipStream&) = delete;
+  GunzipStream& operator=(const GunzipStream&) = delete;
+
+  // Inflates `input`, handing the output to `sink` as it comes; stops at the first error: the
+  // sink's, invalid_argument for corrupt data, resource_exhausted past the limits. Input after
+  // the end of the gzip stream is ignored.
+  Status Write(std::string_view input, const Sink& sink);
+  // The input is complete: invalid_argument unless the gzip stream ended.
+  Status Finish() const;
+  bool ended() const;
+  uint64_t total_in() const;
+  uint64_t total_out() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Inflates a whole gzip (or zlib) stream; invalid_argument if corrupt, resource_exhausted past
+// `max_output` bytes (a decompression bomb). For data already in memory; uploads stream
+// (GunzipStream).
 Result<std::string> GunzipBounded(std::string_view data, size_t max_output);
 
 // Whether an Accept-Encoding header value allows gzip: `gzip`, `x-gzip` or `*` with a q-value

@@ -1,5 +1,7 @@
 // FdStream: a blocking socket as a Beast SyncReadStream/SyncWriteStream, with a timeout on every
-// wait (poll) so that an idle or stuck peer cannot hold a connection thread forever. Asio's own
+// wait (poll) so that an idle or stuck peer cannot hold a connection thread forever, and an
+// optional deadline for reads that bounds a whole sequence of them (a request's head, its body):
+// a client that sends a byte just before each timeout still runs out of time. Asio's own
 // synchronous sockets cannot time out; this is why the connection does not use them.
 #pragma once
 
@@ -7,12 +9,14 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/system/system_error.hpp>
 #include <cerrno>
 #include <chrono>
+#include <optional>
 
 namespace moat::api::http {
 
@@ -26,7 +30,7 @@ class FdStream {
     iovec iov[kMaxIov];
     int n = Fill(buffers, iov);
     if (n == 0) return 0;
-    if (!Wait(POLLIN, read_timeout_, ec)) return 0;
+    if (!Wait(POLLIN, ReadWait(), ec)) return 0;
     for (;;) {
       ssize_t r = ::readv(fd_, iov, n);
       if (r > 0) return static_cast<size_t>(r);
@@ -35,7 +39,7 @@ class FdStream {
         return 0;
       }
       if (errno == EINTR) continue;
-      if (errno == EAGAIN && Wait(POLLIN, read_timeout_, ec)) continue;
+      if (errno == EAGAIN && Wait(POLLIN, ReadWait(), ec)) continue;
       if (!ec) ec = boost::system::error_code(errno, boost::system::system_category());
       return 0;
     }
@@ -75,9 +79,23 @@ class FdStream {
   }
 
   void set_read_timeout(std::chrono::milliseconds t) { read_timeout_ = t; }
+  // Reads past `deadline` fail with beast::error::timeout, however recently the last byte came;
+  // nullopt: only the per-read timeout.
+  void set_read_deadline(std::optional<std::chrono::steady_clock::time_point> deadline) {
+    read_deadline_ = deadline;
+  }
 
  private:
   static constexpr int kMaxIov = 16;
+
+  // How long the next read may wait: the per-read timeout, cut short by the deadline.
+  std::chrono::milliseconds ReadWait() const {
+    if (!read_deadline_) return read_timeout_;
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(*read_deadline_ -
+                                                             std::chrono::steady_clock::now());
+    if (left < std::chrono::milliseconds(0)) left = std::chrono::milliseconds(0);
+    return std::min(left, read_timeout_);
+  }
 
   template <class Buffers>
   static int Fill(const Buffers& buffers, iovec* iov) {
@@ -113,6 +131,7 @@ class FdStream {
   int fd_;
   std::chrono::milliseconds read_timeout_;
   std::chrono::milliseconds write_timeout_;
+  std::optional<std::chrono::steady_clock::time_point> read_deadline_;
 };
 
 }  // namespace moat::api::http

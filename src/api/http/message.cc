@@ -3,6 +3,7 @@
 #include <strings.h>
 
 #include <algorithm>
+#include <cstring>
 
 namespace moat::api::http {
 
@@ -21,6 +22,21 @@ std::string Request::Header(std::string_view name) const {
 std::string Request::Param(const std::string& name) const {
   auto it = params.find(name);
   return it == params.end() ? std::string() : it->second;
+}
+
+Result<size_t> StringBodySource::Read(char* buf, size_t size) {
+  size_t n = std::min(size, data_.size());
+  if (n > 0) std::memcpy(buf, data_.data(), n);
+  data_.remove_prefix(n);
+  return n;
+}
+
+int BodyErrorHttpStatus(const Status& status) {
+  switch (status.code()) {
+    case ErrorCode::kResourceExhausted: return 413;
+    case ErrorCode::kDeadlineExceeded: return 408;
+    default: return 400;
+  }
 }
 
 Status RecordingWriter::Send(int status, Headers headers, std::string body) {

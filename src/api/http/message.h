@@ -2,6 +2,7 @@
 // handlers and the router can be unit-tested with a recording ResponseWriter.
 #pragma once
 
+#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
@@ -19,12 +20,39 @@ struct CaseInsensitiveLess {
 };
 using Headers = std::map<std::string, std::string, CaseInsensitiveLess>;
 
+// The body of a request that its route reads as it arrives (HttpServer streams it rather than
+// buffering it: file uploads), with the server's limits on its size and pace applied.
+class BodySource {
+ public:
+  virtual ~BodySource() = default;
+  // Up to `size` bytes of the body into `buf`: how many; 0 once the body is complete. Fails with
+  // resource_exhausted past the body limit, deadline_exceeded when the client sends too slowly,
+  // invalid_argument on malformed framing, unavailable when the client is gone.
+  virtual Result<size_t> Read(char* buf, size_t size) = 0;
+};
+
+// A body that is all in memory already: requests built in-process and by tests.
+class StringBodySource : public BodySource {
+ public:
+  explicit StringBodySource(std::string_view data) : data_(data) {}
+  Result<size_t> Read(char* buf, size_t size) override;
+
+ private:
+  std::string_view data_;
+};
+
+// The HTTP status that answers a BodySource's error: 413, 408, or 400.
+int BodyErrorHttpStatus(const Status& status);
+
 struct Request {
   std::string method;     // "GET", "POST", ...
   std::string path;       // the target up to '?', not percent-decoded
   std::string raw_query;  // after '?', not decoded
   Headers headers;
-  std::string body;
+  std::string body;  // the whole body, unless it streams (body_stream)
+  // Set instead of `body` for routes whose body is read as it arrives; owned by the server, valid
+  // for the handler's call. Null: the body, if any, is in `body`.
+  BodySource* body_stream = nullptr;
   std::map<std::string, std::string> params;  // path parameters filled in by the router
   std::string peer;                           // "127.0.0.1:54321", for logs
   unsigned version = 11;                      // HTTP/1.x as 10 or 11
@@ -33,6 +61,8 @@ struct Request {
   std::string Header(std::string_view name) const;
   bool HasHeader(std::string_view name) const { return headers.count(std::string(name)) > 0; }
   std::string Param(const std::string& name) const;
+  // The body as a stream, whichever way it came: body_stream, or `body` through `fallback`.
+  BodySource& Body(StringBodySource& fallback) { return body_stream ? *body_stream : fallback; }
 };
 
 // A client connection a handler has taken over (ResponseWriter::Hijack).

@@ -1,8 +1,10 @@
 // envd's HTTP file routes (E2B-WIRE §3): GET /files streams a file out of the sandbox (gzip if
 // the client accepts it), POST /files writes one or more (multipart, or a raw octet-stream
-// body, optionally gzip).
+// body, optionally gzip), streaming the body into the guest as it arrives.
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 
 #include "api/codec/gzip.h"
 #include "api/codec/multipart.h"
@@ -18,7 +20,11 @@ using channel::SubChannel;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kTransferTimeout = std::chrono::seconds(300);
-constexpr size_t kMaxInflated = 1024u * 1024 * 1024;
+// A gzip upload may inflate to 1 GiB, and past its first MiB to no more than 1000 times what
+// has come compressed (docs/security.md, "HTTP limits").
+constexpr codec::InflateLimits kInflateLimits{1024u * 1024 * 1024, 1000, 1024 * 1024};
+constexpr size_t kPiece = 64 * 1024;  // how much of a raw body is read at a time
+constexpr size_t kMaxEpilogue = 64 * 1024;
 
 // envd's file errors: a directory or a bad path is 400, a missing file 404, a full disk 507.
 void SendFileError(http::ResponseWriter& w, const Status& s) {
@@ -98,14 +104,33 @@ void GetFile(EnvdCall& call, http::ResponseWriter& w) {
   }
 }
 
+// Where an upload's bytes come from: it pushes them through `write` (which blocks while the
+// guest grants no credit, so a fast client waits on a slow guest) until the file's end.
+using UploadPump = std::function<Status(const std::function<Status(std::string_view)>& write)>;
+
+// Writes one file as its bytes arrive. A failure of the pump's own (the client's body: too
+// large, too slow, corrupt) abandons the file, as if never begun, and is also put in
+// `*client_error`.
 Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string& user,
-                      std::string_view data) {
+                      const UploadPump& pump, Status* client_error) {
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   auto deadline = Clock::now() + kTransferTimeout;
   MOAT_ASSIGN_OR_RETURN(auto stream,
                         guest->Open({{"op", "write_file"}, {"path", path}, {"user", user}}));
-  Status wrote = stream->Write(SubChannel::kStdin, data, deadline);
+  Status guest_write;
+  Status wrote = pump([&](std::string_view piece) {
+    // Each piece gets the whole transfer timeout: the client's pace is the body's own limit.
+    guest_write = stream->Write(SubChannel::kStdin, piece, Clock::now() + kTransferTimeout);
+    return guest_write;
+  });
+  if (!wrote.ok() && guest_write.ok()) {
+    // Cancelled, the guest drops its temporary file: nothing of a half upload lands.
+    stream->Cancel();
+    *client_error = wrote;
+    return wrote;
+  }
   if (wrote.ok()) wrote = stream->CloseWrite(SubChannel::kStdin);
+  deadline = Clock::now() + kTransferTimeout;
   json entry;
   for (;;) {
     auto ev = stream->Next(deadline);
@@ -121,57 +146,112 @@ Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string
       {"path", entry.value("path", path)}, {"name", entry.value("name", "")}, {"type", "file"}};
 }
 
+// A client-side failure of an upload as an HTTP answer: 413 (too large, a decompression bomb),
+// 408 (too slow), 400 (malformed).
+void SendUploadError(http::ResponseWriter& w, const Status& s) {
+  SendRestError(w, s, http::BodyErrorHttpStatus(s));
+}
+
+// Reads and drops what follows the closing delimiter (an epilogue, the final CRLF), so that the
+// connection can carry another request; a long one is left unread (the connection closes).
+void DropEpilogue(http::BodySource& body) {
+  char buf[4096];
+  for (size_t total = 0; total < kMaxEpilogue;) {
+    auto n = body.Read(buf, sizeof buf);
+    if (!n.ok() || *n == 0) return;
+    total += *n;
+  }
+}
+
+// multipart/form-data, one file per part named "file", each streamed into the guest as its part
+// arrives. A part that breaks the rules after earlier ones were written leaves those written.
+void PostMultipart(EnvdCall& call, http::ResponseWriter& w, http::BodySource& body,
+                   const std::optional<std::string>& path, const std::string& user) {
+  auto boundary = codec::MultipartBoundary(call.req.Header("Content-Type"));
+  if (!boundary.ok()) return SendRestError(w, boundary.status());
+  codec::MultipartReader reader([&body](char* buf, size_t size) { return body.Read(buf, size); },
+                                *boundary);
+  using Kind = codec::MultipartReader::Event::Kind;
+  json written = json::array();
+  for (;;) {
+    auto ev = reader.Next();
+    if (!ev.ok()) return SendUploadError(w, ev.status());
+    if (ev->kind == Kind::kEnd) break;
+    if (ev->kind != Kind::kPart || ev->part.name != "file") continue;  // other fields: skipped
+    if (path && !path->empty() && !written.empty()) {
+      return SendRestError(w, InvalidArgument("?path= names one file, the upload has several"));
+    }
+    // A single-file write names its target in ?path=; otherwise each filename is the path.
+    std::string target = path && !path->empty() ? *path : ev->part.filename;
+    if (target.empty()) {
+      return SendRestError(w, InvalidArgument("a part has no filename and there is no ?path="));
+    }
+    Status client_error;
+    auto r = WriteOne(
+        call, target, user,
+        [&reader](const std::function<Status(std::string_view)>& write) -> Status {
+          for (;;) {
+            MOAT_ASSIGN_OR_RETURN(auto piece, reader.Next());
+            if (piece.kind != Kind::kData) return Status::Ok();  // kPartEnd
+            MOAT_RETURN_IF_ERROR(write(piece.data));
+          }
+        },
+        &client_error);
+    if (!client_error.ok()) return SendUploadError(w, client_error);
+    if (!r.ok()) return SendFileError(w, r.status());
+    written.push_back(*r);
+  }
+  if (written.empty()) {
+    return SendRestError(w, InvalidArgument("no part named \"file\" in the upload"));
+  }
+  DropEpilogue(body);
+  SendJson(w, 200, written.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+// A raw body (application/octet-stream), optionally gzip: one file, streamed into the guest as
+// it arrives (and inflated on the way, within kInflateLimits).
+void PostRaw(EnvdCall& call, http::ResponseWriter& w, http::BodySource& body,
+             const std::optional<std::string>& path, const std::string& user) {
+  if (!path || path->empty()) {
+    return SendRestError(w, InvalidArgument("query parameter \"path\" is required"));
+  }
+  std::string encoding = call.req.Header("Content-Encoding");
+  bool gzip = encoding == "gzip";
+  if (!gzip && !encoding.empty() && encoding != "identity") {
+    return SendRestError(w, InvalidArgument("unsupported Content-Encoding \"" + encoding + "\""));
+  }
+  Status client_error;
+  auto r = WriteOne(
+      call, *path, user,
+      [&body, gzip](const std::function<Status(std::string_view)>& write) -> Status {
+        std::unique_ptr<codec::GunzipStream> gunzip;
+        if (gzip) gunzip = std::make_unique<codec::GunzipStream>(kInflateLimits);
+        auto buf = std::make_unique<char[]>(kPiece);
+        for (;;) {
+          MOAT_ASSIGN_OR_RETURN(size_t n, body.Read(buf.get(), kPiece));
+          if (n == 0) return gunzip ? gunzip->Finish() : Status::Ok();
+          std::string_view piece(buf.get(), n);
+          MOAT_RETURN_IF_ERROR(gunzip ? gunzip->Write(piece, write) : write(piece));
+        }
+      },
+      &client_error);
+  if (!client_error.ok()) return SendUploadError(w, client_error);
+  if (!r.ok()) return SendFileError(w, r.status());
+  SendJson(w, 200, json::array({*r}).dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+// The body streams in (ApiServer admits POST /files with Admission::Body::kStream): moatd holds a
+// piece of it at a time, whatever the upload's size.
 void PostFiles(EnvdCall& call, http::ResponseWriter& w) {
   auto q = codec::ParseQuery(call.req.raw_query);
   auto path = codec::QueryValue(q, "path");
   std::string user = FileUser(call, q);
-  std::string content_type = call.req.Header("Content-Type");
-  json written = json::array();
-  if (content_type.rfind("multipart/", 0) == 0) {
-    auto boundary = codec::MultipartBoundary(content_type);
-    if (!boundary.ok()) return SendRestError(w, boundary.status());
-    auto parts = codec::ParseMultipart(call.req.body, *boundary);
-    if (!parts.ok()) return SendRestError(w, parts.status());
-    std::vector<const codec::MultipartPart*> files;
-    for (const auto& p : *parts) {
-      if (p.name == "file") files.push_back(&p);
-    }
-    if (files.empty())
-      return SendRestError(w, InvalidArgument("no part named \"file\" in the upload"));
-    if (path && !path->empty() && files.size() > 1) {
-      return SendRestError(w, InvalidArgument("?path= names one file, the upload has several"));
-    }
-    for (const auto* p : files) {
-      // A single-file write names its target in ?path=; otherwise each filename is the path.
-      std::string target = path && !path->empty() ? *path : p->filename;
-      if (target.empty())
-        return SendRestError(w, InvalidArgument("a part has no filename and there is no ?path="));
-      auto r = WriteOne(call, target, user, p->data);
-      if (!r.ok()) return SendFileError(w, r.status());
-      written.push_back(*r);
-    }
-  } else {
-    if (!path || path->empty()) {
-      return SendRestError(w, InvalidArgument("query parameter \"path\" is required"));
-    }
-    std::string encoding = call.req.Header("Content-Encoding");
-    std::string inflated;
-    std::string_view data = call.req.body;
-    if (encoding == "gzip") {
-      auto r = codec::GunzipBounded(call.req.body, kMaxInflated);
-      if (!r.ok())
-        return SendRestError(w, r.status(),
-                             r.status().code() == ErrorCode::kResourceExhausted ? 413 : 400);
-      inflated = std::move(*r);
-      data = inflated;
-    } else if (!encoding.empty() && encoding != "identity") {
-      return SendRestError(w, InvalidArgument("unsupported Content-Encoding \"" + encoding + "\""));
-    }
-    auto r = WriteOne(call, *path, user, data);
-    if (!r.ok()) return SendFileError(w, r.status());
-    written.push_back(*r);
+  http::StringBodySource buffered(call.req.body);
+  http::BodySource& body = call.req.Body(buffered);
+  if (call.req.Header("Content-Type").rfind("multipart/", 0) == 0) {
+    return PostMultipart(call, w, body, path, user);
   }
-  SendJson(w, 200, written.dump(-1, ' ', false, json::error_handler_t::replace));
+  PostRaw(call, w, body, path, user);
 }
 
 }  // namespace
