@@ -105,7 +105,8 @@ ExecOutcome DirectExec(channel::GuestClient& guest, const std::vector<std::strin
   ExecOutcome out;
   auto t0 = Clock::now();
   // The API runs a Start as the default user `user`; the direct call asks for the same.
-  auto stream = guest.Open(channel::ExecRequest{.argv = argv, .user = "user"}.ToJson());
+  auto stream = guest.Open(
+      channel::proto::Request(channel::ExecRequest{.argv = argv, .user = "user"}.ToOp()));
   if (!stream.ok()) {
     out.status = stream.status();
     return out;

@@ -13,6 +13,7 @@
 #include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
+#include "common/guarded.h"
 #include "common/log.h"
 #include "vmm/cgroup.h"
 
@@ -74,8 +75,10 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   }
   agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
   detach_on_error.Cancel();
-  agent->monitor_ = std::thread([a = agent.get()] { a->MonitorLoop(); });
-  if (c.warm_sandboxes > 0) agent->warm_filler_ = std::thread([a = agent.get()] { a->WarmLoop(); });
+  agent->monitor_ = GuardedThread("agent monitor", [a = agent.get()] { a->MonitorLoop(); });
+  if (c.warm_sandboxes > 0) {
+    agent->warm_filler_ = GuardedThread("warm pool filler", [a = agent.get()] { a->WarmLoop(); });
+  }
   return agent;
 }
 
@@ -507,7 +510,10 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id,
   std::atomic<int> next{0};
   auto work = [&] {
     for (int i; (i = next.fetch_add(1)) < count;) {
-      results[i] = Restore(dir, m, NewSandboxId(), parent->identity(), std::nullopt);
+      Status caught = CatchAll("fork child", [&] {
+        results[i] = Restore(dir, m, NewSandboxId(), parent->identity(), std::nullopt);
+      });
+      if (!caught.ok()) results[i] = caught;
     }
   };
   int workers = std::min<int>(count, std::max(1u, std::thread::hardware_concurrency()));

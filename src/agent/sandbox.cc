@@ -11,6 +11,7 @@
 #include "agent/disk.h"
 #include "agent/sandbox_state.h"
 #include "agent/template_store.h"
+#include "channel/guest_ops.h"
 #include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
@@ -311,7 +312,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
   auto t_net = Clock::now();
   // A guest whose new slot presents what was last applied to it has nothing to change.
   bool as_applied = sb->slot_ && snap.guest_network.is_object() &&
-                    snap.guest_network == sb->slot_->GuestConfigJson();
+                    snap.guest_network == channel::proto::Encode(sb->slot_->GuestConfig());
   if (!as_applied) MOAT_RETURN_IF_ERROR(sb->ConfigureGuestNetwork());
   MOAT_RETURN_IF_ERROR(sb->WriteState(/*ready=*/true));
   auto t_done = Clock::now();
@@ -409,7 +410,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.source = origin_.source;
   m.network = origin_.network;
   m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
-  m.guest_network = slot_ ? slot_->GuestConfigJson() : nlohmann::json(nullptr);
+  m.guest_network = slot_ ? channel::proto::Encode(slot_->GuestConfig()) : nlohmann::json(nullptr);
   m.memory_file = env_.memory_file_snapshots;
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
@@ -431,8 +432,9 @@ Status Sandbox::AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress) {
 
 Status Sandbox::ConfigureGuestNetwork() {
   if (!slot_) return Status::Ok();
-  auto r = guest_->Call(slot_->GuestConfigJson(), Clock::now() + std::chrono::seconds(10));
-  return r.status().Annotate("configuring the network of sandbox " + id_);
+  Status s =
+      channel::ops::Unary(*guest_, slot_->GuestConfig(), Clock::now() + std::chrono::seconds(10));
+  return s.Annotate("configuring the network of sandbox " + id_);
 }
 
 Result<net::Ipv4Address> Sandbox::NetworkAddress() {
@@ -467,8 +469,20 @@ Status Sandbox::ConnectGuest(std::chrono::milliseconds timeout) {
     return client.status().Annotate("waiting for moat-guest in sandbox " + id_ +
                                     " (console log: " + paths_.console_log + ")");
   }
+  (*client)->SetViolationHandler([faults = faults_, id = id_](const Status& why) {
+    std::lock_guard lock(faults->mu);
+    if (++faults->violations < kMaxGuestViolations || faults->fault) return;
+    faults->fault = "its guest broke the channel protocol " + std::to_string(faults->violations) +
+                    " times (the last: " + why.message() + ")";
+    LogWarn("sandbox.faulted", {{"sandbox", id}, {"reason", *faults->fault}});
+  });
   guest_ = std::move(client).value();
   return Status::Ok();
+}
+
+std::optional<std::string> Sandbox::Fault() const {
+  std::lock_guard lock(faults_->mu);
+  return faults_->fault;
 }
 
 Status Sandbox::SendIdentity(const GuestIdentity& identity) {
@@ -484,20 +498,23 @@ Status Sandbox::SendIdentity(const GuestIdentity& identity) {
     hex.push_back(kHex[c >> 4]);
     hex.push_back(kHex[c & 15]);
   }
-  json req = {{"op", "identity"},
-              {"unix_ns", static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec},
-              {"entropy", hex}};
-  // Absent fields keep the guest's defaults: a resumed sandbox keeps the env it was given.
-  if (!identity.env.empty()) req["env"] = identity.env;
-  if (!identity.user.empty()) req["user"] = identity.user;
-  if (!identity.workdir.empty()) req["workdir"] = identity.workdir;
-  auto r = guest_->Call(req, Clock::now() + std::chrono::seconds(10));
-  return r.status().Annotate("sending the identity to sandbox " + id_);
+  channel::proto::IdentityOp op;
+  op.unix_ns = static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+  op.entropy_hex = std::move(hex);
+  // Empty fields keep the guest's defaults: a resumed sandbox keeps the env it was given.
+  op.env = identity.env;
+  op.user = identity.user;
+  op.workdir = identity.workdir;
+  Status s = channel::ops::Unary(*guest_, op, Clock::now() + std::chrono::seconds(10));
+  return s.Annotate("sending the identity to sandbox " + id_);
 }
 
 Result<std::shared_ptr<channel::GuestClient>> Sandbox::Guest() {
   std::lock_guard lock(mu_);
   if (killed_) return NotFound("sandbox " + id_ + " was killed");
+  if (auto fault = Fault()) {
+    return FailedPrecondition("sandbox " + id_ + " is in error state: " + *fault);
+  }
   if (guest_ && guest_->alive()) return guest_;
   if (!vmm_ || vmm_->WaitForExit(std::chrono::milliseconds(0)).ok()) {
     return Unavailable("the VMM of sandbox " + id_ + " has exited");

@@ -139,6 +139,13 @@ class Sandbox {
   Status ReconnectGuest();
   // Has the VMM process exited (crashed, or killed from outside)?
   bool VmmExited();
+  // A guest that breaks the channel protocol (an invalid reply, a bad frame) fails the request
+  // it broke; past this many violations, over all its connections, the sandbox is faulted: every
+  // guest call fails (Guest() answers failed_precondition) and moatd reports it as `error`
+  // until it is killed or expires.
+  static constexpr uint64_t kMaxGuestViolations = 8;
+  // Why the sandbox is faulted; nullopt while it is not.
+  std::optional<std::string> Fault() const;
   Result<SandboxUsage> Usage();
   // Networking: the address moatd's port proxy connects to (a port P inside the guest is
   // address:P), and the egress policy. FailedPrecondition for a sandbox without a NIC.
@@ -190,6 +197,13 @@ class Sandbox {
   std::unique_ptr<vmm::VmmDriver> vmm_;
   std::unique_ptr<net::NetworkSlot> slot_;  // released after the VMM has exited
   std::shared_ptr<channel::GuestClient> guest_;
+  // Shared with every GuestClient's violation handler (a client may outlive the sandbox).
+  struct GuestFaults {
+    mutable std::mutex mu;
+    uint64_t violations = 0;
+    std::optional<std::string> fault;
+  };
+  std::shared_ptr<GuestFaults> faults_ = std::make_shared<GuestFaults>();
   bool killed_ = false;
   bool owns_dir_ = false;  // set once Boot created the directory: only then does Kill remove it
 };

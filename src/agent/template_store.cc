@@ -11,6 +11,7 @@
 #include "agent/sandbox_state.h"
 #include "agent/snapshot.h"
 #include "channel/guest_client.h"
+#include "channel/guest_ops.h"
 #include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
@@ -171,9 +172,10 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   if (slot) {
     // Configured as every clone will be (every slot looks the same from inside): a clone
     // restored into a slot with this same config needs no `network` op at all.
-    guest_network = slot->GuestConfigJson();
-    auto net = (*guest)->Call(guest_network, Clock::now() + std::chrono::seconds(10));
-    MOAT_RETURN_IF_ERROR(net.status().Annotate("baking template " + t.name + ": network"));
+    guest_network = channel::proto::Encode(slot->GuestConfig());
+    Status net =
+        channel::ops::Unary(**guest, slot->GuestConfig(), Clock::now() + std::chrono::seconds(10));
+    MOAT_RETURN_IF_ERROR(net.Annotate("baking template " + t.name + ": network"));
   }
   // Saved while the guest waits on a connected port: after a restore the host's HELLO wakes it
   // at once (a disconnected port would leave it polling).

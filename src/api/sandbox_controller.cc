@@ -6,6 +6,7 @@
 #include <set>
 
 #include "api/auth.h"
+#include "common/guarded.h"
 #include "common/log.h"
 
 namespace moat::api {
@@ -57,7 +58,7 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(agent::Agent
     MOAT_RETURN_IF_ERROR(store.DeleteSnapshot(s.id));
     LogInfo("api.snapshot_dropped", {{"snapshot", s.id}, {"reason", "no files"}});
   }
-  c->reaper_ = std::thread([p = c.get()] { p->ReaperLoop(); });
+  c->reaper_ = GuardedThread("reaper", [p = c.get()] { p->ReaperLoop(); });
   return c;
 }
 
@@ -363,6 +364,11 @@ Result<SandboxController::Running> SandboxController::FindRunning(const std::str
   if (!r || r->state != "running") return NotFound("sandbox \"" + id + "\" is not running");
   auto sb = agent_.Get(id);
   if (!sb.ok()) return NotFound("sandbox \"" + id + "\" is not running");
+  if (auto fault = (*sb)->Fault()) {
+    // Recorded once; the sandbox stays (inspectable, killable) until it is killed or expires.
+    (void)store_.SetSandboxState(id, "error");
+    return NotFound("sandbox \"" + id + "\" is in error state: " + *fault);
+  }
   return Running{std::move(*r), *sb};
 }
 
@@ -395,7 +401,8 @@ void SandboxController::ReapOnce() {
     }
     if (r.end_at_ms <= now) {
       why = "timeout";
-    } else if (r.state == "running" && !agent_.Get(r.id).ok() && !agent_.IsPaused(r.id)) {
+    } else if ((r.state == "running" || r.state == "error") && !agent_.Get(r.id).ok() &&
+               !agent_.IsPaused(r.id)) {
       // The agent's monitor already released the VM. (A sandbox that the agent has just
       // paused, and whose record does not say so yet, is not gone: it must not be deleted.)
       why = "vmm exited";

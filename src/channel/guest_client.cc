@@ -12,6 +12,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "common/guarded.h"
 #include "common/log.h"
 #include "common/socket.h"
 
@@ -32,41 +33,23 @@ constexpr size_t kReadBuffer = 256 * 1024;
 
 RateLimiter g_protocol_log(1, 5);
 
-std::string Truncated(std::string s) {
-  if (s.size() > 1024) s.resize(1024);
-  return s;
-}
-
 }  // namespace
 
-ErrorCode ErrorCodeFromName(std::string_view name) {
-  for (auto code :
-       {ErrorCode::kInvalidArgument, ErrorCode::kNotFound, ErrorCode::kAlreadyExists,
-        ErrorCode::kPermissionDenied, ErrorCode::kFailedPrecondition, ErrorCode::kResourceExhausted,
-        ErrorCode::kDeadlineExceeded, ErrorCode::kUnavailable, ErrorCode::kCancelled,
-        ErrorCode::kAborted, ErrorCode::kInternal}) {
-    if (ErrorCodeName(code) == name) return code;
-  }
-  return ErrorCode::kInternal;
-}
-
-json ExecRequest::ToJson() const {
-  json r = {{"op", "exec"}};
-  if (!cmd.empty()) {
-    r["cmd"] = cmd;
-  } else {
-    r["argv"] = argv;
-  }
-  if (!env.empty()) r["env"] = env;
-  if (!cwd.empty()) r["cwd"] = cwd;
-  if (!user.empty()) r["user"] = user;
-  if (stdin_data) r["stdin"] = true;
-  if (!tag.empty()) r["tag"] = tag;
-  if (timeout_ms > 0) r["timeout_ms"] = timeout_ms;
-  return r;
+proto::ExecOp ExecRequest::ToOp() const {
+  proto::ExecOp op;
+  op.argv = argv;
+  op.cmd = cmd;
+  op.env = env;
+  op.cwd = cwd;
+  op.user = user;
+  op.stdin_open = stdin_data.has_value();
+  op.tag = tag;
+  op.timeout_ms = timeout_ms;
+  return op;
 }
 
 struct GuestClient::Stream::State {
+  std::string op;  // the request's op, for errors
   // Each event with the bytes it counts against the limits (DATA and MESSAGE payloads).
   std::deque<std::pair<StreamEvent, size_t>> queue;
   size_t queued_messages = 0;
@@ -84,6 +67,10 @@ struct GuestClient::Stream::Shared {
   uint32_t next_id = 1;
   bool alive = true;
   size_t total_queued = 0;
+
+  std::mutex violation_mu;
+  uint64_t violations = 0;
+  std::function<void(const Status&)> on_violation;
 
   std::mutex write_mu;  // one frame at a time on the fd
   UniqueFd fd;
@@ -125,7 +112,9 @@ struct GuestClient::Stream::Shared {
   }
 
   // The reader's dispatch; returns an error for a protocol violation. Called with `mu` held.
-  Status Dispatch(Frame& f, std::vector<uint32_t>* to_cancel);
+  // Violations that do not close the connection go to `violations`, reported by the caller
+  // once `mu` is released.
+  Status Dispatch(Frame& f, std::vector<uint32_t>* to_cancel, std::vector<Status>* violations);
   void EndLocally(uint32_t id, const std::shared_ptr<State>& st, Status why,
                   std::vector<uint32_t>* to_cancel) {
     StreamEvent end;
@@ -139,7 +128,8 @@ struct GuestClient::Stream::Shared {
   }
 };
 
-Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to_cancel) {
+Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to_cancel,
+                                             std::vector<Status>* violations) {
   switch (f.type) {
     case FrameType::kHello:
     case FrameType::kPong: return Status::Ok();  // repeated answers to our repeated HELLOs
@@ -192,8 +182,9 @@ Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to
     case FrameType::kMessage: {
       json m = json::parse(f.payload, nullptr, false);
       if (m.is_discarded() || !m.is_object()) {
-        EndLocally(id, st, InvalidArgument("guest sent a MESSAGE that is not a JSON object"),
-                   to_cancel);
+        Status bad = proto::GuestProtocolError(st->op, "a MESSAGE that is not a JSON object");
+        violations->push_back(bad);
+        EndLocally(id, st, std::move(bad), to_cancel);
         return Status::Ok();
       }
       if (st->queued_messages + 1 > kMaxQueuedMessages ||
@@ -211,21 +202,9 @@ Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to
       break;
     }
     case FrameType::kEnd: {
-      json e = json::parse(f.payload, nullptr, false);
-      if (e.is_discarded() || !e.is_object()) return InvalidArgument("END is not a JSON object");
+      MOAT_ASSIGN_OR_RETURN(proto::End end, proto::DecodeEnd(f.payload));
       ev.kind = StreamEvent::Kind::kEnd;
-      if (e.contains("error")) {
-        const json& err = e["error"];
-        std::string code = "internal", message = "guest error";
-        if (err.is_object() && err.contains("code") && err["code"].is_string()) {
-          code = err["code"].get<std::string>();
-        }
-        if (err.is_object() && err.contains("message") && err["message"].is_string()) {
-          message = Truncated(err["message"].get<std::string>());
-        }
-        ev.status = Status(ErrorCodeFromName(code), message);
-        if (ev.status.ok()) ev.status = Internal(message);
-      }
+      ev.status = std::move(end.result);
       st->queue.emplace_back(std::move(ev), 0);
       st->closed = true;
       st->cv.notify_all();
@@ -277,15 +256,10 @@ Result<std::unique_ptr<GuestClient>> GuestClient::Connect(UniqueFd fd,
       if (!next.ok() || !next->has_value()) break;
       Frame& f = **next;
       if (f.type != FrameType::kHello) continue;  // leftovers from before our HELLO
-      json h = json::parse(f.payload, nullptr, false);
-      if (h.is_discarded() || !h.is_object() || !h.contains("version") ||
-          !h["version"].is_number_unsigned()) {
-        return InvalidArgument("guest HELLO is not a JSON object with a version");
-      }
-      uint64_t guest_version = h["version"].get<uint64_t>();
-      uint64_t guest_min = h.value("min_version", json(1)).is_number_unsigned()
-                               ? h.value("min_version", json(1)).get<uint64_t>()
-                               : 1;
+      auto hello = proto::DecodeHello(f.payload);
+      if (!hello.ok()) return hello.status();
+      uint64_t guest_version = hello->version;
+      uint64_t guest_min = hello->min_version;
       uint64_t agreed = std::min<uint64_t>(kVersion, guest_version);
       if (agreed < kMinVersion || agreed < guest_min) {
         return FailedPrecondition("channel version mismatch: host speaks " +
@@ -293,10 +267,12 @@ Result<std::unique_ptr<GuestClient>> GuestClient::Connect(UniqueFd fd,
                                   ", guest " + std::to_string(guest_min) + ".." +
                                   std::to_string(guest_version));
       }
-      client->guest_hello_ = std::move(h);
+      client->guest_hello_ = std::move(*hello);
       // From here on a bad frame is a protocol error, not noise to skip.
       shared->decoder.SetMode(FrameDecoder::Mode::kStrict);
-      client->reader_ = std::thread([c = client.get()] { c->ReaderLoop(); });
+      client->reader_ = GuardedThread(
+          "guest channel reader", [c = client.get()] { c->ReaderLoop(); },
+          [sh = client->shared_](const Status& why) { sh->Fail(Unavailable(why.message())); });
       return client;
     }
   }
@@ -323,6 +299,7 @@ void GuestClient::ReaderLoop() {
   Stream::Shared& s = *shared_;
   std::string buf(kReadBuffer, '\0');
   std::vector<uint32_t> actions;
+  std::vector<Status> violations;
   // The frames that arrived with the guest's HELLO are already buffered: decode them first.
   for (bool first = true;; first = false) {
     if (!first) {
@@ -353,11 +330,13 @@ void GuestClient::ReaderLoop() {
         Frame frame = std::move(**next);
         std::string ping = frame.type == FrameType::kPing ? frame.payload : std::string();
         actions.clear();
+        violations.clear();
         {
           std::lock_guard lock(s.mu);
           if (!s.alive) return;
-          bad = s.Dispatch(frame, &actions);
+          bad = s.Dispatch(frame, &actions, &violations);
         }
+        for (const Status& v : violations) ReportViolation(v);
         // Replies go out without the stream lock held: a write may block.
         for (uint32_t id : actions) {
           if (id == 0) {
@@ -368,16 +347,44 @@ void GuestClient::ReaderLoop() {
         }
       }
       if (!bad.ok()) {
-        unsigned long suppressed = 0;
-        if (g_protocol_log.Allow(&suppressed)) {
-          LogWarn("channel.protocol_error",
-                  {{"error", bad.ToString()}, {"suppressed", suppressed}});
-        }
+        ReportViolation(bad);
         s.Fail(Unavailable("guest channel protocol error: " + bad.message()));
         return;
       }
     }
   }
+}
+
+Result<std::unique_ptr<GuestClient::Stream>> GuestClient::Open(const proto::Request& request) {
+  return Open(proto::Encode(request));
+}
+
+Result<json> GuestClient::Call(const proto::Request& request, Deadline deadline) {
+  return Call(proto::Encode(request), deadline);
+}
+
+void GuestClient::ReportViolation(const Status& why) {
+  std::function<void(const Status&)> handler;
+  {
+    std::lock_guard lock(shared_->violation_mu);
+    ++shared_->violations;
+    handler = shared_->on_violation;
+  }
+  unsigned long suppressed = 0;
+  if (g_protocol_log.Allow(&suppressed)) {
+    LogWarn("channel.guest_violation", {{"error", why.ToString()}, {"suppressed", suppressed}});
+  }
+  if (handler) handler(why);
+}
+
+uint64_t GuestClient::violations() const {
+  std::lock_guard lock(shared_->violation_mu);
+  return shared_->violations;
+}
+
+void GuestClient::SetViolationHandler(std::function<void(const Status&)> handler) {
+  std::lock_guard lock(shared_->violation_mu);
+  shared_->on_violation = std::move(handler);
 }
 
 Result<std::unique_ptr<GuestClient::Stream>> GuestClient::Open(const json& request) {
@@ -387,6 +394,9 @@ Result<std::unique_ptr<GuestClient::Stream>> GuestClient::Open(const json& reque
                            " bytes exceeds the JSON payload limit");
   }
   auto state = std::make_shared<Stream::State>();
+  if (auto op = request.find("op"); op != request.end() && op->is_string()) {
+    state->op = op->get<std::string>();
+  }
   uint32_t id;
   {
     std::lock_guard lock(shared_->mu);
@@ -532,7 +542,7 @@ Result<json> GuestClient::Call(const json& request, Deadline deadline) {
 }
 
 Result<ExecResult> GuestClient::Run(const ExecRequest& request, Deadline deadline) {
-  MOAT_ASSIGN_OR_RETURN(auto stream, Open(request.ToJson()));
+  MOAT_ASSIGN_OR_RETURN(auto stream, Open(proto::Request(request.ToOp())));
   // Input is written on its own thread: a process may fill its output before reading all of it.
   std::thread writer;
   if (request.stdin_data) {
@@ -561,19 +571,17 @@ Result<ExecResult> GuestClient::Run(const ExecRequest& request, Deadline deadlin
         }
         break;
       case StreamEvent::Kind::kMessage: {
-        const json& m = ev->message;
-        std::string type = m.value("type", json("")).is_string() ? m.value("type", "") : "";
-        auto int_field = [&m](const char* key) -> std::optional<int> {
-          if (m.contains(key) && m[key].is_number_integer()) return m[key].get<int>();
-          return std::nullopt;
-        };
-        if (type == "start") {
-          result.pid = int_field("pid").value_or(-1);
-        } else if (type == "exit") {
-          result.exit_code = int_field("exit_code");
-          result.signal = int_field("signal");
-          result.timed_out =
-              m.value("timed_out", json(false)).is_boolean() && m.value("timed_out", false);
+        auto event = proto::DecodeExecEvent(ev->message);
+        if (!event.ok()) {
+          ReportViolation(event.status());
+          status = event.status();
+          done = true;
+        } else if (auto* started = std::get_if<proto::ExecStarted>(&*event)) {
+          result.pid = static_cast<pid_t>(started->pid);
+        } else if (auto* exited = std::get_if<proto::ExecExited>(&*event)) {
+          result.exit_code = exited->exit_code;
+          result.signal = exited->signal;
+          result.timed_out = exited->timed_out;
         }
         break;
       }

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "channel/frame.h"
+#include "channel/protocol.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 
@@ -48,7 +50,7 @@ struct ExecRequest {
   // Run() fails with ResourceExhausted past this much stdout + stderr.
   size_t max_output_bytes = 64 * 1024 * 1024;
 
-  nlohmann::json ToJson() const;
+  proto::ExecOp ToOp() const;
 };
 
 struct ExecResult {
@@ -60,8 +62,7 @@ struct ExecResult {
   bool timed_out = false;
 };
 
-// The guest's error code names (api/guest-channel.md) back to ErrorCode; kInternal if unknown.
-ErrorCode ErrorCodeFromName(std::string_view name);
+using proto::ErrorCodeFromName;
 
 class GuestClient {
  public:
@@ -106,28 +107,40 @@ class GuestClient {
   GuestClient(const GuestClient&) = delete;
   GuestClient& operator=(const GuestClient&) = delete;
 
-  // Sends a REQUEST and returns its stream.
+  // Sends a REQUEST and returns its stream. Production code sends typed ops (channel/protocol.h)
+  // and reads their replies with the proto::Decode functions (or channel/guest_ops.h); the JSON
+  // overloads are for tests and tools that need to send what no typed op can.
+  Result<std::unique_ptr<Stream>> Open(const proto::Request& request);
   Result<std::unique_ptr<Stream>> Open(const nlohmann::json& request);
   // A unary op: the last MESSAGE (`{}` if none), or the END's error. Ops whose result is split
   // over several MESSAGEs (`list` entries, `processes`) have their arrays concatenated.
+  Result<nlohmann::json> Call(const proto::Request& request, Deadline deadline);
   Result<nlohmann::json> Call(const nlohmann::json& request, Deadline deadline);
   // Runs a process to completion, collecting its output.
   Result<ExecResult> Run(const ExecRequest& request, Deadline deadline);
 
   bool alive() const;
+
+  // A reply that broke the protocol (a proto::Decode error): logged (rate-limited) and counted,
+  // and passed to the violation handler. Frame-level protocol errors, which close the
+  // connection, are counted too. Thread-safe.
+  void ReportViolation(const Status& why);
+  uint64_t violations() const;
+  // Called (on the thread that saw it) for every violation; set before sharing the client.
+  void SetViolationHandler(std::function<void(const Status&)> handler);
   // Ends every stream (Unavailable) and shuts the connection down now, for every holder of this
   // client at once: the guest's end (the VMM's chardev) sees it close and can take a new
   // connection. The object stays usable (every call fails) until its last holder drops it.
   void Shutdown();
   // The guest's HELLO: version, boot_id, uptime_ms, pid1.
-  const nlohmann::json& guest_hello() const { return guest_hello_; }
+  const proto::Hello& guest_hello() const { return guest_hello_; }
 
  private:
   explicit GuestClient(std::shared_ptr<Stream::Shared> shared) : shared_(std::move(shared)) {}
   void ReaderLoop();
 
   std::shared_ptr<Stream::Shared> shared_;
-  nlohmann::json guest_hello_;
+  proto::Hello guest_hello_;
   std::thread reader_;
 };
 

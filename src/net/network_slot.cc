@@ -169,14 +169,14 @@ EgressPolicy NetworkSlot::policy() const {
   return policy_;
 }
 
-nlohmann::json NetworkSlot::GuestConfigJson() const {
-  return {{"op", "network"},
-          {"interface", kGuestInterface},
-          {"address", std::string(kGuestAddress) + "/" + std::to_string(kGuestPrefix)},
-          {"gateway", kGatewayAddress},
-          {"mac", kGuestMac},
-          {"dns", shared_->config.dns_servers.empty() ? nlohmann::json::array()
-                                                      : nlohmann::json::array({kGatewayAddress})}};
+channel::proto::NetworkOp NetworkSlot::GuestConfig() const {
+  channel::proto::NetworkOp op;
+  op.interface = kGuestInterface;
+  op.address = std::string(kGuestAddress) + "/" + std::to_string(kGuestPrefix);
+  op.gateway = kGatewayAddress;
+  op.mac = kGuestMac;
+  if (!shared_->config.dns_servers.empty()) op.dns = {kGatewayAddress};
+  return op;
 }
 
 Status NetworkSlot::Release() {

@@ -5,8 +5,8 @@
 //   auto host = HostNetwork::Create(config);              // agent start
 //   auto slot = host->CreateSlot(policy);                  // or SlotPool::Acquire()
 //   spec.net = vmm::NetDeviceSpec{slot->tap_fd(), slot->guest_mac()};
-//   guest->Call(slot->GuestConfigJson(), ...);             // after boot, restore and fork
-//   slot->ApplyPolicy(new_policy);                         // PUT /sandboxes/{id}/network
+//   channel::ops::Unary(*guest, slot->GuestConfig(), ...);             // after boot, restore and
+//   fork slot->ApplyPolicy(new_policy);                         // PUT /sandboxes/{id}/network
 //   slot.reset();                                          // after the VMM has exited
 #pragma once
 
@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 
+#include "channel/protocol.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 #include "net/domain_proxy.h"
@@ -52,7 +53,7 @@ class NetworkSlot {
   // The `network` request for moat-guest (api/guest-channel.md), sent after every boot,
   // restore and fork: {"op":"network","interface":"eth0","address":"169.254.0.21/30",
   // "gateway":"169.254.0.22","mac":"02:...","dns":["169.254.0.22"]}.
-  nlohmann::json GuestConfigJson() const;
+  channel::proto::NetworkOp GuestConfig() const;
 
   // Removes the link, the namespace (and with it the tap, the inner veth end, the nftables
   // table), the record, and returns the slot to the allocator. Idempotent. Call it after the

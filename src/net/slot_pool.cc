@@ -1,11 +1,12 @@
 #include "net/slot_pool.h"
 
+#include "common/guarded.h"
 #include "common/log.h"
 
 namespace moat::net {
 
 SlotPool::SlotPool(HostNetwork& host, size_t target) : host_(host), target_(target) {
-  if (target_ > 0) thread_ = std::thread([this] { RefillLoop(); });
+  if (target_ > 0) thread_ = GuardedThread("slot pool refill", [this] { RefillLoop(); });
 }
 
 SlotPool::~SlotPool() {

@@ -94,7 +94,7 @@ TEST_F(SandboxE2eTest, CreateRestoresTheBakedTemplateAndKeepsAConsoleLog) {
               static_cast<long>(sb->boot_time().count()));
   EXPECT_TRUE(PathExists(sb->paths().console_log));
   auto hello = Guest()->guest_hello();
-  EXPECT_EQ(hello.value("pid1", false), true) << hello.dump();
+  EXPECT_TRUE(hello.pid1) << hello.boot_id;
 }
 
 TEST_F(SandboxE2eTest, PythonRunsAndStreamsAreSeparate) {

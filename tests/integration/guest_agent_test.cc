@@ -108,8 +108,8 @@ class GuestAgentTest : public ::testing::Test {
 };
 
 TEST_F(GuestAgentTest, HandshakeReportsVersionAndNotPid1) {
-  EXPECT_EQ(client_->guest_hello()["version"], 1);
-  EXPECT_EQ(client_->guest_hello()["pid1"], false);
+  EXPECT_EQ(client_->guest_hello().version, 1u);
+  EXPECT_FALSE(client_->guest_hello().pid1);
   auto health = client_->Call({{"op", "health"}}, In(5s));
   ASSERT_TRUE(health.ok()) << health.status().ToString();
   EXPECT_EQ((*health)["ok"], true);

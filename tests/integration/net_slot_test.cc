@@ -118,10 +118,9 @@ TEST_F(NetSlotTest, SetUpBuildsNamespaceVethTapAndRulesAndReleaseRemovesThemAll)
     ASSERT_TRUE(record.ok());
     EXPECT_EQ(record->policy, *policy);
 
-    auto guest = (*slot)->GuestConfigJson();
-    EXPECT_EQ(guest["op"], "network");
-    EXPECT_EQ(guest["address"], "169.254.0.21/30");
-    EXPECT_EQ(guest["gateway"], "169.254.0.22");
+    auto guest = (*slot)->GuestConfig();
+    EXPECT_EQ(guest.address, "169.254.0.21/30");
+    EXPECT_EQ(guest.gateway, "169.254.0.22");
 
     ns_fd->Reset();
     Status released = (*slot)->Release();

@@ -18,6 +18,7 @@
 #include <boost/beast/http/buffer_body.hpp>
 
 #include "api/http/fd_stream.h"
+#include "common/guarded.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 
@@ -450,7 +451,7 @@ struct HttpServer::Impl {
     ++threads;
     lock.unlock();
     std::thread([this, id, peer, probation, fd = std::move(fd)]() mutable {
-      Serve(id, fd.get(), peer, probation);
+      (void)CatchAll("connection " + peer, [&] { Serve(id, fd.get(), peer, probation); });
       std::lock_guard guard(mu);
       if (auto it = connections.find(id); it != connections.end()) Forget(it);
       fd.Reset();
@@ -577,7 +578,16 @@ struct HttpServer::Impl {
         }
       }
       ConnectionWriter writer(stream, version, keep_alive, fd, &buffer, &body);
-      handler(req, writer);
+      // The last line of defence (docs/errors.md): an exception escaping a handler is a bug; it
+      // fails this request — 500, or a closed connection once the response has begun — and
+      // nothing else.
+      Status caught =
+          CatchAll("request " + req.method + " " + req.path, [&] { handler(req, writer); });
+      if (!caught.ok()) {
+        if (!writer.started() && !writer.hijacked()) reject(caught, 500, writer);
+        DrainBriefly(fd);
+        return;
+      }
       if (writer.hijacked()) {
         // Whatever the handler relayed may still be in flight to the client: close gently.
         DrainBriefly(fd);

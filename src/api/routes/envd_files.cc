@@ -11,6 +11,7 @@
 #include "api/codec/query.h"
 #include "api/errors.h"
 #include "api/routes/routes.h"
+#include "channel/guest_ops.h"
 
 namespace moat::api::routes {
 namespace {
@@ -51,7 +52,7 @@ void GetFile(EnvdCall& call, http::ResponseWriter& w) {
     return SendRestError(w, InvalidArgument("query parameter \"path\" is required"));
   auto guest = call.Guest();
   if (!guest.ok()) return SendFileError(w, guest.status());
-  auto stream = (*guest)->Open({{"op", "read_file"}, {"path", *path}, {"user", FileUser(call, q)}});
+  auto stream = (*guest)->Open(channel::proto::ReadFileOp{*path, FileUser(call, q)});
   if (!stream.ok()) return SendFileError(w, stream.status());
   std::unique_ptr<codec::GzipWriter> gzip;
   http::Headers head = {{"Content-Type", "application/octet-stream"}, {"Vary", "Accept-Encoding"}};
@@ -91,6 +92,9 @@ void GetFile(EnvdCall& call, http::ResponseWriter& w) {
     }
     if (ev->kind == StreamEvent::Kind::kMessage && !begun) {
       // {"size":N} comes before any byte: the file opened, the answer is 200.
+      auto header =
+          channel::ops::Checked(**guest, channel::proto::DecodeReadFileHeader(ev->message));
+      if (!header.ok()) return SendFileError(w, header.status());
       if (!begin()) return;
     } else if (ev->kind == StreamEvent::Kind::kData) {
       if (!begun && !begin()) return;
@@ -116,7 +120,7 @@ Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   auto deadline = Clock::now() + kTransferTimeout;
   MOAT_ASSIGN_OR_RETURN(auto stream,
-                        guest->Open({{"op", "write_file"}, {"path", path}, {"user", user}}));
+                        guest->Open(channel::proto::WriteFileOp{path, user, std::nullopt}));
   Status guest_write;
   Status wrote = pump([&](std::string_view piece) {
     // Each piece gets the whole transfer timeout: the client's pace is the body's own limit.
@@ -131,11 +135,16 @@ Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string
   }
   if (wrote.ok()) wrote = stream->CloseWrite(SubChannel::kStdin);
   deadline = Clock::now() + kTransferTimeout;
-  json entry;
+  std::optional<channel::proto::FileEntry> entry;
   for (;;) {
     auto ev = stream->Next(deadline);
     if (!ev.ok()) return ev.status();
-    if (ev->kind == StreamEvent::Kind::kMessage) entry = ev->message;
+    if (ev->kind == StreamEvent::Kind::kMessage) {
+      auto e =
+          channel::ops::Checked(*guest, channel::proto::DecodeFileEntry(ev->message, "write_file"));
+      if (!e.ok()) return e.status();
+      entry = std::move(*e);
+    }
     if (ev->kind == StreamEvent::Kind::kEnd) {
       MOAT_RETURN_IF_ERROR(ev->status);
       break;
@@ -143,7 +152,7 @@ Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string
   }
   MOAT_RETURN_IF_ERROR(wrote);
   return json{
-      {"path", entry.value("path", path)}, {"name", entry.value("name", "")}, {"type", "file"}};
+      {"path", entry ? entry->path : path}, {"name", entry ? entry->name : ""}, {"type", "file"}};
 }
 
 // A client-side failure of an upload as an HTTP answer: 413 (too large, a decompression bomb),

@@ -5,42 +5,40 @@
 
 #include "api/codec/protojson.h"
 #include "api/routes/routes.h"
+#include "channel/guest_ops.h"
 
 namespace moat::api::routes {
 namespace {
 
 using channel::StreamEvent;
+namespace ops = channel::ops;
+namespace proto = channel::proto;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kUnaryTimeout = std::chrono::seconds(30);
 
-std::string FileType(const std::string& guest_type) {
-  if (guest_type == "file") return "FILE_TYPE_FILE";
-  if (guest_type == "dir") return "FILE_TYPE_DIRECTORY";
-  if (guest_type == "symlink") return "FILE_TYPE_SYMLINK";
+std::string FileType(proto::FileType type) {
+  switch (type) {
+    case proto::FileType::kFile: return "FILE_TYPE_FILE";
+    case proto::FileType::kDir: return "FILE_TYPE_DIRECTORY";
+    case proto::FileType::kSymlink: return "FILE_TYPE_SYMLINK";
+    case proto::FileType::kOther: break;
+  }
   return "FILE_TYPE_UNSPECIFIED";
 }
 
 }  // namespace
 
 // The guest's entry as an EntryInfo (zero values omitted, int64 as strings).
-json EntryInfo(const json& e) {
-  json out = {{"name", e.value("name", "")},
-              {"type", FileType(e.value("type", ""))},
-              {"path", e.value("path", "")}};
-  int64_t size = e.value("size", json(0)).is_number() ? e.value("size", int64_t{0}) : 0;
-  if (size != 0) out["size"] = std::to_string(size);
-  int64_t mode = e.value("mode", json(0)).is_number() ? e.value("mode", int64_t{0}) : 0;
-  if ((mode & 07777) != 0) out["mode"] = mode & 07777;
-  for (const char* k : {"permissions", "owner", "group"}) {
-    if (e.contains(k) && e[k].is_string() && !e[k].get<std::string>().empty()) out[k] = e[k];
-  }
-  if (e.contains("mtime_ns") && e["mtime_ns"].is_number_integer()) {
-    out["modifiedTime"] = codec::Rfc3339(e["mtime_ns"].get<int64_t>());
-  }
-  if (e.contains("symlink_target") && e["symlink_target"].is_string()) {
-    out["symlinkTarget"] = e["symlink_target"];
-  }
+json EntryInfo(const proto::FileEntry& e) {
+  json out = {{"name", e.name}, {"type", FileType(e.type)}, {"path", e.path}};
+  if (e.size != 0) out["size"] = std::to_string(e.size);
+  if ((e.mode & 07777) != 0) out["mode"] = e.mode & 07777;
+  if (!e.permissions.empty()) out["permissions"] = e.permissions;
+  if (!e.owner.empty()) out["owner"] = e.owner;
+  if (!e.group.empty()) out["group"] = e.group;
+  if (e.mtime_ns != 0) out["modifiedTime"] = codec::Rfc3339(e.mtime_ns);
+  if (e.symlink_target) out["symlinkTarget"] = *e.symlink_target;
   return out;
 }
 
@@ -52,62 +50,62 @@ Result<std::string> PathField(const json& req, std::string_view name = "path") {
   return *p;
 }
 
-Result<json> GuestCall(EnvdCall& call, json op) {
-  MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  op["user"] = call.user;
-  return guest->Call(op, Clock::now() + kUnaryTimeout);
-}
-
 Result<json> Stat(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
-  MOAT_ASSIGN_OR_RETURN(json e, GuestCall(call, {{"op", "stat"}, {"path", path}}));
+  MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
+  MOAT_ASSIGN_OR_RETURN(auto e, ops::Stat(*guest, {path, call.user}, Clock::now() + kUnaryTimeout));
   return json{{"entry", EntryInfo(e)}};
 }
 
 Result<json> ListDir(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
   MOAT_ASSIGN_OR_RETURN(auto depth, codec::IntField(req, "depth", 0, 64));
+  MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   // Listing a file is invalid_argument (the guest's ENOTDIR says so already).
-  MOAT_ASSIGN_OR_RETURN(json r,
-                        GuestCall(call, {{"op", "list"},
-                                         {"path", path},
-                                         {"depth", std::max<int64_t>(1, depth.value_or(1))}}));
+  proto::ListOp op{path, call.user, static_cast<int>(std::max<int64_t>(1, depth.value_or(1)))};
+  MOAT_ASSIGN_OR_RETURN(auto list, ops::List(*guest, op, Clock::now() + kUnaryTimeout));
   json entries = json::array();
-  for (const auto& e : r.value("entries", json::array())) entries.push_back(EntryInfo(e));
+  for (const auto& e : list) entries.push_back(EntryInfo(e));
   return json{{"entries", entries}};
 }
 
 Result<json> MakeDir(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
-  MOAT_ASSIGN_OR_RETURN(json r, GuestCall(call, {{"op", "mkdir"}, {"path", path}}));
-  if (r.value("created", json(false)) != json(true)) {
-    return Status(ErrorCode::kAlreadyExists, "directory " + path + " already exists");
-  }
-  MOAT_ASSIGN_OR_RETURN(json e, GuestCall(call, {{"op", "stat"}, {"path", path}}));
+  MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
+  auto deadline = Clock::now() + kUnaryTimeout;
+  MOAT_ASSIGN_OR_RETURN(bool created, ops::Mkdir(*guest, {path, call.user}, deadline));
+  if (!created) return Status(ErrorCode::kAlreadyExists, "directory " + path + " already exists");
+  MOAT_ASSIGN_OR_RETURN(auto e, ops::Stat(*guest, {path, call.user}, deadline));
   return json{{"entry", EntryInfo(e)}};
 }
 
 Result<json> Move(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(std::string from, PathField(req, "source"));
   MOAT_ASSIGN_OR_RETURN(std::string to, PathField(req, "destination"));
-  MOAT_ASSIGN_OR_RETURN(json e, GuestCall(call, {{"op", "move"}, {"from", from}, {"to", to}}));
+  MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
+  MOAT_ASSIGN_OR_RETURN(auto e,
+                        ops::Move(*guest, {from, to, call.user}, Clock::now() + kUnaryTimeout));
   return json{{"entry", EntryInfo(e)}};
 }
 
 Result<json> Remove(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
-  auto r = GuestCall(call, {{"op", "remove"}, {"path", path}});
+  MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
+  Status s = ops::Unary(*guest, proto::RemoveOp{path, call.user}, Clock::now() + kUnaryTimeout);
   // Removing what is not there is not an error for envd.
-  if (!r.ok() && r.status().code() != ErrorCode::kNotFound) return r.status();
+  if (!s.ok() && s.code() != ErrorCode::kNotFound) return s;
   return json::object();
 }
 
-std::string EventType(const std::string& guest_type) {
-  if (guest_type == "create") return "EVENT_TYPE_CREATE";
-  if (guest_type == "write") return "EVENT_TYPE_WRITE";
-  if (guest_type == "remove") return "EVENT_TYPE_REMOVE";
-  if (guest_type == "rename") return "EVENT_TYPE_RENAME";
-  if (guest_type == "chmod") return "EVENT_TYPE_CHMOD";
+std::string EventType(proto::WatchEvent::Type type) {
+  switch (type) {
+    case proto::WatchEvent::Type::kCreate: return "EVENT_TYPE_CREATE";
+    case proto::WatchEvent::Type::kWrite: return "EVENT_TYPE_WRITE";
+    case proto::WatchEvent::Type::kRemove: return "EVENT_TYPE_REMOVE";
+    case proto::WatchEvent::Type::kRename: return "EVENT_TYPE_RENAME";
+    case proto::WatchEvent::Type::kChmod: return "EVENT_TYPE_CHMOD";
+    case proto::WatchEvent::Type::kStart: break;
+  }
   return "EVENT_TYPE_UNSPECIFIED";
 }
 
@@ -115,10 +113,8 @@ Status WatchDir(EnvdCall& call, const json& req, const StreamLimits& limits, Str
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
   MOAT_ASSIGN_OR_RETURN(auto recursive, codec::BoolField(req, "recursive"));
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  MOAT_ASSIGN_OR_RETURN(auto stream, guest->Open({{"op", "watch"},
-                                                  {"path", path},
-                                                  {"recursive", recursive.value_or(false)},
-                                                  {"user", call.user}}));
+  MOAT_ASSIGN_OR_RETURN(auto stream,
+                        guest->Open(proto::WatchOp{path, call.user, recursive.value_or(false)}));
   bool started = false;
   for (;;) {
     auto wait_until = started ? sink.KeepaliveDue() : Clock::now() + kUnaryTimeout;
@@ -135,16 +131,14 @@ Status WatchDir(EnvdCall& call, const json& req, const StreamLimits& limits, Str
     }
     if (ev->kind == StreamEvent::Kind::kEnd) return ev->status;
     if (ev->kind != StreamEvent::Kind::kMessage) continue;
-    std::string type =
-        ev->message.value("type", json("")).is_string() ? ev->message.value("type", "") : "";
+    auto event = channel::ops::Checked(*guest, proto::DecodeWatchEvent(ev->message));
+    if (!event.ok()) return event.status();  // the stream's destructor cancels the watch
     bool sent;
-    if (type == "start") {
+    if (event->type == proto::WatchEvent::Type::kStart) {
       started = true;
       sent = sink.Send({{"start", json::object()}});
     } else {
-      sent =
-          sink.Send({{"filesystem",
-                      {{"name", ev->message.value("name", json(""))}, {"type", EventType(type)}}}});
+      sent = sink.Send({{"filesystem", {{"name", event->name}, {"type", EventType(event->type)}}}});
     }
     if (!sent) return Status::Ok();  // client gone; the stream's destructor cancels the watch
   }

@@ -7,12 +7,15 @@
 
 #include "api/codec/protojson.h"
 #include "api/routes/routes.h"
+#include "channel/guest_ops.h"
 #include "common/log.h"
 
 namespace moat::api::routes {
 namespace {
 
 using channel::GuestClient;
+namespace ops = channel::ops;
+namespace proto = channel::proto;
 using channel::StreamEvent;
 using channel::SubChannel;
 using Clock = std::chrono::steady_clock;
@@ -41,10 +44,10 @@ const std::map<std::string, int64_t> kSignals = {
     {"SIGNAL_UNSPECIFIED", 0}, {"SIGNAL_SIGKILL", SIGKILL}, {"SIGNAL_SIGTERM", SIGTERM}};
 
 // The guest's `exit` message as a ProcessEvent.end.
-json EndEvent(const json& exit) {
+json EndEvent(const proto::ExecExited& exit) {
   json end = json::object();
-  if (exit.contains("exit_code") && exit["exit_code"].is_number_integer()) {
-    int code = exit["exit_code"].get<int>();
+  if (exit.exit_code) {
+    int code = *exit.exit_code;
     std::string status = "exit status " + std::to_string(code);
     if (code != 0) {
       end["exitCode"] = code;
@@ -53,8 +56,7 @@ json EndEvent(const json& exit) {
     end["exited"] = true;
     end["status"] = status;
   } else {
-    int sig = exit.value("signal", json(0)).is_number_integer() ? exit.value("signal", 0) : 0;
-    std::string status = "signal: " + SignalText(sig);
+    std::string status = "signal: " + SignalText(exit.signal.value_or(0));
     end["exitCode"] = -1;
     end["status"] = status;
     end["error"] = status;
@@ -71,18 +73,17 @@ Result<int64_t> SelectPid(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(auto tag, codec::StringField(*sel, "tag"));
   if (!tag) return InvalidArgument("field \"process\" needs \"pid\" or \"tag\"");
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  MOAT_ASSIGN_OR_RETURN(json list,
-                        guest->Call({{"op", "processes"}}, Clock::now() + kUnaryTimeout));
-  for (const auto& p : list.value("processes", json::array())) {
-    if (p.value("tag", json("")) == *tag && p.contains("pid")) return p["pid"].get<int64_t>();
+  MOAT_ASSIGN_OR_RETURN(auto list, ops::Processes(*guest, Clock::now() + kUnaryTimeout));
+  for (const auto& p : list) {
+    if (p.tag == *tag) return p.pid;
   }
   return NotFound("no process tagged \"" + *tag + "\"");
 }
 
 // Relays an exec or attach stream to the client until the process ends, the deadline passes or
 // the client goes away (then the process keeps running, detached).
-Status Relay(EnvdCall& call, GuestClient::Stream& stream, const StreamLimits& limits,
-             StreamSink& sink, bool is_start, bool pty) {
+Status Relay(EnvdCall& call, GuestClient& guest, GuestClient::Stream& stream,
+             const StreamLimits& limits, StreamSink& sink, bool is_start, bool pty) {
   auto opened = Clock::now();
   bool started = false;
   bool timed_out = false;
@@ -107,19 +108,23 @@ Status Relay(EnvdCall& call, GuestClient::Stream& stream, const StreamLimits& li
     }
     switch (ev->kind) {
       case StreamEvent::Kind::kMessage: {
-        std::string type =
-            ev->message.value("type", json("")).is_string() ? ev->message.value("type", "") : "";
-        if (type == "start") {
+        auto event = ops::Checked(guest, proto::DecodeExecEvent(ev->message));
+        if (!event.ok()) {
+          // The process runs on, detached; this request fails and says why.
+          stream.Cancel();
+          return event.status();
+        }
+        if (auto* start = std::get_if<proto::ExecStarted>(&*event)) {
           started = true;
           if (is_start) {
             call.metrics.exec_start_latency().Observe(
                 std::chrono::duration<double>(Clock::now() - opened).count());
           }
-          if (!sink.Send({{"event", {{"start", {{"pid", ev->message.value("pid", 0)}}}}}})) break;
-        } else if (type == "exit") {
-          if (ev->message.value("timed_out", json(false)) == json(true)) {
+          if (!sink.Send({{"event", {{"start", {{"pid", start->pid}}}}}})) break;
+        } else if (auto* exit = std::get_if<proto::ExecExited>(&*event)) {
+          if (exit->timed_out) {
             timed_out = true;
-          } else if (!sink.Send(EndEvent(ev->message))) {
+          } else if (!sink.Send(EndEvent(*exit))) {
             break;
           }
         }
@@ -154,25 +159,26 @@ Status Start(EnvdCall& call, const json& req, const StreamLimits& limits, Stream
     return InvalidArgument("field \"process\" is required");
   MOAT_ASSIGN_OR_RETURN(auto cmd, codec::StringField(*proc, "cmd"));
   if (!cmd || cmd->empty()) return InvalidArgument("field \"process.cmd\" is required");
-  json argv = json::array({*cmd});
+  std::vector<std::string> argv = {*cmd};
   if (const json* args = codec::Field(*proc, "args"); args != nullptr) {
     if (!args->is_array()) return InvalidArgument("field \"process.args\" must be an array");
     for (const auto& a : *args) {
       if (!a.is_string()) return InvalidArgument("field \"process.args\" must hold strings");
-      argv.push_back(a);
+      argv.push_back(a.get<std::string>());
     }
   }
   MOAT_ASSIGN_OR_RETURN(auto envs, codec::StringMapField(*proc, "envs"));
   MOAT_ASSIGN_OR_RETURN(auto cwd, codec::StringField(*proc, "cwd"));
   MOAT_ASSIGN_OR_RETURN(auto tag, codec::StringField(req, "tag"));
   MOAT_ASSIGN_OR_RETURN(auto stdin_open, codec::BoolField(req, "stdin"));
-  json exec = {{"op", "exec"}, {"argv", argv}, {"user", call.user}};
+  proto::ExecOp exec;
+  exec.argv = std::move(argv);
+  exec.user = call.user;
   // The sandbox's envVars first, the request's envs over them (E2B-WIRE §6).
-  std::map<std::string, std::string> env = call.target.record.env_vars;
-  for (auto& [k, v] : envs) env[k] = v;
-  if (!env.empty()) exec["env"] = env;
-  if (cwd && !cwd->empty()) exec["cwd"] = *cwd;
-  if (tag) exec["tag"] = *tag;
+  exec.env = call.target.record.env_vars;
+  for (auto& [k, v] : envs) exec.env[k] = v;
+  if (cwd) exec.cwd = *cwd;
+  if (tag) exec.tag = *tag;
   // Without a PTY, stdin stays unconnected unless asked for (`commands.run` sends false).
   const json* pty = codec::Field(req, "pty");
   if (pty != nullptr) {
@@ -181,64 +187,58 @@ Status Start(EnvdCall& call, const json& req, const StreamLimits& limits, Stream
     MOAT_ASSIGN_OR_RETURN(auto cols, codec::IntField(*size, "cols", 1, 65535));
     MOAT_ASSIGN_OR_RETURN(auto rows, codec::IntField(*size, "rows", 1, 65535));
     if (!cols || !rows) return InvalidArgument("field \"pty.size\" needs cols and rows");
-    exec["pty"] = {{"cols", *cols}, {"rows", *rows}};
-    exec["stdin"] = true;
+    exec.pty = proto::PtySize{static_cast<int>(*cols), static_cast<int>(*rows)};
+    exec.stdin_open = true;
   } else {
-    exec["stdin"] = stdin_open.value_or(false);
+    exec.stdin_open = stdin_open.value_or(false);
   }
-  if (limits.timeout_ms > 0) exec["timeout_ms"] = limits.timeout_ms;
+  exec.timeout_ms = limits.timeout_ms;
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   MOAT_ASSIGN_OR_RETURN(auto stream, guest->Open(exec));
-  return Relay(call, *stream, limits, sink, true, pty != nullptr);
+  return Relay(call, *guest, *stream, limits, sink, true, pty != nullptr);
 }
 
 Status ConnectProcess(EnvdCall& call, const json& req, const StreamLimits& limits,
                       StreamSink& sink) {
   const json* sel = codec::Field(req, "process");
   if (sel == nullptr || !sel->is_object()) return InvalidArgument("field \"process\" is required");
-  json attach = {{"op", "attach"}};
+  proto::AttachOp attach;
   MOAT_ASSIGN_OR_RETURN(auto pid, codec::IntField(*sel, "pid", 1, (1 << 22)));
   MOAT_ASSIGN_OR_RETURN(auto tag, codec::StringField(*sel, "tag"));
   if (pid) {
-    attach["pid"] = *pid;
+    attach.pid = *pid;
   } else if (tag) {
-    attach["tag"] = *tag;
+    attach.tag = *tag;
   } else {
     return InvalidArgument("field \"process\" needs \"pid\" or \"tag\"");
   }
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   // A PTY's output goes out as `data.pty`: ask the guest whether this process has one.
   bool pty = false;
-  MOAT_ASSIGN_OR_RETURN(json list,
-                        guest->Call({{"op", "processes"}}, Clock::now() + kUnaryTimeout));
-  for (const auto& p : list.value("processes", json::array())) {
-    bool match =
-        pid ? p.value("pid", json(0)) == json(*pid) : p.value("tag", json("")) == json(*tag);
-    if (match) pty = p.contains("pty") && !p["pty"].is_null() && p["pty"] != json(false);
+  MOAT_ASSIGN_OR_RETURN(auto list, ops::Processes(*guest, Clock::now() + kUnaryTimeout));
+  for (const auto& p : list) {
+    if (pid ? p.pid == *pid : p.tag == *tag) pty = p.pty;
   }
   MOAT_ASSIGN_OR_RETURN(auto stream, guest->Open(attach));
-  return Relay(call, *stream, limits, sink, false, pty);
+  return Relay(call, *guest, *stream, limits, sink, false, pty);
 }
 
 Result<json> List(EnvdCall& call, const json&) {
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  MOAT_ASSIGN_OR_RETURN(json list,
-                        guest->Call({{"op", "processes"}}, Clock::now() + kUnaryTimeout));
+  MOAT_ASSIGN_OR_RETURN(auto list, ops::Processes(*guest, Clock::now() + kUnaryTimeout));
   json out = json::array();
-  for (const auto& p : list.value("processes", json::array())) {
+  for (const auto& p : list) {
     json config = {{"cmd", ""}, {"args", json::array()}, {"envs", json::object()}};
-    if (p.contains("argv") && p["argv"].is_array() && !p["argv"].empty()) {
-      config["cmd"] = p["argv"][0];
-      for (size_t i = 1; i < p["argv"].size(); ++i) config["args"].push_back(p["argv"][i]);
-    } else if (p.contains("cmd") && p["cmd"].is_string()) {
+    if (!p.argv.empty()) {
+      config["cmd"] = p.argv[0];
+      for (size_t i = 1; i < p.argv.size(); ++i) config["args"].push_back(p.argv[i]);
+    } else if (!p.cmd.empty()) {
       config["cmd"] = "/bin/bash";
-      config["args"] = {"-l", "-c", p["cmd"]};
+      config["args"] = {"-l", "-c", p.cmd};
     }
-    if (p.contains("cwd") && p["cwd"].is_string()) config["cwd"] = p["cwd"];
-    json info = {{"config", config}, {"pid", p.value("pid", 0)}};
-    if (p.contains("tag") && p["tag"].is_string() && !p["tag"].get<std::string>().empty()) {
-      info["tag"] = p["tag"];
-    }
+    if (!p.cwd.empty()) config["cwd"] = p.cwd;
+    json info = {{"config", config}, {"pid", p.pid}};
+    if (!p.tag.empty()) info["tag"] = p.tag;
     out.push_back(std::move(info));
   }
   return json{{"processes", out}};
@@ -255,11 +255,11 @@ Result<json> SendInput(EnvdCall& call, const json& req) {
   if (!data) return InvalidArgument("field \"input\" needs \"stdin\" or \"pty\"");
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   auto deadline = Clock::now() + kUnaryTimeout;
-  MOAT_ASSIGN_OR_RETURN(auto stream, guest->Open({{"op", "stdin"}, {"pid", pid}}));
+  MOAT_ASSIGN_OR_RETURN(auto stream, guest->Open(proto::StdinOp{pid}));
   MOAT_RETURN_IF_ERROR(stream->Write(SubChannel::kStdin, *data, deadline));
   // The guest handles frames in order: once a later request on another stream has been
   // answered, it has taken (or refused) this one's bytes, and a refusal is already queued.
-  MOAT_RETURN_IF_ERROR(guest->Call({{"op", "health"}}, deadline).status());
+  MOAT_RETURN_IF_ERROR(ops::Health(*guest, deadline).status());
   auto ev = stream->Next(Clock::now());
   if (ev.ok() && ev->kind == StreamEvent::Kind::kEnd && !ev->status.ok()) return ev->status;
   stream->Cancel();  // leaves the process's stdin open for later input
@@ -269,8 +269,7 @@ Result<json> SendInput(EnvdCall& call, const json& req) {
 Result<json> CloseStdin(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(int64_t pid, SelectPid(call, req));
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  MOAT_RETURN_IF_ERROR(
-      guest->Call({{"op", "close_stdin"}, {"pid", pid}}, Clock::now() + kUnaryTimeout).status());
+  MOAT_RETURN_IF_ERROR(ops::Unary(*guest, proto::CloseStdinOp{pid}, Clock::now() + kUnaryTimeout));
   return json::object();
 }
 
@@ -279,9 +278,8 @@ Result<json> SendSignal(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(auto sig, codec::EnumField(req, "signal", kSignals));
   if (!sig || *sig <= 0 || *sig > 64) return InvalidArgument("field \"signal\" is required");
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  MOAT_RETURN_IF_ERROR(
-      guest->Call({{"op", "signal"}, {"pid", pid}, {"signal", *sig}}, Clock::now() + kUnaryTimeout)
-          .status());
+  MOAT_RETURN_IF_ERROR(ops::Unary(*guest, proto::SignalOp{pid, static_cast<int>(*sig)},
+                                  Clock::now() + kUnaryTimeout));
   return json::object();
 }
 
@@ -295,11 +293,8 @@ Result<json> Update(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(auto rows, codec::IntField(*size, "rows", 1, 65535));
   if (!cols || !rows) return InvalidArgument("field \"pty.size\" needs cols and rows");
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
-  MOAT_RETURN_IF_ERROR(
-      guest
-          ->Call({{"op", "resize"}, {"pid", pid}, {"cols", *cols}, {"rows", *rows}},
-                 Clock::now() + kUnaryTimeout)
-          .status());
+  proto::ResizeOp resize{pid, {static_cast<int>(*cols), static_cast<int>(*rows)}};
+  MOAT_RETURN_IF_ERROR(ops::Unary(*guest, resize, Clock::now() + kUnaryTimeout));
   return json::object();
 }
 

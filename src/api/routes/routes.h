@@ -10,6 +10,7 @@
 #include "api/routes/envd_call.h"
 #include "api/sandbox_controller.h"
 #include "api/store/store.h"
+#include "channel/protocol.h"
 
 namespace moat::api::routes {
 
@@ -51,5 +52,5 @@ std::string DumpJson(const nlohmann::json& j);
 
 namespace moat::api::routes {
 // The guest's file entry (api/guest-channel.md `stat`) as envd's EntryInfo (E2B-WIRE §7).
-nlohmann::json EntryInfo(const nlohmann::json& guest_entry);
+nlohmann::json EntryInfo(const channel::proto::FileEntry& guest_entry);
 }  // namespace moat::api::routes

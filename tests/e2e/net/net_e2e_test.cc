@@ -152,7 +152,7 @@ class NetE2e : public ::testing::Test {
     if (!client.ok()) return nullptr;
     vm->guest = std::move(*client);
     // What the agent does after every boot, restore and fork.
-    auto net = vm->guest->Call(vm->slot->GuestConfigJson(), Clock::now() + seconds(10));
+    auto net = vm->guest->Call(vm->slot->GuestConfig(), Clock::now() + seconds(10));
     EXPECT_TRUE(net.ok()) << net.status().ToString();
     return vm;
   }

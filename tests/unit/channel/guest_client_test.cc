@@ -76,7 +76,7 @@ Pair Connected() {
 TEST(GuestClient, HandshakeSkipsGarbageAndKeepsTheGuestHello) {
   Pair p = Connected();
   ASSERT_NE(p.client, nullptr);
-  EXPECT_EQ(p.client->guest_hello()["boot_id"], "b");
+  EXPECT_EQ(p.client->guest_hello().boot_id, "b");
   EXPECT_TRUE(p.client->alive());
 }
 
