@@ -114,10 +114,14 @@ Result<int64_t> ParseRfc3339(std::string_view text) {
     ++rest;
   } else if (*rest == '+' || *rest == '-') {
     int sign = *rest == '-' ? -1 : 1;
-    int hh = 0, mm = 0;
-    if (std::sscanf(rest + 1, "%2d:%2d", &hh, &mm) != 2) {
+    // Exactly "hh:mm", checked character by character (each check stops at the terminating
+    // NUL): sscanf would also take "+1:2", and stepping 6 past it read beyond the string.
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (!(digit(rest[1]) && digit(rest[2]) && rest[3] == ':' && digit(rest[4]) && digit(rest[5]))) {
       return InvalidArgument("bad RFC 3339 offset in \"" + s + "\"");
     }
+    int hh = (rest[1] - '0') * 10 + (rest[2] - '0');
+    int mm = (rest[4] - '0') * 10 + (rest[5] - '0');
     offset = sign * (hh * 3600 + mm * 60);
     rest += 6;
   } else {
@@ -166,6 +170,11 @@ Result<std::optional<int64_t>> IntField(const json& msg, std::string_view camel,
     v = f->get<int64_t>();
   } else if (f->is_number_float()) {
     double d = f->get<double>();
+    // Range first: casting a double outside int64's range is undefined (found by api_json_fuzz:
+    // {"timeout": 6e74}). 2^63 is exact as a double; INT64_MAX is not.
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) {
+      return InvalidArgument(Name(camel) + " is out of range");
+    }
     if (d != static_cast<double>(static_cast<int64_t>(d))) {
       return InvalidArgument(Name(camel) + " must be an integer");
     }

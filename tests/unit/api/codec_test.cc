@@ -140,6 +140,31 @@ TEST(ProtoJson, TimestampsAreRfc3339WithTrimmedFractions) {
   EXPECT_FALSE(ParseRfc3339("2026-01-01").ok());
 }
 
+// Found by api_json_fuzz: a float past int64's range was cast to int64 (undefined behaviour).
+TEST(ProtoJson, IntFieldRefusesFloatsOutsideInt64) {
+  for (const char* text :
+       {R"({"timeout": 6e74})", R"({"timeout": -6e74})", R"({"timeout": 9223372036854775808.0})"}) {
+    auto msg = ParseMessage(text);
+    ASSERT_TRUE(msg.ok());
+    auto v = IntField(*msg, "timeout", INT64_MIN, INT64_MAX);
+    EXPECT_EQ(v.status().code(), ErrorCode::kInvalidArgument) << text;
+  }
+  auto ok = IntField(*ParseMessage(R"({"timeout": 3.0e2})"), "timeout", 0, 1000);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(**ok, 300);
+}
+
+// Found by connect_fuzz: a short offset ("+1:2") made the parser step past the end of the
+// string (an ASan heap-buffer-overflow).
+TEST(ProtoJson, Rfc3339OffsetsMustBeTwoDigitHoursAndMinutes) {
+  EXPECT_FALSE(ParseRfc3339("2026-01-01T00:00:00+1:2").ok());
+  EXPECT_FALSE(ParseRfc3339("2026-01-01T00:00:00-").ok());
+  EXPECT_FALSE(ParseRfc3339("2026-01-01T00:00:00+01:0").ok());
+  EXPECT_FALSE(ParseRfc3339("2026-01-01T00:00:00+0100").ok());
+  EXPECT_EQ(*ParseRfc3339("2026-01-01T12:30:00+00:30"), 1767268800);
+  EXPECT_EQ(*ParseRfc3339("2026-01-01T11:00:00-01:00"), 1767268800);
+}
+
 TEST(Gzip, InflatesAndBoundsTheOutput) {
   std::string plain(100000, 'a');
   z_stream zs{};
