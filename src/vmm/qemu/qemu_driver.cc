@@ -189,7 +189,7 @@ Status QemuDriver::CancelMigration() {
     return !st.empty() && st != "none" && st != "completed" && st != "failed" && st != "cancelled";
   };
   MOAT_ASSIGN_OR_RETURN(Json q, qmp_->Execute("query-migrate"));
-  std::string st = q.value("status", "");
+  std::string st = QmpString(q, "status");
   if (!in_progress(st)) return Status::Ok();
   LogWarn("vmm.migration_cancelled", {{"vm", spec_.name}, {"status", st}});
   MOAT_RETURN_IF_ERROR(qmp_->Execute("migrate_cancel").status());
@@ -200,7 +200,7 @@ Status QemuDriver::CancelMigration() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     MOAT_ASSIGN_OR_RETURN(q, qmp_->Execute("query-migrate"));
-    st = q.value("status", "");
+    st = QmpString(q, "status");
   }
   return Status::Ok();
 }
@@ -310,11 +310,11 @@ Status QemuDriver::ConnectQmp() {
 
 Status QemuDriver::WaitMigration(uint64_t cursor, std::string_view what) {
   auto ev = qmp_->WaitEvent("MIGRATION", cursor, options_.migration_timeout, [](const Json& e) {
-    std::string st = e.value("data", Json::object()).value("status", "");
+    std::string st = QmpEventStatus(e);
     return st == "completed" || st == "failed" || st == "cancelled";
   });
   if (!ev.ok()) return WithVmmLog(ev.status().Annotate(what));
-  std::string st = (*ev)["data"].value("status", "");
+  std::string st = QmpEventStatus(*ev);
   if (st != "completed") return WithVmmLog(Internal(std::string(what) + ": migration " + st));
   return Status::Ok();
 }
@@ -449,7 +449,7 @@ Result<VmStatus> QemuDriver::QueryStatus() {
   }
   if (!qmp_) return FailedPrecondition("vmm not started");
   MOAT_ASSIGN_OR_RETURN(Json r, qmp_->Execute("query-status"));
-  st.qmp_status = r.value("status", "");
+  st.qmp_status = QmpString(r, "status");
   if (st.qmp_status == "running") {
     st.state = VmState::kRunning;
   } else if (st.qmp_status == "inmigrate" || st.qmp_status == "prelaunch") {

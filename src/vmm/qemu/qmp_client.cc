@@ -72,6 +72,52 @@ int JsonDepth(std::string_view text, int limit) {
   return max_depth;
 }
 
+QmpLine ParseQmpLine(std::string_view line, const QmpLimits& limits) {
+  QmpLine out;
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
+  if (line.empty()) return out;  // kInvalid, not worth a log line
+  if (line.size() > limits.max_line_bytes || JsonDepth(line, limits.max_json_depth) < 0) {
+    out.invalid_reason = "too large or deep";
+    return out;
+  }
+  Json msg = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (msg.is_discarded() || !msg.is_object()) {
+    out.invalid_reason = "not a JSON object";
+    return out;
+  }
+  if (auto ev = msg.find("event"); ev != msg.end() && ev->is_string()) {
+    out.kind = QmpLine::Kind::kEvent;
+  } else if (auto id = msg.find("id"); id != msg.end() && id->is_number_unsigned()) {
+    out.kind = QmpLine::Kind::kReply;
+    out.id = id->get<uint64_t>();
+  } else {
+    out.kind = QmpLine::Kind::kOther;
+  }
+  out.message = std::move(msg);
+  return out;
+}
+
+std::string QmpString(const Json& value, std::string_view key) {
+  if (!value.is_object()) return {};
+  auto it = value.find(std::string(key));
+  return it != value.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::string QmpEventStatus(const Json& event) {
+  if (!event.is_object()) return {};
+  auto data = event.find("data");
+  return data == event.end() ? std::string() : QmpString(*data, "status");
+}
+
+Result<Json> QmpReplyResult(std::string_view command, Json reply) {
+  if (!reply.is_object())
+    return Internal("qmp " + std::string(command) + ": reply is not an object");
+  if (auto e = reply.find("error"); e != reply.end()) return QmpErrorStatus(command, *e);
+  if (auto ret = reply.find("return"); ret != reply.end()) return Json(std::move(*ret));
+  return Status(ErrorCode::kInternal,
+                "qmp " + std::string(command) + ": reply has neither return nor error");
+}
+
 QmpClient::QmpClient(UniqueFd socket, QmpLimits limits)
     : socket_(std::move(socket)), limits_(limits) {}
 
@@ -258,49 +304,37 @@ void QmpClient::ReaderLoop() {
 }
 
 void QmpClient::HandleLine(std::string_view line) {
-  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
-  if (line.empty()) return;
-  if (line.size() > limits_.max_line_bytes || JsonDepth(line, limits_.max_json_depth) < 0) {
-    if (DropLogLimiter().Allow()) LogWarn("qmp.dropped", {{"reason", "too large or deep"}});
-    return;
-  }
-  Json msg = Json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (msg.is_discarded() || !msg.is_object()) {
-    if (DropLogLimiter().Allow()) LogWarn("qmp.dropped", {{"reason", "not a JSON object"}});
+  QmpLine parsed = ParseQmpLine(line, limits_);
+  if (parsed.kind == QmpLine::Kind::kInvalid) {
+    if (*parsed.invalid_reason != '\0' && DropLogLimiter().Allow()) {
+      LogWarn("qmp.dropped", {{"reason", parsed.invalid_reason}});
+    }
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (!greeting_) {
-    if (msg.contains("QMP")) {
-      greeting_ = std::move(msg);
+    if (parsed.message.contains("QMP")) {
+      greeting_ = std::move(parsed.message);
       cv_.notify_all();
     }
     return;
   }
-  if (auto ev = msg.find("event"); ev != msg.end() && ev->is_string()) {
-    events_.emplace_back(next_event_seq_++, std::move(msg));
+  if (parsed.kind == QmpLine::Kind::kEvent) {
+    events_.emplace_back(next_event_seq_++, std::move(parsed.message));
     while (events_.size() > limits_.max_buffered_events) events_.pop_front();
     cv_.notify_all();
     return;
   }
-  auto id_it = msg.find("id");
-  if (id_it == msg.end() || !id_it->is_number_unsigned()) {
+  if (parsed.kind != QmpLine::Kind::kReply) {
     if (DropLogLimiter().Allow()) LogWarn("qmp.dropped", {{"reason", "reply without id"}});
     return;
   }
-  auto p = pending_.find(id_it->get<uint64_t>());
+  auto p = pending_.find(parsed.id);
   if (p == pending_.end() || p->second.reply) {
     if (DropLogLimiter().Allow()) LogWarn("qmp.dropped", {{"reason", "reply to unknown id"}});
     return;
   }
-  if (auto e = msg.find("error"); e != msg.end()) {
-    p->second.reply = QmpErrorStatus(p->second.command, *e);
-  } else if (auto ret = msg.find("return"); ret != msg.end()) {
-    p->second.reply = std::move(*ret);
-  } else {
-    p->second.reply = Status(ErrorCode::kInternal,
-                             "qmp " + p->second.command + ": reply has neither return nor error");
-  }
+  p->second.reply = QmpReplyResult(p->second.command, std::move(parsed.message));
   cv_.notify_all();
 }
 

@@ -40,6 +40,31 @@ Status QmpErrorStatus(std::string_view command, const Json& error);
 // parsing, so a hostile reply cannot make the parser or the destructor recurse deeply).
 int JsonDepth(std::string_view text, int limit);
 
+// One line from QEMU, classified without any state (the reader thread applies it under its
+// lock; the fuzz target feeds it arbitrary bytes). Never throws.
+struct QmpLine {
+  enum class Kind {
+    kInvalid,  // too large, too deep, not JSON or not an object: dropped (`invalid_reason`)
+    kEvent,    // has a string "event"
+    kReply,    // has an unsigned "id"
+    kOther,    // any other object (the greeting has "QMP")
+  };
+  Kind kind = Kind::kInvalid;
+  const char* invalid_reason = "";
+  Json message;     // the object, for every kind but kInvalid
+  uint64_t id = 0;  // kReply
+};
+QmpLine ParseQmpLine(std::string_view line, const QmpLimits& limits);
+// The string member `key` of a QMP value (a reply's "return", an event's "data"), or "" when
+// `value` is not an object or the member is absent or not a string: QEMU's answers are read
+// without trusting their types (nlohmann's value() would throw).
+std::string QmpString(const Json& value, std::string_view key);
+// The "status" inside an event's "data" ("" if any part is missing or of another type).
+std::string QmpEventStatus(const Json& event);
+// What a reply to `command` means: its "return", its "error" (QmpErrorStatus), or internal when
+// it has neither.
+Result<Json> QmpReplyResult(std::string_view command, Json reply);
+
 class QmpClient {
  public:
   ~QmpClient();

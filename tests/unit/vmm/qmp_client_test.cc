@@ -293,5 +293,45 @@ TEST(QmpErrorStatus, ToleratesMalformedErrorObjects) {
             ErrorCode::kFailedPrecondition);
 }
 
+TEST(ParseQmpLine, ClassifiesEventsRepliesAndDropsWhatIsNotAnObject) {
+  QmpLimits limits;
+  EXPECT_EQ(ParseQmpLine(R"({"event": "STOP"} )"
+                         "\r",
+                         limits)
+                .kind,
+            QmpLine::Kind::kEvent);
+  QmpLine reply = ParseQmpLine(R"({"return": {}, "id": 7})", limits);
+  EXPECT_EQ(reply.kind, QmpLine::Kind::kReply);
+  EXPECT_EQ(reply.id, 7u);
+  EXPECT_EQ(ParseQmpLine(R"({"return": {}, "id": -7})", limits).kind, QmpLine::Kind::kOther);
+  EXPECT_EQ(ParseQmpLine(R"({"event": 1})", limits).kind, QmpLine::Kind::kOther);
+  EXPECT_EQ(ParseQmpLine("[1]", limits).kind, QmpLine::Kind::kInvalid);
+  EXPECT_EQ(ParseQmpLine("{\"a\":", limits).kind, QmpLine::Kind::kInvalid);
+  EXPECT_EQ(ParseQmpLine(std::string(100, '['), limits).kind, QmpLine::Kind::kInvalid);
+}
+
+TEST(QmpReplyResult, IsTheReturnTheErrorOrInternal) {
+  EXPECT_EQ(*QmpReplyResult("x", {{"return", {{"status", "running"}}}, {"id", 1}}),
+            Json({{"status", "running"}}));
+  EXPECT_EQ(QmpReplyResult("x", {{"error", {{"class", "CommandNotFound"}}}}).status().code(),
+            ErrorCode::kNotFound);
+  EXPECT_EQ(QmpReplyResult("x", {{"id", 1}}).status().code(), ErrorCode::kInternal);
+}
+
+// A VMM that answers query-status or query-migrate with a status of another type, or a
+// MIGRATION event whose data is not an object, gets "" read, not an exception thrown (the
+// driver read these with nlohmann's throwing value(); seen while writing qmp_fuzz).
+TEST(QmpString, ReadsStatusesOfAnyTypeWithoutThrowing) {
+  EXPECT_EQ(QmpString({{"status", "running"}}, "status"), "running");
+  EXPECT_EQ(QmpString({{"status", 1}}, "status"), "");
+  EXPECT_EQ(QmpString(Json::array({1}), "status"), "");
+  EXPECT_EQ(QmpString(Json(), "status"), "");
+  EXPECT_EQ(QmpEventStatus({{"event", "MIGRATION"}, {"data", {{"status", "completed"}}}}),
+            "completed");
+  EXPECT_EQ(QmpEventStatus({{"event", "MIGRATION"}, {"data", "completed"}}), "");
+  EXPECT_EQ(QmpEventStatus({{"event", "MIGRATION"}}), "");
+  EXPECT_EQ(QmpEventStatus({{"event", "MIGRATION"}, {"data", {{"status", {1, 2}}}}}), "");
+}
+
 }  // namespace
 }  // namespace moat::vmm::qemu
