@@ -11,25 +11,14 @@
 
 #include "api/http/message.h"
 #include "api/http/router.h"
+#include "api/routes/envd_target.h"
 #include "api/sandbox_controller.h"
 
 namespace moat::api::routes {
 
 using nlohmann::json;
 
-inline constexpr int kEnvdPort = 49983;
 inline constexpr const char* kDefaultUser = "user";
-
-// Where a request for a sandbox is going, from its headers; nullopt when it names no sandbox.
-// A port other than kEnvdPort is the port proxy's (PortProxy).
-struct EnvdTarget {
-  std::string sandbox_id;
-  int port = kEnvdPort;  // 0: the request named no valid port (not 1..65535 in decimal)
-};
-std::optional<EnvdTarget> EnvdTargetOf(const http::Request& req);
-// The user of `Authorization: Basic base64("<user>:")`; empty if absent; invalid_argument if
-// malformed.
-Result<std::string> BasicAuthUser(const http::Request& req);
 
 // One envd request, once its sandbox is known to be running and its token checked.
 struct EnvdCall {
