@@ -60,18 +60,34 @@ bench: build guest
 	$(BUILD)/bin/net_bench --guest-dir $(GUEST) --json $(BUILD)/bench/net.json
 	$(BUILD)/bin/api_bench --guest-dir $(GUEST) --json $(BUILD)/bench/api.json
 
-# The fuzz targets, each for a bounded time (FUZZ_SECONDS): the channel decoder (bytes from the
-# guest) and the RAM splitter (the migration stream from QEMU).
+# The fuzz targets (tests/fuzz, docs/security.md "Fuzzing"), one after the other: the channel
+# decoder and the RAM splitter for FUZZ_SECONDS each, every other parser for FUZZ_SECONDS_EACH
+# (20 s; about 4 minutes in all). Each starts from its seeds (tests/fuzz/seeds/<name>) and the
+# corpus of earlier runs (build-fuzz/corpora/<name>); a crash fails `make fuzz`, names the target
+# and shows its log (the crashing input is saved as build-fuzz/<name>_fuzz-crash-*).
 fuzz:
 	@[ -f build-fuzz/build.ninja ] || cmake --preset fuzz >/dev/null
-	cmake --build build-fuzz -j$(JOBS) --target frame_decoder_fuzz ram_split_fuzz
-	mkdir -p build-fuzz/corpus build-fuzz/corpus-ram-split
-	@build-fuzz/bin/frame_decoder_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	  -print_final_stats=1 build-fuzz/corpus > build-fuzz/frame_decoder_fuzz.log 2>&1; \
-	  rc=$$?; tail -n 5 build-fuzz/frame_decoder_fuzz.log; exit $$rc
-	@build-fuzz/bin/ram_split_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
-	  -print_final_stats=1 build-fuzz/corpus-ram-split tests/fuzz/seeds/ram_split \
-	  > build-fuzz/ram_split_fuzz.log 2>&1; rc=$$?; tail -n 5 build-fuzz/ram_split_fuzz.log; exit $$rc
+	cmake --build build-fuzz -j$(JOBS) --target frame_decoder_fuzz ram_split_fuzz api_json_fuzz \
+	  connect_fuzz multipart_fuzz gzip_fuzz query_fuzz qmp_fuzz domain_proxy_fuzz envd_target_fuzz \
+	  guest_reply_fuzz
+	@each=$(or $(FUZZ_SECONDS_EACH),20); failed=""; \
+	for spec in frame_decoder:4096:$(FUZZ_SECONDS) ram_split:16384:$(FUZZ_SECONDS) \
+	    api_json:2048:$$each connect:2048:$$each multipart:4096:$$each gzip:8192:$$each \
+	    query:1024:$$each qmp:1024:$$each domain_proxy:4096:$$each envd_target:1024:$$each \
+	    guest_reply:2048:$$each; do \
+	  IFS=: read -r name max_len secs <<< "$$spec"; \
+	  mkdir -p build-fuzz/corpora/$$name; \
+	  seeds=tests/fuzz/seeds/$$name; [ -d $$seeds ] || seeds=; \
+	  log=build-fuzz/$${name}_fuzz.log; \
+	  if build-fuzz/bin/$${name}_fuzz -max_total_time=$$secs -max_len=$$max_len \
+	      -print_final_stats=1 -artifact_prefix=build-fuzz/$${name}_fuzz- \
+	      build-fuzz/corpora/$$name $$seeds > $$log 2>&1; then \
+	    echo "fuzz $$name: ok, $$(grep -o 'number_of_executed_units: [0-9]*' $$log | grep -o '[0-9]*$$') runs in $$secs s"; \
+	  else \
+	    echo "fuzz $$name: FAILED ($$log):"; tail -n 40 $$log; failed="$$failed $$name"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make fuzz: crashes in$$failed"; exit 1; fi
 
 FORMAT_FILES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null)
 
