@@ -1,5 +1,6 @@
 #include "api/api_server.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "api/auth.h"
@@ -109,9 +110,16 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
   a.body_limit = kControlBodyLimit;
   auto target = routes::EnvdTargetOf(req);
   if (target && target->port != routes::kEnvdPort) {
-    // Public traffic to a sandbox's port: the port proxy relays the body whole, and checks its
-    // own token (PortProxy).
-    a.body_limit = max_body_bytes_;
+    // Public traffic to a sandbox's port: the port proxy relays the body whole (buffered, so
+    // bounded tighter than uploads to envd). Before any of it is read, the proxy's own checks:
+    // the sandbox runs with a network, and its traffic token if it has one.
+    a.body_limit = std::min(max_body_bytes_, kProxyBodyLimit);
+    if (has_body) {
+      int status = 0;
+      if (!proxy_.Resolve(req, target->sandbox_id, target->port, w, &status)) {
+        Record("(port proxy)", status, started, req.peer, false);
+      }
+    }
     return a;
   }
   bool envd = target.has_value();

@@ -23,6 +23,9 @@ inline constexpr const char* kEnvdVersion = "0.5.7";
 inline constexpr size_t kControlBodyLimit = 1024 * 1024;
 // The largest envd Connect body: one 16 MiB message and its framing.
 inline constexpr size_t kEnvdBodyLimit = 16 * 1024 * 1024 + 64 * 1024;
+// Bodies relayed to a sandbox's port by the port proxy are buffered whole (it does not stream
+// them yet): at most this much.
+inline constexpr size_t kProxyBodyLimit = 32 * 1024 * 1024;
 
 class ApiServer {
  public:

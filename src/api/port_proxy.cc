@@ -183,44 +183,58 @@ int PortProxy::Fail(http::ResponseWriter& w, std::string_view outcome, const Sta
   return http_status;
 }
 
-int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port,
-                     http::ResponseWriter& w) {
+std::optional<SandboxEndpoint> PortProxy::Resolve(const http::Request& req,
+                                                  const std::string& sandbox_id, int port,
+                                                  http::ResponseWriter& w, int* http_status) {
+  auto fail = [&](std::string_view outcome, const Status& s, int code) {
+    *http_status = Fail(w, outcome, s, code);
+    return std::nullopt;
+  };
   if (port < 1 || port > 65535) {
-    return Fail(w, "bad_port",
+    return fail("bad_port",
                 InvalidArgument("the sandbox port (E2b-Sandbox-Port, or <port>-<sandboxID> in the "
                                 "host name) must be a number in 1..65535"),
                 400);
   }
   std::string what = "port " + std::to_string(port) + " of sandbox " + sandbox_id;
   if (!resolver_) {
-    return Fail(w, "no_network",
+    return fail("no_network",
                 FailedPrecondition(what + ": this moatd runs sandboxes without networking"), 502);
   }
   auto endpoint = resolver_(sandbox_id, static_cast<uint16_t>(port));
   if (!endpoint.ok()) {
     const Status& s = endpoint.status();
     if (s.code() == ErrorCode::kNotFound) {
-      return Fail(w, "sandbox_not_found",
+      return fail("sandbox_not_found",
                   NotFound("sandbox " + sandbox_id + " is not found or not running"), 404);
     }
     // The resolver's own words may name slots and addresses: they go to the log only.
     LogDebug("api.port_proxy_unresolved",
              {{"sandbox", sandbox_id}, {"port", port}, {"error", s.ToString()}});
     if (s.code() == ErrorCode::kFailedPrecondition) {
-      return Fail(w, "no_network", FailedPrecondition(what + ": the sandbox has no network"), 502);
+      return fail("no_network", FailedPrecondition(what + ": the sandbox has no network"), 502);
     }
-    return Fail(w, "error", Unavailable(what + ": its network address is unknown"), 502);
+    return fail("error", Unavailable(what + ": its network address is unknown"), 502);
   }
   if (const std::string& token = endpoint->traffic_access_token; !token.empty()) {
     std::string given = req.Header(kTrafficTokenHeader);
     if (given.size() != token.size() || CRYPTO_memcmp(given.data(), token.data(), token.size())) {
-      return Fail(w, "forbidden",
+      return fail("forbidden",
                   Status(ErrorCode::kPermissionDenied,
                          what + " is not public: send the sandbox's trafficAccessToken in the " +
                              kTrafficTokenHeader + " header"),
                   403);
     }
   }
+  return std::move(*endpoint);
+}
+
+int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port,
+                     http::ResponseWriter& w) {
+  int failed = 0;
+  auto endpoint = Resolve(req, sandbox_id, port, w, &failed);
+  if (!endpoint) return failed;
+  std::string what = "port " + std::to_string(port) + " of sandbox " + sandbox_id;
   {
     std::lock_guard lock(mu_);
     if (stopping_) return Fail(w, "shutting_down", Unavailable("moatd is shutting down"), 503);

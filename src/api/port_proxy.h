@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -67,6 +68,11 @@ class PortProxy {
   // connection is taken over and relayed until done. Returns the HTTP status the client got
   // (the upstream's, 0 if it sent none that could be read), for the request log and metrics.
   int Serve(http::Request& req, const std::string& sandbox_id, int port, http::ResponseWriter& w);
+  // What Serve checks before it connects: the port, that the sandbox runs with a network, and
+  // its traffic token. The endpoint, or nullopt once the error is answered through `w`
+  // (*http_status: its status). ApiServer::Admit calls it before reading a request's body.
+  std::optional<SandboxEndpoint> Resolve(const http::Request& req, const std::string& sandbox_id,
+                                         int port, http::ResponseWriter& w, int* http_status);
 
   // Refuses new requests (503) and shuts down the upstream side of every relayed connection,
   // so that their handlers return. For server shutdown.

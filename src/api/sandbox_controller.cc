@@ -365,8 +365,9 @@ Result<SandboxController::Running> SandboxController::FindRunning(const std::str
   auto sb = agent_.Get(id);
   if (!sb.ok()) return NotFound("sandbox \"" + id + "\" is not running");
   if (auto fault = (*sb)->Fault()) {
-    // Recorded once; the sandbox stays (inspectable, killable) until it is killed or expires.
-    (void)store_.SetSandboxState(id, "error");
+    // Recorded once, and only over `running` (a pause racing this keeps its state); the
+    // sandbox stays (inspectable, killable) until it is killed or expires.
+    (void)store_.ChangeSandboxState(id, "running", "error");
     return NotFound("sandbox \"" + id + "\" is in error state: " + *fault);
   }
   return Running{std::move(*r), *sb};

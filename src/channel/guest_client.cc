@@ -183,6 +183,11 @@ Status GuestClient::Stream::Shared::Dispatch(Frame& f, std::vector<uint32_t>* to
       json m = json::parse(f.payload, nullptr, false);
       if (m.is_discarded() || !m.is_object()) {
         Status bad = proto::GuestProtocolError(st->op, "a MESSAGE that is not a JSON object");
+        // Counted now, before the stream's end is visible; logged and handled by the caller.
+        {
+          std::lock_guard count(violation_mu);
+          ++this->violations;
+        }
         violations->push_back(bad);
         EndLocally(id, st, std::move(bad), to_cancel);
         return Status::Ok();
@@ -336,7 +341,7 @@ void GuestClient::ReaderLoop() {
           if (!s.alive) return;
           bad = s.Dispatch(frame, &actions, &violations);
         }
-        for (const Status& v : violations) ReportViolation(v);
+        for (const Status& v : violations) NotifyViolation(v);
         // Replies go out without the stream lock held: a write may block.
         for (uint32_t id : actions) {
           if (id == 0) {
@@ -364,10 +369,17 @@ Result<json> GuestClient::Call(const proto::Request& request, Deadline deadline)
 }
 
 void GuestClient::ReportViolation(const Status& why) {
-  std::function<void(const Status&)> handler;
   {
     std::lock_guard lock(shared_->violation_mu);
     ++shared_->violations;
+  }
+  NotifyViolation(why);
+}
+
+void GuestClient::NotifyViolation(const Status& why) {
+  std::function<void(const Status&)> handler;
+  {
+    std::lock_guard lock(shared_->violation_mu);
     handler = shared_->on_violation;
   }
   unsigned long suppressed = 0;

@@ -138,6 +138,8 @@ class GuestClient {
  private:
   explicit GuestClient(std::shared_ptr<Stream::Shared> shared) : shared_(std::move(shared)) {}
   void ReaderLoop();
+  // Logs a violation already counted and passes it to the handler.
+  void NotifyViolation(const Status& why);
 
   std::shared_ptr<Stream::Shared> shared_;
   proto::Hello guest_hello_;

@@ -41,17 +41,31 @@ Result<T> One(GuestClient& guest, const proto::Request& request, Deadline deadli
   return std::move(*out);
 }
 
-// An op whose result may be split over several MESSAGEs, concatenated and bounded in total.
+// What a decoded item holds, roughly: its strings and a fixed overhead per item and string.
+size_t ApproxBytes(const proto::FileEntry& e) {
+  return 128 + e.name.size() + e.path.size() + e.permissions.size() + e.owner.size() +
+         e.group.size() + (e.symlink_target ? e.symlink_target->size() : 0);
+}
+size_t ApproxBytes(const proto::ProcessInfo& p) {
+  size_t n = 128 + p.tag.size() + p.cmd.size() + p.cwd.size();
+  for (const auto& a : p.argv) n += 32 + a.size();
+  return n;
+}
+
+// An op whose result may be split over several MESSAGEs, concatenated and bounded in total
+// (entries and bytes).
 template <class T, class Decode>
 Result<std::vector<T>> Many(GuestClient& guest, const proto::Request& request, Deadline deadline,
                             Decode decode) {
   std::vector<T> out;
+  size_t bytes = 0;
   Status s = Drive(guest, request, deadline, [&](const nlohmann::json& m) -> Status {
     auto part = Checked(guest, decode(m));
     if (!part.ok()) return part.status();
-    if (out.size() + part->size() > proto::kMaxListEntries) {
-      return Checked(guest, Result<T>(proto::GuestProtocolError(proto::OpName(request),
-                                                                "more entries than the limit")))
+    for (const auto& item : *part) bytes += ApproxBytes(item);
+    if (out.size() + part->size() > proto::kMaxListEntries || bytes > proto::kMaxResultBytes) {
+      return Checked(guest, Result<T>(proto::GuestProtocolError(
+                                proto::OpName(request), "more entries or bytes than the limit")))
           .status();
     }
     for (auto& item : *part) out.push_back(std::move(item));

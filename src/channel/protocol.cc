@@ -53,8 +53,12 @@ class Fields {
     const json* v = Find(key);
     if (v == nullptr || v->is_null()) return std::nullopt;
     if (v->is_number_unsigned()) {
+      // nlohmann reads every non-negative integer as unsigned: `min` still applies.
       uint64_t u = v->get<uint64_t>();
-      if (u > static_cast<uint64_t>(max)) return Fail(key, "is out of range"), std::nullopt;
+      bool below = min > 0 && u < static_cast<uint64_t>(min);
+      if (below || u > static_cast<uint64_t>(max)) {
+        return Fail(key, "is out of range"), std::nullopt;
+      }
       return static_cast<Int>(u);
     }
     if (v->is_number_integer()) {

@@ -31,6 +31,9 @@ namespace moat::channel::proto {
 inline constexpr size_t kMaxStringBytes = 64 * 1024;
 inline constexpr size_t kMaxListEntries = 100000;  // `list`, `processes` (merged)
 inline constexpr size_t kMaxArgv = 4096;
+// What one op's merged result may hold in decoded bytes (strings plus a per-item overhead):
+// 100,000 entries of 64 KiB names each would otherwise be gigabytes.
+inline constexpr size_t kMaxResultBytes = 32 * 1024 * 1024;
 
 // The error for a reply that breaks the protocol: "guest sent an invalid reply to `op`: why".
 Status GuestProtocolError(std::string_view op, std::string_view why);

@@ -38,6 +38,12 @@ Status GunzipStream::Write(std::string_view input, const Sink& sink) {
   if (!state_->ok) return Internal("gzip: inflateInit2 failed");
   z_stream& zs = state_->zs;
   const InflateLimits& limits = state_->limits;
+  // Bytes after the gzip stream's end: a second member (pigz, `cat a.gz b.gz`) or junk. Either
+  // way, an error rather than a silently truncated upload.
+  auto trailing = [] {
+    return InvalidArgument("gzip: data after the end of the gzip stream (one member only)");
+  };
+  if (state_->ended && !input.empty()) return trailing();
   while (!input.empty() && !state_->ended) {
     // zlib takes at most 4 GB at a time (uInt); pieces here are far smaller, but stay correct.
     std::string_view part = input.substr(0, 1u << 30);
@@ -75,6 +81,7 @@ Status GunzipStream::Write(std::string_view input, const Sink& sink) {
         return InvalidArgument("gzip: corrupt data");
       }
     }
+    if (state_->ended && (zs.avail_in > 0 || input.size() > part.size())) return trailing();
     input.remove_prefix(part.size());
   }
   return Status::Ok();

@@ -16,6 +16,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/http/buffer_body.hpp>
+#include <system_error>
 
 #include "api/http/fd_stream.h"
 #include "common/guarded.h"
@@ -367,7 +368,9 @@ struct HttpServer::Impl {
   void Accept() {
     acceptor.async_accept([this](error_code ec, net::ip::tcp::socket socket) {
       if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
-      if (!ec) Admit(UniqueFd(socket.release()));
+      // Whatever one connection's admission throws (std::system_error when no thread can be
+      // started), the server accepts on.
+      if (!ec) (void)CatchAll("http accept", [&] { Admit(UniqueFd(socket.release())); });
       Accept();
     });
   }
@@ -450,14 +453,24 @@ struct HttpServer::Impl {
     UntrustOne(client, 1);
     ++threads;
     lock.unlock();
-    std::thread([this, id, peer, probation, fd = std::move(fd)]() mutable {
-      (void)CatchAll("connection " + peer, [&] { Serve(id, fd.get(), peer, probation); });
+    try {
+      std::thread([this, id, peer, probation, fd = std::move(fd)]() mutable {
+        (void)CatchAll("connection " + peer, [&] { Serve(id, fd.get(), peer, probation); });
+        std::lock_guard guard(mu);
+        if (auto it = connections.find(id); it != connections.end()) Forget(it);
+        fd.Reset();
+        --threads;
+        cv.notify_all();
+      }).detach();
+    } catch (const std::system_error& e) {
+      // No thread (the process's limit): the connection is closed (its fd went with the
+      // lambda) and its slot given back.
       std::lock_guard guard(mu);
       if (auto it = connections.find(id); it != connections.end()) Forget(it);
-      fd.Reset();
       --threads;
       cv.notify_all();
-    }).detach();
+      LogWarn("http.no_thread", {{"peer", peer}, {"error", e.what()}});
+    }
   }
 
   // Moves the connection to `state`. False if it was shed.

@@ -360,6 +360,18 @@ Status SqliteStore::SetSandboxState(const std::string& id, const std::string& st
   return Status::Ok();
 }
 
+Result<bool> SqliteStore::ChangeSandboxState(const std::string& id, const std::string& from,
+                                             const std::string& to) {
+  if (to != "running" && to != "paused" && to != "error") {
+    return InvalidArgument("sandbox state \"" + to + "\" is not running, paused or error");
+  }
+  std::lock_guard lock(mu_);
+  Statement s(db_, "UPDATE sandboxes SET state = ? WHERE id = ? AND state = ?");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, to).Bind(2, id).Bind(3, from).Run());
+  return sqlite3_changes(db_) > 0;
+}
+
 Status SqliteStore::DeleteSandbox(const std::string& id) {
   std::lock_guard lock(mu_);
   Statement s(db_, "DELETE FROM sandboxes WHERE id = ?");

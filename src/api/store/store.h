@@ -143,6 +143,9 @@ class Store {
   virtual Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) = 0;
   // "running" | "paused" | "error".
   virtual Status SetSandboxState(const std::string& id, const std::string& state) = 0;
+  // Compare-and-set: the state becomes `to` only if it is `from` now; false if it was not.
+  virtual Result<bool> ChangeSandboxState(const std::string& id, const std::string& from,
+                                          const std::string& to) = 0;
   virtual Status DeleteSandbox(const std::string& id) = 0;
 
   virtual Status InsertSnapshot(const SnapshotRecord& snapshot) = 0;

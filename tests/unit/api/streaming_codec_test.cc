@@ -120,6 +120,18 @@ TEST(GunzipStream, ReportsTruncatedAndCorruptDataAndTheSinksOwnError) {
   EXPECT_EQ(s.code(), ErrorCode::kUnavailable);
 }
 
+TEST(GunzipStream, RefusesASecondMemberInsteadOfDroppingIt) {
+  std::string a = Gzip("first member\n"), b = Gzip("second member\n");
+  auto ignore = [](std::string_view) { return Status::Ok(); };
+  GunzipStream together;  // both members in one write
+  EXPECT_EQ(together.Write(a + b, ignore).code(), ErrorCode::kInvalidArgument);
+  GunzipStream apart;  // the second member in a later write
+  ASSERT_TRUE(apart.Write(a, ignore).ok());
+  EXPECT_EQ(apart.Write(b, ignore).code(), ErrorCode::kInvalidArgument);
+  EXPECT_FALSE(GunzipBounded(a + b, 1 << 20).ok());
+  EXPECT_EQ(*GunzipBounded(a, 1 << 20), "first member\n");
+}
+
 TEST(MultipartReader, ReadsTheSamePartsAsParseMultipartHoweverTheBodyIsSplit) {
   std::string big(200000, 'x');
   for (size_t i = 0; i < big.size(); i += 97) big[i] = '\r';  // near-delimiters in the data

@@ -195,6 +195,34 @@ TEST(GuestOpsHostile, AFloodOfMessagesEndsTheStreamNotTheHost) {
       << s.ToString();
 }
 
+TEST(GuestOpsHostile, AListingIsBoundedInBytesNotOnlyInEntries) {
+  Pair p = Connected();
+  ASSERT_NE(p.client, nullptr);
+  Status s = Exchange(
+      p,
+      [&] {
+        return ops::List(*p.client, {"/", "", 1}, GuestClient::Clock::now() + 20s).status();
+      },
+      [](FakeGuestPeer& g, uint32_t id) {
+        // One entry per MESSAGE, each with a 60 KiB path: few entries, many bytes.
+        json entry = {{"name", "f"}, {"path", std::string(60 * 1024, 'p')}, {"type", "file"}};
+        std::string part = json({{"entries", {entry}}}).dump();
+        for (int i = 0; i < 700; ++i) {
+          if (!g.Message(id, part)) return;
+        }
+        g.End(id);
+      });
+  // Either the decoded bytes pass the limit (a violation), or — when the reader queues faster
+  // than the call decodes — the stream's queue does first (resource_exhausted). Never more.
+  if (s.code() == ErrorCode::kInternal) {
+    EXPECT_NE(s.message().find("more entries or bytes than the limit"), std::string::npos)
+        << s.ToString();
+    EXPECT_EQ(p.client->violations(), 1u);
+  } else {
+    EXPECT_EQ(s.code(), ErrorCode::kResourceExhausted) << s.ToString();
+  }
+}
+
 TEST(GuestOpsHostile, AnOversizedOrUndecodableFrameClosesTheConnectionAndCounts) {
   Pair p = Connected();
   ASSERT_NE(p.client, nullptr);

@@ -159,6 +159,14 @@ TEST(GuestProtocol, HostileRepliesAreErrorsNamingTheOpNeverExceptions) {
          return StatusOf(
              DecodeExecEvent({{"type", "exit"}, {"exit_code", 0}, {"timed_out", "yes"}}));
        }},
+      {"exec pid zero",
+       [] {
+         return StatusOf(DecodeExecEvent({{"type", "start"}, {"pid", 0}}));
+       }},
+      {"exec signal zero",
+       [] {
+         return StatusOf(DecodeExecEvent({{"type", "exit"}, {"signal", 0}}));
+       }},
       {"exec pid negative",
        [] {
          return StatusOf(DecodeExecEvent({{"type", "start"}, {"pid", -1}}));
