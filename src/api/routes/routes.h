@@ -45,6 +45,8 @@ using TeamHandler =
 // Authenticates with X-API-KEY (401 without a valid one), then runs the handler for the key's
 // team.
 http::Handler Authed(ControlContext& ctx, TeamHandler fn);
+// GET /metrics' caller: X-API-Key, or `Authorization: Bearer <key>` (what Prometheus sends).
+Result<store::TeamRecord> MetricsCaller(store::Store& store, const http::Request& req);
 // Compact JSON; invalid UTF-8 is replaced, never thrown on.
 std::string DumpJson(const nlohmann::json& j);
 

@@ -9,7 +9,6 @@
 #include "api/routes/routes.h"
 
 namespace moat::api::routes {
-namespace {
 
 // The team of the request's API key: X-API-Key as on every control route, or `Authorization:
 // Bearer <key>`, which is what Prometheus sends (scrape_config `authorization`). The metrics
@@ -30,8 +29,6 @@ Result<store::TeamRecord> MetricsCaller(store::Store& store, const http::Request
   return Unauthenticated(
       "GET /metrics needs an API key: send X-API-Key: <key> or Authorization: Bearer <key>");
 }
-
-}  // namespace
 
 void RegisterSystemRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("GET", "/healthz", [](http::Request&, http::ResponseWriter& w) {
