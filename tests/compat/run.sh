@@ -91,7 +91,9 @@ out=$(printf 'line one\nline two\n' | "$moat" exec -i "$sbx" -- cat) || cli_fail
 if command -v script >/dev/null; then
   out=$(script -qec "$moat exec -it $sbx -- sh -c 'test -t 0 && echo tty-ok; stty size'" /dev/null </dev/null) \
     || cli_fail "exec -it (tty check) exited $?"
-  out=$(printf '%s' "$out" | tr -d '\r')
+  # With stdin at its end at once, moat sends ^D (end of input) before the command runs; the
+  # remote line discipline may echo it (as "^@" or "^D") at the start of the output.
+  out=$(printf '%s' "$out" | tr -d '\r' | sed -E 's/^(\^[@D])+//')
   echo "$out" | grep -qx tty-ok || cli_fail "exec -it: no PTY in the sandbox: '$out'"
   echo "$out" | grep -Eqx '[1-9][0-9]* [1-9][0-9]*' || cli_fail "exec -it: no PTY size: '$out'"
   rc=0
@@ -130,7 +132,13 @@ out=$(MOAT_API_KEY=$newkey "$moat" keys list) || cli_fail "keys list failed"
 echo "$out" | grep -q "^$keyid  ci " || cli_fail "keys list lacks $keyid: '$out'"
 echo "$out" | grep -q "$newkey" && cli_fail "keys list shows a key's value"
 MOAT_API_KEY=$newkey "$moat" sandbox list >/dev/null || cli_fail "the new key was refused"
+# A team keeps a key: its last one cannot be revoked (409), so a second one comes first.
+err=$(MOAT_API_KEY=$newkey "$moat" keys revoke "$keyid" 2>&1) && cli_fail "revoking a team's last key succeeded"
+echo "$err" | grep -qi "last" || cli_fail "revoking the last key said '$err'"
+second=$(MOAT_API_KEY=$newkey "$moat" keys create second --json \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') || cli_fail "second key failed"
 "$moat" keys revoke "$keyid" >/dev/null || cli_fail "keys revoke failed"
+MOAT_API_KEY=$second "$moat" sandbox list >/dev/null || cli_fail "the team's second key was refused"
 err=$(MOAT_API_KEY=$newkey "$moat" sandbox list 2>&1) && cli_fail "a revoked key still works"
 echo "$err" | grep -q "invalid API key" || cli_fail "a revoked key got '$err'"
 echo "compat: moat CLI ok"
