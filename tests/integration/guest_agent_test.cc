@@ -47,6 +47,15 @@ class GuestAgentTest : public ::testing::Test {
     socket_ = new std::string(*dir_ + "/g.sock");
     SpawnOptions opts;
     opts.argv = {binary, "--listen-unix", *socket_, "--log-level", "warn"};
+    if (::geteuid() == 0) {
+      // A `cmd` runs `bash -l -c`, which reads root's login scripts: on a host those are the
+      // host's (a pyenv's `rehash`, killed mid-way by a test, leaves a lock that makes every
+      // later login shell wait a minute). The guest under test gets an empty /root of its own,
+      // as in the real rootfs: a private mount namespace with a tmpfs over it.
+      opts.argv.insert(opts.argv.begin(),
+                       {"unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                        "mount -t tmpfs -o mode=0700 moat-test-root /root && exec \"$0\" \"$@\""});
+    }
     opts.new_session = true;
     auto child = ChildProcess::Spawn(opts);
     ASSERT_TRUE(child.ok()) << child.status().ToString();
