@@ -25,7 +25,12 @@ constexpr uint8_t kSubsection = 0x05;
 constexpr uint8_t kSectionStart = 0x01;
 constexpr uint8_t kSectionPart = 0x02;
 constexpr uint8_t kSectionEnd = 0x03;
+constexpr uint8_t kSectionFull = 0x04;
+constexpr uint8_t kCommand = 0x08;
+constexpr uint8_t kEof = 0x00;
 constexpr uint8_t kSectionFooter = 0x7e;
+// QEMU_VM_COMMAND MIG_CMD_SWITCHOVER_START (10.0): no payload.
+constexpr uint16_t kCmdSwitchoverStart = 0x000b;
 
 constexpr uint64_t kFlagZero = 0x02;
 constexpr uint64_t kFlagMemSize = 0x04;
@@ -42,6 +47,9 @@ Status Malformed(std::string what) {
   return InvalidArgument("migration stream: " + std::move(what));
 }
 
+uint16_t Be16(const uint8_t* p) {
+  return static_cast<uint16_t>((p[0] << 8) | p[1]);
+}
 uint32_t Be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
@@ -50,6 +58,16 @@ uint64_t Be64(const uint8_t* p) {
 }
 void PutBe64(uint8_t* p, uint64_t v) {
   for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
+}
+
+std::string Hex(uint64_t v, int digits) {
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "0x%0*llx", digits, static_cast<unsigned long long>(v));
+  return hex;
+}
+
+std::string At(uint64_t offset) {
+  return " at stream offset " + std::to_string(offset);
 }
 
 // Buffered reads from QEMU's end of the pipe, bounded in time and cancellable.
@@ -75,6 +93,8 @@ class Input {
   size_t available() const { return end_ - pos_; }
   void Skip(size_t n) { pos_ += n; }
   uint64_t total() const { return total_; }
+  // The position of data() in the stream.
+  uint64_t offset() const { return total_ - (end_ - pos_); }
   std::chrono::microseconds waited() const { return waited_; }
 
   // Reads more (at least one byte unless the stream has ended: 0).
@@ -232,25 +252,8 @@ class Splitter {
 
   Result<RamSplitStats> Run() {
     MOAT_RETURN_IF_ERROR(Header());
-    for (;;) {
-      MOAT_RETURN_IF_ERROR(in_.Need(1));
-      uint8_t type = in_.data()[0];
-      if (type == kSectionStart && !ram_id_) {
-        MOAT_RETURN_IF_ERROR(in_.Need(6));
-        size_t len = in_.data()[5];
-        MOAT_RETURN_IF_ERROR(in_.Need(6 + len + 8));
-        if (std::string_view(reinterpret_cast<const char*>(in_.data()) + 6, len) != "ram") break;
-        ram_id_ = Be32(in_.data() + 1);
-        MOAT_RETURN_IF_ERROR(Copy(6 + len + 8));
-        MOAT_RETURN_IF_ERROR(RamPayload(/*start=*/true));
-      } else if ((type == kSectionPart || type == kSectionEnd) && ram_id_) {
-        MOAT_RETURN_IF_ERROR(in_.Need(5));
-        if (Be32(in_.data() + 1) != *ram_id_) break;
-        MOAT_RETURN_IF_ERROR(Copy(5));
-        MOAT_RETURN_IF_ERROR(RamPayload(/*start=*/false));
-      } else {
-        break;  // the device sections: copied as they are
-      }
+    for (bool devices = false; !devices;) {
+      MOAT_ASSIGN_OR_RETURN(devices, NextSection());
     }
     if (!block_listed_) return Malformed("no RAM block \"" + o_.block + "\" in the stream");
     MOAT_RETURN_IF_ERROR(mem_.Flush());
@@ -262,6 +265,72 @@ class Splitter {
   }
 
  private:
+  // One step at a section boundary before the device sections: a "ram" START, PART or END
+  // section (split), or the SWITCHOVER_START command between ram's START and END (copied).
+  // True where the device sections begin (a FULL or START section of another section, or EOF):
+  // the rest is copied as it is. Anything else is an error, never "the device sections".
+  Result<bool> NextSection() {
+    MOAT_RETURN_IF_ERROR(in_.Need(1));
+    const uint64_t at = in_.offset();
+    const uint8_t type = in_.data()[0];
+    switch (type) {
+      case kSectionStart:
+      case kSectionFull: {
+        MOAT_RETURN_IF_ERROR(in_.Need(6));
+        size_t len = in_.data()[5];
+        MOAT_RETURN_IF_ERROR(in_.Need(6 + len + 8));
+        if (std::string_view(reinterpret_cast<const char*>(in_.data()) + 6, len) != "ram") {
+          return true;  // the device sections
+        }
+        if (type == kSectionFull) return Malformed("a FULL \"ram\" section" + At(at));
+        if (ram_id_) return Malformed("a second \"ram\" START section" + At(at));
+        ram_id_ = Be32(in_.data() + 1);
+        MOAT_RETURN_IF_ERROR(Copy(6 + len + 8));
+        MOAT_RETURN_IF_ERROR(RamPayload(/*start=*/true));
+        return false;
+      }
+      case kSectionPart:
+      case kSectionEnd: {
+        MOAT_RETURN_IF_ERROR(in_.Need(5));
+        uint32_t id = Be32(in_.data() + 1);
+        std::string what = type == kSectionPart ? "a PART section" : "an END section";
+        if (!ram_id_) {
+          return Malformed(what + " (section id " + std::to_string(id) +
+                           ") before the \"ram\" START section" + At(at));
+        }
+        if (id != *ram_id_) {
+          return Malformed(what + " of section id " + std::to_string(id) + ", not \"ram\" (" +
+                           std::to_string(*ram_id_) + ")" + At(at));
+        }
+        if (ram_ended_) return Malformed(what + " of \"ram\" after its END section" + At(at));
+        ram_ended_ = type == kSectionEnd;
+        MOAT_RETURN_IF_ERROR(Copy(5));
+        MOAT_RETURN_IF_ERROR(RamPayload(/*start=*/false));
+        return false;
+      }
+      case kCommand: {
+        MOAT_RETURN_IF_ERROR(in_.Need(5));
+        uint16_t cmd = Be16(in_.data() + 1);
+        uint16_t len = Be16(in_.data() + 3);
+        if (cmd != kCmdSwitchoverStart || len != 0) {
+          return Malformed("unsupported QEMU_VM_COMMAND " + Hex(cmd, 4) + " (len " +
+                           std::to_string(len) + ")" + At(at) +
+                           " (only SWITCHOVER_START, 0x000b with len 0, is known)");
+        }
+        if (!ram_id_ || ram_ended_) {
+          return Malformed("SWITCHOVER_START outside the \"ram\" sections" + At(at));
+        }
+        MOAT_RETURN_IF_ERROR(Copy(5));
+        return false;
+      }
+      case kEof: return true;
+      default:
+        return Malformed("section type " + Hex(type, 2) + At(at) +
+                         " (expected a \"ram\" section, SWITCHOVER_START, a device section or "
+                         "EOF)");
+    }
+  }
+
   Status Copy(size_t n) {
     MOAT_RETURN_IF_ERROR(in_.Need(n));
     MOAT_RETURN_IF_ERROR(out_.Write(in_.data(), n));
@@ -368,9 +437,7 @@ class Splitter {
       }
       uint64_t kind = flags & ~kFlagContinue;
       if (kind != kFlagZero && kind != kFlagPage) {
-        char hex[32];
-        std::snprintf(hex, sizeof hex, "0x%llx", static_cast<unsigned long long>(flags));
-        return Malformed(std::string("unsupported RAM record flags ") + hex +
+        return Malformed("unsupported RAM record flags " + Hex(flags, 1) +
                          " (compression, xbzrle and multifd are not used)");
       }
       in_.Skip(8);
@@ -431,6 +498,7 @@ class Splitter {
   StateOutput out_;
   RamSplitStats stats_;
   std::optional<uint32_t> ram_id_;
+  bool ram_ended_ = false;  // the "ram" END section was seen
   bool ignore_shared_ = false;
   bool block_listed_ = false;
   std::string current_;

@@ -1,9 +1,10 @@
-// Memory-file snapshots on QEMU 7.2: splits one RAM block out of a precopy migration stream.
+// Memory-file snapshots on QEMU 7.2 and 10.0: splits one RAM block out of a precopy migration
+// stream.
 //
-// QEMU 7.2 has no `mapped-ram` capability (9.0): a migration of a VM whose RAM is private
-// (every sandbox: MAP_PRIVATE over a template's memory file) carries every page in the stream,
-// and loading it copies every page into the new VM's fresh memory. SplitRamFromStream reads
-// such a stream as QEMU writes it (a pipe) and writes
+// Without `mapped-ram` (9.0; not used), a migration of a VM whose RAM is private (every
+// sandbox: MAP_PRIVATE over a template's memory file) carries every page in the stream, and
+// loading it copies every page into the new VM's fresh memory. SplitRamFromStream reads such a
+// stream as QEMU writes it (a pipe) and writes
 //   - the pages of the RAM block `block` into `memory_fd`, at their offsets in the block (a
 //     sparse file the size of the block: zero pages stay holes), and
 //   - everything else into `state_fd`: the same stream with that block's page records left out.
@@ -14,14 +15,18 @@
 //
 // The stream comes from QEMU, which is untrusted: every length and offset is checked against
 // the block, idstrs are bounded by their u8 length, the state output is capped, and anything the
-// parser does not know ends in an error (never a guess). Format (QEMU 7.2, migration/savevm.c
-// and ram.c): "QEVM" be32 3; [0x07 configuration: be32 len, machine name, subsections 0x05];
-// sections START 0x01 / FULL 0x04 (be32 id, u8 len + idstr, be32 instance, be32 version),
-// PART 0x02 / END 0x03 (be32 id), each followed by 0x7e + be32 id (footer); the "ram" section's
-// payload is records: be64 (offset | flags), flags MEM_SIZE 0x04 (the block list), ZERO 0x02
-// (+ 1 fill byte), PAGE 0x08 (+ 4096 bytes), CONTINUE 0x20 (same block as the record before;
-// otherwise u8 len + idstr), EOS 0x10. Every "ram" section precedes the device sections, which
-// are copied as they are.
+// parser does not know ends in an error (never a guess). Format (QEMU 7.2 and 10.0,
+// migration/savevm.c and ram.c; docs/qemu10.md §4): "QEVM" be32 3; [0x07 configuration: be32
+// len, machine name, subsections 0x05]; sections START 0x01 / FULL 0x04 (be32 id, u8 len +
+// idstr, be32 instance, be32 version), PART 0x02 / END 0x03 (be32 id), each followed by 0x7e +
+// be32 id (footer); the "ram" section's payload is records: be64 (offset | flags), flags
+// MEM_SIZE 0x04 (the block list), ZERO 0x02 (+ 1 fill byte), PAGE 0x08 (+ 4096 bytes), CONTINUE
+// 0x20 (same block as the record before; otherwise u8 len + idstr), EOS 0x10. The "ram" START,
+// PARTs and END come first; 10.0 adds QEMU_VM_COMMAND 0x08 MIG_CMD_SWITCHOVER_START (be16 cmd
+// 0x000b, be16 len 0) after the last PART, before END, which is copied. Then the device
+// sections (FULL, or START of another section) or EOF 0x00: from there on everything is copied
+// as it is. Anything else where a section is expected (another section type or command, a PART
+// or END of another section, ram sections out of order) is an error.
 #pragma once
 
 #include <chrono>

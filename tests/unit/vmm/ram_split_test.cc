@@ -39,7 +39,7 @@ std::string PageOf(char c) {
 }
 
 // Builds a stream the way QEMU 7.2 writes one (x-ignore-shared, footers) and, alongside, the
-// state the splitter must make of it.
+// state the splitter must make of it. QEMU 10.0 adds SwitchoverStart() before the ram END.
 class StreamBuilder {
  public:
   StreamBuilder() {
@@ -57,6 +57,12 @@ class StreamBuilder {
   }
   void RamPart(char type = 0x02) { Both(std::string(1, type) + Be32(2)); }
   void EndRamSection() { Both(Be64(0x10) + "\x7e" + Be32(2)); }
+  // QEMU_VM_COMMAND: u8 0x08, be16 cmd, be16 len, len bytes. 10.0's MIG_CMD_SWITCHOVER_START is
+  // cmd 0x0b, len 0 (copied to the state as it is).
+  void Command(uint16_t cmd, const std::string& data = "") {
+    Both("\x08" + Be32(uint32_t{cmd} << 16 | static_cast<uint32_t>(data.size())) + data);
+  }
+  void SwitchoverStart() { Command(0x0b); }
   // A page record of "mem" (left out of the state); continue_block: CONTINUE, no idstr.
   void MemPage(uint64_t offset, const std::string& data, bool continue_block = false) {
     stream += Be64(offset | 0x08 | (continue_block ? 0x20 : 0)) +
@@ -311,6 +317,119 @@ TEST(RamSplit, RefusesWhatItDoesNotKnow) {
   }
   EXPECT_EQ(SplitError("", {.block = "mem", .block_bytes = 100}).code(),
             ErrorCode::kInvalidArgument);
+}
+
+TEST(RamSplit, Qemu10SwitchoverStartBeforeTheRamEnd) {
+  // QEMU 10.0 writes MIG_CMD_SWITCHOVER_START after the last PART and before the END, and the
+  // END may carry pages: they must reach the memory file, not the state.
+  StreamBuilder b;
+  b.RamStart();
+  b.RamPart();
+  b.MemPage(0, PageOf('a'));
+  b.BiosPage(0, PageOf('c'));
+  b.EndRamSection();
+  size_t command_at = b.stream.size(), state_command_at = b.state.size();
+  b.SwitchoverStart();
+  b.RamPart(0x03);
+  b.MemPage(2 * kPage, PageOf('f'));
+  b.MemPage(3 * kPage, PageOf('g'), /*continue_block=*/true);
+  b.MemZero(0);
+  b.BiosPage(kPage, PageOf('d'));
+  b.MemPage(63 * kPage, PageOf('h'));
+  b.EndRamSection();
+  b.Devices();
+  ASSERT_EQ(b.stream.substr(command_at, 5), std::string("\x08\x00\x0b\x00\x00", 5));
+
+  Split s = RunSplit(b.stream);
+  ASSERT_TRUE(s.result.ok()) << s.result.status().ToString();
+  EXPECT_EQ(s.state, b.state);
+  EXPECT_EQ(s.state.substr(state_command_at, 5), std::string("\x08\x00\x0b\x00\x00", 5));
+  ASSERT_EQ(s.memory.size(), kBlockBytes);
+  EXPECT_EQ(s.memory.substr(0, kPage), std::string(kPage, '\0'));
+  EXPECT_EQ(s.memory.substr(2 * kPage, kPage), PageOf('f'));
+  EXPECT_EQ(s.memory.substr(3 * kPage, kPage), PageOf('g'));
+  EXPECT_EQ(s.memory.substr(63 * kPage, kPage), PageOf('h'));
+  EXPECT_EQ(s.result->pages, 4u);
+  EXPECT_EQ(s.result->zero_pages, 1u);
+  EXPECT_EQ(s.result->stream_bytes, b.stream.size());
+  // Not one page of "mem" in the state.
+  for (char c : {'a', 'f', 'g', 'h'}) EXPECT_EQ(s.state.find(PageOf(c)), std::string::npos) << c;
+}
+
+TEST(RamSplit, DeviceSectionsBeginAtAnyFullOrStartSectionOrEof) {
+  {
+    StreamBuilder b;  // EOF straight after the ram END
+    b.RamStart();
+    b.RamPart();
+    b.MemPage(kPage, PageOf('a'));
+    b.EndRamSection();
+    b.RamPart(0x03);
+    b.EndRamSection();
+    b.Both(std::string(1, '\0') + "anything after EOF is copied");
+    Split s = RunSplit(b.stream);
+    ASSERT_TRUE(s.result.ok()) << s.result.status().ToString();
+    EXPECT_EQ(s.state, b.state);
+    EXPECT_EQ(s.memory.substr(kPage, kPage), PageOf('a'));
+  }
+  {
+    StreamBuilder b;  // the START of another section: from there on, copied as it is
+    b.RamStart();
+    b.RamPart();
+    b.EndRamSection();
+    b.Both("\x01" + Be32(7) + Idstr("block") + Be32(0) + Be32(1) + "\x09\x08\x07" +
+           std::string(1, '\0'));
+    Split s = RunSplit(b.stream);
+    ASSERT_TRUE(s.result.ok()) << s.result.status().ToString();
+    EXPECT_EQ(s.state, b.state);
+  }
+}
+
+TEST(RamSplit, RefusesUnknownCommandsAndSections) {
+  // Each case: a stream that is fine up to `at`, then what the splitter must refuse there.
+  auto refused = [](StreamBuilder b, const std::string& bad) {
+    size_t at = b.stream.size();
+    b.stream += bad;
+    Status s = SplitError(b.stream);
+    EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << s.ToString();
+    EXPECT_THAT(s.message(), HasSubstr("at stream offset " + std::to_string(at)));
+    return s.message();
+  };
+  StreamBuilder in_ram;  // between the ram START/PARTs and the ram END
+  in_ram.RamStart();
+  in_ram.RamPart();
+  in_ram.MemPage(0, PageOf('a'));
+  in_ram.EndRamSection();
+  StreamBuilder after_end = in_ram;
+  after_end.SwitchoverStart();
+  after_end.RamPart(0x03);
+  after_end.EndRamSection();
+
+  std::string cmd = std::string("\x08\x00\x0c\x00\x00", 5);
+  EXPECT_THAT(refused(in_ram, cmd), HasSubstr("unsupported QEMU_VM_COMMAND 0x000c (len 0)"));
+  cmd = std::string("\x08\x00\x0b\x00\x02\x00\x00", 7);  // SWITCHOVER_START with a payload
+  EXPECT_THAT(refused(in_ram, cmd), HasSubstr("unsupported QEMU_VM_COMMAND 0x000b (len 2)"));
+  cmd = std::string("\x08\x00\x0b\x00\x00", 5);
+  EXPECT_THAT(refused(after_end, cmd), HasSubstr("SWITCHOVER_START outside"));
+  EXPECT_THAT(refused(StreamBuilder(), cmd), HasSubstr("SWITCHOVER_START outside"));
+  for (char type : {'\x05', '\x06', '\x07', '\x09', '\x7e', '\xff'}) {
+    std::string hex = "0x" + std::string(1, "0123456789abcdef"[(type >> 4) & 0xf]) +
+                      "0123456789abcdef"[type & 0xf];
+    EXPECT_THAT(refused(in_ram, std::string(1, type) + Be32(2)), HasSubstr("section type " + hex));
+    EXPECT_THAT(refused(after_end, std::string(1, type) + Be32(2)),
+                HasSubstr("section type " + hex));
+  }
+  EXPECT_THAT(refused(in_ram, "\x02" + Be32(3) + Be64(0x10)),
+              HasSubstr("a PART section of section id 3, not \"ram\" (2)"));
+  EXPECT_THAT(refused(in_ram, "\x03" + Be32(0) + Be64(0x10)),
+              HasSubstr("an END section of section id 0"));
+  EXPECT_THAT(refused(StreamBuilder(), "\x02" + Be32(2) + Be64(0x10)),
+              HasSubstr("before the \"ram\" START section"));
+  EXPECT_THAT(refused(after_end, "\x02" + Be32(2) + Be64(0x10)),
+              HasSubstr("a PART section of \"ram\" after its END section"));
+  EXPECT_THAT(refused(in_ram, "\x01" + Be32(2) + Idstr("ram") + Be32(0) + Be32(4)),
+              HasSubstr("a second \"ram\" START section"));
+  EXPECT_THAT(refused(in_ram, "\x04" + Be32(2) + Idstr("ram") + Be32(0) + Be32(4)),
+              HasSubstr("a FULL \"ram\" section"));
 }
 
 TEST(RamSplit, TimesOutAndCancels) {
