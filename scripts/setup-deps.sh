@@ -23,6 +23,45 @@ packages=(
   iproute2 nftables procps curl
 )
 
+# QEMU: moat needs 8.2 or later (memory files shared by many VMs are opened read-only:
+# docs/jail.md); 10.0 is the tested version. Debian 13 ships it; on Debian 12 it comes from
+# bookworm-backports, with an apt pin that takes only QEMU's own packages (and the seabios they
+# need) from there — no library comes from backports.
+qemu_packages=(qemu-system-x86 qemu-system-common qemu-system-data qemu-system-gui qemu-utils
+  qemu-block-extra seabios)
+qemu_min=1:8.2
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+qemu_ok() {
+  local v
+  v=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null) || return 1
+  [ -n "$v" ] && dpkg --compare-versions "$v" ge "$qemu_min"
+}
+backports_source=/etc/apt/sources.list.d/moat-backports.sources
+backports_pin=/etc/apt/preferences.d/moat-qemu
+if [ "$codename" = bookworm ] && ! qemu_ok; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup-deps: QEMU >= 8.2 is needed (Debian 12 has 7.2); run as root to install 10.0 from bookworm-backports" >&2
+    exit 1
+  fi
+  if [ ! -f "$backports_source" ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat >"$backports_source" <<'SRC'
+# Added by moat's scripts/setup-deps.sh: QEMU 10.0 for Debian 12 (pinned in
+# /etc/apt/preferences.d/moat-qemu; nothing else is taken from backports).
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  cat >"$backports_pin" <<PIN
+# Added by moat's scripts/setup-deps.sh: QEMU (and the seabios it needs) from bookworm-backports.
+Package: ${qemu_packages[*]}
+Pin: release n=bookworm-backports
+Pin-Priority: 990
+PIN
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   case "$p" in '#'*) continue ;; esac
@@ -31,8 +70,15 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# An installed QEMU older than the minimum counts as missing (an upgrade, through the pin).
+if ! qemu_ok; then
+  for q in qemu-system-x86 qemu-utils; do
+    case " ${missing[*]} " in *" $q "*) ;; *) missing+=("$q") ;; esac
+  done
+fi
+
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "setup-deps: all ${#packages[@]} packages present"
+  echo "setup-deps: all ${#packages[@]} packages present ($(dpkg-query -W -f='qemu ${Version}' qemu-system-x86))"
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -43,4 +89,8 @@ echo "setup-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "setup-deps: done"
+if ! qemu_ok; then
+  echo "setup-deps: QEMU is still older than 8.2 ($(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null)); moat needs 8.2 or later" >&2
+  exit 1
+fi
+echo "setup-deps: done ($(dpkg-query -W -f='qemu ${Version}' qemu-system-x86))"

@@ -37,14 +37,30 @@ SandboxPaths::SandboxPaths(const std::string& d)
 
 namespace {
 
-// A snapshot's memory file, mapped share=off by every VM restored from it: QEMU 7.2 opens it
-// read-write (no read-only open for a private mapping), so it is the restoring VMs' group's,
-// like a template's memory (docs/jail.md).
+// A snapshot's memory file, mapped share=off by every VM restored from it: each opens it
+// read-only (readonly=on,rom=off) through the sandboxes' group, and none may write it, like a
+// template's memory (docs/jail.md).
 Status GiveMemoryFileToSandboxes(const std::string& path) {
-  if (::chown(path.c_str(), 0, kTemplateGid) < 0 || ::chmod(path.c_str(), 0660) < 0) {
+  if (::chown(path.c_str(), 0, kTemplateGid) < 0 || ::chmod(path.c_str(), 0640) < 0) {
     return ErrnoError("giving " + path + " to the sandboxes' group");
   }
   return Status::Ok();
+}
+
+// A restore that failed: when the snapshot came from another QEMU than this host's, the error
+// says so (that is the likely cause, and what an operator must know). The caller keeps the
+// snapshot either way.
+Status AcrossQemuVersions(const SnapshotManifest& snap, Status s) {
+  if (s.ok()) return s;
+  auto here = vmm::qemu::ProbeQemuVersion(vmm::qemu::kDefaultQemuBinary);
+  if (!here.ok() || here->Number() == snap.qemu_version) return s;
+  std::string then =
+      snap.qemu_version.empty() ? "an older QEMU (7.2; not recorded)" : "QEMU " + snap.qemu_version;
+  return Status(s.code(), "snapshot " + snap.name + " was taken under " + then +
+                              " and this host runs QEMU " + here->Number() +
+                              "; it did not restore (" + s.message() +
+                              "). The snapshot is kept: restore it on a host with its QEMU, or "
+                              "delete it");
 }
 
 }  // namespace
@@ -301,12 +317,13 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
     own_memory = true;
   }
   if (snap.network) MOAT_RETURN_IF_ERROR(sb->AttachSlot(spec, policy));
-  MOAT_RETURN_IF_ERROR(sb->StartVmm(spec, gid, own_memory));
-  MOAT_RETURN_IF_ERROR(sb->vmm_->Resume().Annotate("resuming restored sandbox " + id));
+  MOAT_RETURN_IF_ERROR(AcrossQemuVersions(snap, sb->StartVmm(spec, gid, own_memory)));
+  MOAT_RETURN_IF_ERROR(
+      AcrossQemuVersions(snap, sb->vmm_->Resume().Annotate("resuming restored sandbox " + id)));
   sb->origin_ = snap;
   sb->origin_.egress = nullptr;
   sb->identity_ = identity;
-  MOAT_RETURN_IF_ERROR(sb->ConnectGuest(env.ready_timeout));
+  MOAT_RETURN_IF_ERROR(AcrossQemuVersions(snap, sb->ConnectGuest(env.ready_timeout)));
   auto t_id = Clock::now();
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
   auto t_net = Clock::now();
@@ -412,6 +429,7 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
   m.guest_network = slot_ ? channel::proto::Encode(slot_->GuestConfig()) : nlohmann::json(nullptr);
   m.memory_file = env_.memory_file_snapshots;
+  m.qemu_version = vmm_->VersionNumber();
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");

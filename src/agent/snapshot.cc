@@ -28,7 +28,8 @@ json ManifestToJson(const SnapshotManifest& m) {
           {"network", m.network},
           {"egress", m.egress},
           {"guestNetwork", m.guest_network},
-          {"memoryFile", m.memory_file}};
+          {"memoryFile", m.memory_file},
+          {"qemuVersion", m.qemu_version}};
 }
 
 std::string SerializeManifest(const SnapshotManifest& m) {
@@ -92,6 +93,12 @@ Result<SnapshotManifest> ManifestFromJson(const json& j) {
       return InvalidArgument("manifest: \"memoryFile\" must be a bool");
     }
     m.memory_file = j["memoryFile"].get<bool>();
+  }
+  if (j.contains("qemuVersion")) {
+    if (!j["qemuVersion"].is_string() || j["qemuVersion"].get<std::string>().size() > 64) {
+      return InvalidArgument("manifest: \"qemuVersion\" must be a short string");
+    }
+    m.qemu_version = j["qemuVersion"].get<std::string>();
   }
   m.vcpus = static_cast<unsigned>(vcpus);
   m.memory_mib = static_cast<uint64_t>(mem);

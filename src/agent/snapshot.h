@@ -46,6 +46,10 @@ struct SnapshotManifest {
   // Paused and named snapshots: guest RAM is in the `mem` file (not in the state stream).
   // Templates always have one.
   bool memory_file = false;
+  // The QEMU that saved it ("10.0.2"); empty in manifests written before moat recorded it (QEMU
+  // 7.2). Device state moves between QEMU versions only as far as QEMU allows (microvm is not
+  // a versioned machine type): a restore that fails across versions says so, and keeps it.
+  std::string qemu_version;
 };
 
 // Files inside a snapshot directory.

@@ -184,9 +184,14 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   guest->reset();
   vm.Kill();
   kill_vm.Cancel();
-  // Clones only read these; nobody writes the template again.
+  // Clones only read these; nobody writes the template again. The memory file was the bake
+  // VM's (its uid goes back to the pool): now root's, readable by the clones' group only.
   ::chmod(f.state.c_str(), 0644);
   ::chmod(f.overlay.c_str(), 0644);
+  if (env_.jail_ids != nullptr &&
+      (::chown(f.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(f.memory.c_str(), 0640) < 0)) {
+    return ErrnoError("giving " + f.memory + " to the sandboxes' group");
+  }
   for (const char* leftover : {"/guest.sock", "/qmp.sock", "/jail", "/state.json"}) {
     (void)RemoveTree(tmp + leftover);
   }
@@ -203,7 +208,8 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
                      .base_disk = build_dir + "/disk.raw",
                      .created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000,
                      .network = spec.net.has_value(),
-                     .guest_network = guest_network};
+                     .guest_network = guest_network,
+                     .qemu_version = vm.VersionNumber()};
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), build_dir.c_str()) < 0) {
     return ErrnoError("rename(" + tmp + ", " + build_dir + ")");

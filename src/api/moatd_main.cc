@@ -14,6 +14,8 @@
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/log.h"
+#include "vmm/qemu/command_line.h"
+#include "vmm/qemu/qemu_version.h"
 
 namespace moat::api {
 namespace {
@@ -48,6 +50,13 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   }
   LogInfo("moatd.accel",
           {{"accel", std::string(vmm::AccelName(accel->accel))}, {"reason", accel->reason}});
+  auto qemu = vmm::qemu::ProbeQemuVersion(vmm::qemu::kDefaultQemuBinary);
+  Status qemu_ok = qemu.ok() ? vmm::qemu::CheckQemuSupported(*qemu) : qemu.status();
+  if (!qemu_ok.ok()) {
+    std::fprintf(stderr, "moatd: %s\n", qemu_ok.message().c_str());
+    return 2;
+  }
+  LogInfo("moatd.qemu", {{"version", qemu->text}});
 
   auto store = store::SqliteStore::Open(config.data_dir + "/moat.db");
   if (!store.ok()) return Fail("store", store.status());

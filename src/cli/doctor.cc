@@ -1,16 +1,17 @@
 // `moat doctor`: checks that this host can run moat sandboxes and says what it found: the
-// hypervisor binary, the guest artifacts, the accelerator moat would choose (and why), cgroups.
-#include <fcntl.h>
+// hypervisor binary (and whether its version is supported), the guest artifacts, the accelerator
+// moat would choose (and why), cgroups.
 #include <unistd.h>
 
 #include <cstdio>
 #include <string>
 
 #include "cli/commands.h"
-#include "common/child_process.h"
 #include "common/fs.h"
 #include "vmm/cgroup.h"
 #include "vmm/qemu/accel_probe.h"
+#include "vmm/qemu/command_line.h"
+#include "vmm/qemu/qemu_version.h"
 
 namespace moat::cli {
 namespace {
@@ -24,21 +25,6 @@ int Check(bool ok, const std::string& what, const std::string& detail) {
   return ok ? 0 : 1;
 }
 
-std::string QemuVersion() {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) < 0) return "";
-  UniqueFd r(p[0]), w(p[1]);
-  auto child = ChildProcess::Spawn(
-      {.argv = {"/usr/bin/qemu-system-x86_64", "--version"}, .fds = {{1, w.get()}}});
-  w.Reset();
-  if (!child.ok()) return "";
-  char buf[256] = {};
-  ssize_t n = ::read(r.get(), buf, sizeof buf - 1);
-  (void)child->Wait();
-  std::string out(buf, n > 0 ? static_cast<size_t>(n) : 0);
-  return out.substr(0, out.find('\n'));
-}
-
 }  // namespace
 
 Runner AddDoctor(CLI::App& app) {
@@ -48,8 +34,23 @@ Runner AddDoctor(CLI::App& app) {
       ->capture_default_str();
   return [opts] {
     int failures = 0;
-    std::string qemu = QemuVersion();
-    failures += Check(!qemu.empty(), "qemu-system-x86_64", qemu.empty() ? "not found" : qemu);
+    auto qemu = vmm::qemu::ProbeQemuVersion(vmm::qemu::kDefaultQemuBinary);
+    if (!qemu.ok()) {
+      failures += Check(false, "qemu-system-x86_64", qemu.status().message());
+    } else {
+      Status supported = vmm::qemu::CheckQemuSupported(*qemu);
+      failures += Check(supported.ok(), "qemu-system-x86_64",
+                        supported.ok() ? qemu->text : supported.message());
+      if (supported.ok()) {
+        vmm::qemu::QemuFeatures f = vmm::qemu::QemuFeatures::Of(*qemu);
+        Check(true, "shared memory files",
+              f.readonly_private_memory ? "read-only to every VMM (readonly=on,rom=off)" : "");
+        if (!f.fdset_file_migration) {
+          std::printf("[warn]  %-22s %s\n", "qemu < 9.1",
+                      "state files go through fd: (add-fd/file: and exit-on-error=false need 9.1)");
+        }
+      }
+    }
     for (const char* f : {"vmlinux", "rootfs.ext4"}) {
       std::string path = opts->guest_dir + "/" + f;
       failures += Check(PathExists(path), std::string("guest ") + f,

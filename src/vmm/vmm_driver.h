@@ -93,6 +93,8 @@ class VmmDriver {
   // Starts the VMM process and connects to it. Cold boot: the guest is running on return.
   // Restore: the device state is loaded and the guest is paused until Resume().
   virtual Status Start(const VmSpec& spec) = 0;
+  // The VMM's version ("10.0.2") once started or adopted; "" if unknown.
+  virtual std::string VersionNumber() const { return ""; }
   // Takes over a VMM that an earlier agent started from `spec` and left running (re-adoption
   // after a restart): `pid` must still be the process that started at `start_time` (clock ticks
   // since boot, ProcessStartTime) — otherwise NotFound, and that pid is left alone. Supervises

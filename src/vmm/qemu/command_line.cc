@@ -49,7 +49,8 @@ std::string KernelCmdline(const VmSpec& spec) {
 }
 
 Result<std::vector<std::string>> BuildCommandLine(const VmSpec& spec,
-                                                  const std::string& qemu_binary) {
+                                                  const std::string& qemu_binary,
+                                                  const QemuFeatures& features) {
   const bool restore = spec.boot_mode == BootMode::kRestore;
   if (spec.vcpus < 1 || spec.vcpus > 64) return InvalidArgument("vcpus must be 1..64");
   if (spec.memory_mib < 16 || spec.memory_mib > 1024 * 1024) {
@@ -98,10 +99,13 @@ Result<std::vector<std::string>> BuildCommandLine(const VmSpec& spec,
   add({"-smp", std::to_string(spec.vcpus), "-m", mib + "M"});
   // Guest RAM in a file: share=on makes it the template snapshot (not in the migration stream
   // with x-ignore-shared); share=off maps it MAP_PRIVATE for a clone. merge=off: KSM across
-  // tenants is a side channel.
-  add({"-object", std::string("memory-backend-file,id=") + kMemoryBackendId + ",size=" + mib +
-                      "M,mem-path=" + spec.memory_path +
-                      ",share=" + (spec.memory_shared ? "on" : "off") + ",merge=off"});
+  // tenants is a side channel. A clone's file is shared with its siblings: readonly=on opens it
+  // O_RDONLY and rom=off still maps it writable (private), so the VMM cannot write the file.
+  std::string backend = std::string("memory-backend-file,id=") + kMemoryBackendId + ",size=" + mib +
+                        "M,mem-path=" + spec.memory_path +
+                        ",share=" + (spec.memory_shared ? "on" : "off") + ",merge=off";
+  if (!spec.memory_shared && features.readonly_private_memory) backend += ",readonly=on,rom=off";
+  add({"-object", backend});
   add({"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"});
   add({"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"});
   add({"-chardev", "socket,id=qmp,path=" + spec.qmp_socket_path + ",server=on,wait=off", "-mon",

@@ -1,5 +1,5 @@
 // The QEMU microvm command line for a VmSpec: a pure function, so every option is unit-tested
-// without starting QEMU. Every option here was checked against qemu-system-x86_64 7.2
+// without starting QEMU. Every option here was checked against qemu-system-x86_64 7.2 and 10.0
 // (`-M microvm,help`, `-device help`); see shared VMM notes for why each is there.
 #pragma once
 
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "vmm/qemu/qemu_version.h"
 #include "vmm/vmm_driver.h"
 
 namespace moat::vmm::qemu {
@@ -32,9 +33,11 @@ inline constexpr int kTapFdInQemu = 3;
 inline constexpr unsigned kTcgTbSizeMib = 128;
 
 // Validates the spec (paths present for the boot mode, no ',' or control characters in paths,
-// sizes in range) and returns argv, argv[0] = `qemu_binary`.
+// sizes in range) and returns argv, argv[0] = `qemu_binary`. `features` are the binary's
+// (QemuFeatures::Of its probed version); a restore maps its memory file read-only with them.
 Result<std::vector<std::string>> BuildCommandLine(
-    const VmSpec& spec, const std::string& qemu_binary = kDefaultQemuBinary);
+    const VmSpec& spec, const std::string& qemu_binary = kDefaultQemuBinary,
+    const QemuFeatures& features = {});
 
 // The kernel command line for a cold boot of `spec`.
 std::string KernelCmdline(const VmSpec& spec);

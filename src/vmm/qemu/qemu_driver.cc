@@ -51,17 +51,19 @@ Status GiveFileToVm(const std::string& path, uid_t uid, gid_t gid, mode_t mode) 
   return Status::Ok();
 }
 
-// A restored clone opens the template's memory file O_RDWR (QEMU 7.2 has no read-only open
-// with a private writable mapping) but never writes it; the file stays the template's and is
-// reached through the shared gid. See docs/jail.md.
-Status CheckVmCanOpen(const std::string& path, uid_t uid, gid_t gid) {
+// A restored clone maps a memory file its siblings map too (a template's, a snapshot's). It
+// opens it O_RDONLY (readonly=on,rom=off: a private writable mapping over a read-only fd), so
+// read access through the shared gid is all it needs, and all it gets. See docs/jail.md.
+Status CheckVmCanOpen(const std::string& path, uid_t uid, gid_t gid, bool write) {
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return ErrnoError("stat(" + path + ")");
-  bool owner = st.st_uid == uid && (st.st_mode & 0600) == 0600;
-  bool group = st.st_gid == gid && (st.st_mode & 0060) == 0060;
+  mode_t need = write ? 0600 : 0400;
+  bool owner = st.st_uid == uid && (st.st_mode & need) == need;
+  bool group = st.st_gid == gid && (st.st_mode & (need >> 3)) == (need >> 3);
   if (!owner && !group) {
-    return FailedPrecondition(path + " must be read-writable by the jail's uid " +
-                              std::to_string(uid) + " or gid " + std::to_string(gid));
+    return FailedPrecondition(path + " must be " + (write ? "read-writable" : "readable") +
+                              " by the jail's uid " + std::to_string(uid) + " or gid " +
+                              std::to_string(gid));
   }
   return Status::Ok();
 }
@@ -101,8 +103,11 @@ Status QemuDriver::Start(const VmSpec& spec) {
   timings_ = {};
   memory_is_snapshot_ = false;
   Cleanup release_on_error([this] { Kill(); });
+  MOAT_ASSIGN_OR_RETURN(version_, ProbeQemuVersion(options_.qemu_binary));
+  MOAT_RETURN_IF_ERROR(CheckQemuSupported(version_));
+  features_ = QemuFeatures::Of(version_);
   MOAT_ASSIGN_OR_RETURN(std::vector<std::string> argv,
-                        BuildCommandLine(spec, options_.qemu_binary));
+                        BuildCommandLine(spec, options_.qemu_binary, features_));
   const bool restore = spec.boot_mode == BootMode::kRestore;
   ::unlink(spec.qmp_socket_path.c_str());
   ::unlink(spec.guest_socket_path.c_str());
@@ -131,8 +136,10 @@ Status QemuDriver::Start(const VmSpec& spec) {
   LogInfo("vmm.spawned", {{"vm", spec.name},
                           {"pid", process_.pid()},
                           {"accel", std::string(AccelName(spec.accel))},
+                          {"qemu", version_.Number()},
                           {"mode", restore ? "restore" : "cold"}});
   MOAT_RETURN_IF_ERROR(ConnectQmp());
+  TakeVersionFromGreeting();
   timings_.qmp_ready = Since(t0);
   if (restore) {
     MOAT_RETURN_IF_ERROR(LoadDeviceState());
@@ -177,6 +184,14 @@ Status QemuDriver::Adopt(const VmSpec& spec, pid_t pid, uint64_t start_time) {
     created_jail_root_ = !spec.jail->root_dir.empty();
   }
   MOAT_RETURN_IF_ERROR(ConnectQmp().Annotate("reconnecting to the VMM of " + spec.name));
+  // What runs may be older than the binary on disk now (upgraded under it).
+  version_ = {};
+  TakeVersionFromGreeting();
+  if (version_.major == 0) {
+    auto probed = ProbeQemuVersion(options_.qemu_binary);
+    if (probed.ok()) version_ = *probed;
+  }
+  features_ = QemuFeatures::Of(version_);
   MOAT_RETURN_IF_ERROR(CancelMigration());
   release_on_error.Cancel();
   LogInfo("vmm.adopted", {{"vm", spec.name}, {"pid", pid}});
@@ -238,12 +253,15 @@ Status QemuDriver::SetUpJail(const JailSpec& jail_in) {
     jail.binds.push_back({s.rootfs.overlay_path, true});
   }
   if (restore) {
-    MOAT_RETURN_IF_ERROR(CheckVmCanOpen(s.memory_path, jail.uid, jail.gid));
+    // Read-only in every sense: the fd, the file's mode for this uid, and the bind mount.
+    const bool write = !features_.readonly_private_memory;
+    MOAT_RETURN_IF_ERROR(CheckVmCanOpen(s.memory_path, jail.uid, jail.gid, write));
+    jail.binds.push_back({s.memory_path, write});
   } else {
     // The template's memory: owned by the baking VM, read-writable by the template's gid.
     MOAT_RETURN_IF_ERROR(GiveFileToVm(s.memory_path, jail.uid, jail.gid, 0660));
+    jail.binds.push_back({s.memory_path, true});
   }
-  jail.binds.push_back({s.memory_path, true});
   jail.dev_kvm = jail.dev_kvm || s.accel == Accel::kKvm;
   if (jail.root_dir.empty()) jail.root_dir = DirName(s.qmp_socket_path) + "/jail";
   if (!PathExists(jail.root_dir)) {
@@ -308,6 +326,42 @@ Status QemuDriver::ConnectQmp() {
   }
 }
 
+void QemuDriver::TakeVersionFromGreeting() {
+  if (!qmp_) return;
+  auto v = VersionFromQmpGreeting(qmp_->Greeting());
+  if (!v.ok()) {
+    LogWarn("vmm.qmp_greeting_without_version",
+            {{"vm", spec_.name}, {"error", v.status().message()}});
+    return;
+  }
+  if (version_.major != 0 && v->Number() != version_.Number()) {
+    LogWarn("vmm.qemu_version_differs",
+            {{"vm", spec_.name}, {"binary", version_.Number()}, {"running", v->Number()}});
+  }
+  std::string text =
+      version_.major != 0 && v->Number() == version_.Number() ? version_.text : v->text;
+  version_ = *v;
+  version_.text = text;
+}
+
+Result<std::string> QemuDriver::MigrationUri(int fd, bool regular_file,
+                                             std::optional<int64_t>* fdset) {
+  if (regular_file && features_.fdset_file_migration) {
+    MOAT_ASSIGN_OR_RETURN(int64_t id, qmp_->AddFd(fd));
+    *fdset = id;
+    return "file:/dev/fdset/" + std::to_string(id);
+  }
+  MOAT_RETURN_IF_ERROR(qmp_->GetFd(kStateFdName, fd));
+  return std::string("fd:") + kStateFdName;
+}
+
+void QemuDriver::RemoveFdSet(std::optional<int64_t>* fdset) {
+  if (!fdset->has_value() || !qmp_) return;
+  Status s = qmp_->RemoveFdSet(**fdset);
+  if (!s.ok()) LogWarn("vmm.remove_fd_failed", {{"vm", spec_.name}, {"error", s.message()}});
+  fdset->reset();
+}
+
 Status QemuDriver::WaitMigration(uint64_t cursor, std::string_view what) {
   auto ev = qmp_->WaitEvent("MIGRATION", cursor, options_.migration_timeout, [](const Json& e) {
     std::string st = QmpEventStatus(e);
@@ -315,8 +369,16 @@ Status QemuDriver::WaitMigration(uint64_t cursor, std::string_view what) {
   });
   if (!ev.ok()) return WithVmmLog(ev.status().Annotate(what));
   std::string st = QmpEventStatus(*ev);
-  if (st != "completed") return WithVmmLog(Internal(std::string(what) + ": migration " + st));
-  return Status::Ok();
+  if (st == "completed") return Status::Ok();
+  // QEMU says why in query-migrate (a load that failed with exit-on-error=false, a save that
+  // could not write): that is the message worth returning.
+  std::string why;
+  if (auto q = qmp_->Execute("query-migrate"); q.ok()) why = QmpString(*q, "error-desc");
+  if (!why.empty()) {
+    return WithVmmLog(
+        Internal(std::string(what) + ": migration " + st + ": " + why.substr(0, 500)));
+  }
+  return WithVmmLog(Internal(std::string(what) + ": migration " + st));
 }
 
 Status QemuDriver::LoadDeviceState() {
@@ -325,11 +387,17 @@ Status QemuDriver::LoadDeviceState() {
   Json caps{{"capabilities", Json::array({{{"capability", "x-ignore-shared"}, {"state", true}},
                                           {{"capability", "events"}, {"state", true}}})}};
   MOAT_RETURN_IF_ERROR(qmp_->Execute("migrate-set-capabilities", caps).status());
-  MOAT_RETURN_IF_ERROR(qmp_->GetFd(kStateFdName, state.get()));
+  std::optional<int64_t> fdset;
+  MOAT_ASSIGN_OR_RETURN(std::string uri, MigrationUri(state.get(), /*regular_file=*/true, &fdset));
+  Json args{{"uri", uri}};
+  // A state QEMU cannot load (another version's, a damaged file) fails the migration and leaves
+  // QEMU up to say why, instead of exiting with the reason only in its log.
+  if (features_.incoming_exit_on_error) args["exit-on-error"] = false;
   uint64_t cursor = qmp_->EventCursor();
-  MOAT_RETURN_IF_ERROR(
-      qmp_->Execute("migrate-incoming", {{"uri", std::string("fd:") + kStateFdName}}).status());
-  return WaitMigration(cursor, "loading device state from " + spec_.device_state_path);
+  Status s = qmp_->Execute("migrate-incoming", args).status();
+  if (s.ok()) s = WaitMigration(cursor, "loading device state from " + spec_.device_state_path);
+  RemoveFdSet(&fdset);
+  return s;
 }
 
 Status QemuDriver::Pause() {
@@ -347,7 +415,8 @@ Status QemuDriver::Resume() {
   return qmp_->Execute("cont").status();
 }
 
-Status QemuDriver::StartSave(int fd, uint64_t* cursor) {
+Status QemuDriver::StartSave(int fd, bool regular_file, uint64_t* cursor,
+                             std::optional<int64_t>* fdset) {
   // x-ignore-shared leaves a shared memory file's RAM out of the stream (it is on disk already);
   // private (share=off) RAM is not ignored, so then the stream carries it.
   Json caps{{"capabilities", Json::array({{{"capability", "x-ignore-shared"}, {"state", true}},
@@ -357,10 +426,16 @@ Status QemuDriver::StartSave(int fd, uint64_t* cursor) {
   MOAT_RETURN_IF_ERROR(
       qmp_->Execute("migrate-set-parameters", {{"max-bandwidth", int64_t{1} << 40}}).status());
   MOAT_RETURN_IF_ERROR(qmp_->Execute("stop").status());
-  MOAT_RETURN_IF_ERROR(qmp_->GetFd(kStateFdName, fd));
+  MOAT_ASSIGN_OR_RETURN(std::string uri, MigrationUri(fd, regular_file, fdset));
   *cursor = qmp_->EventCursor();
-  Status migrate = qmp_->Execute("migrate", {{"uri", std::string("fd:") + kStateFdName}}).status();
-  if (!migrate.ok()) (void)qmp_->Execute("closefd", {{"fdname", kStateFdName}});
+  Status migrate = qmp_->Execute("migrate", {{"uri", uri}}).status();
+  if (!migrate.ok()) {
+    if (fdset->has_value()) {
+      RemoveFdSet(fdset);
+    } else {
+      (void)qmp_->Execute("closefd", {{"fdname", kStateFdName}});
+    }
+  }
   return migrate;
 }
 
@@ -369,9 +444,12 @@ Status QemuDriver::SaveDeviceState(const std::string& path, bool durable) {
   UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
   if (!out) return ErrnoError("open(" + path + ")");
   uint64_t cursor = 0;
-  MOAT_RETURN_IF_ERROR(StartSave(out.get(), &cursor));
+  std::optional<int64_t> fdset;
+  MOAT_RETURN_IF_ERROR(StartSave(out.get(), /*regular_file=*/true, &cursor, &fdset));
   if (spec_.memory_shared) memory_is_snapshot_ = true;
-  MOAT_RETURN_IF_ERROR(WaitMigration(cursor, "saving device state to " + path));
+  Status saved = WaitMigration(cursor, "saving device state to " + path);
+  RemoveFdSet(&fdset);
+  MOAT_RETURN_IF_ERROR(saved);
   if (!durable) return Status::Ok();
   if (::fsync(out.get()) < 0) return ErrnoError("fsync(" + path + ")");
   if (spec_.memory_shared) {
@@ -412,7 +490,8 @@ Status QemuDriver::SaveMemorySnapshot(const std::string& state_path, const std::
     rd.Reset();
   });
   uint64_t cursor = 0;
-  Status saved = StartSave(stream_wr.get(), &cursor);
+  std::optional<int64_t> no_fdset;  // a pipe: `fd:` (not deprecated for pipes)
+  Status saved = StartSave(stream_wr.get(), /*regular_file=*/false, &cursor, &no_fdset);
   stream_wr.Reset();  // QEMU holds the write end now: its closing ends the stream
   if (saved.ok()) saved = WaitMigration(cursor, "saving a memory snapshot to " + state_path);
   if (!saved.ok()) cancel_wr.Reset();

@@ -10,6 +10,7 @@
 #include "common/child_process.h"
 #include "vmm/cgroup.h"
 #include "vmm/qemu/command_line.h"
+#include "vmm/qemu/qemu_version.h"
 #include "vmm/qemu/qmp_client.h"
 #include "vmm/vmm_driver.h"
 
@@ -51,20 +52,33 @@ class QemuDriver final : public VmmDriver {
   void Kill() override;
   Result<int> WaitForExit(std::optional<std::chrono::milliseconds> timeout) override;
   pid_t pid() const override { return process_.pid(); }
+  std::string VersionNumber() const override {
+    return version_.major != 0 ? version_.Number() : std::string();
+  }
 
   // Readable (poll/epoll) once the VMM process has exited.
   int pidfd() const { return process_.pidfd(); }
   const StartTimings& timings() const { return timings_; }
   const Cgroup* cgroup() const { return cgroup_ ? &*cgroup_ : nullptr; }
   QmpClient* qmp() { return qmp_.get(); }
+  // The running QEMU's version (from its QMP greeting; probed from the binary before a start).
+  const QemuVersion& version() const { return version_; }
 
  private:
   Status SetUpJail(const JailSpec& jail);
   Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv);
   Status ConnectQmp();
   Status LoadDeviceState();
-  // Sets the capabilities and bandwidth of a save, stops the VM and starts `migrate` into `fd`.
-  Status StartSave(int fd, uint64_t* cursor);
+  // Sets the capabilities and bandwidth of a save, stops the VM and starts `migrate` into `fd`
+  // (a pipe, or a regular file opened O_WRONLY). *fdset is set when the fd went in an fd set
+  // (file: transport): remove it once the migration has ended.
+  Status StartSave(int fd, bool regular_file, uint64_t* cursor, std::optional<int64_t>* fdset);
+  // Hands a regular file to QEMU for a migration and returns the URI naming it: `file:` through
+  // an fd set where the version has it (`fd:` on a file is deprecated in 9.1), else `fd:`.
+  Result<std::string> MigrationUri(int fd, bool regular_file, std::optional<int64_t>* fdset);
+  void RemoveFdSet(std::optional<int64_t>* fdset);
+  // The version from the QMP greeting (what runs, which an upgrade of the binary may not be).
+  void TakeVersionFromGreeting();
   // Cancels a migration an earlier agent left running (its target file is gone with the
   // snapshot it was writing) and waits until it has ended.
   Status CancelMigration();
@@ -82,6 +96,8 @@ class QemuDriver final : public VmmDriver {
   ChildProcess process_;
   std::unique_ptr<QmpClient> qmp_;
   StartTimings timings_;
+  QemuVersion version_;
+  QemuFeatures features_;
   // After SaveDeviceState the shared memory file is a snapshot: running on would change it.
   bool memory_is_snapshot_ = false;
 };

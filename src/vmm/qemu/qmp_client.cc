@@ -178,6 +178,24 @@ Status QmpClient::GetFd(std::string_view name, int fd, std::chrono::milliseconds
   return r.ok() ? Status::Ok() : r.status();
 }
 
+Json QmpClient::Greeting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return greeting_.value_or(Json());
+}
+
+Result<int64_t> QmpClient::AddFd(int fd, std::chrono::milliseconds timeout) {
+  MOAT_ASSIGN_OR_RETURN(Json r, Send("add-fd", Json::object(), fd, timeout));
+  auto it = r.is_object() ? r.find("fdset-id") : r.end();
+  if (!r.is_object() || it == r.end() || !it->is_number_integer() || it->get<int64_t>() < 0) {
+    return Internal("qmp add-fd: the reply has no fdset-id: " + r.dump().substr(0, 200));
+  }
+  return it->get<int64_t>();
+}
+
+Status QmpClient::RemoveFdSet(int64_t fdset_id) {
+  return Execute("remove-fd", Json{{"fdset-id", fdset_id}}).status();
+}
+
 Result<Json> QmpClient::Send(std::string_view command, const Json& arguments, int fd,
                              std::chrono::milliseconds timeout) {
   uint64_t id;

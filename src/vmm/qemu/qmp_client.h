@@ -88,6 +88,14 @@ class QmpClient {
   // getfd: hands `fd` to QEMU (SCM_RIGHTS) under `name`, for URIs such as "fd:<name>".
   Status GetFd(std::string_view name, int fd,
                std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  // add-fd: hands `fd` to QEMU into a new fd set; returns the set's id, for paths such as
+  // "/dev/fdset/<id>" (QEMU opens such a path by dup'ing a member whose access mode matches the
+  // open's: an O_RDONLY fd for a load, O_WRONLY for a save). Undo with RemoveFdSet.
+  Result<int64_t> AddFd(int fd, std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  Status RemoveFdSet(int64_t fdset_id);
+
+  // The greeting QEMU sent ({"QMP": {"version": …, "capabilities": …}}).
+  Json Greeting() const;
 
   // Events get sequence numbers. Take a cursor before the command that causes an event, then
   // wait for it: an event that arrived in between is not missed.

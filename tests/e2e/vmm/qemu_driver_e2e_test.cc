@@ -3,10 +3,12 @@
 // nothing is left behind. Needs root and the guest artifacts in $MOAT_BUILD_DIR/guest.
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -70,6 +72,76 @@ std::string Readlink(const std::string& path) {
 
 double Ms(std::chrono::microseconds us) {
   return static_cast<double>(us.count()) / 1000.0;
+}
+
+// A restored VM's hold on the memory file it shares with its siblings is read-only three times
+// over (QEMU >= 8.2, readonly=on,rom=off): its fd is O_RDONLY, its mapping is private and
+// writable, and the file is bound read-only into its jail; its uid cannot open it for writing.
+void ExpectMemoryFileReadOnly(pid_t pid, const std::string& path, uid_t uid, gid_t gid) {
+  SCOPED_TRACE("memory file " + path + " in VMM " + std::to_string(pid));
+  struct stat want {};
+  ASSERT_EQ(::stat(path.c_str(), &want), 0);
+  std::string proc = "/proc/" + std::to_string(pid);
+  int found = 0;
+  if (DIR* dir = ::opendir((proc + "/fd").c_str())) {
+    while (dirent* e = ::readdir(dir)) {
+      std::string n = e->d_name;
+      if (n == "." || n == "..") continue;
+      struct stat st {};
+      if (::stat((proc + "/fd/" + n).c_str(), &st) < 0) continue;
+      if (st.st_dev != want.st_dev || st.st_ino != want.st_ino) continue;
+      ++found;
+      auto info = ReadFile(proc + "/fdinfo/" + n);
+      ASSERT_TRUE(info.ok());
+      size_t at = info->find("flags:");
+      ASSERT_NE(at, std::string::npos) << *info;
+      unsigned long flags = std::stoul(info->substr(at + 6), nullptr, 8);
+      EXPECT_EQ(flags & O_ACCMODE, static_cast<unsigned long>(O_RDONLY))
+          << "fd " << n << " flags 0" << std::oct << flags;
+    }
+    ::closedir(dir);
+  }
+  EXPECT_EQ(found, 1) << "the VMM should hold the memory file open exactly once";
+  // The mapping: private and writable (the guest's own copy-on-write RAM), never shared.
+  auto maps = ReadFile(proc + "/maps");
+  ASSERT_TRUE(maps.ok());
+  char ino[32];
+  std::snprintf(ino, sizeof ino, " %llu ", static_cast<unsigned long long>(want.st_ino));
+  int mapped = 0;
+  size_t line_start = 0;
+  while (line_start < maps->size()) {
+    size_t end = maps->find('\n', line_start);
+    if (end == std::string::npos) end = maps->size();
+    std::string line = maps->substr(line_start, end - line_start);
+    line_start = end + 1;
+    if (line.find(ino) == std::string::npos ||
+        line.find(path.substr(path.rfind('/'))) == std::string::npos) {
+      continue;
+    }
+    ++mapped;
+    std::string perms = line.substr(line.find(' ') + 1, 4);
+    EXPECT_EQ(perms, "rw-p") << line;
+  }
+  EXPECT_GE(mapped, 1) << "the memory file is not mapped";
+  // The bind mount in the jail is read-only.
+  auto mountinfo = ReadFile(proc + "/mountinfo");
+  ASSERT_TRUE(mountinfo.ok());
+  size_t m = mountinfo->find(" " + path + " ");
+  ASSERT_NE(m, std::string::npos) << "the memory file is not bound in the jail";
+  size_t opts = m + 1 + path.size();  // the space before the mount's options
+  std::string o = mountinfo->substr(opts + 1, mountinfo->find(' ', opts + 1) - opts - 1);
+  EXPECT_TRUE(o == "ro" || o.rfind("ro,", 0) == 0) << mountinfo->substr(m, 120);
+  // And the VM's uid cannot open it for writing.
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgroups(0, nullptr) < 0 || ::setgid(gid) < 0 || ::setuid(uid) < 0) ::_exit(2);
+    int fd = ::open(path.c_str(), O_RDWR);
+    ::_exit(fd < 0 && errno == EACCES ? 0 : 1);
+  }
+  int ws = 0;
+  ASSERT_EQ(::waitpid(child, &ws, 0), child);
+  EXPECT_TRUE(WIFEXITED(ws) && WEXITSTATUS(ws) == 0)
+      << "the VM's uid " << uid << " can open " << path << " for writing";
 }
 
 class VmDirs {
@@ -276,6 +348,10 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
   EXPECT_LT(state_st.st_size, 1024 * 1024) << "guest RAM must not be in the device state";
   Status resumed = vm1.Resume();
   EXPECT_EQ(resumed.code(), ErrorCode::kFailedPrecondition) << resumed.ToString();
+  // As the agent's template store leaves a baked template: the memory file is root's, readable
+  // by the clones' group.
+  ASSERT_EQ(::chown(mem.c_str(), 0, template_gid), 0);
+  ASSERT_EQ(::chmod(mem.c_str(), 0640), 0);
 
   // --- Restore a clone from the template: private memory, a qcow2 overlay ------------------
   VmDirs d2(base, "vm2");
@@ -307,6 +383,9 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
   std::this_thread::sleep_for(milliseconds(300));
   EXPECT_EQ(vm2.QueryStatus()->qmp_status, "running");
   EXPECT_EQ(StatusField(vm2.pid(), "CapEff"), "0000000000000000");
+  EXPECT_GE(vm2.version().major, 8) << vm2.version().text;
+  std::printf("qemu: %s\n", vm2.version().text.c_str());
+  ExpectMemoryFileReadOnly(vm2.pid(), mem, uid2, template_gid);
   EXPECT_FALSE(PathExists("/proc/" + std::to_string(vm2.pid()) + "/root" + d1.dir + "/qmp.sock"))
       << "the clone sees the template VM's directory";
 
@@ -342,7 +421,7 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
   Status split = vm2.SaveMemorySnapshot(snap_state, snap_mem, /*durable=*/true);
   ASSERT_TRUE(split.ok()) << split.ToString();
   ASSERT_EQ(::chown(snap_mem.c_str(), 0, template_gid), 0);
-  ASSERT_EQ(::chmod(snap_mem.c_str(), 0660), 0);
+  ASSERT_EQ(::chmod(snap_mem.c_str(), 0640), 0);  // as the agent leaves it: read-only to VMs
   struct stat mem_st {
   }, split_state_st{};
   ASSERT_EQ(::stat(snap_mem.c_str(), &mem_st), 0);
@@ -354,6 +433,7 @@ TEST(QemuDriver, JailedColdBootSnapshotRestoreAndNothingLeftBehind) {
     QemuDriver vm3;
     std::string dir3 = restore_from("vm3", snap_mem, snap_state, vm3);
     EXPECT_EQ(vm3.QueryStatus()->qmp_status, "paused");
+    ExpectMemoryFileReadOnly(vm3.pid(), snap_mem, uid3, template_gid);
     EXPECT_TRUE(dump_ram(vm3, dir3 + "/ram.dump") == ram2) << "memory-file restore changed RAM";
     ASSERT_TRUE(vm3.Resume().ok());
     std::this_thread::sleep_for(milliseconds(300));

@@ -94,6 +94,69 @@ TEST(CommandLine, KvmAddsHostCpuAndTurnsTheRtcOff) {
   EXPECT_EQ(ValueOf(*argv, "-cpu"), "host");
 }
 
+TEST(CommandLine, OnQemu82AndLaterARestoreOpensTheSharedMemoryFileReadOnly) {
+  QemuVersion v10{.major = 10, .minor = 0, .micro = 2};
+  auto argv = BuildCommandLine(RestoreSpec(), kDefaultQemuBinary, QemuFeatures::Of(v10));
+  ASSERT_TRUE(argv.ok()) << argv.status().ToString();
+  EXPECT_EQ(ValueOf(*argv, "-object"),
+            "memory-backend-file,id=mem,size=256M,mem-path=/t/mem,share=off,merge=off,"
+            "readonly=on,rom=off");
+  // The bake writes its (shared) file: never read-only.
+  argv = BuildCommandLine(ColdSpec(), kDefaultQemuBinary, QemuFeatures::Of(v10));
+  ASSERT_TRUE(argv.ok());
+  EXPECT_THAT(ValueOf(*argv, "-object"), Not(HasSubstr("readonly")));
+  // 7.2 has no rom= ("Invalid parameter 'rom'"): nothing is added without the feature.
+  QemuVersion v72{.major = 7, .minor = 2};
+  argv = BuildCommandLine(RestoreSpec(), kDefaultQemuBinary, QemuFeatures::Of(v72));
+  ASSERT_TRUE(argv.ok());
+  EXPECT_THAT(ValueOf(*argv, "-object"), Not(HasSubstr("readonly")));
+}
+
+TEST(QemuVersion, ParsesDebianVersionLinesAndComparesThem) {
+  auto v = ParseQemuVersion(
+      "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"
+      "Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers\n");
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->Number(), "10.0.2");
+  EXPECT_EQ(v->text, "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)");
+  EXPECT_TRUE(v->AtLeast(8, 2));
+  EXPECT_TRUE(v->AtLeast(10, 0, 2));
+  EXPECT_FALSE(v->AtLeast(10, 0, 3));
+  EXPECT_TRUE(CheckQemuSupported(*v).ok());
+  QemuFeatures f = QemuFeatures::Of(*v);
+  EXPECT_TRUE(f.readonly_private_memory && f.fdset_file_migration && f.incoming_exit_on_error);
+
+  auto old = ParseQemuVersion("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)");
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ(old->Number(), "7.2.19");
+  Status refused = CheckQemuSupported(*old);
+  EXPECT_EQ(refused.code(), ErrorCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr("QEMU 7.2.19 is too old"));
+  EXPECT_THAT(refused.message(), HasSubstr("8.2"));
+
+  auto two = ParseQemuVersion("QEMU emulator version 8.2\n");  // no micro
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->Number(), "8.2.0");
+  EXPECT_TRUE(QemuFeatures::Of(*two).readonly_private_memory);
+  EXPECT_FALSE(QemuFeatures::Of(*two).fdset_file_migration);
+
+  for (const char* bad : {"", "qemu-img version 10.0.2", "QEMU emulator version x.1",
+                          "QEMU emulator version 10", "QEMU emulator version 1234567890.1"}) {
+    EXPECT_EQ(ParseQemuVersion(bad).status().code(), ErrorCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(QemuVersion, ProbesTheInstalledBinary) {
+  auto v = ProbeQemuVersion(kDefaultQemuBinary);
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_GE(v->major, 7);
+  auto again = ProbeQemuVersion(kDefaultQemuBinary);  // cached
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->text, v->text);
+  EXPECT_EQ(ProbeQemuVersion("/nonexistent/qemu").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(ProbeQemuVersion("/bin/true").status().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST(CommandLine, RestoreWaitsForIncomingStateWithPrivateMemoryAndNoKernel) {
   auto argv = BuildCommandLine(RestoreSpec());
   ASSERT_TRUE(argv.ok()) << argv.status().ToString();
