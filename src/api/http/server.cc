@@ -16,6 +16,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/http/buffer_body.hpp>
+#include <cstring>
 #include <system_error>
 
 #include "api/http/fd_stream.h"
@@ -286,12 +287,6 @@ class RawConnectionWriter : public ResponseWriter {
   ConnectionWriter writer_;
 };
 
-// "10.0.0.1:5000" → "10.0.0.1", "::1:5000" → "::1": what the per-client cap counts.
-std::string ClientOf(const std::string& peer) {
-  size_t colon = peer.rfind(':');
-  return colon == std::string::npos ? peer : peer.substr(0, colon);
-}
-
 bool IsExpectContinue(const bhttp::request<bhttp::buffer_body>& head) {
   auto it = head.find(bhttp::field::expect);
   if (it == head.end()) return false;
@@ -331,6 +326,27 @@ bool WaitReadable(int fd, std::chrono::milliseconds timeout) {
 }
 
 }  // namespace
+
+// What the per-client cap counts: "10.0.0.1:5000" → "10.0.0.1"; an IPv6 client by its /64
+// ("2001:db8:1:2:a:b:c:d:5000" → "2001:db8:1:2::/64"), since one host commonly holds a whole
+// /64 and would otherwise get a fresh budget per address; an IPv4-mapped address as IPv4.
+std::string ClientOf(const std::string& peer) {
+  size_t colon = peer.rfind(':');
+  std::string host = colon == std::string::npos ? peer : peer.substr(0, colon);
+  in6_addr a6{};
+  if (host.find(':') == std::string::npos || ::inet_pton(AF_INET6, host.c_str(), &a6) != 1) {
+    return host;
+  }
+  if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+    char v4[INET_ADDRSTRLEN] = "?";
+    ::inet_ntop(AF_INET, &a6.s6_addr[12], v4, sizeof v4);
+    return v4;
+  }
+  std::memset(&a6.s6_addr[8], 0, 8);
+  char net[INET6_ADDRSTRLEN] = "?";
+  ::inet_ntop(AF_INET6, &a6, net, sizeof net);
+  return std::string(net) + "/64";
+}
 
 std::unique_ptr<ResponseWriter> HijackedResponseWriter(int fd) {
   return std::make_unique<RawConnectionWriter>(fd);

@@ -29,6 +29,10 @@
 
 namespace moat::api::http {
 
+// The client address the per-client connection cap counts, from a peer "host:port": the IPv4
+// address; an IPv6 client's /64 ("2001:db8:1:2::/64"); an IPv4-mapped address as IPv4.
+std::string ClientOf(const std::string& peer);
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: any free port (tests)

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "api/api_server.h"
+#include "api/http/server.h"
 #include "api/openapi.h"
 #include "api/routes/envd_call.h"
 #include "api/sandbox_actions.h"
@@ -178,3 +179,20 @@ TEST(OpenApi, DescribesExactlyTheRegisteredControlRoutes) {
 
 }  // namespace
 }  // namespace moat::api
+
+namespace moat::api::http {
+namespace {
+
+TEST(ClientOf, CountsIpv4ByAddressAndIpv6ByItsSlash64) {
+  EXPECT_EQ(ClientOf("10.0.0.1:5000"), "10.0.0.1");
+  EXPECT_EQ(ClientOf("2001:db8:1:2:a:b:c:d:5000"), "2001:db8:1:2::/64");
+  // Every address of one /64 is one client.
+  EXPECT_EQ(ClientOf("2001:db8:1:2:ffff:0:0:1:443"), ClientOf("2001:db8:1:2::9:80"));
+  EXPECT_NE(ClientOf("2001:db8:1:3::1:80"), ClientOf("2001:db8:1:2::1:80"));
+  EXPECT_EQ(ClientOf("::1:8080"), "::/64");
+  EXPECT_EQ(ClientOf("::ffff:192.0.2.7:1234"), "192.0.2.7");
+  EXPECT_EQ(ClientOf("?"), "?");
+}
+
+}  // namespace
+}  // namespace moat::api::http
