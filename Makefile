@@ -57,6 +57,7 @@ test-compat: build guest
 bench: build guest
 	$(BUILD)/bin/sandbox_bench --guest-dir $(GUEST) --json $(BUILD)/bench/sandbox.json
 	$(BUILD)/bin/snapshot_bench --guest-dir $(GUEST) --json $(BUILD)/bench/snapshot.json
+	$(BUILD)/bin/mapped_ram_bench --guest-dir $(GUEST) --json $(BUILD)/bench/mapped_ram.json
 	$(BUILD)/bin/net_bench --guest-dir $(GUEST) --json $(BUILD)/bench/net.json
 	$(BUILD)/bin/api_bench --guest-dir $(GUEST) --json $(BUILD)/bench/api.json
 
