@@ -166,6 +166,51 @@ TEST_F(SnapshotE2eTest, PauseAndResumeKeepProcessesAndFiles) {
   ASSERT_TRUE(agent_->Kill(id).ok());
 }
 
+TEST_F(SnapshotE2eTest, ASnapshotFromAnotherQemuThatDoesNotLoadSaysSoAndIsKept) {
+  auto sb = MustCreate();
+  ASSERT_TRUE(sb);
+  std::string id = sb->id();
+  Sh(sb, "echo survived > /tmp/f");
+  ASSERT_TRUE(agent_->Pause(id).ok());
+  sb.reset();
+  std::string snap = *dir_ + "/snapshots/" + id;
+  auto text = ReadFile(snap + "/manifest.json");
+  ASSERT_TRUE(text.ok());
+  auto m = ParseManifest(*text);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  std::string here = m->qemu_version;
+  EXPECT_FALSE(here.empty()) << "the manifest records the QEMU that saved it";
+  // As if saved under QEMU 7.2 (whose manifests did not record it) with a state this QEMU
+  // cannot load.
+  auto state = ReadFile(snap + "/state");
+  ASSERT_TRUE(state.ok());
+  SnapshotManifest old = *m;
+  old.qemu_version.clear();
+  ASSERT_TRUE(WriteFileAtomic(snap + "/manifest.json", SerializeManifest(old), 0600).ok());
+  ASSERT_TRUE(WriteFileAtomic(snap + "/state", state->substr(0, 8) + std::string(64, '\x42'), 0640)
+                  .ok());
+  auto failed = agent_->Resume(id);
+  ASSERT_FALSE(failed.ok());
+  const std::string& msg = failed.status().message();
+  EXPECT_NE(msg.find("was taken under an older QEMU (7.2; not recorded) and this host runs QEMU " +
+                     here),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("The snapshot is kept"), std::string::npos) << msg;
+  // Kept: still paused, its files there, and no VM or sandbox directory left of the attempt.
+  EXPECT_TRUE(agent_->IsPaused(id));
+  EXPECT_TRUE(PathExists(snap + "/mem"));
+  EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + id));
+  EXPECT_EQ(moat::test_support::CountProcessesMentioning(*dir_ + "/sandboxes/" + id), 0);
+  // With its own state back it resumes as it was.
+  ASSERT_TRUE(WriteFileAtomic(snap + "/state", *state, 0640).ok());
+  ASSERT_TRUE(WriteFileAtomic(snap + "/manifest.json", SerializeManifest(*m), 0600).ok());
+  auto resumed = agent_->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ(Sh(*resumed, "cat /tmp/f"), "survived\n");
+  ASSERT_TRUE(agent_->Kill(id).ok());
+}
+
 TEST_F(SnapshotE2eTest, APausedSandboxSurvivesAnAgentRestart) {
   auto sb = MustCreate();
   ASSERT_TRUE(sb);
