@@ -187,14 +187,14 @@ TEST_F(SnapshotE2eTest, ASnapshotFromAnotherQemuThatDoesNotLoadSaysSoAndIsKept) 
   SnapshotManifest old = *m;
   old.qemu_version.clear();
   ASSERT_TRUE(WriteFileAtomic(snap + "/manifest.json", SerializeManifest(old), 0600).ok());
-  ASSERT_TRUE(WriteFileAtomic(snap + "/state", state->substr(0, 8) + std::string(64, '\x42'), 0640)
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomic(snap + "/state", state->substr(0, 8) + std::string(64, '\x42'), 0640).ok());
   auto failed = agent_->Resume(id);
   ASSERT_FALSE(failed.ok());
   const std::string& msg = failed.status().message();
-  EXPECT_NE(msg.find("was taken under an older QEMU (7.2; not recorded) and this host runs QEMU " +
-                     here),
-            std::string::npos)
+  EXPECT_NE(
+      msg.find("was taken under an older QEMU (7.2; not recorded) and this host runs QEMU " + here),
+      std::string::npos)
       << msg;
   EXPECT_NE(msg.find("The snapshot is kept"), std::string::npos) << msg;
   // Kept: still paused, its files there, and no VM or sandbox directory left of the attempt.
