@@ -21,6 +21,10 @@ packages=(
   linux-source-6.1 bc bison flex libelf-dev cpio xz-utils debootstrap
   # host networking (network slots: ip, nft) and process tools used by tests
   iproute2 nftables procps curl
+  # PostgreSQL: libpq for the fleet's store; the server for the tests, which start private
+  # instances of their own (tests/support/postgres_server.h) on free loopback ports. The `main`
+  # cluster the package may create and start is never used.
+  postgresql-15 libpq-dev
 )
 
 # QEMU: moat needs 8.2 or later (memory files shared by many VMs are opened read-only:
