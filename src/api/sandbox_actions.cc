@@ -102,7 +102,7 @@ Result<store::SandboxFilter> ParseListQuery(const codec::QueryParams& q, bool v2
     MOAT_ASSIGN_OR_RETURN(f.metadata, codec::ParseMetadataFilter(*m));
   }
   if (!v2) {
-    f.states = {"running"};
+    f.states = StatesShownAs("running");
     f.limit = 100;
     return f;
   }
@@ -114,7 +114,7 @@ Result<store::SandboxFilter> ParseListQuery(const codec::QueryParams& q, bool v2
       if (st != "running" && st != "paused") {
         return InvalidArgument("state: expected running or paused, got \"" + st + "\"");
       }
-      f.states.push_back(st);
+      for (SandboxState state : StatesShownAs(st)) f.states.push_back(state);
       if (comma == std::string::npos) break;
       start = comma + 1;
     }

@@ -36,7 +36,7 @@ json ListedJson(const ControlContext& ctx, const SandboxRecord& r) {
           {"clientID", "moat"},
           {"startedAt", codec::Rfc3339(r.started_at_ms * 1000000)},
           {"endAt", codec::Rfc3339(r.end_at_ms * 1000000)},
-          {"state", r.state},
+          {"state", WireState(r.state).value_or("running")},
           {"cpuCount", r.cpu_count},
           {"memoryMB", r.memory_mb},
           {"diskSizeMB", r.disk_size_mb},

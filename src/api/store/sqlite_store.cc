@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "api/store/schema.h"
 #include "api/store/sqlite_statement.h"
 
 namespace moat::api::store {
@@ -12,81 +13,9 @@ namespace {
 using sqlite::Statement;
 using sqlite::Transaction;
 
-// The schema, one migration per entry; never edit one that has shipped, append a new one.
-const char* const kMigrations[] = {
-    // 1: teams, keys, sandboxes and their metadata.
-    R"sql(
-CREATE TABLE teams (
-  id TEXT PRIMARY KEY,
-  name TEXT NOT NULL,
-  created_at_ms INTEGER NOT NULL
-);
-CREATE TABLE api_keys (
-  id TEXT PRIMARY KEY,
-  team_id TEXT NOT NULL REFERENCES teams(id),
-  name TEXT NOT NULL,
-  key_sha256 TEXT NOT NULL UNIQUE,
-  mask TEXT NOT NULL,
-  created_at_ms INTEGER NOT NULL,
-  revoked_at_ms INTEGER
-);
-CREATE TABLE sandboxes (
-  id TEXT PRIMARY KEY,
-  team_id TEXT NOT NULL REFERENCES teams(id),
-  template_id TEXT NOT NULL,
-  access_token TEXT NOT NULL,
-  env_vars TEXT NOT NULL,
-  state TEXT NOT NULL,
-  started_at_ms INTEGER NOT NULL,
-  end_at_ms INTEGER NOT NULL,
-  auto_pause INTEGER NOT NULL,
-  cpu_count INTEGER NOT NULL,
-  memory_mb INTEGER NOT NULL,
-  disk_size_mb INTEGER NOT NULL
-);
-CREATE INDEX sandboxes_by_team ON sandboxes(team_id, started_at_ms, id);
-CREATE TABLE sandbox_metadata (
-  sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
-  key TEXT NOT NULL,
-  value TEXT NOT NULL,
-  PRIMARY KEY (sandbox_id, key)
-);
-)sql",
-    // 2: the admin flag of teams, and named snapshots' owners.
-    R"sql(
-ALTER TABLE teams ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
--- Until now only the first start created teams: every existing team is that admin team.
-UPDATE teams SET is_admin = 1;
-CREATE TABLE snapshots (
-  id TEXT PRIMARY KEY,
-  team_id TEXT NOT NULL REFERENCES teams(id),
-  sandbox_id TEXT NOT NULL,
-  name TEXT NOT NULL,
-  created_at_ms INTEGER NOT NULL
-);
-CREATE INDEX snapshots_by_team ON snapshots(team_id, created_at_ms, id);
-)sql",
-    // 3: the token that guards a sandbox's ports when they are not public.
-    R"sql(
-ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT NOT NULL DEFAULT '';
-)sql",
-    // 4: per-team quotas; a NULL limit is moatd's default (api/team_quotas.h).
-    R"sql(
-CREATE TABLE team_quotas (
-  team_id TEXT PRIMARY KEY REFERENCES teams(id),
-  max_sandboxes INTEGER,
-  max_vcpus INTEGER,
-  max_memory_mib INTEGER,
-  max_creates_per_minute INTEGER,
-  max_metadata_bytes INTEGER
-);
-CREATE INDEX sandboxes_by_team_state ON sandboxes(team_id, state);
-)sql",
-};
-
 constexpr const char* kSandboxColumns =
     "id, team_id, template_id, access_token, env_vars, state, started_at_ms, end_at_ms, "
-    "auto_pause, cpu_count, memory_mb, disk_size_mb, traffic_access_token";
+    "auto_pause, cpu_count, memory_mb, disk_size_mb, traffic_access_token, host_id, generation";
 
 SandboxRecord ReadSandbox(Statement& s) {
   SandboxRecord r;
@@ -100,7 +29,8 @@ SandboxRecord ReadSandbox(Statement& s) {
       if (v.is_string()) r.env_vars[k] = v.get<std::string>();
     }
   }
-  r.state = s.Text(5);
+  // A state this moatd does not know (a newer one wrote it) reads as error: killable, no more.
+  r.state = ParseSandboxState(s.Text(5)).value_or(SandboxState::kError);
   r.started_at_ms = s.Int(6);
   r.end_at_ms = s.Int(7);
   r.auto_pause = s.Int(8) != 0;
@@ -108,6 +38,8 @@ SandboxRecord ReadSandbox(Statement& s) {
   r.memory_mb = static_cast<uint32_t>(s.Int(10));
   r.disk_size_mb = static_cast<uint32_t>(s.Int(11));
   r.traffic_access_token = s.Text(12);
+  r.host_id = s.Text(13);
+  r.generation = s.Int(14);
   return r;
 }
 
@@ -208,14 +140,14 @@ Status SqliteStore::Migrate() {
   Statement v(db_, "PRAGMA user_version");
   MOAT_ASSIGN_OR_RETURN(bool row, v.Step());
   int version = row ? static_cast<int>(v.Int(0)) : 0;
-  int latest = static_cast<int>(std::size(kMigrations));
+  int latest = static_cast<int>(kMigrationCount);
   if (version > latest) {
     return FailedPrecondition("database schema version " + std::to_string(version) +
                               " is newer than this moatd (" + std::to_string(latest) + ")");
   }
   for (int i = version; i < latest; ++i) {
     Transaction tx(db_);
-    MOAT_RETURN_IF_ERROR(Exec(kMigrations[i]));
+    MOAT_RETURN_IF_ERROR(Exec(kMigrations[i].sqlite));
     MOAT_RETURN_IF_ERROR(Exec("PRAGMA user_version = " + std::to_string(i + 1)));
     MOAT_RETURN_IF_ERROR(tx.Commit());
   }
@@ -227,14 +159,14 @@ Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
   Transaction tx(db_);
   {
     Statement s(db_, std::string("INSERT INTO sandboxes (") + kSandboxColumns +
-                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     MOAT_RETURN_IF_ERROR(s.status());
     MOAT_RETURN_IF_ERROR(s.Bind(1, r.id)
                              .Bind(2, r.team_id)
                              .Bind(3, r.template_id)
                              .Bind(4, r.access_token)
                              .Bind(5, nlohmann::json(r.env_vars).dump())
-                             .Bind(6, r.state)
+                             .Bind(6, std::string(SandboxStateName(r.state)))
                              .Bind(7, r.started_at_ms)
                              .Bind(8, r.end_at_ms)
                              .Bind(9, int64_t{r.auto_pause ? 1 : 0})
@@ -242,6 +174,8 @@ Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
                              .Bind(11, int64_t{r.memory_mb})
                              .Bind(12, int64_t{r.disk_size_mb})
                              .Bind(13, r.traffic_access_token)
+                             .Bind(14, r.host_id)
+                             .Bind(15, r.generation)
                              .Run());
   }
   for (const auto& [k, v] : r.metadata) {
@@ -289,7 +223,9 @@ Result<SandboxPage> SqliteStore::ListSandboxes(const SandboxFilter& f) {
   }
   if (!f.states.empty()) {
     sql += " AND state IN (";
-    for (size_t i = 0; i < f.states.size(); ++i) sql += (i == 0 ? "" : ", ") + q.Text(f.states[i]);
+    for (size_t i = 0; i < f.states.size(); ++i) {
+      sql += (i == 0 ? "" : ", ") + q.Text(std::string(SandboxStateName(f.states[i])));
+    }
     sql += ")";
   }
   if (!f.template_id.empty()) sql += " AND template_id = " + q.Text(f.template_id);
@@ -348,27 +284,23 @@ Status SqliteStore::SetSandboxEndAt(const std::string& id, int64_t end_at_ms) {
   return Status::Ok();
 }
 
-Status SqliteStore::SetSandboxState(const std::string& id, const std::string& state) {
-  if (state != "running" && state != "paused" && state != "error") {
-    return InvalidArgument("sandbox state \"" + state + "\" is not running, paused or error");
-  }
+Result<bool> SqliteStore::TransitionSandbox(const std::string& id, const StateExpect& expect,
+                                            const StateChange& change) {
+  MOAT_RETURN_IF_ERROR(CheckTransition(id, expect.state, change.to));
+  QueryBuilder q("UPDATE sandboxes SET state = ");
+  std::string& sql = q.sql();
+  sql += q.Text(std::string(SandboxStateName(change.to)));
+  if (change.host_id) sql += ", host_id = " + q.Text(*change.host_id);
+  if (change.bump_generation) sql += ", generation = generation + 1";
+  sql += " WHERE id = " + q.Text(id);
+  sql += " AND state = " + q.Text(std::string(SandboxStateName(expect.state)));
+  if (expect.host_id) sql += " AND host_id = " + q.Text(*expect.host_id);
+  if (expect.generation) sql += " AND generation = " + q.Int(*expect.generation);
   std::lock_guard lock(mu_);
-  Statement s(db_, "UPDATE sandboxes SET state = ? WHERE id = ?");
+  Statement s(db_, sql);
   MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, state).Bind(2, id).Run());
-  if (sqlite3_changes(db_) == 0) return NotFound("sandbox \"" + id + "\" not found");
-  return Status::Ok();
-}
-
-Result<bool> SqliteStore::ChangeSandboxState(const std::string& id, const std::string& from,
-                                             const std::string& to) {
-  if (to != "running" && to != "paused" && to != "error") {
-    return InvalidArgument("sandbox state \"" + to + "\" is not running, paused or error");
-  }
-  std::lock_guard lock(mu_);
-  Statement s(db_, "UPDATE sandboxes SET state = ? WHERE id = ? AND state = ?");
-  MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, to).Bind(2, id).Bind(3, from).Run());
+  q.BindAll(s);
+  MOAT_RETURN_IF_ERROR(s.Run());
   return sqlite3_changes(db_) > 0;
 }
 

@@ -43,9 +43,8 @@ class SqliteStore : public Store {
   Result<SandboxPage> ListSandboxes(const SandboxFilter& filter) override;
   Result<std::vector<SandboxRecord>> AllSandboxes() override;
   Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) override;
-  Status SetSandboxState(const std::string& id, const std::string& state) override;
-  Result<bool> ChangeSandboxState(const std::string& id, const std::string& from,
-                                  const std::string& to) override;
+  Result<bool> TransitionSandbox(const std::string& id, const StateExpect& expect,
+                                 const StateChange& change) override;
   Status DeleteSandbox(const std::string& id) override;
 
   Status InsertSnapshot(const SnapshotRecord& snapshot) override;

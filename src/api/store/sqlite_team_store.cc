@@ -2,6 +2,7 @@
 // sqlite_store.cc).
 #include <sqlite3.h>
 
+#include "api/store/schema.h"
 #include "api/store/sqlite_statement.h"
 #include "api/store/sqlite_store.h"
 
@@ -207,7 +208,8 @@ Result<TeamUsage> SqliteStore::RunningUsage(const std::string& team_id) {
   std::lock_guard lock(mu_);
   Statement s(db_,
               "SELECT COUNT(*), COALESCE(SUM(cpu_count), 0), COALESCE(SUM(memory_mb), 0) FROM "
-              "sandboxes WHERE team_id = ? AND state IN ('running', 'error')");
+              "sandboxes WHERE team_id = ? AND state IN " +
+                  SqlStateList(HoldsResources));
   MOAT_RETURN_IF_ERROR(s.status());
   s.Bind(1, team_id);
   MOAT_ASSIGN_OR_RETURN(bool row, s.Step());

@@ -1,7 +1,7 @@
 // Store: moatd's durable state — teams, API keys (only their SHA-256), sandboxes with their
-// metadata and end times, and which team owns which named snapshot. An interface because a second
-// implementation (PostgreSQL, for the split api/agent roles) is planned; SqliteStore is the
-// embedded default.
+// metadata, end times, lifecycle state and host, and which team owns which named snapshot. Two
+// implementations with the same schema migrations and the same test suite: SqliteStore (the
+// embedded default of `moatd serve`) and PgStore (PostgreSQL: a fleet's one source of truth).
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "api/lifecycle.h"
 #include "common/status.h"
 
 namespace moat::api::store {
@@ -41,8 +42,12 @@ struct SandboxRecord {
   std::string traffic_access_token;
   std::map<std::string, std::string> metadata;
   std::map<std::string, std::string> env_vars;
-  // "running" | "paused" | "error" (its guest broke the protocol; the VM still runs until killed)
-  std::string state = "running";
+  SandboxState state = SandboxState::kRunning;  // api/lifecycle.h
+  // The host that runs it (or holds its paused snapshot), and how many times it has been placed
+  // (a resume or a move bumps it): a host's writes about the sandbox name both, so a stale host
+  // cannot change a record that is no longer its own. "" on a single host.
+  std::string host_id;
+  int64_t generation = 0;
   int64_t started_at_ms = 0;
   int64_t end_at_ms = 0;
   bool auto_pause = false;
@@ -61,8 +66,8 @@ struct QuotaSettings {
   bool operator==(const QuotaSettings&) const = default;
 };
 
-// What a team's running sandboxes hold (those in state "error" too: their VMs still run); paused
-// ones hold only disk and are not counted.
+// What a team's sandboxes that hold resources (HoldsResources: running, error, and those being
+// created, paused, resumed or killed) take; paused ones hold only disk and are not counted.
 struct TeamUsage {
   int64_t sandboxes = 0;
   int64_t vcpus = 0;
@@ -72,7 +77,7 @@ struct TeamUsage {
 struct SandboxFilter {
   std::string team_id;                          // required
   std::map<std::string, std::string> metadata;  // every pair must match
-  std::vector<std::string> states;              // empty: any
+  std::vector<SandboxState> states;             // empty: any
   std::optional<int64_t> started_after_ms;
   std::string template_id;  // empty: any
   bool ascending = false;   // by start time; default newest first
@@ -107,6 +112,19 @@ struct SnapshotPage {
   std::string next_token;             // empty: last page
 };
 
+// The record's state as a compare-and-set expects it.
+struct StateExpect {
+  SandboxState state;
+  std::optional<std::string> host_id;  // nullopt: any host
+  std::optional<int64_t> generation;   // nullopt: any generation
+};
+
+struct StateChange {
+  SandboxState to;
+  std::optional<std::string> host_id;  // set the host (placement); nullopt: keep it
+  bool bump_generation = false;        // generation + 1 (a new placement)
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -132,7 +150,7 @@ class Store {
   virtual Result<QuotaSettings> GetTeamQuotas(const std::string& team_id) = 0;
   // Replaces the team's settings; not_found for an unknown team.
   virtual Status SetTeamQuotas(const std::string& team_id, const QuotaSettings& quotas) = 0;
-  // What the team's running sandboxes hold now.
+  // What the team's sandboxes that hold resources take now.
   virtual Result<TeamUsage> RunningUsage(const std::string& team_id) = 0;
 
   virtual Status InsertSandbox(const SandboxRecord& sandbox) = 0;
@@ -141,11 +159,11 @@ class Store {
   // Every sandbox of every team (the reaper and start-up reconciliation).
   virtual Result<std::vector<SandboxRecord>> AllSandboxes() = 0;
   virtual Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) = 0;
-  // "running" | "paused" | "error".
-  virtual Status SetSandboxState(const std::string& id, const std::string& state) = 0;
-  // Compare-and-set: the state becomes `to` only if it is `from` now; false if it was not.
-  virtual Result<bool> ChangeSandboxState(const std::string& id, const std::string& from,
-                                          const std::string& to) = 0;
+  // The only way a record's state changes: compare-and-set. The record moves to `change` only if
+  // it is in `expect` now (state, and host and generation where given); false if it is not (or
+  // is gone). InvalidArgument, changing nothing, for a change the lifecycle does not allow.
+  virtual Result<bool> TransitionSandbox(const std::string& id, const StateExpect& expect,
+                                         const StateChange& change) = 0;
   virtual Status DeleteSandbox(const std::string& id) = 0;
 
   virtual Status InsertSnapshot(const SnapshotRecord& snapshot) = 0;

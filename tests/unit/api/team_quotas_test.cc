@@ -41,7 +41,7 @@ class QuotaGateTest : public ::testing::Test {
   }
   void SetQuotas(store::QuotaSettings q) { ASSERT_TRUE(store_->SetTeamQuotas(team_.id, q).ok()); }
   // A recorded sandbox of the team: 2 vCPUs, 1 GiB.
-  void Record(const std::string& id, const std::string& state = "running") {
+  void Record(const std::string& id, SandboxState state = SandboxState::kRunning) {
     store::SandboxRecord r;
     r.id = id;
     r.team_id = team_.id;
@@ -105,8 +105,8 @@ TEST_F(QuotaGateTest, StoresATeamsSettingsAndCountsOnlyItsRunningSandboxes) {
   EXPECT_EQ(*store_->GetTeamQuotas(team_.id), q);
   EXPECT_EQ(store_->SetTeamQuotas("nope", q).code(), ErrorCode::kNotFound);
   Record("a");
-  Record("b", "paused");
-  Record("e", "error");  // its guest misbehaved, but its VM still runs
+  Record("b", SandboxState::kPaused);
+  Record("e", SandboxState::kError);  // its guest misbehaved, but its VM still runs
   auto other = *store_->CreateTeam("other", false);
   store::SandboxRecord theirs;
   theirs.id = "c";
@@ -126,7 +126,7 @@ TEST_F(QuotaGateTest, RefusesTheSandboxPastMaxSandboxesNamingTheLimitAndTheCount
   q.max_sandboxes = 2;
   SetQuotas(q);
   Record("a");
-  Record("p", "paused");  // paused ones hold no CPU or memory: they do not count
+  Record("p", SandboxState::kPaused);  // paused ones hold no CPU or memory: they do not count
   auto first = gate_->Admit(team_.id, OneSandbox());
   ASSERT_TRUE(first.ok()) << first.status().ToString();
   auto second = gate_->Admit(team_.id, OneSandbox());

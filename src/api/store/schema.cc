@@ -1,0 +1,165 @@
+#include "api/store/schema.h"
+
+#include <iterator>
+
+namespace moat::api::store {
+
+const Migration kMigrations[] = {
+    // 1: teams, keys, sandboxes and their metadata.
+    {R"sql(
+CREATE TABLE teams (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  name TEXT NOT NULL,
+  key_sha256 TEXT NOT NULL UNIQUE,
+  mask TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  revoked_at_ms INTEGER
+);
+CREATE TABLE sandboxes (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  template_id TEXT NOT NULL,
+  access_token TEXT NOT NULL,
+  env_vars TEXT NOT NULL,
+  state TEXT NOT NULL,
+  started_at_ms INTEGER NOT NULL,
+  end_at_ms INTEGER NOT NULL,
+  auto_pause INTEGER NOT NULL,
+  cpu_count INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  disk_size_mb INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_by_team ON sandboxes(team_id, started_at_ms, id);
+CREATE TABLE sandbox_metadata (
+  sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (sandbox_id, key)
+);
+)sql",
+     R"sql(
+CREATE TABLE teams (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE api_keys (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  name TEXT NOT NULL,
+  key_sha256 TEXT NOT NULL UNIQUE,
+  mask TEXT NOT NULL,
+  created_at_ms BIGINT NOT NULL,
+  revoked_at_ms BIGINT
+);
+CREATE TABLE sandboxes (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  template_id TEXT NOT NULL,
+  access_token TEXT NOT NULL,
+  env_vars TEXT NOT NULL,
+  state TEXT NOT NULL,
+  started_at_ms BIGINT NOT NULL,
+  end_at_ms BIGINT NOT NULL,
+  auto_pause INTEGER NOT NULL,
+  cpu_count INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  disk_size_mb INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_by_team ON sandboxes(team_id, started_at_ms, id);
+CREATE TABLE sandbox_metadata (
+  sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (sandbox_id, key)
+);
+)sql"},
+    // 2: the admin flag of teams, and named snapshots' owners.
+    {R"sql(
+ALTER TABLE teams ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+-- Until now only the first start created teams: every existing team is that admin team.
+UPDATE teams SET is_admin = 1;
+CREATE TABLE snapshots (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  sandbox_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX snapshots_by_team ON snapshots(team_id, created_at_ms, id);
+)sql",
+     R"sql(
+ALTER TABLE teams ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+UPDATE teams SET is_admin = 1;
+CREATE TABLE snapshots (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  sandbox_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX snapshots_by_team ON snapshots(team_id, created_at_ms, id);
+)sql"},
+    // 3: the token that guards a sandbox's ports when they are not public.
+    {R"sql(
+ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT NOT NULL DEFAULT '';
+)sql",
+     R"sql(
+ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT NOT NULL DEFAULT '';
+)sql"},
+    // 4: per-team quotas; a NULL limit is moatd's default (api/team_quotas.h).
+    {R"sql(
+CREATE TABLE team_quotas (
+  team_id TEXT PRIMARY KEY REFERENCES teams(id),
+  max_sandboxes INTEGER,
+  max_vcpus INTEGER,
+  max_memory_mib INTEGER,
+  max_creates_per_minute INTEGER,
+  max_metadata_bytes INTEGER
+);
+CREATE INDEX sandboxes_by_team_state ON sandboxes(team_id, state);
+)sql",
+     R"sql(
+CREATE TABLE team_quotas (
+  team_id TEXT PRIMARY KEY REFERENCES teams(id),
+  max_sandboxes BIGINT,
+  max_vcpus BIGINT,
+  max_memory_mib BIGINT,
+  max_creates_per_minute BIGINT,
+  max_metadata_bytes BIGINT
+);
+CREATE INDEX sandboxes_by_team_state ON sandboxes(team_id, state);
+)sql"},
+    // 5: the lifecycle's host and generation (api/lifecycle.h; stored states keep their names).
+    {R"sql(
+ALTER TABLE sandboxes ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE sandboxes ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX sandboxes_by_state ON sandboxes(state, host_id);
+)sql",
+     R"sql(
+ALTER TABLE sandboxes ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE sandboxes ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX sandboxes_by_state ON sandboxes(state, host_id);
+)sql"},
+};
+
+const size_t kMigrationCount = std::size(kMigrations);
+
+std::string SqlStateList(bool (*pred)(SandboxState)) {
+  std::string out = "(";
+  for (SandboxState s : kAllSandboxStates) {
+    if (!pred(s)) continue;
+    if (out.size() > 1) out += ", ";
+    out += "'" + std::string(SandboxStateName(s)) + "'";
+  }
+  if (out.size() == 1) out += "NULL";  // matches nothing
+  return out + ")";
+}
+
+}  // namespace moat::api::store
