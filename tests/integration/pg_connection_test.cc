@@ -125,6 +125,22 @@ TEST_F(PgTest, BadInputAndBadSqlAreErrorsThatSaySo) {
   EXPECT_EQ(bad.status().message().find("s3cret"), std::string::npos) << bad.status().ToString();
 }
 
+TEST_F(PgTest, RunScriptRunsSeveralStatementsAndStopsAtTheFirstThatFails) {
+  ASSERT_OK_AND_ASSIGN(Connection c, Connection::Open(Options()));
+  ASSERT_TRUE(c.RunScript("CREATE TABLE script (v int);\n-- a comment; with a semicolon\n"
+                          "INSERT INTO script VALUES (1); INSERT INTO script VALUES (2);")
+                  .ok());
+  Status bad =
+      c.RunScript("INSERT INTO script VALUES (3); SELECT 1 / 0; INSERT INTO script VALUES (4)");
+  EXPECT_EQ(bad.code(), ErrorCode::kInternal);
+  EXPECT_NE(bad.message().find("SQLSTATE 22012"), std::string::npos) << bad.ToString();
+  // Outside a transaction block a script is one implicit transaction: the 3 is not kept.
+  auto n = c.Exec("SELECT count(*), max(v) FROM script");
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(n->Int(0, 0), 2);
+  EXPECT_EQ(n->Int(0, 1), 2);
+}
+
 TEST_F(PgTest, UniqueViolationIsAlreadyExists) {
   ASSERT_OK_AND_ASSIGN(Connection c, Connection::Open(Options()));
   ASSERT_TRUE(c.Run("CREATE TABLE uniq (id text PRIMARY KEY)").ok());

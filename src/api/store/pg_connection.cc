@@ -296,6 +296,21 @@ Result<Rows> Connection::Exec(const std::string& sql, const Params& params) {
                         nullptr, nullptr, /*resultFormat=text*/ 0) == 0) {
     return ok() ? Internal("postgresql: " + OneLine(PQerrorMessage(c))) : ConnectionError();
   }
+  return AwaitResults(sql);
+}
+
+Status Connection::RunScript(const std::string& sql) {
+  if (!ok()) return ConnectionError();
+  PGconn* c = conn_.get();
+  if (PQsendQuery(c, sql.c_str()) == 0) {
+    return ok() ? Internal("postgresql: " + OneLine(PQerrorMessage(c))) : ConnectionError();
+  }
+  auto r = AwaitResults(sql);
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Result<Rows> Connection::AwaitResults(const std::string& sql) {
+  PGconn* c = conn_.get();
   std::optional<Clock::time_point> deadline;
   if (answer_timeout_.count() > 0) deadline = Clock::now() + answer_timeout_;
 

@@ -126,6 +126,11 @@ class Connection {
   Result<Rows> Exec(const std::string& sql, const Params& params = {});
   // Exec for statements whose rows are not needed.
   Status Run(const std::string& sql, const Params& params = {});
+  // Several statements in one string, without parameters (the simple query protocol, which
+  // Exec's parameterised one does not allow): for schema migrations, constants of this program,
+  // never input. The first statement that fails ends it; outside a transaction block the script
+  // is one implicit transaction, so nothing of it stays then.
+  Status RunScript(const std::string& sql);
 
   // The session is still usable (libpq's CONNECTION_OK). It turns false once an operation has
   // found the connection lost; a connection the server dropped while idle is only found out by
@@ -148,6 +153,8 @@ class Connection {
   Status ConnectionError() const;
   // Closes a connection that did not answer in time (its state is unknown) and says so.
   Status Abandon(std::string_view while_doing);
+  // Sends what libpq buffered for a query just queued and collects its results.
+  Result<Rows> AwaitResults(const std::string& sql);
   std::unique_ptr<pg_conn, Finish> conn_;
   // Exec gives up on the server after this long (statement_timeout plus connect_timeout, so
   // that the server's own timeout normally answers first); 0: never.

@@ -1,0 +1,97 @@
+// PgStore: the Store on PostgreSQL, a fleet's one source of truth (shared/FLEET.md §2-§3). Same
+// schema migrations, behaviour and test suite as SqliteStore; statements through moat_pg's pool
+// (pg_connection.h), parameters always bound.
+//
+// Every method is one Pool::Run. A write runs in one transaction that learns its transaction id
+// first, so that when the connection is lost while COMMIT is under way, the retry on a fresh
+// connection asks PostgreSQL whether that transaction committed and, if it did, answers what it
+// answered instead of applying the change again (a compare-and-set that won stays won).
+//
+// Sandboxes and snapshots are in pg_store.cc, teams, keys and quotas in pg_team_store.cc.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "api/store/store.h"
+
+namespace moat::api::store {
+
+namespace pg {
+class Connection;
+class Pool;
+}  // namespace pg
+
+struct PgStoreOptions {
+  int pool_size = 8;
+  // Each statement's limit on the server (the session's statement_timeout); the client gives up
+  // on a server that does not answer at all after statement_timeout + connect_timeout.
+  std::chrono::milliseconds statement_timeout{5000};
+  // Opening one connection, all hosts of a multi-host conninfo together.
+  std::chrono::milliseconds connect_timeout{5000};
+};
+
+class PgStore : public Store {
+ public:
+  // Connects (Unavailable, naming host and port but never a password, if the database cannot be
+  // reached), then applies pending migrations in one transaction under an advisory lock, so that
+  // replicas starting together migrate once. FailedPrecondition for a database whose schema is
+  // newer than this moatd. `conninfo`: a libpq URI or key=value string.
+  static Result<std::unique_ptr<PgStore>> Open(const std::string& conninfo,
+                                               PgStoreOptions options = {});
+  ~PgStore() override;
+  PgStore(const PgStore&) = delete;
+  PgStore& operator=(const PgStore&) = delete;
+
+  // The schema version (migrations applied), or -1 if it cannot be read (tests).
+  int schema_version();
+  // How many migrations this store's Open applied: 0 when another replica had already (tests).
+  int migrations_applied() const { return migrations_applied_; }
+
+  Result<bool> HasApiKeys() override;
+  Result<TeamRecord> CreateTeam(const std::string& name, bool admin) override;
+  Result<std::optional<TeamRecord>> GetTeam(const std::string& id) override;
+  Result<std::optional<TeamRecord>> TeamByName(const std::string& name) override;
+  Result<ApiKeyRecord> AddApiKey(const std::string& team_id, const std::string& name,
+                                 const std::string& key_sha256, const std::string& mask) override;
+  Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) override;
+  Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) override;
+  Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) override;
+  Status RevokeApiKey(const std::string& team_id, const std::string& key_id) override;
+  Result<QuotaSettings> GetTeamQuotas(const std::string& team_id) override;
+  Status SetTeamQuotas(const std::string& team_id, const QuotaSettings& quotas) override;
+  Result<TeamUsage> RunningUsage(const std::string& team_id) override;
+
+  Status InsertSandbox(const SandboxRecord& sandbox) override;
+  Result<std::optional<SandboxRecord>> GetSandbox(const std::string& id) override;
+  Result<SandboxPage> ListSandboxes(const SandboxFilter& filter) override;
+  Result<std::vector<SandboxRecord>> AllSandboxes() override;
+  Status SetSandboxEndAt(const std::string& id, int64_t end_at_ms) override;
+  Result<bool> TransitionSandbox(const std::string& id, const StateExpect& expect,
+                                 const StateChange& change) override;
+  Status DeleteSandbox(const std::string& id) override;
+
+  Status InsertSnapshot(const SnapshotRecord& snapshot) override;
+  Result<std::optional<SnapshotRecord>> GetSnapshot(const std::string& id) override;
+  Result<std::optional<SnapshotRecord>> SnapshotByName(const std::string& team_id,
+                                                       const std::string& name) override;
+  Result<SnapshotPage> ListSnapshots(const SnapshotFilter& filter) override;
+  Result<std::vector<SnapshotRecord>> AllSnapshots() override;
+  Status DeleteSnapshot(const std::string& id) override;
+
+ private:
+  explicit PgStore(std::unique_ptr<pg::Pool> pool);
+  Status Migrate();
+  // Runs `body` once, in one READ COMMITTED transaction, through pool_->Run (see the top of this
+  // file for why it is safe to retry). `body` returns the method's error (its changes are rolled
+  // back) or Ok, leaving its answer in variables it captured: a retry that finds the first
+  // attempt committed does not run it again, and those variables still hold that answer.
+  Status Transact(const std::function<Status(pg::Connection&)>& body);
+
+  std::unique_ptr<pg::Pool> pool_;
+  int migrations_applied_ = 0;
+};
+
+}  // namespace moat::api::store
