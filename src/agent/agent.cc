@@ -168,6 +168,7 @@ size_t Agent::warm_ready() {
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::ClaimWarm(const std::string& template_dir,
+                                                  const std::string& id,
                                                   const GuestIdentity& identity,
                                                   const net::EgressPolicy& egress) {
   while (true) {
@@ -181,13 +182,14 @@ Result<std::shared_ptr<Sandbox>> Agent::ClaimWarm(const std::string& template_di
       warm_.erase(it);
     }
     warm_cv_.notify_all();  // refill
-    Status claimed = sb->Claim(identity, egress);
+    Status claimed = sb->Claim(id, identity, egress);
     if (claimed.ok()) {
       std::shared_ptr<Sandbox> shared = std::move(sb);
       Track(shared);
       return shared;
     }
-    LogWarn("agent.warm_claim_failed", {{"sandbox", sb->id()}, {"error", claimed.ToString()}});
+    LogWarn("agent.warm_claim_failed",
+            {{"sandbox", sb->id()}, {"local_id", sb->local_id()}, {"error", claimed.ToString()}});
     sb->Kill();
     // A clone that died is replaced by the next one; anything else (a policy that cannot be
     // applied, say) would fail on every clone alike: the create fails with it.
@@ -268,6 +270,11 @@ void RemoveLeftoverCgroup(const std::string& vm_name) {
   }
 }
 
+Result<SandboxState> ReadSandboxState(const std::string& dir) {
+  MOAT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/state.json"));
+  return ParseSandboxState(text);
+}
+
 // Kills the VMM recorded in `dir`/state.json, if any, and everything in the cgroup `vm_name`.
 void ReleaseLeftoverVmm(const std::string& dir, const std::string& vm_name) {
   auto text = ReadFile(dir + "/state.json");
@@ -323,11 +330,16 @@ void Agent::Recover() {
   std::string root = env_.sandboxes_dir;
   for (const auto& name : DirNames(root)) {
     std::string dir = root + "/" + name;
-    auto adopted = AdoptLeftover(dir, name, slots);
+    // The directory is named by the sandbox's local id; its public id is the one state.json
+    // records (a claimed warm clone's is not its directory's name).
+    Result<SandboxState> state = ReadSandboxState(dir);
+    const std::string id = state.ok() ? state->id : name;
+    auto adopted = state.ok() ? AdoptLeftover(*state, name, slots)
+                              : Result<std::shared_ptr<Sandbox>>(state.status());
     if (adopted.ok()) {
       Track(*adopted);
-      recovery_.adopted.push_back(name);
-      LogInfo("agent.adopted_leftover", {{"sandbox", name}});
+      recovery_.adopted.push_back(id);
+      LogInfo("agent.adopted_leftover", {{"sandbox", id}, {"local_id", name}});
       continue;
     }
     // Whatever adoption took over it released again; this kills what it did not reach.
@@ -337,19 +349,19 @@ void Agent::Recover() {
       LogError("agent.recover_cleanup_failed", {{"dir", dir}, {"error", s.ToString()}});
       continue;
     }
-    recovery_.cleaned.push_back(name);
-    LogInfo("agent.cleaned_leftover", {{"sandbox", name}, {"reason", adopted.status().ToString()}});
+    recovery_.cleaned.push_back(id);
+    LogInfo("agent.cleaned_leftover",
+            {{"sandbox", id}, {"local_id", name}, {"reason", adopted.status().ToString()}});
   }
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::AdoptLeftover(
-    const std::string& dir, const std::string& id,
+    const SandboxState& state, const std::string& local_id,
     const std::map<std::string, net::SlotRecord>& slots) {
-  MOAT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/state.json"));
-  MOAT_ASSIGN_OR_RETURN(SandboxState state, ParseSandboxState(text));
   // Every check that needs nothing taken over comes first: a refusal then touches nothing, and
-  // the caller cleans up as for any leftover.
-  if (state.id != id || state.vm_name != "moat-" + id) {
+  // the caller cleans up as for any leftover. The VM is named by the directory (the local id);
+  // the public id is state.id, the directory's name too unless a warm clone was claimed.
+  if (state.vm_name != "moat-" + local_id) {
     return FailedPrecondition("its state.json names sandbox " + state.id + ", VM " + state.vm_name);
   }
   if (!state.adoptable()) {
@@ -361,9 +373,14 @@ Result<std::shared_ptr<Sandbox>> Agent::AdoptLeftover(
   if (!started.ok() || *started != state.vmm_start_time) {
     return NotFound("its VMM (pid " + std::to_string(state.vmm_pid) + ") has exited");
   }
-  if (std::find(recovery_.paused.begin(), recovery_.paused.end(), id) != recovery_.paused.end()) {
+  if (std::find(recovery_.paused.begin(), recovery_.paused.end(), state.id) !=
+      recovery_.paused.end()) {
     // Paused just before the earlier agent stopped: the complete snapshot is the sandbox now.
     return FailedPrecondition("it was paused (its snapshot is complete)");
+  }
+  if (Get(state.id).ok()) {
+    return FailedPrecondition("sandbox " + state.id +
+                              " was adopted already, from another directory");
   }
   if ((state.jail_id != 0) != config_.jail) {
     return FailedPrecondition(state.jail_id != 0 ? "its VMM is jailed, this agent's are not"
@@ -383,7 +400,8 @@ Result<std::shared_ptr<Sandbox>> Agent::AdoptLeftover(
   } else if (state.origin->network) {
     return FailedPrecondition("its VM has a NIC but no network slot is recorded");
   }
-  MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb, Sandbox::Adopt(env_, state, std::move(slot)));
+  MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb,
+                        Sandbox::Adopt(env_, state, local_id, std::move(slot)));
   return std::shared_ptr<Sandbox>(std::move(sb));
 }
 
@@ -394,6 +412,43 @@ std::string Agent::SnapshotDir(const std::string& id) const {
 void Agent::Track(const std::shared_ptr<Sandbox>& sb) {
   std::lock_guard lock(mu_);
   sandboxes_[sb->id()] = sb;
+}
+
+Status Agent::ReserveIds(const std::vector<std::string>& ids) {
+  for (auto it = ids.begin(); it != ids.end(); ++it) {
+    if (!IsValidSandboxId(*it)) {
+      // Named as given, but not at any length: it came from a client.
+      std::string shown = it->size() > 64 ? it->substr(0, 64) + "..." : *it;
+      return InvalidArgument("sandbox id \"" + shown + "\" is not valid (" +
+                             std::to_string(kSandboxIdLength) + " characters of [a-z0-9])");
+    }
+    if (std::find(ids.begin(), it, *it) != it) {
+      return InvalidArgument("sandbox id " + *it + " is given more than once");
+    }
+  }
+  // Under mu_, the map before the disk: Pause renames its snapshot into place before it drops
+  // the sandbox from the map (under mu_), and Resume tracks the sandbox before it removes the
+  // snapshot, so a sandbox on its way between running and paused is seen as one or the other.
+  std::lock_guard lock(mu_);
+  for (const auto& id : ids) {
+    auto in_use = [&](const std::string& what) {
+      return Status(ErrorCode::kAlreadyExists, "sandbox id " + id + " is in use: " + what);
+    };
+    if (sandboxes_.count(id) != 0) return in_use("a sandbox of that id runs");
+    if (reserved_ids_.count(id) != 0) return in_use("a sandbox of that id is being created");
+    // A paused sandbox, or a named snapshot (their ids share the alphabet): a pause under this
+    // id would collide with it.
+    if (PathExists(SnapshotDir(id))) return in_use("snapshots/" + id + " exists (paused?)");
+    // Another sandbox's directory (a warm clone's, or one's whose public id differs).
+    if (PathExists(env_.sandboxes_dir + "/" + id)) return in_use("sandboxes/" + id + " exists");
+  }
+  reserved_ids_.insert(ids.begin(), ids.end());
+  return Status::Ok();
+}
+
+void Agent::ReleaseIds(const std::vector<std::string>& ids) {
+  std::lock_guard lock(mu_);
+  for (const auto& id : ids) reserved_ids_.erase(id);
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::Restore(const std::string& snapshot_dir,
@@ -410,6 +465,17 @@ Result<std::shared_ptr<Sandbox>> Agent::Restore(const std::string& snapshot_dir,
 Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
                                                const GuestIdentity& identity,
                                                const net::EgressPolicy& egress) {
+  return Create(CreateRequest{.id = NewSandboxId(),
+                              .template_name = template_name,
+                              .identity = identity,
+                              .egress = egress});
+}
+
+Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
+  MOAT_RETURN_IF_ERROR(ReserveIds({req.id}));
+  // Released once the sandbox is tracked under its id (or was not made).
+  Cleanup release([&] { ReleaseIds({req.id}); });
+  const std::string& template_name = req.template_name;
   std::string dir;
   if (template_name == config_.base.name) {
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(config_.base));
@@ -422,11 +488,12 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const std::string& template_name,
     }
   }
   if (template_name == config_.base.name && config_.warm_sandboxes > 0) {
-    MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> warm, ClaimWarm(dir, identity, egress));
+    MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> warm,
+                          ClaimWarm(dir, req.id, req.identity, req.egress));
     if (warm) return warm;
   }
   MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
-  return Restore(dir, m, NewSandboxId(), identity, egress);
+  return Restore(dir, m, req.id, req.identity, req.egress);
 }
 
 Status Agent::SetEgress(const std::string& id, const net::EgressPolicy& egress) {
@@ -496,6 +563,19 @@ std::vector<SnapshotManifest> Agent::ListPaused() {
 
 Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id, int count) {
   if (count < 1 || count > 64) return InvalidArgument("fork: count must be 1..64");
+  std::vector<std::string> child_ids;
+  for (int i = 0; i < count; ++i) child_ids.push_back(NewSandboxId());
+  return Fork(id, child_ids);
+}
+
+Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(
+    const std::string& id, const std::vector<std::string>& child_ids) {
+  if (child_ids.empty() || child_ids.size() > 64) {
+    return InvalidArgument("fork: 1 to 64 children, not " + std::to_string(child_ids.size()));
+  }
+  MOAT_RETURN_IF_ERROR(ReserveIds(child_ids).Annotate("fork of " + id));
+  Cleanup release([&] { ReleaseIds(child_ids); });
+  const int count = static_cast<int>(child_ids.size());
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> parent, Get(id));
   // One snapshot of the parent (it runs on right after), then every child restores from it.
   std::string dir = SnapshotDir(".fork-" + NewSandboxId());
@@ -511,7 +591,7 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(const std::string& id,
   auto work = [&] {
     for (int i; (i = next.fetch_add(1)) < count;) {
       Status caught = CatchAll("fork child", [&] {
-        results[i] = Restore(dir, m, NewSandboxId(), parent->identity(), std::nullopt);
+        results[i] = Restore(dir, m, child_ids[i], parent->identity(), std::nullopt);
       });
       if (!caught.ok()) results[i] = caught;
     }

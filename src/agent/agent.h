@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,11 +56,22 @@ struct AgentConfig {
   bool memory_file_snapshots = true;
 };
 
+// By public id (a claimed warm clone's directory has a name of its own); `cleaned` names a
+// directory by its own name where its state.json could not be read.
 struct RecoveryReport {
   std::vector<std::string> adopted;  // running sandboxes of an earlier agent, now this one's
   std::vector<std::string> cleaned;  // sandboxes of an earlier agent: everything was released
   std::vector<std::string> paused;   // paused sandboxes found on disk: they can be resumed
   std::vector<std::string> removed_partial;  // half-written snapshots and bakes, removed
+};
+
+// A sandbox to create, under an id the caller chose (the control plane records it before it
+// asks).
+struct CreateRequest {
+  std::string id;  // IsValidSandboxId, and no sandbox's on this agent: running, paused or other
+  std::string template_name;
+  GuestIdentity identity;
+  net::EgressPolicy egress;  // ignored without networking
 };
 
 class Agent {
@@ -78,9 +90,13 @@ class Agent {
   // request is in flight: a sandbox created meanwhile is killed with the agent.
   void Detach();
 
-  // A new sandbox restored from `template_name`: the base template (baked on first use) or the
-  // id of a named snapshot. Never a cold boot once the template is baked.
-  // `egress` is its network policy (ignored without networking).
+  // A new sandbox `req.id` restored from `req.template_name`: the base template (baked on first
+  // use; a warm clone when the pool has one) or the id of a named snapshot. Never a cold boot
+  // once the template is baked. An id that is not a sandbox id is InvalidArgument; one in use —
+  // a sandbox running or being created, a paused one, a snapshot or a directory of that name —
+  // is AlreadyExists, and what uses it is left as it was.
+  Result<std::shared_ptr<Sandbox>> Create(const CreateRequest& req);
+  // The same under a fresh id (NewSandboxId()).
   Result<std::shared_ptr<Sandbox>> Create(const std::string& template_name,
                                           const GuestIdentity& identity,
                                           const net::EgressPolicy& egress = {});
@@ -101,8 +117,13 @@ class Agent {
   bool IsPaused(const std::string& id);
   std::vector<SnapshotManifest> ListPaused();
 
-  // `count` children of a running sandbox, each with its memory and files at fork time and a
-  // fresh identity; the parent pauses only while its state is written.
+  // Children of a running sandbox, one per id of `child_ids` (1 to 64 of them, no two alike,
+  // each checked as Create checks its id), each with its memory and files at fork time and a
+  // fresh identity; the parent pauses only while its state is written. Children come back in
+  // the order of their ids; if one fails, none is kept.
+  Result<std::vector<std::shared_ptr<Sandbox>>> Fork(const std::string& id,
+                                                     const std::vector<std::string>& child_ids);
+  // The same with `count` fresh ids.
   Result<std::vector<std::shared_ptr<Sandbox>>> Fork(const std::string& id, int count);
 
   // A named snapshot of a running sandbox (it keeps running); its id is usable as a template.
@@ -121,11 +142,16 @@ class Agent {
  private:
   explicit Agent(AgentConfig config);
   void Recover();
-  // Takes over the sandbox in `dir` if its state.json allows and its VMM runs; `slots` are the
-  // earlier agent's slot records by namespace name.
+  // Takes over the sandbox in DATA_DIR/sandboxes/`local_id` if its state.json (`state`) allows
+  // and its VMM runs; `slots` are the earlier agent's slot records by namespace name.
   Result<std::shared_ptr<Sandbox>> AdoptLeftover(
-      const std::string& dir, const std::string& id,
+      const SandboxState& state, const std::string& local_id,
       const std::map<std::string, net::SlotRecord>& slots);
+  // Takes `ids` for sandboxes about to be made under them, all or none: InvalidArgument for one
+  // that is not a sandbox id, AlreadyExists for one in use (see Create). ReleaseIds() gives them
+  // back once the sandboxes are tracked (or were not made).
+  Status ReserveIds(const std::vector<std::string>& ids);
+  void ReleaseIds(const std::vector<std::string>& ids);
   void StopMonitor();
   std::string SnapshotDir(const std::string& id) const;
   Result<std::shared_ptr<Sandbox>> Restore(const std::string& snapshot_dir,
@@ -134,10 +160,11 @@ class Agent {
                                            const std::optional<net::EgressPolicy>& egress);
   void Track(const std::shared_ptr<Sandbox>& sb);
   void MonitorLoop();
-  // The warm pool: a clone of the template build in `template_dir`, claimed for a sandbox with
-  // `identity` and `egress`; null when none is ready (the caller restores). An error that is
+  // The warm pool: a clone of the template build in `template_dir`, claimed for the sandbox `id`
+  // (reserved by the caller) with `identity` and `egress`, and tracked under that id; null when
+  // none is ready (the caller restores). An error that is
   // not about the clone (the policy cannot be applied) is returned.
-  Result<std::shared_ptr<Sandbox>> ClaimWarm(const std::string& template_dir,
+  Result<std::shared_ptr<Sandbox>> ClaimWarm(const std::string& template_dir, const std::string& id,
                                              const GuestIdentity& identity,
                                              const net::EgressPolicy& egress);
   void WarmLoop();
@@ -154,7 +181,8 @@ class Agent {
   std::mutex paused_mu_;  // serialises pause/resume/delete of paused sandboxes
 
   std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;
+  std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;  // by public id
+  std::set<std::string> reserved_ids_;  // of creates and forks in flight (ReserveIds)
 
   struct WarmClone {
     std::string template_dir;  // the template build it was restored from

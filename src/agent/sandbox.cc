@@ -65,11 +65,15 @@ Status AcrossQemuVersions(const SnapshotManifest& snap, Status s) {
 
 }  // namespace
 
-Sandbox::Sandbox(const SandboxEnv& env, std::string id, std::string template_name)
+Sandbox::Sandbox(const SandboxEnv& env, std::string id, std::string local_id,
+                 std::string template_name)
     : env_(env),
       id_(std::move(id)),
+      local_id_(std::move(local_id)),
       template_name_(std::move(template_name)),
-      paths_(env.sandboxes_dir + "/" + id_) {}
+      paths_(env.sandboxes_dir + "/" + local_id_) {
+  faults_->sandbox = id_;
+}
 
 Sandbox::~Sandbox() {
   Kill();
@@ -83,7 +87,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
                                                const std::string& id, const GuestIdentity& identity,
                                                const net::EgressPolicy& egress) {
   auto start = Clock::now();
-  std::unique_ptr<Sandbox> sb(new Sandbox(env, id, tmpl.name));
+  std::unique_ptr<Sandbox> sb(new Sandbox(env, id, id, tmpl.name));
   sb->identity_ = identity;
   const SandboxPaths& p = sb->paths_;
   if (PathExists(p.dir))
@@ -126,7 +130,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
 vmm::VmSpec Sandbox::BaseSpec(unsigned vcpus, uint64_t memory_mib,
                               const std::string& base_disk) const {
   vmm::VmSpec spec;
-  spec.name = "moat-" + id_;
+  spec.name = "moat-" + local_id_;
   spec.vcpus = vcpus;
   spec.memory_mib = memory_mib;
   spec.accel = env_.accel;
@@ -201,13 +205,18 @@ vmm::VmSpec Sandbox::AdoptedSpec(uint32_t jail_id) const {
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Adopt(const SandboxEnv& env, const SandboxState& state,
+                                                const std::string& local_id,
                                                 std::unique_ptr<net::NetworkSlot> slot) {
   auto start = Clock::now();
   if (!state.adoptable()) {
     return FailedPrecondition("sandbox " + state.id +
                               ": its state.json does not record enough to adopt it");
   }
-  std::unique_ptr<Sandbox> sb(new Sandbox(env, state.id, state.template_name));
+  if (state.vm_name != "moat-" + local_id) {
+    return FailedPrecondition("sandbox " + state.id + ": its state.json names VM " + state.vm_name +
+                              ", not moat-" + local_id);
+  }
+  std::unique_ptr<Sandbox> sb(new Sandbox(env, state.id, local_id, state.template_name));
   // From here on the sandbox owns what it was given: a failure releases it (the destructor runs
   // Kill()), the VMM first.
   sb->owns_dir_ = true;
@@ -247,6 +256,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Adopt(const SandboxEnv& env, const San
   if (resumed) MOAT_RETURN_IF_ERROR(sb->SendIdentity(sb->identity_));
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   LogInfo("sandbox.adopted", {{"sandbox", state.id},
+                              {"local_id", local_id},
                               {"vmm_pid", sb->vmm_->pid()},
                               {"netns", state.netns.empty() ? "none" : state.netns},
                               {"resumed", resumed ? "true" : "false"},
@@ -274,7 +284,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
   } else if (!snap.egress.is_null()) {
     MOAT_ASSIGN_OR_RETURN(policy, net::EgressPolicy::FromJson(snap.egress));
   }
-  std::unique_ptr<Sandbox> sb(new Sandbox(env, id, snap.source));
+  std::unique_ptr<Sandbox> sb(new Sandbox(env, id, id, snap.source));
   sb->pooled_ = pooled;
   const SandboxPaths& p = sb->paths_;
   SnapshotFiles f(snapshot_dir);
@@ -360,12 +370,20 @@ Status Sandbox::WarmUp() {
   return Status::Ok();
 }
 
-Status Sandbox::Claim(const GuestIdentity& identity, const net::EgressPolicy& egress) {
+Status Sandbox::Claim(const std::string& id, const GuestIdentity& identity,
+                      const net::EgressPolicy& egress) {
   auto start = Clock::now();
   std::lock_guard lock(mu_);
   if (killed_ || !vmm_ || !guest_ || !guest_->alive() ||
       vmm_->WaitForExit(std::chrono::milliseconds(0)).ok()) {
-    return Unavailable("pooled sandbox " + id_ + " is gone");
+    return Unavailable("pooled sandbox " + local_id_ + " is gone");
+  }
+  // From here on it is the sandbox `id`: errors and logs name it (and Kill, should the claim
+  // fail). Its directory, VM and cgroup keep the local id.
+  id_ = id;
+  {
+    std::lock_guard faults(faults_->mu);
+    faults_->sandbox = id_;
   }
   if (slot_ && !(slot_->policy() == egress)) {
     MOAT_RETURN_IF_ERROR(slot_->ApplyPolicy(egress).Annotate("egress policy of sandbox " + id_));
@@ -380,6 +398,7 @@ Status Sandbox::Claim(const GuestIdentity& identity, const net::EgressPolicy& eg
   LogInfo(
       "sandbox.claimed",
       {{"sandbox", id_},
+       {"local_id", local_id_},
        {"ready_us",
         static_cast<long>(
             std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count())}});
@@ -487,12 +506,12 @@ Status Sandbox::ConnectGuest(std::chrono::milliseconds timeout) {
     return client.status().Annotate("waiting for moat-guest in sandbox " + id_ +
                                     " (console log: " + paths_.console_log + ")");
   }
-  (*client)->SetViolationHandler([faults = faults_, id = id_](const Status& why) {
+  (*client)->SetViolationHandler([faults = faults_](const Status& why) {
     std::lock_guard lock(faults->mu);
     if (++faults->violations < kMaxGuestViolations || faults->fault) return;
     faults->fault = "its guest broke the channel protocol " + std::to_string(faults->violations) +
                     " times (the last: " + why.message() + ")";
-    LogWarn("sandbox.faulted", {{"sandbox", id}, {"reason", *faults->fault}});
+    LogWarn("sandbox.faulted", {{"sandbox", faults->sandbox}, {"reason", *faults->fault}});
   });
   guest_ = std::move(client).value();
   return Status::Ok();

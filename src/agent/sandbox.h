@@ -1,6 +1,12 @@
 // Sandbox: the host-side owner of one microVM — its VMM process (through a VmmDriver), its guest
-// channel, its directory DATA_DIR/sandboxes/<id>/ and its disk overlay. Kill() (or the destructor)
-// releases all of them; a sandbox whose VMM died is released the same way.
+// channel, its directory DATA_DIR/sandboxes/<local id>/ and its disk overlay. Kill() (or the
+// destructor) releases all of them; a sandbox whose VMM died is released the same way.
+//
+// Two names: its public id (id(): what clients, the agent's map and the logs know it by) and
+// its local id (local_id(): what names its directory, its VM "moat-<local id>" and so its
+// cgroup, fixed when the VMM starts). They are the same, except for a warm clone: it is
+// started ahead of time under a local id of its own, and Claim() gives it the public id of the
+// create that takes it.
 #pragma once
 
 #include <chrono>
@@ -72,21 +78,23 @@ class Sandbox {
   Sandbox(const Sandbox&) = delete;
   Sandbox& operator=(const Sandbox&) = delete;
 
-  // Cold-boots a new sandbox from `tmpl` and waits until moat-guest answers, then sends the
-  // identity. On failure everything created so far is released.
+  // Cold-boots a new sandbox `id` (its public and local id alike) from `tmpl` and waits until
+  // moat-guest answers, then sends the identity. On failure everything created so far is
+  // released; a directory of that name that exists already is AlreadyExists and left alone.
   static Result<std::unique_ptr<Sandbox>> Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
                                                const std::string& id, const GuestIdentity& identity,
                                                const net::EgressPolicy& egress = {});
 
-  // Creates a sandbox by restoring a snapshot (a template's, a paused sandbox's or a named one):
-  // no cold boot. Memory is mapped copy-on-write from the snapshot's memory file (a template's,
-  // or a sandbox snapshot's linked into the sandbox's dir), or, from a snapshot written before
-  // memory files, loaded into fresh private memory from the stream; the disk is a copy of the
-  // snapshot's overlay over its base. Then the guest gets its identity (clock, entropy, env, user,
-  // workdir) and, with a NIC, its network on a slot of its own with `egress` (absent: the policy
-  // the snapshot recorded). `pooled`: a warm clone for Agent's pool, not a sandbox yet — state.json
-  // never says ready (an agent restarting finds it and cleans it up rather than adopting it) until
-  // Claim().
+  // Creates a sandbox `id` (its public and local id alike; a directory of that name that exists
+  // already is AlreadyExists) by restoring a snapshot (a template's, a paused sandbox's or a
+  // named one): no cold boot. Memory is mapped copy-on-write from the snapshot's memory file (a
+  // template's, or a sandbox snapshot's linked into the sandbox's dir), or, from a snapshot written
+  // before memory files, loaded into fresh private memory from the stream; the disk is a copy of
+  // the snapshot's overlay over its base. Then the guest gets its identity (clock, entropy, env,
+  // user, workdir) and, with a NIC, its network on a slot of its own with `egress` (absent: the
+  // policy the snapshot recorded). `pooled`: a warm clone for Agent's pool, not a sandbox yet —
+  // state.json never says ready (an agent restarting finds it and cleans it up rather than adopting
+  // it) until Claim().
   static Result<std::unique_ptr<Sandbox>> Restore(
       const SandboxEnv& env, const std::string& snapshot_dir, const SnapshotManifest& snapshot,
       const std::string& id, const GuestIdentity& identity,
@@ -97,18 +105,22 @@ class Sandbox {
   Status WarmUp();
   // Makes a pooled clone a sandbox: checks that it still runs, applies `egress` when it is not
   // what the slot has, gives the guest its identity (clock, fresh entropy, env, user,
-  // workdir), restarts its clock of creation and records it as ready. On failure the caller
-  // kills it.
-  Status Claim(const GuestIdentity& identity, const net::EgressPolicy& egress);
+  // workdir), takes `id` as its public id (its local id stays), restarts its clock of creation
+  // and records it as ready. On failure the caller kills it. Call it before the sandbox is
+  // shared: id() reads the public id without a lock.
+  Status Claim(const std::string& id, const GuestIdentity& identity,
+               const net::EgressPolicy& egress);
 
-  // Takes over a sandbox that an earlier agent left running, as its state.json records it
-  // (state.adoptable()): the VMM process — if it still is the one that started at the recorded
-  // time —, its cgroup, jail id and jail, its directory, and `slot` (the sandbox's network slot,
-  // adopted by the caller from the earlier agent's records; null without a NIC). A VM that the
-  // earlier agent left paused in the middle of a snapshot runs on. The guest must answer on a
+  // Takes over a sandbox that an earlier agent left running, as its state.json in
+  // DATA_DIR/sandboxes/<local_id> records it (state.adoptable(); the public id is state.id,
+  // the VM "moat-<local_id>"): the VMM process — if it still is the one that started at the
+  // recorded time —, its cgroup, jail id and jail, its directory, and `slot` (the sandbox's network
+  // slot, adopted by the caller from the earlier agent's records; null without a NIC). A VM that
+  // the earlier agent left paused in the middle of a snapshot runs on. The guest must answer on a
   // new connection of the channel. On failure everything is released: the VMM killed (never a
   // process that merely reuses its pid), the slot, jail id and directory released.
   static Result<std::unique_ptr<Sandbox>> Adopt(const SandboxEnv& env, const SandboxState& state,
+                                                const std::string& local_id,
                                                 std::unique_ptr<net::NetworkSlot> slot);
 
   // Writes a snapshot (RAM in a memory file, device state, disk) into `dir`, which must not
@@ -120,6 +132,8 @@ class Sandbox {
                       bool durable);
 
   const std::string& id() const { return id_; }
+  // The name of its directory and VM on this host (see the top of this file).
+  const std::string& local_id() const { return local_id_; }
   // Where its disk's base image is and what template it came from (for pause/snapshot).
   const SnapshotManifest& origin() const { return origin_; }
   const GuestIdentity& identity() const { return identity_; }
@@ -162,7 +176,8 @@ class Sandbox {
   void Detach();
 
  private:
-  Sandbox(const SandboxEnv& env, std::string id, std::string template_name);
+  // `local_id` names its directory and VM; `id` is its public id.
+  Sandbox(const SandboxEnv& env, std::string id, std::string local_id, std::string template_name);
   Status ConnectGuest(std::chrono::milliseconds timeout);
   Status SendIdentity(const GuestIdentity& identity);
   // Takes a slot (from the ready pool) with `egress` and adds its NIC to `spec`.
@@ -181,7 +196,8 @@ class Sandbox {
   vmm::VmSpec AdoptedSpec(uint32_t jail_id) const;
 
   SandboxEnv env_;
-  std::string id_;
+  std::string id_;        // public; set once more by Claim()
+  std::string local_id_;  // names paths_ and vm_name_: declared before them
   std::string template_name_;
   SandboxPaths paths_;
   std::chrono::milliseconds boot_time_{0};
@@ -200,6 +216,7 @@ class Sandbox {
   // Shared with every GuestClient's violation handler (a client may outlive the sandbox).
   struct GuestFaults {
     mutable std::mutex mu;
+    std::string sandbox;  // the public id, for the log (Claim() changes it)
     uint64_t violations = 0;
     std::optional<std::string> fault;
   };

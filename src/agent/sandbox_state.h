@@ -1,7 +1,14 @@
-// What the agent keeps on disk about each sandbox (DATA_DIR/sandboxes/<id>/state.json), so that a
-// restarted agent can re-adopt a running VMM or clean up after a dead one. Written when the VMM
-// has started (pid, start time, jail, VM name: enough to clean up), then in full once the sandbox
-// is ready (also what it was restored from, its identity and its network slot: enough to adopt).
+// What the agent keeps on disk about each sandbox (DATA_DIR/sandboxes/<local id>/state.json), so
+// that a restarted agent can re-adopt a running VMM or clean up after a dead one. Written when the
+// VMM has started (pid, start time, jail, VM name: enough to clean up), then in full once the
+// sandbox is ready (also what it was restored from, its identity and its network slot: enough to
+// adopt).
+//
+// Names: "id" is the sandbox's public id, "vmName" is "moat-<local id>", and the directory is
+// named by the local id (sandbox.h). They agree — id == local id — except for a claimed warm
+// clone, whose public id was given to it after it started; there is no key for the local id
+// (the directory and "vmName" both name it), so files of older agents, where "id" was always the
+// directory's name, read the same.
 #pragma once
 
 #include <sys/types.h>
@@ -17,7 +24,7 @@
 namespace moat::agent {
 
 struct SandboxState {
-  std::string id;
+  std::string id;  // public
   std::string template_name;
   int64_t created_unix_ms = 0;
   pid_t vmm_pid = 0;
@@ -25,7 +32,7 @@ struct SandboxState {
   uint64_t vmm_start_time = 0;
   uint32_t jail_id = 0;  // uid/gid of the jailed VMM; 0 when not jailed
   std::string accel;     // "kvm" | "tcg"
-  std::string vm_name;   // the VmSpec name (names the cgroup)
+  std::string vm_name;   // the VmSpec name, "moat-<local id>" (names the cgroup)
 
   // Set in the full record, written once the sandbox is ready. Files of older agents have none
   // of these keys: their sandboxes are cleaned up, never adopted.

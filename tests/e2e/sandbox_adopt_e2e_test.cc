@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "api/metrics.h"
 #include "api/sandbox_controller.h"
@@ -23,6 +24,7 @@
 #include "common/fs.h"
 #include "common/socket.h"
 #include "common/unique_fd.h"
+#include "host/in_process_host_agent.h"
 #include "support/agent_config.h"
 #include "support/test_util.h"
 #include "vmm/cgroup.h"
@@ -253,6 +255,51 @@ TEST_F(SandboxAdoptE2eTest, RunningSandboxesAreAdoptedByTheNextAgentAndDeadOnesC
   EXPECT_EQ(test_support::CountProcessesMentioning(*dir_), 0);
 }
 
+// A warm clone runs in a directory, and as a VM, of the name it was started under; claimed, it
+// took its create's id. The next agent finds it by its directory and adopts it under that id.
+TEST_F(SandboxAdoptE2eTest, AClaimedWarmCloneIsAdoptedUnderItsPublicIdAndKilledByIt) {
+  AgentConfig config = test_support::E2eAgentConfig(*dir_);
+  config.warm_sandboxes = 1;
+  auto agent = Agent::Start(config);
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  ASSERT_TRUE(WaitUntil([&] { return (*agent)->warm_ready() >= 1; }, 120s));
+  const std::string id = NewSandboxId();
+  auto sb = (*agent)->Create(
+      {.id = id, .template_name = "base", .identity = {.env = {{"MOAT_ADOPT", "warm"}}}});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  ASSERT_TRUE((*sb)->from_warm_pool());
+  const std::string local = (*sb)->local_id();
+  ASSERT_NE(local, id);
+  const pid_t pid = (*sb)->vmm_pid();
+  Sh(*sb, "echo warm-file > /home/user/keep.txt");
+  (*agent)->Detach();
+  agent->reset();
+  sb->reset();
+  EXPECT_TRUE(ProcessRuns(pid));
+  EXPECT_TRUE(PathExists(*dir_ + "/sandboxes/" + local + "/state.json"));
+  EXPECT_EQ(DirNames(*dir_ + "/sandboxes"), std::vector<std::string>{local})
+      << "the clone that was waiting went with its agent";
+
+  auto next = StartAgent();
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->recovery().adopted, std::vector<std::string>{id});
+  EXPECT_TRUE(next->recovery().cleaned.empty());
+  auto c = next->Get(id);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ((*c)->id(), id);
+  EXPECT_EQ((*c)->local_id(), local);
+  EXPECT_EQ((*c)->vmm_pid(), pid);
+  EXPECT_EQ(Sh(*c, "cat /home/user/keep.txt; echo $MOAT_ADOPT"), "warm-file\nwarm\n");
+  EXPECT_EQ(next->Create({.id = id, .template_name = "base"}).status().code(),
+            ErrorCode::kAlreadyExists);
+  c->reset();
+  ASSERT_TRUE(next->Kill(id).ok());
+  EXPECT_FALSE(ProcessRuns(pid));
+  EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + local));
+  EXPECT_FALSE(CgroupExists("moat-" + local));
+  EXPECT_TRUE(next->List().empty());
+}
+
 TEST_F(SandboxAdoptE2eTest, AStateFileWithoutAdoptionRecordsIsCleanedNotAdopted) {
   auto agent = StartAgent();
   ASSERT_TRUE(agent);
@@ -322,7 +369,8 @@ TEST_F(SandboxAdoptE2eTest, MoatdKillsAnAdoptedSandboxThatNoRecordNames) {
   auto store = api::store::SqliteStore::Open(*dir_ + "/moat.db");
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   api::Metrics metrics;
-  auto controller = api::SandboxController::Start(*next, **store, metrics, {});
+  host::InProcessHostAgent next_host("local", *next);
+  auto controller = api::SandboxController::Start(next_host, **store, metrics, {});
   ASSERT_TRUE(controller.ok()) << controller.status().ToString();
   EXPECT_TRUE(next->List().empty());
   EXPECT_EQ(test_support::CountProcessesMentioning(*dir_ + "/sandboxes/" + id), 0);

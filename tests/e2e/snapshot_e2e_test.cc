@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/sandbox_id.h"
 #include "agent/snapshot.h"
 #include "common/fs.h"
 #include "support/agent_config.h"
@@ -349,6 +350,60 @@ TEST_F(SnapshotE2eTest, ForkedChildrenKeepMemoryAndFilesAndAreIsolated) {
             Sh(c1, "head -c 16 /dev/urandom | od -An -tx1"));
   for (auto& c : *children) ASSERT_TRUE(agent_->Kill(c->id()).ok());
   ASSERT_TRUE(agent_->Kill(parent->id()).ok());
+}
+
+// The control plane names a sandbox before it asks for it: the sandbox takes that id, is found
+// by it, and no other sandbox — created or forked — can take it while it runs or is paused.
+TEST_F(SnapshotE2eTest, ASandboxTakesTheIdItIsCreatedWithAndNoOtherCanTakeIt) {
+  const std::string id = NewSandboxId();
+  auto sb = agent_->Create(
+      {.id = id, .template_name = "base", .identity = {.env = {{"GIVEN_ID", "yes"}}}});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  EXPECT_EQ((*sb)->id(), id);
+  EXPECT_EQ((*sb)->local_id(), id);
+  EXPECT_FALSE((*sb)->from_warm_pool());
+  auto got = agent_->Get(id);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, *sb);
+  EXPECT_EQ(Sh(*sb, "echo $GIVEN_ID"), "yes\n");
+
+  // Running: another create or a fork child under its id is refused; it runs on.
+  auto dup = agent_->Create({.id = id, .template_name = "base"});
+  EXPECT_EQ(dup.status().code(), ErrorCode::kAlreadyExists) << dup.status().ToString();
+  EXPECT_EQ(agent_->Fork(id, {id}).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(agent_->List().size(), 1u);
+  EXPECT_EQ(Sh(*sb, "echo still"), "still\n");
+
+  // Fork children take the ids given, in their order.
+  const std::vector<std::string> kid_ids{NewSandboxId(), NewSandboxId()};
+  auto kids = agent_->Fork(id, kid_ids);
+  ASSERT_TRUE(kids.ok()) << kids.status().ToString();
+  ASSERT_EQ(kids->size(), 2u);
+  for (size_t i = 0; i < kid_ids.size(); ++i) {
+    EXPECT_EQ((*kids)[i]->id(), kid_ids[i]);
+    EXPECT_TRUE(agent_->Get(kid_ids[i]).ok());
+    EXPECT_EQ(Sh((*kids)[i], "echo $GIVEN_ID"), "yes\n");
+  }
+  // A child id in use fails the whole fork before anything is made.
+  EXPECT_EQ(agent_->Fork(id, {NewSandboxId(), kid_ids[1]}).status().code(),
+            ErrorCode::kAlreadyExists);
+  EXPECT_EQ(agent_->List().size(), 3u);
+  for (const auto& kid : kid_ids) ASSERT_TRUE(agent_->Kill(kid).ok());
+  kids->clear();
+
+  // Paused: still its id; the snapshot is left alone and resumes under it.
+  ASSERT_TRUE(agent_->Pause(id).ok());
+  sb->reset();
+  got->reset();
+  dup = agent_->Create({.id = id, .template_name = "base"});
+  EXPECT_EQ(dup.status().code(), ErrorCode::kAlreadyExists) << dup.status().ToString();
+  EXPECT_TRUE(agent_->IsPaused(id));
+  auto resumed = agent_->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ((*resumed)->id(), id);
+  EXPECT_EQ(Sh(*resumed, "echo $GIVEN_ID"), "yes\n");
+  ASSERT_TRUE(agent_->Kill(id).ok());
+  EXPECT_TRUE(agent_->List().empty());
 }
 
 TEST_F(SnapshotE2eTest, TwoHundredPauseResumeCyclesLoseNothing) {

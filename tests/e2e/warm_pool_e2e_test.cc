@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "common/fs.h"
 #include "support/agent_config.h"
@@ -134,6 +135,89 @@ TEST_F(WarmPoolE2e, WaitingClonesAreNeverReadyOnDiskAndDeadOnesAreReplaced) {
   for (const auto& id : DirNames(*dir_ + "/sandboxes")) {
     EXPECT_EQ(std::count(clones.begin(), clones.end(), id), 0) << "a dead clone is still there";
   }
+}
+
+// A clone started before its create takes the create's id: the agent knows it by that id for
+// everything (get, egress, fork, snapshot, pause and resume, the monitor, kill) while its
+// directory, VM and cgroup keep the name it was started under.
+TEST_F(WarmPoolE2e, AClaimedCloneTakesTheIdOfItsCreateAndIsKnownByItEverywhere) {
+  ASSERT_TRUE(WaitForPool(2));
+  const std::string id = NewSandboxId();
+  auto sb = agent_->Create(
+      {.id = id, .template_name = "base", .identity = {.env = {{"WARM_ID", "given"}}}});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  ASSERT_TRUE((*sb)->from_warm_pool());
+  EXPECT_EQ((*sb)->id(), id);
+  const std::string local = (*sb)->local_id();
+  EXPECT_NE(local, id);
+  auto got = agent_->Get(id);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, *sb);
+  got->reset();
+  EXPECT_EQ(agent_->List().size(), 1u);
+  EXPECT_EQ(Sh(*sb, "echo $WARM_ID"), "given\n");
+  // On disk: the directory and VM of its local id; state.json names both.
+  EXPECT_EQ((*sb)->paths().dir, *dir_ + "/sandboxes/" + local);
+  auto state = ParseSandboxState(*ReadFile((*sb)->paths().state));
+  ASSERT_TRUE(state.ok()) << state.status().ToString();
+  EXPECT_EQ(state->id, id);
+  EXPECT_EQ(state->vm_name, "moat-" + local);
+  EXPECT_TRUE(state->adoptable());
+  // Its id is taken, and so is its local id (a directory of that name exists).
+  EXPECT_EQ(agent_->Create({.id = id, .template_name = "base"}).status().code(),
+            ErrorCode::kAlreadyExists);
+  EXPECT_EQ(agent_->Create({.id = local, .template_name = "base"}).status().code(),
+            ErrorCode::kAlreadyExists);
+
+  auto deny = net::EgressPolicy::FromE2b({{"denyOut", {"198.51.100.0/24"}}}, true);
+  ASSERT_TRUE(deny.ok());
+  ASSERT_TRUE(agent_->SetEgress(id, *deny).ok());
+  EXPECT_EQ(*(*sb)->Egress(), *deny);
+  const std::string kid = NewSandboxId();
+  auto kids = agent_->Fork(id, {kid});
+  ASSERT_TRUE(kids.ok()) << kids.status().ToString();
+  EXPECT_EQ((*kids)[0]->id(), kid);
+  EXPECT_EQ(Sh((*kids)[0], "echo $WARM_ID"), "given\n");
+  EXPECT_EQ(*(*kids)[0]->Egress(), *deny);
+  ASSERT_TRUE(agent_->Kill(kid).ok());
+  kids->clear();
+  auto snap = agent_->CreateSnapshot(id, "of-a-claimed-clone");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  ASSERT_TRUE(agent_->DeleteSnapshot(snap->sandbox_id).ok());
+
+  // Pause writes snapshots/<id>; resume restores it under its id, now its local id too.
+  ASSERT_TRUE(agent_->Pause(id).ok());
+  sb->reset();
+  EXPECT_TRUE(PathExists(*dir_ + "/snapshots/" + id));
+  EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + local));
+  EXPECT_EQ(agent_->Create({.id = id, .template_name = "base"}).status().code(),
+            ErrorCode::kAlreadyExists);
+  auto resumed = agent_->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ((*resumed)->id(), id);
+  EXPECT_EQ((*resumed)->local_id(), id);
+  EXPECT_EQ(Sh(*resumed, "echo $WARM_ID"), "given\n");
+  EXPECT_EQ(*(*resumed)->Egress(), *deny);
+  resumed->reset();
+  ASSERT_TRUE(agent_->Kill(id).ok());
+  EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + id));
+
+  // A claimed clone whose VMM dies is released by the monitor, found by its id.
+  ASSERT_TRUE(WaitForPool(1));
+  const std::string dies = NewSandboxId();
+  auto d = agent_->Create({.id = dies, .template_name = "base"});
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  ASSERT_TRUE((*d)->from_warm_pool());
+  const std::string dies_dir = (*d)->paths().dir;
+  ASSERT_EQ(::kill((*d)->vmm_pid(), SIGKILL), 0);
+  d->reset();
+  auto end = Clock::now() + 10s;
+  while (agent_->Get(dies).ok() && Clock::now() < end) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(agent_->Get(dies).status().code(), ErrorCode::kNotFound);
+  end = Clock::now() + 10s;
+  while (PathExists(dies_dir) && Clock::now() < end) std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(PathExists(dies_dir));
+  EXPECT_TRUE(agent_->List().empty());
 }
 
 }  // namespace

@@ -73,6 +73,33 @@ TEST(SandboxState, AnOlderRecordParsesButIsNotAdoptable) {
   EXPECT_EQ(SerializeSandboxState(*s), OlderRecord().dump(2) + "\n");
 }
 
+TEST(SandboxState, AClaimedWarmCloneRecordsItsPublicIdBesideTheVmOfItsLocalId) {
+  // Started under a local id of its own (its directory and VM), claimed under the create's id.
+  SandboxState in = FullRecord();
+  in.id = "publicid000000000001";
+  in.vm_name = "moat-localid000000000001";
+  std::string text = SerializeSandboxState(in);
+  json j = json::parse(text);
+  EXPECT_EQ(j["id"], "publicid000000000001");
+  EXPECT_EQ(j["vmName"], "moat-localid000000000001");
+  // No key of its own for the local id: the directory and vmName name it, and older agents'
+  // files (where id named the directory) read the same.
+  EXPECT_FALSE(j.contains("localId"));
+  auto out = ParseSandboxState(text);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->id, "publicid000000000001");
+  EXPECT_EQ(out->vm_name, "moat-localid000000000001");
+  EXPECT_TRUE(out->adoptable());
+}
+
+TEST(SandboxState, ARecordWhosePublicIdIsNotASandboxIdIsRejected) {
+  json j = json::parse(SerializeSandboxState(FullRecord()));
+  j["id"] = "../../etc";
+  auto s = ParseSandboxState(j.dump());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST(SandboxState, ANotReadyRecordIsNotAdoptable) {
   SandboxState state = FullRecord();
   state.ready = false;
