@@ -40,9 +40,10 @@ RateLimiter& ErrorLogLimiter() {
 }  // namespace
 
 ApiServer::ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics,
-                     PortResolver resolver, PortProxyOptions proxy_options)
+                     routes::GuestLookup guest_of, PortResolver resolver,
+                     PortProxyOptions proxy_options)
     : control_ctx_{&controller, &store, &metrics, kEnvdVersion, proxy_options.domain},
-      envd_ctx_{&controller, &metrics},
+      envd_ctx_{&controller, &metrics, std::move(guest_of)},
       metrics_(metrics),
       proxy_(proxy_options, std::move(resolver), metrics) {}
 
@@ -74,10 +75,11 @@ void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::C
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
                                                     SandboxController& controller,
                                                     store::Store& store, Metrics& metrics,
+                                                    routes::GuestLookup guest_of,
                                                     PortResolver resolver,
                                                     PortProxyOptions proxy_options) {
-  std::unique_ptr<ApiServer> s(
-      new ApiServer(controller, store, metrics, std::move(resolver), proxy_options));
+  std::unique_ptr<ApiServer> s(new ApiServer(controller, store, metrics, std::move(guest_of),
+                                             std::move(resolver), proxy_options));
   RegisterAll(s->control_, s->envd_, s->control_ctx_, s->envd_ctx_);
   ApiServer* self = s.get();
   s->max_body_bytes_ = options.body_limit;
@@ -128,7 +130,7 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
   std::string route = match.route
                           ? (envd ? "envd " : "") + match.route->method + " " + match.route->pattern
                           : "(unmatched)";
-  std::optional<SandboxController::Running> running;
+  std::optional<store::SandboxRecord> running;
   Status unauthenticated;  // why the request does not authenticate
   if (envd) {
     a.body_limit = kEnvdBodyLimit;
@@ -139,7 +141,7 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
     auto found = control_ctx_.controller->FindRunning(target->sandbox_id);
     if (found.ok()) running = std::move(*found);
     a.authenticated = running && req.HasHeader("X-Access-Token") &&
-                      SecretsEqual(req.Header("X-Access-Token"), running->record.access_token);
+                      SecretsEqual(req.Header("X-Access-Token"), running->access_token);
     if (!a.authenticated) {
       unauthenticated = Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
                                                                         : "missing X-Access-Token");

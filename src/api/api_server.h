@@ -31,9 +31,11 @@ class ApiServer {
  public:
   // `resolver` finds the address of a sandbox's port for the port proxy; null: no sandbox has
   // networking, and requests for sandbox ports answer 502.
+  // `guest_of` reaches the guest channel of a sandbox on this host (envd's routes).
   static Result<std::unique_ptr<ApiServer>> Start(http::ServerOptions options,
                                                   SandboxController& controller,
                                                   store::Store& store, Metrics& metrics,
+                                                  routes::GuestLookup guest_of,
                                                   PortResolver resolver = nullptr,
                                                   PortProxyOptions proxy_options = {});
   ~ApiServer();
@@ -62,7 +64,7 @@ class ApiServer {
 
  private:
   ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics,
-            PortResolver resolver, PortProxyOptions proxy_options);
+            routes::GuestLookup guest_of, PortResolver resolver, PortProxyOptions proxy_options);
   // Counts and logs one answered request; `warn`: as a warning (rate-limited), for moatd's own
   // failures.
   void Record(const std::string& route, int status, std::chrono::steady_clock::time_point started,

@@ -14,11 +14,15 @@
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/log.h"
+#include "host/in_process_host_agent.h"
 #include "vmm/qemu/command_line.h"
 #include "vmm/qemu/qemu_version.h"
 
 namespace moat::api {
 namespace {
+
+// The host id of `moatd serve`'s one host (a fleet's agents are named by --host-id).
+constexpr const char* kServeHostId = "local";
 
 int Fail(const std::string& what, const Status& s) {
   std::fprintf(stderr, "moatd: %s: %s\n", what.c_str(), s.ToString().c_str());
@@ -85,8 +89,10 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   auto agent = agent::Agent::Start(ac);
   if (!agent.ok()) return Fail("agent", agent.status());
 
+  // `serve` is one control plane and this one host, with no hop between them.
+  host::InProcessHostAgent this_host(kServeHostId, **agent);
   Metrics metrics;
-  auto controller = SandboxController::Start(**agent, **store, metrics, {});
+  auto controller = SandboxController::Start(this_host, **store, metrics, {});
   if (!controller.ok()) return Fail("controller", controller.status());
 
   http::ServerOptions opts;
@@ -111,7 +117,8 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
       return c->ResolvePort(id, port);
     };
   }
-  auto server = ApiServer::Start(opts, **controller, **store, metrics, resolver, proxy);
+  auto server = ApiServer::Start(opts, **controller, **store, metrics, host::GuestLookupOf(**agent),
+                                 resolver, proxy);
   if (!server.ok()) return Fail("listen", server.status());
 
   std::string host = config.listen_host.find(':') != std::string::npos

@@ -1,10 +1,9 @@
 #include "api/sandbox_controller.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <set>
 
+#include "agent/sandbox_id.h"
 #include "api/auth.h"
 #include "common/guarded.h"
 #include "common/log.h"
@@ -17,26 +16,54 @@ int64_t UnixMillisNow() {
       .count();
 }
 
-Result<std::unique_ptr<SandboxController>> SandboxController::Start(agent::Agent& agent,
+Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostAgent& host,
                                                                     store::Store& store,
                                                                     Metrics& metrics,
                                                                     ControllerOptions options) {
-  std::unique_ptr<SandboxController> c(new SandboxController(agent, store, metrics, options));
+  std::unique_ptr<SandboxController> c(new SandboxController(host, store, metrics, options));
   MOAT_ASSIGN_OR_RETURN(auto all, store.AllSandboxes());
-  const auto& cleaned = agent.recovery().cleaned;
+  MOAT_ASSIGN_OR_RETURN(HostInventory inventory, host.Inventory());
+  auto has = [](const std::vector<std::string>& ids, const std::string& id) {
+    return std::find(ids.begin(), ids.end(), id) != ids.end();
+  };
+  const auto& cleaned = inventory.cleaned;
   for (const auto& r : all) {
-    if (r.state == "paused" && agent.IsPaused(r.id)) continue;  // persisted: resumable
-    // Running: the agent's recovery re-adopted it (moatd restarted, its VMM ran on).
-    if (agent.Get(r.id).ok()) {
-      LogInfo("api.sandbox_kept", {{"sandbox", r.id}, {"reason", "re-adopted after restart"}});
+    bool running = has(inventory.running, r.id);
+    bool paused = !running && has(inventory.paused, r.id);
+    // A record left mid-change by an earlier moatd becomes what its host holds now; one whose
+    // create never returned to its client (creating), or that was being killed, goes.
+    std::optional<SandboxState> now;
+    switch (r.state) {
+      case SandboxState::kRunning:
+      case SandboxState::kError:
+        if (running) now = r.state;
+        break;
+      case SandboxState::kPausing:
+      case SandboxState::kResuming:
+      case SandboxState::kPaused:
+        if (running) now = SandboxState::kRunning;
+        if (paused) now = SandboxState::kPaused;
+        break;
+      default: break;
+    }
+    if (now) {
+      if (*now != r.state) {
+        MOAT_ASSIGN_OR_RETURN(bool changed, store.TransitionSandbox(r.id, {r.state}, {*now}));
+        (void)changed;
+      }
+      if (running) {
+        LogInfo("api.sandbox_kept", {{"sandbox", r.id}, {"reason", "re-adopted after restart"}});
+      }
       continue;
     }
+    if (running || paused) (void)host.Kill(r.id);
     // Gone: its VMM died while no moatd ran (the agent's recovery released what was left), or
     // it was never re-adopted. Its record goes too.
     bool was_left = std::find(cleaned.begin(), cleaned.end(), r.id) != cleaned.end();
     MOAT_RETURN_IF_ERROR(store.DeleteSandbox(r.id));
     LogInfo("api.sandbox_dropped",
             {{"sandbox", r.id},
+             {"state", SandboxStateName(r.state)},
              {"reason", was_left ? "not running after restart: marked and cleaned"
                                  : "not running after restart"}});
   }
@@ -44,15 +71,13 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(agent::Agent
   // recording it: a create or fork in flight) belongs to no team and no one could reach it.
   std::set<std::string> recorded;
   for (const auto& r : all) recorded.insert(r.id);
-  for (const auto& sb : agent.List()) {
-    if (recorded.count(sb->id()) != 0) continue;
-    (void)agent.Kill(sb->id());
-    LogWarn("api.sandbox_killed",
-            {{"sandbox", sb->id()}, {"reason", "re-adopted without a record"}});
+  for (const auto& id : inventory.running) {
+    if (recorded.count(id) != 0) continue;
+    (void)host.Kill(id);
+    LogWarn("api.sandbox_killed", {{"sandbox", id}, {"reason", "re-adopted without a record"}});
   }
   MOAT_ASSIGN_OR_RETURN(auto snapshots, store.AllSnapshots());
-  std::set<std::string> on_disk;
-  for (const auto& m : agent.ListSnapshots()) on_disk.insert(m.sandbox_id);
+  std::set<std::string> on_disk(inventory.snapshots.begin(), inventory.snapshots.end());
   for (const auto& s : snapshots) {
     if (on_disk.count(s.id) != 0) continue;
     MOAT_RETURN_IF_ERROR(store.DeleteSnapshot(s.id));
@@ -76,15 +101,14 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   auto started = std::chrono::steady_clock::now();
   MOAT_ASSIGN_OR_RETURN(std::string template_id, ResolveTemplate(team.id, a.template_id));
   // Held until the sandbox is recorded (or its start failed): see team_quotas.h.
-  const auto& base = agent_.config().base;
-  auto ask = QuotaGate::CreateAsk(a, base.vcpus, static_cast<int64_t>(base.memory_mib));
+  HostTemplateInfo tmpl = host_.base_template();
+  auto ask = QuotaGate::CreateAsk(a, tmpl.vcpus, static_cast<int64_t>(tmpl.memory_mib));
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team.id, ask));
-  agent::GuestIdentity identity;
-  identity.env = a.env_vars;
-  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Create(template_id, identity, a.egress));
-  const auto& tmpl = agent_.config().base;
   store::SandboxRecord r;
-  r.id = sb->id();
+  // Minted and recorded (creating) before the host starts it: a moatd that dies in between
+  // leaves a record its successor resolves, never a VM nobody knows of.
+  r.id = agent::NewSandboxId();
+  r.state = SandboxState::kCreating;
   r.team_id = team.id;
   r.template_id = template_id;
   r.access_token = RandomToken("", 24);
@@ -95,15 +119,25 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   r.end_at_ms = r.started_at_ms + a.timeout_s * 1000;
   r.auto_pause = a.auto_pause;
   r.cpu_count = tmpl.vcpus;
-  r.memory_mb = static_cast<uint32_t>(tmpl.memory_mib);
-  struct stat st {};
-  if (::stat(tmpl.rootfs_path.c_str(), &st) == 0) {
-    r.disk_size_mb = static_cast<uint32_t>(st.st_size / (1024 * 1024));
+  r.memory_mb = tmpl.memory_mib;
+  r.disk_size_mb = tmpl.disk_mib;
+  r.host_id = host_.host_id();
+  MOAT_RETURN_IF_ERROR(store_.InsertSandbox(r).Annotate("recording sandbox " + r.id));
+  HostSandboxStart start{
+      .id = r.id, .template_id = template_id, .env_vars = a.env_vars, .egress = a.egress.ToJson()};
+  if (Status started = host_.Create(start); !started.ok()) {
+    Abandon(r.id, SandboxState::kCreating, "start failed");
+    return started;
   }
-  if (Status s = store_.InsertSandbox(r); !s.ok()) {
-    (void)agent_.Kill(r.id);
-    return s.Annotate("recording sandbox " + r.id);
+  MOAT_ASSIGN_OR_RETURN(bool started_ok,
+                        Transition(r.id, SandboxState::kCreating, SandboxState::kRunning));
+  if (!started_ok) {
+    // Killed while it started (the kill found it creating): it is released here.
+    (void)host_.Kill(r.id);
+    (void)store_.DeleteSandbox(r.id);
+    return NotFound("sandbox \"" + r.id + "\" was killed while it was being created");
   }
+  r.state = SandboxState::kRunning;
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   metrics_.create_latency().Observe(secs);
   LogInfo("api.sandbox_created", {{"sandbox", r.id},
@@ -116,7 +150,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
 
 Result<std::string> SandboxController::ResolveTemplate(const std::string& team_id,
                                                        const std::string& template_id) {
-  if (template_id == agent_.config().base.name) return template_id;
+  if (template_id == host_.base_template().name) return template_id;
   MOAT_ASSIGN_OR_RETURN(auto by_id, store_.GetSnapshot(template_id));
   if (by_id && by_id->team_id == team_id) return by_id->id;
   MOAT_ASSIGN_OR_RETURN(auto by_name, store_.SnapshotByName(team_id, template_id));
@@ -128,19 +162,20 @@ Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::strin
                                                                 const std::string& sandbox_id,
                                                                 const CreateSnapshotAction& a) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, sandbox_id));
-  if (r.state != "running") {
-    return FailedPrecondition("sandbox \"" + sandbox_id +
-                              "\" is paused; resume it before taking a snapshot");
+  if (r.state != SandboxState::kRunning) {
+    return FailedPrecondition("sandbox \"" + sandbox_id + "\" is " +
+                              std::string(SandboxStateName(r.state)) +
+                              "; resume it before taking a snapshot");
   }
   auto started = std::chrono::steady_clock::now();
-  MOAT_ASSIGN_OR_RETURN(auto manifest, agent_.CreateSnapshot(r.id, a.name));
-  store::SnapshotRecord snap{.id = manifest.sandbox_id,
+  MOAT_ASSIGN_OR_RETURN(std::string snapshot_id, host_.CreateSnapshot(r.id, a.name));
+  store::SnapshotRecord snap{.id = snapshot_id,
                              .team_id = team_id,
                              .sandbox_id = r.id,
                              .name = a.name,
                              .created_at_ms = UnixMillisNow()};
   if (Status s = store_.InsertSnapshot(snap); !s.ok()) {
-    (void)agent_.DeleteSnapshot(snap.id);
+    (void)host_.DeleteSnapshot(snap.id);
     return s.Annotate("recording snapshot " + snap.id);
   }
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
@@ -161,7 +196,7 @@ Status SandboxController::DeleteSnapshot(const std::string& team_id,
   if (!snap || snap->team_id != team_id) {
     return NotFound("snapshot \"" + snapshot_id + "\" not found");
   }
-  Status removed = agent_.DeleteSnapshot(snap->id);
+  Status removed = host_.DeleteSnapshot(snap->id);
   if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
   MOAT_RETURN_IF_ERROR(store_.DeleteSnapshot(snap->id));
   LogInfo("api.snapshot_deleted", {{"snapshot", snap->id}, {"team", team_id}});
@@ -171,7 +206,10 @@ Status SandboxController::DeleteSnapshot(const std::string& team_id,
 Result<store::SandboxRecord> SandboxController::Get(const std::string& team_id,
                                                     const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, store_.GetSandbox(id));
-  if (!r || r->team_id != team_id) return NotFound("sandbox \"" + id + "\" not found");
+  // Killing, killed and lost sandboxes are gone for clients (api/lifecycle.h WireState).
+  if (!r || r->team_id != team_id || !WireState(r->state)) {
+    return NotFound("sandbox \"" + id + "\" not found");
+  }
   return *r;
 }
 
@@ -184,19 +222,14 @@ Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUs
   // that ends within a few seconds of it.
   constexpr int64_t kSlackS = 5;
   int64_t now_s = UnixMillisNow() / 1000;
-  if (r.state != "running" || (start_s && now_s + kSlackS < *start_s) ||
+  if (r.state != SandboxState::kRunning || (start_s && now_s + kSlackS < *start_s) ||
       (end_s && now_s - kSlackS > *end_s)) {
     return out;
   }
-  auto sb = agent_.Get(id);
-  if (!sb.ok()) return out;  // paused or killed in the meantime
-  auto usage = (*sb)->Usage();
+  auto usage = host_.Usage(id);
   if (!usage.ok()) {
-    // Its VMM just went away (killed, paused, exited): no sample.
-    if (usage.status().code() == ErrorCode::kNotFound || !agent_.Get(id).ok() ||
-        (*sb)->vmm_pid() <= 0) {
-      return out;
-    }
+    // Paused, killed or its VMM just went away: no sample.
+    if (usage.status().code() == ErrorCode::kNotFound) return out;
     LogWarn("api.usage_failed", {{"sandbox", id}, {"error", usage.status().ToString()}});
     return usage.status();
   }
@@ -205,7 +238,7 @@ Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUs
     std::lock_guard lock(cpu_mu_);
     // Since the previous sample of this VMM (intervals on its own boot-time clock), or since
     // the VMM started (the first sample, or after a resume started a new one).
-    const agent::SandboxUsage& u = m.usage;
+    const HostSandboxUsage& u = m.usage;
     double cpu = u.cpu_seconds, wall = u.vmm_age_seconds;
     auto it = last_cpu_.find(id);
     bool same_vmm = it != last_cpu_.end() && it->second.vmm_pid == u.vmm_pid &&
@@ -219,7 +252,7 @@ Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUs
     }
     // Never a reading older than the one kept (two samplers at once), and none for a sandbox
     // that is gone: Release drops the entry after the agent has let go of the sandbox.
-    if ((!same_vmm || it->second.age_seconds < u.vmm_age_seconds) && agent_.Get(id).ok()) {
+    if (!same_vmm || it->second.age_seconds < u.vmm_age_seconds) {
       last_cpu_[id] = {u.vmm_pid, u.vmm_start_time, u.vmm_age_seconds, u.cpu_seconds};
     }
   }
@@ -228,45 +261,91 @@ Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUs
 }
 
 Result<store::SandboxPage> SandboxController::List(const store::SandboxFilter& filter) {
-  return store_.ListSandboxes(filter);
+  if (!filter.states.empty()) return store_.ListSandboxes(filter);
+  store::SandboxFilter visible = filter;  // any state a client can see
+  for (SandboxState s : kAllSandboxStates) {
+    if (WireState(s)) visible.states.push_back(s);
+  }
+  return store_.ListSandboxes(visible);
 }
 
-Status SandboxController::Release(const std::string& id, const char* why) {
-  // The record goes first: from then on every route answers 404 for it at once, while the VM
-  // and its network slot are released (tens of milliseconds, more under load).
-  MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
-  Status killed = agent_.Kill(id);
+Result<bool> SandboxController::Transition(const std::string& id, SandboxState from,
+                                           SandboxState to) {
+  return store_.TransitionSandbox(id, {from}, {to});
+}
+
+void SandboxController::Abandon(const std::string& id, SandboxState from, const char* why) {
+  auto killing = Transition(id, from, SandboxState::kKilling);
+  if (!killing.ok() || !*killing) {
+    LogWarn("api.sandbox_abandon_lost_race",
+            {{"sandbox", id}, {"state", SandboxStateName(from)}, {"reason", why}});
+  }
+  (void)host_.Kill(id);
+  if (Status s = store_.DeleteSandbox(id); !s.ok()) {
+    LogError("api.sandbox_abandon_failed", {{"sandbox", id}, {"error", s.ToString()}});
+  }
+  LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
+}
+
+Status SandboxController::Release(const store::SandboxRecord& r, const char* why) {
+  const std::string& id = r.id;
+  // Killing first: from then on every route answers 404 for it at once, while the VM and its
+  // network slot are released (tens of milliseconds, more under load). A pause or resume in
+  // flight loses its own compare-and-set and leaves the rest to this.
+  if (r.state != SandboxState::kKilling) {
+    MOAT_ASSIGN_OR_RETURN(bool mine, Transition(id, r.state, SandboxState::kKilling));
+    if (!mine) {
+      MOAT_ASSIGN_OR_RETURN(auto now, store_.GetSandbox(id));
+      if (!now) return NotFound("sandbox \"" + id + "\" not found");
+      if (now->state == SandboxState::kKilling) return Status::Ok();  // someone else's kill
+      return Status(ErrorCode::kAborted, "sandbox \"" + id + "\" changed state (now " +
+                                             std::string(SandboxStateName(now->state)) +
+                                             "); try again");
+    }
+  }
+  Status killed = host_.Kill(id);
   {
     // After the agent let go of it: a sample racing with the kill cannot put it back.
     std::lock_guard lock(cpu_mu_);
     last_cpu_.erase(id);
   }
   if (!killed.ok() && killed.code() != ErrorCode::kNotFound) {
+    // The record stays `killing`: the reaper tries again.
     LogError("api.sandbox_release_failed", {{"sandbox", id}, {"error", killed.ToString()}});
     return killed;
   }
+  // Killed: the record goes (history keeps killed sandboxes later).
+  MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
   LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
   return Status::Ok();
 }
 
 Status SandboxController::Kill(const std::string& team_id, const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
-  return Release(r.id, "killed");
+  return Release(r, "killed");
 }
 
 Status SandboxController::UpdateNetwork(const std::string& team_id, const std::string& id,
-                                        const net::EgressPolicy& egress) {
+                                        const nlohmann::json& egress) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
-  if (r.state == "paused") {
-    return FailedPrecondition("sandbox \"" + id + "\" is paused: resume it to change its network");
+  if (r.state != SandboxState::kRunning) {
+    return FailedPrecondition("sandbox \"" + id + "\" is " +
+                              std::string(SandboxStateName(r.state)) +
+                              ": resume it to change its network");
   }
-  return agent_.SetEgress(r.id, egress);
+  return host_.SetEgress(r.id, egress);
 }
 
 Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, uint16_t port) {
-  MOAT_ASSIGN_OR_RETURN(Running running, FindRunning(id));
-  MOAT_ASSIGN_OR_RETURN(net::Ipv4Address address, running.sandbox->NetworkAddress());
-  return SandboxEndpoint{address.ToString(), port, running.record.traffic_access_token};
+  MOAT_ASSIGN_OR_RETURN(store::SandboxRecord r, FindRunning(id));
+  auto endpoint = host_.ResolvePort(id, port);
+  if (!endpoint.ok()) {
+    if (endpoint.status().code() == ErrorCode::kNotFound) {
+      return NotFound("sandbox \"" + id + "\" is not running");
+    }
+    return endpoint.status();
+  }
+  return SandboxEndpoint{endpoint->address, endpoint->port, r.traffic_access_token};
 }
 
 Status SandboxController::SetTimeout(const std::string& team_id, const std::string& id,
@@ -280,11 +359,19 @@ Result<store::SandboxRecord> SandboxController::Connect(const std::string& team_
                                                         bool* resumed) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
   if (resumed != nullptr) *resumed = false;
-  if (r.state == "paused") {
+  if (r.state == SandboxState::kPaused) {
     if (resumed != nullptr) *resumed = true;
     return ResumeRecord(r, timeout_s);
   }
-  if (!agent_.Get(r.id).ok()) return NotFound("sandbox \"" + id + "\" is not running");
+  if (r.state != SandboxState::kRunning && r.state != SandboxState::kError) {
+    return Status(ErrorCode::kAborted, "sandbox \"" + id + "\" is " +
+                                           std::string(SandboxStateName(r.state)) +
+                                           "; try again when it is done");
+  }
+  MOAT_ASSIGN_OR_RETURN(HostSandboxStatus on_host, host_.Probe(r.id));
+  if (on_host.kind != HostSandboxStatus::Kind::kRunning) {
+    return NotFound("sandbox \"" + id + "\" is not running");
+  }
   int64_t end = UnixMillisNow() + timeout_s * 1000;
   if (end > r.end_at_ms) {
     MOAT_RETURN_IF_ERROR(store_.SetSandboxEndAt(r.id, end));
@@ -295,10 +382,33 @@ Result<store::SandboxRecord> SandboxController::Connect(const std::string& team_
 
 Status SandboxController::Pause(const std::string& team_id, const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
-  if (r.state == "paused") return FailedPrecondition("sandbox \"" + id + "\" is already paused");
-  MOAT_RETURN_IF_ERROR(agent_.Pause(r.id));
-  MOAT_RETURN_IF_ERROR(store_.SetSandboxState(r.id, "paused"));
+  if (r.state == SandboxState::kPaused) {
+    return FailedPrecondition("sandbox \"" + id + "\" is already paused");
+  }
+  MOAT_RETURN_IF_ERROR(PauseRecord(r));
   LogInfo("api.sandbox_paused", {{"sandbox", r.id}});
+  return Status::Ok();
+}
+
+Status SandboxController::PauseRecord(const store::SandboxRecord& r) {
+  MOAT_ASSIGN_OR_RETURN(bool mine,
+                        Transition(r.id, SandboxState::kRunning, SandboxState::kPausing));
+  if (!mine) {
+    return FailedPrecondition("sandbox \"" + r.id + "\" is not running (it is " +
+                              std::string(SandboxStateName(r.state)) + " or changing)");
+  }
+  if (Status paused = host_.Pause(r.id); !paused.ok()) {
+    // A failed pause leaves the VM running as it was (HostAgent::Pause).
+    auto back = Transition(r.id, SandboxState::kPausing, SandboxState::kRunning);
+    if (!back.ok() || !*back) (void)host_.Kill(r.id);  // killed meanwhile
+    return paused;
+  }
+  MOAT_ASSIGN_OR_RETURN(bool done, Transition(r.id, SandboxState::kPausing, SandboxState::kPaused));
+  if (!done) {
+    // Killed while it paused: the kill found no VM; its snapshot goes here.
+    (void)host_.Kill(r.id);
+    return NotFound("sandbox \"" + r.id + "\" was killed while it was being paused");
+  }
   return Status::Ok();
 }
 
@@ -306,10 +416,25 @@ Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecor
                                                              int64_t timeout_s) {
   QuotaGate::Ask ask{.sandboxes = 1, .vcpus = r.cpu_count, .memory_mib = r.memory_mb};
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(r.team_id, ask));
-  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Resume(r.id));
-  (void)sb;
-  MOAT_RETURN_IF_ERROR(store_.SetSandboxState(r.id, "running"));
-  r.state = "running";
+  // One conditional update: two resumes of one paused sandbox never both run it.
+  MOAT_ASSIGN_OR_RETURN(bool mine,
+                        Transition(r.id, SandboxState::kPaused, SandboxState::kResuming));
+  if (!mine) {
+    return Status(ErrorCode::kAborted, "sandbox \"" + r.id + "\" is already being resumed");
+  }
+  if (Status resumed = host_.Resume(r.id); !resumed.ok()) {
+    // The snapshot is kept (HostAgent::Resume): it stays paused.
+    auto back = Transition(r.id, SandboxState::kResuming, SandboxState::kPaused);
+    if (!back.ok() || !*back) (void)host_.Kill(r.id);  // killed meanwhile
+    return resumed;
+  }
+  MOAT_ASSIGN_OR_RETURN(bool done,
+                        Transition(r.id, SandboxState::kResuming, SandboxState::kRunning));
+  if (!done) {
+    (void)host_.Kill(r.id);
+    return NotFound("sandbox \"" + r.id + "\" was killed while it was being resumed");
+  }
+  r.state = SandboxState::kRunning;
   // A connect may carry no timeout (0): a resumed sandbox then gets the default 300 s.
   r.end_at_ms = UnixMillisNow() + (timeout_s > 0 ? timeout_s : 300) * 1000;
   MOAT_RETURN_IF_ERROR(store_.SetSandboxEndAt(r.id, r.end_at_ms));
@@ -320,8 +445,9 @@ Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecor
 Result<store::SandboxRecord> SandboxController::Resume(const std::string& team_id,
                                                        const std::string& id, int64_t timeout_s) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
-  if (r.state != "paused") {
-    return Status(ErrorCode::kAborted, "sandbox \"" + id + "\" is already running");
+  if (r.state != SandboxState::kPaused) {
+    return Status(ErrorCode::kAborted, "sandbox \"" + id + "\" is already " +
+                                           std::string(WireState(r.state).value_or("running")));
   }
   return ResumeRecord(r, timeout_s);
 }
@@ -330,54 +456,79 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
                                                                   const std::string& id, int count,
                                                                   int64_t timeout_s) {
   MOAT_ASSIGN_OR_RETURN(auto parent, Get(team_id, id));
-  if (parent.state != "running") {
-    return FailedPrecondition("sandbox \"" + id + "\" is paused; resume it before forking");
+  if (parent.state != SandboxState::kRunning) {
+    return FailedPrecondition("sandbox \"" + id + "\" is " +
+                              std::string(SandboxStateName(parent.state)) +
+                              "; resume it before forking");
   }
   QuotaGate::Ask ask{.sandboxes = count,
                      .vcpus = count * int64_t{parent.cpu_count},
                      .memory_mib = count * int64_t{parent.memory_mb},
                      .creates = count};
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team_id, ask));
-  MOAT_ASSIGN_OR_RETURN(auto children, agent_.Fork(parent.id, count));
+  // The children are recorded (creating) before the host starts them, as a create's sandbox.
   std::vector<store::SandboxRecord> out;
-  for (const auto& child : children) {
+  std::vector<std::string> ids;
+  auto abandon_all = [&](const char* why) {
+    for (const auto& r : out) Abandon(r.id, SandboxState::kCreating, why);
+  };
+  for (int i = 0; i < count; ++i) {
     store::SandboxRecord r = parent;
-    r.id = child->id();
+    r.id = agent::NewSandboxId();
     r.access_token = RandomToken("", 24);
     // A child's ports are as private as its parent's, behind a token of its own.
     if (!r.traffic_access_token.empty()) r.traffic_access_token = RandomToken("", 24);
     r.started_at_ms = UnixMillisNow();
     r.end_at_ms = r.started_at_ms + timeout_s * 1000;
-    r.state = "running";
+    r.state = SandboxState::kCreating;
     if (Status s = store_.InsertSandbox(r); !s.ok()) {
-      for (const auto& c : children) (void)agent_.Kill(c->id());
+      abandon_all("recording a fork failed");
       return s.Annotate("recording fork " + r.id);
     }
+    ids.push_back(r.id);
     out.push_back(std::move(r));
   }
+  if (Status forked = host_.Fork(parent.id, ids); !forked.ok()) {
+    abandon_all("fork failed");
+    return forked;
+  }
+  for (auto& r : out) {
+    auto started = Transition(r.id, SandboxState::kCreating, SandboxState::kRunning);
+    if (!started.ok() || !*started) {
+      (void)host_.Kill(r.id);  // killed while it started (or the store failed: not recorded)
+      (void)store_.DeleteSandbox(r.id);
+      continue;
+    }
+    r.state = SandboxState::kRunning;
+  }
+  std::erase_if(out,
+                [](const store::SandboxRecord& r) { return r.state != SandboxState::kRunning; });
   LogInfo("api.sandbox_forked", {{"sandbox", parent.id}, {"children", count}});
   return out;
 }
 
-Result<SandboxController::Running> SandboxController::FindRunning(const std::string& id) {
+Result<store::SandboxRecord> SandboxController::FindRunning(const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, store_.GetSandbox(id));
-  if (!r || r->state != "running") return NotFound("sandbox \"" + id + "\" is not running");
-  auto sb = agent_.Get(id);
-  if (!sb.ok()) return NotFound("sandbox \"" + id + "\" is not running");
-  if (auto fault = (*sb)->Fault()) {
-    // Recorded once, and only over `running` (a pause racing this keeps its state); the
-    // sandbox stays (inspectable, killable) until it is killed or expires.
-    (void)store_.ChangeSandboxState(id, "running", "error");
-    return NotFound("sandbox \"" + id + "\" is in error state: " + *fault);
+  if (!r || r->state != SandboxState::kRunning) {
+    return NotFound("sandbox \"" + id + "\" is not running");
   }
-  return Running{std::move(*r), *sb};
+  return std::move(*r);
+}
+
+void SandboxController::ReportFault(const std::string& id, const std::string& fault) {
+  // Recorded once, and only over `running`; the sandbox stays (inspectable, killable) until it
+  // is killed or expires.
+  auto changed = Transition(id, SandboxState::kRunning, SandboxState::kError);
+  if (changed.ok() && *changed) {
+    LogWarn("api.sandbox_error", {{"sandbox", id}, {"fault", fault}});
+  }
 }
 
 std::map<std::string, int64_t> SandboxController::CountByState() {
   std::map<std::string, int64_t> out{{"running", 0}, {"paused", 0}};
   auto all = store_.AllSandboxes();
   if (!all.ok()) return out;
-  for (const auto& r : *all) ++out[r.state];
+  for (const auto& r : *all) ++out[std::string(SandboxStateName(r.state))];
   return out;
 }
 
@@ -390,26 +541,37 @@ void SandboxController::ReapOnce() {
   int64_t now = UnixMillisNow();
   for (const auto& r : *all) {
     const char* why = nullptr;
-    if (r.state == "paused") continue;  // kept until deleted
-    if (r.end_at_ms <= now && r.auto_pause) {
-      if (Status s = agent_.Pause(r.id); s.ok()) {
-        (void)store_.SetSandboxState(r.id, "paused");
-        LogInfo("api.sandbox_paused", {{"sandbox", r.id}, {"reason", "timeout"}});
-        continue;
-      } else {
-        LogError("api.auto_pause_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
-      }
-    }
-    if (r.end_at_ms <= now) {
-      why = "timeout";
-    } else if ((r.state == "running" || r.state == "error") && !agent_.Get(r.id).ok() &&
-               !agent_.IsPaused(r.id)) {
-      // The agent's monitor already released the VM. (A sandbox that the agent has just
-      // paused, and whose record does not say so yet, is not gone: it must not be deleted.)
-      why = "vmm exited";
+    switch (r.state) {
+      case SandboxState::kPaused:    // kept until deleted
+      case SandboxState::kCreating:  // a request in flight owns these
+      case SandboxState::kPausing:
+      case SandboxState::kResuming:
+      case SandboxState::kKilled: continue;
+      case SandboxState::kKilling:  // a kill that failed half-way: try again
+      case SandboxState::kLost:     // its host is gone: the record goes
+        why = "left killing or lost";
+        break;
+      case SandboxState::kRunning:
+      case SandboxState::kError:
+        if (r.end_at_ms <= now && r.auto_pause && r.state == SandboxState::kRunning) {
+          if (Status s = PauseRecord(r); s.ok()) {
+            LogInfo("api.sandbox_paused", {{"sandbox", r.id}, {"reason", "timeout"}});
+            continue;
+          } else {
+            LogError("api.auto_pause_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
+          }
+        }
+        if (r.end_at_ms <= now) {
+          why = "timeout";
+        } else if (auto on_host = host_.Probe(r.id);
+                   on_host.ok() && on_host->kind == HostSandboxStatus::Kind::kGone) {
+          // Its host already released the VM (the VMM exited).
+          why = "vmm exited";
+        }
+        break;
     }
     if (why == nullptr) continue;
-    if (Status s = Release(r.id, why); !s.ok()) {
+    if (Status s = Release(r, why); !s.ok()) {
       LogError("api.reap_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
     }
   }

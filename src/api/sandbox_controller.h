@@ -1,7 +1,9 @@
-// SandboxController: executes the control API's actions against the host agent and the store,
-// and enforces every sandbox's end time (the reaper). The store is the record of which team
-// owns which sandbox and which named snapshot; the agent owns the VMs and the snapshot files.
-// A sandbox or snapshot of another team is not_found.
+// SandboxController: executes the control API's actions against the store and the host agent
+// (api/host_agent.h: the boundary; nothing here touches a VM), and enforces every sandbox's end
+// time (the reaper). The store is the record of which team owns which sandbox and which named
+// snapshot, and of each sandbox's lifecycle state (api/lifecycle.h), changed only by
+// compare-and-set; the host owns the VMs and the snapshot files. A sandbox or snapshot of
+// another team is not_found.
 #pragma once
 
 #include <chrono>
@@ -13,7 +15,7 @@
 #include <string>
 #include <thread>
 
-#include "agent/agent.h"
+#include "api/host_agent.h"
 #include "api/metrics.h"
 #include "api/port_proxy.h"
 #include "api/sandbox_actions.h"
@@ -31,7 +33,7 @@ class SandboxController {
   // Reconciles the store with the agent (records of sandboxes the agent does not have — an
   // earlier moatd's, cleaned up by the agent's recovery — are dropped, and so are records of
   // snapshots whose files are gone) and starts the reaper.
-  static Result<std::unique_ptr<SandboxController>> Start(agent::Agent& agent, store::Store& store,
+  static Result<std::unique_ptr<SandboxController>> Start(HostAgent& host, store::Store& store,
                                                           Metrics& metrics,
                                                           ControllerOptions options);
   // Stops the reaper (sandboxes are the agent's to kill).
@@ -48,8 +50,9 @@ class SandboxController {
   // end = now + timeout (may shorten).
   Status SetTimeout(const std::string& team_id, const std::string& id, int64_t timeout_s);
   // Replaces a running sandbox's egress policy; failed_precondition while paused.
+  // `egress` is the policy's canonical JSON (net::EgressPolicy::ToJson).
   Status UpdateNetwork(const std::string& team_id, const std::string& id,
-                       const net::EgressPolicy& egress);
+                       const nlohmann::json& egress);
   // Where moatd's port proxy connects for `port` of a running sandbox (any team: port traffic
   // is public, as in E2B). failed_precondition if it has no network.
   // It is moatd's PortResolver.
@@ -76,13 +79,12 @@ class SandboxController {
   // Removes the snapshot's files and record; sandboxes created from it are not affected.
   Status DeleteSnapshot(const std::string& team_id, const std::string& snapshot_id);
 
-  // envd: a running sandbox by id, whatever its team (envd requests carry no API key; the
-  // access token guards them). not_found if it is not running.
-  struct Running {
-    store::SandboxRecord record;
-    std::shared_ptr<agent::Sandbox> sandbox;
-  };
-  Result<Running> FindRunning(const std::string& id);
+  // envd: a running sandbox's record by id, whatever its team (envd requests carry no API key;
+  // the access token guards them). not_found if it is not running.
+  Result<store::SandboxRecord> FindRunning(const std::string& id);
+  // Its host found its guest breaking the protocol: the record becomes `error` (only from
+  // running: a pause or kill racing this keeps its own state).
+  void ReportFault(const std::string& id, const std::string& fault);
 
   // GET /sandboxes/{id}/metrics: one sample of what the sandbox costs the host now (E2B keeps a
   // series; moat samples on request). Empty for a paused sandbox or a range that excludes now.
@@ -90,7 +92,7 @@ class SandboxController {
   // it started).
   struct MetricSample {
     int64_t unix_ms = 0;
-    agent::SandboxUsage usage;
+    HostSandboxUsage usage;
     double cpu_used_pct = 0;
   };
   Result<std::vector<MetricSample>> SampleUsage(const std::string& team_id, const std::string& id,
@@ -107,16 +109,23 @@ class SandboxController {
   void ReapOnce();
 
  private:
-  SandboxController(agent::Agent& agent, store::Store& store, Metrics& metrics,
+  SandboxController(HostAgent& host, store::Store& store, Metrics& metrics,
                     ControllerOptions options)
-      : agent_(agent), store_(store), metrics_(metrics), options_(options), quotas_(store) {}
+      : host_(host), store_(store), metrics_(metrics), options_(options), quotas_(store) {}
   void ReaperLoop();
-  Status Release(const std::string& id, const char* why);
+  // Moves the record to killing (from the state it was read in), has the agent kill the VM (or
+  // delete a paused sandbox's snapshot), then deletes the record.
+  Status Release(const store::SandboxRecord& r, const char* why);
+  // A create or fork child that failed to start (or whose record failed): killing, the agent
+  // asked to kill whatever started, the record deleted. Logs; never fails.
+  void Abandon(const std::string& id, SandboxState from, const char* why);
+  Status PauseRecord(const store::SandboxRecord& r);
+  Result<bool> Transition(const std::string& id, SandboxState from, SandboxState to);
   Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
   // The agent's name for a create's templateID: "base", or the id of the team's snapshot.
   Result<std::string> ResolveTemplate(const std::string& team_id, const std::string& template_id);
 
-  agent::Agent& agent_;
+  HostAgent& host_;
   store::Store& store_;
   Metrics& metrics_;
   ControllerOptions options_;

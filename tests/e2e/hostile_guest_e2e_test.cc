@@ -23,6 +23,7 @@
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
 #include "common/guarded.h"
+#include "host/in_process_host_agent.h"
 #include "support/agent_config.h"
 #include "support/fake_guest.h"
 #include "support/raw_http.h"
@@ -121,13 +122,14 @@ class HostileGuestE2eTest : public ::testing::Test {
     store_ = store->release();
     ASSERT_TRUE(BootstrapApiKey(*store_, *dir_, std::string(kApiKey)).ok());
     metrics_ = new Metrics();
-    auto controller = SandboxController::Start(*agent_, *store_, *metrics_, {});
+    host_ = new host::InProcessHostAgent("local", *agent_);
+    auto controller = SandboxController::Start(*host_, *store_, *metrics_, {});
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = controller->release();
     http::ServerOptions options;
     options.port = 0;
     auto server = ApiServer::Start(
-        options, *controller_, *store_, *metrics_,
+        options, *controller_, *store_, *metrics_, host::GuestLookupOf(*agent_),
         [](const std::string& id, uint16_t port) { return controller_->ResolvePort(id, port); },
         PortProxyOptions{});
     ASSERT_TRUE(server.ok()) << server.status().ToString();
@@ -136,6 +138,7 @@ class HostileGuestE2eTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete server_;
     delete controller_;
+    delete host_;
     delete agent_;
     delete store_;
     delete metrics_;
@@ -203,6 +206,7 @@ class HostileGuestE2eTest : public ::testing::Test {
 
   static inline std::string* dir_ = nullptr;
   static inline agent::Agent* agent_ = nullptr;
+  static inline host::InProcessHostAgent* host_ = nullptr;
   static inline store::SqliteStore* store_ = nullptr;
   static inline Metrics* metrics_ = nullptr;
   static inline SandboxController* controller_ = nullptr;

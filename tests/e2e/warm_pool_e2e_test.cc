@@ -92,8 +92,10 @@ TEST_F(WarmPoolE2e, ACreateClaimsAWarmCloneWithItsOwnIdentityAndThePoolRefills) 
   auto guest_ns = std::chrono::nanoseconds(std::stoll(r->stdout_data));
   auto guest = std::chrono::system_clock::time_point(
       std::chrono::duration_cast<std::chrono::system_clock::duration>(guest_ns));
-  EXPECT_GT(guest, before - 50ms);
-  EXPECT_LT(guest, after + 50ms);
+  // Within 250 ms: a TCG guest's clock lags the host's by up to ~150 ms right after a restore
+  // (as in snapshot_e2e_test).
+  EXPECT_GT(guest, before - 250ms);
+  EXPECT_LT(guest, after + 250ms);
   // Its policy, and a state.json an agent restart would adopt.
   auto egress = (*a)->Egress();
   ASSERT_TRUE(egress.ok());

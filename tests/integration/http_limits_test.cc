@@ -16,6 +16,7 @@
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
+#include "host/in_process_host_agent.h"
 #include "support/raw_http.h"
 
 namespace moat::api {
@@ -64,7 +65,8 @@ class HttpLimitsTest : public ::testing::Test {
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     store_ = std::move(*store);
     ASSERT_TRUE(BootstrapApiKey(*store_, dir_, std::string(kKey)).ok());
-    auto controller = SandboxController::Start(*agent_, *store_, metrics_, {});
+    host_ = std::make_unique<host::InProcessHostAgent>("local", *agent_);
+    auto controller = SandboxController::Start(*host_, *store_, metrics_, {});
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = std::move(*controller);
   }
@@ -81,7 +83,8 @@ class HttpLimitsTest : public ::testing::Test {
     server_.reset();
     options.host = "127.0.0.1";
     options.port = 0;
-    auto server = ApiServer::Start(options, *controller_, *store_, metrics_);
+    auto server =
+        ApiServer::Start(options, *controller_, *store_, metrics_, host::GuestLookupOf(*agent_));
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(*server);
     port_ = server_->port();
@@ -110,6 +113,7 @@ class HttpLimitsTest : public ::testing::Test {
   std::string dir_;
   Metrics metrics_;
   std::unique_ptr<agent::Agent> agent_;
+  std::unique_ptr<host::InProcessHostAgent> host_;
   std::unique_ptr<store::SqliteStore> store_;
   std::unique_ptr<SandboxController> controller_;
   std::unique_ptr<ApiServer> server_;

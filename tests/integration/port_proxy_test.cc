@@ -18,6 +18,7 @@
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
+#include "host/in_process_host_agent.h"
 #include "support/raw_http.h"
 #include "support/test_util.h"
 
@@ -74,7 +75,8 @@ class PortProxyTest : public ::testing::Test {
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     store_ = std::move(*store);
     ASSERT_TRUE(BootstrapApiKey(*store_, dir_, std::string(kApiKey)).ok());
-    auto controller = SandboxController::Start(*agent_, *store_, metrics_, {});
+    host_ = std::make_unique<host::InProcessHostAgent>("local", *agent_);
+    auto controller = SandboxController::Start(*host_, *store_, metrics_, {});
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = std::move(*controller);
     refused_port_ = test_support::RefusedLoopbackPort();
@@ -98,7 +100,7 @@ class PortProxyTest : public ::testing::Test {
     http_options.host = "127.0.0.1";
     http_options.port = 0;
     auto server = ApiServer::Start(
-        http_options, *controller_, *store_, metrics_,
+        http_options, *controller_, *store_, metrics_, host::GuestLookupOf(*agent_),
         [this](const std::string& id, uint16_t port) { return Resolve(id, port); }, options);
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(*server);
@@ -215,6 +217,7 @@ class PortProxyTest : public ::testing::Test {
   std::string dir_;
   Metrics metrics_;
   std::unique_ptr<agent::Agent> agent_;
+  std::unique_ptr<host::InProcessHostAgent> host_;
   std::unique_ptr<store::SqliteStore> store_;
   std::unique_ptr<SandboxController> controller_;
   std::promise<std::string> after_keepalive_answer_;

@@ -42,14 +42,22 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_requir
     }
     auto running = ctx.controller->FindRunning(target->sandbox_id);
     if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);
-    if (token_required &&
-        !SecretsEqual(req.Header("X-Access-Token"), running->record.access_token)) {
+    if (token_required && !SecretsEqual(req.Header("X-Access-Token"), running->access_token)) {
       return fail(Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
                                                                   : "missing X-Access-Token"));
     }
     auto user = BasicAuthUser(req);
     if (!user.ok()) return fail(user.status());
-    EnvdCall call{req, std::move(*running), user->empty() ? kDefaultUser : *user, *ctx.metrics};
+    // Its host's view: gone (released meanwhile), or its guest broke the protocol (recorded as
+    // `error`; it stays inspectable and killable) — not running, either way.
+    if (auto guest = ctx.guest_of(target->sandbox_id); !guest.ok()) {
+      if (guest.status().code() == ErrorCode::kFailedPrecondition) {
+        ctx.controller->ReportFault(target->sandbox_id, guest.status().message());
+      }
+      return SendSandboxNotRunning(w, target->sandbox_id);
+    }
+    EnvdCall call{req, std::move(*running), user->empty() ? kDefaultUser : *user, *ctx.metrics,
+                  ctx.guest_of};
     handler(call, w);
   };
 }

@@ -13,6 +13,7 @@
 #include "api/http/router.h"
 #include "api/routes/envd_target.h"
 #include "api/sandbox_controller.h"
+#include "channel/guest_client.h"
 
 namespace moat::api::routes {
 
@@ -20,18 +21,25 @@ using nlohmann::json;
 
 inline constexpr const char* kDefaultUser = "user";
 
+// The guest channel of a running sandbox on this host (the host agent provides it):
+// not_found once it is not running, failed_precondition once its guest broke the protocol.
+using GuestLookup =
+    std::function<Result<std::shared_ptr<channel::GuestClient>>(const std::string& sandbox_id)>;
+
 // One envd request, once its sandbox is known to be running and its token checked.
 struct EnvdCall {
   http::Request& req;
-  SandboxController::Running target;
+  store::SandboxRecord record;
   std::string user;  // never empty
   Metrics& metrics;
-  Result<std::shared_ptr<channel::GuestClient>> Guest() { return target.sandbox->Guest(); }
+  const GuestLookup& guest_of;
+  Result<std::shared_ptr<channel::GuestClient>> Guest() { return guest_of(record.id); }
 };
 
 struct EnvdContext {
   SandboxController* controller;  // pointers: see ControlContext
   Metrics* metrics;
+  GuestLookup guest_of;
 };
 
 enum class EnvdErrors { kRest, kConnect };

@@ -175,7 +175,7 @@ Status Start(EnvdCall& call, const json& req, const StreamLimits& limits, Stream
   exec.argv = std::move(argv);
   exec.user = call.user;
   // The sandbox's envVars first, the request's envs over them (E2B-WIRE §6).
-  exec.env = call.target.record.env_vars;
+  exec.env = call.record.env_vars;
   for (auto& [k, v] : envs) exec.env[k] = v;
   if (cwd) exec.cwd = *cwd;
   if (tag) exec.tag = *tag;

@@ -160,7 +160,7 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                if (!samples.ok()) return SendRestError(w, samples.status());
                json out = json::array();
                for (const auto& m : *samples) {
-                 const agent::SandboxUsage& u = m.usage;
+                 const HostSandboxUsage& u = m.usage;
                  out.push_back({{"timestamp", codec::Rfc3339(m.unix_ms * 1000000)},
                                 {"timestampUnix", m.unix_ms / 1000},
                                 {"cpuCount", u.vcpus},
@@ -200,7 +200,8 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
              Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
                auto egress = ParseNetworkUpdate(req.body);
                if (!egress.ok()) return SendRestError(w, egress.status());
-               Status s = ctx.controller->UpdateNetwork(team.id, req.Param("sandboxID"), *egress);
+               Status s =
+                   ctx.controller->UpdateNetwork(team.id, req.Param("sandboxID"), egress->ToJson());
                if (!s.ok()) return SendRestError(w, s);
                SendNoContent(w);
              }));

@@ -12,6 +12,7 @@
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
+#include "host/in_process_host_agent.h"
 
 namespace moat::api {
 namespace {
@@ -44,7 +45,8 @@ class QuotaRoutesTest : public ::testing::Test {
     store_ = std::move(*s);
     ASSERT_TRUE(BootstrapApiKey(*store_, dir_, std::string(kAdminKey)).ok());
     admin_ = **store_->TeamByKeyHash(Sha256Hex(kAdminKey));
-    auto controller = SandboxController::Start(*agent_, *store_, metrics_, {});
+    host_ = std::make_unique<host::InProcessHostAgent>("local", *agent_);
+    auto controller = SandboxController::Start(*host_, *store_, metrics_, {});
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = std::move(*controller);
     cc_ = routes::ControlContext{controller_.get(), store_.get(), &metrics_, kEnvdVersion};
@@ -86,6 +88,7 @@ class QuotaRoutesTest : public ::testing::Test {
   std::string dir_;
   Metrics metrics_;
   std::unique_ptr<agent::Agent> agent_;
+  std::unique_ptr<host::InProcessHostAgent> host_;
   std::unique_ptr<store::SqliteStore> store_;
   std::unique_ptr<SandboxController> controller_;
   store::TeamRecord admin_;

@@ -106,14 +106,17 @@ TEST(ControlRequests, ListQueryStatesOrderLimitAndMetadata) {
   auto f = ParseListQuery(
       codec::ParseQuery("state=running%2Cpaused&order=asc&limit=5&metadata=a%3D1"), true);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
-  EXPECT_EQ(f->states, (std::vector<std::string>{"running", "paused"}));
+  // Each wire state stands for the lifecycle states clients see as it (api/lifecycle.h).
+  std::vector<SandboxState> both = StatesShownAs("running");
+  for (SandboxState s : StatesShownAs("paused")) both.push_back(s);
+  EXPECT_EQ(f->states, both);
   EXPECT_TRUE(f->ascending);
   EXPECT_EQ(f->limit, 5);
   EXPECT_EQ(f->metadata.at("a"), "1");
   EXPECT_FALSE(ParseListQuery(codec::ParseQuery("state=dead"), true).ok());
   EXPECT_FALSE(ParseListQuery(codec::ParseQuery("limit=101"), true).ok());
   auto old = ParseListQuery(codec::ParseQuery(""), false);
-  EXPECT_EQ(old->states, std::vector<std::string>{"running"});
+  EXPECT_EQ(old->states, StatesShownAs("running"));
 }
 
 TEST(ControlRequests, MetricsRange) {

@@ -1,0 +1,107 @@
+// HostAgent: the boundary between the control plane and one host's sandboxes (shared/FLEET.md
+// §1). The control plane (SandboxController, the routes) records, places and authorises; a host
+// agent runs VMs. Everything that touches a VM, its guest channel, /proc or a network slot lives
+// behind this interface, and the control plane sees only these plain values. Two
+// implementations: in-process (host/in_process_host_agent.h: `moatd serve`, no hop) and remote
+// (HTTP to `moatd agent`, docs/fleet.md).
+//
+// Every call names the sandbox by the id the control plane minted and recorded before calling.
+// Errors: not_found for a sandbox the host does not have; already_exists for an id it already
+// has; failed_precondition for a sandbox in the wrong state on the host; unavailable when the
+// host cannot be reached (the caller answers 502/503 and changes no record).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moat::api {
+
+// What a host offers to place on it.
+struct HostTemplateInfo {
+  std::string name;  // "base"
+  uint32_t vcpus = 0;
+  uint32_t memory_mib = 0;
+  uint32_t disk_mib = 0;  // the guest disk's size
+};
+
+// What a host holds now: the ids of its running sandboxes, paused sandboxes (snapshots on its
+// disk), named snapshots, and those an earlier agent left that were cleaned up at its start.
+struct HostInventory {
+  std::vector<std::string> running;
+  std::vector<std::string> paused;
+  std::vector<std::string> snapshots;
+  std::vector<std::string> cleaned;
+};
+
+struct HostSandboxStart {
+  std::string id;           // minted by the control plane; the host takes it as it is
+  std::string template_id;  // "base" or a named snapshot's id on this host
+  std::map<std::string, std::string> env_vars;
+  // The egress policy in its canonical JSON (net::EgressPolicy::ToJson); null: the default.
+  nlohmann::json egress;
+};
+
+// One sample of what a running sandbox costs its host.
+struct HostSandboxUsage {
+  uint64_t pss_bytes = 0;
+  uint64_t pss_file_bytes = 0;
+  uint64_t rss_bytes = 0;
+  uint64_t memory_total_bytes = 0;
+  uint64_t disk_bytes = 0;
+  uint64_t disk_total_bytes = 0;
+  unsigned vcpus = 0;
+  double cpu_seconds = 0;
+  double vmm_age_seconds = 0;
+  pid_t vmm_pid = 0;
+  uint64_t vmm_start_time = 0;
+};
+
+// How a host sees one of its sandboxes right now.
+struct HostSandboxStatus {
+  enum class Kind { kRunning, kPaused, kGone } kind = Kind::kGone;
+  std::optional<std::string> fault;  // running, but its guest broke the protocol
+};
+
+// Where a sandbox's port is reached from the host (the port proxy dials it there).
+struct HostPortEndpoint {
+  std::string address;  // IPv4, host-local
+  uint16_t port = 0;
+};
+
+class HostAgent {
+ public:
+  virtual ~HostAgent() = default;
+
+  virtual const std::string& host_id() const = 0;
+  virtual HostTemplateInfo base_template() = 0;
+  virtual Result<HostInventory> Inventory() = 0;
+  virtual Result<HostSandboxStatus> Probe(const std::string& id) = 0;
+
+  // Starts a sandbox restored from the template (never a cold boot once it is baked).
+  virtual Status Create(const HostSandboxStart& start) = 0;
+  // Kills a running sandbox, or deletes a paused one's snapshot. not_found if it has neither.
+  virtual Status Kill(const std::string& id) = 0;
+  virtual Status Pause(const std::string& id) = 0;
+  // A failed resume keeps the snapshot (the sandbox stays paused).
+  virtual Status Resume(const std::string& id) = 0;
+  // Children of a running sandbox, one per id, all or none.
+  virtual Status Fork(const std::string& id, const std::vector<std::string>& child_ids) = 0;
+  // A named snapshot of a running sandbox (which runs on): its id, usable as a template here.
+  virtual Result<std::string> CreateSnapshot(const std::string& id, const std::string& name) = 0;
+  virtual Status DeleteSnapshot(const std::string& snapshot_id) = 0;
+  virtual Status SetEgress(const std::string& id, const nlohmann::json& egress) = 0;
+  // not_found once it is not running.
+  virtual Result<HostSandboxUsage> Usage(const std::string& id) = 0;
+  // failed_precondition for a sandbox without a network.
+  virtual Result<HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) = 0;
+};
+
+}  // namespace moat::api

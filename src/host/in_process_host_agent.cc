@@ -1,0 +1,126 @@
+#include "host/in_process_host_agent.h"
+
+#include <sys/stat.h>
+
+#include "net/egress_policy.h"
+
+namespace moat::host {
+namespace {
+
+Result<net::EgressPolicy> PolicyOf(const nlohmann::json& egress) {
+  if (egress.is_null()) return net::EgressPolicy{};
+  return net::EgressPolicy::FromJson(egress);
+}
+
+}  // namespace
+
+api::HostTemplateInfo InProcessHostAgent::base_template() {
+  const auto& base = agent_.config().base;
+  api::HostTemplateInfo t{
+      .name = base.name, .vcpus = base.vcpus, .memory_mib = static_cast<uint32_t>(base.memory_mib)};
+  struct stat st {};
+  if (::stat(base.rootfs_path.c_str(), &st) == 0) {
+    t.disk_mib = static_cast<uint32_t>(st.st_size / (1024 * 1024));
+  }
+  return t;
+}
+
+Result<api::HostInventory> InProcessHostAgent::Inventory() {
+  api::HostInventory inv;
+  for (const auto& sb : agent_.List()) inv.running.push_back(sb->id());
+  for (const auto& m : agent_.ListPaused()) inv.paused.push_back(m.sandbox_id);
+  for (const auto& m : agent_.ListSnapshots()) inv.snapshots.push_back(m.sandbox_id);
+  inv.cleaned = agent_.recovery().cleaned;
+  return inv;
+}
+
+Result<api::HostSandboxStatus> InProcessHostAgent::Probe(const std::string& id) {
+  api::HostSandboxStatus s;
+  if (auto sb = agent_.Get(id); sb.ok()) {
+    s.kind = api::HostSandboxStatus::Kind::kRunning;
+    s.fault = (*sb)->Fault();
+  } else if (agent_.IsPaused(id)) {
+    s.kind = api::HostSandboxStatus::Kind::kPaused;
+  }
+  return s;
+}
+
+Status InProcessHostAgent::Create(const api::HostSandboxStart& start) {
+  MOAT_ASSIGN_OR_RETURN(net::EgressPolicy egress, PolicyOf(start.egress));
+  agent::CreateRequest req{.id = start.id, .template_name = start.template_id, .egress = egress};
+  req.identity.env = start.env_vars;
+  return agent_.Create(req).status();
+}
+
+Status InProcessHostAgent::Kill(const std::string& id) {
+  return agent_.Kill(id);
+}
+
+Status InProcessHostAgent::Pause(const std::string& id) {
+  return agent_.Pause(id);
+}
+
+Status InProcessHostAgent::Resume(const std::string& id) {
+  return agent_.Resume(id).status();
+}
+
+Status InProcessHostAgent::Fork(const std::string& id, const std::vector<std::string>& child_ids) {
+  return agent_.Fork(id, child_ids).status();
+}
+
+Result<std::string> InProcessHostAgent::CreateSnapshot(const std::string& id,
+                                                       const std::string& name) {
+  MOAT_ASSIGN_OR_RETURN(auto manifest, agent_.CreateSnapshot(id, name));
+  return manifest.sandbox_id;  // the snapshot's id
+}
+
+Status InProcessHostAgent::DeleteSnapshot(const std::string& snapshot_id) {
+  return agent_.DeleteSnapshot(snapshot_id);
+}
+
+Status InProcessHostAgent::SetEgress(const std::string& id, const nlohmann::json& egress) {
+  MOAT_ASSIGN_OR_RETURN(net::EgressPolicy policy, PolicyOf(egress));
+  return agent_.SetEgress(id, policy);
+}
+
+Result<api::HostSandboxUsage> InProcessHostAgent::Usage(const std::string& id) {
+  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Get(id));
+  auto usage = sb->Usage();
+  if (!usage.ok()) {
+    // Its VMM just went away (killed, paused, exited).
+    if (usage.status().code() == ErrorCode::kNotFound || !agent_.Get(id).ok() ||
+        sb->vmm_pid() <= 0) {
+      return NotFound("sandbox \"" + id + "\" is not running");
+    }
+    return usage.status();
+  }
+  const agent::SandboxUsage& u = *usage;
+  return api::HostSandboxUsage{.pss_bytes = u.pss_bytes,
+                               .pss_file_bytes = u.pss_file_bytes,
+                               .rss_bytes = u.rss_bytes,
+                               .memory_total_bytes = u.memory_total_bytes,
+                               .disk_bytes = u.disk_bytes,
+                               .disk_total_bytes = u.disk_total_bytes,
+                               .vcpus = u.vcpus,
+                               .cpu_seconds = u.cpu_seconds,
+                               .vmm_age_seconds = u.vmm_age_seconds,
+                               .vmm_pid = u.vmm_pid,
+                               .vmm_start_time = u.vmm_start_time};
+}
+
+Result<api::HostPortEndpoint> InProcessHostAgent::ResolvePort(const std::string& id,
+                                                              uint16_t port) {
+  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Get(id));
+  MOAT_ASSIGN_OR_RETURN(net::Ipv4Address address, sb->NetworkAddress());
+  return api::HostPortEndpoint{address.ToString(), port};
+}
+
+std::function<Result<std::shared_ptr<channel::GuestClient>>(const std::string&)> GuestLookupOf(
+    agent::Agent& agent) {
+  return [&agent](const std::string& id) -> Result<std::shared_ptr<channel::GuestClient>> {
+    MOAT_ASSIGN_OR_RETURN(auto sb, agent.Get(id));
+    return sb->Guest();
+  };
+}
+
+}  // namespace moat::host
