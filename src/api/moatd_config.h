@@ -15,6 +15,9 @@ namespace moat::api {
 struct MoatdConfig {
   std::string listen = "127.0.0.1:3000";
   std::string data_dir = "./.moat";
+  // The metadata store: empty for SQLite in the data dir, or a postgresql:// URI
+  // (api/store/open_store.h).
+  std::string store;
   vmm::qemu::AccelMode accel = vmm::qemu::AccelMode::kAuto;
   // Where the base template's vmlinux and rootfs.ext4 are; default: <moatd's dir>/../guest.
   std::string guest_dir;

@@ -12,7 +12,7 @@
 #include "api/auth.h"
 #include "api/moatd_config.h"
 #include "api/sandbox_controller.h"
-#include "api/store/sqlite_store.h"
+#include "api/store/open_store.h"
 #include "common/log.h"
 #include "host/in_process_host_agent.h"
 #include "vmm/qemu/command_line.h"
@@ -62,7 +62,7 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   }
   LogInfo("moatd.qemu", {{"version", qemu->text}});
 
-  auto store = store::SqliteStore::Open(config.data_dir + "/moat.db");
+  auto store = store::OpenStore(config.store, config.data_dir);
   if (!store.ok()) return Fail("store", store.status());
   const char* env_key = std::getenv("MOAT_API_KEY");
   auto boot =
@@ -176,6 +176,9 @@ int main(int argc, char** argv) {
   serve->add_option("--listen", config.listen, "HOST:PORT to listen on (port 0: any free port)")
       ->capture_default_str();
   serve->add_option("--data-dir", config.data_dir, "state directory")->capture_default_str();
+  serve->add_option("--store", config.store,
+                    "postgresql://… to keep the metadata in PostgreSQL (default: SQLite in the "
+                    "data dir)");
   serve->add_option("--accel", accel, "auto|kvm|tcg")->capture_default_str();
   serve->add_option("--guest-dir", config.guest_dir, "directory with vmlinux and rootfs.ext4");
   serve->add_option("--max-body-bytes", config.max_body_bytes, "largest request body (413 above)")

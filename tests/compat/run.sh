@@ -4,6 +4,8 @@
 # Installs the locked npm packages (npm ci, offline cache first), starts BUILD_DIR/bin/moatd on
 # a free loopback port with a temp data dir and a known key, waits for /healthz, runs the tests
 # with Node's test runner, and always stops moatd and checks that no VMM of it is left.
+# MOAT_COMPAT_STORE=postgresql: moatd keeps its metadata in a private PostgreSQL this script
+# starts (tests/support/pg.sh) instead of SQLite in its data dir.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,6 +21,7 @@ if ! npm ci --offline --no-audit --no-fund >/dev/null 2>&1; then
   npm ci --no-audit --no-fund >/dev/null
 fi
 
+. "$root/tests/support/pg.sh"
 data=$(mktemp -d /tmp/moat-compat.XXXXXX)
 key="moat_compat_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 moatd_pid=
@@ -41,9 +44,20 @@ cleanup() {
     echo "compat: last lines of moatd's log:" >&2; tail -n 40 "$data/moatd.log" >&2
   fi
   rm -rf "$data"
+  pg_stop
   exit "$rc"
 }
 trap cleanup EXIT INT TERM
+
+store_args=()
+case "${MOAT_COMPAT_STORE:-sqlite}" in
+  sqlite) ;;
+  postgresql)
+    pg_start "$(mktemp -d /tmp/moat-compat-pg.XXXXXX)"
+    store_args=(--store "$PG_URI")
+    ;;
+  *) echo "compat: MOAT_COMPAT_STORE: expected sqlite or postgresql" >&2; exit 2 ;;
+esac
 
 # A free loopback port: bind port 0, read what the kernel chose, release it.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -53,7 +67,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # none may reach the machine's real resolver.
 MOAT_API_KEY=$key "$moatd" serve --listen "127.0.0.1:$port" --data-dir "$data" --accel auto \
   --guest-dir "$build/guest" --net-pool "10.226.$(($$ % 250)).0/24" --domain moat.test \
-  --dns 192.0.2.53 >"$data/moatd.log" 2>&1 &
+  --dns 192.0.2.53 "${store_args[@]}" >"$data/moatd.log" 2>&1 &
 moatd_pid=$!
 
 url=http://127.0.0.1:$port
