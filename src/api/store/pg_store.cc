@@ -1,8 +1,8 @@
 #include "api/store/pg_store.h"
 
-#include <nlohmann/json.hpp>
 #include <thread>
 
+#include "api/store/json_text.h"
 #include "api/store/pg_connection.h"
 #include "api/store/schema.h"
 
@@ -25,30 +25,13 @@ constexpr const char* kSandboxColumns =
     "s.traffic_access_token, s.host_id, s.generation, "
     "(SELECT json_object_agg(m.key, m.value) FROM sandbox_metadata m WHERE m.sandbox_id = s.id)";
 
-// A JSON object of strings as a map; other values are skipped.
-std::map<std::string, std::string> StringMap(const std::string& text) {
-  std::map<std::string, std::string> out;
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_object()) return out;
-  for (auto& [k, v] : j.items()) {
-    if (v.is_string()) out[k] = v.get<std::string>();
-  }
-  return out;
-}
-
-// A map as JSON text. PostgreSQL refuses text that is not UTF-8: invalid bytes become U+FFFD
-// here rather than an exception.
-std::string JsonText(const std::map<std::string, std::string>& m) {
-  return nlohmann::json(m).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
 SandboxRecord ReadSandbox(const Rows& rows, int i) {
   SandboxRecord r;
   r.id = rows.Text(i, 0);
   r.team_id = rows.Text(i, 1);
   r.template_id = rows.Text(i, 2);
   r.access_token = rows.Text(i, 3);
-  r.env_vars = StringMap(rows.Text(i, 4));
+  r.env_vars = StringMapFromJson(rows.Text(i, 4));
   // A state this moatd does not know (a newer one wrote it) reads as error: killable, no more.
   r.state = ParseSandboxState(rows.Text(i, 5)).value_or(SandboxState::kError);
   r.started_at_ms = rows.Int(i, 6);
@@ -60,7 +43,7 @@ SandboxRecord ReadSandbox(const Rows& rows, int i) {
   r.traffic_access_token = rows.Text(i, 12);
   r.host_id = rows.Text(i, 13);
   r.generation = rows.Int(i, 14);
-  if (!rows.IsNull(i, 15)) r.metadata = StringMap(rows.Text(i, 15));
+  if (!rows.IsNull(i, 15)) r.metadata = StringMapFromJson(rows.Text(i, 15));
   return r;
 }
 
@@ -301,6 +284,25 @@ Result<std::vector<SandboxRecord>> PgStore::AllSandboxes() {
   MOAT_ASSIGN_OR_RETURN(Rows rows, pool_->Run([](pg::Connection& c) {
     return c.Exec(std::string("SELECT ") + kSandboxColumns +
                   " FROM sandboxes s ORDER BY s.id COLLATE \"C\"");
+  }));
+  return ReadSandboxes(rows);
+}
+
+Result<std::vector<SandboxRecord>> PgStore::SandboxesOnHost(const std::string& host_id) {
+  MOAT_ASSIGN_OR_RETURN(Rows rows, pool_->Run([&](pg::Connection& c) {
+    return c.Exec(std::string("SELECT ") + kSandboxColumns +
+                      " FROM sandboxes s WHERE s.host_id = $1 ORDER BY s.id COLLATE \"C\"",
+                  {host_id});
+  }));
+  return ReadSandboxes(rows);
+}
+
+Result<std::vector<SandboxRecord>> PgStore::StaleCreating(int64_t started_before_ms) {
+  MOAT_ASSIGN_OR_RETURN(Rows rows, pool_->Run([&](pg::Connection& c) {
+    return c.Exec(std::string("SELECT ") + kSandboxColumns +
+                      " FROM sandboxes s WHERE s.state = 'creating' AND s.started_at_ms < "
+                      "$1::bigint ORDER BY s.started_at_ms, s.id COLLATE \"C\"",
+                  MakeParams(started_before_ms));
   }));
   return ReadSandboxes(rows);
 }

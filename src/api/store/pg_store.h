@@ -7,7 +7,8 @@
 // connection asks PostgreSQL whether that transaction committed and, if it did, answers what it
 // answered instead of applying the change again (a compare-and-set that won stays won).
 //
-// Sandboxes and snapshots are in pg_store.cc, teams, keys and quotas in pg_team_store.cc.
+// Sandboxes and snapshots are in pg_store.cc, teams, keys and quotas in pg_team_store.cc, hosts
+// and placement in pg_host_store.cc.
 #pragma once
 
 #include <chrono>
@@ -80,6 +81,20 @@ class PgStore : public Store {
   Result<SnapshotPage> ListSnapshots(const SnapshotFilter& filter) override;
   Result<std::vector<SnapshotRecord>> AllSnapshots() override;
   Status DeleteSnapshot(const std::string& id) override;
+
+  Result<HostRecord> RegisterHost(const HostRegistration& host) override;
+  Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;
+  Result<std::vector<HostRecord>> ListHosts() override;
+  Result<std::optional<HostRecord>> GetHost(const std::string& host_id) override;
+  Result<bool> SetHostDraining(const std::string& host_id, bool draining) override;
+  Result<std::vector<std::string>> SweepLostHosts(int64_t lost_after_ms) override;
+  Result<std::vector<HostRecord>> PlacementCandidates(const PlacementQuery& query) override;
+  Result<std::optional<std::string>> ReserveOnHost(const std::string& host_id, int64_t vcpus,
+                                                   int64_t mem_mb, double cpu_overcommit,
+                                                   double mem_overcommit) override;
+  Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
+  Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) override;
+  Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
 
  private:
   explicit PgStore(std::unique_ptr<pg::Pool> pool);

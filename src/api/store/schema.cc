@@ -147,6 +147,49 @@ ALTER TABLE sandboxes ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE sandboxes ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX sandboxes_by_state ON sandboxes(state, host_id);
 )sql"},
+    // 6: the fleet's hosts (shared/FLEET.md §3). Times are ms since the epoch from the
+    // database's own clock. Labels are a JSON object as text. Sandboxes by host: reconciliation
+    // and the lost-host sweep.
+    {R"sql(
+CREATE TABLE hosts (
+  id TEXT PRIMARY KEY,
+  endpoint TEXT NOT NULL,
+  epoch INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('active', 'draining', 'lost')),
+  heartbeat_at_ms INTEGER NOT NULL,
+  started_at_ms INTEGER NOT NULL,
+  vcpu_total INTEGER NOT NULL,
+  mem_total_mb INTEGER NOT NULL,
+  vcpu_reserved INTEGER NOT NULL DEFAULT 0,
+  mem_reserved_mb INTEGER NOT NULL DEFAULT 0,
+  accel TEXT NOT NULL DEFAULT '',
+  cpu_model TEXT NOT NULL DEFAULT '',
+  qemu_build TEXT NOT NULL DEFAULT '',
+  labels TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX hosts_by_state ON hosts(state, heartbeat_at_ms);
+CREATE INDEX sandboxes_by_host ON sandboxes(host_id, state);
+)sql",
+     R"sql(
+CREATE TABLE hosts (
+  id TEXT PRIMARY KEY,
+  endpoint TEXT NOT NULL,
+  epoch BIGINT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('active', 'draining', 'lost')),
+  heartbeat_at_ms BIGINT NOT NULL,
+  started_at_ms BIGINT NOT NULL,
+  vcpu_total BIGINT NOT NULL,
+  mem_total_mb BIGINT NOT NULL,
+  vcpu_reserved BIGINT NOT NULL DEFAULT 0,
+  mem_reserved_mb BIGINT NOT NULL DEFAULT 0,
+  accel TEXT NOT NULL DEFAULT '',
+  cpu_model TEXT NOT NULL DEFAULT '',
+  qemu_build TEXT NOT NULL DEFAULT '',
+  labels TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX hosts_by_state ON hosts(state, heartbeat_at_ms);
+CREATE INDEX sandboxes_by_host ON sandboxes(host_id, state);
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

@@ -55,6 +55,11 @@ class Statement {
     sqlite3_bind_int64(stmt_, i, v);
     return *this;
   }
+  // Named apart from Bind: an int argument would be ambiguous between int64_t and double.
+  Statement& BindDouble(int i, double v) {
+    sqlite3_bind_double(stmt_, i, v);
+    return *this;
+  }
   // NULL when unset.
   Statement& Bind(int i, const std::optional<int64_t>& v) {
     if (v) return Bind(i, *v);

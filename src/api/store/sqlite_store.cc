@@ -275,6 +275,39 @@ Result<std::vector<SandboxRecord>> SqliteStore::AllSandboxes() {
   return out;
 }
 
+Result<std::vector<SandboxRecord>> SqliteStore::SandboxesOnHost(const std::string& host_id) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSandboxColumns +
+                       " FROM sandboxes WHERE host_id = ? ORDER BY id");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, host_id);
+  std::vector<SandboxRecord> out;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back(ReadSandbox(s));
+  }
+  for (auto& r : out) MOAT_RETURN_IF_ERROR(LoadMaps(r));
+  return out;
+}
+
+Result<std::vector<SandboxRecord>> SqliteStore::StaleCreating(int64_t started_before_ms) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, std::string("SELECT ") + kSandboxColumns +
+                       " FROM sandboxes WHERE state = 'creating' AND started_at_ms < ? ORDER BY "
+                       "started_at_ms, id");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, started_before_ms);
+  std::vector<SandboxRecord> out;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back(ReadSandbox(s));
+  }
+  for (auto& r : out) MOAT_RETURN_IF_ERROR(LoadMaps(r));
+  return out;
+}
+
 Status SqliteStore::SetSandboxEndAt(const std::string& id, int64_t end_at_ms) {
   std::lock_guard lock(mu_);
   Statement s(db_, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?");

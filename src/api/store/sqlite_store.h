@@ -1,6 +1,7 @@
 // SqliteStore: the embedded Store (DATA_DIR/moat.db). One connection guarded by a mutex; WAL
 // journal; the schema is brought up to date by numbered migrations when the store opens.
-// Sandboxes and snapshots are in sqlite_store.cc, teams, keys and quotas in sqlite_team_store.cc.
+// Sandboxes and snapshots are in sqlite_store.cc, teams, keys and quotas in sqlite_team_store.cc,
+// hosts and placement in sqlite_host_store.cc.
 #pragma once
 
 #include <memory>
@@ -54,6 +55,20 @@ class SqliteStore : public Store {
   Result<SnapshotPage> ListSnapshots(const SnapshotFilter& filter) override;
   Result<std::vector<SnapshotRecord>> AllSnapshots() override;
   Status DeleteSnapshot(const std::string& id) override;
+
+  Result<HostRecord> RegisterHost(const HostRegistration& host) override;
+  Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;
+  Result<std::vector<HostRecord>> ListHosts() override;
+  Result<std::optional<HostRecord>> GetHost(const std::string& host_id) override;
+  Result<bool> SetHostDraining(const std::string& host_id, bool draining) override;
+  Result<std::vector<std::string>> SweepLostHosts(int64_t lost_after_ms) override;
+  Result<std::vector<HostRecord>> PlacementCandidates(const PlacementQuery& query) override;
+  Result<std::optional<std::string>> ReserveOnHost(const std::string& host_id, int64_t vcpus,
+                                                   int64_t mem_mb, double cpu_overcommit,
+                                                   double mem_overcommit) override;
+  Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
+  Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) override;
+  Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
 
  private:
   explicit SqliteStore(sqlite3* db) : db_(db) {}

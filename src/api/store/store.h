@@ -1,13 +1,15 @@
 // Store: moatd's durable state — teams, API keys (only their SHA-256), sandboxes with their
-// metadata, end times, lifecycle state and host, and which team owns which named snapshot. Two
-// implementations with the same schema migrations and the same test suite: SqliteStore (the
-// embedded default of `moatd serve`) and PgStore (PostgreSQL: a fleet's one source of truth).
+// metadata, end times, lifecycle state and host, which team owns which named snapshot, and the
+// fleet's hosts with what placements reserved on them. Two implementations with the same schema
+// migrations and the same test suite: SqliteStore (the embedded default of `moatd serve`) and
+// PgStore (PostgreSQL: a fleet's one source of truth).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "api/lifecycle.h"
@@ -112,6 +114,79 @@ struct SnapshotPage {
   std::string next_token;             // empty: last page
 };
 
+// A host's membership in the fleet (shared/FLEET.md §3-§4): active hosts take placements,
+// draining ones keep what they run and take nothing new (an operator's decision), lost ones
+// stopped heartbeating and were fenced out by the sweep.
+enum class HostState : uint8_t { kActive, kDraining, kLost };
+
+inline std::string_view HostStateName(HostState s) {
+  switch (s) {
+    case HostState::kActive: return "active";
+    case HostState::kDraining: return "draining";
+    case HostState::kLost: return "lost";
+  }
+  return "unknown";
+}
+
+inline std::optional<HostState> ParseHostState(std::string_view name) {
+  for (HostState s : {HostState::kActive, HostState::kDraining, HostState::kLost}) {
+    if (HostStateName(s) == name) return s;
+  }
+  return std::nullopt;
+}
+
+// What an agent tells the store about itself when it (re)starts.
+struct HostRegistration {
+  std::string id;        // stable across restarts: the host's name in the fleet
+  std::string endpoint;  // where replicas reach its agent ("10.0.0.7:7070"), a private address
+  int64_t vcpu_total = 0;
+  int64_t mem_total_mb = 0;
+  // What a snapshot taken on it is tied to: a restore is placed only where all three match.
+  std::string accel;  // "kvm", "tcg"
+  std::string cpu_model;
+  std::string qemu_build;
+  std::map<std::string, std::string> labels;
+};
+
+// A host as stored. Times are the database's clock (ms since the epoch), never a host's or a
+// replica's: liveness is judged against one clock, whatever the hosts' skew.
+struct HostRecord {
+  std::string id;
+  std::string endpoint;
+  // Bumped by every registration and by being declared lost: an agent's writes carry the epoch it
+  // registered with, so a host that was declared lost (or replaced by a newer registration) is
+  // fenced out until it registers again.
+  int64_t epoch = 0;
+  HostState state = HostState::kActive;
+  int64_t heartbeat_at_ms = 0;
+  int64_t started_at_ms = 0;  // when the current epoch registered
+  int64_t vcpu_total = 0;
+  int64_t mem_total_mb = 0;
+  // What placements have reserved on it (ReserveOnHost), which may exceed the totals by the
+  // overcommit ratios the reservations were made with.
+  int64_t vcpu_reserved = 0;
+  int64_t mem_reserved_mb = 0;
+  std::string accel;
+  std::string cpu_model;
+  std::string qemu_build;
+  std::map<std::string, std::string> labels;
+};
+
+// Which hosts a placement may try, for a sandbox that needs `vcpus` and `mem_mb`.
+struct PlacementQuery {
+  int64_t vcpus = 0;
+  int64_t mem_mb = 0;
+  // Capacity is total × ratio (≥ 1 overcommits); the same ratios ReserveOnHost is then given.
+  double cpu_overcommit = 1.0;
+  double mem_overcommit = 1.0;
+  // Only hosts whose last heartbeat is at most this old by the database's clock.
+  int64_t fresh_within_ms = 15000;
+  // Empty: any. A restore names its snapshot's three (FLEET.md §3).
+  std::string accel;
+  std::string cpu_model;
+  std::string qemu_build;
+};
+
 // The record's state as a compare-and-set expects it.
 struct StateExpect {
   SandboxState state;
@@ -176,6 +251,64 @@ class Store {
   virtual Result<std::vector<SnapshotRecord>> AllSnapshots() = 0;
   // not_found if there is no such snapshot.
   virtual Status DeleteSnapshot(const std::string& id) = 0;
+
+  // --- Fleet membership (shared/FLEET.md §3-§4). Every time below is the database's clock. ---
+
+  // An agent (re)starting: inserts the host, or re-registers it. Either way a new epoch (1, or
+  // the old one + 1: a process still running with the old epoch is fenced out), heartbeat and
+  // start time now, endpoint, totals, accelerator and labels as given. A lost host becomes active
+  // again; a draining one stays draining (draining is the operator's decision and must survive
+  // an agent restart, such as the upgrade it was drained for). Reservations are kept (the VMs the
+  // restarted agent re-adopts still hold them; a lost host's were freed by the sweep).
+  // InvalidArgument for an empty id or negative totals. (FLEET.md §4 let an active host's agent
+  // keep its epoch; a new one every time also fences a second process of the same host, and
+  // costs the sandboxes nothing: they belong to (host, generation), which this does not change.)
+  virtual Result<HostRecord> RegisterHost(const HostRegistration& host) = 0;
+  // Marks the host alive now, if it is still registered with `epoch` and not lost: one conditional
+  // update. false: fenced (declared lost, re-registered by a newer process, or unknown) — the
+  // agent must register again, then kill every VM whose record is no longer its own.
+  virtual Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) = 0;
+  virtual Result<std::vector<HostRecord>> ListHosts() = 0;  // by id
+  virtual Result<std::optional<HostRecord>> GetHost(const std::string& host_id) = 0;
+  // active → draining (draining = true) or draining → active; true if the state changed, false if
+  // it already was so. not_found for an unknown host; failed_precondition for a lost one (only
+  // its agent registering again brings it back).
+  virtual Result<bool> SetHostDraining(const std::string& host_id, bool draining) = 0;
+  // In one transaction: every active or draining host whose heartbeat is more than
+  // `lost_after_ms` old becomes lost with epoch + 1 and no reservations, and its sandboxes that
+  // hold resources (creating, running, pausing, resuming, killing, error) become lost; paused ones
+  // stay paused (their snapshot is on that host's disk, or uploaded). Returns the hosts it declared
+  // lost, by id. Run by one replica at a time (the holder of the sweeper's advisory lock), though
+  // two sweeps at once would still declare each host lost once.
+  virtual Result<std::vector<std::string>> SweepLostHosts(int64_t lost_after_ms) = 0;
+
+  // --- Placement: capacity is reserved on a host by one conditional update, so replicas placing
+  // at once never overbook it. ---
+
+  // Active hosts with a fresh heartbeat (and the accelerator, CPU model and QEMU build asked for)
+  // on which the need fits now, most free memory (total × ratio − reserved) first, then most free
+  // vCPUs, then by id. Only a hint: the caller tries them in order with ReserveOnHost.
+  virtual Result<std::vector<HostRecord>> PlacementCandidates(const PlacementQuery& query) = 0;
+  // Reserves `vcpus` and `mem_mb` on the host if it is active and both still fit
+  // (reserved + need ≤ total × overcommit): the host's endpoint if it did, nullopt if not (full,
+  // draining, lost or unknown). InvalidArgument for a negative need or a ratio that is not a
+  // positive number.
+  virtual Result<std::optional<std::string>> ReserveOnHost(const std::string& host_id,
+                                                           int64_t vcpus, int64_t mem_mb,
+                                                           double cpu_overcommit,
+                                                           double mem_overcommit) = 0;
+  // Gives back what a sandbox reserved (never below 0); not_found for an unknown host. Release
+  // only for a record that still holds resources: the sweep frees a lost host's reservations
+  // itself, and a release for one of its sandboxes after the host registered again would free
+  // capacity its new sandboxes hold.
+  virtual Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) = 0;
+
+  // Every sandbox recorded on the host, in any state, by id (an agent reconciling after it
+  // registers).
+  virtual Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) = 0;
+  // Records still `creating` that started before `started_before_ms` (the caller's clock: a
+  // janitor's threshold, FLEET.md §4), oldest first.
+  virtual Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) = 0;
 };
 
 }  // namespace moat::api::store

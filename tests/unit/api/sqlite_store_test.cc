@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include "api/store/schema.h"
 #include "common/fs.h"
 #include "store_suite.h"
 
@@ -51,11 +52,11 @@ class SqliteStoreTest : public ::testing::Test {
 };
 
 TEST_F(SqliteStoreTest, MigratesAFreshFileAndReopensIt) {
-  EXPECT_EQ(store_->schema_version(), 5);
+  EXPECT_EQ(store_->schema_version(), static_cast<int>(kMigrationCount));
   store_.reset();
   auto again = SqliteStore::Open(dir_ + "/moat.db");
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->schema_version(), 5);
+  EXPECT_EQ((*again)->schema_version(), static_cast<int>(kMigrationCount));
 }
 
 TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin) {
@@ -81,7 +82,7 @@ TEST_F(SqliteStoreTest, UpgradesAVersion1DatabaseWhoseTeamsWereTheBootstrapAdmin
   sqlite3_close(db);
   auto upgraded = SqliteStore::Open(path);
   ASSERT_TRUE(upgraded.ok()) << upgraded.status().ToString();
-  EXPECT_EQ((*upgraded)->schema_version(), 5);
+  EXPECT_EQ((*upgraded)->schema_version(), static_cast<int>(kMigrationCount));
   auto team = (*upgraded)->GetTeam("t1");
   ASSERT_TRUE(team.ok() && team->has_value());
   EXPECT_TRUE((*team)->admin);

@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <latch>
 #include <thread>
 
 namespace moat::api::store {
@@ -345,6 +349,387 @@ TEST_F(StoreSuite, CountsWhatEveryStateThatHoldsResourcesTakes) {
   }
   auto all = *store_->AllSandboxes();
   ASSERT_EQ(all.size(), std::size(kAllSandboxStates));
+}
+
+// --- Fleet membership and placement ---
+
+HostRegistration Host(const std::string& id, int64_t vcpus, int64_t mem_mb,
+                      const std::string& accel = "kvm") {
+  HostRegistration h;
+  h.id = id;
+  h.endpoint = "10.0.0.1:" + std::to_string(7000 + id.size());
+  h.vcpu_total = vcpus;
+  h.mem_total_mb = mem_mb;
+  h.accel = accel;
+  h.cpu_model = "EPYC";
+  h.qemu_build = "7.2.0";
+  return h;
+}
+
+int64_t SystemNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::vector<std::string> HostIds(const std::vector<HostRecord>& hosts) {
+  std::vector<std::string> out;
+  for (const auto& h : hosts) out.push_back(h.id);
+  return out;
+}
+
+void SleepMs(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
+
+TEST_F(StoreSuite, RegisteringAHostAgainGivesItANewEpochAndItsNewTotals) {
+  auto reg = Host("h1", 8, 16384);
+  reg.labels = {{"zone", "a"}};
+  auto first = store_->RegisterHost(reg);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->epoch, 1);
+  EXPECT_EQ(first->state, HostState::kActive);
+  EXPECT_EQ(first->endpoint, reg.endpoint);
+  EXPECT_EQ(first->vcpu_total, 8);
+  EXPECT_EQ(first->mem_total_mb, 16384);
+  EXPECT_EQ(first->vcpu_reserved, 0);
+  EXPECT_EQ(first->accel, "kvm");
+  EXPECT_EQ(first->qemu_build, "7.2.0");
+  EXPECT_EQ(first->labels, reg.labels);
+  // The database's clock, in ms (the same machine's here: a unit mix-up would be far off).
+  EXPECT_LT(std::abs(first->heartbeat_at_ms - SystemNowMs()), 60000) << first->heartbeat_at_ms;
+  EXPECT_EQ(first->started_at_ms, first->heartbeat_at_ms);
+  auto got = store_->GetHost("h1");
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ((*got)->epoch, 1);
+  EXPECT_EQ((*got)->labels, reg.labels);
+
+  ASSERT_TRUE(store_->ReserveOnHost("h1", 2, 1024, 1.0, 1.0)->has_value());
+  SleepMs(5);
+  reg.vcpu_total = 16;
+  reg.endpoint = "10.0.0.2:7070";
+  reg.labels = {{"zone", "b"}};
+  auto second = store_->RegisterHost(reg);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(second->epoch, 2);
+  EXPECT_EQ(second->state, HostState::kActive);
+  EXPECT_EQ(second->vcpu_total, 16);
+  EXPECT_EQ(second->endpoint, "10.0.0.2:7070");
+  EXPECT_EQ(second->labels, reg.labels);
+  EXPECT_GT(second->started_at_ms, first->started_at_ms);
+  EXPECT_EQ(second->vcpu_reserved, 2) << "the VMs the restarted agent re-adopts still hold it";
+  EXPECT_EQ(second->mem_reserved_mb, 1024);
+  EXPECT_EQ((*store_->RegisterHost(reg)).epoch, 3) << "every registration is a new epoch";
+
+  ASSERT_TRUE(store_->RegisterHost(Host("h0", 1, 1)).ok());
+  EXPECT_EQ(HostIds(*store_->ListHosts()), (std::vector<std::string>{"h0", "h1"}));
+  EXPECT_FALSE(store_->GetHost("nobody")->has_value());
+  EXPECT_EQ(store_->RegisterHost(Host("", 1, 1)).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store_->RegisterHost(Host("h2", -1, 1)).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(StoreSuite, AHeartbeatWithAStaleEpochIsFenced) {
+  int64_t old_epoch = store_->RegisterHost(Host("h1", 4, 4096))->epoch;
+  auto current = *store_->RegisterHost(Host("h1", 4, 4096));
+  EXPECT_FALSE(*store_->Heartbeat("h1", old_epoch)) << "an older process of the host";
+  EXPECT_FALSE(*store_->Heartbeat("nobody", 1));
+  SleepMs(5);
+  auto beat = store_->Heartbeat("h1", current.epoch);
+  ASSERT_TRUE(beat.ok()) << beat.status().ToString();
+  EXPECT_TRUE(*beat);
+  auto after = *store_->GetHost("h1");
+  EXPECT_GT(after->heartbeat_at_ms, current.heartbeat_at_ms);
+  EXPECT_EQ(after->started_at_ms, current.started_at_ms) << "a heartbeat is not a restart";
+  EXPECT_EQ(after->epoch, current.epoch);
+}
+
+TEST_F(StoreSuite, SweepDeclaresHostsWithOldHeartbeatsLostAndTheirLiveSandboxesWithThem) {
+  // What the sweep does to a host's sandboxes must be a change the lifecycle allows.
+  for (SandboxState s : kAllSandboxStates) {
+    if (HoldsResources(s)) {
+      EXPECT_TRUE(CanTransition(s, SandboxState::kLost)) << SandboxStateName(s);
+    }
+  }
+  auto t = *store_->CreateTeam("t", false);
+  ASSERT_TRUE(store_->RegisterHost(Host("old", 8, 8192)).ok());
+  ASSERT_TRUE(store_->RegisterHost(Host("old-draining", 8, 8192)).ok());
+  ASSERT_TRUE(*store_->SetHostDraining("old-draining", true));
+  auto fresh = *store_->RegisterHost(Host("fresh", 8, 8192));
+  EXPECT_TRUE(store_->SweepLostHosts(60000)->empty()) << "nobody has missed a heartbeat yet";
+  ASSERT_TRUE(store_->ReserveOnHost("old", 3, 3000, 1.0, 1.0)->has_value());
+  int n = 0;
+  for (SandboxState s : kAllSandboxStates) {
+    ++n;
+    auto r = Sandbox("old-" + std::to_string(n), t.id, n);
+    r.state = s;
+    r.host_id = "old";
+    ASSERT_TRUE(store_->InsertSandbox(r).ok());
+  }
+  auto on_fresh = Sandbox("fresh-1", t.id, 100);
+  on_fresh.host_id = "fresh";
+  ASSERT_TRUE(store_->InsertSandbox(on_fresh).ok());
+
+  SleepMs(400);
+  ASSERT_TRUE(*store_->Heartbeat("fresh", fresh.epoch));
+  auto lost = store_->SweepLostHosts(300);
+  ASSERT_TRUE(lost.ok()) << lost.status().ToString();
+  EXPECT_EQ(*lost, (std::vector<std::string>{"old", "old-draining"}));
+
+  auto old = *store_->GetHost("old");
+  EXPECT_EQ(old->state, HostState::kLost);
+  EXPECT_EQ(old->epoch, 2) << "fenced";
+  EXPECT_EQ(old->vcpu_reserved, 0);
+  EXPECT_EQ(old->mem_reserved_mb, 0);
+  EXPECT_EQ((*store_->GetHost("old-draining"))->state, HostState::kLost);
+  EXPECT_FALSE(*store_->Heartbeat("old", 1)) << "its agent's next heartbeat finds it fenced";
+  EXPECT_FALSE(*store_->Heartbeat("old", 2)) << "a lost host does not heartbeat; it registers";
+  // What held resources there is lost; a paused sandbox keeps its snapshot (on that host's disk,
+  // or uploaded) and stays paused; killed and lost stay as they were.
+  n = 0;
+  for (SandboxState s : kAllSandboxStates) {
+    std::string id = "old-" + std::to_string(++n);
+    SandboxState want = HoldsResources(s) ? SandboxState::kLost : s;
+    EXPECT_EQ((*store_->GetSandbox(id))->state, want)
+        << id << " was " << SandboxStateName(s) << ", is "
+        << SandboxStateName((*store_->GetSandbox(id))->state);
+  }
+  EXPECT_EQ((*store_->GetSandbox("old-4"))->state, SandboxState::kPaused);
+
+  auto still = *store_->GetHost("fresh");
+  EXPECT_EQ(still->state, HostState::kActive);
+  EXPECT_EQ(still->epoch, fresh.epoch);
+  EXPECT_EQ((*store_->GetSandbox("fresh-1"))->state, SandboxState::kRunning);
+  EXPECT_TRUE(store_->SweepLostHosts(300)->empty()) << "a lost host is declared lost once";
+
+  // Its agent comes back: a new epoch, active, with nothing reserved.
+  auto back = store_->RegisterHost(Host("old", 8, 8192));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->epoch, 3);
+  EXPECT_EQ(back->state, HostState::kActive);
+  EXPECT_EQ(back->vcpu_reserved, 0);
+  EXPECT_TRUE(*store_->Heartbeat("old", 3));
+  EXPECT_EQ(store_->SweepLostHosts(-1).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(StoreSuite, DrainingSwitchesActiveAndDrainingHostsButNotLostOnes) {
+  ASSERT_TRUE(store_->RegisterHost(Host("h1", 4, 4096)).ok());
+  EXPECT_TRUE(*store_->SetHostDraining("h1", true));
+  EXPECT_FALSE(*store_->SetHostDraining("h1", true)) << "already draining";
+  EXPECT_EQ((*store_->GetHost("h1"))->state, HostState::kDraining);
+  EXPECT_FALSE(store_->ReserveOnHost("h1", 1, 1, 1.0, 1.0)->has_value())
+      << "a draining host takes nothing new";
+  auto again = *store_->RegisterHost(Host("h1", 4, 4096));
+  EXPECT_EQ(again.state, HostState::kDraining) << "an agent restart does not undo a drain";
+  EXPECT_EQ(again.epoch, 2);
+  EXPECT_TRUE(*store_->Heartbeat("h1", 2)) << "a draining host still heartbeats";
+  EXPECT_TRUE(*store_->SetHostDraining("h1", false));
+  EXPECT_FALSE(*store_->SetHostDraining("h1", false)) << "already active";
+  EXPECT_EQ((*store_->GetHost("h1"))->state, HostState::kActive);
+  EXPECT_TRUE(store_->ReserveOnHost("h1", 1, 1, 1.0, 1.0)->has_value());
+  EXPECT_EQ(store_->SetHostDraining("nobody", true).status().code(), ErrorCode::kNotFound);
+
+  SleepMs(10);
+  ASSERT_EQ(*store_->SweepLostHosts(0), std::vector<std::string>{"h1"});
+  auto drain_lost = store_->SetHostDraining("h1", true);
+  EXPECT_EQ(drain_lost.status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(drain_lost.status().message().find("is lost"), std::string::npos)
+      << drain_lost.status().message();
+  EXPECT_EQ(store_->SetHostDraining("h1", false).status().code(), ErrorCode::kFailedPrecondition)
+      << "only registering brings a lost host back";
+  EXPECT_EQ((*store_->GetHost("h1"))->state, HostState::kLost);
+}
+
+TEST_F(StoreSuite, ReservationsStayWithinTotalTimesTheOvercommitRatios) {
+  auto h = Host("h1", 4, 1000);
+  ASSERT_TRUE(store_->RegisterHost(h).ok());
+  auto reserve = [&](int64_t v, int64_t m, double cr, double mr) {
+    auto r = store_->ReserveOnHost("h1", v, m, cr, mr);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() && r->has_value();
+  };
+  auto reserved = [&] {
+    auto got = *store_->GetHost("h1");
+    return std::make_pair(got->vcpu_reserved, got->mem_reserved_mb);
+  };
+  auto endpoint = store_->ReserveOnHost("h1", 4, 0, 1.0, 1.0);
+  ASSERT_TRUE(endpoint.ok() && endpoint->has_value());
+  EXPECT_EQ(**endpoint, h.endpoint) << "where to ask for the sandbox next";
+  EXPECT_FALSE(reserve(1, 0, 1.0, 1.0)) << "4 of 4 vCPUs";
+  EXPECT_TRUE(reserve(4, 0, 2.0, 1.0)) << "8 of 4 × 2";
+  EXPECT_FALSE(reserve(1, 0, 2.0, 1.0));
+  EXPECT_FALSE(reserve(0, 1, 1.0, 1.0)) << "no vCPU asked, but 8 are already over 4 × 1";
+  EXPECT_TRUE(reserve(0, 1000, 2.0, 1.0));
+  EXPECT_FALSE(reserve(0, 1, 2.0, 1.0)) << "1000 of 1000 MiB";
+  EXPECT_TRUE(reserve(0, 500, 2.0, 1.5)) << "1500 of 1000 × 1.5";
+  EXPECT_FALSE(reserve(0, 1, 2.0, 1.5));
+  EXPECT_FALSE(reserve(1, 1, 4.0, 1.5)) << "both must fit: the memory does not";
+  EXPECT_FALSE(reserve(1, 1, 2.0, 4.0)) << "both must fit: the vCPUs do not";
+  EXPECT_EQ(reserved(), std::make_pair(int64_t{8}, int64_t{1500}));
+
+  ASSERT_TRUE(store_->ReleaseOnHost("h1", 3, 700).ok());
+  EXPECT_EQ(reserved(), std::make_pair(int64_t{5}, int64_t{800}));
+  ASSERT_TRUE(store_->ReleaseOnHost("h1", 100, 100000).ok());
+  EXPECT_EQ(reserved(), std::make_pair(int64_t{0}, int64_t{0})) << "never below 0";
+  EXPECT_EQ(store_->ReleaseOnHost("nobody", 1, 1).code(), ErrorCode::kNotFound);
+  EXPECT_FALSE(store_->ReserveOnHost("nobody", 1, 1, 1.0, 1.0)->has_value());
+  EXPECT_EQ(store_->ReserveOnHost("h1", -1, 1, 1.0, 1.0).status().code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store_->ReserveOnHost("h1", 1, 1, 0.0, 1.0).status().code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store_->ReserveOnHost("h1", 1, 1, 1.0, std::nan("")).status().code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store_->ReleaseOnHost("h1", -1, 0).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(reserved(), std::make_pair(int64_t{0}, int64_t{0}));
+}
+
+// On PostgreSQL the threads' updates go through the pool's connections at once: the conditional
+// update is all that keeps them from overbooking.
+TEST_F(StoreSuite, RacingReservationsNeverOverbookAHost) {
+  constexpr int kThreads = 16;
+  constexpr int kRounds = 20;
+  constexpr int64_t kVcpus = 1, kMem = 256;
+  constexpr double kCpuRatio = 2.0, kMemRatio = 1.5;
+  // Capacity: 32 vCPUs (16 × 2) and 12288 MiB (8192 × 1.5, 48 reservations): vCPUs run out first.
+  ASSERT_TRUE(store_->RegisterHost(Host("h1", 16, 8192)).ok());
+  constexpr int64_t kFits = 32;
+  auto race = [&](auto&& per_thread) {
+    std::latch go(kThreads);
+    std::vector<std::thread> threads;
+    threads.reserve(kThreads);
+    for (int i = 0; i < kThreads; ++i) {
+      threads.emplace_back([&] {
+        go.arrive_and_wait();
+        per_thread();
+      });
+    }
+    for (auto& th : threads) th.join();
+  };
+
+  // Reservations and releases interleaved: what is held in the end is exactly what was reserved
+  // and not released.
+  std::atomic<int64_t> reserved{0}, released{0}, errors{0};
+  race([&] {
+    for (int i = 0; i < kRounds; ++i) {
+      auto r = store_->ReserveOnHost("h1", kVcpus, kMem, kCpuRatio, kMemRatio);
+      if (!r.ok()) {
+        ++errors;
+        continue;
+      }
+      if (!r->has_value()) continue;
+      ++reserved;
+      if (i % 2 == 0) {
+        if (store_->ReleaseOnHost("h1", kVcpus, kMem).ok()) {
+          ++released;
+        } else {
+          ++errors;
+        }
+      }
+    }
+  });
+  EXPECT_EQ(errors.load(), 0);
+  int64_t held = reserved - released;
+  auto h = *store_->GetHost("h1");
+  EXPECT_EQ(h->vcpu_reserved, held * kVcpus);
+  EXPECT_EQ(h->mem_reserved_mb, held * kMem);
+  EXPECT_LE(h->vcpu_reserved, kFits);
+  EXPECT_GT(reserved.load(), 0);
+
+  // Every thread reserves until the host is full: it ends exactly full, never over.
+  std::atomic<int64_t> more{0};
+  race([&] {
+    for (int i = 0; i < 2 * kFits; ++i) {
+      auto r = store_->ReserveOnHost("h1", kVcpus, kMem, kCpuRatio, kMemRatio);
+      if (!r.ok()) {
+        ++errors;
+        continue;
+      }
+      if (!r->has_value()) return;
+      ++more;
+    }
+  });
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(held + more.load(), kFits);
+  h = *store_->GetHost("h1");
+  EXPECT_EQ(h->vcpu_reserved, kFits * kVcpus);
+  EXPECT_EQ(h->mem_reserved_mb, kFits * kMem);
+  EXPECT_LE(static_cast<double>(h->mem_reserved_mb), 8192 * kMemRatio);
+}
+
+TEST_F(StoreSuite, PlacementCandidatesAreFreshActiveHostsWithRoomMostFreeMemoryFirst) {
+  // Lost: declared so by a sweep before the others registered.
+  ASSERT_TRUE(store_->RegisterHost(Host("lost", 16, 65536)).ok());
+  SleepMs(10);
+  ASSERT_EQ(*store_->SweepLostHosts(0), std::vector<std::string>{"lost"});
+  // Stale: active, but its heartbeat is older than the query's freshness.
+  ASSERT_TRUE(store_->RegisterHost(Host("stale", 16, 65536)).ok());
+  SleepMs(400);
+  for (auto reg : {Host("a", 4, 4096), Host("b", 4, 8192), Host("c", 8, 8192), Host("r", 4, 8192),
+                   Host("g", 2, 2048, "tcg"), Host("full", 4, 1024), Host("cpu-full", 1, 65536),
+                   Host("d", 16, 65536)}) {
+    ASSERT_TRUE(store_->RegisterHost(reg).ok()) << reg.id;
+  }
+  ASSERT_TRUE(*store_->SetHostDraining("d", true));
+  ASSERT_TRUE(store_->ReserveOnHost("r", 0, 1024, 1.0, 1.0)->has_value());
+
+  PlacementQuery q;
+  q.vcpus = 2;
+  q.mem_mb = 2048;
+  q.fresh_within_ms = 300;
+  auto any = store_->PlacementCandidates(q);
+  ASSERT_TRUE(any.ok()) << any.status().ToString();
+  // c and b tie on free memory (8192); c has more free vCPUs. r has 7168 free, a 4096, g 2048.
+  EXPECT_EQ(HostIds(*any), (std::vector<std::string>{"c", "b", "r", "a", "g"}));
+  q.accel = "kvm";
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)),
+            (std::vector<std::string>{"c", "b", "r", "a"}));
+  // Overcommitting memory 4×: full (4096 now) has room, and the order follows total × 4 − reserved.
+  q.mem_overcommit = 4.0;
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)),
+            (std::vector<std::string>{"c", "b", "r", "a", "full"}));
+  q.mem_overcommit = 1.0;
+  q.qemu_build = "8.0.0";
+  EXPECT_TRUE(store_->PlacementCandidates(q)->empty()) << "no host has that QEMU build";
+  q.qemu_build = "7.2.0";
+  q.cpu_model = "EPYC";
+  EXPECT_EQ(store_->PlacementCandidates(q)->size(), 4u);
+  q.fresh_within_ms = 60000;
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)),
+            (std::vector<std::string>{"stale", "c", "b", "r", "a"}))
+      << "fresh enough for a longer threshold";
+  q.vcpus = -1;
+  EXPECT_EQ(store_->PlacementCandidates(q).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(StoreSuite, FindsTheSandboxesOnAHostAndThoseLeftCreating) {
+  auto t = *store_->CreateTeam("t", false);
+  auto add = [&](const std::string& id, const std::string& host, SandboxState state,
+                 int64_t started) {
+    auto r = Sandbox(id, t.id, started, {{"k", id}});
+    r.host_id = host;
+    r.state = state;
+    ASSERT_TRUE(store_->InsertSandbox(r).ok()) << id;
+  };
+  add("s1", "h1", SandboxState::kRunning, 100);
+  add("s2", "h1", SandboxState::kCreating, 50);
+  add("s3", "h2", SandboxState::kCreating, 10);
+  add("s4", "h1", SandboxState::kCreating, 500);
+  add("s5", "", SandboxState::kCreating, 20);
+  add("s6", "h1", SandboxState::kPaused, 1);
+
+  auto on_h1 = store_->SandboxesOnHost("h1");
+  ASSERT_TRUE(on_h1.ok()) << on_h1.status().ToString();
+  std::vector<std::string> ids;
+  for (const auto& r : *on_h1) ids.push_back(r.id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"s1", "s2", "s4", "s6"}));
+  EXPECT_EQ((*on_h1)[0].metadata.at("k"), "s1") << "whole records";
+  EXPECT_TRUE(store_->SandboxesOnHost("nobody")->empty());
+
+  auto stale = store_->StaleCreating(100);
+  ASSERT_TRUE(stale.ok()) << stale.status().ToString();
+  ids.clear();
+  for (const auto& r : *stale) ids.push_back(r.id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"s3", "s5", "s2"})) << "creating, older, oldest first";
+  EXPECT_EQ((*stale)[0].host_id, "h2");
 }
 
 }  // namespace
