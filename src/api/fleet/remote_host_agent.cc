@@ -1,0 +1,213 @@
+#include "api/fleet/remote_host_agent.h"
+
+#include "api/fleet/agent_wire.h"
+#include "common/log.h"
+
+namespace moat::api::fleet {
+namespace {
+
+using nlohmann::json;
+
+Status BadId(std::string_view what, std::string_view id) {
+  return InvalidArgument("\"" + std::string(id) + "\" is not a " + std::string(what) + " id");
+}
+
+RateLimiter& TemplateLogLimiter() {
+  static RateLimiter limiter(0.2, 5);
+  return limiter;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RemoteHostAgent>> RemoteHostAgent::ForEndpoint(
+    std::string host_id, std::string_view endpoint, FleetToken token,
+    RemoteHostAgentOptions options) {
+  http::ClientOptions client_options;
+  client_options.connect_timeout = options.connect_timeout;
+  client_options.max_idle_connections = options.max_idle_connections;
+  client_options.max_response_body = kAgentBodyLimit;
+  auto client = http::Client::ForUrl(endpoint, client_options);
+  if (!client.ok()) return client.status().Annotate("host " + host_id);
+  return std::unique_ptr<RemoteHostAgent>(new RemoteHostAgent(std::move(host_id), std::move(token),
+                                                              std::move(client).value(), options));
+}
+
+RemoteHostAgent::RemoteHostAgent(std::string host_id, FleetToken token,
+                                 std::unique_ptr<http::Client> client,
+                                 RemoteHostAgentOptions options)
+    : host_id_(std::move(host_id)),
+      token_(std::move(token)),
+      client_(std::move(client)),
+      options_(options) {}
+
+std::string RemoteHostAgent::Where() const {
+  return "host " + host_id_;
+}
+
+Result<std::string> RemoteHostAgent::Send(const Call& call) {
+  http::ClientRequest req;
+  req.method = call.method;
+  req.target = call.target;
+  req.body = call.body;
+  req.timeout = call.slow ? options_.slow_call_timeout : options_.call_timeout;
+  req.idempotent = call.method == "GET";
+  req.headers[std::string(kFleetHeader)] =
+      token_.Header(UnixNow(), call.method, call.target, host_id_);
+  if (!call.body.empty()) req.headers["Content-Type"] = "application/json";
+  auto res = client_->Send(req);
+  // The client's messages name the request and the endpoint's URL.
+  if (!res.ok()) return res.status().Annotate(Where());
+  if (res->status >= 200 && res->status < 300) return std::move(res->body);
+  Status status = StatusOfErrorAnswer(res->status, res->body);
+  if (res->status == 401) {
+    return Unavailable(Where() + " at " + endpoint() + " refused the fleet signature of " +
+                       call.method + " " + call.target + " (" + status.message() +
+                       "): check the fleet token, the host id and the clocks");
+  }
+  // The agent's own error, as it is: the same Status a local host would return.
+  return status;
+}
+
+Result<json> RemoteHostAgent::SendForJson(const Call& call) {
+  MOAT_ASSIGN_OR_RETURN(std::string body, Send(call));
+  auto j = ParseJsonBody(body);
+  if (!j.ok()) {
+    return Internal(Where() + " answered " + call.method + " " + call.target +
+                    " with a body that is not JSON");
+  }
+  return j;
+}
+
+Result<HostTemplateInfo> RemoteHostAgent::FetchTemplate() {
+  {
+    std::lock_guard lock(template_mu_);
+    if (template_) return *template_;
+  }
+  Call call{"GET", "/v1/template"};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  auto t = TemplateFromJson(j);
+  if (!t.ok()) return Internal(Where() + ": invalid template: " + t.status().message());
+  std::lock_guard lock(template_mu_);
+  template_ = *t;
+  return t;
+}
+
+HostTemplateInfo RemoteHostAgent::base_template() {
+  auto t = FetchTemplate();
+  if (t.ok()) return *t;
+  if (TemplateLogLimiter().Allow()) {
+    LogWarn("fleet.template_unavailable",
+            {{"host", host_id_}, {"endpoint", endpoint()}, {"error", t.status().ToString()}});
+  }
+  return HostTemplateInfo{};
+}
+
+Result<HostInventory> RemoteHostAgent::Inventory() {
+  Call call{"GET", "/v1/inventory"};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  auto inv = InventoryFromJson(j);
+  if (!inv.ok()) return Internal(Where() + ": invalid inventory: " + inv.status().message());
+  return inv;
+}
+
+Result<HostSandboxStatus> RemoteHostAgent::Probe(const std::string& id) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  Call call{"GET", SandboxPath(id)};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  auto s = ProbeFromJson(j);
+  if (!s.ok()) return Internal(Where() + ": invalid probe of " + id + ": " + s.status().message());
+  return s;
+}
+
+Status RemoteHostAgent::Create(const HostSandboxStart& start) {
+  if (!IsSandboxId(start.id)) return BadId("sandbox", start.id);
+  if (!IsTemplateId(start.template_id)) return BadId("template", start.template_id);
+  Call call{"POST", "/v1/sandboxes", DumpJson(StartToJson(start)), true, 201};
+  return Send(call).status();
+}
+
+Status RemoteHostAgent::Kill(const std::string& id) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  return Send({"DELETE", SandboxPath(id), "", false, 204}).status();
+}
+
+Status RemoteHostAgent::Pause(const std::string& id) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  return Send({"POST", SandboxPath(id) + "/pause", "", true, 204}).status();
+}
+
+Status RemoteHostAgent::Resume(const std::string& id) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  return Send({"POST", SandboxPath(id) + "/resume", "", true, 204}).status();
+}
+
+Status RemoteHostAgent::Fork(const std::string& id, const std::vector<std::string>& child_ids) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  for (const auto& c : child_ids) {
+    if (!IsSandboxId(c)) return BadId("sandbox", c);
+  }
+  Call call{"POST", SandboxPath(id) + "/fork", DumpJson(ForkToJson(child_ids)), true, 201};
+  return Send(call).status();
+}
+
+Result<std::string> RemoteHostAgent::CreateSnapshot(const std::string& id,
+                                                    const std::string& name) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  Call call{"POST", SandboxPath(id) + "/snapshots", DumpJson({{"name", name}}), true, 201};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  auto snap = StringField(j, "snapshotID");
+  if (!snap.ok() || !IsSnapshotId(*snap)) {
+    return Internal(Where() + " answered a snapshot of " + id + " without a valid snapshotID");
+  }
+  return snap;
+}
+
+Status RemoteHostAgent::DeleteSnapshot(const std::string& snapshot_id) {
+  if (!IsSnapshotId(snapshot_id)) return BadId("snapshot", snapshot_id);
+  return Send({"DELETE", SnapshotPath(snapshot_id), "", false, 204}).status();
+}
+
+Status RemoteHostAgent::SetEgress(const std::string& id, const json& egress) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  return Send({"PUT", SandboxPath(id) + "/egress", DumpJson(egress), false, 204}).status();
+}
+
+Result<HostSandboxUsage> RemoteHostAgent::Usage(const std::string& id) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  Call call{"GET", SandboxPath(id) + "/usage"};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  auto u = UsageFromJson(j);
+  if (!u.ok()) return Internal(Where() + ": invalid usage of " + id + ": " + u.status().message());
+  return u;
+}
+
+Result<HostPortEndpoint> RemoteHostAgent::ResolvePort(const std::string& id, uint16_t port) {
+  return FailedPrecondition("port " + std::to_string(port) + " of sandbox " + id + " on " +
+                            Where() +
+                            " is reached through its agent, which does not relay "
+                            "ports yet");
+}
+
+Status RemoteHostAgent::CheckHealth() {
+  http::ClientRequest req;
+  req.method = "GET";
+  req.target = "/healthz";
+  req.timeout = options_.call_timeout;
+  req.idempotent = true;
+  auto res = client_->Send(req);
+  if (!res.ok()) return res.status().Annotate(Where());
+  if (res->status != 200) return StatusOfErrorAnswer(res->status, res->body).Annotate(Where());
+  auto j = ParseJsonBody(res->body);
+  auto role = j.ok() ? StringField(*j, "role") : Result<std::string>(j.status());
+  auto id = j.ok() ? StringField(*j, "hostID") : Result<std::string>(j.status());
+  if (!role.ok() || !id.ok() || *role != "agent") {
+    return FailedPrecondition(Where() + ": " + endpoint() + " does not answer as a moatd agent");
+  }
+  if (*id != host_id_) {
+    return FailedPrecondition(Where() + ": the agent at " + endpoint() + " is host \"" + *id +
+                              "\"");
+  }
+  return Status::Ok();
+}
+
+}  // namespace moat::api::fleet

@@ -1,0 +1,62 @@
+// AgentServer: the HTTP API of `moatd agent` (api/agent-api.md) over any api::HostAgent — the
+// host's InProcessHostAgent in production, a fake in tests. It only parses: each route checks
+// its ids and body and makes the one HostAgent call it stands for; the agent does the work.
+//
+// Every request but `GET /healthz` must carry a fleet signature for this host's id
+// (fleet_auth.h); the check runs on the request's head, before any of its body is read, and a
+// request that fails it is answered 401 without reaching the agent. Ids that are not ids are
+// 400 before any call. Errors are {"code","message"} (api/fleet/agent_wire.h). Control bodies are
+// JSON of at most kAgentBodyLimit.
+//
+// The data plane (envd and sandbox ports relayed from the API replicas) is not served yet: it
+// will be a second kind of request told apart in Admit, as ApiServer does.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "api/fleet/fleet_auth.h"
+#include "api/host_agent.h"
+#include "api/http/router.h"
+#include "api/http/server.h"
+
+namespace moat::host {
+
+class AgentServer {
+ public:
+  // Listens on options.host:options.port (port 0: any free one; see port()) and serves `agent`,
+  // which must outlive the server. `token`: the fleet token requests must be signed with.
+  static Result<std::unique_ptr<AgentServer>> Start(api::HostAgent& agent,
+                                                    api::fleet::FleetToken token,
+                                                    api::http::ServerOptions options);
+  // Shutdown() and Wait().
+  ~AgentServer();
+  AgentServer(const AgentServer&) = delete;
+  AgentServer& operator=(const AgentServer&) = delete;
+
+  uint16_t port() const { return http_->port(); }
+  // Stops accepting and closes the open connections; Wait() joins their threads once the calls
+  // in progress return.
+  void Shutdown() { http_->Shutdown(); }
+  void Wait() { http_->Wait(); }
+  size_t open_connections() const { return http_->open_connections(); }
+
+  // The server's admission hook: from the head alone, whether the request is signed for this
+  // host (else 401 here), and its body limit.
+  api::http::Admission Admit(api::http::Request& req, bool has_body, api::http::ResponseWriter& w);
+  // Routes an admitted request to its handler.
+  void Handle(api::http::Request& req, api::http::ResponseWriter& w);
+  const api::http::Router& router() const { return router_; }
+
+ private:
+  AgentServer(api::HostAgent& agent, api::fleet::FleetToken token);
+  void RegisterRoutes();
+
+  api::HostAgent& agent_;
+  api::fleet::FleetToken token_;
+  api::http::Router router_;
+  std::unique_ptr<api::http::HttpServer> http_;  // last: its threads use the members above
+};
+
+}  // namespace moat::host
