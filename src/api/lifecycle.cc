@@ -92,8 +92,8 @@ std::optional<std::string_view> WireState(SandboxState s) {
   switch (s) {
     case S::kCreating:
     case S::kRunning:
-    case S::kPausing:
-    case S::kError: return "running";
+    case S::kPausing: return "running";
+    case S::kError: return "error";  // a guest that broke the protocol (issue 12): shown as is
     case S::kPaused:
     case S::kResuming: return "paused";
     case S::kKilling:

@@ -55,11 +55,12 @@ Status CheckTransition(const std::string& sandbox_id, SandboxState from, Sandbox
 // count against the team's quota (creating, running, pausing, resuming, killing, error).
 bool HoldsResources(SandboxState s);
 
-// The E2B wire knows "running" and "paused": what a client is shown for a state, or nullopt
-// for one that clients see as gone (killing, killed, lost: 404).
+// The E2B wire knows "running" and "paused", and moat adds "error" (a sandbox whose guest broke
+// the channel protocol: inspectable and killable, its envd refused): what a client is shown for
+// a state, or nullopt for one that clients see as gone (killing, killed, lost: 404).
 std::optional<std::string_view> WireState(SandboxState s);
 
-// The states a wire state name stands for ("running" → creating, running, pausing, error;
+// The states a wire state name stands for ("running" → creating, running, pausing; "error" → error;
 // "paused" → paused, resuming); empty for another name.
 std::vector<SandboxState> StatesShownAs(std::string_view wire_state);
 

@@ -111,8 +111,8 @@ Result<store::SandboxFilter> ParseListQuery(const codec::QueryParams& q, bool v2
     for (;;) {
       size_t comma = s->find(',', start);
       std::string st = s->substr(start, comma == std::string::npos ? comma : comma - start);
-      if (st != "running" && st != "paused") {
-        return InvalidArgument("state: expected running or paused, got \"" + st + "\"");
+      if (st != "running" && st != "paused" && st != "error") {
+        return InvalidArgument("state: expected running, paused or error, got \"" + st + "\"");
       }
       for (SandboxState state : StatesShownAs(st)) f.states.push_back(state);
       if (comma == std::string::npos) break;

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "api/codec/query.h"
+#include "api/lifecycle.h"
 #include "api/sandbox_actions.h"
 
 namespace codec = moat::api::codec;
@@ -31,7 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (f.ok() && (f->limit < 1 || f->limit > 100)) std::abort();
     if (f.ok()) {
       for (const auto& s : f->states) {
-        if (s != "running" && s != "paused") std::abort();
+        // Only states clients can see (api/lifecycle.h): never killing, killed or lost.
+        if (!moat::api::WireState(s)) std::abort();
       }
     }
   }

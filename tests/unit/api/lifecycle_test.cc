@@ -67,7 +67,7 @@ TEST(Lifecycle, NamesRoundTripAndUnknownNamesAreRefused) {
 
 TEST(Lifecycle, ClientsSeeRunningOrPausedOrNothing) {
   EXPECT_EQ(WireState(SandboxState::kCreating), "running");
-  EXPECT_EQ(WireState(SandboxState::kError), "running");
+  EXPECT_EQ(WireState(SandboxState::kError), "error");
   EXPECT_EQ(WireState(SandboxState::kPausing), "running");
   EXPECT_EQ(WireState(SandboxState::kResuming), "paused");
   EXPECT_EQ(WireState(SandboxState::kPaused), "paused");
@@ -76,7 +76,8 @@ TEST(Lifecycle, ClientsSeeRunningOrPausedOrNothing) {
   EXPECT_FALSE(WireState(SandboxState::kLost));
   EXPECT_EQ(StatesShownAs("paused"),
             (std::vector<SandboxState>{SandboxState::kPaused, SandboxState::kResuming}));
-  EXPECT_EQ(StatesShownAs("running").size(), 4u);
+  EXPECT_EQ(StatesShownAs("running").size(), 3u);
+  EXPECT_EQ(StatesShownAs("error"), std::vector<SandboxState>{SandboxState::kError});
   EXPECT_TRUE(StatesShownAs("lost").empty());
 }
 
