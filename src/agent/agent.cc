@@ -8,13 +8,13 @@
 #include <climits>
 #include <cstdlib>
 
-#include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/guarded.h"
 #include "common/log.h"
+#include "common/sandbox_id.h"
 #include "vmm/cgroup.h"
 
 namespace moat::agent {

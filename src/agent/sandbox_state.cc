@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/sandbox_id.h"
+#include "common/sandbox_id.h"
 
 namespace moat::agent {
 
@@ -60,7 +60,9 @@ Result<SandboxState> ParseSandboxState(const std::string& text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return InvalidArgument("state.json: not a JSON object");
   SandboxState s;
-  for (auto& [key, v] : j.items()) {
+  for (auto& item : j.items()) {
+    const std::string& key = item.key();
+    const json& v = item.value();
     auto want = [&](bool ok, const char* type) -> Status {
       if (!ok) return InvalidArgument("state.json: \"" + key + "\" must be " + type);
       return Status::Ok();

@@ -7,7 +7,6 @@
 #include <ctime>
 
 #include "agent/disk.h"
-#include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "agent/snapshot.h"
 #include "channel/guest_client.h"
@@ -16,6 +15,7 @@
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/sandbox_id.h"
 #include "common/socket.h"
 #include "vmm/qemu/qemu_driver.h"
 

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <set>
 
-#include "agent/sandbox_id.h"
 #include "api/auth.h"
 #include "common/guarded.h"
 #include "common/log.h"
+#include "common/sandbox_id.h"
 
 namespace moat::api {
 
@@ -16,11 +16,31 @@ int64_t UnixMillisNow() {
       .count();
 }
 
-Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostAgent& host,
+Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostAgent& single_host,
                                                                     store::Store& store,
                                                                     Metrics& metrics,
                                                                     ControllerOptions options) {
-  std::unique_ptr<SandboxController> c(new SandboxController(host, store, metrics, options));
+  auto hosts = std::make_unique<SingleHostDirectory>(single_host);
+  MOAT_ASSIGN_OR_RETURN(auto c, Start(*hosts, store, metrics, options));
+  c->owned_hosts_ = std::move(hosts);
+  return c;
+}
+
+Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostDirectory& hosts,
+                                                                    store::Store& store,
+                                                                    Metrics& metrics,
+                                                                    ControllerOptions options) {
+  std::unique_ptr<SandboxController> c(new SandboxController(hosts, store, metrics, options));
+  if (options.reconcile_at_start) {
+    MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts.Host(""));
+    MOAT_RETURN_IF_ERROR(c->Reconcile(*host));
+  }
+  c->reaper_ = GuardedThread("reaper", [p = c.get()] { p->ReaperLoop(); });
+  return c;
+}
+
+Status SandboxController::Reconcile(HostAgent& host) {
+  store::Store& store = store_;
   MOAT_ASSIGN_OR_RETURN(auto all, store.AllSandboxes());
   MOAT_ASSIGN_OR_RETURN(HostInventory inventory, host.Inventory());
   auto has = [](const std::vector<std::string>& ids, const std::string& id) {
@@ -83,8 +103,7 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostAgent& h
     MOAT_RETURN_IF_ERROR(store.DeleteSnapshot(s.id));
     LogInfo("api.snapshot_dropped", {{"snapshot", s.id}, {"reason", "no files"}});
   }
-  c->reaper_ = GuardedThread("reaper", [p = c.get()] { p->ReaperLoop(); });
-  return c;
+  return Status::Ok();
 }
 
 SandboxController::~SandboxController() {
@@ -101,56 +120,95 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   auto started = std::chrono::steady_clock::now();
   MOAT_ASSIGN_OR_RETURN(std::string template_id, ResolveTemplate(team.id, a.template_id));
   // Held until the sandbox is recorded (or its start failed): see team_quotas.h.
-  HostTemplateInfo tmpl = host_.base_template();
+  HostTemplateInfo tmpl = hosts_.base_template();
   auto ask = QuotaGate::CreateAsk(a, tmpl.vcpus, static_cast<int64_t>(tmpl.memory_mib));
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team.id, ask));
-  store::SandboxRecord r;
-  // Minted and recorded (creating) before the host starts it: a moatd that dies in between
-  // leaves a record its successor resolves, never a VM nobody knows of.
-  r.id = agent::NewSandboxId();
-  r.state = SandboxState::kCreating;
-  r.team_id = team.id;
-  r.template_id = template_id;
-  r.access_token = RandomToken("", 24);
-  if (!a.allow_public_traffic) r.traffic_access_token = RandomToken("", 24);
-  r.metadata = a.metadata;
-  r.env_vars = a.env_vars;
-  r.started_at_ms = UnixMillisNow();
-  r.end_at_ms = r.started_at_ms + a.timeout_s * 1000;
-  r.auto_pause = a.auto_pause;
-  r.cpu_count = tmpl.vcpus;
-  r.memory_mb = tmpl.memory_mib;
-  r.disk_size_mb = tmpl.disk_mib;
-  r.host_id = host_.host_id();
-  MOAT_RETURN_IF_ERROR(store_.InsertSandbox(r).Annotate("recording sandbox " + r.id));
-  HostSandboxStart start{
-      .id = r.id, .template_id = template_id, .env_vars = a.env_vars, .egress = a.egress.ToJson()};
-  if (Status started = host_.Create(start); !started.ok()) {
-    Abandon(r.id, SandboxState::kCreating, "start failed");
-    return started;
+  Reservation need{tmpl.vcpus, tmpl.memory_mib};
+  // A start that fails is released and tried once more on another host (if there is one).
+  std::string failed_host;
+  Status failure;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto placed = hosts_.Place(need, failed_host);
+    if (!placed.ok()) return attempt == 0 ? placed.status() : failure;
+    if (attempt > 0 && placed->host_id == failed_host) {
+      hosts_.Release(placed->host_id, need);
+      return failure;
+    }
+    store::SandboxRecord r;
+    // Minted and recorded (creating) before the host starts it: a control plane that dies in
+    // between leaves a record its successor resolves, never a VM nobody knows of.
+    r.id = NewSandboxId();
+    r.state = SandboxState::kCreating;
+    r.host_id = placed->host_id;
+    r.team_id = team.id;
+    r.template_id = template_id;
+    r.access_token = RandomToken("", 24);
+    if (!a.allow_public_traffic) r.traffic_access_token = RandomToken("", 24);
+    r.metadata = a.metadata;
+    r.env_vars = a.env_vars;
+    r.started_at_ms = UnixMillisNow();
+    r.end_at_ms = r.started_at_ms + a.timeout_s * 1000;
+    r.auto_pause = a.auto_pause;
+    r.cpu_count = tmpl.vcpus;
+    r.memory_mb = tmpl.memory_mib;
+    r.disk_size_mb = tmpl.disk_mib;
+    if (Status recorded = store_.InsertSandbox(r); !recorded.ok()) {
+      hosts_.Release(placed->host_id, need);
+      return recorded.Annotate("recording sandbox " + r.id);
+    }
+    HostSandboxStart start{.id = r.id,
+                           .template_id = template_id,
+                           .env_vars = a.env_vars,
+                           .egress = a.egress.ToJson()};
+    if (Status s = placed->host->Create(start); !s.ok()) {
+      Abandon(r, "start failed");
+      failure = s;
+      failed_host = placed->host_id;
+      // A refusal that any host would repeat is final.
+      if (s.code() == ErrorCode::kInvalidArgument || s.code() == ErrorCode::kNotFound) return s;
+      LogWarn("api.sandbox_start_failed",
+              {{"sandbox", r.id}, {"host", placed->host_id}, {"error", s.ToString()}});
+      continue;
+    }
+    MOAT_ASSIGN_OR_RETURN(bool started_ok,
+                          Transition(r.id, SandboxState::kCreating, SandboxState::kRunning));
+    if (!started_ok) {
+      // Killed while it started: the kill (which gave the reservation back) found no VM yet;
+      // the one that started is released here.
+      (void)placed->host->Kill(r.id);
+      (void)store_.DeleteSandbox(r.id);
+      return NotFound("sandbox \"" + r.id + "\" was killed while it was being created");
+    }
+    r.state = SandboxState::kRunning;
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    metrics_.create_latency().Observe(secs);
+    LogInfo("api.sandbox_created", {{"sandbox", r.id},
+                                    {"team", team.id},
+                                    {"host", r.host_id},
+                                    {"template", r.template_id},
+                                    {"timeout_s", a.timeout_s},
+                                    {"ms", static_cast<int64_t>(secs * 1000)}});
+    return r;
   }
-  MOAT_ASSIGN_OR_RETURN(bool started_ok,
-                        Transition(r.id, SandboxState::kCreating, SandboxState::kRunning));
-  if (!started_ok) {
-    // Killed while it started (the kill found it creating): it is released here.
-    (void)host_.Kill(r.id);
-    (void)store_.DeleteSandbox(r.id);
-    return NotFound("sandbox \"" + r.id + "\" was killed while it was being created");
-  }
-  r.state = SandboxState::kRunning;
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  metrics_.create_latency().Observe(secs);
-  LogInfo("api.sandbox_created", {{"sandbox", r.id},
-                                  {"team", team.id},
-                                  {"template", r.template_id},
-                                  {"timeout_s", a.timeout_s},
-                                  {"ms", static_cast<int64_t>(secs * 1000)}});
-  return r;
+  return failure;
+}
+
+Result<HostAgent*> SandboxController::HostOf(const store::SandboxRecord& r) {
+  return hosts_.Host(r.host_id);
+}
+
+Result<HostSandboxStatus> SandboxController::ProbeOnHost(const store::SandboxRecord& r) {
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  return host->Probe(r.id);
+}
+
+Reservation SandboxController::ReservationOf(const store::SandboxRecord& r) {
+  return {r.cpu_count, r.memory_mb};
 }
 
 Result<std::string> SandboxController::ResolveTemplate(const std::string& team_id,
                                                        const std::string& template_id) {
-  if (template_id == host_.base_template().name) return template_id;
+  if (template_id == hosts_.base_template().name) return template_id;
   MOAT_ASSIGN_OR_RETURN(auto by_id, store_.GetSnapshot(template_id));
   if (by_id && by_id->team_id == team_id) return by_id->id;
   MOAT_ASSIGN_OR_RETURN(auto by_name, store_.SnapshotByName(team_id, template_id));
@@ -168,14 +226,15 @@ Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::strin
                               "; resume it before taking a snapshot");
   }
   auto started = std::chrono::steady_clock::now();
-  MOAT_ASSIGN_OR_RETURN(std::string snapshot_id, host_.CreateSnapshot(r.id, a.name));
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  MOAT_ASSIGN_OR_RETURN(std::string snapshot_id, host->CreateSnapshot(r.id, a.name));
   store::SnapshotRecord snap{.id = snapshot_id,
                              .team_id = team_id,
                              .sandbox_id = r.id,
                              .name = a.name,
                              .created_at_ms = UnixMillisNow()};
   if (Status s = store_.InsertSnapshot(snap); !s.ok()) {
-    (void)host_.DeleteSnapshot(snap.id);
+    (void)host->DeleteSnapshot(snap.id);
     return s.Annotate("recording snapshot " + snap.id);
   }
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
@@ -196,7 +255,10 @@ Status SandboxController::DeleteSnapshot(const std::string& team_id,
   if (!snap || snap->team_id != team_id) {
     return NotFound("snapshot \"" + snapshot_id + "\" not found");
   }
-  Status removed = host_.DeleteSnapshot(snap->id);
+  // Named snapshots stay on the host that took them (cross-host snapshots come with the
+  // snapshot store); until their records name it, they are this control plane's own host's.
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts_.Host(""));
+  Status removed = host->DeleteSnapshot(snap->id);
   if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
   MOAT_RETURN_IF_ERROR(store_.DeleteSnapshot(snap->id));
   LogInfo("api.snapshot_deleted", {{"snapshot", snap->id}, {"team", team_id}});
@@ -226,7 +288,8 @@ Result<std::vector<SandboxController::MetricSample>> SandboxController::SampleUs
       (end_s && now_s - kSlackS > *end_s)) {
     return out;
   }
-  auto usage = host_.Usage(id);
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  auto usage = host->Usage(id);
   if (!usage.ok()) {
     // Paused, killed or its VMM just went away: no sample.
     if (usage.status().code() == ErrorCode::kNotFound) return out;
@@ -274,17 +337,20 @@ Result<bool> SandboxController::Transition(const std::string& id, SandboxState f
   return store_.TransitionSandbox(id, {from}, {to});
 }
 
-void SandboxController::Abandon(const std::string& id, SandboxState from, const char* why) {
-  auto killing = Transition(id, from, SandboxState::kKilling);
-  if (!killing.ok() || !*killing) {
+void SandboxController::Abandon(const store::SandboxRecord& r, const char* why) {
+  auto killing = Transition(r.id, r.state, SandboxState::kKilling);
+  bool mine = killing.ok() && *killing;
+  if (!mine) {
     LogWarn("api.sandbox_abandon_lost_race",
-            {{"sandbox", id}, {"state", SandboxStateName(from)}, {"reason", why}});
+            {{"sandbox", r.id}, {"state", SandboxStateName(r.state)}, {"reason", why}});
   }
-  (void)host_.Kill(id);
-  if (Status s = store_.DeleteSandbox(id); !s.ok()) {
-    LogError("api.sandbox_abandon_failed", {{"sandbox", id}, {"error", s.ToString()}});
+  if (auto host = HostOf(r); host.ok()) (void)(*host)->Kill(r.id);
+  // Its reservation is given back by whoever moved it to killing.
+  if (mine && HoldsResources(r.state)) hosts_.Release(r.host_id, ReservationOf(r));
+  if (Status s = store_.DeleteSandbox(r.id); !s.ok()) {
+    LogError("api.sandbox_abandon_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
   }
-  LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
+  LogInfo("api.sandbox_released", {{"sandbox", r.id}, {"reason", why}});
 }
 
 Status SandboxController::Release(const store::SandboxRecord& r, const char* why) {
@@ -303,7 +369,8 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
                                              "); try again");
     }
   }
-  Status killed = host_.Kill(id);
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  Status killed = host->Kill(id);
   {
     // After the agent let go of it: a sample racing with the kill cannot put it back.
     std::lock_guard lock(cpu_mu_);
@@ -314,7 +381,9 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
     LogError("api.sandbox_release_failed", {{"sandbox", id}, {"error", killed.ToString()}});
     return killed;
   }
-  // Killed: the record goes (history keeps killed sandboxes later).
+  // Killed: its reservation goes back (a paused or lost one holds none), and the record goes
+  // (history keeps killed sandboxes later).
+  if (HoldsResources(r.state)) hosts_.Release(r.host_id, ReservationOf(r));
   MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
   LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
   return Status::Ok();
@@ -333,12 +402,14 @@ Status SandboxController::UpdateNetwork(const std::string& team_id, const std::s
                               std::string(SandboxStateName(r.state)) +
                               ": resume it to change its network");
   }
-  return host_.SetEgress(r.id, egress);
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  return host->SetEgress(r.id, egress);
 }
 
 Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, uint16_t port) {
   MOAT_ASSIGN_OR_RETURN(store::SandboxRecord r, FindRunning(id));
-  auto endpoint = host_.ResolvePort(id, port);
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  auto endpoint = host->ResolvePort(id, port);
   if (!endpoint.ok()) {
     if (endpoint.status().code() == ErrorCode::kNotFound) {
       return NotFound("sandbox \"" + id + "\" is not running");
@@ -368,7 +439,7 @@ Result<store::SandboxRecord> SandboxController::Connect(const std::string& team_
                                            std::string(SandboxStateName(r.state)) +
                                            "; try again when it is done");
   }
-  MOAT_ASSIGN_OR_RETURN(HostSandboxStatus on_host, host_.Probe(r.id));
+  MOAT_ASSIGN_OR_RETURN(HostSandboxStatus on_host, ProbeOnHost(r));
   if (on_host.kind != HostSandboxStatus::Kind::kRunning) {
     return NotFound("sandbox \"" + id + "\" is not running");
   }
@@ -397,18 +468,21 @@ Status SandboxController::PauseRecord(const store::SandboxRecord& r) {
     return FailedPrecondition("sandbox \"" + r.id + "\" is not running (it is " +
                               std::string(SandboxStateName(r.state)) + " or changing)");
   }
-  if (Status paused = host_.Pause(r.id); !paused.ok()) {
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  if (Status paused = host->Pause(r.id); !paused.ok()) {
     // A failed pause leaves the VM running as it was (HostAgent::Pause).
     auto back = Transition(r.id, SandboxState::kPausing, SandboxState::kRunning);
-    if (!back.ok() || !*back) (void)host_.Kill(r.id);  // killed meanwhile
+    if (!back.ok() || !*back) (void)host->Kill(r.id);  // killed meanwhile
     return paused;
   }
   MOAT_ASSIGN_OR_RETURN(bool done, Transition(r.id, SandboxState::kPausing, SandboxState::kPaused));
   if (!done) {
     // Killed while it paused: the kill found no VM; its snapshot goes here.
-    (void)host_.Kill(r.id);
+    (void)host->Kill(r.id);
     return NotFound("sandbox \"" + r.id + "\" was killed while it was being paused");
   }
+  // A paused sandbox holds only disk on its host.
+  hosts_.Release(r.host_id, ReservationOf(r));
   return Status::Ok();
 }
 
@@ -416,22 +490,30 @@ Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecor
                                                              int64_t timeout_s) {
   QuotaGate::Ask ask{.sandboxes = 1, .vcpus = r.cpu_count, .memory_mib = r.memory_mb};
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(r.team_id, ask));
+  // It resumes on the host that holds its snapshot, which must have room for it again.
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  MOAT_RETURN_IF_ERROR(hosts_.Reserve(r.host_id, ReservationOf(r)));
   // One conditional update: two resumes of one paused sandbox never both run it.
-  MOAT_ASSIGN_OR_RETURN(bool mine,
-                        Transition(r.id, SandboxState::kPaused, SandboxState::kResuming));
-  if (!mine) {
+  auto mine = Transition(r.id, SandboxState::kPaused, SandboxState::kResuming);
+  if (!mine.ok() || !*mine) {
+    hosts_.Release(r.host_id, ReservationOf(r));
+    if (!mine.ok()) return mine.status();
     return Status(ErrorCode::kAborted, "sandbox \"" + r.id + "\" is already being resumed");
   }
-  if (Status resumed = host_.Resume(r.id); !resumed.ok()) {
+  if (Status resumed = host->Resume(r.id); !resumed.ok()) {
     // The snapshot is kept (HostAgent::Resume): it stays paused.
     auto back = Transition(r.id, SandboxState::kResuming, SandboxState::kPaused);
-    if (!back.ok() || !*back) (void)host_.Kill(r.id);  // killed meanwhile
+    if (back.ok() && *back) {
+      hosts_.Release(r.host_id, ReservationOf(r));
+    } else {
+      (void)host->Kill(r.id);  // killed meanwhile (the kill gave the reservation back)
+    }
     return resumed;
   }
   MOAT_ASSIGN_OR_RETURN(bool done,
                         Transition(r.id, SandboxState::kResuming, SandboxState::kRunning));
   if (!done) {
-    (void)host_.Kill(r.id);
+    (void)host->Kill(r.id);
     return NotFound("sandbox \"" + r.id + "\" was killed while it was being resumed");
   }
   r.state = SandboxState::kRunning;
@@ -466,15 +548,25 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
                      .memory_mib = count * int64_t{parent.memory_mb},
                      .creates = count};
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team_id, ask));
-  // The children are recorded (creating) before the host starts them, as a create's sandbox.
+  // The children run on their parent's host (they share its snapshot), which must have room.
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(parent));
+  Reservation each = ReservationOf(parent);
+  MOAT_RETURN_IF_ERROR(
+      hosts_.Reserve(parent.host_id, {each.vcpus * count, each.memory_mib * count}));
+  // The children are recorded (creating) before the host starts them, as a create's sandbox;
+  // each one gives its share back when it is abandoned or killed.
   std::vector<store::SandboxRecord> out;
   std::vector<std::string> ids;
   auto abandon_all = [&](const char* why) {
-    for (const auto& r : out) Abandon(r.id, SandboxState::kCreating, why);
+    for (const auto& r : out) Abandon(r, why);
+    int64_t unrecorded = count - static_cast<int64_t>(out.size());
+    if (unrecorded > 0) {
+      hosts_.Release(parent.host_id, {each.vcpus * unrecorded, each.memory_mib * unrecorded});
+    }
   };
   for (int i = 0; i < count; ++i) {
     store::SandboxRecord r = parent;
-    r.id = agent::NewSandboxId();
+    r.id = NewSandboxId();
     r.access_token = RandomToken("", 24);
     // A child's ports are as private as its parent's, behind a token of its own.
     if (!r.traffic_access_token.empty()) r.traffic_access_token = RandomToken("", 24);
@@ -488,14 +580,14 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
     ids.push_back(r.id);
     out.push_back(std::move(r));
   }
-  if (Status forked = host_.Fork(parent.id, ids); !forked.ok()) {
+  if (Status forked = host->Fork(parent.id, ids); !forked.ok()) {
     abandon_all("fork failed");
     return forked;
   }
   for (auto& r : out) {
     auto started = Transition(r.id, SandboxState::kCreating, SandboxState::kRunning);
     if (!started.ok() || !*started) {
-      (void)host_.Kill(r.id);  // killed while it started (or the store failed: not recorded)
+      (void)host->Kill(r.id);  // killed while it started (or the store failed: not recorded)
       (void)store_.DeleteSandbox(r.id);
       continue;
     }
@@ -563,7 +655,7 @@ void SandboxController::ReapOnce() {
         }
         if (r.end_at_ms <= now) {
           why = "timeout";
-        } else if (auto on_host = host_.Probe(r.id);
+        } else if (auto on_host = ProbeOnHost(r);
                    on_host.ok() && on_host->kind == HostSandboxStatus::Kind::kGone) {
           // Its host already released the VM (the VMM exited).
           why = "vmm exited";

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "api/host_agent.h"
+#include "api/host_directory.h"
 #include "api/metrics.h"
 #include "api/port_proxy.h"
 #include "api/sandbox_actions.h"
@@ -26,6 +27,10 @@ namespace moat::api {
 
 struct ControllerOptions {
   std::chrono::milliseconds reap_interval{500};
+  // `moatd serve`: at start, reconcile the store with its one host (the records of sandboxes
+  // it no longer has go, VMs without a record are killed). A fleet's agents do this for their
+  // own hosts.
+  bool reconcile_at_start = true;
 };
 
 class SandboxController {
@@ -33,7 +38,11 @@ class SandboxController {
   // Reconciles the store with the agent (records of sandboxes the agent does not have — an
   // earlier moatd's, cleaned up by the agent's recovery — are dropped, and so are records of
   // snapshots whose files are gone) and starts the reaper.
-  static Result<std::unique_ptr<SandboxController>> Start(HostAgent& host, store::Store& store,
+  // One host (`moatd serve`): a SingleHostDirectory over it, owned by the controller.
+  static Result<std::unique_ptr<SandboxController>> Start(HostAgent& single_host,
+                                                          store::Store& store, Metrics& metrics,
+                                                          ControllerOptions options);
+  static Result<std::unique_ptr<SandboxController>> Start(HostDirectory& hosts, store::Store& store,
                                                           Metrics& metrics,
                                                           ControllerOptions options);
   // Stops the reaper (sandboxes are the agent's to kill).
@@ -109,23 +118,29 @@ class SandboxController {
   void ReapOnce();
 
  private:
-  SandboxController(HostAgent& host, store::Store& store, Metrics& metrics,
+  SandboxController(HostDirectory& hosts, store::Store& store, Metrics& metrics,
                     ControllerOptions options)
-      : host_(host), store_(store), metrics_(metrics), options_(options), quotas_(store) {}
+      : hosts_(hosts), store_(store), metrics_(metrics), options_(options), quotas_(store) {}
+  // Reconciles the store with the single host (ControllerOptions::reconcile_at_start).
+  Status Reconcile(HostAgent& host);
   void ReaperLoop();
   // Moves the record to killing (from the state it was read in), has the agent kill the VM (or
   // delete a paused sandbox's snapshot), then deletes the record.
   Status Release(const store::SandboxRecord& r, const char* why);
   // A create or fork child that failed to start (or whose record failed): killing, the agent
   // asked to kill whatever started, the record deleted. Logs; never fails.
-  void Abandon(const std::string& id, SandboxState from, const char* why);
+  void Abandon(const store::SandboxRecord& r, const char* why);
+  Result<HostAgent*> HostOf(const store::SandboxRecord& r);
+  Result<HostSandboxStatus> ProbeOnHost(const store::SandboxRecord& r);
+  static Reservation ReservationOf(const store::SandboxRecord& r);
   Status PauseRecord(const store::SandboxRecord& r);
   Result<bool> Transition(const std::string& id, SandboxState from, SandboxState to);
   Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
   // The agent's name for a create's templateID: "base", or the id of the team's snapshot.
   Result<std::string> ResolveTemplate(const std::string& team_id, const std::string& template_id);
 
-  HostAgent& host_;
+  std::unique_ptr<HostDirectory> owned_hosts_;  // Start(HostAgent&): its directory
+  HostDirectory& hosts_;
   store::Store& store_;
   Metrics& metrics_;
   ControllerOptions options_;

@@ -16,12 +16,12 @@
 #include <thread>
 
 #include "agent/agent.h"
-#include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "api/metrics.h"
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
+#include "common/sandbox_id.h"
 #include "common/socket.h"
 #include "common/unique_fd.h"
 #include "host/in_process_host_agent.h"

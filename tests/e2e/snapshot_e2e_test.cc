@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "agent/agent.h"
-#include "agent/sandbox_id.h"
 #include "agent/snapshot.h"
 #include "common/fs.h"
+#include "common/sandbox_id.h"
 #include "support/agent_config.h"
 #include "support/test_util.h"
 

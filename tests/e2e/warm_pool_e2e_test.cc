@@ -12,9 +12,9 @@
 #include <thread>
 
 #include "agent/agent.h"
-#include "agent/sandbox_id.h"
 #include "agent/sandbox_state.h"
 #include "common/fs.h"
+#include "common/sandbox_id.h"
 #include "support/agent_config.h"
 #include "support/sandbox_net.h"
 #include "support/test_util.h"

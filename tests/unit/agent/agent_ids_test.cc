@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "agent/agent.h"
-#include "agent/sandbox_id.h"
 #include "agent/snapshot.h"
 #include "common/fs.h"
+#include "common/sandbox_id.h"
 
 namespace moat::agent {
 namespace {

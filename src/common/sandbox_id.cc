@@ -1,4 +1,4 @@
-#include "agent/sandbox_id.h"
+#include "common/sandbox_id.h"
 
 #include <sys/random.h>
 
@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-namespace moat::agent {
+namespace moat {
 
 std::string NewSandboxId() {
   static constexpr std::string_view kAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
@@ -40,4 +40,4 @@ bool IsValidSnapshotName(std::string_view id) {
   return IsValidSandboxId(id);
 }
 
-}  // namespace moat::agent
+}  // namespace moat

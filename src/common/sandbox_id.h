@@ -4,7 +4,7 @@
 #include <string>
 #include <string_view>
 
-namespace moat::agent {
+namespace moat {
 
 inline constexpr size_t kSandboxIdLength = 20;
 
@@ -14,4 +14,4 @@ bool IsValidSandboxId(std::string_view id);
 // Snapshot ids share the alphabet ("snap" + 16 characters): safe as directory names.
 bool IsValidSnapshotName(std::string_view id);
 
-}  // namespace moat::agent
+}  // namespace moat
