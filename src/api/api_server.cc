@@ -66,6 +66,7 @@ void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::C
   routes::RegisterSnapshotRoutes(control, cc);
   routes::RegisterKeyRoutes(control, cc);
   routes::RegisterTeamRoutes(control, cc);
+  routes::RegisterHostRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
   routes::RegisterEnvdFileRoutes(envd, ec);
   routes::RegisterEnvdProcessRoutes(envd, ec);

@@ -60,10 +60,9 @@ Result<BootstrapResult> BootstrapApiKey(store::Store& store, const std::string& 
   MOAT_ASSIGN_OR_RETURN(bool has, store.HasApiKeys());
   if (has) return out;
   std::string key = env_key && !env_key->empty() ? *env_key : NewApiKey();
-  MOAT_ASSIGN_OR_RETURN(auto team, store.CreateTeam("admin", /*admin=*/true));
-  MOAT_ASSIGN_OR_RETURN(auto rec,
-                        store.AddApiKey(team.id, "admin", Sha256Hex(key), MaskApiKey(key)));
-  (void)rec;
+  // Atomic in the store: of replicas starting at once, one creates the team (the others find it).
+  MOAT_ASSIGN_OR_RETURN(auto team, store.BootstrapAdmin(Sha256Hex(key), MaskApiKey(key)));
+  if (!team) return out;
   UniqueFd fd(::open(out.key_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd) return ErrnoError("open(" + out.key_file + ")");
   ::fchmod(fd.get(), 0600);

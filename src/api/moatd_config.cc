@@ -65,6 +65,64 @@ Status ValidateNetwork(MoatdConfig& c) {
   return Status::Ok();
 }
 
+Status ValidateFleet(MoatdConfig& c) {
+  if (c.role == MoatdRole::kServe) return Status::Ok();
+  if (c.store.rfind("postgresql://", 0) != 0 && c.store.rfind("postgres://", 0) != 0) {
+    return InvalidArgument(
+        "--store: a fleet's api and agent roles share a PostgreSQL store "
+        "(postgresql://…), got \"" +
+        c.store + "\"");
+  }
+  if (c.fleet_token_file.empty()) {
+    return InvalidArgument("--fleet-token-file: required for the api and agent roles");
+  }
+  if (c.role == MoatdRole::kApi) {
+    if (c.cpu_overcommit < 1 || c.cpu_overcommit > 64 || c.mem_overcommit < 1 ||
+        c.mem_overcommit > 4) {
+      return InvalidArgument("--cpu-overcommit must be 1..64 and --mem-overcommit 1..4");
+    }
+    if (c.lost_after_s < 3 || c.lost_after_s > 3600) {
+      return InvalidArgument("--lost-after: must be 3..3600 seconds, got " +
+                             std::to_string(c.lost_after_s));
+    }
+    if (c.creating_timeout_s < 10 || c.creating_timeout_s > 24 * 3600) {
+      return InvalidArgument("--creating-timeout: must be 10..86400 seconds, got " +
+                             std::to_string(c.creating_timeout_s));
+    }
+    return Status::Ok();
+  }
+  if (c.host_id.empty() || c.host_id.size() > 63) {
+    return InvalidArgument("--host-id: required, 1..63 characters");
+  }
+  for (char ch : c.host_id) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.') {
+      return InvalidArgument("--host-id: letters, digits, '-', '_' and '.' only, got \"" +
+                             c.host_id + "\"");
+    }
+  }
+  if (c.advertise.empty()) {
+    if (c.listen_host == "0.0.0.0" || c.listen_host == "::" || c.listen_host.empty()) {
+      return InvalidArgument(
+          "--advertise: required when --listen is a wildcard address (the URL "
+          "replicas reach this agent at, e.g. http://10.0.0.7:7070)");
+    }
+    std::string host =
+        c.listen_host.find(':') != std::string::npos ? "[" + c.listen_host + "]" : c.listen_host;
+    if (c.listen_port == 0) return InvalidArgument("--listen: an agent needs a fixed port");
+    c.advertise = "http://" + host + ":" + std::to_string(c.listen_port);
+  }
+  if (c.advertise.rfind("http://", 0) != 0) {
+    return InvalidArgument("--advertise: expected http://HOST:PORT, got \"" + c.advertise + "\"");
+  }
+  if (c.jail_id_first < 100000 || c.jail_id_first > 4000000000u) {
+    return InvalidArgument("--jail-id-first: must be 100000..4000000000");
+  }
+  if (c.heartbeat_interval_ms < 100 || c.heartbeat_interval_ms > 60000) {
+    return InvalidArgument("--heartbeat-interval-ms: must be 100..60000");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status ValidateConfig(MoatdConfig& c) {
@@ -110,6 +168,20 @@ Status ValidateConfig(MoatdConfig& c) {
   if (c.data_dir.empty()) return InvalidArgument("--data-dir: must not be empty");
   Status made = MakeDirs(c.data_dir, 0711);
   if (!made.ok()) return made.Annotate("--data-dir");
+  MOAT_RETURN_IF_ERROR(ValidateFleet(c));
+  for (char ch : c.domain) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.') {
+      return InvalidArgument("--domain: not a DNS name: \"" + c.domain + "\"");
+    }
+  }
+  if (c.role == MoatdRole::kApi) {
+    // No VMs here: no guest artifacts, no network slots.
+    char real[PATH_MAX];
+    if (::realpath(c.data_dir.c_str(), real) == nullptr)
+      return ErrnoError("--data-dir: " + c.data_dir);
+    c.data_dir = real;
+    return Status::Ok();
+  }
   if (c.guest_dir.empty()) c.guest_dir = ExecutableDir() + "/../guest";
   // The jail binds these paths into the VMM's namespace: they must be absolute and canonical.
   for (auto [flag, dir] : {std::pair{"--data-dir", &c.data_dir}, {"--guest-dir", &c.guest_dir}}) {
@@ -122,11 +194,6 @@ Status ValidateConfig(MoatdConfig& c) {
   for (const char* f : {"/vmlinux", "/rootfs.ext4"}) {
     if (!PathExists(c.guest_dir + f)) {
       return NotFound("--guest-dir: " + c.guest_dir + f + " not found (run `make guest`)");
-    }
-  }
-  for (char ch : c.domain) {
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.') {
-      return InvalidArgument("--domain: not a DNS name: \"" + c.domain + "\"");
     }
   }
   if (c.warm_sandboxes > 16) {

@@ -12,7 +12,12 @@
 
 namespace moat::api {
 
+// Which moatd: `serve` (API, store and host agent in one process), a fleet's `api` replica
+// (no VMs: every host is a remote agent) or a fleet's `agent` (one host's VMs, no public API).
+enum class MoatdRole { kServe, kApi, kAgent };
+
 struct MoatdConfig {
+  MoatdRole role = MoatdRole::kServe;
   std::string listen = "127.0.0.1:3000";
   std::string data_dir = "./.moat";
   // The metadata store: empty for SQLite in the data dir, or a postgresql:// URI
@@ -51,6 +56,24 @@ struct MoatdConfig {
   // Pause, named snapshots and fork write memory-file snapshots (docs/snapshots.md); false:
   // one full migration stream each (--snapshot-format stream).
   bool memory_file_snapshots = true;
+
+  // The fleet (api and agent roles; docs/fleet.md). The token file's first line is the shared
+  // secret requests between replicas and agents are signed with.
+  std::string fleet_token_file;
+  // agent: the host's stable name in the fleet, and the URL replicas reach this agent at
+  // (default http://<listen>; required when listening on a wildcard address).
+  std::string host_id;
+  std::string advertise;
+  // agent: the first of this agent's 65536 jail uids/gids; agents side by side on one machine
+  // need ranges that do not overlap (a lock file under /run/moat refuses a second agent with the
+  // same first id).
+  uint32_t jail_id_first = 900000;
+  int64_t heartbeat_interval_ms = 2000;
+  // api: placement and the failure model (FLEET.md §2, §4).
+  double cpu_overcommit = 4.0;
+  double mem_overcommit = 1.0;
+  int64_t lost_after_s = 15;
+  int64_t creating_timeout_s = 300;
 
   // Filled in by ValidateConfig from `listen`.
   std::string listen_host;

@@ -1,19 +1,31 @@
 // moatd: the moat server. `moatd serve` is the all-in-one role: the HTTP API (control + envd on
-// one port), the embedded SQLite store and the local host agent.
+// one port), the embedded SQLite store and the local host agent. A fleet (docs/fleet.md) runs
+// `moatd api` replicas (the API, no VMs) and a `moatd agent` per host (its VMs, the agent API
+// only), on a shared PostgreSQL store.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 #include "agent/agent.h"
 #include "api/api_server.h"
 #include "api/auth.h"
+#include "api/fleet/fleet_auth.h"
+#include "api/fleet/fleet_host_directory.h"
+#include "api/fleet/fleet_maintenance.h"
 #include "api/moatd_config.h"
 #include "api/sandbox_controller.h"
 #include "api/store/open_store.h"
+#include "common/fs.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
+#include "host/agent_server.h"
+#include "host/host_membership.h"
 #include "host/in_process_host_agent.h"
 #include "vmm/qemu/command_line.h"
 #include "vmm/qemu/qemu_version.h"
@@ -29,28 +41,31 @@ int Fail(const std::string& what, const Status& s) {
   return 1;
 }
 
-// `keep_sandboxes`: on SIGTERM/SIGINT leave running sandboxes to the next moatd on this data dir
-// (Agent::Detach) instead of killing them.
-int Serve(MoatdConfig config, bool keep_sandboxes) {
-  // SIGINT/SIGTERM are taken by sigwait below; blocked before any thread starts, so that every
-  // thread inherits the mask (children reset it before exec).
+// SIGINT/SIGTERM are taken by sigwait; blocked before any thread starts, so that every thread
+// inherits the mask (children reset it before exec).
+sigset_t BlockStopSignals() {
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  return stop_signals;
+}
 
-  Status valid = ValidateConfig(config);
-  if (!valid.ok()) {
-    std::fprintf(stderr, "moatd: %s\n", valid.message().c_str());
-    return 2;
-  }
+// What the host side needs to know about this machine before it starts VMs.
+struct HostProbe {
+  vmm::Accel accel = vmm::Accel::kTcg;
+  std::string qemu_version;
+};
+
+// Probes the accelerator and QEMU (logged); nullopt after printing why not (exit 2).
+std::optional<HostProbe> ProbeHost(const MoatdConfig& config) {
   vmm::qemu::AccelProbeOptions probe;
   probe.kernel_path = config.guest_dir + "/vmlinux";
   auto accel = vmm::qemu::ResolveAccel(config.accel, probe);
   if (!accel.ok()) {
     std::fprintf(stderr, "moatd: --accel: %s\n", accel.status().message().c_str());
-    return 2;
+    return std::nullopt;
   }
   LogInfo("moatd.accel",
           {{"accel", std::string(vmm::AccelName(accel->accel))}, {"reason", accel->reason}});
@@ -58,25 +73,23 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   Status qemu_ok = qemu.ok() ? vmm::qemu::CheckQemuSupported(*qemu) : qemu.status();
   if (!qemu_ok.ok()) {
     std::fprintf(stderr, "moatd: %s\n", qemu_ok.message().c_str());
-    return 2;
+    return std::nullopt;
   }
   LogInfo("moatd.qemu", {{"version", qemu->text}});
+  return HostProbe{accel->accel, qemu->text};
+}
 
-  auto store = store::OpenStore(config.store, config.data_dir);
-  if (!store.ok()) return Fail("store", store.status());
-  const char* env_key = std::getenv("MOAT_API_KEY");
-  auto boot =
-      BootstrapApiKey(**store, config.data_dir,
-                      env_key != nullptr ? std::optional<std::string>(env_key) : std::nullopt);
-  if (!boot.ok()) return Fail("api key", boot.status());
-
+// This host's agent (serve's and an agent's), on the config's data dir, guest and network.
+Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
+                                                      const HostProbe& host) {
   agent::AgentConfig ac;
   ac.data_dir = config.data_dir;
   ac.base.kernel_path = config.guest_dir + "/vmlinux";
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
-  ac.accel = accel->accel;
+  ac.accel = host.accel;
   ac.warm_sandboxes = config.warm_sandboxes;
   ac.memory_file_snapshots = config.memory_file_snapshots;
+  ac.jail_id_first = config.jail_id_first;
   if (config.network) {
     ac.network = config.net;
     ac.ready_slots = config.ready_slots;
@@ -86,15 +99,10 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   } else {
     LogInfo("moatd.network", {{"pool", "off"}});
   }
-  auto agent = agent::Agent::Start(ac);
-  if (!agent.ok()) return Fail("agent", agent.status());
+  return agent::Agent::Start(ac);
+}
 
-  // `serve` is one control plane and this one host, with no hop between them.
-  host::InProcessHostAgent this_host(kServeHostId, **agent);
-  Metrics metrics;
-  auto controller = SandboxController::Start(this_host, **store, metrics, {});
-  if (!controller.ok()) return Fail("controller", controller.status());
-
+http::ServerOptions HttpOptions(const MoatdConfig& config) {
   http::ServerOptions opts;
   opts.host = config.listen_host;
   opts.port = config.listen_port;
@@ -104,12 +112,78 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   opts.reserved_connections = config.reserved_connections;
   opts.header_timeout = std::chrono::seconds(config.header_timeout_s);
   opts.body_min_rate = config.min_body_rate;
+  return opts;
+}
+
+PortProxyOptions ProxyOptions(const MoatdConfig& config) {
   PortProxyOptions proxy;
   proxy.idle_timeout = std::chrono::seconds(config.proxy_idle_timeout_s);
   proxy.max_connections = config.proxy_max_connections;
   proxy.domain = config.domain;
-  // No resolver yet: until the agent's network slots resolve sandbox ports, requests for them
-  // answer 502.
+  return proxy;
+}
+
+std::string UrlOf(const std::string& listen_host, uint16_t port) {
+  std::string host =
+      listen_host.find(':') != std::string::npos ? "[" + listen_host + "]" : listen_host;
+  return "http://" + host + ":" + std::to_string(port);
+}
+
+// The admin key on a store's first start (MOAT_API_KEY, or a generated one), kept in the data
+// dir; and the lines that tell the operator where the API is and which key to use.
+Result<BootstrapResult> Bootstrap(store::Store& store, const MoatdConfig& config) {
+  const char* env_key = std::getenv("MOAT_API_KEY");
+  return BootstrapApiKey(store, config.data_dir,
+                         env_key != nullptr ? std::optional<std::string>(env_key) : std::nullopt);
+}
+
+void PrintApiBanner(const std::string& url, const MoatdConfig& config,
+                    const BootstrapResult& boot) {
+  const char* env_key = std::getenv("MOAT_API_KEY");
+  std::printf("moatd: serving the API on %s (data in %s)\n", url.c_str(), config.data_dir.c_str());
+  if (boot.created && env_key != nullptr && *env_key != '\0') {
+    std::printf("moatd: created the admin API key from MOAT_API_KEY (also in %s)\n",
+                boot.key_file.c_str());
+  } else if (boot.created) {
+    // Printed once, when generated; the file keeps it.
+    std::printf("moatd: created the admin API key (also in %s):\n  %s\n", boot.key_file.c_str(),
+                boot.key.c_str());
+  } else {
+    std::printf("moatd: API keys as before (the first one is in %s)\n", boot.key_file.c_str());
+  }
+  std::printf(
+      "moatd: use it from the e2b SDKs with\n  export E2B_API_URL=%s E2B_SANDBOX_URL=%s "
+      "E2B_API_KEY=$(cat %s)\n",
+      url.c_str(), url.c_str(), boot.key_file.c_str());
+  std::fflush(stdout);
+}
+
+int ValidateOrExit(MoatdConfig& config) {
+  Status valid = ValidateConfig(config);
+  if (valid.ok()) return 0;
+  std::fprintf(stderr, "moatd: %s\n", valid.message().c_str());
+  return 2;
+}
+
+// `keep_sandboxes`: on SIGTERM/SIGINT leave running sandboxes to the next moatd on this data dir
+// (Agent::Detach) instead of killing them.
+int Serve(MoatdConfig config, bool keep_sandboxes) {
+  sigset_t stop_signals = BlockStopSignals();
+  if (int rc = ValidateOrExit(config); rc != 0) return rc;
+  auto probe = ProbeHost(config);
+  if (!probe) return 2;
+  auto store = store::OpenStore(config.store, config.data_dir);
+  if (!store.ok()) return Fail("store", store.status());
+  auto boot = Bootstrap(**store, config);
+  if (!boot.ok()) return Fail("api key", boot.status());
+  auto agent = StartLocalAgent(config, *probe);
+  if (!agent.ok()) return Fail("agent", agent.status());
+
+  // `serve` is one control plane and this one host, with no hop between them.
+  host::InProcessHostAgent this_host(kServeHostId, **agent);
+  Metrics metrics;
+  auto controller = SandboxController::Start(this_host, **store, metrics, {});
+  if (!controller.ok()) return Fail("controller", controller.status());
   // Sandbox ports: the slot address of a running sandbox (its DNAT forwards to the guest).
   PortResolver resolver = nullptr;
   if (config.network) {
@@ -117,31 +191,12 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
       return c->ResolvePort(id, port);
     };
   }
-  auto server = ApiServer::Start(opts, **controller, **store, metrics, host::GuestLookupOf(**agent),
-                                 resolver, proxy);
+  auto server = ApiServer::Start(HttpOptions(config), **controller, **store, metrics,
+                                 host::GuestLookupOf(**agent), resolver, ProxyOptions(config));
   if (!server.ok()) return Fail("listen", server.status());
-
-  std::string host = config.listen_host.find(':') != std::string::npos
-                         ? "[" + config.listen_host + "]"
-                         : config.listen_host;
-  std::string url = "http://" + host + ":" + std::to_string((*server)->port());
+  std::string url = UrlOf(config.listen_host, (*server)->port());
   LogInfo("moatd.listening", {{"url", url}, {"data_dir", config.data_dir}});
-  std::printf("moatd: serving the API on %s (data in %s)\n", url.c_str(), config.data_dir.c_str());
-  if (boot->created && env_key != nullptr && *env_key != '\0') {
-    std::printf("moatd: created the admin API key from MOAT_API_KEY (also in %s)\n",
-                boot->key_file.c_str());
-  } else if (boot->created) {
-    // Printed once, when generated; the file keeps it.
-    std::printf("moatd: created the admin API key (also in %s):\n  %s\n", boot->key_file.c_str(),
-                boot->key.c_str());
-  } else {
-    std::printf("moatd: API keys as before (the first one is in %s)\n", boot->key_file.c_str());
-  }
-  std::printf(
-      "moatd: use it from the e2b SDKs with\n  export E2B_API_URL=%s E2B_SANDBOX_URL=%s "
-      "E2B_API_KEY=$(cat %s)\n",
-      url.c_str(), url.c_str(), boot->key_file.c_str());
-  std::fflush(stdout);
+  PrintApiBanner(url, config, *boot);
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
@@ -163,97 +218,315 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   return 0;
 }
 
+// --- the fleet --------------------------------------------------------------------------------
+
+// A fleet replica's API: the control routes over the fleet's hosts. Until the data-plane relay
+// lands, envd and port traffic of a remote sandbox is refused here (502) rather than guessed at.
+int RunApi(MoatdConfig config) {
+  sigset_t stop_signals = BlockStopSignals();
+  config.role = MoatdRole::kApi;
+  if (int rc = ValidateOrExit(config); rc != 0) return rc;
+  auto token = fleet::FleetToken::FromFile(config.fleet_token_file);
+  if (!token.ok()) return Fail("--fleet-token-file", token.status());
+  auto store = store::OpenStore(config.store, config.data_dir);
+  if (!store.ok()) return Fail("store", store.status());
+  auto boot = Bootstrap(**store, config);
+  if (!boot.ok()) return Fail("api key", boot.status());
+
+  fleet::FleetPlacementOptions placement;
+  placement.cpu_overcommit = config.cpu_overcommit;
+  placement.mem_overcommit = config.mem_overcommit;
+  fleet::FleetHostDirectory hosts(**store, *token, placement);
+  Metrics metrics;
+  ControllerOptions copts;
+  copts.reconcile_at_start = false;  // each agent reconciles its own host when it registers
+  auto controller = SandboxController::Start(hosts, **store, metrics, copts);
+  if (!controller.ok()) return Fail("controller", controller.status());
+  fleet::FleetMaintenanceOptions mopts;
+  mopts.lost_after = std::chrono::seconds(config.lost_after_s);
+  mopts.creating_timeout = std::chrono::seconds(config.creating_timeout_s);
+  auto maintenance = fleet::FleetMaintenance::Start(**store, **controller, mopts);
+
+  routes::GuestLookup no_local_guests = [](const std::string& id) {
+    return Result<std::shared_ptr<channel::GuestClient>>(Unavailable(
+        "sandbox " + id + " runs on a fleet host; this replica does not relay envd yet"));
+  };
+  auto server = ApiServer::Start(HttpOptions(config), **controller, **store, metrics,
+                                 no_local_guests, nullptr, ProxyOptions(config));
+  if (!server.ok()) return Fail("listen", server.status());
+  std::string url = UrlOf(config.listen_host, (*server)->port());
+  LogInfo("moatd.listening", {{"url", url}, {"role", "api"}});
+  PrintApiBanner(url, config, *boot);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LogInfo("moatd.stopping", {{"signal", sig}, {"role", "api"}});
+  (*server)->Shutdown();
+  (*server)->Wait();
+  server->reset();
+  maintenance.reset();
+  controller->reset();
+  LogInfo("moatd.stopped");
+  return 0;
+}
+
+// What this machine offers the fleet.
+store::HostRegistration Registration(const MoatdConfig& config, const HostProbe& probe) {
+  store::HostRegistration r;
+  r.id = config.host_id;
+  r.endpoint = config.advertise;
+  long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  r.vcpu_total = cpus > 0 ? cpus : 1;
+  long pages = ::sysconf(_SC_PHYS_PAGES);
+  long page = ::sysconf(_SC_PAGESIZE);
+  r.mem_total_mb = pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page / (1024 * 1024) : 0;
+  r.accel = std::string(vmm::AccelName(probe.accel));
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    size_t colon = line.find(':');
+    if (colon != std::string::npos)
+      r.cpu_model = line.substr(line.find_first_not_of(" \t", colon + 1));
+    break;
+  }
+  r.qemu_build = probe.qemu_version;
+  return r;
+}
+
+// Agents side by side on one machine must not share jail uids: each holds a lock on its first id
+// for its life (a second agent with the same range is refused).
+Result<UniqueFd> LockJailIds(uint32_t first) {
+  MOAT_RETURN_IF_ERROR(MakeDirs("/run/moat", 0755));
+  std::string path = "/run/moat/jail-ids-" + std::to_string(first) + ".lock";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return ErrnoError("open(" + path + ")");
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    return FailedPrecondition("--jail-id-first " + std::to_string(first) +
+                              ": another moatd on this machine uses these jail ids (" + path +
+                              " is locked); give each agent its own range");
+  }
+  return fd;
+}
+
+int RunAgent(MoatdConfig config, bool keep_sandboxes) {
+  sigset_t stop_signals = BlockStopSignals();
+  config.role = MoatdRole::kAgent;
+  if (int rc = ValidateOrExit(config); rc != 0) return rc;
+  auto token = fleet::FleetToken::FromFile(config.fleet_token_file);
+  if (!token.ok()) return Fail("--fleet-token-file", token.status());
+  auto jail_lock = LockJailIds(config.jail_id_first);
+  if (!jail_lock.ok()) return Fail("jail ids", jail_lock.status());
+  auto probe = ProbeHost(config);
+  if (!probe) return 2;
+  auto store = store::OpenStore(config.store, config.data_dir);
+  if (!store.ok()) return Fail("store", store.status());
+  auto agent = StartLocalAgent(config, *probe);
+  if (!agent.ok()) return Fail("agent", agent.status());
+  host::InProcessHostAgent this_host(config.host_id, **agent);
+
+  auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config));
+  if (!server.ok()) return Fail("listen", server.status());
+  host::MembershipOptions mopts;
+  mopts.heartbeat_interval = std::chrono::milliseconds(config.heartbeat_interval_ms);
+  auto membership =
+      host::HostMembership::Start(**store, this_host, Registration(config, *probe), mopts);
+  if (!membership.ok()) return Fail("registering in the fleet", membership.status());
+  std::string url = UrlOf(config.listen_host, (*server)->port());
+  LogInfo("moatd.listening", {{"url", url},
+                              {"role", "agent"},
+                              {"host", config.host_id},
+                              {"advertise", config.advertise},
+                              {"epoch", (*membership)->epoch()}});
+  std::printf("moatd: agent %s serving on %s (advertised as %s, data in %s)\n",
+              config.host_id.c_str(), url.c_str(), config.advertise.c_str(),
+              config.data_dir.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LogInfo("moatd.stopping", {{"signal", sig},
+                             {"role", "agent"},
+                             {"sandboxes", keep_sandboxes ? "kept running" : "killed"}});
+  // Heartbeats stop first: a host that goes away is declared lost once they are overdue, and its
+  // sandboxes with it (those still running are killed now, or re-adopted by the next agent).
+  membership->reset();
+  (*server)->Shutdown();
+  if (keep_sandboxes) {
+    (*agent)->Detach();
+  } else {
+    (*agent)->KillAll();
+  }
+  (*server)->Wait();
+  server->reset();
+  agent->reset();
+  LogInfo("moatd.stopped");
+  return 0;
+}
+
 }  // namespace
 }  // namespace moat::api
 
-int main(int argc, char** argv) {
-  CLI::App app{"moatd: the moat sandbox server"};
-  app.set_version_flag("--version", "moatd 0.1.0");
-  app.require_subcommand(1);
-  moat::api::MoatdConfig config;
+namespace {
+
+using moat::api::MoatdConfig;
+
+// The HTTP server's flags (serve, api and agent).
+void AddHttpOptions(CLI::App* cmd, MoatdConfig& config) {
+  cmd->add_option("--listen", config.listen, "HOST:PORT to listen on (port 0: any free port)")
+      ->capture_default_str();
+  cmd->add_option("--max-body-bytes", config.max_body_bytes, "largest request body (413 above)")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", config.max_connections, "open HTTP connections (503 past)")
+      ->capture_default_str();
+  cmd->add_option("--max-connections-per-client", config.max_connections_per_client,
+                  "connections from one address that have not authenticated yet")
+      ->capture_default_str();
+  cmd->add_option("--reserved-connections", config.reserved_connections,
+                  "connections kept for authenticated requests")
+      ->capture_default_str();
+  cmd->add_option("--header-timeout", config.header_timeout_s,
+                  "seconds a request's head may take to arrive (408 past it)")
+      ->capture_default_str();
+  cmd->add_option("--min-body-rate", config.min_body_rate,
+                  "bytes/s below which a request body is cut off after 30 s (0: no minimum)")
+      ->capture_default_str();
+}
+
+// The public API's own flags (serve and api).
+void AddApiOptions(CLI::App* cmd, MoatdConfig& config) {
+  cmd->add_option("--proxy-idle-timeout", config.proxy_idle_timeout_s,
+                  "seconds a connection to a sandbox port may stay idle")
+      ->capture_default_str();
+  cmd->add_option("--proxy-max-connections", config.proxy_max_connections,
+                  "connections to sandbox ports open at once (503 past it)")
+      ->capture_default_str();
+  cmd->add_option("--domain", config.domain,
+                  "sandbox domain: <port>-<id>.<domain> must resolve to moatd (wildcard DNS)");
+}
+
+struct VmFlags {
   std::string accel = "auto";
-  auto* serve = app.add_subcommand("serve", "API + scheduler + local agent on embedded defaults");
-  serve->add_option("--listen", config.listen, "HOST:PORT to listen on (port 0: any free port)")
-      ->capture_default_str();
-  serve->add_option("--data-dir", config.data_dir, "state directory")->capture_default_str();
-  serve->add_option("--store", config.store,
-                    "postgresql://… to keep the metadata in PostgreSQL (default: SQLite in the "
-                    "data dir)");
-  serve->add_option("--accel", accel, "auto|kvm|tcg")->capture_default_str();
-  serve->add_option("--guest-dir", config.guest_dir, "directory with vmlinux and rootfs.ext4");
-  serve->add_option("--max-body-bytes", config.max_body_bytes, "largest request body (413 above)")
-      ->capture_default_str();
-  serve->add_option("--max-connections", config.max_connections, "open HTTP connections (503 past)")
-      ->capture_default_str();
-  serve
-      ->add_option("--max-connections-per-client", config.max_connections_per_client,
-                   "connections from one address that have not authenticated yet")
-      ->capture_default_str();
-  serve
-      ->add_option("--reserved-connections", config.reserved_connections,
-                   "connections kept for authenticated requests")
-      ->capture_default_str();
-  serve
-      ->add_option("--header-timeout", config.header_timeout_s,
-                   "seconds a request's head may take to arrive (408 past it)")
-      ->capture_default_str();
-  serve
-      ->add_option("--min-body-rate", config.min_body_rate,
-                   "bytes/s below which a request body is cut off after 30 s (0: no minimum)")
-      ->capture_default_str();
-  serve
-      ->add_option("--proxy-idle-timeout", config.proxy_idle_timeout_s,
-                   "seconds a connection to a sandbox port may stay idle")
-      ->capture_default_str();
-  serve
-      ->add_option("--proxy-max-connections", config.proxy_max_connections,
-                   "connections to sandbox ports open at once (503 past it)")
-      ->capture_default_str();
-  serve->add_option("--domain", config.domain,
-                    "sandbox domain: <port>-<id>.<domain> must resolve to moatd (wildcard DNS)");
   std::string network = "on";
-  serve->add_option("--network", network, "on|off: sandboxes get a network slot (DESIGN §6)")
-      ->capture_default_str();
-  serve->add_option("--net-pool", config.net_pool, "IPv4 pool the slots' /30s come from")
-      ->capture_default_str();
-  serve->add_option("--dns", config.dns,
-                    "resolver(s) sandboxes' DNS goes to (default: /etc/resolv.conf's)");
-  serve->add_option("--ready-slots", config.ready_slots, "network slots kept ready")
-      ->capture_default_str();
-  serve
-      ->add_option("--warm-sandboxes", config.warm_sandboxes,
-                   "clones of the base template kept restored and warm, so that a create only "
-                   "hands one out (0: every create restores)")
-      ->capture_default_str();
   std::string snapshot_format = "memory-file";
-  serve
-      ->add_option("--snapshot-format", snapshot_format,
-                   "memory-file|stream: how pause, named snapshots and fork save a sandbox's RAM "
-                   "(memory-file: a file that restores map, nothing loaded; stream: inside one "
-                   "migration stream that restores load)")
-      ->capture_default_str();
   bool keep_sandboxes = false;
-  serve->add_flag("--keep-sandboxes-on-stop", keep_sandboxes,
-                  "on SIGTERM/SIGINT leave running sandboxes running; the next moatd on the same "
-                  "data dir re-adopts them (default: they are killed)");
-  CLI11_PARSE(app, argc, argv);
-  if (network != "on" && network != "off") {
-    std::fprintf(stderr, "moatd: --network: expected on or off, got \"%s\"\n", network.c_str());
+};
+
+// The VM host's flags (serve and agent).
+void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
+  cmd->add_option("--accel", flags.accel, "auto|kvm|tcg")->capture_default_str();
+  cmd->add_option("--guest-dir", config.guest_dir, "directory with vmlinux and rootfs.ext4");
+  cmd->add_option("--network", flags.network, "on|off: sandboxes get a network slot (DESIGN §6)")
+      ->capture_default_str();
+  cmd->add_option("--net-pool", config.net_pool, "IPv4 pool the slots' /30s come from")
+      ->capture_default_str();
+  cmd->add_option("--dns", config.dns,
+                  "resolver(s) sandboxes' DNS goes to (default: /etc/resolv.conf's)");
+  cmd->add_option("--ready-slots", config.ready_slots, "network slots kept ready")
+      ->capture_default_str();
+  cmd->add_option("--warm-sandboxes", config.warm_sandboxes,
+                  "clones of the base template kept restored and warm, so that a create only "
+                  "hands one out (0: every create restores)")
+      ->capture_default_str();
+  cmd->add_option("--snapshot-format", flags.snapshot_format,
+                  "memory-file|stream: how pause, named snapshots and fork save a sandbox's RAM "
+                  "(memory-file: a file that restores map, nothing loaded; stream: inside one "
+                  "migration stream that restores load)")
+      ->capture_default_str();
+  cmd->add_flag("--keep-sandboxes-on-stop", flags.keep_sandboxes,
+                "on SIGTERM/SIGINT leave running sandboxes running; the next moatd on the same "
+                "data dir re-adopts them (default: they are killed)");
+}
+
+// The VM flags into the config; 0, or 2 after saying what was wrong.
+int ApplyVmFlags(const VmFlags& flags, MoatdConfig& config) {
+  if (flags.network != "on" && flags.network != "off") {
+    std::fprintf(stderr, "moatd: --network: expected on or off, got \"%s\"\n",
+                 flags.network.c_str());
     return 2;
   }
-  config.network = network == "on";
-  if (snapshot_format != "memory-file" && snapshot_format != "stream") {
+  config.network = flags.network == "on";
+  if (flags.snapshot_format != "memory-file" && flags.snapshot_format != "stream") {
     std::fprintf(stderr, "moatd: --snapshot-format: expected memory-file or stream, got \"%s\"\n",
-                 snapshot_format.c_str());
+                 flags.snapshot_format.c_str());
     return 2;
   }
-  config.memory_file_snapshots = snapshot_format == "memory-file";
-  auto mode = moat::vmm::qemu::ParseAccelMode(accel);
+  config.memory_file_snapshots = flags.snapshot_format == "memory-file";
+  auto mode = moat::vmm::qemu::ParseAccelMode(flags.accel);
   if (!mode.ok()) {
     std::fprintf(stderr, "moatd: --accel: %s\n", mode.status().message().c_str());
     return 2;
   }
   config.accel = *mode;
-  if (serve->parsed()) return moat::api::Serve(config, keep_sandboxes);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"moatd: the moat sandbox server"};
+  app.set_version_flag("--version", "moatd 0.1.0");
+  app.require_subcommand(1);
+  MoatdConfig config;
+  VmFlags vm;
+
+  auto* serve = app.add_subcommand("serve", "API + scheduler + local agent on embedded defaults");
+  AddHttpOptions(serve, config);
+  serve->add_option("--data-dir", config.data_dir, "state directory")->capture_default_str();
+  serve->add_option("--store", config.store,
+                    "postgresql://… to keep the metadata in PostgreSQL (default: SQLite in the "
+                    "data dir)");
+  AddApiOptions(serve, config);
+  AddVmOptions(serve, config, vm);
+
+  auto* api = app.add_subcommand(
+      "api", "a fleet's API replica: stateless, any number behind a load balancer (docs/fleet.md)");
+  AddHttpOptions(api, config);
+  api->add_option("--store", config.store, "the fleet's PostgreSQL (postgresql://…)")->required();
+  api->add_option("--fleet-token-file", config.fleet_token_file,
+                  "file whose first line is the fleet's shared secret (mode 0600)")
+      ->required();
+  api->add_option("--data-dir", config.data_dir, "where the admin API key file is written")
+      ->capture_default_str();
+  AddApiOptions(api, config);
+  api->add_option("--cpu-overcommit", config.cpu_overcommit,
+                  "vCPUs placed per host CPU (a host's capacity is its CPUs × this)")
+      ->capture_default_str();
+  api->add_option("--mem-overcommit", config.mem_overcommit,
+                  "guest memory placed per MiB of host memory")
+      ->capture_default_str();
+  api->add_option("--lost-after", config.lost_after_s,
+                  "seconds without a heartbeat after which a host is declared lost")
+      ->capture_default_str();
+  api->add_option("--creating-timeout", config.creating_timeout_s,
+                  "seconds after which a sandbox still `creating` (its replica died) is reclaimed")
+      ->capture_default_str();
+
+  auto* agent = app.add_subcommand("agent", "a fleet host's agent: runs its VMs (docs/fleet.md)");
+  AddHttpOptions(agent, config);
+  agent->add_option("--store", config.store, "the fleet's PostgreSQL (postgresql://…)")->required();
+  agent
+      ->add_option("--fleet-token-file", config.fleet_token_file,
+                   "file whose first line is the fleet's shared secret (mode 0600)")
+      ->required();
+  agent->add_option("--host-id", config.host_id, "this host's stable name in the fleet")
+      ->required();
+  agent->add_option("--data-dir", config.data_dir, "state directory")->capture_default_str();
+  agent->add_option("--advertise", config.advertise,
+                    "URL replicas reach this agent at (default: http://<listen>)");
+  agent
+      ->add_option("--jail-id-first", config.jail_id_first,
+                   "first of this agent's 65536 jail uids (agents on one machine: disjoint)")
+      ->capture_default_str();
+  agent
+      ->add_option("--heartbeat-interval-ms", config.heartbeat_interval_ms,
+                   "how often the agent proves it is alive")
+      ->capture_default_str();
+  AddVmOptions(agent, config, vm);
+
+  CLI11_PARSE(app, argc, argv);
+  if (api->parsed()) return moat::api::RunApi(config);
+  if (int rc = ApplyVmFlags(vm, config); rc != 0) return rc;
+  if (serve->parsed()) return moat::api::Serve(config, vm.keep_sandboxes);
+  if (agent->parsed()) return moat::api::RunAgent(config, vm.keep_sandboxes);
   return 2;
 }

@@ -369,8 +369,18 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
                                              "); try again");
     }
   }
-  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
-  Status killed = host->Kill(id);
+  Status killed = Status::Ok();
+  if (r.state != SandboxState::kLost) {
+    MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+    killed = host->Kill(id);
+  } else if (auto host = HostOf(r); host.ok()) {
+    // A lost sandbox's host was cut off or fenced: asked once, in case it is back; when its agent
+    // registers again it kills every VM whose record is not live there anyway
+    // (host/host_membership.h), so the record goes whatever the answer.
+    if (Status s = (*host)->Kill(id); !s.ok()) {
+      LogDebug("api.lost_sandbox_kill", {{"sandbox", id}, {"error", s.ToString()}});
+    }
+  }
   {
     // After the agent let go of it: a sample racing with the kill cannot put it back.
     std::lock_guard lock(cpu_mu_);
@@ -667,6 +677,16 @@ void SandboxController::ReapOnce() {
       LogError("api.reap_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
     }
   }
+}
+
+int SandboxController::ReclaimStaleCreating(std::chrono::milliseconds older_than) {
+  auto stale = store_.StaleCreating(UnixMillisNow() - older_than.count());
+  if (!stale.ok()) {
+    LogError("api.janitor_store_failed", {{"error", stale.status().ToString()}});
+    return 0;
+  }
+  for (const auto& r : *stale) Abandon(r, "janitor: its create never finished");
+  return static_cast<int>(stale->size());
 }
 
 void SandboxController::ReaperLoop() {

@@ -116,6 +116,11 @@ class SandboxController {
   // One reaper pass (tests call it directly): kills expired sandboxes, drops records of VMs
   // that died.
   void ReapOnce();
+  // The fleet's janitor (FLEET.md §4): records still `creating` that started more than
+  // `older_than` ago belong to a replica that died mid-create. Each is abandoned — killing, its
+  // host asked to kill whatever started, its reservation given back, the record deleted.
+  // Returns how many it reclaimed.
+  int ReclaimStaleCreating(std::chrono::milliseconds older_than);
 
  private:
   SandboxController(HostDirectory& hosts, store::Store& store, Metrics& metrics,

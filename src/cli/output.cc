@@ -143,6 +143,20 @@ std::string FormatSnapshotList(const json& snapshots) {
   return FormatTable({"SNAPSHOT ID", "NAMES", "FROM SANDBOX", "CREATED"}, rows);
 }
 
+std::string FormatHostList(const json& hosts) {
+  std::vector<std::vector<std::string>> rows;
+  if (hosts.is_array()) {
+    for (const auto& h : hosts) {
+      rows.push_back({Cell(h, "hostID"), Cell(h, "state"), Cell(h, "endpoint"),
+                      Cell(h, "sandboxes"), Cell(h, "vcpuReserved") + "/" + Cell(h, "vcpuTotal"),
+                      Cell(h, "memoryMBReserved") + "/" + Cell(h, "memoryMBTotal"),
+                      Cell(h, "lastHeartbeat")});
+    }
+  }
+  return FormatTable(
+      {"HOST", "STATE", "ENDPOINT", "SANDBOXES", "VCPU", "MEM(MiB)", "LAST-HEARTBEAT"}, rows);
+}
+
 std::string FormatForks(const json& forks) {
   std::vector<std::vector<std::string>> rows;
   if (forks.is_array()) {

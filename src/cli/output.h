@@ -50,6 +50,9 @@ std::string FormatFields(const json& object, const std::vector<std::string_view>
 std::string FormatKeyList(const json& keys);
 // `snapshot list`: SnapshotInfo[] as a table.
 std::string FormatSnapshotList(const json& snapshots);
+// `host list` (and drain, undrain: their one host): Host[] as a table; VCPU and MEM(MiB) are
+// reserved/total.
+std::string FormatHostList(const json& hosts);
 
 // Prints "moat: <message>" on stderr (one line) and returns the exit status for a failed command.
 int ReportError(const Status& status);

@@ -6,6 +6,7 @@
 PG_BIN=${MOAT_PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_DIR=
 PG_URI=
+PG_PORT=
 
 _pg_as() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -20,12 +21,24 @@ pg_start() {
     || { cat "$PG_DIR/initdb.log" >&2; return 1; }
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  _pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 \
-    -o "-p $port -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
+  PG_PORT=$port
+  pg_server_start || return 1
   _pg_as "$PG_BIN/createdb" -h 127.0.0.1 -p "$port" -U postgres moat || return 1
   PG_URI="postgresql://postgres@127.0.0.1:$port/moat"
   echo "pg.sh: PostgreSQL on 127.0.0.1:$port (data in $PG_DIR)" >&2
+}
+
+# Starts the server of an initialised PG_DIR on PG_PORT (pg_start does; tests that restart the
+# database under load call pg_server_stop, then this).
+pg_server_start() {
+  _pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 \
+    -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    start >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
+}
+
+# Stops the server (fast shutdown: open connections are cut), keeping its data.
+pg_server_stop() {
+  _pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 30 stop >/dev/null
 }
 
 pg_stop() {

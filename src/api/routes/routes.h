@@ -33,6 +33,8 @@ void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx);
 void RegisterKeyRoutes(http::Router& router, ControlContext& ctx);
 // moat's own team administration: /teams/{teamID}/quotas.
 void RegisterTeamRoutes(http::Router& router, ControlContext& ctx);
+// moat's own fleet administration (admin keys): GET /hosts, POST /hosts/{hostID}/drain|undrain.
+void RegisterHostRoutes(http::Router& router, ControlContext& ctx);
 // moat's own: /healthz, /metrics, /openapi.json.
 void RegisterSystemRoutes(http::Router& router, ControlContext& ctx);
 // envd (E2B-WIRE §3, §6, §7).

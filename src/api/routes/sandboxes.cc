@@ -41,7 +41,10 @@ json ListedJson(const ControlContext& ctx, const SandboxRecord& r) {
           {"memoryMB", r.memory_mb},
           {"diskSizeMB", r.disk_size_mb},
           {"envdVersion", ctx.envd_version},
-          {"metadata", r.metadata}};
+          {"metadata", r.metadata},
+          // moat's own: the host that runs it, or holds its paused snapshot (null: none named,
+          // a record from before hosts had ids).
+          {"hostID", r.host_id.empty() ? json(nullptr) : json(r.host_id)}};
 }
 
 json DetailJson(const ControlContext& ctx, const SandboxRecord& r) {

@@ -18,6 +18,10 @@ using pg::Rows;
 
 // The database's clock in ms since the epoch; now() is the transaction's start, so every use in
 // one transaction agrees.
+// pg_try_advisory_xact_lock's key for the lost-host sweep ("moatswep" in ASCII): one replica
+// sweeps at a time, the others skip that round.
+constexpr int64_t kSweepLock = 0x6d6f617473776570;
+
 const std::string kNowMs = "(floor(extract(epoch FROM now()) * 1000))::bigint";
 
 constexpr const char* kHostColumns =
@@ -156,8 +160,11 @@ Result<std::vector<std::string>> PgStore::SweepLostHosts(int64_t lost_after_ms) 
       SqlStateList(HoldsResources) + " RETURNING 1) SELECT id FROM lost ORDER BY id COLLATE \"C\"";
   std::vector<std::string> lost;
   MOAT_RETURN_IF_ERROR(Transact([&](pg::Connection& c) -> Status {
-    MOAT_ASSIGN_OR_RETURN(Rows r, c.Exec(sql, MakeParams(lost_after_ms)));
     lost.clear();
+    MOAT_ASSIGN_OR_RETURN(Rows leader,
+                          c.Exec("SELECT pg_try_advisory_xact_lock($1)", MakeParams(kSweepLock)));
+    if (!leader.Bool(0, 0)) return Status::Ok();  // another replica is sweeping right now
+    MOAT_ASSIGN_OR_RETURN(Rows r, c.Exec(sql, MakeParams(lost_after_ms)));
     for (int i = 0; i < r.size(); ++i) lost.push_back(r.Text(i, 0));
     return Status::Ok();
   }));

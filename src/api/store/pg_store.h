@@ -52,6 +52,8 @@ class PgStore : public Store {
   int migrations_applied() const { return migrations_applied_; }
 
   Result<bool> HasApiKeys() override;
+  Result<std::optional<TeamRecord>> BootstrapAdmin(const std::string& key_sha256,
+                                                   const std::string& mask) override;
   Result<TeamRecord> CreateTeam(const std::string& name, bool admin) override;
   Result<std::optional<TeamRecord>> GetTeam(const std::string& id) override;
   Result<std::optional<TeamRecord>> TeamByName(const std::string& name) override;

@@ -32,6 +32,9 @@ std::string RandomId(size_t bytes) {
   return s;
 }
 
+// pg_advisory_xact_lock's key for the admin bootstrap ("moatboot" in ASCII).
+constexpr int64_t kBootstrapLock = 0x6d6f6174626f6f74;
+
 constexpr const char* kTeamColumns = "t.id, t.name, t.created_at_ms, t.is_admin";
 
 std::optional<TeamRecord> FirstTeam(const Rows& r) {
@@ -64,6 +67,30 @@ Result<bool> PgStore::HasApiKeys() {
     return c.Exec("SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at_ms IS NULL)");
   }));
   return r.Bool(0, 0);
+}
+
+Result<std::optional<TeamRecord>> PgStore::BootstrapAdmin(const std::string& key_sha256,
+                                                          const std::string& mask) {
+  std::optional<TeamRecord> made;
+  MOAT_RETURN_IF_ERROR(Transact([&](pg::Connection& c) -> Status {
+    made.reset();
+    // Replicas bootstrapping at once queue here; the second finds the first one's key.
+    MOAT_RETURN_IF_ERROR(c.Run("SELECT pg_advisory_xact_lock($1)", MakeParams(kBootstrapLock)));
+    MOAT_ASSIGN_OR_RETURN(
+        Rows r, c.Exec("SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at_ms IS NULL)"));
+    if (r.Bool(0, 0)) return Status::Ok();
+    TeamRecord t{RandomId(8), "admin", NowMs(), true};
+    MOAT_RETURN_IF_ERROR(
+        c.Run("INSERT INTO teams (id, name, created_at_ms, is_admin) VALUES ($1, $2, $3, 1)",
+              MakeParams(t.id, t.name, t.created_at_ms)));
+    MOAT_RETURN_IF_ERROR(c.Run(
+        "INSERT INTO api_keys (id, team_id, name, key_sha256, mask, created_at_ms) VALUES ($1, "
+        "$2, 'admin', $3, $4, $5)",
+        MakeParams(RandomId(8), t.id, key_sha256, mask, t.created_at_ms)));
+    made = t;
+    return Status::Ok();
+  }));
+  return made;
 }
 
 Result<TeamRecord> PgStore::CreateTeam(const std::string& name, bool admin) {

@@ -26,6 +26,8 @@ class SqliteStore : public Store {
   int schema_version();
 
   Result<bool> HasApiKeys() override;
+  Result<std::optional<TeamRecord>> BootstrapAdmin(const std::string& key_sha256,
+                                                   const std::string& mask) override;
   Result<TeamRecord> CreateTeam(const std::string& name, bool admin) override;
   Result<std::optional<TeamRecord>> GetTeam(const std::string& id) override;
   Result<std::optional<TeamRecord>> TeamByName(const std::string& name) override;

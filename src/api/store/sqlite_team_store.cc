@@ -29,6 +29,38 @@ Result<bool> SqliteStore::HasApiKeys() {
   return s.Step();
 }
 
+Result<std::optional<TeamRecord>> SqliteStore::BootstrapAdmin(const std::string& key_sha256,
+                                                              const std::string& mask) {
+  std::lock_guard lock(mu_);
+  Transaction tx(db_);
+  {
+    Statement s(db_, "SELECT 1 FROM api_keys WHERE revoked_at_ms IS NULL LIMIT 1");
+    MOAT_RETURN_IF_ERROR(s.status());
+    MOAT_ASSIGN_OR_RETURN(bool has_key, s.Step());
+    if (has_key) return std::optional<TeamRecord>();
+  }
+  TeamRecord t{RandomId(8), "admin", NowMs(), true};
+  {
+    Statement s(db_, "INSERT INTO teams (id, name, created_at_ms, is_admin) VALUES (?, ?, ?, 1)");
+    MOAT_RETURN_IF_ERROR(s.status());
+    MOAT_RETURN_IF_ERROR(s.Bind(1, t.id).Bind(2, t.name).Bind(3, t.created_at_ms).Run());
+  }
+  {
+    Statement s(db_,
+                "INSERT INTO api_keys (id, team_id, name, key_sha256, mask, created_at_ms) "
+                "VALUES (?, ?, 'admin', ?, ?, ?)");
+    MOAT_RETURN_IF_ERROR(s.status());
+    MOAT_RETURN_IF_ERROR(s.Bind(1, RandomId(8))
+                             .Bind(2, t.id)
+                             .Bind(3, key_sha256)
+                             .Bind(4, mask)
+                             .Bind(5, t.created_at_ms)
+                             .Run());
+  }
+  MOAT_RETURN_IF_ERROR(tx.Commit());
+  return std::optional<TeamRecord>(t);
+}
+
 Result<TeamRecord> SqliteStore::CreateTeam(const std::string& name, bool admin) {
   std::lock_guard lock(mu_);
   TeamRecord t{RandomId(8), name, NowMs(), admin};

@@ -205,6 +205,11 @@ class Store {
   virtual ~Store() = default;
 
   virtual Result<bool> HasApiKeys() = 0;
+  // The first start of a store: if it has no API key, creates the admin team ("admin") and its
+  // key "admin" with this hash and mask, and returns the team; nullopt if a key existed. Atomic:
+  // replicas starting at the same moment on one database create one admin team, not two.
+  virtual Result<std::optional<TeamRecord>> BootstrapAdmin(const std::string& key_sha256,
+                                                           const std::string& mask) = 0;
   virtual Result<TeamRecord> CreateTeam(const std::string& name, bool admin) = 0;
   virtual Result<std::optional<TeamRecord>> GetTeam(const std::string& id) = 0;
   virtual Result<std::optional<TeamRecord>> TeamByName(const std::string& name) = 0;
@@ -278,8 +283,9 @@ class Store {
   // `lost_after_ms` old becomes lost with epoch + 1 and no reservations, and its sandboxes that
   // hold resources (creating, running, pausing, resuming, killing, error) become lost; paused ones
   // stay paused (their snapshot is on that host's disk, or uploaded). Returns the hosts it declared
-  // lost, by id. Run by one replica at a time (the holder of the sweeper's advisory lock), though
-  // two sweeps at once would still declare each host lost once.
+  // lost, by id. On PostgreSQL it takes a transaction-scoped advisory lock first and sweeps nothing
+  // when another replica holds it (that round is theirs); even without it, two sweeps at once would
+  // still declare each host lost once.
   virtual Result<std::vector<std::string>> SweepLostHosts(int64_t lost_after_ms) = 0;
 
   // --- Placement: capacity is reserved on a host by one conditional update, so replicas placing

@@ -319,6 +319,32 @@ TEST_F(StoreSuite, ExactlyOneOfConcurrentTransitionsWins) {
   EXPECT_EQ(failed.load(), 0);
 }
 
+// Replicas starting at once on an empty store: one admin team and key, whoever wins.
+TEST_F(StoreSuite, ConcurrentBootstrapsMakeOneAdminTeam) {
+  std::atomic<int> made{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = store_->BootstrapAdmin("hash" + std::to_string(i), "mask");
+      if (!r.ok()) {
+        ++failed;
+      } else if (r->has_value()) {
+        ++made;
+        EXPECT_TRUE((*r)->admin);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(made.load(), 1);
+  EXPECT_EQ(failed.load(), 0);
+  auto admin = store_->TeamByName("admin");
+  ASSERT_TRUE(admin.ok() && admin->has_value());
+  EXPECT_EQ(store_->ListApiKeys((*admin)->id)->size(), 1u);
+  EXPECT_TRUE(*store_->HasApiKeys());
+  // A store with a key is left as it is.
+  EXPECT_FALSE(store_->BootstrapAdmin("another", "mask")->has_value());
+}
+
 TEST_F(StoreSuite, CountsWhatEveryStateThatHoldsResourcesTakes) {
   auto t = *store_->CreateTeam("t", false);
   int n = 0;

@@ -166,6 +166,19 @@ TEST(FormatSnapshotList, JoinsNamesAndShowsADashForNone) {
             "snap2        -      -             -\n");
 }
 
+TEST(FormatHostList, ShowsReservedOverTotalAndADashForWhatIsMissing) {
+  json hosts = json::parse(R"([{"hostID":"h1","state":"draining","endpoint":"10.0.0.7:7070",
+      "sandboxes":3,"vcpuTotal":16,"vcpuReserved":6,"memoryMBTotal":65536,
+      "memoryMBReserved":3072,"lastHeartbeat":"2026-01-01T12:00:00.250Z"},{"hostID":"h2"}])");
+  EXPECT_EQ(FormatHostList(hosts),
+            "HOST  STATE     ENDPOINT       SANDBOXES  VCPU  MEM(MiB)    LAST-HEARTBEAT\n"
+            "h1    draining  10.0.0.7:7070  3          6/16  3072/65536  2026-01-01T12:00:00.250Z\n"
+            "h2    -         -              -          -/-   -/-         -\n");
+  EXPECT_EQ(FormatHostList(json::array()),
+            "HOST  STATE  ENDPOINT  SANDBOXES  VCPU  MEM(MiB)  LAST-HEARTBEAT\n")
+      << "moatd serve registers no hosts";
+}
+
 TEST(FormatFields, PrintsOnlyPresentFieldsInOrder) {
   json k = json::parse(R"({"key":"moat_x","id":"k1","name":"ci"})");
   EXPECT_EQ(FormatFields(k, {"id", "name", "teamID", "key"}),
