@@ -174,23 +174,19 @@ Status ValidateConfig(MoatdConfig& c) {
       return InvalidArgument("--domain: not a DNS name: \"" + c.domain + "\"");
     }
   }
-  if (c.role == MoatdRole::kApi) {
-    // No VMs here: no guest artifacts, no network slots.
-    char real[PATH_MAX];
-    if (::realpath(c.data_dir.c_str(), real) == nullptr)
-      return ErrnoError("--data-dir: " + c.data_dir);
-    c.data_dir = real;
-    return Status::Ok();
-  }
-  if (c.guest_dir.empty()) c.guest_dir = ExecutableDir() + "/../guest";
+  // An api replica runs no VMs: no guest artifacts, no network slots.
+  const bool vms = c.role != MoatdRole::kApi;
+  if (vms && c.guest_dir.empty()) c.guest_dir = ExecutableDir() + "/../guest";
   // The jail binds these paths into the VMM's namespace: they must be absolute and canonical.
   for (auto [flag, dir] : {std::pair{"--data-dir", &c.data_dir}, {"--guest-dir", &c.guest_dir}}) {
+    if (dir->empty()) continue;  // an api replica's guest dir
     char real[PATH_MAX];
     if (::realpath(dir->c_str(), real) == nullptr) {
       return ErrnoError(std::string(flag) + ": " + *dir);
     }
     *dir = real;
   }
+  if (!vms) return Status::Ok();
   for (const char* f : {"/vmlinux", "/rootfs.ext4"}) {
     if (!PathExists(c.guest_dir + f)) {
       return NotFound("--guest-dir: " + c.guest_dir + f + " not found (run `make guest`)");

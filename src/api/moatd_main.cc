@@ -158,6 +158,20 @@ void PrintApiBanner(const std::string& url, const MoatdConfig& config,
   std::fflush(stdout);
 }
 
+// A host's end (serve's and an agent's): stop taking requests, end every sandbox — or detach
+// it, for the next moatd on this data dir to re-adopt — (their streams end), then let the
+// handlers finish.
+template <typename Server>
+void StopHost(Server& server, agent::Agent& agent, bool keep_sandboxes) {
+  server.Shutdown();
+  if (keep_sandboxes) {
+    agent.Detach();
+  } else {
+    agent.KillAll();
+  }
+  server.Wait();
+}
+
 int ValidateOrExit(MoatdConfig& config) {
   Status valid = ValidateConfig(config);
   if (valid.ok()) return 0;
@@ -202,15 +216,7 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   sigwait(&stop_signals, &sig);
   LogInfo("moatd.stopping",
           {{"signal", sig}, {"sandboxes", keep_sandboxes ? "kept running" : "killed"}});
-  // Stop taking requests, end every sandbox — or detach it, for the next moatd to re-adopt —
-  // (their streams end), then let the handlers finish.
-  (*server)->Shutdown();
-  if (keep_sandboxes) {
-    (*agent)->Detach();
-  } else {
-    (*agent)->KillAll();
-  }
-  (*server)->Wait();
+  StopHost(**server, **agent, keep_sandboxes);
   server->reset();
   controller->reset();
   agent->reset();
@@ -350,13 +356,7 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   // Heartbeats stop first: a host that goes away is declared lost once they are overdue, and its
   // sandboxes with it (those still running are killed now, or re-adopted by the next agent).
   membership->reset();
-  (*server)->Shutdown();
-  if (keep_sandboxes) {
-    (*agent)->Detach();
-  } else {
-    (*agent)->KillAll();
-  }
-  (*server)->Wait();
+  StopHost(**server, **agent, keep_sandboxes);
   server->reset();
   agent->reset();
   LogInfo("moatd.stopped");
