@@ -10,28 +10,6 @@
 namespace moat::api {
 namespace {
 
-// Wraps a writer to learn the status a handler answered with.
-class StatusRecorder : public http::ResponseWriter {
- public:
-  explicit StatusRecorder(http::ResponseWriter& inner) : inner_(inner) {}
-  Status Send(int status, http::Headers headers, std::string body) override {
-    status_ = status;
-    return inner_.Send(status, std::move(headers), std::move(body));
-  }
-  Status BeginStream(int status, http::Headers headers) override {
-    status_ = status;
-    return inner_.BeginStream(status, std::move(headers));
-  }
-  Status WriteChunk(std::string_view data) override { return inner_.WriteChunk(data); }
-  Status EndStream() override { return inner_.EndStream(); }
-  bool started() const override { return inner_.started(); }
-  int status() const { return status_; }
-
- private:
-  http::ResponseWriter& inner_;
-  int status_ = 0;
-};
-
 RateLimiter& ErrorLogLimiter() {
   static RateLimiter limiter(20, 50);
   return limiter;
@@ -40,12 +18,10 @@ RateLimiter& ErrorLogLimiter() {
 }  // namespace
 
 ApiServer::ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics,
-                     routes::GuestLookup guest_of, PortResolver resolver,
-                     PortProxyOptions proxy_options)
-    : control_ctx_{&controller, &store, &metrics, kEnvdVersion, proxy_options.domain},
-      envd_ctx_{&controller, &metrics, std::move(guest_of)},
+                     std::unique_ptr<DataPlane> data_plane, std::string domain)
+    : control_ctx_{&controller, &store, &metrics, kEnvdVersion, std::move(domain)},
       metrics_(metrics),
-      proxy_(proxy_options, std::move(resolver), metrics) {}
+      data_plane_(std::move(data_plane)) {}
 
 ApiServer::~ApiServer() {
   if (http_) {
@@ -57,20 +33,22 @@ ApiServer::~ApiServer() {
 void ApiServer::Shutdown() {
   http_->Shutdown();
   // Relayed connections end when their upstream side is shut down too.
-  proxy_.Shutdown();
+  data_plane_->Shutdown();
 }
 
 void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::ControlContext& cc,
                             routes::EnvdContext& ec) {
+  RegisterControl(control, cc);
+  LocalDataPlane::RegisterRoutes(envd, ec);
+}
+
+void ApiServer::RegisterControl(http::Router& control, routes::ControlContext& cc) {
   routes::RegisterSandboxRoutes(control, cc);
   routes::RegisterSnapshotRoutes(control, cc);
   routes::RegisterKeyRoutes(control, cc);
   routes::RegisterTeamRoutes(control, cc);
   routes::RegisterHostRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
-  routes::RegisterEnvdFileRoutes(envd, ec);
-  routes::RegisterEnvdProcessRoutes(envd, ec);
-  routes::RegisterEnvdFilesystemRoutes(envd, ec);
 }
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
@@ -79,11 +57,27 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
                                                     routes::GuestLookup guest_of,
                                                     PortResolver resolver,
                                                     PortProxyOptions proxy_options) {
-  std::unique_ptr<ApiServer> s(new ApiServer(controller, store, metrics, std::move(guest_of),
-                                             std::move(resolver), proxy_options));
-  RegisterAll(s->control_, s->envd_, s->control_ctx_, s->envd_ctx_);
+  routes::EnvdContext ec{
+      [&controller](const std::string& id) { return controller.FindRunning(id); },
+      [&controller](const std::string& id, const std::string& fault) {
+        controller.ReportFault(id, fault);
+      },
+      &metrics, std::move(guest_of)};
+  auto plane = std::make_unique<LocalDataPlane>(std::move(ec), std::move(resolver), proxy_options,
+                                                metrics, options.body_limit);
+  return Start(std::move(options), controller, store, metrics, std::move(plane),
+               proxy_options.domain);
+}
+
+Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
+                                                    SandboxController& controller,
+                                                    store::Store& store, Metrics& metrics,
+                                                    std::unique_ptr<DataPlane> data_plane,
+                                                    std::string domain) {
+  std::unique_ptr<ApiServer> s(
+      new ApiServer(controller, store, metrics, std::move(data_plane), std::move(domain)));
+  RegisterControl(s->control_, s->control_ctx_);
   ApiServer* self = s.get();
-  s->max_body_bytes_ = options.body_limit;
   MOAT_ASSIGN_OR_RETURN(
       s->http_, http::HttpServer::Start(
                     std::move(options),
@@ -98,63 +92,24 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
   return s;
 }
 
-namespace {
-
-// envd's Connect routes are /<package>.<Service>/<Method>; the rest (/files, /health) are REST.
-bool IsConnectPattern(const std::string& pattern) {
-  return pattern.find('.') < pattern.find('/', 1);
-}
-
-}  // namespace
-
 http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
-  http::Admission a;
-  a.body_limit = kControlBodyLimit;
-  auto target = routes::EnvdTargetOf(req);
-  if (target && target->port != routes::kEnvdPort) {
-    // Public traffic to a sandbox's port: the port proxy relays the body whole (buffered, so
-    // bounded tighter than uploads to envd). Before any of it is read, the proxy's own checks:
-    // the sandbox runs with a network, and its traffic token if it has one.
-    a.body_limit = std::min(max_body_bytes_, kProxyBodyLimit);
-    if (has_body) {
-      int status = 0;
-      if (!proxy_.Resolve(req, target->sandbox_id, target->port, w, &status)) {
-        Record("(port proxy)", status, started, req.peer, false);
-      }
-    }
+  if (auto target = routes::EnvdTargetOf(req)) {
+    DataPlaneAnswer answer;
+    http::Admission a = data_plane_->Admit(req, *target, has_body, w, &answer);
+    if (answer.status != 0) Record(answer.route, answer.status, started, req.peer, answer.warn);
     return a;
   }
-  bool envd = target.has_value();
-  const http::Router& router = envd ? envd_ : control_;
-  auto match = router.Find(req.method, req.path);
-  std::string route = match.route
-                          ? (envd ? "envd " : "") + match.route->method + " " + match.route->pattern
-                          : "(unmatched)";
-  std::optional<store::SandboxRecord> running;
-  Status unauthenticated;  // why the request does not authenticate
-  if (envd) {
-    a.body_limit = kEnvdBodyLimit;
-    if (match.route && match.route->method == "POST" && match.route->pattern == "/files") {
-      a.body = http::Admission::Body::kStream;
-      a.body_limit = max_body_bytes_;
-    }
-    auto found = control_ctx_.controller->FindRunning(target->sandbox_id);
-    if (found.ok()) running = std::move(*found);
-    a.authenticated = running && req.HasHeader("X-Access-Token") &&
-                      SecretsEqual(req.Header("X-Access-Token"), running->access_token);
-    if (!a.authenticated) {
-      unauthenticated = Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
-                                                                        : "missing X-Access-Token");
-    }
-  } else {
-    // /metrics also takes `Authorization: Bearer` (Prometheus): trusted the same way here.
-    bool metrics = match.route && match.route->pattern == "/metrics";
-    auto team = metrics ? routes::MetricsCaller(*control_ctx_.store, req)
-                        : Authenticate(*control_ctx_.store, req);
-    a.authenticated = team.ok();
-    if (!team.ok()) unauthenticated = team.status();
-  }
+  http::Admission a;
+  a.body_limit = kControlBodyLimit;
+  auto match = control_.Find(req.method, req.path);
+  std::string route =
+      match.route ? match.route->method + " " + match.route->pattern : "(unmatched)";
+  // /metrics also takes `Authorization: Bearer` (Prometheus): trusted the same way here.
+  bool metrics = match.route && match.route->pattern == "/metrics";
+  auto team = metrics ? routes::MetricsCaller(*control_ctx_.store, req)
+                      : Authenticate(*control_ctx_.store, req);
+  a.authenticated = team.ok();
   // A request without a body costs nothing to route the usual way, and its handler checks its
   // credentials (some routes need none); one with a body is refused here if it would be anyway.
   if (!has_body) return a;
@@ -165,14 +120,8 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
     } else {
       SendRestError(rec, NotFound("no route " + req.method + " " + req.path), 404);
     }
-  } else if (envd && !running) {
-    SendSandboxNotRunning(rec, target->sandbox_id);
-  } else if (!a.authenticated) {
-    if (envd && IsConnectPattern(match.route->pattern)) {
-      SendConnectUnaryError(rec, unauthenticated);
-    } else {
-      SendRestError(rec, unauthenticated);
-    }
+  } else if (!team.ok()) {
+    SendRestError(rec, team.status());
   }
   if (rec.status() != 0) Record(route, rec.status(), started, req.peer, false);
   return a;
@@ -180,16 +129,11 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
 
 void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
-  auto target = routes::EnvdTargetOf(req);
-  if (target && target->port != routes::kEnvdPort) {
-    // Public traffic to a port inside the sandbox: neither API key nor access token.
-    int status = proxy_.Serve(req, target->sandbox_id, target->port, w);
-    // 502/503/504 here say that the sandbox's side is down or busy, not moatd: no warning.
-    return Record("(port proxy)", status, started, req.peer, status == 500);
+  if (auto target = routes::EnvdTargetOf(req)) {
+    DataPlaneAnswer answer = data_plane_->Handle(req, *target, w);
+    return Record(answer.route, answer.status, started, req.peer, answer.warn);
   }
-  bool envd = target.has_value();
-  const http::Router& router = envd ? envd_ : control_;
-  auto match = router.Find(req.method, req.path);
+  auto match = control_.Find(req.method, req.path);
   StatusRecorder rec(w);
   std::string route;
   if (match.route == nullptr) {
@@ -200,7 +144,7 @@ void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
       SendRestError(rec, NotFound("no route " + req.method + " " + req.path), 404);
     }
   } else {
-    route = (envd ? "envd " : "") + match.route->method + " " + match.route->pattern;
+    route = match.route->method + " " + match.route->pattern;
     req.params = std::move(match.params);
     match.route->handler(req, rec);
   }

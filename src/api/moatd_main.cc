@@ -18,6 +18,7 @@
 #include "api/fleet/fleet_auth.h"
 #include "api/fleet/fleet_host_directory.h"
 #include "api/fleet/fleet_maintenance.h"
+#include "api/fleet/relay_data_plane.h"
 #include "api/moatd_config.h"
 #include "api/sandbox_controller.h"
 #include "api/store/open_store.h"
@@ -25,6 +26,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "host/agent_server.h"
+#include "host/host_data_plane.h"
 #include "host/host_membership.h"
 #include "host/in_process_host_agent.h"
 #include "vmm/qemu/command_line.h"
@@ -226,8 +228,8 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
 
 // --- the fleet --------------------------------------------------------------------------------
 
-// A fleet replica's API: the control routes over the fleet's hosts. Until the data-plane relay
-// lands, envd and port traffic of a remote sandbox is refused here (502) rather than guessed at.
+// A fleet replica's API: the control routes over the fleet's hosts; envd and port traffic is
+// relayed to the agent of the host that runs the sandbox (fleet::RelayDataPlane).
 int RunApi(MoatdConfig config) {
   sigset_t stop_signals = BlockStopSignals();
   config.role = MoatdRole::kApi;
@@ -253,12 +255,14 @@ int RunApi(MoatdConfig config) {
   mopts.creating_timeout = std::chrono::seconds(config.creating_timeout_s);
   auto maintenance = fleet::FleetMaintenance::Start(**store, **controller, mopts);
 
-  routes::GuestLookup no_local_guests = [](const std::string& id) {
-    return Result<std::shared_ptr<channel::GuestClient>>(Unavailable(
-        "sandbox " + id + " runs on a fleet host; this replica does not relay envd yet"));
-  };
-  auto server = ApiServer::Start(HttpOptions(config), **controller, **store, metrics,
-                                 no_local_guests, nullptr, ProxyOptions(config));
+  fleet::RelayDataPlaneOptions relay;
+  relay.idle_timeout = std::chrono::seconds(config.proxy_idle_timeout_s);
+  relay.max_connections = config.proxy_max_connections;
+  relay.max_body_bytes = config.max_body_bytes;
+  auto server = ApiServer::Start(
+      HttpOptions(config), **controller, **store, metrics,
+      std::make_unique<fleet::RelayDataPlane>(**store, hosts, *token, metrics, relay),
+      config.domain);
   if (!server.ok()) return Fail("listen", server.status());
   std::string url = UrlOf(config.listen_host, (*server)->port());
   LogInfo("moatd.listening", {{"url", url}, {"role", "api"}});
@@ -329,8 +333,13 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   auto agent = StartLocalAgent(config, *probe);
   if (!agent.ok()) return Fail("agent", agent.status());
   host::InProcessHostAgent this_host(config.host_id, **agent);
+  // envd and port traffic relayed by the replicas, for the sandboxes running here.
+  Metrics metrics;
+  auto data_plane = host::FleetHostDataPlane(**store, this_host, **agent, metrics,
+                                             ProxyOptions(config), config.max_body_bytes,
+                                             config.network);
 
-  auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config));
+  auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config), data_plane.get());
   if (!server.ok()) return Fail("listen", server.status());
   host::MembershipOptions mopts;
   mopts.heartbeat_interval = std::chrono::milliseconds(config.heartbeat_interval_ms);

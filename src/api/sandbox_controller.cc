@@ -124,11 +124,18 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   auto ask = QuotaGate::CreateAsk(a, tmpl.vcpus, static_cast<int64_t>(tmpl.memory_mib));
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team.id, ask));
   Reservation need{tmpl.vcpus, tmpl.memory_mib};
+  // A named snapshot lives on the disk of the host that took it: a create from it goes there.
+  std::string snapshot_host;
+  if (template_id != tmpl.name) {
+    MOAT_ASSIGN_OR_RETURN(auto snap, store_.GetSnapshot(template_id));
+    if (snap) snapshot_host = snap->host_id;
+  }
   // A start that fails is released and tried once more on another host (if there is one).
   std::string failed_host;
   Status failure;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    auto placed = hosts_.Place(need, failed_host);
+  for (int attempt = 0; attempt < (snapshot_host.empty() ? 2 : 1); ++attempt) {
+    auto placed = snapshot_host.empty() ? hosts_.Place(need, failed_host)
+                                        : PlaceOn(snapshot_host, need);
     if (!placed.ok()) return attempt == 0 ? placed.status() : failure;
     if (attempt > 0 && placed->host_id == failed_host) {
       hosts_.Release(placed->host_id, need);
@@ -232,7 +239,8 @@ Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::strin
                              .team_id = team_id,
                              .sandbox_id = r.id,
                              .name = a.name,
-                             .created_at_ms = UnixMillisNow()};
+                             .created_at_ms = UnixMillisNow(),
+                             .host_id = r.host_id};
   if (Status s = store_.InsertSnapshot(snap); !s.ok()) {
     (void)host->DeleteSnapshot(snap.id);
     return s.Annotate("recording snapshot " + snap.id);
@@ -256,8 +264,8 @@ Status SandboxController::DeleteSnapshot(const std::string& team_id,
     return NotFound("snapshot \"" + snapshot_id + "\" not found");
   }
   // Named snapshots stay on the host that took them (cross-host snapshots come with the
-  // snapshot store); until their records name it, they are this control plane's own host's.
-  MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts_.Host(""));
+  // snapshot store).
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts_.Host(snap->host_id));
   Status removed = host->DeleteSnapshot(snap->id);
   if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
   MOAT_RETURN_IF_ERROR(store_.DeleteSnapshot(snap->id));
@@ -330,6 +338,12 @@ Result<store::SandboxPage> SandboxController::List(const store::SandboxFilter& f
     if (WireState(s)) visible.states.push_back(s);
   }
   return store_.ListSandboxes(visible);
+}
+
+Result<Placement> SandboxController::PlaceOn(const std::string& host_id, const Reservation& need) {
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts_.Host(host_id));
+  MOAT_RETURN_IF_ERROR(hosts_.Reserve(host_id, need));
+  return Placement{host_id, host};
 }
 
 Result<bool> SandboxController::Transition(const std::string& id, SandboxState from,

@@ -139,6 +139,8 @@ class SandboxController {
   Result<HostSandboxStatus> ProbeOnHost(const store::SandboxRecord& r);
   static Reservation ReservationOf(const store::SandboxRecord& r);
   Status PauseRecord(const store::SandboxRecord& r);
+  // Reserves `need` on that very host (where a snapshot is): the placement, or why not.
+  Result<Placement> PlaceOn(const std::string& host_id, const Reservation& need);
   Result<bool> Transition(const std::string& id, SandboxState from, SandboxState to);
   Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
   // The agent's name for a create's templateID: "base", or the id of the team's snapshot.

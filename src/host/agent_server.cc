@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "api/fleet/agent_wire.h"
+#include "api/routes/envd_target.h"
 #include "common/log.h"
 
 namespace moat::host {
@@ -93,20 +94,22 @@ class StatusRecorder : public http::ResponseWriter {
 
 }  // namespace
 
-AgentServer::AgentServer(api::HostAgent& agent, fleet::FleetToken token)
-    : agent_(agent), token_(std::move(token)) {}
+AgentServer::AgentServer(api::HostAgent& agent, fleet::FleetToken token,
+                         api::DataPlane* data_plane)
+    : agent_(agent), token_(std::move(token)), data_plane_(data_plane) {}
 
 AgentServer::~AgentServer() {
   if (http_) {
-    http_->Shutdown();
+    Shutdown();
     http_->Wait();
   }
 }
 
 Result<std::unique_ptr<AgentServer>> AgentServer::Start(api::HostAgent& agent,
                                                         fleet::FleetToken token,
-                                                        http::ServerOptions options) {
-  std::unique_ptr<AgentServer> s(new AgentServer(agent, std::move(token)));
+                                                        http::ServerOptions options,
+                                                        api::DataPlane* data_plane) {
+  std::unique_ptr<AgentServer> s(new AgentServer(agent, std::move(token), data_plane));
   s->RegisterRoutes();
   AgentServer* self = s.get();
   MOAT_ASSIGN_OR_RETURN(
@@ -122,12 +125,17 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(api::HostAgent& agent,
   return s;
 }
 
-http::Admission AgentServer::Admit(http::Request& req, bool /*has_body*/, http::ResponseWriter& w) {
+http::Admission AgentServer::Admit(http::Request& req, bool has_body, http::ResponseWriter& w) {
   http::Admission a;
   a.body_limit = fleet::kAgentBodyLimit;
-  if (req.path == "/healthz") return a;  // no token: load balancers and operators probe it
+  auto target = api::routes::EnvdTargetOf(req);
+  if (req.path == "/healthz" && !target) return a;  // no token: load balancers probe it
+  // Data-plane traffic is signed for the sandbox and port it names, control calls for the host.
+  std::string subject = target ? fleet::DataPlaneSubject(agent_.host_id(), target->sandbox_id,
+                                                         target->port)
+                               : agent_.host_id();
   Status signed_for_us = token_.Verify(req.Header(fleet::kFleetHeader), req.method, TargetOf(req),
-                                       agent_.host_id(), fleet::UnixNow());
+                                       subject, fleet::UnixNow());
   if (!signed_for_us.ok()) {
     unsigned long suppressed = 0;
     if (RefusedLogLimiter().Allow(&suppressed)) {
@@ -140,16 +148,38 @@ http::Admission AgentServer::Admit(http::Request& req, bool /*has_body*/, http::
     SendError(w, signed_for_us);
     return a;
   }
+  if (target && data_plane_ != nullptr) {
+    api::DataPlaneAnswer answer;
+    a = data_plane_->Admit(req, *target, has_body, w, &answer);
+    a.authenticated = true;  // the replica is: the connection may use the reserve
+    if (answer.status != 0) {
+      LogDebug("agent.request", {{"route", answer.route}, {"status", answer.status}});
+    }
+    return a;
+  }
   a.authenticated = true;
   return a;
 }
 
 void AgentServer::Handle(http::Request& req, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
-  auto match = router_.Find(req.method, req.path);
+  auto target = api::routes::EnvdTargetOf(req);
   StatusRecorder rec(w);
   std::string route = "(unmatched)";
-  if (match.route == nullptr) {
+  auto match = router_.Find(req.method, req.path);
+  if (target) {
+    if (data_plane_ != nullptr) {
+      api::DataPlaneAnswer answer = data_plane_->Handle(req, *target, w);
+      route = answer.route;
+      if (answer.warn && ErrorLogLimiter().Allow()) {
+        LogWarn("agent.request", {{"route", route}, {"status", answer.status}});
+      } else {
+        LogDebug("agent.request", {{"route", route}, {"status", answer.status}});
+      }
+      return;
+    }
+    SendError(rec, NotFound("this agent serves no data plane"));
+  } else if (match.route == nullptr) {
     if (match.path_known) {
       SendError(rec, InvalidArgument(req.method + " is not allowed on " + req.path), 405);
     } else {

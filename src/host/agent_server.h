@@ -8,14 +8,17 @@
 // 400 before any call. Errors are {"code","message"} (api/fleet/agent_wire.h). Control bodies are
 // JSON of at most kAgentBodyLimit.
 //
-// The data plane (envd and sandbox ports relayed from the API replicas) is not served yet: it
-// will be a second kind of request told apart in Admit, as ApiServer does.
+// The data plane: a request that names a sandbox (E2b-Sandbox-Id, or Host <port>-<id>.<domain>,
+// routes/envd_target.h) is envd or port traffic an API replica relays (fleet::RelayDataPlane). Its
+// signature must be for this host, that sandbox and that port (fleet::DataPlaneSubject); it is
+// then served by the data plane given to Start (the host's LocalDataPlane), or 404 without one.
 #pragma once
 
 #include <chrono>
 #include <memory>
 #include <string>
 
+#include "api/data_plane.h"
 #include "api/fleet/fleet_auth.h"
 #include "api/host_agent.h"
 #include "api/http/router.h"
@@ -27,9 +30,11 @@ class AgentServer {
  public:
   // Listens on options.host:options.port (port 0: any free one; see port()) and serves `agent`,
   // which must outlive the server. `token`: the fleet token requests must be signed with.
+  // `data_plane` (may be null), if given, must outlive the server too.
   static Result<std::unique_ptr<AgentServer>> Start(api::HostAgent& agent,
                                                     api::fleet::FleetToken token,
-                                                    api::http::ServerOptions options);
+                                                    api::http::ServerOptions options,
+                                                    api::DataPlane* data_plane = nullptr);
   // Shutdown() and Wait().
   ~AgentServer();
   AgentServer(const AgentServer&) = delete;
@@ -38,7 +43,10 @@ class AgentServer {
   uint16_t port() const { return http_->port(); }
   // Stops accepting and closes the open connections; Wait() joins their threads once the calls
   // in progress return.
-  void Shutdown() { http_->Shutdown(); }
+  void Shutdown() {
+    http_->Shutdown();
+    if (data_plane_ != nullptr) data_plane_->Shutdown();
+  }
   void Wait() { http_->Wait(); }
   size_t open_connections() const { return http_->open_connections(); }
 
@@ -50,11 +58,12 @@ class AgentServer {
   const api::http::Router& router() const { return router_; }
 
  private:
-  AgentServer(api::HostAgent& agent, api::fleet::FleetToken token);
+  AgentServer(api::HostAgent& agent, api::fleet::FleetToken token, api::DataPlane* data_plane);
   void RegisterRoutes();
 
   api::HostAgent& agent_;
   api::fleet::FleetToken token_;
+  api::DataPlane* data_plane_;
   api::http::Router router_;
   std::unique_ptr<api::http::HttpServer> http_;  // last: its threads use the members above
 };

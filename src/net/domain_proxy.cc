@@ -20,7 +20,7 @@
 #include "net/dns_resolver.h"
 #include "net/net_tools.h"
 #include "net/nft_ruleset.h"
-#include "net/relay.h"
+#include "common/relay.h"
 #include "net/slot_allocator.h"
 
 namespace moat::net {

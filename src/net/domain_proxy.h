@@ -12,7 +12,7 @@
 //     else to the first of them — so a guest that claims an allowed name reaches that name's
 //     servers and nothing else (no "SNI says allowed.com, IP is anything"); addresses that
 //     are always denied (the pool, metadata, loopback, ...) are never used;
-//  4. sends on what it read and relays bytes both ways (net/relay.h) until either side ends.
+//  4. sends on what it read and relays bytes both ways (common/relay.h) until either side ends.
 // Past the first request the bytes are not inspected: several HTTP requests on one
 // connection, or a TLS session, go to the server the first one named (a shared server may
 // serve other names on that connection: the limit of any SNI/Host filter).

@@ -301,4 +301,8 @@ Result<HostSandboxUsage> UsageFromJson(const json& j) {
   return u;
 }
 
+std::string DataPlaneSubject(std::string_view host_id, std::string_view sandbox_id, int port) {
+  return std::string(host_id) + "/" + std::string(sandbox_id) + ":" + std::to_string(port);
+}
+
 }  // namespace moat::api::fleet

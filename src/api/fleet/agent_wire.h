@@ -20,6 +20,11 @@ inline constexpr size_t kAgentBodyLimit = 1024 * 1024;
 
 // Sandbox ids as the control plane mints them: 20 of [a-z0-9].
 bool IsSandboxId(std::string_view id);
+
+// What a relayed data-plane request (envd or a sandbox port, RelayDataPlane) is signed for — the
+// `host_id` argument of FleetToken::Header/Verify: "<host>/<sandbox>:<port>", so that a signature
+// holds for one sandbox's port on one host and cannot be replayed against another.
+std::string DataPlaneSubject(std::string_view host_id, std::string_view sandbox_id, int port);
 // Snapshot ids: "snap" + 16 of [a-z0-9].
 bool IsSnapshotId(std::string_view id);
 // A create's templateID: a snapshot id, or the name of the host's base template (1–64 of

@@ -48,6 +48,14 @@ Result<HostAgent*> FleetHostDirectory::Host(const std::string& host_id) {
   return AgentFor(*row);
 }
 
+Result<std::string> FleetHostDirectory::Endpoint(const std::string& host_id) {
+  MOAT_RETURN_IF_ERROR(Host(host_id).status());
+  std::lock_guard lock(mu_);
+  auto it = hosts_.find(host_id);
+  if (it == hosts_.end()) return Unavailable("host \"" + host_id + "\" has no endpoint");
+  return it->second.endpoint;
+}
+
 void FleetHostDirectory::Invalidate(const std::string& host_id) {
   std::lock_guard lock(mu_);
   auto it = hosts_.find(host_id);

@@ -50,6 +50,9 @@ class FleetHostDirectory : public HostDirectory {
   Status Reserve(const std::string& host_id, const Reservation& need) override;
   void Release(const std::string& host_id, const Reservation& need) override;
 
+  // The endpoint ("http://host:port") of a host's agent, cached as Host() caches it; the same
+  // errors as Host().
+  Result<std::string> Endpoint(const std::string& host_id);
   // Forgets the cached endpoint of a host (a call to it failed): the next Host() reads its row.
   void Invalidate(const std::string& host_id);
 

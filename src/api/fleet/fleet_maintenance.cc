@@ -25,6 +25,19 @@ FleetMaintenance::~FleetMaintenance() {
 }
 
 void FleetMaintenance::SweepOnce() {
+  auto now = std::chrono::steady_clock::now();
+  if (store_down_ || now < hold_until_) {
+    // After an outage of the store, no heartbeat could land while it was down: every host looks
+    // overdue. Hosts are judged again only once they have had a whole period to heartbeat.
+    if (auto probe = store_.ListHosts(); !probe.ok()) return;
+    if (store_down_) {
+      store_down_ = false;
+      hold_until_ = now + options_.lost_after;
+      LogInfo("fleet.sweep_held", {{"why", "the store is back"},
+                                   {"for_ms", options_.lost_after.count()}});
+    }
+    if (now < hold_until_) return;
+  }
   auto lost = store_.SweepLostHosts(options_.lost_after.count());
   if (!lost.ok()) {
     if (!store_down_) {

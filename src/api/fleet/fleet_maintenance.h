@@ -51,6 +51,8 @@ class FleetMaintenance {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool store_down_ = false;
+  // No sweep before this (a store that was down gives hosts one period to heartbeat again).
+  std::chrono::steady_clock::time_point hold_until_{};
   std::thread thread_;
 };
 

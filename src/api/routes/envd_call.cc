@@ -40,7 +40,7 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_requir
                                            target->sandbox_id + " is not envd's"),
                            400);
     }
-    auto running = ctx.controller->FindRunning(target->sandbox_id);
+    auto running = ctx.find_running(target->sandbox_id);
     if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);
     if (token_required && !SecretsEqual(req.Header("X-Access-Token"), running->access_token)) {
       return fail(Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
@@ -52,7 +52,7 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_requir
     // `error`; it stays inspectable and killable) — not running, either way.
     if (auto guest = ctx.guest_of(target->sandbox_id); !guest.ok()) {
       if (guest.status().code() == ErrorCode::kFailedPrecondition) {
-        ctx.controller->ReportFault(target->sandbox_id, guest.status().message());
+        ctx.report_fault(target->sandbox_id, guest.status().message());
       }
       return SendSandboxNotRunning(w, target->sandbox_id);
     }

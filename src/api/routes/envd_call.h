@@ -12,7 +12,8 @@
 #include "api/http/message.h"
 #include "api/http/router.h"
 #include "api/routes/envd_target.h"
-#include "api/sandbox_controller.h"
+#include "api/metrics.h"
+#include "api/store/store.h"
 #include "channel/guest_client.h"
 
 namespace moat::api::routes {
@@ -36,9 +37,18 @@ struct EnvdCall {
   Result<std::shared_ptr<channel::GuestClient>> Guest() { return guest_of(record.id); }
 };
 
+// The record of a running sandbox (not_found otherwise): what envd checks a request against
+// (its access token) and runs with (its env vars).
+using RunningLookup = std::function<Result<store::SandboxRecord>(const std::string& sandbox_id)>;
+// Records that a sandbox's guest broke the protocol (running → error, compare-and-set).
+using FaultReporter = std::function<void(const std::string& sandbox_id, const std::string& fault)>;
+
+// What the envd routes need of their host: `moatd serve` binds them to its SandboxController, a
+// fleet agent to the shared store (for its own sandboxes) and its own agent.
 struct EnvdContext {
-  SandboxController* controller;  // pointers: see ControlContext
-  Metrics* metrics;
+  RunningLookup find_running;
+  FaultReporter report_fault;
+  Metrics* metrics;  // a pointer: see ControlContext
   GuestLookup guest_of;
 };
 

@@ -190,6 +190,13 @@ CREATE TABLE hosts (
 CREATE INDEX hosts_by_state ON hosts(state, heartbeat_at_ms);
 CREATE INDEX sandboxes_by_host ON sandboxes(host_id, state);
 )sql"},
+    // 7: the host that holds a named snapshot (a create from it is placed there).
+    {R"sql(
+ALTER TABLE snapshots ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+)sql",
+     R"sql(
+ALTER TABLE snapshots ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

@@ -43,10 +43,10 @@ SandboxRecord ReadSandbox(Statement& s) {
   return r;
 }
 
-constexpr const char* kSnapshotColumns = "id, team_id, sandbox_id, name, created_at_ms";
+constexpr const char* kSnapshotColumns = "id, team_id, sandbox_id, name, created_at_ms, host_id";
 
 SnapshotRecord ReadSnapshot(Statement& s) {
-  return SnapshotRecord{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4)};
+  return SnapshotRecord{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4), s.Text(5)};
 }
 
 // Page cursors are "<ms>.<id>" of the last item of the previous page.
@@ -347,13 +347,14 @@ Status SqliteStore::DeleteSandbox(const std::string& id) {
 Status SqliteStore::InsertSnapshot(const SnapshotRecord& r) {
   std::lock_guard lock(mu_);
   Statement s(
-      db_, std::string("INSERT INTO snapshots (") + kSnapshotColumns + ") VALUES (?, ?, ?, ?, ?)");
+      db_, std::string("INSERT INTO snapshots (") + kSnapshotColumns + ") VALUES (?, ?, ?, ?, ?, ?)");
   MOAT_RETURN_IF_ERROR(s.status());
   return s.Bind(1, r.id)
       .Bind(2, r.team_id)
       .Bind(3, r.sandbox_id)
       .Bind(4, r.name)
       .Bind(5, r.created_at_ms)
+      .Bind(6, r.host_id)
       .Run();
 }
 

@@ -99,6 +99,9 @@ struct SnapshotRecord {
   std::string sandbox_id;  // the sandbox it was taken from (which may be gone since)
   std::string name;        // empty: unnamed
   int64_t created_at_ms = 0;
+  // The host whose disk holds it (a resume, a create from it, its deletion go there); empty in
+  // records made before hosts had ids: the only host's.
+  std::string host_id;
 };
 
 struct SnapshotFilter {

@@ -10,7 +10,7 @@
 
 #include "api/routes/envd_call.h"
 #include "common/unique_fd.h"
-#include "net/relay.h"
+#include "common/relay.h"
 
 namespace moat::api {
 namespace {
@@ -122,9 +122,9 @@ std::string ReadToEof(int fd) {
 
 TEST(Relay, SendsTheRequestFirstAndEndsWhenTheUpstreamClosesAfterItsAnswer) {
   SocketPair client, upstream;
-  net::RelayStats st;
+  RelayStats st;
   std::thread relay(
-      [&] { st = net::Relay(client.theirs.get(), upstream.theirs.get(), "REQUEST;", {}); });
+      [&] { st = Relay(client.theirs.get(), upstream.theirs.get(), "REQUEST;", {}); });
   ASSERT_TRUE(Put(client.ours.get(), "more"));
   char buf[12] = {};
   size_t got = 0;
@@ -137,7 +137,7 @@ TEST(Relay, SendsTheRequestFirstAndEndsWhenTheUpstreamClosesAfterItsAnswer) {
   ASSERT_TRUE(Put(upstream.ours.get(), "HTTP/1.1 200 OK\r\n\r\nbye"));
   upstream.ours.Reset();
   relay.join();
-  EXPECT_EQ(st.end, net::RelayEnd::kUpstreamClosed);
+  EXPECT_EQ(st.end, RelayEnd::kUpstreamClosed);
   EXPECT_EQ(st.to_upstream, 12u);
   EXPECT_EQ(st.to_client, 22u);
   ::shutdown(client.theirs.get(), SHUT_WR);  // as the server does once the handler returns
@@ -146,27 +146,27 @@ TEST(Relay, SendsTheRequestFirstAndEndsWhenTheUpstreamClosesAfterItsAnswer) {
 
 TEST(Relay, AClientHalfCloseReachesTheUpstreamWhichMayStillAnswer) {
   SocketPair client, upstream;
-  net::RelayStats st;
-  std::thread relay([&] { st = net::Relay(client.theirs.get(), upstream.theirs.get(), "", {}); });
+  RelayStats st;
+  std::thread relay([&] { st = Relay(client.theirs.get(), upstream.theirs.get(), "", {}); });
   ASSERT_TRUE(Put(client.ours.get(), "ping"));
   ::shutdown(client.ours.get(), SHUT_WR);
   EXPECT_EQ(ReadToEof(upstream.ours.get()), "ping");
   ASSERT_TRUE(Put(upstream.ours.get(), "pong"));
   upstream.ours.Reset();
   relay.join();
-  EXPECT_EQ(st.end, net::RelayEnd::kUpstreamClosed);
+  EXPECT_EQ(st.end, RelayEnd::kUpstreamClosed);
   ::shutdown(client.theirs.get(), SHUT_WR);
   EXPECT_EQ(ReadToEof(client.ours.get()), "pong");
 }
 
 TEST(Relay, EndsAfterTheIdleTimeout) {
   SocketPair client, upstream;
-  net::RelayOptions options;
+  RelayOptions options;
   options.idle_timeout = std::chrono::milliseconds(200);
   auto started = std::chrono::steady_clock::now();
-  auto st = net::Relay(client.theirs.get(), upstream.theirs.get(), "x", options);
+  auto st = Relay(client.theirs.get(), upstream.theirs.get(), "x", options);
   auto waited = std::chrono::steady_clock::now() - started;
-  EXPECT_EQ(st.end, net::RelayEnd::kIdleTimeout);
+  EXPECT_EQ(st.end, RelayEnd::kIdleTimeout);
   EXPECT_GE(waited, std::chrono::milliseconds(200));
   EXPECT_LT(waited, std::chrono::seconds(5));
 }
@@ -177,26 +177,26 @@ TEST(Relay, EndsWhenTheClientGoesAway) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     client.ours.Reset();  // a unix socket's close is a hang-up both ways, like a TCP reset
   });
-  auto st = net::Relay(client.theirs.get(), upstream.theirs.get(), "", {});
+  auto st = Relay(client.theirs.get(), upstream.theirs.get(), "", {});
   closer.join();
   // EOF first (the upstream is half-closed), then the hang-up ends it.
-  EXPECT_EQ(st.end, net::RelayEnd::kClientGone);
+  EXPECT_EQ(st.end, RelayEnd::kClientGone);
 }
 
 TEST(Relay, FiltersResponseHeadsAndForwardsNothingFromAMutedClient) {
   SocketPair client, upstream;
-  net::RelayOptions options;
+  RelayOptions options;
   options.forward_client = false;
   std::vector<std::string> heads;
-  options.head_filter = [&heads](std::string_view head) -> Result<net::HeadDecision> {
+  options.head_filter = [&heads](std::string_view head) -> Result<HeadDecision> {
     heads.emplace_back(head);
     bool interim = head.substr(9, 3) == "103";
-    return net::HeadDecision{interim ? std::string(head) : "HTTP/1.1 200 Rewritten\r\n\r\n",
+    return HeadDecision{interim ? std::string(head) : "HTTP/1.1 200 Rewritten\r\n\r\n",
                              interim, false};
   };
-  net::RelayStats st;
+  RelayStats st;
   std::thread relay(
-      [&] { st = net::Relay(client.theirs.get(), upstream.theirs.get(), "REQ", options); });
+      [&] { st = Relay(client.theirs.get(), upstream.theirs.get(), "REQ", options); });
   ASSERT_TRUE(Put(client.ours.get(), "GET /second"));
   char req[3];
   ASSERT_EQ(::read(upstream.ours.get(), req, 3), 3);
@@ -206,7 +206,7 @@ TEST(Relay, FiltersResponseHeadsAndForwardsNothingFromAMutedClient) {
   ASSERT_TRUE(Put(upstream.ours.get(), "X: 1\r\n\r\nbody"));
   upstream.ours.Reset();
   relay.join();
-  EXPECT_EQ(st.end, net::RelayEnd::kUpstreamClosed);
+  EXPECT_EQ(st.end, RelayEnd::kUpstreamClosed);
   EXPECT_EQ(st.to_upstream, 3u) << "the muted client's bytes stay with the relay";
   ASSERT_EQ(heads.size(), 2u);
   EXPECT_EQ(heads[1], "HTTP/1.1 200 OK\r\nX: 1\r\n\r\n");
@@ -217,13 +217,13 @@ TEST(Relay, FiltersResponseHeadsAndForwardsNothingFromAMutedClient) {
 
 TEST(Relay, ARefusedResponseHeadEndsItBeforeTheClientSeesAnything) {
   SocketPair client, upstream;
-  net::RelayOptions options;
-  options.head_filter = [](std::string_view) -> Result<net::HeadDecision> {
+  RelayOptions options;
+  options.head_filter = [](std::string_view) -> Result<HeadDecision> {
     return Unavailable("no HTTP/1.x status line");
   };
   ASSERT_TRUE(Put(upstream.ours.get(), "SSH-2.0-x\r\n\r\n"));
-  auto st = net::Relay(client.theirs.get(), upstream.theirs.get(), "", options);
-  EXPECT_EQ(st.end, net::RelayEnd::kBadResponse);
+  auto st = Relay(client.theirs.get(), upstream.theirs.get(), "", options);
+  EXPECT_EQ(st.end, RelayEnd::kBadResponse);
   EXPECT_EQ(st.to_client, 0u);
   EXPECT_EQ(st.error.message(), "no HTTP/1.x status line");
 }

@@ -1,4 +1,4 @@
-#include "net/relay.h"
+#include "common/relay.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -7,7 +7,7 @@
 #include <climits>
 #include <memory>
 
-namespace moat::net {
+namespace moat {
 namespace {
 
 enum class Io { kProgress, kWouldBlock, kEof, kError };
@@ -240,4 +240,4 @@ RelayStats Relay(int client_fd, int upstream_fd, std::string first_to_upstream,
   }
 }
 
-}  // namespace moat::net
+}  // namespace moat

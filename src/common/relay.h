@@ -14,7 +14,7 @@
 
 #include "common/status.h"
 
-namespace moat::net {
+namespace moat {
 
 // What to do with one response head from the upstream (status line to blank line).
 struct HeadDecision {
@@ -60,4 +60,4 @@ RelayStats Relay(int client_fd, int upstream_fd, std::string first_to_upstream,
 
 const char* RelayEndName(RelayEnd end);
 
-}  // namespace moat::net
+}  // namespace moat

@@ -1,0 +1,44 @@
+// DataPlane: what serves a request that names a sandbox (envd's routes, or a port inside the
+// sandbox: routes/envd_target.h) once ApiServer has told it apart from the control routes.
+//
+//  - LocalDataPlane (host side: `moatd serve`, and every `moatd agent`): envd's routes over the
+//    guest channel and the port proxy to the sandbox's slot address.
+//  - fleet::RelayDataPlane (`moatd api`): relays the request as bytes to the agent of the host
+//    that runs the sandbox, which serves it with its LocalDataPlane.
+//
+// The control plane holds only this interface: no guest channel, slot address or VM is reached
+// through it but by the host that owns them.
+#pragma once
+
+#include <string>
+
+#include "api/http/message.h"
+#include "api/http/server.h"
+#include "api/routes/envd_target.h"
+
+namespace moat::api {
+
+// How a data-plane request was answered, for ApiServer's request log and metrics.
+struct DataPlaneAnswer {
+  std::string route;  // "envd POST /files", "(port proxy)", "(relay)", …
+  int status = 0;     // 0: not answered (Admit lets the request through)
+  bool warn = false;  // moatd's own failure: logged as a warning
+};
+
+class DataPlane {
+ public:
+  virtual ~DataPlane() = default;
+  // From the request's head alone: how its body is read and whether it authenticates. A request
+  // with a body that would be refused anyway is answered here through `w` (answer->status set),
+  // before any of its body is read.
+  virtual http::Admission Admit(http::Request& req, const routes::EnvdTarget& target,
+                                bool has_body, http::ResponseWriter& w,
+                                DataPlaneAnswer* answer) = 0;
+  // Serves the admitted request.
+  virtual DataPlaneAnswer Handle(http::Request& req, const routes::EnvdTarget& target,
+                                 http::ResponseWriter& w) = 0;
+  // Refuses new requests and ends relayed connections so that their handlers return.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace moat::api

@@ -1,0 +1,71 @@
+// LocalDataPlane: the data plane of the host that runs the sandboxes (`moatd serve`, and each
+// `moatd agent` for what the API replicas relay to it): envd's routes (E2B-WIRE §3-§8) over the
+// guest channel, and the port proxy to the sandbox's slot address (PortProxy).
+#pragma once
+
+#include <memory>
+
+#include "api/data_plane.h"
+#include "api/http/router.h"
+#include "api/metrics.h"
+#include "api/port_proxy.h"
+#include "api/routes/envd_call.h"
+
+namespace moat::api {
+
+// The largest envd Connect body: one 16 MiB message and its framing.
+inline constexpr size_t kEnvdBodyLimit = 16 * 1024 * 1024 + 64 * 1024;
+// Bodies relayed to a sandbox's port by the port proxy are buffered whole (it does not stream
+// them yet): at most this much.
+inline constexpr size_t kProxyBodyLimit = 32 * 1024 * 1024;
+
+class LocalDataPlane : public DataPlane {
+ public:
+  // `ctx`: the running sandboxes' records and guest channels. `resolver`: where a sandbox's port
+  // is reached (null: no sandbox has networking; port requests answer 502). `max_body_bytes`:
+  // the server's body limit (streamed uploads).
+  LocalDataPlane(routes::EnvdContext ctx, PortResolver resolver, PortProxyOptions proxy_options,
+                 Metrics& metrics, size_t max_body_bytes);
+
+  http::Admission Admit(http::Request& req, const routes::EnvdTarget& target, bool has_body,
+                        http::ResponseWriter& w, DataPlaneAnswer* answer) override;
+  DataPlaneAnswer Handle(http::Request& req, const routes::EnvdTarget& target,
+                         http::ResponseWriter& w) override;
+  void Shutdown() override { proxy_.Shutdown(); }
+
+  const http::Router& router() const { return envd_; }
+  // envd's routes without a data plane (the OpenAPI and router tests read them).
+  static void RegisterRoutes(http::Router& router, routes::EnvdContext& ctx);
+
+ private:
+  routes::EnvdContext ctx_;
+  Metrics& metrics_;
+  size_t max_body_bytes_;
+  http::Router envd_;
+  PortProxy proxy_;
+};
+
+// Wraps a writer to learn the status a handler answered with.
+class StatusRecorder : public http::ResponseWriter {
+ public:
+  explicit StatusRecorder(http::ResponseWriter& inner) : inner_(inner) {}
+  Status Send(int status, http::Headers headers, std::string body) override {
+    status_ = status;
+    return inner_.Send(status, std::move(headers), std::move(body));
+  }
+  Status BeginStream(int status, http::Headers headers) override {
+    status_ = status;
+    return inner_.BeginStream(status, std::move(headers));
+  }
+  Status WriteChunk(std::string_view data) override { return inner_.WriteChunk(data); }
+  Status EndStream() override { return inner_.EndStream(); }
+  bool started() const override { return inner_.started(); }
+  Result<http::HijackedConnection> Hijack() override { return inner_.Hijack(); }
+  int status() const { return status_; }
+
+ private:
+  http::ResponseWriter& inner_;
+  int status_ = 0;
+};
+
+}  // namespace moat::api
