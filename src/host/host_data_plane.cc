@@ -1,5 +1,6 @@
 #include "host/host_data_plane.h"
 
+#include "api/store/route_cache.h"
 #include "common/log.h"
 
 namespace moat::host {
@@ -10,10 +11,12 @@ std::unique_ptr<api::LocalDataPlane> FleetHostDataPlane(api::store::Store& store
                                                         api::PortProxyOptions proxy_options,
                                                         size_t max_body_bytes, bool network) {
   std::string host_id = host.host_id();
+  // Kept briefly, and through a database outage (the VM itself is the proof that it runs here).
+  auto routes = std::make_shared<api::store::RouteCache>(store);
   api::routes::RunningLookup find_running =
-      [&store, host_id](const std::string& id) -> Result<api::store::SandboxRecord> {
-    MOAT_ASSIGN_OR_RETURN(auto r, store.GetSandbox(id));
-    if (!r || r->state != api::SandboxState::kRunning || r->host_id != host_id) {
+      [routes, host_id](const std::string& id) -> Result<api::store::SandboxRecord> {
+    MOAT_ASSIGN_OR_RETURN(auto r, routes->Running(id));
+    if (!r || r->host_id != host_id) {
       return NotFound("sandbox \"" + id + "\" is not running on this host");
     }
     return std::move(*r);

@@ -50,7 +50,7 @@ Status PumpBody(http::BodySource& body, int upstream, bool chunked,
 
 RelayDataPlane::RelayDataPlane(store::Store& store, FleetHostDirectory& hosts, FleetToken token,
                                Metrics& metrics, RelayDataPlaneOptions options)
-    : store_(store),
+    : routes_(store),
       hosts_(hosts),
       token_(std::move(token)),
       metrics_(metrics),
@@ -58,14 +58,14 @@ RelayDataPlane::RelayDataPlane(store::Store& store, FleetHostDirectory& hosts, F
 
 std::optional<store::SandboxRecord> RelayDataPlane::Running(const routes::EnvdTarget& target,
                                                             http::ResponseWriter& w, int* status) {
-  auto record = store_.GetSandbox(target.sandbox_id);
+  auto record = routes_.Running(target.sandbox_id);
   if (!record.ok()) {
-    // The store is down: say so (503), never guess.
+    // The store is down and the route is not cached: say so (503), never guess.
     *status = 503;
     SendRestError(w, record.status().Annotate("looking up sandbox " + target.sandbox_id), 503);
     return std::nullopt;
   }
-  if (*record && (*record)->state == SandboxState::kRunning) return std::move(**record);
+  if (*record) return std::move(**record);
   if (target.port == routes::kEnvdPort) {
     *status = 502;
     SendSandboxNotRunning(w, target.sandbox_id);
@@ -100,8 +100,8 @@ http::Admission RelayDataPlane::Admit(http::Request& req, const routes::EnvdTarg
     if (!Running(target, w, &status)) *answer = {RouteOf(target), status, false};
     return a;
   }
-  auto record = store_.GetSandbox(target.sandbox_id);
-  bool running = record.ok() && *record && (*record)->state == SandboxState::kRunning;
+  auto record = routes_.Running(target.sandbox_id);
+  bool running = record.ok() && *record;
   a.authenticated = running && req.HasHeader("X-Access-Token") &&
                     SecretsEqual(req.Header("X-Access-Token"), (**record).access_token);
   // As on the host itself: a body that would be refused is refused before it is read.

@@ -6,7 +6,8 @@
 // whatever the agent answers — a plain response, a Connect stream, a WebSocket after its 101 —
 // relayed both ways with back-pressure until the agent closes. The replica checks what it can
 // from the store before any body is read (the sandbox runs; envd's access token), so a refused
-// upload never crosses to the host.
+// upload never crosses to the host. Routes come from a RouteCache: a database outage does not
+// stop the traffic of sandboxes this replica has seen.
 #pragma once
 
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "api/fleet/fleet_auth.h"
 #include "api/fleet/fleet_host_directory.h"
 #include "api/metrics.h"
+#include "api/store/route_cache.h"
 #include "api/store/store.h"
 
 namespace moat::api::fleet {
@@ -50,7 +52,7 @@ class RelayDataPlane : public DataPlane {
   int Relay(http::Request& req, const routes::EnvdTarget& target,
             const store::SandboxRecord& record, http::ResponseWriter& w);
 
-  store::Store& store_;
+  store::RouteCache routes_;  // running records: kept briefly, and through a store outage
   FleetHostDirectory& hosts_;
   FleetToken token_;
   Metrics& metrics_;
