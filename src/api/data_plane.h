@@ -31,9 +31,8 @@ class DataPlane {
   // From the request's head alone: how its body is read and whether it authenticates. A request
   // with a body that would be refused anyway is answered here through `w` (answer->status set),
   // before any of its body is read.
-  virtual http::Admission Admit(http::Request& req, const routes::EnvdTarget& target,
-                                bool has_body, http::ResponseWriter& w,
-                                DataPlaneAnswer* answer) = 0;
+  virtual http::Admission Admit(http::Request& req, const routes::EnvdTarget& target, bool has_body,
+                                http::ResponseWriter& w, DataPlaneAnswer* answer) = 0;
   // Serves the admitted request.
   virtual DataPlaneAnswer Handle(http::Request& req, const routes::EnvdTarget& target,
                                  http::ResponseWriter& w) = 0;

@@ -335,9 +335,9 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   host::InProcessHostAgent this_host(config.host_id, **agent);
   // envd and port traffic relayed by the replicas, for the sandboxes running here.
   Metrics metrics;
-  auto data_plane = host::FleetHostDataPlane(**store, this_host, **agent, metrics,
-                                             ProxyOptions(config), config.max_body_bytes,
-                                             config.network);
+  auto data_plane =
+      host::FleetHostDataPlane(**store, this_host, **agent, metrics, ProxyOptions(config),
+                               config.max_body_bytes, config.network);
 
   auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config), data_plane.get());
   if (!server.ok()) return Fail("listen", server.status());

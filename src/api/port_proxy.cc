@@ -108,7 +108,8 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
     metrics_.SetPortProxyActive(static_cast<int64_t>(--active_));
   });
 
-  auto upstream = http::ConnectTcp(endpoint->ipv4, std::to_string(endpoint->port), options_.connect_timeout);
+  auto upstream =
+      http::ConnectTcp(endpoint->ipv4, std::to_string(endpoint->port), options_.connect_timeout);
   if (!upstream.ok()) {
     LogDebug("api.port_proxy_unreachable",
              {{"sandbox", sandbox_id},

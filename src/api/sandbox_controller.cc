@@ -134,8 +134,8 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   std::string failed_host;
   Status failure;
   for (int attempt = 0; attempt < (snapshot_host.empty() ? 2 : 1); ++attempt) {
-    auto placed = snapshot_host.empty() ? hosts_.Place(need, failed_host)
-                                        : PlaceOn(snapshot_host, need);
+    auto placed =
+        snapshot_host.empty() ? hosts_.Place(need, failed_host) : PlaceOn(snapshot_host, need);
     if (!placed.ok()) return attempt == 0 ? placed.status() : failure;
     if (attempt > 0 && placed->host_id == failed_host) {
       hosts_.Release(placed->host_id, need);

@@ -94,8 +94,7 @@ class StatusRecorder : public http::ResponseWriter {
 
 }  // namespace
 
-AgentServer::AgentServer(api::HostAgent& agent, fleet::FleetToken token,
-                         api::DataPlane* data_plane)
+AgentServer::AgentServer(api::HostAgent& agent, fleet::FleetToken token, api::DataPlane* data_plane)
     : agent_(agent), token_(std::move(token)), data_plane_(data_plane) {}
 
 AgentServer::~AgentServer() {
@@ -131,9 +130,9 @@ http::Admission AgentServer::Admit(http::Request& req, bool has_body, http::Resp
   auto target = api::routes::EnvdTargetOf(req);
   if (req.path == "/healthz" && !target) return a;  // no token: load balancers probe it
   // Data-plane traffic is signed for the sandbox and port it names, control calls for the host.
-  std::string subject = target ? fleet::DataPlaneSubject(agent_.host_id(), target->sandbox_id,
-                                                         target->port)
-                               : agent_.host_id();
+  std::string subject =
+      target ? fleet::DataPlaneSubject(agent_.host_id(), target->sandbox_id, target->port)
+             : agent_.host_id();
   Status signed_for_us = token_.Verify(req.Header(fleet::kFleetHeader), req.method, TargetOf(req),
                                        subject, fleet::UnixNow());
   if (!signed_for_us.ok()) {

@@ -17,10 +17,10 @@
 #include <system_error>
 
 #include "common/log.h"
+#include "common/relay.h"
 #include "net/dns_resolver.h"
 #include "net/net_tools.h"
 #include "net/nft_ruleset.h"
-#include "common/relay.h"
 #include "net/slot_allocator.h"
 
 namespace moat::net {

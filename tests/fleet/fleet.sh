@@ -94,7 +94,7 @@ start_api() {  # NAME [extra flags…]
   mkdir -p "$work/$name"
   MOAT_API_KEY=$key "$moatd" api --listen "127.0.0.1:$port" --store "$PG_URI" \
     --fleet-token-file "$work/token" --data-dir "$work/$name" --domain moat.test \
-    --lost-after "$lost_after" --creating-timeout 8 "$@" >>"$work/$name.log" 2>&1 &
+    --lost-after "$lost_after" --creating-timeout 10 "$@" >>"$work/$name.log" 2>&1 &
   pid[$name]=$!
   wait_healthy "$name"
 }
@@ -122,7 +122,7 @@ create() {  # REPLICA → sandbox id
 }
 
 # --- the fleet -------------------------------------------------------------------------------
-pg_start "$work/pg"
+pg_start "$(mktemp -d /tmp/moat-fleet-pg.XXXXXX)"
 od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$work/token"
 chmod 600 "$work/token"
 start_agent a1 231 2000000
@@ -188,7 +188,8 @@ for i in $(seq 1 20); do
   esac
 done
 capacity=$(api C GET /hosts | json "sum(int(h['vcpuTotal']*1) for h in d if h['state']=='active')")
-cpu=$(json "d['cpuCount']" <"$(grep -l sandboxID "$work"/c*.json | head -1)")
+first=$(json "d['sandboxID']" <"$(grep -l sandboxID "$work"/c*.json | head -1)")
+cpu=$(api C GET "/sandboxes/$first" | json "d['cpuCount']")
 max=$((capacity / cpu))
 [ "$ok" -ge 1 ] && [ "$ok" -le "$max" ] || fail "$ok of 20 creates succeeded; room for $max"
 api C GET /hosts | python3 -c '
@@ -238,7 +239,7 @@ sleep 0.05
 kill -KILL "${pid[A]}"; wait "${pid[A]}" 2>/dev/null || true
 unset 'pid[A]'
 wait "${cpids[@]}" || true
-# The janitor (--creating-timeout 8, every 5 s) on B settles what A left: sandboxes that
+# The janitor (--creating-timeout 10, every 5 s) on B settles what A left: sandboxes that
 # started are running, those that did not are gone, and every reservation is accounted for.
 settled=0
 for _ in $(seq 1 60); do

@@ -33,8 +33,8 @@ void FleetMaintenance::SweepOnce() {
     if (store_down_) {
       store_down_ = false;
       hold_until_ = now + options_.lost_after;
-      LogInfo("fleet.sweep_held", {{"why", "the store is back"},
-                                   {"for_ms", options_.lost_after.count()}});
+      LogInfo("fleet.sweep_held",
+              {{"why", "the store is back"}, {"for_ms", options_.lost_after.count()}});
     }
     if (now < hold_until_) return;
   }

@@ -21,7 +21,9 @@ std::string RouteOf(const routes::EnvdTarget& target) {
 }
 
 // envd's Connect paths are /<package>.<Service>/<Method>; the rest (/files, /health) are REST.
-bool IsConnectPath(const std::string& path) { return path.find('.') < path.find('/', 1); }
+bool IsConnectPath(const std::string& path) {
+  return path.find('.') < path.find('/', 1);
+}
 
 // Streams the request body to the agent in the framing the head announced: Content-Length
 // (copied as is) or chunked. A failed write ends the pump quietly — the agent answered early
@@ -142,10 +144,10 @@ int RelayDataPlane::Relay(http::Request& req, const routes::EnvdTarget& target,
     std::lock_guard lock(mu_);
     if (stopping_) return fail(Unavailable("moatd is shutting down"), 503);
     if (active_ >= options_.max_connections) {
-      return fail(ResourceExhausted("too many relayed connections (" +
-                                    std::to_string(options_.max_connections) +
-                                    "); try again later"),
-                  503);
+      return fail(
+          ResourceExhausted("too many relayed connections (" +
+                            std::to_string(options_.max_connections) + "); try again later"),
+          503);
     }
     ++active_;
   }
@@ -179,8 +181,8 @@ int RelayDataPlane::Relay(http::Request& req, const routes::EnvdTarget& target,
 
   // The head: as received, signed for this host, sandbox and port, and framed for the body.
   std::string target_path = req.raw_query.empty() ? req.path : req.path + "?" + req.raw_query;
-  std::string head = http::ProxiedHead(req, {"X-API-Key", std::string(kFleetHeader)},
-                                       http::ClientIp(req.peer));
+  std::string head =
+      http::ProxiedHead(req, {"X-API-Key", std::string(kFleetHeader)}, http::ClientIp(req.peer));
   head += std::string(kFleetHeader) + ": " +
           token_.Header(UnixNow(), req.method, target_path,
                         DataPlaneSubject(record.host_id, record.id, target.port)) +
@@ -220,8 +222,8 @@ int RelayDataPlane::Relay(http::Request& req, const routes::EnvdTarget& target,
   relay_options.head_filter = [&status, upgrade](std::string_view h) {
     return http::FilterResponseHead(h, upgrade, &status);
   };
-  RelayStats st = moat::Relay(client->fd, upstream_fd, upgrade ? client->buffered : "",
-                              relay_options);
+  RelayStats st =
+      moat::Relay(client->fd, upstream_fd, upgrade ? client->buffered : "", relay_options);
   if (st.to_client == 0 && st.end != RelayEnd::kClientGone) {
     // Nothing reached the client yet, so it can still have a proper answer.
     Status why = Unavailable(what + " closed the connection without a response");

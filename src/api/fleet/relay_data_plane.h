@@ -35,8 +35,8 @@ struct RelayDataPlaneOptions {
 
 class RelayDataPlane : public DataPlane {
  public:
-  RelayDataPlane(store::Store& store, FleetHostDirectory& hosts, FleetToken token,
-                 Metrics& metrics, RelayDataPlaneOptions options);
+  RelayDataPlane(store::Store& store, FleetHostDirectory& hosts, FleetToken token, Metrics& metrics,
+                 RelayDataPlaneOptions options);
 
   http::Admission Admit(http::Request& req, const routes::EnvdTarget& target, bool has_body,
                         http::ResponseWriter& w, DataPlaneAnswer* answer) override;

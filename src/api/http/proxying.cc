@@ -88,8 +88,8 @@ std::string ClientIp(const std::string& peer) {
 
 std::string ProxiedHead(const Request& req, const HeaderNames& extra_drop,
                         std::string_view client_ip) {
-  HeaderNames drop = {"Connection", "Keep-Alive",        "Proxy-Connection", "TE",
-                      "Trailer",    "Upgrade",           "Transfer-Encoding", "Content-Length",
+  HeaderNames drop = {"Connection", "Keep-Alive",     "Proxy-Connection",  "TE",
+                      "Trailer",    "Upgrade",        "Transfer-Encoding", "Content-Length",
                       "Expect",     "X-Forwarded-For"};
   drop.insert(extra_drop.begin(), extra_drop.end());
   for (auto& t : HeaderTokens(req.Header("Connection"))) drop.insert(std::move(t));

@@ -11,8 +11,8 @@
 
 #include "api/http/message.h"
 #include "api/http/router.h"
-#include "api/routes/envd_target.h"
 #include "api/metrics.h"
+#include "api/routes/envd_target.h"
 #include "api/store/store.h"
 #include "channel/guest_client.h"
 

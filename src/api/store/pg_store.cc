@@ -57,8 +57,8 @@ std::vector<SandboxRecord> ReadSandboxes(const Rows& rows) {
 constexpr const char* kSnapshotColumns = "id, team_id, sandbox_id, name, created_at_ms, host_id";
 
 SnapshotRecord ReadSnapshot(const Rows& rows, int i) {
-  return SnapshotRecord{rows.Text(i, 0), rows.Text(i, 1), rows.Text(i, 2), rows.Text(i, 3),
-                        rows.Int(i, 4),  rows.Text(i, 5)};
+  return SnapshotRecord{rows.Text(i, 0), rows.Text(i, 1), rows.Text(i, 2),
+                        rows.Text(i, 3), rows.Int(i, 4),  rows.Text(i, 5)};
 }
 
 std::vector<SnapshotRecord> ReadSnapshots(const Rows& rows) {
@@ -344,8 +344,8 @@ Status PgStore::DeleteSandbox(const std::string& id) {
 }
 
 Status PgStore::InsertSnapshot(const SnapshotRecord& r) {
-  const std::string sql =
-      std::string("INSERT INTO snapshots (") + kSnapshotColumns + ") VALUES ($1, $2, $3, $4, $5, $6)";
+  const std::string sql = std::string("INSERT INTO snapshots (") + kSnapshotColumns +
+                          ") VALUES ($1, $2, $3, $4, $5, $6)";
   Params params = MakeParams(r.id, r.team_id, r.sandbox_id, r.name, r.created_at_ms, r.host_id);
   return Transact([&](pg::Connection& c) { return c.Run(sql, params); });
 }

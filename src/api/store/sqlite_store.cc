@@ -346,8 +346,8 @@ Status SqliteStore::DeleteSandbox(const std::string& id) {
 
 Status SqliteStore::InsertSnapshot(const SnapshotRecord& r) {
   std::lock_guard lock(mu_);
-  Statement s(
-      db_, std::string("INSERT INTO snapshots (") + kSnapshotColumns + ") VALUES (?, ?, ?, ?, ?, ?)");
+  Statement s(db_, std::string("INSERT INTO snapshots (") + kSnapshotColumns +
+                       ") VALUES (?, ?, ?, ?, ?, ?)");
   MOAT_RETURN_IF_ERROR(s.status());
   return s.Bind(1, r.id)
       .Bind(2, r.team_id)

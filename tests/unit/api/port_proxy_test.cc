@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "api/routes/envd_call.h"
-#include "common/unique_fd.h"
 #include "common/relay.h"
+#include "common/unique_fd.h"
 
 namespace moat::api {
 namespace {
@@ -191,8 +191,8 @@ TEST(Relay, FiltersResponseHeadsAndForwardsNothingFromAMutedClient) {
   options.head_filter = [&heads](std::string_view head) -> Result<HeadDecision> {
     heads.emplace_back(head);
     bool interim = head.substr(9, 3) == "103";
-    return HeadDecision{interim ? std::string(head) : "HTTP/1.1 200 Rewritten\r\n\r\n",
-                             interim, false};
+    return HeadDecision{interim ? std::string(head) : "HTTP/1.1 200 Rewritten\r\n\r\n", interim,
+                        false};
   };
   RelayStats st;
   std::thread relay(

@@ -31,15 +31,17 @@ constexpr const char* kSandbox = "sbx00000000000000001";
 constexpr const char* kStopped = "sbx00000000000000002";
 constexpr const char* kToken = "access-token-1";
 
-FleetToken Token() { return std::move(FleetToken::FromSecret(std::string(kSecret))).value(); }
+FleetToken Token() {
+  return std::move(FleetToken::FromSecret(std::string(kSecret))).value();
+}
 
 // The host's data plane, standing in for LocalDataPlane: answers with what reached it (method,
 // target, the headers that matter, the body's size and a checksum), streamed in two chunks.
 class EchoDataPlane : public DataPlane {
  public:
   std::atomic<int> seen{0};
-  http::Admission Admit(http::Request&, const routes::EnvdTarget&, bool,
-                        http::ResponseWriter&, DataPlaneAnswer*) override {
+  http::Admission Admit(http::Request&, const routes::EnvdTarget&, bool, http::ResponseWriter&,
+                        DataPlaneAnswer*) override {
     http::Admission a;
     a.body = http::Admission::Body::kStream;
     a.body_limit = 64 * 1024 * 1024;
@@ -159,11 +161,12 @@ TEST_F(RelayDataPlaneTest, StreamsABodyToTheHostAndItsAnswerBack) {
   for (size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>(i * 7 + i / 4096);
   uint64_t sum = 0;
   for (char c : body) sum = sum * 31 + static_cast<unsigned char>(c);
-  Reply r = Send(kSandbox, "POST", "/files?path=%2Ftmp%2Fx",
-                 std::string("X-Access-Token: ") + kToken +
-                     "\r\nX-API-Key: must-not-cross\r\nContent-Length: " +
-                     std::to_string(body.size()) + "\r\n",
-                 body);
+  Reply r =
+      Send(kSandbox, "POST", "/files?path=%2Ftmp%2Fx",
+           std::string("X-Access-Token: ") + kToken +
+               "\r\nX-API-Key: must-not-cross\r\nContent-Length: " + std::to_string(body.size()) +
+               "\r\n",
+           body);
   ASSERT_EQ(r.status, 200) << r.body;
   json echo = json::parse(r.body);
   EXPECT_EQ(echo["method"], "POST");
@@ -198,8 +201,8 @@ TEST_F(RelayDataPlaneTest, RefusesWhatItCanBeforeTheHostSeesIt) {
   Reply r = Send(kSandbox, "POST", "/filesystem.Filesystem/Stat",
                  "Content-Type: application/json\r\nContent-Length: 2\r\n", "{}");
   EXPECT_EQ(r.status, 401) << r.body;
-  Reply wrong = Send(kSandbox, "POST", "/files",
-                     "X-Access-Token: wrong\r\nContent-Length: 3\r\n", "abc");
+  Reply wrong =
+      Send(kSandbox, "POST", "/files", "X-Access-Token: wrong\r\nContent-Length: 3\r\n", "abc");
   EXPECT_EQ(wrong.status, 401) << wrong.body;
   EXPECT_EQ(Send(kSandbox, "GET", "/", "E2b-Sandbox-Port: 70000\r\n", "").status, 400);
   EXPECT_EQ(echo_.seen, 0);
@@ -207,8 +210,9 @@ TEST_F(RelayDataPlaneTest, RefusesWhatItCanBeforeTheHostSeesIt) {
 
 TEST_F(RelayDataPlaneTest, TheAgentTakesDataPlaneRequestsSignedForThatSandboxOnly) {
   auto raw = [&](const std::string& sandbox, const std::string& fleet) {
-    std::string req = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nE2b-Sandbox-Id: " +
-                      sandbox + "\r\n";
+    std::string req =
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nE2b-Sandbox-Id: " + sandbox +
+        "\r\n";
     if (!fleet.empty()) req += "X-Moat-Fleet: " + fleet + "\r\n";
     return Exchange(agent_->port(), req + "\r\n");
   };
