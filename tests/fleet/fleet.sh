@@ -29,8 +29,17 @@ lost_after=4
 say() { echo "fleet: $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
+down_agent=
 cleanup() {
   local rc=$?
+  if [ -n "$down_agent" ]; then
+    # A test failed while an agent was down: its VMs and slots are released only by an agent
+    # on its data dir (it re-adopts them, then SIGTERM kills them).
+    trap - EXIT INT TERM
+    start_agent "$down_agent" 232 2100000 || rc=1
+    down_agent=
+    trap cleanup EXIT INT TERM
+  fi
   for name in "${!pid[@]}"; do
     kill -TERM "${pid[$name]}" 2>/dev/null || true
   done
@@ -269,10 +278,13 @@ done
 killed_at=$(date +%s.%N)
 kill -KILL "${pid[a2]}"; wait "${pid[a2]}" 2>/dev/null || true
 unset 'pid[a2]'
+down_agent=a2  # until it is back: cleanup restarts it so that it releases its VMs and slots
 for _ in $(seq 1 100); do [ "$(host_state B a2)" = lost ] && break; sleep 0.1; done
 [ "$(host_state B a2)" = lost ] || fail "a2 not declared lost: $(api B GET /hosts)"
 took=$(python3 -c "import time; print(round(time.time() - $killed_at, 1))")
-python3 -c "import sys; sys.exit(0 if $took <= $lost_after + 3 else 1)" \
+# --lost-after, plus the sweep interval (1 s), a heartbeat interval and this loop's own requests
+# on a machine this test keeps busy with VMs.
+python3 -c "import sys; sys.exit(0 if $took <= $lost_after + 6 else 1)" \
   || fail "a2 was declared lost after ${took}s (--lost-after $lost_after)"
 for id in "${on_a2[@]}"; do
   api B GET "/sandboxes/$id" >/dev/null
@@ -285,6 +297,7 @@ say "6. kill -9 of agent a2: lost after ${took}s, its sandboxes 404, creates go 
 
 # --- 7. the lost agent comes back: fenced, its lost VMs killed -------------------------------
 start_agent a2 232 2100000
+down_agent=
 for _ in $(seq 1 100); do [ "$(host_state B a2)" = active ] && break; sleep 0.1; done
 [ "$(host_state B a2)" = active ] || fail "a2 did not re-register: $(api B GET /hosts)"
 for id in "${on_a2[@]}"; do
