@@ -113,7 +113,7 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
   // A request without a body costs nothing to route the usual way, and its handler checks its
   // credentials (some routes need none); one with a body is refused here if it would be anyway.
   if (!has_body) return a;
-  StatusRecorder rec(w);
+  http::StatusRecorder rec(w);
   if (match.route == nullptr) {
     if (match.path_known) {
       SendRestError(rec, InvalidArgument(req.method + " is not allowed on " + req.path), 405);
@@ -134,7 +134,7 @@ void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
     return Record(answer.route, answer.status, started, req.peer, answer.warn);
   }
   auto match = control_.Find(req.method, req.path);
-  StatusRecorder rec(w);
+  http::StatusRecorder rec(w);
   std::string route;
   if (match.route == nullptr) {
     route = "(unmatched)";

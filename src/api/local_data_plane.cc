@@ -72,7 +72,7 @@ http::Admission LocalDataPlane::Admit(http::Request& req, const routes::EnvdTarg
   // A request without a body costs nothing to route the usual way, and its handler checks its
   // credentials (some routes need none); one with a body is refused here if it would be anyway.
   if (!has_body) return a;
-  StatusRecorder rec(w);
+  http::StatusRecorder rec(w);
   if (match.route == nullptr) {
     SendNoRoute(req, match, rec);
   } else if (!running) {
@@ -99,7 +99,7 @@ DataPlaneAnswer LocalDataPlane::Handle(http::Request& req, const routes::EnvdTar
     return {"(port proxy)", status, status == 500};
   }
   auto match = envd_.Find(req.method, req.path);
-  StatusRecorder rec(w);
+  http::StatusRecorder rec(w);
   if (match.route == nullptr) {
     SendNoRoute(req, match, rec);
     return {"(unmatched)", rec.status(), false};

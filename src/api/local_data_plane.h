@@ -45,27 +45,4 @@ class LocalDataPlane : public DataPlane {
   PortProxy proxy_;
 };
 
-// Wraps a writer to learn the status a handler answered with.
-class StatusRecorder : public http::ResponseWriter {
- public:
-  explicit StatusRecorder(http::ResponseWriter& inner) : inner_(inner) {}
-  Status Send(int status, http::Headers headers, std::string body) override {
-    status_ = status;
-    return inner_.Send(status, std::move(headers), std::move(body));
-  }
-  Status BeginStream(int status, http::Headers headers) override {
-    status_ = status;
-    return inner_.BeginStream(status, std::move(headers));
-  }
-  Status WriteChunk(std::string_view data) override { return inner_.WriteChunk(data); }
-  Status EndStream() override { return inner_.EndStream(); }
-  bool started() const override { return inner_.started(); }
-  Result<http::HijackedConnection> Hijack() override { return inner_.Hijack(); }
-  int status() const { return status_; }
-
- private:
-  http::ResponseWriter& inner_;
-  int status_ = 0;
-};
-
 }  // namespace moat::api

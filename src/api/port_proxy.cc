@@ -29,6 +29,42 @@ std::string UpstreamRequest(const http::Request& req, std::string_view client_ip
   return out;
 }
 
+Result<RelayedExchange> RelayExchange(const http::Request& req, http::ResponseWriter& w,
+                                      int upstream_fd, std::string first,
+                                      std::chrono::milliseconds idle_timeout,
+                                      const std::string& what) {
+  auto client = w.Hijack();
+  if (!client.ok()) return client.status();
+  bool upgrade = IsUpgrade(req);
+  RelayOptions options;
+  options.idle_timeout = idle_timeout;
+  // A plain request is whole already: anything more the client sends could be a request for
+  // another sandbox, or with an API key in it, and must not reach this upstream. An upgrade's
+  // client speaks on after the 101 — and may have started already.
+  options.forward_client = upgrade;
+  if (upgrade) first += client->buffered;
+  RelayedExchange out;
+  options.head_filter = [&out, upgrade](std::string_view head) {
+    return FilterResponseHead(head, upgrade, &out.status);
+  };
+  out.stats = Relay(client->fd, upstream_fd, std::move(first), options);
+  const RelayStats& st = out.stats;
+  if (st.to_client == 0 && st.end != RelayEnd::kClientGone) {
+    // Nothing reached the client yet, so it can still have a proper answer.
+    Status why = Unavailable(what + " closed the connection without a response");
+    out.status = 502;
+    if (st.end == RelayEnd::kIdleTimeout) {
+      why = DeadlineExceeded(what + " sent no response within the idle timeout");
+      out.status = 504;
+    } else if (st.end == RelayEnd::kBadResponse) {
+      why = Unavailable(what + " did not answer in HTTP/1.x: " + st.error.message());
+    }
+    auto writer = http::HijackedResponseWriter(client->fd);
+    SendRestError(*writer, why, out.status);
+  }
+  return out;
+}
+
 PortProxy::PortProxy(PortProxyOptions options, PortResolver resolver, Metrics& metrics)
     : options_(options), resolver_(std::move(resolver)), metrics_(metrics) {}
 
@@ -131,41 +167,17 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
     upstreams_.erase(upstream_fd);
   });
 
-  std::string request = UpstreamRequest(req, ClientIp(req.peer));
-  auto client = w.Hijack();
-  if (!client.ok()) return Fail(w, "error", client.status().Annotate("port proxy"), 500);
-  bool upgrade = IsUpgrade(req);
-  RelayOptions relay_options;
-  relay_options.idle_timeout = options_.idle_timeout;
-  // A plain request is whole already: anything more the client sends could be a request for
-  // another sandbox, or with an API key in it, and must not reach this upstream. An upgrade's
-  // client speaks on after the 101 — and may have started already.
-  relay_options.forward_client = upgrade;
-  if (upgrade) request += client->buffered;
-  int status = 0;
-  relay_options.head_filter = [&status, upgrade](std::string_view head) {
-    return FilterResponseHead(head, upgrade, &status);
-  };
   auto started = std::chrono::steady_clock::now();
-  RelayStats st = Relay(client->fd, upstream_fd, std::move(request), relay_options);
-
+  auto relayed = RelayExchange(req, w, upstream_fd, UpstreamRequest(req, ClientIp(req.peer)),
+                               options_.idle_timeout, what);
+  if (!relayed.ok()) return Fail(w, "error", relayed.status().Annotate("port proxy"), 500);
+  const RelayStats& st = relayed->stats;
+  int status = relayed->status;
   std::string_view outcome = "relayed";
   if (st.end == RelayEnd::kIdleTimeout) outcome = "idle_timeout";
   if (st.end == RelayEnd::kBadResponse) outcome = "bad_response";
-  if (st.to_client == 0 && st.end != RelayEnd::kClientGone) {
-    // Nothing reached the client yet, so it can still have a proper answer.
-    Status why = Unavailable(what + " closed the connection without a response");
-    status = 502;
-    if (st.end == RelayEnd::kIdleTimeout) {
-      why = DeadlineExceeded(what + " sent no response within the idle timeout");
-      status = 504;
-    } else if (st.end == RelayEnd::kBadResponse) {
-      why = Unavailable(what + " did not answer in HTTP/1.x: " + st.error.message());
-    } else {
-      outcome = "no_response";
-    }
-    auto writer = http::HijackedResponseWriter(client->fd);
-    SendRestError(*writer, why, status);
+  if (st.to_client == 0 && st.end != RelayEnd::kClientGone && outcome == "relayed") {
+    outcome = "no_response";
   }
   metrics_.CountPortProxy(outcome);
   LogDebug("api.port_proxy", {{"sandbox", sandbox_id},

@@ -23,6 +23,7 @@
 
 #include "api/http/message.h"
 #include "api/metrics.h"
+#include "common/relay.h"
 #include "common/status.h"
 
 namespace moat::api {
@@ -92,6 +93,23 @@ class PortProxy {
   size_t active_ = 0;        // admitted requests, connecting or relaying
   bool stopping_ = false;
 };
+
+// What RelayExchange did: the HTTP status the client got (the upstream's, or the 502/504 sent in
+// its place; 0 if none could be read) and how the relay ended.
+struct RelayedExchange {
+  int status = 0;
+  RelayStats stats;
+};
+// Takes the client connection over and relays one exchange with `upstream_fd`: `first` goes
+// upstream before anything else (for an upgrade, followed by what the client already sent, and
+// the client speaks on after the 101; otherwise nothing more of the client's is forwarded). The
+// response heads pass through http::FilterResponseHead. When nothing reached the client, it gets
+// a 502 (closed, or not HTTP) or 504 (idle) naming `what`. internal when the connection cannot be
+// taken over (nothing sent then).
+Result<RelayedExchange> RelayExchange(const http::Request& req, http::ResponseWriter& w,
+                                      int upstream_fd, std::string first,
+                                      std::chrono::milliseconds idle_timeout,
+                                      const std::string& what);
 
 // The request as it goes upstream: method, target and headers as received, except hop-by-hop
 // headers (Connection, Keep-Alive, TE, Transfer-Encoding, … and those Connection names), Expect

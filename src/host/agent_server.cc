@@ -70,28 +70,6 @@ RateLimiter& ErrorLogLimiter() {
   return limiter;
 }
 
-// Wraps a writer to learn the status a handler answered with (for the log).
-class StatusRecorder : public http::ResponseWriter {
- public:
-  explicit StatusRecorder(http::ResponseWriter& inner) : inner_(inner) {}
-  Status Send(int status, http::Headers headers, std::string body) override {
-    status_ = status;
-    return inner_.Send(status, std::move(headers), std::move(body));
-  }
-  Status BeginStream(int status, http::Headers headers) override {
-    status_ = status;
-    return inner_.BeginStream(status, std::move(headers));
-  }
-  Status WriteChunk(std::string_view data) override { return inner_.WriteChunk(data); }
-  Status EndStream() override { return inner_.EndStream(); }
-  bool started() const override { return inner_.started(); }
-  int status() const { return status_; }
-
- private:
-  http::ResponseWriter& inner_;
-  int status_ = 0;
-};
-
 }  // namespace
 
 AgentServer::AgentServer(api::HostAgent& agent, fleet::FleetToken token, api::DataPlane* data_plane)
@@ -163,7 +141,7 @@ http::Admission AgentServer::Admit(http::Request& req, bool has_body, http::Resp
 void AgentServer::Handle(http::Request& req, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
   auto target = api::routes::EnvdTargetOf(req);
-  StatusRecorder rec(w);
+  http::StatusRecorder rec(w);
   std::string route = "(unmatched)";
   auto match = router_.Find(req.method, req.path);
   if (target) {

@@ -7,6 +7,7 @@
 #include "api/fleet/agent_wire.h"
 #include "api/http/client.h"
 #include "api/http/proxying.h"
+#include "api/port_proxy.h"
 #include "common/cleanup.h"
 #include "common/log.h"
 #include "common/relay.h"
@@ -211,32 +212,11 @@ int RelayDataPlane::Relay(http::Request& req, const routes::EnvdTarget& target,
     }
   }
 
-  auto client = w.Hijack();
-  if (!client.ok()) return fail(client.status().Annotate("relay"), 500);
-  bool upgrade = http::IsUpgrade(req);
-  RelayOptions relay_options;
-  relay_options.idle_timeout = options_.idle_timeout;
-  // A plain request is whole already; an upgrade's client speaks on after the 101.
-  relay_options.forward_client = upgrade;
-  int status = 0;
-  relay_options.head_filter = [&status, upgrade](std::string_view h) {
-    return http::FilterResponseHead(h, upgrade, &status);
-  };
-  RelayStats st =
-      moat::Relay(client->fd, upstream_fd, upgrade ? client->buffered : "", relay_options);
-  if (st.to_client == 0 && st.end != RelayEnd::kClientGone) {
-    // Nothing reached the client yet, so it can still have a proper answer.
-    Status why = Unavailable(what + " closed the connection without a response");
-    status = 502;
-    if (st.end == RelayEnd::kIdleTimeout) {
-      why = DeadlineExceeded(what + " sent no response within the idle timeout");
-      status = 504;
-    } else if (st.end == RelayEnd::kBadResponse) {
-      why = Unavailable(what + " did not answer in HTTP/1.x: " + st.error.message());
-    }
-    auto writer = http::HijackedResponseWriter(client->fd);
-    SendRestError(*writer, why, status);
-  }
+  // The body went ahead already; only an upgrade's client bytes follow.
+  auto relayed = RelayExchange(req, w, upstream_fd, "", options_.idle_timeout, what);
+  if (!relayed.ok()) return fail(relayed.status().Annotate("relay"), 500);
+  const RelayStats& st = relayed->stats;
+  int status = relayed->status;
   LogDebug("fleet.relay", {{"sandbox", record.id},
                            {"host", record.host_id},
                            {"port", target.port},

@@ -92,6 +92,29 @@ class ResponseWriter {
   }
 };
 
+// Wraps a writer to learn the status a handler answered with.
+class StatusRecorder : public ResponseWriter {
+ public:
+  explicit StatusRecorder(ResponseWriter& inner) : inner_(inner) {}
+  Status Send(int status, Headers headers, std::string body) override {
+    status_ = status;
+    return inner_.Send(status, std::move(headers), std::move(body));
+  }
+  Status BeginStream(int status, Headers headers) override {
+    status_ = status;
+    return inner_.BeginStream(status, std::move(headers));
+  }
+  Status WriteChunk(std::string_view data) override { return inner_.WriteChunk(data); }
+  Status EndStream() override { return inner_.EndStream(); }
+  bool started() const override { return inner_.started(); }
+  Result<HijackedConnection> Hijack() override { return inner_.Hijack(); }
+  int status() const { return status_; }
+
+ private:
+  ResponseWriter& inner_;
+  int status_ = 0;
+};
+
 // A ResponseWriter that keeps what it was given: the router's and handlers' unit tests, and
 // in-process callers.
 class RecordingWriter : public ResponseWriter {
