@@ -36,12 +36,6 @@ void ApiServer::Shutdown() {
   data_plane_->Shutdown();
 }
 
-void ApiServer::RegisterAll(http::Router& control, http::Router& envd, routes::ControlContext& cc,
-                            routes::EnvdContext& ec) {
-  RegisterControl(control, cc);
-  LocalDataPlane::RegisterRoutes(envd, ec);
-}
-
 void ApiServer::RegisterControl(http::Router& control, routes::ControlContext& cc) {
   routes::RegisterSandboxRoutes(control, cc);
   routes::RegisterSnapshotRoutes(control, cc);
@@ -49,24 +43,6 @@ void ApiServer::RegisterControl(http::Router& control, routes::ControlContext& c
   routes::RegisterTeamRoutes(control, cc);
   routes::RegisterHostRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
-}
-
-Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
-                                                    SandboxController& controller,
-                                                    store::Store& store, Metrics& metrics,
-                                                    routes::GuestLookup guest_of,
-                                                    PortResolver resolver,
-                                                    PortProxyOptions proxy_options) {
-  routes::EnvdContext ec{
-      [&controller](const std::string& id) { return controller.FindRunning(id); },
-      [&controller](const std::string& id, const std::string& fault) {
-        controller.ReportFault(id, fault);
-      },
-      &metrics, std::move(guest_of)};
-  auto plane = std::make_unique<LocalDataPlane>(std::move(ec), std::move(resolver), proxy_options,
-                                                metrics, options.body_limit);
-  return Start(std::move(options), controller, store, metrics, std::move(plane),
-               proxy_options.domain);
 }
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,

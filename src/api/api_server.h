@@ -11,9 +11,7 @@
 #include "api/data_plane.h"
 #include "api/http/router.h"
 #include "api/http/server.h"
-#include "api/local_data_plane.h"
 #include "api/metrics.h"
-#include "api/port_proxy.h"
 #include "api/routes/routes.h"
 #include "api/sandbox_controller.h"
 #include "api/store/store.h"
@@ -26,17 +24,9 @@ inline constexpr size_t kControlBodyLimit = 1024 * 1024;
 
 class ApiServer {
  public:
-  // With the sandboxes on this host (`moatd serve`): a LocalDataPlane over `guest_of` (the
-  // guest channel of a sandbox here) and `resolver` (where a sandbox's port is reached; null: no
-  // sandbox has networking, and requests for sandbox ports answer 502).
-  static Result<std::unique_ptr<ApiServer>> Start(http::ServerOptions options,
-                                                  SandboxController& controller,
-                                                  store::Store& store, Metrics& metrics,
-                                                  routes::GuestLookup guest_of,
-                                                  PortResolver resolver = nullptr,
-                                                  PortProxyOptions proxy_options = {});
-  // With any data plane (`moatd api`: the fleet relay). `domain`: the sandbox domain
-  // (PortProxyOptions::domain).
+  // With a data plane: the sandboxes of this host (host/local_data_plane.h: `moatd serve`,
+  // through StartWithLocalDataPlane) or the fleet relay (`moatd api`). `domain`: the sandbox
+  // domain (`<port>-<id>.<domain>`; empty: answered as null).
   static Result<std::unique_ptr<ApiServer>> Start(http::ServerOptions options,
                                                   SandboxController& controller,
                                                   store::Store& store, Metrics& metrics,
@@ -60,9 +50,7 @@ class ApiServer {
   // any of its body is read.
   http::Admission Admit(http::Request& req, bool has_body, http::ResponseWriter& w);
 
-  // The routes without a server (the OpenAPI test reads them); `envd`: LocalDataPlane's.
-  static void RegisterAll(http::Router& control, http::Router& envd, routes::ControlContext& cc,
-                          routes::EnvdContext& ec);
+  // The control routes without a server (the OpenAPI test reads them).
   static void RegisterControl(http::Router& control, routes::ControlContext& cc);
 
  private:

@@ -1,5 +1,5 @@
 // DataPlane: what serves a request that names a sandbox (envd's routes, or a port inside the
-// sandbox: routes/envd_target.h) once ApiServer has told it apart from the control routes.
+// sandbox: api/envd_target.h) once ApiServer has told it apart from the control routes.
 //
 //  - LocalDataPlane (host side: `moatd serve`, and every `moatd agent`): envd's routes over the
 //    guest channel and the port proxy to the sandbox's slot address.
@@ -10,13 +10,34 @@
 // through it but by the host that owns them.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
 
+#include "api/envd_target.h"
 #include "api/http/message.h"
 #include "api/http/server.h"
-#include "api/routes/envd_target.h"
+#include "common/status.h"
 
 namespace moat::api {
+
+// Where port `port` of a sandbox is reached from moatd: for a sandbox with a network slot,
+// `{slot address, port}` (the slot's DNAT forwards it to the guest).
+struct SandboxEndpoint {
+  std::string ipv4;  // dotted quad
+  uint16_t port = 0;
+  // Non-empty: the sandbox's ports are not public; a request must carry this value in
+  // kTrafficTokenHeader (403 otherwise), and the header is not passed on.
+  std::string traffic_access_token;
+};
+
+inline constexpr char kTrafficTokenHeader[] = "e2b-traffic-access-token";
+
+// Resolves (sandbox id, port inside the sandbox). Errors: not_found when the sandbox is unknown
+// or not running (404); failed_precondition when it has no network (502); anything else is a
+// 502 too. Called on connection threads, concurrently.
+using PortResolver =
+    std::function<Result<SandboxEndpoint>(const std::string& sandbox_id, uint16_t port)>;
 
 // How a data-plane request was answered, for ApiServer's request log and metrics.
 struct DataPlaneAnswer {

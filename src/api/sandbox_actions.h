@@ -10,8 +10,8 @@
 
 #include "api/codec/query.h"
 #include "api/store/store.h"
+#include "common/egress_policy.h"
 #include "common/status.h"
-#include "net/egress_policy.h"
 
 namespace moat::api {
 

@@ -15,10 +15,10 @@
 #include <string>
 #include <thread>
 
+#include "api/data_plane.h"
 #include "api/host_agent.h"
 #include "api/host_directory.h"
 #include "api/metrics.h"
-#include "api/port_proxy.h"
 #include "api/sandbox_actions.h"
 #include "api/store/store.h"
 #include "api/team_quotas.h"

@@ -3,8 +3,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "api/envd_target.h"
 #include "api/fleet/agent_wire.h"
-#include "api/routes/envd_target.h"
 #include "common/log.h"
 
 namespace moat::host {

@@ -9,7 +9,7 @@
 // JSON of at most kAgentBodyLimit.
 //
 // The data plane: a request that names a sandbox (E2b-Sandbox-Id, or Host <port>-<id>.<domain>,
-// routes/envd_target.h) is envd or port traffic an API replica relays (fleet::RelayDataPlane). Its
+// api/envd_target.h) is envd or port traffic an API replica relays (fleet::RelayDataPlane). Its
 // signature must be for this host, that sandbox and that port (fleet::DataPlaneSubject); it is
 // then served by the data plane given to Start (the host's LocalDataPlane), or 404 without one.
 #pragma once

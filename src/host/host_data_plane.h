@@ -7,11 +7,11 @@
 #include <memory>
 
 #include "agent/agent.h"
-#include "api/local_data_plane.h"
 #include "api/metrics.h"
-#include "api/port_proxy.h"
 #include "api/store/store.h"
 #include "host/in_process_host_agent.h"
+#include "host/local_data_plane.h"
+#include "host/port_proxy.h"
 
 namespace moat::host {
 

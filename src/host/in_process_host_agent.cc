@@ -2,7 +2,7 @@
 
 #include <sys/stat.h>
 
-#include "net/egress_policy.h"
+#include "common/egress_policy.h"
 
 namespace moat::host {
 namespace {

@@ -29,10 +29,10 @@
 #include <thread>
 #include <vector>
 
+#include "common/egress_policy.h"
+#include "common/ipv4.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
-#include "net/egress_policy.h"
-#include "net/ipv4.h"
 
 namespace moat::net {
 

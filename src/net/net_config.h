@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "common/ipv4.h"
 #include "common/status.h"
-#include "net/ipv4.h"
 
 namespace moat::net {
 

@@ -17,10 +17,10 @@
 #include <string>
 
 #include "channel/protocol.h"
+#include "common/egress_policy.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 #include "net/domain_proxy.h"
-#include "net/egress_policy.h"
 #include "net/net_config.h"
 #include "net/slot_allocator.h"
 #include "net/slot_record.h"

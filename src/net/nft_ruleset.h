@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "net/egress_policy.h"
+#include "common/egress_policy.h"
 #include "net/net_config.h"
 #include "net/slot_allocator.h"
 

@@ -9,8 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/egress_policy.h"
 #include "common/status.h"
-#include "net/egress_policy.h"
 #include "net/slot_allocator.h"
 
 namespace moat::net {

@@ -24,6 +24,7 @@
 #include "common/fs.h"
 #include "common/guarded.h"
 #include "host/in_process_host_agent.h"
+#include "host/local_data_plane.h"
 #include "support/agent_config.h"
 #include "support/fake_guest.h"
 #include "support/raw_http.h"
@@ -128,7 +129,7 @@ class HostileGuestE2eTest : public ::testing::Test {
     controller_ = controller->release();
     http::ServerOptions options;
     options.port = 0;
-    auto server = ApiServer::Start(
+    auto server = StartWithLocalDataPlane(
         options, *controller_, *store_, *metrics_, host::GuestLookupOf(*agent_),
         [](const std::string& id, uint16_t port) { return controller_->ResolvePort(id, port); },
         PortProxyOptions{});

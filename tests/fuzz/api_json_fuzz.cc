@@ -11,7 +11,7 @@
 
 #include "api/key_admin.h"
 #include "api/sandbox_actions.h"
-#include "net/egress_policy.h"
+#include "common/egress_policy.h"
 
 namespace api = moat::api;
 namespace net = moat::net;

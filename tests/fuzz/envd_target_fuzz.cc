@@ -1,4 +1,4 @@
-// libFuzzer target for sandbox targeting (api/routes/envd_target.h): which sandbox and port a
+// libFuzzer target for sandbox targeting (api/envd_target.h): which sandbox and port a
 // request is for (E2b-Sandbox-Id / E2b-Sandbox-Port, or the Host header) and the Linux user
 // of its `Authorization: Basic`. Every header comes from a client. Input: header values
 // separated by '\n', in the order Host, E2b-Sandbox-Id, E2b-Sandbox-Port, Authorization.
@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "api/routes/envd_target.h"
+#include "api/envd_target.h"
 
 namespace routes = moat::api::routes;
 

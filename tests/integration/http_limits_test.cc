@@ -17,6 +17,7 @@
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
 #include "host/in_process_host_agent.h"
+#include "host/local_data_plane.h"
 #include "support/raw_http.h"
 
 namespace moat::api {
@@ -83,8 +84,8 @@ class HttpLimitsTest : public ::testing::Test {
     server_.reset();
     options.host = "127.0.0.1";
     options.port = 0;
-    auto server =
-        ApiServer::Start(options, *controller_, *store_, metrics_, host::GuestLookupOf(*agent_));
+    auto server = StartWithLocalDataPlane(options, *controller_, *store_, metrics_,
+                                          host::GuestLookupOf(*agent_));
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(*server);
     port_ = server_->port();

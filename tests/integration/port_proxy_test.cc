@@ -19,6 +19,7 @@
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
 #include "host/in_process_host_agent.h"
+#include "host/local_data_plane.h"
 #include "support/raw_http.h"
 #include "support/test_util.h"
 
@@ -99,7 +100,7 @@ class PortProxyTest : public ::testing::Test {
     http::ServerOptions http_options;
     http_options.host = "127.0.0.1";
     http_options.port = 0;
-    auto server = ApiServer::Start(
+    auto server = StartWithLocalDataPlane(
         http_options, *controller_, *store_, metrics_, host::GuestLookupOf(*agent_),
         [this](const std::string& id, uint16_t port) { return Resolve(id, port); }, options);
     ASSERT_TRUE(server.ok()) << server.status().ToString();

@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "common/child_process.h"
+#include "common/ipv4.h"
 #include "common/status.h"
-#include "net/ipv4.h"
 #include "net/net_config.h"
 
 namespace moat::test_support {

@@ -7,7 +7,7 @@
 #include "api/fleet/agent_wire.h"
 #include "api/http/client.h"
 #include "api/http/proxying.h"
-#include "api/port_proxy.h"
+#include "api/relay_exchange.h"
 #include "common/cleanup.h"
 #include "common/log.h"
 #include "common/relay.h"

@@ -7,10 +7,8 @@
 
 #include "api/http/router.h"
 #include "api/metrics.h"
-#include "api/routes/envd_call.h"
 #include "api/sandbox_controller.h"
 #include "api/store/store.h"
-#include "channel/protocol.h"
 
 namespace moat::api::routes {
 
@@ -37,11 +35,6 @@ void RegisterTeamRoutes(http::Router& router, ControlContext& ctx);
 void RegisterHostRoutes(http::Router& router, ControlContext& ctx);
 // moat's own: /healthz, /metrics, /openapi.json.
 void RegisterSystemRoutes(http::Router& router, ControlContext& ctx);
-// envd (E2B-WIRE §3, §6, §7).
-void RegisterEnvdFileRoutes(http::Router& router, EnvdContext& ctx);
-void RegisterEnvdProcessRoutes(http::Router& router, EnvdContext& ctx);
-void RegisterEnvdFilesystemRoutes(http::Router& router, EnvdContext& ctx);
-
 using TeamHandler =
     std::function<void(http::Request&, http::ResponseWriter&, const store::TeamRecord&)>;
 // Authenticates with X-API-KEY (401 without a valid one), then runs the handler for the key's
@@ -52,9 +45,4 @@ Result<store::TeamRecord> MetricsCaller(store::Store& store, const http::Request
 // Compact JSON; invalid UTF-8 is replaced, never thrown on.
 std::string DumpJson(const nlohmann::json& j);
 
-}  // namespace moat::api::routes
-
-namespace moat::api::routes {
-// The guest's file entry (api/guest-channel.md `stat`) as envd's EntryInfo (E2B-WIRE §7).
-nlohmann::json EntryInfo(const channel::proto::FileEntry& guest_entry);
 }  // namespace moat::api::routes

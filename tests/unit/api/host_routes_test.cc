@@ -14,6 +14,7 @@
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
+#include "host/local_data_plane.h"
 #include "support/fake_host_agent.h"
 
 namespace moat::api {
@@ -52,7 +53,7 @@ class HostRoutesTest : public ::testing::Test {
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = std::move(*controller);
     cc_ = routes::ControlContext{controller_.get(), store_.get(), &metrics_, kEnvdVersion};
-    ApiServer::RegisterAll(control_, envd_, cc_, ec_);
+    RegisterAllRoutes(control_, envd_, cc_, ec_);
     auto acme = Call("POST", "/keys", kAdminKey, R"({"name":"first","team":"acme"})");
     ASSERT_EQ(acme.status(), 201) << acme.body();
     acme_key_ = json::parse(acme.body())["key"];

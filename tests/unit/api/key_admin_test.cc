@@ -10,6 +10,7 @@
 #include "api/auth.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
+#include "host/local_data_plane.h"
 
 namespace moat::api {
 namespace {
@@ -31,7 +32,7 @@ class KeyAdminTest : public ::testing::Test {
     admin_ = **store_->TeamByKeyHash(Sha256Hex("moat_admin_key"));
     routes::ControlContext cc{nullptr, store_.get(), nullptr, kEnvdVersion};
     cc_ = cc;
-    ApiServer::RegisterAll(control_, envd_, cc_, ec_);
+    RegisterAllRoutes(control_, envd_, cc_, ec_);
   }
   void TearDown() override {
     store_.reset();

@@ -1,4 +1,4 @@
-#include "api/port_proxy.h"
+#include "host/port_proxy.h"
 
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -8,9 +8,9 @@
 #include <thread>
 #include <vector>
 
-#include "api/routes/envd_call.h"
 #include "common/relay.h"
 #include "common/unique_fd.h"
+#include "host/envd/envd_call.h"
 
 namespace moat::api {
 namespace {

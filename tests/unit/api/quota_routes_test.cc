@@ -13,6 +13,7 @@
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
 #include "host/in_process_host_agent.h"
+#include "host/local_data_plane.h"
 
 namespace moat::api {
 namespace {
@@ -50,7 +51,7 @@ class QuotaRoutesTest : public ::testing::Test {
     ASSERT_TRUE(controller.ok()) << controller.status().ToString();
     controller_ = std::move(*controller);
     cc_ = routes::ControlContext{controller_.get(), store_.get(), &metrics_, kEnvdVersion};
-    ApiServer::RegisterAll(control_, envd_, cc_, ec_);
+    RegisterAllRoutes(control_, envd_, cc_, ec_);
     // A second team with one key.
     auto acme = Call("POST", "/keys", kAdminKey, R"({"name":"first","team":"acme"})");
     ASSERT_EQ(acme.status(), 201) << acme.body();

@@ -8,8 +8,9 @@
 #include "api/api_server.h"
 #include "api/http/server.h"
 #include "api/openapi.h"
-#include "api/routes/envd_call.h"
 #include "api/sandbox_actions.h"
+#include "host/envd/envd_call.h"
+#include "host/local_data_plane.h"
 
 namespace moat::api {
 namespace {
@@ -164,7 +165,7 @@ TEST(OpenApi, DescribesExactlyTheRegisteredControlRoutes) {
   // Handlers are never called here, so the contexts need no live objects.
   routes::ControlContext cc{nullptr, nullptr, nullptr, kEnvdVersion};
   routes::EnvdContext ec{nullptr, nullptr};
-  ApiServer::RegisterAll(control, envd, cc, ec);
+  RegisterAllRoutes(control, envd, cc, ec);
   std::set<std::string> registered;
   for (const auto& r : control.routes()) registered.insert(r.method + " " + r.pattern);
   auto doc = nlohmann::json::parse(OpenApiDocument());

@@ -1,4 +1,4 @@
-#include "net/egress_policy.h"
+#include "common/egress_policy.h"
 
 #include <gtest/gtest.h>
 

@@ -5,11 +5,12 @@
 
 #include <memory>
 
+#include "api/api_server.h"
 #include "api/data_plane.h"
 #include "api/http/router.h"
 #include "api/metrics.h"
-#include "api/port_proxy.h"
-#include "api/routes/envd_call.h"
+#include "host/envd/envd_call.h"
+#include "host/port_proxy.h"
 
 namespace moat::api {
 
@@ -44,5 +45,20 @@ class LocalDataPlane : public DataPlane {
   http::Router envd_;
   PortProxy proxy_;
 };
+
+// ApiServer with the sandboxes on this host (`moatd serve`): a LocalDataPlane over `guest_of`
+// (the guest channel of a sandbox here) and `resolver` (where a sandbox's port is reached; null:
+// no sandbox has networking, and requests for sandbox ports answer 502), with the controller's
+// records and fault reports.
+Result<std::unique_ptr<ApiServer>> StartWithLocalDataPlane(http::ServerOptions options,
+                                                           SandboxController& controller,
+                                                           store::Store& store, Metrics& metrics,
+                                                           routes::GuestLookup guest_of,
+                                                           PortResolver resolver = nullptr,
+                                                           PortProxyOptions proxy_options = {});
+// Every route without a server (the OpenAPI and router tests read them): the control routes and
+// LocalDataPlane's envd routes.
+void RegisterAllRoutes(http::Router& control, http::Router& envd, routes::ControlContext& cc,
+                       routes::EnvdContext& ec);
 
 }  // namespace moat::api

@@ -1,4 +1,4 @@
-#include "net/ipv4.h"
+#include "common/ipv4.h"
 
 #include <charconv>
 

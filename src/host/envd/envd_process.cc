@@ -9,6 +9,7 @@
 #include "api/routes/routes.h"
 #include "channel/guest_ops.h"
 #include "common/log.h"
+#include "host/envd/envd_routes.h"
 
 namespace moat::api::routes {
 namespace {

@@ -9,10 +9,10 @@
 #include <optional>
 #include <string>
 
+#include "api/envd_target.h"
 #include "api/http/message.h"
 #include "api/http/router.h"
 #include "api/metrics.h"
-#include "api/routes/envd_target.h"
 #include "api/store/store.h"
 #include "channel/guest_client.h"
 

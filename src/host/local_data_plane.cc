@@ -1,8 +1,9 @@
-#include "api/local_data_plane.h"
+#include "host/local_data_plane.h"
 
 #include "api/auth.h"
 #include "api/errors.h"
 #include "api/routes/routes.h"
+#include "host/envd/envd_routes.h"
 
 namespace moat::api {
 namespace {
@@ -108,6 +109,30 @@ DataPlaneAnswer LocalDataPlane::Handle(http::Request& req, const routes::EnvdTar
   match.route->handler(req, rec);
   return {"envd " + match.route->method + " " + match.route->pattern, rec.status(),
           rec.status() >= 500};
+}
+
+Result<std::unique_ptr<ApiServer>> StartWithLocalDataPlane(http::ServerOptions options,
+                                                           SandboxController& controller,
+                                                           store::Store& store, Metrics& metrics,
+                                                           routes::GuestLookup guest_of,
+                                                           PortResolver resolver,
+                                                           PortProxyOptions proxy_options) {
+  routes::EnvdContext ec{
+      [&controller](const std::string& id) { return controller.FindRunning(id); },
+      [&controller](const std::string& id, const std::string& fault) {
+        controller.ReportFault(id, fault);
+      },
+      &metrics, std::move(guest_of)};
+  auto plane = std::make_unique<LocalDataPlane>(std::move(ec), std::move(resolver), proxy_options,
+                                                metrics, options.body_limit);
+  return ApiServer::Start(std::move(options), controller, store, metrics, std::move(plane),
+                          proxy_options.domain);
+}
+
+void RegisterAllRoutes(http::Router& control, http::Router& envd, routes::ControlContext& cc,
+                       routes::EnvdContext& ec) {
+  ApiServer::RegisterControl(control, cc);
+  LocalDataPlane::RegisterRoutes(envd, ec);
 }
 
 }  // namespace moat::api

@@ -1,4 +1,4 @@
-#include "api/routes/envd_call.h"
+#include "host/envd/envd_call.h"
 
 #include <strings.h>
 

@@ -12,6 +12,7 @@
 #include "api/errors.h"
 #include "api/routes/routes.h"
 #include "channel/guest_ops.h"
+#include "host/envd/envd_routes.h"
 
 namespace moat::api::routes {
 namespace {

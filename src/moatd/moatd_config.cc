@@ -1,4 +1,4 @@
-#include "api/moatd_config.h"
+#include "moatd/moatd_config.h"
 
 #include <unistd.h>
 

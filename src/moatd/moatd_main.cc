@@ -19,7 +19,6 @@
 #include "api/fleet/fleet_host_directory.h"
 #include "api/fleet/fleet_maintenance.h"
 #include "api/fleet/relay_data_plane.h"
-#include "api/moatd_config.h"
 #include "api/sandbox_controller.h"
 #include "api/store/open_store.h"
 #include "common/fs.h"
@@ -29,6 +28,8 @@
 #include "host/host_data_plane.h"
 #include "host/host_membership.h"
 #include "host/in_process_host_agent.h"
+#include "host/local_data_plane.h"
+#include "moatd/moatd_config.h"
 #include "vmm/qemu/command_line.h"
 #include "vmm/qemu/qemu_version.h"
 
@@ -207,8 +208,9 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
       return c->ResolvePort(id, port);
     };
   }
-  auto server = ApiServer::Start(HttpOptions(config), **controller, **store, metrics,
-                                 host::GuestLookupOf(**agent), resolver, ProxyOptions(config));
+  auto server =
+      StartWithLocalDataPlane(HttpOptions(config), **controller, **store, metrics,
+                              host::GuestLookupOf(**agent), resolver, ProxyOptions(config));
   if (!server.ok()) return Fail("listen", server.status());
   std::string url = UrlOf(config.listen_host, (*server)->port());
   LogInfo("moatd.listening", {{"url", url}, {"data_dir", config.data_dir}});

@@ -9,8 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/ipv4.h"
 #include "common/status.h"
-#include "net/ipv4.h"
 
 namespace moat::net {
 

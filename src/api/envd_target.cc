@@ -1,4 +1,4 @@
-#include "api/routes/envd_target.h"
+#include "api/envd_target.h"
 
 #include <strings.h>
 

@@ -6,6 +6,7 @@
 #include "api/codec/protojson.h"
 #include "api/routes/routes.h"
 #include "channel/guest_ops.h"
+#include "host/envd/envd_routes.h"
 
 namespace moat::api::routes {
 namespace {

@@ -21,30 +21,13 @@
 #include <string>
 #include <string_view>
 
+#include "api/data_plane.h"
 #include "api/http/message.h"
 #include "api/metrics.h"
 #include "common/relay.h"
 #include "common/status.h"
 
 namespace moat::api {
-
-// Where port `port` of a sandbox is reached from moatd: for a sandbox with a network slot,
-// `{slot address, port}` (the slot's DNAT forwards it to the guest).
-struct SandboxEndpoint {
-  std::string ipv4;  // dotted quad
-  uint16_t port = 0;
-  // Non-empty: the sandbox's ports are not public; a request must carry this value in
-  // kTrafficTokenHeader (403 otherwise), and the header is not passed on.
-  std::string traffic_access_token;
-};
-
-inline constexpr char kTrafficTokenHeader[] = "e2b-traffic-access-token";
-
-// Resolves (sandbox id, port inside the sandbox). Errors: not_found when the sandbox is unknown
-// or not running (404); failed_precondition when it has no network (502); anything else is a
-// 502 too. Called on connection threads, concurrently.
-using PortResolver =
-    std::function<Result<SandboxEndpoint>(const std::string& sandbox_id, uint16_t port)>;
 
 struct PortProxyOptions {
   std::chrono::milliseconds connect_timeout{5000};
@@ -93,23 +76,6 @@ class PortProxy {
   size_t active_ = 0;        // admitted requests, connecting or relaying
   bool stopping_ = false;
 };
-
-// What RelayExchange did: the HTTP status the client got (the upstream's, or the 502/504 sent in
-// its place; 0 if none could be read) and how the relay ended.
-struct RelayedExchange {
-  int status = 0;
-  RelayStats stats;
-};
-// Takes the client connection over and relays one exchange with `upstream_fd`: `first` goes
-// upstream before anything else (for an upgrade, followed by what the client already sent, and
-// the client speaks on after the 101; otherwise nothing more of the client's is forwarded). The
-// response heads pass through http::FilterResponseHead. When nothing reached the client, it gets
-// a 502 (closed, or not HTTP) or 504 (idle) naming `what`. internal when the connection cannot be
-// taken over (nothing sent then).
-Result<RelayedExchange> RelayExchange(const http::Request& req, http::ResponseWriter& w,
-                                      int upstream_fd, std::string first,
-                                      std::chrono::milliseconds idle_timeout,
-                                      const std::string& what);
 
 // The request as it goes upstream: method, target and headers as received, except hop-by-hop
 // headers (Connection, Keep-Alive, TE, Transfer-Encoding, … and those Connection names), Expect
