@@ -28,11 +28,20 @@ pg_start() {
   echo "pg.sh: PostgreSQL on 127.0.0.1:$port (data in $PG_DIR)" >&2
 }
 
+# fsync off (tests), or on with PG_DURABLE=1 (benchmarks: as a production server runs).
+_pg_durability() {
+  if [ "${PG_DURABLE:-0}" = 1 ]; then
+    echo "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+  else
+    echo "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
+}
+
 # Starts the server of an initialised PG_DIR on PG_PORT (pg_start does; tests that restart the
 # database under load call pg_server_stop, then this).
 pg_server_start() {
   _pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 \
-    -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 $(_pg_durability)" \
     start >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
 }
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The fleet benchmark (issue 13): `moatd serve` and a fleet — a private PostgreSQL, two `moatd
+# agent` hosts and one `moatd api` replica — side by side on this machine, driven by fleet_bench
+# (bench/fleet_bench.cc) in one run. PostgreSQL runs durable here (fsync and synchronous commit
+# on, as in production), unlike the test harness. serve keeps two warm clones, each agent one,
+# so both sides hold the same pool; every side has networking on, with its own slot pool.
+#
+# usage: bench/fleet_bench.sh [BUILD_DIR] [JSON_PATH] [fleet_bench flags…]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+json_path=${2:-$build/bench/fleet.json}
+shift $(( $# > 2 ? 2 : $# ))
+moatd=$build/bin/moatd
+[ -x "$moatd" ] && [ -x "$build/bin/fleet_bench" ] || { echo "fleet_bench: build first" >&2; exit 1; }
+[ -f "$build/guest/vmlinux" ] || { echo "fleet_bench: $build/guest has no guest image (make guest)" >&2; exit 1; }
+
+. "$root/tests/support/pg.sh"
+work=$(mktemp -d /tmp/moat-fleet-bench.XXXXXX)
+key="moat_bench_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+declare -A pid url
+
+cleanup() {
+  local rc=$?
+  for name in "${!pid[@]}"; do kill -TERM "${pid[$name]}" 2>/dev/null || true; done
+  for name in "${!pid[@]}"; do
+    for _ in $(seq 1 150); do kill -0 "${pid[$name]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pid[$name]}" 2>/dev/null && { echo "fleet_bench: $name ignored SIGTERM" >&2; rc=1; }
+    wait "${pid[$name]}" 2>/dev/null || true
+  done
+  if pgrep -f -- "$work" >/dev/null; then
+    echo "fleet_bench: processes left behind:" >&2; pgrep -af -- "$work" >&2
+    pkill -KILL -f -- "$work" || true; rc=1
+  fi
+  if [ "$rc" != 0 ]; then
+    for log in "$work"/*.log; do [ -f "$log" ] && { echo "== $log" >&2; tail -n 20 "$log" >&2; }; done
+  fi
+  pg_stop
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+start() {  # NAME ROLE flags…
+  local name=$1 role=$2 port
+  shift 2
+  port=$(free_port)
+  url[$name]=http://127.0.0.1:$port
+  mkdir -p "$work/$name"
+  MOAT_API_KEY=$key "$moatd" "$role" --listen "127.0.0.1:$port" --data-dir "$work/$name" "$@" \
+    >>"$work/$name.log" 2>&1 &
+  pid[$name]=$!
+  for _ in $(seq 1 600); do
+    curl -fs "${url[$name]}/healthz" >/dev/null 2>&1 && return 0
+    kill -0 "${pid[$name]}" 2>/dev/null || { echo "fleet_bench: $name exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "fleet_bench: $name did not answer /healthz" >&2
+  return 1
+}
+
+PG_DURABLE=1 pg_start "$(mktemp -d /tmp/moat-fleet-bench-pg.XXXXXX)"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+chmod 600 "$work/token"
+vm=(--guest-dir "$build/guest" --accel auto --dns 192.0.2.53)
+octet=$(($$ % 250))
+start serve serve "${vm[@]}" --net-pool "10.241.$octet.0/24" --warm-sandboxes 2
+for i in 1 2; do
+  start "a$i" agent --store "$PG_URI" --fleet-token-file "$work/token" --host-id "bench-a$i" \
+    "${vm[@]}" --net-pool "10.24$((1 + i)).$octet.0/24" --jail-id-first "$((2300000 + i * 100000))" \
+    --warm-sandboxes 1
+done
+start api api --store "$PG_URI" --fleet-token-file "$work/token"
+accel=$(grep -o 'event=moatd.accel accel=[a-z]*' "$work/serve.log" | head -1 | cut -d= -f3 || true)
+info=$(printf '{"accel":"%s","agents":2,"replicas":1,"pg":"15, fsync on","cores":%s,"network":true}' \
+  "${accel:-unknown}" "$(nproc)")
+"$build/bin/fleet_bench" --serve "${url[serve]}" --fleet "${url[api]}" --key "$key" \
+  --json "$json_path" --info "$info" "$@"
