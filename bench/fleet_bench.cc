@@ -67,8 +67,8 @@ Result<json> Control(const Target& t, const std::string& key, const std::string&
   }
   MOAT_ASSIGN_OR_RETURN(HttpResult res, conn.Exchange(method, target, headers, std::move(text)));
   if (res.status != expect) {
-    return Internal(t.name + ": " + method + " " + target + ": HTTP " +
-                    std::to_string(res.status) + " " + res.body);
+    return Internal(t.name + ": " + method + " " + target + ": HTTP " + std::to_string(res.status) +
+                    " " + res.body);
   }
   if (res.body.empty()) return json(nullptr);
   json j = json::parse(res.body, nullptr, false);
@@ -86,9 +86,9 @@ class Live {
   Status Kill(const Target& t, const std::string& key, const std::string& id) {
     {
       std::lock_guard<std::mutex> l(mu_);
-      live_.erase(std::remove_if(live_.begin(), live_.end(),
-                                 [&](const auto& e) { return e.second == id; }),
-                  live_.end());
+      live_.erase(
+          std::remove_if(live_.begin(), live_.end(), [&](const auto& e) { return e.second == id; }),
+          live_.end());
     }
     return Control(t, key, "DELETE", "/sandboxes/" + id, nullptr, 204).status();
   }
@@ -98,7 +98,8 @@ class Live {
       std::lock_guard<std::mutex> l(mu_);
       left.swap(live_);
     }
-    for (const auto& [t, id] : left) (void)Control(t, key, "DELETE", "/sandboxes/" + id, nullptr, 204);
+    for (const auto& [t, id] : left)
+      (void)Control(t, key, "DELETE", "/sandboxes/" + id, nullptr, 204);
   }
 
  private:
@@ -107,8 +108,9 @@ class Live {
 };
 
 Result<SandboxRef> Create(const Target& t, const std::string& key, Live& live) {
-  MOAT_ASSIGN_OR_RETURN(json sb, Control(t, key, "POST", "/sandboxes",
-                                         {{"templateID", "base"}, {"timeout", 600}, {"secure", true}}, 201));
+  MOAT_ASSIGN_OR_RETURN(json sb,
+                        Control(t, key, "POST", "/sandboxes",
+                                {{"templateID", "base"}, {"timeout", 600}, {"secure", true}}, 201));
   if (!sb.contains("sandboxID") || !sb["sandboxID"].is_string()) {
     return Internal(t.name + ": POST /sandboxes: no sandboxID in " + sb.dump());
   }
@@ -168,7 +170,9 @@ Result<json> CreateRound(const Target& t, const Options& o, Live& live) {
               {"create_ms", Percentiles(create_ms)}};
 }
 
-double P50(const std::vector<double>& v) { return Percentiles(v)["p50"].get<double>(); }
+double P50(const std::vector<double>& v) {
+  return Percentiles(v)["p50"].get<double>();
+}
 
 Status Run(const Options& o, json& out) {
   MOAT_ASSIGN_OR_RETURN(Target serve, ParseUrl("serve", o.serve_url));
@@ -193,9 +197,10 @@ Status Run(const Options& o, json& out) {
       }
     }
     for (int s = 0; s < 2; ++s) {
-      out["create_first_exec"][sides[s].name] = {{"create_ms", Percentiles(fe[s].create_ms)},
-                                                 {"first_exec_ms", Percentiles(fe[s].first_exec_ms)},
-                                                 {"total_ms", Percentiles(fe[s].total_ms)}};
+      out["create_first_exec"][sides[s].name] = {
+          {"create_ms", Percentiles(fe[s].create_ms)},
+          {"first_exec_ms", Percentiles(fe[s].first_exec_ms)},
+          {"total_ms", Percentiles(fe[s].total_ms)}};
     }
     out["create_first_exec"]["fleet_added_p50_ms"] = P50(fe[1].total_ms) - P50(fe[0].total_ms);
 
@@ -259,10 +264,11 @@ void PrintSummary(const json& out) {
   std::printf("fleet_bench (%s)\n", out.value("info", json::object()).dump().c_str());
   for (const char* side : {"serve", "fleet"}) {
     const json& fe = out["create_first_exec"][side];
-    std::printf("  %-5s create→first exec p50 %7.1f ms  p99 %7.1f ms  (create p50 %6.1f, exec "
-                "p50 %6.1f)\n",
-                side, q(fe["total_ms"], "p50"), q(fe["total_ms"], "p99"),
-                q(fe["create_ms"], "p50"), q(fe["first_exec_ms"], "p50"));
+    std::printf(
+        "  %-5s create→first exec p50 %7.1f ms  p99 %7.1f ms  (create p50 %6.1f, exec "
+        "p50 %6.1f)\n",
+        side, q(fe["total_ms"], "p50"), q(fe["total_ms"], "p99"), q(fe["create_ms"], "p50"),
+        q(fe["first_exec_ms"], "p50"));
   }
   for (const char* side : {"serve", "fleet"}) {
     const json& r = out["exec_rtt"][side];
@@ -274,10 +280,11 @@ void PrintSummary(const json& out) {
               q(out["exec_rtt"]["fleet_added_ms"], "paired_median"));
   for (const char* side : {"serve", "fleet"}) {
     for (const json& r : out["concurrent_creates"][side]) {
-      std::printf("  %-5s %d creates by %d clients: %.2f creates/s (create p50 %.1f ms, p99 %.1f "
-                  "ms)\n",
-                  side, r["creates"].get<int>(), out["clients"].get<int>(), q(r, "creates_per_s"),
-                  q(r["create_ms"], "p50"), q(r["create_ms"], "p99"));
+      std::printf(
+          "  %-5s %d creates by %d clients: %.2f creates/s (create p50 %.1f ms, p99 %.1f "
+          "ms)\n",
+          side, r["creates"].get<int>(), out["clients"].get<int>(), q(r, "creates_per_s"),
+          q(r["create_ms"], "p50"), q(r["create_ms"], "p99"));
     }
   }
 }

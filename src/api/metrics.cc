@@ -64,11 +64,52 @@ void Metrics::SetPortProxyActive(int64_t n) {
   port_proxy_active_ = n;
 }
 
-std::string Metrics::Render(const std::map<std::string, int64_t>& by_state) const {
+std::string Metrics::Render(const StoreGauges& gauges) const {
   std::string out = "# HELP moat_sandboxes Sandboxes by state.\n# TYPE moat_sandboxes gauge\n";
-  for (const auto& [state, n] : by_state) {
+  for (const auto& [state, n] : gauges.sandboxes_by_state) {
     out += "moat_sandboxes{state=\"" + Escape(state) + "\"} " + std::to_string(n) + "\n";
   }
+  out += "# HELP moat_host_sandboxes Sandboxes recorded on each host, by state.\n";
+  out += "# TYPE moat_host_sandboxes gauge\n";
+  for (const auto& [id, h] : gauges.hosts) {
+    for (const auto& [state, n] : h.sandboxes_by_state) {
+      out += "moat_host_sandboxes{host=\"" + Escape(id) + "\",state=\"" + Escape(state) + "\"} " +
+             std::to_string(n) + "\n";
+    }
+  }
+  // Registered hosts (a fleet's agents): one series per host for each gauge.
+  auto host_gauge = [&](const char* name, const char* help, auto value) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n";
+    for (const auto& [id, h] : gauges.hosts) {
+      if (!h.registered) continue;
+      out += std::string(name) + "{host=\"" + Escape(id) + "\"} " + value(h) + "\n";
+    }
+  };
+  out += "# HELP moat_host_state The host's state (1 for the state it is in).\n";
+  out += "# TYPE moat_host_state gauge\n";
+  for (const auto& [id, h] : gauges.hosts) {
+    if (!h.registered) continue;
+    for (const char* state : {"active", "draining", "lost"}) {
+      out += "moat_host_state{host=\"" + Escape(id) + "\",state=\"" + state + "\"} " +
+             (h.state == state ? "1" : "0") + "\n";
+    }
+  }
+  using H = StoreGauges::Host;
+  host_gauge("moat_host_vcpus", "vCPUs the host offers.",
+             [](const H& h) { return std::to_string(h.vcpu_total); });
+  host_gauge("moat_host_vcpus_reserved", "vCPUs reserved by sandboxes placed on the host.",
+             [](const H& h) { return std::to_string(h.vcpu_reserved); });
+  host_gauge("moat_host_memory_bytes", "Memory the host offers.",
+             [](const H& h) { return std::to_string(h.mem_total_mb * 1048576); });
+  host_gauge("moat_host_memory_reserved_bytes", "Memory reserved by sandboxes placed on the host.",
+             [](const H& h) { return std::to_string(h.mem_reserved_mb * 1048576); });
+  host_gauge(
+      "moat_host_last_heartbeat_timestamp_seconds",
+      "When the host's last heartbeat reached the store (the database's clock).", [](const H& h) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.3f", static_cast<double>(h.heartbeat_at_ms) / 1000);
+        return std::string(buf);
+      });
   out += "# HELP moat_sandbox_create_seconds Time to create a sandbox, until its agent answers.\n";
   out += create_.Render("moat_sandbox_create_seconds");
   out += "# HELP moat_exec_start_seconds Time from an exec request to the process start.\n";

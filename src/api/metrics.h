@@ -1,6 +1,7 @@
 // moatd's Prometheus metrics (GET /metrics): request errors by route, create and exec latency
-// histograms, the port proxy's requests by outcome and its open connections. Sandboxes by state are
-// read from the store when scraped. Thread-safe.
+// histograms, the port proxy's requests by outcome and its open connections. Sandboxes by state
+// (fleet-wide and per host) and each host's capacity, reservations, state and last heartbeat are
+// read from the store when scraped, so every replica reports the whole fleet. Thread-safe.
 #pragma once
 
 #include <array>
@@ -12,6 +13,20 @@
 #include <utility>
 
 namespace moat::api {
+
+// What GET /metrics reads from the store when scraped: sandboxes by state, fleet-wide and per
+// host, and each registered host's capacity and heartbeat.
+struct StoreGauges {
+  std::map<std::string, int64_t> sandboxes_by_state;
+  struct Host {
+    bool registered = false;  // has a hosts row (a fleet agent); `moatd serve`'s "local" has none
+    std::string state;        // active | draining | lost (registered hosts)
+    int64_t vcpu_total = 0, vcpu_reserved = 0, mem_total_mb = 0, mem_reserved_mb = 0;
+    int64_t heartbeat_at_ms = 0;
+    std::map<std::string, int64_t> sandboxes_by_state;
+  };
+  std::map<std::string, Host> hosts;  // by host id
+};
 
 class Histogram {
  public:
@@ -40,8 +55,8 @@ class Metrics {
   void CountPortProxy(std::string_view outcome);
   // Connections the port proxy is connecting or relaying now.
   void SetPortProxyActive(int64_t n);
-  // The whole exposition; `by_state` are the sandboxes per state.
-  std::string Render(const std::map<std::string, int64_t>& by_state) const;
+  // The whole exposition, with what the store said (`gauges`).
+  std::string Render(const StoreGauges& gauges) const;
 
  private:
   Histogram create_;

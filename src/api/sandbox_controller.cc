@@ -640,11 +640,29 @@ void SandboxController::ReportFault(const std::string& id, const std::string& fa
   }
 }
 
-std::map<std::string, int64_t> SandboxController::CountByState() {
-  std::map<std::string, int64_t> out{{"running", 0}, {"paused", 0}};
+StoreGauges SandboxController::Gauges() {
+  StoreGauges out;
+  out.sandboxes_by_state = {{"running", 0}, {"paused", 0}};
+  if (auto hosts = store_.ListHosts(); hosts.ok()) {
+    for (const auto& h : *hosts) {
+      StoreGauges::Host& g = out.hosts[h.id];
+      g.registered = true;
+      g.state = std::string(store::HostStateName(h.state));
+      g.vcpu_total = h.vcpu_total;
+      g.vcpu_reserved = h.vcpu_reserved;
+      g.mem_total_mb = h.mem_total_mb;
+      g.mem_reserved_mb = h.mem_reserved_mb;
+      g.heartbeat_at_ms = h.heartbeat_at_ms;
+      g.sandboxes_by_state = {{"running", 0}, {"paused", 0}};
+    }
+  }
   auto all = store_.AllSandboxes();
   if (!all.ok()) return out;
-  for (const auto& r : *all) ++out[std::string(SandboxStateName(r.state))];
+  for (const auto& r : *all) {
+    std::string state(SandboxStateName(r.state));
+    ++out.sandboxes_by_state[state];
+    if (!r.host_id.empty()) ++out.hosts[r.host_id].sandboxes_by_state[state];
+  }
   return out;
 }
 

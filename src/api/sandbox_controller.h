@@ -111,8 +111,10 @@ class SandboxController {
   // Per-team quotas: create, resume (connect to a paused sandbox) and fork are admitted here.
   QuotaGate& quotas() { return quotas_; }
 
-  // Sandboxes per state, for /metrics.
-  std::map<std::string, int64_t> CountByState();
+  // What /metrics reads from the store: sandboxes per state, fleet-wide and per host, and the
+  // registered hosts (capacity, reservations, state, heartbeat). On a store error, what could be
+  // read (a scrape never fails for it).
+  StoreGauges Gauges();
   // One reaper pass (tests call it directly): kills expired sandboxes, drops records of VMs
   // that died.
   void ReapOnce();

@@ -11,8 +11,10 @@ std::unique_ptr<api::LocalDataPlane> FleetHostDataPlane(api::store::Store& store
                                                         api::PortProxyOptions proxy_options,
                                                         size_t max_body_bytes, bool network) {
   std::string host_id = host.host_id();
-  // Kept briefly, and through a database outage (the VM itself is the proof that it runs here).
+  // Kept until the store says the sandbox changed (or briefly, without the feed), and through a
+  // database outage (the VM itself is the proof that it runs here).
   auto routes = std::make_shared<api::store::RouteCache>(store);
+  routes->Watch();  // a change on any replica drops the route here at once
   api::routes::RunningLookup find_running =
       [routes, host_id](const std::string& id) -> Result<api::store::SandboxRecord> {
     MOAT_ASSIGN_OR_RETURN(auto r, routes->Running(id));

@@ -180,8 +180,18 @@ MOAT_API_URL=${url[B]} MOAT_API_KEY=$key "$moat" cp "$work/in.bin" "${ids[0]}:/t
 MOAT_API_URL=${url[A]} MOAT_API_KEY=$key "$moat" cp "${ids[0]}:/tmp/in.bin" "$work/out.bin" \
   || fail "download through replica A failed"
 cmp -s "$work/in.bin" "$work/out.bin" || fail "a file written through B read back changed through A"
+# Either replica's /metrics reports every host: its sandboxes, state and capacity.
+metrics=$(curl -fs -H "Authorization: Bearer $key" "${url[B]}/metrics") || fail "GET /metrics on B failed"
+for h in a1 a2; do
+  n=$(printf '%s\n' "$metrics" | sed -n "s/^moat_host_sandboxes{host=\"$h\",state=\"running\"} //p")
+  [ "${n:-0}" -ge 1 ] || fail "B's /metrics counts ${n:-no} running sandboxes on $h"
+  printf '%s\n' "$metrics" | grep -qx "moat_host_state{host=\"$h\",state=\"active\"} 1" \
+    || fail "B's /metrics does not show $h active"
+  printf '%s\n' "$metrics" | grep -q "^moat_host_vcpus_reserved{host=\"$h\"} [1-9]" \
+    || fail "B's /metrics shows no reservation on $h"
+done
 for id in "${ids[@]}"; do api B DELETE "/sandboxes/$id" >/dev/null; done
-say "2. creates spread over a1 and a2; every sandbox answers through replica B (exec, files)"
+say "2. creates spread over a1 and a2; every sandbox answers through replica B (exec, files, per-host metrics)"
 
 # --- 3. no overbooking under 20 concurrent creates from two replicas ------------------------
 start_api C --cpu-overcommit 1

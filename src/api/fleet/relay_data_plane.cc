@@ -57,7 +57,9 @@ RelayDataPlane::RelayDataPlane(store::Store& store, FleetHostDirectory& hosts, F
       hosts_(hosts),
       token_(std::move(token)),
       metrics_(metrics),
-      options_(options) {}
+      options_(options) {
+  routes_.Watch();  // routes of sandboxes that change are dropped as the store says so
+}
 
 std::optional<store::SandboxRecord> RelayDataPlane::Running(const routes::EnvdTarget& target,
                                                             http::ResponseWriter& w, int* status) {

@@ -40,7 +40,7 @@ void RegisterSystemRoutes(http::Router& router, ControlContext& ctx) {
       return SendRestError(w, caller.status());
     }
     (void)w.Send(200, {{"Content-Type", "text/plain; version=0.0.4"}},
-                 ctx.metrics->Render(ctx.controller->CountByState()));
+                 ctx.metrics->Render(ctx.controller->Gauges()));
   });
   router.Add("GET", "/openapi.json", [](http::Request&, http::ResponseWriter& w) {
     SendJson(w, 200, std::string(OpenApiDocument()));

@@ -129,7 +129,8 @@ Result<bool> Committed(pg::Connection& c, const std::string& xid) {
 
 }  // namespace
 
-PgStore::PgStore(std::unique_ptr<pg::Pool> pool) : pool_(std::move(pool)) {}
+PgStore::PgStore(std::unique_ptr<pg::Pool> pool, std::unique_ptr<pg::ConnectOptions> connect)
+    : pool_(std::move(pool)), connect_(std::move(connect)) {}
 
 PgStore::~PgStore() = default;
 
@@ -144,7 +145,9 @@ Result<std::unique_ptr<PgStore>> PgStore::Open(const std::string& conninfo,
   po.connect.connect_timeout = options.connect_timeout;
   po.connect.statement_timeout = options.statement_timeout;
   po.size = options.pool_size;
-  std::unique_ptr<PgStore> store(new PgStore(std::make_unique<pg::Pool>(std::move(po))));
+  auto connect = std::make_unique<pg::ConnectOptions>(po.connect);
+  std::unique_ptr<PgStore> store(
+      new PgStore(std::make_unique<pg::Pool>(std::move(po)), std::move(connect)));
   // The kit's messages name the host and port (libpq's do) and never the conninfo itself.
   Status migrated = store->Migrate();
   if (!migrated.ok()) return migrated.Annotate("opening the PostgreSQL store");
@@ -341,6 +344,33 @@ Status PgStore::DeleteSandbox(const std::string& id) {
   // Its metadata goes with it (ON DELETE CASCADE); deleting twice is harmless.
   return pool_->Run(
       [&](pg::Connection& c) { return c.Run("DELETE FROM sandboxes WHERE id = $1", {id}); });
+}
+
+namespace {
+
+constexpr char kSandboxChannel[] = "moat_sandbox";
+
+class PgSandboxChangeFeed : public SandboxChangeFeed {
+ public:
+  explicit PgSandboxChangeFeed(pg::Listener listener) : listener_(std::move(listener)) {}
+  Result<std::optional<std::string>> Next(std::chrono::milliseconds timeout) override {
+    MOAT_ASSIGN_OR_RETURN(auto n, listener_.WaitNotification(timeout));
+    if (!n) return std::optional<std::string>();
+    return std::optional<std::string>(std::move(n->payload));
+  }
+
+ private:
+  pg::Listener listener_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<SandboxChangeFeed>> PgStore::WatchSandboxChanges() {
+  pg::ConnectOptions options = *connect_;
+  options.application_name = "moatd-routes";
+  MOAT_ASSIGN_OR_RETURN(pg::Listener listener, pg::Listener::Open(options));
+  MOAT_RETURN_IF_ERROR(listener.Listen(kSandboxChannel));
+  return std::unique_ptr<SandboxChangeFeed>(new PgSandboxChangeFeed(std::move(listener)));
 }
 
 Status PgStore::InsertSnapshot(const SnapshotRecord& r) {

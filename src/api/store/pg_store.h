@@ -23,6 +23,7 @@ namespace moat::api::store {
 namespace pg {
 class Connection;
 class Pool;
+struct ConnectOptions;
 }  // namespace pg
 
 struct PgStoreOptions {
@@ -97,9 +98,11 @@ class PgStore : public Store {
   Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
   Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) override;
   Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
+  // LISTEN on `moat_sandbox` (schema migration 8's trigger NOTIFYs it) on a session of its own.
+  Result<std::unique_ptr<SandboxChangeFeed>> WatchSandboxChanges() override;
 
  private:
-  explicit PgStore(std::unique_ptr<pg::Pool> pool);
+  PgStore(std::unique_ptr<pg::Pool> pool, std::unique_ptr<pg::ConnectOptions> connect);
   Status Migrate();
   // Runs `body` once, in one READ COMMITTED transaction, through pool_->Run (see the top of this
   // file for why it is safe to retry). `body` returns the method's error (its changes are rolled
@@ -108,6 +111,7 @@ class PgStore : public Store {
   Status Transact(const std::function<Status(pg::Connection&)>& body);
 
   std::unique_ptr<pg::Pool> pool_;
+  std::unique_ptr<const pg::ConnectOptions> connect_;  // for sessions outside the pool (LISTEN)
   int migrations_applied_ = 0;
 };
 

@@ -197,6 +197,30 @@ ALTER TABLE snapshots ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
      R"sql(
 ALTER TABLE snapshots ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
 )sql"},
+    // 8: route-change notifications. On PostgreSQL every change of a sandbox's state, host or
+    // generation, and every delete, sends its id on channel `moat_sandbox` when the transaction
+    // commits (whichever statement made it: a transition, a lost-host sweep), so route caches
+    // of other processes drop it at once (RouteCache::Watch). SQLite serves one process: nothing.
+    {R"sql(
+-- nothing: one process owns a SQLite store
+)sql",
+     R"sql(
+CREATE FUNCTION moat_sandbox_changed() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    PERFORM pg_notify('moat_sandbox', OLD.id);
+    RETURN OLD;
+  END IF;
+  IF NEW.state IS DISTINCT FROM OLD.state OR NEW.host_id IS DISTINCT FROM OLD.host_id OR
+     NEW.generation IS DISTINCT FROM OLD.generation THEN
+    PERFORM pg_notify('moat_sandbox', NEW.id);
+  END IF;
+  RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER sandboxes_changed AFTER UPDATE OR DELETE ON sandboxes
+  FOR EACH ROW EXECUTE FUNCTION moat_sandbox_changed();
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

@@ -5,8 +5,10 @@
 // PgStore (PostgreSQL: a fleet's one source of truth).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -203,9 +205,26 @@ struct StateChange {
   bool bump_generation = false;        // generation + 1 (a new placement)
 };
 
+// Changes to sandbox records made by any process sharing the store, as sandbox ids: a fleet's
+// route caches drop those routes at once (RouteCache::Watch). Used by one thread.
+class SandboxChangeFeed {
+ public:
+  virtual ~SandboxChangeFeed() = default;
+  // The id of the next changed sandbox (its state, host or generation changed, or it was
+  // deleted), or nullopt when none changed within `timeout`. Unavailable once the feed broke:
+  // changes may have been missed since; open a new feed.
+  virtual Result<std::optional<std::string>> Next(std::chrono::milliseconds timeout) = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
+
+  // A feed of the changes every process makes to sandbox records, listening once this returns;
+  // null where one process owns the store (SQLite), so nobody else changes it.
+  virtual Result<std::unique_ptr<SandboxChangeFeed>> WatchSandboxChanges() {
+    return std::unique_ptr<SandboxChangeFeed>();
+  }
 
   virtual Result<bool> HasApiKeys() = 0;
   // The first start of a store: if it has no API key, creates the admin team ("admin") and its

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -154,6 +155,48 @@ TEST_F(HostRoutesTest, ListsEachHostWithItsCapacityAndTheSandboxesHoldingResourc
   EXPECT_EQ(hosts[1]["sandboxes"], 0);
   EXPECT_EQ(hosts[1]["vcpuReserved"], 0);
   EXPECT_EQ(h1.size(), 9u) << "exactly the documented fields: " << h1.dump();
+}
+
+TEST_F(HostRoutesTest, MetricsCarryEachHostsSandboxesCapacityStateAndHeartbeat) {
+  ASSERT_TRUE(store_->RegisterHost(Host("h1", 8, 16384)).ok());
+  ASSERT_TRUE(store_->RegisterHost(Host("h2", 4, 8192)).ok());
+  ASSERT_TRUE(store_->ReserveOnHost("h1", 2, 1024, 1.0, 1.0)->has_value());
+  ASSERT_TRUE(store_->SetHostDraining("h2", true).ok());
+  std::string running = CreateSandbox(), paused = CreateSandbox();
+  ASSERT_EQ(Call("POST", "/sandboxes/" + paused + "/pause", kAdminKey).status(), 204);
+
+  auto r = Call("GET", "/metrics", kAdminKey);
+  ASSERT_EQ(r.status(), 200) << r.body();
+  const std::string& m = r.body();
+  for (const char* line : {
+           "moat_host_sandboxes{host=\"h1\",state=\"running\"} 1\n",
+           "moat_host_sandboxes{host=\"h1\",state=\"paused\"} 1\n",
+           "moat_host_sandboxes{host=\"h2\",state=\"running\"} 0\n",
+           "moat_host_state{host=\"h1\",state=\"active\"} 1\n",
+           "moat_host_state{host=\"h2\",state=\"draining\"} 1\n",
+           "moat_host_state{host=\"h2\",state=\"active\"} 0\n",
+           "moat_host_vcpus{host=\"h1\"} 8\n",
+           "moat_host_vcpus_reserved{host=\"h1\"} 2\n",
+           "moat_host_memory_bytes{host=\"h2\"} 8589934592\n",
+           "moat_host_memory_reserved_bytes{host=\"h1\"} 1073741824\n",
+           "# TYPE moat_host_last_heartbeat_timestamp_seconds gauge\n",
+       }) {
+    EXPECT_TRUE(Contains(m, line)) << "missing " << line << " in\n" << m;
+  }
+  char beat[64];
+  std::snprintf(beat, sizeof beat, "moat_host_last_heartbeat_timestamp_seconds{host=\"h1\"} %.3f\n",
+                static_cast<double>((*store_->GetHost("h1"))->heartbeat_at_ms) / 1000);
+  EXPECT_TRUE(Contains(m, beat)) << beat << m;
+}
+
+TEST_F(HostRoutesTest, MetricsOnServeCountTheLocalHostsSandboxesWithoutCapacityGauges) {
+  CreateSandbox();  // on the fake host "h1", which never registers (as serve's "local")
+  auto r = Call("GET", "/metrics", kAdminKey);
+  ASSERT_EQ(r.status(), 200) << r.body();
+  EXPECT_TRUE(Contains(r.body(), "moat_host_sandboxes{host=\"h1\",state=\"running\"} 1\n"))
+      << r.body();
+  EXPECT_FALSE(Contains(r.body(), "moat_host_vcpus{")) << r.body();
+  EXPECT_FALSE(Contains(r.body(), "moat_host_state{")) << r.body();
 }
 
 TEST_F(HostRoutesTest, DrainAndUndrainAnswerTheHostAfterTheChange) {

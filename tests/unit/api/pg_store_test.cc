@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "api/store/pg_connection.h"
+#include "api/store/route_cache.h"
 #include "api/store/schema.h"
 #include "common/cleanup.h"
 #include "common/unique_fd.h"
@@ -351,6 +352,71 @@ TEST(PgStore, AnOutageIsUnavailablePromptlyAndTheStoreWorksAgainAfterARestart) {
   EXPECT_TRUE(*moved) << "the change refused during the outage had not been applied";
   EXPECT_TRUE(store->RevokeApiKey(team.id, k1.id).ok());
   EXPECT_FALSE(store->TeamByName("x")->has_value()) << "the create during the outage failed";
+}
+
+// Waits up to `limit` for `pred`.
+template <typename Pred>
+bool Eventually(Pred pred, milliseconds limit = milliseconds(5000)) {
+  for (auto until = Clock::now() + limit; Clock::now() < until;) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return pred();
+}
+
+// Routes cached by one process (an agent's or a replica's RouteCache) follow changes another
+// process makes (replica A's store), through LISTEN/NOTIFY: with freshness set to an hour, only
+// the notification can drop them.
+TEST(PgStore, RouteCachesDropASandboxAsSoonAsAnotherProcessChangesOrDeletesIt) {
+  ASSERT_OK_AND_ASSIGN(std::string db, Backend().NewDatabase());
+  ASSERT_OK_AND_ASSIGN(auto writer, PgStore::Open(db, TestOptions()));
+  ASSERT_OK_AND_ASSIGN(auto reader, PgStore::Open(db, TestOptions()));
+  ASSERT_OK_AND_ASSIGN(TeamRecord team, writer->CreateTeam("acme", false));
+  for (const char* id : {"s1", "s2", "s3"}) {
+    SandboxRecord sb;
+    sb.id = id;
+    sb.team_id = team.id;
+    sb.host_id = "h1";
+    ASSERT_TRUE(writer->InsertSandbox(sb).ok());
+  }
+  RouteCache routes(*reader, {.fresh = std::chrono::hours(1),
+                              .fresh_watched = std::chrono::hours(1),
+                              .poll = milliseconds(100)});
+  routes.Watch();
+  ASSERT_TRUE(Eventually([&] { return routes.watching(); })) << "the feed never came up";
+  for (const char* id : {"s1", "s2", "s3"}) {
+    auto r = routes.Running(id);
+    ASSERT_TRUE(r.ok() && r->has_value()) << id;
+  }
+
+  ASSERT_TRUE(*writer->TransitionSandbox("s1", {SandboxState::kRunning}, {SandboxState::kPausing}));
+  EXPECT_TRUE(Eventually([&] { return !routes.Running("s1")->has_value(); }))
+      << "a state change did not reach the cache";
+  ASSERT_TRUE(writer->DeleteSandbox("s2").ok());
+  EXPECT_TRUE(Eventually([&] { return !routes.Running("s2")->has_value(); }))
+      << "a delete did not reach the cache";
+  ASSERT_TRUE(writer->SetSandboxEndAt("s3", 42).ok());  // not a route change: no notification
+  EXPECT_TRUE(routes.Running("s3")->has_value());
+
+  // The feed breaks with the server: routes stay usable; it comes back by itself, and a change
+  // made after that is seen again.
+  PostgresServer& server = Backend().server();
+  ASSERT_TRUE(server.Stop().ok());
+  Cleanup restart([&] {
+    if (!server.running()) (void)server.Start();
+  });
+  EXPECT_TRUE(Eventually([&] { return !routes.watching(); })) << "a broken feed still counted";
+  auto during = routes.Running("s3");
+  ASSERT_TRUE(during.ok()) << "the cached route serves through the outage: "
+                           << during.status().ToString();
+  EXPECT_TRUE(during->has_value());
+  ASSERT_TRUE(server.Start().ok());
+  ASSERT_TRUE(Eventually([&] { return routes.watching(); }, milliseconds(15000)))
+      << "the feed did not come back";
+  ASSERT_TRUE(*writer->TransitionSandbox("s3", {SandboxState::kRunning}, {SandboxState::kKilling}));
+  EXPECT_TRUE(Eventually([&] { return !routes.Running("s3")->has_value(); }))
+      << "a change after the reconnect did not reach the cache";
+  routes.Stop();
 }
 
 }  // namespace

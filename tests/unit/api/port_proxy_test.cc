@@ -285,7 +285,7 @@ TEST_F(PortProxyErrors, NameTheProblemAndAreCountedByOutcome) {
   EXPECT_TRUE(Contains(w.body(), "port 8080 of sandbox known is not reachable")) << w.body();
   EXPECT_TRUE(Contains(w.body(), "refused")) << w.body();
 
-  std::string m = metrics_.Render({});
+  std::string m = metrics_.Render(StoreGauges{});
   for (const char* line : {"moat_port_proxy_requests_total{outcome=\"bad_port\"} 1",
                            "moat_port_proxy_requests_total{outcome=\"sandbox_not_found\"} 1",
                            "moat_port_proxy_requests_total{outcome=\"no_network\"} 2",
