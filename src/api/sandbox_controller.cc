@@ -667,6 +667,13 @@ StoreGauges SandboxController::Gauges() {
 }
 
 void SandboxController::ReapOnce() {
+  // One reaper fleet-wide: the replica that leads (all of them share the store) makes the pass.
+  auto leader = store_.Lead("reaper");
+  if (!leader.ok()) {
+    LogError("api.reaper_store_failed", {{"error", leader.status().ToString()}});
+    return;
+  }
+  if (!*leader) return;
   auto all = store_.AllSandboxes();
   if (!all.ok()) {
     LogError("api.reaper_store_failed", {{"error", all.status().ToString()}});

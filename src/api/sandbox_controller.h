@@ -115,7 +115,8 @@ class SandboxController {
   // registered hosts (capacity, reservations, state, heartbeat). On a store error, what could be
   // read (a scrape never fails for it).
   StoreGauges Gauges();
-  // One reaper pass (tests call it directly): kills expired sandboxes, drops records of VMs
+  // One reaper pass (tests call it directly), made only by the process that leads "reaper"
+  // (Store::Lead: one replica of a fleet): kills expired sandboxes, drops records of VMs
   // that died.
   void ReapOnce();
   // The fleet's janitor (FLEET.md §4): records still `creating` that started more than

@@ -373,6 +373,27 @@ Result<std::unique_ptr<SandboxChangeFeed>> PgStore::WatchSandboxChanges() {
   return std::unique_ptr<SandboxChangeFeed>(new PgSandboxChangeFeed(std::move(listener)));
 }
 
+Result<bool> PgStore::Lead(const std::string& role) {
+  // The lock's key: "moatlead" in the high bytes, a hash of the role below (FNV-1a).
+  uint32_t h = 2166136261u;
+  for (unsigned char ch : role) h = (h ^ ch) * 16777619u;
+  const int64_t key = static_cast<int64_t>(0x6d6f61744c000000LL | (h & 0xffffffu));
+  std::lock_guard lock(lead_mu_);
+  auto& session = leads_[role];
+  if (session && session->ok()) {
+    // Still ours while the session lives; a query tells a dead session apart.
+    if (session->Run("SELECT 1").ok()) return true;
+  }
+  session.reset();  // a lost session released its locks with it
+  pg::ConnectOptions options = *connect_;
+  options.application_name = "moatd-lead";
+  MOAT_ASSIGN_OR_RETURN(pg::Connection conn, pg::Connection::Open(options));
+  MOAT_ASSIGN_OR_RETURN(Rows r, conn.Exec("SELECT pg_try_advisory_lock($1)", MakeParams(key)));
+  if (!r.Bool(0, 0)) return false;
+  session = std::make_unique<pg::Connection>(std::move(conn));
+  return true;
+}
+
 Status PgStore::InsertSnapshot(const SnapshotRecord& r) {
   const std::string sql = std::string("INSERT INTO snapshots (") + kSnapshotColumns +
                           ") VALUES ($1, $2, $3, $4, $5, $6)";

@@ -13,7 +13,9 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "api/store/store.h"
@@ -23,6 +25,7 @@ namespace moat::api::store {
 namespace pg {
 class Connection;
 class Pool;
+class Connection;
 struct ConnectOptions;
 }  // namespace pg
 
@@ -100,6 +103,8 @@ class PgStore : public Store {
   Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
   // LISTEN on `moat_sandbox` (schema migration 8's trigger NOTIFYs it) on a session of its own.
   Result<std::unique_ptr<SandboxChangeFeed>> WatchSandboxChanges() override;
+  // A session-level advisory lock per role, held on a session of its own for as long as it lives.
+  Result<bool> Lead(const std::string& role) override;
 
  private:
   PgStore(std::unique_ptr<pg::Pool> pool, std::unique_ptr<pg::ConnectOptions> connect);
@@ -112,6 +117,8 @@ class PgStore : public Store {
 
   std::unique_ptr<pg::Pool> pool_;
   std::unique_ptr<const pg::ConnectOptions> connect_;  // for sessions outside the pool (LISTEN)
+  std::mutex lead_mu_;
+  std::map<std::string, std::unique_ptr<pg::Connection>> leads_;  // role → the session holding it
   int migrations_applied_ = 0;
 };
 

@@ -225,6 +225,15 @@ class Store {
   virtual Result<std::unique_ptr<SandboxChangeFeed>> WatchSandboxChanges() {
     return std::unique_ptr<SandboxChangeFeed>();
   }
+  // Whether this process leads `role` now: one process of all that share the store does a
+  // leader's work (the reaper's passes). Leadership lasts while this process's session to the
+  // store lives, so a leader that dies or loses the database hands it on; false while another
+  // process leads or the store is unreachable. Where one process owns the store (SQLite), it
+  // always leads.
+  virtual Result<bool> Lead(const std::string& role) {
+    (void)role;
+    return true;
+  }
 
   virtual Result<bool> HasApiKeys() = 0;
   // The first start of a store: if it has no API key, creates the admin team ("admin") and its

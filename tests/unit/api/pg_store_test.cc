@@ -419,5 +419,26 @@ TEST(PgStore, RouteCachesDropASandboxAsSoonAsAnotherProcessChangesOrDeletesIt) {
   routes.Stop();
 }
 
+// One reaper fleet-wide: a role is led by one process at a time, for as long as its session
+// lives; when that process goes, another takes the role over.
+TEST(PgStore, OneProcessLeadsARoleUntilItGoesThenAnotherTakesItOver) {
+  ASSERT_OK_AND_ASSIGN(std::string db, Backend().NewDatabase());
+  ASSERT_OK_AND_ASSIGN(auto a, PgStore::Open(db, TestOptions()));
+  ASSERT_OK_AND_ASSIGN(auto b, PgStore::Open(db, TestOptions()));
+  ASSERT_OK_AND_ASSIGN(bool a_leads, a->Lead("reaper"));
+  EXPECT_TRUE(a_leads);
+  ASSERT_OK_AND_ASSIGN(bool a_again, a->Lead("reaper"));
+  EXPECT_TRUE(a_again) << "a leader keeps leading";
+  ASSERT_OK_AND_ASSIGN(bool b_leads, b->Lead("reaper"));
+  EXPECT_FALSE(b_leads) << "two leaders";
+  ASSERT_OK_AND_ASSIGN(bool b_other, b->Lead("another role"));
+  EXPECT_TRUE(b_other) << "roles are led apart";
+  a.reset();  // the leading replica goes away (its sessions close)
+  EXPECT_TRUE(Eventually([&] {
+    auto led = b->Lead("reaper");
+    return led.ok() && *led;
+  })) << "nobody took the role over";
+}
+
 }  // namespace
 }  // namespace moat::api::store
