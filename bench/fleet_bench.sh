@@ -6,6 +6,7 @@
 # so both sides hold the same pool; every side has networking on, with its own slot pool.
 #
 # usage: bench/fleet_bench.sh [BUILD_DIR] [JSON_PATH] [fleet_bench flags…]
+# FLEET_BENCH_LOGS=DIR keeps the processes' logs there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
@@ -35,6 +36,7 @@ cleanup() {
   if [ "$rc" != 0 ]; then
     for log in "$work"/*.log; do [ -f "$log" ] && { echo "== $log" >&2; tail -n 20 "$log" >&2; }; done
   fi
+  if [ -n "${FLEET_BENCH_LOGS:-}" ]; then mkdir -p "$FLEET_BENCH_LOGS" && cp "$work"/*.log "$FLEET_BENCH_LOGS"/; fi
   pg_stop
   rm -rf "$work"
   exit "$rc"

@@ -84,6 +84,9 @@ class HostAgent {
   virtual HostTemplateInfo base_template() = 0;
   virtual Result<HostInventory> Inventory() = 0;
   virtual Result<HostSandboxStatus> Probe(const std::string& id) = 0;
+  // Warm clones of the base template ready to be handed out now (placement prefers hosts that
+  // have one); 0 where the host keeps none.
+  virtual int64_t WarmReady() { return 0; }
 
   // Starts a sandbox restored from the template (never a cold boot once it is baked).
   virtual Status Create(const HostSandboxStart& start) = 0;

@@ -17,6 +17,8 @@ namespace moat::api {
 struct Reservation {
   int64_t vcpus = 0;
   int64_t memory_mib = 0;
+  // A create of the base template: a host with a warm clone ready serves it first.
+  bool base_template = false;
 };
 
 struct Placement {

@@ -103,6 +103,8 @@ std::string Metrics::Render(const StoreGauges& gauges) const {
              [](const H& h) { return std::to_string(h.mem_total_mb * 1048576); });
   host_gauge("moat_host_memory_reserved_bytes", "Memory reserved by sandboxes placed on the host.",
              [](const H& h) { return std::to_string(h.mem_reserved_mb * 1048576); });
+  host_gauge("moat_host_warm_sandboxes", "Warm clones of the base template ready on the host.",
+             [](const H& h) { return std::to_string(h.warm_base); });
   host_gauge(
       "moat_host_last_heartbeat_timestamp_seconds",
       "When the host's last heartbeat reached the store (the database's clock).", [](const H& h) {

@@ -23,6 +23,7 @@ struct StoreGauges {
     std::string state;        // active | draining | lost (registered hosts)
     int64_t vcpu_total = 0, vcpu_reserved = 0, mem_total_mb = 0, mem_reserved_mb = 0;
     int64_t heartbeat_at_ms = 0;
+    int64_t warm_base = 0;
     std::map<std::string, int64_t> sandboxes_by_state;
   };
   std::map<std::string, Host> hosts;  // by host id

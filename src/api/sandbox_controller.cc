@@ -123,7 +123,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   HostTemplateInfo tmpl = hosts_.base_template();
   auto ask = QuotaGate::CreateAsk(a, tmpl.vcpus, static_cast<int64_t>(tmpl.memory_mib));
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team.id, ask));
-  Reservation need{tmpl.vcpus, tmpl.memory_mib};
+  Reservation need{tmpl.vcpus, tmpl.memory_mib, template_id == tmpl.name};
   // A named snapshot lives on the disk of the host that took it: a create from it goes there.
   std::string snapshot_host;
   if (template_id != tmpl.name) {
@@ -653,6 +653,7 @@ StoreGauges SandboxController::Gauges() {
       g.mem_total_mb = h.mem_total_mb;
       g.mem_reserved_mb = h.mem_reserved_mb;
       g.heartbeat_at_ms = h.heartbeat_at_ms;
+      g.warm_base = h.warm_base;
       g.sandboxes_by_state = {{"running", 0}, {"paused", 0}};
     }
   }

@@ -144,10 +144,26 @@ Status HostMembership::RegisterAndReconcile(const char* why) {
 void HostMembership::Loop() {
   std::unique_lock lock(mu_);
   bool store_down = false;
+  int64_t published_warm = -1;  // unknown to the store: written on the first look
+  int64_t published_epoch = epoch_.load();
+  auto next_beat = std::chrono::steady_clock::now() + options_.heartbeat_interval;
   while (!stopping_) {
-    cv_.wait_for(lock, options_.heartbeat_interval);
+    cv_.wait_for(lock, std::min(options_.warm_poll, options_.heartbeat_interval));
     if (stopping_) break;
     lock.unlock();
+    int64_t warm = host_.WarmReady();
+    if (epoch_.load() != published_epoch) published_warm = -1;  // a new registration
+    if (warm != published_warm && !store_down) {
+      published_epoch = epoch_.load();
+      auto set = store_.SetHostWarm(registration_.id, published_epoch, warm);
+      // Written, or tried again on the next look (a fenced host finds out by its heartbeat).
+      published_warm = set.ok() && *set ? warm : -1;
+    }
+    if (std::chrono::steady_clock::now() < next_beat) {
+      lock.lock();
+      continue;
+    }
+    next_beat = std::chrono::steady_clock::now() + options_.heartbeat_interval;
     auto alive = store_.Heartbeat(registration_.id, epoch_.load());
     if (!alive.ok()) {
       // Never act on an outage: the VMs stay, and so does the epoch (FLEET.md §4).

@@ -5,7 +5,9 @@
 // it registers again and reconciles, which kills the VMs the fleet declared lost: a sandbox
 // belongs to the host its record names, and a record that is no longer live there loses its
 // VM. A store that cannot be reached is only logged: a database outage never kills a VM, and
-// the sweeper never declares a host lost while it cannot reach the database either.
+// the sweeper never declares a host lost while it cannot reach the database either. It also
+// publishes how many warm clones the host has ready whenever that changes (placement prefers a
+// host with one).
 #pragma once
 
 #include <atomic>
@@ -34,6 +36,9 @@ Result<int> ReconcileHost(api::store::Store& store, api::HostAgent& host);
 
 struct MembershipOptions {
   std::chrono::milliseconds heartbeat_interval{2000};
+  // How often the host's warm clones are looked at; a change is written at once (SetHostWarm),
+  // so that placement sees a clone claimed or refilled within about this long.
+  std::chrono::milliseconds warm_poll{100};
 };
 
 class HostMembership {

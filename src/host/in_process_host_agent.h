@@ -21,6 +21,7 @@ class InProcessHostAgent : public api::HostAgent {
   api::HostTemplateInfo base_template() override;
   Result<api::HostInventory> Inventory() override;
   Result<api::HostSandboxStatus> Probe(const std::string& id) override;
+  int64_t WarmReady() override { return static_cast<int64_t>(agent_.warm_ready()); }
   Status Create(const api::HostSandboxStart& start) override;
   Status Kill(const std::string& id) override;
   Status Pause(const std::string& id) override;

@@ -91,6 +91,7 @@ Result<Placement> FleetHostDirectory::Place(const Reservation& need, const std::
   q.cpu_overcommit = options_.cpu_overcommit;
   q.mem_overcommit = options_.mem_overcommit;
   q.fresh_within_ms = options_.fresh_within.count();
+  q.prefer_warm_base = need.base_template;
   MOAT_ASSIGN_OR_RETURN(auto candidates, store_.PlacementCandidates(q));
   size_t tried = 0;
   for (const auto& c : candidates) {

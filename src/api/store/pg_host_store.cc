@@ -1,6 +1,7 @@
 // PgStore's fleet membership and placement (shared/FLEET.md §2-§4): the hosts table, heartbeats
 // and fencing by epoch, the lost-host sweep, and capacity reserved by one conditional update.
 // Times are PostgreSQL's now(): one clock for every host and replica.
+#include <algorithm>
 #include <cstdio>
 
 #include "api/store/host_validation.h"
@@ -26,7 +27,7 @@ const std::string kNowMs = "(floor(extract(epoch FROM now()) * 1000))::bigint";
 
 constexpr const char* kHostColumns =
     "id, endpoint, epoch, state, heartbeat_at_ms, started_at_ms, vcpu_total, mem_total_mb, "
-    "vcpu_reserved, mem_reserved_mb, accel, cpu_model, qemu_build, labels";
+    "vcpu_reserved, mem_reserved_mb, accel, cpu_model, qemu_build, labels, warm_base";
 
 HostRecord ReadHost(const Rows& r, int i) {
   HostRecord h;
@@ -46,6 +47,7 @@ HostRecord ReadHost(const Rows& r, int i) {
   h.cpu_model = r.Text(i, 11);
   h.qemu_build = r.Text(i, 12);
   h.labels = StringMapFromJson(r.Text(i, 13));
+  h.warm_base = r.Int(i, 14);
   return h;
 }
 
@@ -101,6 +103,16 @@ Result<bool> PgStore::Heartbeat(const std::string& host_id, int64_t epoch) {
     return c.Exec("UPDATE hosts SET heartbeat_at_ms = " + kNowMs +
                       " WHERE id = $1 AND epoch = $2::bigint AND state <> 'lost'",
                   MakeParams(host_id, epoch));
+  }));
+  return r.affected() > 0;
+}
+
+Result<bool> PgStore::SetHostWarm(const std::string& host_id, int64_t epoch, int64_t warm_base) {
+  MOAT_ASSIGN_OR_RETURN(Rows r, pool_->Run([&](pg::Connection& c) {
+    return c.Exec(
+        "UPDATE hosts SET warm_base = $3::bigint WHERE id = $1 AND epoch = $2::bigint "
+        "AND state <> 'lost'",
+        MakeParams(host_id, epoch, std::max<int64_t>(0, warm_base)));
   }));
   return r.affected() > 0;
 }
@@ -180,10 +192,12 @@ Result<std::vector<HostRecord>> PgStore::PlacementCandidates(const PlacementQuer
       " - $1::bigint AND vcpu_reserved + $2::bigint <= vcpu_total * $4::float8 AND "
       "mem_reserved_mb + $3::bigint <= mem_total_mb * $5::float8 AND ($6 = '' OR accel = $6) "
       "AND ($7 = '' OR cpu_model = $7) AND ($8 = '' OR qemu_build = $8) "
-      "ORDER BY mem_total_mb * $5::float8 - mem_reserved_mb DESC, "
+      "ORDER BY ($9::boolean AND warm_base > 0) DESC, mem_total_mb * $5::float8 - mem_reserved_mb "
+      "DESC, "
       "vcpu_total * $4::float8 - vcpu_reserved DESC, id COLLATE \"C\"";
-  Params params = MakeParams(q.fresh_within_ms, q.vcpus, q.mem_mb, Float(q.cpu_overcommit),
-                             Float(q.mem_overcommit), q.accel, q.cpu_model, q.qemu_build);
+  Params params =
+      MakeParams(q.fresh_within_ms, q.vcpus, q.mem_mb, Float(q.cpu_overcommit),
+                 Float(q.mem_overcommit), q.accel, q.cpu_model, q.qemu_build, q.prefer_warm_base);
   MOAT_ASSIGN_OR_RETURN(Rows r, pool_->Run([&](pg::Connection& c) { return c.Exec(sql, params); }));
   return ReadHosts(r);
 }

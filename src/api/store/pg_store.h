@@ -90,6 +90,7 @@ class PgStore : public Store {
 
   Result<HostRecord> RegisterHost(const HostRegistration& host) override;
   Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;
+  Result<bool> SetHostWarm(const std::string& host_id, int64_t epoch, int64_t warm_base) override;
   Result<std::vector<HostRecord>> ListHosts() override;
   Result<std::optional<HostRecord>> GetHost(const std::string& host_id) override;
   Result<bool> SetHostDraining(const std::string& host_id, bool draining) override;

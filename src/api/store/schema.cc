@@ -221,6 +221,14 @@ $fn$;
 CREATE TRIGGER sandboxes_changed AFTER UPDATE OR DELETE ON sandboxes
   FOR EACH ROW EXECUTE FUNCTION moat_sandbox_changed();
 )sql"},
+    // 9: warm clones of the base template a host has ready, as it last reported them (placement
+    // prefers a host that can hand one out).
+    {R"sql(
+ALTER TABLE hosts ADD COLUMN warm_base INTEGER NOT NULL DEFAULT 0;
+)sql",
+     R"sql(
+ALTER TABLE hosts ADD COLUMN warm_base BIGINT NOT NULL DEFAULT 0;
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

@@ -23,7 +23,7 @@ const std::string kNowMs = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000
 
 constexpr const char* kHostColumns =
     "id, endpoint, epoch, state, heartbeat_at_ms, started_at_ms, vcpu_total, mem_total_mb, "
-    "vcpu_reserved, mem_reserved_mb, accel, cpu_model, qemu_build, labels";
+    "vcpu_reserved, mem_reserved_mb, accel, cpu_model, qemu_build, labels, warm_base";
 
 HostRecord ReadHost(Statement& s) {
   HostRecord h;
@@ -42,6 +42,7 @@ HostRecord ReadHost(Statement& s) {
   h.cpu_model = s.Text(11);
   h.qemu_build = s.Text(12);
   h.labels = StringMapFromJson(s.Text(13));
+  h.warm_base = s.Int(14);
   return h;
 }
 
@@ -94,6 +95,16 @@ Result<bool> SqliteStore::Heartbeat(const std::string& host_id, int64_t epoch) {
                        " WHERE id = ? AND epoch = ? AND state <> 'lost'");
   MOAT_RETURN_IF_ERROR(s.status());
   MOAT_RETURN_IF_ERROR(s.Bind(1, host_id).Bind(2, epoch).Run());
+  return sqlite3_changes(db_) > 0;
+}
+
+Result<bool> SqliteStore::SetHostWarm(const std::string& host_id, int64_t epoch,
+                                      int64_t warm_base) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "UPDATE hosts SET warm_base = ? WHERE id = ? AND epoch = ? AND state <> 'lost'");
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(
+      s.Bind(1, std::max<int64_t>(0, warm_base)).Bind(2, host_id).Bind(3, epoch).Run());
   return sqlite3_changes(db_) > 0;
 }
 
@@ -176,7 +187,8 @@ Result<std::vector<HostRecord>> SqliteStore::PlacementCandidates(const Placement
                        " FROM hosts WHERE state = 'active' AND heartbeat_at_ms >= " + kNowMs +
                        " - ?1 AND vcpu_reserved + ?2 <= vcpu_total * ?4 AND mem_reserved_mb + ?3 "
                        "<= mem_total_mb * ?5 AND (?6 = '' OR accel = ?6) AND (?7 = '' OR "
-                       "cpu_model = ?7) AND (?8 = '' OR qemu_build = ?8) ORDER BY mem_total_mb * "
+                       "cpu_model = ?7) AND (?8 = '' OR qemu_build = ?8) ORDER BY (?9 AND "
+                       "warm_base > 0) DESC, mem_total_mb * "
                        "?5 - mem_reserved_mb DESC, vcpu_total * ?4 - vcpu_reserved DESC, id");
   MOAT_RETURN_IF_ERROR(s.status());
   s.Bind(1, q.fresh_within_ms)
@@ -186,7 +198,8 @@ Result<std::vector<HostRecord>> SqliteStore::PlacementCandidates(const Placement
       .BindDouble(5, q.mem_overcommit)
       .Bind(6, q.accel)
       .Bind(7, q.cpu_model)
-      .Bind(8, q.qemu_build);
+      .Bind(8, q.qemu_build)
+      .Bind(9, static_cast<int64_t>(q.prefer_warm_base ? 1 : 0));
   return ReadHosts(s);
 }
 

@@ -175,6 +175,8 @@ struct HostRecord {
   std::string cpu_model;
   std::string qemu_build;
   std::map<std::string, std::string> labels;
+  // Warm clones of the base template ready on the host, as it last reported (SetHostWarm).
+  int64_t warm_base = 0;
 };
 
 // Which hosts a placement may try, for a sandbox that needs `vcpus` and `mem_mb`.
@@ -186,6 +188,9 @@ struct PlacementQuery {
   double mem_overcommit = 1.0;
   // Only hosts whose last heartbeat is at most this old by the database's clock.
   int64_t fresh_within_ms = 15000;
+  // Hosts with a warm clone of the base template ready come first (a create of the base
+  // template, which such a clone serves without a restore on the request's path).
+  bool prefer_warm_base = false;
   // Empty: any. A restore names its snapshot's three (FLEET.md §3).
   std::string accel;
   std::string cpu_model;
@@ -304,6 +309,10 @@ class Store {
   // update. false: fenced (declared lost, re-registered by a newer process, or unknown) — the
   // agent must register again, then kill every VM whose record is no longer its own.
   virtual Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) = 0;
+  // Records how many warm clones of the base template the host has ready; fenced by the epoch
+  // as a heartbeat is (false: fenced or lost).
+  virtual Result<bool> SetHostWarm(const std::string& host_id, int64_t epoch,
+                                   int64_t warm_base) = 0;
   virtual Result<std::vector<HostRecord>> ListHosts() = 0;  // by id
   virtual Result<std::optional<HostRecord>> GetHost(const std::string& host_id) = 0;
   // active → draining (draining = true) or draining → active; true if the state changed, false if

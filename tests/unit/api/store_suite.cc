@@ -726,6 +726,35 @@ TEST_F(StoreSuite, PlacementCandidatesAreFreshActiveHostsWithRoomMostFreeMemoryF
   EXPECT_EQ(store_->PlacementCandidates(q).status().code(), ErrorCode::kInvalidArgument);
 }
 
+TEST_F(StoreSuite, HostsWithAWarmBaseCloneComeFirstForABaseCreateAndTheCountIsFenced) {
+  for (auto reg : {Host("a", 4, 8192), Host("b", 4, 4096), Host("c", 4, 4096)}) {
+    ASSERT_TRUE(store_->RegisterHost(reg).ok()) << reg.id;
+  }
+  int64_t old_epoch = store_->GetHost("c")->value().epoch;
+  int64_t c_epoch = store_->RegisterHost(Host("c", 4, 4096))->epoch;
+  EXPECT_FALSE(*store_->SetHostWarm("c", old_epoch, 2)) << "an older process of the host";
+  EXPECT_FALSE(*store_->SetHostWarm("nobody", 1, 2));
+  auto set = store_->SetHostWarm("c", c_epoch, 2);
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_TRUE(*set);
+  EXPECT_EQ(store_->GetHost("c")->value().warm_base, 2);
+  EXPECT_EQ(store_->GetHost("a")->value().warm_base, 0) << "nothing reported: none";
+
+  PlacementQuery q;
+  q.vcpus = 1;
+  q.mem_mb = 512;
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)), (std::vector<std::string>{"a", "b", "c"}))
+      << "not a base create: free memory alone";
+  q.prefer_warm_base = true;
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)), (std::vector<std::string>{"c", "a", "b"}))
+      << "the host with a warm clone first, the rest by free memory";
+  ASSERT_TRUE(*store_->SetHostWarm("c", c_epoch, 0));
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)), (std::vector<std::string>{"a", "b", "c"}));
+  // Another host that reports a clone comes first instead.
+  ASSERT_TRUE(*store_->SetHostWarm("b", store_->GetHost("b")->value().epoch, 1));
+  EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)), (std::vector<std::string>{"b", "a", "c"}));
+}
+
 TEST_F(StoreSuite, FindsTheSandboxesOnAHostAndThoseLeftCreating) {
   auto t = *store_->CreateTeam("t", false);
   auto add = [&](const std::string& id, const std::string& host, SandboxState state,
