@@ -1,5 +1,6 @@
 #include "api/fleet/fleet_maintenance.h"
 
+#include <algorithm>
 #include <string>
 
 #include "common/guarded.h"
@@ -57,6 +58,44 @@ void FleetMaintenance::SweepOnce() {
 void FleetMaintenance::JanitorOnce() {
   int n = controller_.ReclaimStaleCreating(options_.creating_timeout);
   if (n > 0) LogWarn("fleet.janitor_reclaimed", {{"sandboxes", n}});
+  AuditOnce();
+}
+
+void FleetMaintenance::AuditOnce() {
+  auto leader = store_.Lead("reaper");
+  if (!leader.ok() || !*leader) {
+    excess_.clear();  // another replica audits; its history, not ours
+    return;
+  }
+  auto audit = store_.AuditReservations();
+  if (!audit.ok()) return;  // the sweep logs an unreachable store
+  std::map<std::string, std::deque<std::pair<int64_t, int64_t>>> seen;
+  for (const auto& a : *audit) {
+    int64_t v = std::max<int64_t>(0, a.vcpu_reserved - a.vcpu_held);
+    int64_t m = std::max<int64_t>(0, a.mem_reserved_mb - a.mem_held_mb);
+    if (v == 0 && m == 0) continue;  // no excess: its history ends
+    auto& history = seen[a.host_id];
+    if (auto it = excess_.find(a.host_id); it != excess_.end()) history = std::move(it->second);
+    history.emplace_back(v, m);
+    if (history.size() > kAuditObservations) history.pop_front();
+    if (history.size() < kAuditObservations) continue;
+    int64_t trim_v = v, trim_m = m;
+    for (const auto& [hv, hm] : history) {
+      trim_v = std::min(trim_v, hv);
+      trim_m = std::min(trim_m, hm);
+    }
+    auto trimmed = store_.TrimReservation(a.host_id, trim_v, trim_m);
+    if (trimmed.ok() && *trimmed) {
+      LogWarn("fleet.reservation_trimmed",
+              {{"host", a.host_id},
+               {"vcpus", trim_v},
+               {"memory_mb", trim_m},
+               {"why", "reserved beyond what its sandboxes hold for " +
+                           std::to_string(kAuditObservations) + " audits"}});
+      history.clear();
+    }
+  }
+  excess_ = std::move(seen);
 }
 
 void FleetMaintenance::Loop() {

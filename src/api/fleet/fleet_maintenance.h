@@ -1,16 +1,24 @@
 // FleetMaintenance: what every `moatd api` replica runs in the background for the fleet
 // (shared/FLEET.md §4). The sweeper declares hosts whose heartbeats are overdue `lost` — with
 // their sandboxes that hold resources — once fleet-wide per round (Store::SweepLostHosts takes
-// an advisory lock); the janitor reclaims `creating` records whose replica died mid-create. A
+// an advisory lock); the janitor reclaims `creating` records whose replica died mid-create, and
+// (on the replica that leads the reaper) audits reservations: a host that reserves more than its
+// records hold, on kAuditObservations janitor rounds in a row, has the smallest excess seen given
+// back — a replica that died between reserving and recording leaks exactly that, while a create
+// or a release in flight shows an excess for milliseconds, not rounds. A
 // store that cannot be reached only delays both: an outage declares nothing lost by itself,
 // since the sweep is a statement the database runs against its own clock.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "api/sandbox_controller.h"
 #include "api/store/store.h"
@@ -37,6 +45,9 @@ class FleetMaintenance {
   // One round of each (tests).
   void SweepOnce();
   void JanitorOnce();
+  void AuditOnce();
+
+  static constexpr size_t kAuditObservations = 3;
 
  private:
   FleetMaintenance(store::Store& store, SandboxController& controller,
@@ -53,6 +64,8 @@ class FleetMaintenance {
   bool store_down_ = false;
   // No sweep before this (a store that was down gives hosts one period to heartbeat again).
   std::chrono::steady_clock::time_point hold_until_{};
+  // Per host, the excess (vCPUs, MiB) its last audits saw, oldest first (the loop's thread).
+  std::map<std::string, std::deque<std::pair<int64_t, int64_t>>> excess_;
   std::thread thread_;
 };
 

@@ -225,6 +225,45 @@ Result<std::optional<std::string>> PgStore::ReserveOnHost(const std::string& hos
   return endpoint;
 }
 
+Result<std::vector<ReservationAudit>> PgStore::AuditReservations() {
+  // One statement: one snapshot of hosts and sandboxes together.
+  const std::string sql = std::string(
+      "SELECT h.id, h.vcpu_reserved, h.mem_reserved_mb, COALESCE(SUM(s.cpu_count), 0), "
+      "COALESCE(SUM(s.memory_mb), 0) FROM hosts h LEFT JOIN sandboxes s ON s.host_id = h.id AND "
+      "s.state IN " +
+      SqlStateList(HoldsResources) +
+      " WHERE h.state <> 'lost' GROUP BY h.id, "
+      "h.vcpu_reserved, h.mem_reserved_mb ORDER BY h.id COLLATE \"C\"");
+  MOAT_ASSIGN_OR_RETURN(Rows r, pool_->Run([&](pg::Connection& c) { return c.Exec(sql); }));
+  std::vector<ReservationAudit> out;
+  for (int i = 0; i < r.size(); ++i) {
+    out.push_back({r.Text(i, 0), r.Int(i, 1), r.Int(i, 2), r.Int(i, 3), r.Int(i, 4)});
+  }
+  return out;
+}
+
+Result<bool> PgStore::TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb) {
+  MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
+  const std::string held =
+      "FROM sandboxes WHERE host_id = $1 AND state IN " + SqlStateList(HoldsResources) + ")";
+  // The row lock of the UPDATE orders it after any reservation in flight on this host.
+  const std::string sql =
+      "UPDATE hosts SET vcpu_reserved = vcpu_reserved - $2::bigint, mem_reserved_mb = "
+      "mem_reserved_mb - $3::bigint WHERE id = $1 AND state <> 'lost' AND vcpu_reserved - "
+      "$2::bigint >= (SELECT COALESCE(SUM(cpu_count), 0) " +
+      held +
+      " AND mem_reserved_mb - "
+      "$3::bigint >= (SELECT COALESCE(SUM(memory_mb), 0) " +
+      held;
+  bool trimmed = false;
+  MOAT_RETURN_IF_ERROR(Transact([&](pg::Connection& c) -> Status {
+    MOAT_ASSIGN_OR_RETURN(Rows r, c.Exec(sql, MakeParams(host_id, vcpus, mem_mb)));
+    trimmed = r.affected() > 0;
+    return Status::Ok();
+  }));
+  return trimmed;
+}
+
 Status PgStore::ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) {
   MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
   bool found = false;

@@ -227,6 +227,45 @@ Result<std::optional<std::string>> SqliteStore::ReserveOnHost(const std::string&
   return std::optional<std::string>(std::move(endpoint));
 }
 
+Result<std::vector<ReservationAudit>> SqliteStore::AuditReservations() {
+  std::lock_guard lock(mu_);
+  Statement s(
+      db_,
+      std::string("SELECT h.id, h.vcpu_reserved, h.mem_reserved_mb, COALESCE(SUM(s.cpu_count), 0), "
+                  "COALESCE(SUM(s.memory_mb), 0) FROM hosts h LEFT JOIN sandboxes s ON s.host_id = "
+                  "h.id AND "
+                  "s.state IN " +
+                  SqlStateList(HoldsResources) +
+                  " WHERE h.state <> 'lost' GROUP BY h.id, "
+                  "h.vcpu_reserved, h.mem_reserved_mb ORDER BY h.id"));
+  MOAT_RETURN_IF_ERROR(s.status());
+  std::vector<ReservationAudit> out;
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return out;
+    out.push_back({s.Text(0), s.Int(1), s.Int(2), s.Int(3), s.Int(4)});
+  }
+}
+
+Result<bool> SqliteStore::TrimReservation(const std::string& host_id, int64_t vcpus,
+                                          int64_t mem_mb) {
+  MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
+  const std::string held =
+      "FROM sandboxes WHERE host_id = ?1 AND state IN " + SqlStateList(HoldsResources) + ")";
+  std::lock_guard lock(mu_);
+  Statement s(db_,
+              "UPDATE hosts SET vcpu_reserved = vcpu_reserved - ?2, mem_reserved_mb = "
+              "mem_reserved_mb - ?3 WHERE id = ?1 AND state <> 'lost' AND vcpu_reserved - ?2 >= "
+              "(SELECT COALESCE(SUM(cpu_count), 0) " +
+                  held +
+                  " AND mem_reserved_mb - ?3 >= "
+                  "(SELECT COALESCE(SUM(memory_mb), 0) " +
+                  held);
+  MOAT_RETURN_IF_ERROR(s.status());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, host_id).Bind(2, vcpus).Bind(3, mem_mb).Run());
+  return sqlite3_changes(db_) > 0;
+}
+
 Status SqliteStore::ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) {
   MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
   std::lock_guard lock(mu_);

@@ -70,6 +70,8 @@ class SqliteStore : public Store {
                                                    int64_t mem_mb, double cpu_overcommit,
                                                    double mem_overcommit) override;
   Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
+  Result<std::vector<ReservationAudit>> AuditReservations() override;
+  Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
   Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) override;
   Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
 

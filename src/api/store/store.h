@@ -179,6 +179,14 @@ struct HostRecord {
   int64_t warm_base = 0;
 };
 
+// A host's reservations beside what its records hold (the audit of leaked reservations).
+struct ReservationAudit {
+  std::string host_id;
+  int64_t vcpu_reserved = 0, mem_reserved_mb = 0;
+  // Summed over the host's records in states that hold resources (HoldsResources).
+  int64_t vcpu_held = 0, mem_held_mb = 0;
+};
+
 // Which hosts a placement may try, for a sandbox that needs `vcpus` and `mem_mb`.
 struct PlacementQuery {
   int64_t vcpus = 0;
@@ -348,6 +356,13 @@ class Store {
   // itself, and a release for one of its sandboxes after the host registered again would free
   // capacity its new sandboxes hold.
   virtual Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) = 0;
+  // Every host that is not lost, its reservations and what its records hold, read together.
+  virtual Result<std::vector<ReservationAudit>> AuditReservations() = 0;
+  // Gives back a leaked part of a host's reservation (a create whose replica died between the
+  // reservation and its record), but never below what the host's records hold at that moment:
+  // false, changing nothing, if that would be below (or the host is lost or unknown).
+  virtual Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus,
+                                       int64_t mem_mb) = 0;
 
   // Every sandbox recorded on the host, in any state, by id (an agent reconciling after it
   // registers).

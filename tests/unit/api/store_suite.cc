@@ -755,6 +755,51 @@ TEST_F(StoreSuite, HostsWithAWarmBaseCloneComeFirstForABaseCreateAndTheCountIsFe
   EXPECT_EQ(HostIds(*store_->PlacementCandidates(q)), (std::vector<std::string>{"b", "a", "c"}));
 }
 
+TEST_F(StoreSuite, AuditsReservationsAgainstTheRecordsAndTrimsOnlyWhatNoRecordHolds) {
+  ASSERT_TRUE(store_->RegisterHost(Host("h1", 8, 16384)).ok());
+  ASSERT_TRUE(store_->RegisterHost(Host("h2", 8, 16384)).ok());
+  auto team = store_->CreateTeam("acme", false);
+  ASSERT_TRUE(team.ok());
+  // h1: two sandboxes reserved and recorded (one creating, one running), a paused one that holds
+  // nothing, and one reservation whose record never came (1 vCPU, 512 MiB leaked).
+  int i = 0;
+  for (auto state : {SandboxState::kCreating, SandboxState::kRunning, SandboxState::kPaused}) {
+    ++i;
+    auto r = Sandbox("s" + std::to_string(i), team->id, 1000 + i);
+    r.host_id = "h1";
+    r.state = state;
+    ASSERT_TRUE(store_->InsertSandbox(r).ok());
+    if (state != SandboxState::kPaused) {
+      ASSERT_TRUE(store_->ReserveOnHost("h1", 1, 512, 1.0, 1.0)->has_value());
+    }
+  }
+  ASSERT_TRUE(store_->ReserveOnHost("h1", 1, 512, 1.0, 1.0)->has_value());
+
+  auto audit = store_->AuditReservations();
+  ASSERT_TRUE(audit.ok()) << audit.status().ToString();
+  ASSERT_EQ(audit->size(), 2u);
+  const ReservationAudit& h1 = (*audit)[0];
+  EXPECT_EQ(h1.host_id, "h1");
+  EXPECT_EQ(h1.vcpu_reserved, 3);
+  EXPECT_EQ(h1.mem_reserved_mb, 1536);
+  EXPECT_EQ(h1.vcpu_held, 2);
+  EXPECT_EQ(h1.mem_held_mb, 1024);
+  EXPECT_EQ((*audit)[1].host_id, "h2");
+  EXPECT_EQ((*audit)[1].vcpu_reserved, 0);
+  EXPECT_EQ((*audit)[1].vcpu_held, 0);
+
+  EXPECT_FALSE(*store_->TrimReservation("h1", 2, 512)) << "below what the records hold";
+  EXPECT_FALSE(*store_->TrimReservation("nobody", 1, 1));
+  auto trimmed = store_->TrimReservation("h1", 1, 512);
+  ASSERT_TRUE(trimmed.ok()) << trimmed.status().ToString();
+  EXPECT_TRUE(*trimmed);
+  auto after = store_->GetHost("h1")->value();
+  EXPECT_EQ(after.vcpu_reserved, 2);
+  EXPECT_EQ(after.mem_reserved_mb, 1024);
+  EXPECT_FALSE(*store_->TrimReservation("h1", 1, 0)) << "nothing is leaked any more";
+  EXPECT_EQ(store_->TrimReservation("h1", -1, 0).status().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST_F(StoreSuite, FindsTheSandboxesOnAHostAndThoseLeftCreating) {
   auto t = *store_->CreateTeam("t", false);
   auto add = [&](const std::string& id, const std::string& host, SandboxState state,
