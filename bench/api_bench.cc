@@ -75,27 +75,10 @@ std::string Absolute(const std::string& path) {
   return out;
 }
 
-// A control-API call with the key; the parsed JSON body (null if empty) or an error.
-// A connection each: minutes pass between calls, past the server's idle timeout.
+// A control-API call with the key (connect_client.h's ControlCall).
 Result<json> Control(uint16_t port, const std::string& key, const std::string& method,
                      const std::string& target, const json& body, int expect) {
-  HttpConnection conn;
-  MOAT_RETURN_IF_ERROR(conn.Connect("127.0.0.1", port));
-  std::map<std::string, std::string> headers = {{"X-API-Key", key}};
-  std::string text;
-  if (!body.is_null()) {
-    headers["Content-Type"] = "application/json";
-    text = body.dump();
-  }
-  MOAT_ASSIGN_OR_RETURN(HttpResult res, conn.Exchange(method, target, headers, std::move(text)));
-  if (res.status != expect) {
-    return Internal(method + " " + target + ": HTTP " + std::to_string(res.status) + " " +
-                    res.body);
-  }
-  if (res.body.empty()) return json(nullptr);
-  json j = json::parse(res.body, nullptr, false);
-  if (j.is_discarded()) return Internal(method + " " + target + ": body is not JSON");
-  return j;
+  return ControlCall("127.0.0.1", port, key, method, target, body, expect);
 }
 
 // An exec on the guest channel directly, read as StartProcess reads the API's stream.

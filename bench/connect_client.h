@@ -112,6 +112,32 @@ class HttpConnection {
   bool open_ = false;
 };
 
+// A control-API call with the key on a connection of its own (minutes may pass between calls,
+// past the server's idle timeout): the parsed JSON body (null if empty), or an error naming the
+// call when the status is not `expect` or the body is not JSON.
+inline Result<nlohmann::json> ControlCall(const std::string& host, uint16_t port,
+                                          const std::string& key, const std::string& method,
+                                          const std::string& target, const nlohmann::json& body,
+                                          int expect) {
+  HttpConnection conn;
+  MOAT_RETURN_IF_ERROR(conn.Connect(host, port));
+  std::map<std::string, std::string> headers = {{"X-API-Key", key}};
+  std::string text;
+  if (!body.is_null()) {
+    headers["Content-Type"] = "application/json";
+    text = body.dump();
+  }
+  MOAT_ASSIGN_OR_RETURN(HttpResult res, conn.Exchange(method, target, headers, std::move(text)));
+  if (res.status != expect) {
+    return Internal(method + " " + target + ": HTTP " + std::to_string(res.status) + " " +
+                    res.body);
+  }
+  if (res.body.empty()) return nlohmann::json(nullptr);
+  auto j = nlohmann::json::parse(res.body, nullptr, false);
+  if (j.is_discarded()) return Internal(method + " " + target + ": body is not JSON");
+  return j;
+}
+
 // A sandbox as the control API returned it.
 struct SandboxRef {
   std::string id;

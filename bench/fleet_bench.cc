@@ -57,23 +57,9 @@ Result<Target> ParseUrl(const std::string& name, const std::string& url) {
 
 Result<json> Control(const Target& t, const std::string& key, const std::string& method,
                      const std::string& target, const json& body, int expect) {
-  HttpConnection conn;
-  MOAT_RETURN_IF_ERROR(conn.Connect(t.host, t.port));
-  std::map<std::string, std::string> headers = {{"X-API-Key", key}};
-  std::string text;
-  if (!body.is_null()) {
-    headers["Content-Type"] = "application/json";
-    text = body.dump();
-  }
-  MOAT_ASSIGN_OR_RETURN(HttpResult res, conn.Exchange(method, target, headers, std::move(text)));
-  if (res.status != expect) {
-    return Internal(t.name + ": " + method + " " + target + ": HTTP " + std::to_string(res.status) +
-                    " " + res.body);
-  }
-  if (res.body.empty()) return json(nullptr);
-  json j = json::parse(res.body, nullptr, false);
-  if (j.is_discarded()) return Internal(method + " " + target + ": body is not JSON");
-  return j;
+  auto out = ControlCall(t.host, t.port, key, method, target, body, expect);
+  if (!out.ok()) return out.status().Annotate(t.name);
+  return out;
 }
 
 // Every sandbox this run created and has not killed yet, so that a failure kills them too.
