@@ -70,13 +70,12 @@ class Live {
     live_.push_back({t, id});
   }
   Status Kill(const Target& t, const std::string& key, const std::string& id) {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      live_.erase(
-          std::remove_if(live_.begin(), live_.end(), [&](const auto& e) { return e.second == id; }),
-          live_.end());
-    }
-    return Control(t, key, "DELETE", "/sandboxes/" + id, nullptr, 204).status();
+    MOAT_RETURN_IF_ERROR(Control(t, key, "DELETE", "/sandboxes/" + id, nullptr, 204).status());
+    std::lock_guard<std::mutex> l(mu_);  // killed: KillAll need not try again
+    live_.erase(
+        std::remove_if(live_.begin(), live_.end(), [&](const auto& e) { return e.second == id; }),
+        live_.end());
+    return Status::Ok();
   }
   void KillAll(const std::string& key) {
     std::vector<std::pair<Target, std::string>> left;

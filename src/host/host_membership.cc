@@ -142,49 +142,59 @@ Status HostMembership::RegisterAndReconcile(const char* why) {
 }
 
 void HostMembership::Loop() {
+  using Clock = std::chrono::steady_clock;
   std::unique_lock lock(mu_);
   bool store_down = false;
   int64_t published_warm = -1;  // unknown to the store: written on the first look
   int64_t published_epoch = epoch_.load();
-  auto next_beat = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+  auto next_beat = Clock::now() + options_.heartbeat_interval;
+  auto next_warm_try = Clock::now();  // a failed write is tried again at heartbeat pace
   while (!stopping_) {
     cv_.wait_for(lock, std::min(options_.warm_poll, options_.heartbeat_interval));
     if (stopping_) break;
     lock.unlock();
+    // The heartbeat first when it is due: nothing else on this thread may delay it.
+    if (Clock::now() >= next_beat) {
+      next_beat = Clock::now() + options_.heartbeat_interval;
+      Beat(store_down);
+    }
     int64_t warm = host_.WarmReady();
     if (epoch_.load() != published_epoch) published_warm = -1;  // a new registration
-    if (warm != published_warm && !store_down) {
+    if (warm != published_warm && !store_down && Clock::now() >= next_warm_try) {
       published_epoch = epoch_.load();
       auto set = store_.SetHostWarm(registration_.id, published_epoch, warm);
-      // Written, or tried again on the next look (a fenced host finds out by its heartbeat).
-      published_warm = set.ok() && *set ? warm : -1;
-    }
-    if (std::chrono::steady_clock::now() < next_beat) {
-      lock.lock();
-      continue;
-    }
-    next_beat = std::chrono::steady_clock::now() + options_.heartbeat_interval;
-    auto alive = store_.Heartbeat(registration_.id, epoch_.load());
-    if (!alive.ok()) {
-      // Never act on an outage: the VMs stay, and so does the epoch (FLEET.md §4).
-      if (!store_down) {
-        LogError("fleet.heartbeat_failed",
-                 {{"host", registration_.id}, {"error", alive.status().ToString()}});
-      }
-      store_down = true;
-    } else {
-      if (store_down) LogInfo("fleet.heartbeat_restored", {{"host", registration_.id}});
-      store_down = false;
-      if (!*alive) {
-        ++fenced_;
-        LogWarn("fleet.fenced", {{"host", registration_.id}, {"epoch", epoch_.load()}});
-        if (Status s = RegisterAndReconcile("fenced"); !s.ok()) {
-          LogError("fleet.reregister_failed",
-                   {{"host", registration_.id}, {"error", s.ToString()}});
-        }
+      // Written; or tried again after a heartbeat interval (a fenced host finds out by its
+      // heartbeat and registers again, which resets the count).
+      if (set.ok() && *set) {
+        published_warm = warm;
+      } else {
+        published_warm = -1;
+        next_warm_try = Clock::now() + options_.heartbeat_interval;
       }
     }
     lock.lock();
+  }
+}
+
+void HostMembership::Beat(bool& store_down) {
+  auto alive = store_.Heartbeat(registration_.id, epoch_.load());
+  if (!alive.ok()) {
+    // Never act on an outage: the VMs stay, and so does the epoch (FLEET.md §4).
+    if (!store_down) {
+      LogError("fleet.heartbeat_failed",
+               {{"host", registration_.id}, {"error", alive.status().ToString()}});
+    }
+    store_down = true;
+    return;
+  }
+  if (store_down) LogInfo("fleet.heartbeat_restored", {{"host", registration_.id}});
+  store_down = false;
+  if (!*alive) {
+    ++fenced_;
+    LogWarn("fleet.fenced", {{"host", registration_.id}, {"epoch", epoch_.load()}});
+    if (Status s = RegisterAndReconcile("fenced"); !s.ok()) {
+      LogError("fleet.reregister_failed", {{"host", registration_.id}, {"error", s.ToString()}});
+    }
   }
 }
 

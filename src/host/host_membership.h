@@ -64,6 +64,9 @@ class HostMembership {
       : store_(store), host_(host), registration_(std::move(registration)), options_(options) {}
   Status RegisterAndReconcile(const char* why);
   void Loop();
+  // One heartbeat; registers again when it finds the host fenced. `store_down`: whether the
+  // store was unreachable last time (logged once per outage), updated.
+  void Beat(bool& store_down);
 
   api::store::Store& store_;
   api::HostAgent& host_;

@@ -183,11 +183,11 @@ cmp -s "$work/in.bin" "$work/out.bin" || fail "a file written through B read bac
 # Either replica's /metrics reports every host: its sandboxes, state and capacity.
 metrics=$(curl -fs -H "Authorization: Bearer $key" "${url[B]}/metrics") || fail "GET /metrics on B failed"
 for h in a1 a2; do
-  n=$(printf '%s\n' "$metrics" | sed -n "s/^moat_host_sandboxes{host=\"$h\",state=\"running\"} //p")
+  n=$(sed -n "s/^moat_host_sandboxes{host=\"$h\",state=\"running\"} //p" <<<"$metrics")
   [ "${n:-0}" -ge 1 ] || fail "B's /metrics counts ${n:-no} running sandboxes on $h"
-  printf '%s\n' "$metrics" | grep -qx "moat_host_state{host=\"$h\",state=\"active\"} 1" \
+  grep -qx "moat_host_state{host=\"$h\",state=\"active\"} 1" <<<"$metrics" \
     || fail "B's /metrics does not show $h active"
-  printf '%s\n' "$metrics" | grep -q "^moat_host_vcpus_reserved{host=\"$h\"} [1-9]" \
+  grep -q "^moat_host_vcpus_reserved{host=\"$h\"} [1-9]" <<<"$metrics" \
     || fail "B's /metrics shows no reservation on $h"
 done
 for id in "${ids[@]}"; do api B DELETE "/sandboxes/$id" >/dev/null; done
@@ -284,7 +284,7 @@ done
 start_api A
 # A replica that dies between reserving and recording leaks exactly one reservation, which no
 # record names: the audit (the replica leading the reaper, after three janitor rounds in a row
-# that see it) gives it back, and nothing more.
+# that see it unchanged) gives it back, and nothing more.
 a1_drift() {
   sql "SELECT h.vcpu_reserved - coalesce(sum(s.cpu_count),0), h.mem_reserved_mb - coalesce(sum(s.memory_mb),0)
        FROM hosts h LEFT JOIN sandboxes s ON s.host_id = h.id AND s.state IN

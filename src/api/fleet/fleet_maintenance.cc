@@ -69,22 +69,19 @@ void FleetMaintenance::AuditOnce() {
   }
   auto audit = store_.AuditReservations();
   if (!audit.ok()) return;  // the sweep logs an unreachable store
-  std::map<std::string, std::deque<std::pair<int64_t, int64_t>>> seen;
+  std::map<std::string, std::deque<Excess>> seen;
   for (const auto& a : *audit) {
-    int64_t v = std::max<int64_t>(0, a.vcpu_reserved - a.vcpu_held);
-    int64_t m = std::max<int64_t>(0, a.mem_reserved_mb - a.mem_held_mb);
-    if (v == 0 && m == 0) continue;  // no excess: its history ends
+    Excess now{std::max<int64_t>(0, a.vcpu_reserved - a.vcpu_held),
+               std::max<int64_t>(0, a.mem_reserved_mb - a.mem_held_mb), a.seq};
+    if (now.vcpus == 0 && now.mem_mb == 0) continue;  // no excess: its history ends
     auto& history = seen[a.host_id];
     if (auto it = excess_.find(a.host_id); it != excess_.end()) history = std::move(it->second);
-    history.emplace_back(v, m);
-    if (history.size() > kAuditObservations) history.pop_front();
+    // Only the same excess with no reservation or release in between counts as a leak.
+    if (!history.empty() && !(history.back() == now)) history.clear();
+    history.push_back(now);
     if (history.size() < kAuditObservations) continue;
-    int64_t trim_v = v, trim_m = m;
-    for (const auto& [hv, hm] : history) {
-      trim_v = std::min(trim_v, hv);
-      trim_m = std::min(trim_m, hm);
-    }
-    auto trimmed = store_.TrimReservation(a.host_id, trim_v, trim_m);
+    int64_t trim_v = now.vcpus, trim_m = now.mem_mb;
+    auto trimmed = store_.TrimReservation(a.host_id, trim_v, trim_m, now.seq);
     if (trimmed.ok() && *trimmed) {
       LogWarn("fleet.reservation_trimmed",
               {{"host", a.host_id},

@@ -3,9 +3,10 @@
 // their sandboxes that hold resources — once fleet-wide per round (Store::SweepLostHosts takes
 // an advisory lock); the janitor reclaims `creating` records whose replica died mid-create, and
 // (on the replica that leads the reaper) audits reservations: a host that reserves more than its
-// records hold, on kAuditObservations janitor rounds in a row, has the smallest excess seen given
+// records hold by the same excess on kAuditObservations janitor rounds in a row, with no
+// reservation or release on it in between (its reservation_seq unchanged), has that excess given
 // back — a replica that died between reserving and recording leaks exactly that, while a create
-// or a release in flight shows an excess for milliseconds, not rounds. A
+// or a release in flight changes the counter. A
 // store that cannot be reached only delays both: an outage declares nothing lost by itself,
 // since the sweep is a statement the database runs against its own clock.
 #pragma once
@@ -64,8 +65,12 @@ class FleetMaintenance {
   bool store_down_ = false;
   // No sweep before this (a store that was down gives hosts one period to heartbeat again).
   std::chrono::steady_clock::time_point hold_until_{};
-  // Per host, the excess (vCPUs, MiB) its last audits saw, oldest first (the loop's thread).
-  std::map<std::string, std::deque<std::pair<int64_t, int64_t>>> excess_;
+  // Per host, the excess its last audits saw, oldest first (the loop's thread).
+  struct Excess {
+    int64_t vcpus, mem_mb, seq;
+    bool operator==(const Excess&) const = default;
+  };
+  std::map<std::string, std::deque<Excess>> excess_;
   std::thread thread_;
 };
 

@@ -82,7 +82,7 @@ Result<HostRecord> PgStore::RegisterHost(const HostRegistration& h) {
       "heartbeat_at_ms = EXCLUDED.heartbeat_at_ms, started_at_ms = EXCLUDED.started_at_ms, "
       "vcpu_total = EXCLUDED.vcpu_total, mem_total_mb = EXCLUDED.mem_total_mb, "
       "accel = EXCLUDED.accel, cpu_model = EXCLUDED.cpu_model, "
-      "qemu_build = EXCLUDED.qemu_build, labels = EXCLUDED.labels RETURNING " +
+      "qemu_build = EXCLUDED.qemu_build, labels = EXCLUDED.labels, warm_base = 0 RETURNING " +
       kHostColumns;
   Params params = MakeParams(h.id, h.endpoint, h.vcpu_total, h.mem_total_mb, h.accel, h.cpu_model,
                              h.qemu_build, JsonText(h.labels));
@@ -210,7 +210,8 @@ Result<std::optional<std::string>> PgStore::ReserveOnHost(const std::string& hos
   // One conditional update: a second replica's update of the same row waits for this one's
   // commit and then checks the capacity against what this one reserved.
   const std::string sql =
-      "UPDATE hosts SET vcpu_reserved = vcpu_reserved + $2::bigint, mem_reserved_mb = "
+      "UPDATE hosts SET reservation_seq = reservation_seq + 1, vcpu_reserved = vcpu_reserved + "
+      "$2::bigint, mem_reserved_mb = "
       "mem_reserved_mb + $3::bigint WHERE id = $1 AND state = 'active' AND vcpu_reserved + "
       "$2::bigint <= vcpu_total * $4::float8 AND mem_reserved_mb + $3::bigint <= mem_total_mb * "
       "$5::float8 RETURNING endpoint";
@@ -229,27 +230,31 @@ Result<std::vector<ReservationAudit>> PgStore::AuditReservations() {
   // One statement: one snapshot of hosts and sandboxes together.
   const std::string sql = std::string(
       "SELECT h.id, h.vcpu_reserved, h.mem_reserved_mb, COALESCE(SUM(s.cpu_count), 0), "
-      "COALESCE(SUM(s.memory_mb), 0) FROM hosts h LEFT JOIN sandboxes s ON s.host_id = h.id AND "
+      "COALESCE(SUM(s.memory_mb), 0), h.reservation_seq FROM hosts h LEFT JOIN sandboxes s ON "
+      "s.host_id = h.id AND "
       "s.state IN " +
       SqlStateList(HoldsResources) +
       " WHERE h.state <> 'lost' GROUP BY h.id, "
-      "h.vcpu_reserved, h.mem_reserved_mb ORDER BY h.id COLLATE \"C\"");
+      "h.vcpu_reserved, h.mem_reserved_mb, h.reservation_seq ORDER BY h.id COLLATE \"C\"");
   MOAT_ASSIGN_OR_RETURN(Rows r, pool_->Run([&](pg::Connection& c) { return c.Exec(sql); }));
   std::vector<ReservationAudit> out;
   for (int i = 0; i < r.size(); ++i) {
-    out.push_back({r.Text(i, 0), r.Int(i, 1), r.Int(i, 2), r.Int(i, 3), r.Int(i, 4)});
+    out.push_back({r.Text(i, 0), r.Int(i, 1), r.Int(i, 2), r.Int(i, 3), r.Int(i, 4), r.Int(i, 5)});
   }
   return out;
 }
 
-Result<bool> PgStore::TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb) {
+Result<bool> PgStore::TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb,
+                                      int64_t seq) {
   MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
   const std::string held =
       "FROM sandboxes WHERE host_id = $1 AND state IN " + SqlStateList(HoldsResources) + ")";
   // The row lock of the UPDATE orders it after any reservation in flight on this host.
   const std::string sql =
-      "UPDATE hosts SET vcpu_reserved = vcpu_reserved - $2::bigint, mem_reserved_mb = "
-      "mem_reserved_mb - $3::bigint WHERE id = $1 AND state <> 'lost' AND vcpu_reserved - "
+      "UPDATE hosts SET reservation_seq = reservation_seq + 1, vcpu_reserved = vcpu_reserved - "
+      "$2::bigint, mem_reserved_mb = "
+      "mem_reserved_mb - $3::bigint WHERE id = $1 AND state <> 'lost' AND reservation_seq = "
+      "$4::bigint AND vcpu_reserved - "
       "$2::bigint >= (SELECT COALESCE(SUM(cpu_count), 0) " +
       held +
       " AND mem_reserved_mb - "
@@ -257,7 +262,7 @@ Result<bool> PgStore::TrimReservation(const std::string& host_id, int64_t vcpus,
       held;
   bool trimmed = false;
   MOAT_RETURN_IF_ERROR(Transact([&](pg::Connection& c) -> Status {
-    MOAT_ASSIGN_OR_RETURN(Rows r, c.Exec(sql, MakeParams(host_id, vcpus, mem_mb)));
+    MOAT_ASSIGN_OR_RETURN(Rows r, c.Exec(sql, MakeParams(host_id, vcpus, mem_mb, seq)));
     trimmed = r.affected() > 0;
     return Status::Ok();
   }));
@@ -269,7 +274,8 @@ Status PgStore::ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t
   bool found = false;
   MOAT_RETURN_IF_ERROR(Transact([&](pg::Connection& c) -> Status {
     MOAT_ASSIGN_OR_RETURN(
-        Rows r, c.Exec("UPDATE hosts SET vcpu_reserved = GREATEST(vcpu_reserved - $2::bigint, 0), "
+        Rows r, c.Exec("UPDATE hosts SET reservation_seq = reservation_seq + 1, vcpu_reserved = "
+                       "GREATEST(vcpu_reserved - $2::bigint, 0), "
                        "mem_reserved_mb = GREATEST(mem_reserved_mb - $3::bigint, 0) WHERE id = $1",
                        MakeParams(host_id, vcpus, mem_mb)));
     found = r.affected() > 0;

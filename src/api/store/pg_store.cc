@@ -374,24 +374,44 @@ Result<std::unique_ptr<SandboxChangeFeed>> PgStore::WatchSandboxChanges() {
 }
 
 Result<bool> PgStore::Lead(const std::string& role) {
-  // The lock's key: "moatlead" in the high bytes, a hash of the role below (FNV-1a).
+  // The lock's key: "moatL" in the high bytes, a hash of the role below (FNV-1a).
   uint32_t h = 2166136261u;
   for (unsigned char ch : role) h = (h ^ ch) * 16777619u;
   const int64_t key = static_cast<int64_t>(0x6d6f61744c000000LL | (h & 0xffffffu));
   std::lock_guard lock(lead_mu_);
-  auto& session = leads_[role];
-  if (session && session->ok()) {
-    // Still ours while the session lives; a query tells a dead session apart.
-    if (session->Run("SELECT 1").ok()) return true;
+  LeadSession& lead = leads_[role];
+  auto now = std::chrono::steady_clock::now();
+  if (!lead.conn || !lead.conn->ok()) {
+    // A lost session released its lock with it. Reconnects are spaced out, so that callers do
+    // not queue behind connect timeouts while the database is down.
+    lead.conn.reset();
+    lead.held = false;
+    if (now < lead.retry_after) return Unavailable("postgresql: no session for role " + role);
+    lead.retry_after = now + std::chrono::seconds(5);
+    pg::ConnectOptions options = *connect_;
+    options.application_name = "moatd-lead";
+    MOAT_ASSIGN_OR_RETURN(pg::Connection conn, pg::Connection::Open(options));
+    // The server drops a leader's session (and its lock) within about 25 s of the leader's host
+    // going silent, not after the system's two-hour keepalive default.
+    MOAT_RETURN_IF_ERROR(conn.Run("SET tcp_keepalives_idle = 10"));
+    MOAT_RETURN_IF_ERROR(conn.Run("SET tcp_keepalives_interval = 5"));
+    MOAT_RETURN_IF_ERROR(conn.Run("SET tcp_keepalives_count = 3"));
+    lead.conn = std::make_unique<pg::Connection>(std::move(conn));
   }
-  session.reset();  // a lost session released its locks with it
-  pg::ConnectOptions options = *connect_;
-  options.application_name = "moatd-lead";
-  MOAT_ASSIGN_OR_RETURN(pg::Connection conn, pg::Connection::Open(options));
-  MOAT_ASSIGN_OR_RETURN(Rows r, conn.Exec("SELECT pg_try_advisory_lock($1)", MakeParams(key)));
-  if (!r.Bool(0, 0)) return false;
-  session = std::make_unique<pg::Connection>(std::move(conn));
-  return true;
+  if (lead.held) {
+    // Still ours while the session lives; a query tells a dead session apart.
+    if (lead.conn->Run("SELECT 1").ok()) return true;
+    lead.conn.reset();
+    lead.held = false;
+    return Unavailable("postgresql: the session leading role " + role + " was lost");
+  }
+  auto r = lead.conn->Exec("SELECT pg_try_advisory_lock($1)", MakeParams(key));
+  if (!r.ok()) {
+    lead.conn.reset();
+    return r.status();
+  }
+  lead.held = r->Bool(0, 0);
+  return lead.held;
 }
 
 Status PgStore::InsertSnapshot(const SnapshotRecord& r) {

@@ -25,7 +25,6 @@ namespace moat::api::store {
 namespace pg {
 class Connection;
 class Pool;
-class Connection;
 struct ConnectOptions;
 }  // namespace pg
 
@@ -101,7 +100,8 @@ class PgStore : public Store {
                                                    double mem_overcommit) override;
   Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
   Result<std::vector<ReservationAudit>> AuditReservations() override;
-  Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
+  Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb,
+                               int64_t seq) override;
   Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) override;
   Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
   // LISTEN on `moat_sandbox` (schema migration 8's trigger NOTIFYs it) on a session of its own.
@@ -120,8 +120,13 @@ class PgStore : public Store {
 
   std::unique_ptr<pg::Pool> pool_;
   std::unique_ptr<const pg::ConnectOptions> connect_;  // for sessions outside the pool (LISTEN)
+  struct LeadSession {
+    std::unique_ptr<pg::Connection> conn;  // kept whether or not it holds the lock
+    bool held = false;
+    std::chrono::steady_clock::time_point retry_after{};  // after a failed connect
+  };
   std::mutex lead_mu_;
-  std::map<std::string, std::unique_ptr<pg::Connection>> leads_;  // role → the session holding it
+  std::map<std::string, LeadSession> leads_;  // by role
   int migrations_applied_ = 0;
 };
 

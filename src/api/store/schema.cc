@@ -197,37 +197,45 @@ ALTER TABLE snapshots ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
      R"sql(
 ALTER TABLE snapshots ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
 )sql"},
-    // 8: route-change notifications. On PostgreSQL every change of a sandbox's state, host or
-    // generation, and every delete, sends its id on channel `moat_sandbox` when the transaction
-    // commits (whichever statement made it: a transition, a lost-host sweep), so route caches
-    // of other processes drop it at once (RouteCache::Watch). SQLite serves one process: nothing.
+    // 8: route-change notifications. On PostgreSQL every change of a running sandbox's state,
+    // host or generation, and its delete, sends its id on channel `moat_sandbox` when the
+    // transaction commits (whichever statement made it: a transition, a lost-host sweep), so
+    // route caches of other processes drop it at once (RouteCache::Watch). Route caches hold
+    // running records only, so other changes notify nothing (a NOTIFY serializes commits).
+    // SQLite serves one process: nothing.
     {R"sql(
 -- nothing: one process owns a SQLite store
 )sql",
      R"sql(
 CREATE FUNCTION moat_sandbox_changed() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
+  IF OLD.state <> 'running' THEN
+    RETURN NULL;
+  END IF;
   IF TG_OP = 'DELETE' THEN
     PERFORM pg_notify('moat_sandbox', OLD.id);
-    RETURN OLD;
+    RETURN NULL;
   END IF;
   IF NEW.state IS DISTINCT FROM OLD.state OR NEW.host_id IS DISTINCT FROM OLD.host_id OR
      NEW.generation IS DISTINCT FROM OLD.generation THEN
     PERFORM pg_notify('moat_sandbox', NEW.id);
   END IF;
-  RETURN NEW;
+  RETURN NULL;
 END
 $fn$;
 CREATE TRIGGER sandboxes_changed AFTER UPDATE OR DELETE ON sandboxes
   FOR EACH ROW EXECUTE FUNCTION moat_sandbox_changed();
 )sql"},
     // 9: warm clones of the base template a host has ready, as it last reported them (placement
-    // prefers a host that can hand one out).
+    // prefers a host that can hand one out); a counter of changes to a host's reservations (the
+    // audit trims only an excess that no reservation or release has touched for several rounds).
     {R"sql(
 ALTER TABLE hosts ADD COLUMN warm_base INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN reservation_seq INTEGER NOT NULL DEFAULT 0;
 )sql",
      R"sql(
 ALTER TABLE hosts ADD COLUMN warm_base BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN reservation_seq BIGINT NOT NULL DEFAULT 0;
 )sql"},
 };
 

@@ -71,7 +71,7 @@ Result<HostRecord> SqliteStore::RegisterHost(const HostRegistration& h) {
                   "started_at_ms = excluded.started_at_ms, vcpu_total = excluded.vcpu_total, "
                   "mem_total_mb = excluded.mem_total_mb, accel = excluded.accel, cpu_model = "
                   "excluded.cpu_model, qemu_build = excluded.qemu_build, labels = "
-                  "excluded.labels RETURNING " +
+                  "excluded.labels, warm_base = 0 RETURNING " +
                   kHostColumns);
   MOAT_RETURN_IF_ERROR(s.status());
   s.Bind(1, h.id)
@@ -211,7 +211,8 @@ Result<std::optional<std::string>> SqliteStore::ReserveOnHost(const std::string&
   MOAT_RETURN_IF_ERROR(CheckOvercommit(cpu_overcommit, mem_overcommit));
   std::lock_guard lock(mu_);
   Statement s(db_,
-              "UPDATE hosts SET vcpu_reserved = vcpu_reserved + ?2, mem_reserved_mb = "
+              "UPDATE hosts SET reservation_seq = reservation_seq + 1, vcpu_reserved = "
+              "vcpu_reserved + ?2, mem_reserved_mb = "
               "mem_reserved_mb + ?3 WHERE id = ?1 AND state = 'active' AND vcpu_reserved + ?2 <= "
               "vcpu_total * ?4 AND mem_reserved_mb + ?3 <= mem_total_mb * ?5 RETURNING endpoint");
   MOAT_RETURN_IF_ERROR(s.status());
@@ -232,37 +233,40 @@ Result<std::vector<ReservationAudit>> SqliteStore::AuditReservations() {
   Statement s(
       db_,
       std::string("SELECT h.id, h.vcpu_reserved, h.mem_reserved_mb, COALESCE(SUM(s.cpu_count), 0), "
-                  "COALESCE(SUM(s.memory_mb), 0) FROM hosts h LEFT JOIN sandboxes s ON s.host_id = "
+                  "COALESCE(SUM(s.memory_mb), 0), h.reservation_seq FROM hosts h LEFT JOIN "
+                  "sandboxes s ON s.host_id = "
                   "h.id AND "
                   "s.state IN " +
                   SqlStateList(HoldsResources) +
                   " WHERE h.state <> 'lost' GROUP BY h.id, "
-                  "h.vcpu_reserved, h.mem_reserved_mb ORDER BY h.id"));
+                  "h.vcpu_reserved, h.mem_reserved_mb, h.reservation_seq ORDER BY h.id"));
   MOAT_RETURN_IF_ERROR(s.status());
   std::vector<ReservationAudit> out;
   for (;;) {
     MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
     if (!row) return out;
-    out.push_back({s.Text(0), s.Int(1), s.Int(2), s.Int(3), s.Int(4)});
+    out.push_back({s.Text(0), s.Int(1), s.Int(2), s.Int(3), s.Int(4), s.Int(5)});
   }
 }
 
-Result<bool> SqliteStore::TrimReservation(const std::string& host_id, int64_t vcpus,
-                                          int64_t mem_mb) {
+Result<bool> SqliteStore::TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb,
+                                          int64_t seq) {
   MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
   const std::string held =
       "FROM sandboxes WHERE host_id = ?1 AND state IN " + SqlStateList(HoldsResources) + ")";
   std::lock_guard lock(mu_);
   Statement s(db_,
-              "UPDATE hosts SET vcpu_reserved = vcpu_reserved - ?2, mem_reserved_mb = "
-              "mem_reserved_mb - ?3 WHERE id = ?1 AND state <> 'lost' AND vcpu_reserved - ?2 >= "
+              "UPDATE hosts SET reservation_seq = reservation_seq + 1, vcpu_reserved = "
+              "vcpu_reserved - ?2, mem_reserved_mb = "
+              "mem_reserved_mb - ?3 WHERE id = ?1 AND state <> 'lost' AND reservation_seq = ?4 AND "
+              "vcpu_reserved - ?2 >= "
               "(SELECT COALESCE(SUM(cpu_count), 0) " +
                   held +
                   " AND mem_reserved_mb - ?3 >= "
                   "(SELECT COALESCE(SUM(memory_mb), 0) " +
                   held);
   MOAT_RETURN_IF_ERROR(s.status());
-  MOAT_RETURN_IF_ERROR(s.Bind(1, host_id).Bind(2, vcpus).Bind(3, mem_mb).Run());
+  MOAT_RETURN_IF_ERROR(s.Bind(1, host_id).Bind(2, vcpus).Bind(3, mem_mb).Bind(4, seq).Run());
   return sqlite3_changes(db_) > 0;
 }
 
@@ -270,7 +274,8 @@ Status SqliteStore::ReleaseOnHost(const std::string& host_id, int64_t vcpus, int
   MOAT_RETURN_IF_ERROR(CheckNeed(host_id, vcpus, mem_mb));
   std::lock_guard lock(mu_);
   Statement s(db_,
-              "UPDATE hosts SET vcpu_reserved = MAX(vcpu_reserved - ?2, 0), mem_reserved_mb = "
+              "UPDATE hosts SET reservation_seq = reservation_seq + 1, vcpu_reserved = "
+              "MAX(vcpu_reserved - ?2, 0), mem_reserved_mb = "
               "MAX(mem_reserved_mb - ?3, 0) WHERE id = ?1");
   MOAT_RETURN_IF_ERROR(s.status());
   MOAT_RETURN_IF_ERROR(s.Bind(1, host_id).Bind(2, vcpus).Bind(3, mem_mb).Run());

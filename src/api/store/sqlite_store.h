@@ -71,7 +71,8 @@ class SqliteStore : public Store {
                                                    double mem_overcommit) override;
   Status ReleaseOnHost(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
   Result<std::vector<ReservationAudit>> AuditReservations() override;
-  Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb) override;
+  Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb,
+                               int64_t seq) override;
   Result<std::vector<SandboxRecord>> SandboxesOnHost(const std::string& host_id) override;
   Result<std::vector<SandboxRecord>> StaleCreating(int64_t started_before_ms) override;
 

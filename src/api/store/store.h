@@ -185,6 +185,8 @@ struct ReservationAudit {
   int64_t vcpu_reserved = 0, mem_reserved_mb = 0;
   // Summed over the host's records in states that hold resources (HoldsResources).
   int64_t vcpu_held = 0, mem_held_mb = 0;
+  // Bumped by every reservation, release and trim on the host.
+  int64_t seq = 0;
 };
 
 // Which hosts a placement may try, for a sandbox that needs `vcpus` and `mem_mb`.
@@ -359,10 +361,11 @@ class Store {
   // Every host that is not lost, its reservations and what its records hold, read together.
   virtual Result<std::vector<ReservationAudit>> AuditReservations() = 0;
   // Gives back a leaked part of a host's reservation (a create whose replica died between the
-  // reservation and its record), but never below what the host's records hold at that moment:
-  // false, changing nothing, if that would be below (or the host is lost or unknown).
-  virtual Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus,
-                                       int64_t mem_mb) = 0;
+  // reservation and its record), only if nothing reserved or released on the host since the
+  // audit that read `seq`, and never below what the host's records hold at that moment: false,
+  // changing nothing, otherwise (or when the host is lost or unknown).
+  virtual Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb,
+                                       int64_t seq) = 0;
 
   // Every sandbox recorded on the host, in any state, by id (an agent reconciling after it
   // registers).

@@ -788,16 +788,23 @@ TEST_F(StoreSuite, AuditsReservationsAgainstTheRecordsAndTrimsOnlyWhatNoRecordHo
   EXPECT_EQ((*audit)[1].vcpu_reserved, 0);
   EXPECT_EQ((*audit)[1].vcpu_held, 0);
 
-  EXPECT_FALSE(*store_->TrimReservation("h1", 2, 512)) << "below what the records hold";
-  EXPECT_FALSE(*store_->TrimReservation("nobody", 1, 1));
-  auto trimmed = store_->TrimReservation("h1", 1, 512);
+  const int64_t seq = h1.seq;
+  EXPECT_FALSE(*store_->TrimReservation("h1", 2, 512, seq)) << "below what the records hold";
+  EXPECT_FALSE(*store_->TrimReservation("nobody", 1, 1, 0));
+  // A reservation or release since the audit (a create in flight) makes the audit's view stale.
+  ASSERT_TRUE(store_->ReserveOnHost("h1", 1, 512, 1.0, 1.0)->has_value());
+  ASSERT_TRUE(store_->ReleaseOnHost("h1", 1, 512).ok());
+  EXPECT_FALSE(*store_->TrimReservation("h1", 1, 512, seq)) << "trimmed on a stale audit";
+  const int64_t fresh_seq = store_->AuditReservations()->at(0).seq;
+  EXPECT_EQ(fresh_seq, seq + 2) << "a reservation and a release each count";
+  auto trimmed = store_->TrimReservation("h1", 1, 512, fresh_seq);
   ASSERT_TRUE(trimmed.ok()) << trimmed.status().ToString();
   EXPECT_TRUE(*trimmed);
   auto after = store_->GetHost("h1")->value();
   EXPECT_EQ(after.vcpu_reserved, 2);
   EXPECT_EQ(after.mem_reserved_mb, 1024);
-  EXPECT_FALSE(*store_->TrimReservation("h1", 1, 0)) << "nothing is leaked any more";
-  EXPECT_EQ(store_->TrimReservation("h1", -1, 0).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_FALSE(*store_->TrimReservation("h1", 1, 0, fresh_seq + 1)) << "nothing is leaked any more";
+  EXPECT_EQ(store_->TrimReservation("h1", -1, 0, 0).status().code(), ErrorCode::kInvalidArgument);
 }
 
 TEST_F(StoreSuite, FindsTheSandboxesOnAHostAndThoseLeftCreating) {
