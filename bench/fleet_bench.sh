@@ -17,25 +17,16 @@ moatd=$build/bin/moatd
 [ -f "$build/guest/vmlinux" ] || { echo "fleet_bench: $build/guest has no guest image (make guest)" >&2; exit 1; }
 
 . "$root/tests/support/pg.sh"
+. "$root/tests/support/moatd_procs.sh"
 work=$(mktemp -d /tmp/moat-fleet-bench.XXXXXX)
 key="moat_bench_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 declare -A pid url
+procs_who=fleet_bench
 
 cleanup() {
   local rc=$?
-  for name in "${!pid[@]}"; do kill -TERM "${pid[$name]}" 2>/dev/null || true; done
-  for name in "${!pid[@]}"; do
-    for _ in $(seq 1 150); do kill -0 "${pid[$name]}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${pid[$name]}" 2>/dev/null && { echo "fleet_bench: $name ignored SIGTERM" >&2; rc=1; }
-    wait "${pid[$name]}" 2>/dev/null || true
-  done
-  if pgrep -f -- "$work" >/dev/null; then
-    echo "fleet_bench: processes left behind:" >&2; pgrep -af -- "$work" >&2
-    pkill -KILL -f -- "$work" || true; rc=1
-  fi
-  if [ "$rc" != 0 ]; then
-    for log in "$work"/*.log; do [ -f "$log" ] && { echo "== $log" >&2; tail -n 20 "$log" >&2; }; done
-  fi
+  procs_stop_all || rc=1
+  [ "$rc" = 0 ] || procs_show_logs
   if [ -n "${FLEET_BENCH_LOGS:-}" ]; then mkdir -p "$FLEET_BENCH_LOGS" && cp "$work"/*.log "$FLEET_BENCH_LOGS"/; fi
   pg_stop
   rm -rf "$work"
@@ -43,25 +34,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 start() {  # NAME ROLE flags…
-  local name=$1 role=$2 port
+  local name=$1 role=$2
   shift 2
-  port=$(free_port)
-  url[$name]=http://127.0.0.1:$port
+  url[$name]=http://127.0.0.1:$(procs_free_port)
   mkdir -p "$work/$name"
-  MOAT_API_KEY=$key "$moatd" "$role" --listen "127.0.0.1:$port" --data-dir "$work/$name" "$@" \
-    >>"$work/$name.log" 2>&1 &
+  MOAT_API_KEY=$key "$moatd" "$role" --listen "${url[$name]#http://}" --data-dir "$work/$name" \
+    "$@" >>"$work/$name.log" 2>&1 &
   pid[$name]=$!
-  for _ in $(seq 1 600); do
-    curl -fs "${url[$name]}/healthz" >/dev/null 2>&1 && return 0
-    kill -0 "${pid[$name]}" 2>/dev/null || { echo "fleet_bench: $name exited" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "fleet_bench: $name did not answer /healthz" >&2
-  return 1
+  procs_wait_healthy "$name"
 }
 
 PG_DURABLE=1 pg_start "$(mktemp -d /tmp/moat-fleet-bench-pg.XXXXXX)"

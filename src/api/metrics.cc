@@ -81,20 +81,20 @@ std::string Metrics::Render(const StoreGauges& gauges) const {
   auto host_gauge = [&](const char* name, const char* help, auto value) {
     out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n";
     for (const auto& [id, h] : gauges.hosts) {
-      if (!h.registered) continue;
-      out += std::string(name) + "{host=\"" + Escape(id) + "\"} " + value(h) + "\n";
+      if (h.record)
+        out += std::string(name) + "{host=\"" + Escape(id) + "\"} " + value(*h.record) + "\n";
     }
   };
   out += "# HELP moat_host_state The host's state (1 for the state it is in).\n";
   out += "# TYPE moat_host_state gauge\n";
   for (const auto& [id, h] : gauges.hosts) {
-    if (!h.registered) continue;
+    if (!h.record) continue;
     for (const char* state : {"active", "draining", "lost"}) {
       out += "moat_host_state{host=\"" + Escape(id) + "\",state=\"" + state + "\"} " +
-             (h.state == state ? "1" : "0") + "\n";
+             (store::HostStateName(h.record->state) == state ? "1" : "0") + "\n";
     }
   }
-  using H = StoreGauges::Host;
+  using H = store::HostRecord;
   host_gauge("moat_host_vcpus", "vCPUs the host offers.",
              [](const H& h) { return std::to_string(h.vcpu_total); });
   host_gauge("moat_host_vcpus_reserved", "vCPUs reserved by sandboxes placed on the host.",

@@ -8,9 +8,12 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
+
+#include "api/store/store.h"
 
 namespace moat::api {
 
@@ -19,11 +22,8 @@ namespace moat::api {
 struct StoreGauges {
   std::map<std::string, int64_t> sandboxes_by_state;
   struct Host {
-    bool registered = false;  // has a hosts row (a fleet agent); `moatd serve`'s "local" has none
-    std::string state;        // active | draining | lost (registered hosts)
-    int64_t vcpu_total = 0, vcpu_reserved = 0, mem_total_mb = 0, mem_reserved_mb = 0;
-    int64_t heartbeat_at_ms = 0;
-    int64_t warm_base = 0;
+    // Its hosts row (a fleet agent's); none for `moatd serve`'s "local".
+    std::optional<store::HostRecord> record;
     std::map<std::string, int64_t> sandboxes_by_state;
   };
   std::map<std::string, Host> hosts;  // by host id

@@ -646,14 +646,7 @@ StoreGauges SandboxController::Gauges() {
   if (auto hosts = store_.ListHosts(); hosts.ok()) {
     for (const auto& h : *hosts) {
       StoreGauges::Host& g = out.hosts[h.id];
-      g.registered = true;
-      g.state = std::string(store::HostStateName(h.state));
-      g.vcpu_total = h.vcpu_total;
-      g.vcpu_reserved = h.vcpu_reserved;
-      g.mem_total_mb = h.mem_total_mb;
-      g.mem_reserved_mb = h.mem_reserved_mb;
-      g.heartbeat_at_ms = h.heartbeat_at_ms;
-      g.warm_base = h.warm_base;
+      g.record = h;
       g.sandboxes_by_state = {{"running", 0}, {"paused", 0}};
     }
   }

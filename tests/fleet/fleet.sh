@@ -21,9 +21,11 @@ moat=$build/bin/moat
 [ -f "$build/guest/vmlinux" ] || { echo "fleet: $build/guest has no guest image (make guest)" >&2; exit 1; }
 
 . "$root/tests/support/pg.sh"
+. "$root/tests/support/moatd_procs.sh"
 work=$(mktemp -d /tmp/moat-fleet.XXXXXX)
 key="moat_fleet_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 declare -A pid url
+procs_who=fleet
 lost_after=4
 
 say() { echo "fleet: $*" >&2; }
@@ -40,51 +42,20 @@ cleanup() {
     down_agent=
     trap cleanup EXIT INT TERM
   fi
-  for name in "${!pid[@]}"; do
-    kill -TERM "${pid[$name]}" 2>/dev/null || true
-  done
-  for name in "${!pid[@]}"; do
-    for _ in $(seq 1 150); do kill -0 "${pid[$name]}" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "${pid[$name]}" 2>/dev/null; then
-      say "$name did not stop on SIGTERM; killing it"; kill -KILL "${pid[$name]}"; rc=1
-    fi
-    wait "${pid[$name]}" 2>/dev/null || true
-  done
-  sleep 0.5
-  if pgrep -f -- "$work" >/dev/null; then
-    say "processes left behind mentioning $work:"; pgrep -af -- "$work" >&2
-    pkill -KILL -f -- "$work" || true; rc=1
-  fi
-  if [ "$rc" != 0 ]; then
-    for log in "$work"/*.log; do
-      [ -f "$log" ] || continue
-      say "last lines of $(basename "$log"):"; tail -n 25 "$log" >&2
-    done
-  fi
+  procs_stop_all || rc=1
+  [ "$rc" = 0 ] || procs_show_logs
   pg_stop
   rm -rf "$work"
   exit "$rc"
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_healthy() {  # NAME
-  local name=$1
-  for _ in $(seq 1 600); do
-    curl -fs "${url[$name]}/healthz" >/dev/null 2>&1 && return 0
-    kill -0 "${pid[$name]}" 2>/dev/null || fail "$name exited during start-up"
-    sleep 0.1
-  done
-  fail "$name did not answer /healthz"
-}
+wait_healthy() { procs_wait_healthy "$1" || fail "$1 did not start"; }
 
 # An agent: its own host id, data dir, port, slot pool and jail ids.
 start_agent() {  # NAME POOL_OCTET JAIL_FIRST
   local name=$1 port
-  port=$(free_port)
+  port=$(procs_free_port)
   url[$name]=http://127.0.0.1:$port
   mkdir -p "$work/$name"
   "$moatd" agent --listen "127.0.0.1:$port" --store "$PG_URI" --fleet-token-file "$work/token" \
@@ -98,7 +69,7 @@ start_agent() {  # NAME POOL_OCTET JAIL_FIRST
 start_api() {  # NAME [extra flags…]
   local name=$1 port
   shift
-  port=$(free_port)
+  port=$(procs_free_port)
   url[$name]=http://127.0.0.1:$port
   mkdir -p "$work/$name"
   MOAT_API_KEY=$key "$moatd" api --listen "127.0.0.1:$port" --store "$PG_URI" \

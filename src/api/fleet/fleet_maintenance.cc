@@ -80,13 +80,12 @@ void FleetMaintenance::AuditOnce() {
     if (!history.empty() && !(history.back() == now)) history.clear();
     history.push_back(now);
     if (history.size() < kAuditObservations) continue;
-    int64_t trim_v = now.vcpus, trim_m = now.mem_mb;
-    auto trimmed = store_.TrimReservation(a.host_id, trim_v, trim_m, now.seq);
+    auto trimmed = store_.TrimReservation(a.host_id, now.vcpus, now.mem_mb, now.seq);
     if (trimmed.ok() && *trimmed) {
       LogWarn("fleet.reservation_trimmed",
               {{"host", a.host_id},
-               {"vcpus", trim_v},
-               {"memory_mb", trim_m},
+               {"vcpus", now.vcpus},
+               {"memory_mb", now.mem_mb},
                {"why", "reserved beyond what its sandboxes hold for " +
                            std::to_string(kAuditObservations) + " audits"}});
       history.clear();
