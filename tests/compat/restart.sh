@@ -86,6 +86,14 @@ create() {
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])'
 }
 
+# A sandbox's VM directory: a warm clone keeps its own local name, so it is found by the
+# sandbox id in its state.json (a sandbox restored for the request is named by its id).
+vm_dir() {  # ID
+  local f
+  f=$(grep -l "\"$1\"" "$data"/sandboxes/*/state.json 2>/dev/null | head -1)
+  [ -n "$f" ] && dirname "$f" || echo "$data/sandboxes/$1"
+}
+
 export MOAT_API_URL=$url MOAT_API_KEY=$key
 start_moatd --keep-sandboxes-on-stop || exit 1
 kept=$(create) || fail "create failed"
@@ -98,8 +106,8 @@ n1=$("$moat" exec "$kept" -- cat /tmp/n) || fail "reading the counter failed"
 
 stop_moatd
 # The VMMs outlived moatd.
-pgrep -f -- "$data/sandboxes/$kept/" >/dev/null || fail "the VMM of $kept did not survive moatd"
-dies_vmm=$(pgrep -f -- "$data/sandboxes/$dies/") || fail "the VMM of $dies did not survive moatd"
+pgrep -f -- "$(vm_dir "$kept")/" >/dev/null || fail "the VMM of $kept did not survive moatd"
+dies_vmm=$(pgrep -f -- "$(vm_dir "$dies")/") || fail "the VMM of $dies did not survive moatd"
 # One dies while no moatd runs.
 kill -KILL $dies_vmm
 sleep 1
