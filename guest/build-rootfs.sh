@@ -20,10 +20,13 @@ size=${MOAT_ROOTFS_SIZE:-2G}
 
 [ -x "$guest_bin" ] || { echo "build-rootfs: $guest_bin is not an executable" >&2; exit 1; }
 packages=$(grep -v '^#' "$here/rootfs.packages" | grep -v '^$' | paste -sd, -)
+# npm from the npm registry, pinned by version and integrity (Debian's npm pulls ~390 packages).
+npm_version=10.9.4
+npm_integrity=sha512-OnUG836FwboQIbqtefDNlyR0gTHzIfwRfE3DuiNewBvnMnWEpB0VEXwBlFVgqpNzIgYo/MHh3d2Hel/pszapAA==
 
 base_key=$({
   cat "$here/build-rootfs.sh" "$here/rootfs.packages"
-  echo "$suite $mirror $size"
+  echo "$suite $mirror $size npm@$npm_version $npm_integrity"
 } | sha256sum | cut -c1-16)
 base_dir=$cache/rootfs-base-$base_key
 
@@ -31,9 +34,19 @@ if [ -f "$base_dir/base.ext4" ]; then
   echo "build-rootfs: cached base $base_dir"
 else
   echo "build-rootfs: debootstrap $suite minbase + $packages (a few minutes)"
+  started=$(date +%s)
   mkdir -p "$cache"
   work=$(mktemp -d "$cache/.rootfs-build.XXXXXX")
   trap 'rm -rf "$work"' EXIT
+  npm_tgz=$cache/npm-$npm_version.tgz
+  if [ ! -f "$npm_tgz" ]; then
+    (cd "$work" && npm pack --silent "npm@$npm_version" > /dev/null) \
+      || { echo "build-rootfs: npm pack npm@$npm_version failed" >&2; exit 1; }
+    mv "$work/npm-$npm_version.tgz" "$npm_tgz"
+  fi
+  got="sha512-$(openssl dgst -sha512 -binary "$npm_tgz" | base64 -w0)"
+  [ "$got" = "$npm_integrity" ] \
+    || { echo "build-rootfs: $npm_tgz has integrity $got, want $npm_integrity" >&2; rm -f "$npm_tgz"; exit 1; }
   tree=$work/tree
   debootstrap --variant=minbase --include="$packages" "$suite" "$tree" "$mirror" \
     > "$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
@@ -46,6 +59,15 @@ else
   : > "$tree/etc/machine-id"
   printf 'nameserver 169.254.0.22\n' > "$tree/etc/resolv.conf"
   printf '/dev/vda / ext4 rw,relatime 0 1\n' > "$tree/etc/fstab"
+  # As in E2B's base: `user` may sudo without a password, and pip installs without a venv (Debian
+  # marks its python "externally managed"; agents `pip install` as a matter of course).
+  printf 'user ALL=(ALL:ALL) NOPASSWD: ALL\n' > "$tree/etc/sudoers.d/user"
+  chmod 0440 "$tree/etc/sudoers.d/user"
+  printf '[global]\nbreak-system-packages = true\n' > "$tree/etc/pip.conf"
+  mkdir -p "$tree/usr/lib/node_modules/npm"
+  tar -xzf "$npm_tgz" -C "$tree/usr/lib/node_modules/npm" --strip-components=1 --no-same-owner
+  ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$tree/usr/bin/npm"
+  ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$tree/usr/bin/npx"
   # moat-guest is PID 1; the binary itself is written into the final image below.
   ln -sf /usr/sbin/moat-guest "$tree/sbin/init"
   # Caches and documentation only make the image (and every sandbox's page cache) bigger.
@@ -56,9 +78,10 @@ else
   mkdir -p "$base_dir.tmp"
   mkfs.ext4 -q -F -L moat-root -E root_owner=0:0 -d "$tree" "$base_dir.tmp/base.ext4" "$size"
   du -sh "$tree" | cut -f1 > "$base_dir.tmp/tree-size"
+  echo $(($(date +%s) - started)) > "$base_dir.tmp/bake-seconds"
   rm -rf "$base_dir"
   mv "$base_dir.tmp" "$base_dir"
-  echo "build-rootfs: built base $base_dir (content $(cat "$base_dir/tree-size"))"
+  echo "build-rootfs: built base $base_dir (content $(cat "$base_dir/tree-size"), $(cat "$base_dir/bake-seconds") s)"
 fi
 
 final_key=$({ echo "$base_key"; sha256sum < "$guest_bin"; } | sha256sum | cut -c1-16)

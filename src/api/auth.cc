@@ -41,7 +41,7 @@ std::string RandomToken(std::string_view prefix, size_t bytes) {
 }
 
 std::string NewApiKey() {
-  return RandomToken("moat_", 20);
+  return RandomToken("e2b_", 20);
 }
 
 std::string MaskApiKey(std::string_view key) {

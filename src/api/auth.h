@@ -1,4 +1,5 @@
-// API keys and envd access tokens. Keys are `moat_` + 40 hex digits; only their SHA-256 is
+// API keys and envd access tokens. Keys are `e2b_` + 40 hex digits (the official clients check
+// keys against `^e2b_[0-9a-f]+$`; keys minted as `moat_…` before keep working); only their SHA-256 is
 // stored. The first start with an empty store creates the admin team and one key: the value
 // of MOAT_API_KEY if set, otherwise a fresh one, written to DATA_DIR/api-key (mode 0600).
 #pragma once
@@ -17,7 +18,7 @@ std::string Sha256Hex(std::string_view data);
 // `prefix` + hex of `bytes` random bytes from the OS CSPRNG.
 std::string RandomToken(std::string_view prefix, size_t bytes);
 std::string NewApiKey();
-// "moat_1a2b…9f0e".
+// "e2b_1a2b3…9f0e".
 std::string MaskApiKey(std::string_view key);
 // Constant-time comparison of secrets.
 bool SecretsEqual(std::string_view a, std::string_view b);

@@ -87,6 +87,30 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     assert.equal(r.stdout, 'hello from create\n')
   })
 
+  test('the base image carries what E2B\'s default base does (git, curl, sudo, pip, venv, npm)', async () => {
+    const tools = await plain.commands.run(
+      'git --version && curl --version | head -1 && wget --version | head -1 && jq --version && ' +
+        'unzip -v | head -1 && ps --version && ip -V && python3 -m pip --version && node --version && ' +
+        'npm --version && sudo -n id -un',
+      { timeoutMs: 120000 },
+    )
+    assert.equal(tools.exitCode, 0)
+    assert.match(tools.stdout, /^git version 2\./m)
+    assert.match(tools.stdout, /^pip \d+/m)
+    assert.match(tools.stdout, /^v18\./m)
+    assert.match(tools.stdout, /^root$/m, 'user sudoes without a password')
+    // A venv, and a git round trip against a bare repository (no network).
+    const git = await plain.commands.run(
+      'set -e; python3 -m venv /tmp/venv && /tmp/venv/bin/python -c "import sys; print(sys.prefix)"; ' +
+        'git init -q --bare /tmp/origin.git && git clone -q /tmp/origin.git /tmp/work 2>/dev/null; ' +
+        'cd /tmp/work && echo hi > a && git add a && ' +
+        'git -c user.name=t -c user.email=t@e commit -qm one && git push -q origin HEAD 2>/dev/null && ' +
+        'git --git-dir=/tmp/origin.git log --format=%s',
+      { timeoutMs: 120000 },
+    )
+    assert.equal(git.stdout, '/tmp/venv\none\n')
+  })
+
   test('commands.run streams stdout and stderr to the callbacks', async () => {
     const out = []
     const err = []
@@ -409,7 +433,7 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     const created = await moatApi('POST', '/keys', admin, { name: 'compat', team: `team-${run}` })
     assert.equal(created.status, 201, JSON.stringify(created.body))
     const other = created.body.key
-    assert.match(other, /^moat_[0-9a-f]{40}$/)
+    assert.match(other, /^e2b_[0-9a-f]{40}$/)
     const snap = await tagged.createSnapshot()
     try {
       assert.deepEqual(await Sandbox.listSnapshots({ apiKey: other }).nextItems(), [])

@@ -31,7 +31,7 @@ struct ApiKeyRecord {
   std::string id;
   std::string team_id;
   std::string name;
-  std::string mask;  // "moat_1a2b…9f0e": enough to recognise a key, never enough to use it
+  std::string mask;  // "e2b_1a2b3…9f0e": enough to recognise a key, never enough to use it
   int64_t created_at_ms = 0;
 };
 

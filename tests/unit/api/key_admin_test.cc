@@ -89,7 +89,7 @@ TEST_F(KeyAdminTest, OnlyTheAdminCreatesTeamsAndManagesOtherTeamsKeys) {
   ASSERT_TRUE(acme.ok()) << acme.status().ToString();
   EXPECT_EQ(acme->team.name, "acme");
   EXPECT_FALSE(acme->team.admin);
-  EXPECT_EQ(acme->key.rfind("moat_", 0), 0u);
+  EXPECT_EQ(acme->key.rfind("e2b_", 0), 0u);
   auto team = **store_->TeamByKeyHash(Sha256Hex(acme->key));
   EXPECT_EQ(team.id, acme->team.id) << "the new key authenticates as the new team";
 
