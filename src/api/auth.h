@@ -1,7 +1,7 @@
 // API keys and envd access tokens. Keys are `e2b_` + 40 hex digits (the official clients check
-// keys against `^e2b_[0-9a-f]+$`; keys minted as `moat_…` before keep working); only their SHA-256 is
-// stored. The first start with an empty store creates the admin team and one key: the value
-// of MOAT_API_KEY if set, otherwise a fresh one, written to DATA_DIR/api-key (mode 0600).
+// keys against `^e2b_[0-9a-f]+$`; keys minted as `moat_…` before keep working); only their SHA-256
+// is stored. The first start with an empty store creates the admin team and one key: the value of
+// MOAT_API_KEY if set, otherwise a fresh one, written to DATA_DIR/api-key (mode 0600).
 #pragma once
 
 #include <optional>
