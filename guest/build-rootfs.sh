@@ -20,13 +20,13 @@ size=${MOAT_ROOTFS_SIZE:-2G}
 
 [ -x "$guest_bin" ] || { echo "build-rootfs: $guest_bin is not an executable" >&2; exit 1; }
 packages=$(grep -v '^#' "$here/rootfs.packages" | grep -v '^$' | paste -sd, -)
-# npm from the npm registry, pinned by version and integrity (Debian's npm pulls ~390 packages).
+# npm comes from the npm registry (see rootfs.packages), pinned here; this file is in the key.
 npm_version=10.9.4
 npm_integrity=sha512-OnUG836FwboQIbqtefDNlyR0gTHzIfwRfE3DuiNewBvnMnWEpB0VEXwBlFVgqpNzIgYo/MHh3d2Hel/pszapAA==
 
 base_key=$({
   cat "$here/build-rootfs.sh" "$here/rootfs.packages"
-  echo "$suite $mirror $size npm@$npm_version $npm_integrity"
+  echo "$suite $mirror $size"
 } | sha256sum | cut -c1-16)
 base_dir=$cache/rootfs-base-$base_key
 
