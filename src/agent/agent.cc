@@ -509,13 +509,17 @@ Result<std::shared_ptr<Sandbox>> Agent::CreateColdBoot(const GuestIdentity& iden
   return shared;
 }
 
-Status Agent::Pause(const std::string& id) {
+Status Agent::Pause(const std::string& id, bool keep_memory) {
   std::lock_guard paused(paused_mu_);
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
   SnapshotManifest m{.kind = "paused", .name = id, .sandbox_id = id};
   auto start = std::chrono::steady_clock::now();
-  MOAT_RETURN_IF_ERROR(
-      sb->SaveSnapshot(SnapshotDir(id), m, /*keep_running=*/false, /*durable=*/true));
+  if (keep_memory) {
+    MOAT_RETURN_IF_ERROR(
+        sb->SaveSnapshot(SnapshotDir(id), m, /*keep_running=*/false, /*durable=*/true));
+  } else {
+    MOAT_RETURN_IF_ERROR(sb->SaveDiskSnapshot(SnapshotDir(id), m));
+  }
   auto saved = std::chrono::steady_clock::now();
   {
     std::lock_guard lock(mu_);
@@ -526,6 +530,7 @@ Status Agent::Pause(const std::string& id) {
     return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
   };
   LogInfo("sandbox.paused", {{"sandbox", id},
+                             {"memory", keep_memory},
                              {"snapshot_ms", ms(saved - start)},
                              {"release_ms", ms(std::chrono::steady_clock::now() - saved)}});
   return Status::Ok();
@@ -540,10 +545,40 @@ Result<std::shared_ptr<Sandbox>> Agent::Resume(const std::string& id) {
   // The paused snapshot is removed only once the sandbox runs again: a failed resume loses
   // nothing.
   // Its recorded egress policy comes back with it.
-  MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Restore(dir, *m, id, {}, std::nullopt));
+  std::shared_ptr<Sandbox> sb;
+  if (m->filesystem_only) {
+    MOAT_ASSIGN_OR_RETURN(sb, BootFromDisk(dir, *m));
+  } else {
+    MOAT_ASSIGN_OR_RETURN(sb, Restore(dir, *m, id, {}, std::nullopt));
+  }
   Status removed = RemoveTree(dir);
   if (!removed.ok()) LogWarn("agent.paused_cleanup_failed", {{"error", removed.ToString()}});
   return sb;
+}
+
+Result<std::shared_ptr<Sandbox>> Agent::BootFromDisk(const std::string& dir,
+                                                     const SnapshotManifest& m) {
+  // The template it came from, with the resources and base disk it had.
+  TemplateSpec tmpl = config_.base;
+  tmpl.name = m.source;
+  tmpl.vcpus = m.vcpus;
+  tmpl.memory_mib = m.memory_mib;
+  tmpl.rootfs_path = m.base_disk;
+  net::EgressPolicy egress;
+  if (!m.egress.is_null()) {
+    MOAT_ASSIGN_OR_RETURN(egress, net::EgressPolicy::FromJson(m.egress));
+  }
+  if (m.network && slot_pool_ == nullptr) {
+    return FailedPrecondition("sandbox " + m.sandbox_id +
+                              " had a network but this agent runs without networking");
+  }
+  MOAT_ASSIGN_OR_RETURN(
+      std::unique_ptr<Sandbox> sb,
+      Sandbox::Boot(env_, tmpl, m.sandbox_id, m.identity.value_or(GuestIdentity{}), egress,
+                    SnapshotFiles(dir).overlay));
+  std::shared_ptr<Sandbox> shared = std::move(sb);
+  Track(shared);
+  return shared;
 }
 
 bool Agent::IsPaused(const std::string& id) {

@@ -111,8 +111,10 @@ class Agent {
   size_t warm_ready();
 
   // Pause persists RAM, device state and disk under DATA_DIR/snapshots/<id>/ and frees the VM;
-  // the sandbox keeps its id. Resume restores it (same id, same identity).
-  Status Pause(const std::string& id);
+  // the sandbox keeps its id. Resume restores it (same id, same identity). Without
+  // `keep_memory` only the disk is kept (after the guest flushed it): a resume boots the VM
+  // afresh from it — files intact, processes gone, a new boot id.
+  Status Pause(const std::string& id, bool keep_memory = true);
   Result<std::shared_ptr<Sandbox>> Resume(const std::string& id);
   bool IsPaused(const std::string& id);
   std::vector<SnapshotManifest> ListPaused();
@@ -158,6 +160,8 @@ class Agent {
                                            const SnapshotManifest& m, const std::string& id,
                                            const GuestIdentity& identity,
                                            const std::optional<net::EgressPolicy>& egress);
+  // A filesystem-only paused sandbox (its snapshot in `dir`), booted afresh from its disk.
+  Result<std::shared_ptr<Sandbox>> BootFromDisk(const std::string& dir, const SnapshotManifest& m);
   void Track(const std::shared_ptr<Sandbox>& sb);
   void MonitorLoop();
   // The warm pool: a clone of the template build in `template_dir`, claimed for the sandbox `id`

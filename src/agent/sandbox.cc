@@ -85,7 +85,8 @@ pid_t Sandbox::vmm_pid() const {
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
                                                const std::string& id, const GuestIdentity& identity,
-                                               const net::EgressPolicy& egress) {
+                                               const net::EgressPolicy& egress,
+                                               const std::string& disk_from) {
   auto start = Clock::now();
   std::unique_ptr<Sandbox> sb(new Sandbox(env, id, id, tmpl.name));
   sb->identity_ = identity;
@@ -96,7 +97,11 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Boot(const SandboxEnv& env, const Temp
   MOAT_RETURN_IF_ERROR(MakeDirs(p.dir, 0711));
   sb->owns_dir_ = true;
   MOAT_RETURN_IF_ERROR(MakeDirs(p.jail_root, 0755));
-  MOAT_RETURN_IF_ERROR(CreateOverlay(tmpl.rootfs_path, p.disk));
+  if (disk_from.empty()) {
+    MOAT_RETURN_IF_ERROR(CreateOverlay(tmpl.rootfs_path, p.disk));
+  } else {
+    MOAT_RETURN_IF_ERROR(CopyFile(disk_from, p.disk));
+  }
 
   vmm::VmSpec spec = sb->BaseSpec(tmpl.vcpus, tmpl.memory_mib, tmpl.rootfs_path);
   spec.boot_mode = vmm::BootMode::kColdBoot;
@@ -332,7 +337,9 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
       AcrossQemuVersions(snap, sb->vmm_->Resume().Annotate("resuming restored sandbox " + id)));
   sb->origin_ = snap;
   sb->origin_.egress = nullptr;
-  sb->identity_ = identity;
+  sb->origin_.identity.reset();
+  // A resume sends no identity (the guest keeps its own) but remembers the one it had.
+  sb->identity_ = identity == GuestIdentity{} && snap.identity ? *snap.identity : identity;
   MOAT_RETURN_IF_ERROR(AcrossQemuVersions(snap, sb->ConnectGuest(env.ready_timeout)));
   auto t_id = Clock::now();
   MOAT_RETURN_IF_ERROR(sb->SendIdentity(identity));
@@ -439,6 +446,16 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
     resume_on_failure.Cancel();
     MOAT_RETURN_IF_ERROR(vmm_->Resume().Annotate("resuming sandbox " + id_ + " after snapshot"));
   }
+  FillManifest(m);
+  m.memory_file = env_.memory_file_snapshots;
+  MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
+  if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
+  remove_tmp.Cancel();
+  resume_on_failure.Cancel();
+  return Status::Ok();
+}
+
+void Sandbox::FillManifest(SnapshotManifest& m) const {
   m.vcpus = origin_.vcpus;
   m.memory_mib = origin_.memory_mib;
   m.accel = origin_.accel;
@@ -447,9 +464,44 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   m.network = origin_.network;
   m.egress = slot_ ? slot_->policy().ToJson() : nlohmann::json(nullptr);
   m.guest_network = slot_ ? channel::proto::Encode(slot_->GuestConfig()) : nlohmann::json(nullptr);
-  m.memory_file = env_.memory_file_snapshots;
   m.qemu_version = vmm_->VersionNumber();
   m.created_unix_ms = static_cast<int64_t>(::time(nullptr)) * 1000;
+  m.identity = identity_;
+}
+
+Status Sandbox::SaveDiskSnapshot(const std::string& dir, SnapshotManifest m) {
+  // What the guest holds in its page cache reaches its disk first: only the disk is kept.
+  {
+    std::shared_ptr<channel::GuestClient> guest;
+    {
+      std::lock_guard lock(mu_);
+      if (killed_ || !guest_) return NotFound("sandbox " + id_ + " was killed");
+      guest = guest_;
+    }
+    channel::ExecRequest sync;
+    sync.argv = {"sync"};
+    sync.user = "root";
+    sync.timeout_ms = 60000;
+    auto r = guest->Run(sync, Clock::now() + std::chrono::seconds(65));
+    if (!r.ok()) return r.status().Annotate("flushing the filesystems of sandbox " + id_);
+  }
+  std::lock_guard lock(mu_);
+  if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
+  if (PathExists(dir)) return Status(ErrorCode::kAlreadyExists, dir + " exists");
+  std::string tmp = dir + ".tmp";
+  (void)RemoveTree(tmp);
+  MOAT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
+  Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
+  // Stopping the VM drains and flushes its disk: the overlay can be copied consistently.
+  MOAT_RETURN_IF_ERROR(vmm_->Pause().Annotate("stopping sandbox " + id_));
+  Cleanup resume_on_failure([&] {
+    Status s = vmm_->Resume();
+    if (!s.ok()) LogError("sandbox.resume_failed", {{"sandbox", id_}, {"error", s.ToString()}});
+  });
+  SnapshotFiles f(tmp);
+  MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
+  FillManifest(m);
+  m.filesystem_only = true;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
   remove_tmp.Cancel();

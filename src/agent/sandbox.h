@@ -81,9 +81,12 @@ class Sandbox {
   // Cold-boots a new sandbox `id` (its public and local id alike) from `tmpl` and waits until
   // moat-guest answers, then sends the identity. On failure everything created so far is
   // released; a directory of that name that exists already is AlreadyExists and left alone.
+  // With `disk_from` (a filesystem-only snapshot's overlay over tmpl.rootfs_path), the sandbox
+  // boots from a copy of that disk instead of a fresh overlay: a filesystem-only resume.
   static Result<std::unique_ptr<Sandbox>> Boot(const SandboxEnv& env, const TemplateSpec& tmpl,
                                                const std::string& id, const GuestIdentity& identity,
-                                               const net::EgressPolicy& egress = {});
+                                               const net::EgressPolicy& egress = {},
+                                               const std::string& disk_from = "");
 
   // Creates a sandbox `id` (its public and local id alike; a directory of that name that exists
   // already is AlreadyExists) by restoring a snapshot (a template's, a paused sandbox's or a
@@ -130,6 +133,10 @@ class Sandbox {
   // last.
   Status SaveSnapshot(const std::string& dir, SnapshotManifest manifest, bool keep_running,
                       bool durable);
+  // A filesystem-only snapshot into `dir` (a pause that keeps no memory): the guest flushes its
+  // filesystems, the VM stops, its disk is copied; the manifest records the identity, for the
+  // boot that resumes it. The VM stays stopped for the caller to release; on failure it runs on.
+  Status SaveDiskSnapshot(const std::string& dir, SnapshotManifest manifest);
 
   const std::string& id() const { return id_; }
   // The name of its directory and VM on this host (see the top of this file).
@@ -180,6 +187,8 @@ class Sandbox {
   Sandbox(const SandboxEnv& env, std::string id, std::string local_id, std::string template_name);
   Status ConnectGuest(std::chrono::milliseconds timeout);
   Status SendIdentity(const GuestIdentity& identity);
+  // The fields of a snapshot manifest this sandbox knows (resources, disk, network, identity).
+  void FillManifest(SnapshotManifest& m) const;
   // Takes a slot (from the ready pool) with `egress` and adds its NIC to `spec`.
   Status AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress);
   // Sends the slot's `network` op: after every boot, restore and fork.

@@ -8,34 +8,6 @@ namespace moat::agent {
 
 using nlohmann::json;
 
-namespace {
-
-Result<GuestIdentity> IdentityFromJson(const json& j) {
-  if (!j.is_object()) return InvalidArgument("state.json: \"identity\" must be an object");
-  GuestIdentity id;
-  for (auto& [key, v] : j.items()) {
-    if (key == "env") {
-      if (!v.is_object()) return InvalidArgument("state.json: \"identity.env\" must be an object");
-      for (auto& [name, value] : v.items()) {
-        if (!value.is_string()) {
-          return InvalidArgument("state.json: \"identity.env." + name + "\" must be a string");
-        }
-        id.env[name] = value.get<std::string>();
-      }
-    } else if (key == "user" || key == "workdir") {
-      if (!v.is_string()) {
-        return InvalidArgument("state.json: \"identity." + key + "\" must be a string");
-      }
-      (key == "user" ? id.user : id.workdir) = v.get<std::string>();
-    } else {
-      return InvalidArgument("state.json: unknown key \"identity." + key + "\"");
-    }
-  }
-  return id;
-}
-
-}  // namespace
-
 std::string SerializeSandboxState(const SandboxState& s) {
   json j = {{"id", s.id},
             {"template", s.template_name},
@@ -49,8 +21,7 @@ std::string SerializeSandboxState(const SandboxState& s) {
   if (s.ready) j["ready"] = true;
   if (s.origin) j["origin"] = ManifestToJson(*s.origin);
   if (s.identity) {
-    j["identity"] = {
-        {"env", s.identity->env}, {"user", s.identity->user}, {"workdir", s.identity->workdir}};
+    j["identity"] = IdentityToJson(*s.identity);
   }
   if (!s.netns.empty()) j["netns"] = s.netns;
   return j.dump(2) + "\n";
@@ -99,7 +70,7 @@ Result<SandboxState> ParseSandboxState(const std::string& text) {
       if (!m.ok()) return m.status().Annotate("state.json: \"origin\"");
       s.origin = std::move(*m);
     } else if (key == "identity") {
-      MOAT_ASSIGN_OR_RETURN(GuestIdentity id, IdentityFromJson(v));
+      MOAT_ASSIGN_OR_RETURN(GuestIdentity id, IdentityFromJson(v, "state.json"));
       s.identity = std::move(id);
     } else if (key == "netns") {
       MOAT_RETURN_IF_ERROR(

@@ -16,20 +16,23 @@ namespace moat::agent {
 using nlohmann::json;
 
 json ManifestToJson(const SnapshotManifest& m) {
-  return {{"kind", m.kind},
-          {"name", m.name},
-          {"source", m.source},
-          {"vcpus", m.vcpus},
-          {"memoryMib", m.memory_mib},
-          {"accel", m.accel},
-          {"baseDisk", m.base_disk},
-          {"createdUnixMs", m.created_unix_ms},
-          {"sandboxId", m.sandbox_id},
-          {"network", m.network},
-          {"egress", m.egress},
-          {"guestNetwork", m.guest_network},
-          {"memoryFile", m.memory_file},
-          {"qemuVersion", m.qemu_version}};
+  json j = {{"kind", m.kind},
+            {"name", m.name},
+            {"source", m.source},
+            {"vcpus", m.vcpus},
+            {"memoryMib", m.memory_mib},
+            {"accel", m.accel},
+            {"baseDisk", m.base_disk},
+            {"createdUnixMs", m.created_unix_ms},
+            {"sandboxId", m.sandbox_id},
+            {"network", m.network},
+            {"egress", m.egress},
+            {"guestNetwork", m.guest_network},
+            {"memoryFile", m.memory_file},
+            {"qemuVersion", m.qemu_version}};
+  if (m.filesystem_only) j["filesystemOnly"] = true;
+  if (m.identity) j["identity"] = IdentityToJson(*m.identity);
+  return j;
 }
 
 std::string SerializeManifest(const SnapshotManifest& m) {
@@ -99,6 +102,16 @@ Result<SnapshotManifest> ManifestFromJson(const json& j) {
       return InvalidArgument("manifest: \"qemuVersion\" must be a short string");
     }
     m.qemu_version = j["qemuVersion"].get<std::string>();
+  }
+  if (j.contains("filesystemOnly")) {
+    if (!j["filesystemOnly"].is_boolean()) {
+      return InvalidArgument("manifest: \"filesystemOnly\" must be a bool");
+    }
+    m.filesystem_only = j["filesystemOnly"].get<bool>();
+  }
+  if (j.contains("identity")) {
+    MOAT_ASSIGN_OR_RETURN(GuestIdentity id, IdentityFromJson(j["identity"], "manifest"));
+    m.identity = std::move(id);
   }
   m.vcpus = static_cast<unsigned>(vcpus);
   m.memory_mib = static_cast<uint64_t>(mem);

@@ -13,8 +13,10 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
+#include "agent/guest_identity.h"
 #include "common/status.h"
 
 namespace moat::agent {
@@ -50,6 +52,11 @@ struct SnapshotManifest {
   // 7.2). Device state moves between QEMU versions only as far as QEMU allows (microvm is not
   // a versioned machine type): a restore that fails across versions says so, and keeps it.
   std::string qemu_version;
+  // Paused sandboxes: only the disk was kept (E2B's pause with `memory: false`); there is no
+  // device state or RAM, and a resume boots the VM afresh from the disk.
+  bool filesystem_only = false;
+  // Paused sandboxes: the identity the sandbox was given, for a resume that boots.
+  std::optional<GuestIdentity> identity;
 };
 
 // Files inside a snapshot directory.

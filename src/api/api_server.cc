@@ -71,6 +71,13 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
 http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
   if (auto target = routes::EnvdTargetOf(req)) {
+    if (target->port != routes::kEnvdPort) {
+      // A paused sandbox with auto-resume wakes for its port traffic: the request waits for it.
+      if (Status woke = control_ctx_.controller->WakeForTraffic(target->sandbox_id); !woke.ok()) {
+        LogWarn("api.auto_resume_failed",
+                {{"sandbox", target->sandbox_id}, {"error", woke.ToString()}});
+      }
+    }
     DataPlaneAnswer answer;
     http::Admission a = data_plane_->Admit(req, *target, has_body, w, &answer);
     if (answer.status != 0) Record(answer.route, answer.status, started, req.peer, answer.warn);

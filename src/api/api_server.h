@@ -18,7 +18,9 @@
 
 namespace moat::api {
 
-inline constexpr const char* kEnvdVersion = "0.5.7";
+// The envd version whose features moat implements (docs/sandbox.md, "envd version"): 0.6.2 file
+// metadata, 0.6.3 entries in watch events, 0.6.4 watching network mounts on request.
+inline constexpr const char* kEnvdVersion = "0.6.4";
 // The largest control-API body (JSON; 413 past it).
 inline constexpr size_t kControlBodyLimit = 1024 * 1024;
 

@@ -14,6 +14,8 @@
 
 namespace moat::api {
 
+// SHA-256 of `data`: the 32 raw bytes, or as 64 hex digits.
+std::string Sha256(std::string_view data);
 std::string Sha256Hex(std::string_view data);
 // `prefix` + hex of `bytes` random bytes from the OS CSPRNG.
 std::string RandomToken(std::string_view prefix, size_t bytes);

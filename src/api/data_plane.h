@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "api/envd_target.h"
 #include "api/http/message.h"
@@ -29,13 +30,19 @@ struct SandboxEndpoint {
   // Non-empty: the sandbox's ports are not public; a request must carry this value in
   // kTrafficTokenHeader (403 otherwise), and the header is not passed on.
   std::string traffic_access_token;
+  // Non-empty: the Host header sent upstream instead of the client's (E2B's
+  // network.maskRequestHost, its "${PORT}" replaced); the client's goes in X-Forwarded-Host.
+  std::string upstream_host;
 };
+
+// `mask` with every "${PORT}" replaced by `port` (empty stays empty).
+std::string MaskedHost(std::string_view mask, uint16_t port);
 
 inline constexpr char kTrafficTokenHeader[] = "e2b-traffic-access-token";
 
 // Resolves (sandbox id, port inside the sandbox). Errors: not_found when the sandbox is unknown
-// or not running (404); failed_precondition when it has no network (502); anything else is a
-// 502 too. Called on connection threads, concurrently.
+// or not running (502, as E2B answers); failed_precondition when it has no network (502);
+// anything else is a 502 too. Called on connection threads, concurrently.
 using PortResolver =
     std::function<Result<SandboxEndpoint>(const std::string& sandbox_id, uint16_t port)>;
 

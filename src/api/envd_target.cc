@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "api/codec/protojson.h"
+#include "api/data_plane.h"
 
 namespace moat::api::routes {
 namespace {
@@ -65,3 +66,21 @@ Result<std::string> BasicAuthUser(const http::Request& req) {
 }
 
 }  // namespace moat::api::routes
+
+namespace moat::api {
+
+std::string MaskedHost(std::string_view mask, uint16_t port) {
+  constexpr std::string_view kPort = "${PORT}";
+  std::string out;
+  for (size_t i = 0; i < mask.size();) {
+    if (mask.substr(i, kPort.size()) == kPort) {
+      out += std::to_string(port);
+      i += kPort.size();
+    } else {
+      out += mask[i++];
+    }
+  }
+  return out;
+}
+
+}  // namespace moat::api

@@ -92,7 +92,8 @@ class HostAgent {
   virtual Status Create(const HostSandboxStart& start) = 0;
   // Kills a running sandbox, or deletes a paused one's snapshot. not_found if it has neither.
   virtual Status Kill(const std::string& id) = 0;
-  virtual Status Pause(const std::string& id) = 0;
+  // `keep_memory` false keeps only the filesystem: the resume boots it (E2B's memory: false).
+  virtual Status Pause(const std::string& id, bool keep_memory = true) = 0;
   // A failed resume keeps the snapshot (the sandbox stays paused).
   virtual Status Resume(const std::string& id) = 0;
   // Children of a running sandbox, one per id, all or none.

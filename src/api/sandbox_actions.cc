@@ -75,6 +75,40 @@ Result<CreateSandboxAction> ParseCreateSandbox(std::string_view text, int64_t de
       return InvalidArgument("\"envVars\": bad variable name \"" + k + "\"");
     }
   }
+  MOAT_ASSIGN_OR_RETURN(auto keep_memory, codec::BoolField(body, "autoPauseMemory"));
+  a.options.auto_pause_memory = keep_memory.value_or(true);
+  if (const json* resume = codec::Field(body, "autoResume"); resume != nullptr) {
+    // {"enabled": bool}, as the SDK sends it; a bare bool is taken too.
+    const json* enabled = resume->is_object() ? codec::Field(*resume, "enabled") : resume;
+    if (enabled == nullptr || !enabled->is_boolean()) {
+      return InvalidArgument("\"autoResume\" must be {\"enabled\": true|false}");
+    }
+    a.options.auto_resume = enabled->get<bool>();
+  }
+  if (a.options.auto_resume && !a.auto_pause) {
+    return InvalidArgument(
+        "\"autoResume\" needs \"autoPause\": a sandbox resumes on traffic "
+        "only when its timeout pauses it");
+  }
+  if (a.options.auto_resume && !a.options.auto_pause_memory) {
+    return InvalidArgument(
+        "\"autoResume\" cannot be combined with \"autoPauseMemory\": false "
+        "(a filesystem-only pause reboots; it is resumed explicitly)");
+  }
+  if (network != nullptr && network->is_object()) {
+    MOAT_ASSIGN_OR_RETURN(auto mask, codec::StringField(*network, "maskRequestHost"));
+    if (mask && !mask->empty()) {
+      // It becomes a header line: printable ASCII, no spaces, a host name's length.
+      bool ok = mask->size() <= 255;
+      for (unsigned char c : *mask) ok = ok && c > 0x20 && c < 0x7f;
+      if (!ok) {
+        return InvalidArgument(
+            "\"network.maskRequestHost\": not a host name (printable ASCII "
+            "without spaces, at most 255 bytes)");
+      }
+      a.options.mask_request_host = *mask;
+    }
+  }
   return a;
 }
 
@@ -85,6 +119,12 @@ Result<net::EgressPolicy> ParseNetworkUpdate(std::string_view text) {
   json network = body;
   network.erase("allow_internet_access");
   return net::EgressPolicy::FromE2b(network, internet);
+}
+
+Result<bool> ParsePauseKeepsMemory(std::string_view text) {
+  MOAT_ASSIGN_OR_RETURN(json body, ParseObject(text));
+  MOAT_ASSIGN_OR_RETURN(auto memory, codec::BoolField(body, "memory"));
+  return memory.value_or(true);
 }
 
 Result<int64_t> ParseSeconds(std::string_view text, std::string_view field,

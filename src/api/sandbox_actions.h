@@ -28,6 +28,8 @@ struct CreateSandboxAction {
   // `network.allowPublicTraffic` (default true): false guards the sandbox's ports with a
   // traffic access token.
   bool allow_public_traffic = true;
+  // `autoPauseMemory`, `autoResume` ({"enabled": bool}), `network.maskRequestHost`.
+  store::SandboxOptions options;
 };
 
 // POST /v2/sandboxes and POST /sandboxes (`default_timeout_s`: 300 and 15).
@@ -35,6 +37,9 @@ Result<CreateSandboxAction> ParseCreateSandbox(std::string_view body, int64_t de
 // PUT /sandboxes/{id}/network: `allow_internet_access`, `allowOut`, `denyOut` (and the
 // proxying fields moat does not apply). The body replaces the whole policy.
 Result<net::EgressPolicy> ParseNetworkUpdate(std::string_view body);
+// POST /sandboxes/{id}/pause: {"memory": bool} (default true; an empty body too). false keeps
+// only the filesystem.
+Result<bool> ParsePauseKeepsMemory(std::string_view body);
 // {"timeout": s} (timeout, connect) or {"duration": s} (refreshes): the seconds, or
 // `default_s` when the field is absent (nullopt default: the field is required).
 Result<int64_t> ParseSeconds(std::string_view body, std::string_view field,

@@ -1,7 +1,9 @@
 #include "api/sandbox_controller.h"
 
 #include <algorithm>
+#include <chrono>
 #include <set>
+#include <thread>
 
 #include "api/auth.h"
 #include "common/guarded.h"
@@ -156,6 +158,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
     r.started_at_ms = UnixMillisNow();
     r.end_at_ms = r.started_at_ms + a.timeout_s * 1000;
     r.auto_pause = a.auto_pause;
+    r.options = a.options;
     r.cpu_count = tmpl.vcpus;
     r.memory_mb = tmpl.memory_mib;
     r.disk_size_mb = tmpl.disk_mib;
@@ -440,7 +443,8 @@ Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, ui
     }
     return endpoint.status();
   }
-  return SandboxEndpoint{endpoint->address, endpoint->port, r.traffic_access_token};
+  return SandboxEndpoint{endpoint->address, endpoint->port, r.traffic_access_token,
+                         MaskedHost(r.options.mask_request_host, port)};
 }
 
 Status SandboxController::SetTimeout(const std::string& team_id, const std::string& id,
@@ -475,17 +479,46 @@ Result<store::SandboxRecord> SandboxController::Connect(const std::string& team_
   return r;
 }
 
-Status SandboxController::Pause(const std::string& team_id, const std::string& id) {
+Status SandboxController::Pause(const std::string& team_id, const std::string& id,
+                                bool keep_memory) {
   MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
   if (r.state == SandboxState::kPaused) {
     return FailedPrecondition("sandbox \"" + id + "\" is already paused");
   }
-  MOAT_RETURN_IF_ERROR(PauseRecord(r));
-  LogInfo("api.sandbox_paused", {{"sandbox", r.id}});
+  MOAT_RETURN_IF_ERROR(PauseRecord(r, keep_memory));
+  LogInfo("api.sandbox_paused", {{"sandbox", r.id}, {"memory", keep_memory}});
   return Status::Ok();
 }
 
-Status SandboxController::PauseRecord(const store::SandboxRecord& r) {
+Status SandboxController::WakeForTraffic(const std::string& id) {
+  constexpr auto kPoll = std::chrono::milliseconds(50);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (;;) {
+    MOAT_ASSIGN_OR_RETURN(auto found, store_.GetSandbox(id));
+    if (!found || !found->options.auto_resume) return Status::Ok();
+    switch (found->state) {
+      case SandboxState::kPaused: {
+        auto resumed = ResumeRecord(*found, 0);
+        if (resumed.ok()) {
+          LogInfo("api.sandbox_resumed", {{"sandbox", id}, {"reason", "traffic"}});
+          return Status::Ok();
+        }
+        // Aborted: another request resumes it; wait for that one.
+        if (resumed.status().code() != ErrorCode::kAborted) return resumed.status();
+        break;
+      }
+      case SandboxState::kPausing:
+      case SandboxState::kResuming: break;  // wait for the change in flight
+      default: return Status::Ok();         // running, or nothing to wake
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return DeadlineExceeded("sandbox \"" + id + "\" did not resume within 120 s");
+    }
+    std::this_thread::sleep_for(kPoll);
+  }
+}
+
+Status SandboxController::PauseRecord(const store::SandboxRecord& r, bool keep_memory) {
   MOAT_ASSIGN_OR_RETURN(bool mine,
                         Transition(r.id, SandboxState::kRunning, SandboxState::kPausing));
   if (!mine) {
@@ -493,7 +526,7 @@ Status SandboxController::PauseRecord(const store::SandboxRecord& r) {
                               std::string(SandboxStateName(r.state)) + " or changing)");
   }
   MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
-  if (Status paused = host->Pause(r.id); !paused.ok()) {
+  if (Status paused = host->Pause(r.id, keep_memory); !paused.ok()) {
     // A failed pause leaves the VM running as it was (HostAgent::Pause).
     auto back = Transition(r.id, SandboxState::kPausing, SandboxState::kRunning);
     if (!back.ok() || !*back) (void)host->Kill(r.id);  // killed meanwhile
@@ -689,7 +722,7 @@ void SandboxController::ReapOnce() {
       case SandboxState::kRunning:
       case SandboxState::kError:
         if (r.end_at_ms <= now && r.auto_pause && r.state == SandboxState::kRunning) {
-          if (Status s = PauseRecord(r); s.ok()) {
+          if (Status s = PauseRecord(r, r.options.auto_pause_memory); s.ok()) {
             LogInfo("api.sandbox_paused", {{"sandbox", r.id}, {"reason", "timeout"}});
             continue;
           } else {

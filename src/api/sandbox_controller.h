@@ -70,7 +70,12 @@ class SandboxController {
   Result<store::SandboxRecord> Connect(const std::string& team_id, const std::string& id,
                                        int64_t timeout_s, bool* resumed = nullptr);
   // failed_precondition ("already paused") for a paused sandbox: the routes answer 409.
-  Status Pause(const std::string& team_id, const std::string& id);
+  // `keep_memory` false keeps only its filesystem: the resume boots it.
+  Status Pause(const std::string& team_id, const std::string& id, bool keep_memory = true);
+  // Traffic for a port of sandbox `id` arrived: if it was created with auto-resume and is
+  // paused (or pausing, or being resumed), it is resumed — or the resume in flight is waited
+  // for — before the request goes on. Any other sandbox: nothing (one store read).
+  Status WakeForTraffic(const std::string& id);
   // aborted if it is running (409); end = now + timeout.
   Result<store::SandboxRecord> Resume(const std::string& team_id, const std::string& id,
                                       int64_t timeout_s);
@@ -141,7 +146,7 @@ class SandboxController {
   Result<HostAgent*> HostOf(const store::SandboxRecord& r);
   Result<HostSandboxStatus> ProbeOnHost(const store::SandboxRecord& r);
   static Reservation ReservationOf(const store::SandboxRecord& r);
-  Status PauseRecord(const store::SandboxRecord& r);
+  Status PauseRecord(const store::SandboxRecord& r, bool keep_memory);
   // Reserves `need` on that very host (where a snapshot is): the placement, or why not.
   Result<Placement> PlaceOn(const std::string& host_id, const Reservation& need);
   Result<bool> Transition(const std::string& id, SandboxState from, SandboxState to);

@@ -43,8 +43,11 @@ Result<T> One(GuestClient& guest, const proto::Request& request, Deadline deadli
 
 // What a decoded item holds, roughly: its strings and a fixed overhead per item and string.
 size_t ApproxBytes(const proto::FileEntry& e) {
-  return 128 + e.name.size() + e.path.size() + e.permissions.size() + e.owner.size() +
-         e.group.size() + (e.symlink_target ? e.symlink_target->size() : 0);
+  size_t n = 128 + e.name.size() + e.path.size() + e.permissions.size() + e.owner.size() +
+             e.group.size() + (e.symlink_target ? e.symlink_target->size() : 0) +
+             (e.target ? 32 + e.target->path.size() : 0);
+  for (const auto& [k, v] : e.metadata) n += 64 + k.size() + v.size();
+  return n;
 }
 size_t ApproxBytes(const proto::ProcessInfo& p) {
   size_t n = 128 + p.tag.size() + p.cmd.size() + p.cwd.size();

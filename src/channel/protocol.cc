@@ -111,6 +111,24 @@ class Fields {
     return out;
   }
 
+  // The object of strings under `key` (optional), bounded in entries and bytes.
+  std::map<std::string, std::string> StringMap(std::string_view key, size_t max_items) {
+    std::map<std::string, std::string> out;
+    const json* v = Find(key);
+    if (v == nullptr || v->is_null()) return out;
+    if (!v->is_object()) return Fail(key, "must be an object"), out;
+    if (v->size() > max_items) return Fail(key, "has too many items"), out;
+    size_t bytes = 0;
+    for (const auto& [k, item] : v->items()) {
+      if (!item.is_string()) return Fail(key, "must hold strings"), decltype(out)();
+      const auto& s = item.get_ref<const std::string&>();
+      bytes += k.size() + s.size();
+      if (bytes > kMaxStringBytes) return Fail(key, "is too large"), decltype(out)();
+      out[k] = s;
+    }
+    return out;
+  }
+
   // The array under `key` (required), bounded in length.
   const json* Array(std::string_view key, size_t max_items) {
     const json* v = Find(key);
@@ -189,6 +207,7 @@ json EncodeImpl(const ReadFileOp& o) {
 json EncodeImpl(const WriteFileOp& o) {
   json r = WithUser({{"op", "write_file"}, {"path", o.path}}, o.user);
   if (o.mode) r["mode"] = *o.mode;
+  if (!o.metadata.empty()) r["metadata"] = o.metadata;
   return r;
 }
 json EncodeImpl(const StatOp& o) {
@@ -207,7 +226,10 @@ json EncodeImpl(const RemoveOp& o) {
   return WithUser({{"op", "remove"}, {"path", o.path}}, o.user);
 }
 json EncodeImpl(const WatchOp& o) {
-  return WithUser({{"op", "watch"}, {"path", o.path}, {"recursive", o.recursive}}, o.user);
+  json r = WithUser({{"op", "watch"}, {"path", o.path}, {"recursive", o.recursive}}, o.user);
+  if (o.include_entry) r["include_entry"] = true;
+  if (o.allow_network_mounts) r["allow_network_mounts"] = true;
+  return r;
 }
 json EncodeImpl(const IdentityOp& o) {
   json r = {{"op", "identity"}, {"unix_ns", o.unix_ns}, {"entropy", o.entropy_hex}};
@@ -342,23 +364,21 @@ Result<std::vector<ProcessInfo>> DecodeProcesses(const json& message) {
   return out;
 }
 
+FileType DecodeFileType(Fields& f) {
+  std::string type = f.String("type");
+  if (type == "file") return FileType::kFile;
+  if (type == "dir") return FileType::kDir;
+  if (type == "symlink") return FileType::kSymlink;
+  if (type != "other") f.Fail("type", "is not one of file, dir, symlink, other");
+  return FileType::kOther;
+}
+
 Result<FileEntry> DecodeFileEntry(const json& message, std::string_view op) {
   Fields f(message, op);
   FileEntry e;
   e.name = f.String("name");
   e.path = f.String("path");
-  std::string type = f.String("type");
-  if (type == "file") {
-    e.type = FileType::kFile;
-  } else if (type == "dir") {
-    e.type = FileType::kDir;
-  } else if (type == "symlink") {
-    e.type = FileType::kSymlink;
-  } else if (type == "other") {
-    e.type = FileType::kOther;
-  } else {
-    f.Fail("type", "is not one of file, dir, symlink, other");
-  }
+  e.type = DecodeFileType(f);
   e.size = f.OptInt<uint64_t>("size").value_or(0);
   e.mode = f.OptInt<uint32_t>("mode", 0, 07777).value_or(0);
   e.permissions = f.OptString("permissions").value_or("");
@@ -366,6 +386,16 @@ Result<FileEntry> DecodeFileEntry(const json& message, std::string_view op) {
   e.group = f.OptString("group").value_or("");
   e.mtime_ns = f.OptInt<int64_t>("mtime_ns").value_or(0);
   e.symlink_target = f.OptString("symlink_target");
+  if (const json* t = f.Find("target"); t != nullptr && !t->is_null()) {
+    Fields tf(*t, op);
+    FileEntry::Target target;
+    target.type = DecodeFileType(tf);
+    target.mode = tf.OptInt<uint32_t>("mode", 0, 07777).value_or(0);
+    target.path = tf.String("path");
+    if (!tf.ok()) return tf.status();
+    e.target = std::move(target);
+  }
+  e.metadata = f.StringMap("metadata", kMaxMetadataEntries);
   if (!f.ok()) return f.status();
   return e;
 }
@@ -415,6 +445,10 @@ Result<WatchEvent> DecodeWatchEvent(const json& message) {
   ev.type = it->second;
   if (ev.type != WatchEvent::Type::kStart) ev.name = f.String("name");
   if (!f.ok()) return f.status();
+  if (const json* entry = f.Find("entry"); entry != nullptr && !entry->is_null()) {
+    MOAT_ASSIGN_OR_RETURN(FileEntry e, DecodeFileEntry(*entry, "watch"));
+    ev.entry = std::move(e);
+  }
   return ev;
 }
 

@@ -31,6 +31,7 @@ namespace moat::channel::proto {
 inline constexpr size_t kMaxStringBytes = 64 * 1024;
 inline constexpr size_t kMaxListEntries = 100000;  // `list`, `processes` (merged)
 inline constexpr size_t kMaxArgv = 4096;
+inline constexpr size_t kMaxMetadataEntries = 1024;  // a file's metadata (64 KiB in all)
 // What one op's merged result may hold in decoded bytes (strings plus a per-item overhead):
 // 100,000 entries of 64 KiB names each would otherwise be gigabytes.
 inline constexpr size_t kMaxResultBytes = 32 * 1024 * 1024;
@@ -83,6 +84,7 @@ struct ReadFileOp {
 struct WriteFileOp {
   std::string path, user;
   std::optional<uint32_t> mode;
+  std::map<std::string, std::string> metadata;  // the file's whole set (none: none)
 };
 struct StatOp {
   std::string path, user;
@@ -103,6 +105,8 @@ struct RemoveOp {
 struct WatchOp {
   std::string path, user;
   bool recursive = false;
+  bool include_entry = false;         // create/write/chmod events carry the entry
+  bool allow_network_mounts = false;  // else a network filesystem is invalid_argument
 };
 struct IdentityOp {
   int64_t unix_ns = 0;
@@ -181,7 +185,15 @@ struct FileEntry {
   uint32_t mode = 0;  // permission bits, & 07777
   std::string permissions, owner, group;
   int64_t mtime_ns = 0;
-  std::optional<std::string> symlink_target;
+  std::optional<std::string> symlink_target;  // as written in the link
+  // A symlink's destination as the user sees it; absent when it leads nowhere.
+  struct Target {
+    FileType type = FileType::kOther;
+    uint32_t mode = 0;
+    std::string path;  // absolute, every link resolved
+  };
+  std::optional<Target> target;
+  std::map<std::string, std::string> metadata;  // user.e2b.* attributes
 };
 Result<FileEntry> DecodeFileEntry(const nlohmann::json& message, std::string_view op);
 // `list`: one MESSAGE's part of the listing.
@@ -200,7 +212,8 @@ Result<bool> DecodeMkdirCreated(const nlohmann::json& message);
 struct WatchEvent {
   enum class Type { kStart, kCreate, kWrite, kRemove, kRename, kChmod };
   Type type = Type::kStart;
-  std::string name;  // relative path; empty for kStart
+  std::string name;                // relative path; empty for kStart
+  std::optional<FileEntry> entry;  // when asked for (WatchOp::include_entry) and still there
 };
 Result<WatchEvent> DecodeWatchEvent(const nlohmann::json& message);
 

@@ -18,8 +18,10 @@ namespace {
 // Temporary names need not be secret, only fresh: they are created with O_EXCL | O_NOFOLLOW,
 // so a name planted in advance (even as a symlink) only costs another try.
 constexpr int kTempNameTries = 64;
-// ".<name>.moat-XXXXXXXX" must stay within NAME_MAX (255).
+// ".<name>.moat-KXXXXXXXX" must stay within NAME_MAX (255).
 constexpr size_t kMaxTempBase = 200;
+constexpr std::string_view kTempMarker = ".moat-";
+constexpr size_t kTempSuffixLen = 8;
 
 std::string TempSuffix() {
   static uint64_t counter = 0;
@@ -30,7 +32,7 @@ std::string TempSuffix() {
                ++counter;
   const char* alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
   std::string s;
-  for (int i = 0; i < 8; ++i) {
+  for (size_t i = 0; i < kTempSuffixLen; ++i) {
     s += alphabet[v % 36];
     v /= 36;
   }
@@ -53,6 +55,24 @@ Status NotRegular(std::string_view op, const std::string& path, mode_t mode) {
 }
 
 }  // namespace
+
+std::optional<UploadTempName> ParseUploadTempName(std::string_view name) {
+  // "." + at least one byte of the name + marker + kind + suffix.
+  size_t tail = kTempMarker.size() + 1 + kTempSuffixLen;
+  if (name.size() < 2 + tail || name[0] != '.') return std::nullopt;
+  std::string_view t = name.substr(name.size() - tail);
+  if (t.substr(0, kTempMarker.size()) != kTempMarker) return std::nullopt;
+  for (char c : t.substr(kTempMarker.size() + 1)) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) return std::nullopt;
+  }
+  switch (t[kTempMarker.size()]) {
+    case 'c': return UploadTempName{false, false};
+    case 'r': return UploadTempName{true, false};
+    case 'm': return UploadTempName{false, true};
+    case 'n': return UploadTempName{true, true};
+    default: return std::nullopt;
+  }
+}
 
 Result<std::unique_ptr<FileDownload>> FileDownload::Open(const std::string& path) {
   // O_PATH opens nothing: the type is checked before anything that could block (a FIFO) or act
@@ -82,25 +102,26 @@ Result<std::string> FileDownload::Read(size_t max) {
 }
 
 Result<std::unique_ptr<FileUpload>> FileUpload::Begin(const std::string& path, const UserInfo& user,
-                                                      mode_t mode) {
+                                                      mode_t mode, FileMetadata metadata) {
   if (path == "/") return InvalidArgument("write_file(/): is a directory");
   MOAT_ASSIGN_OR_RETURN(bool created, MakeDirs(ParentDir(path)));
   (void)created;
   MOAT_ASSIGN_OR_RETURN(ParentDirFd at, OpenParentDir(path, "write_file"));
   struct stat st {};
   // Followed, like any writer would: a link to a directory or a FIFO is refused as they are.
-  if (::fstatat(at.dir.get(), at.name.c_str(), &st, 0) == 0 && !S_ISREG(st.st_mode)) {
-    return NotRegular("write_file", path, st.st_mode);
-  }
-  std::string base = "." + at.name.substr(0, kMaxTempBase) + ".moat-";
+  bool replaces = ::fstatat(at.dir.get(), at.name.c_str(), &st, 0) == 0;
+  if (replaces && !S_ISREG(st.st_mode)) return NotRegular("write_file", path, st.st_mode);
+  char kind = metadata.empty() ? (replaces ? 'r' : 'c') : (replaces ? 'n' : 'm');
+  std::string base = "." + at.name.substr(0, kMaxTempBase) + std::string(kTempMarker) + kind;
   for (int i = 0; i < kTempNameTries; ++i) {
     std::string tmp = base + TempSuffix();
     // 0600 until Commit sets the requested mode: nobody reads a half-written file.
     int fd = ::openat(at.dir.get(), tmp.c_str(),
                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd >= 0) {
-      return std::unique_ptr<FileUpload>(new FileUpload(
-          std::move(at.dir), UniqueFd(fd), path, std::move(at.name), std::move(tmp), user, mode));
+      return std::unique_ptr<FileUpload>(new FileUpload(std::move(at.dir), UniqueFd(fd), path,
+                                                        std::move(at.name), std::move(tmp), user,
+                                                        mode, std::move(metadata)));
     }
     if (errno != EEXIST) return ErrnoError("write_file(" + path + "): create " + tmp);
   }
@@ -132,6 +153,7 @@ Status FileUpload::Commit() {
   MOAT_ASSIGN_OR_RETURN(FsCredentials creds, FsCredentials::Assume(user_));
   // fchmod after creation: the mode is exactly what was asked for, whatever the umask.
   if (::fchmod(fd_.get(), mode_) < 0) return ErrnoError("chmod(" + path_ + ")");
+  MOAT_RETURN_IF_ERROR(SetMetadata(fd_.get(), metadata_, path_));
   if (::fsync(fd_.get()) < 0) return ErrnoError("fsync(" + path_ + ")");
   if (::renameat(dir_.get(), tmp_.c_str(), dir_.get(), name_.c_str()) < 0) {
     return ErrnoError("rename(" + tmp_ + ", " + path_ + ")");

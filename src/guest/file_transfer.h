@@ -11,9 +11,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include "common/file_metadata.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 #include "guest/users.h"
@@ -37,13 +39,24 @@ class FileDownload {
   std::string path_;
 };
 
+// What an upload's temporary name says of it, for watchers (watch.h): an upload is one rename
+// into place, and a watcher shows it as the events E2B's envd gives a write in place.
+struct UploadTempName {
+  bool replaces = false;      // the destination existed when the upload began
+  bool has_metadata = false;  // metadata was set on it
+};
+// ".<name>.moat-<kind><8 of [a-z0-9]>", kind c (new), r (replaces), m/n the same with metadata;
+// nullopt for any other name.
+std::optional<UploadTempName> ParseUploadTempName(std::string_view name);
+
 class FileUpload {
  public:
   // Creates missing parents and the temporary file (never through a symlink). An existing
   // destination that is a directory or not a regular file (FIFO, socket, device) is
-  // InvalidArgument.
+  // InvalidArgument. `metadata` (normalised) is set on the file before it is renamed into
+  // place; the destination's earlier metadata goes with the file it replaces.
   static Result<std::unique_ptr<FileUpload>> Begin(const std::string& path, const UserInfo& user,
-                                                   mode_t mode);
+                                                   mode_t mode, FileMetadata metadata);
   // Removes the temporary file unless committed.
   ~FileUpload();
   FileUpload(const FileUpload&) = delete;
@@ -56,14 +69,15 @@ class FileUpload {
 
  private:
   FileUpload(UniqueFd dir, UniqueFd fd, std::string path, std::string name, std::string tmp,
-             UserInfo user, mode_t mode)
+             UserInfo user, mode_t mode, FileMetadata metadata)
       : dir_(std::move(dir)),
         fd_(std::move(fd)),
         path_(std::move(path)),
         name_(std::move(name)),
         tmp_(std::move(tmp)),
         user_(std::move(user)),
-        mode_(mode) {}
+        mode_(mode),
+        metadata_(std::move(metadata)) {}
   UniqueFd dir_;  // the destination's directory (O_PATH): the rename happens there, whatever
                   // becomes of the path to it meanwhile
   UniqueFd fd_;
@@ -72,6 +86,7 @@ class FileUpload {
   std::string tmp_;   // the temporary file's name in dir_
   UserInfo user_;
   mode_t mode_;
+  FileMetadata metadata_;
   bool committed_ = false;
 };
 

@@ -2,9 +2,13 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/unique_fd.h"
 #include "guest/path_open.h"
@@ -32,37 +36,40 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
   return dir == "/" ? "/" + name : dir + "/" + name;
 }
 
-// Lists the directory open as `dir_fd` (named `dir`), and below it down to `depth` levels.
+// Lists the directory open as `dir_fd` (named `dir`), and below it down to `depth` levels, as
+// envd's walk does: names in byte order, each directory followed at once by what is in it.
 // Subdirectories are opened relative to their parent and never through a symlink.
 Status ListInto(UniqueFd dir_fd, const std::string& dir, int depth, const UserTable& users,
                 size_t max_entries, std::vector<Json>& out) {
   DIR* d = ::fdopendir(dir_fd.get());
   if (d == nullptr) return ErrnoError("fdopendir(" + dir + ")");
   dir_fd.Release();  // owned by the DIR stream now
-  std::vector<std::string> subdirs;
-  Status status;
+  std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
     if (name == "." || name == "..") continue;
+    if (names.size() >= max_entries) break;  // more than can be listed anyway
+    names.push_back(std::move(name));
+  }
+  std::sort(names.begin(), names.end());
+  Status status;
+  for (const auto& name : names) {
     std::string path = JoinPath(dir, name);
     struct stat st {};
-    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;  // raced
+    if (::fstatat(::dirfd(d), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) continue;  // raced
     if (out.size() >= max_entries) {
       status = ResourceExhausted("list(" + dir + "): more than " + std::to_string(max_entries) +
                                  " entries");
       break;
     }
     out.push_back(EntryJson(path, st, users, ::dirfd(d), name));
-    if (S_ISDIR(st.st_mode) && depth > 1) subdirs.push_back(name);
-  }
-  for (const auto& name : subdirs) {
-    if (!status.ok()) break;
+    if (!S_ISDIR(st.st_mode) || depth <= 1) continue;
     UniqueFd sub(::openat(::dirfd(d), name.c_str(),
                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
     // A subdirectory that vanished or is unreadable does not fail the whole listing.
     if (!sub) continue;
-    Status s = ListInto(std::move(sub), JoinPath(dir, name), depth - 1, users, max_entries, out);
-    if (s.code() == ErrorCode::kResourceExhausted) status = s;
+    status = ListInto(std::move(sub), path, depth - 1, users, max_entries, out);
+    if (!status.ok()) break;
   }
   ::closedir(d);
   return status;
@@ -194,8 +201,70 @@ Json EntryJson(const std::string& path, const struct stat& st, const UserTable& 
     char target[4096];
     ssize_t n = ::readlinkat(dir_fd, name.c_str(), target, sizeof target);
     if (n >= 0) e["symlink_target"] = std::string(target, static_cast<size_t>(n));
+    // What it leads to, as the user sees it: absent when it leads nowhere (dangling, a loop).
+    struct stat target_st {};
+    if (::fstatat(dir_fd, name.c_str(), &target_st, 0) == 0) {
+      char* resolved = ::realpath(path.c_str(), nullptr);
+      if (resolved != nullptr) {
+        e["target"] = {{"type", TypeName(target_st.st_mode)},
+                       {"mode", static_cast<uint32_t>(target_st.st_mode & 07777)},
+                       {"path", std::string(resolved)}};
+        std::free(resolved);
+      }
+    }
+  } else if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {
+    Json metadata = ReadMetadata(dir_fd, name);
+    if (!metadata.empty()) e["metadata"] = std::move(metadata);
   }
   return e;
+}
+
+Status SetMetadata(int fd, const FileMetadata& metadata, const std::string& path) {
+  for (const auto& [key, value] : metadata) {
+    std::string name = std::string(kMetadataXattrPrefix) + key;
+    if (::fsetxattr(fd, name.c_str(), value.data(), value.size(), 0) < 0) {
+      // As envd: a filesystem without user attributes (tmpfs before Linux 6.6) keeps the file
+      // and drops its metadata.
+      if (errno == ENOTSUP) return Status::Ok();
+      return ErrnoError("write_file(" + path + "): set metadata \"" + key + "\"");
+    }
+  }
+  return Status::Ok();
+}
+
+Json ReadMetadata(int dir_fd, const std::string& name) {
+  constexpr size_t kMaxTotal = 64 * 1024;
+  Json out = Json::object();
+  // xattr calls take a path or an fd that O_PATH cannot give; the fd's /proc link names exactly
+  // the inode opened (not followed past it), whatever happens to `name` meanwhile.
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return out;
+  std::string proc = "/proc/self/fd/" + std::to_string(fd.get());
+  std::string names(16 * 1024, '\0');
+  ssize_t n = ::listxattr(proc.c_str(), names.data(), names.size());
+  if (n <= 0) return out;  // none, not supported, or more names than any metadata holds
+  size_t total = 0;
+  std::string value(kMaxMetadataBytes, '\0');
+  for (size_t off = 0; off < static_cast<size_t>(n);) {
+    const char* attr = names.data() + off;
+    size_t len = ::strnlen(attr, static_cast<size_t>(n) - off);
+    off += len + 1;
+    std::string_view a(attr, len);
+    if (a.size() <= kMetadataXattrPrefix.size() ||
+        a.substr(0, kMetadataXattrPrefix.size()) != kMetadataXattrPrefix) {
+      continue;
+    }
+    ssize_t v = ::getxattr(proc.c_str(), std::string(a).c_str(), value.data(), value.size());
+    if (v < 0) continue;  // longer than any metadata value (ERANGE), or gone meanwhile
+    std::string key(a.substr(kMetadataXattrPrefix.size()));
+    std::string_view val(value.data(), static_cast<size_t>(v));
+    // Set from inside the sandbox they may hold anything; only what a header could carry shows.
+    if (!IsPrintableAscii(key) || !IsPrintableAscii(val)) continue;
+    total += key.size() + val.size();
+    if (total > kMaxTotal) break;
+    out[key] = std::string(val);
+  }
+  return out;
 }
 
 Result<Json> StatPath(const std::string& path, const UserTable& users) {

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/file_metadata.h"
 #include "common/status.h"
 #include "guest/request.h"
 #include "guest/users.h"
@@ -32,6 +33,13 @@ Json EntryJson(const std::string& path, const struct stat& st, const UserTable& 
                const std::string& name);
 
 Result<Json> StatPath(const std::string& path, const UserTable& users);
+
+// Sets each key of `metadata` (normalised: common/file_metadata.h) on the open file `fd` as
+// `user.e2b.<key>` (`path` names it in errors).
+Status SetMetadata(int fd, const FileMetadata& metadata, const std::string& path);
+// The metadata of `name` in `dir_fd` (never followed): its `user.e2b.*` attributes whose names
+// and values are printable ASCII, at most 64 KiB of them; an empty object when it has none.
+Json ReadMetadata(int dir_fd, const std::string& name);
 // Entries below `path` down to `depth` levels (1: the directory's own children), without
 // following symlinks; at most `max_entries` (ResourceExhausted beyond that).
 Result<std::vector<Json>> ListDir(const std::string& path, int depth, const UserTable& users,

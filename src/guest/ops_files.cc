@@ -43,11 +43,15 @@ Result<Server::OpOutcome> Server::OpWriteFile(uint32_t id, const Json& req) {
   UserTable users = UserTable::Load();
   MOAT_ASSIGN_OR_RETURN(auto user_path, UserAndPath(req, "path", users));
   MOAT_ASSIGN_OR_RETURN(auto mode, OptInt(req, "mode", 0, 07777));
+  MOAT_ASSIGN_OR_RETURN(auto raw_metadata, OptStringMap(req, "metadata"));
+  MOAT_ASSIGN_OR_RETURN(FileMetadata metadata,
+                        NormalizeMetadata(raw_metadata.value_or(FileMetadata{})));
   std::unique_ptr<FileUpload> upload;
   {
     MOAT_ASSIGN_OR_RETURN(FsCredentials creds, FsCredentials::Assume(user_path.first));
-    MOAT_ASSIGN_OR_RETURN(upload, FileUpload::Begin(user_path.second, user_path.first,
-                                                    static_cast<mode_t>(mode.value_or(0644))));
+    MOAT_ASSIGN_OR_RETURN(
+        upload, FileUpload::Begin(user_path.second, user_path.first,
+                                  static_cast<mode_t>(mode.value_or(0644)), std::move(metadata)));
   }
   Stream& s = NewStream(id, Stream::Kind::kWriteFile);
   s.upload = std::move(upload);

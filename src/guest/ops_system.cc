@@ -9,15 +9,18 @@ Result<Server::OpOutcome> Server::OpWatch(uint32_t id, const Json& req) {
   UserTable users = UserTable::Load();
   MOAT_ASSIGN_OR_RETURN(auto user_path, UserAndPath(req, "path", users));
   MOAT_ASSIGN_OR_RETURN(auto recursive, OptBool(req, "recursive"));
+  MOAT_ASSIGN_OR_RETURN(auto include_entry, OptBool(req, "include_entry"));
+  MOAT_ASSIGN_OR_RETURN(auto allow_network_mounts, OptBool(req, "allow_network_mounts"));
+  WatchOptions options{recursive.value_or(false), include_entry.value_or(false),
+                       allow_network_mounts.value_or(false)};
   Transport* transport = transport_.get();
   std::unique_ptr<Watch> watch;
   {
     MOAT_ASSIGN_OR_RETURN(FsCredentials creds, FsCredentials::Assume(user_path.first));
-    MOAT_ASSIGN_OR_RETURN(watch,
-                          Watch::Start(
-                              loop_, user_path.second, recursive.value_or(false), user_path.first,
-                              [this, id](const Json& event) { SendMessage(id, event); },
-                              [transport] { return transport->has_room(); }));
+    MOAT_ASSIGN_OR_RETURN(watch, Watch::Start(
+                                     loop_, user_path.second, options, user_path.first,
+                                     [this, id](const Json& event) { SendMessage(id, event); },
+                                     [transport] { return transport->has_room(); }));
   }
   NewStream(id, Stream::Kind::kWatch).watch = std::move(watch);
   SendMessage(id, Json{{"type", "start"}});

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "guest/files.h"
 #include "guest/fs_credentials.h"
 #include "guest/path_open.h"
 
@@ -20,6 +22,22 @@ namespace {
 constexpr uint32_t kMask = IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
                            IN_ATTRIB | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
 constexpr size_t kMaxWatchedDirs = 8192;
+// Uploads and renames tracked at once; past that the oldest knowledge is dropped (an upload's
+// events then show as a plain create).
+constexpr size_t kMaxTracked = 1024;
+
+// statfs f_type of filesystems whose changes inotify does not see when another machine makes
+// them: NFS, CIFS, SMB, SMB2, FUSE.
+bool IsNetworkFilesystem(int64_t type) {
+  switch (static_cast<uint64_t>(type) & 0xffffffffu) {
+    case 0x6969:
+    case 0xFF534D42:
+    case 0x517B:
+    case 0xFE534D42:
+    case 0x65735546: return true;
+    default: return false;
+  }
+}
 
 RateLimiter g_watch_log(1, 5);
 
@@ -35,17 +53,22 @@ const char* EventType(uint32_t mask) {
 }  // namespace
 
 Result<std::unique_ptr<Watch>> Watch::Start(EventLoop& loop, const std::string& root,
-                                            bool recursive, const UserInfo& user, Emit emit,
-                                            HasRoom has_room) {
+                                            const WatchOptions& options, const UserInfo& user,
+                                            Emit emit, HasRoom has_room) {
   // Resolved once without magic links (path_open.h); inotify itself takes only a path.
   MOAT_ASSIGN_OR_RETURN(UniqueFd at, OpenPath(root, O_PATH, 0, "watch"));
   struct stat st {};
   if (::fstat(at.get(), &st) < 0) return ErrnoError("stat(" + root + ")");
   if (!S_ISDIR(st.st_mode)) return InvalidArgument("watch(" + root + "): not a directory");
+  struct statfs fs {};
+  if (!options.allow_network_mounts && ::fstatfs(at.get(), &fs) == 0 &&
+      IsNetworkFilesystem(fs.f_type)) {
+    return InvalidArgument("cannot watch path on network filesystem: " + root);
+  }
   UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
   if (!fd) return ErrnoError("inotify_init1");
   std::unique_ptr<Watch> w(
-      new Watch(loop, std::move(fd), recursive, user, std::move(emit), std::move(has_room)));
+      new Watch(loop, std::move(fd), options, user, std::move(emit), std::move(has_room)));
   w->root_ = root;
   MOAT_RETURN_IF_ERROR(w->AddTree(root, ""));
   w->Refresh();
@@ -99,12 +122,31 @@ void Watch::Refresh() {
   }
 }
 
+void Watch::Send(const char* type, const std::string& rel) {
+  // A large write is a stream of IN_MODIFY; one event per batch says the same.
+  if (type == last_type_ && rel == last_name_) return;
+  last_type_ = type;
+  last_name_ = rel;
+  Json event{{"type", type}, {"name", rel}};
+  if (include_entry_ && (std::strcmp(type, "create") == 0 || std::strcmp(type, "write") == 0 ||
+                         std::strcmp(type, "chmod") == 0)) {
+    std::string abs = root_ + (root_ == "/" ? "" : "/") + rel;
+    auto creds = FsCredentials::Assume(user_);
+    if (creds.ok()) {
+      auto entry = StatPath(abs, UserTable::Load());
+      if (entry.ok()) event["entry"] = std::move(*entry);
+    }
+  }
+  emit_(event);
+}
+
 void Watch::OnReadable() {
   // Large enough for many events; each is aligned for struct inotify_event.
   alignas(inotify_event) char buf[64 * 1024];
   ssize_t n = ::read(fd_.get(), buf, sizeof buf);
   if (n <= 0) return;
-  std::string last_type, last_name;
+  last_type_.clear();
+  last_name_.clear();
   for (ssize_t off = 0; off + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
     // The kernel writes whole, aligned inotify_event records back to back into the buffer.
     const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
@@ -130,13 +172,42 @@ void Watch::OnReadable() {
         LogWarn("guest.watch_add_failed", {{"error", s.ToString()}});
       }
     }
+    if (rel.empty()) continue;
+    if (!(ev->mask & IN_ISDIR)) {
+      if (auto temp = ParseUploadTempName(name)) {
+        // An upload's temporary file: never shown; its rename into place is.
+        if (ev->mask & IN_CREATE) {
+          if (uploads_.size() >= kMaxTracked) uploads_.clear();
+          uploads_[rel] = Upload{};
+        } else if (ev->mask & IN_MODIFY) {
+          uploads_[rel].wrote = true;
+        } else if (ev->mask & IN_DELETE) {
+          uploads_.erase(rel);
+        } else if (ev->mask & IN_MOVED_FROM) {
+          auto up = uploads_.find(rel);
+          if (renames_.size() >= kMaxTracked) renames_.clear();
+          renames_[ev->cookie] = PendingRename{*temp, up == uploads_.end() || up->second.wrote};
+          if (up != uploads_.end()) uploads_.erase(up);
+        }
+        continue;
+      }
+      if (ev->mask & IN_MOVED_TO) {
+        if (auto r = renames_.find(ev->cookie); r != renames_.end()) {
+          PendingRename pending = r->second;
+          renames_.erase(r);
+          if (!pending.temp.replaces) Send("create", rel);
+          Send("chmod", rel);
+          if (pending.wrote || pending.temp.replaces) Send("write", rel);
+          if (pending.temp.has_metadata) {
+            last_type_.clear();  // a second chmod, as envd's setxattr after the write gives
+            Send("chmod", rel);
+          }
+          continue;
+        }
+      }
+    }
     const char* type = EventType(ev->mask);
-    if (type == nullptr || rel.empty()) continue;
-    // A large write is a stream of IN_MODIFY; one event per batch says the same.
-    if (type == last_type && rel == last_name) continue;
-    last_type = type;
-    last_name = rel;
-    emit_(Json{{"type", type}, {"name", rel}});
+    if (type != nullptr) Send(type, rel);
   }
   Refresh();
 }

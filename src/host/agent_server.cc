@@ -211,7 +211,20 @@ void AgentServer::RegisterRoutes() {
               });
   router_.Add("POST", "/v1/sandboxes/{id}/pause",
               [&agent](http::Request& req, http::ResponseWriter& w) {
-                if (auto id = SandboxIdOf(req, w)) SendDone(w, agent.Pause(*id));
+                auto id = SandboxIdOf(req, w);
+                if (!id) return;
+                // An empty body keeps memory; {"memory": false} keeps the filesystem only.
+                bool keep_memory = true;
+                if (!req.body.empty()) {
+                  auto body = BodyOf(req, w);
+                  if (!body) return;
+                  auto memory = body->is_object() ? body->find("memory") : body->end();
+                  if (memory == body->end() || !memory->is_boolean()) {
+                    return SendError(w, InvalidArgument("pause: expected {\"memory\": bool}"));
+                  }
+                  keep_memory = memory->get<bool>();
+                }
+                SendDone(w, agent.Pause(*id, keep_memory));
               });
   router_.Add("POST", "/v1/sandboxes/{id}/resume",
               [&agent](http::Request& req, http::ResponseWriter& w) {

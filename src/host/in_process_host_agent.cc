@@ -56,8 +56,8 @@ Status InProcessHostAgent::Kill(const std::string& id) {
   return agent_.Kill(id);
 }
 
-Status InProcessHostAgent::Pause(const std::string& id) {
-  return agent_.Pause(id);
+Status InProcessHostAgent::Pause(const std::string& id, bool keep_memory) {
+  return agent_.Pause(id, keep_memory);
 }
 
 Status InProcessHostAgent::Resume(const std::string& id) {

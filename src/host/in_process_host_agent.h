@@ -24,7 +24,7 @@ class InProcessHostAgent : public api::HostAgent {
   int64_t WarmReady() override { return static_cast<int64_t>(agent_.warm_ready()); }
   Status Create(const api::HostSandboxStart& start) override;
   Status Kill(const std::string& id) override;
-  Status Pause(const std::string& id) override;
+  Status Pause(const std::string& id, bool keep_memory = true) override;
   Status Resume(const std::string& id) override;
   Status Fork(const std::string& id, const std::vector<std::string>& child_ids) override;
   Result<std::string> CreateSnapshot(const std::string& id, const std::string& name) override;

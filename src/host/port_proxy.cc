@@ -20,8 +20,13 @@ using http::IsUpgrade;
 
 }  // namespace
 
-std::string UpstreamRequest(const http::Request& req, std::string_view client_ip) {
-  std::string out = http::ProxiedHead(req, {"X-API-Key", kTrafficTokenHeader}, client_ip);
+std::string UpstreamRequest(const http::Request& req, std::string_view client_ip,
+                            std::string_view upstream_host) {
+  http::HeaderNames drop = {"X-API-Key", kTrafficTokenHeader};
+  if (!upstream_host.empty()) drop.insert("Host");
+  // X-Forwarded-Host keeps the client's Host either way.
+  std::string out = http::ProxiedHead(req, drop, client_ip);
+  if (!upstream_host.empty()) out += "Host: " + std::string(upstream_host) + "\r\n";
   if (!req.body.empty() || req.HasHeader("Content-Length") || req.HasHeader("Transfer-Encoding")) {
     out += "Content-Length: " + std::to_string(req.body.size()) + "\r\n";
   }
@@ -62,8 +67,12 @@ std::optional<SandboxEndpoint> PortProxy::Resolve(const http::Request& req,
   if (!endpoint.ok()) {
     const Status& s = endpoint.status();
     if (s.code() == ErrorCode::kNotFound) {
-      return fail("sandbox_not_found",
-                  NotFound("sandbox " + sandbox_id + " is not found or not running"), 404);
+      // As E2B's proxy answers for a sandbox killed, ended or never there (its SDK reads the
+      // JSON): 502 {"sandboxId", "message": "The sandbox was not found", "code": 502}.
+      metrics_.CountPortProxy("sandbox_not_found");
+      SendSandboxNotRunning(w, sandbox_id);
+      *http_status = 502;
+      return std::nullopt;
     }
     // The resolver's own words may name slots and addresses: they go to the log only.
     LogDebug("api.port_proxy_unresolved",
@@ -133,7 +142,8 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
   });
 
   auto started = std::chrono::steady_clock::now();
-  auto relayed = RelayExchange(req, w, upstream_fd, UpstreamRequest(req, ClientIp(req.peer)),
+  auto relayed = RelayExchange(req, w, upstream_fd,
+                               UpstreamRequest(req, ClientIp(req.peer), endpoint->upstream_host),
                                options_.idle_timeout, what);
   if (!relayed.ok()) return Fail(w, "error", relayed.status().Annotate("port proxy"), 500);
   const RelayStats& st = relayed->stats;

@@ -82,6 +82,7 @@ class PortProxy {
 // (the body is already here) and X-API-Key (never into a sandbox). Adds X-Forwarded-For (appended
 // to), X-Forwarded-Host and X-Forwarded-Proto (unless present), `Connection: close` — or, for an
 // upgrade (WebSocket), `Upgrade` and `Connection: Upgrade` — and Content-Length for a body.
-std::string UpstreamRequest(const http::Request& req, std::string_view client_ip);
+std::string UpstreamRequest(const http::Request& req, std::string_view client_ip,
+                            std::string_view upstream_host = {});
 
 }  // namespace moat::api

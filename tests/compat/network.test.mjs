@@ -155,12 +155,14 @@ describe('sandbox networking through moatd', { concurrency: false }, () => {
       'hello-from-8000',
     )
     assert.equal(byHeader.status, 200, byHeader.body)
-    // Nothing listens on 8001: moatd answers 502 naming the port; an unknown sandbox is 404.
+    // Nothing listens on 8001: moatd answers 502 naming the port; an unknown sandbox is 502 with
+    // E2B's JSON.
     const closed = await get({ Host: sbx.getHost(8001) })
     assert.equal(closed.status, 502, closed.body)
     assert.match(closed.body, /8001/)
     const unknown = await get({ Host: `8000-nosuchsandbox0000000.${host.split('.').slice(1).join('.')}` })
-    assert.equal(unknown.status, 404, unknown.body)
+    assert.equal(unknown.status, 502, unknown.body)
+    assert.equal(JSON.parse(unknown.body).message, 'The sandbox was not found')
   })
 
   test('a WebSocket echo works through the proxy', async () => {

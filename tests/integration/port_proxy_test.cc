@@ -343,8 +343,8 @@ TEST_F(PortProxyTest, ErrorsNameTheSandboxAndPort) {
     return Exchange(port_, "GET / HTTP/1.1\r\n" + headers + "\r\n\r\n");
   };
   Reply r = get("Host: " + HostOf(kHttpPort, "nosuchsandbox0000001"));
-  EXPECT_EQ(r.status, 404);
-  EXPECT_EQ(json::parse(r.body)["code"], 404);
+  EXPECT_EQ(r.status, 502);
+  EXPECT_EQ(json::parse(r.body)["code"], 502);
   EXPECT_TRUE(Contains(r.body, "nosuchsandbox0000001")) << r.body;
 
   r = get("Host: " + HostOf(kHttpPort, kNoNetSandbox));

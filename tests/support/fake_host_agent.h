@@ -20,7 +20,8 @@ class FakeHostAgent : public api::HostAgent {
 
   // What the fake holds and was asked.
   std::set<std::string> running, paused, snapshots;
-  std::vector<std::string> calls;  // "create <id>", "kill <id>", …
+  std::set<std::string> paused_filesystem_only;  // paused with keep_memory false
+  std::vector<std::string> calls;                // "create <id>", "kill <id>", …
   // A failure to return from the next call of that name ("create", "pause", …), once.
   std::map<std::string, Status> fail_next;
   // Runs inside the named call, before it changes anything (the store may be changed by it).
@@ -58,11 +59,12 @@ class FakeHostAgent : public api::HostAgent {
     if (running.erase(id) + paused.erase(id) == 0) return NotFound("sandbox " + id + " not found");
     return Status::Ok();
   }
-  Status Pause(const std::string& id) override {
+  Status Pause(const std::string& id, bool keep_memory = true) override {
     MOAT_RETURN_IF_ERROR(Enter("pause", id));
     std::lock_guard lock(mu_);
     if (running.erase(id) == 0) return NotFound("sandbox " + id + " not found");
     paused.insert(id);
+    if (!keep_memory) paused_filesystem_only.insert(id);
     return Status::Ok();
   }
   Status Resume(const std::string& id) override {

@@ -131,9 +131,10 @@ Status RemoteHostAgent::Kill(const std::string& id) {
   return Send({"DELETE", SandboxPath(id), "", false, 204}).status();
 }
 
-Status RemoteHostAgent::Pause(const std::string& id) {
+Status RemoteHostAgent::Pause(const std::string& id, bool keep_memory) {
   if (!IsSandboxId(id)) return BadId("sandbox", id);
-  return Send({"POST", SandboxPath(id) + "/pause", "", true, 204}).status();
+  std::string body = keep_memory ? "" : R"({"memory":false})";
+  return Send({"POST", SandboxPath(id) + "/pause", body, true, 204}).status();
 }
 
 Status RemoteHostAgent::Resume(const std::string& id) {

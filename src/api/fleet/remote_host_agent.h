@@ -54,7 +54,7 @@ class RemoteHostAgent : public HostAgent {
   Result<HostSandboxStatus> Probe(const std::string& id) override;
   Status Create(const HostSandboxStart& start) override;
   Status Kill(const std::string& id) override;
-  Status Pause(const std::string& id) override;
+  Status Pause(const std::string& id, bool keep_memory = true) override;
   Status Resume(const std::string& id) override;
   Status Fork(const std::string& id, const std::vector<std::string>& child_ids) override;
   Result<std::string> CreateSnapshot(const std::string& id, const std::string& name) override;

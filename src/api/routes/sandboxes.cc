@@ -53,8 +53,14 @@ json DetailJson(const ControlContext& ctx, const SandboxRecord& r) {
   j["trafficAccessToken"] =
       r.traffic_access_token.empty() ? json(nullptr) : json(r.traffic_access_token);
   j["network"] = {{"allowPublicTraffic", r.traffic_access_token.empty()}};
+  if (!r.options.mask_request_host.empty()) {
+    j["network"]["maskRequestHost"] = r.options.mask_request_host;
+  }
   j["domain"] = ctx.domain.empty() ? json(nullptr) : json(ctx.domain);
-  j["lifecycle"] = {{"onTimeout", r.auto_pause ? "pause" : "kill"}, {"autoResume", false}};
+  j["lifecycle"] = {{"onTimeout", r.auto_pause ? "pause" : "kill"},
+                    {"autoResume", r.options.auto_resume}};
+  // moat's own: whether the pause at timeout keeps memory (E2B's autoPauseMemory).
+  if (r.auto_pause) j["lifecycle"]["autoPauseMemory"] = r.options.auto_pause_memory;
   return j;
 }
 
@@ -210,7 +216,9 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
              }));
   router.Add("POST", "/sandboxes/{sandboxID}/pause",
              Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               Status s = ctx.controller->Pause(team.id, req.Param("sandboxID"));
+               auto keep_memory = ParsePauseKeepsMemory(req.body);
+               if (!keep_memory.ok()) return SendRestError(w, keep_memory.status());
+               Status s = ctx.controller->Pause(team.id, req.Param("sandboxID"), *keep_memory);
                if (!s.ok()) return SendRestError(w, s);
                SendNoContent(w);
              }));

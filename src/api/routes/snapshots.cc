@@ -57,6 +57,16 @@ void Delete(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
   SendNoContent(w);
 }
 
+// GET /templates/aliases/{alias} (the SDK's Template.exists): the built-in `base` is the one
+// template with an alias until custom templates come (its own issue); anything else is 404.
+void GetAlias(http::Request& req, http::ResponseWriter& w) {
+  std::string alias = req.Param("alias");
+  if (alias != "base") {
+    return SendRestError(w, NotFound("template alias \"" + alias + "\" not found"));
+  }
+  SendJson(w, 200, DumpJson(json{{"templateID", "base"}, {"public", true}}));
+}
+
 }  // namespace
 
 void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx) {
@@ -66,6 +76,8 @@ void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("GET", "/snapshots", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
                List(ctx, req, w, team);
              }));
+  router.Add("GET", "/templates/aliases/{alias}",
+             Authed(ctx, [](auto& req, auto& w, const auto&) { GetAlias(req, w); }));
   router.Add(
       "DELETE", "/templates/{templateID}",
       Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Delete(ctx, req, w, team); }));

@@ -23,7 +23,8 @@ constexpr const char* kSandboxColumns =
     "s.id, s.team_id, s.template_id, s.access_token, s.env_vars, s.state, s.started_at_ms, "
     "s.end_at_ms, s.auto_pause, s.cpu_count, s.memory_mb, s.disk_size_mb, "
     "s.traffic_access_token, s.host_id, s.generation, "
-    "(SELECT json_object_agg(m.key, m.value) FROM sandbox_metadata m WHERE m.sandbox_id = s.id)";
+    "(SELECT json_object_agg(m.key, m.value) FROM sandbox_metadata m WHERE m.sandbox_id = s.id), "
+    "s.options";
 
 SandboxRecord ReadSandbox(const Rows& rows, int i) {
   SandboxRecord r;
@@ -44,6 +45,7 @@ SandboxRecord ReadSandbox(const Rows& rows, int i) {
   r.host_id = rows.Text(i, 13);
   r.generation = rows.Int(i, 14);
   if (!rows.IsNull(i, 15)) r.metadata = StringMapFromJson(rows.Text(i, 15));
+  r.options = SandboxOptionsFromJson(rows.Text(i, 16));
   return r;
 }
 
@@ -217,15 +219,15 @@ Status PgStore::InsertSandbox(const SandboxRecord& r) {
   const std::string sql =
       "WITH s AS (INSERT INTO sandboxes (id, team_id, template_id, access_token, env_vars, state, "
       "started_at_ms, end_at_ms, auto_pause, cpu_count, memory_mb, disk_size_mb, "
-      "traffic_access_token, host_id, generation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-      "$10, $11, $12, $13, $14, $15) RETURNING id) "
+      "traffic_access_token, host_id, generation, options) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+      "$8, $9, $10, $11, $12, $13, $14, $15, $17) RETURNING id) "
       "INSERT INTO sandbox_metadata (sandbox_id, key, value) "
       "SELECT s.id, m.key, m.value FROM s, json_each_text($16::json) m";
-  Params params =
-      MakeParams(r.id, r.team_id, r.template_id, r.access_token, JsonText(r.env_vars),
-                 SandboxStateName(r.state), r.started_at_ms, r.end_at_ms,
-                 int64_t{r.auto_pause ? 1 : 0}, r.cpu_count, r.memory_mb, r.disk_size_mb,
-                 r.traffic_access_token, r.host_id, r.generation, JsonText(r.metadata));
+  Params params = MakeParams(r.id, r.team_id, r.template_id, r.access_token, JsonText(r.env_vars),
+                             SandboxStateName(r.state), r.started_at_ms, r.end_at_ms,
+                             int64_t{r.auto_pause ? 1 : 0}, r.cpu_count, r.memory_mb,
+                             r.disk_size_mb, r.traffic_access_token, r.host_id, r.generation,
+                             JsonText(r.metadata), SandboxOptionsToJson(r.options));
   return Transact([&](pg::Connection& c) { return c.Run(sql, params); });
 }
 

@@ -237,6 +237,14 @@ ALTER TABLE hosts ADD COLUMN reservation_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE hosts ADD COLUMN warm_base BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE hosts ADD COLUMN reservation_seq BIGINT NOT NULL DEFAULT 0;
 )sql"},
+    // 10: a sandbox's lifecycle and proxy options from its create (SandboxOptions, JSON):
+    // autoPause keeping memory or the filesystem only, auto-resume on traffic, maskRequestHost.
+    {R"sql(
+ALTER TABLE sandboxes ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+)sql",
+     R"sql(
+ALTER TABLE sandboxes ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

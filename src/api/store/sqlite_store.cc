@@ -15,7 +15,8 @@ using sqlite::Transaction;
 
 constexpr const char* kSandboxColumns =
     "id, team_id, template_id, access_token, env_vars, state, started_at_ms, end_at_ms, "
-    "auto_pause, cpu_count, memory_mb, disk_size_mb, traffic_access_token, host_id, generation";
+    "auto_pause, cpu_count, memory_mb, disk_size_mb, traffic_access_token, host_id, generation, "
+    "options";
 
 SandboxRecord ReadSandbox(Statement& s) {
   SandboxRecord r;
@@ -40,6 +41,7 @@ SandboxRecord ReadSandbox(Statement& s) {
   r.traffic_access_token = s.Text(12);
   r.host_id = s.Text(13);
   r.generation = s.Int(14);
+  r.options = SandboxOptionsFromJson(s.Text(15));
   return r;
 }
 
@@ -159,7 +161,7 @@ Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
   Transaction tx(db_);
   {
     Statement s(db_, std::string("INSERT INTO sandboxes (") + kSandboxColumns +
-                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     MOAT_RETURN_IF_ERROR(s.status());
     MOAT_RETURN_IF_ERROR(s.Bind(1, r.id)
                              .Bind(2, r.team_id)
@@ -176,6 +178,7 @@ Status SqliteStore::InsertSandbox(const SandboxRecord& r) {
                              .Bind(13, r.traffic_access_token)
                              .Bind(14, r.host_id)
                              .Bind(15, r.generation)
+                             .Bind(16, SandboxOptionsToJson(r.options))
                              .Run());
   }
   for (const auto& [k, v] : r.metadata) {

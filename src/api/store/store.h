@@ -35,6 +35,23 @@ struct ApiKeyRecord {
   int64_t created_at_ms = 0;
 };
 
+// What a create asked of a sandbox's lifecycle and port proxy beyond the basics (stored as one
+// JSON column; absent keys are the defaults).
+struct SandboxOptions {
+  // With auto_pause: the pause at timeout keeps memory (a resume continues where it was), or,
+  // false, only the filesystem (a resume reboots; E2B's `autoPauseMemory: false`).
+  bool auto_pause_memory = true;
+  // A paused sandbox resumes when a request for one of its ports arrives (E2B's autoResume).
+  bool auto_resume = false;
+  // The Host header the port proxy sends upstream ("${PORT}" becomes the port); empty: the
+  // client's (E2B's network.maskRequestHost).
+  std::string mask_request_host;
+  bool operator==(const SandboxOptions&) const = default;
+};
+std::string SandboxOptionsToJson(const SandboxOptions& o);
+// Unknown keys are ignored and bad values read as defaults: a newer moatd may have written it.
+SandboxOptions SandboxOptionsFromJson(std::string_view text);
+
 struct SandboxRecord {
   std::string id;
   std::string team_id;
@@ -58,6 +75,7 @@ struct SandboxRecord {
   uint32_t cpu_count = 0;
   uint32_t memory_mb = 0;
   uint32_t disk_size_mb = 0;
+  SandboxOptions options;
 };
 
 // A team's quota settings as stored; an unset one is moatd's default (api/team_quotas.h).

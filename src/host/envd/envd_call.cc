@@ -2,9 +2,13 @@
 
 #include <strings.h>
 
+#include <cerrno>
+#include <cstdlib>
+
 #include "api/auth.h"
 #include "api/codec/connect.h"
 #include "api/codec/protojson.h"
+#include "api/codec/query.h"
 #include "api/errors.h"
 #include "common/log.h"
 
@@ -18,12 +22,58 @@ std::string ContentTypeBase(const http::Request& req) {
   return ct.substr(0, ct.find(';'));
 }
 
+int64_t NowUnix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
-http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_required,
+std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
+                          std::string_view access_token, int64_t expiration) {
+  std::string raw;
+  raw.append(path).append(":").append(operation).append(":").append(user).append(":");
+  raw.append(access_token);
+  if (expiration >= 0) raw.append(":").append(std::to_string(expiration));
+  std::string b64 = codec::Base64Encode(Sha256(raw));
+  while (!b64.empty() && b64.back() == '=') b64.pop_back();
+  return "v1_" + b64;
+}
+
+Status CheckFileSignature(std::string_view raw_query, std::string_view operation,
+                          std::string_view access_token, int64_t now_unix) {
+  auto q = codec::ParseQuery(raw_query);
+  auto signature = codec::QueryValue(q, "signature");
+  if (!signature || signature->empty()) {
+    return Unauthenticated("missing X-Access-Token header or signature query parameter");
+  }
+  auto expiration_text = codec::QueryValue(q, "signature_expiration");
+  int64_t expiration = -1;
+  if (expiration_text && !expiration_text->empty()) {
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(expiration_text->c_str(), &end, 10);
+    if (*end != '\0' || errno != 0 || v < 0) {
+      return Unauthenticated("signature_expiration: not a time in unix seconds: \"" +
+                             *expiration_text + "\"");
+    }
+    expiration = v;
+  }
+  std::string expected =
+      FileSignature(codec::QueryValue(q, "path").value_or(""), operation,
+                    codec::QueryValue(q, "username").value_or(""), access_token, expiration);
+  if (!SecretsEqual(*signature, expected)) return Unauthenticated("invalid signature");
+  if (expiration >= 0 && expiration < now_unix) {
+    return Unauthenticated("signature is already expired");
+  }
+  return Status::Ok();
+}
+
+http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
                           std::function<void(EnvdCall&, http::ResponseWriter&)> handler) {
-  return [&ctx, errors, token_required, handler = std::move(handler)](http::Request& req,
-                                                                      http::ResponseWriter& w) {
+  return [&ctx, errors, auth, handler = std::move(handler)](http::Request& req,
+                                                            http::ResponseWriter& w) {
     auto fail = [&](const Status& s) {
       if (errors == EnvdErrors::kConnect) {
         SendConnectUnaryError(w, s);
@@ -42,7 +92,13 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_requir
     }
     auto running = ctx.find_running(target->sandbox_id);
     if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);
-    if (token_required && !SecretsEqual(req.Header("X-Access-Token"), running->access_token)) {
+    if (auth == EnvdAuth::kTokenOrSignature && !req.HasHeader("X-Access-Token")) {
+      // A signed URL: reading is GET, writing POST.
+      Status s = CheckFileSignature(req.raw_query, req.method == "GET" ? "read" : "write",
+                                    running->access_token, NowUnix());
+      if (!s.ok()) return fail(s);
+    } else if (auth != EnvdAuth::kNone &&
+               !SecretsEqual(req.Header("X-Access-Token"), running->access_token)) {
       return fail(Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
                                                                   : "missing X-Access-Token"));
     }
@@ -63,7 +119,7 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_requir
 }
 
 http::Handler ConnectUnary(EnvdContext& ctx, UnaryFn fn) {
-  return WithSandbox(ctx, EnvdErrors::kConnect, true,
+  return WithSandbox(ctx, EnvdErrors::kConnect, EnvdAuth::kToken,
                      [fn = std::move(fn)](EnvdCall& call, http::ResponseWriter& w) {
                        if (ContentTypeBase(call.req) != "application/json") {
                          return SendConnectUnaryError(
@@ -100,6 +156,12 @@ bool StreamSink::KeepaliveIfDue() {
   return Send(keepalive_message_);
 }
 
+bool StreamSink::Cut() {
+  if (!begun_ || gone_) return false;
+  gone_ = true;  // nothing more is written: the server closes the unfinished response
+  return true;
+}
+
 void StreamSink::Finish(const Status& status) {
   if (!Begin()) return;
   if (!w_.WriteChunk(
@@ -131,7 +193,7 @@ StreamLimits StreamLimitsOf(const http::Request& req) {
 
 http::Handler ConnectServerStream(EnvdContext& ctx, json keepalive_message, StreamFn fn) {
   return WithSandbox(
-      ctx, EnvdErrors::kConnect, true,
+      ctx, EnvdErrors::kConnect, EnvdAuth::kToken,
       [fn = std::move(fn), keepalive_message = std::move(keepalive_message)](
           EnvdCall& call, http::ResponseWriter& w) {
         StreamLimits limits = StreamLimitsOf(call.req);

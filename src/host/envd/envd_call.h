@@ -4,10 +4,12 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "api/envd_target.h"
 #include "api/http/message.h"
@@ -53,10 +55,23 @@ struct EnvdContext {
 };
 
 enum class EnvdErrors { kRest, kConnect };
-// Wraps an envd handler: resolves the sandbox (502 when it is not running), checks
-// X-Access-Token unless `token_required` is false, and the user; errors in `errors` shape.
-http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, bool token_required,
+// What proves a request may act on the sandbox: nothing (GET /health), its access token in
+// X-Access-Token, or, for /files, either the token or a signed URL (SignedFileAccess).
+enum class EnvdAuth { kNone, kToken, kTokenOrSignature };
+// Wraps an envd handler: resolves the sandbox (502 when it is not running), checks `auth`, and
+// the user; errors in `errors` shape.
+http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
                           std::function<void(EnvdCall&, http::ResponseWriter&)> handler);
+
+// A signed /files URL (E2B-WIRE §3): `signature` = "v1_" + unpadded base64 of SHA-256 over
+// "<path>:<read|write>:<username or empty>:<access token>[:<signature_expiration>]", with path
+// and username exactly as the query gives them. Unauthenticated when the signature is missing,
+// does not match, or (checked after it matches) its expiration is before `now_unix`.
+Status CheckFileSignature(std::string_view raw_query, std::string_view operation,
+                          std::string_view access_token, int64_t now_unix);
+// The signature a client computes (what CheckFileSignature expects); `expiration` < 0: none.
+std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
+                          std::string_view access_token, int64_t expiration);
 
 // Connect unary over JSON: the request message in, the response message (or an error) out.
 using UnaryFn = std::function<Result<json>(EnvdCall&, const json&)>;
@@ -77,6 +92,11 @@ class StreamSink {
   // The end-stream message; the response is then complete.
   void Finish(const Status& status);
   bool client_gone() const { return gone_; }
+  // Once messages went out: ends the response with no end-stream message, so that the client
+  // sees its connection drop — what E2B's clients see when a sandbox dies under a stream, and
+  // read as "the sandbox was killed" (Node: "terminated"). Before that, does nothing.
+  // Returns whether it cut.
+  bool Cut();
 
  private:
   bool Begin();

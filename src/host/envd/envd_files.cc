@@ -1,6 +1,8 @@
 // envd's HTTP file routes (E2B-WIRE §3): GET /files streams a file out of the sandbox (gzip if
 // the client accepts it), POST /files writes one or more (multipart, or a raw octet-stream
 // body, optionally gzip), streaming the body into the guest as it arrives.
+#include <strings.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -12,6 +14,7 @@
 #include "api/errors.h"
 #include "api/routes/routes.h"
 #include "channel/guest_ops.h"
+#include "common/file_metadata.h"
 #include "host/envd/envd_routes.h"
 
 namespace moat::api::routes {
@@ -117,11 +120,11 @@ using UploadPump = std::function<Status(const std::function<Status(std::string_v
 // large, too slow, corrupt) abandons the file, as if never begun, and is also put in
 // `*client_error`.
 Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string& user,
-                      const UploadPump& pump, Status* client_error) {
+                      const FileMetadata& metadata, const UploadPump& pump, Status* client_error) {
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   auto deadline = Clock::now() + kTransferTimeout;
-  MOAT_ASSIGN_OR_RETURN(auto stream,
-                        guest->Open(channel::proto::WriteFileOp{path, user, std::nullopt}));
+  MOAT_ASSIGN_OR_RETURN(
+      auto stream, guest->Open(channel::proto::WriteFileOp{path, user, std::nullopt, metadata}));
   Status guest_write;
   Status wrote = pump([&](std::string_view piece) {
     // Each piece gets the whole transfer timeout: the client's pace is the body's own limit.
@@ -152,8 +155,25 @@ Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string
     }
   }
   MOAT_RETURN_IF_ERROR(wrote);
-  return json{
+  json out = {
       {"path", entry ? entry->path : path}, {"name", entry ? entry->name : ""}, {"type", "file"}};
+  if (entry && !entry->metadata.empty()) out["metadata"] = entry->metadata;
+  return out;
+}
+
+// The upload's metadata: every `X-Metadata-<key>: <value>` header (E2B-WIRE §3), checked and
+// normalised as envd does; the set replaces whatever the files had (no headers: none).
+Result<FileMetadata> UploadMetadata(const http::Request& req) {
+  constexpr std::string_view kPrefix = "x-metadata-";
+  FileMetadata raw;
+  for (const auto& [name, value] : req.headers) {
+    if (name.size() <= kPrefix.size() ||
+        ::strncasecmp(name.c_str(), kPrefix.data(), kPrefix.size()) != 0) {
+      continue;
+    }
+    raw.emplace(name.substr(kPrefix.size()), value);
+  }
+  return NormalizeMetadata(raw);
 }
 
 // A client-side failure of an upload as an HTTP answer: 413 (too large, a decompression bomb),
@@ -176,7 +196,8 @@ void DropEpilogue(http::BodySource& body) {
 // multipart/form-data, one file per part named "file", each streamed into the guest as its part
 // arrives. A part that breaks the rules after earlier ones were written leaves those written.
 void PostMultipart(EnvdCall& call, http::ResponseWriter& w, http::BodySource& body,
-                   const std::optional<std::string>& path, const std::string& user) {
+                   const std::optional<std::string>& path, const std::string& user,
+                   const FileMetadata& metadata) {
   auto boundary = codec::MultipartBoundary(call.req.Header("Content-Type"));
   if (!boundary.ok()) return SendRestError(w, boundary.status());
   codec::MultipartReader reader([&body](char* buf, size_t size) { return body.Read(buf, size); },
@@ -198,7 +219,7 @@ void PostMultipart(EnvdCall& call, http::ResponseWriter& w, http::BodySource& bo
     }
     Status client_error;
     auto r = WriteOne(
-        call, target, user,
+        call, target, user, metadata,
         [&reader](const std::function<Status(std::string_view)>& write) -> Status {
           for (;;) {
             MOAT_ASSIGN_OR_RETURN(auto piece, reader.Next());
@@ -221,7 +242,8 @@ void PostMultipart(EnvdCall& call, http::ResponseWriter& w, http::BodySource& bo
 // A raw body (application/octet-stream), optionally gzip: one file, streamed into the guest as
 // it arrives (and inflated on the way, within kInflateLimits).
 void PostRaw(EnvdCall& call, http::ResponseWriter& w, http::BodySource& body,
-             const std::optional<std::string>& path, const std::string& user) {
+             const std::optional<std::string>& path, const std::string& user,
+             const FileMetadata& metadata) {
   if (!path || path->empty()) {
     return SendRestError(w, InvalidArgument("query parameter \"path\" is required"));
   }
@@ -232,7 +254,7 @@ void PostRaw(EnvdCall& call, http::ResponseWriter& w, http::BodySource& body,
   }
   Status client_error;
   auto r = WriteOne(
-      call, *path, user,
+      call, *path, user, metadata,
       [&body, gzip](const std::function<Status(std::string_view)>& write) -> Status {
         std::unique_ptr<codec::GunzipStream> gunzip;
         if (gzip) gunzip = std::make_unique<codec::GunzipStream>(kInflateLimits);
@@ -256,12 +278,15 @@ void PostFiles(EnvdCall& call, http::ResponseWriter& w) {
   auto q = codec::ParseQuery(call.req.raw_query);
   auto path = codec::QueryValue(q, "path");
   std::string user = FileUser(call, q);
+  // Checked before a byte is written: a bad header writes nothing.
+  auto metadata = UploadMetadata(call.req);
+  if (!metadata.ok()) return SendRestError(w, metadata.status());
   http::StringBodySource buffered(call.req.body);
   http::BodySource& body = call.req.Body(buffered);
   if (call.req.Header("Content-Type").rfind("multipart/", 0) == 0) {
-    return PostMultipart(call, w, body, path, user);
+    return PostMultipart(call, w, body, path, user, *metadata);
   }
-  PostRaw(call, w, body, path, user);
+  PostRaw(call, w, body, path, user, *metadata);
 }
 
 }  // namespace
@@ -269,10 +294,12 @@ void PostFiles(EnvdCall& call, http::ResponseWriter& w) {
 void RegisterEnvdFileRoutes(http::Router& router, EnvdContext& ctx) {
   // /health needs no token: it says whether the sandbox runs (502 when it does not).
   router.Add("GET", "/health",
-             WithSandbox(ctx, EnvdErrors::kRest, false,
+             WithSandbox(ctx, EnvdErrors::kRest, EnvdAuth::kNone,
                          [](EnvdCall&, http::ResponseWriter& w) { SendNoContent(w); }));
-  router.Add("GET", "/files", WithSandbox(ctx, EnvdErrors::kRest, true, GetFile));
-  router.Add("POST", "/files", WithSandbox(ctx, EnvdErrors::kRest, true, PostFiles));
+  router.Add("GET", "/files",
+             WithSandbox(ctx, EnvdErrors::kRest, EnvdAuth::kTokenOrSignature, GetFile));
+  router.Add("POST", "/files",
+             WithSandbox(ctx, EnvdErrors::kRest, EnvdAuth::kTokenOrSignature, PostFiles));
 }
 
 }  // namespace moat::api::routes

@@ -30,16 +30,29 @@ std::string FileType(proto::FileType type) {
 
 }  // namespace
 
-// The guest's entry as an EntryInfo (zero values omitted, int64 as strings).
+// The guest's entry as an EntryInfo (zero values omitted, int64 as strings). A symlink shows as
+// envd shows it: its own name, path, size and permissions ("Lrwxrwxrwx"), the type and mode of
+// what it leads to (type unspecified when it leads nowhere, and clients then skip it), and
+// symlinkTarget the destination's absolute path with every link resolved (its own path when
+// there is none).
 json EntryInfo(const proto::FileEntry& e) {
-  json out = {{"name", e.name}, {"type", FileType(e.type)}, {"path", e.path}};
+  bool link = e.type == proto::FileType::kSymlink;
+  std::string type = link
+                         ? (e.target ? FileType(e.target->type) : FileType(proto::FileType::kOther))
+                         : FileType(e.type);
+  uint32_t mode = link ? (e.target ? e.target->mode : 0) : e.mode;
+  json out = {{"name", e.name}, {"type", type}, {"path", e.path}};
   if (e.size != 0) out["size"] = std::to_string(e.size);
-  if ((e.mode & 07777) != 0) out["mode"] = e.mode & 07777;
-  if (!e.permissions.empty()) out["permissions"] = e.permissions;
+  if ((mode & 07777) != 0) out["mode"] = mode & 07777;
+  if (!e.permissions.empty()) {
+    out["permissions"] =
+        link && e.permissions[0] == 'l' ? "L" + e.permissions.substr(1) : e.permissions;
+  }
   if (!e.owner.empty()) out["owner"] = e.owner;
   if (!e.group.empty()) out["group"] = e.group;
   if (e.mtime_ns != 0) out["modifiedTime"] = codec::Rfc3339(e.mtime_ns);
-  if (e.symlink_target) out["symlinkTarget"] = *e.symlink_target;
+  if (link) out["symlinkTarget"] = e.target ? e.target->path : e.path;
+  if (!e.metadata.empty()) out["metadata"] = e.metadata;
   return out;
 }
 
@@ -113,9 +126,13 @@ std::string EventType(proto::WatchEvent::Type type) {
 Status WatchDir(EnvdCall& call, const json& req, const StreamLimits& limits, StreamSink& sink) {
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
   MOAT_ASSIGN_OR_RETURN(auto recursive, codec::BoolField(req, "recursive"));
+  MOAT_ASSIGN_OR_RETURN(auto include_entry, codec::BoolField(req, "includeEntry"));
+  MOAT_ASSIGN_OR_RETURN(auto allow_network_mounts, codec::BoolField(req, "allowNetworkMounts"));
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   MOAT_ASSIGN_OR_RETURN(auto stream,
-                        guest->Open(proto::WatchOp{path, call.user, recursive.value_or(false)}));
+                        guest->Open(proto::WatchOp{path, call.user, recursive.value_or(false),
+                                                   include_entry.value_or(false),
+                                                   allow_network_mounts.value_or(false)}));
   bool started = false;
   for (;;) {
     auto wait_until = started ? sink.KeepaliveDue() : Clock::now() + kUnaryTimeout;
@@ -139,7 +156,9 @@ Status WatchDir(EnvdCall& call, const json& req, const StreamLimits& limits, Str
       started = true;
       sent = sink.Send({{"start", json::object()}});
     } else {
-      sent = sink.Send({{"filesystem", {{"name", event->name}, {"type", EventType(event->type)}}}});
+      json fs = {{"name", event->name}, {"type", EventType(event->type)}};
+      if (event->entry) fs["entry"] = EntryInfo(*event->entry);
+      sent = sink.Send({{"filesystem", fs}});
     }
     if (!sent) return Status::Ok();  // client gone; the stream's destructor cancels the watch
   }

@@ -99,7 +99,12 @@ Status Relay(EnvdCall& call, GuestClient& guest, GuestClient::Stream& stream,
     if (hard_deadline && *hard_deadline < wait_until) wait_until = *hard_deadline;
     auto ev = stream.Next(wait_until);
     if (!ev.ok()) {
-      if (ev.status().code() != ErrorCode::kDeadlineExceeded) return ev.status();
+      if (ev.status().code() != ErrorCode::kDeadlineExceeded) {
+        // The guest's channel is gone (the sandbox was killed, paused or died): the client's
+        // connection drops, as envd's does with its VM.
+        sink.Cut();
+        return ev.status();
+      }
       if (hard_deadline && Clock::now() >= *hard_deadline) {
         stream.Cancel();
         return DeadlineExceeded("the request's Connect-Timeout-Ms passed");

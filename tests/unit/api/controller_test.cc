@@ -3,6 +3,9 @@
 // half-made, and races decided by the store's compare-and-set.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
@@ -215,6 +218,54 @@ TEST_F(ControllerTest, TheReaperKillsOrPausesWhatExpiredAndDropsWhatItsHostLost)
   EXPECT_EQ(StateOf(pause_me.id), SandboxState::kPaused);
   EXPECT_EQ(host_.paused.count(pause_me.id), 1u);
   EXPECT_FALSE(Record(vanished.id).has_value());
+}
+
+TEST_F(ControllerTest, APauseKeepsMemoryOrTheFilesystemOnlyAsAsked) {
+  auto memory = *Create();
+  auto disk = *Create();
+  ASSERT_TRUE(controller_->Pause(team_.id, memory.id).ok());
+  ASSERT_TRUE(controller_->Pause(team_.id, disk.id, /*keep_memory=*/false).ok());
+  EXPECT_EQ(host_.paused_filesystem_only.count(memory.id), 0u);
+  EXPECT_EQ(host_.paused_filesystem_only.count(disk.id), 1u);
+  // The timeout's pause keeps what the create asked for (autoPauseMemory).
+  CreateSandboxAction a;
+  a.auto_pause = true;
+  a.options.auto_pause_memory = false;
+  auto expiring = *controller_->Create(team_, a);
+  EXPECT_FALSE(Record(expiring.id)->options.auto_pause_memory) << "stored with the record";
+  ASSERT_TRUE(store_->SetSandboxEndAt(expiring.id, 1).ok());
+  controller_->ReapOnce();
+  EXPECT_EQ(StateOf(expiring.id), SandboxState::kPaused);
+  EXPECT_EQ(host_.paused_filesystem_only.count(expiring.id), 1u);
+}
+
+TEST_F(ControllerTest, PortTrafficWakesOnlyAPausedSandboxWithAutoResume) {
+  CreateSandboxAction a;
+  a.auto_pause = true;
+  a.options.auto_resume = true;
+  auto wakes = *controller_->Create(team_, a);
+  auto sleeps = *Create();
+  ASSERT_TRUE(controller_->Pause(team_.id, wakes.id).ok());
+  ASSERT_TRUE(controller_->Pause(team_.id, sleeps.id).ok());
+  ASSERT_TRUE(controller_->WakeForTraffic(sleeps.id).ok());
+  EXPECT_EQ(StateOf(sleeps.id), SandboxState::kPaused) << "no auto-resume: it stays paused";
+  ASSERT_TRUE(controller_->WakeForTraffic(wakes.id).ok());
+  EXPECT_EQ(StateOf(wakes.id), SandboxState::kRunning);
+  EXPECT_EQ(host_.running.count(wakes.id), 1u);
+  ASSERT_TRUE(controller_->WakeForTraffic(wakes.id).ok()) << "running: nothing to do";
+  EXPECT_EQ(host_.CountCalls("resume "), 1);
+  EXPECT_TRUE(controller_->WakeForTraffic("nosuchsandbox").ok());
+  // Two requests at once: one resumes, the other waits for it.
+  ASSERT_TRUE(controller_->Pause(team_.id, wakes.id).ok());
+  std::vector<std::thread> requests;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 2; ++i) {
+    requests.emplace_back([&] { ok += controller_->WakeForTraffic(wakes.id).ok() ? 1 : 0; });
+  }
+  for (auto& t : requests) t.join();
+  EXPECT_EQ(ok.load(), 2);
+  EXPECT_EQ(StateOf(wakes.id), SandboxState::kRunning);
+  EXPECT_EQ(host_.CountCalls("resume "), 2);
 }
 
 TEST_F(ControllerTest, StartResolvesRecordsAnEarlierControlPlaneLeftMidChange) {

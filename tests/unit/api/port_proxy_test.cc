@@ -52,6 +52,17 @@ TEST(UpstreamRequest, KeepsTheRequestDropsHopByHopAndAddsForwardedHeaders) {
   EXPECT_EQ(out.size() - out.find("\r\n\r\n"), 4u + 5u) << "the body once, at the end";
 }
 
+TEST(UpstreamRequest, AMaskedHostReplacesTheClientsWhichGoesInXForwardedHost) {
+  Request req;
+  req.method = "GET";
+  req.path = "/";
+  req.headers["Host"] = "8080-abc.moat.test";
+  std::string out = UpstreamRequest(req, "10.1.2.3", "custom-host.example.com:8080");
+  EXPECT_TRUE(Contains(out, "\r\nHost: custom-host.example.com:8080\r\n")) << out;
+  EXPECT_FALSE(Contains(out, "\r\nHost: 8080-abc.moat.test\r\n")) << out;
+  EXPECT_TRUE(Contains(out, "\r\nX-Forwarded-Host: 8080-abc.moat.test\r\n")) << out;
+}
+
 TEST(UpstreamRequest, KeepsAWebSocketUpgrade) {
   Request req;
   req.method = "GET";
@@ -269,8 +280,10 @@ TEST_F(PortProxyErrors, NameTheProblemAndAreCountedByOutcome) {
   EXPECT_EQ(j["code"], 400);
 
   w = Serve("missing", 8080);
-  EXPECT_EQ(w.status(), 404);
-  EXPECT_TRUE(Contains(w.body(), "sandbox missing is not found")) << w.body();
+  EXPECT_EQ(w.status(), 502);
+  j = nlohmann::json::parse(w.body());
+  EXPECT_EQ(j["message"], "The sandbox was not found") << w.body();
+  EXPECT_EQ(j["sandboxId"], "missing") << w.body();
 
   w = Serve("nonet", 8080);
   EXPECT_EQ(w.status(), 502);

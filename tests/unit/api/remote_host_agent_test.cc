@@ -77,9 +77,9 @@ class RecordingHostAgent : public test_support::FakeHostAgent {
     ++seen;
     return FakeHostAgent::Kill(id);
   }
-  Status Pause(const std::string& id) override {
+  Status Pause(const std::string& id, bool keep_memory = true) override {
     ++seen;
-    return FakeHostAgent::Pause(id);
+    return FakeHostAgent::Pause(id, keep_memory);
   }
   Status Resume(const std::string& id) override {
     ++seen;

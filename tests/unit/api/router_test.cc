@@ -103,6 +103,41 @@ TEST(ControlRequests, CreateBodyDefaultsAndErrorsNameTheProblem) {
   EXPECT_EQ(*ParseSeconds("{}", "duration", 60), 60);
 }
 
+TEST(ControlRequests, LifecycleAndProxyOptionsOfACreateAndAPause) {
+  auto a = ParseCreateSandbox("{}", 300);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->options, store::SandboxOptions{});
+  a = ParseCreateSandbox(R"({"autoPause":true,"autoResume":{"enabled":true},)"
+                         R"("network":{"maskRequestHost":"custom-host.example.com:${PORT}"}})",
+                         300);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_TRUE(a->options.auto_resume);
+  EXPECT_TRUE(a->options.auto_pause_memory);
+  EXPECT_EQ(a->options.mask_request_host, "custom-host.example.com:${PORT}");
+  EXPECT_EQ(MaskedHost(a->options.mask_request_host, 8080), "custom-host.example.com:8080");
+  a = ParseCreateSandbox(R"({"autoPause":true,"autoPauseMemory":false})", 300);
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(a->options.auto_pause_memory);
+  // What E2B's client refuses, moatd refuses too.
+  for (const char* bad :
+       {R"({"autoResume":{"enabled":true}})",
+        R"({"autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":true}})",
+        R"({"autoPause":true,"autoResume":{"on":true}})",
+        R"({"network":{"maskRequestHost":"a b"}})"}) {
+    EXPECT_EQ(ParseCreateSandbox(bad, 300).status().code(), ErrorCode::kInvalidArgument) << bad;
+  }
+  // Stored as JSON; what a newer moatd may add is ignored.
+  auto round = store::SandboxOptionsFromJson(store::SandboxOptionsToJson(a->options));
+  EXPECT_EQ(round, a->options);
+  EXPECT_EQ(store::SandboxOptionsToJson(store::SandboxOptions{}), "{}");
+  EXPECT_EQ(store::SandboxOptionsFromJson(R"({"autoResume":true,"future":1})").auto_resume, true);
+  EXPECT_EQ(store::SandboxOptionsFromJson("not json"), store::SandboxOptions{});
+
+  EXPECT_TRUE(*ParsePauseKeepsMemory(""));
+  EXPECT_FALSE(*ParsePauseKeepsMemory(R"({"memory":false})"));
+  EXPECT_FALSE(ParsePauseKeepsMemory(R"({"memory":"no"})").ok());
+}
+
 TEST(ControlRequests, ListQueryStatesOrderLimitAndMetadata) {
   auto f = ParseListQuery(
       codec::ParseQuery("state=running%2Cpaused&order=asc&limit=5&metadata=a%3D1"), true);
