@@ -6,6 +6,12 @@
 #include <openssl/rand.h>
 #include <sys/stat.h>
 
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+
+#include "api/codec/protojson.h"
+#include "api/codec/query.h"
 #include "common/fs.h"
 #include "common/socket.h"
 #include "common/unique_fd.h"
@@ -74,6 +80,61 @@ Result<BootstrapResult> BootstrapApiKey(store::Store& store, const std::string& 
   out.created = true;
   out.key = key;
   return out;
+}
+
+std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
+                          std::string_view access_token, int64_t expiration) {
+  std::string raw;
+  raw.append(path).append(":").append(operation).append(":").append(user).append(":");
+  raw.append(access_token);
+  if (expiration >= 0) raw.append(":").append(std::to_string(expiration));
+  std::string b64 = codec::Base64Encode(Sha256(raw));
+  while (!b64.empty() && b64.back() == '=') b64.pop_back();
+  return "v1_" + b64;
+}
+
+Status CheckFileSignature(std::string_view raw_query, std::string_view operation,
+                          std::string_view access_token, int64_t now_unix) {
+  auto q = codec::ParseQuery(raw_query);
+  auto signature = codec::QueryValue(q, "signature");
+  if (!signature || signature->empty()) {
+    return Unauthenticated("missing X-Access-Token header or signature query parameter");
+  }
+  auto expiration_text = codec::QueryValue(q, "signature_expiration");
+  int64_t expiration = -1;
+  if (expiration_text && !expiration_text->empty()) {
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(expiration_text->c_str(), &end, 10);
+    if (*end != '\0' || errno != 0 || v < 0) {
+      return Unauthenticated("signature_expiration: not a time in unix seconds: \"" +
+                             *expiration_text + "\"");
+    }
+    expiration = v;
+  }
+  std::string expected =
+      FileSignature(codec::QueryValue(q, "path").value_or(""), operation,
+                    codec::QueryValue(q, "username").value_or(""), access_token, expiration);
+  if (!SecretsEqual(*signature, expected)) return Unauthenticated("invalid signature");
+  if (expiration >= 0 && expiration < now_unix) {
+    return Unauthenticated("signature is already expired");
+  }
+  return Status::Ok();
+}
+
+Status CheckEnvdAccess(const http::Request& req, std::string_view access_token, bool signature_ok) {
+  if (signature_ok && !req.HasHeader("X-Access-Token")) {
+    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+    return CheckFileSignature(req.raw_query, req.method == "GET" ? "read" : "write", access_token,
+                              now);
+  }
+  if (!SecretsEqual(req.Header("X-Access-Token"), access_token)) {
+    return Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
+                                                           : "missing X-Access-Token");
+  }
+  return Status::Ok();
 }
 
 Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request& req) {

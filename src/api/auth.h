@@ -4,6 +4,7 @@
 // MOAT_API_KEY if set, otherwise a fresh one, written to DATA_DIR/api-key (mode 0600).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -34,6 +35,20 @@ struct BootstrapResult {
 // Creates the admin team and its key when the store has no key yet.
 Result<BootstrapResult> BootstrapApiKey(store::Store& store, const std::string& data_dir,
                                         const std::optional<std::string>& env_key);
+
+// A signed /files URL (E2B-WIRE §3): `signature` = "v1_" + unpadded base64 of SHA-256 over
+// "<path>:<read|write>:<username or empty>:<access token>[:<signature_expiration>]", with path
+// and username exactly as the query gives them. Unauthenticated when the signature is missing,
+// does not match, or (checked after it matches) its expiration is before `now_unix`.
+Status CheckFileSignature(std::string_view raw_query, std::string_view operation,
+                          std::string_view access_token, int64_t now_unix);
+// The signature a client computes (what CheckFileSignature expects); `expiration` < 0: none.
+std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
+                          std::string_view access_token, int64_t expiration);
+// Whether an envd request may act on the sandbox whose token is `access_token`: X-Access-Token
+// equal to it, or — where `signature_ok` (/files), without that header — a valid signed URL
+// (GET reads, POST writes). Unauthenticated naming what is wrong otherwise.
+Status CheckEnvdAccess(const http::Request& req, std::string_view access_token, bool signature_ok);
 
 // The team of the request's X-API-KEY; unauthenticated if it is missing or unknown.
 Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request& req);

@@ -68,8 +68,11 @@ http::Admission LocalDataPlane::Admit(http::Request& req, const routes::EnvdTarg
   }
   std::optional<store::SandboxRecord> running;
   if (auto found = ctx_.find_running(target.sandbox_id); found.ok()) running = std::move(*found);
-  a.authenticated = running && req.HasHeader("X-Access-Token") &&
-                    SecretsEqual(req.Header("X-Access-Token"), running->access_token);
+  // /files also takes a signed URL in place of the token.
+  bool signature_ok = match.route && match.route->pattern == "/files";
+  Status access = running ? CheckEnvdAccess(req, running->access_token, signature_ok)
+                          : Unauthenticated("the sandbox is not running");
+  a.authenticated = access.ok();
   // A request without a body costs nothing to route the usual way, and its handler checks its
   // credentials (some routes need none); one with a body is refused here if it would be anyway.
   if (!has_body) return a;
@@ -79,12 +82,10 @@ http::Admission LocalDataPlane::Admit(http::Request& req, const routes::EnvdTarg
   } else if (!running) {
     SendSandboxNotRunning(rec, target.sandbox_id);
   } else if (!a.authenticated) {
-    Status why = Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
-                                                                 : "missing X-Access-Token");
     if (IsConnectPattern(match.route->pattern)) {
-      SendConnectUnaryError(rec, why);
+      SendConnectUnaryError(rec, access);
     } else {
-      SendRestError(rec, why);
+      SendRestError(rec, access);
     }
   }
   if (rec.status() != 0) *answer = {route, rec.status(), false};

@@ -107,8 +107,10 @@ http::Admission RelayDataPlane::Admit(http::Request& req, const routes::EnvdTarg
   }
   auto record = routes_.Running(target.sandbox_id);
   bool running = record.ok() && *record;
-  a.authenticated = running && req.HasHeader("X-Access-Token") &&
-                    SecretsEqual(req.Header("X-Access-Token"), (**record).access_token);
+  // /files also takes a signed URL in place of the token.
+  Status access = running ? CheckEnvdAccess(req, (**record).access_token, req.path == "/files")
+                          : Unauthenticated("the sandbox is not running");
+  a.authenticated = access.ok();
   // As on the host itself: a body that would be refused is refused before it is read.
   if (!has_body || a.authenticated) return a;
   int status = 0;
@@ -116,12 +118,10 @@ http::Admission RelayDataPlane::Admit(http::Request& req, const routes::EnvdTarg
     *answer = {RouteOf(target), status, false};
     return a;
   }
-  Status why = Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
-                                                               : "missing X-Access-Token");
   if (IsConnectPath(req.path)) {
-    SendConnectUnaryError(w, why);
+    SendConnectUnaryError(w, access);
   } else {
-    SendRestError(w, why);
+    SendRestError(w, access);
   }
   *answer = {RouteOf(target), 401, false};
   return a;

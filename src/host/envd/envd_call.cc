@@ -2,13 +2,9 @@
 
 #include <strings.h>
 
-#include <cerrno>
-#include <cstdlib>
-
 #include "api/auth.h"
 #include "api/codec/connect.h"
 #include "api/codec/protojson.h"
-#include "api/codec/query.h"
 #include "api/errors.h"
 #include "common/log.h"
 
@@ -22,53 +18,7 @@ std::string ContentTypeBase(const http::Request& req) {
   return ct.substr(0, ct.find(';'));
 }
 
-int64_t NowUnix() {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 }  // namespace
-
-std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
-                          std::string_view access_token, int64_t expiration) {
-  std::string raw;
-  raw.append(path).append(":").append(operation).append(":").append(user).append(":");
-  raw.append(access_token);
-  if (expiration >= 0) raw.append(":").append(std::to_string(expiration));
-  std::string b64 = codec::Base64Encode(Sha256(raw));
-  while (!b64.empty() && b64.back() == '=') b64.pop_back();
-  return "v1_" + b64;
-}
-
-Status CheckFileSignature(std::string_view raw_query, std::string_view operation,
-                          std::string_view access_token, int64_t now_unix) {
-  auto q = codec::ParseQuery(raw_query);
-  auto signature = codec::QueryValue(q, "signature");
-  if (!signature || signature->empty()) {
-    return Unauthenticated("missing X-Access-Token header or signature query parameter");
-  }
-  auto expiration_text = codec::QueryValue(q, "signature_expiration");
-  int64_t expiration = -1;
-  if (expiration_text && !expiration_text->empty()) {
-    char* end = nullptr;
-    errno = 0;
-    long long v = std::strtoll(expiration_text->c_str(), &end, 10);
-    if (*end != '\0' || errno != 0 || v < 0) {
-      return Unauthenticated("signature_expiration: not a time in unix seconds: \"" +
-                             *expiration_text + "\"");
-    }
-    expiration = v;
-  }
-  std::string expected =
-      FileSignature(codec::QueryValue(q, "path").value_or(""), operation,
-                    codec::QueryValue(q, "username").value_or(""), access_token, expiration);
-  if (!SecretsEqual(*signature, expected)) return Unauthenticated("invalid signature");
-  if (expiration >= 0 && expiration < now_unix) {
-    return Unauthenticated("signature is already expired");
-  }
-  return Status::Ok();
-}
 
 http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
                           std::function<void(EnvdCall&, http::ResponseWriter&)> handler) {
@@ -92,15 +42,9 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
     }
     auto running = ctx.find_running(target->sandbox_id);
     if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);
-    if (auth == EnvdAuth::kTokenOrSignature && !req.HasHeader("X-Access-Token")) {
-      // A signed URL: reading is GET, writing POST.
-      Status s = CheckFileSignature(req.raw_query, req.method == "GET" ? "read" : "write",
-                                    running->access_token, NowUnix());
+    if (auth != EnvdAuth::kNone) {
+      Status s = CheckEnvdAccess(req, running->access_token, auth == EnvdAuth::kTokenOrSignature);
       if (!s.ok()) return fail(s);
-    } else if (auth != EnvdAuth::kNone &&
-               !SecretsEqual(req.Header("X-Access-Token"), running->access_token)) {
-      return fail(Unauthenticated(req.HasHeader("X-Access-Token") ? "invalid X-Access-Token"
-                                                                  : "missing X-Access-Token"));
     }
     auto user = BasicAuthUser(req);
     if (!user.ok()) return fail(user.status());

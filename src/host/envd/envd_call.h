@@ -63,16 +63,6 @@ enum class EnvdAuth { kNone, kToken, kTokenOrSignature };
 http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
                           std::function<void(EnvdCall&, http::ResponseWriter&)> handler);
 
-// A signed /files URL (E2B-WIRE §3): `signature` = "v1_" + unpadded base64 of SHA-256 over
-// "<path>:<read|write>:<username or empty>:<access token>[:<signature_expiration>]", with path
-// and username exactly as the query gives them. Unauthenticated when the signature is missing,
-// does not match, or (checked after it matches) its expiration is before `now_unix`.
-Status CheckFileSignature(std::string_view raw_query, std::string_view operation,
-                          std::string_view access_token, int64_t now_unix);
-// The signature a client computes (what CheckFileSignature expects); `expiration` < 0: none.
-std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
-                          std::string_view access_token, int64_t expiration);
-
 // Connect unary over JSON: the request message in, the response message (or an error) out.
 using UnaryFn = std::function<Result<json>(EnvdCall&, const json&)>;
 http::Handler ConnectUnary(EnvdContext& ctx, UnaryFn fn);

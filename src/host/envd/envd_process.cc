@@ -145,6 +145,12 @@ Status Relay(EnvdCall& call, GuestClient& guest, GuestClient::Stream& stream,
       case StreamEvent::Kind::kEnd: {
         if (timed_out) return DeadlineExceeded("the command ran past its timeout and was killed");
         Status s = ev->status;
+        if (s.code() == ErrorCode::kUnavailable) {
+          // The guest's channel closed under the stream (its sandbox was killed, paused or
+          // died): the client's connection drops, as envd's does with its VM.
+          sink.Cut();
+          return s;
+        }
         if (!s.ok() && is_start && !started) {
           // A spawn failure is the caller's: bad cwd, missing program, unknown user.
           if (s.message().rfind("user ", 0) == 0) return Unauthenticated(s.message());

@@ -2,10 +2,10 @@
 
 #include <string>
 
+#include "api/auth.h"
 #include "api/codec/query.h"
-#include "host/envd/envd_call.h"
 
-namespace moat::api::routes {
+namespace moat::api {
 namespace {
 
 constexpr std::string_view kToken = "tok123";
@@ -65,4 +65,4 @@ TEST(FileSignature, ExpiredOrMissing) {
 }
 
 }  // namespace
-}  // namespace moat::api::routes
+}  // namespace moat::api

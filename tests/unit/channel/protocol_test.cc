@@ -45,6 +45,13 @@ TEST(GuestProtocol, RequestsEncodeAsTheSpecSays) {
             json({{"op", "write_file"}, {"path", "/x"}, {"user", "user"}, {"mode", 0600}}));
   EXPECT_EQ(Encode(WatchOp{"/d", "u", true}),
             json({{"op", "watch"}, {"path", "/d"}, {"recursive", true}, {"user", "u"}}));
+  EXPECT_EQ(Encode(WatchOp{"/d", "", false, true, true}), json({{"op", "watch"},
+                                                                {"path", "/d"},
+                                                                {"recursive", false},
+                                                                {"include_entry", true},
+                                                                {"allow_network_mounts", true}}));
+  EXPECT_EQ(Encode(WriteFileOp{"/x", "", std::nullopt, {{"k", "v"}}}),
+            json({{"op", "write_file"}, {"path", "/x"}, {"metadata", {{"k", "v"}}}}));
   NetworkOp net{"eth0", "169.254.0.21/30", "169.254.0.22", "06:00:ac:10:00:02", {}};
   EXPECT_EQ(Encode(net)["dns"], json::array());
   IdentityOp id;
@@ -92,6 +99,24 @@ TEST(GuestProtocol, GoodRepliesDecode) {
   EXPECT_EQ(DecodeReadFileHeader({{"size", 10}})->size, 10u);
   EXPECT_EQ(*DecodeMkdirCreated({{"created", false}}), false);
   EXPECT_EQ(DecodeWatchEvent({{"type", "write"}, {"name", "a/b"}})->name, "a/b");
+  auto with_entry = DecodeWatchEvent(
+      {{"type", "create"},
+       {"name", "f"},
+       {"entry", {{"name", "f"}, {"path", "/d/f"}, {"type", "file"}, {"metadata", {{"k", "v"}}}}}});
+  ASSERT_TRUE(with_entry.ok()) << with_entry.status().ToString();
+  ASSERT_TRUE(with_entry->entry.has_value());
+  EXPECT_EQ(with_entry->entry->path, "/d/f");
+  EXPECT_EQ(with_entry->entry->metadata.at("k"), "v");
+  auto link = DecodeFileEntry({{"name", "l"},
+                               {"path", "/l"},
+                               {"type", "symlink"},
+                               {"symlink_target", "t"},
+                               {"target", {{"type", "dir"}, {"mode", 0755}, {"path", "/t"}}}},
+                              "stat");
+  ASSERT_TRUE(link.ok()) << link.status().ToString();
+  ASSERT_TRUE(link->target.has_value());
+  EXPECT_EQ(link->target->type, FileType::kDir);
+  EXPECT_EQ(link->target->path, "/t");
   EXPECT_EQ(DecodeWatchEvent({{"type", "start"}})->type, WatchEvent::Type::kStart);
   EXPECT_TRUE(DecodeHealth({{"ok", true}, {"uptime_ms", 5}})->ok);
   auto m = DecodeMetrics({{"cpu_count", 2},
@@ -231,6 +256,28 @@ TEST(GuestProtocol, HostileRepliesAreErrorsNamingTheOpNeverExceptions) {
       {"stat path missing",
        [] {
          return StatusOf(DecodeFileEntry({{"name", "a"}, {"type", "file"}}, "stat"));
+       }},
+      {"stat metadata not strings",
+       [] {
+         return StatusOf(DecodeFileEntry(
+             {{"name", "a"}, {"path", "/a"}, {"type", "file"}, {"metadata", {{"k", 1}}}}, "stat"));
+       }},
+      {"stat metadata too large",
+       [&] {
+         return StatusOf(DecodeFileEntry(
+             {{"name", "a"}, {"path", "/a"}, {"type", "file"}, {"metadata", {{"k", huge}}}},
+             "stat"));
+       }},
+      {"stat symlink target without path",
+       [] {
+         return StatusOf(DecodeFileEntry(
+             {{"name", "a"}, {"path", "/a"}, {"type", "symlink"}, {"target", {{"type", "file"}}}},
+             "stat"));
+       }},
+      {"watch entry bad",
+       [] {
+         return StatusOf(
+             DecodeWatchEvent({{"type", "create"}, {"name", "f"}, {"entry", {{"name", 1}}}}));
        }},
       {"stat symlink target array",
        [] {
