@@ -22,6 +22,7 @@ struct SandboxOptions {
   int count = 1;
   std::vector<std::string> envs;
   std::vector<std::string> metadata;
+  bool filesystem_only = false;  // pause --filesystem-only
 };
 
 std::string SandboxPath(const std::string& id, std::string_view suffix = {}) {
@@ -89,6 +90,8 @@ Runner AddSandbox(CLI::App& app) {
       ->required()
       ->check(CLI::PositiveNumber);
   auto* pause = Leaf(*sandbox, "pause", "pause a sandbox (snapshot and stop it)", *o, true);
+  pause->add_flag("--filesystem-only", o->filesystem_only,
+                  "keep only the disk: cheaper to keep, and the resume reboots it");
   auto* resume = Leaf(*sandbox, "resume", "resume a paused sandbox", *o, true);
   resume->add_option("--timeout", o->timeout, "seconds to live after resuming")
       ->check(CLI::PositiveNumber);
@@ -125,7 +128,9 @@ Runner AddSandbox(CLI::App& app) {
             r = api.Control("POST", SandboxPath(o->id, "/timeout"), {{"timeout", o->timeout}});
             *text = o->id + " now ends in " + std::to_string(o->timeout) + "s\n";
           } else if (pause->parsed()) {
-            r = api.Control("POST", SandboxPath(o->id, "/pause"), json::object());
+            json body = json::object();
+            if (o->filesystem_only) body["memory"] = false;
+            r = api.Control("POST", SandboxPath(o->id, "/pause"), body);
             *text = "paused " + o->id + "\n";
           } else if (resume->parsed()) {
             json body = json::object();

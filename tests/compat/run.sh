@@ -124,6 +124,17 @@ else
   echo "compat: script(1) not found; skipping moat exec -it" >&2
 fi
 
+# pause (memory, then --filesystem-only: the resume reboots it) and resume keep the files.
+"$moat" exec "$sbx" -- sh -c 'echo kept >/home/user/pause.txt' || cli_fail "exec write failed"
+boot=$("$moat" exec "$sbx" -- cat /proc/sys/kernel/random/boot_id) || cli_fail "boot_id failed"
+"$moat" sandbox pause "$sbx" >/dev/null || cli_fail "pause failed"
+"$moat" sandbox resume "$sbx" >/dev/null || cli_fail "resume failed"
+[ "$("$moat" exec "$sbx" -- cat /proc/sys/kernel/random/boot_id)" = "$boot" ] || cli_fail "a memory resume rebooted"
+"$moat" sandbox pause --filesystem-only "$sbx" >/dev/null || cli_fail "pause --filesystem-only failed"
+"$moat" sandbox resume "$sbx" >/dev/null || cli_fail "resume after a filesystem-only pause failed"
+[ "$("$moat" exec "$sbx" -- cat /home/user/pause.txt)" = kept ] || cli_fail "the file did not survive the reboot"
+[ "$("$moat" exec "$sbx" -- cat /proc/sys/kernel/random/boot_id)" != "$boot" ] || cli_fail "no reboot"
+
 # snapshot create|list|delete, and a sandbox created from a snapshot.
 "$moat" exec "$sbx" -- sh -c 'echo snapped >/home/user/snap.txt' || cli_fail "exec write failed"
 snap=$("$moat" snapshot create "$sbx" --name "cli-$$" --json \
