@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include "common/unique_fd.h"
@@ -201,15 +200,19 @@ Json EntryJson(const std::string& path, const struct stat& st, const UserTable& 
     char target[4096];
     ssize_t n = ::readlinkat(dir_fd, name.c_str(), target, sizeof target);
     if (n >= 0) e["symlink_target"] = std::string(target, static_cast<size_t>(n));
-    // What it leads to, as the user sees it: absent when it leads nowhere (dangling, a loop).
+    // What it leads to, as the user sees it, resolved as every client path is (never through
+    // /proc's magic links, which would name what moat-guest holds open): absent when it leads
+    // nowhere (dangling, a loop, a magic link).
+    auto to = OpenPath(path, O_PATH | O_CLOEXEC, 0, "stat");
     struct stat target_st {};
-    if (::fstatat(dir_fd, name.c_str(), &target_st, 0) == 0) {
-      char* resolved = ::realpath(path.c_str(), nullptr);
-      if (resolved != nullptr) {
+    if (to.ok() && ::fstat(to->get(), &target_st) == 0) {
+      std::string link = "/proc/self/fd/" + std::to_string(to->get());
+      char resolved[4096];
+      ssize_t len = ::readlink(link.c_str(), resolved, sizeof resolved);
+      if (len > 0 && resolved[0] == '/') {
         e["target"] = {{"type", TypeName(target_st.st_mode)},
                        {"mode", static_cast<uint32_t>(target_st.st_mode & 07777)},
-                       {"path", std::string(resolved)}};
-        std::free(resolved);
+                       {"path", std::string(resolved, static_cast<size_t>(len))}};
       }
     }
   } else if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {

@@ -131,9 +131,10 @@ void Watch::Send(const char* type, const std::string& rel) {
   if (include_entry_ && (std::strcmp(type, "create") == 0 || std::strcmp(type, "write") == 0 ||
                          std::strcmp(type, "chmod") == 0)) {
     std::string abs = root_ + (root_ == "/" ? "" : "/") + rel;
+    if (!users_) users_ = UserTable::Load();  // once per batch of events
     auto creds = FsCredentials::Assume(user_);
     if (creds.ok()) {
-      auto entry = StatPath(abs, UserTable::Load());
+      auto entry = StatPath(abs, *users_);
       if (entry.ok()) event["entry"] = std::move(*entry);
     }
   }
@@ -147,6 +148,7 @@ void Watch::OnReadable() {
   if (n <= 0) return;
   last_type_.clear();
   last_name_.clear();
+  users_.reset();
   for (ssize_t off = 0; off + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
     // The kernel writes whole, aligned inotify_event records back to back into the buffer.
     const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
@@ -180,7 +182,8 @@ void Watch::OnReadable() {
           if (uploads_.size() >= kMaxTracked) uploads_.clear();
           uploads_[rel] = Upload{};
         } else if (ev->mask & IN_MODIFY) {
-          uploads_[rel].wrote = true;
+          // One that began before the watch is not tracked: its rename counts as a write.
+          if (auto up = uploads_.find(rel); up != uploads_.end()) up->second.wrote = true;
         } else if (ev->mask & IN_DELETE) {
           uploads_.erase(rel);
         } else if (ev->mask & IN_MOVED_FROM) {

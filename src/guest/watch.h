@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -87,6 +88,7 @@ class Watch {
   std::unordered_map<std::string, Upload> uploads_;
   std::unordered_map<uint32_t, PendingRename> renames_;
   std::string last_type_, last_name_;
+  std::optional<UserTable> users_;  // for entries, read once per batch
 };
 
 }  // namespace moat::guest

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/fs.h"
 
 namespace moat::guest {
 namespace {
@@ -51,6 +54,46 @@ TEST(EntryJson, DescribesAFile) {
   EXPECT_EQ(e["group"], "user");
   EXPECT_EQ(e["mtime_ns"], 2000000005);
   EXPECT_FALSE(e.contains("symlink_target"));
+}
+
+class FilesOnDisk : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto dir = MakeTempDir("/tmp", "moat-files-");
+    ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+    dir_ = *dir;
+  }
+  void TearDown() override { (void)RemoveTree(dir_); }
+  std::string dir_;
+  UserTable users_ = UserTable::FromText("", "");
+};
+
+TEST_F(FilesOnDisk, ASymlinkShowsWhereItLeadsNeverThroughAMagicLink) {
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/file1.txt", "hi", 0644).ok());
+  ASSERT_EQ(::symlink("file1.txt", (dir_ + "/link").c_str()), 0);
+  ASSERT_EQ(::symlink("missing", (dir_ + "/dangling").c_str()), 0);
+  ASSERT_EQ(::symlink("/proc/self/fd/0", (dir_ + "/magic").c_str()), 0);
+  auto link = StatPath(dir_ + "/link", users_);
+  ASSERT_TRUE(link.ok()) << link.status().ToString();
+  EXPECT_EQ((*link)["type"], "symlink");
+  EXPECT_EQ((*link)["symlink_target"], "file1.txt");
+  EXPECT_EQ((*link)["target"]["type"], "file");
+  EXPECT_EQ((*link)["target"]["mode"], 0644);
+  EXPECT_EQ((*link)["target"]["path"], dir_ + "/file1.txt");
+  EXPECT_FALSE(StatPath(dir_ + "/dangling", users_)->contains("target"));
+  EXPECT_FALSE(StatPath(dir_ + "/magic", users_)->contains("target"))
+      << "what moat-guest holds open is nobody's business";
+}
+
+TEST_F(FilesOnDisk, AListingIsEnvdsWalkByteOrderEachDirectoryFollowedByItsContents) {
+  for (const char* d : {"/b", "/b/y", "/b/x", "/a"}) ASSERT_TRUE(MakeDirs(dir_ + d).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/C.txt", "", 0644).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/a/f", "", 0644).ok());
+  auto entries = ListDir(dir_, 2, users_, 100);
+  ASSERT_TRUE(entries.ok()) << entries.status().ToString();
+  std::vector<std::string> paths;
+  for (const auto& e : *entries) paths.push_back(e["path"].get<std::string>().substr(dir_.size()));
+  EXPECT_EQ(paths, (std::vector<std::string>{"/C.txt", "/a", "/a/f", "/b", "/b/x", "/b/y"}));
 }
 
 }  // namespace
