@@ -71,14 +71,9 @@ std::optional<store::SandboxRecord> RelayDataPlane::Running(const routes::EnvdTa
     return std::nullopt;
   }
   if (*record) return std::move(**record);
-  if (target.port == routes::kEnvdPort) {
-    *status = 502;
-    SendSandboxNotRunning(w, target.sandbox_id);
-  } else {
-    *status = 404;
-    SendRestError(w, NotFound("sandbox " + target.sandbox_id + " is not found or not running"),
-                  404);
-  }
+  // envd and ports alike, as E2B answers for a sandbox that is not running.
+  *status = 502;
+  SendSandboxNotRunning(w, target.sandbox_id);
   return std::nullopt;
 }
 

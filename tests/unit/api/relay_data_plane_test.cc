@@ -193,9 +193,9 @@ TEST_F(RelayDataPlaneTest, RelaysAChunkedBodyAndPortTraffic) {
 }
 
 TEST_F(RelayDataPlaneTest, RefusesWhatItCanBeforeTheHostSeesIt) {
-  // Not running: envd's 502, the port proxy's 404.
+  // Not running: 502 for envd and ports alike, as E2B answers.
   EXPECT_EQ(Send(kStopped, "GET", "/health", "", "").status, 502);
-  EXPECT_EQ(Send(kStopped, "GET", "/", "E2b-Sandbox-Port: 8080\r\n", "").status, 404);
+  EXPECT_EQ(Send(kStopped, "GET", "/", "E2b-Sandbox-Port: 8080\r\n", "").status, 502);
   EXPECT_EQ(Send("sbx00000000000000009", "GET", "/health", "", "").status, 502);
   // A body without the access token is refused before it is read.
   Reply r = Send(kSandbox, "POST", "/filesystem.Filesystem/Stat",
