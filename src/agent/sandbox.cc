@@ -412,9 +412,9 @@ Status Sandbox::Claim(const std::string& id, const GuestIdentity& identity,
   return Status::Ok();
 }
 
-Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool keep_running,
-                             bool durable) {
-  std::lock_guard lock(mu_);
+Status Sandbox::WriteSnapshotLocked(
+    const std::string& dir, SnapshotManifest m,
+    const std::function<Status(const SnapshotFiles& f, bool* resumed)>& fill) {
   if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
   if (PathExists(dir)) return Status(ErrorCode::kAlreadyExists, dir + " exists");
   // Written under a temporary name, renamed when complete: a crash leaves no half snapshot.
@@ -423,36 +423,46 @@ Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool ke
   MOAT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
   Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
   // A failed snapshot (or pause) leaves the sandbox running as it was.
+  bool resumed = false;
   Cleanup resume_on_failure([&] {
+    if (resumed) return;
     Status s = vmm_->Resume();
     if (!s.ok()) LogError("sandbox.resume_failed", {{"sandbox", id_}, {"error", s.ToString()}});
   });
-  SnapshotFiles f(tmp);
-  // The VM stops, and its disk is flushed and inactivated when the migration completes: the
-  // overlay can be copied consistently.
-  if (env_.memory_file_snapshots) {
-    // RAM into a memory file, device state without it.
-    MOAT_RETURN_IF_ERROR(vmm_->SaveMemorySnapshot(f.state, f.memory, durable)
-                             .Annotate("snapshot of sandbox " + id_));
-    MOAT_RETURN_IF_ERROR(GiveMemoryFileToSandboxes(f.memory));
-  } else {
-    // One full stream, RAM included.
-    MOAT_RETURN_IF_ERROR(
-        vmm_->SaveDeviceState(f.state, durable).Annotate("snapshot of sandbox " + id_));
-  }
-  MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
-  if (keep_running) {
-    // The VM runs on as soon as its state is written; the rest is host-side bookkeeping.
-    resume_on_failure.Cancel();
-    MOAT_RETURN_IF_ERROR(vmm_->Resume().Annotate("resuming sandbox " + id_ + " after snapshot"));
-  }
+  MOAT_RETURN_IF_ERROR(fill(SnapshotFiles(tmp), &resumed));
   FillManifest(m);
-  m.memory_file = env_.memory_file_snapshots;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
   remove_tmp.Cancel();
   resume_on_failure.Cancel();
   return Status::Ok();
+}
+
+Status Sandbox::SaveSnapshot(const std::string& dir, SnapshotManifest m, bool keep_running,
+                             bool durable) {
+  std::lock_guard lock(mu_);
+  m.memory_file = env_.memory_file_snapshots;
+  return WriteSnapshotLocked(dir, std::move(m), [&](const SnapshotFiles& f, bool* resumed) {
+    // The VM stops, and its disk is flushed and inactivated when the migration completes: the
+    // overlay can be copied consistently.
+    if (env_.memory_file_snapshots) {
+      // RAM into a memory file, device state without it.
+      MOAT_RETURN_IF_ERROR(vmm_->SaveMemorySnapshot(f.state, f.memory, durable)
+                               .Annotate("snapshot of sandbox " + id_));
+      MOAT_RETURN_IF_ERROR(GiveMemoryFileToSandboxes(f.memory));
+    } else {
+      // One full stream, RAM included.
+      MOAT_RETURN_IF_ERROR(
+          vmm_->SaveDeviceState(f.state, durable).Annotate("snapshot of sandbox " + id_));
+    }
+    MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
+    if (keep_running) {
+      // The VM runs on as soon as its state is written; the rest is host-side bookkeeping.
+      *resumed = true;
+      MOAT_RETURN_IF_ERROR(vmm_->Resume().Annotate("resuming sandbox " + id_ + " after snapshot"));
+    }
+    return Status::Ok();
+  });
 }
 
 void Sandbox::FillManifest(SnapshotManifest& m) const {
@@ -486,27 +496,12 @@ Status Sandbox::SaveDiskSnapshot(const std::string& dir, SnapshotManifest m) {
     if (!r.ok()) return r.status().Annotate("flushing the filesystems of sandbox " + id_);
   }
   std::lock_guard lock(mu_);
-  if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
-  if (PathExists(dir)) return Status(ErrorCode::kAlreadyExists, dir + " exists");
-  std::string tmp = dir + ".tmp";
-  (void)RemoveTree(tmp);
-  MOAT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
-  Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
-  // Stopping the VM drains and flushes its disk: the overlay can be copied consistently.
-  MOAT_RETURN_IF_ERROR(vmm_->Pause().Annotate("stopping sandbox " + id_));
-  Cleanup resume_on_failure([&] {
-    Status s = vmm_->Resume();
-    if (!s.ok()) LogError("sandbox.resume_failed", {{"sandbox", id_}, {"error", s.ToString()}});
-  });
-  SnapshotFiles f(tmp);
-  MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
-  FillManifest(m);
   m.filesystem_only = true;
-  MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
-  if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
-  remove_tmp.Cancel();
-  resume_on_failure.Cancel();
-  return Status::Ok();
+  return WriteSnapshotLocked(dir, std::move(m), [&](const SnapshotFiles& f, bool*) {
+    // Stopping the VM drains and flushes its disk: the overlay can be copied consistently.
+    MOAT_RETURN_IF_ERROR(vmm_->Pause().Annotate("stopping sandbox " + id_));
+    return CopyFile(paths_.disk, f.overlay);
+  });
 }
 
 Status Sandbox::AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress) {

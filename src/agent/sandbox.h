@@ -10,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -189,6 +190,13 @@ class Sandbox {
   Status SendIdentity(const GuestIdentity& identity);
   // The fields of a snapshot manifest this sandbox knows (resources, disk, network, identity).
   void FillManifest(SnapshotManifest& m) const;
+  // With mu_ held: a snapshot into `dir` (which must not exist) through a temporary directory
+  // renamed when complete. `fill` writes its files (it may stop the VM; it sets *resumed once it
+  // let the VM run again); the manifest (`m` and FillManifest) goes last. On any failure the
+  // temporary directory goes and the VM runs on.
+  Status WriteSnapshotLocked(
+      const std::string& dir, SnapshotManifest m,
+      const std::function<Status(const SnapshotFiles& f, bool* resumed)>& fill);
   // Takes a slot (from the ready pool) with `egress` and adds its NIC to `spec`.
   Status AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress);
   // Sends the slot's `network` op: after every boot, restore and fork.
