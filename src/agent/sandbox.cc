@@ -479,28 +479,37 @@ void Sandbox::FillManifest(SnapshotManifest& m) const {
   m.identity = identity_;
 }
 
-Status Sandbox::SaveDiskSnapshot(const std::string& dir, SnapshotManifest m) {
-  // What the guest holds in its page cache reaches its disk first: only the disk is kept.
+Status Sandbox::FlushGuestFilesystems() {
+  std::shared_ptr<channel::GuestClient> guest;
   {
-    std::shared_ptr<channel::GuestClient> guest;
-    {
-      std::lock_guard lock(mu_);
-      if (killed_ || !guest_) return NotFound("sandbox " + id_ + " was killed");
-      guest = guest_;
-    }
-    channel::ExecRequest sync;
-    sync.argv = {"sync"};
-    sync.user = "root";
-    sync.timeout_ms = 60000;
-    auto r = guest->Run(sync, Clock::now() + std::chrono::seconds(65));
-    if (!r.ok()) return r.status().Annotate("flushing the filesystems of sandbox " + id_);
+    std::lock_guard lock(mu_);
+    if (killed_ || !guest_) return NotFound("sandbox " + id_ + " was killed");
+    guest = guest_;
   }
+  channel::ExecRequest sync;
+  sync.argv = {"/bin/sync"};
+  sync.user = "root";
+  sync.timeout_ms = 30000;
+  auto r = guest->Run(sync, Clock::now() + std::chrono::seconds(35));
+  if (!r.ok()) return r.status().Annotate("flushing the filesystems of sandbox " + id_);
+  if (r->exit_code != 0) {
+    return FailedPrecondition("flushing the filesystems of sandbox " + id_ + ": sync exited " +
+                              std::to_string(r->exit_code.value_or(-1)));
+  }
+  return Status::Ok();
+}
+
+Status Sandbox::SaveDiskSnapshot(const std::string& dir, SnapshotManifest m) {
   std::lock_guard lock(mu_);
   m.filesystem_only = true;
   return WriteSnapshotLocked(dir, std::move(m), [&](const SnapshotFiles& f, bool*) {
     // Stopping the VM drains and flushes its disk: the overlay can be copied consistently.
     MOAT_RETURN_IF_ERROR(vmm_->Pause().Annotate("stopping sandbox " + id_));
-    return CopyFile(paths_.disk, f.overlay);
+    MOAT_RETURN_IF_ERROR(CopyFile(paths_.disk, f.overlay));
+    // The disk is all this snapshot keeps: on stable storage before the manifest names it.
+    UniqueFd disk(::open(f.overlay.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!disk || ::fsync(disk.get()) < 0) return ErrnoError("fsync(" + f.overlay + ")");
+    return Status::Ok();
   });
 }
 

@@ -134,9 +134,12 @@ class Sandbox {
   // last.
   Status SaveSnapshot(const std::string& dir, SnapshotManifest manifest, bool keep_running,
                       bool durable);
-  // A filesystem-only snapshot into `dir` (a pause that keeps no memory): the guest flushes its
-  // filesystems, the VM stops, its disk is copied; the manifest records the identity, for the
-  // boot that resumes it. The VM stays stopped for the caller to release; on failure it runs on.
+  // Has the guest write what its page cache holds to its disk (`/bin/sync` as root, at most
+  // 30 s): before a filesystem-only snapshot, whose disk is all that is kept.
+  Status FlushGuestFilesystems();
+  // A filesystem-only snapshot into `dir` (a pause that keeps no memory; flush first): the VM
+  // stops, its disk is copied and fsync'd; the manifest records the identity, for the boot that
+  // resumes it. The VM stays stopped for the caller to release; on failure it runs on.
   Status SaveDiskSnapshot(const std::string& dir, SnapshotManifest manifest);
 
   const std::string& id() const { return id_; }

@@ -73,7 +73,11 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
   if (auto target = routes::EnvdTargetOf(req)) {
     if (target->port != routes::kEnvdPort) {
       // A paused sandbox with auto-resume wakes for its port traffic: the request waits for it.
-      if (Status woke = control_ctx_.controller->WakeForTraffic(target->sandbox_id); !woke.ok()) {
+      // If it cannot, the data plane answers as for any sandbox that is not running.
+      static RateLimiter wake_log(1, 5);
+      Status woke = control_ctx_.controller->WakeForTraffic(target->sandbox_id,
+                                                            req.Header(kTrafficTokenHeader));
+      if (!woke.ok() && wake_log.Allow()) {
         LogWarn("api.auto_resume_failed",
                 {{"sandbox", target->sandbox_id}, {"error", woke.ToString()}});
       }

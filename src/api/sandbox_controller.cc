@@ -490,12 +490,27 @@ Status SandboxController::Pause(const std::string& team_id, const std::string& i
   return Status::Ok();
 }
 
-Status SandboxController::WakeForTraffic(const std::string& id) {
+Status SandboxController::WakeForTraffic(const std::string& id, std::string_view traffic_token) {
   constexpr auto kPoll = std::chrono::milliseconds(50);
+  constexpr size_t kMaxRemembered = 65536;
+  {
+    // A sandbox's options never change: one created without auto-resume costs one read, ever.
+    std::lock_guard lock(sleepless_mu_);
+    if (sleepless_.count(id) != 0) return Status::Ok();
+  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   for (;;) {
     MOAT_ASSIGN_OR_RETURN(auto found, store_.GetSandbox(id));
-    if (!found || !found->options.auto_resume) return Status::Ok();
+    if (!found) return Status::Ok();
+    if (!found->options.auto_resume) {
+      std::lock_guard lock(sleepless_mu_);
+      if (sleepless_.size() >= kMaxRemembered) sleepless_.clear();
+      sleepless_.insert(id);
+      return Status::Ok();
+    }
+    // Private ports wake only for whoever may reach them (the proxy answers the others).
+    const std::string& token = found->traffic_access_token;
+    if (!token.empty() && !SecretsEqual(traffic_token, token)) return Status::Ok();
     switch (found->state) {
       case SandboxState::kPaused: {
         auto resumed = ResumeRecord(*found, 0);
@@ -503,8 +518,13 @@ Status SandboxController::WakeForTraffic(const std::string& id) {
           LogInfo("api.sandbox_resumed", {{"sandbox", id}, {"reason", "traffic"}});
           return Status::Ok();
         }
-        // Aborted: another request resumes it; wait for that one.
-        if (resumed.status().code() != ErrorCode::kAborted) return resumed.status();
+        // Another request resumes it (aborted), or holds the quota or room it needs while it
+        // does: wait for that one; anything else fails this request.
+        MOAT_ASSIGN_OR_RETURN(auto now, store_.GetSandbox(id));
+        if (!now ||
+            (now->state != SandboxState::kResuming && now->state != SandboxState::kRunning)) {
+          return resumed.status();
+        }
         break;
       }
       case SandboxState::kPausing:
@@ -722,7 +742,15 @@ void SandboxController::ReapOnce() {
       case SandboxState::kRunning:
       case SandboxState::kError:
         if (r.end_at_ms <= now && r.auto_pause && r.state == SandboxState::kRunning) {
-          if (Status s = PauseRecord(r, r.options.auto_pause_memory); s.ok()) {
+          Status s = PauseRecord(r, r.options.auto_pause_memory);
+          if (!s.ok() && !r.options.auto_pause_memory) {
+            // The guest could not flush its disk: a memory pause loses nothing either, and
+            // beats the kill that would follow.
+            LogWarn("api.auto_pause_filesystem_failed",
+                    {{"sandbox", r.id}, {"error", s.ToString()}});
+            s = PauseRecord(r, /*keep_memory=*/true);
+          }
+          if (s.ok()) {
             LogInfo("api.sandbox_paused", {{"sandbox", r.id}, {"reason", "timeout"}});
             continue;
           } else {

@@ -13,7 +13,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <unordered_set>
 
 #include "api/data_plane.h"
 #include "api/host_agent.h"
@@ -72,10 +74,12 @@ class SandboxController {
   // failed_precondition ("already paused") for a paused sandbox: the routes answer 409.
   // `keep_memory` false keeps only its filesystem: the resume boots it.
   Status Pause(const std::string& team_id, const std::string& id, bool keep_memory = true);
-  // Traffic for a port of sandbox `id` arrived: if it was created with auto-resume and is
-  // paused (or pausing, or being resumed), it is resumed — or the resume in flight is waited
-  // for — before the request goes on. Any other sandbox: nothing (one store read).
-  Status WakeForTraffic(const std::string& id);
+  // Traffic for a port of sandbox `id` arrived (with `traffic_token`, the request's
+  // e2b-traffic-access-token): if it was created with auto-resume and is paused (or pausing, or
+  // being resumed), it is resumed — or the resume in flight is waited for — before the request
+  // goes on; a sandbox with private ports only for its token. Any other sandbox: nothing (one
+  // store read, once: options never change).
+  Status WakeForTraffic(const std::string& id, std::string_view traffic_token = {});
   // aborted if it is running (409); end = now + timeout.
   Result<store::SandboxRecord> Resume(const std::string& team_id, const std::string& id,
                                       int64_t timeout_s);
@@ -170,6 +174,9 @@ class SandboxController {
   };
   std::mutex cpu_mu_;
   std::map<std::string, CpuReading> last_cpu_;
+  // Sandboxes seen without auto-resume: WakeForTraffic need not read them again (bounded).
+  std::mutex sleepless_mu_;
+  std::unordered_set<std::string> sleepless_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -298,8 +298,16 @@ Result<Hello> DecodeHello(std::string_view payload) {
   if (auto b = f.OptString("boot_id")) h.boot_id = std::move(*b);
   h.uptime_ms = f.OptInt<int64_t>("uptime_ms", 0).value_or(0);
   h.pid1 = f.OptBool("pid1").value_or(false);
+  h.features = f.StringList("features", 64);
   if (!f.ok()) return f.status();
   return h;
+}
+
+bool Hello::Has(std::string_view feature) const {
+  for (const auto& f : features) {
+    if (f == feature) return true;
+  }
+  return false;
 }
 
 Result<End> DecodeEnd(std::string_view payload) {

@@ -142,7 +142,13 @@ struct Hello {
   std::string boot_id;
   int64_t uptime_ms = 0;
   bool pid1 = false;
+  // What this moat-guest can do beyond the protocol version (a sandbox restored from an older
+  // snapshot runs the moat-guest it had): kFeatureEnvd06 — file metadata, resolved symlink
+  // targets, entries in watch events, uploads shown to watchers as writes in place.
+  std::vector<std::string> features;
+  bool Has(std::string_view feature) const;
 };
+inline constexpr std::string_view kFeatureEnvd06 = "envd-0.6";
 Result<Hello> DecodeHello(std::string_view payload);
 
 // END: the stream's result — Ok, or the guest's error (its code name mapped back; unknown codes

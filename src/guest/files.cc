@@ -44,10 +44,12 @@ Status ListInto(UniqueFd dir_fd, const std::string& dir, int depth, const UserTa
   if (d == nullptr) return ErrnoError("fdopendir(" + dir + ")");
   dir_fd.Release();  // owned by the DIR stream now
   std::vector<std::string> names;
+  // Sorted, so read whole — but never more than the listing may still hold, plus one to know.
+  size_t room = max_entries - std::min(max_entries, out.size());
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
     if (name == "." || name == "..") continue;
-    if (names.size() >= max_entries) break;  // more than can be listed anyway
+    if (names.size() > room) break;
     names.push_back(std::move(name));
   }
   std::sort(names.begin(), names.end());
@@ -209,7 +211,7 @@ Json EntryJson(const std::string& path, const struct stat& st, const UserTable& 
       std::string link = "/proc/self/fd/" + std::to_string(to->get());
       char resolved[4096];
       ssize_t len = ::readlink(link.c_str(), resolved, sizeof resolved);
-      if (len > 0 && resolved[0] == '/') {
+      if (len > 0 && static_cast<size_t>(len) < sizeof resolved && resolved[0] == '/') {
         e["target"] = {{"type", TypeName(target_st.st_mode)},
                        {"mode", static_cast<uint32_t>(target_st.st_mode & 07777)},
                        {"path", std::string(resolved, static_cast<size_t>(len))}};
@@ -236,7 +238,10 @@ Status SetMetadata(int fd, const FileMetadata& metadata, const std::string& path
 }
 
 Json ReadMetadata(int dir_fd, const std::string& name) {
-  constexpr size_t kMaxTotal = 64 * 1024;
+  // Twice what an upload may set (set from inside the sandbox, it may be more): an entry stays
+  // far within one message (64 KiB of JSON) with its paths, and within the host's bounds.
+  constexpr size_t kMaxTotal = 2 * kMaxMetadataBytes;
+  constexpr size_t kMaxKeys = 256;
   Json out = Json::object();
   // xattr calls take a path or an fd that O_PATH cannot give; the fd's /proc link names exactly
   // the inode opened (not followed past it), whatever happens to `name` meanwhile.
@@ -264,7 +269,7 @@ Json ReadMetadata(int dir_fd, const std::string& name) {
     // Set from inside the sandbox they may hold anything; only what a header could carry shows.
     if (!IsPrintableAscii(key) || !IsPrintableAscii(val)) continue;
     total += key.size() + val.size();
-    if (total > kMaxTotal) break;
+    if (total > kMaxTotal || out.size() >= kMaxKeys) break;
     out[key] = std::string(val);
   }
   return out;

@@ -38,7 +38,7 @@ Result<Json> StatPath(const std::string& path, const UserTable& users);
 // `user.e2b.<key>` (`path` names it in errors).
 Status SetMetadata(int fd, const FileMetadata& metadata, const std::string& path);
 // The metadata of `name` in `dir_fd` (never followed): its `user.e2b.*` attributes whose names
-// and values are printable ASCII, at most 64 KiB of them; an empty object when it has none.
+// and values are printable ASCII, at most 8 KiB of them; an empty object when it has none.
 Json ReadMetadata(int dir_fd, const std::string& name);
 // Entries below `path` down to `depth` levels (1: the directory's own children), without
 // following symlinks; at most `max_entries` (ResourceExhausted beyond that).

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "channel/protocol.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "guest/files.h"
@@ -116,7 +117,8 @@ void Server::OnHello(const Frame& frame) {
                 {"min_version", channel::kMinVersion},
                 {"boot_id", BootId()},
                 {"uptime_ms", UptimeMs()},
-                {"pid1", ::getpid() == 1}};
+                {"pid1", ::getpid() == 1},
+                {"features", Json::array({std::string(channel::proto::kFeatureEnvd06)})}};
   transport_->Send(FrameType::kHello, 0, 0, std::string(channel::kHelloMagic) + DumpJson(reply));
   LogInfo("guest.host_connected");
 }

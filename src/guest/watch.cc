@@ -198,6 +198,7 @@ void Watch::OnReadable() {
         if (auto r = renames_.find(ev->cookie); r != renames_.end()) {
           PendingRename pending = r->second;
           renames_.erase(r);
+          last_type_.clear();  // one whole sequence per upload, whatever came before it
           if (!pending.temp.replaces) Send("create", rel);
           Send("chmod", rel);
           if (pending.wrote || pending.temp.replaces) Send("write", rel);

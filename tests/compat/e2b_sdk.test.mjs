@@ -91,7 +91,7 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     const tools = await plain.commands.run(
       'git --version && curl --version | head -1 && wget --version | head -1 && jq --version && ' +
         'unzip -v | head -1 && ps --version && ip -V && python3 -m pip --version && node --version && ' +
-        'npm --version && sudo -n id -un',
+        'npm --version && sudo -n id -un && python --version',
       { timeoutMs: 120000 },
     )
     assert.equal(tools.exitCode, 0)
@@ -99,6 +99,7 @@ describe('e2b SDK against moatd', { concurrency: false }, () => {
     assert.match(tools.stdout, /^pip \d+/m)
     assert.match(tools.stdout, /^v18\./m)
     assert.match(tools.stdout, /^root$/m, 'user sudoes without a password')
+    assert.match(tools.stdout, /^Python 3\./m, '`python` is python3, as on E2B')
     // A venv, and a git round trip against a bare repository (no network).
     const git = await plain.commands.run(
       'set -e; python3 -m venv /tmp/venv && /tmp/venv/bin/python -c "import sys; print(sys.prefix)"; ' +

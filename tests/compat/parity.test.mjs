@@ -163,6 +163,11 @@ describe('E2B parity (issue 14)', { concurrency: false }, () => {
     await sbx.files.write('/root/secret.txt', 'root only', { user: 'root' })
     const asRoot = await sbx.downloadUrl('/root/secret.txt', { user: 'root' })
     assert.equal((await viaHost(host, asRoot)).body, 'root only')
+    // A URL signed for the default user stays the default user's, whatever else is sent.
+    const asDefault = await sbx.downloadUrl('/root/secret.txt')
+    const basicRoot = await viaHost(host, asDefault, { headers: { Authorization: 'Basic cm9vdDo=' } })
+    assert.notEqual(basicRoot.status, 200, basicRoot.body)
+    assert.doesNotMatch(basicRoot.body, /root only/)
     const forged = asRoot.replace('username=root', 'username=user')
     assert.equal((await viaHost(host, forged)).status, 401)
     const tampered = new URL(asRoot)
@@ -299,7 +304,7 @@ describe('E2B parity (issue 14)', { concurrency: false }, () => {
   })
 
   test('filesystem-only pause: the sandbox reboots on resume with its files', async () => {
-    const p = await create()
+    const p = await create({ envs: { KEPT: 'env-kept' } })
     const bootBefore = (await p.commands.run('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
     await p.files.write('/home/user/kept.txt', 'kept across a reboot')
     await p.commands.run('sleep 3600', { background: true })
@@ -313,7 +318,7 @@ describe('E2B parity (issue 14)', { concurrency: false }, () => {
     const sleeping = await back.commands.list()
     assert.ok(!sleeping.some((c) => c.cmd === 'sleep 3600' || c.args?.includes('3600')), 'processes do not survive')
     // The identity does: its env vars and user are as created.
-    assert.equal((await back.commands.run('whoami')).stdout.trim(), 'user')
+    assert.equal((await back.commands.run('echo "$KEPT $(whoami)"')).stdout.trim(), 'env-kept user')
   })
 
   test('auto-pause on timeout, then auto-resume on port traffic', async () => {

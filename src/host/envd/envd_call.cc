@@ -48,6 +48,10 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
     }
     auto user = BasicAuthUser(req);
     if (!user.ok()) return fail(user.status());
+    // A signed URL acts as the user it was signed for (its `username`, which FileUser reads;
+    // none: the default user), never as one an unsigned Authorization header names.
+    bool signed_url = auth == EnvdAuth::kTokenOrSignature && !req.HasHeader("X-Access-Token");
+    if (signed_url) user = std::string();
     // Its host's view: gone (released meanwhile), or its guest broke the protocol (recorded as
     // `error`; it stays inspectable and killable) — not running, either way.
     if (auto guest = ctx.guest_of(target->sandbox_id); !guest.ok()) {

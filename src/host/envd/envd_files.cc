@@ -122,6 +122,11 @@ using UploadPump = std::function<Status(const std::function<Status(std::string_v
 Result<json> WriteOne(EnvdCall& call, const std::string& path, const std::string& user,
                       const FileMetadata& metadata, const UploadPump& pump, Status* client_error) {
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
+  if (!metadata.empty() && !guest->guest_hello().Has(channel::proto::kFeatureEnvd06)) {
+    return FailedPrecondition(
+        "this sandbox runs a guest agent from before file metadata (it was restored from an "
+        "older snapshot); create it anew to use metadata");
+  }
   auto deadline = Clock::now() + kTransferTimeout;
   MOAT_ASSIGN_OR_RETURN(
       auto stream, guest->Open(channel::proto::WriteFileOp{path, user, std::nullopt, metadata}));

@@ -35,7 +35,13 @@ std::string FileType(proto::FileType type) {
 // what it leads to (type unspecified when it leads nowhere, and clients then skip it), and
 // symlinkTarget the destination's absolute path with every link resolved (its own path when
 // there is none).
-json EntryInfo(const proto::FileEntry& e) {
+json EntryInfo(const proto::FileEntry& e, bool resolved_links) {
+  if (!resolved_links && e.type == proto::FileType::kSymlink) {
+    // A moat-guest from before envd 0.6 semantics says only that it is a link, and to what.
+    json out = {{"name", e.name}, {"type", FileType(e.type)}, {"path", e.path}};
+    if (e.symlink_target) out["symlinkTarget"] = *e.symlink_target;
+    return out;
+  }
   bool link = e.type == proto::FileType::kSymlink;
   std::string type = link
                          ? (e.target ? FileType(e.target->type) : FileType(proto::FileType::kOther))
@@ -64,11 +70,15 @@ Result<std::string> PathField(const json& req, std::string_view name = "path") {
   return *p;
 }
 
+bool Envd06(const channel::GuestClient& guest) {
+  return guest.guest_hello().Has(proto::kFeatureEnvd06);
+}
+
 Result<json> Stat(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(std::string path, PathField(req));
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   MOAT_ASSIGN_OR_RETURN(auto e, ops::Stat(*guest, {path, call.user}, Clock::now() + kUnaryTimeout));
-  return json{{"entry", EntryInfo(e)}};
+  return json{{"entry", EntryInfo(e, Envd06(*guest))}};
 }
 
 Result<json> ListDir(EnvdCall& call, const json& req) {
@@ -79,7 +89,7 @@ Result<json> ListDir(EnvdCall& call, const json& req) {
   proto::ListOp op{path, call.user, static_cast<int>(std::max<int64_t>(1, depth.value_or(1)))};
   MOAT_ASSIGN_OR_RETURN(auto list, ops::List(*guest, op, Clock::now() + kUnaryTimeout));
   json entries = json::array();
-  for (const auto& e : list) entries.push_back(EntryInfo(e));
+  for (const auto& e : list) entries.push_back(EntryInfo(e, Envd06(*guest)));
   return json{{"entries", entries}};
 }
 
@@ -90,7 +100,7 @@ Result<json> MakeDir(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(bool created, ops::Mkdir(*guest, {path, call.user}, deadline));
   if (!created) return Status(ErrorCode::kAlreadyExists, "directory " + path + " already exists");
   MOAT_ASSIGN_OR_RETURN(auto e, ops::Stat(*guest, {path, call.user}, deadline));
-  return json{{"entry", EntryInfo(e)}};
+  return json{{"entry", EntryInfo(e, Envd06(*guest))}};
 }
 
 Result<json> Move(EnvdCall& call, const json& req) {
@@ -99,7 +109,7 @@ Result<json> Move(EnvdCall& call, const json& req) {
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   MOAT_ASSIGN_OR_RETURN(auto e,
                         ops::Move(*guest, {from, to, call.user}, Clock::now() + kUnaryTimeout));
-  return json{{"entry", EntryInfo(e)}};
+  return json{{"entry", EntryInfo(e, Envd06(*guest))}};
 }
 
 Result<json> Remove(EnvdCall& call, const json& req) {
@@ -129,6 +139,11 @@ Status WatchDir(EnvdCall& call, const json& req, const StreamLimits& limits, Str
   MOAT_ASSIGN_OR_RETURN(auto include_entry, codec::BoolField(req, "includeEntry"));
   MOAT_ASSIGN_OR_RETURN(auto allow_network_mounts, codec::BoolField(req, "allowNetworkMounts"));
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
+  if ((include_entry.value_or(false) || allow_network_mounts.value_or(false)) && !Envd06(*guest)) {
+    return FailedPrecondition(
+        "this sandbox runs a guest agent from before entries in watch events and network-mount "
+        "watches (it was restored from an older snapshot); create it anew to use them");
+  }
   MOAT_ASSIGN_OR_RETURN(auto stream,
                         guest->Open(proto::WatchOp{path, call.user, recursive.value_or(false),
                                                    include_entry.value_or(false),
@@ -157,7 +172,7 @@ Status WatchDir(EnvdCall& call, const json& req, const StreamLimits& limits, Str
       sent = sink.Send({{"start", json::object()}});
     } else {
       json fs = {{"name", event->name}, {"type", EventType(event->type)}};
-      if (event->entry) fs["entry"] = EntryInfo(*event->entry);
+      if (event->entry) fs["entry"] = EntryInfo(*event->entry, true);
       sent = sink.Send({{"filesystem", fs}});
     }
     if (!sent) return Status::Ok();  // client gone; the stream's destructor cancels the watch

@@ -16,6 +16,8 @@ void RegisterEnvdProcessRoutes(http::Router& router, EnvdContext& ctx);
 void RegisterEnvdFilesystemRoutes(http::Router& router, EnvdContext& ctx);
 
 // The guest's file entry (api/guest-channel.md `stat`) as envd's EntryInfo (E2B-WIRE §7).
-nlohmann::json EntryInfo(const channel::proto::FileEntry& guest_entry);
+// `resolved_links`: the guest resolves symlinks (proto::kFeatureEnvd06); an older one's links
+// show as links, with their text as the target.
+nlohmann::json EntryInfo(const channel::proto::FileEntry& guest_entry, bool resolved_links);
 
 }  // namespace moat::api::routes

@@ -268,6 +268,21 @@ TEST_F(ControllerTest, PortTrafficWakesOnlyAPausedSandboxWithAutoResume) {
   EXPECT_EQ(host_.CountCalls("resume "), 2);
 }
 
+TEST_F(ControllerTest, PrivatePortsWakeOnlyForTheirTrafficToken) {
+  CreateSandboxAction a;
+  a.auto_pause = true;
+  a.allow_public_traffic = false;
+  a.options.auto_resume = true;
+  auto r = *controller_->Create(team_, a);
+  ASSERT_FALSE(r.traffic_access_token.empty());
+  ASSERT_TRUE(controller_->Pause(team_.id, r.id).ok());
+  ASSERT_TRUE(controller_->WakeForTraffic(r.id, "").ok());
+  ASSERT_TRUE(controller_->WakeForTraffic(r.id, "wrong").ok());
+  EXPECT_EQ(StateOf(r.id), SandboxState::kPaused) << "a stranger does not wake it";
+  ASSERT_TRUE(controller_->WakeForTraffic(r.id, r.traffic_access_token).ok());
+  EXPECT_EQ(StateOf(r.id), SandboxState::kRunning);
+}
+
 TEST_F(ControllerTest, StartResolvesRecordsAnEarlierControlPlaneLeftMidChange) {
   auto mk = [&](const std::string& id, SandboxState s) {
     store::SandboxRecord r;
