@@ -510,13 +510,11 @@ Result<std::shared_ptr<Sandbox>> Agent::CreateColdBoot(const GuestIdentity& iden
 }
 
 Status Agent::Pause(const std::string& id, bool keep_memory) {
-  if (!keep_memory) {
-    // The guest's flush runs before the host's pause lock: a slow guest holds up only itself.
-    MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
-    MOAT_RETURN_IF_ERROR(sb->FlushGuestFilesystems());
-  }
-  std::lock_guard paused(paused_mu_);
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
+  // The guest's flush runs before the host's pause lock: a slow guest holds up only itself. (A
+  // sandbox killed or paused meanwhile is refused by its snapshot, which sees it killed.)
+  if (!keep_memory) MOAT_RETURN_IF_ERROR(sb->FlushGuestFilesystems());
+  std::lock_guard paused(paused_mu_);
   SnapshotManifest m{.kind = "paused", .name = id, .sandbox_id = id};
   auto start = std::chrono::steady_clock::now();
   if (keep_memory) {

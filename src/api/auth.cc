@@ -122,8 +122,12 @@ Status CheckFileSignature(std::string_view raw_query, std::string_view operation
   return Status::Ok();
 }
 
+bool IsSignedRequest(const http::Request& req, bool signature_ok) {
+  return signature_ok && !req.HasHeader("X-Access-Token");
+}
+
 Status CheckEnvdAccess(const http::Request& req, std::string_view access_token, bool signature_ok) {
-  if (signature_ok && !req.HasHeader("X-Access-Token")) {
+  if (IsSignedRequest(req, signature_ok)) {
     int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                       std::chrono::system_clock::now().time_since_epoch())
                       .count();

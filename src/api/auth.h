@@ -45,6 +45,9 @@ Status CheckFileSignature(std::string_view raw_query, std::string_view operation
 // The signature a client computes (what CheckFileSignature expects); `expiration` < 0: none.
 std::string FileSignature(std::string_view path, std::string_view operation, std::string_view user,
                           std::string_view access_token, int64_t expiration);
+// Whether a request to a route that takes signed URLs (/files: `signature_ok`) is one: it has no
+// X-Access-Token. It then acts as the user it was signed for, whatever else it says.
+bool IsSignedRequest(const http::Request& req, bool signature_ok);
 // Whether an envd request may act on the sandbox whose token is `access_token`: X-Access-Token
 // equal to it, or — where `signature_ok` (/files), without that header — a valid signed URL
 // (GET reads, POST writes). Unauthenticated naming what is wrong otherwise.

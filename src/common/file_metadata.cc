@@ -4,27 +4,33 @@
 
 namespace moat {
 
-bool IsPrintableAscii(std::string_view s) {
-  for (unsigned char c : s) {
-    if (c < 0x20 || c > 0x7e) return false;
+namespace {
+
+// The offset of the first byte outside 0x20..0x7e, or npos.
+size_t FirstNonPrintable(std::string_view s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c > 0x7e) return i;
   }
-  return true;
+  return std::string_view::npos;
+}
+
+}  // namespace
+
+bool IsPrintableAscii(std::string_view s) {
+  return FirstNonPrintable(s) == std::string_view::npos;
 }
 
 Result<FileMetadata> NormalizeMetadata(const FileMetadata& metadata) {
   // envd's own words (E2B-WIRE §3), prefixed "invalid metadata: ".
   auto non_printable = [](std::string_view what, std::string_view s) -> Status {
-    for (size_t i = 0; i < s.size(); ++i) {
-      auto c = static_cast<unsigned char>(s[i]);
-      if (c < 0x20 || c > 0x7e) {
-        char hex[8];
-        std::snprintf(hex, sizeof hex, "0x%02x", c);
-        return InvalidArgument("invalid metadata: metadata " + std::string(what) +
-                               " contains non-printable-ASCII byte " + hex + " at offset " +
-                               std::to_string(i));
-      }
-    }
-    return Status::Ok();
+    size_t i = FirstNonPrintable(s);
+    if (i == std::string_view::npos) return Status::Ok();
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned char>(s[i]));
+    return InvalidArgument("invalid metadata: metadata " + std::string(what) +
+                           " contains non-printable-ASCII byte " + hex + " at offset " +
+                           std::to_string(i));
   };
   FileMetadata out;
   size_t total = 0;

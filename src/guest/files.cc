@@ -248,13 +248,13 @@ Json ReadMetadata(int dir_fd, const std::string& name) {
   UniqueFd fd(::openat(dir_fd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) return out;
   std::string proc = "/proc/self/fd/" + std::to_string(fd.get());
-  std::string names(16 * 1024, '\0');
-  ssize_t n = ::listxattr(proc.c_str(), names.data(), names.size());
+  char names[16 * 1024];  // moat-guest is single-threaded: on its stack, not the heap, per entry
+  ssize_t n = ::listxattr(proc.c_str(), names, sizeof names);
   if (n <= 0) return out;  // none, not supported, or more names than any metadata holds
   size_t total = 0;
-  std::string value(kMaxMetadataBytes, '\0');
+  char value[kMaxMetadataBytes];
   for (size_t off = 0; off < static_cast<size_t>(n);) {
-    const char* attr = names.data() + off;
+    const char* attr = names + off;
     size_t len = ::strnlen(attr, static_cast<size_t>(n) - off);
     off += len + 1;
     std::string_view a(attr, len);
@@ -262,10 +262,11 @@ Json ReadMetadata(int dir_fd, const std::string& name) {
         a.substr(0, kMetadataXattrPrefix.size()) != kMetadataXattrPrefix) {
       continue;
     }
-    ssize_t v = ::getxattr(proc.c_str(), std::string(a).c_str(), value.data(), value.size());
+    // `attr` is NUL-terminated in the list.
+    ssize_t v = ::getxattr(proc.c_str(), attr, value, sizeof value);
     if (v < 0) continue;  // longer than any metadata value (ERANGE), or gone meanwhile
     std::string key(a.substr(kMetadataXattrPrefix.size()));
-    std::string_view val(value.data(), static_cast<size_t>(v));
+    std::string_view val(value, static_cast<size_t>(v));
     // Set from inside the sandbox they may hold anything; only what a header could carry shows.
     if (!IsPrintableAscii(key) || !IsPrintableAscii(val)) continue;
     total += key.size() + val.size();

@@ -125,6 +125,10 @@ void Watch::Refresh() {
 void Watch::Send(const char* type, const std::string& rel) {
   // A large write is a stream of IN_MODIFY; one event per batch says the same.
   if (type == last_type_ && rel == last_name_) return;
+  SendAlways(type, rel);
+}
+
+void Watch::SendAlways(const char* type, const std::string& rel) {
   last_type_ = type;
   last_name_ = rel;
   Json event{{"type", type}, {"name", rel}};
@@ -198,14 +202,12 @@ void Watch::OnReadable() {
         if (auto r = renames_.find(ev->cookie); r != renames_.end()) {
           PendingRename pending = r->second;
           renames_.erase(r);
-          last_type_.clear();  // one whole sequence per upload, whatever came before it
-          if (!pending.temp.replaces) Send("create", rel);
-          Send("chmod", rel);
-          if (pending.wrote || pending.temp.replaces) Send("write", rel);
-          if (pending.temp.has_metadata) {
-            last_type_.clear();  // a second chmod, as envd's setxattr after the write gives
-            Send("chmod", rel);
-          }
+          // One whole sequence per upload, whatever came before it.
+          if (!pending.temp.replaces) SendAlways("create", rel);
+          SendAlways("chmod", rel);
+          if (pending.wrote || pending.temp.replaces) SendAlways("write", rel);
+          if (pending.temp.has_metadata)
+            SendAlways("chmod", rel);  // envd's setxattr after the write
           continue;
         }
       }

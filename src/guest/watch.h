@@ -62,8 +62,10 @@ class Watch {
   // Watches `dir` (relative name `rel`) and, when recursive, every directory below it.
   Status AddTree(const std::string& dir, const std::string& rel);
   void OnReadable();
-  // Sends one event for `rel`, with its entry when asked for.
+  // Sends one event for `rel`, unless it repeats the one just sent (SendAlways: always), with its
+  // entry when asked for.
   void Send(const char* type, const std::string& rel);
+  void SendAlways(const char* type, const std::string& rel);
 
   struct Upload {
     bool wrote = false;  // IN_MODIFY seen on the temporary file

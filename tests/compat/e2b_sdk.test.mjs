@@ -14,6 +14,7 @@ import {
   Sandbox,
   SandboxNotFoundError,
 } from 'e2b'
+import { waitFor } from './support.mjs'
 
 for (const name of ['E2B_API_KEY', 'E2B_API_URL', 'E2B_SANDBOX_URL']) {
   assert.ok(process.env[name], `${name} must be set (run tests/compat/run.sh)`)
@@ -21,7 +22,6 @@ for (const name of ['E2B_API_KEY', 'E2B_API_URL', 'E2B_SANDBOX_URL']) {
 
 // Unique per run, so that a metadata filter finds only this run's sandboxes.
 const run = `r${process.pid}${Date.now()}`
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 // moat's own routes (/keys), which the SDK does not know: plain fetch with an API key.
 async function moatApi(method, path, key, body) {
@@ -43,15 +43,6 @@ function rawGet(url, headers) {
       res.on('error', reject)
     }).on('error', reject)
   })
-}
-
-async function waitFor(what, predicate, timeoutMs = 20000) {
-  const end = Date.now() + timeoutMs
-  while (Date.now() < end) {
-    if (await predicate()) return
-    await sleep(100)
-  }
-  assert.fail(`timed out waiting for ${what}`)
 }
 
 describe('e2b SDK against moatd', { concurrency: false }, () => {

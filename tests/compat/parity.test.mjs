@@ -15,24 +15,15 @@ import {
   Sandbox,
   Template,
 } from 'e2b'
+import { sleep, waitFor } from './support.mjs'
 
 const api = new URL(process.env.E2B_API_URL)
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const created = []
 
 async function create(opts = {}) {
   const sbx = await Sandbox.create({ timeoutMs: 300_000, ...opts })
   created.push(sbx)
   return sbx
-}
-
-async function waitFor(what, predicate, timeoutMs = 20_000) {
-  const end = Date.now() + timeoutMs
-  while (Date.now() < end) {
-    if (await predicate()) return
-    await sleep(100)
-  }
-  assert.fail(`timed out waiting for ${what}`)
 }
 
 // One request to moatd as a wildcard DNS name would route it: `url`'s path and query, the Host

@@ -42,16 +42,16 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
     }
     auto running = ctx.find_running(target->sandbox_id);
     if (!running.ok()) return SendSandboxNotRunning(w, target->sandbox_id);
+    bool signature_ok = auth == EnvdAuth::kTokenOrSignature;
     if (auth != EnvdAuth::kNone) {
-      Status s = CheckEnvdAccess(req, running->access_token, auth == EnvdAuth::kTokenOrSignature);
+      Status s = CheckEnvdAccess(req, running->access_token, signature_ok);
       if (!s.ok()) return fail(s);
     }
     auto user = BasicAuthUser(req);
     if (!user.ok()) return fail(user.status());
     // A signed URL acts as the user it was signed for (its `username`, which FileUser reads;
     // none: the default user), never as one an unsigned Authorization header names.
-    bool signed_url = auth == EnvdAuth::kTokenOrSignature && !req.HasHeader("X-Access-Token");
-    if (signed_url) user = std::string();
+    if (IsSignedRequest(req, signature_ok)) user = std::string();
     // Its host's view: gone (released meanwhile), or its guest broke the protocol (recorded as
     // `error`; it stays inspectable and killable) — not running, either way.
     if (auto guest = ctx.guest_of(target->sandbox_id); !guest.ok()) {

@@ -36,13 +36,8 @@ std::string FileType(proto::FileType type) {
 // symlinkTarget the destination's absolute path with every link resolved (its own path when
 // there is none).
 json EntryInfo(const proto::FileEntry& e, bool resolved_links) {
-  if (!resolved_links && e.type == proto::FileType::kSymlink) {
-    // A moat-guest from before envd 0.6 semantics says only that it is a link, and to what.
-    json out = {{"name", e.name}, {"type", FileType(e.type)}, {"path", e.path}};
-    if (e.symlink_target) out["symlinkTarget"] = *e.symlink_target;
-    return out;
-  }
-  bool link = e.type == proto::FileType::kSymlink;
+  // A moat-guest from before envd 0.6 semantics says only that it is a link, and its text.
+  bool link = resolved_links && e.type == proto::FileType::kSymlink;
   std::string type = link
                          ? (e.target ? FileType(e.target->type) : FileType(proto::FileType::kOther))
                          : FileType(e.type);
@@ -57,7 +52,11 @@ json EntryInfo(const proto::FileEntry& e, bool resolved_links) {
   if (!e.owner.empty()) out["owner"] = e.owner;
   if (!e.group.empty()) out["group"] = e.group;
   if (e.mtime_ns != 0) out["modifiedTime"] = codec::Rfc3339(e.mtime_ns);
-  if (link) out["symlinkTarget"] = e.target ? e.target->path : e.path;
+  if (link) {
+    out["symlinkTarget"] = e.target ? e.target->path : e.path;
+  } else if (e.symlink_target) {
+    out["symlinkTarget"] = *e.symlink_target;
+  }
   if (!e.metadata.empty()) out["metadata"] = e.metadata;
   return out;
 }
@@ -89,7 +88,8 @@ Result<json> ListDir(EnvdCall& call, const json& req) {
   proto::ListOp op{path, call.user, static_cast<int>(std::max<int64_t>(1, depth.value_or(1)))};
   MOAT_ASSIGN_OR_RETURN(auto list, ops::List(*guest, op, Clock::now() + kUnaryTimeout));
   json entries = json::array();
-  for (const auto& e : list) entries.push_back(EntryInfo(e, Envd06(*guest)));
+  bool resolved_links = Envd06(*guest);
+  for (const auto& e : list) entries.push_back(EntryInfo(e, resolved_links));
   return json{{"entries", entries}};
 }
 
