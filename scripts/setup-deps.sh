@@ -25,6 +25,9 @@ packages=(
   # instances of their own (tests/support/postgres_server.h) on free loopback ports. The `main`
   # cluster the package may create and start is never used.
   postgresql-15 libpq-dev
+  # custom templates from OCI images (docs/templates.md): pull, unpack; the tests' local
+  # registry holds an image they make themselves (a static busybox is its whole userland)
+  skopeo umoci docker-registry busybox-static
 )
 
 # QEMU: moat needs 8.2 or later (memory files shared by many VMs are opened read-only:

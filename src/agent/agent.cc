@@ -306,6 +306,14 @@ void Agent::Recover() {
     }
   }
   std::string tmpls = config_.data_dir + "/templates";
+  // Custom templates' artifacts, layers and images are renamed into place when complete too.
+  for (const char* sub : {"/custom", "/layers", "/images"}) {
+    for (const auto& name : DirNames(tmpls + sub)) {
+      if (name[0] != '.') continue;
+      (void)RemoveTree(tmpls + sub + "/" + name);
+      recovery_.removed_partial.push_back(tmpls + sub + "/" + name);
+    }
+  }
   for (const auto& tmpl : DirNames(tmpls)) {
     for (const auto& build : DirNames(tmpls + "/" + tmpl)) {
       if (build.rfind(".bake-", 0) == 0) {
@@ -479,6 +487,11 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
   std::string dir;
   if (template_name == config_.base.name) {
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(config_.base));
+  } else if (IsBuildId(template_name)) {
+    // A custom template's build: its snapshot (baked at build time; again only if something
+    // it depends on changed since, such as the QEMU version).
+    MOAT_ASSIGN_OR_RETURN(TemplateSpec t, TemplateOf(template_name));
+    MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(t));
   } else {
     // A named snapshot's id (never a paused sandbox's: those are resumed, not cloned).
     dir = SnapshotDir(template_name);
@@ -494,6 +507,44 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
   }
   MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
   return Restore(dir, m, req.id, req.identity, req.egress);
+}
+
+Result<TemplateBuildResult> Agent::BuildTemplate(const TemplateBuildSpec& spec,
+                                                 const BuildLogFn& log, BuildFailure* failure) {
+  return agent::BuildTemplate(env_, *templates_, config_.base, config_.data_dir + "/templates",
+                              spec, log, failure);
+}
+
+Result<TemplateSpec> Agent::TemplateOf(const std::string& build_id) {
+  if (!IsBuildId(build_id)) return NotFound("template \"" + build_id + "\" not found");
+  return CustomTemplateSpec(config_.base, config_.data_dir + "/templates", build_id);
+}
+
+Status Agent::DeleteTemplateBuild(const std::string& build_id) {
+  if (!IsBuildId(build_id)) return NotFound("template build \"" + build_id + "\" not found");
+  std::string tmpls = config_.data_dir + "/templates";
+  std::string artifact = CustomTemplateDir(tmpls, build_id);
+  std::string bakes = tmpls + "/" + build_id;
+  if (!PathExists(artifact) && !PathExists(bakes)) {
+    return NotFound("template build \"" + build_id + "\" is not on this host");
+  }
+  // Warm clones of it go first; running sandboxes keep their own copies of the disk and map
+  // the memory file they were restored from (unlinked, it lives on until the last one ends).
+  std::vector<std::unique_ptr<Sandbox>> stale;
+  {
+    std::lock_guard lock(warm_mu_);
+    for (auto it = warm_.begin(); it != warm_.end();) {
+      if (it->template_dir.rfind(bakes + "/", 0) == 0) {
+        stale.push_back(std::move(it->sandbox));
+        it = warm_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& sb : stale) sb->Kill();
+  MOAT_RETURN_IF_ERROR(RemoveTree(bakes));
+  return RemoveTree(artifact);
 }
 
 Status Agent::SetEgress(const std::string& id, const net::EgressPolicy& egress) {

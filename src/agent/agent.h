@@ -21,6 +21,7 @@
 
 #include "agent/sandbox.h"
 #include "agent/snapshot.h"
+#include "agent/template_builder.h"
 #include "agent/template_store.h"
 #include "common/status.h"
 #include "net/network_slot.h"
@@ -137,6 +138,18 @@ class Agent {
   // Kills a running sandbox, or deletes a paused one.
   Status Kill(const std::string& id);
   void KillAll();
+
+  // Builds a custom template on this host (agent/template_builder.h): the steps in a builder
+  // VM, the result baked with its start command running. Afterwards Create() takes the build id
+  // as a template name. Builds of different templates run at once; the caller serializes builds
+  // of one name.
+  Result<TemplateBuildResult> BuildTemplate(const TemplateBuildSpec& spec, const BuildLogFn& log,
+                                            BuildFailure* failure);
+  // Removes a build's artifact and snapshots (sandboxes created from it are not affected: their
+  // disks are copies). not_found if this host has none.
+  Status DeleteTemplateBuild(const std::string& build_id);
+  // The resources of a custom template build on this host.
+  Result<TemplateSpec> TemplateOf(const std::string& build_id);
 
   const RecoveryReport& recovery() const { return recovery_; }
   const AgentConfig& config() const { return config_; }

@@ -513,6 +513,17 @@ Status Sandbox::SaveDiskSnapshot(const std::string& dir, SnapshotManifest m) {
   });
 }
 
+Status Sandbox::CopyDiskTo(const std::string& dest) {
+  std::lock_guard lock(mu_);
+  if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
+  // Stopping the VM drains and flushes its disk: the overlay can be copied consistently.
+  MOAT_RETURN_IF_ERROR(vmm_->Pause().Annotate("stopping sandbox " + id_));
+  Status copied = CopyFile(paths_.disk, dest);
+  Status resumed = vmm_->Resume();
+  MOAT_RETURN_IF_ERROR(copied);
+  return resumed.Annotate("resuming sandbox " + id_);
+}
+
 Status Sandbox::AttachSlot(vmm::VmSpec& spec, const net::EgressPolicy& egress) {
   MOAT_ASSIGN_OR_RETURN(slot_, env_.slots->Acquire());
   // Ready slots carry the default policy; replacing it costs an nft run, so only when needed.
@@ -578,7 +589,7 @@ std::optional<std::string> Sandbox::Fault() const {
   return faults_->fault;
 }
 
-Status Sandbox::SendIdentity(const GuestIdentity& identity) {
+Result<channel::proto::IdentityOp> IdentityOpFor(const GuestIdentity& identity) {
   timespec now{};
   ::clock_gettime(CLOCK_REALTIME, &now);
   unsigned char entropy[64];
@@ -598,6 +609,11 @@ Status Sandbox::SendIdentity(const GuestIdentity& identity) {
   op.env = identity.env;
   op.user = identity.user;
   op.workdir = identity.workdir;
+  return op;
+}
+
+Status Sandbox::SendIdentity(const GuestIdentity& identity) {
+  MOAT_ASSIGN_OR_RETURN(channel::proto::IdentityOp op, IdentityOpFor(identity));
   Status s = channel::ops::Unary(*guest_, op, Clock::now() + std::chrono::seconds(10));
   return s.Annotate("sending the identity to sandbox " + id_);
 }

@@ -16,6 +16,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "agent/guest_identity.h"
 #include "agent/sandbox_state.h"
@@ -37,6 +39,15 @@ struct TemplateSpec {
   std::string rootfs_path;  // raw ext4 image, read-only; each sandbox writes to its own overlay
   unsigned vcpus = 1;
   uint64_t memory_mib = 512;
+  // Custom templates (agent/template_builder.h): started in the bake before the snapshot, so
+  // that every sandbox has it running; the bake waits until `ready_cmd` exits 0 (every second,
+  // at most ready_timeout), both run as defaults.user in defaults.workdir with start_env.
+  std::string start_cmd;
+  std::string ready_cmd;
+  std::vector<std::pair<std::string, std::string>> start_env;
+  std::chrono::seconds ready_timeout{600};
+  // The default user and workdir its sandboxes have (empty: the guest's).
+  GuestIdentity defaults;
 };
 
 // What every sandbox of this agent shares.
@@ -72,6 +83,10 @@ struct SandboxUsage {
   pid_t vmm_pid = 0;
   uint64_t vmm_start_time = 0;  // the process's start time (clock ticks after boot)
 };
+
+// The guest's `identity` op for `identity`: the clock now and fresh entropy with it (empty
+// fields keep what the guest has).
+Result<channel::proto::IdentityOp> IdentityOpFor(const GuestIdentity& identity);
 
 class Sandbox {
  public:
@@ -141,6 +156,11 @@ class Sandbox {
   // stops, its disk is copied and fsync'd; the manifest records the identity, for the boot that
   // resumes it. The VM stays stopped for the caller to release; on failure it runs on.
   Status SaveDiskSnapshot(const std::string& dir, SnapshotManifest manifest);
+
+  // Copies its disk (the qcow2 overlay over its base) to `dest` while the VM stands still for
+  // the copy, then lets it run on: a consistent image of what the guest flushed
+  // (FlushGuestFilesystems first). The template builder's step layers.
+  Status CopyDiskTo(const std::string& dest);
 
   const std::string& id() const { return id_; }
   // The name of its directory and VM on this host (see the top of this file).

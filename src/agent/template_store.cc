@@ -5,6 +5,10 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <variant>
 
 #include "agent/disk.h"
 #include "agent/sandbox_state.h"
@@ -65,12 +69,19 @@ Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
                    ArtifactKey("/usr/bin/qemu-system-x86_64", "") + "|" +
                    vmm::qemu::kBaseKernelCmdline + "|moat-snapshot-v1" +
                    (env_.slots != nullptr ? "|nic" : "");
+  if (!t.start_cmd.empty() || !t.defaults.user.empty() || !t.defaults.workdir.empty()) {
+    nlohmann::json start = {{"start", t.start_cmd},
+                            {"ready", t.ready_cmd},
+                            {"identity", IdentityToJson(t.defaults)},
+                            {"env", t.start_env}};
+    in += "|" + start.dump();
+  }
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(Fnv(in)));
   return std::string(hex);
 }
 
-Result<std::string> TemplateStore::Ensure(const TemplateSpec& t) {
+Result<std::string> TemplateStore::Ensure(const TemplateSpec& t, const BakeLog& log) {
   MOAT_ASSIGN_OR_RETURN(std::string build, BuildId(t));
   std::string build_dir = dir_ + "/" + t.name + "/" + build;
   if (PathExists(build_dir + "/manifest.json")) return build_dir;
@@ -89,7 +100,7 @@ Result<std::string> TemplateStore::Ensure(const TemplateSpec& t) {
     }
   }
   if (mine) {
-    Result<std::string> r = Bake(t, build_dir);
+    Result<std::string> r = Bake(t, build_dir, log);
     promise.set_value(r);
     std::lock_guard lock(mu_);
     bakes_.erase(build_dir);
@@ -97,7 +108,8 @@ Result<std::string> TemplateStore::Ensure(const TemplateSpec& t) {
   return bake.get();
 }
 
-Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string& build_dir) {
+Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string& build_dir,
+                                        const BakeLog& log) {
   auto t0 = Clock::now();
   MOAT_RETURN_IF_ERROR(MakeDirs(dir_ + "/" + t.name, 0711));
   // Built under a temporary name and renamed when complete: a bake killed half-way is never
@@ -177,6 +189,15 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
         channel::ops::Unary(**guest, slot->GuestConfig(), Clock::now() + std::chrono::seconds(10));
     MOAT_RETURN_IF_ERROR(net.Annotate("baking template " + t.name + ": network"));
   }
+  if (!t.defaults.user.empty() || !t.defaults.workdir.empty()) {
+    // The defaults every clone starts with (a clone's identity leaves empty fields as they are).
+    MOAT_ASSIGN_OR_RETURN(channel::proto::IdentityOp op, IdentityOpFor(t.defaults));
+    MOAT_RETURN_IF_ERROR(channel::ops::Unary(**guest, op, Clock::now() + std::chrono::seconds(10))
+                             .Annotate("baking template " + t.name + ": defaults"));
+  }
+  if (!t.start_cmd.empty() || !t.ready_cmd.empty()) {
+    MOAT_RETURN_IF_ERROR(StartAndWait(**guest, t, log));
+  }
   // Saved while the guest waits on a connected port: after a restore the host's HELLO wakes it
   // at once (a disconnected port would leave it polling).
   MOAT_RETURN_IF_ERROR(
@@ -210,6 +231,7 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
                      .network = spec.net.has_value(),
                      .guest_network = guest_network,
                      .qemu_version = vm.VersionNumber()};
+  if (!t.defaults.user.empty() || !t.defaults.workdir.empty()) m.identity = t.defaults;
   MOAT_RETURN_IF_ERROR(WriteManifest(tmp, m));
   if (::rename(tmp.c_str(), build_dir.c_str()) < 0) {
     return ErrnoError("rename(" + tmp + ", " + build_dir + ")");
@@ -223,6 +245,106 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
         static_cast<long>(
             std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count())}});
   return build_dir;
+}
+
+Status TemplateStore::StartAndWait(channel::GuestClient& guest, const TemplateSpec& t,
+                                   const BakeLog& log) {
+  auto say = [&](const std::string& level, const std::string& msg) {
+    if (log) log(level, msg);
+  };
+  std::map<std::string, std::string> env;
+  for (const auto& [k, v] : t.start_env) env[k] = v;
+  // The start command runs on, detached, once the stream is dropped: the snapshot has it.
+  std::unique_ptr<channel::GuestClient::Stream> start;
+  std::thread reader;
+  std::mutex mu;
+  std::optional<int> start_exit;
+  std::string start_tail;
+  Cleanup stop_reader([&] {
+    if (start) start->Cancel();
+    if (reader.joinable()) reader.join();
+  });
+  if (!t.start_cmd.empty()) {
+    channel::proto::ExecOp op;
+    op.cmd = t.start_cmd;
+    op.env = env;
+    op.user = t.defaults.user;
+    op.cwd = t.defaults.workdir;
+    op.tag = "start";
+    MOAT_ASSIGN_OR_RETURN(start, guest.Open(channel::proto::Request(op)));
+    reader = std::thread([&] {
+      std::string partial;
+      for (;;) {
+        auto ev = start->Next();
+        if (!ev.ok() || ev->kind == channel::StreamEvent::Kind::kEnd) return;
+        if (ev->kind == channel::StreamEvent::Kind::kData) {
+          partial += ev->data;
+          size_t nl;
+          while ((nl = partial.find('\n')) != std::string::npos) {
+            std::string line = partial.substr(0, nl);
+            partial.erase(0, nl + 1);
+            say("info", "[start] " + line);
+            std::lock_guard lock(mu);
+            start_tail = (start_tail + line + "\n");
+            if (start_tail.size() > 4096) start_tail.erase(0, start_tail.size() - 4096);
+          }
+        } else if (ev->kind == channel::StreamEvent::Kind::kMessage) {
+          auto e = channel::proto::DecodeExecEvent(ev->message);
+          if (e.ok()) {
+            if (auto* x = std::get_if<channel::proto::ExecExited>(&*e)) {
+              std::lock_guard lock(mu);
+              start_exit = x->exit_code.value_or(128 + x->signal.value_or(0));
+              return;
+            }
+          }
+        }
+      }
+    });
+  }
+  std::string ready = t.ready_cmd.empty() ? "true" : t.ready_cmd;
+  say("info", "Waiting for the ready command: " + ready);
+  auto t0 = Clock::now();
+  std::string last;
+  for (int attempt = 1;; ++attempt) {
+    {
+      std::lock_guard lock(mu);
+      if (start_exit && *start_exit != 0) {
+        return FailedPrecondition("the start command exited with status " +
+                                  std::to_string(*start_exit) +
+                                  (start_tail.empty() ? "" : "; last output:\n" + start_tail));
+      }
+    }
+    channel::ExecRequest req;
+    req.cmd = ready;
+    req.env = env;
+    req.user = t.defaults.user;
+    req.cwd = t.defaults.workdir;
+    req.timeout_ms = 60000;
+    req.max_output_bytes = 1 << 20;
+    auto r = guest.Run(req, Clock::now() + std::chrono::seconds(70));
+    if (!r.ok()) return r.status().Annotate("running the ready command");
+    if (r->exit_code == 0) break;
+    last = r->stdout_data + r->stderr_data;
+    if (Clock::now() - t0 > t.ready_timeout) {
+      return DeadlineExceeded("ready command timed out after " +
+                              std::to_string(t.ready_timeout.count()) + "s: " + ready +
+                              (last.empty() ? "" : "; its last output:\n" + last));
+    }
+    if (attempt % 10 == 0) {
+      say("info",
+          "Still waiting for the ready command (" +
+              std::to_string(
+                  std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - t0).count()) +
+              " s)");
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  say("info",
+      "Ready after " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count()) +
+          " ms");
+  return Status::Ok();
 }
 
 }  // namespace moat::agent

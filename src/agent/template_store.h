@@ -6,6 +6,7 @@
 // snapshot. Concurrent creates of a template that is being baked wait for that one bake.
 #pragma once
 
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -31,13 +32,18 @@ class TemplateStore {
   TemplateStore(std::string templates_dir, SandboxEnv env)
       : dir_(std::move(templates_dir)), env_(std::move(env)) {}
 
+  // How a bake reports on a template's start and ready commands (level, message).
+  using BakeLog = std::function<void(const std::string& level, const std::string& message)>;
   // The snapshot directory of the current build of `tmpl`, baked now if needed.
-  Result<std::string> Ensure(const TemplateSpec& tmpl);
+  Result<std::string> Ensure(const TemplateSpec& tmpl, const BakeLog& log = nullptr);
   // The build id `tmpl` has now (for tests and logs).
   Result<std::string> BuildId(const TemplateSpec& tmpl) const;
 
  private:
-  Result<std::string> Bake(const TemplateSpec& tmpl, const std::string& build_dir);
+  Result<std::string> Bake(const TemplateSpec& tmpl, const std::string& build_dir,
+                           const BakeLog& log);
+  // Starts the template's start command in the bake VM and waits for its ready command.
+  Status StartAndWait(channel::GuestClient& guest, const TemplateSpec& tmpl, const BakeLog& log);
 
   std::string dir_;
   SandboxEnv env_;

@@ -4,7 +4,9 @@
 #include <chrono>
 
 #include "api/auth.h"
+#include "api/codec/query.h"
 #include "api/errors.h"
+#include "api/templates.h"
 #include "common/log.h"
 
 namespace moat::api {
@@ -39,6 +41,7 @@ void ApiServer::Shutdown() {
 void ApiServer::RegisterControl(http::Router& control, routes::ControlContext& cc) {
   routes::RegisterSandboxRoutes(control, cc);
   routes::RegisterSnapshotRoutes(control, cc);
+  routes::RegisterTemplateRoutes(control, cc);
   routes::RegisterKeyRoutes(control, cc);
   routes::RegisterTeamRoutes(control, cc);
   routes::RegisterHostRoutes(control, cc);
@@ -89,6 +92,7 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
   }
   http::Admission a;
   a.body_limit = kControlBodyLimit;
+  if (req.path == routes::kTemplateUploadPath) return AdmitUpload(req, has_body, w, started);
   auto match = control_.Find(req.method, req.path);
   std::string route =
       match.route ? match.route->method + " " + match.route->pattern : "(unmatched)";
@@ -111,6 +115,34 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
     SendRestError(rec, team.status());
   }
   if (rec.status() != 0) Record(route, rec.status(), started, req.peer, false);
+  return a;
+}
+
+http::Admission ApiServer::AdmitUpload(http::Request& req, bool has_body, http::ResponseWriter& w,
+                                       std::chrono::steady_clock::time_point started) {
+  // Authenticated by its own URL, before any of the body is read; then streamed to disk.
+  http::Admission a;
+  http::StatusRecorder rec(w);
+  TemplateService* t = control_ctx_.controller->templates();
+  if (req.method != "PUT") {
+    SendRestError(rec, InvalidArgument("uploads take PUT"), 405);
+  } else if (t == nullptr) {
+    SendRestError(rec, Unavailable("custom templates are not enabled"));
+  } else {
+    std::map<std::string, std::string> q;
+    for (auto& [k, v] : codec::ParseQuery(req.raw_query)) q[k] = v;
+    auto target = t->CheckUploadUrl(q);
+    if (!target.ok()) {
+      SendRestError(rec, target.status());
+    } else {
+      a.authenticated = true;
+      a.body = http::Admission::Body::kStream;
+      a.body_limit = t->max_upload_bytes();
+    }
+  }
+  (void)has_body;
+  if (rec.status() != 0)
+    Record("PUT /template-files/upload", rec.status(), started, req.peer, false);
   return a;
 }
 

@@ -58,6 +58,9 @@ class ApiServer {
  private:
   ApiServer(SandboxController& controller, store::Store& store, Metrics& metrics,
             std::unique_ptr<DataPlane> data_plane, std::string domain);
+  // The admission of a COPY upload (routes::kTemplateUploadPath): its URL's signature.
+  http::Admission AdmitUpload(http::Request& req, bool has_body, http::ResponseWriter& w,
+                              std::chrono::steady_clock::time_point started);
   // Counts and logs one answered request; `warn`: as a warning (rate-limited), for moatd's own
   // failures.
   void Record(const std::string& route, int status, std::chrono::steady_clock::time_point started,

@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -76,6 +77,34 @@ struct HostPortEndpoint {
   uint16_t port = 0;
 };
 
+// A custom template build for a host to run (docs/templates.md). `start` is E2B's
+// TemplateBuildStartV2 as the control plane validated it, with `fromTemplate` resolved to what
+// the host knows: "base" or the build id of a ready build on that host.
+struct HostTemplateBuild {
+  std::string build_id;
+  std::string template_id;
+  nlohmann::json start;
+  uint32_t vcpus = 0;
+  uint32_t memory_mib = 0;
+  uint32_t min_free_disk_mib = 0;
+  // filesHash -> where the uploaded archive is on the host.
+  std::map<std::string, std::string> files;
+};
+
+struct HostBuildLog {
+  int64_t unix_ms = 0;
+  std::string level;
+  std::string step;
+  std::string message;
+};
+
+struct HostTemplateBuilt {
+  uint32_t disk_mib = 0;
+  // What sandboxes of it and builds from it need: the default user and workdir, start and
+  // ready commands, the build context (kept in the build's record).
+  nlohmann::json result;
+};
+
 class HostAgent {
  public:
   virtual ~HostAgent() = default;
@@ -106,6 +135,23 @@ class HostAgent {
   virtual Result<HostSandboxUsage> Usage(const std::string& id) = 0;
   // failed_precondition for a sandbox without a network.
   virtual Result<HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) = 0;
+
+  // Runs a template build to its end (minutes), its log handed to `log` as it goes; on failure
+  // *failed_step names the step ("base", "1".."N", "finalize"). Afterwards the build id is a
+  // template_id for Create on this host.
+  virtual Result<HostTemplateBuilt> BuildTemplate(
+      const HostTemplateBuild& build, const std::function<void(const HostBuildLog&)>& log,
+      std::string* failed_step) {
+    (void)build;
+    (void)log;
+    (void)failed_step;
+    return FailedPrecondition("this host cannot build templates");
+  }
+  // Removes a build's files; not_found if the host has none.
+  virtual Status DeleteTemplateBuild(const std::string& build_id) {
+    (void)build_id;
+    return FailedPrecondition("this host cannot build templates");
+  }
 };
 
 }  // namespace moat::api

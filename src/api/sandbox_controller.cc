@@ -33,6 +33,9 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostDirector
                                                                     Metrics& metrics,
                                                                     ControllerOptions options) {
   std::unique_ptr<SandboxController> c(new SandboxController(hosts, store, metrics, options));
+  if (options.templates) {
+    c->templates_ = std::make_unique<TemplateService>(store, hosts, *options.templates);
+  }
   if (options.reconcile_at_start) {
     MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts.Host(""));
     MOAT_RETURN_IF_ERROR(c->Reconcile(*host));
@@ -120,18 +123,19 @@ SandboxController::~SandboxController() {
 Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& team,
                                                        const CreateSandboxAction& a) {
   auto started = std::chrono::steady_clock::now();
-  MOAT_ASSIGN_OR_RETURN(std::string template_id, ResolveTemplate(team.id, a.template_id));
+  MOAT_ASSIGN_OR_RETURN(TemplateChoice choice, ResolveTemplate(team.id, a.template_id));
+  const std::string& template_id = choice.host_name;
   // Held until the sandbox is recorded (or its start failed): see team_quotas.h.
   HostTemplateInfo tmpl = hosts_.base_template();
+  tmpl.vcpus = choice.vcpus;
+  tmpl.memory_mib = choice.memory_mib;
+  tmpl.disk_mib = choice.disk_mib;
   auto ask = QuotaGate::CreateAsk(a, tmpl.vcpus, static_cast<int64_t>(tmpl.memory_mib));
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(team.id, ask));
   Reservation need{tmpl.vcpus, tmpl.memory_mib, template_id == tmpl.name};
-  // A named snapshot lives on the disk of the host that took it: a create from it goes there.
-  std::string snapshot_host;
-  if (template_id != tmpl.name) {
-    MOAT_ASSIGN_OR_RETURN(auto snap, store_.GetSnapshot(template_id));
-    if (snap) snapshot_host = snap->host_id;
-  }
+  // A named snapshot lives on the disk of the host that took it, a custom template's build on
+  // the host that built it: a create from either goes there.
+  std::string snapshot_host = choice.host_id;
   // A start that fails is released and tried once more on another host (if there is one).
   std::string failed_host;
   Status failure;
@@ -150,7 +154,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
     r.state = SandboxState::kCreating;
     r.host_id = placed->host_id;
     r.team_id = team.id;
-    r.template_id = template_id;
+    r.template_id = choice.record_id;
     r.access_token = RandomToken("", 24);
     if (!a.allow_public_traffic) r.traffic_access_token = RandomToken("", 24);
     r.metadata = a.metadata;
@@ -159,6 +163,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
     r.end_at_ms = r.started_at_ms + a.timeout_s * 1000;
     r.auto_pause = a.auto_pause;
     r.options = a.options;
+    if (!choice.default_user.empty()) r.options.default_user = choice.default_user;
     r.cpu_count = tmpl.vcpus;
     r.memory_mb = tmpl.memory_mib;
     r.disk_size_mb = tmpl.disk_mib;
@@ -190,6 +195,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
       return NotFound("sandbox \"" + r.id + "\" was killed while it was being created");
     }
     r.state = SandboxState::kRunning;
+    if (choice.custom) (void)store_.RecordTemplateSpawn(choice.record_id, UnixMillisNow());
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     metrics_.create_latency().Observe(secs);
     LogInfo("api.sandbox_created", {{"sandbox", r.id},
@@ -216,14 +222,39 @@ Reservation SandboxController::ReservationOf(const store::SandboxRecord& r) {
   return {r.cpu_count, r.memory_mb};
 }
 
-Result<std::string> SandboxController::ResolveTemplate(const std::string& team_id,
-                                                       const std::string& template_id) {
-  if (template_id == hosts_.base_template().name) return template_id;
+Result<SandboxController::TemplateChoice> SandboxController::ResolveTemplate(
+    const std::string& team_id, const std::string& template_id) {
+  HostTemplateInfo base = hosts_.base_template();
+  TemplateChoice c{.record_id = template_id,
+                   .host_name = template_id,
+                   .vcpus = base.vcpus,
+                   .memory_mib = base.memory_mib,
+                   .disk_mib = base.disk_mib};
+  if (template_id == base.name) return c;
   MOAT_ASSIGN_OR_RETURN(auto by_id, store_.GetSnapshot(template_id));
-  if (by_id && by_id->team_id == team_id) return by_id->id;
-  MOAT_ASSIGN_OR_RETURN(auto by_name, store_.SnapshotByName(team_id, template_id));
-  if (by_name) return by_name->id;
-  return NotFound("template \"" + template_id + "\" not found");
+  std::optional<store::SnapshotRecord> snap;
+  if (by_id && by_id->team_id == team_id) snap = by_id;
+  if (!snap && templates_) {
+    MOAT_ASSIGN_OR_RETURN(auto custom, templates_->Resolve(team_id, template_id));
+    if (custom) {
+      c.record_id = custom->tmpl.id;
+      c.host_name = custom->build.id;
+      c.host_id = custom->build.host_id;
+      c.vcpus = custom->build.cpu_count;
+      c.memory_mib = custom->build.memory_mb;
+      c.disk_mib = custom->build.disk_size_mb;
+      c.default_user = custom->default_user;
+      c.custom = true;
+      return c;
+    }
+  }
+  if (!snap) {
+    MOAT_ASSIGN_OR_RETURN(snap, store_.SnapshotByName(team_id, template_id));
+  }
+  if (!snap) return NotFound("template '" + template_id + "' not found");
+  c.record_id = c.host_name = snap->id;
+  c.host_id = snap->host_id;
+  return c;
 }
 
 Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::string& team_id,

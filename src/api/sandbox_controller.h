@@ -24,6 +24,7 @@
 #include "api/sandbox_actions.h"
 #include "api/store/store.h"
 #include "api/team_quotas.h"
+#include "api/templates.h"
 
 namespace moat::api {
 
@@ -33,6 +34,8 @@ struct ControllerOptions {
   // it no longer has go, VMs without a record are killed). A fleet's agents do this for their
   // own hosts.
   bool reconcile_at_start = true;
+  // Custom templates (api/templates.h); unset: not offered (the routes answer 503).
+  std::optional<TemplateOptions> templates;
 };
 
 class SandboxController {
@@ -117,6 +120,9 @@ class SandboxController {
                                                 std::optional<int64_t> start_s,
                                                 std::optional<int64_t> end_s);
 
+  // Custom templates; null when not enabled.
+  TemplateService* templates() { return templates_.get(); }
+
   // Per-team quotas: create, resume (connect to a paused sandbox) and fork are admitted here.
   QuotaGate& quotas() { return quotas_; }
 
@@ -155,8 +161,18 @@ class SandboxController {
   Result<Placement> PlaceOn(const std::string& host_id, const Reservation& need);
   Result<bool> Transition(const std::string& id, SandboxState from, SandboxState to);
   Result<store::SandboxRecord> ResumeRecord(store::SandboxRecord r, int64_t timeout_s);
-  // The agent's name for a create's templateID: "base", or the id of the team's snapshot.
-  Result<std::string> ResolveTemplate(const std::string& team_id, const std::string& template_id);
+  // What a create's templateID names: "base", the id of the team's snapshot (or the newest of
+  // that name), or one of the team's custom templates (its build for the tag).
+  struct TemplateChoice {
+    std::string record_id;  // the sandbox record's template_id
+    std::string host_name;  // the host's name for it: "base", a snapshot id, a build id
+    std::string host_id;    // the host it must go to ("" any)
+    uint32_t vcpus = 0, memory_mib = 0, disk_mib = 0;
+    std::string default_user;
+    bool custom = false;
+  };
+  Result<TemplateChoice> ResolveTemplate(const std::string& team_id,
+                                         const std::string& template_id);
 
   std::unique_ptr<HostDirectory> owned_hosts_;  // Start(HostAgent&): its directory
   HostDirectory& hosts_;
@@ -164,6 +180,7 @@ class SandboxController {
   Metrics& metrics_;
   ControllerOptions options_;
   QuotaGate quotas_;
+  std::unique_ptr<TemplateService> templates_;
 
   // The previous CPU reading per sandbox, for cpu_used_pct.
   struct CpuReading {

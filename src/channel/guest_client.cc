@@ -574,6 +574,10 @@ Result<ExecResult> GuestClient::Run(const ExecRequest& request, Deadline deadlin
     }
     switch (ev->kind) {
       case StreamEvent::Kind::kData:
+        if (request.on_output) {
+          request.on_output(ev->channel, ev->data);
+          break;
+        }
         (ev->channel == SubChannel::kStderr ? result.stderr_data : result.stdout_data)
             .append(ev->data);
         if (result.stdout_data.size() + result.stderr_data.size() > request.max_output_bytes) {

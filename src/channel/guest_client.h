@@ -49,6 +49,9 @@ struct ExecRequest {
   int64_t timeout_ms = 0;
   // Run() fails with ResourceExhausted past this much stdout + stderr.
   size_t max_output_bytes = 64 * 1024 * 1024;
+  // Set: Run() hands each piece of output to it as it arrives (kStdout or kStderr) instead of
+  // collecting it (and no output limit applies).
+  std::function<void(SubChannel, std::string_view)> on_output;
 
   proto::ExecOp ToOp() const;
 };

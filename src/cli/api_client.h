@@ -61,6 +61,8 @@ class ApiClient {
     return SendHttp(config_.base, request, sink);
   }
 
+  const BaseUrl& base() const { return config_.base; }
+
  private:
   ApiConfig config_;
 };

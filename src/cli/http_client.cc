@@ -1,9 +1,14 @@
 #include "cli/http_client.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <array>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <limits>
 
 namespace moat::cli {
@@ -18,7 +23,62 @@ Status TransportError(const BaseUrl& base, std::string_view what, const beast::e
                      ec.message());
 }
 
+template <class Body>
+void SetHead(bhttp::request<Body>& req, const BaseUrl& base, const HttpRequest& request) {
+  req.method_string(request.method);
+  req.target(base.prefix + request.target);
+  req.version(11);
+  req.set(bhttp::field::host, base.host + ":" + base.port);
+  req.set(bhttp::field::user_agent, "moat-cli/0.1.0");
+  req.set(bhttp::field::connection, "close");
+  for (const auto& [name, value] : request.headers) req.set(name, value);
+}
+
+// The head with the file's size as Content-Length, then the file in pieces.
+Status WriteFileRequest(beast::tcp_stream& stream, const BaseUrl& base,
+                        const HttpRequest& request) {
+  struct stat st {};
+  if (::fstat(request.body_fd, &st) != 0) return ErrnoError("fstat(request body)");
+  bhttp::request<bhttp::empty_body> req;
+  SetHead(req, base, request);
+  req.content_length(static_cast<uint64_t>(st.st_size));
+  bhttp::request_serializer<bhttp::empty_body> serializer(req);
+  beast::error_code ec;
+  bhttp::write_header(stream, serializer, ec);
+  if (ec) return TransportError(base, "sending to", ec);
+  std::array<char, 64 * 1024> buf;
+  for (off_t offset = 0; offset < st.st_size;) {
+    ssize_t n = ::pread(request.body_fd, buf.data(), buf.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("reading the request body");
+    if (n == 0) return FailedPrecondition("the request body shrank while it was being sent");
+    boost::asio::write(stream, boost::asio::buffer(buf.data(), static_cast<size_t>(n)), ec);
+    if (ec) return TransportError(base, "sending to", ec);
+    offset += n;
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+Result<UrlTarget> ParseUrl(std::string_view url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.substr(0, kScheme.size()) != kScheme) {
+    return InvalidArgument("only http:// URLs are supported (got \"" + std::string(url) + "\")");
+  }
+  std::string_view rest = url.substr(kScheme.size());
+  rest = rest.substr(0, rest.find('#'));
+  size_t end = rest.find_first_of("/?");
+  UrlTarget out;
+  out.target = end == std::string_view::npos ? "/" : std::string(rest.substr(end));
+  if (out.target.front() == '?') out.target.insert(0, "/");
+  auto base = ParseBaseUrl(std::string(kScheme) + std::string(rest.substr(0, end)));
+  if (!base.ok()) {
+    return InvalidArgument("the URL \"" + std::string(url) + "\" has no valid host:port");
+  }
+  out.base = std::move(*base);
+  return out;
+}
 
 Result<BaseUrl> ParseBaseUrl(std::string_view url) {
   constexpr std::string_view kScheme = "http://";
@@ -62,18 +122,16 @@ Result<HttpResponse> SendHttp(const BaseUrl& base, const HttpRequest& request,
   stream.connect(endpoints, ec);
   if (ec) return TransportError(base, "connecting to", ec);
 
-  bhttp::request<bhttp::string_body> req;
-  req.method_string(request.method);
-  req.target(base.prefix + request.target);
-  req.version(11);
-  req.set(bhttp::field::host, base.host + ":" + base.port);
-  req.set(bhttp::field::user_agent, "moat-cli/0.1.0");
-  req.set(bhttp::field::connection, "close");
-  for (const auto& [name, value] : request.headers) req.set(name, value);
-  req.body() = request.body;
-  req.prepare_payload();
-  bhttp::write(stream, req, ec);
-  if (ec) return TransportError(base, "sending to", ec);
+  if (request.body_fd >= 0) {
+    MOAT_RETURN_IF_ERROR(WriteFileRequest(stream, base, request));
+  } else {
+    bhttp::request<bhttp::string_body> req;
+    SetHead(req, base, request);
+    req.body() = request.body;
+    req.prepare_payload();
+    bhttp::write(stream, req, ec);
+    if (ec) return TransportError(base, "sending to", ec);
+  }
 
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::buffer_body> parser;

@@ -22,11 +22,22 @@ struct BaseUrl {
 };
 Result<BaseUrl> ParseBaseUrl(std::string_view url);
 
+// An absolute "http://host[:port]/path?query" (an upload URL the server hands out) as where to
+// connect and the target to ask for there.
+struct UrlTarget {
+  BaseUrl base;        // prefix ""
+  std::string target;  // "/path?query"; "/" when the URL has no path
+};
+Result<UrlTarget> ParseUrl(std::string_view url);
+
 struct HttpRequest {
-  std::string method;  // "GET", "POST", "DELETE"
+  std::string method;  // "GET", "POST", "PUT", "DELETE"
   std::string target;  // path and query, appended to the base URL's prefix
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // When >= 0, the body is this file instead, from offset 0 to its end, streamed with a
+  // Content-Length (never chunked: presigned upload URLs refuse chunked bodies). Borrowed.
+  int body_fd = -1;
 };
 
 struct HttpResponse {

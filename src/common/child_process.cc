@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -272,6 +273,65 @@ Result<ProcessTimes> ReadProcessTimes(pid_t pid) {
 Result<uint64_t> ProcessStartTime(pid_t pid) {
   MOAT_ASSIGN_OR_RETURN(ProcessTimes t, ReadProcessTimes(pid));
   return t.start_time;
+}
+
+Result<std::string> RunTool(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                            size_t keep_bytes) {
+  if (argv.empty()) return InvalidArgument("RunTool: no program");
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) < 0) return ErrnoError("pipe2");
+  UniqueFd read_end(p[0]);
+  UniqueFd write_end(p[1]);
+  UniqueFd null_in(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  auto child = ChildProcess::Spawn(
+      {.argv = argv,
+       .env = std::vector<std::string>{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
+                                       "HOME=/root", "TMPDIR=/tmp"},
+       .fds = {{0, null_in.get()}, {1, write_end.get()}, {2, write_end.get()}}});
+  if (!child.ok()) return child.status().Annotate(argv[0]);
+  write_end.Reset();
+  std::string out;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool timed_out = false;
+  char buf[16384];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd pfd{.fd = read_end.get(), .events = POLLIN, .revents = 0};
+    int r = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > 2 * keep_bytes) out.erase(0, out.size() - keep_bytes);
+  }
+  if (out.size() > keep_bytes) out.erase(0, out.size() - keep_bytes);
+  if (timed_out) {
+    child->Kill();
+    return DeadlineExceeded(argv[0] + " did not finish within " +
+                            std::to_string(timeout.count() / 1000) + " s: " + out);
+  }
+  MOAT_ASSIGN_OR_RETURN(int st, child->Wait(std::chrono::seconds(30)));
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    // The last lines say why.
+    std::string tail = out;
+    size_t lines = 0;
+    for (size_t i = tail.size(); i-- > 0;) {
+      if (tail[i] == '\n' && i + 1 < tail.size() && ++lines == 6) {
+        tail = tail.substr(i + 1);
+        break;
+      }
+    }
+    while (!tail.empty() && (tail.back() == '\n' || tail.back() == ' ')) tail.pop_back();
+    return Internal(argv[0] + " " + DescribeWaitStatus(st) + (tail.empty() ? "" : ": " + tail));
+  }
+  return out;
 }
 
 }  // namespace moat

@@ -74,6 +74,13 @@ class ChildProcess {
 // "exited with 3", "killed by SIGKILL".
 std::string DescribeWaitStatus(int status);
 
+// Runs a tool to completion (argv[0] looked up in /usr/sbin:/usr/bin:/sbin:/bin, no shell),
+// its stdout and stderr together collected (the last `keep_bytes` of them); killed past
+// `timeout`. The output, or an error naming the tool, how it ended and its last output lines.
+Result<std::string> RunTool(const std::vector<std::string>& argv,
+                            std::chrono::milliseconds timeout = std::chrono::minutes(10),
+                            size_t keep_bytes = 64 * 1024);
+
 // A live process's times from /proc/<pid>/stat, in clock ticks (sysconf(_SC_CLK_TCK)), or
 // NotFound if it is gone or has exited (a zombie, not yet reaped).
 struct ProcessTimes {

@@ -73,6 +73,21 @@ Result<std::string> FindProgram(const std::string& program, const std::string& p
   return NotFound("exec " + program + ": program not found in PATH");
 }
 
+bool IsBash(const std::string& program) {
+  return program == "bash" || program == "/bin/bash" || program == "/usr/bin/bash";
+}
+
+Result<std::string> FindProgramOrShell(const std::string& program, const std::string& path_var,
+                                       const std::string& cwd, const std::string& shell) {
+  auto found = FindProgram(program, path_var, cwd);
+  if (found.ok() || found.status().code() != ErrorCode::kNotFound || !IsBash(program)) {
+    return found;
+  }
+  // bash's `-l -c CMD` (what the E2B client sends) means the same to a POSIX sh.
+  auto sh = FindProgram(shell, path_var, cwd);
+  return sh.ok() ? sh : found;
+}
+
 Result<ExecSpec> ParseExecRequest(const Json& request, const Defaults& defaults,
                                   const UserTable& users) {
   ExecSpec spec;
@@ -145,7 +160,7 @@ Result<ExecSpec> ParseExecRequest(const Json& request, const Defaults& defaults,
     }
   }
   for (const auto& [k, v] : vars) spec.env.push_back(k + "=" + v);
-  MOAT_ASSIGN_OR_RETURN(spec.argv[0], FindProgram(spec.argv[0], vars["PATH"], spec.cwd));
+  MOAT_ASSIGN_OR_RETURN(spec.argv[0], FindProgramOrShell(spec.argv[0], vars["PATH"], spec.cwd));
   return spec;
 }
 

@@ -47,6 +47,16 @@ Result<ExecSpec> ParseExecRequest(const Json& request, const Defaults& defaults,
 Result<std::string> FindProgram(const std::string& program, const std::string& path_var,
                                 const std::string& cwd);
 
+// Is `program` bash, by name or at its usual paths?
+bool IsBash(const std::string& program);
+// FindProgram, except that bash, when the guest has none, becomes `shell`: the official E2B
+// client starts every command as `/bin/bash -l -c CMD`, and images from OCI registries (Alpine,
+// busybox) often carry only a POSIX sh, which takes the same arguments. The program's NotFound
+// stands when `shell` is missing too.
+Result<std::string> FindProgramOrShell(const std::string& program, const std::string& path_var,
+                                       const std::string& cwd,
+                                       const std::string& shell = "/bin/sh");
+
 struct SpawnedProcess {
   pid_t pid = -1;
   // Pipe write end; with a PTY a second handle on the master (input and resizes). Invalid

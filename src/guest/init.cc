@@ -1,5 +1,6 @@
 #include "guest/init.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
@@ -60,6 +61,22 @@ Status BringUpLoopback() {
   return Status::Ok();
 }
 
+// Does `path` hold nothing (or not exist)?
+bool DirIsEmpty(const char* path) {
+  DIR* d = ::opendir(path);
+  if (d == nullptr) return true;
+  bool empty = true;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
+}
+
 void UseConsoleForStdio() {
   int fd = ::open("/dev/console", O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (fd < 0) return;  // keep whatever the kernel gave us
@@ -91,7 +108,12 @@ Status InitSystem() {
       {"tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 01777},
       {"tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", 0755},
   };
-  for (const auto& m : later) note(Mount(m), m.target);
+  for (const auto& m : later) {
+    // A root filesystem that ships files in /tmp (a custom template whose build wrote there)
+    // keeps its /tmp on disk, as E2B's templates have it, rather than hiding them.
+    if (std::string_view(m.target) == "/tmp" && !DirIsEmpty("/tmp")) continue;
+    note(Mount(m), m.target);
+  }
   // /dev/ptmx must reach the devpts instance above: the devtmpfs node does (it looks up
   // pts/ptmx beside itself) once it is world-usable; without a node, point a link at it.
   struct stat st {};

@@ -52,6 +52,75 @@ Status InProcessHostAgent::Create(const api::HostSandboxStart& start) {
   return agent_.Create(req).status();
 }
 
+Result<agent::TemplateBuildSpec> InProcessHostAgent::BuildSpecOf(
+    const api::HostTemplateBuild& build) {
+  const nlohmann::json& j = build.start;
+  if (!j.is_object()) return InvalidArgument("the build spec is not an object");
+  agent::TemplateBuildSpec spec;
+  spec.build_id = build.build_id;
+  spec.template_id = build.template_id;
+  spec.vcpus = build.vcpus;
+  spec.memory_mib = build.memory_mib;
+  spec.min_free_disk_mib = build.min_free_disk_mib;
+  spec.files = build.files;
+  try {
+    spec.from_template = j.value("fromTemplate", "");
+    spec.from_image = j.value("fromImage", "");
+    if (auto reg = j.find("fromImageRegistry"); reg != j.end() && reg->is_object()) {
+      std::string type = reg->value("type", "registry");
+      if (type != "registry") {
+        return InvalidArgument("registry credentials of type \"" + type +
+                               "\" are not supported (only \"registry\": username and password)");
+      }
+      spec.registry =
+          agent::RegistryCredentials{reg->value("username", ""), reg->value("password", "")};
+    }
+    if (auto st = j.find("startCmd"); st != j.end() && st->is_string()) spec.start_cmd = *st;
+    if (auto rd = j.find("readyCmd"); rd != j.end() && rd->is_string()) spec.ready_cmd = *rd;
+    spec.force = j.value("force", false);
+    for (const auto& step : j.value("steps", nlohmann::json::array())) {
+      agent::TemplateStep s;
+      s.type = step.value("type", "");
+      for (auto& c : s.type) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      for (const auto& a : step.value("args", nlohmann::json::array())) {
+        s.args.push_back(a.is_string() ? a.get<std::string>() : a.dump());
+      }
+      s.force = step.value("force", false);
+      s.files_hash = step.value("filesHash", "");
+      spec.steps.push_back(std::move(s));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgument(std::string("the build spec: ") + e.what());
+  }
+  return spec;
+}
+
+Result<api::HostTemplateBuilt> InProcessHostAgent::BuildTemplate(
+    const api::HostTemplateBuild& build, const std::function<void(const api::HostBuildLog&)>& log,
+    std::string* failed_step) {
+  auto spec = BuildSpecOf(build);
+  if (!spec.ok()) {
+    if (failed_step != nullptr) *failed_step = "base";
+    return spec.status();
+  }
+  agent::BuildFailure failure;
+  auto r = agent_.BuildTemplate(
+      *spec,
+      [&log](const agent::BuildLogLine& l) {
+        if (log) log(api::HostBuildLog{l.unix_ms, l.level, l.step, l.message});
+      },
+      &failure);
+  if (!r.ok()) {
+    if (failed_step != nullptr) *failed_step = failure.step.empty() ? "base" : failure.step;
+    return r.status();
+  }
+  return api::HostTemplateBuilt{static_cast<uint32_t>(r->disk_mib), r->ToJson()};
+}
+
+Status InProcessHostAgent::DeleteTemplateBuild(const std::string& build_id) {
+  return agent_.DeleteTemplateBuild(build_id);
+}
+
 Status InProcessHostAgent::Kill(const std::string& id) {
   return agent_.Kill(id);
 }

@@ -32,8 +32,15 @@ class InProcessHostAgent : public api::HostAgent {
   Status SetEgress(const std::string& id, const nlohmann::json& egress) override;
   Result<api::HostSandboxUsage> Usage(const std::string& id) override;
   Result<api::HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) override;
+  Result<api::HostTemplateBuilt> BuildTemplate(
+      const api::HostTemplateBuild& build, const std::function<void(const api::HostBuildLog&)>& log,
+      std::string* failed_step) override;
+  Status DeleteTemplateBuild(const std::string& build_id) override;
 
   agent::Agent& agent() { return agent_; }
+
+  // E2B's TemplateBuildStartV2 (as HostTemplateBuild::start carries it) as the builder's spec.
+  static Result<agent::TemplateBuildSpec> BuildSpecOf(const api::HostTemplateBuild& build);
 
  private:
   std::string host_id_;

@@ -182,6 +182,23 @@ int ValidateOrExit(MoatdConfig& config) {
   return 2;
 }
 
+// Custom templates served from this data dir: uploads under template-files/, signed with a key
+// kept in template-upload.key (made on first use, mode 0600).
+Result<TemplateOptions> TemplatesIn(const std::string& data_dir, bool owns_builds) {
+  TemplateOptions o;
+  o.uploads_dir = data_dir + "/template-files";
+  o.fail_interrupted_builds = owns_builds;
+  MOAT_RETURN_IF_ERROR(MakeDirs(o.uploads_dir, 0700));
+  std::string key_file = data_dir + "/template-upload.key";
+  auto key = ReadFile(key_file);
+  if (!key.ok() || key->size() < 32) {
+    MOAT_RETURN_IF_ERROR(WriteFileAtomic(key_file, RandomToken("", 32), 0600));
+    MOAT_ASSIGN_OR_RETURN(key, ReadFile(key_file));
+  }
+  o.upload_secret = *key;
+  return o;
+}
+
 // `keep_sandboxes`: on SIGTERM/SIGINT leave running sandboxes to the next moatd on this data dir
 // (Agent::Detach) instead of killing them.
 int Serve(MoatdConfig config, bool keep_sandboxes) {
@@ -199,7 +216,11 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   // `serve` is one control plane and this one host, with no hop between them.
   host::InProcessHostAgent this_host(kServeHostId, **agent);
   Metrics metrics;
-  auto controller = SandboxController::Start(this_host, **store, metrics, {});
+  auto templates = TemplatesIn(config.data_dir, /*owns_builds=*/true);
+  if (!templates.ok()) return Fail("templates", templates.status());
+  ControllerOptions copts;
+  copts.templates = *templates;
+  auto controller = SandboxController::Start(this_host, **store, metrics, copts);
   if (!controller.ok()) return Fail("controller", controller.status());
   // Sandbox ports: the slot address of a running sandbox (its DNAT forwards to the guest).
   PortResolver resolver = nullptr;

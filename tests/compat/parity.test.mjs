@@ -6,7 +6,6 @@
 // E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL; run.sh starts moatd with --domain moat.test.
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import http from 'node:http'
 import {
   FileType,
   FilesystemEventType,
@@ -15,42 +14,14 @@ import {
   Sandbox,
   Template,
 } from 'e2b'
-import { sleep, waitFor } from './support.mjs'
+import { sleep, viaHost, waitFor } from './support.mjs'
 
-const api = new URL(process.env.E2B_API_URL)
 const created = []
 
 async function create(opts = {}) {
   const sbx = await Sandbox.create({ timeoutMs: 300_000, ...opts })
   created.push(sbx)
   return sbx
-}
-
-// One request to moatd as a wildcard DNS name would route it: `url`'s path and query, the Host
-// header naming the sandbox (`<port>-<id>.<domain>`), no other credentials.
-function viaHost(host, url, { method = 'GET', body, headers = {} } = {}) {
-  const u = new URL(url, api)
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: api.hostname,
-        port: api.port,
-        path: u.pathname + u.search,
-        method,
-        headers: { Host: host, ...headers },
-        timeout: 60_000,
-      },
-      (res) => {
-        const chunks = []
-        res.on('data', (c) => chunks.push(c))
-        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }))
-        res.on('error', reject)
-      },
-    )
-    req.on('timeout', () => req.destroy(new Error('request timed out')))
-    req.on('error', reject)
-    req.end(body)
-  })
 }
 
 describe('E2B parity (issue 14)', { concurrency: false }, () => {

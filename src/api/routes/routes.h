@@ -27,6 +27,11 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx);
 // Named snapshots (E2B-WIRE §2.2): POST /sandboxes/{id}/snapshots, GET /snapshots, DELETE
 // /templates/{id}.
 void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx);
+// Custom templates (shared/E2B-TEMPLATES.md): /v3/templates, /v2/templates/{id}/builds/{buildID},
+// /templates/... and the self-authenticating upload URL.
+void RegisterTemplateRoutes(http::Router& router, ControlContext& ctx);
+// Where COPY files are PUT (the URL's query authenticates it: TemplateService::CheckUploadUrl).
+inline constexpr const char* kTemplateUploadPath = "/template-files/upload";
 // moat's own API key administration: /keys.
 void RegisterKeyRoutes(http::Router& router, ControlContext& ctx);
 // moat's own team administration: /teams/{teamID}/quotas.

@@ -7,6 +7,7 @@
 #include "api/codec/query.h"
 #include "api/errors.h"
 #include "api/routes/routes.h"
+#include "api/templates.h"
 
 namespace moat::api::routes {
 namespace {
@@ -52,19 +53,17 @@ void Delete(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
   if (id == "base") {
     return SendRestError(w, InvalidArgument("template \"base\" is built in and cannot be deleted"));
   }
+  // A custom template of the team's by id or name, else a named snapshot (E2B deletes both here).
+  if (TemplateService* t = ctx.controller->templates(); t != nullptr) {
+    Status s = t->Delete(team, id);
+    if (s.code() != ErrorCode::kNotFound) {
+      if (!s.ok()) return SendRestError(w, s);
+      return SendNoContent(w);
+    }
+  }
   Status s = ctx.controller->DeleteSnapshot(team.id, id);
   if (!s.ok()) return SendRestError(w, s);
   SendNoContent(w);
-}
-
-// GET /templates/aliases/{alias} (the SDK's Template.exists): the built-in `base` is the one
-// template with an alias until custom templates come (its own issue); anything else is 404.
-void GetAlias(http::Request& req, http::ResponseWriter& w) {
-  std::string alias = req.Param("alias");
-  if (alias != "base") {
-    return SendRestError(w, NotFound("template alias \"" + alias + "\" not found"));
-  }
-  SendJson(w, 200, DumpJson(json{{"templateID", "base"}, {"public", true}}));
 }
 
 }  // namespace
@@ -76,8 +75,6 @@ void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("GET", "/snapshots", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
                List(ctx, req, w, team);
              }));
-  router.Add("GET", "/templates/aliases/{alias}",
-             Authed(ctx, [](auto& req, auto& w, const auto&) { GetAlias(req, w); }));
   router.Add(
       "DELETE", "/templates/{templateID}",
       Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Delete(ctx, req, w, team); }));

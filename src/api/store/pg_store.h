@@ -8,7 +8,8 @@
 // answered instead of applying the change again (a compare-and-set that won stays won).
 //
 // Sandboxes and snapshots are in pg_store.cc, teams, keys and quotas in pg_team_store.cc, hosts
-// and placement in pg_host_store.cc.
+// and placement in pg_host_store.cc, custom templates, their builds, tags and logs in
+// pg_template_store.cc.
 #pragma once
 
 #include <chrono>
@@ -86,6 +87,33 @@ class PgStore : public Store {
   Result<SnapshotPage> ListSnapshots(const SnapshotFilter& filter) override;
   Result<std::vector<SnapshotRecord>> AllSnapshots() override;
   Status DeleteSnapshot(const std::string& id) override;
+
+  Status InsertTemplate(const TemplateRecord& t) override;
+  Result<std::optional<TemplateRecord>> GetTemplate(const std::string& id) override;
+  Result<std::optional<TemplateRecord>> TemplateByAlias(const std::string& team_id,
+                                                        const std::string& alias) override;
+  Result<std::vector<TemplateRecord>> ListTemplates(const std::string& team_id) override;
+  Status SetTemplatePublic(const std::string& id, bool is_public) override;
+  Status RecordTemplateSpawn(const std::string& id, int64_t at_ms) override;
+  Status DeleteTemplate(const std::string& id) override;
+  Status InsertBuild(const TemplateBuildRecord& build,
+                     const std::vector<std::string>& tags) override;
+  Result<std::optional<TemplateBuildRecord>> GetBuild(const std::string& build_id) override;
+  Result<std::vector<TemplateBuildRecord>> ListBuilds(const std::string& template_id) override;
+  Result<std::vector<TemplateBuildRecord>> BuildsInStatus(const std::string& status) override;
+  Result<bool> TransitionBuild(const std::string& build_id, const std::string& from,
+                               const BuildUpdate& update) override;
+  Status AssignTags(const std::string& template_id, const std::string& build_id,
+                    const std::vector<std::string>& tags, int64_t at_ms) override;
+  Result<int64_t> RemoveTags(const std::string& template_id,
+                             const std::vector<std::string>& tags) override;
+  Result<std::optional<TemplateBuildRecord>> ResolveTag(const std::string& template_id,
+                                                        const std::string& tag) override;
+  Result<std::vector<TemplateTagRecord>> ListTags(const std::string& template_id) override;
+  Status AppendBuildLogs(const std::string& build_id,
+                         const std::vector<BuildLogRecord>& entries) override;
+  Result<std::vector<BuildLogRecord>> BuildLogs(const std::string& build_id, int64_t offset,
+                                                int64_t limit) override;
 
   Result<HostRecord> RegisterHost(const HostRegistration& host) override;
   Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;

@@ -10,6 +10,7 @@ std::string SandboxOptionsToJson(const SandboxOptions& o) {
   if (!o.auto_pause_memory) j["autoPauseMemory"] = false;
   if (o.auto_resume) j["autoResume"] = true;
   if (!o.mask_request_host.empty()) j["maskRequestHost"] = o.mask_request_host;
+  if (!o.default_user.empty()) j["defaultUser"] = o.default_user;
   return j.dump();
 }
 
@@ -25,6 +26,9 @@ SandboxOptions SandboxOptionsFromJson(std::string_view text) {
   }
   if (auto it = j.find("maskRequestHost"); it != j.end() && it->is_string()) {
     o.mask_request_host = it->get<std::string>();
+  }
+  if (auto it = j.find("defaultUser"); it != j.end() && it->is_string()) {
+    o.default_user = it->get<std::string>();
   }
   return o;
 }

@@ -245,6 +245,109 @@ ALTER TABLE sandboxes ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
      R"sql(
 ALTER TABLE sandboxes ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
 )sql"},
+    // 11: custom templates (docs/templates.md): a team's templates by alias, their builds (JSON
+    // texts for the start request, a failure's reason and a ready build's result; "" when unset),
+    // which builds carry which tags (a tag may point at several builds: the newest ready one
+    // wins), and each build's log numbered from 0. A template's builds, tags and logs go with it
+    // (ON DELETE CASCADE; SqliteStore turns foreign keys on when it opens).
+    {R"sql(
+CREATE TABLE templates (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  alias TEXT NOT NULL,
+  is_public INTEGER NOT NULL DEFAULT 0,
+  created_at_ms INTEGER NOT NULL,
+  updated_at_ms INTEGER NOT NULL,
+  spawn_count INTEGER NOT NULL DEFAULT 0,
+  last_spawned_at_ms INTEGER NOT NULL DEFAULT 0,
+  UNIQUE (team_id, alias)
+);
+CREATE TABLE template_builds (
+  id TEXT PRIMARY KEY,
+  template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+  team_id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  cpu_count INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  min_free_disk_mb INTEGER NOT NULL,
+  disk_size_mb INTEGER NOT NULL DEFAULT 0,
+  spec TEXT NOT NULL DEFAULT '',
+  reason TEXT NOT NULL DEFAULT '',
+  result TEXT NOT NULL DEFAULT '',
+  host_id TEXT NOT NULL DEFAULT '',
+  created_at_ms INTEGER NOT NULL,
+  started_at_ms INTEGER NOT NULL DEFAULT 0,
+  finished_at_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX template_builds_by_template ON template_builds(template_id, created_at_ms);
+CREATE INDEX template_builds_by_status ON template_builds(status);
+CREATE TABLE template_tags (
+  template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+  tag TEXT NOT NULL,
+  build_id TEXT NOT NULL REFERENCES template_builds(id) ON DELETE CASCADE,
+  assigned_at_ms INTEGER NOT NULL,
+  PRIMARY KEY (template_id, tag, build_id)
+);
+CREATE INDEX template_tags_by_build ON template_tags(build_id);
+CREATE TABLE template_build_logs (
+  build_id TEXT NOT NULL REFERENCES template_builds(id) ON DELETE CASCADE,
+  seq INTEGER NOT NULL,
+  timestamp_ms INTEGER NOT NULL,
+  level TEXT NOT NULL,
+  step TEXT NOT NULL,
+  message TEXT NOT NULL,
+  PRIMARY KEY (build_id, seq)
+);
+)sql",
+     R"sql(
+CREATE TABLE templates (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  alias TEXT NOT NULL,
+  is_public INTEGER NOT NULL DEFAULT 0,
+  created_at_ms BIGINT NOT NULL,
+  updated_at_ms BIGINT NOT NULL,
+  spawn_count BIGINT NOT NULL DEFAULT 0,
+  last_spawned_at_ms BIGINT NOT NULL DEFAULT 0,
+  UNIQUE (team_id, alias)
+);
+CREATE TABLE template_builds (
+  id TEXT PRIMARY KEY,
+  template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+  team_id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  cpu_count BIGINT NOT NULL,
+  memory_mb BIGINT NOT NULL,
+  min_free_disk_mb BIGINT NOT NULL,
+  disk_size_mb BIGINT NOT NULL DEFAULT 0,
+  spec TEXT NOT NULL DEFAULT '',
+  reason TEXT NOT NULL DEFAULT '',
+  result TEXT NOT NULL DEFAULT '',
+  host_id TEXT NOT NULL DEFAULT '',
+  created_at_ms BIGINT NOT NULL,
+  started_at_ms BIGINT NOT NULL DEFAULT 0,
+  finished_at_ms BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX template_builds_by_template ON template_builds(template_id, created_at_ms);
+CREATE INDEX template_builds_by_status ON template_builds(status);
+CREATE TABLE template_tags (
+  template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+  tag TEXT NOT NULL,
+  build_id TEXT NOT NULL REFERENCES template_builds(id) ON DELETE CASCADE,
+  assigned_at_ms BIGINT NOT NULL,
+  PRIMARY KEY (template_id, tag, build_id)
+);
+CREATE INDEX template_tags_by_build ON template_tags(build_id);
+CREATE TABLE template_build_logs (
+  build_id TEXT NOT NULL REFERENCES template_builds(id) ON DELETE CASCADE,
+  seq BIGINT NOT NULL,
+  timestamp_ms BIGINT NOT NULL,
+  level TEXT NOT NULL,
+  step TEXT NOT NULL,
+  message TEXT NOT NULL,
+  PRIMARY KEY (build_id, seq)
+);
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

@@ -46,6 +46,9 @@ struct SandboxOptions {
   // The Host header the port proxy sends upstream ("${PORT}" becomes the port); empty: the
   // client's (E2B's network.maskRequestHost).
   std::string mask_request_host;
+  // The user envd calls act as when the request names none: its custom template's last USER
+  // (empty: "user").
+  std::string default_user;
   bool operator==(const SandboxOptions&) const = default;
 };
 std::string SandboxOptionsToJson(const SandboxOptions& o);
@@ -135,6 +138,72 @@ struct SnapshotFilter {
 struct SnapshotPage {
   std::vector<SnapshotRecord> items;  // newest first
   std::string next_token;             // empty: last page
+};
+
+// --- Custom templates (docs/templates.md; the wire contract is shared/E2B-TEMPLATES.md). ---
+
+// A template: a team's name for a line of builds. Builds carry tags; a sandbox created from
+// `alias[:tag]` gets the tag's most recently assigned build that is ready.
+struct TemplateRecord {
+  std::string id;  // 20 characters [a-z0-9]
+  std::string team_id;
+  std::string alias;  // [a-z0-9-_]+, unique within its team
+  bool is_public = false;
+  int64_t created_at_ms = 0;
+  int64_t updated_at_ms = 0;
+  int64_t spawn_count = 0;         // sandboxes created from it
+  int64_t last_spawned_at_ms = 0;  // 0: never
+};
+
+// Build states as E2B names them: waiting (registered, not started), building, ready, error.
+inline constexpr std::string_view kBuildWaiting = "waiting";
+inline constexpr std::string_view kBuildBuilding = "building";
+inline constexpr std::string_view kBuildReady = "ready";
+inline constexpr std::string_view kBuildError = "error";
+
+struct TemplateBuildRecord {
+  std::string id;  // a UUID v4
+  std::string template_id;
+  std::string team_id;
+  std::string status = std::string(kBuildWaiting);
+  uint32_t cpu_count = 0;
+  uint32_t memory_mb = 0;
+  uint32_t min_free_disk_mb = 0;
+  uint32_t disk_size_mb = 0;  // the built disk's size, once ready
+  // JSON texts; empty when unset. spec: the start request (base, steps, start and ready
+  // commands) once the build was started; reason: {"message","step"} of a failed build;
+  // result: what the host reported of a ready build (default user and workdir, start and ready
+  // commands, the build context) — what a sandbox of it and a template built from it need.
+  std::string spec;
+  std::string reason;
+  std::string result;
+  std::string host_id;  // the host that ran it and holds its artifacts; "" on a single host
+  int64_t created_at_ms = 0;
+  int64_t started_at_ms = 0;   // 0: not started
+  int64_t finished_at_ms = 0;  // 0: not finished
+};
+
+// A compare-and-set of a build: applied only if the build's status is `from` now. Unset fields
+// keep their values.
+struct BuildUpdate {
+  std::string status;  // required
+  std::optional<std::string> spec, reason, result, host_id;
+  std::optional<uint32_t> disk_size_mb;
+  std::optional<int64_t> started_at_ms, finished_at_ms;
+};
+
+struct TemplateTagRecord {
+  std::string tag;
+  std::string build_id;
+  int64_t created_at_ms = 0;  // when that build got the tag
+};
+
+// One line of a build's log. A build's entries are numbered from 0 in the order appended.
+struct BuildLogRecord {
+  int64_t timestamp_ms = 0;
+  std::string level;  // debug, info, warn, error
+  std::string step;   // "base", "1".."N", "finalize" or ""
+  std::string message;
 };
 
 // A host's membership in the fleet (shared/FLEET.md §3-§4): active hosts take placements,
@@ -320,6 +389,61 @@ class Store {
   virtual Result<std::vector<SnapshotRecord>> AllSnapshots() = 0;
   // not_found if there is no such snapshot.
   virtual Status DeleteSnapshot(const std::string& id) = 0;
+
+  // --- Custom templates. ---
+
+  // already_exists when the team has a template of that alias (or the id is taken).
+  virtual Status InsertTemplate(const TemplateRecord& t) = 0;
+  virtual Result<std::optional<TemplateRecord>> GetTemplate(const std::string& id) = 0;
+  virtual Result<std::optional<TemplateRecord>> TemplateByAlias(const std::string& team_id,
+                                                                const std::string& alias) = 0;
+  // The team's templates, oldest first.
+  virtual Result<std::vector<TemplateRecord>> ListTemplates(const std::string& team_id) = 0;
+  // not_found for an unknown template.
+  virtual Status SetTemplatePublic(const std::string& id, bool is_public) = 0;
+  // spawn_count + 1, last_spawned_at_ms = at_ms (a sandbox was created from it).
+  virtual Status RecordTemplateSpawn(const std::string& id, int64_t at_ms) = 0;
+  // The template with its builds, their tags and logs, in one transaction. not_found if none.
+  virtual Status DeleteTemplate(const std::string& id) = 0;
+
+  // In one transaction: inserts the build (its template must exist), points each of `tags` at
+  // it (assigned now = build.created_at_ms), and fails every other build of the template still
+  // `waiting` that carries one of these tags (status error, reason {"message":"build superseded
+  // by a newer one","step":"base"}, finished now). already_exists for a build id in use.
+  virtual Status InsertBuild(const TemplateBuildRecord& build,
+                             const std::vector<std::string>& tags) = 0;
+  virtual Result<std::optional<TemplateBuildRecord>> GetBuild(const std::string& build_id) = 0;
+  // The template's builds, newest first.
+  virtual Result<std::vector<TemplateBuildRecord>> ListBuilds(const std::string& template_id) = 0;
+  // Every build in `status`, of every team (start-up: builds left `building` by a crash).
+  virtual Result<std::vector<TemplateBuildRecord>> BuildsInStatus(const std::string& status) = 0;
+  // Compare-and-set (BuildUpdate); false, changing nothing, when the status is not `from` (or
+  // the build is gone).
+  virtual Result<bool> TransitionBuild(const std::string& build_id, const std::string& from,
+                                       const BuildUpdate& update) = 0;
+
+  // Points each tag at the build (assigned at `at_ms`; a tag that pointed at it already is
+  // assigned anew). not_found when the build is not one of the template's.
+  virtual Status AssignTags(const std::string& template_id, const std::string& build_id,
+                            const std::vector<std::string>& tags, int64_t at_ms) = 0;
+  // Removes every assignment of these tags in the template; the number of tags that had any.
+  virtual Result<int64_t> RemoveTags(const std::string& template_id,
+                                     const std::vector<std::string>& tags) = 0;
+  // The build a sandbox of `template_id:tag` gets: of the builds that were assigned the tag, the
+  // most recently assigned one whose status is ready; nullopt if none is.
+  virtual Result<std::optional<TemplateBuildRecord>> ResolveTag(const std::string& template_id,
+                                                                const std::string& tag) = 0;
+  // Each tag of the template once, with the build ResolveTag gives it (tags without a ready
+  // build: their most recently assigned build), by tag.
+  virtual Result<std::vector<TemplateTagRecord>> ListTags(const std::string& template_id) = 0;
+
+  // Appends entries to a build's log (numbered on from the last). Concurrent appenders to one
+  // build are not expected (one builder writes a build's log).
+  virtual Status AppendBuildLogs(const std::string& build_id,
+                                 const std::vector<BuildLogRecord>& entries) = 0;
+  // Up to `limit` entries from number `offset` on, in order.
+  virtual Result<std::vector<BuildLogRecord>> BuildLogs(const std::string& build_id, int64_t offset,
+                                                        int64_t limit) = 0;
 
   // --- Fleet membership (shared/FLEET.md §3-§4). Every time below is the database's clock. ---
 

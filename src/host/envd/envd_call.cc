@@ -60,8 +60,12 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
       }
       return SendSandboxNotRunning(w, target->sandbox_id);
     }
-    EnvdCall call{req, std::move(*running), user->empty() ? kDefaultUser : *user, *ctx.metrics,
-                  ctx.guest_of};
+    // No user named: the sandbox's template's default user (a custom template's last USER).
+    if (user->empty()) {
+      user = running->options.default_user.empty() ? std::string(kDefaultUser)
+                                                   : running->options.default_user;
+    }
+    EnvdCall call{req, std::move(*running), *user, *ctx.metrics, ctx.guest_of};
     handler(call, w);
   };
 }

@@ -9,7 +9,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <latch>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 namespace moat::api::store {
 
@@ -837,6 +841,400 @@ TEST_F(StoreSuite, FindsTheSandboxesOnAHostAndThoseLeftCreating) {
   for (const auto& r : *stale) ids.push_back(r.id);
   EXPECT_EQ(ids, (std::vector<std::string>{"s3", "s5", "s2"})) << "creating, older, oldest first";
   EXPECT_EQ((*stale)[0].host_id, "h2");
+}
+
+// --- Custom templates. ---
+
+TemplateRecord Template(const std::string& id, const std::string& team, const std::string& alias,
+                        int64_t created) {
+  TemplateRecord t;
+  t.id = id;
+  t.team_id = team;
+  t.alias = alias;
+  t.created_at_ms = created;
+  t.updated_at_ms = created + 1;
+  return t;
+}
+
+TemplateBuildRecord Build(const std::string& id, const TemplateRecord& t, std::string_view status,
+                          int64_t created) {
+  TemplateBuildRecord b;
+  b.id = id;
+  b.template_id = t.id;
+  b.team_id = t.team_id;
+  b.status = std::string(status);
+  b.cpu_count = 2;
+  b.memory_mb = 1024;
+  b.min_free_disk_mb = 512;
+  b.created_at_ms = created;
+  return b;
+}
+
+std::vector<std::string> BuildIds(const Result<std::vector<TemplateBuildRecord>>& builds) {
+  std::vector<std::string> ids;
+  if (!builds.ok()) return {"error: " + builds.status().ToString()};
+  for (const auto& b : builds.value()) ids.push_back(b.id);
+  return ids;
+}
+
+// "tag=build@assigned" for each tag ListTags gives.
+std::vector<std::string> TagLines(const Result<std::vector<TemplateTagRecord>>& tags) {
+  std::vector<std::string> lines;
+  if (!tags.ok()) return {"error: " + tags.status().ToString()};
+  for (const auto& t : tags.value()) {
+    lines.push_back(t.tag + "=" + t.build_id + "@" + std::to_string(t.created_at_ms));
+  }
+  return lines;
+}
+
+std::string ResolvedId(const Result<std::optional<TemplateBuildRecord>>& b) {
+  if (!b.ok()) return "error: " + b.status().ToString();
+  return b.value().has_value() ? b.value()->id : "none";
+}
+
+TEST_F(StoreSuite, KeepsTemplatesByIdAndByAliasWithinTheirTeamOldestFirst) {
+  auto a = *store_->CreateTeam("a", false);
+  auto b = *store_->CreateTeam("b", false);
+  auto newer = Template("tpl0000000000000new1", a.id, "web", 200);
+  newer.is_public = true;
+  newer.spawn_count = 3;
+  newer.last_spawned_at_ms = 250;
+  ASSERT_TRUE(store_->InsertTemplate(newer).ok());
+  ASSERT_TRUE(store_->InsertTemplate(Template("tpl0000000000000old1", a.id, "db", 100)).ok());
+  ASSERT_TRUE(store_->InsertTemplate(Template("tpl00000000000other1", b.id, "ml", 50)).ok());
+
+  auto got = store_->GetTemplate(newer.id);
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status().ToString();
+  EXPECT_EQ((*got)->team_id, a.id);
+  EXPECT_EQ((*got)->alias, "web");
+  EXPECT_TRUE((*got)->is_public);
+  EXPECT_EQ((*got)->created_at_ms, 200);
+  EXPECT_EQ((*got)->updated_at_ms, 201);
+  EXPECT_EQ((*got)->spawn_count, 3);
+  EXPECT_EQ((*got)->last_spawned_at_ms, 250);
+  EXPECT_FALSE(store_->GetTemplate("nope")->has_value());
+
+  auto by_alias = store_->TemplateByAlias(a.id, "db");
+  ASSERT_TRUE(by_alias.ok() && by_alias->has_value());
+  EXPECT_EQ((*by_alias)->id, "tpl0000000000000old1");
+  EXPECT_FALSE((*by_alias)->is_public);
+  EXPECT_FALSE(store_->TemplateByAlias(b.id, "db")->has_value()) << "another team's alias";
+
+  auto listed = store_->ListTemplates(a.id);
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].alias, "db") << "oldest first";
+  EXPECT_EQ((*listed)[1].alias, "web");
+  EXPECT_EQ(store_->ListTemplates(b.id)->size(), 1u);
+  EXPECT_TRUE(store_->ListTemplates("nobody")->empty());
+}
+
+TEST_F(StoreSuite, RefusesASecondTemplateOfTheSameAliasOrIdInATeamButNotInAnother) {
+  auto a = *store_->CreateTeam("a", false);
+  auto b = *store_->CreateTeam("b", false);
+  ASSERT_TRUE(store_->InsertTemplate(Template("tpl1", a.id, "web", 100)).ok());
+  EXPECT_EQ(store_->InsertTemplate(Template("tpl2", a.id, "web", 200)).code(),
+            ErrorCode::kAlreadyExists);
+  EXPECT_EQ(store_->InsertTemplate(Template("tpl1", a.id, "other", 200)).code(),
+            ErrorCode::kAlreadyExists)
+      << "the id is taken";
+  EXPECT_TRUE(store_->InsertTemplate(Template("tpl3", b.id, "web", 300)).ok())
+      << "aliases are unique within a team only";
+  EXPECT_EQ(store_->ListTemplates(a.id)->size(), 1u);
+  EXPECT_EQ((*store_->TemplateByAlias(b.id, "web"))->id, "tpl3");
+}
+
+TEST_F(StoreSuite, ANewBuildSupersedesOnlyWaitingBuildsThatShareOneOfItsTags) {
+  auto team = *store_->CreateTeam("t", false);
+  auto t = Template("tpl", team.id, "web", 1);
+  auto other = Template("tpl-other", team.id, "db", 2);
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertTemplate(other).ok());
+  // Builds that are not waiting are never superseded, whatever is inserted after them.
+  ASSERT_TRUE(
+      store_->InsertBuild(Build("building-latest", t, kBuildBuilding, 10), {"latest"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("ready-latest", t, kBuildReady, 20), {"latest"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("waiting-v1", t, kBuildWaiting, 25), {"v1"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("waiting-untagged", t, kBuildWaiting, 27), {}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("waiting-latest", t, kBuildWaiting, 30), {"latest"}).ok());
+  ASSERT_TRUE(
+      store_->InsertBuild(Build("other-waiting", other, kBuildWaiting, 50), {"latest"}).ok());
+  EXPECT_EQ((*store_->GetBuild("building-latest"))->status, kBuildBuilding);
+  EXPECT_EQ((*store_->GetBuild("waiting-latest"))->status, kBuildWaiting)
+      << "another template's build of the same tag supersedes nothing here";
+
+  auto newest = Build("new", t, kBuildWaiting, 1000);
+  auto inserted = store_->InsertBuild(newest, {"v2", "latest"});
+  ASSERT_TRUE(inserted.ok()) << inserted.ToString();
+
+  auto superseded = store_->GetBuild("waiting-latest");
+  ASSERT_TRUE(superseded.ok() && superseded->has_value());
+  EXPECT_EQ((*superseded)->status, kBuildError);
+  EXPECT_EQ((*superseded)->reason,
+            R"({"message":"build superseded by a newer one","step":"base"})");
+  EXPECT_EQ((*superseded)->finished_at_ms, 1000);
+  EXPECT_EQ((*store_->GetBuild("waiting-v1"))->status, kBuildWaiting) << "no shared tag";
+  EXPECT_EQ((*store_->GetBuild("waiting-untagged"))->status, kBuildWaiting);
+  EXPECT_EQ((*store_->GetBuild("building-latest"))->status, kBuildBuilding) << "started already";
+  EXPECT_EQ((*store_->GetBuild("ready-latest"))->status, kBuildReady);
+  EXPECT_EQ((*store_->GetBuild("other-waiting"))->status, kBuildWaiting) << "another template";
+  auto fresh = store_->GetBuild("new");
+  ASSERT_TRUE(fresh.ok() && fresh->has_value());
+  EXPECT_EQ((*fresh)->status, kBuildWaiting);
+  EXPECT_EQ((*fresh)->template_id, t.id);
+  EXPECT_EQ((*fresh)->team_id, team.id);
+  EXPECT_EQ((*fresh)->cpu_count, 2u);
+  EXPECT_EQ((*fresh)->memory_mb, 1024u);
+  EXPECT_EQ((*fresh)->min_free_disk_mb, 512u);
+  EXPECT_EQ((*fresh)->reason, "");
+  EXPECT_EQ((*fresh)->finished_at_ms, 0);
+
+  EXPECT_EQ(BuildIds(store_->ListBuilds(t.id)),
+            (std::vector<std::string>{"new", "waiting-latest", "waiting-untagged", "waiting-v1",
+                                      "ready-latest", "building-latest"}))
+      << "newest first";
+  EXPECT_EQ(BuildIds(store_->ListBuilds(other.id)), (std::vector<std::string>{"other-waiting"}));
+  // The new build's tags point at it (assigned at its creation).
+  EXPECT_EQ(
+      TagLines(store_->ListTags(t.id)),
+      (std::vector<std::string>{"latest=ready-latest@20", "v1=waiting-v1@25", "v2=new@1000"}));
+
+  EXPECT_EQ(store_->InsertBuild(Build("new", t, kBuildWaiting, 2000), {"v3"}).code(),
+            ErrorCode::kAlreadyExists);
+  EXPECT_EQ(store_
+                ->InsertBuild(
+                    Build("orphan", Template("nope", team.id, "x", 1), kBuildWaiting, 2000), {"v3"})
+                .code(),
+            ErrorCode::kNotFound);
+  EXPECT_EQ(TagLines(store_->ListTags(t.id)).size(), 3u) << "a failed insert assigns nothing";
+  EXPECT_FALSE(store_->GetBuild("orphan")->has_value());
+}
+
+TEST_F(StoreSuite, TransitionsABuildOnlyFromTheStatusItIsIn) {
+  auto team = *store_->CreateTeam("t", false);
+  auto t = Template("tpl", team.id, "web", 1);
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b1", t, kBuildWaiting, 10), {"latest"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b2", t, kBuildWaiting, 20), {"other"}).ok());
+
+  BuildUpdate start;
+  start.status = std::string(kBuildBuilding);
+  start.spec = R"({"fromImage":"ubuntu"})";
+  start.host_id = "h1";
+  start.started_at_ms = 100;
+  auto started = store_->TransitionBuild("b1", std::string(kBuildWaiting), start);
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  EXPECT_TRUE(*started);
+  auto b1 = *store_->GetBuild("b1");
+  ASSERT_TRUE(b1.has_value());
+  EXPECT_EQ(b1->status, kBuildBuilding);
+  EXPECT_EQ(b1->spec, R"({"fromImage":"ubuntu"})");
+  EXPECT_EQ(b1->host_id, "h1");
+  EXPECT_EQ(b1->started_at_ms, 100);
+  EXPECT_EQ(b1->finished_at_ms, 0) << "unset fields keep their values";
+  EXPECT_EQ(b1->reason, "");
+  EXPECT_EQ(b1->cpu_count, 2u);
+
+  BuildUpdate again = start;
+  again.host_id = "h2";
+  EXPECT_FALSE(*store_->TransitionBuild("b1", std::string(kBuildWaiting), again))
+      << "it is not waiting any more";
+  EXPECT_EQ((*store_->GetBuild("b1"))->host_id, "h1") << "a failed compare-and-set changes nothing";
+  EXPECT_FALSE(*store_->TransitionBuild("nope", std::string(kBuildWaiting), again));
+
+  BuildUpdate done;
+  done.status = std::string(kBuildReady);
+  done.result = R"({"user":"user"})";
+  done.disk_size_mb = 4096;
+  done.finished_at_ms = 200;
+  EXPECT_TRUE(*store_->TransitionBuild("b1", std::string(kBuildBuilding), done));
+  b1 = *store_->GetBuild("b1");
+  EXPECT_EQ(b1->status, kBuildReady);
+  EXPECT_EQ(b1->result, R"({"user":"user"})");
+  EXPECT_EQ(b1->disk_size_mb, 4096u);
+  EXPECT_EQ(b1->finished_at_ms, 200);
+  EXPECT_EQ(b1->spec, R"({"fromImage":"ubuntu"})");
+  EXPECT_EQ(b1->started_at_ms, 100);
+
+  EXPECT_EQ(BuildIds(store_->BuildsInStatus(std::string(kBuildReady))),
+            (std::vector<std::string>{"b1"}));
+  EXPECT_EQ(BuildIds(store_->BuildsInStatus(std::string(kBuildWaiting))),
+            (std::vector<std::string>{"b2"}));
+  EXPECT_TRUE(store_->BuildsInStatus(std::string(kBuildBuilding))->empty());
+}
+
+TEST_F(StoreSuite, ATagResolvesToItsMostRecentlyAssignedBuildThatIsReady) {
+  auto team = *store_->CreateTeam("t", false);
+  auto t = Template("tpl", team.id, "web", 1);
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("old", t, kBuildReady, 100), {"latest"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("mid", t, kBuildReady, 200), {"latest"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("new", t, kBuildBuilding, 300), {"latest", "edge"}).ok());
+  EXPECT_EQ(ResolvedId(store_->ResolveTag(t.id, "latest")), "mid")
+      << "the newer build is still building";
+  EXPECT_EQ(ResolvedId(store_->ResolveTag(t.id, "edge")), "none") << "no ready build has it";
+  EXPECT_EQ(ResolvedId(store_->ResolveTag(t.id, "unknown")), "none");
+  EXPECT_EQ(ResolvedId(store_->ResolveTag("nope", "latest")), "none");
+
+  BuildUpdate ready;
+  ready.status = std::string(kBuildReady);
+  ASSERT_TRUE(*store_->TransitionBuild("new", std::string(kBuildBuilding), ready));
+  auto resolved = store_->ResolveTag(t.id, "latest");
+  ASSERT_TRUE(resolved.ok() && resolved->has_value());
+  EXPECT_EQ((*resolved)->id, "new");
+  EXPECT_EQ((*resolved)->status, kBuildReady) << "a whole build record";
+  EXPECT_EQ((*resolved)->memory_mb, 1024u);
+
+  // Assigning the tag to an older build again makes it the most recent assignment.
+  ASSERT_TRUE(store_->AssignTags(t.id, "old", {"latest"}, 400).ok());
+  EXPECT_EQ(ResolvedId(store_->ResolveTag(t.id, "latest")), "old");
+  BuildUpdate fail;
+  fail.status = std::string(kBuildError);
+  ASSERT_TRUE(*store_->TransitionBuild("old", std::string(kBuildReady), fail));
+  EXPECT_EQ(ResolvedId(store_->ResolveTag(t.id, "latest")), "new") << "failed builds are skipped";
+}
+
+TEST_F(StoreSuite, AssignsRemovesAndListsTagsOncePerTag) {
+  auto team = *store_->CreateTeam("t", false);
+  auto t = Template("tpl", team.id, "web", 1);
+  auto other = Template("tpl-other", team.id, "db", 2);
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertTemplate(other).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b1", t, kBuildReady, 100), {}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b2", t, kBuildBuilding, 200), {}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("o1", other, kBuildReady, 300), {"latest"}).ok());
+  EXPECT_TRUE(store_->ListTags(t.id)->empty());
+
+  ASSERT_TRUE(store_->AssignTags(t.id, "b1", {"latest", "v1"}, 1000).ok());
+  ASSERT_TRUE(store_->AssignTags(t.id, "b2", {"latest", "beta"}, 2000).ok());
+  EXPECT_EQ(TagLines(store_->ListTags(t.id)),
+            (std::vector<std::string>{"beta=b2@2000", "latest=b1@1000", "v1=b1@1000"}))
+      << "by tag; latest is the ready build's, beta has no ready build: its latest assignment";
+  EXPECT_EQ(TagLines(store_->ListTags(other.id)), (std::vector<std::string>{"latest=o1@300"}));
+
+  EXPECT_EQ(store_->AssignTags(t.id, "o1", {"x"}, 3000).code(), ErrorCode::kNotFound)
+      << "another template's build";
+  EXPECT_EQ(store_->AssignTags(t.id, "nope", {"x"}, 3000).code(), ErrorCode::kNotFound);
+
+  auto removed = store_->RemoveTags(t.id, {"latest", "nope", "latest"});
+  ASSERT_TRUE(removed.ok()) << removed.status().ToString();
+  EXPECT_EQ(*removed, 1) << "tags that had an assignment, each once";
+  EXPECT_EQ(TagLines(store_->ListTags(t.id)),
+            (std::vector<std::string>{"beta=b2@2000", "v1=b1@1000"}));
+  EXPECT_EQ(ResolvedId(store_->ResolveTag(t.id, "latest")), "none");
+  EXPECT_EQ(TagLines(store_->ListTags(other.id)), (std::vector<std::string>{"latest=o1@300"}))
+      << "another template's tag of the same name stays";
+  EXPECT_EQ(*store_->RemoveTags(t.id, {"beta", "v1"}), 2);
+  EXPECT_EQ(*store_->RemoveTags(t.id, {}), 0);
+  EXPECT_TRUE(store_->ListTags(t.id)->empty());
+  EXPECT_TRUE(store_->GetBuild("b1")->has_value()) << "removing tags keeps the builds";
+}
+
+TEST_F(StoreSuite, NumbersABuildsLogAcrossAppendsAndPagesIt) {
+  auto team = *store_->CreateTeam("t", false);
+  auto t = Template("tpl", team.id, "web", 1);
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b1", t, kBuildBuilding, 10), {}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b2", t, kBuildBuilding, 20), {}).ok());
+  auto entry = [](int64_t n) {
+    return BuildLogRecord{1000 + n, n % 2 == 0 ? "info" : "error", std::to_string(n),
+                          "line " + std::to_string(n)};
+  };
+  auto appended = store_->AppendBuildLogs("b1", {entry(0), entry(1), entry(2)});
+  ASSERT_TRUE(appended.ok()) << appended.ToString();
+  ASSERT_TRUE(store_->AppendBuildLogs("b1", {entry(3), entry(4)}).ok());
+  ASSERT_TRUE(store_->AppendBuildLogs("b1", {}).ok());
+  ASSERT_TRUE(store_->AppendBuildLogs("b2", {entry(7)}).ok());
+  EXPECT_EQ(store_->AppendBuildLogs("nope", {entry(0)}).code(), ErrorCode::kNotFound);
+
+  auto messages = [](const Result<std::vector<BuildLogRecord>>& logs) {
+    std::vector<std::string> out;
+    if (!logs.ok()) return std::vector<std::string>{"error: " + logs.status().ToString()};
+    for (const auto& e : logs.value()) out.push_back(e.message);
+    return out;
+  };
+  auto all = store_->BuildLogs("b1", 0, 100);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_EQ(all->size(), 5u);
+  for (int64_t n = 0; n < 5; ++n) {
+    const BuildLogRecord& e = (*all)[static_cast<size_t>(n)];
+    EXPECT_EQ(e.timestamp_ms, 1000 + n);
+    EXPECT_EQ(e.level, n % 2 == 0 ? "info" : "error");
+    EXPECT_EQ(e.step, std::to_string(n));
+    EXPECT_EQ(e.message, "line " + std::to_string(n));
+  }
+  EXPECT_EQ(messages(store_->BuildLogs("b1", 3, 100)),
+            (std::vector<std::string>{"line 3", "line 4"}))
+      << "the second append went on from 3";
+  EXPECT_EQ(messages(store_->BuildLogs("b1", 1, 2)),
+            (std::vector<std::string>{"line 1", "line 2"}));
+  EXPECT_TRUE(store_->BuildLogs("b1", 5, 100)->empty()) << "past the end";
+  EXPECT_TRUE(store_->BuildLogs("b1", 50, 10)->empty());
+  EXPECT_EQ(messages(store_->BuildLogs("b2", 0, 100)), (std::vector<std::string>{"line 7"}))
+      << "each build is numbered from 0";
+  EXPECT_TRUE(store_->BuildLogs("nope", 0, 100)->empty());
+}
+
+TEST_F(StoreSuite, CountsTemplateSpawnsAndMakesTemplatesPublic) {
+  auto team = *store_->CreateTeam("t", false);
+  ASSERT_TRUE(store_->InsertTemplate(Template("tpl", team.id, "web", 1)).ok());
+  ASSERT_TRUE(store_->RecordTemplateSpawn("tpl", 100).ok());
+  ASSERT_TRUE(store_->RecordTemplateSpawn("tpl", 300).ok());
+  auto t = *store_->GetTemplate("tpl");
+  EXPECT_EQ(t->spawn_count, 2);
+  EXPECT_EQ(t->last_spawned_at_ms, 300);
+  EXPECT_FALSE(t->is_public);
+  ASSERT_TRUE(store_->SetTemplatePublic("tpl", true).ok());
+  EXPECT_TRUE((*store_->GetTemplate("tpl"))->is_public);
+  ASSERT_TRUE(store_->SetTemplatePublic("tpl", true).ok()) << "setting it again is fine";
+  ASSERT_TRUE(store_->SetTemplatePublic("tpl", false).ok());
+  EXPECT_FALSE((*store_->GetTemplate("tpl"))->is_public);
+  EXPECT_EQ((*store_->GetTemplate("tpl"))->spawn_count, 2);
+  EXPECT_EQ(store_->RecordTemplateSpawn("nope", 1).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(store_->SetTemplatePublic("nope", true).code(), ErrorCode::kNotFound);
+}
+
+TEST_F(StoreSuite, DeletingATemplateDeletesItsBuildsTagsAndLogs) {
+  auto team = *store_->CreateTeam("t", false);
+  auto t = Template("tpl", team.id, "web", 1);
+  auto kept = Template("tpl-kept", team.id, "db", 2);
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertTemplate(kept).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b1", t, kBuildReady, 10), {"latest"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b2", t, kBuildBuilding, 20), {"v2"}).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("k1", kept, kBuildBuilding, 30), {"latest"}).ok());
+  BuildLogRecord line{5, "info", "1", "hello"};
+  ASSERT_TRUE(store_->AppendBuildLogs("b1", {line, line}).ok());
+  ASSERT_TRUE(store_->AppendBuildLogs("k1", {line}).ok());
+
+  auto deleted = store_->DeleteTemplate(t.id);
+  ASSERT_TRUE(deleted.ok()) << deleted.ToString();
+  EXPECT_FALSE(store_->GetTemplate(t.id)->has_value());
+  EXPECT_FALSE(store_->TemplateByAlias(team.id, "web")->has_value());
+  EXPECT_FALSE(store_->GetBuild("b1")->has_value());
+  EXPECT_FALSE(store_->GetBuild("b2")->has_value());
+  EXPECT_TRUE(store_->ListBuilds(t.id)->empty());
+  EXPECT_TRUE(store_->ListTags(t.id)->empty());
+  EXPECT_TRUE(store_->BuildLogs("b1", 0, 100)->empty());
+  EXPECT_EQ(BuildIds(store_->BuildsInStatus(std::string(kBuildBuilding))),
+            (std::vector<std::string>{"k1"}));
+  EXPECT_EQ(store_->DeleteTemplate(t.id).code(), ErrorCode::kNotFound) << "deleted once";
+  EXPECT_EQ(store_->DeleteTemplate("nope").code(), ErrorCode::kNotFound);
+
+  // Nothing of it is left behind: the alias, the ids and a log numbered from 0 are free again.
+  ASSERT_TRUE(store_->InsertTemplate(t).ok());
+  ASSERT_TRUE(store_->InsertBuild(Build("b1", t, kBuildWaiting, 40), {}).ok());
+  EXPECT_TRUE(store_->ListTags(t.id)->empty());
+  ASSERT_TRUE(store_->AppendBuildLogs("b1", {BuildLogRecord{6, "info", "", "again"}}).ok());
+  auto logs = store_->BuildLogs("b1", 0, 100);
+  ASSERT_TRUE(logs.ok());
+  ASSERT_EQ(logs->size(), 1u);
+  EXPECT_EQ((*logs)[0].message, "again");
+
+  // The other template keeps all of its own.
+  EXPECT_TRUE(store_->GetTemplate(kept.id)->has_value());
+  EXPECT_EQ(TagLines(store_->ListTags(kept.id)), (std::vector<std::string>{"latest=k1@30"}));
+  EXPECT_EQ(store_->BuildLogs("k1", 0, 100)->size(), 1u);
 }
 
 }  // namespace
