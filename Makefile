@@ -60,6 +60,7 @@ bench: build guest
 	$(BUILD)/bin/mapped_ram_bench --guest-dir $(GUEST) --json $(BUILD)/bench/mapped_ram.json
 	$(BUILD)/bin/net_bench --guest-dir $(GUEST) --json $(BUILD)/bench/net.json
 	$(BUILD)/bin/api_bench --guest-dir $(GUEST) --json $(BUILD)/bench/api.json
+	$(BUILD)/bin/template_bench --guest-dir $(GUEST) --json $(BUILD)/bench/template.json
 	bench/fleet_bench.sh $(BUILD) $(BUILD)/bench/fleet.json
 
 # The fuzz targets (tests/fuzz, docs/security.md "Fuzzing"), one after the other: the channel

@@ -103,61 +103,129 @@ void Agent::StopWarmPool() {
   for (auto& w : all) w.sandbox->Kill();
 }
 
+void Agent::NoteDemand(const std::string& template_name) {
+  if (config_.warm_sandboxes == 0 || template_name == config_.base.name) return;
+  {
+    std::lock_guard lock(warm_mu_);
+    auto& d = demand_[template_name];
+    d.push_back(std::chrono::steady_clock::now());
+    while (d.size() > 64) d.pop_front();
+    warm_kick_ = true;
+  }
+  warm_cv_.notify_all();
+}
+
+std::vector<Agent::WarmTarget> Agent::WarmTargets() {
+  std::vector<WarmTarget> out;
+  auto base = templates_->Ensure(config_.base);
+  if (base.ok()) {
+    out.push_back({config_.base.name, *base, config_.warm_sandboxes, config_.base.memory_mib});
+  } else {
+    LogWarn("agent.warm_base_unavailable", {{"error", base.status().ToString()}});
+  }
+  std::map<std::string, size_t> recent;
+  {
+    std::lock_guard lock(warm_mu_);
+    auto horizon = std::chrono::steady_clock::now() - config_.warm_demand_window;
+    for (auto it = demand_.begin(); it != demand_.end();) {
+      while (!it->second.empty() && it->second.front() < horizon) it->second.pop_front();
+      if (it->second.empty()) {
+        it = demand_.erase(it);
+      } else {
+        recent[it->first] = it->second.size();
+        ++it;
+      }
+    }
+  }
+  // The busiest templates first.
+  std::vector<std::pair<std::string, size_t>> busy(recent.begin(), recent.end());
+  std::sort(busy.begin(), busy.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
+  for (const auto& [name, count] : busy) {
+    auto spec = TemplateOf(name);
+    if (!spec.ok()) continue;  // deleted meanwhile
+    auto dir = templates_->Ensure(*spec);
+    if (!dir.ok()) continue;
+    out.push_back({name, *dir, std::min(count, config_.warm_sandboxes), spec->memory_mib});
+  }
+  // Within the memory budget, in this order.
+  uint64_t budget = config_.warm_memory_budget_mib;
+  for (auto& t : out) {
+    size_t fits = t.memory_mib == 0 ? t.want : static_cast<size_t>(budget / t.memory_mib);
+    t.want = std::min(t.want, fits);
+    budget -= std::min<uint64_t>(budget, t.want * t.memory_mib);
+  }
+  return out;
+}
+
 void Agent::WarmLoop() {
   auto backoff = std::chrono::milliseconds(0);
   for (;;) {
     {
       std::unique_lock lock(warm_mu_);
-      warm_cv_.wait_for(lock, std::max(backoff, std::chrono::milliseconds(1000)), [&] {
-        return warm_stopping_ || (backoff.count() == 0 && warm_.size() < config_.warm_sandboxes);
-      });
+      // Woken by a claim, a new demand or a clone just made; else once a second (demand
+      // expires) or after the backoff.
+      warm_cv_.wait_for(lock, std::max(backoff, std::chrono::milliseconds(1000)),
+                        [&] { return warm_stopping_ || (warm_kick_ && backoff.count() == 0); });
       if (warm_stopping_) return;
+      warm_kick_ = false;
     }
-    // Drop clones that died or belong to a template build no longer current.
-    auto dir = templates_->Ensure(config_.base);
+    std::vector<WarmTarget> targets = WarmTargets();
+    // Drop clones that died, belong to a build no longer current, or exceed their template's
+    // share; then fill the first template short of its share.
     std::vector<std::unique_ptr<Sandbox>> stale;
-    size_t have;
+    const WarmTarget* fill = nullptr;
     {
       std::lock_guard lock(warm_mu_);
+      std::map<std::string, size_t> have;
       for (auto it = warm_.begin(); it != warm_.end();) {
-        if (!dir.ok() || it->template_dir != *dir || it->sandbox->VmmExited()) {
+        auto t = std::find_if(targets.begin(), targets.end(),
+                              [&](const WarmTarget& x) { return x.dir == it->template_dir; });
+        if (t == targets.end() || have[t->dir] >= t->want || it->sandbox->VmmExited()) {
           stale.push_back(std::move(it->sandbox));
           it = warm_.erase(it);
         } else {
+          ++have[t->dir];
           ++it;
         }
       }
-      have = warm_.size();
+      for (const auto& t : targets) {
+        if (have[t.dir] < t.want) {
+          fill = &t;
+          break;
+        }
+      }
     }
     for (auto& sb : stale) sb->Kill();
-    if (have >= config_.warm_sandboxes) {
+    if (fill == nullptr) {
       backoff = std::chrono::milliseconds(0);
       continue;
     }
-    Status s = dir.status();
+    auto m = ReadManifest(fill->dir);
+    Status s = m.status();
     if (s.ok()) {
-      auto m = ReadManifest(*dir);
-      s = m.status();
+      auto sb = Sandbox::Restore(env_, fill->dir, *m, NewSandboxId(), {}, std::nullopt,
+                                 /*pooled=*/true);
+      s = sb.status();
+      if (s.ok()) s = (*sb)->WarmUp();
       if (s.ok()) {
-        auto sb = Sandbox::Restore(env_, *dir, *m, NewSandboxId(), {}, std::nullopt,
-                                   /*pooled=*/true);
-        s = sb.status();
-        if (s.ok()) s = (*sb)->WarmUp();
-        if (s.ok()) {
-          std::lock_guard lock(warm_mu_);
-          warm_.push_back({*dir, std::move(*sb)});
-        } else if (sb.ok()) {
-          (*sb)->Kill();
-        }
+        std::lock_guard lock(warm_mu_);
+        warm_.push_back({fill->dir, std::move(*sb), fill->name, fill->memory_mib});
+      } else if (sb.ok()) {
+        (*sb)->Kill();
       }
     }
     if (s.ok()) {
       backoff = std::chrono::milliseconds(0);
+      // Straight on to the next clone.
+      std::lock_guard lock(warm_mu_);
+      warm_kick_ = true;
     } else {
       // A failing restore (disk full, template broken) must not spin: 1 s, doubling to 30 s.
       backoff = std::min<std::chrono::milliseconds>(
           std::max(backoff * 2, std::chrono::milliseconds(1000)), std::chrono::seconds(30));
-      LogWarn("agent.warm_fill_failed", {{"error", s.ToString()}, {"retry_ms", backoff.count()}});
+      LogWarn("agent.warm_fill_failed",
+              {{"template", fill->name}, {"error", s.ToString()}, {"retry_ms", backoff.count()}});
     }
   }
 }
@@ -165,6 +233,13 @@ void Agent::WarmLoop() {
 size_t Agent::warm_ready() {
   std::lock_guard lock(warm_mu_);
   return warm_.size();
+}
+
+size_t Agent::warm_ready(const std::string& template_name) {
+  std::lock_guard lock(warm_mu_);
+  return static_cast<size_t>(std::count_if(warm_.begin(), warm_.end(), [&](const WarmClone& w) {
+    return w.template_name == template_name;
+  }));
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::ClaimWarm(const std::string& template_dir,
@@ -180,6 +255,7 @@ Result<std::shared_ptr<Sandbox>> Agent::ClaimWarm(const std::string& template_di
       if (it == warm_.end()) return std::shared_ptr<Sandbox>();
       sb = std::move(it->sandbox);
       warm_.erase(it);
+      warm_kick_ = true;
     }
     warm_cv_.notify_all();  // refill
     Status claimed = sb->Claim(id, identity, egress);
@@ -500,7 +576,9 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
       return NotFound("template \"" + template_name + "\" not found");
     }
   }
-  if (template_name == config_.base.name && config_.warm_sandboxes > 0) {
+  NoteDemand(template_name);
+  if ((template_name == config_.base.name || IsBuildId(template_name)) &&
+      config_.warm_sandboxes > 0) {
     MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> warm,
                           ClaimWarm(dir, req.id, req.identity, req.egress));
     if (warm) return warm;
@@ -511,8 +589,10 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
 
 Result<TemplateBuildResult> Agent::BuildTemplate(const TemplateBuildSpec& spec,
                                                  const BuildLogFn& log, BuildFailure* failure) {
-  return agent::BuildTemplate(env_, *templates_, config_.base, config_.data_dir + "/templates",
-                              spec, log, failure);
+  TemplateBuildSpec s = spec;
+  s.insecure_registries = config_.insecure_registries;
+  return agent::BuildTemplate(env_, *templates_, config_.base, config_.data_dir + "/templates", s,
+                              log, failure);
 }
 
 Result<TemplateSpec> Agent::TemplateOf(const std::string& build_id) {
@@ -533,6 +613,7 @@ Status Agent::DeleteTemplateBuild(const std::string& build_id) {
   std::vector<std::unique_ptr<Sandbox>> stale;
   {
     std::lock_guard lock(warm_mu_);
+    demand_.erase(build_id);
     for (auto it = warm_.begin(); it != warm_.end();) {
       if (it->template_dir.rfind(bakes + "/", 0) == 0) {
         stale.push_back(std::move(it->sandbox));

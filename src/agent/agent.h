@@ -49,6 +49,15 @@ struct AgentConfig {
   // restoring on the request's path; the pool refills in the background. 0: none (every
   // create restores).
   size_t warm_sandboxes = 0;
+  // Custom templates in use get warm clones too: as many as were created from the template in
+  // the last warm_demand_window (at most warm_sandboxes; none once it goes unused that long),
+  // while all warm clones together stay within this much guest memory (the base template's
+  // come first).
+  uint64_t warm_memory_budget_mib = 4096;
+  // Registries on this host's own network (loopback, link-local) that template builds may pull
+  // images from: "host" (any port) or "host:port". None by default.
+  std::vector<std::string> insecure_registries;
+  std::chrono::seconds warm_demand_window{300};
   // Pause, named snapshots and fork write memory-file snapshots: the RAM split out of the
   // migration stream into a file that restores map (nothing loaded; fork children share its
   // pages). False: one full migration stream each, whose RAM every restore loads — the format
@@ -108,8 +117,10 @@ class Agent {
   bool networking() const { return slot_pool_ != nullptr; }
   // The ready-slot pool, null without networking (benchmarks wait for it to fill).
   net::SlotPool* slot_pool() { return slot_pool_.get(); }
-  // Warm clones ready to be claimed (benchmarks and tests wait for the pool to fill).
+  // Warm clones ready to be claimed (benchmarks and tests wait for the pool to fill); of one
+  // template (its name: "base" or a build id).
   size_t warm_ready();
+  size_t warm_ready(const std::string& template_name);
 
   // Pause persists RAM, device state and disk under DATA_DIR/snapshots/<id>/ and frees the VM;
   // the sandbox keeps its id. Resume restores it (same id, same identity). Without
@@ -204,11 +215,25 @@ class Agent {
   struct WarmClone {
     std::string template_dir;  // the template build it was restored from
     std::unique_ptr<Sandbox> sandbox;
+    std::string template_name;
+    uint64_t memory_mib = 0;
   };
+  // What the pool should hold now: per template, its snapshot dir and how many clones.
+  struct WarmTarget {
+    std::string name;
+    std::string dir;
+    size_t want = 0;
+    uint64_t memory_mib = 0;
+  };
+  std::vector<WarmTarget> WarmTargets();
+  // A create from `template_name` (the pool of a custom template follows its demand).
+  void NoteDemand(const std::string& template_name);
+  std::map<std::string, std::deque<std::chrono::steady_clock::time_point>> demand_;  // warm_mu_
   std::mutex warm_mu_;
   std::condition_variable warm_cv_;
   std::deque<WarmClone> warm_;
   bool warm_stopping_ = false;
+  bool warm_kick_ = true;  // the filler has work to look at now
   std::thread warm_filler_;
 
   std::mutex monitor_mu_;

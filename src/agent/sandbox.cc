@@ -369,8 +369,10 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
 }
 
 Status Sandbox::WarmUp() {
+  // Along the path the SDK's first command takes: a login bash (profile scripts included) as
+  // the default user, forking and exec'ing a program.
   channel::ExecRequest req;
-  req.argv = {"true"};
+  req.cmd = "true";
   req.timeout_ms = 30000;
   auto r = guest_->Run(req, Clock::now() + std::chrono::seconds(35));
   if (!r.ok()) return r.status().Annotate("warming up pooled sandbox " + id_);

@@ -119,8 +119,9 @@ class Sandbox {
       const std::string& id, const GuestIdentity& identity,
       const std::optional<net::EgressPolicy>& egress = std::nullopt, bool pooled = false);
 
-  // A pooled clone: runs `true` once, so that this VMM's TCG has translated the guest's exec
-  // path (fork, exec, the loader) before a user's first command needs it.
+  // A pooled clone: runs `/bin/bash -l -c true` once as the default user (the SDK's first
+  // command's path), so that this VMM's TCG has translated the guest's exec path (the login
+  // shell, fork, exec, the loader) before a user's first command needs it.
   Status WarmUp();
   // Makes a pooled clone a sandbox: checks that it still runs, applies `egress` when it is not
   // what the slot has, gives the guest its identity (clock, fresh entropy, env, user,

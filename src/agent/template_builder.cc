@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "agent/disk.h"
+#include "agent/external_tool.h"
 #include "agent/guest_rootfs.h"
 #include "agent/oci_image.h"
 #include "agent/sandbox.h"
@@ -146,6 +147,23 @@ fi
 )sh";
 
 }  // namespace
+
+std::string RegistryHostName(const std::string& registry) {
+  if (!registry.empty() && registry.front() == '[')
+    return registry.substr(0, registry.find(']') + 1);
+  return registry.substr(0, registry.find(':'));
+}
+
+bool IsHostLocalRegistry(const std::string& registry) {
+  std::string host = RegistryHostName(registry);
+  for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (host == "localhost" || host.ends_with(".localhost") || host == "0.0.0.0" || host == "[::]" ||
+      host == "[::1]" || host.rfind("127.", 0) == 0 || host.rfind("169.254.", 0) == 0 ||
+      host.rfind("[fe80:", 0) == 0 || host.rfind("[::ffff:127.", 0) == 0) {
+    return true;
+  }
+  return false;
+}
 
 json BuildContext::ToJson() const {
   json e = json::array();
@@ -381,6 +399,22 @@ Status Builder::ResolveBase() {
 Status Builder::PrepareImage() {
   const std::string& image = spec_.from_image;
   if (image.empty()) return InvalidArgument("a build needs a base: fromTemplate or fromImage");
+  // skopeo runs on the host: a registry on the host itself (loopback) or on its link-local
+  // network (a cloud's metadata service) is reached only where the operator allowed it.
+  MOAT_ASSIGN_OR_RETURN(ImageReference ref, ParseImageReference(image));
+  if (IsHostLocalRegistry(ref.registry)) {
+    std::string host = RegistryHostName(ref.registry);
+    bool allowed =
+        std::any_of(spec_.insecure_registries.begin(), spec_.insecure_registries.end(),
+                    [&](const std::string& r) { return r == ref.registry || r == host; });
+    if (!allowed) {
+      return Status(ErrorCode::kPermissionDenied,
+                    "registry " + ref.registry +
+                        " is on this host's own network (loopback or link-local); moatd pulls "
+                        "from it only when started with --insecure-registry " +
+                        host);
+    }
+  }
   std::string images = dir_ + "/images";
   MOAT_RETURN_IF_ERROR(MakeDirs(images, 0711));
   MOAT_ASSIGN_OR_RETURN(std::string work, MakeTempDir(images, ".pull-"));
@@ -391,6 +425,8 @@ Status Builder::PrepareImage() {
     pull.auth = RegistryAuth{spec_.registry->username, spec_.registry->password};
   }
   pull.work_dir = work + "/pull";
+  // PullOciImage needs its scratch dir to exist, private to root (the auth file goes there).
+  MOAT_RETURN_IF_ERROR(MakeDirs(pull.work_dir, 0700));
   pull.progress = [this](const std::string& line) { Log("info", "base", line); };
   Log("info", "base", "Pulling image " + image);
   std::string rootfs = work + "/rootfs";
@@ -650,10 +686,22 @@ Status Builder::SaveLayer(const std::string& key) {
 }
 
 Status Builder::Flatten(const std::string& top, const std::string& out) {
-  if (top.empty()) return CopyFile(base_raw_, out);
-  auto r = RunTool({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", top, out},
-                   std::chrono::minutes(30));
-  return r.status().Annotate("flattening the template's disk");
+  if (top.empty()) {
+    MOAT_RETURN_IF_ERROR(CopyFile(base_raw_, out));
+  } else {
+    auto r = RunTool({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", top, out},
+                     std::chrono::minutes(30));
+    MOAT_RETURN_IF_ERROR(r.status().Annotate("flattening the template's disk"));
+  }
+  // The copy of a mounted filesystem: its journal is replayed now, before anything edits the
+  // image offline (debugfs would otherwise allocate what the journal still holds). e2fsck exits
+  // 1 when it fixed something, which is expected here.
+  MOAT_ASSIGN_OR_RETURN(ToolOutput fsck, RunExternalTool({.argv = {"e2fsck", "-fy", out}}));
+  int st = fsck.wait_status;
+  if (!WIFEXITED(st) || WEXITSTATUS(st) > 1) {
+    return Internal("e2fsck of the template's disk: " + fsck.Describe());
+  }
+  return Status::Ok();
 }
 
 Status Builder::Grow(const std::string& image, uint64_t* disk_mib) {
@@ -662,17 +710,6 @@ Status Builder::Grow(const std::string& image, uint64_t* disk_mib) {
   uint64_t size = static_cast<uint64_t>(st.st_size);
   *disk_mib = size >> 20;
   if (spec_.min_free_disk_mib == 0) return Status::Ok();
-  // The copy of a mounted filesystem: its journal is replayed first (e2fsck exits 1 when it
-  // fixed something, which is expected here).
-  auto fsck =
-      ChildProcess::Spawn({.argv = {"e2fsck", "-fy", image},
-                           .env = std::vector<std::string>{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-                           .fds = {}});
-  if (!fsck.ok()) return fsck.status().Annotate("e2fsck");
-  MOAT_ASSIGN_OR_RETURN(int fst, fsck->Wait(std::chrono::minutes(10)));
-  if (!WIFEXITED(fst) || WEXITSTATUS(fst) > 1) {
-    return Internal("e2fsck of the template's disk " + DescribeWaitStatus(fst));
-  }
   MOAT_ASSIGN_OR_RETURN(std::string info, RunTool({"dumpe2fs", "-h", image}));
   auto field = [&](const std::string& name) -> uint64_t {
     size_t at = info.find("\n" + name + ":");
@@ -749,7 +786,9 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
     // empty /tmp only: a template whose build left files there keeps them on disk).
     {
       channel::ExecRequest req;
-      req.argv = {"/bin/sh", "-c", "if mountpoint -q /tmp 2>/dev/null || grep -q ' /tmp tmpfs' /proc/mounts; then umount /tmp; fi"};
+      req.argv = {"/bin/sh", "-c",
+                  "if mountpoint -q /tmp 2>/dev/null || grep -q ' /tmp tmpfs' /proc/mounts; then "
+                  "umount /tmp; fi"};
       req.user = "root";
       req.cwd = "/";
       if (Status s = Exec("base", std::move(req), "preparing the builder", true); !s.ok()) {

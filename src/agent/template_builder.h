@@ -67,6 +67,9 @@ struct TemplateBuildSpec {
   std::map<std::string, std::string> files;
   std::chrono::seconds ready_timeout{600};
   std::chrono::seconds step_timeout{3600};
+  // Registries on this host's own network that builds may pull from ("127.0.0.1" any port, or
+  // "127.0.0.1:5000"): the operator's --insecure-registry.
+  std::vector<std::string> insecure_registries;
 };
 
 // The parts of a build's artifact a sandbox and a child template need (build.json).
@@ -100,6 +103,12 @@ struct BuildFailure {
 std::string CustomTemplateDir(const std::string& templates_dir, const std::string& build_id);
 // "[a-f0-9-]{36}": a build id (and so a custom template's name on a host).
 bool IsBuildId(const std::string& s);
+
+// A registry's host without its port ("[::1]" keeps its brackets).
+std::string RegistryHostName(const std::string& registry);
+// Is the registry on this host (loopback) or its link-local network (169.254.0.0/16, fe80::/10:
+// a cloud's metadata service)? Builds pull from those only where allowed.
+bool IsHostLocalRegistry(const std::string& registry);
 
 // The cache key of a step after `parent` (hex SHA-256).
 std::string StepKey(const std::string& parent, const TemplateStep& step);

@@ -83,6 +83,7 @@ struct HostPortEndpoint {
 struct HostTemplateBuild {
   std::string build_id;
   std::string template_id;
+  std::string team_id;  // whose uploads `files` are
   nlohmann::json start;
   uint32_t vcpus = 0;
   uint32_t memory_mib = 0;

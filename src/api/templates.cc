@@ -128,14 +128,17 @@ Result<TemplateName> ParseTemplateName(std::string_view raw) {
     out.ns = name.substr(0, slash);
     name = name.substr(slash + 1);
     if (!AliasChars(out.ns)) {
-      return InvalidArgument("invalid template namespace \"" + out.ns + "\": use a-z, 0-9, - and _");
+      return InvalidArgument("invalid template namespace \"" + out.ns +
+                             "\": use a-z, 0-9, - and _");
     }
   }
   size_t colon = name.find(':');
   if (colon != std::string::npos) {
     out.tag = name.substr(colon + 1);
     name = name.substr(0, colon);
-    if (!TagChars(out.tag) || IsUuid(out.tag)) {
+    // A UUID is no tag, but resolution takes one as a build id (E2B-TEMPLATES §5): Register
+    // refuses it.
+    if (!TagChars(out.tag)) {
       return InvalidArgument("invalid tag \"" + out.tag + "\": use a-z, 0-9, -, _ and .");
     }
     if (out.tag == "default") out.tag.clear();
@@ -155,9 +158,10 @@ TemplateService::TemplateService(store::Store& store, HostDirectory& hosts, Temp
       for (const auto& b : *stuck) {
         store::BuildUpdate u;
         u.status = std::string(store::kBuildError);
-        u.reason = json{{"message", "the build was interrupted: moatd stopped while it ran"},
-                        {"step", "base"}}
-                       .dump();
+        u.reason = json{
+            {"message", "the build was interrupted: moatd stopped while it ran"},
+            {"step",
+             "base"}}.dump();
         u.finished_at_ms = NowMs();
         (void)store_.TransitionBuild(b.id, std::string(store::kBuildBuilding), u);
       }
@@ -208,6 +212,9 @@ Result<json> TemplateService::Register(const store::TeamRecord& team, const json
     raw_name = *a;
   }
   MOAT_ASSIGN_OR_RETURN(TemplateName name, ParseTemplateName(raw_name));
+  if (IsUuid(name.tag)) {
+    return InvalidArgument("invalid tag \"" + name.tag + "\": a tag must not be a UUID");
+  }
   if (!name.ns.empty() && name.ns != Lower(team.name) && name.ns != team.id) {
     return InvalidArgument("namespace \"" + name.ns + "\" is not your team's");
   }
@@ -266,13 +273,10 @@ Result<json> TemplateService::Register(const store::TeamRecord& team, const json
                                    .min_free_disk_mb = static_cast<uint32_t>(disk),
                                    .created_at_ms = now};
   MOAT_RETURN_IF_ERROR(store_.InsertBuild(build, tags));
-  LogInfo("api.template_build_registered", {{"template", tmpl.id},
-                                           {"alias", tmpl.alias},
-                                           {"build", build.id},
-                                           {"team", team.id}});
-  return json{{"templateID", tmpl.id},    {"buildID", build.id},
-              {"names", {tmpl.alias}},    {"aliases", {tmpl.alias}},
-              {"tags", tags},             {"public", tmpl.is_public}};
+  LogInfo("api.template_build_registered",
+          {{"template", tmpl.id}, {"alias", tmpl.alias}, {"build", build.id}, {"team", team.id}});
+  return json{{"templateID", tmpl.id},   {"buildID", build.id}, {"names", {tmpl.alias}},
+              {"aliases", {tmpl.alias}}, {"tags", tags},        {"public", tmpl.is_public}};
 }
 
 Result<json> TemplateService::FileUpload(const store::TeamRecord& team,
@@ -282,7 +286,7 @@ Result<json> TemplateService::FileUpload(const store::TeamRecord& team,
     return InvalidArgument("Invalid files hash");
   }
   MOAT_RETURN_IF_ERROR(Owned(team, template_id).status());
-  bool present = PathExists(UploadPath(team.id, hash));
+  MOAT_ASSIGN_OR_RETURN(bool present, store_.HasTemplateFile(team.id, hash));
   int64_t expires = NowMs() / 1000 + options_.upload_url_ttl.count();
   std::string message = team.id + "\n" + hash + "\n" + std::to_string(expires);
   std::string url = base_url + "/template-files/upload?team=" + team.id + "&hash=" + hash +
@@ -341,6 +345,8 @@ Status TemplateService::AcceptUpload(const UploadTarget& target, http::Request& 
   }
   // Refused here rather than at build time: not a tar, a path out of its directory, a device.
   MOAT_RETURN_IF_ERROR(CheckTarArchive(tmp, "", uint64_t{4} << 30));
+  // Into the store (every replica serves it to any host), and kept here as a cache.
+  MOAT_RETURN_IF_ERROR(store_.PutTemplateFile(target.team_id, target.hash, tmp));
   std::string final_path = UploadPath(target.team_id, target.hash);
   if (::rename(tmp.c_str(), final_path.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
   remove_tmp.Cancel();
@@ -356,7 +362,8 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
   if (!build || build->template_id != tmpl.id) {
     return NotFound("build '" + build_id + "' of template '" + template_id + "' not found");
   }
-  std::string from_image = body.value("fromImage", json()).is_string() ? body["fromImage"].get<std::string>() : "";
+  std::string from_image =
+      body.value("fromImage", json()).is_string() ? body["fromImage"].get<std::string>() : "";
   std::string from_template =
       body.value("fromTemplate", json()).is_string() ? body["fromTemplate"].get<std::string>() : "";
   if (from_image.empty() == from_template.empty()) {
@@ -385,6 +392,10 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
       return InvalidArgument(std::string("field \"") + k + "\" must be a string");
     }
   }
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return Unavailable("moatd is stopping");
+  }
   store::BuildUpdate u;
   u.status = std::string(store::kBuildBuilding);
   u.spec = body.dump();
@@ -396,7 +407,12 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
   build->spec = *u.spec;
   build->started_at_ms = *u.started_at_ms;
   std::lock_guard lock(mu_);
-  if (stopping_) return Unavailable("moatd is stopping");
+  if (stopping_) {
+    // Stopping since the check above: the build is failed here rather than left `building`.
+    Finish(*build, Unavailable("moatd stopped before the build could start"), "base", std::nullopt,
+           "");
+    return Unavailable("moatd is stopping");
+  }
   for (auto& t : finished_) t.join();
   finished_.clear();
   threads_.emplace(build_id, std::thread([this, team, tmpl, b = *build, body] {
@@ -415,21 +431,39 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
     if (!l) l = std::make_shared<std::mutex>();
     tmpl_lock = l;
   }
-  std::vector<store::BuildLogRecord> pending;
-  auto last_flush = std::chrono::steady_clock::now();
-  auto flush = [&] {
+  // The log reaches the store in batches, each line within 150 ms of its arrival, also when a
+  // long silent step follows it (the status polls show it while the step runs).
+  std::mutex log_mu;
+  std::condition_variable log_cv;
+  bool log_done = false;
+  std::vector<store::BuildLogRecord> pending;  // guarded by log_mu
+  auto flush_locked = [&] {
     if (pending.empty()) return;
     Status s = store_.AppendBuildLogs(build.id, pending);
     if (!s.ok()) LogWarn("api.build_log_failed", {{"build", build.id}, {"error", s.ToString()}});
     pending.clear();
-    last_flush = std::chrono::steady_clock::now();
   };
   auto log = [&](const HostBuildLog& l) {
+    std::lock_guard lock(log_mu);
     pending.push_back({l.unix_ms, l.level, l.step, l.message});
-    if (pending.size() >= 200 ||
-        std::chrono::steady_clock::now() - last_flush > std::chrono::milliseconds(150)) {
-      flush();
+    if (pending.size() >= 200) flush_locked();
+  };
+  std::thread flusher([&] {
+    std::unique_lock lock(log_mu);
+    for (;;) {
+      bool done = log_cv.wait_for(lock, std::chrono::milliseconds(150), [&] { return log_done; });
+      flush_locked();
+      if (done) return;
     }
+  });
+  // The rest of the log into the store, and the flusher stopped.
+  auto finish_log = [&] {
+    {
+      std::lock_guard lock(log_mu);
+      log_done = true;
+    }
+    log_cv.notify_all();
+    flusher.join();
   };
   std::string step = "base";
   std::string host_id;
@@ -439,6 +473,7 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
     log({NowMs(), "info", "base", "Build " + build.id + " of template " + tmpl.alias + " started"});
     HostTemplateBuild hb{.build_id = build.id,
                          .template_id = tmpl.id,
+                         .team_id = team.id,
                          .start = body,
                          .vcpus = build.cpu_count,
                          .memory_mib = build.memory_mb,
@@ -461,7 +496,8 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
     int n = 0;
     for (const auto& s : hb.start.value("steps", json::array())) {
       ++n;
-      std::string hash = s.value("filesHash", json()).is_string() ? s["filesHash"].get<std::string>() : "";
+      std::string hash =
+          s.value("filesHash", json()).is_string() ? s["filesHash"].get<std::string>() : "";
       if (hash.empty()) continue;
       if (hash.size() != 64 || hash.find_first_not_of("0123456789abcdef") != std::string::npos) {
         step = std::to_string(n);
@@ -469,20 +505,51 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
       }
       std::string path = UploadPath(team.id, hash);
       if (!PathExists(path)) {
-        step = std::to_string(n);
-        return NotFound("step " + step + ": the files of this COPY (hash " + hash +
-                        ") were never uploaded");
+        // Uploaded through another replica: from the store into this one's cache.
+        Status fetched = [&]() -> Status {
+          MOAT_RETURN_IF_ERROR(MakeDirs(options_.uploads_dir + "/" + team.id, 0700));
+          return store_.ReadTemplateFile(team.id, hash, path);
+        }();
+        if (!fetched.ok()) {
+          step = std::to_string(n);
+          if (fetched.code() == ErrorCode::kNotFound) {
+            return NotFound("step " + step + ": the files of this COPY (hash " + hash +
+                            ") were never uploaded");
+          }
+          return fetched.Annotate("step " + step + ": reading the uploaded files");
+        }
       }
       hb.files[hash] = path;
     }
     Reservation need{build.cpu_count, build.memory_mb, false};
-    Result<Placement> placed = required_host.empty()
-                                   ? hosts_.Place(need)
-                                   : [&]() -> Result<Placement> {
-      MOAT_RETURN_IF_ERROR(hosts_.Reserve(required_host, need));
-      MOAT_ASSIGN_OR_RETURN(HostAgent * h, hosts_.Host(required_host));
-      return Placement{required_host, h};
-    }();
+    auto place_on = [&](const std::string& host) -> Result<Placement> {
+      MOAT_RETURN_IF_ERROR(hosts_.Reserve(host, need));
+      auto h = hosts_.Host(host);
+      if (!h.ok()) {
+        hosts_.Release(host, need);
+        return h.status();
+      }
+      return Placement{host, *h};
+    };
+    Result<Placement> placed = Unavailable("no host");
+    if (!required_host.empty()) {
+      placed = place_on(required_host);
+    } else {
+      // Layers are cached per host: a rebuild goes where the template was last built, if it
+      // can, and anywhere else if not.
+      std::string last_host;
+      auto earlier = store_.ListBuilds(tmpl.id);
+      if (earlier.ok()) {
+        for (const auto& b : *earlier) {
+          if (b.id != build.id && !b.host_id.empty()) {
+            last_host = b.host_id;
+            break;
+          }
+        }
+      }
+      if (!last_host.empty()) placed = place_on(last_host);
+      if (!placed.ok()) placed = hosts_.Place(need);
+    }
     if (!placed.ok()) return placed.status().Annotate("placing the build");
     host_id = placed->host_id;
     Cleanup release([&] { hosts_.Release(placed->host_id, need); });
@@ -496,9 +563,14 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
   } else {
     log({NowMs(), "info", "finalize", "Build " + build.id + " is ready"});
   }
-  flush();
+  finish_log();
   Finish(build, result, step, built, host_id);
   std::lock_guard lock(mu_);
+  tmpl_lock.reset();
+  if (auto l = template_locks_.find(tmpl.id);
+      l != template_locks_.end() && l->second.use_count() == 1) {
+    template_locks_.erase(l);  // no other build of it waits
+  }
   auto it = threads_.find(build.id);
   if (it != threads_.end()) {
     finished_.push_back(std::move(it->second));
@@ -508,8 +580,7 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
 }
 
 void TemplateService::Finish(const store::TemplateBuildRecord& build, const Status& s,
-                             const std::string& step,
-                             const std::optional<HostTemplateBuilt>& built,
+                             const std::string& step, const std::optional<HostTemplateBuilt>& built,
                              const std::string& host_id) {
   store::BuildUpdate u;
   u.finished_at_ms = NowMs();
@@ -524,13 +595,14 @@ void TemplateService::Finish(const store::TemplateBuildRecord& build, const Stat
   }
   auto moved = store_.TransitionBuild(build.id, std::string(store::kBuildBuilding), u);
   if (!moved.ok() || !*moved) {
-    LogWarn("api.build_finish_lost",
-            {{"build", build.id}, {"error", moved.ok() ? "not building" : moved.status().ToString()}});
+    LogWarn(
+        "api.build_finish_lost",
+        {{"build", build.id}, {"error", moved.ok() ? "not building" : moved.status().ToString()}});
   }
   LogInfo("api.template_build_finished", {{"build", build.id},
-                                         {"template", build.template_id},
-                                         {"status", u.status},
-                                         {"error", s.ok() ? "" : s.message()}});
+                                          {"template", build.template_id},
+                                          {"status", u.status},
+                                          {"error", s.ok() ? "" : s.message()}});
 }
 
 Result<json> TemplateService::BuildStatus(const store::TeamRecord& team,
@@ -623,14 +695,16 @@ Result<json> TemplateService::Alias(const store::TeamRecord& team, const std::st
     MOAT_ASSIGN_OR_RETURN(auto tags, store_.ListTags(tmpl->id));
     bool found = std::any_of(tags.begin(), tags.end(),
                              [&](const store::TemplateTagRecord& t) { return t.tag == name.tag; });
-    if (!found) return NotFound("tag '" + name.tag + "' of template '" + name.alias + "' not found");
+    if (!found)
+      return NotFound("tag '" + name.tag + "' of template '" + name.alias + "' not found");
   }
   return json{{"templateID", tmpl->id}, {"public", tmpl->is_public}};
 }
 
 namespace {
 
-json TemplateJson(const store::TemplateRecord& t, const std::vector<store::TemplateBuildRecord>& builds) {
+json TemplateJson(const store::TemplateRecord& t,
+                  const std::vector<store::TemplateBuildRecord>& builds) {
   const store::TemplateBuildRecord* last_ready = nullptr;
   for (const auto& b : builds) {
     if (b.status == store::kBuildReady) {
@@ -678,14 +752,15 @@ Result<json> TemplateService::Get(const store::TeamRecord& team, const std::stri
   json out = TemplateJson(t, builds);
   json list = json::array();
   for (const auto& b : builds) {
-    json item = {{"buildID", b.id},
-                 {"status", b.status},
-                 {"createdAt", Time(b.created_at_ms)},
-                 {"updatedAt", Time(std::max({b.created_at_ms, b.started_at_ms, b.finished_at_ms}))},
-                 {"finishedAt", b.finished_at_ms > 0 ? json(Time(b.finished_at_ms)) : json(nullptr)},
-                 {"cpuCount", b.cpu_count},
-                 {"memoryMB", b.memory_mb},
-                 {"diskSizeMB", b.disk_size_mb}};
+    json item = {
+        {"buildID", b.id},
+        {"status", b.status},
+        {"createdAt", Time(b.created_at_ms)},
+        {"updatedAt", Time(std::max({b.created_at_ms, b.started_at_ms, b.finished_at_ms}))},
+        {"finishedAt", b.finished_at_ms > 0 ? json(Time(b.finished_at_ms)) : json(nullptr)},
+        {"cpuCount", b.cpu_count},
+        {"memoryMB", b.memory_mb},
+        {"diskSizeMB", b.disk_size_mb}};
     if (!b.reason.empty()) item["reason"] = json::parse(b.reason, nullptr, false);
     list.push_back(item);
   }
@@ -768,7 +843,8 @@ Result<json> TemplateService::Tags(const store::TeamRecord& team, const std::str
   MOAT_ASSIGN_OR_RETURN(auto tags, store_.ListTags(t.id));
   json out = json::array();
   for (const auto& tg : tags) {
-    out.push_back({{"tag", tg.tag}, {"buildID", tg.build_id}, {"createdAt", Time(tg.created_at_ms)}});
+    out.push_back(
+        {{"tag", tg.tag}, {"buildID", tg.build_id}, {"createdAt", Time(tg.created_at_ms)}});
   }
   return out;
 }

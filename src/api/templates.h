@@ -34,7 +34,8 @@ struct TemplateOptions {
   bool fail_interrupted_builds = true;
 };
 
-// `[namespace/]alias[:tag]`, lower-cased and checked (E2B-TEMPLATES §5).
+// `[namespace/]alias[:tag]`, lower-cased and checked (E2B-TEMPLATES §5). The tag may be a build
+// id (a UUID), which resolution accepts and registration refuses.
 struct TemplateName {
   std::string ns;
   std::string alias;
@@ -98,8 +99,8 @@ class TemplateService {
 
  private:
   Result<store::TemplateRecord> Owned(const store::TeamRecord& team, const std::string& id_or_name);
-  void RunBuild(store::TeamRecord team, store::TemplateRecord tmpl, store::TemplateBuildRecord build,
-                nlohmann::json body);
+  void RunBuild(store::TeamRecord team, store::TemplateRecord tmpl,
+                store::TemplateBuildRecord build, nlohmann::json body);
   void Finish(const store::TemplateBuildRecord& build, const Status& s, const std::string& step,
               const std::optional<HostTemplateBuilt>& built, const std::string& host_id);
   std::string UploadPath(const std::string& team_id, const std::string& hash) const;
@@ -111,8 +112,8 @@ class TemplateService {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
-  std::map<std::string, std::thread> threads_;      // by build id
-  std::vector<std::thread> finished_;               // joined by the next start or at the end
+  std::map<std::string, std::thread> threads_;  // by build id
+  std::vector<std::thread> finished_;           // joined by the next start or at the end
   std::map<std::string, std::shared_ptr<std::mutex>> template_locks_;  // one build per template
 };
 

@@ -14,7 +14,7 @@
 namespace moat {
 
 Status CheckTarArchive(const std::string& archive, const std::string& plain_tar,
-                             uint64_t max_bytes) {
+                       uint64_t max_bytes) {
   // gzread reads a gzipped file and a plain one alike.
   gzFile in = ::gzopen(archive.c_str(), "rb");
   if (in == nullptr) return ErrnoError("open(" + archive + ")");
@@ -37,9 +37,8 @@ Status CheckTarArchive(const std::string& archive, const std::string& plain_tar,
     if (got != 512) return InvalidArgument("the uploaded archive is truncated");
     total += 512;
     if (total > max_bytes) {
-      return Status(ErrorCode::kResourceExhausted,
-                    "the uploaded archive unpacks to more than " + std::to_string(max_bytes >> 20) +
-                        " MiB");
+      return Status(ErrorCode::kResourceExhausted, "the uploaded archive unpacks to more than " +
+                                                       std::to_string(max_bytes >> 20) + " MiB");
     }
     if (out && ::write(out.get(), block, 512) != 512) return ErrnoError("write(" + plain_tar + ")");
     return true;
@@ -54,7 +53,8 @@ Status CheckTarArchive(const std::string& archive, const std::string& plain_tar,
   };
   auto check_path = [](const std::string& name) -> Status {
     if (name.empty()) return Status::Ok();
-    if (name[0] == '/') return InvalidArgument("the uploaded archive has an absolute path: " + name);
+    if (name[0] == '/')
+      return InvalidArgument("the uploaded archive has an absolute path: " + name);
     size_t i = 0;
     while (i <= name.size()) {
       size_t j = name.find('/', i);

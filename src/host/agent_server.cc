@@ -1,11 +1,19 @@
 #include "host/agent_server.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "api/codec/query.h"
 #include "api/envd_target.h"
 #include "api/fleet/agent_wire.h"
+#include "common/fs.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
 
 namespace moat::host {
 namespace {
@@ -80,14 +88,24 @@ AgentServer::~AgentServer() {
     Shutdown();
     http_->Wait();
   }
+  // Builds in progress run to their end: they use the host agent, which outlives this server.
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard lock(builds_mu_);
+    threads.swap(build_threads_);
+  }
+  for (auto& t : threads) t.join();
 }
 
 Result<std::unique_ptr<AgentServer>> AgentServer::Start(api::HostAgent& agent,
                                                         fleet::FleetToken token,
                                                         http::ServerOptions options,
-                                                        api::DataPlane* data_plane) {
+                                                        api::DataPlane* data_plane,
+                                                        std::string template_files_dir) {
   std::unique_ptr<AgentServer> s(new AgentServer(agent, std::move(token), data_plane));
+  s->files_dir_ = std::move(template_files_dir);
   s->RegisterRoutes();
+  if (!s->files_dir_.empty()) s->RegisterTemplateRoutes();
   AgentServer* self = s.get();
   MOAT_ASSIGN_OR_RETURN(
       s->http_,
@@ -105,6 +123,10 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(api::HostAgent& agent,
 http::Admission AgentServer::Admit(http::Request& req, bool has_body, http::ResponseWriter& w) {
   http::Admission a;
   a.body_limit = fleet::kAgentBodyLimit;
+  // Pieces of uploaded template files are larger than control bodies.
+  if (req.method == "PUT" && req.path.rfind("/v1/template-files/", 0) == 0) {
+    a.body_limit = fleet::kTemplateFilePiece;
+  }
   auto target = api::routes::EnvdTargetOf(req);
   if (req.path == "/healthz" && !target) return a;  // no token: load balancers probe it
   // Data-plane traffic is signed for the sandbox and port it names, control calls for the host.
@@ -282,6 +304,153 @@ void AgentServer::RegisterRoutes() {
                 }
                 SendDone(w, agent.DeleteSnapshot(id));
               });
+}
+
+void AgentServer::RegisterTemplateRoutes() {
+  router_.Add("GET", "/v1/template-files/{team}/{hash}",
+              [this](http::Request& req, http::ResponseWriter& w) {
+                std::string team = req.Param("team"), hash = req.Param("hash");
+                if (!fleet::IsTeamId(team) || !fleet::IsFilesHash(hash)) {
+                  return SendError(w, InvalidArgument("not a team id and files hash"));
+                }
+                if (!PathExists(files_dir_ + "/" + team + "/" + hash)) {
+                  return SendError(w, NotFound("no such file here"));
+                }
+                SendJson(w, 200, json::object());
+              });
+  router_.Add("PUT", "/v1/template-files/{team}/{hash}",
+              [this](http::Request& req, http::ResponseWriter& w) { PutFilePiece(req, w); });
+  router_.Add("POST", "/v1/templates/builds", [this](http::Request& req, http::ResponseWriter& w) {
+    auto body = BodyOf(req, w);
+    if (!body) return;
+    auto build = fleet::BuildFromJson(*body, files_dir_);
+    if (!build.ok()) return SendError(w, build.status());
+    StartBuild(std::move(build).value(), w);
+  });
+  router_.Add("GET", "/v1/templates/builds/{id}",
+              [this](http::Request& req, http::ResponseWriter& w) {
+                int64_t offset = 0;
+                for (auto& [k, v] : api::codec::ParseQuery(req.raw_query)) {
+                  if (k == "offset") offset = std::strtoll(v.c_str(), nullptr, 10);
+                }
+                ReportBuild(req.Param("id"), std::max<int64_t>(offset, 0), w);
+              });
+  router_.Add("DELETE", "/v1/templates/builds/{id}",
+              [this](http::Request& req, http::ResponseWriter& w) {
+                std::string id = req.Param("id");
+                if (!fleet::IsTemplateId(id))
+                  return SendError(w, InvalidArgument("not a build id"));
+                SendDone(w, agent_.DeleteTemplateBuild(id));
+              });
+}
+
+void AgentServer::PutFilePiece(http::Request& req, http::ResponseWriter& w) {
+  std::string team = req.Param("team"), hash = req.Param("hash");
+  if (!fleet::IsTeamId(team) || !fleet::IsFilesHash(hash)) {
+    return SendError(w, InvalidArgument("not a team id and files hash"));
+  }
+  int64_t offset = -1;
+  bool last = false;
+  for (auto& [k, v] : api::codec::ParseQuery(req.raw_query)) {
+    if (k == "offset") offset = std::strtoll(v.c_str(), nullptr, 10);
+    if (k == "last") last = v == "1";
+  }
+  if (offset < 0) return SendError(w, InvalidArgument("offset is required"));
+  std::string dir = files_dir_ + "/" + team;
+  if (Status s = MakeDirs(dir, 0700); !s.ok()) return SendError(w, s);
+  std::string part = dir + "/." + hash + ".part";
+  UniqueFd fd(
+      ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0600));
+  if (!fd) return SendError(w, ErrnoError("open(" + part + ")"));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0 || st.st_size != offset) {
+    return SendError(
+        w, FailedPrecondition("the upload of " + hash + " is at " + std::to_string(st.st_size) +
+                              ", not " + std::to_string(offset)));
+  }
+  const std::string& data = req.body;
+  if (::pwrite(fd.get(), data.data(), data.size(), offset) != static_cast<ssize_t>(data.size())) {
+    return SendError(w, ErrnoError("write(" + part + ")"));
+  }
+  if (last) {
+    if (::fsync(fd.get()) < 0) return SendError(w, ErrnoError("fsync(" + part + ")"));
+    std::string final_path = dir + "/" + hash;
+    if (::rename(part.c_str(), final_path.c_str()) < 0) {
+      return SendError(w, ErrnoError("rename(" + part + ")"));
+    }
+  }
+  SendDone(w, Status::Ok());
+}
+
+void AgentServer::StartBuild(api::HostTemplateBuild build, http::ResponseWriter& w) {
+  auto run = std::make_shared<RunningBuild>();
+  {
+    std::lock_guard lock(builds_mu_);
+    // Forget builds that ended long ago and were never collected.
+    auto now = std::chrono::steady_clock::now();
+    for (auto it = builds_.begin(); it != builds_.end();) {
+      std::lock_guard b(it->second->mu);
+      if (it->second->done && now - it->second->finished > std::chrono::minutes(30)) {
+        it = builds_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (builds_.count(build.build_id) != 0) {
+      return SendError(
+          w, Status(ErrorCode::kAlreadyExists, "build " + build.build_id + " runs here already"));
+    }
+    builds_[build.build_id] = run;
+    build_threads_.emplace_back([this, run, build = std::move(build)] {
+      std::string step;
+      auto r = agent_.BuildTemplate(
+          build,
+          [&run](const api::HostBuildLog& l) {
+            std::lock_guard lock(run->mu);
+            run->logs.push_back(l);
+          },
+          &step);
+      std::lock_guard lock(run->mu);
+      run->done = true;
+      run->finished = std::chrono::steady_clock::now();
+      if (r.ok()) {
+        run->built = *r;
+      } else {
+        run->status = r.status();
+        run->step = step;
+      }
+    });
+  }
+  SendJson(w, 202, json::object());
+}
+
+void AgentServer::ReportBuild(const std::string& id, int64_t offset, http::ResponseWriter& w) {
+  std::shared_ptr<RunningBuild> run;
+  {
+    std::lock_guard lock(builds_mu_);
+    auto it = builds_.find(id);
+    if (it == builds_.end()) return SendError(w, NotFound("no build " + id + " runs here"));
+    run = it->second;
+  }
+  fleet::BuildProgress p;
+  {
+    std::lock_guard lock(run->mu);
+    int64_t n = static_cast<int64_t>(run->logs.size());
+    int64_t end = std::min<int64_t>(n, offset + 500);
+    for (int64_t i = std::min(offset, n); i < end; ++i) p.logs.push_back(run->logs[i]);
+    p.next = end;
+    if (run->done && end == n) {
+      p.status = run->built ? "ready" : "error";
+      p.built = run->built;
+      p.error = run->status;
+      p.step = run->step;
+    } else {
+      p.status = "building";
+    }
+  }
+  // A finished build stays reportable for 30 minutes (StartBuild forgets it then): an answer
+  // lost on the way is asked for again.
+  SendJson(w, 200, fleet::ProgressToJson(p));
 }
 
 }  // namespace moat::host

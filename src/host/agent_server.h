@@ -15,8 +15,13 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "api/data_plane.h"
 #include "api/fleet/fleet_auth.h"
@@ -31,10 +36,13 @@ class AgentServer {
   // Listens on options.host:options.port (port 0: any free one; see port()) and serves `agent`,
   // which must outlive the server. `token`: the fleet token requests must be signed with.
   // `data_plane` (may be null), if given, must outlive the server too.
+  // `template_files_dir`: where the uploads of template builds are kept (empty: this agent
+  // builds no templates).
   static Result<std::unique_ptr<AgentServer>> Start(api::HostAgent& agent,
                                                     api::fleet::FleetToken token,
                                                     api::http::ServerOptions options,
-                                                    api::DataPlane* data_plane = nullptr);
+                                                    api::DataPlane* data_plane = nullptr,
+                                                    std::string template_files_dir = "");
   // Shutdown() and Wait().
   ~AgentServer();
   AgentServer(const AgentServer&) = delete;
@@ -61,9 +69,28 @@ class AgentServer {
   AgentServer(api::HostAgent& agent, api::fleet::FleetToken token, api::DataPlane* data_plane);
   void RegisterRoutes();
 
+  // Template builds run here in the background; the control plane polls them.
+  struct RunningBuild {
+    std::mutex mu;
+    std::vector<api::HostBuildLog> logs;
+    bool done = false;
+    Status status;
+    std::string step;
+    std::optional<api::HostTemplateBuilt> built;
+    std::chrono::steady_clock::time_point finished;
+  };
+  void RegisterTemplateRoutes();
+  void StartBuild(api::HostTemplateBuild build, api::http::ResponseWriter& w);
+  void ReportBuild(const std::string& id, int64_t offset, api::http::ResponseWriter& w);
+  void PutFilePiece(api::http::Request& req, api::http::ResponseWriter& w);
+
   api::HostAgent& agent_;
   api::fleet::FleetToken token_;
   api::DataPlane* data_plane_;
+  std::string files_dir_;
+  std::mutex builds_mu_;
+  std::map<std::string, std::shared_ptr<RunningBuild>> builds_;
+  std::vector<std::thread> build_threads_;
   api::http::Router router_;
   std::unique_ptr<api::http::HttpServer> http_;  // last: its threads use the members above
 };

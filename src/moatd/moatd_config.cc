@@ -192,6 +192,10 @@ Status ValidateConfig(MoatdConfig& c) {
       return NotFound("--guest-dir: " + c.guest_dir + f + " not found (run `make guest`)");
     }
   }
+  if (c.warm_memory_mb > (uint64_t{1} << 20)) {
+    return InvalidArgument("--warm-memory-mb: must be at most 1048576, got " +
+                           std::to_string(c.warm_memory_mb));
+  }
   if (c.warm_sandboxes > 16) {
     return InvalidArgument("--warm-sandboxes: must be 0..16, got " +
                            std::to_string(c.warm_sandboxes));

@@ -53,6 +53,11 @@ struct MoatdConfig {
   size_t ready_slots = 4;
   // Warm clones of the base template kept restored for creates (agent::AgentConfig).
   size_t warm_sandboxes = 2;
+  // Guest memory all warm clones together may hold (custom templates' pools share what the
+  // base template's leaves).
+  uint64_t warm_memory_mb = 4096;
+  // --insecure-registry: registries on this host's own network template builds may pull from.
+  std::vector<std::string> insecure_registries;
   // Pause, named snapshots and fork write memory-file snapshots (docs/snapshots.md); false:
   // one full migration stream each (--snapshot-format stream).
   bool memory_file_snapshots = true;

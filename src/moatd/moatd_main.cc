@@ -91,6 +91,8 @@ Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
   ac.accel = host.accel;
   ac.warm_sandboxes = config.warm_sandboxes;
+  ac.warm_memory_budget_mib = config.warm_memory_mb;
+  ac.insecure_registries = config.insecure_registries;
   ac.memory_file_snapshots = config.memory_file_snapshots;
   ac.jail_id_first = config.jail_id_first;
   if (config.network) {
@@ -271,6 +273,13 @@ int RunApi(MoatdConfig config) {
   Metrics metrics;
   ControllerOptions copts;
   copts.reconcile_at_start = false;  // each agent reconciles its own host when it registers
+  // Custom templates: uploads are kept in the store (any replica serves them), and every
+  // replica signs and checks upload URLs with a key derived from the fleet token. A build
+  // belongs to the replica that started it; one left `building` by a replica that died stays so.
+  auto templates = TemplatesIn(config.data_dir, /*owns_builds=*/false);
+  if (!templates.ok()) return Fail("templates", templates.status());
+  templates->upload_secret = token->Signature(0, "template-uploads", "", "");
+  copts.templates = *templates;
   auto controller = SandboxController::Start(hosts, **store, metrics, copts);
   if (!controller.ok()) return Fail("controller", controller.status());
   fleet::FleetMaintenanceOptions mopts;
@@ -362,7 +371,8 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
       host::FleetHostDataPlane(**store, this_host, **agent, metrics, ProxyOptions(config),
                                config.max_body_bytes, config.network);
 
-  auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config), data_plane.get());
+  auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config), data_plane.get(),
+                                         config.data_dir + "/template-files");
   if (!server.ok()) return Fail("listen", server.status());
   host::MembershipOptions mopts;
   mopts.heartbeat_interval = std::chrono::milliseconds(config.heartbeat_interval_ms);
@@ -458,6 +468,14 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
   cmd->add_option("--warm-sandboxes", config.warm_sandboxes,
                   "clones of the base template kept restored and warm, so that a create only "
                   "hands one out (0: every create restores)")
+      ->capture_default_str();
+  cmd->add_option("--insecure-registry", config.insecure_registries,
+                  "a registry on this host's own network (loopback or link-local: \"127.0.0.1\" "
+                  "for any port, or \"127.0.0.1:5000\") that template builds may pull images "
+                  "from, over plain HTTP; repeatable. Others on such addresses are refused");
+  cmd->add_option("--warm-memory-mb", config.warm_memory_mb,
+                  "guest memory all warm clones together may hold: the base template's first, "
+                  "then those of custom templates in recent use")
       ->capture_default_str();
   cmd->add_option("--snapshot-format", flags.snapshot_format,
                   "memory-file|stream: how pause, named snapshots and fork save a sandbox's RAM "

@@ -67,6 +67,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # sandboxes' resolver is a documentation address (TEST-NET-1): no test resolves a name, and
 # none may reach the machine's real resolver.
 MOAT_API_KEY=$key "$moatd" serve --listen "127.0.0.1:$port" --data-dir "$data" --accel auto \
+  --insecure-registry 127.0.0.1 \
   --guest-dir "$build/guest" --net-pool "10.226.$(($$ % 250)).0/24" --domain moat.test \
   --dns 192.0.2.53 "${store_args[@]}" >"$data/moatd.log" 2>&1 &
 moatd_pid=$!
@@ -86,7 +87,7 @@ E2B_API_KEY=$key E2B_API_URL=$url E2B_SANDBOX_URL=$url node --test --test-concur
 [ -z "${MOAT_COMPAT_FILES:-}" ] || exit 0
 
 # The moat CLI against the same moatd: create, exec (output and exit code, -i, -it), cp both
-# ways, snapshots, API keys, kill.
+# ways, snapshots, API keys, kill, templates.
 moat=$build/bin/moat
 [ -x "$moat" ] || { echo "compat: $moat not built" >&2; exit 1; }
 export MOAT_API_URL=$url MOAT_API_KEY=$key
@@ -171,4 +172,41 @@ second=$(MOAT_API_KEY=$newkey "$moat" keys create second --json \
 MOAT_API_KEY=$second "$moat" sandbox list >/dev/null || cli_fail "the team's second key was refused"
 err=$(MOAT_API_KEY=$newkey "$moat" sandbox list 2>&1) && cli_fail "a revoked key still works"
 echo "$err" | grep -q "invalid API key" || cli_fail "a revoked key got '$err'"
+
+# template build|list|info|delete: a Dockerfile (fixtures/cli-template: ENV, RUN, COPY of a file
+# and of a directory with --chown, WORKDIR, USER) built in VMs; a sandbox of it has the files,
+# its user and its workdir; a rebuild comes from the cache; a refused instruction names its line;
+# a failing RUN exits non-zero; delete waits for the template's sandboxes.
+fixture=$here/fixtures/cli-template
+tpl=cli-tpl-$$
+tbuild() { "$moat" template build --cpu 1 --memory-mb 512 "$@"; }
+out=$(tbuild -f "$fixture/Dockerfile" --name "$tpl" "$fixture" 2>&1) || cli_fail "template build exited $?: $out"
+echo "$out" | grep -q '\[builder 4/9\] RUN echo "$GREETING' || cli_fail "the build log shows no steps: '$out'"
+echo "$out" | grep -q "^template $tpl is ready: " || cli_fail "template build did not say it is ready: '$out'"
+tsbx=$("$moat" sandbox create --template "$tpl" --json --timeout 300 \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])') || cli_fail "create from $tpl failed"
+out=$("$moat" exec "$tsbx" -- sh -c 'id -un; pwd; cat /etc/cli-run-marker greeting.txt site/sub/data.txt
+  cat /home/user/cli-user-marker; stat -c %U greeting.txt site/index.html') || cli_fail "exec in $tpl failed"
+[ "$out" = "$(printf '%s\n' user /opt/cli 'hello from the cli, site in /opt/cli/site, as root' \
+  'greetings, copied' nested 'user in /opt/cli' root user)" ] || cli_fail "a sandbox of $tpl saw '$out'"
+out=$("$moat" template list) || cli_fail "template list failed"
+echo "$out" | grep -q " $tpl " || cli_fail "template list lacks $tpl: '$out'"
+out=$("$moat" template info "$tpl") || cli_fail "template info failed"
+echo "$out" | grep -q "ready" || cli_fail "template info shows no ready build: '$out'"
+out=$(tbuild -f "$fixture/Dockerfile" --name "$tpl" "$fixture" 2>&1) || cli_fail "the rebuild exited $?: $out"
+[ "$(echo "$out" | grep -c 'CACHED \[builder [1-9]/9\]')" = 9 ] || cli_fail "the rebuild was not all cached: '$out'"
+printf 'FROM e2bdev/base\nRUN true\nHEALTHCHECK CMD true\n' >"$data/refused.Dockerfile"
+err=$(tbuild -f "$data/refused.Dockerfile" --name "$tpl-refused" "$fixture" 2>&1) && cli_fail "HEALTHCHECK was built"
+echo "$err" | grep -q "line 3: HEALTHCHECK is not supported" || cli_fail "a refused instruction said '$err'"
+printf 'FROM e2bdev/base\nRUN echo failing-step; exit 3\n' >"$data/failing.Dockerfile"
+rc=0; err=$(tbuild -f "$data/failing.Dockerfile" --name "$tpl-failing" "$fixture" 2>&1) || rc=$?
+[ "$rc" != 0 ] || cli_fail "a failing RUN built"
+echo "$err" | grep -q "exited with status 3" || cli_fail "a failing RUN said '$err'"
+"$moat" template delete "$tpl-failing" >/dev/null || cli_fail "deleting the failed template failed"
+err=$("$moat" template delete "$tpl" 2>&1) && cli_fail "a template in use was deleted"
+echo "$err" | grep -q "used by sandbox $tsbx" || cli_fail "deleting a template in use said '$err'"
+"$moat" sandbox kill "$tsbx" >/dev/null || cli_fail "kill $tsbx failed"
+"$moat" template delete "$tpl" >/dev/null || cli_fail "template delete failed"
+out=$("$moat" template list) || cli_fail "template list failed"
+echo "$out" | grep -q " $tpl " && cli_fail "template list still shows $tpl: '$out'"
 echo "compat: moat CLI ok"

@@ -130,7 +130,7 @@ if ! npm ci --offline --no-audit --no-fund >/dev/null 2>&1; then
   npm ci --no-audit --no-fund >/dev/null
 fi
 E2B_API_KEY=$key E2B_API_URL=${url[A]} E2B_SANDBOX_URL=${url[A]} \
-  node --test --test-concurrency=1 e2b_sdk.test.mjs network.test.mjs parity.test.mjs \
+  node --test --test-concurrency=1 e2b_sdk.test.mjs network.test.mjs parity.test.mjs template.test.mjs \
   || fail "the SDK's compatibility cases failed through replica A"
 cd "$root"
 say "1. SDK compatibility cases pass through replica A"

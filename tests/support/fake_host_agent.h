@@ -1,8 +1,13 @@
 // A HostAgent without VMs, for the control plane's tests: it keeps sets of running and paused
 // ids, can be told to fail the next call of a kind, and can run a hook in the middle of a call
-// (to race the controller against itself). Thread-safe.
+// (to race the controller against itself). Template builds are scripted: the log lines each
+// emits, the result or failure it answers, and, on request, a pause in the middle until the test
+// lets it go (to see which builds run at once). Thread-safe.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -27,6 +32,23 @@ class FakeHostAgent : public api::HostAgent {
   // Runs inside the named call, before it changes anything (the store may be changed by it).
   std::map<std::string, std::function<void(const std::string& id)>> during;
   api::HostTemplateInfo tmpl{.name = "base", .vcpus = 2, .memory_mib = 512, .disk_mib = 1024};
+  // The template id each sandbox was created from, by sandbox id.
+  std::map<std::string, std::string> created_from;
+  // Create refuses (not_found) a template that is not `tmpl`, one of `snapshots` or one of
+  // `built`, as a real host does; off by default, as callers of the fake may name any.
+  bool known_templates_only = false;
+
+  // Template builds. Set these before a build starts; read them once it has finished.
+  std::vector<api::HostTemplateBuild> builds_received;  // what BuildTemplate got, in call order
+  std::vector<api::HostBuildLog> build_log;             // emitted by every build, in order
+  api::HostTemplateBuilt build_result{
+      .disk_mib = 2048, .result = {{"context", {{"user", "user"}, {"workdir", "/home/user"}}}}};
+  // Not ok: every build fails with it, in `build_failed_step`, after its log.
+  Status build_failure;
+  std::string build_failed_step = "1";
+  std::set<std::string> built;              // build ids built and not deleted since
+  std::vector<std::string> deleted_builds;  // DeleteTemplateBuild's argument, per call
+  size_t max_concurrent_builds = 0;         // the most builds inside BuildTemplate at once
 
   const std::string& host_id() const override { return host_id_; }
   api::HostTemplateInfo base_template() override { return tmpl; }
@@ -50,7 +72,12 @@ class FakeHostAgent : public api::HostAgent {
     if (running.count(start.id) != 0 || paused.count(start.id) != 0) {
       return Status(ErrorCode::kAlreadyExists, "sandbox " + start.id + " exists");
     }
+    if (known_templates_only && start.template_id != tmpl.name &&
+        snapshots.count(start.template_id) == 0 && built.count(start.template_id) == 0) {
+      return NotFound("template " + start.template_id + " not found on this host");
+    }
     running.insert(start.id);
+    created_from[start.id] = start.template_id;
     return Status::Ok();
   }
   Status Kill(const std::string& id) override {
@@ -107,6 +134,77 @@ class FakeHostAgent : public api::HostAgent {
     return api::HostPortEndpoint{"10.0.0.1", port};
   }
 
+  // The build's log, then its pause (while builds are held), then its answer. `fail_next["build"]`
+  // fails it on entry, in step "base".
+  Result<api::HostTemplateBuilt> BuildTemplate(
+      const api::HostTemplateBuild& build, const std::function<void(const api::HostBuildLog&)>& log,
+      std::string* failed_step) override {
+    if (Status s = Enter("build", build.build_id); !s.ok()) {
+      *failed_step = "base";
+      return s;
+    }
+    std::vector<api::HostBuildLog> lines;
+    {
+      std::lock_guard lock(mu_);
+      builds_received.push_back(build);
+      lines = build_log;
+      ++builds_entered_;
+      max_concurrent_builds = std::max(max_concurrent_builds, ++builds_inside_);
+      build_cv_.notify_all();
+    }
+    for (const auto& l : lines) log(l);
+    std::unique_lock lock(mu_);
+    // Bounded, so that a test that forgets to release its builds fails rather than hangs.
+    bool released = build_cv_.wait_for(lock, std::chrono::seconds(30), [&] {
+      return !hold_builds_ || released_builds_.count(build.build_id) != 0;
+    });
+    --builds_inside_;
+    build_cv_.notify_all();
+    if (!released) {
+      *failed_step = "base";
+      return DeadlineExceeded("the fake host's build " + build.build_id + " was never released");
+    }
+    if (!build_failure.ok()) {
+      *failed_step = build_failed_step;
+      return build_failure;
+    }
+    built.insert(build.build_id);
+    return build_result;
+  }
+  Status DeleteTemplateBuild(const std::string& build_id) override {
+    MOAT_RETURN_IF_ERROR(Enter("delete-build", build_id));
+    std::lock_guard lock(mu_);
+    deleted_builds.push_back(build_id);
+    if (built.erase(build_id) == 0) return NotFound("build " + build_id + " not found");
+    return Status::Ok();
+  }
+
+  // Held builds wait inside BuildTemplate, after their log, until released.
+  void HoldBuilds() {
+    std::lock_guard lock(mu_);
+    hold_builds_ = true;
+  }
+  void ReleaseBuild(const std::string& build_id) {
+    std::lock_guard lock(mu_);
+    released_builds_.insert(build_id);
+    build_cv_.notify_all();
+  }
+  // Lets every build go on, now and from now on.
+  void ReleaseBuilds() {
+    std::lock_guard lock(mu_);
+    hold_builds_ = false;
+    build_cv_.notify_all();
+  }
+  // Whether `n` builds have entered BuildTemplate (in all) within `timeout`.
+  bool WaitForBuildsEntered(size_t n, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return build_cv_.wait_for(lock, timeout, [&] { return builds_entered_ >= n; });
+  }
+  size_t builds_entered() {
+    std::lock_guard lock(mu_);
+    return builds_entered_;
+  }
+
   int CountCalls(const std::string& prefix) {
     std::lock_guard lock(mu_);
     int n = 0;
@@ -134,6 +232,11 @@ class FakeHostAgent : public api::HostAgent {
   std::string host_id_;
   std::mutex mu_;
   int snapshot_seq_ = 0;
+  std::condition_variable build_cv_;
+  bool hold_builds_ = false;
+  std::set<std::string> released_builds_;
+  size_t builds_entered_ = 0;
+  size_t builds_inside_ = 0;
 };
 
 }  // namespace moat::test_support

@@ -305,4 +305,100 @@ std::string DataPlaneSubject(std::string_view host_id, std::string_view sandbox_
   return std::string(host_id) + "/" + std::string(sandbox_id) + ":" + std::to_string(port);
 }
 
+bool IsFilesHash(std::string_view hash) {
+  return hash.size() == 64 && hash.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+}
+
+bool IsTeamId(std::string_view team) {
+  return !team.empty() && team.size() <= 64 &&
+         team.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789") == std::string_view::npos;
+}
+
+std::string TemplateFilePath(std::string_view team, std::string_view hash) {
+  return "/v1/template-files/" + std::string(team) + "/" + std::string(hash);
+}
+
+json BuildToJson(const HostTemplateBuild& b) {
+  json files = json::array();
+  for (const auto& [hash, path] : b.files) files.push_back(hash);
+  return {{"buildID", b.build_id},
+          {"templateID", b.template_id},
+          {"teamID", b.team_id},
+          {"start", b.start},
+          {"vcpus", b.vcpus},
+          {"memoryMiB", b.memory_mib},
+          {"minFreeDiskMiB", b.min_free_disk_mib},
+          {"files", files}};
+}
+
+Result<HostTemplateBuild> BuildFromJson(const json& j, const std::string& files_dir) {
+  if (!j.is_object()) return NotAnObject("a build request");
+  HostTemplateBuild b;
+  MOAT_ASSIGN_OR_RETURN(b.build_id, StringField(j, "buildID"));
+  if (!IsTemplateId(b.build_id)) return InvalidArgument("\"buildID\" is not a build id");
+  MOAT_ASSIGN_OR_RETURN(b.template_id, StringField(j, "templateID"));
+  MOAT_ASSIGN_OR_RETURN(b.team_id, StringField(j, "teamID"));
+  if (!IsTeamId(b.team_id)) return InvalidArgument("\"teamID\" is not a team id");
+  const json* start = Field(j, "start");
+  if (start == nullptr || !start->is_object())
+    return InvalidArgument("\"start\" must be an object");
+  b.start = *start;
+  for (const char* k : {"vcpus", "memoryMiB", "minFreeDiskMiB"}) {
+    const json* v = Field(j, k);
+    if (v == nullptr || !v->is_number_unsigned()) {
+      return InvalidArgument(std::string("\"") + k + "\" must be a non-negative integer");
+    }
+  }
+  b.vcpus = j["vcpus"].get<uint32_t>();
+  b.memory_mib = j["memoryMiB"].get<uint32_t>();
+  b.min_free_disk_mib = j["minFreeDiskMiB"].get<uint32_t>();
+  std::vector<std::string> hashes;
+  MOAT_RETURN_IF_ERROR(StringList(j, "files", &hashes));
+  for (const auto& h : hashes) {
+    if (!IsFilesHash(h)) return InvalidArgument("\"files\" holds a value that is not a hash");
+    b.files[h] = files_dir + "/" + b.team_id + "/" + h;
+  }
+  return b;
+}
+
+json ProgressToJson(const BuildProgress& p) {
+  json logs = json::array();
+  for (const auto& l : p.logs) {
+    logs.push_back(
+        {{"t", l.unix_ms}, {"level", l.level}, {"step", l.step}, {"message", l.message}});
+  }
+  json out = {{"status", p.status}, {"logs", logs}, {"next", p.next}};
+  if (p.built) out["result"] = {{"diskMiB", p.built->disk_mib}, {"result", p.built->result}};
+  if (!p.error.ok()) {
+    out["error"] = {{"code", std::string(ErrorCodeName(p.error.code()))},
+                    {"message", p.error.message()},
+                    {"step", p.step}};
+  }
+  return out;
+}
+
+Result<BuildProgress> ProgressFromJson(const json& j) {
+  if (!j.is_object()) return NotAnObject("a build's progress");
+  BuildProgress p;
+  MOAT_ASSIGN_OR_RETURN(p.status, StringField(j, "status"));
+  try {
+    p.next = j.value("next", int64_t{0});
+    for (const auto& l : j.value("logs", json::array())) {
+      p.logs.push_back({l.value("t", int64_t{0}), l.value("level", "info"), l.value("step", ""),
+                        l.value("message", "")});
+    }
+    if (const json* r = Field(j, "result"); r != nullptr && r->is_object()) {
+      p.built = HostTemplateBuilt{r->value("diskMiB", 0u), r->value("result", json::object())};
+    }
+    if (const json* e = Field(j, "error"); e != nullptr && e->is_object()) {
+      p.error = StatusOfErrorAnswer(500, DumpJson({{"code", e->value("code", "internal")},
+                                                   {"message", e->value("message", "")}}));
+      p.step = e->value("step", "");
+    }
+  } catch (const json::exception& e) {
+    return InvalidArgument(std::string("a build's progress: ") + e.what());
+  }
+  return p;
+}
+
 }  // namespace moat::api::fleet

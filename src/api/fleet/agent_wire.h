@@ -6,6 +6,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,6 +71,32 @@ Result<HostSandboxStart> StartFromJson(const nlohmann::json& j);
 // {"childIDs":[ids]}; every id is checked (IsSandboxId).
 nlohmann::json ForkToJson(const std::vector<std::string>& child_ids);
 Result<std::vector<std::string>> ForkFromJson(const nlohmann::json& j);
+
+// Custom template builds (docs/templates.md) run on the agent in the background: the control
+// plane sends the uploads a build needs (PUT kTemplateFilePath pieces), starts it (POST
+// /v1/templates/builds) and polls its log and outcome (GET /v1/templates/builds/{id}).
+// The largest piece of an uploaded file per call.
+inline constexpr size_t kTemplateFilePiece = 8 * 1024 * 1024;
+// "/v1/template-files/<team>/<hash>": team ids are [a-z0-9], hashes 64 hex digits.
+bool IsFilesHash(std::string_view hash);
+bool IsTeamId(std::string_view team);
+std::string TemplateFilePath(std::string_view team, std::string_view hash);
+// {"buildID","templateID","teamID","start","vcpus","memoryMiB","minFreeDiskMiB","files":[hash]};
+// BuildFromJson maps each hash to `files_dir`/<team>/<hash> (where the agent keeps them).
+nlohmann::json BuildToJson(const HostTemplateBuild& b);
+Result<HostTemplateBuild> BuildFromJson(const nlohmann::json& j, const std::string& files_dir);
+// A build as the agent reports it: {"status":"building"|"ready"|"error","logs":[…],"next":N,
+// "result":{"diskMiB","result"}?,"error":{"code","message","step"}?}.
+struct BuildProgress {
+  std::string status;
+  std::vector<HostBuildLog> logs;
+  int64_t next = 0;  // the offset to ask for next
+  std::optional<HostTemplateBuilt> built;
+  Status error;
+  std::string step;
+};
+nlohmann::json ProgressToJson(const BuildProgress& p);
+Result<BuildProgress> ProgressFromJson(const nlohmann::json& j);
 
 // The fields of HostSandboxUsage, camelCase.
 nlohmann::json UsageToJson(const HostSandboxUsage& u);

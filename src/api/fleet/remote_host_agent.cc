@@ -1,7 +1,15 @@
 #include "api/fleet/remote_host_agent.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
 #include "api/fleet/agent_wire.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
 
 namespace moat::api::fleet {
 namespace {
@@ -53,7 +61,7 @@ Result<std::string> RemoteHostAgent::Send(const Call& call) {
   req.idempotent = call.method == "GET";
   req.headers[std::string(kFleetHeader)] =
       token_.Header(UnixNow(), call.method, call.target, host_id_);
-  if (!call.body.empty()) req.headers["Content-Type"] = "application/json";
+  if (!call.body.empty()) req.headers["Content-Type"] = call.content_type;
   auto res = client_->Send(req);
   // The client's messages name the request and the endpoint's URL.
   if (!res.ok()) return res.status().Annotate(Where());
@@ -209,6 +217,93 @@ Status RemoteHostAgent::CheckHealth() {
                               "\"");
   }
   return Status::Ok();
+}
+
+Status RemoteHostAgent::SendTemplateFile(const std::string& team, const std::string& hash,
+                                         const std::string& path) {
+  std::string target = TemplateFilePath(team, hash);
+  auto has = Send({.method = "GET", .target = target});
+  if (has.ok()) return Status::Ok();
+  if (has.status().code() != ErrorCode::kNotFound) return has.status();
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("open(" + path + ")");
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0) return ErrnoError("stat(" + path + ")");
+  int64_t size = st.st_size, offset = 0;
+  std::string piece;
+  do {
+    size_t n = static_cast<size_t>(std::min<int64_t>(size - offset, kTemplateFilePiece));
+    piece.resize(n);
+    if (n > 0 && ::pread(fd.get(), piece.data(), n, offset) != static_cast<ssize_t>(n)) {
+      return ErrnoError("read(" + path + ")");
+    }
+    bool last = offset + static_cast<int64_t>(n) >= size;
+    MOAT_RETURN_IF_ERROR(Send({.method = "PUT",
+                               .target = target + "?offset=" + std::to_string(offset) +
+                                         "&last=" + (last ? "1" : "0"),
+                               .body = piece,
+                               .slow = true,
+                               .expect = 204,
+                               .content_type = "application/octet-stream"})
+                             .status());
+    offset += static_cast<int64_t>(n);
+  } while (offset < size);
+  return Status::Ok();
+}
+
+Result<HostTemplateBuilt> RemoteHostAgent::BuildTemplate(
+    const HostTemplateBuild& build, const std::function<void(const HostBuildLog&)>& log,
+    std::string* failed_step) {
+  if (failed_step != nullptr) *failed_step = "base";
+  for (const auto& [hash, path] : build.files) {
+    MOAT_RETURN_IF_ERROR(SendTemplateFile(build.team_id, hash, path)
+                             .Annotate("sending the files of a COPY to " + Where()));
+  }
+  MOAT_RETURN_IF_ERROR(Send({.method = "POST",
+                             .target = "/v1/templates/builds",
+                             .body = DumpJson(BuildToJson(build)),
+                             .slow = true,
+                             .expect = 202})
+                           .status());
+  // Polled until it ends; an agent that cannot be reached for a while is waited for (a build
+  // takes minutes), one that forgot the build (it restarted) loses it.
+  std::string target = "/v1/templates/builds/" + build.build_id;
+  int64_t offset = 0;
+  auto unreachable_since = std::chrono::steady_clock::time_point{};
+  for (;;) {
+    auto j = SendForJson({.method = "GET", .target = target + "?offset=" + std::to_string(offset)});
+    if (!j.ok()) {
+      if (j.status().code() == ErrorCode::kNotFound) {
+        return Unavailable(Where() + " lost build " + build.build_id + " (its agent restarted?)");
+      }
+      if (j.status().code() != ErrorCode::kUnavailable) return j.status();
+      auto now = std::chrono::steady_clock::now();
+      if (unreachable_since == std::chrono::steady_clock::time_point{}) unreachable_since = now;
+      if (now - unreachable_since > std::chrono::minutes(2)) return j.status();
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    unreachable_since = {};
+    MOAT_ASSIGN_OR_RETURN(BuildProgress p, ProgressFromJson(*j));
+    for (const auto& l : p.logs) {
+      if (log) log(l);
+    }
+    offset = p.next;
+    if (p.status == "ready" && p.built) return *p.built;
+    if (p.status == "error") {
+      if (failed_step != nullptr) *failed_step = p.step.empty() ? "base" : p.step;
+      return p.error.ok() ? Internal("the build failed") : p.error;
+    }
+    if (p.logs.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+Status RemoteHostAgent::DeleteTemplateBuild(const std::string& build_id) {
+  return Send({.method = "DELETE",
+               .target = "/v1/templates/builds/" + build_id,
+               .slow = true,
+               .expect = 204})
+      .status();
 }
 
 }  // namespace moat::api::fleet

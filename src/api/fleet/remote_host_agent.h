@@ -64,6 +64,12 @@ class RemoteHostAgent : public HostAgent {
   // failed_precondition: a remote sandbox's ports are reached through its agent (the data-plane
   // relay, not built yet), never by dialling a host-local address from here.
   Result<HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) override;
+  // The uploads it needs go to the agent first (those it lacks, in pieces); then the build
+  // starts there and is polled until it ends, its log handed on as it comes.
+  Result<HostTemplateBuilt> BuildTemplate(const HostTemplateBuild& build,
+                                          const std::function<void(const HostBuildLog&)>& log,
+                                          std::string* failed_step) override;
+  Status DeleteTemplateBuild(const std::string& build_id) override;
 
   // GET /healthz: ok when the agent there answers as an agent with this host id.
   Status CheckHealth();
@@ -79,11 +85,15 @@ class RemoteHostAgent : public HostAgent {
     std::string body;  // JSON, or empty
     bool slow = false;
     int expect = 200;  // the success status
+    std::string content_type = "application/json";
   };
   // Sends a signed call; the answer's body on `expect`, the agent's error otherwise.
   Result<std::string> Send(const Call& call);
   // The JSON answer of a call.
   Result<nlohmann::json> SendForJson(const Call& call);
+  // Sends the file at `path` as the team's upload `hash`, unless the agent has it.
+  Status SendTemplateFile(const std::string& team, const std::string& hash,
+                          const std::string& path);
   // Where a failure happened, for messages: "host h1 (http://…)".
   std::string Where() const;
 

@@ -1,12 +1,13 @@
 // Custom templates (shared/E2B-TEMPLATES.md §0, docs/templates.md): the official SDK's
 // Template.build() flow — register, negotiate and upload COPY files, start, poll the status with
 // its log — plus aliases, tags, list, info and delete. The logic is TemplateService's.
+#include "api/templates.h"
+
 #include <nlohmann/json.hpp>
 
 #include "api/codec/query.h"
 #include "api/errors.h"
 #include "api/routes/routes.h"
-#include "api/templates.h"
 
 namespace moat::api::routes {
 namespace {
@@ -35,12 +36,12 @@ TemplateService* Service(ControlContext& ctx) {
 
 template <typename F>
 http::Handler WithTemplates(ControlContext& ctx, F fn) {
-  return Authed(ctx, [&ctx, fn](http::Request& req, http::ResponseWriter& w,
-                                const store::TeamRecord& team) {
-    TemplateService* t = Service(ctx);
-    if (t == nullptr) return SendRestError(w, Unavailable("custom templates are not enabled"));
-    fn(*t, req, w, team);
-  });
+  return Authed(
+      ctx, [&ctx, fn](http::Request& req, http::ResponseWriter& w, const store::TeamRecord& team) {
+        TemplateService* t = Service(ctx);
+        if (t == nullptr) return SendRestError(w, Unavailable("custom templates are not enabled"));
+        fn(*t, req, w, team);
+      });
 }
 
 void Answer(http::ResponseWriter& w, int status, const Result<json>& r) {
@@ -72,7 +73,14 @@ void RegisterTemplateRoutes(http::Router& router, ControlContext& ctx) {
     auto target = t->CheckUploadUrl(q);
     if (!target.ok()) return SendRestError(w, target.status());
     Status s = t->AcceptUpload(*target, req);
-    if (!s.ok()) return SendRestError(w, s, http::BodyErrorHttpStatus(s));
+    if (!s.ok()) {
+      // The body's faults (too large, too slow, not a safe tar) are the client's; the rest (the
+      // disk, the store) are answered as everywhere, never as a bad request.
+      bool body_fault = s.code() == ErrorCode::kInvalidArgument ||
+                        s.code() == ErrorCode::kResourceExhausted ||
+                        s.code() == ErrorCode::kDeadlineExceeded;
+      return SendRestError(w, s, body_fault ? http::BodyErrorHttpStatus(s) : 0);
+    }
     SendJson(w, 200, "{}");
   });
   router.Add("POST", "/v2/templates/{templateID}/builds/{buildID}",
@@ -84,20 +92,20 @@ void RegisterTemplateRoutes(http::Router& router, ControlContext& ctx) {
                // Empty, with Content-Length: 0 (the SDK parses any other 2xx body as JSON).
                (void)w.Send(202, {}, "");
              }));
-  router.Add("GET", "/templates/{templateID}/builds/{buildID}/status",
-             WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
-               auto q = codec::ParseQuery(req.raw_query);
-               int64_t offset = 0, limit = 100;
-               try {
-                 if (auto v = codec::QueryValue(q, "logsOffset")) offset = std::stoll(*v);
-                 if (auto v = codec::QueryValue(q, "limit")) limit = std::stoll(*v);
-               } catch (const std::exception&) {
-                 return SendRestError(w, InvalidArgument("logsOffset and limit are integers"));
-               }
-               Answer(w, 200,
-                      t.BuildStatus(team, req.Param("templateID"), req.Param("buildID"), offset,
-                                    limit));
-             }));
+  router.Add(
+      "GET", "/templates/{templateID}/builds/{buildID}/status",
+      WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
+        auto q = codec::ParseQuery(req.raw_query);
+        int64_t offset = 0, limit = 100;
+        try {
+          if (auto v = codec::QueryValue(q, "logsOffset")) offset = std::stoll(*v);
+          if (auto v = codec::QueryValue(q, "limit")) limit = std::stoll(*v);
+        } catch (const std::exception&) {
+          return SendRestError(w, InvalidArgument("logsOffset and limit are integers"));
+        }
+        Answer(w, 200,
+               t.BuildStatus(team, req.Param("templateID"), req.Param("buildID"), offset, limit));
+      }));
   router.Add("GET", "/templates/aliases/{alias}",
              WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
                Answer(w, 200, t.Alias(team, req.Param("alias")));

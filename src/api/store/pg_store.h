@@ -114,6 +114,11 @@ class PgStore : public Store {
                          const std::vector<BuildLogRecord>& entries) override;
   Result<std::vector<BuildLogRecord>> BuildLogs(const std::string& build_id, int64_t offset,
                                                 int64_t limit) override;
+  Status PutTemplateFile(const std::string& team_id, const std::string& hash,
+                         const std::string& local_path) override;
+  Result<bool> HasTemplateFile(const std::string& team_id, const std::string& hash) override;
+  Status ReadTemplateFile(const std::string& team_id, const std::string& hash,
+                          const std::string& dest_path) override;
 
   Result<HostRecord> RegisterHost(const HostRegistration& host) override;
   Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;

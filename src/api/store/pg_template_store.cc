@@ -1,14 +1,16 @@
 // PgStore's custom templates: templates by alias, their builds (changed by compare-and-set),
-// the tags that point at builds, and the builds' logs (schema migration 11). A template's builds,
-// tags and logs are deleted with it by the schema's ON DELETE CASCADE. Ids and tags sort byte by
-// byte (COLLATE "C"), as in SQLite.
+// the tags that point at builds, and the builds' logs (schema migration 11); the files of COPY
+// steps, in pieces (migration 12). A template's builds, tags and logs are deleted with it by the
+// schema's ON DELETE CASCADE. Ids and tags sort byte by byte (COLLATE "C"), as in SQLite.
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "api/store/pg_connection.h"
 #include "api/store/pg_store.h"
+#include "api/store/template_file_io.h"
 
 namespace moat::api::store {
 namespace {
@@ -110,6 +112,39 @@ std::string LogEntriesJson(const std::vector<BuildLogRecord>& entries) {
                  {"m", clean(e.message)}});
   }
   return a.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// Template file pieces travel as hex text (decode($n, 'hex') / encode(data, 'hex')): the kit's
+// parameters and results are text, and a piece may hold any byte.
+std::string ToHex(std::string_view bytes) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.resize(bytes.size() * 2);
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    auto b = static_cast<unsigned char>(bytes[i]);
+    out[2 * i] = kHex[b >> 4];
+    out[2 * i + 1] = kHex[b & 15];
+  }
+  return out;
+}
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Decodes `hex` into `out` (resized); false if it is not hex.
+bool FromHex(std::string_view hex, std::string& out) {
+  if (hex.size() % 2 != 0) return false;
+  out.resize(hex.size() / 2);
+  for (size_t i = 0; i < out.size(); ++i) {
+    int hi = HexDigit(hex[2 * i]), lo = HexDigit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<char>((hi << 4) | lo);
+  }
+  return true;
 }
 
 }  // namespace
@@ -368,6 +403,75 @@ Result<std::vector<BuildLogRecord>> PgStore::BuildLogs(const std::string& build_
     out.push_back({r.Int(i, 0), r.Text(i, 1), r.Text(i, 2), r.Text(i, 3)});
   }
   return out;
+}
+
+// --- Template files (migration 12): pieces of at most kTemplateFileChunk bytes, seq from 0. ---
+
+Status PgStore::PutTemplateFile(const std::string& team_id, const std::string& hash,
+                                const std::string& local_path) {
+  // One transaction: readers see the old file or the new one, never a mix. A retry (conflict,
+  // lost connection) reads the local file again from the start.
+  return Transact([&](pg::Connection& c) -> Status {
+    MOAT_ASSIGN_OR_RETURN(TemplateFileReader in, TemplateFileReader::Open(local_path));
+    // Two puts of one file queue here: otherwise both could find nothing to delete and the
+    // second's INSERT fail on the first's rows. (Two int keys: apart from the migration lock's.)
+    MOAT_RETURN_IF_ERROR(
+        c.Run("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", {team_id, hash}));
+    MOAT_RETURN_IF_ERROR(
+        c.Run("DELETE FROM template_files WHERE team_id = $1 AND hash = $2", {team_id, hash}));
+    std::string piece;
+    // At least one piece: an empty file is one empty piece.
+    for (int64_t seq = 0;; ++seq) {
+      MOAT_RETURN_IF_ERROR(in.Next(piece));
+      if (piece.empty() && seq > 0) break;
+      pg::Params params{team_id, hash, std::to_string(seq), ToHex(piece)};
+      MOAT_RETURN_IF_ERROR(
+          c.Run("INSERT INTO template_files (team_id, hash, seq, data, "
+                "created_at_ms) VALUES ($1, $2, $3, decode($4, 'hex'), "
+                "(floor(extract(epoch FROM now()) * 1000))::bigint)",
+                params));
+      if (piece.size() < kTemplateFileChunk) break;
+    }
+    return Status::Ok();
+  });
+}
+
+Result<bool> PgStore::HasTemplateFile(const std::string& team_id, const std::string& hash) {
+  MOAT_ASSIGN_OR_RETURN(Rows r, pool_->Run([&](pg::Connection& c) {
+    return c.Exec("SELECT 1 FROM template_files WHERE team_id = $1 AND hash = $2 LIMIT 1",
+                  {team_id, hash});
+  }));
+  return r.size() > 0;
+}
+
+Status PgStore::ReadTemplateFile(const std::string& team_id, const std::string& hash,
+                                 const std::string& dest_path) {
+  return pool_->Run([&](pg::Connection& c) -> Status {
+    // One snapshot for all the pieces (a put committing meanwhile is not seen), read one at a
+    // time. A retry writes the destination's temporary file anew.
+    MOAT_ASSIGN_OR_RETURN(auto tx, pg::Transaction::Begin(c, pg::Isolation::kRepeatableRead));
+    MOAT_ASSIGN_OR_RETURN(
+        Rows seqs,
+        c.Exec("SELECT seq FROM template_files WHERE team_id = $1 AND hash = $2 ORDER BY seq",
+               {team_id, hash}));
+    if (seqs.size() == 0) return NotFound("template file " + hash + " not found");
+    MOAT_ASSIGN_OR_RETURN(TemplateFileWriter out, TemplateFileWriter::Create(dest_path));
+    std::string piece;
+    for (int i = 0; i < seqs.size(); ++i) {
+      if (seqs.Int(i, 0) != i) {
+        return Internal("template file " + hash + ": piece " + std::to_string(i) + " missing");
+      }
+      MOAT_ASSIGN_OR_RETURN(Rows r, c.Exec("SELECT encode(data, 'hex') FROM template_files WHERE "
+                                           "team_id = $1 AND hash = $2 AND seq = $3",
+                                           MakeParams(team_id, hash, int64_t{i})));
+      if (r.size() != 1 || !FromHex(r.Text(0, 0), piece)) {
+        return Internal("template file " + hash + ": piece " + std::to_string(i) + " unreadable");
+      }
+      MOAT_RETURN_IF_ERROR(out.Write(piece));
+    }
+    MOAT_RETURN_IF_ERROR(tx.Commit());
+    return out.Commit();
+  });
 }
 
 }  // namespace moat::api::store

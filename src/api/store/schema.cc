@@ -348,6 +348,30 @@ CREATE TABLE template_build_logs (
   PRIMARY KEY (build_id, seq)
 );
 )sql"},
+    // 12: the files of templates' COPY steps (tar archives uploaded for builds), by team and
+    // content hash, in pieces of at most 1 MiB numbered from 0 so that every replica can serve
+    // them. A file is always at least one piece (an empty file: one empty piece), written in one
+    // transaction with the pieces of the file it replaces deleted.
+    {R"sql(
+CREATE TABLE template_files (
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  hash TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  PRIMARY KEY (team_id, hash, seq)
+);
+)sql",
+     R"sql(
+CREATE TABLE template_files (
+  team_id TEXT NOT NULL REFERENCES teams(id),
+  hash TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  data BYTEA NOT NULL,
+  created_at_ms BIGINT NOT NULL,
+  PRIMARY KEY (team_id, hash, seq)
+);
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

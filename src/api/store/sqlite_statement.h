@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 
 #include "common/status.h"
 
@@ -66,6 +67,18 @@ class Statement {
     sqlite3_bind_null(stmt_, i);
     return *this;
   }
+  // A BLOB of `size` bytes (an empty one, not NULL, for size 0). Not copied: `data` must stay
+  // unchanged until the statement has run (Step) or is reset.
+  Statement& BindBlob(int i, const void* data, size_t size) {
+    static const char kEmpty = 0;
+    sqlite3_bind_blob64(stmt_, i, size == 0 ? &kEmpty : data, size, SQLITE_STATIC);
+    return *this;
+  }
+  // Ready to run again (with new bindings).
+  void Reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
   // SQLITE_ROW → true, SQLITE_DONE → false, else an error.
   Result<bool> Step() {
     int rc = sqlite3_step(stmt_);
@@ -82,6 +95,13 @@ class Statement {
     return t == nullptr ? std::string()
                         : std::string(reinterpret_cast<const char*>(t),
                                       static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  // A BLOB column's bytes, valid until the next Step or Reset.
+  std::string_view Blob(int col) {
+    const void* b = sqlite3_column_blob(stmt_, col);
+    return b == nullptr ? std::string_view()
+                        : std::string_view(static_cast<const char*>(b),
+                                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
   }
   int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
   std::optional<int64_t> OptionalInt(int col) {

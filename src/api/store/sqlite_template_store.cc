@@ -1,7 +1,7 @@
 // SqliteStore's custom templates: templates by alias, their builds (changed by compare-and-set),
-// the tags that point at builds, and the builds' logs (schema migration 11). A template's builds,
-// tags and logs are deleted with it by the schema's ON DELETE CASCADE (Open turns foreign keys
-// on).
+// the tags that point at builds, and the builds' logs (schema migration 11); the files of COPY
+// steps, in pieces (migration 12). A template's builds, tags and logs are deleted with it by the
+// schema's ON DELETE CASCADE (Open turns foreign keys on).
 #include <sqlite3.h>
 
 #include <type_traits>
@@ -11,6 +11,7 @@
 
 #include "api/store/sqlite_statement.h"
 #include "api/store/sqlite_store.h"
+#include "api/store/template_file_io.h"
 
 namespace moat::api::store {
 namespace {
@@ -434,6 +435,71 @@ Result<std::vector<BuildLogRecord>> SqliteStore::BuildLogs(const std::string& bu
     if (!row) return out;
     out.push_back({s.Int(0), s.Text(1), s.Text(2), s.Text(3)});
   }
+}
+
+// --- Template files (migration 12): pieces of at most kTemplateFileChunk bytes, seq from 0. ---
+
+Status SqliteStore::PutTemplateFile(const std::string& team_id, const std::string& hash,
+                                    const std::string& local_path) {
+  MOAT_ASSIGN_OR_RETURN(TemplateFileReader in, TemplateFileReader::Open(local_path));
+  std::string piece;
+  std::lock_guard lock(mu_);
+  Transaction tx(db_);
+  {
+    Statement del(db_, "DELETE FROM template_files WHERE team_id = ?1 AND hash = ?2");
+    MOAT_RETURN_IF_ERROR(del.status());
+    MOAT_RETURN_IF_ERROR(del.Bind(1, team_id).Bind(2, hash).Run());
+  }
+  Statement ins(db_,
+                "INSERT INTO template_files (team_id, hash, seq, data, created_at_ms) VALUES (?1, "
+                "?2, ?3, ?4, ?5)");
+  MOAT_RETURN_IF_ERROR(ins.status());
+  const int64_t now = sqlite::NowMs();
+  // At least one piece: an empty file is one empty piece.
+  for (int64_t seq = 0;; ++seq) {
+    MOAT_RETURN_IF_ERROR(in.Next(piece));
+    if (piece.empty() && seq > 0) break;
+    ins.Reset();
+    // `piece` is not touched again before the statement has run.
+    MOAT_RETURN_IF_ERROR(ins.Bind(1, team_id)
+                             .Bind(2, hash)
+                             .Bind(3, seq)
+                             .BindBlob(4, piece.data(), piece.size())
+                             .Bind(5, now)
+                             .Run());
+    if (piece.size() < kTemplateFileChunk) break;
+  }
+  ins.Reset();  // releases the binding to `piece`
+  return tx.Commit();
+}
+
+Result<bool> SqliteStore::HasTemplateFile(const std::string& team_id, const std::string& hash) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "SELECT 1 FROM template_files WHERE team_id = ?1 AND hash = ?2 LIMIT 1");
+  MOAT_RETURN_IF_ERROR(s.status());
+  return s.Bind(1, team_id).Bind(2, hash).Step();
+}
+
+Status SqliteStore::ReadTemplateFile(const std::string& team_id, const std::string& hash,
+                                     const std::string& dest_path) {
+  std::lock_guard lock(mu_);
+  // One statement, its rows read one at a time: one piece in memory, and (under mu_, on the one
+  // connection) no write in between.
+  Statement s(db_,
+              "SELECT seq, data FROM template_files WHERE team_id = ?1 AND hash = ?2 ORDER BY seq");
+  MOAT_RETURN_IF_ERROR(s.status());
+  s.Bind(1, team_id).Bind(2, hash);
+  MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return NotFound("template file " + hash + " not found");
+  MOAT_ASSIGN_OR_RETURN(TemplateFileWriter out, TemplateFileWriter::Create(dest_path));
+  for (int64_t expect = 0; row; ++expect) {
+    if (s.Int(0) != expect) {
+      return Internal("template file " + hash + ": piece " + std::to_string(expect) + " missing");
+    }
+    MOAT_RETURN_IF_ERROR(out.Write(s.Blob(1)));
+    MOAT_ASSIGN_OR_RETURN(row, s.Step());
+  }
+  return out.Commit();
 }
 
 }  // namespace moat::api::store

@@ -445,6 +445,17 @@ class Store {
   virtual Result<std::vector<BuildLogRecord>> BuildLogs(const std::string& build_id, int64_t offset,
                                                         int64_t limit) = 0;
 
+  // The COPY files of template builds (uploaded archives), per team and content hash, kept in
+  // the store in chunks of at most 1 MiB so that every replica can hand them to any host.
+  // Stores the file at `local_path` (read whole) under (team, hash) in one transaction,
+  // replacing one of that key.
+  virtual Status PutTemplateFile(const std::string& team_id, const std::string& hash,
+                                 const std::string& local_path) = 0;
+  virtual Result<bool> HasTemplateFile(const std::string& team_id, const std::string& hash) = 0;
+  // Writes it to `dest_path` (created or truncated, mode 0600); not_found if there is none.
+  virtual Status ReadTemplateFile(const std::string& team_id, const std::string& hash,
+                                  const std::string& dest_path) = 0;
+
   // --- Fleet membership (shared/FLEET.md §3-§4). Every time below is the database's clock. ---
 
   // An agent (re)starting: inserts the host, or re-registers it. Either way a new epoch (1, or

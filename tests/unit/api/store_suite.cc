@@ -3,6 +3,7 @@
 #include "store_suite.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
@@ -10,10 +11,13 @@
 #include <cstdlib>
 #include <latch>
 #include <optional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
+
+#include "common/fs.h"
 
 namespace moat::api::store {
 
@@ -1235,6 +1239,158 @@ TEST_F(StoreSuite, DeletingATemplateDeletesItsBuildsTagsAndLogs) {
   EXPECT_TRUE(store_->GetTemplate(kept.id)->has_value());
   EXPECT_EQ(TagLines(store_->ListTags(kept.id)), (std::vector<std::string>{"latest=k1@30"}));
   EXPECT_EQ(store_->BuildLogs("k1", 0, 100)->size(), 1u);
+}
+
+// A temporary directory, removed with everything in it at the end of the test.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    auto d = MakeTempDir("/tmp", "moat-store-files.");
+    EXPECT_TRUE(d.ok()) << d.status().ToString();
+    if (d.ok()) path_ = *d;
+  }
+  ~ScratchDir() {
+    if (!path_.empty()) (void)RemoveTree(path_);
+  }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// `size` pseudo-random bytes, every value (NUL included) among them.
+std::string RandomBytes(size_t size, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string out(size, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    out[i] = i < 256 ? static_cast<char>(i) : static_cast<char>(rng() & 0xff);
+  }
+  return out;
+}
+
+std::string Contents(const std::string& path) {
+  auto r = ReadFile(path);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : std::string("<unreadable>");
+}
+
+TEST_F(StoreSuite, KeepsTemplateFilesWholeInPiecesAndReplacesThem) {
+  auto team = *store_->CreateTeam("t", false);
+  ScratchDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const std::string hash(64, 'a');
+  EXPECT_FALSE(*store_->HasTemplateFile(team.id, hash));
+
+  // 3.5 MiB: three whole pieces and half of one.
+  const std::string big = RandomBytes((size_t{7} << 20) / 2, 1);
+  ASSERT_NE(big.find('\0', 300), std::string::npos);
+  ASSERT_TRUE(WriteFileAtomic(dir / "big", big).ok());
+  auto put = store_->PutTemplateFile(team.id, hash, dir / "big");
+  ASSERT_TRUE(put.ok()) << put.ToString();
+  EXPECT_TRUE(*store_->HasTemplateFile(team.id, hash));
+  auto read = store_->ReadTemplateFile(team.id, hash, dir / "out");
+  ASSERT_TRUE(read.ok()) << read.ToString();
+  std::string got = Contents(dir / "out");
+  EXPECT_EQ(got.size(), big.size());
+  EXPECT_TRUE(got == big) << "the bytes read back differ from those put";
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "out").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // A second put replaces the file whole: no piece of the longer first one is left.
+  const std::string second = RandomBytes((size_t{5} << 20) / 4, 2);
+  ASSERT_TRUE(WriteFileAtomic(dir / "second", second).ok());
+  put = store_->PutTemplateFile(team.id, hash, dir / "second");
+  ASSERT_TRUE(put.ok()) << put.ToString();
+  read = store_->ReadTemplateFile(team.id, hash, dir / "out");  // over the earlier copy
+  ASSERT_TRUE(read.ok()) << read.ToString();
+  got = Contents(dir / "out");
+  EXPECT_EQ(got.size(), second.size());
+  EXPECT_TRUE(got == second) << "the replacing file's bytes differ";
+
+  // Exactly two pieces' worth, and an empty file (one empty piece), under other hashes.
+  const std::string exact = RandomBytes(size_t{2} << 20, 3);
+  ASSERT_TRUE(WriteFileAtomic(dir / "exact", exact).ok());
+  ASSERT_TRUE(store_->PutTemplateFile(team.id, std::string(64, 'b'), dir / "exact").ok());
+  ASSERT_TRUE(WriteFileAtomic(dir / "empty", "").ok());
+  const std::string empty_hash(64, 'e');
+  ASSERT_TRUE(store_->PutTemplateFile(team.id, empty_hash, dir / "empty").ok());
+  EXPECT_TRUE(*store_->HasTemplateFile(team.id, empty_hash));
+  ASSERT_TRUE(store_->ReadTemplateFile(team.id, std::string(64, 'b'), dir / "exact-out").ok());
+  EXPECT_TRUE(Contents(dir / "exact-out") == exact);
+  ASSERT_TRUE(WriteFileAtomic(dir / "empty-out", "stale").ok());
+  read = store_->ReadTemplateFile(team.id, empty_hash, dir / "empty-out");
+  ASSERT_TRUE(read.ok()) << read.ToString();
+  EXPECT_EQ(Contents(dir / "empty-out"), "") << "read over a file, it is replaced";
+  // The first file is unchanged by the others.
+  ASSERT_TRUE(store_->ReadTemplateFile(team.id, hash, dir / "out").ok());
+  EXPECT_TRUE(Contents(dir / "out") == second);
+
+  // A put of a file that cannot be read changes nothing.
+  EXPECT_FALSE(store_->PutTemplateFile(team.id, hash, dir / "missing").ok());
+  ASSERT_TRUE(store_->ReadTemplateFile(team.id, hash, dir / "out").ok());
+  EXPECT_TRUE(Contents(dir / "out") == second);
+
+  // Nothing but the files asked for is left in the directory: no temporary names.
+  EXPECT_EQ(DirNames(dir.path()), (std::vector<std::string>{"big", "empty", "empty-out", "exact",
+                                                            "exact-out", "out", "second"}));
+}
+
+TEST_F(StoreSuite, TemplateFilesAreATeamsOwnAndAMissingOneWritesNothing) {
+  auto team = *store_->CreateTeam("t", false);
+  auto other = *store_->CreateTeam("o", false);
+  ScratchDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const std::string hash(64, 'c');
+  ASSERT_TRUE(WriteFileAtomic(dir / "in", RandomBytes(1000, 4)).ok());
+  ASSERT_TRUE(store_->PutTemplateFile(team.id, hash, dir / "in").ok());
+
+  EXPECT_TRUE(*store_->HasTemplateFile(team.id, hash));
+  EXPECT_FALSE(*store_->HasTemplateFile(other.id, hash)) << "another team's file";
+  EXPECT_FALSE(*store_->HasTemplateFile(team.id, std::string(64, 'd')));
+  EXPECT_EQ(store_->ReadTemplateFile(other.id, hash, dir / "out").code(), ErrorCode::kNotFound);
+  EXPECT_EQ(store_->ReadTemplateFile(team.id, std::string(64, 'd'), dir / "out").code(),
+            ErrorCode::kNotFound);
+  EXPECT_FALSE(PathExists(dir / "out")) << "a missing file leaves no destination behind";
+  EXPECT_EQ(DirNames(dir.path()), (std::vector<std::string>{"in"}));
+
+  // The other team's own file under the same hash is apart from the first's.
+  ASSERT_TRUE(WriteFileAtomic(dir / "other-in", "theirs").ok());
+  ASSERT_TRUE(store_->PutTemplateFile(other.id, hash, dir / "other-in").ok());
+  ASSERT_TRUE(store_->ReadTemplateFile(other.id, hash, dir / "out").ok());
+  EXPECT_EQ(Contents(dir / "out"), "theirs");
+  ASSERT_TRUE(store_->ReadTemplateFile(team.id, hash, dir / "out").ok());
+  EXPECT_TRUE(Contents(dir / "out") == RandomBytes(1000, 4));
+}
+
+TEST_F(StoreSuite, PutsOfOneTemplateFileAtOnceBothSucceedAndOneWins) {
+  auto team = *store_->CreateTeam("t", false);
+  ScratchDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const std::string hash(64, 'f');
+  const std::string a = RandomBytes((size_t{3} << 20) / 2, 5), b = RandomBytes(5000, 6);
+  ASSERT_TRUE(WriteFileAtomic(dir / "a", a).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir / "b", b).ok());
+  for (int round = 0; round < 3; ++round) {
+    Status sa, sb;
+    std::latch go(2);
+    std::thread ta([&] {
+      go.arrive_and_wait();
+      sa = store_->PutTemplateFile(team.id, hash + std::to_string(round), dir / "a");
+    });
+    std::thread tb([&] {
+      go.arrive_and_wait();
+      sb = store_->PutTemplateFile(team.id, hash + std::to_string(round), dir / "b");
+    });
+    ta.join();
+    tb.join();
+    EXPECT_TRUE(sa.ok()) << sa.ToString();
+    EXPECT_TRUE(sb.ok()) << sb.ToString();
+    ASSERT_TRUE(store_->ReadTemplateFile(team.id, hash + std::to_string(round), dir / "out").ok());
+    std::string got = Contents(dir / "out");
+    EXPECT_TRUE(got == a || got == b) << "one put's file whole, not a mix";
+  }
 }
 
 }  // namespace
