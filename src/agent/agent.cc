@@ -591,6 +591,7 @@ Result<TemplateBuildResult> Agent::BuildTemplate(const TemplateBuildSpec& spec,
                                                  const BuildLogFn& log, BuildFailure* failure) {
   TemplateBuildSpec s = spec;
   s.insecure_registries = config_.insecure_registries;
+  s.layer_cache_mib = config_.template_cache_mib;
   return agent::BuildTemplate(env_, *templates_, config_.base, config_.data_dir + "/templates", s,
                               log, failure);
 }

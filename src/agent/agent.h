@@ -57,6 +57,8 @@ struct AgentConfig {
   // Registries on this host's own network (loopback, link-local) that template builds may pull
   // images from: "host" (any port) or "host:port". None by default.
   std::vector<std::string> insecure_registries;
+  // Disk the cache of template build layers may keep (least recently used layers go first).
+  uint64_t template_cache_mib = 20480;
   std::chrono::seconds warm_demand_window{300};
   // Pause, named snapshots and fork write memory-file snapshots: the RAM split out of the
   // migration stream into a file that restores map (nothing loaded; fork children share its

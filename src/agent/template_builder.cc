@@ -772,6 +772,8 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
       ctx_ = *ctx;
       top = layer + "/disk.qcow2";
       first = i + 1;
+      // Its last use, for the cache's eviction.
+      (void)::utimensat(AT_FDCWD, (layer + "/context.json").c_str(), nullptr, 0);
       Log("info", std::to_string(i + 1),
           "CACHED [builder " + std::to_string(i + 1) + "/" + std::to_string(n) + "] " +
               Describe(spec_.steps[i]) + " [" + keys[i].substr(0, 12) + "]");
@@ -891,6 +893,7 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
       t, [this](const std::string& level, const std::string& msg) { Log(level, "finalize", msg); });
   if (!baked.ok()) return fail("finalize", baked.status());
   remove_out.Cancel();
+  PruneLayers(dir_ + "/layers", spec_.layer_cache_mib << 20, top);
   Log("info", "finalize",
       "Template snapshot ready (" + std::to_string(result.cached_steps) + " steps cached, " +
           std::to_string(result.run_steps) + " run, " +
@@ -901,6 +904,45 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
 }
 
 }  // namespace
+
+void PruneLayers(const std::string& layers_dir, uint64_t budget_bytes, const std::string& keep) {
+  struct Layer {
+    std::string dir;
+    int64_t used_ns = 0;
+    uint64_t bytes = 0;
+  };
+  std::vector<Layer> layers;
+  uint64_t total = 0;
+  for (const auto& name : DirNames(layers_dir)) {
+    if (name.empty() || name[0] == '.') continue;
+    std::string dir = layers_dir + "/" + name;
+    struct stat st {};
+    auto meta_text = ReadFile(dir + "/context.json");
+    json meta = meta_text.ok() ? json::parse(*meta_text, nullptr, false) : json();
+    // A layer over a base that is gone (a deleted parent, a rebuilt base template) is never
+    // used again.
+    if (!meta.is_object() || ::stat((dir + "/context.json").c_str(), &st) < 0 ||
+        !PathExists(meta.value("base", ""))) {
+      if (dir + "/disk.qcow2" != keep) (void)RemoveTree(dir);
+      continue;
+    }
+    Layer l{dir, static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, 0};
+    if (auto b = AllocatedBytes(dir + "/disk.qcow2"); b.ok()) l.bytes = *b;
+    total += l.bytes;
+    layers.push_back(std::move(l));
+  }
+  // Least recently used first, while over the budget.
+  std::sort(layers.begin(), layers.end(),
+            [](const Layer& a, const Layer& b) { return a.used_ns < b.used_ns; });
+  for (const auto& l : layers) {
+    if (total <= budget_bytes) break;
+    if (l.dir + "/disk.qcow2" == keep) continue;
+    if (RemoveTree(l.dir).ok()) {
+      total -= std::min(total, l.bytes);
+      LogInfo("template.layer_evicted", {{"layer", l.dir}, {"bytes", static_cast<int64_t>(l.bytes)}});
+    }
+  }
+}
 
 Result<TemplateBuildResult> BuildTemplate(const SandboxEnv& env, TemplateStore& store,
                                           const TemplateSpec& base,

@@ -70,6 +70,9 @@ struct TemplateBuildSpec {
   // Registries on this host's own network that builds may pull from ("127.0.0.1" any port, or
   // "127.0.0.1:5000"): the operator's --insecure-registry.
   std::vector<std::string> insecure_registries;
+  // The host's layer cache is kept within this much disk after a build (least recently used
+  // layers go first).
+  uint64_t layer_cache_mib = 20480;
 };
 
 // The parts of a build's artifact a sandbox and a child template need (build.json).
@@ -133,6 +136,10 @@ Result<TemplateBuildResult> BuildTemplate(const SandboxEnv& env, TemplateStore& 
                                           const std::string& templates_dir,
                                           const TemplateBuildSpec& spec, const BuildLogFn& log,
                                           BuildFailure* failure);
+// Evicts step layers (DATA_DIR/templates/layers): those over a base image that is gone, then the
+// least recently used ones until the rest fit `budget_bytes`; never the layer whose disk is
+// `keep`.
+void PruneLayers(const std::string& layers_dir, uint64_t budget_bytes, const std::string& keep);
 // The template a ready build on this host stands for (its artifact's build.json).
 Result<TemplateSpec> CustomTemplateSpec(const TemplateSpec& base, const std::string& templates_dir,
                                         const std::string& build_id);

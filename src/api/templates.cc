@@ -117,6 +117,9 @@ Result<int64_t> IntField(const json& body, const char* name, int64_t def) {
   return it->get<int64_t>();
 }
 
+constexpr int64_t kMaxBuildLogLines = 50000;
+constexpr size_t kMaxBuildLogLine = 8192;
+
 }  // namespace
 
 Result<TemplateName> ParseTemplateName(std::string_view raw) {
@@ -443,9 +446,23 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
     if (!s.ok()) LogWarn("api.build_log_failed", {{"build", build.id}, {"error", s.ToString()}});
     pending.clear();
   };
+  // A build's log is bounded (a step may print without end): past kMaxBuildLogLines lines only
+  // moat's own errors are kept, and one line says so; every line at most kMaxBuildLogLine bytes.
+  int64_t logged = 0;
   auto log = [&](const HostBuildLog& l) {
     std::lock_guard lock(log_mu);
-    pending.push_back({l.unix_ms, l.level, l.step, l.message});
+    if (++logged > kMaxBuildLogLines && l.level != "error") {
+      if (logged == kMaxBuildLogLines + 1) {
+        pending.push_back({l.unix_ms, "warn", l.step,
+                           "the build's log is longer than " + std::to_string(kMaxBuildLogLines) +
+                               " lines: from here on only errors are kept"});
+      }
+      return;
+    }
+    std::string message = l.message.size() > kMaxBuildLogLine
+                              ? l.message.substr(0, kMaxBuildLogLine) + "…"
+                              : l.message;
+    pending.push_back({l.unix_ms, l.level, l.step, std::move(message)});
     if (pending.size() >= 200) flush_locked();
   };
   std::thread flusher([&] {

@@ -58,6 +58,8 @@ struct MoatdConfig {
   uint64_t warm_memory_mb = 4096;
   // --insecure-registry: registries on this host's own network template builds may pull from.
   std::vector<std::string> insecure_registries;
+  // --template-cache-mb: disk for the cache of template build layers.
+  uint64_t template_cache_mb = 20480;
   // Pause, named snapshots and fork write memory-file snapshots (docs/snapshots.md); false:
   // one full migration stream each (--snapshot-format stream).
   bool memory_file_snapshots = true;

@@ -93,6 +93,7 @@ Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
   ac.warm_sandboxes = config.warm_sandboxes;
   ac.warm_memory_budget_mib = config.warm_memory_mb;
   ac.insecure_registries = config.insecure_registries;
+  ac.template_cache_mib = config.template_cache_mb;
   ac.memory_file_snapshots = config.memory_file_snapshots;
   ac.jail_id_first = config.jail_id_first;
   if (config.network) {
@@ -473,6 +474,10 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
                   "a registry on this host's own network (loopback or link-local: \"127.0.0.1\" "
                   "for any port, or \"127.0.0.1:5000\") that template builds may pull images "
                   "from, over plain HTTP; repeatable. Others on such addresses are refused");
+  cmd->add_option("--template-cache-mb", config.template_cache_mb,
+                  "disk the cache of template build layers may keep (least recently used layers "
+                  "are evicted after each build)")
+      ->capture_default_str();
   cmd->add_option("--warm-memory-mb", config.warm_memory_mb,
                   "guest memory all warm clones together may hold: the base template's first, "
                   "then those of custom templates in recent use")

@@ -2,7 +2,9 @@
 // expansion, build ids, the build context's JSON; and the check every uploaded archive passes.
 #include "agent/template_builder.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include "common/child_process.h"
 #include "common/fs.h"
@@ -139,6 +141,41 @@ TEST_F(TarCheck, RefusesTraversalAbsolutePathsDevicesAndGarbage) {
   EXPECT_EQ(CheckTarArchive(dir_ + "/garbage", "", 1 << 20).code(), ErrorCode::kInvalidArgument);
   std::string big = Make("head -c 200000 /dev/zero > z", "z");
   EXPECT_EQ(CheckTarArchive(big, "", 100000).code(), ErrorCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace moat::agent
+
+namespace moat::agent {
+namespace {
+
+TEST(PruneLayers, DropsLayersOverGoneBasesThenTheLeastRecentlyUsedOverTheBudget) {
+  auto d = MakeTempDir("/tmp", "moat-prune.");
+  ASSERT_TRUE(d.ok());
+  std::string dir = *d;
+  ASSERT_TRUE(WriteFileAtomic(dir + "/base.raw", "base").ok());
+  auto layer = [&](const std::string& name, const std::string& base, int64_t used_s) {
+    std::string l = dir + "/layers/" + name;
+    ASSERT_TRUE(MakeDirs(l).ok());
+    ASSERT_TRUE(WriteFileAtomic(l + "/disk.qcow2", std::string(64 * 1024, 'x')).ok());
+    ASSERT_TRUE(WriteFileAtomic(l + "/context.json", nlohmann::json{{"base", base}}.dump()).ok());
+    timespec times[2] = {{used_s, 0}, {used_s, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (l + "/context.json").c_str(), times, 0), 0);
+  };
+  layer("old", dir + "/base.raw", 1000);
+  layer("mid", dir + "/base.raw", 2000);
+  layer("new", dir + "/base.raw", 3000);
+  layer("orphan", dir + "/gone.raw", 4000);
+  ASSERT_TRUE(MakeDirs(dir + "/layers/.layer-tmp").ok());
+  // Room for two layers: the orphan goes, then the least recently used; the kept one stays
+  // whatever its age.
+  PruneLayers(dir + "/layers", 2 * 64 * 1024 + 4096, dir + "/layers/old/disk.qcow2");
+  EXPECT_TRUE(PathExists(dir + "/layers/old"));
+  EXPECT_FALSE(PathExists(dir + "/layers/mid"));
+  EXPECT_TRUE(PathExists(dir + "/layers/new"));
+  EXPECT_FALSE(PathExists(dir + "/layers/orphan"));
+  EXPECT_TRUE(PathExists(dir + "/layers/.layer-tmp")) << "a layer being written is not touched";
+  (void)RemoveTree(dir);
 }
 
 }  // namespace
