@@ -67,12 +67,17 @@ inline std::map<std::string, int> PooledClones(const std::vector<LogFields>& log
   return out;
 }
 
-inline bool ClaimedWarm(const std::vector<LogFields>& log, const std::string& sandbox_id) {
-  return std::any_of(log.begin(), log.end(), [&](const LogFields& f) {
-    auto ev = f.find("event"), sb = f.find("sandbox");
-    return ev != f.end() && ev->second == "sandbox.claimed" && sb != f.end() &&
-           sb->second == sandbox_id;
-  });
+// The agent's own time (ms) to hand sandbox `sandbox_id` a warm clone (`sandbox.claimed`
+// ready_us); -1 if it got none.
+inline double WarmClaimMs(const std::vector<LogFields>& log, const std::string& sandbox_id) {
+  for (const auto& f : log) {
+    auto ev = f.find("event"), sb = f.find("sandbox"), us = f.find("ready_us");
+    if (ev != f.end() && ev->second == "sandbox.claimed" && sb != f.end() &&
+        sb->second == sandbox_id) {
+      return us == f.end() ? 0 : std::atof(us->second.c_str()) / 1000.0;
+    }
+  }
+  return -1;
 }
 
 // The `template.baked` line's ms for template `name`; -1 if none.

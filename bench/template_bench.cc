@@ -18,8 +18,10 @@
 //     same command run with `commands.run` in a fresh `base` sandbox. The command prints a random
 //     stamp and writes it to ~/stamp; a sandbox of the last forced build must hold that build's
 //     stamp, not an earlier one's (a forced step's result must replace the cached layer).
+// Also the disk the builds took under DATA_DIR/templates, before and after the templates' delete.
 // Prints a human summary and writes JSON; kills every sandbox, deletes its templates and stops
-// moatd before it exits, also on failure.
+// moatd before it exits, also on failure. The API client is template_client.h; the reading of
+// moatd's log, moatd_log.h.
 //
 // usage: template_bench [--moatd PATH] [--guest-dir DIR] [--rounds N] [--run-builds N]
 //                       [--settle-ms N] [--run-cmd CMD] [--json PATH]
@@ -28,7 +30,6 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -184,7 +185,7 @@ class Bench {
   int pool_timeouts_ = 0;
 };
 
-// Phase 1.
+// 1. Create → first exec from a custom template against base, both pools full.
 Result<json> CreateVsBase(Bench& bench) {
   const Options& o = bench.options();
   std::string name = "bench-warm-" + RandomHex(8);
@@ -224,18 +225,23 @@ Result<json> CreateVsBase(Bench& bench) {
   refill.push_back(bench.WaitPools(want(), std::chrono::seconds(120)));
   struct Side {
     std::vector<double> create, total;
+    std::vector<double> claim;  // the agent's share of the create (sandbox.claimed ready_us)
     int warm = 0;
   } base, custom;
   auto one = [&](const std::string& tmpl, Side& side) -> Status {
-    auto t0 = Clock::now();
+    auto t_create = Clock::now();
     MOAT_ASSIGN_OR_RETURN(SandboxRef sb, bench.Create(tmpl));
-    double c = Ms(Clock::now() - t0);
+    double c = Ms(Clock::now() - t_create);
     ExecOutcome r = bench.Run(sb, kFirstExec);
-    double total = Ms(Clock::now() - t0);
+    double total = Ms(Clock::now() - t_create);
     MOAT_RETURN_IF_ERROR(r.status.Annotate("first exec in a sandbox of " + tmpl));
     side.create.push_back(c);
     side.total.push_back(total);
-    if (ClaimedWarm(bench.Log(), sb.id)) ++side.warm;
+    double claim = WarmClaimMs(bench.Log(), sb.id);
+    if (claim >= 0) {
+      ++side.warm;
+      side.claim.push_back(claim);
+    }
     return bench.Kill(sb.id);
   };
   std::vector<double> diff;
@@ -257,6 +263,7 @@ Result<json> CreateVsBase(Bench& bench) {
     return json{{"create_ms", Summary(s.create)},
                 {"create_first_exec_ms", Summary(s.total)},
                 {"warm_hits", s.warm},
+                {"agent_claim_ms", Summary(s.claim)},
                 {"samples_create_ms", s.create},
                 {"samples_create_first_exec_ms", s.total}};
   };
@@ -277,12 +284,13 @@ Result<json> CreateVsBase(Bench& bench) {
                 {"create_first_exec_p90", q("custom", "create_first_exec_ms", "p90") /
                                               q("base", "create_first_exec_ms", "p90")}};
   out["ratio_custom_over_base"] = ratio;
-  out["target"] = "create+first exec p50 within 10 % of base";
-  out["target_met"] = std::abs(ratio["create_first_exec_p50"].get<double>() - 1.0) <= 0.10;
+  // "As fast as base": a custom template may not be more than 10 % slower (faster is no miss).
+  out["target"] = "create+first exec p50 at most 10 % above base's";
+  out["target_met"] = ratio["create_first_exec_p50"].get<double>() <= 1.10;
   return out;
 }
 
-// Phase 2.
+// 2. The 5-step build cold, then rebuilt unchanged (every step cached).
 Result<json> ColdVsCached(Bench& bench) {
   std::string nonce = RandomHex(12);
   std::string name = "bench-cache-" + nonce.substr(0, 8);
@@ -343,7 +351,7 @@ std::string StampIn(const json& entries) {
   return "";
 }
 
-// Phase 3.
+// 3. A RUN step in forced builds against commands.run of the same command in a sandbox.
 Result<json> RunStepOverhead(Bench& bench) {
   const Options& o = bench.options();
   std::string name = "bench-run-" + RandomHex(8);
@@ -449,16 +457,18 @@ void PrintSummary(const Options& o, const json& out) {
     for (const char* side : {"base", "custom"}) {
       const json& s = c[side];
       std::printf(
-          "    %-6s create p50 %6.0f p90 %6.0f ms   +exec p50 %6.0f p90 %6.0f ms   warm %d/%d\n",
+          "    %-6s create p50 %4.0f p90 %4.0f ms (agent claim p50 %3.0f)   +exec p50 %4.0f p90 "
+          "%4.0f "
+          "ms   warm %d/%d\n",
           side, s["create_ms"]["p50"].get<double>(), s["create_ms"]["p90"].get<double>(),
-          s["create_first_exec_ms"]["p50"].get<double>(),
+          s["agent_claim_ms"].value("p50", -1.0), s["create_first_exec_ms"]["p50"].get<double>(),
           s["create_first_exec_ms"]["p90"].get<double>(), s["warm_hits"].get<int>(),
           s["create_ms"]["n"].get<int>());
     }
     const json& r = c["ratio_custom_over_base"];
     std::printf(
-        "    custom/base: create p50 %.2f, create+exec p50 %.2f p90 %.2f (target: p50 within 10 "
-        "%%: %s)\n    paired median difference %+.0f ms (%+.0f %% of base's p50)\n",
+        "    custom/base: create p50 %.2f, create+exec p50 %.2f p90 %.2f (target: p50 <= 1.10: "
+        "%s)\n    paired median difference %+.0f ms (%+.0f %% of base's p50)\n",
         r["create_p50"].get<double>(), r["create_first_exec_p50"].get<double>(),
         r["create_first_exec_p90"].get<double>(), c["target_met"].get<bool>() ? "met" : "MISSED",
         c["paired_median_diff_ms"].get<double>(),

@@ -78,8 +78,8 @@ class TemplateApi {
  public:
   TemplateApi(uint16_t port, std::string key) : port_(port), key_(std::move(key)) {}
 
-  Result<nlohmann::json> Call(const std::string& method, const std::string& target,
-                              const nlohmann::json& body, int expect) {
+  Result<json> Call(const std::string& method, const std::string& target, const json& body,
+                    int expect) {
     return ControlCall("127.0.0.1", port_, key_, method, target, body, expect);
   }
 

@@ -142,6 +142,7 @@ std::vector<Agent::WarmTarget> Agent::WarmTargets() {
   std::sort(busy.begin(), busy.end(),
             [](const auto& a, const auto& b) { return a.second > b.second; });
   for (const auto& [name, count] : busy) {
+    std::lock_guard custom(custom_mu_);  // not while it is being deleted
     auto spec = TemplateOf(name);
     if (!spec.ok()) continue;  // deleted meanwhile
     auto dir = templates_->Ensure(*spec);
@@ -566,6 +567,7 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
   } else if (IsBuildId(template_name)) {
     // A custom template's build: its snapshot (baked at build time; again only if something
     // it depends on changed since, such as the QEMU version).
+    std::lock_guard custom(custom_mu_);  // not while it is being deleted
     MOAT_ASSIGN_OR_RETURN(TemplateSpec t, TemplateOf(template_name));
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(t));
   } else {
@@ -603,14 +605,34 @@ Result<TemplateSpec> Agent::TemplateOf(const std::string& build_id) {
 
 Status Agent::DeleteTemplateBuild(const std::string& build_id) {
   if (!IsBuildId(build_id)) return NotFound("template build \"" + build_id + "\" not found");
+  std::lock_guard custom(custom_mu_);  // no create or warm-pool bake of it meanwhile
   std::string tmpls = config_.data_dir + "/templates";
   std::string artifact = CustomTemplateDir(tmpls, build_id);
   std::string bakes = tmpls + "/" + build_id;
   if (!PathExists(artifact) && !PathExists(bakes)) {
     return NotFound("template build \"" + build_id + "\" is not on this host");
   }
-  // Warm clones of it go first; running sandboxes keep their own copies of the disk and map
-  // the memory file they were restored from (unlinked, it lives on until the last one ends).
+  // Sandboxes and snapshots of it read their disk through its image (their overlays' base):
+  // while one exists, it stays.
+  auto uses = [&](const std::string& base_disk) {
+    return base_disk.rfind(bakes + "/", 0) == 0 || base_disk.rfind(artifact + "/", 0) == 0;
+  };
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, sb] : sandboxes_) {
+      if (uses(sb->origin().base_disk)) {
+        return FailedPrecondition("sandbox " + id + " runs from template build " + build_id);
+      }
+    }
+  }
+  for (const auto& name : DirNames(config_.data_dir + "/snapshots")) {
+    auto m = ReadManifest(config_.data_dir + "/snapshots/" + name);
+    if (m.ok() && uses(m->base_disk)) {
+      return FailedPrecondition((m->kind == "paused" ? "paused sandbox " : "snapshot ") + name +
+                                " was made from template build " + build_id + " (delete it first)");
+    }
+  }
+  // Warm clones of it go.
   std::vector<std::unique_ptr<Sandbox>> stale;
   {
     std::lock_guard lock(warm_mu_);

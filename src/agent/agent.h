@@ -158,8 +158,9 @@ class Agent {
   // of one name.
   Result<TemplateBuildResult> BuildTemplate(const TemplateBuildSpec& spec, const BuildLogFn& log,
                                             BuildFailure* failure);
-  // Removes a build's artifact and snapshots (sandboxes created from it are not affected: their
-  // disks are copies). not_found if this host has none.
+  // Removes a build's artifact and snapshots, and its warm clones. failed_precondition while a
+  // sandbox (running or paused) or a named snapshot on this host was made from it: their disks
+  // are overlays over its image. not_found if this host has none.
   Status DeleteTemplateBuild(const std::string& build_id);
   // The resources of a custom template build on this host.
   Result<TemplateSpec> TemplateOf(const std::string& build_id);
@@ -209,6 +210,9 @@ class Agent {
   std::unique_ptr<TemplateStore> templates_;
   RecoveryReport recovery_;
   std::mutex paused_mu_;  // serialises pause/resume/delete of paused sandboxes
+  // Held while a custom template build is looked up and baked (create, warm pool) and while one
+  // is deleted: a deleted build is never baked again.
+  std::mutex custom_mu_;
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;  // by public id

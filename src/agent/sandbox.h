@@ -48,6 +48,13 @@ struct TemplateSpec {
   std::chrono::seconds ready_timeout{600};
   // The default user and workdir its sandboxes have (empty: the guest's).
   GuestIdentity defaults;
+  // Set up by the bake, as root, before the start command: files written (path -> content), and
+  // the root filesystem grown to its disk (resize2fs, online) when the disk was grown.
+  std::map<std::string, std::string> bake_files;
+  bool resize_root_fs = false;
+  // Its rootfs is never written again (a custom template's artifact): the bake links it rather
+  // than copying it.
+  bool rootfs_immutable = false;
 };
 
 // What every sandbox of this agent shares.

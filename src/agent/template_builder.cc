@@ -1,11 +1,15 @@
 #include "agent/template_builder.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <ctime>
 
@@ -23,12 +27,18 @@
 #include "common/log.h"
 #include "common/sandbox_id.h"
 #include "common/tar_check.h"
+#include "common/unique_fd.h"
+#include "common/utf8.h"
 
 namespace moat::agent {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+
+// Builds running in this process: the layer cache is pruned only by a build that runs alone
+// (one running beside it may be about to copy a layer it would evict).
+std::atomic<int> g_running_builds{0};
 
 int64_t NowMs() {
   timespec ts{};
@@ -40,6 +50,32 @@ std::string Sha256Hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+Result<std::string> FileSha256Hex(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("open(" + path + ")");
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  Cleanup free_ctx([&] { EVP_MD_CTX_free(ctx); });
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t r = ::read(fd.get(), buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return ErrnoError("read(" + path + ")");
+    if (r == 0) break;
+    EVP_DigestUpdate(ctx, buf, static_cast<size_t>(r));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   for (unsigned i = 0; i < len; ++i) {
@@ -157,12 +193,38 @@ std::string RegistryHostName(const std::string& registry) {
 bool IsHostLocalRegistry(const std::string& registry) {
   std::string host = RegistryHostName(registry);
   for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (host == "localhost" || host.ends_with(".localhost") || host == "0.0.0.0" || host == "[::]" ||
-      host == "[::1]" || host.rfind("127.", 0) == 0 || host.rfind("169.254.", 0) == 0 ||
-      host.rfind("[fe80:", 0) == 0 || host.rfind("[::ffff:127.", 0) == 0) {
-    return true;
+  if (host == "localhost" || host.ends_with(".localhost")) return true;
+  if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
+  // What the name (or a number in any of the forms the resolver takes: "2130706433",
+  // "0x7f.1") stands for now. skopeo resolves it again when it pulls: a name whose answer
+  // changes in between is not caught (see docs/templates.md).
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0) return false;
+  bool local = false;
+  for (addrinfo* a = res; a != nullptr && !local; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      uint32_t ip = ntohl(reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr.s_addr);
+      local = (ip >> 24) == 127 || (ip >> 16) == 0xA9FE || ip == 0;  // loopback, link-local, any
+    } else if (a->ai_family == AF_INET6) {
+      const in6_addr& ip6 = reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr;
+      const uint8_t* b = ip6.s6_addr;
+      bool mapped = IN6_IS_ADDR_V4MAPPED(&ip6);
+      uint32_t v4 =
+          mapped ? (uint32_t{b[12]} << 24 | uint32_t{b[13]} << 16 | uint32_t{b[14]} << 8 | b[15])
+                 : 0;
+      // fd00:ec2::254: a cloud's metadata service over IPv6.
+      static const uint8_t kMetadata6[16] = {0xfd, 0, 0x0e, 0xc2, 0, 0, 0,    0,
+                                             0,    0, 0,    0,    0, 0, 0x02, 0x54};
+      local = IN6_IS_ADDR_LOOPBACK(&ip6) || IN6_IS_ADDR_UNSPECIFIED(&ip6) ||
+              IN6_IS_ADDR_LINKLOCAL(&ip6) || std::memcmp(b, kMetadata6, 16) == 0 ||
+              (mapped && ((v4 >> 24) == 127 || (v4 >> 16) == 0xA9FE || v4 == 0));
+    }
   }
-  return false;
+  ::freeaddrinfo(res);
+  return local;
 }
 
 json BuildContext::ToJson() const {
@@ -191,7 +253,8 @@ json TemplateBuildResult::ToJson() const {
           {"memoryMiB", memory_mib},     {"diskMiB", disk_mib},
           {"context", context.ToJson()}, {"startCmd", start_cmd},
           {"readyCmd", ready_cmd},       {"cachedSteps", cached_steps},
-          {"runSteps", run_steps}};
+          {"runSteps", run_steps},       {"templateID", template_id},
+          {"resized", resized}};
 }
 
 Result<TemplateBuildResult> TemplateBuildResult::FromJson(const json& j) {
@@ -206,6 +269,8 @@ Result<TemplateBuildResult> TemplateBuildResult::FromJson(const json& j) {
     r.ready_cmd = j.value("readyCmd", "");
     r.cached_steps = j.value("cachedSteps", 0);
     r.run_steps = j.value("runSteps", 0);
+    r.template_id = j.value("templateID", "");
+    r.resized = j.value("resized", false);
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("build result: ") + e.what());
   }
@@ -318,7 +383,8 @@ class Builder {
 
  private:
   void Log(const std::string& level, const std::string& step, const std::string& message) {
-    if (log_) log_(BuildLogLine{NowMs(), level, step, message});
+    // Guest output is any bytes: valid UTF-8 from here on.
+    if (log_) log_(BuildLogLine{NowMs(), level, step, ValidUtf8(message)});
   }
   Status Fail(const std::string& step, Status s) {
     failure_step_ = step;
@@ -334,7 +400,9 @@ class Builder {
   Result<std::string> HomeOf(const std::string& user);
   Status SaveLayer(const std::string& key);
   Status Flatten(const std::string& top, const std::string& out);
-  Status Grow(const std::string& image, uint64_t* disk_mib);
+  Status Grow(const std::string& image, uint64_t* disk_mib, bool* resize);
+  // The root filesystem's free space in the builder VM now (df), into free_mib_.
+  void MeasureFree();
 
   const SandboxEnv& env_;
   TemplateStore& store_;
@@ -352,6 +420,7 @@ class Builder {
   std::unique_ptr<Sandbox> vm_;
   std::map<std::string, std::string> guest_env_;  // the user's login shell's, for ENV expansion
   std::string scratch_;                           // the build's scratch directory on the host
+  std::optional<uint64_t> free_mib_;              // the root filesystem's, after the last step (df)
   bool guest_env_read_ = false;
 };
 
@@ -578,7 +647,8 @@ Status Builder::RunStep(size_t i) {
     std::string scratch = scratch_ + "/copy-" + step + ".tar";
     Cleanup remove_scratch([&] { ::unlink(scratch.c_str()); });
     MOAT_RETURN_IF_ERROR(CheckTarArchive(blob->second, scratch, uint64_t{4} << 30));
-    MOAT_ASSIGN_OR_RETURN(std::string tar, ReadFile(scratch));
+    UniqueFd tar(::open(scratch.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!tar) return ErrnoError("open(" + scratch + ")");
     std::string owner = s.args.size() > 2 && !s.args[2].empty() ? s.args[2] : ctx_.user;
     std::string mode = s.args.size() > 3 ? s.args[3] : "";
     if (!mode.empty() &&
@@ -592,7 +662,15 @@ Status Builder::RunStep(size_t i) {
     req.argv = {"/bin/sh", "-c", kCopyScript, "copy", StaticPrefix(s.args[0]), dest, owner, mode};
     req.user = "root";
     req.cwd = "/";
-    req.stdin_data = std::move(tar);
+    // Streamed from the checked copy: an archive can be far larger than memory should hold.
+    req.stdin_source = [&tar](char* buf, size_t size) -> Result<size_t> {
+      ssize_t r;
+      do {
+        r = ::read(tar.get(), buf, size);
+      } while (r < 0 && errno == EINTR);
+      if (r < 0) return ErrnoError("reading the COPY archive");
+      return static_cast<size_t>(r);
+    };
     return Exec(step, std::move(req), what, /*log_output=*/true);
   }
   if (s.type == "ENV" || s.type == "ARG") {
@@ -611,7 +689,9 @@ Status Builder::RunStep(size_t i) {
           if (b == std::string::npos) b = out.size();
           std::string line = out.substr(a, b - a);
           size_t eq = line.find('=');
-          if (eq != std::string::npos) guest_env_[line.substr(0, eq)] = line.substr(eq + 1);
+          if (eq != std::string::npos) {
+            guest_env_[ValidUtf8(line.substr(0, eq))] = ValidUtf8(line.substr(eq + 1));
+          }
           a = b + 1;
         }
       }
@@ -664,21 +744,53 @@ Status Builder::RunStep(size_t i) {
   return InvalidArgument("command type " + s.type + " is not implemented");
 }
 
+void Builder::MeasureFree() {
+  auto guest = vm_->Guest();
+  if (!guest.ok()) return;
+  channel::ExecRequest req;
+  req.argv = {"/bin/sh", "-c", "df -Pk / | tail -n 1"};
+  req.user = "root";
+  req.cwd = "/";
+  auto r = (*guest)->Run(req, Clock::now() + std::chrono::seconds(30));
+  if (!r.ok() || r->exit_code != 0) return;
+  // "/dev/vda 2031440 1453728 577712 72% /": the fourth field, KiB available.
+  std::vector<std::string> f;
+  std::string field;
+  for (char c : r->stdout_data + " ") {
+    if (c == ' ' || c == '\t' || c == '\n') {
+      if (!field.empty()) f.push_back(field);
+      field.clear();
+    } else {
+      field.push_back(c);
+    }
+  }
+  if (f.size() >= 4 && f[3].find_first_not_of("0123456789") == std::string::npos) {
+    free_mib_ = std::strtoull(f[3].c_str(), nullptr, 10) / 1024;
+  }
+}
+
 Status Builder::SaveLayer(const std::string& key) {
   std::string layers = dir_ + "/layers";
   std::string final_dir = layers + "/" + key;
-  if (PathExists(final_dir + "/context.json")) return Status::Ok();
+  // A step that ran has its own result: it replaces a layer of the same key (a forced step,
+  // or a build racing this one), never the other way round.
   MOAT_RETURN_IF_ERROR(vm_->FlushGuestFilesystems());
   MOAT_ASSIGN_OR_RETURN(std::string tmp, MakeTempDir(layers, ".layer-"));
   Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
   MOAT_RETURN_IF_ERROR(vm_->CopyDiskTo(tmp + "/disk.qcow2"));
   ::chmod((tmp + "/disk.qcow2").c_str(), 0644);
+  MeasureFree();
   json meta = {{"context", ctx_.ToJson()}, {"base", base_raw_}, {"createdAt", NowMs()}};
-  MOAT_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/context.json", meta.dump(), 0644));
+  if (free_mib_) meta["freeMiB"] = *free_mib_;
+  MOAT_RETURN_IF_ERROR(WriteFileAtomic(
+      tmp + "/context.json", meta.dump(-1, ' ', false, json::error_handler_t::replace), 0644));
   ::chmod(tmp.c_str(), 0755);
+  if (PathExists(final_dir)) {
+    // Out of the way first (a build that copies it now keeps the open file), then gone.
+    std::string old = tmp + ".old";
+    if (::rename(final_dir.c_str(), old.c_str()) == 0) (void)RemoveTree(old);
+  }
   if (::rename(tmp.c_str(), final_dir.c_str()) < 0) {
-    // Another build of the same steps got there first: theirs serves as well.
-    if (PathExists(final_dir + "/context.json")) return Status::Ok();
     return ErrnoError("rename(" + tmp + ", " + final_dir + ")");
   }
   remove_tmp.Cancel();
@@ -686,49 +798,57 @@ Status Builder::SaveLayer(const std::string& key) {
 }
 
 Status Builder::Flatten(const std::string& top, const std::string& out) {
-  if (top.empty()) {
-    MOAT_RETURN_IF_ERROR(CopyFile(base_raw_, out));
-  } else {
-    auto r = RunTool({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", top, out},
+  if (top.empty()) return CopyFile(base_raw_, out);
+  // A layer is flattened once (flat.raw beside it, gone with it); each build of it takes a hard
+  // link, never writing to it: the artifact, and the bake's disk, are read-only images.
+  std::string flat = top.substr(0, top.rfind('/')) + "/flat.raw";
+  if (!PathExists(flat)) {
+    std::string tmp = flat + ".tmp-" + spec_.build_id;
+    Cleanup remove_tmp([&] { ::unlink(tmp.c_str()); });
+    // Only the qcow2 chain is read here (QEMU's metadata); the filesystem inside, which the
+    // guest wrote, is parsed by no host tool: its journal is replayed by the guest's kernel.
+    auto r = RunTool({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", top, tmp},
                      std::chrono::minutes(30));
     MOAT_RETURN_IF_ERROR(r.status().Annotate("flattening the template's disk"));
+    ::chmod(tmp.c_str(), 0444);
+    if (::rename(tmp.c_str(), flat.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
+    remove_tmp.Cancel();
+  } else {
+    Log("info", "finalize", "Flattened disk reused");
   }
-  // The copy of a mounted filesystem: its journal is replayed now, before anything edits the
-  // image offline (debugfs would otherwise allocate what the journal still holds). e2fsck exits
-  // 1 when it fixed something, which is expected here.
-  MOAT_ASSIGN_OR_RETURN(ToolOutput fsck, RunExternalTool({.argv = {"e2fsck", "-fy", out}}));
-  int st = fsck.wait_status;
-  if (!WIFEXITED(st) || WEXITSTATUS(st) > 1) {
-    return Internal("e2fsck of the template's disk: " + fsck.Describe());
-  }
-  return Status::Ok();
+  if (::link(flat.c_str(), out.c_str()) == 0) return Status::Ok();
+  return CopyFile(flat, out);
 }
 
-Status Builder::Grow(const std::string& image, uint64_t* disk_mib) {
+Status Builder::Grow(const std::string& image, uint64_t* disk_mib, bool* resize) {
   struct stat st {};
   if (::stat(image.c_str(), &st) < 0) return ErrnoError("stat(" + image + ")");
   uint64_t size = static_cast<uint64_t>(st.st_size);
   *disk_mib = size >> 20;
+  *resize = false;
   if (spec_.min_free_disk_mib == 0) return Status::Ok();
-  MOAT_ASSIGN_OR_RETURN(std::string info, RunTool({"dumpe2fs", "-h", image}));
-  auto field = [&](const std::string& name) -> uint64_t {
-    size_t at = info.find("\n" + name + ":");
-    if (at == std::string::npos) return 0;
-    return std::strtoull(info.c_str() + at + name.size() + 2, nullptr, 10);
-  };
-  uint64_t free_mib = (field("Free blocks") * field("Block size")) >> 20;
+  // Free space as the guest measured it after the last step (unknown without one: all of it
+  // is added). The image grows here by a truncate (nothing parsed); the filesystem grows into
+  // it online, in the bake's VM.
+  uint64_t free_mib = free_mib_.value_or(0);
   if (free_mib >= spec_.min_free_disk_mib) return Status::Ok();
-  // Some headroom for the filesystem's own metadata.
   uint64_t grow = spec_.min_free_disk_mib - free_mib + 64 + (spec_.min_free_disk_mib / 20);
   uint64_t new_size = ((size >> 20) + grow) << 20;
+  if (st.st_nlink > 1) {
+    // A link to a layer's flat image: grown as a copy of its own.
+    std::string own = image + ".own";
+    MOAT_RETURN_IF_ERROR(CopyFile(image, own));
+    if (::rename(own.c_str(), image.c_str()) < 0) return ErrnoError("rename(" + own + ")");
+  }
   if (::truncate(image.c_str(), static_cast<off_t>(new_size)) < 0) {
     return ErrnoError("truncate(" + image + ")");
   }
-  MOAT_RETURN_IF_ERROR(RunTool({"resize2fs", image}).status().Annotate("resize2fs"));
   *disk_mib = new_size >> 20;
+  *resize = true;
   Log("info", "finalize",
       "Disk grown to " + std::to_string(*disk_mib) + " MiB (" +
-          std::to_string(spec_.min_free_disk_mib) + " MiB free asked for)");
+          std::to_string(spec_.min_free_disk_mib) + " MiB free asked for, " +
+          std::to_string(free_mib) + " MiB free after the steps)");
   return Status::Ok();
 }
 
@@ -749,12 +869,21 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
   // where the base lacks it): the context's user is `user` from here on.
   ctx_.user = "user";
 
-  // The cached prefix.
+  // The cached prefix. Layers are the team's own (another team's steps never serve it), and a
+  // COPY's key is the hash of the archive's bytes as uploaded, not the client's hash of its
+  // files: what a layer holds is what its key says.
   size_t n = spec_.steps.size();
   std::vector<std::string> keys(n);
-  std::string key = key_;
+  std::string key = Sha256Hex("team\n" + spec_.team_id + "\n" + key_);
   for (size_t i = 0; i < n; ++i) {
-    key = StepKey(key, spec_.steps[i]);
+    TemplateStep keyed = spec_.steps[i];
+    if (!keyed.files_hash.empty()) {
+      auto blob = spec_.files.find(keyed.files_hash);
+      auto content = blob == spec_.files.end() ? Result<std::string>(NotFound(""))
+                                               : FileSha256Hex(blob->second);
+      keyed.files_hash = content.ok() ? "content:" + *content : "missing:" + keyed.files_hash;
+    }
+    key = StepKey(key, keyed);
     keys[i] = key;
   }
   size_t first = 0;
@@ -772,6 +901,11 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
       ctx_ = *ctx;
       top = layer + "/disk.qcow2";
       first = i + 1;
+      if (meta.contains("freeMiB") && meta["freeMiB"].is_number_unsigned()) {
+        free_mib_ = meta["freeMiB"].get<uint64_t>();
+      } else {
+        free_mib_.reset();
+      }
       // Its last use, for the cache's eviction.
       (void)::utimensat(AT_FDCWD, (layer + "/context.json").c_str(), nullptr, 0);
       Log("info", std::to_string(i + 1),
@@ -852,23 +986,21 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
   Log("info", "finalize", "Flattening the disk");
   std::string raw = *tmp + "/rootfs.raw";
   if (Status s = Flatten(top, raw); !s.ok()) return fail("finalize", s);
-  if (Status s = Grow(raw, &result.disk_mib); !s.ok()) return fail("finalize", s);
-  // /.e2b as E2B's finalize writes it, into the image without a VM.
-  std::string e2b = *tmp + "/e2b";
-  (void)WriteFileAtomic(e2b,
-                        "ENV_ID=" + spec_.template_id + "\nTEMPLATE_ID=" + spec_.template_id +
-                            "\nBUILD_ID=" + spec_.build_id + "\n",
-                        0644);
-  (void)RunTool({"debugfs", "-w", "-R", "rm /.e2b", raw});
-  if (auto r = RunTool({"debugfs", "-w", "-R", "write " + e2b + " .e2b", raw}); !r.ok()) {
-    return fail("finalize", r.status().Annotate("writing /.e2b"));
+  bool resize = false;
+  if (Status s = Grow(raw, &result.disk_mib, &resize); !s.ok()) return fail("finalize", s);
+  result.template_id = spec_.template_id;
+  result.resized = resize;
+  {
+    struct stat rst {};
+    if (::stat(raw.c_str(), &rst) == 0 && rst.st_nlink == 1) ::chmod(raw.c_str(), 0644);
   }
-  ::unlink(e2b.c_str());
-  ::chmod(raw.c_str(), 0644);
   if (Status s = WriteFileAtomic(*tmp + "/rootfs.key", spec_.build_id, 0644); !s.ok()) {
     return fail("finalize", s);
   }
-  if (Status s = WriteFileAtomic(*tmp + "/build.json", result.ToJson().dump(), 0644); !s.ok()) {
+  if (Status s = WriteFileAtomic(
+          *tmp + "/build.json",
+          result.ToJson().dump(-1, ' ', false, json::error_handler_t::replace), 0644);
+      !s.ok()) {
     return fail("finalize", s);
   }
   ::chmod(tmp->c_str(), 0755);
@@ -876,24 +1008,18 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
   remove_tmp.Cancel();
   Cleanup remove_out([&] { (void)RemoveTree(out); });
 
-  // The snapshot, with the start command running.
-  TemplateSpec t = base_;
-  t.name = spec_.build_id;
-  t.kernel_path = kernel_;
-  t.rootfs_path = out + "/rootfs.raw";
-  t.vcpus = spec_.vcpus;
-  t.memory_mib = spec_.memory_mib;
-  t.start_cmd = result.start_cmd;
-  t.ready_cmd = result.ready_cmd;
-  t.defaults = GuestIdentity{.env = {}, .user = ctx_.user, .workdir = ctx_.workdir};
-  t.start_env = ctx_.env;
+  // The snapshot, with the start command running: the same spec a create gets from build.json
+  // (CustomTemplateSpec), so that the snapshot is the one creates find.
+  auto spec = CustomTemplateSpec(base_, dir_, spec_.build_id);
+  if (!spec.ok()) return fail("finalize", spec.status());
+  TemplateSpec t = *spec;
   t.ready_timeout = spec_.ready_timeout;
   if (!t.start_cmd.empty()) Log("info", "finalize", "Starting: " + t.start_cmd);
   auto baked = store_.Ensure(
       t, [this](const std::string& level, const std::string& msg) { Log(level, "finalize", msg); });
   if (!baked.ok()) return fail("finalize", baked.status());
   remove_out.Cancel();
-  PruneLayers(dir_ + "/layers", spec_.layer_cache_mib << 20, top);
+  if (g_running_builds.load() == 1) PruneLayers(dir_ + "/layers", spec_.layer_cache_mib << 20, top);
   Log("info", "finalize",
       "Template snapshot ready (" + std::to_string(result.cached_steps) + " steps cached, " +
           std::to_string(result.run_steps) + " run, " +
@@ -928,6 +1054,7 @@ void PruneLayers(const std::string& layers_dir, uint64_t budget_bytes, const std
     }
     Layer l{dir, static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, 0};
     if (auto b = AllocatedBytes(dir + "/disk.qcow2"); b.ok()) l.bytes = *b;
+    if (auto b = AllocatedBytes(dir + "/flat.raw"); b.ok()) l.bytes += *b;
     total += l.bytes;
     layers.push_back(std::move(l));
   }
@@ -939,7 +1066,8 @@ void PruneLayers(const std::string& layers_dir, uint64_t budget_bytes, const std
     if (l.dir + "/disk.qcow2" == keep) continue;
     if (RemoveTree(l.dir).ok()) {
       total -= std::min(total, l.bytes);
-      LogInfo("template.layer_evicted", {{"layer", l.dir}, {"bytes", static_cast<int64_t>(l.bytes)}});
+      LogInfo("template.layer_evicted",
+              {{"layer", l.dir}, {"bytes", static_cast<int64_t>(l.bytes)}});
     }
   }
 }
@@ -949,6 +1077,8 @@ Result<TemplateBuildResult> BuildTemplate(const SandboxEnv& env, TemplateStore& 
                                           const std::string& templates_dir,
                                           const TemplateBuildSpec& spec, const BuildLogFn& log,
                                           BuildFailure* failure) {
+  ++g_running_builds;
+  Cleanup done([] { --g_running_builds; });
   Builder b(env, store, base, templates_dir, spec, log);
   return b.Run(failure);
 }
@@ -969,6 +1099,12 @@ Result<TemplateSpec> CustomTemplateSpec(const TemplateSpec& base, const std::str
   t.ready_cmd = r.ready_cmd;
   t.defaults = GuestIdentity{.env = {}, .user = r.context.user, .workdir = r.context.workdir};
   t.start_env = r.context.env;
+  t.rootfs_immutable = true;
+  // Done in the bake's VM, as root, before the start command (never by a host tool on the
+  // guest-written filesystem): E2B's /.e2b, and the filesystem grown into a grown disk.
+  t.bake_files = {{"/.e2b", "ENV_ID=" + r.template_id + "\nTEMPLATE_ID=" + r.template_id +
+                                "\nBUILD_ID=" + build_id + "\n"}};
+  t.resize_root_fs = r.resized;
   return t;
 }
 

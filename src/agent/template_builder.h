@@ -52,6 +52,7 @@ struct RegistryCredentials {
 struct TemplateBuildSpec {
   std::string build_id;     // a UUID: names the artifact
   std::string template_id;  // for /.e2b and the logs
+  std::string team_id;      // whose layers it may use (the cache is per team)
   // Exactly one base: a template ("base", or the build id of a ready custom template on this
   // host) or an OCI image reference (e2bdev/base[:tag] is the base template).
   std::string from_template;
@@ -84,6 +85,8 @@ struct TemplateBuildResult {
   BuildContext context;
   std::string start_cmd, ready_cmd;
   int cached_steps = 0, run_steps = 0;
+  std::string template_id;  // for /.e2b
+  bool resized = false;     // its disk was grown: the bake grows the filesystem into it
   nlohmann::json ToJson() const;
   static Result<TemplateBuildResult> FromJson(const nlohmann::json& j);
 };
@@ -109,8 +112,9 @@ bool IsBuildId(const std::string& s);
 
 // A registry's host without its port ("[::1]" keeps its brackets).
 std::string RegistryHostName(const std::string& registry);
-// Is the registry on this host (loopback) or its link-local network (169.254.0.0/16, fe80::/10:
-// a cloud's metadata service)? Builds pull from those only where allowed.
+// Is the registry on this host (loopback, the unspecified address) or its link-local network
+// (169.254.0.0/16, fe80::/10, fd00:ec2::254: a cloud's metadata service), by name or by what
+// the name resolves to now? Builds pull from those only where allowed.
 bool IsHostLocalRegistry(const std::string& registry);
 
 // The cache key of a step after `parent` (hex SHA-256).

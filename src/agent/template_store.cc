@@ -69,12 +69,12 @@ Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
                    ArtifactKey("/usr/bin/qemu-system-x86_64", "") + "|" +
                    vmm::qemu::kBaseKernelCmdline + "|moat-snapshot-v1" +
                    (env_.slots != nullptr ? "|nic" : "");
-  if (!t.start_cmd.empty() || !t.defaults.user.empty() || !t.defaults.workdir.empty()) {
-    nlohmann::json start = {{"start", t.start_cmd},
-                            {"ready", t.ready_cmd},
-                            {"identity", IdentityToJson(t.defaults)},
-                            {"env", t.start_env}};
-    in += "|" + start.dump();
+  if (!t.start_cmd.empty() || !t.defaults.user.empty() || !t.defaults.workdir.empty() ||
+      !t.bake_files.empty() || t.resize_root_fs) {
+    nlohmann::json start = {
+        {"start", t.start_cmd}, {"ready", t.ready_cmd},  {"identity", IdentityToJson(t.defaults)},
+        {"env", t.start_env},   {"files", t.bake_files}, {"resize", t.resize_root_fs}};
+    in += "|" + start.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(Fnv(in)));
@@ -121,7 +121,10 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   std::string base = tmp + "/disk.raw";
   // The template keeps its own copy of the rootfs (shared blocks where the filesystem can), so
   // a rebuilt guest image never changes the disk under existing snapshots.
-  MOAT_RETURN_IF_ERROR(CopyFile(t.rootfs_path, base));
+  // A custom template's image is never written after its build: shared by a hard link.
+  if (!t.rootfs_immutable || ::link(t.rootfs_path.c_str(), base.c_str()) < 0) {
+    MOAT_RETURN_IF_ERROR(CopyFile(t.rootfs_path, base));
+  }
   ::chmod(base.c_str(), 0644);
   MOAT_RETURN_IF_ERROR(CreateOverlay(base, f.overlay));
 
@@ -194,6 +197,9 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
     MOAT_ASSIGN_OR_RETURN(channel::proto::IdentityOp op, IdentityOpFor(t.defaults));
     MOAT_RETURN_IF_ERROR(channel::ops::Unary(**guest, op, Clock::now() + std::chrono::seconds(10))
                              .Annotate("baking template " + t.name + ": defaults"));
+  }
+  if (t.resize_root_fs || !t.bake_files.empty()) {
+    MOAT_RETURN_IF_ERROR(PrepareGuest(**guest, t).Annotate("baking template " + t.name));
   }
   if (!t.start_cmd.empty() || !t.ready_cmd.empty()) {
     MOAT_RETURN_IF_ERROR(StartAndWait(**guest, t, log));
@@ -279,6 +285,9 @@ Status TemplateStore::StartAndWait(channel::GuestClient& guest, const TemplateSp
         if (!ev.ok() || ev->kind == channel::StreamEvent::Kind::kEnd) return;
         if (ev->kind == channel::StreamEvent::Kind::kData) {
           partial += ev->data;
+          if (partial.size() > 8192 && partial.find('\n') == std::string::npos) {
+            partial += '\n';  // a line without end is cut (output is any bytes, any length)
+          }
           size_t nl;
           while ((nl = partial.find('\n')) != std::string::npos) {
             std::string line = partial.substr(0, nl);
@@ -344,6 +353,37 @@ Status TemplateStore::StartAndWait(channel::GuestClient& guest, const TemplateSp
           std::to_string(
               std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count()) +
           " ms");
+  return Status::Ok();
+}
+
+Status TemplateStore::PrepareGuest(channel::GuestClient& guest, const TemplateSpec& t) {
+  auto run = [&](std::vector<std::string> argv, const std::string& what) -> Status {
+    channel::ExecRequest req;
+    req.argv = std::move(argv);
+    req.user = "root";
+    req.cwd = "/";
+    req.timeout_ms = 300000;
+    auto r = guest.Run(req, Clock::now() + std::chrono::seconds(310));
+    if (!r.ok()) return r.status().Annotate(what);
+    if (r->exit_code != 0) {
+      return FailedPrecondition(what + " exited with status " +
+                                std::to_string(r->exit_code.value_or(-1)) + ": " + r->stdout_data +
+                                r->stderr_data);
+    }
+    return Status::Ok();
+  };
+  if (t.resize_root_fs) {
+    MOAT_RETURN_IF_ERROR(run({"/bin/sh", "-c",
+                              "command -v resize2fs >/dev/null || { echo 'the image has no "
+                              "resize2fs (e2fsprogs), which minFreeDiskMb needs' >&2; exit 1; }; "
+                              "resize2fs /dev/vda"},
+                             "growing the root filesystem"));
+  }
+  for (const auto& [path, content] : t.bake_files) {
+    MOAT_RETURN_IF_ERROR(
+        run({"/bin/sh", "-c", "printf '%s' \"$2\" > \"$1\"", "write", path, content},
+            "writing " + path));
+  }
   return Status::Ok();
 }
 

@@ -42,6 +42,8 @@ class TemplateStore {
  private:
   Result<std::string> Bake(const TemplateSpec& tmpl, const std::string& build_dir,
                            const BakeLog& log);
+  // The bake's set-up before the start command (TemplateSpec::bake_files, resize_root_fs).
+  Status PrepareGuest(channel::GuestClient& guest, const TemplateSpec& tmpl);
   // Starts the template's start command in the bake VM and waits for its ready command.
   Status StartAndWait(channel::GuestClient& guest, const TemplateSpec& tmpl, const BakeLog& log);
 

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/tar_check.h"
 #include "common/unique_fd.h"
+#include "common/utf8.h"
 
 namespace moat::api {
 namespace {
@@ -164,7 +165,7 @@ TemplateService::TemplateService(store::Store& store, HostDirectory& hosts, Temp
         u.reason = json{
             {"message", "the build was interrupted: moatd stopped while it ran"},
             {"step",
-             "base"}}.dump();
+             "base"}}.dump(-1, ' ', false, json::error_handler_t::replace);
         u.finished_at_ms = NowMs();
         (void)store_.TransitionBuild(b.id, std::string(store::kBuildBuilding), u);
       }
@@ -244,8 +245,8 @@ Result<json> TemplateService::Register(const store::TeamRecord& team, const json
   if (mem < 128) return InvalidArgument("Memory must be at least 128 MiB");
   if (mem > 65536) return InvalidArgument("Memory must be at most 65536 MiB");
   if (mem % 2 != 0) return InvalidArgument("Memory must be divisible by 2");
-  if (disk < 0 || disk > 1 << 20) {
-    return InvalidArgument("minFreeDiskMb must be between 0 and 1048576");
+  if (disk < 0 || disk > 65536) {
+    return InvalidArgument("minFreeDiskMb must be between 0 and 65536");
   }
   int64_t now = NowMs();
   MOAT_ASSIGN_OR_RETURN(auto existing, store_.TemplateByAlias(team.id, name.alias));
@@ -398,10 +399,26 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
   {
     std::lock_guard lock(mu_);
     if (stopping_) return Unavailable("moatd is stopping");
+    if (running_by_team_[team.id] >= options_.max_builds_per_team) {
+      return ResourceExhausted("your team has " + std::to_string(options_.max_builds_per_team) +
+                               " template builds running; start this one when one has finished");
+    }
+    ++running_by_team_[team.id];  // given back when the build ends (or does not start)
   }
+  Cleanup give_back([&] {
+    std::lock_guard lock(mu_);
+    if (--running_by_team_[team.id] <= 0) running_by_team_.erase(team.id);
+  });
   store::BuildUpdate u;
   u.status = std::string(store::kBuildBuilding);
-  u.spec = body.dump();
+  // Stored without the registry password (the build itself gets the request as it came).
+  json stored = body;
+  if (auto reg = stored.find("fromImageRegistry"); reg != stored.end() && reg->is_object()) {
+    for (const char* secret : {"password", "awsSecretAccessKey", "serviceAccountJson"}) {
+      if (reg->contains(secret)) (*reg)[secret] = "(redacted)";
+    }
+  }
+  u.spec = stored.dump(-1, ' ', false, json::error_handler_t::replace);
   u.started_at_ms = NowMs();
   MOAT_ASSIGN_OR_RETURN(bool started,
                         store_.TransitionBuild(build_id, std::string(store::kBuildWaiting), u));
@@ -418,8 +435,20 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
   }
   for (auto& t : finished_) t.join();
   finished_.clear();
+  give_back.Cancel();  // the build's thread gives it back
   threads_.emplace(build_id, std::thread([this, team, tmpl, b = *build, body] {
-                     RunBuild(team, tmpl, b, body);
+                     Cleanup done([&] {
+                       std::lock_guard lock(mu_);
+                       if (--running_by_team_[team.id] <= 0) running_by_team_.erase(team.id);
+                     });
+                     try {
+                       RunBuild(team, tmpl, b, body);
+                     } catch (const std::exception& e) {
+                       // Never the process: the build fails (its thread is joined at the end).
+                       Finish(b,
+                              Internal(std::string("the build failed unexpectedly: ") + e.what()),
+                              "base", std::nullopt, "");
+                     }
                    }));
   return Status::Ok();
 }
@@ -462,7 +491,7 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
     std::string message = l.message.size() > kMaxBuildLogLine
                               ? l.message.substr(0, kMaxBuildLogLine) + "…"
                               : l.message;
-    pending.push_back({l.unix_ms, l.level, l.step, std::move(message)});
+    pending.push_back({l.unix_ms, l.level, l.step, ValidUtf8(message)});
     if (pending.size() >= 200) flush_locked();
   };
   std::thread flusher([&] {
@@ -604,11 +633,12 @@ void TemplateService::Finish(const store::TemplateBuildRecord& build, const Stat
   u.host_id = host_id;
   if (s.ok() && built) {
     u.status = std::string(store::kBuildReady);
-    u.result = built->result.dump();
+    u.result = built->result.dump(-1, ' ', false, json::error_handler_t::replace);
     u.disk_size_mb = built->disk_mib;
   } else {
     u.status = std::string(store::kBuildError);
-    u.reason = json{{"message", s.message()}, {"step", step}}.dump();
+    u.reason = json{{"message", ValidUtf8(s.message())}, {"step", step}}.dump(
+        -1, ' ', false, json::error_handler_t::replace);
   }
   auto moved = store_.TransitionBuild(build.id, std::string(store::kBuildBuilding), u);
   if (!moved.ok() || !*moved) {
@@ -647,7 +677,7 @@ Result<json> TemplateService::BuildStatus(const store::TeamRecord& team,
     // The failing step's entries at warn and above.
     json step_logs = json::array();
     std::string step = reason.value("step", "");
-    auto all = store_.BuildLogs(build_id, 0, 100000);
+    auto all = store_.BuildLogs(build_id, 0, 20000);
     if (all.ok()) {
       for (const auto& l : *all) {
         if ((l.level == "warn" || l.level == "error") && (step.empty() || l.step == step)) {

@@ -32,6 +32,8 @@ struct TemplateOptions {
   // At start, builds left `building` by an earlier process are failed (one process owns the
   // builds: `moatd serve`).
   bool fail_interrupted_builds = true;
+  // Builds one team may have running at once (through this process); more are 429.
+  int max_builds_per_team = 2;
 };
 
 // `[namespace/]alias[:tag]`, lower-cased and checked (E2B-TEMPLATES §5). The tag may be a build
@@ -115,6 +117,7 @@ class TemplateService {
   std::map<std::string, std::thread> threads_;  // by build id
   std::vector<std::thread> finished_;           // joined by the next start or at the end
   std::map<std::string, std::shared_ptr<std::mutex>> template_locks_;  // one build per template
+  std::map<std::string, int> running_by_team_;
 };
 
 }  // namespace moat::api

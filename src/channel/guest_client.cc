@@ -42,7 +42,7 @@ proto::ExecOp ExecRequest::ToOp() const {
   op.env = env;
   op.cwd = cwd;
   op.user = user;
-  op.stdin_open = stdin_data.has_value();
+  op.stdin_open = stdin_data.has_value() || static_cast<bool>(stdin_source);
   op.tag = tag;
   op.timeout_ms = timeout_ms;
   return op;
@@ -562,6 +562,18 @@ Result<ExecResult> GuestClient::Run(const ExecRequest& request, Deadline deadlin
       if (stream->Write(SubChannel::kStdin, *request.stdin_data, deadline).ok()) {
         (void)stream->CloseWrite(SubChannel::kStdin);
       }
+    });
+  } else if (request.stdin_source) {
+    writer = std::thread([&stream, &request, deadline] {
+      std::string buf(1 << 20, '\0');
+      for (;;) {
+        auto n = request.stdin_source(buf.data(), buf.size());
+        if (!n.ok() || *n == 0) break;  // a read error ends the input early: the process fails
+        if (!stream->Write(SubChannel::kStdin, std::string_view(buf.data(), *n), deadline).ok()) {
+          return;
+        }
+      }
+      (void)stream->CloseWrite(SubChannel::kStdin);
     });
   }
   ExecResult result;

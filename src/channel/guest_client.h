@@ -45,6 +45,9 @@ struct ExecRequest {
   std::string cwd;
   std::string user;
   std::optional<std::string> stdin_data;  // written, then closed; none: no stdin
+  // Or read from this as the process takes it (up to the size asked; 0: the end), then closed:
+  // input too large to hold in memory.
+  std::function<Result<size_t>(char* buf, size_t size)> stdin_source;
   std::string tag;
   int64_t timeout_ms = 0;
   // Run() fails with ResourceExhausted past this much stdout + stderr.

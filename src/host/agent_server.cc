@@ -5,8 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <exception>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string_view>
 
 #include "api/codec/query.h"
 #include "api/envd_target.h"
@@ -73,6 +77,35 @@ RateLimiter& RefusedLogLimiter() {
   return limiter;
 }
 
+// A build's log, as the control plane bounds it (api/templates.cc).
+constexpr int64_t kMaxBuildLogLines = 50000;
+constexpr size_t kMaxBuildLogLine = 8192;
+// The log text one poll answers with at most.
+constexpr size_t kMaxReportBytes = 128 * 1024;
+static_assert(kMaxReportBytes * 6 + 500 * 128 < fleet::kAgentBodyLimit);
+
+// An upload's token: the part file it writes is its own ([a-z0-9]{8,64}).
+bool IsUploadToken(std::string_view token) {
+  return token.size() >= 8 && token.size() <= 64 &&
+         std::all_of(token.begin(), token.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); });
+}
+
+// Part files of uploads that stopped over an hour ago (a replica that died mid-way).
+void RemoveStaleParts(const std::string& dir) {
+  auto now = std::chrono::system_clock::now();
+  for (const auto& name : DirNames(dir)) {
+    if (name.size() < 6 || name[0] != '.' || name.compare(name.size() - 5, 5, ".part") != 0) {
+      continue;
+    }
+    std::string path = dir + "/" + name;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) < 0 || !S_ISREG(st.st_mode)) continue;
+    auto mtime = std::chrono::system_clock::time_point(std::chrono::seconds(st.st_mtim.tv_sec));
+    if (now - mtime > std::chrono::hours(1)) (void)::unlink(path.c_str());
+  }
+}
+
 RateLimiter& ErrorLogLimiter() {
   static RateLimiter limiter(5, 20);
   return limiter;
@@ -92,7 +125,9 @@ AgentServer::~AgentServer() {
   std::vector<std::thread> threads;
   {
     std::lock_guard lock(builds_mu_);
-    threads.swap(build_threads_);
+    for (auto& [id, run] : builds_) {
+      if (run->thread.joinable()) threads.push_back(std::move(run->thread));
+    }
   }
   for (auto& t : threads) t.join();
 }
@@ -351,14 +386,22 @@ void AgentServer::PutFilePiece(http::Request& req, http::ResponseWriter& w) {
   }
   int64_t offset = -1;
   bool last = false;
+  std::string upload;
   for (auto& [k, v] : api::codec::ParseQuery(req.raw_query)) {
     if (k == "offset") offset = std::strtoll(v.c_str(), nullptr, 10);
     if (k == "last") last = v == "1";
+    if (k == "upload") upload = v;
   }
   if (offset < 0) return SendError(w, InvalidArgument("offset is required"));
+  // Each upload writes its own part file: two replicas may send the same file at once. The
+  // rename that ends one is atomic, so the last to end wins (the content is the same).
+  if (!IsUploadToken(upload)) {
+    return SendError(w, InvalidArgument("upload is required: the upload's token ([a-z0-9]{8,64})"));
+  }
   std::string dir = files_dir_ + "/" + team;
   if (Status s = MakeDirs(dir, 0700); !s.ok()) return SendError(w, s);
-  std::string part = dir + "/." + hash + ".part";
+  if (offset == 0) RemoveStaleParts(dir);
+  std::string part = dir + "/." + hash + "." + upload + ".part";
   UniqueFd fd(
       ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0600));
   if (!fd) return SendError(w, ErrnoError("open(" + part + ")"));
@@ -382,34 +425,66 @@ void AgentServer::PutFilePiece(http::Request& req, http::ResponseWriter& w) {
   SendDone(w, Status::Ok());
 }
 
+void AgentServer::AppendLog(RunningBuild& run, const api::HostBuildLog& line) {
+  std::lock_guard lock(run.mu);
+  if (++run.received > kMaxBuildLogLines && line.level != "error") {
+    if (run.received == kMaxBuildLogLines + 1) {
+      run.logs.push_back({line.unix_ms, "warn", line.step,
+                          "the build's log is longer than " + std::to_string(kMaxBuildLogLines) +
+                              " lines: from here on only errors are kept"});
+    }
+    return;
+  }
+  if (line.message.size() <= kMaxBuildLogLine) {
+    run.logs.push_back(line);
+  } else {
+    run.logs.push_back(
+        {line.unix_ms, line.level, line.step, line.message.substr(0, kMaxBuildLogLine) + "…"});
+  }
+}
+
+void AgentServer::ReapBuilds() {
+  std::vector<std::thread> ended;
+  {
+    std::lock_guard lock(builds_mu_);
+    auto now = std::chrono::steady_clock::now();
+    for (auto it = builds_.begin(); it != builds_.end();) {
+      RunningBuild& run = *it->second;
+      bool done, old;
+      {
+        std::lock_guard b(run.mu);
+        done = run.done;
+        old = done && now - run.finished > std::chrono::minutes(30);
+      }
+      // A build that is done only has its last lines of code to run.
+      if (done && run.thread.joinable()) ended.push_back(std::move(run.thread));
+      // Forget builds that ended long ago and were never collected.
+      it = old ? builds_.erase(it) : std::next(it);
+    }
+  }
+  for (auto& t : ended) t.join();
+}
+
 void AgentServer::StartBuild(api::HostTemplateBuild build, http::ResponseWriter& w) {
+  ReapBuilds();
   auto run = std::make_shared<RunningBuild>();
   {
     std::lock_guard lock(builds_mu_);
-    // Forget builds that ended long ago and were never collected.
-    auto now = std::chrono::steady_clock::now();
-    for (auto it = builds_.begin(); it != builds_.end();) {
-      std::lock_guard b(it->second->mu);
-      if (it->second->done && now - it->second->finished > std::chrono::minutes(30)) {
-        it = builds_.erase(it);
-      } else {
-        ++it;
-      }
-    }
     if (builds_.count(build.build_id) != 0) {
       return SendError(
           w, Status(ErrorCode::kAlreadyExists, "build " + build.build_id + " runs here already"));
     }
     builds_[build.build_id] = run;
-    build_threads_.emplace_back([this, run, build = std::move(build)] {
+    run->thread = std::thread([this, run, build = std::move(build)] {
       std::string step;
-      auto r = agent_.BuildTemplate(
-          build,
-          [&run](const api::HostBuildLog& l) {
-            std::lock_guard lock(run->mu);
-            run->logs.push_back(l);
-          },
-          &step);
+      Result<api::HostTemplateBuilt> r = Internal("the build did not run");
+      // Nothing a build meets may take the agent down: the build fails instead.
+      try {
+        r = agent_.BuildTemplate(
+            build, [&run](const api::HostBuildLog& l) { AppendLog(*run, l); }, &step);
+      } catch (const std::exception& e) {
+        r = Internal(std::string("the build failed unexpectedly: ") + e.what());
+      }
       std::lock_guard lock(run->mu);
       run->done = true;
       run->finished = std::chrono::steady_clock::now();
@@ -435,9 +510,23 @@ void AgentServer::ReportBuild(const std::string& id, int64_t offset, http::Respo
   fleet::BuildProgress p;
   {
     std::lock_guard lock(run->mu);
-    int64_t n = static_cast<int64_t>(run->logs.size());
-    int64_t end = std::min<int64_t>(n, offset + 500);
-    for (int64_t i = std::min(offset, n); i < end; ++i) p.logs.push_back(run->logs[i]);
+    // The poller has the lines before `offset`: they go. It never asks for them again (an
+    // offset before `first` gets the lines from `first` on).
+    int64_t n = run->first + static_cast<int64_t>(run->logs.size());
+    offset = std::clamp<int64_t>(offset, run->first, n);
+    run->logs.erase(run->logs.begin(), run->logs.begin() + (offset - run->first));
+    run->first = offset;
+    // At most 500 lines and kMaxReportBytes of them, so that the answer stays under the
+    // client's kAgentBodyLimit however JSON escapes them (six bytes for a control byte).
+    int64_t end = offset;
+    size_t bytes = 0;
+    while (end < n && end - offset < 500) {
+      const api::HostBuildLog& l = run->logs[end - run->first];
+      bytes += l.message.size() + l.step.size() + l.level.size();
+      if (end > offset && bytes > kMaxReportBytes) break;
+      p.logs.push_back(l);
+      ++end;
+    }
     p.next = end;
     if (run->done && end == n) {
       p.status = run->built ? "ready" : "error";

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -72,15 +73,29 @@ class AgentServer {
   // Template builds run here in the background; the control plane polls them.
   struct RunningBuild {
     std::mutex mu;
-    std::vector<api::HostBuildLog> logs;
+    // The log lines not yet collected: logs[0] is line `first` of the build's log. A poll from
+    // offset N drops the lines before N (the poller has them: N came from its last answer).
+    std::deque<api::HostBuildLog> logs;
+    int64_t first = 0;
+    int64_t received = 0;  // lines the build logged, kept or not (the cap counts them)
     bool done = false;
     Status status;
     std::string step;
     std::optional<api::HostTemplateBuilt> built;
     std::chrono::steady_clock::time_point finished;
+    // The build's thread; under builds_mu_. Joined once `done` (at the next StartBuild) or by
+    // the destructor.
+    std::thread thread;
   };
+  // Adds a line to a build's log, bounded as the control plane bounds it (api/templates.cc):
+  // past kMaxBuildLogLines lines only errors are kept, and one warning says so; a line is at
+  // most kMaxBuildLogLine bytes.
+  static void AppendLog(RunningBuild& run, const api::HostBuildLog& line);
   void RegisterTemplateRoutes();
   void StartBuild(api::HostTemplateBuild build, api::http::ResponseWriter& w);
+  // Removes the build threads and entries that ended: threads joined, entries forgotten 30
+  // minutes after they ended.
+  void ReapBuilds();
   void ReportBuild(const std::string& id, int64_t offset, api::http::ResponseWriter& w);
   void PutFilePiece(api::http::Request& req, api::http::ResponseWriter& w);
 
@@ -90,7 +105,6 @@ class AgentServer {
   std::string files_dir_;
   std::mutex builds_mu_;
   std::map<std::string, std::shared_ptr<RunningBuild>> builds_;
-  std::vector<std::thread> build_threads_;
   api::http::Router router_;
   std::unique_ptr<api::http::HttpServer> http_;  // last: its threads use the members above
 };

@@ -59,6 +59,7 @@ Result<agent::TemplateBuildSpec> InProcessHostAgent::BuildSpecOf(
   agent::TemplateBuildSpec spec;
   spec.build_id = build.build_id;
   spec.template_id = build.template_id;
+  spec.team_id = build.team_id;
   spec.vcpus = build.vcpus;
   spec.memory_mib = build.memory_mib;
   spec.min_free_disk_mib = build.min_free_disk_mib;
@@ -104,12 +105,18 @@ Result<api::HostTemplateBuilt> InProcessHostAgent::BuildTemplate(
     return spec.status();
   }
   agent::BuildFailure failure;
-  auto r = agent_.BuildTemplate(
-      *spec,
-      [&log](const agent::BuildLogLine& l) {
-        if (log) log(api::HostBuildLog{l.unix_ms, l.level, l.step, l.message});
-      },
-      &failure);
+  // Nothing a build meets (guest output, an image's config) may take the process down.
+  Result<agent::TemplateBuildResult> r = Internal("the build did not run");
+  try {
+    r = agent_.BuildTemplate(
+        *spec,
+        [&log](const agent::BuildLogLine& l) {
+          if (log) log(api::HostBuildLog{l.unix_ms, l.level, l.step, l.message});
+        },
+        &failure);
+  } catch (const std::exception& e) {
+    r = Internal(std::string("the build failed unexpectedly: ") + e.what());
+  }
   if (!r.ok()) {
     if (failed_step != nullptr) *failed_step = failure.step.empty() ? "base" : failure.step;
     return r.status();

@@ -146,12 +146,33 @@ TEST_F(TemplateBuildE2e, ARebuildRunsOnlyFromTheFirstChangedStepAndForceRunsAll)
   EXPECT_EQ(Sh(*sb, "cat /srv/app/last /home/user/one"), "second\none\n");
   (void)agent_->Kill((*sb)->id());
 
-  TemplateBuildSpec forced = Spec(kForced, Steps("second"));
+  // Forced, a step runs again and its new result is the template's (it replaces the layer).
+  auto stamped = Steps("second");
+  stamped.push_back({"RUN", {"cat /proc/sys/kernel/random/uuid > $HOME/stamp"}, false, ""});
+  TemplateBuildSpec once = Spec(kForced, stamped);
+  Built o = Build(once);
+  ASSERT_TRUE(o.result.ok()) << o.result.status().ToString();
+  auto a = agent_->Create(kForced, {});
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  std::string first_stamp = Sh(*a, "cat ~/stamp");
+  (void)agent_->Kill((*a)->id());
+  ASSERT_TRUE(agent_->DeleteTemplateBuild(kForced).ok());
+  TemplateBuildSpec forced = Spec(kForced, stamped);
   forced.force = true;
+  forced.min_free_disk_mib = 3000;
   Built f = Build(forced);
-  ASSERT_TRUE(f.result.ok()) << f.result.status().ToString();
+  ASSERT_TRUE(f.result.ok()) << f.result.status().ToString() << f.Text();
   EXPECT_EQ(f.Cached(), 0);
-  EXPECT_EQ(f.result->run_steps, 6);
+  EXPECT_EQ(f.result->run_steps, 7);
+  auto b = agent_->Create(kForced, {});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  std::string second_stamp = Sh(*b, "cat ~/stamp");
+  EXPECT_NE(first_stamp, second_stamp) << "the forced step's own result";
+  EXPECT_EQ(first_stamp.size(), 37u);
+  // minFreeDiskMb: the disk grew and the filesystem with it (in the bake, not on the host).
+  std::string avail = Sh(*b, "df -Pm / | tail -n 1 | awk '{print $4}'");
+  EXPECT_GE(std::stoll(avail), 3000) << avail;
+  (void)agent_->Kill((*b)->id());
 }
 
 TEST_F(TemplateBuildE2e, AFailingStepNamesItsExitStatusAndOutputAndLeavesNothing) {

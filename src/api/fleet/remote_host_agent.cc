@@ -9,6 +9,7 @@
 
 #include "api/fleet/agent_wire.h"
 #include "common/log.h"
+#include "common/sandbox_id.h"
 #include "common/unique_fd.h"
 
 namespace moat::api::fleet {
@@ -230,6 +231,8 @@ Status RemoteHostAgent::SendTemplateFile(const std::string& team, const std::str
   struct stat st {};
   if (::fstat(fd.get(), &st) < 0) return ErrnoError("stat(" + path + ")");
   int64_t size = st.st_size, offset = 0;
+  // The agent keeps this upload's pieces apart from any other upload of the same file.
+  std::string upload = NewSandboxId();
   std::string piece;
   do {
     size_t n = static_cast<size_t>(std::min<int64_t>(size - offset, kTemplateFilePiece));
@@ -239,8 +242,8 @@ Status RemoteHostAgent::SendTemplateFile(const std::string& team, const std::str
     }
     bool last = offset + static_cast<int64_t>(n) >= size;
     MOAT_RETURN_IF_ERROR(Send({.method = "PUT",
-                               .target = target + "?offset=" + std::to_string(offset) +
-                                         "&last=" + (last ? "1" : "0"),
+                               .target = target + "?upload=" + upload + "&offset=" +
+                                         std::to_string(offset) + "&last=" + (last ? "1" : "0"),
                                .body = piece,
                                .slow = true,
                                .expect = 204,
@@ -266,11 +269,24 @@ Result<HostTemplateBuilt> RemoteHostAgent::BuildTemplate(
                              .expect = 202})
                            .status());
   // Polled until it ends; an agent that cannot be reached for a while is waited for (a build
-  // takes minutes), one that forgot the build (it restarted) loses it.
+  // takes minutes), one that forgot the build (it restarted) loses it. A build longer than
+  // options_.build_timeout is given up on.
   std::string target = "/v1/templates/builds/" + build.build_id;
   int64_t offset = 0;
   auto unreachable_since = std::chrono::steady_clock::time_point{};
+  auto deadline = std::chrono::steady_clock::now() + options_.build_timeout;
   for (;;) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      auto limit = options_.build_timeout;
+      std::string within =
+          limit >= std::chrono::minutes(1)
+              ? std::to_string(std::chrono::duration_cast<std::chrono::minutes>(limit).count()) +
+                    " minutes"
+              : std::to_string(limit.count()) + " ms";
+      return DeadlineExceeded("build " + build.build_id + " on " + Where() +
+                              " did not end within " + within +
+                              ": given up on (it may still run there)");
+    }
     auto j = SendForJson({.method = "GET", .target = target + "?offset=" + std::to_string(offset)});
     if (!j.ok()) {
       if (j.status().code() == ErrorCode::kNotFound) {
@@ -288,13 +304,21 @@ Result<HostTemplateBuilt> RemoteHostAgent::BuildTemplate(
     for (const auto& l : p.logs) {
       if (log) log(l);
     }
-    offset = p.next;
-    if (p.status == "ready" && p.built) return *p.built;
+    // An offset going back would log lines twice.
+    offset = std::max(offset, p.next);
+    if (p.status == "ready") {
+      if (p.built) return *p.built;
+      return Internal(Where() + " reported build " + build.build_id + " ready without its result");
+    }
     if (p.status == "error") {
       if (failed_step != nullptr) *failed_step = p.step.empty() ? "base" : p.step;
-      return p.error.ok() ? Internal("the build failed") : p.error;
+      return p.error.ok() ? Internal(Where() + ": the build failed") : p.error;
     }
-    if (p.logs.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (p.status != "building") {
+      return Internal(Where() + " reported build " + build.build_id + " in an unknown state \"" +
+                      p.status + "\"");
+    }
+    if (p.logs.empty()) std::this_thread::sleep_for(options_.build_poll_interval);
   }
 }
 

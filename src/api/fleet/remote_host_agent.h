@@ -32,6 +32,10 @@ struct RemoteHostAgentOptions {
   // under TCG.
   std::chrono::milliseconds slow_call_timeout{120000};
   size_t max_idle_connections = 16;
+  // A template build polled for longer than this is given up on (deadline_exceeded).
+  std::chrono::milliseconds build_timeout{std::chrono::hours(6)};
+  // How often a build that logs nothing new is polled.
+  std::chrono::milliseconds build_poll_interval{200};
 };
 
 class RemoteHostAgent : public HostAgent {

@@ -3,14 +3,20 @@
 // signed for it before the host sees anything.
 #include "api/fleet/remote_host_agent.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <ctime>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "api/fleet/agent_wire.h"
+#include "common/fs.h"
 #include "host/agent_server.h"
 #include "support/fake_host_agent.h"
 #include "support/raw_http.h"
@@ -564,6 +570,291 @@ TEST_F(RemoteHostAgentTest, ServesEightThreadsAtOnce) {
   EXPECT_TRUE(inv->running.empty());
   EXPECT_TRUE(inv->paused.empty());
   EXPECT_LE(server_->open_connections(), static_cast<size_t>(kThreads));
+}
+
+// Template builds over the wire: RemoteHostAgent → AgentServer (with a files directory, so that
+// it serves the build routes) → the fake's scripted BuildTemplate.
+class RemoteBuildTest : public RemoteHostAgentTest {
+ public:
+  static HostTemplateBuild Build(const std::string& id,
+                                 std::map<std::string, std::string> files = {}) {
+    return {.build_id = id,
+            .template_id = "tmpl1",
+            .team_id = "team1",
+            .start = json::object(),
+            .vcpus = 2,
+            .memory_mib = 1024,
+            .files = std::move(files)};
+  }
+
+ protected:
+  void SetUp() override {
+    auto d = MakeTempDir("/tmp", "moat-remote-build.");
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    dir_ = *d;
+    files_ = dir_ + "/files";
+    auto server = host::AgentServer::Start(fake_, Token(), http::ServerOptions{}, nullptr, files_);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(server).value();
+    endpoint_ = "http://127.0.0.1:" + std::to_string(server_->port());
+    remote_ = Remote(kHost, Token());
+  }
+  void TearDown() override {
+    remote_.reset();
+    server_.reset();
+    (void)RemoveTree(dir_);
+  }
+
+  // Runs `b` through remote_, keeping what it logs.
+  Result<HostTemplateBuilt> Run(const HostTemplateBuild& b, std::string* step = nullptr) {
+    std::string ignored;
+    return remote_->BuildTemplate(
+        b, [this](const HostBuildLog& l) { logged.push_back(l); },
+        step != nullptr ? step : &ignored);
+  }
+  std::vector<std::string> PartFiles() {
+    std::vector<std::string> parts;
+    for (const auto& n : DirNames(files_ + "/team1")) {
+      if (n.find(".part") != std::string::npos) parts.push_back(n);
+    }
+    return parts;
+  }
+
+  std::string dir_, files_;
+  std::vector<HostBuildLog> logged;
+};
+
+// A 9 MiB file: two pieces (kTemplateFilePiece is 8 MiB, and the agent takes no bigger body).
+std::string NineMiB() {
+  std::string data(9 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 7919) >> 8);
+  return data;
+}
+
+TEST_F(RemoteBuildTest, FilesGoInPiecesOnlyWhereMissingAndTheBuildSucceeds) {
+  static_assert(kTemplateFilePiece < (9 << 20));
+  std::string hash(64, 'a'), src = dir_ + "/upload";
+  std::string data = NineMiB();
+  ASSERT_TRUE(WriteFileAtomic(src, data).ok());
+  fake_.build_log = {{1, "info", "base", "pulling"}, {2, "info", "1", "RUN true"}};
+  auto built = Run(Build("build1", {{hash, src}}));
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  EXPECT_EQ(built->disk_mib, fake_.build_result.disk_mib);
+  EXPECT_EQ(built->result, fake_.build_result.result);
+  // The file is on the agent whole, where the build was told it is; no piece is left over.
+  auto there = ReadFile(files_ + "/team1/" + hash);
+  ASSERT_TRUE(there.ok()) << there.status().ToString();
+  EXPECT_TRUE(*there == data) << "the agent's copy differs (" << there->size() << " bytes)";
+  EXPECT_TRUE(PartFiles().empty());
+  ASSERT_EQ(fake_.builds_received.size(), 1u);
+  EXPECT_EQ(fake_.builds_received[0].files.at(hash), files_ + "/team1/" + hash);
+  EXPECT_EQ(fake_.builds_received[0].team_id, "team1");
+  EXPECT_EQ(fake_.builds_received[0].vcpus, 2u);
+  // The agent has it now: a second build sends nothing (the local file is not even opened).
+  ASSERT_EQ(::unlink(src.c_str()), 0);
+  built = Run(Build("build2", {{hash, src}}));
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  EXPECT_TRUE(*ReadFile(files_ + "/team1/" + hash) == data);
+  // A file it lacks and cannot be read here fails the build before it starts.
+  auto missing = Run(Build("build3", {{std::string(64, 'b'), dir_ + "/nothing"}}));
+  EXPECT_FALSE(missing.ok());
+  EXPECT_EQ(fake_.builds_received.size(), 2u);
+}
+
+TEST_F(RemoteBuildTest, UploadsOfOneFileAtOnceKeepTheirPiecesApart) {
+  std::string hash(64, 'c');
+  std::string target = TemplateFilePath("team1", hash);
+  auto put = [&](const std::string& upload, int offset, bool last, const std::string& body) {
+    std::string t = target + "?" + (upload.empty() ? "" : "upload=" + upload + "&") +
+                    "offset=" + std::to_string(offset) + "&last=" + (last ? "1" : "0");
+    return Signed("PUT", t, body);
+  };
+  // Two replicas interleave their pieces: each upload writes its own part file.
+  EXPECT_EQ(put("uploada1", 0, false, "aaaa").status, 204);
+  EXPECT_EQ(put("uploadb2", 0, false, "bbbb").status, 204);
+  EXPECT_EQ(PartFiles().size(), 2u);
+  EXPECT_EQ(put("uploada1", 4, true, "AAAA").status, 204);
+  EXPECT_EQ(*ReadFile(files_ + "/team1/" + hash), "aaaaAAAA");
+  EXPECT_EQ(put("uploadb2", 4, true, "BBBB").status, 204);
+  EXPECT_EQ(*ReadFile(files_ + "/team1/" + hash), "bbbbBBBB") << "the last to end wins";
+  EXPECT_TRUE(PartFiles().empty());
+  // A piece out of place, and uploads without a valid token, are refused.
+  EXPECT_EQ(put("uploadc3", 4, false, "xx").status, 409);
+  for (const std::string& bad :
+       std::vector<std::string>{"", "short", "UPPERCASE1", "dots.and.more", std::string(65, 'a')}) {
+    auto r = put(bad, 0, true, "x");
+    EXPECT_EQ(r.status, 400) << bad;
+    EXPECT_EQ(CodeOf(r), "invalid_argument") << bad;
+  }
+}
+
+TEST_F(RemoteBuildTest, AStartingUploadRemovesPartsLeftOverAnHourAgo) {
+  ASSERT_TRUE(MakeDirs(files_ + "/team1").ok());
+  std::string stale = files_ + "/team1/." + std::string(64, 'd') + ".deadbeef1.part";
+  std::string fresh = files_ + "/team1/." + std::string(64, 'd') + ".inflight2.part";
+  std::string other = files_ + "/team1/" + std::string(64, 'e');
+  for (const auto& f : {stale, fresh, other}) ASSERT_TRUE(WriteFileAtomic(f, "x").ok());
+  timespec old[2] = {{::time(nullptr) - 7200, 0}, {::time(nullptr) - 7200, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, stale.c_str(), old, 0), 0);
+  ASSERT_EQ(::utimensat(AT_FDCWD, other.c_str(), old, 0), 0);
+  std::string target = TemplateFilePath("team1", std::string(64, 'f'));
+  EXPECT_EQ(Signed("PUT", target + "?upload=newupload3&offset=0&last=1", "y").status, 204);
+  EXPECT_FALSE(PathExists(stale));
+  EXPECT_TRUE(PathExists(fresh));
+  EXPECT_TRUE(PathExists(other)) << "finished uploads are not parts";
+}
+
+TEST_F(RemoteBuildTest, LogsArriveWholeAndInOrder) {
+  // More lines than one poll answers (500), and lines large enough to fill an answer's bytes.
+  for (int i = 0; i < 1200; ++i) {
+    fake_.build_log.push_back({1000 + i, i % 7 == 0 ? "warn" : "info", std::to_string(i / 100),
+                               "line " + std::to_string(i)});
+  }
+  for (int i = 0; i < 40; ++i) {
+    fake_.build_log.push_back(
+        {5000 + i, "info", "big", std::string(8000, static_cast<char>('a' + i % 26))});
+  }
+  auto built = Run(Build("build1"));
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  ASSERT_EQ(logged.size(), fake_.build_log.size());
+  for (size_t i = 0; i < logged.size(); ++i) {
+    EXPECT_EQ(logged[i].unix_ms, fake_.build_log[i].unix_ms) << i;
+    EXPECT_EQ(logged[i].level, fake_.build_log[i].level) << i;
+    EXPECT_EQ(logged[i].step, fake_.build_log[i].step) << i;
+    EXPECT_EQ(logged[i].message, fake_.build_log[i].message) << i;
+  }
+}
+
+TEST_F(RemoteBuildTest, AFailureCarriesItsCodeMessageAndStep) {
+  fake_.build_log = {{1, "info", "2", "RUN false"}, {2, "error", "2", "exited with status 1"}};
+  fake_.build_failure = FailedPrecondition("step 2: exited with status 1");
+  fake_.build_failed_step = "2";
+  std::string step;
+  auto built = Run(Build("build1"), &step);
+  ASSERT_FALSE(built.ok());
+  EXPECT_EQ(built.status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(built.status().message(), "step 2: exited with status 1");
+  EXPECT_EQ(step, "2");
+  ASSERT_EQ(logged.size(), 2u);
+  EXPECT_EQ(logged[1].level, "error");
+  // Failing on entry: step "base".
+  fake_.fail_next["build"] = Unavailable("no room");
+  built = Run(Build("build2"), &step);
+  EXPECT_EQ(built.status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(step, "base");
+}
+
+TEST_F(RemoteBuildTest, TheAgentCapsABuildsLog) {
+  constexpr int kCap = 50000;
+  fake_.build_log.push_back({0, "info", "1", std::string(20000, 'x')});
+  for (int i = 1; i < kCap + 10; ++i) fake_.build_log.push_back({i, "info", "1", "y"});
+  fake_.build_log.push_back({kCap + 10, "error", "1", "moat: the step failed"});
+  fake_.build_log.push_back({kCap + 11, "info", "1", "dropped"});
+  auto built = Run(Build("build1"));
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  // kCap lines, the one warning, then only errors.
+  ASSERT_EQ(logged.size(), static_cast<size_t>(kCap + 2));
+  EXPECT_EQ(logged[0].message, std::string(8192, 'x') + "…") << "a line is cut at 8 KiB";
+  EXPECT_EQ(logged[kCap - 1].unix_ms, kCap - 1);
+  EXPECT_EQ(logged[kCap].level, "warn");
+  EXPECT_NE(logged[kCap].message.find("50000 lines"), std::string::npos) << logged[kCap].message;
+  EXPECT_EQ(logged[kCap + 1].level, "error");
+  EXPECT_EQ(logged[kCap + 1].message, "moat: the step failed");
+}
+
+TEST_F(RemoteBuildTest, ABuildTheAgentDoesNotKnowIsAnError) {
+  auto r = Signed("GET", "/v1/templates/builds/nosuchbuild?offset=0");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(CodeOf(r), "not_found");
+  // Starting one twice is refused; asking for lines past its end gives none.
+  fake_.build_log = {{1, "info", "1", "one"}};
+  ASSERT_TRUE(Run(Build("build1")).ok());
+  r = Signed("POST", "/v1/templates/builds", DumpJson(BuildToJson(Build("build1"))));
+  EXPECT_EQ(r.status, 409) << r.body;
+  r = Signed("GET", "/v1/templates/builds/build1?offset=99");
+  ASSERT_EQ(r.status, 200);
+  json j = json::parse(r.body);
+  EXPECT_EQ(j["status"], "ready");
+  EXPECT_TRUE(j["logs"].empty());
+}
+
+// An agent on the wire that accepts every build and answers each poll with `progress`.
+class ScriptedAgent {
+ public:
+  explicit ScriptedAgent(std::function<std::pair<int, std::string>()> progress)
+      : server_([progress](test_support::Conn& c) {
+          for (;;) {
+            std::string raw = c.ReadUntil("\r\n\r\n");
+            if (raw.empty()) return;
+            auto head = test_support::ParseHead(raw);
+            std::string body;
+            size_t len = std::strtoul(head.Header("content-length").c_str(), nullptr, 10);
+            if (len > 0 && !c.ReadN(len, &body)) return;
+            auto [status, out] = head.first_line.rfind("POST", 0) == 0
+                                     ? std::pair<int, std::string>{202, "{}"}
+                                     : progress();
+            std::string reply = "HTTP/1.1 " + std::to_string(status) +
+                                " X\r\nContent-Type: application/json\r\nContent-Length: " +
+                                std::to_string(out.size()) + "\r\n\r\n" + out;
+            if (!test_support::SendAll(c.fd.get(), reply)) return;
+          }
+        }) {}
+  std::unique_ptr<RemoteHostAgent> Remote(RemoteHostAgentOptions options = {}) {
+    auto r = RemoteHostAgent::ForEndpoint(
+        kHost, "http://127.0.0.1:" + std::to_string(server_.port()), Token(), options);
+    EXPECT_TRUE(r.ok());
+    return std::move(r).value();
+  }
+
+ private:
+  test_support::LoopbackServer server_;
+};
+
+Result<HostTemplateBuilt> BuildOn(RemoteHostAgent& agent) {
+  std::string step;
+  return agent.BuildTemplate(RemoteBuildTest::Build("build1"), nullptr, &step);
+}
+
+TEST(RemoteBuild, AnAgentThatForgotTheBuildLosesIt) {
+  ScriptedAgent agent([] {
+    return std::pair<int, std::string>{404, R"({"code":"not_found","message":"no build"})"};
+  });
+  auto r = BuildOn(*agent.Remote());
+  EXPECT_EQ(r.status().code(), ErrorCode::kUnavailable) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("lost build build1"), std::string::npos)
+      << r.status().ToString();
+}
+
+TEST(RemoteBuild, ReadyWithoutAResultOrAnUnknownStateIsAnErrorNamingTheHost) {
+  for (std::string status : {"ready", "paused"}) {
+    ScriptedAgent agent([status] {
+      return std::pair<int, std::string>{
+          200, json{{"status", status}, {"logs", json::array()}, {"next", 0}}.dump()};
+    });
+    auto started = std::chrono::steady_clock::now();
+    auto r = BuildOn(*agent.Remote());
+    EXPECT_EQ(r.status().code(), ErrorCode::kInternal) << status << ": " << r.status().ToString();
+    EXPECT_NE(r.status().message().find(kHost), std::string::npos) << r.status().ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  }
+}
+
+TEST(RemoteBuild, ABuildThatNeverEndsIsGivenUpOn) {
+  std::atomic<int> polls{0};
+  ScriptedAgent agent([&polls] {
+    ++polls;
+    return std::pair<int, std::string>{
+        200, json{{"status", "building"}, {"logs", json::array()}, {"next", 0}}.dump()};
+  });
+  auto started = std::chrono::steady_clock::now();
+  auto r = BuildOn(
+      *agent.Remote({.build_timeout = milliseconds(400), .build_poll_interval = milliseconds(20)}));
+  auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(r.status().code(), ErrorCode::kDeadlineExceeded) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("did not end"), std::string::npos) << r.status().ToString();
+  EXPECT_GE(took, milliseconds(400));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  EXPECT_GT(polls, 3);
 }
 
 }  // namespace
