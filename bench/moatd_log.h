@@ -54,10 +54,8 @@ inline std::map<std::string, int> PooledClones(const std::vector<LogFields>& log
   for (const auto& f : log) {
     auto ev = f.find("event");
     if (ev == f.end()) continue;
-    if (ev->second == "sandbox.restored_for_pool") {
-      std::string from = f.count("from") ? f.at("from") : "";
-      if (from.rfind("template:", 0) == 0)
-        pooled[f.count("sandbox") ? f.at("sandbox") : ""] = from.substr(9);
+    if (ev->second == "agent.warm_clone_added" && f.count("template")) {
+      pooled[f.count("sandbox") ? f.at("sandbox") : ""] = f.at("template");
     } else if (ev->second == "sandbox.claimed" && f.count("local_id")) {
       pooled.erase(f.at("local_id"));
     }

@@ -6,7 +6,7 @@
 //     the demand, then K interleaved rounds of POST /sandboxes + `/bin/bash -l -c true` through
 //     the envd process API (as `commands.run` sends it) + kill, waiting for both pools to refill
 //     between rounds. moatd exposes no per-template warm gauge, so the pools are followed in its
-//     log: `sandbox.restored_for_pool` (from=template:<build>) adds a clone, `sandbox.claimed`
+//     log: `agent.warm_clone_added` (template=<build>) adds a clone, `sandbox.claimed`
 //     (local_id) takes one; a settle time after the last restore covers the clone's warm-up exec.
 //     Whether each create got a warm clone is read from the same log.
 //  2. A 5-step build (RUN, COPY of an uploaded tar.gz, ENV, WORKDIR, RUN) cold, then rebuilt

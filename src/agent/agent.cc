@@ -210,6 +210,8 @@ void Agent::WarmLoop() {
       s = sb.status();
       if (s.ok()) s = (*sb)->WarmUp();
       if (s.ok()) {
+        LogInfo("agent.warm_clone_added",
+                {{"sandbox", (*sb)->local_id()}, {"template", fill->name}});
         std::lock_guard lock(warm_mu_);
         warm_.push_back({fill->dir, std::move(*sb), fill->name, fill->memory_mib});
       } else if (sb.ok()) {
@@ -608,14 +610,25 @@ Status Agent::DeleteTemplateBuild(const std::string& build_id) {
   std::lock_guard custom(custom_mu_);  // no create or warm-pool bake of it meanwhile
   std::string tmpls = config_.data_dir + "/templates";
   std::string artifact = CustomTemplateDir(tmpls, build_id);
-  std::string bakes = tmpls + "/" + build_id;
+  // Its snapshots: shared with the builds that ended in the same (TemplateBuildResult::
+  // bake_name), removed with the last of them.
+  std::string bake_name = build_id;
+  if (auto spec = TemplateOf(build_id); spec.ok()) bake_name = spec->name;
+  bool shared = false;
+  for (const auto& other : DirNames(tmpls + "/custom")) {
+    if (other == build_id || !IsBuildId(other)) continue;
+    auto o = TemplateOf(other);
+    if (o.ok() && o->name == bake_name) shared = true;
+  }
+  std::string bakes = tmpls + "/" + bake_name;
   if (!PathExists(artifact) && !PathExists(bakes)) {
     return NotFound("template build \"" + build_id + "\" is not on this host");
   }
   // Sandboxes and snapshots of it read their disk through its image (their overlays' base):
-  // while one exists, it stays.
+  // while one exists, it stays (unless another build keeps the snapshots they came from).
   auto uses = [&](const std::string& base_disk) {
-    return base_disk.rfind(bakes + "/", 0) == 0 || base_disk.rfind(artifact + "/", 0) == 0;
+    return (!shared && base_disk.rfind(bakes + "/", 0) == 0) ||
+           base_disk.rfind(artifact + "/", 0) == 0;
   };
   {
     std::lock_guard lock(mu_);
@@ -638,7 +651,7 @@ Status Agent::DeleteTemplateBuild(const std::string& build_id) {
     std::lock_guard lock(warm_mu_);
     demand_.erase(build_id);
     for (auto it = warm_.begin(); it != warm_.end();) {
-      if (it->template_dir.rfind(bakes + "/", 0) == 0) {
+      if (!shared && it->template_dir.rfind(bakes + "/", 0) == 0) {
         stale.push_back(std::move(it->sandbox));
         it = warm_.erase(it);
       } else {
@@ -647,7 +660,7 @@ Status Agent::DeleteTemplateBuild(const std::string& build_id) {
     }
   }
   for (auto& sb : stale) sb->Kill();
-  MOAT_RETURN_IF_ERROR(RemoveTree(bakes));
+  if (!shared) MOAT_RETURN_IF_ERROR(RemoveTree(bakes));
   return RemoveTree(artifact);
 }
 

@@ -254,7 +254,7 @@ json TemplateBuildResult::ToJson() const {
           {"context", context.ToJson()}, {"startCmd", start_cmd},
           {"readyCmd", ready_cmd},       {"cachedSteps", cached_steps},
           {"runSteps", run_steps},       {"templateID", template_id},
-          {"resized", resized}};
+          {"resized", resized},          {"bakeName", bake_name}};
 }
 
 Result<TemplateBuildResult> TemplateBuildResult::FromJson(const json& j) {
@@ -271,6 +271,7 @@ Result<TemplateBuildResult> TemplateBuildResult::FromJson(const json& j) {
     r.run_steps = j.value("runSteps", 0);
     r.template_id = j.value("templateID", "");
     r.resized = j.value("resized", false);
+    r.bake_name = j.value("bakeName", "");
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("build result: ") + e.what());
   }
@@ -994,7 +995,25 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
     struct stat rst {};
     if (::stat(raw.c_str(), &rst) == 0 && rst.st_nlink == 1) ::chmod(raw.c_str(), 0644);
   }
-  if (Status s = WriteFileAtomic(*tmp + "/rootfs.key", spec_.build_id, 0644); !s.ok()) {
+  // The image's identity: a link to a layer's flat image is that image (another build of the
+  // same steps has the very same disk); a copy of its own is this build's.
+  std::string rootfs_key = spec_.build_id;
+  {
+    struct stat rst {};
+    if (::stat(raw.c_str(), &rst) == 0 && rst.st_nlink > 1) {
+      rootfs_key = "flat:" + std::to_string(rst.st_dev) + ":" + std::to_string(rst.st_ino) + ":" +
+                   std::to_string(rst.st_mtim.tv_sec) + "." + std::to_string(rst.st_mtim.tv_nsec);
+    }
+  }
+  // Builds of the template that end in the same disk, commands, user, workdir, env and
+  // resources share one snapshot (a rebuild with every step cached bakes nothing): it is named
+  // by all of that. (Its /.e2b names the build that baked it first.)
+  result.bake_name =
+      "c" + Sha256Hex(json{spec_.template_id, rootfs_key, result.start_cmd, result.ready_cmd,
+                           ctx_.ToJson(), spec_.vcpus, spec_.memory_mib, resize}
+                          .dump(-1, ' ', false, json::error_handler_t::replace))
+                .substr(0, 31);
+  if (Status s = WriteFileAtomic(*tmp + "/rootfs.key", rootfs_key, 0644); !s.ok()) {
     return fail("finalize", s);
   }
   if (Status s = WriteFileAtomic(
@@ -1091,7 +1110,7 @@ Result<TemplateSpec> CustomTemplateSpec(const TemplateSpec& base, const std::str
   MOAT_ASSIGN_OR_RETURN(TemplateBuildResult r,
                         TemplateBuildResult::FromJson(json::parse(*text, nullptr, false)));
   TemplateSpec t = base;
-  t.name = build_id;
+  t.name = r.bake_name.empty() ? build_id : r.bake_name;
   t.rootfs_path = dir + "/rootfs.raw";
   t.vcpus = r.vcpus;
   t.memory_mib = r.memory_mib;

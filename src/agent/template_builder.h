@@ -87,6 +87,7 @@ struct TemplateBuildResult {
   int cached_steps = 0, run_steps = 0;
   std::string template_id;  // for /.e2b
   bool resized = false;     // its disk was grown: the bake grows the filesystem into it
+  std::string bake_name;    // its snapshot's name under DATA_DIR/templates (shared by equal builds)
   nlohmann::json ToJson() const;
   static Result<TemplateBuildResult> FromJson(const nlohmann::json& j);
 };

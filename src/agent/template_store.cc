@@ -48,6 +48,14 @@ std::string ArtifactKey(const std::string& path, const std::string& key_file) {
          std::to_string(st.st_mtim.tv_nsec);
 }
 
+// What of a bake's files makes its identity: their paths (their content is the first bake's:
+// equal builds share one snapshot).
+std::vector<std::string> BakeFileNames(const std::map<std::string, std::string>& files) {
+  std::vector<std::string> names;
+  for (const auto& [path, content] : files) names.push_back(path);
+  return names;
+}
+
 std::string Dir(const std::string& path) {
   return path.substr(0, path.rfind('/'));
 }
@@ -71,9 +79,12 @@ Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
                    (env_.slots != nullptr ? "|nic" : "");
   if (!t.start_cmd.empty() || !t.defaults.user.empty() || !t.defaults.workdir.empty() ||
       !t.bake_files.empty() || t.resize_root_fs) {
-    nlohmann::json start = {
-        {"start", t.start_cmd}, {"ready", t.ready_cmd},  {"identity", IdentityToJson(t.defaults)},
-        {"env", t.start_env},   {"files", t.bake_files}, {"resize", t.resize_root_fs}};
+    nlohmann::json start = {{"start", t.start_cmd},
+                            {"ready", t.ready_cmd},
+                            {"identity", IdentityToJson(t.defaults)},
+                            {"env", t.start_env},
+                            {"files", BakeFileNames(t.bake_files)},
+                            {"resize", t.resize_root_fs}};
     in += "|" + start.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   char hex[17];
