@@ -196,6 +196,18 @@ TEST_F(TemplateBuildE2e, AFailingStepNamesItsExitStatusAndOutputAndLeavesNothing
   Built mb = Build(missing);
   ASSERT_FALSE(mb.result.ok());
   EXPECT_EQ(mb.failure.step, "1");
+  // A ready command that never succeeds fails the build after its timeout, with its output.
+  TemplateBuildSpec never = Spec(kFailed, {{"RUN", {"true"}}});
+  never.start_cmd = "sleep 600";
+  never.ready_cmd = "echo not-ready-yet; false";
+  never.ready_timeout = std::chrono::seconds(3);
+  Built nr = Build(never);
+  ASSERT_FALSE(nr.result.ok());
+  EXPECT_EQ(nr.failure.step, "finalize");
+  EXPECT_NE(nr.result.status().message().find("ready command timed out"), std::string::npos)
+      << nr.result.status().ToString();
+  EXPECT_NE(nr.result.status().message().find("not-ready-yet"), std::string::npos);
+  EXPECT_FALSE(PathExists(*dir_ + "/templates/custom/" + kFailed)) << "nothing of it is kept";
 }
 
 TEST_F(TemplateBuildE2e, TheStartCommandRunsInTheSnapshotAndTheTemplateGetsAWarmPool) {
