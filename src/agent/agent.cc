@@ -597,7 +597,7 @@ Result<TemplateBuildResult> Agent::BuildTemplate(const TemplateBuildSpec& spec,
   s.insecure_registries = config_.insecure_registries;
   s.layer_cache_mib = config_.template_cache_mib;
   return agent::BuildTemplate(env_, *templates_, config_.base, config_.data_dir + "/templates", s,
-                              log, failure);
+                              log, failure, &custom_mu_);
 }
 
 Result<TemplateSpec> Agent::TemplateOf(const std::string& build_id) {

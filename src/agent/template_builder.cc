@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 
 #include "agent/disk.h"
 #include "agent/external_tool.h"
@@ -372,8 +373,10 @@ namespace {
 class Builder {
  public:
   Builder(const SandboxEnv& env, TemplateStore& store, const TemplateSpec& base,
-          std::string templates_dir, const TemplateBuildSpec& spec, const BuildLogFn& log)
-      : env_(env),
+          std::string templates_dir, const TemplateBuildSpec& spec, const BuildLogFn& log,
+          std::mutex* finalize_mu)
+      : finalize_mu_(finalize_mu),
+        env_(env),
         store_(store),
         base_(base),
         dir_(std::move(templates_dir)),
@@ -405,6 +408,7 @@ class Builder {
   // The root filesystem's free space in the builder VM now (df), into free_mib_.
   void MeasureFree();
 
+  std::mutex* finalize_mu_;
   const SandboxEnv& env_;
   TemplateStore& store_;
   TemplateSpec base_;
@@ -421,7 +425,8 @@ class Builder {
   std::unique_ptr<Sandbox> vm_;
   std::map<std::string, std::string> guest_env_;  // the user's login shell's, for ENV expansion
   std::string scratch_;                           // the build's scratch directory on the host
-  std::optional<uint64_t> free_mib_;              // the root filesystem's, after the last step (df)
+  bool parent_resized_ = false;       // the parent's disk was grown: its filesystem grows here too
+  std::optional<uint64_t> free_mib_;  // the root filesystem's, after the last step (df)
   bool guest_env_read_ = false;
 };
 
@@ -460,6 +465,7 @@ Status Builder::ResolveBase() {
     key_ = Sha256Hex("build\n" + from);
     ctx_ = r.context;
     parent_start_ = r.start_cmd;
+    parent_resized_ = r.resized;
     parent_ready_ = r.ready_cmd;
     return Status::Ok();
   }
@@ -746,6 +752,7 @@ Status Builder::RunStep(size_t i) {
 }
 
 void Builder::MeasureFree() {
+  free_mib_.reset();  // unknown unless measured now
   auto guest = vm_->Guest();
   if (!guest.ok()) return;
   channel::ExecRequest req;
@@ -932,6 +939,17 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
         return fail("base", s);
       }
     }
+    if (first == 0 && parent_resized_) {
+      // The parent's image was grown for its minFreeDiskMb; its filesystem grew only in its
+      // bake. This build's steps get the space too (kept in the first layer).
+      channel::ExecRequest req;
+      req.argv = {"/bin/sh", "-c", "resize2fs /dev/vda"};
+      req.user = "root";
+      req.cwd = "/";
+      if (Status s = Exec("base", std::move(req), "growing the filesystem", true); !s.ok()) {
+        return fail("base", s);
+      }
+    }
     if (first == 0) {
       // The default user, with passwordless sudo, before the first step (kept in its layer).
       channel::ExecRequest req;
@@ -1023,7 +1041,13 @@ Result<TemplateBuildResult> Builder::Run(BuildFailure* failure) {
     return fail("finalize", s);
   }
   ::chmod(tmp->c_str(), 0755);
-  if (::rename(tmp->c_str(), out.c_str()) < 0) return fail("finalize", ErrnoError("rename"));
+  {
+    // Into custom/ under the agent's lock: a delete of a build whose snapshot this one will
+    // share either sees this one (and keeps the snapshot) or is over before the bake starts.
+    std::unique_lock<std::mutex> lock;
+    if (finalize_mu_ != nullptr) lock = std::unique_lock<std::mutex>(*finalize_mu_);
+    if (::rename(tmp->c_str(), out.c_str()) < 0) return fail("finalize", ErrnoError("rename"));
+  }
   remove_tmp.Cancel();
   Cleanup remove_out([&] { (void)RemoveTree(out); });
 
@@ -1073,7 +1097,11 @@ void PruneLayers(const std::string& layers_dir, uint64_t budget_bytes, const std
     }
     Layer l{dir, static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, 0};
     if (auto b = AllocatedBytes(dir + "/disk.qcow2"); b.ok()) l.bytes = *b;
-    if (auto b = AllocatedBytes(dir + "/flat.raw"); b.ok()) l.bytes += *b;
+    // Its flat image frees space only where no build or bake links it.
+    struct stat fst {};
+    if (::stat((dir + "/flat.raw").c_str(), &fst) == 0 && fst.st_nlink == 1) {
+      if (auto b = AllocatedBytes(dir + "/flat.raw"); b.ok()) l.bytes += *b;
+    }
     total += l.bytes;
     layers.push_back(std::move(l));
   }
@@ -1095,10 +1123,10 @@ Result<TemplateBuildResult> BuildTemplate(const SandboxEnv& env, TemplateStore& 
                                           const TemplateSpec& base,
                                           const std::string& templates_dir,
                                           const TemplateBuildSpec& spec, const BuildLogFn& log,
-                                          BuildFailure* failure) {
+                                          BuildFailure* failure, std::mutex* finalize_mu) {
   ++g_running_builds;
   Cleanup done([] { --g_running_builds; });
-  Builder b(env, store, base, templates_dir, spec, log);
+  Builder b(env, store, base, templates_dir, spec, log, finalize_mu);
   return b.Run(failure);
 }
 

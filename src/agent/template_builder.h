@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -135,12 +136,13 @@ std::string ExpandVars(const std::string& value,
 // Runs the build on this host (templates_dir: DATA_DIR/templates; `base`: the base template,
 // whose kernel every build boots). Its log goes to `log` as it happens. On failure, *failure
 // says why and in which step; everything the build made is gone except the layers of the steps
-// that succeeded (the cache).
+// that succeeded (the cache). `finalize_mu`: held while the result is moved into place (the
+// agent's lock against deleting a build whose snapshot it may share).
 Result<TemplateBuildResult> BuildTemplate(const SandboxEnv& env, TemplateStore& store,
                                           const TemplateSpec& base,
                                           const std::string& templates_dir,
                                           const TemplateBuildSpec& spec, const BuildLogFn& log,
-                                          BuildFailure* failure);
+                                          BuildFailure* failure, std::mutex* finalize_mu = nullptr);
 // Evicts step layers (DATA_DIR/templates/layers): those over a base image that is gone, then the
 // least recently used ones until the rest fit `budget_bytes`; never the layer whose disk is
 // `keep`.
