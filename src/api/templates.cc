@@ -405,10 +405,7 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
     }
     ++running_by_team_[team.id];  // given back when the build ends (or does not start)
   }
-  Cleanup give_back([&] {
-    std::lock_guard lock(mu_);
-    if (--running_by_team_[team.id] <= 0) running_by_team_.erase(team.id);
-  });
+  Cleanup give_back([&] { ReleaseTeamBuild(team.id); });
   store::BuildUpdate u;
   u.status = std::string(store::kBuildBuilding);
   // Stored without the registry password (the build itself gets the request as it came).
@@ -437,10 +434,7 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
   finished_.clear();
   give_back.Cancel();  // the build's thread gives it back
   threads_.emplace(build_id, std::thread([this, team, tmpl, b = *build, body] {
-                     Cleanup done([&] {
-                       std::lock_guard lock(mu_);
-                       if (--running_by_team_[team.id] <= 0) running_by_team_.erase(team.id);
-                     });
+                     Cleanup done([&] { ReleaseTeamBuild(team.id); });
                      try {
                        RunBuild(team, tmpl, b, body);
                      } catch (const std::exception& e) {
@@ -451,6 +445,11 @@ Status TemplateService::StartBuild(const store::TeamRecord& team, const std::str
                      }
                    }));
   return Status::Ok();
+}
+
+void TemplateService::ReleaseTeamBuild(const std::string& team_id) {
+  std::lock_guard lock(mu_);
+  if (--running_by_team_[team_id] <= 0) running_by_team_.erase(team_id);
 }
 
 void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmpl,

@@ -106,6 +106,8 @@ class TemplateService {
   void Finish(const store::TemplateBuildRecord& build, const Status& s, const std::string& step,
               const std::optional<HostTemplateBuilt>& built, const std::string& host_id);
   std::string UploadPath(const std::string& team_id, const std::string& hash) const;
+  // A build of the team's ended (or did not start): gives its place back (takes mu_).
+  void ReleaseTeamBuild(const std::string& team_id);
 
   store::Store& store_;
   HostDirectory& hosts_;
