@@ -16,6 +16,7 @@ Runner AddDoctor(CLI::App& app);
 // Over the public API (MOAT_API_URL, MOAT_API_KEY):
 Runner AddSandbox(CLI::App& app);   // sandbox create|list|info|kill|timeout|pause|resume|fork
 Runner AddExec(CLI::App& app);      // process.Process/Start streamed, exit code propagated; -i, -t
+Runner AddRunCode(CLI::App& app);   // the code interpreter's POST /execute (port 49999), streamed
 Runner AddCp(CLI::App& app);        // envd GET/POST /files
 Runner AddSnapshot(CLI::App& app);  // snapshot create|list|delete
 Runner AddKeys(CLI::App& app);      // keys create|list|revoke (/keys)

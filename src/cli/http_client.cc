@@ -1,15 +1,20 @@
 #include "cli/http_client.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cerrno>
+#include <condition_variable>
 #include <limits>
+#include <mutex>
+#include <thread>
 
 namespace moat::cli {
 namespace {
@@ -57,6 +62,98 @@ Status WriteFileRequest(beast::tcp_stream& stream, const BaseUrl& base,
     offset += n;
   }
   return Status::Ok();
+}
+
+// Shuts a connected socket down once `timeout` has passed, from a thread of its own, so that the
+// blocking write or read SendHttp is in fails at once (Beast's own timeouts apply to asynchronous
+// operations only). The socket outlives this object, so the fd shut is never a reused one.
+class Deadline {
+ public:
+  Deadline(int fd, std::chrono::milliseconds timeout) {
+    if (timeout.count() <= 0) return;
+    thread_ = std::thread([this, fd, timeout] {
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, timeout, [this] { return done_; })) return;
+      expired_ = true;
+      ::shutdown(fd, SHUT_RDWR);
+    });
+  }
+  ~Deadline() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+  bool expired() const { return expired_; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // guarded by mu_
+  std::atomic<bool> expired_{false};
+  std::thread thread_;
+};
+
+std::string DurationText(std::chrono::milliseconds d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+  return std::to_string(d.count()) + " ms";
+}
+
+// One exchange on a connected stream: the request out, the response in.
+Result<HttpResponse> Exchange(beast::tcp_stream& stream, const BaseUrl& base,
+                              const HttpRequest& request, const BodySink& sink) {
+  beast::error_code ec;
+  if (request.body_fd >= 0) {
+    MOAT_RETURN_IF_ERROR(WriteFileRequest(stream, base, request));
+  } else {
+    bhttp::request<bhttp::string_body> req;
+    SetHead(req, base, request);
+    req.body() = request.body;
+    req.prepare_payload();
+    bhttp::write(stream, req, ec);
+    if (ec) return TransportError(base, "sending to", ec);
+  }
+
+  beast::flat_buffer buffer;
+  bhttp::response_parser<bhttp::buffer_body> parser;
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+  bhttp::read_header(stream, buffer, parser, ec);
+  if (ec) return TransportError(base, "reading the response from", ec);
+
+  HttpResponse out;
+  out.status = static_cast<int>(parser.get().result_int());
+  out.content_type = std::string(parser.get()[bhttp::field::content_type]);
+  out.next_token = std::string(parser.get()["X-Next-Token"]);
+  const bool to_sink = sink && out.status >= 200 && out.status < 300;
+
+  // read_some (not read) so that each chunk reaches the sink as soon as it arrives: exec output
+  // must stream live, not wait for a full buffer.
+  std::array<char, 64 * 1024> chunk;
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk.data();
+    parser.get().body().size = chunk.size();
+    bhttp::read_some(stream, buffer, parser, ec);
+    if (ec == bhttp::error::need_buffer) ec = {};
+    if (ec) return TransportError(base, "reading the response from", ec);
+    size_t n = chunk.size() - parser.get().body().size;
+    if (n == 0) continue;
+    std::string_view data(chunk.data(), n);
+    if (to_sink) {
+      MOAT_RETURN_IF_ERROR(sink(data));
+    } else {
+      size_t room = request.max_collected_body - out.body.size();
+      out.body.append(data.substr(0, room));
+      if (data.size() >= room) return out;  // the rest is not read; the connection is dropped
+    }
+  }
+  stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+  return out;
 }
 
 }  // namespace
@@ -122,48 +219,12 @@ Result<HttpResponse> SendHttp(const BaseUrl& base, const HttpRequest& request,
   stream.connect(endpoints, ec);
   if (ec) return TransportError(base, "connecting to", ec);
 
-  if (request.body_fd >= 0) {
-    MOAT_RETURN_IF_ERROR(WriteFileRequest(stream, base, request));
-  } else {
-    bhttp::request<bhttp::string_body> req;
-    SetHead(req, base, request);
-    req.body() = request.body;
-    req.prepare_payload();
-    bhttp::write(stream, req, ec);
-    if (ec) return TransportError(base, "sending to", ec);
+  Deadline deadline(stream.socket().native_handle(), request.timeout);
+  Result<HttpResponse> out = Exchange(stream, base, request, sink);
+  if (!out.ok() && deadline.expired()) {
+    return DeadlineExceeded("no complete response from http://" + base.host + ":" + base.port +
+                            " within " + DurationText(request.timeout));
   }
-
-  beast::flat_buffer buffer;
-  bhttp::response_parser<bhttp::buffer_body> parser;
-  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-  bhttp::read_header(stream, buffer, parser, ec);
-  if (ec) return TransportError(base, "reading the response from", ec);
-
-  HttpResponse out;
-  out.status = static_cast<int>(parser.get().result_int());
-  out.content_type = std::string(parser.get()[bhttp::field::content_type]);
-  out.next_token = std::string(parser.get()["X-Next-Token"]);
-  const bool to_sink = sink && out.status >= 200 && out.status < 300;
-
-  // read_some (not read) so that each chunk reaches the sink as soon as it arrives: exec output
-  // must stream live, not wait for a full buffer.
-  std::array<char, 64 * 1024> chunk;
-  while (!parser.is_done()) {
-    parser.get().body().data = chunk.data();
-    parser.get().body().size = chunk.size();
-    bhttp::read_some(stream, buffer, parser, ec);
-    if (ec == bhttp::error::need_buffer) ec = {};
-    if (ec) return TransportError(base, "reading the response from", ec);
-    size_t n = chunk.size() - parser.get().body().size;
-    if (n == 0) continue;
-    std::string_view data(chunk.data(), n);
-    if (to_sink) {
-      MOAT_RETURN_IF_ERROR(sink(data));
-    } else {
-      out.body.append(data);
-    }
-  }
-  stream.socket().shutdown(tcp::socket::shutdown_both, ec);
   return out;
 }
 

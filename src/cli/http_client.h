@@ -4,7 +4,10 @@
 // the API's error message.
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <functional>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -38,6 +41,12 @@ struct HttpRequest {
   // When >= 0, the body is this file instead, from offset 0 to its end, streamed with a
   // Content-Length (never chunked: presigned upload URLs refuse chunked bodies). Borrowed.
   int body_fd = -1;
+  // When > 0, the exchange after connecting (sending, then the whole response) must be over
+  // within this; past it the connection is shut and the result is deadline_exceeded.
+  std::chrono::milliseconds timeout{0};
+  // A body that is collected (non-2xx, or no sink) stops being read past this many bytes; what
+  // was read is returned. For peers that are not trusted to send a bounded error message.
+  size_t max_collected_body = std::numeric_limits<size_t>::max();
 };
 
 struct HttpResponse {
@@ -50,7 +59,8 @@ struct HttpResponse {
 // Receives a 2xx body chunk by chunk; an error stops the transfer and is returned.
 using BodySink = std::function<Status(std::string_view chunk)>;
 
-// Sends `request` and reads the response. Transport failures are `unavailable` naming the URL.
+// Sends `request` and reads the response. Transport failures are `unavailable` naming the URL;
+// a request past its `timeout` is `deadline_exceeded`.
 Result<HttpResponse> SendHttp(const BaseUrl& base, const HttpRequest& request,
                               const BodySink& sink = nullptr);
 
