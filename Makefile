@@ -30,6 +30,7 @@ build-asan:
 guest: build
 	guest/build-kernel.sh $(GUEST)
 	guest/build-rootfs.sh $(GUEST) $(BUILD)/bin/moat-guest
+	guest/build-rootfs.sh $(GUEST) $(BUILD)/bin/moat-guest code-interpreter
 
 up: setup
 	$(BUILD)/bin/moatd serve --listen 127.0.0.1:3000 --data-dir .moat

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Builds the `base` template's root filesystem: Debian 12 minbase + guest/rootfs.packages, a user
+# Builds a built-in template's root filesystem: Debian 12 minbase + guest/rootfs.packages, a user
 # `user` (uid 1000), and moat-guest as PID 1. The image is made with `mkfs.ext4 -d` and moat-guest
 # is written into it with debugfs, so no loop device or mount is needed.
 #
-# Two layers, each cached by a hash of its inputs:
-#   base  = debootstrap + customisation    -> $MOAT_CACHE_DIR/rootfs-base-<key>/base.ext4
-#   final = base + the moat-guest binary   -> OUT_DIR/rootfs.ext4 (rebuilt only when either changes)
+# VARIANT `base` (the default) is the `base` template, OUT_DIR/rootfs.ext4. VARIANT
+# `code-interpreter` is the `code-interpreter-v1` template, OUT_DIR/code-interpreter.ext4: the
+# base plus guest/code-interpreter/packages, with matplotlib's font cache made at build time, and
+# the files under guest/code-interpreter/files (the interpreter server, its kernels and IPython
+# set-up; docs/code-interpreter.md) written in beside moat-guest.
 #
-# usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY
+# Two layers, each cached by a hash of its inputs:
+#   base  = debootstrap + customisation      -> $MOAT_CACHE_DIR/rootfs-<variant>-<key>/base.ext4
+#   final = base + moat-guest (+ the files)  -> OUT_DIR/<image> (rebuilt only when an input changes)
+#
+# usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY [VARIANT]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,24 +22,38 @@ guest_bin=$(realpath -m "${2:?usage: build-rootfs.sh OUT_DIR MOAT_GUEST_BINARY}"
 cache=${MOAT_CACHE_DIR:-$HOME/.cache/moat}
 suite=bookworm
 mirror=${MOAT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-size=${MOAT_ROOTFS_SIZE:-2G}
+variant=${3:-base}
+case $variant in
+  base)
+    image=rootfs.ext4 size=${MOAT_ROOTFS_SIZE:-2G} extra_packages_file=
+    cache_name=rootfs-base files_dir= ;;
+  code-interpreter)
+    image=code-interpreter.ext4 size=${MOAT_INTERPRETER_ROOTFS_SIZE:-4G}
+    extra_packages_file=$here/code-interpreter/packages
+    cache_name=rootfs-code-interpreter files_dir=$here/code-interpreter/files ;;
+  *) echo "build-rootfs: unknown variant '$variant' (base, code-interpreter)" >&2; exit 2 ;;
+esac
 
 [ -x "$guest_bin" ] || { echo "build-rootfs: $guest_bin is not an executable" >&2; exit 1; }
 packages=$(grep -v '^#' "$here/rootfs.packages" | grep -v '^$' | paste -sd, -)
+extra_packages=
+if [ -n "$extra_packages_file" ]; then
+  extra_packages=$(grep -v '^#' "$extra_packages_file" | grep -v '^$' | paste -sd' ' -)
+fi
 # npm comes from the npm registry (see rootfs.packages), pinned here; this file is in the key.
 npm_version=10.9.4
 npm_integrity=sha512-OnUG836FwboQIbqtefDNlyR0gTHzIfwRfE3DuiNewBvnMnWEpB0VEXwBlFVgqpNzIgYo/MHh3d2Hel/pszapAA==
 
 base_key=$({
-  cat "$here/build-rootfs.sh" "$here/rootfs.packages"
-  echo "$suite $mirror $size"
+  cat "$here/build-rootfs.sh" "$here/rootfs.packages" ${extra_packages_file:+"$extra_packages_file"}
+  echo "$suite $mirror $size $variant"
 } | sha256sum | cut -c1-16)
-base_dir=$cache/rootfs-base-$base_key
+base_dir=$cache/$cache_name-$base_key
 
 if [ -f "$base_dir/base.ext4" ]; then
   echo "build-rootfs: cached base $base_dir"
 else
-  echo "build-rootfs: debootstrap $suite minbase + $packages (a few minutes)"
+  echo "build-rootfs: debootstrap $suite minbase + $packages${extra_packages:+, then $extra_packages} (a few minutes)"
   started=$(date +%s)
   mkdir -p "$cache"
   work=$(mktemp -d "$cache/.rootfs-build.XXXXXX")
@@ -50,6 +70,13 @@ else
   tree=$work/tree
   debootstrap --variant=minbase --include="$packages" "$suite" "$tree" "$mirror" \
     > "$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+  if [ -n "$extra_packages" ]; then
+    # By apt in the tree rather than by debootstrap's --include, whose configure order fails on
+    # this set (python3-zmq); Debian's own maintainer scripts are all that runs.
+    chroot "$tree" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+      sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $extra_packages" \
+      > "$work/apt.log" 2>&1 || { tail -n 30 "$work/apt.log" >&2; exit 1; }
+  fi
 
   # Customise with chroot only: no /proc or /dev is mounted into the tree.
   chroot "$tree" /usr/sbin/useradd --create-home --uid 1000 --user-group --shell /bin/bash user
@@ -68,6 +95,13 @@ else
   tar -xzf "$npm_tgz" -C "$tree/usr/lib/node_modules/npm" --strip-components=1 --no-same-owner
   ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$tree/usr/bin/npm"
   ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$tree/usr/bin/npx"
+  if [ "$variant" = code-interpreter ]; then
+    # matplotlib builds its font list on first import (seconds under TCG, in every sandbox):
+    # made once here, by Debian's own matplotlib, where the kernels (root) will look for it.
+    chroot "$tree" /usr/bin/env -i HOME=/root MPLBACKEND=Agg MPLCONFIGDIR=/root/.config/matplotlib \
+      /usr/bin/python3 -c 'import matplotlib.font_manager' \
+      || { echo "build-rootfs: making matplotlib's font cache failed" >&2; exit 1; }
+  fi
   # moat-guest is PID 1; the binary itself is written into the final image below.
   ln -sf /usr/sbin/moat-guest "$tree/sbin/init"
   # Caches and documentation only make the image (and every sandbox's page cache) bigger.
@@ -84,13 +118,18 @@ else
   echo "build-rootfs: built base $base_dir (content $(cat "$base_dir/tree-size"), $(cat "$base_dir/bake-seconds") s)"
 fi
 
-final_key=$({ echo "$base_key"; sha256sum < "$guest_bin"; } | sha256sum | cut -c1-16)
+final_key=$({
+  echo "$base_key"
+  sha256sum < "$guest_bin"
+  if [ -n "$files_dir" ]; then (cd "$files_dir" && find . -type f | LC_ALL=C sort | xargs sha256sum); fi
+} | sha256sum | cut -c1-16)
 mkdir -p "$out"
-if [ -f "$out/rootfs.ext4" ] && [ "$(cat "$out/rootfs.key" 2>/dev/null)" = "$final_key" ]; then
-  echo "build-rootfs: $out/rootfs.ext4 is up to date ($final_key)"
+key_file=$out/${image%.ext4}.key
+if [ -f "$out/$image" ] && [ "$(cat "$key_file" 2>/dev/null)" = "$final_key" ]; then
+  echo "build-rootfs: $out/$image is up to date ($final_key)"
   exit 0
 fi
-tmp=$out/rootfs.ext4.tmp
+tmp=$out/$image.tmp
 cp --sparse=always "$base_dir/base.ext4" "$tmp"
 debugfs -w "$tmp" -f - > /dev/null <<DEBUGFS
 cd /usr/sbin
@@ -102,6 +141,31 @@ DEBUGFS
 # debugfs reports errors on stdout and still exits 0: check the result instead.
 debugfs -R 'stat /usr/sbin/moat-guest' "$tmp" 2>/dev/null | grep -q 'Mode:  0755' \
   || { echo "build-rootfs: writing moat-guest into the image failed" >&2; rm -f "$tmp"; exit 1; }
-mv "$tmp" "$out/rootfs.ext4"
-echo "$final_key" > "$out/rootfs.key"
-echo "build-rootfs: wrote $out/rootfs.ext4 ($final_key)"
+if [ -n "$files_dir" ]; then
+  # Every directory and file under files_dir, root-owned: directories 0755, files 0644 (0755
+  # where executable here). debugfs's mkdir of a directory the image has already fails harmlessly.
+  {
+    (cd "$files_dir" && find . -mindepth 1 -type d | LC_ALL=C sort) | while read -r d; do
+      echo "mkdir ${d#.}"
+      echo "sif ${d#.} uid 0"
+      echo "sif ${d#.} gid 0"
+    done
+    (cd "$files_dir" && find . -type f | LC_ALL=C sort) | while read -r f; do
+      mode=0100644
+      [ -x "$files_dir/$f" ] && mode=0100755
+      echo "rm ${f#.}"
+      echo "write $files_dir/${f#./} ${f#.}"
+      echo "sif ${f#.} mode $mode"
+      echo "sif ${f#.} uid 0"
+      echo "sif ${f#.} gid 0"
+    done
+  } | debugfs -w "$tmp" -f - > /dev/null 2>&1
+  (cd "$files_dir" && find . -type f) | while read -r f; do
+    want=$(stat -c %s "$files_dir/$f")
+    got=$(debugfs -R "stat ${f#.}" "$tmp" 2>/dev/null | sed -n 's/.*Size: \([0-9]*\).*/\1/p' | head -1)
+    [ "$got" = "$want" ] || { echo "build-rootfs: writing ${f#.} into the image failed" >&2; rm -f "$tmp"; exit 1; }
+  done
+fi
+mv "$tmp" "$out/$image"
+echo "$final_key" > "$key_file"
+echo "build-rootfs: wrote $out/$image ($final_key)"

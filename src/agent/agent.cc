@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "agent/sandbox_state.h"
+#include "common/builtin_templates.h"
 #include "common/child_process.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
@@ -123,6 +124,22 @@ std::vector<Agent::WarmTarget> Agent::WarmTargets() {
   } else {
     LogWarn("agent.warm_base_unavailable", {{"error", base.status().ToString()}});
   }
+  if (config_.prebake_builtins && !prebaked_) {
+    prebaked_ = true;  // once: a bake that fails is not retried every second
+    for (const auto& b : config_.builtins) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto dir = templates_->Ensure(b);
+      long ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - t0)
+                                      .count());
+      if (dir.ok()) {
+        LogInfo("agent.builtin_ready", {{"template", b.name}, {"ms", ms}});
+      } else {
+        LogWarn("agent.builtin_bake_failed",
+                {{"template", b.name}, {"error", dir.status().ToString()}});
+      }
+    }
+  }
   std::map<std::string, size_t> recent;
   {
     std::lock_guard lock(warm_mu_);
@@ -142,7 +159,8 @@ std::vector<Agent::WarmTarget> Agent::WarmTargets() {
   std::sort(busy.begin(), busy.end(),
             [](const auto& a, const auto& b) { return a.second > b.second; });
   for (const auto& [name, count] : busy) {
-    std::lock_guard custom(custom_mu_);  // not while it is being deleted
+    std::unique_lock custom(custom_mu_, std::defer_lock);
+    if (Builtin(name) == nullptr) custom.lock();  // a build: not while it is being deleted
     auto spec = TemplateOf(name);
     if (!spec.ok()) continue;  // deleted meanwhile
     auto dir = templates_->Ensure(*spec);
@@ -564,14 +582,20 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
   Cleanup release([&] { ReleaseIds({req.id}); });
   const std::string& template_name = req.template_name;
   std::string dir;
+  bool pooled = template_name == config_.base.name || IsBuildId(template_name) ||
+                Builtin(template_name) != nullptr;
   if (template_name == config_.base.name) {
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(config_.base));
-  } else if (IsBuildId(template_name)) {
+  } else if (const TemplateSpec* builtin = Builtin(template_name)) {
+    MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(*builtin));
+  } else if (pooled) {
     // A custom template's build: its snapshot (baked at build time; again only if something
     // it depends on changed since, such as the QEMU version).
     std::lock_guard custom(custom_mu_);  // not while it is being deleted
     MOAT_ASSIGN_OR_RETURN(TemplateSpec t, TemplateOf(template_name));
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(t));
+  } else if (template_name == kCodeInterpreterTemplate) {
+    return TemplateOf(template_name).status();  // not installed here: says so
   } else {
     // A named snapshot's id (never a paused sandbox's: those are resumed, not cloned).
     dir = SnapshotDir(template_name);
@@ -581,8 +605,7 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
     }
   }
   NoteDemand(template_name);
-  if ((template_name == config_.base.name || IsBuildId(template_name)) &&
-      config_.warm_sandboxes > 0) {
+  if (pooled && config_.warm_sandboxes > 0) {
     MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> warm,
                           ClaimWarm(dir, req.id, req.identity, req.egress));
     if (warm) return warm;
@@ -600,9 +623,23 @@ Result<TemplateBuildResult> Agent::BuildTemplate(const TemplateBuildSpec& spec,
                               log, failure, &custom_mu_);
 }
 
-Result<TemplateSpec> Agent::TemplateOf(const std::string& build_id) {
-  if (!IsBuildId(build_id)) return NotFound("template \"" + build_id + "\" not found");
-  return CustomTemplateSpec(config_.base, config_.data_dir + "/templates", build_id);
+const TemplateSpec* Agent::Builtin(const std::string& name) const {
+  for (const auto& b : config_.builtins) {
+    if (b.name == name) return &b;
+  }
+  return nullptr;
+}
+
+Result<TemplateSpec> Agent::TemplateOf(const std::string& name) {
+  if (const TemplateSpec* b = Builtin(name)) return *b;
+  if (!IsBuildId(name)) {
+    if (name == kCodeInterpreterTemplate) {
+      return NotFound("template \"" + name + "\" is not installed on this host (its image, " +
+                      kCodeInterpreterImage + ", is built by `make guest`)");
+    }
+    return NotFound("template \"" + name + "\" not found");
+  }
+  return CustomTemplateSpec(config_.base, config_.data_dir + "/templates", name);
 }
 
 Status Agent::DeleteTemplateBuild(const std::string& build_id) {

@@ -34,6 +34,12 @@ namespace moat::agent {
 struct AgentConfig {
   std::string data_dir;  // DATA_DIR (sandboxes/ lives under it)
   TemplateSpec base;     // the `base` template's artifacts and resources
+  // The built-in templates beyond base this host has (code-interpreter-v1 where its image was
+  // built: BuiltinTemplates), by name; warm pools by demand, like custom templates.
+  std::vector<TemplateSpec> builtins;
+  // Bake the built-in templates in the background at start, so that their first create does
+  // not wait for a cold boot (and their start commands) on the request's path.
+  bool prebake_builtins = false;
   vmm::Accel accel = vmm::Accel::kTcg;
   bool jail = true;
   uint32_t jail_id_first = 900000;
@@ -163,7 +169,9 @@ class Agent {
   // are overlays over its image. not_found if this host has none.
   Status DeleteTemplateBuild(const std::string& build_id);
   // The resources of a custom template build on this host.
-  Result<TemplateSpec> TemplateOf(const std::string& build_id);
+  // A custom template's build, or a built-in template by name.
+  Result<TemplateSpec> TemplateOf(const std::string& name);
+  const TemplateSpec* Builtin(const std::string& name) const;
 
   const RecoveryReport& recovery() const { return recovery_; }
   const AgentConfig& config() const { return config_; }
@@ -207,6 +215,7 @@ class Agent {
   std::unique_ptr<net::SlotPool> slot_pool_;
   std::unique_ptr<vmm::JailIdAllocator> jail_ids_;
   SandboxEnv env_;
+  bool prebaked_ = false;  // WarmTargets has baked the built-in templates once
   std::unique_ptr<TemplateStore> templates_;
   RecoveryReport recovery_;
   std::mutex paused_mu_;  // serialises pause/resume/delete of paused sandboxes

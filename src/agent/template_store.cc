@@ -60,6 +60,13 @@ std::string Dir(const std::string& path) {
   return path.substr(0, path.rfind('/'));
 }
 
+// The content key build-rootfs.sh writes beside an image: <dir>/<name without extension>.key
+// (rootfs.ext4 -> rootfs.key, code-interpreter.ext4 -> code-interpreter.key).
+std::string KeyFileOf(const std::string& image) {
+  std::string name = image.substr(image.rfind('/') + 1);
+  return Dir(image) + "/" + name.substr(0, name.rfind('.')) + ".key";
+}
+
 }  // namespace
 
 std::string BakeVmName(const std::string& template_name, const std::string& bake_dir) {
@@ -70,13 +77,12 @@ std::string BakeVmName(const std::string& template_name, const std::string& bake
 Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
   if (!PathExists(t.kernel_path)) return NotFound("template kernel " + t.kernel_path);
   if (!PathExists(t.rootfs_path)) return NotFound("template rootfs " + t.rootfs_path);
-  std::string in = ArtifactKey(t.kernel_path, Dir(t.kernel_path) + "/vmlinux.key") + "|" +
-                   ArtifactKey(t.rootfs_path, Dir(t.rootfs_path) + "/rootfs.key") + "|" +
-                   std::to_string(t.vcpus) + "|" + std::to_string(t.memory_mib) + "|" +
-                   std::string(vmm::AccelName(env_.accel)) + "|" +
-                   ArtifactKey("/usr/bin/qemu-system-x86_64", "") + "|" +
-                   vmm::qemu::kBaseKernelCmdline + "|moat-snapshot-v1" +
-                   (env_.slots != nullptr ? "|nic" : "");
+  std::string in =
+      ArtifactKey(t.kernel_path, Dir(t.kernel_path) + "/vmlinux.key") + "|" +
+      ArtifactKey(t.rootfs_path, KeyFileOf(t.rootfs_path)) + "|" + std::to_string(t.vcpus) + "|" +
+      std::to_string(t.memory_mib) + "|" + std::string(vmm::AccelName(env_.accel)) + "|" +
+      ArtifactKey("/usr/bin/qemu-system-x86_64", "") + "|" + vmm::qemu::kBaseKernelCmdline +
+      "|moat-snapshot-v2" + (env_.slots != nullptr ? "|nic" : "");
   if (!t.start_cmd.empty() || !t.defaults.user.empty() || !t.defaults.workdir.empty() ||
       !t.bake_files.empty() || t.resize_root_fs) {
     nlohmann::json start = {{"start", t.start_cmd},

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "api/auth.h"
+#include "common/builtin_templates.h"
 #include "common/guarded.h"
 #include "common/log.h"
 #include "common/sandbox_id.h"
@@ -231,6 +232,13 @@ Result<SandboxController::TemplateChoice> SandboxController::ResolveTemplate(
                    .memory_mib = base.memory_mib,
                    .disk_mib = base.disk_mib};
   if (template_id == base.name) return c;
+  if (template_id == kCodeInterpreterTemplate) {
+    // Built in: every host whose guest dir has its image (the host says if it has not).
+    c.vcpus = kCodeInterpreterVcpus;
+    c.memory_mib = kCodeInterpreterMemoryMib;
+    c.disk_mib = kCodeInterpreterDiskMib;
+    return c;
+  }
   MOAT_ASSIGN_OR_RETURN(auto by_id, store_.GetSnapshot(template_id));
   std::optional<store::SnapshotRecord> snap;
   if (by_id && by_id->team_id == team_id) snap = by_id;

@@ -29,6 +29,12 @@ struct IdentityRequest {
 };
 
 inline constexpr size_t kMinEntropyBytes = 32;
+// Where a VM's moat-guest keeps the sandbox's create-time env vars for services inside the
+// guest, as a JSON object (mode 0600, root): docs/code-interpreter.md "Environment".
+inline constexpr const char* kEnvFilePath = "/run/moat/env.json";
+
+// Writes `env` to `path` as a JSON object, atomically (a temporary file renamed over it).
+Status WriteEnvFile(const std::map<std::string, std::string>& env, const std::string& path);
 inline constexpr size_t kMaxEntropyBytes = 4096;
 
 Result<std::string> HexDecode(std::string_view hex);

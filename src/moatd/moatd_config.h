@@ -60,6 +60,9 @@ struct MoatdConfig {
   std::vector<std::string> insecure_registries;
   // --template-cache-mb: disk for the cache of template build layers.
   uint64_t template_cache_mb = 20480;
+  // --prebake-templates: bake the built-in templates (code-interpreter-v1) at start, in the
+  // background, rather than on their first create.
+  bool prebake_templates = true;
   // Pause, named snapshots and fork write memory-file snapshots (docs/snapshots.md); false:
   // one full migration stream each (--snapshot-format stream).
   bool memory_file_snapshots = true;

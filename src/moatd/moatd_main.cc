@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "agent/agent.h"
+#include "agent/builtin_templates.h"
 #include "api/api_server.h"
 #include "api/auth.h"
 #include "api/fleet/fleet_auth.h"
@@ -94,6 +95,9 @@ Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
   ac.warm_memory_budget_mib = config.warm_memory_mb;
   ac.insecure_registries = config.insecure_registries;
   ac.template_cache_mib = config.template_cache_mb;
+  ac.builtins = agent::BuiltinTemplates(ac.base, config.guest_dir);
+  ac.prebake_builtins = config.prebake_templates;
+  for (const auto& b : ac.builtins) LogInfo("moatd.builtin_template", {{"template", b.name}});
   ac.memory_file_snapshots = config.memory_file_snapshots;
   ac.jail_id_first = config.jail_id_first;
   if (config.network) {
@@ -477,6 +481,11 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
   cmd->add_option("--template-cache-mb", config.template_cache_mb,
                   "disk the cache of template build layers may keep (least recently used layers "
                   "are evicted after each build)")
+      ->capture_default_str();
+  cmd->add_option("--prebake-templates", config.prebake_templates,
+                  "bake the built-in templates whose images are in the guest dir "
+                  "(code-interpreter-v1) in the background at start, so that their first create "
+                  "restores a snapshot (needs --warm-sandboxes > 0; otherwise on first use)")
       ->capture_default_str();
   cmd->add_option("--warm-memory-mb", config.warm_memory_mb,
                   "guest memory all warm clones together may hold: the base template's first, "

@@ -94,7 +94,10 @@ Result<std::vector<std::string>> BuildCommandLine(const VmSpec& spec,
   if (kvm) {
     add({"-accel", "kvm", "-cpu", "host"});
   } else {
-    add({"-accel", "tcg,tb-size=" + std::to_string(kTcgTbSizeMib)});
+    // -cpu max: every instruction TCG emulates, announced in CPUID. The default model
+    // (qemu64) announces little, and code that assumes more than it checks dies of SIGILL
+    // (the code interpreter's data stack did, importing numpy/scipy).
+    add({"-accel", "tcg,tb-size=" + std::to_string(kTcgTbSizeMib), "-cpu", "max"});
   }
   add({"-smp", std::to_string(spec.vcpus), "-m", mib + "M"});
   // Guest RAM in a file: share=on makes it the template snapshot (not in the migration stream

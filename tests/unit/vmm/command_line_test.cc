@@ -52,7 +52,9 @@ TEST(CommandLine, ColdBootUnderTcgKeepsMicrovmDefaultsAndBootsTheKernel) {
   EXPECT_EQ(ValueOf(*argv, "-M"),
             "microvm,x-option-roms=off,isa-serial=on,acpi=off,mem-merge=off,memory-backend=mem");
   EXPECT_EQ(ValueOf(*argv, "-accel"), "tcg,tb-size=128");
-  EXPECT_THAT(*argv, Not(Contains("-cpu")));
+  // Every instruction TCG emulates, announced (the default qemu64 model announces too little
+  // for Debian's numpy/scipy, which then die of SIGILL).
+  EXPECT_EQ(ValueOf(*argv, "-cpu"), "max");
   EXPECT_EQ(ValueOf(*argv, "-smp"), "2");
   EXPECT_EQ(ValueOf(*argv, "-m"), "256M");
   EXPECT_EQ(ValueOf(*argv, "-object"),

@@ -1,0 +1,808 @@
+"""moat's code-interpreter server: the HTTP API of E2B's interpreter on port 49999.
+
+Routes (shared/E2B-CODE-INTERPRETER.md §2): GET /health, POST /execute (an NDJSON stream),
+POST and GET /contexts, POST /contexts/{id}/restart, DELETE /contexts/{id}.
+
+A context is one Jupyter kernel, driven directly over ZMQ with Debian's jupyter_client
+(messaging protocol 5.3): ipykernel for Python, and moat's own wrapper kernels for JavaScript
+(node) and Bash. Runs in one context are serialized by a lock; contexts run in parallel. A client
+that goes away interrupts its run (SIGINT to the kernel); a kernel that does not come back to
+idle within a bound is restarted, so the next run is never stuck behind the lock.
+
+The sandbox's create-time env vars come from moat-guest, which writes them to /run/moat/env.json
+whenever a sandbox gets its identity; each run applies changes to them before the code, and a
+run's own env_vars are set for that run only and restored after it.
+
+It runs as root (as E2B's does), started by the code-interpreter-v1 template's start command;
+docs/code-interpreter.md.
+"""
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.web
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+from .ndjson import encode_line
+
+PORT = int(os.environ.get("MOAT_INTERPRETER_PORT", "49999"))
+DEFAULT_CWD = "/home/user"
+ENV_FILE = os.environ.get("MOAT_INTERPRETER_ENV_FILE", "/run/moat/env.json")
+KEEPALIVE_S = 4.0  # a line at least this often, so that a silent run keeps its connection
+INTERRUPT_GRACE_S = 10.0  # after an interrupt, how long a kernel may take back to idle
+KERNEL_START_TIMEOUT_S = 300.0  # TCG: the first Python kernel imports numpy and pandas
+MAX_BODY = 64 << 20
+
+# Language -> Jupyter kernel name. `typescript` has no kernel here (it is not JavaScript).
+KERNELS = {"python": "python3", "javascript": "javascript", "bash": "bash"}
+ALIASES = {
+    "": "python",
+    "py": "python",
+    "python3": "python",
+    "ipython": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+    "ts": "typescript",
+    "sh": "bash",
+    "shell": "bash",
+}
+
+# Jupyter MIME type -> the field of a `result` line; any other MIME type goes to `extra`.
+MIME_FIELDS = {
+    "text/plain": "text",
+    "text/html": "html",
+    "text/markdown": "markdown",
+    "image/svg+xml": "svg",
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "application/pdf": "pdf",
+    "text/latex": "latex",
+    "application/json": "json",
+    "application/javascript": "javascript",
+    "e2b/data": "data",
+    "e2b/chart": "chart",
+}
+BASE64_FIELDS = ("png", "jpeg", "pdf")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+log = logging.getLogger("moat-interpreter")
+
+
+class HttpError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def normalize_language(value):
+    lang = (value or "").strip().lower()
+    return ALIASES.get(lang, lang)
+
+
+def installed_languages():
+    specs = KernelSpecManager().find_kernel_specs()
+    return [lang for lang, kernel in KERNELS.items() if kernel in specs]
+
+
+def read_sandbox_env():
+    """The sandbox's create-time env vars (moat-guest writes them at each identity)."""
+    try:
+        with open(ENV_FILE, encoding="utf-8") as f:
+            env = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("reading %s: %s", ENV_FILE, e)
+        return {}
+    if not isinstance(env, dict):
+        return {}
+    return {k: v for k, v in env.items() if isinstance(v, str) and ENV_NAME.match(k)}
+
+
+def strip_quotes(text):
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def result_line(data, is_main):
+    out = {"type": "result", "is_main_result": is_main}
+    extra = {}
+    for mime, value in (data or {}).items():
+        field = MIME_FIELDS.get(mime)
+        if field is None:
+            extra[mime] = value
+            continue
+        if field == "text" and isinstance(value, str):
+            value = strip_quotes(value)
+        elif field in BASE64_FIELDS and isinstance(value, str):
+            value = "".join(value.split())
+        out[field] = value
+    out["extra"] = extra
+    return out
+
+
+def iso(date):
+    if date is None:
+        return None
+    if isinstance(date, str):
+        return date
+    try:
+        return date.isoformat()
+    except AttributeError:
+        return str(date)
+
+
+# Code that sets env vars in a kernel and restores them after one run, per language. `values`
+# maps names (checked against ENV_NAME) to strings; None means unset.
+def env_set_code(language, values):
+    if language == "python":
+        return "__import__('os').environ.update(%s)\n" % json.dumps(
+            {k: v for k, v in values.items() if v is not None}
+        ) + "".join(
+            "__import__('os').environ.pop(%s, None)\n" % json.dumps(k)
+            for k, v in values.items()
+            if v is None
+        )
+    if language == "javascript":
+        return "".join(
+            "process.env[%s] = %s;\n" % (json.dumps(k), json.dumps(v))
+            if v is not None
+            else "delete process.env[%s];\n" % json.dumps(k)
+            for k, v in values.items()
+        )
+    if language == "bash":
+        return "".join(
+            "export %s=%s\n" % (k, shell_quote(v)) if v is not None else "unset %s\n" % k
+            for k, v in values.items()
+        )
+    return ""
+
+
+def env_save_code(language, names):
+    if language == "python":
+        return "globals()['_moat_saved_env'] = {k: __import__('os').environ.get(k) for k in %s}\n" % (
+            json.dumps(sorted(names))
+        )
+    if language == "javascript":
+        return "globalThis.__moatSavedEnv = Object.fromEntries(%s.map((k) => [k, process.env[k]]));\n" % (
+            json.dumps(sorted(names))
+        )
+    if language == "bash":
+        return "".join(
+            'if [ -n "${%s+x}" ]; then __moat_had_%s=1; __moat_old_%s=$%s; else __moat_had_%s=; fi\n'
+            % (k, k, k, k, k)
+            for k in sorted(names)
+        )
+    return ""
+
+
+def env_restore_code(language, names):
+    if language == "python":
+        return (
+            "(lambda o, s: [o.environ.__setitem__(k, v) if v is not None else o.environ.pop(k, None)"
+            " for k, v in s.items()])(__import__('os'), globals().pop('_moat_saved_env', {}))\n"
+        )
+    if language == "javascript":
+        return (
+            "for (const [k, v] of Object.entries(globalThis.__moatSavedEnv || {})) {"
+            " if (v === undefined) delete process.env[k]; else process.env[k] = v; }\n"
+            "delete globalThis.__moatSavedEnv;\n"
+        )
+    if language == "bash":
+        return "".join(
+            'if [ -n "$__moat_had_%s" ]; then export %s="$__moat_old_%s"; else unset %s; fi;'
+            " unset __moat_had_%s __moat_old_%s\n" % (k, k, k, k, k, k)
+            for k in sorted(names)
+        )
+    return ""
+
+
+def shell_quote(value):
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def kernel_env(preload):
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "PAGER": "cat",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "MPLCONFIGDIR": "/root/.config/matplotlib",
+        "NODE_PATH": "/usr/local/lib/node_modules:/usr/lib/node_modules",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    if preload:
+        env["MOAT_INTERPRETER_PRELOAD"] = "1"
+    return env
+
+
+class Sink:
+    """Where a run's lines go: the HTTP response, until the client goes away."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.gone = False
+        self.wake = None  # a queue to poke when the client goes away
+
+    def client_gone(self):
+        if not self.gone:
+            self.gone = True
+            if self.wake is not None:
+                self.wake.put_nowait(("gone", None))
+
+    async def send(self, obj):
+        if self.gone:
+            return
+        try:
+            self.handler.write(encode_line(obj))
+            await self.handler.flush()
+        except tornado.iostream.StreamClosedError:
+            self.client_gone()
+
+
+class Context:
+    """One kernel: a language, a working directory, its own namespace."""
+
+    def __init__(self, language, cwd, preload=False):
+        self.id = str(uuid.uuid4())
+        self.language = language
+        self.cwd = cwd
+        self.preload = preload
+        self.lock = asyncio.Lock()
+        self.km = None
+        self.kc = None
+        self.readers = []
+        self.runs = {}  # msg_id -> asyncio.Queue of (kind, message)
+        self.applied_env = {}
+        self.closed = False
+
+    def to_json(self):
+        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+
+    async def start(self):
+        self.km = AsyncKernelManager(kernel_name=KERNELS[self.language], kernel_id=self.id)
+        await self.km.start_kernel(cwd=self.cwd, env=kernel_env(self.preload))
+        await self._connect()
+
+    async def _connect(self):
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        try:
+            await self.kc.wait_for_ready(timeout=KERNEL_START_TIMEOUT_S)
+        except Exception:
+            self.kc.stop_channels()
+            raise
+        self.applied_env = {}
+        self.readers = [
+            asyncio.ensure_future(self._read(self.kc.get_iopub_msg, "iopub")),
+            asyncio.ensure_future(self._read(self.kc.get_shell_msg, "shell")),
+        ]
+
+    async def _disconnect(self):
+        for r in self.readers:
+            r.cancel()
+        for r in self.readers:
+            try:
+                await r
+            except BaseException:  # noqa: BLE001 - cancelled or already failed
+                pass
+        self.readers = []
+        if self.kc is not None:
+            self.kc.stop_channels()
+            self.kc = None
+
+    async def _read(self, get, kind):
+        while True:
+            try:
+                msg = await get()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a bad message must not stop the reader
+                log.warning("context %s: reading %s: %r", self.id, kind, e)
+                await asyncio.sleep(0.05)
+                continue
+            parent = (msg.get("parent_header") or {}).get("msg_id")
+            queue = self.runs.get(parent)
+            if queue is not None:
+                queue.put_nowait((kind, msg))
+
+    def _end_runs(self, kind):
+        for queue in list(self.runs.values()):
+            queue.put_nowait((kind, None))
+
+    async def restart(self):
+        self._end_runs("restarted")
+        await self._disconnect()
+        await self.km.restart_kernel(now=True)
+        await self._connect()
+
+    async def shutdown(self):
+        self.closed = True
+        self._end_runs("removed")
+        await self._disconnect()
+        try:
+            await self.km.shutdown_kernel(now=True)
+        except Exception as e:  # noqa: BLE001
+            log.warning("context %s: shutdown: %r", self.id, e)
+
+    async def run(self, code, sink, silent=False):
+        """Runs `code`, sending its lines to `sink` (nothing when silent). Returns when the
+        kernel is idle again (or was restarted)."""
+        if self.kc is None:
+            raise RuntimeError("the context's kernel is not running")
+        queue = asyncio.Queue()
+        msg_id = self.kc.execute(
+            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=True
+        )
+        self.runs[msg_id] = queue
+        if sink is not None:
+            sink.wake = queue
+        error_sent = False
+        interrupted_at = None
+        try:
+            while True:
+                if sink is not None and sink.gone and interrupted_at is None:
+                    # The client went away (disconnect or its timeout): stop the code, and keep
+                    # the lock until the kernel is idle again.
+                    interrupted_at = time.monotonic()
+                    log.info("context %s: client gone, interrupting", self.id)
+                    await self.km.interrupt_kernel()
+                timeout = KEEPALIVE_S
+                if interrupted_at is not None:
+                    timeout = max(0.05, interrupted_at + INTERRUPT_GRACE_S - time.monotonic())
+                try:
+                    kind, msg = await asyncio.wait_for(queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    if interrupted_at is not None:
+                        log.warning("context %s: not idle %ss after an interrupt: restarting",
+                                    self.id, INTERRUPT_GRACE_S)
+                        await self.restart()
+                        return
+                    if not await self.km.is_alive():
+                        await self._send(sink, silent, {
+                            "type": "error",
+                            "name": "ContextRestarting",
+                            "value": "The kernel died; the context is being restarted",
+                            "traceback": "",
+                        })
+                        await self.restart()
+                        return
+                    await self._send(sink, silent, {"type": "keepalive"})
+                    continue
+                if kind == "gone":
+                    continue
+                if kind in ("restarted", "removed"):
+                    await self._send(sink, silent, {
+                        "type": "error",
+                        "name": "UnexpectedEndOfExecution",
+                        "value": "The context was %s before the execution was finished" % kind,
+                        "traceback": "",
+                    })
+                    return
+                mtype = msg["header"]["msg_type"]
+                content = msg.get("content") or {}
+                if kind == "shell":
+                    if mtype == "execute_reply":
+                        status = content.get("status")
+                        if status == "error" and not error_sent:
+                            error_sent = True
+                            await self._send(sink, silent, error_line(content))
+                        elif status == "aborted":
+                            await self._send(sink, silent, {
+                                "type": "error",
+                                "name": "ExecutionAborted",
+                                "value": "Execution was aborted",
+                                "traceback": "",
+                            })
+                    continue
+                if mtype == "status":
+                    if content.get("execution_state") == "idle":
+                        return
+                elif mtype == "execute_input":
+                    await self._send(sink, silent, {
+                        "type": "number_of_executions",
+                        "execution_count": content.get("execution_count"),
+                    })
+                elif mtype == "stream":
+                    name = content.get("name")
+                    if name in ("stdout", "stderr"):
+                        await self._send(sink, silent, {
+                            "type": name,
+                            "text": content.get("text", ""),
+                            "timestamp": iso(msg["header"].get("date")),
+                        })
+                elif mtype in ("display_data", "execute_result"):
+                    await self._send(
+                        sink, silent, result_line(content.get("data"), mtype == "execute_result")
+                    )
+                elif mtype == "error":
+                    if not error_sent:
+                        error_sent = True
+                        await self._send(sink, silent, error_line(content))
+        finally:
+            self.runs.pop(msg_id, None)
+            if sink is not None:
+                sink.wake = None
+
+    @staticmethod
+    async def _send(sink, silent, obj):
+        if sink is not None and not silent:
+            await sink.send(obj)
+
+    async def apply_env(self, sink):
+        """Brings the kernel's env in step with the sandbox's create-time env vars."""
+        want = read_sandbox_env()
+        if want == self.applied_env:
+            return
+        change = {k: v for k, v in want.items() if self.applied_env.get(k) != v}
+        change.update({k: None for k in self.applied_env if k not in want})
+        code = env_set_code(self.language, change)
+        if code:
+            await self.run(code, sink, silent=True)
+        self.applied_env = want
+
+
+def error_line(content):
+    tb = content.get("traceback") or []
+    if isinstance(tb, list):
+        tb = "\n".join(str(line) for line in tb)
+    return {
+        "type": "error",
+        "name": content.get("ename", ""),
+        "value": content.get("evalue", ""),
+        "traceback": tb,
+    }
+
+
+class Registry:
+    def __init__(self):
+        self.contexts = {}
+        self.defaults = {}  # language -> its default context's id
+        self.starting = {}  # language -> future of its default context
+        self.ready = False
+        self.languages = installed_languages()
+
+    def check_language(self, language):
+        if language not in self.languages:
+            raise HttpError(
+                400,
+                "Language '%s' is not installed in this sandbox (installed: %s)"
+                % (language, ", ".join(self.languages)),
+            )
+
+    async def create(self, language, cwd, preload=False):
+        self.check_language(language)
+        try:
+            os.makedirs(cwd, exist_ok=True)
+        except OSError as e:
+            raise HttpError(400, "cwd %s: %s" % (cwd, e.strerror))
+        ctx = Context(language, cwd, preload=preload)
+        try:
+            await ctx.start()
+        except Exception as e:  # noqa: BLE001
+            log.exception("starting a %s kernel", language)
+            why = str(e)
+            process = getattr(getattr(ctx.km, "provisioner", None), "process", None)
+            code = process.poll() if process is not None else None
+            if code is not None and code < 0:
+                why += " (it was killed by signal %d)" % -code
+            elif code is not None:
+                why += " (it exited with status %d)" % code
+            try:
+                await ctx.km.shutdown_kernel(now=True)
+            except Exception:  # noqa: BLE001
+                pass
+            raise HttpError(500, "Failed to start the %s kernel: %s" % (language, why))
+        self.contexts[ctx.id] = ctx
+        log.info("context %s: %s in %s", ctx.id, language, cwd)
+        return ctx
+
+    async def default(self, language):
+        self.check_language(language)
+        ctx_id = self.defaults.get(language)
+        if ctx_id in self.contexts:
+            return self.contexts[ctx_id]
+        fut = self.starting.get(language)
+        if fut is None:
+            fut = asyncio.ensure_future(self.create(language, DEFAULT_CWD, preload=language == "python"))
+            self.starting[language] = fut
+            try:
+                ctx = await fut
+                self.defaults[language] = ctx.id
+                return ctx
+            finally:
+                self.starting.pop(language, None)
+        return await asyncio.shield(fut)
+
+    def get(self, ctx_id):
+        ctx = self.contexts.get(ctx_id)
+        if ctx is None:
+            raise HttpError(404, "Context %s not found" % ctx_id)
+        return ctx
+
+    async def remove(self, ctx_id):
+        ctx = self.get(ctx_id)
+        del self.contexts[ctx_id]
+        for lang, default_id in list(self.defaults.items()):
+            if default_id == ctx_id:
+                del self.defaults[lang]
+        await ctx.shutdown()
+
+
+class Handler(tornado.web.RequestHandler):
+    def initialize(self, registry):
+        self.registry = registry
+
+    def set_default_headers(self):
+        self.clear_header("Content-Type")
+
+    def check_xsrf_cookie(self):
+        pass
+
+    def fail(self, status, message):
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(message)
+
+    def send_json(self, value):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value, ensure_ascii=True))
+
+    def body_json(self):
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except ValueError as e:
+            raise HttpError(400, "The request body is not valid JSON: %s" % e)
+        if not isinstance(body, dict):
+            raise HttpError(400, "The request body must be a JSON object")
+        return body
+
+    def write_error(self, status_code, **kwargs):
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(self._reason)
+
+    async def _guard(self, fn):
+        try:
+            await fn()
+        except HttpError as e:
+            if not self._finished:
+                self.fail(e.status, e.message)
+
+
+class HealthHandler(Handler):
+    def get(self):
+        if not self.registry.ready:
+            self.fail(503, "starting")
+            return
+        self.send_json("OK")
+
+
+class ContextsHandler(Handler):
+    async def post(self):
+        async def go():
+            body = self.body_json()
+            language = normalize_language(string_field(body, "language"))
+            cwd = string_field(body, "cwd") or DEFAULT_CWD
+            if not cwd.startswith("/"):
+                raise HttpError(400, "cwd must be an absolute path, not '%s'" % cwd)
+            ctx = await self.registry.create(language, cwd)
+            self.send_json(ctx.to_json())
+
+        await self._guard(go)
+
+    def get(self):
+        self.send_json([c.to_json() for c in self.registry.contexts.values()])
+
+
+class ContextRestartHandler(Handler):
+    async def post(self, ctx_id):
+        async def go():
+            ctx = self.registry.get(ctx_id)
+            try:
+                await ctx.restart()
+            except Exception as e:  # noqa: BLE001
+                log.exception("restarting context %s", ctx_id)
+                raise HttpError(500, "Failed to restart context %s: %s" % (ctx_id, e))
+            self.send_json(None)
+
+        await self._guard(go)
+
+
+class ContextHandler(Handler):
+    async def delete(self, ctx_id):
+        async def go():
+            await self.registry.remove(ctx_id)
+            self.send_json(None)
+
+        await self._guard(go)
+
+
+def string_field(body, name):
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise HttpError(400, "Field '%s' must be a string" % name)
+    return value
+
+
+class ExecuteHandler(Handler):
+    sink = None
+
+    def on_connection_close(self):
+        if self.sink is not None:
+            self.sink.client_gone()
+
+    async def post(self):
+        async def go():
+            body = self.body_json()
+            code = body.get("code")
+            if not isinstance(code, str):
+                raise HttpError(400, "Field 'code' is required and must be a string")
+            ctx_id = string_field(body, "context_id")
+            language = string_field(body, "language")
+            if ctx_id and language:
+                raise HttpError(400, "Only one of context_id and language may be given")
+            env = body.get("env_vars") or {}
+            if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+                raise HttpError(400, "Field 'env_vars' must be an object of strings")
+            for k in env:
+                if not ENV_NAME.match(k):
+                    raise HttpError(400, "Invalid environment variable name '%s'" % k)
+            if ctx_id:
+                ctx = self.registry.get(ctx_id)
+            else:
+                ctx = await self.registry.default(normalize_language(language))
+            await self.stream(ctx, code, env)
+
+        await self._guard(go)
+
+    async def stream(self, ctx, code, env):
+        self.sink = Sink(self)
+        self.set_status(200)
+        self.set_header("Content-Type", "application/x-ndjson")
+        try:
+            await self.flush()  # headers now, even while queued behind another run
+        except tornado.iostream.StreamClosedError:
+            return
+        sink = self.sink
+        # Wait for the context, with keepalives.
+        acquire = asyncio.ensure_future(ctx.lock.acquire())
+        while not acquire.done():
+            await asyncio.wait({acquire}, timeout=KEEPALIVE_S)
+            if acquire.done():
+                break
+            if sink.gone:
+                acquire.cancel()
+                try:
+                    await acquire
+                except asyncio.CancelledError:
+                    return
+                ctx.lock.release()
+                return
+            await sink.send({"type": "keepalive"})
+        try:
+            if ctx.closed:
+                await sink.send({
+                    "type": "error",
+                    "name": "UnexpectedEndOfExecution",
+                    "value": "The context was removed",
+                    "traceback": "",
+                })
+            elif not sink.gone:
+                await ctx.apply_env(sink)
+                if env:
+                    await ctx.run(
+                        env_save_code(ctx.language, env.keys())
+                        + env_set_code(ctx.language, env), sink, silent=True)
+                try:
+                    await ctx.run(code, sink)
+                finally:
+                    if env and not ctx.closed and ctx.kc is not None:
+                        await ctx.run(env_restore_code(ctx.language, env.keys()), None, silent=True)
+                await sink.send({"type": "end_of_execution"})
+        except Exception as e:  # noqa: BLE001 - the stream has started: report in it
+            log.exception("context %s: run failed", ctx.id)
+            await sink.send({
+                "type": "error",
+                "name": "UnexpectedEndOfExecution",
+                "value": "The run failed in the interpreter: %s" % e,
+                "traceback": "",
+            })
+        finally:
+            ctx.lock.release()
+        if not sink.gone:
+            self.finish()
+
+
+def make_app(registry):
+    args = {"registry": registry}
+    return tornado.web.Application(
+        [
+            (r"/health", HealthHandler, args),
+            (r"/execute", ExecuteHandler, args),
+            (r"/contexts", ContextsHandler, args),
+            (r"/contexts/([^/]+)/restart", ContextRestartHandler, args),
+            (r"/contexts/([^/]+)", ContextHandler, args),
+        ],
+        xsrf_cookies=False,
+        compress_response=False,
+    )
+
+
+async def main():
+    registry = Registry()
+    server = tornado.httpserver.HTTPServer(
+        make_app(registry), max_body_size=MAX_BODY, idle_connection_timeout=640
+    )
+    server.listen(PORT, address="0.0.0.0")
+    log.info("listening on %d; languages: %s", PORT, ", ".join(registry.languages))
+    started = time.monotonic()
+    await registry.default("python")
+    registry.ready = True
+    log.info("ready in %.1f s", time.monotonic() - started)
+    await asyncio.Event().wait()
+
+
+def run(argv):
+    """`python3 -m moat_interpreter.server [--log FILE]`: with --log, the server and every
+    kernel it starts write to FILE (the start command's own output is gone once the template's
+    snapshot is taken); a failure to start is also told on the original stderr."""
+    original_stderr = None
+    if len(argv) == 2 and argv[0] == "--log":
+        fd = os.open(argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        original_stderr = os.fdopen(os.dup(2), "w")
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+    elif argv:
+        print("usage: python3 -m moat_interpreter.server [--log FILE]", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        asyncio.run(main())
+    except BaseException as e:  # noqa: BLE001 - told where the start command can see it
+        if original_stderr is not None:
+            # What the kernels said (the log before this exception), then the exception.
+            sys.stderr.flush()
+            try:
+                with open(argv[1], "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    f.seek(max(0, f.tell() - 3000))
+                    tail = f.read().decode("utf-8", "replace")
+            except OSError:
+                tail = ""
+            print("moat-interpreter: %s: %s\nlast lines of %s:\n%s"
+                  % (type(e).__name__, e, argv[1], tail), file=original_stderr)
+            original_stderr.flush()
+        log.exception("the interpreter server stopped")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
