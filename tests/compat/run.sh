@@ -209,4 +209,29 @@ echo "$err" | grep -q "used by sandbox $tsbx" || cli_fail "deleting a template i
 "$moat" template delete "$tpl" >/dev/null || cli_fail "template delete failed"
 out=$("$moat" template list) || cli_fail "template list failed"
 echo "$out" | grep -q " $tpl " && cli_fail "template list still shows $tpl: '$out'"
+
+# run-code in a code-interpreter-v1 sandbox: stdout streams, the value prints, a figure is saved
+# to a file, an exception exits 1 with its traceback, bash and a context with its cwd.
+isbx=$("$moat" sandbox create --template code-interpreter-v1 --json --timeout 300 \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])') || cli_fail "create code-interpreter-v1 failed"
+out=$(printf 'print("from the cli")\nn = 6 * 7\nn\n' | "$moat" run-code "$isbx") || cli_fail "run-code exited $?: $out"
+[ "$out" = "$(printf 'from the cli\n42')" ] || cli_fail "run-code printed '$out'"
+out=$(echo 'n + 1' | "$moat" run-code "$isbx" -) || cli_fail "run-code (state) exited $?"
+[ "$out" = 43 ] || cli_fail "run-code kept no state: '$out'"
+printf 'import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.show()\n' >"$data/plot.py"
+mkdir "$data/plots"
+out=$("$moat" run-code "$isbx" --output-dir "$data/plots" "$data/plot.py") || cli_fail "run-code plot exited $?: $out"
+echo "$out" | grep -q "saved image/png to $data/plots/result-1.png" || cli_fail "run-code plot said '$out'"
+[ "$(head -c 8 "$data/plots/result-1.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] \
+  || cli_fail "the saved plot is not a PNG"
+rc=0; err=$(echo '1/0' | "$moat" run-code "$isbx" 2>&1) || rc=$?
+[ "$rc" = 1 ] || cli_fail "run-code of 1/0 exited $rc"
+echo "$err" | grep -q "ZeroDivisionError: division by zero" || cli_fail "run-code of 1/0 said '$err'"
+out=$(echo 'cd /tmp; echo "bash in $(pwd) with $GREETING"' | "$moat" run-code "$isbx" --language bash --env GREETING=hi) \
+  || cli_fail "run-code --language bash exited $?"
+[ "$out" = "bash in /tmp with hi" ] || cli_fail "run-code --language bash printed '$out'"
+rc=0; err=$(echo 1 | "$moat" run-code "$isbx" --context no-such-context 2>&1) || rc=$?
+[ "$rc" = 2 ] || cli_fail "run-code with an unknown context exited $rc"
+echo "$err" | grep -q "404" || cli_fail "run-code with an unknown context said '$err'"
+"$moat" sandbox kill "$isbx" >/dev/null || cli_fail "kill $isbx failed"
 echo "compat: moat CLI ok"
