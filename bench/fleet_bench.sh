@@ -50,11 +50,11 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 chmod 600 "$work/token"
 vm=(--guest-dir "$build/guest" --accel auto --dns 192.0.2.53)
 octet=$(($$ % 250))
-start serve serve "${vm[@]}" --net-pool "10.241.$octet.0/24" --warm-sandboxes 2
+start serve serve "${vm[@]}" --net-pool "10.241.$octet.0/24" --warm-sandboxes 2 --prebake-templates=false
 for i in 1 2; do
   start "a$i" agent --store "$PG_URI" --fleet-token-file "$work/token" --host-id "bench-a$i" \
     "${vm[@]}" --net-pool "10.24$((1 + i)).$octet.0/24" --jail-id-first "$((2300000 + i * 100000))" \
-    --warm-sandboxes 1
+    --warm-sandboxes 1 --prebake-templates=false
 done
 start api api --store "$PG_URI" --fleet-token-file "$work/token"
 accel=$(grep -o 'event=moatd.accel accel=[a-z]*' "$work/serve.log" | head -1 | cut -d= -f3 || true)

@@ -59,6 +59,13 @@ class MoatdProcess {
     env.push_back("MOAT_API_KEY=" + key);
     std::vector<std::string> argv = {moatd,         "serve",      "--listen",
                                      "127.0.0.1:0", "--data-dir", dir + "/data"};
+    // The built-in templates bake on first use only, unless a bench asks: a background bake
+    // would share the cores with what is measured.
+    if (std::find_if(flags.begin(), flags.end(), [](const std::string& f) {
+          return f.rfind("--prebake-templates", 0) == 0;
+        }) == flags.end()) {
+      argv.push_back("--prebake-templates=false");
+    }
     argv.insert(argv.end(), flags.begin(), flags.end());
     auto child = ChildProcess::Spawn({.argv = argv,
                                       .env = env,

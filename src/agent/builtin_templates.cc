@@ -17,8 +17,9 @@ std::vector<TemplateSpec> BuiltinTemplates(const TemplateSpec& base, const std::
     t.memory_mib = kCodeInterpreterMemoryMib;
     t.start_cmd =
         "sudo -n /usr/bin/python3 -m moat_interpreter.server --log /var/log/moat-interpreter.log";
-    t.ready_cmd = "curl -sf -m 5 -o /dev/null http://127.0.0.1:" +
-                  std::to_string(kCodeInterpreterPort) + "/health";
+    t.ready_cmd =
+        "curl -sf -m 5 -o /dev/null http://127.0.0.1:" + std::to_string(kCodeInterpreterPort) +
+        "/health";
     t.ready_timeout = std::chrono::seconds(600);
     // build-rootfs.sh replaces the image by a rename, never in place: the bake may link it.
     t.rootfs_immutable = true;

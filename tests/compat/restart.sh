@@ -66,7 +66,8 @@ url=http://127.0.0.1:$port
 # start_moatd [--keep-sandboxes-on-stop]
 start_moatd() {
   MOAT_API_KEY=$key "$moatd" serve --listen "127.0.0.1:$port" --data-dir "$data" --accel auto \
-    --guest-dir "$build/guest" --net-pool "$pool" --ready-slots 1 $1 >>"$data/moatd.log" 2>&1 &
+    --guest-dir "$build/guest" --net-pool "$pool" --ready-slots 1 --prebake-templates=false $1 \
+    >>"$data/moatd.log" 2>&1 &
   moatd_pid=$!
   for _ in $(seq 1 600); do
     curl -fs "$url/healthz" >/dev/null 2>&1 && return 0

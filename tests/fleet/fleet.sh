@@ -61,7 +61,7 @@ start_agent() {  # NAME POOL_OCTET JAIL_FIRST
   "$moatd" agent --listen "127.0.0.1:$port" --store "$PG_URI" --fleet-token-file "$work/token" \
     --host-id "$name" --data-dir "$work/$name" --guest-dir "$build/guest" --accel auto \
     --net-pool "10.$2.$(($$ % 250)).0/24" --dns 192.0.2.53 --jail-id-first "$3" \
-    --heartbeat-interval-ms 500 --warm-sandboxes 1 >>"$work/$name.log" 2>&1 &
+    --heartbeat-interval-ms 500 --warm-sandboxes 1 --prebake-templates=false >>"$work/$name.log" 2>&1 &
   pid[$name]=$!
   wait_healthy "$name"
 }
