@@ -22,7 +22,7 @@ import uuid
 
 from ipykernel.kernelapp import IPKernelApp
 
-from .wrapper import WrapperKernel, die_with_parent
+from .wrapper import ChildExited, WrapperKernel, die_with_parent
 
 
 class BashKernel(WrapperKernel):
@@ -73,12 +73,17 @@ class BashKernel(WrapperKernel):
         return {self.fd: "stdout"}
 
     def send_cell(self, code, silent):
+        # (Re)made each time: a cell may have emptied /tmp.
+        os.makedirs(self.cell_dir, mode=0o700, exist_ok=True)
         with open(self.cell_path, "w", encoding="utf-8") as f:
             f.write(code)
             if not code.endswith("\n"):
                 f.write("\n")
         self.pending = ""
-        os.write(self.fd, (". %s\n" % self.cell_path).encode())
+        try:
+            os.write(self.fd, (". %s\n" % self.cell_path).encode())
+        except OSError as e:
+            raise ChildExited() from e
 
     def on_output(self, name, text, silent):
         self.pending += text

@@ -41,12 +41,49 @@ def _is_visible_label(label):
     return bool(label) and not str(label).startswith("_")
 
 
-def record_boxplots():
-    """Wraps Axes.bxp (what boxplot() draws with) to keep each box's statistics on its axes."""
-    try:
-        from matplotlib.axes import Axes
-    except ImportError:
+def record_boxplots_on_import():
+    """record_boxplots as soon as matplotlib.axes is imported (at once if it is already): a
+    kernel that never plots never imports matplotlib for it."""
+    import importlib.abc
+    import sys
+
+    if "matplotlib.axes" in sys.modules:
+        record_boxplots()
         return
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != "matplotlib.axes":
+                return None
+            import importlib.util
+
+            sys.meta_path.remove(self)  # the real finders find it; we only follow the load
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            loader = spec.loader
+            exec_module = loader.exec_module
+
+            def exec_and_wrap(module):
+                exec_module(module)
+                try:
+                    record_boxplots(module.Axes)
+                except Exception:  # noqa: BLE001
+                    pass
+
+            loader.exec_module = exec_and_wrap
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
+def record_boxplots(Axes=None):
+    """Wraps Axes.bxp (what boxplot() draws with) to keep each box's statistics on its axes."""
+    if Axes is None:
+        try:
+            from matplotlib.axes import Axes
+        except ImportError:
+            return
     if getattr(Axes.bxp, "_moat_wrapped", False):
         return
     original = Axes.bxp
@@ -152,6 +189,7 @@ def _bar_chart(ax, containers):
     y = _Axis(ax, "y")
     chart = _axes_2d(ax, {"type": "bar", "title": ax.get_title()})
     elements = []
+    tick_cache = {}
     for c in containers:
         horizontal = getattr(c, "orientation", "vertical") == "horizontal"
         group = c.get_label() if _is_visible_label(c.get_label()) else ""
@@ -160,9 +198,13 @@ def _bar_chart(ax, containers):
                 pos, value, axis = rect.get_y() + rect.get_height() / 2, rect.get_width(), y
             else:
                 pos, value, axis = rect.get_x() + rect.get_width() / 2, rect.get_height(), x
+            if len(elements) >= MAX_POINTS:
+                break
             label = axis.value(round(pos, 9))
             if isinstance(label, float):
-                locs, labels = axis.ticks()
+                if id(axis) not in tick_cache:
+                    tick_cache[id(axis)] = axis.ticks()
+                locs, labels = tick_cache[id(axis)]
                 for loc, text in zip(locs, labels):
                     if isinstance(loc, float) and abs(loc - pos) < 1e-9:
                         label = text

@@ -9,6 +9,7 @@ template's snapshot so that the first cell pays for none of it.
 """
 
 import json
+import logging
 import os
 import sys
 
@@ -39,6 +40,21 @@ def _plain(value):
     return str(value)
 
 
+def quiet(fn):
+    """A formatter that fails returns nothing (logged): IPython would otherwise publish the
+    failure as the cell's error, although the user's code ran fine."""
+
+    def wrapper(value):
+        try:
+            return fn(value)
+        except Exception:  # noqa: BLE001
+            logging.getLogger("moat_interpreter").exception("formatting %s", type(value))
+            return None
+
+    return wrapper
+
+
+@quiet
 def dataframe_data(df):
     if df.size > MAX_DATA_CELLS:
         return None
@@ -48,6 +64,7 @@ def dataframe_data(df):
     return {c: [row[i] for row in rows] for i, c in enumerate(columns)}
 
 
+@quiet
 def json_data(value):
     try:
         text = json.dumps(value, default=_plain, allow_nan=False)
@@ -58,6 +75,7 @@ def json_data(value):
     return json.loads(text)
 
 
+@quiet
 def figure_chart(fig):
     from moat_interpreter.charts import figure_to_chart
 
@@ -85,11 +103,21 @@ def setup(ip):
 
     ip.events.register("pre_execute", keep_chart_printer)
     ip.events.register("post_execute", keep_chart_printer)
+    # ... and at once when it happens, for a cell that imports pyplot and calls show().
+    from IPython.core import pylabtools
+
+    select = pylabtools.select_figure_formats
+
+    def select_figure_formats(*args, **kwargs):
+        select(*args, **kwargs)
+        keep_chart_printer()
+
+    pylabtools.select_figure_formats = select_figure_formats
     formatters["application/json"].for_type(dict, json_data)
     formatters["application/json"].for_type(list, json_data)
     from moat_interpreter import charts
 
-    charts.record_boxplots()
+    charts.record_boxplots_on_import()
     if os.environ.pop("MOAT_INTERPRETER_PRELOAD", None):
         _preload(ip, keep_chart_printer)
 

@@ -50,8 +50,21 @@ function errorOf(e) {
   return { ename: 'Error', evalue: util.inspect(e), traceback: [`Uncaught ${util.inspect(e)}`] };
 }
 
+// A cell with a top-level `await` does not compile as a script: it runs as the body of an async
+// function instead (its declarations are then the function's own, and its value is what it
+// returns).
+function compile(req) {
+  const filename = `<cell ${req.n}>`;
+  try {
+    return new vm.Script(req.code, { filename });
+  } catch (e) {
+    if (!(e instanceof SyntaxError) || !/await is only valid/.test(e.message)) throw e;
+    return new vm.Script(`(async () => {\n${req.code}\n})()`, { filename, lineOffset: -1 });
+  }
+}
+
 async function run(req) {
-  const script = new vm.Script(req.code, { filename: `<cell ${req.n}>` });
+  const script = compile(req);
   let value = script.runInThisContext({ breakOnSigint: true, displayErrors: false });
   if (value && typeof value.then === 'function') {
     value = await new Promise((resolve, reject) => {

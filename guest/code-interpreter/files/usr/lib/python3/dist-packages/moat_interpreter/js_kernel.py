@@ -15,7 +15,7 @@ import subprocess
 
 from ipykernel.kernelapp import IPKernelApp
 
-from .wrapper import WrapperKernel, die_with_parent
+from .wrapper import ChildExited, WrapperKernel, die_with_parent
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js_driver.js")
 
@@ -74,8 +74,11 @@ class JavaScriptKernel(WrapperKernel):
         self.next_id += 1
         self.current = self.next_id
         req = json.dumps({"id": self.current, "code": code, "n": self.execution_count})
-        self.node.stdin.write(req.encode() + b"\n")
-        self.node.stdin.flush()
+        try:
+            self.node.stdin.write(req.encode() + b"\n")
+            self.node.stdin.flush()
+        except OSError as e:
+            raise ChildExited() from e
 
     def on_output(self, name, text, silent):
         if name != "control":

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import pwd
 import sys
 import time
 import uuid
@@ -103,12 +104,16 @@ def kernel_env(preload):
 
 
 class Sink:
-    """Where a run's lines go: the HTTP response, until the client goes away."""
+    """Where a run's lines go: the HTTP response, until the client goes away. While it is open,
+    a keepalive line goes out after every KEEPALIVE_S without one (also while the run waits for
+    its context, a kernel start or a restart), which also makes a vanished client visible."""
 
     def __init__(self, handler):
         self.handler = handler
         self.gone = False
         self.wake = None  # a queue to poke when the client goes away
+        self.last_sent = time.monotonic()
+        self._keepalive = None
 
     def client_gone(self):
         if not self.gone:
@@ -116,18 +121,44 @@ class Sink:
             if self.wake is not None:
                 self.wake.put_nowait(("gone", None))
 
+    def start_keepalive(self):
+        self._keepalive = asyncio.ensure_future(self._keepalive_loop())
+
+    def stop(self):
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+
+    async def _keepalive_loop(self):
+        while not self.gone:
+            await asyncio.sleep(0.5)
+            if time.monotonic() - self.last_sent >= KEEPALIVE_S:
+                await self.send({"type": "keepalive"})
+
     async def send(self, obj):
         if self.gone:
             return
+        self.last_sent = time.monotonic()
         try:
+            # write() buffers the whole line at once: lines from the keepalive task and the run
+            # never interleave.
             self.handler.write(encode_line(obj))
             await self.handler.flush()
         except tornado.iostream.StreamClosedError:
             self.client_gone()
 
 
+# How a run ended (Context.run).
+IDLE, RESTARTED, REMOVED, DIED = "idle", "restarted", "removed", "died"
+SILENT_RUN_S = 60.0  # the server's own silent code (env vars) is interrupted past this
+
+
 class Context:
-    """One kernel: a language, a working directory, its own namespace."""
+    """One kernel: a language, a working directory, its own namespace.
+
+    `lock` serializes runs (the caller holds it around a run). `admin` serializes restart and
+    shutdown; `ready` is clear while the kernel is being (re)started, and runs wait for it;
+    `generation` counts restarts, so that what a run learned about an earlier kernel (its env)
+    is not taken for the new one's."""
 
     def __init__(self, language, cwd, preload=False):
         self.id = str(uuid.uuid4())
@@ -135,6 +166,10 @@ class Context:
         self.cwd = cwd
         self.preload = preload
         self.lock = asyncio.Lock()
+        self.admin = asyncio.Lock()
+        self.ready = asyncio.Event()
+        self.generation = 0
+        self.broken = None  # why the kernel could not be restarted
         self.km = None
         self.kc = None
         self.readers = []
@@ -147,22 +182,25 @@ class Context:
 
     async def start(self):
         self.km = AsyncKernelManager(kernel_name=KERNELS[self.language], kernel_id=self.id)
+        self.km.shutdown_wait_time = 3.0  # a kernel that ignores shutdown_request is killed
         await self.km.start_kernel(cwd=self.cwd, env=kernel_env(self.preload))
         await self._connect()
 
     async def _connect(self):
-        self.kc = self.km.client()
-        self.kc.start_channels()
+        kc = self.km.client()
+        kc.start_channels()
         try:
-            await self.kc.wait_for_ready(timeout=KERNEL_START_TIMEOUT_S)
+            await kc.wait_for_ready(timeout=KERNEL_START_TIMEOUT_S)
         except Exception:
-            self.kc.stop_channels()
+            kc.stop_channels()
             raise
+        self.kc = kc
         self.applied_env = {}
         self.readers = [
-            asyncio.ensure_future(self._read(self.kc.get_iopub_msg, "iopub")),
-            asyncio.ensure_future(self._read(self.kc.get_shell_msg, "shell")),
+            asyncio.ensure_future(self._read(kc.get_iopub_msg, "iopub")),
+            asyncio.ensure_future(self._read(kc.get_shell_msg, "shell")),
         ]
+        self.ready.set()
 
     async def _disconnect(self):
         for r in self.readers:
@@ -196,26 +234,65 @@ class Context:
         for queue in list(self.runs.values()):
             queue.put_nowait((kind, None))
 
-    async def restart(self):
-        self._end_runs("restarted")
-        await self._disconnect()
-        await self.km.restart_kernel(now=True)
-        await self._connect()
+    async def wait_ready(self):
+        await self.ready.wait()
+        if self.closed:
+            raise RuntimeError("the context was removed")
+        if self.broken:
+            raise RuntimeError(self.broken)
+
+    async def restart(self, now=False):
+        """A fresh kernel with the same id, language and cwd. Runs in flight end with
+        UnexpectedEndOfExecution; runs waiting for the context start on the new kernel."""
+        async with self.admin:
+            if self.closed:
+                self.ready.set()
+                return
+            self.generation += 1
+            self.ready.clear()
+            self._end_runs(RESTARTED)
+            await self._disconnect()
+            try:
+                await self.km.restart_kernel(now=now)
+                await self._connect()
+                self.broken = None
+            except Exception as e:
+                self.broken = "the kernel could not be restarted: %s" % e
+                self.ready.set()  # waiting runs fail rather than wait forever
+                raise
+
+    def restart_soon(self, why):
+        if not self.closed:
+            self.ready.clear()  # the next run waits for the new kernel, not the old one
+
+        async def go():
+            log.warning("context %s: %s: restarting its kernel", self.id, why)
+            try:
+                await self.restart(now=True)
+            except Exception:  # noqa: BLE001
+                log.exception("context %s: restart failed", self.id)
+
+        asyncio.ensure_future(go())
 
     async def shutdown(self):
-        self.closed = True
-        self._end_runs("removed")
-        await self._disconnect()
-        try:
-            await self.km.shutdown_kernel(now=True)
-        except Exception as e:  # noqa: BLE001
-            log.warning("context %s: shutdown: %r", self.id, e)
+        async with self.admin:
+            self.closed = True
+            self.generation += 1
+            self._end_runs(REMOVED)
+            self.ready.set()
+            await self._disconnect()
+            try:
+                await self.km.shutdown_kernel(now=False)
+            except Exception as e:  # noqa: BLE001
+                log.warning("context %s: shutdown: %r", self.id, e)
 
     async def run(self, code, sink, silent=False):
-        """Runs `code`, sending its lines to `sink` (nothing when silent). Returns when the
-        kernel is idle again (or was restarted)."""
-        if self.kc is None:
-            raise RuntimeError("the context's kernel is not running")
+        """Runs `code`, sending its lines to `sink` (nothing when silent or None). Returns how it
+        ended: IDLE (the kernel is idle again), RESTARTED or REMOVED (the context was, meanwhile),
+        DIED (the kernel died; a restart is under way). A client that goes away interrupts the
+        kernel; so does a silent run past SILENT_RUN_S. A kernel not idle INTERRUPT_GRACE_S
+        after an interrupt is restarted."""
+        await self.wait_ready()
         queue = asyncio.Queue()
         msg_id = self.kc.execute(
             code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=True
@@ -224,26 +301,25 @@ class Context:
         if sink is not None:
             sink.wake = queue
         error_sent = False
+        started = time.monotonic()
         interrupted_at = None
         try:
             while True:
-                if sink is not None and sink.gone and interrupted_at is None:
-                    # The client went away (disconnect or its timeout): stop the code, and keep
-                    # the lock until the kernel is idle again.
+                gone = sink is not None and sink.gone
+                overdue = silent and time.monotonic() - started > SILENT_RUN_S
+                if (gone or overdue) and interrupted_at is None:
+                    # Stop the code, and keep the context until the kernel is idle again.
                     interrupted_at = time.monotonic()
-                    log.info("context %s: client gone, interrupting", self.id)
+                    log.info("context %s: %s: interrupting", self.id,
+                             "client gone" if gone else "silent run overdue")
                     await self.km.interrupt_kernel()
-                timeout = KEEPALIVE_S
-                if interrupted_at is not None:
-                    timeout = max(0.05, interrupted_at + INTERRUPT_GRACE_S - time.monotonic())
                 try:
-                    kind, msg = await asyncio.wait_for(queue.get(), timeout)
+                    kind, msg = await asyncio.wait_for(queue.get(), 2.0)
                 except asyncio.TimeoutError:
-                    if interrupted_at is not None:
-                        log.warning("context %s: not idle %ss after an interrupt: restarting",
-                                    self.id, INTERRUPT_GRACE_S)
-                        await self.restart()
-                        return
+                    if interrupted_at is not None and (
+                            time.monotonic() - interrupted_at > INTERRUPT_GRACE_S):
+                        self.restart_soon("not idle %ss after an interrupt" % INTERRUPT_GRACE_S)
+                        return RESTARTED
                     if not await self.km.is_alive():
                         await self._send(sink, silent, {
                             "type": "error",
@@ -251,20 +327,19 @@ class Context:
                             "value": "The kernel died; the context is being restarted",
                             "traceback": "",
                         })
-                        await self.restart()
-                        return
-                    await self._send(sink, silent, {"type": "keepalive"})
+                        self.restart_soon("the kernel died")
+                        return DIED
                     continue
                 if kind == "gone":
                     continue
-                if kind in ("restarted", "removed"):
+                if kind in (RESTARTED, REMOVED):
                     await self._send(sink, silent, {
                         "type": "error",
                         "name": "UnexpectedEndOfExecution",
                         "value": "The context was %s before the execution was finished" % kind,
                         "traceback": "",
                     })
-                    return
+                    return kind
                 mtype = msg["header"]["msg_type"]
                 content = msg.get("content") or {}
                 if kind == "shell":
@@ -283,7 +358,7 @@ class Context:
                     continue
                 if mtype == "status":
                     if content.get("execution_state") == "idle":
-                        return
+                        return IDLE
                 elif mtype == "execute_input":
                     await self._send(sink, silent, {
                         "type": "number_of_executions",
@@ -315,17 +390,37 @@ class Context:
         if sink is not None and not silent:
             await sink.send(obj)
 
-    async def apply_env(self, sink):
+    async def apply_env(self):
         """Brings the kernel's env in step with the sandbox's create-time env vars."""
         want = read_sandbox_env()
         if want == self.applied_env:
             return
+        generation = self.generation
         change = {k: v for k, v in want.items() if self.applied_env.get(k) != v}
         change.update({k: None for k in self.applied_env if k not in want})
         code = env_set_code(self.language, change)
-        if code:
-            await self.run(code, sink, silent=True)
-        self.applied_env = want
+        if code and await self.run(code, None, silent=True) != IDLE:
+            return
+        if self.generation == generation:  # else a new kernel has none of it
+            self.applied_env = want
+
+
+def make_cwd(cwd):
+    """Creates a missing cwd; what is created under the user's home is the user's, so that
+    `commands.run` (as `user`) can write where the code runs."""
+    missing = []
+    path = os.path.normpath(cwd)
+    while path != "/" and not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    os.makedirs(cwd, exist_ok=True)
+    try:
+        user = pwd.getpwnam("user")
+    except KeyError:
+        return
+    for p in missing:
+        if p == user.pw_dir or p.startswith(user.pw_dir + "/"):
+            os.chown(p, user.pw_uid, user.pw_gid)
 
 
 class Registry:
@@ -347,7 +442,7 @@ class Registry:
     async def create(self, language, cwd, preload=False):
         self.check_language(language)
         try:
-            os.makedirs(cwd, exist_ok=True)
+            make_cwd(cwd)
         except OSError as e:
             raise HttpError(400, "cwd %s: %s" % (cwd, e.strerror))
         ctx = Context(language, cwd, preload=preload)
@@ -525,30 +620,45 @@ class ExecuteHandler(Handler):
             for k in env:
                 if not ENV_NAME.match(k):
                     raise HttpError(400, "Invalid environment variable name '%s'" % k)
+            ctx = None
             if ctx_id:
                 ctx = self.registry.get(ctx_id)
             else:
-                ctx = await self.registry.default(normalize_language(language))
-            await self.stream(ctx, code, env)
+                language = normalize_language(language)
+                self.registry.check_language(language)
+            await self.stream(ctx, language, code, env)
 
         await self._guard(go)
 
-    async def stream(self, ctx, code, env):
-        self.sink = Sink(self)
+    async def stream(self, ctx, language, code, env):
+        sink = self.sink = Sink(self)
         self.set_status(200)
         self.set_header("Content-Type", "application/x-ndjson")
         try:
             await self.flush()  # headers now, even while queued behind another run
         except tornado.iostream.StreamClosedError:
             return
-        sink = self.sink
-        # Wait for the context, with keepalives.
+        sink.start_keepalive()
+        try:
+            if ctx is None:
+                try:
+                    ctx = await self.registry.default(language)  # may start its kernel
+                except HttpError as e:
+                    await sink.send({"type": "error", "name": "ContextError", "value": e.message,
+                                     "traceback": ""})
+                    return
+            await self.run_in(ctx, code, env, sink)
+        finally:
+            sink.stop()
+            if not sink.gone:
+                self.finish()
+
+    async def run_in(self, ctx, code, env, sink):
+        # Wait for the context (the keepalive task speaks meanwhile).
         acquire = asyncio.ensure_future(ctx.lock.acquire())
         while not acquire.done():
-            await asyncio.wait({acquire}, timeout=KEEPALIVE_S)
-            if acquire.done():
-                break
-            if sink.gone:
+            await asyncio.wait({acquire}, timeout=1.0)
+            if not acquire.done() and sink.gone:
                 acquire.cancel()
                 try:
                     await acquire
@@ -556,7 +666,6 @@ class ExecuteHandler(Handler):
                     return
                 ctx.lock.release()
                 return
-            await sink.send({"type": "keepalive"})
         try:
             if ctx.closed:
                 await sink.send({
@@ -565,17 +674,21 @@ class ExecuteHandler(Handler):
                     "value": "The context was removed",
                     "traceback": "",
                 })
-            elif not sink.gone:
-                await ctx.apply_env(sink)
-                if env:
-                    await ctx.run(
-                        env_save_code(ctx.language, env.keys())
-                        + env_set_code(ctx.language, env), sink, silent=True)
-                try:
-                    await ctx.run(code, sink)
-                finally:
-                    if env and not ctx.closed and ctx.kc is not None:
-                        await ctx.run(env_restore_code(ctx.language, env.keys()), None, silent=True)
+                return
+            await ctx.apply_env()
+            if env and not sink.gone:
+                status = await ctx.run(
+                    env_save_code(ctx.language, env.keys()) + env_set_code(ctx.language, env),
+                    None, silent=True)
+                if status != IDLE:
+                    raise RuntimeError("setting the run's env vars failed (%s)" % status)
+            if sink.gone:
+                status = IDLE  # nothing of the user's ran
+            else:
+                status = await ctx.run(code, sink)
+            if env and status == IDLE and not ctx.closed:
+                await ctx.run(env_restore_code(ctx.language, env.keys()), None, silent=True)
+            if status == IDLE:
                 await sink.send({"type": "end_of_execution"})
         except Exception as e:  # noqa: BLE001 - the stream has started: report in it
             log.exception("context %s: run failed", ctx.id)
@@ -587,8 +700,6 @@ class ExecuteHandler(Handler):
             })
         finally:
             ctx.lock.release()
-        if not sink.gone:
-            self.finish()
 
 
 def make_app(registry):

@@ -118,8 +118,10 @@ class WrapperKernel(Kernel):
         interrupted = False
         try:
             self.send_cell(code, silent)
-        except (OSError, ChildExited):
+        except ChildExited:
             return self._restart_after_exit(silent)
+        except OSError as e:  # the cell could not be handed over; the child is fine
+            return self.publish_error("OSError", str(e), [], silent)
         while True:
             try:
                 for name, text in self._read_once(1.0):
