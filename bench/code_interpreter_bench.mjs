@@ -2,7 +2,8 @@
 // as an agent uses it, against the moatd that code_interpreter_bench.sh started. Side by side in
 // one run: create -> first runCode('1+1') result; a warm cell's round trip vs
 // commands.run('python3 -c ...') in the same sandbox; PSS of an idle interpreter sandbox vs an
-// idle base sandbox. Prints one JSON object.
+// idle base sandbox (the host's PSS of the sandbox's VM, as moatd's /sandboxes/{id}/metrics
+// reports it in memUsed). Prints one JSON object.
 import { pathToFileURL } from 'node:url'
 
 const { Sandbox } = await import(pathToFileURL(process.env.CI_CLIENT).href)

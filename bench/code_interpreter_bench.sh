@@ -43,16 +43,17 @@ for _ in $(seq 1 600); do
     && { procs_say "the code-interpreter-v1 bake failed"; exit 1; }
   sleep 1
 done
-bake_ms=$(grep -o 'event=agent.builtin_ready template=code-interpreter-v1 ms=[0-9]*' "$work/serve.log" | cut -d= -f4)
+bake_ms=$(grep -o 'event=agent.builtin_ready template=code-interpreter-v1 ms=[0-9]*' "$work/serve.log" | cut -d= -f4 || true)
+[ -n "$bake_ms" ] || { procs_say "code-interpreter-v1 was not baked within 600 s"; exit 1; }
 accel=$(grep -o 'event=moatd.accel accel=[a-z]*' "$work/serve.log" | head -1 | cut -d= -f3)
-result=$(CI_CLIENT="$root/tests/compat/node_modules/@e2b/code-interpreter/dist/index.mjs" \
+CI_CLIENT="$root/tests/compat/node_modules/@e2b/code-interpreter/dist/index.mjs" \
   E2B_API_URL=${url[serve]} E2B_SANDBOX_URL=${url[serve]} E2B_API_KEY=$key \
-  node "$root/bench/code_interpreter_bench.mjs")
+  node "$root/bench/code_interpreter_bench.mjs" >"$work/result.json"
 mkdir -p "$(dirname "$json_path")"
-python3 - "$json_path" "$accel" "$bake_ms" <<PY
+python3 - "$work/result.json" "$json_path" "$accel" "$bake_ms" <<'PY'
 import json, sys
-r = json.loads('''$result''')
-r = {"bench": "code_interpreter", "accel": sys.argv[2], "bake_ms": int(sys.argv[3]), **r}
-open(sys.argv[1], "w").write(json.dumps(r, indent=2) + "\n")
+r = json.load(open(sys.argv[1]))
+r = {"bench": "code_interpreter", "accel": sys.argv[3], "bake_ms": int(sys.argv[4]), **r}
+open(sys.argv[2], "w").write(json.dumps(r, indent=2) + "\n")
 print(json.dumps(r, indent=2))
 PY

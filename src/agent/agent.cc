@@ -80,6 +80,9 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   if (c.warm_sandboxes > 0) {
     agent->warm_filler_ = GuardedThread("warm pool filler", [a = agent.get()] { a->WarmLoop(); });
   }
+  if (c.prebake_builtins && !c.builtins.empty()) {
+    agent->prebake_ = GuardedThread("built-in template bake", [a = agent.get()] { a->Prebake(); });
+  }
   return agent;
 }
 
@@ -89,7 +92,32 @@ Agent::~Agent() {
   KillAll();
 }
 
+void Agent::Prebake() {
+  // After the base template (whose bake the warm pool starts at once), one at a time, on this
+  // thread of their own: the base pool fills meanwhile. Once: a bake that fails is not retried
+  // (a create tries again, and says why).
+  (void)templates_->Ensure(config_.base);
+  for (const auto& b : config_.builtins) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto dir = templates_->Ensure(b);
+    long ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::steady_clock::now() - t0)
+                                    .count());
+    if (dir.ok()) {
+      LogInfo("agent.builtin_ready", {{"template", b.name}, {"ms", ms}});
+    } else {
+      LogWarn("agent.builtin_bake_failed",
+              {{"template", b.name}, {"error", dir.status().ToString()}});
+    }
+  }
+}
+
 void Agent::StopWarmPool() {
+  // A bake in progress (the built-in templates' at start) gives up rather than be waited for.
+  if (prebake_.joinable()) {
+    templates_->Abort();
+    prebake_.join();
+  }
   {
     std::lock_guard lock(warm_mu_);
     warm_stopping_ = true;
@@ -123,22 +151,6 @@ std::vector<Agent::WarmTarget> Agent::WarmTargets() {
     out.push_back({config_.base.name, *base, config_.warm_sandboxes, config_.base.memory_mib});
   } else {
     LogWarn("agent.warm_base_unavailable", {{"error", base.status().ToString()}});
-  }
-  if (config_.prebake_builtins && !prebaked_) {
-    prebaked_ = true;  // once: a bake that fails is not retried every second
-    for (const auto& b : config_.builtins) {
-      auto t0 = std::chrono::steady_clock::now();
-      auto dir = templates_->Ensure(b);
-      long ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      std::chrono::steady_clock::now() - t0)
-                                      .count());
-      if (dir.ok()) {
-        LogInfo("agent.builtin_ready", {{"template", b.name}, {"ms", ms}});
-      } else {
-        LogWarn("agent.builtin_bake_failed",
-                {{"template", b.name}, {"error", dir.status().ToString()}});
-      }
-    }
   }
   std::map<std::string, size_t> recent;
   {
@@ -617,6 +629,7 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
 Result<TemplateBuildResult> Agent::BuildTemplate(const TemplateBuildSpec& spec,
                                                  const BuildLogFn& log, BuildFailure* failure) {
   TemplateBuildSpec s = spec;
+  if (const TemplateSpec* b = Builtin(s.from_template)) s.from_builtin = *b;
   s.insecure_registries = config_.insecure_registries;
   s.layer_cache_mib = config_.template_cache_mib;
   return agent::BuildTemplate(env_, *templates_, config_.base, config_.data_dir + "/templates", s,

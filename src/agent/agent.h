@@ -37,8 +37,9 @@ struct AgentConfig {
   // The built-in templates beyond base this host has (code-interpreter-v1 where its image was
   // built: BuiltinTemplates), by name; warm pools by demand, like custom templates.
   std::vector<TemplateSpec> builtins;
-  // Bake the built-in templates in the background at start, so that their first create does
-  // not wait for a cold boot (and their start commands) on the request's path.
+  // Bake the built-in templates in the background at start (a thread of their own), so that
+  // their first create does not wait for a cold boot (and their start commands) on the
+  // request's path. Stopping the agent aborts a bake in progress.
   bool prebake_builtins = false;
   vmm::Accel accel = vmm::Accel::kTcg;
   bool jail = true;
@@ -208,6 +209,7 @@ class Agent {
                                              const net::EgressPolicy& egress);
   void WarmLoop();
   void StopWarmPool();
+  void Prebake();
 
   AgentConfig config_;
   // Declared before everything that holds slots: destroyed after them.
@@ -215,7 +217,6 @@ class Agent {
   std::unique_ptr<net::SlotPool> slot_pool_;
   std::unique_ptr<vmm::JailIdAllocator> jail_ids_;
   SandboxEnv env_;
-  bool prebaked_ = false;  // WarmTargets has baked the built-in templates once
   std::unique_ptr<TemplateStore> templates_;
   RecoveryReport recovery_;
   std::mutex paused_mu_;  // serialises pause/resume/delete of paused sandboxes
@@ -250,6 +251,7 @@ class Agent {
   bool warm_stopping_ = false;
   bool warm_kick_ = true;  // the filler has work to look at now
   std::thread warm_filler_;
+  std::thread prebake_;  // AgentConfig::prebake_builtins: bakes them once, at start
 
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;

@@ -20,7 +20,7 @@ std::vector<TemplateSpec> BuiltinTemplates(const TemplateSpec& base, const std::
     t.ready_cmd =
         "curl -sf -m 5 -o /dev/null http://127.0.0.1:" + std::to_string(kCodeInterpreterPort) +
         "/health";
-    t.ready_timeout = std::chrono::seconds(600);
+    t.ready_timeout = std::chrono::seconds(300);  // ~20 s under TCG
     // build-rootfs.sh replaces the image by a rename, never in place: the bake may link it.
     t.rootfs_immutable = true;
     out.push_back(std::move(t));

@@ -444,6 +444,15 @@ Status Builder::ResolveBase() {
     std::string repo = image.substr(0, image.find(':'));
     if (repo == "e2bdev/base" || repo == "docker.io/e2bdev/base") from = base_.name;
   }
+  if (spec_.from_builtin && from == spec_.from_builtin->name) {
+    Log("info", "base", "Base: the " + from + " template");
+    MOAT_ASSIGN_OR_RETURN(std::string bake, store_.Ensure(*spec_.from_builtin));
+    base_raw_ = bake + "/disk.raw";
+    key_ = Sha256Hex("builtin\n" + from + "\n" + bake.substr(bake.rfind('/') + 1));
+    parent_start_ = spec_.from_builtin->start_cmd;
+    parent_ready_ = spec_.from_builtin->ready_cmd;
+    return Status::Ok();
+  }
   if (from == base_.name) {
     Log("info", "base", "Base: the " + base_.name + " template");
     MOAT_ASSIGN_OR_RETURN(std::string bake, store_.Ensure(base_));

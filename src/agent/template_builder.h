@@ -58,6 +58,10 @@ struct TemplateBuildSpec {
   // host) or an OCI image reference (e2bdev/base[:tag] is the base template).
   std::string from_template;
   std::string from_image;
+  // Set by the agent when from_template names one of its built-in templates beyond base
+  // (code-interpreter-v1): the child starts from that template's baked disk and inherits its
+  // start and ready commands.
+  std::optional<TemplateSpec> from_builtin;
   std::optional<RegistryCredentials> registry;
   std::vector<TemplateStep> steps;
   std::optional<std::string> start_cmd, ready_cmd;  // unset: inherited from a parent template

@@ -128,6 +128,7 @@ Result<std::string> TemplateStore::Ensure(const TemplateSpec& t, const BakeLog& 
 Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string& build_dir,
                                         const BakeLog& log) {
   auto t0 = Clock::now();
+  if (aborted_) return Unavailable("baking template " + t.name + ": the agent is stopping");
   MOAT_RETURN_IF_ERROR(MakeDirs(dir_ + "/" + t.name, 0711));
   // Built under a temporary name and renamed when complete: a bake killed half-way is never
   // used (the agent removes leftovers of this form on start).
@@ -350,6 +351,7 @@ Status TemplateStore::StartAndWait(channel::GuestClient& guest, const TemplateSp
     auto r = guest.Run(req, Clock::now() + std::chrono::seconds(70));
     if (!r.ok()) return r.status().Annotate("running the ready command");
     if (r->exit_code == 0) break;
+    if (aborted_) return Unavailable("baking template " + t.name + ": the agent is stopping");
     last = r->stdout_data + r->stderr_data;
     if (Clock::now() - t0 > t.ready_timeout) {
       return DeadlineExceeded("ready command timed out after " +

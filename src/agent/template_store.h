@@ -6,6 +6,7 @@
 // snapshot. Concurrent creates of a template that is being baked wait for that one bake.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <future>
 #include <map>
@@ -36,6 +37,9 @@ class TemplateStore {
   using BakeLog = std::function<void(const std::string& level, const std::string& message)>;
   // The snapshot directory of the current build of `tmpl`, baked now if needed.
   Result<std::string> Ensure(const TemplateSpec& tmpl, const BakeLog& log = nullptr);
+  // Bakes in progress give up at their next wait (their VMs are killed), and later ones fail
+  // at once: for the agent's shutdown, which must not wait out a built-in template's bake.
+  void Abort() { aborted_ = true; }
   // The build id `tmpl` has now (for tests and logs).
   Result<std::string> BuildId(const TemplateSpec& tmpl) const;
 
@@ -49,6 +53,7 @@ class TemplateStore {
 
   std::string dir_;
   SandboxEnv env_;
+  std::atomic<bool> aborted_{false};
   std::mutex mu_;
   std::map<std::string, std::shared_future<Result<std::string>>> bakes_;  // by build dir
 };

@@ -11,6 +11,7 @@
 
 #include "api/auth.h"
 #include "api/codec/protojson.h"
+#include "common/builtin_templates.h"
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -527,8 +528,8 @@ void TemplateService::RunBuild(store::TeamRecord team, store::TemplateRecord tmp
     std::string required_host;
     if (body.value("fromTemplate", json()).is_string()) {
       std::string from = body["fromTemplate"];
-      if (from == hosts_.base_template().name) {
-        hb.start["fromTemplate"] = from;
+      if (from == hosts_.base_template().name || from == kCodeInterpreterTemplate) {
+        hb.start["fromTemplate"] = from;  // built in: on any host that has it
       } else {
         auto parent = Resolve(team.id, from);
         if (!parent.ok()) return parent.status();

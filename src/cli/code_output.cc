@@ -12,6 +12,8 @@ namespace {
 
 // How many taken names SaveFile skips before it gives up (a directory full of earlier runs).
 constexpr int kMaxNameAttempts = 100000;
+constexpr size_t kMaxSavedFiles = 1000;
+constexpr uint64_t kMaxSavedBytes = uint64_t{1} << 30;
 
 Status WriteAllTo(int fd, std::string_view data, const char* what) {
   while (!data.empty()) {
@@ -96,6 +98,11 @@ Status CodeOutput::ShowResult(const CodeResult& result) {
 Result<std::string> CodeOutput::SaveFile(std::string_view bytes, std::string_view extension) {
   std::string label = options_.dir_label;
   if (label.empty() || label.back() != '/') label += '/';
+  if (saved_files_ >= kMaxSavedFiles || saved_bytes_ + bytes.size() > kMaxSavedBytes) {
+    return ResourceExhausted("not saving more than " + std::to_string(kMaxSavedFiles) +
+                             " files or " + std::to_string(kMaxSavedBytes >> 20) +
+                             " MiB from one run (--json shows every result)");
+  }
   for (int attempt = 0; attempt < kMaxNameAttempts; ++attempt) {
     std::string file = "result-" + std::to_string(next_file_++) + "." + std::string(extension);
     // O_EXCL: never an existing file, nor through a symlink planted under this name.
@@ -109,6 +116,8 @@ Result<std::string> CodeOutput::SaveFile(std::string_view bytes, std::string_vie
       ::unlinkat(options_.dir_fd, file.c_str(), 0);  // no half-written file left behind
       return s;
     }
+    ++saved_files_;
+    saved_bytes_ += bytes.size();
     return label + file;
   }
   return ResourceExhausted("no free result-N." + std::string(extension) + " name in " + label);

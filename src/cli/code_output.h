@@ -73,6 +73,9 @@ class CodeOutput {
   Stream err_;
   uint64_t results_ = 0;    // results seen, to name them in messages
   uint64_t next_file_ = 1;  // the N tried first for the next file
+  // What one run may save: a guest streams as many results as it likes.
+  size_t saved_files_ = 0;
+  uint64_t saved_bytes_ = 0;
 };
 
 }  // namespace moat::cli

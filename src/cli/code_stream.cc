@@ -4,38 +4,13 @@
 #include <array>
 
 #include "api/codec/protojson.h"
+#include "common/json_depth.h"
 
 namespace moat::cli {
 namespace {
 
 std::string LinePrefix(uint64_t line_number) {
   return "interpreter stream line " + std::to_string(line_number) + ": ";
-}
-
-// Whether `text` nests arrays and objects deeper than `limit`. Brackets inside strings do not
-// count; anything malformed is left for the parser to reject.
-bool NestsDeeperThan(std::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return false;
 }
 
 // A string member, "" when absent or null, or an error naming it when it has another type.
@@ -121,12 +96,12 @@ std::vector<std::pair<std::string, std::string>> ExecuteHeaders(const std::strin
       {"Content-Type", "application/json"},
   };
   if (!sandbox_info.is_object()) return headers;
-  for (auto [field, header] : {std::pair{"envdAccessToken", "X-Access-Token"},
-                               std::pair{"trafficAccessToken", "E2B-Traffic-Access-Token"}}) {
-    auto it = sandbox_info.find(field);
-    if (it != sandbox_info.end() && it->is_string() && !it->get<std::string>().empty()) {
-      headers.emplace_back(header, it->get<std::string>());
-    }
+  // Only the traffic token (the port proxy checks it and keeps it). Not the envd access token
+  // the official client also sends: moat's interpreter has no use for it, and it would reach
+  // the guest.
+  auto it = sandbox_info.find("trafficAccessToken");
+  if (it != sandbox_info.end() && it->is_string() && !it->get<std::string>().empty()) {
+    headers.emplace_back("E2B-Traffic-Access-Token", it->get<std::string>());
   }
   return headers;
 }
@@ -215,7 +190,7 @@ Result<CodeEvent> DecodeCodeEvent(std::string_view line, uint64_t line_number) {
   if (line.find_first_not_of(" \t\r") == std::string_view::npos) {
     return InvalidArgument(LinePrefix(line_number) + "blank (the E2B client fails on it too)");
   }
-  if (NestsDeeperThan(line, kMaxCodeStreamDepth)) {
+  if (JsonDepth(line, kMaxCodeStreamDepth) < 0) {
     return InvalidArgument(LinePrefix(line_number) + "JSON nested deeper than " +
                            std::to_string(kMaxCodeStreamDepth) + " levels");
   }

@@ -7,6 +7,7 @@
 // run it or show all of it (a usage error, an HTTP error, a broken stream, the timeout, a result
 // that could not be saved). Ending the request (the timeout, ^C) closes the connection, which
 // interrupts the kernel in the guest.
+#include <csignal>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -86,6 +87,8 @@ int Fail(const Status& status) {
 }
 
 int Run(const RunCodeOptions& o) {
+  // `moat run-code … | head`: a closed pipe is a write error (exit 2), not death by SIGPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
   if (!o.language.empty() && !o.context.empty()) {
     return Fail(InvalidArgument(
         "--language and --context are mutually exclusive: a context has its language"));

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/log.h"
 #include "common/unique_fd.h"
 
 namespace moat::guest {
@@ -116,7 +117,13 @@ Status ApplyIdentity(const IdentityRequest& identity, bool system, Defaults* def
     defaults->env = *identity.env;
     // For in-guest services started before this sandbox existed (the code interpreter's
     // kernels, in the template's snapshot): root-only, replaced whole.
-    if (system) MOAT_RETURN_IF_ERROR(WriteEnvFile(*identity.env, kEnvFilePath));
+    // Not fatal: only such services read it, and a sandbox whose root broke /run/moat must
+    // still get its identity.
+    if (system) {
+      if (Status s = WriteEnvFile(*identity.env, kEnvFilePath); !s.ok()) {
+        LogWarn("guest.env_file_failed", {{"path", kEnvFilePath}, {"error", s.ToString()}});
+      }
+    }
   }
   if (identity.user) defaults->user = *identity.user;
   if (identity.workdir) defaults->workdir = *identity.workdir;

@@ -485,7 +485,7 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
   cmd->add_option("--prebake-templates", config.prebake_templates,
                   "bake the built-in templates whose images are in the guest dir "
                   "(code-interpreter-v1) in the background at start, so that their first create "
-                  "restores a snapshot (needs --warm-sandboxes > 0; otherwise on first use)")
+                  "restores a snapshot (otherwise on first use)")
       ->capture_default_str();
   cmd->add_option("--warm-memory-mb", config.warm_memory_mb,
                   "guest memory all warm clones together may hold: the base template's first, "

@@ -5,7 +5,7 @@
 // E2B_SANDBOX_URL (run.sh sets them); the interpreter is reached through moatd's port proxy.
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { Sandbox } from '@e2b/code-interpreter'
+import { Sandbox, Template } from '@e2b/code-interpreter'
 import { sleep } from './support.mjs'
 
 const skip = process.env.MOAT_COMPAT_STORE === 'postgresql'
@@ -18,7 +18,7 @@ describe('code interpreter (issue 16)', { concurrency: false, skip }, () => {
   before(async () => {
     // moatd bakes the template at start (--prebake-templates); the first create waits for a
     // bake still running.
-    sbx = await Sandbox.create({ envs: { CREATE_VAR: 'from-create', SHARED: 'create' }, requestTimeoutMs: 300_000 })
+    sbx = await Sandbox.create({ envs: { CREATE_VAR: 'from-create', SHARED: 'create' }, requestTimeoutMs: 400_000 })
   })
   after(async () => {
     await sbx?.kill().catch(() => {})
@@ -201,7 +201,8 @@ describe('code interpreter (issue 16)', { concurrency: false, skip }, () => {
   })
 
   test('concurrent runs in separate contexts run in parallel and stay apart', async () => {
-    const contexts = await Promise.all([0, 1, 2].map(() => sbx.createCodeContext()))
+    // Three kernels start at once on the sandbox's 2 vCPUs (seconds each under TCG).
+    const contexts = await Promise.all([0, 1, 2].map(() => sbx.createCodeContext({ requestTimeoutMs: 180_000 })))
     await Promise.all(contexts.map((c, i) => sbx.runCode(`mine = ${i}`, { context: c })))
     const started = Date.now()
     const results = await Promise.all(
@@ -218,5 +219,43 @@ describe('code interpreter (issue 16)', { concurrency: false, skip }, () => {
     assert.equal(one.text, "['first']")
     assert.equal(two.text, "['first', 'second']")
     await Promise.all(contexts.map((c) => sbx.removeCodeContext(c)))
+  })
+
+  test('a template built from code-interpreter-v1 keeps the interpreter and adds its steps', async () => {
+    const name = `ci-child-${process.pid.toString(36)}`
+    const t = Template()
+      .fromTemplate('code-interpreter-v1')
+      .runCmd('echo "from the child template" > /home/user/child-marker.txt')
+    await Template.build(t, name, { cpuCount: 2, memoryMB: 1024 })
+    const child = await Sandbox.create(name, { requestTimeoutMs: 400_000 })
+    try {
+      const ex = await child.runCode('open("/home/user/child-marker.txt").read().strip()')
+      assert.equal(ex.error, undefined)
+      assert.equal(ex.text, 'from the child template')
+    } finally {
+      await child.kill()
+      await fetch(`${process.env.E2B_API_URL}/templates/${encodeURIComponent(name)}`, {
+        method: 'DELETE',
+        headers: { 'X-API-Key': process.env.E2B_API_KEY },
+      }).then((r) => r.text())
+    }
+  })
+
+  test('with allowPublicTraffic: false the interpreter answers only with the traffic token', async () => {
+    const priv = await Sandbox.create({ network: { allowPublicTraffic: false }, requestTimeoutMs: 400_000 })
+    try {
+      assert.ok(priv.trafficAccessToken, 'the sandbox has a traffic token')
+      const ex = await priv.runCode('"private " + str(6 * 7)')
+      assert.equal(ex.text, 'private 42')
+      const res = await fetch(`${process.env.E2B_SANDBOX_URL}/execute`, {
+        method: 'POST',
+        headers: { 'E2b-Sandbox-Id': priv.sandboxId, 'E2b-Sandbox-Port': '49999', 'Content-Type': 'application/json' },
+        body: JSON.stringify({ code: '1' }),
+      })
+      await res.text()
+      assert.equal(res.status, 403)
+    } finally {
+      await priv.kill()
+    }
   })
 })

@@ -60,6 +60,13 @@ case "${MOAT_COMPAT_STORE:-sqlite}" in
   *) echo "compat: MOAT_COMPAT_STORE: expected sqlite or postgresql" >&2; exit 2 ;;
 esac
 
+# The code interpreter's template is baked at start for the whole suite (its tests and the CLI's
+# run-code); a run of chosen files without them does not pay for the bake.
+prebake_args=()
+if [ -n "${MOAT_COMPAT_FILES:-}" ] && [[ "$MOAT_COMPAT_FILES" != *code_interpreter* ]]; then
+  prebake_args=(--prebake-templates=false)
+fi
+
 # A free loopback port: bind port 0, read what the kernel chose, release it.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Sandboxes get network slots from a pool of this run's own (moatd's default pool may be in use
@@ -69,7 +76,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 MOAT_API_KEY=$key "$moatd" serve --listen "127.0.0.1:$port" --data-dir "$data" --accel auto \
   --insecure-registry 127.0.0.1 \
   --guest-dir "$build/guest" --net-pool "10.226.$(($$ % 250)).0/24" --domain moat.test \
-  --dns 192.0.2.53 "${store_args[@]}" >"$data/moatd.log" 2>&1 &
+  --dns 192.0.2.53 "${store_args[@]}" "${prebake_args[@]}" >"$data/moatd.log" 2>&1 &
 moatd_pid=$!
 
 url=http://127.0.0.1:$port

@@ -44,34 +44,6 @@ Status QmpErrorStatus(std::string_view command, const Json& error) {
       code, "qmp " + std::string(command) + ": " + Truncate(cls, 64) + ": " + Truncate(desc, 512));
 }
 
-int JsonDepth(std::string_view text, int limit) {
-  int depth = 0;
-  int max_depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > limit) return -1;
-      if (depth > max_depth) max_depth = depth;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return max_depth;
-}
-
 QmpLine ParseQmpLine(std::string_view line, const QmpLimits& limits) {
   QmpLine out;
   while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <thread>
 
+#include "common/json_depth.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 
@@ -36,9 +37,8 @@ struct QmpLimits {
 // DeviceNotActive/KVMMissingCap to FailedPrecondition, GenericError (and anything else) to
 // Aborted. Exposed for tests.
 Status QmpErrorStatus(std::string_view command, const Json& error);
-// Depth of nested arrays/objects in a JSON text, or -1 if it is over `limit` (checked before
-// parsing, so a hostile reply cannot make the parser or the destructor recurse deeply).
-int JsonDepth(std::string_view text, int limit);
+// Checked on every reply before parsing (common/json_depth.h).
+using ::moat::JsonDepth;
 
 // One line from QEMU, classified without any state (the reader thread applies it under its
 // lock; the fuzz target feeds it arbitrary bytes). Never throws.

@@ -367,7 +367,7 @@ TEST(CodeStreamRequest, RefusesCodeThatIsNotUtf8) {
   EXPECT_FALSE(ExecuteRequestBody({.code = "", .env_vars = {{"A", "\xc3"}}}).ok());
 }
 
-TEST(CodeStreamRequest, RoutesToPort49999WithTheSandboxsTokensButNoApiKey) {
+TEST(CodeStreamRequest, RoutesToPort49999WithTheTrafficTokenOnly) {
   auto headers = ExecuteHeaders(
       "sbx1",
       json::parse(
@@ -376,11 +376,10 @@ TEST(CodeStreamRequest, RoutesToPort49999WithTheSandboxsTokensButNoApiKey) {
               ElementsAre(std::pair<std::string, std::string>{"E2b-Sandbox-Id", "sbx1"},
                           std::pair<std::string, std::string>{"E2b-Sandbox-Port", "49999"},
                           std::pair<std::string, std::string>{"Content-Type", "application/json"},
-                          std::pair<std::string, std::string>{"X-Access-Token", "et"},
                           std::pair<std::string, std::string>{"E2B-Traffic-Access-Token", "tt"}));
   auto public_sandbox =
       ExecuteHeaders("sbx1", json::parse(R"({"envdAccessToken":"et","trafficAccessToken":null})"));
-  EXPECT_EQ(public_sandbox.size(), 4u);
+  EXPECT_EQ(public_sandbox.size(), 3u);
   EXPECT_EQ(ExecuteHeaders("sbx1", json::parse(R"({"envdAccessToken":7})")).size(), 3u);
   EXPECT_EQ(ExecuteHeaders("sbx1", json::parse("[]")).size(), 3u);
 }

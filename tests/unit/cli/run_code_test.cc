@@ -268,7 +268,7 @@ TEST_F(RunCode, StreamsOutputSavesImagesAndSendsWhatTheClientSends) {
   EXPECT_EQ(exec->head.Header("e2b-sandbox-id"), "sbx1");
   EXPECT_EQ(exec->head.Header("e2b-sandbox-port"), "49999");
   EXPECT_EQ(exec->head.Header("content-type"), "application/json");
-  EXPECT_EQ(exec->head.Header("x-access-token"), "envd-token");
+  EXPECT_EQ(exec->head.Header("x-access-token"), "");  // nor the envd token: no use for it there
   EXPECT_EQ(exec->head.Header("e2b-traffic-access-token"), "traffic-token");
   EXPECT_EQ(exec->head.Header("x-api-key"), "");  // the guest must never see the API key
   EXPECT_EQ(json::parse(exec->body), json({{"code", "print('first')\nx = 1\nx + 1\n"},
