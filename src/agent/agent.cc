@@ -100,9 +100,9 @@ void Agent::Prebake() {
   for (const auto& b : config_.builtins) {
     auto t0 = std::chrono::steady_clock::now();
     auto dir = templates_->Ensure(b);
-    long ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    std::chrono::steady_clock::now() - t0)
-                                    .count());
+    long ms = static_cast<long>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
     if (dir.ok()) {
       LogInfo("agent.builtin_ready", {{"template", b.name}, {"ms", ms}});
     } else {

@@ -7,12 +7,12 @@
 // run it or show all of it (a usage error, an HTTP error, a broken stream, the timeout, a result
 // that could not be saved). Ending the request (the timeout, ^C) closes the connection, which
 // interrupts the kernel in the guest.
-#include <csignal>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <limits>
 #include <memory>
 #include <string>
