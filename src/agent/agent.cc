@@ -594,13 +594,14 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
   Cleanup release([&] { ReleaseIds({req.id}); });
   const std::string& template_name = req.template_name;
   std::string dir;
-  bool pooled = template_name == config_.base.name || IsBuildId(template_name) ||
-                Builtin(template_name) != nullptr;
+  const TemplateSpec* builtin = Builtin(template_name);
+  bool pooled =
+      template_name == config_.base.name || builtin != nullptr || IsBuildId(template_name);
   if (template_name == config_.base.name) {
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(config_.base));
-  } else if (const TemplateSpec* builtin = Builtin(template_name)) {
+  } else if (builtin != nullptr) {
     MOAT_ASSIGN_OR_RETURN(dir, templates_->Ensure(*builtin));
-  } else if (pooled) {
+  } else if (IsBuildId(template_name)) {
     // A custom template's build: its snapshot (baked at build time; again only if something
     // it depends on changed since, such as the QEMU version).
     std::lock_guard custom(custom_mu_);  // not while it is being deleted

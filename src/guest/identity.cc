@@ -3,14 +3,13 @@
 #include <fcntl.h>
 #include <linux/random.h>
 #include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstring>
 #include <vector>
 
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 
@@ -46,21 +45,9 @@ Status AddEntropy(const std::string& bytes) {
 }  // namespace
 
 Status WriteEnvFile(const std::map<std::string, std::string>& env, const std::string& path) {
-  std::string dir = path.substr(0, path.rfind('/'));
-  if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return ErrnoError("mkdir(" + dir + ")");
-  std::string tmp = path + ".tmp";
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd) return ErrnoError("open(" + tmp + ")");
-  std::string text = Json(env).dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
-  for (size_t off = 0; off < text.size();) {
-    ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError("write(" + tmp + ")");
-    off += static_cast<size_t>(n);
-  }
-  fd.Reset();
-  if (::rename(tmp.c_str(), path.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
-  return Status::Ok();
+  MOAT_RETURN_IF_ERROR(MakeDirs(path.substr(0, path.rfind('/')), 0755));
+  return WriteFileAtomic(
+      path, Json(env).dump(-1, ' ', false, Json::error_handler_t::replace) + "\n", 0600);
 }
 
 Result<std::string> HexDecode(std::string_view hex) {

@@ -40,6 +40,7 @@ from .wire import (
     env_save_code,
     env_set_code,
     error_line,
+    failure_line,
     iso,
     normalize_language,
     result_line,
@@ -68,19 +69,34 @@ def installed_languages():
     return [lang for lang, kernel in KERNELS.items() if kernel in specs]
 
 
+_env_cache = (None, {})  # (the file's identity when read, what it held)
+
+
 def read_sandbox_env():
-    """The sandbox's create-time env vars (moat-guest writes them at each identity)."""
+    """The sandbox's create-time env vars (moat-guest writes them at each identity). Parsed
+    again only when the file was replaced: this runs before every run."""
+    global _env_cache
+    try:
+        st = os.stat(ENV_FILE)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        log.warning("reading %s: %s", ENV_FILE, e)
+        return {}
+    ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if _env_cache[0] == ident:
+        return _env_cache[1]
     try:
         with open(ENV_FILE, encoding="utf-8") as f:
             env = json.load(f)
-    except FileNotFoundError:
-        return {}
     except (OSError, ValueError) as e:
         log.warning("reading %s: %s", ENV_FILE, e)
         return {}
     if not isinstance(env, dict):
-        return {}
-    return {k: v for k, v in env.items() if isinstance(v, str) and ENV_NAME.match(k)}
+        env = {}
+    env = {k: v for k, v in env.items() if isinstance(v, str) and ENV_NAME.match(k)}
+    _env_cache = (ident, env)
+    return env
 
 
 def kernel_env(preload):
@@ -321,24 +337,17 @@ class Context:
                         self.restart_soon("not idle %ss after an interrupt" % INTERRUPT_GRACE_S)
                         return RESTARTED
                     if not await self.km.is_alive():
-                        await self._send(sink, silent, {
-                            "type": "error",
-                            "name": "ContextRestarting",
-                            "value": "The kernel died; the context is being restarted",
-                            "traceback": "",
-                        })
+                        await self._send(sink, silent, failure_line(
+                            "ContextRestarting", "The kernel died; the context is being restarted"))
                         self.restart_soon("the kernel died")
                         return DIED
                     continue
                 if kind == "gone":
                     continue
                 if kind in (RESTARTED, REMOVED):
-                    await self._send(sink, silent, {
-                        "type": "error",
-                        "name": "UnexpectedEndOfExecution",
-                        "value": "The context was %s before the execution was finished" % kind,
-                        "traceback": "",
-                    })
+                    await self._send(sink, silent, failure_line(
+                        "UnexpectedEndOfExecution",
+                        "The context was %s before the execution was finished" % kind))
                     return kind
                 mtype = msg["header"]["msg_type"]
                 content = msg.get("content") or {}
@@ -349,12 +358,8 @@ class Context:
                             error_sent = True
                             await self._send(sink, silent, error_line(content))
                         elif status == "aborted":
-                            await self._send(sink, silent, {
-                                "type": "error",
-                                "name": "ExecutionAborted",
-                                "value": "Execution was aborted",
-                                "traceback": "",
-                            })
+                            await self._send(
+                                sink, silent, failure_line("ExecutionAborted", "Execution was aborted"))
                     continue
                 if mtype == "status":
                     if content.get("execution_state") == "idle":
@@ -644,8 +649,7 @@ class ExecuteHandler(Handler):
                 try:
                     ctx = await self.registry.default(language)  # may start its kernel
                 except HttpError as e:
-                    await sink.send({"type": "error", "name": "ContextError", "value": e.message,
-                                     "traceback": ""})
+                    await sink.send(failure_line("ContextError", e.message))
                     return
             await self.run_in(ctx, code, env, sink)
         finally:
@@ -668,12 +672,7 @@ class ExecuteHandler(Handler):
                 return
         try:
             if ctx.closed:
-                await sink.send({
-                    "type": "error",
-                    "name": "UnexpectedEndOfExecution",
-                    "value": "The context was removed",
-                    "traceback": "",
-                })
+                await sink.send(failure_line("UnexpectedEndOfExecution", "The context was removed"))
                 return
             await ctx.apply_env()
             if env and not sink.gone:
@@ -692,12 +691,8 @@ class ExecuteHandler(Handler):
                 await sink.send({"type": "end_of_execution"})
         except Exception as e:  # noqa: BLE001 - the stream has started: report in it
             log.exception("context %s: run failed", ctx.id)
-            await sink.send({
-                "type": "error",
-                "name": "UnexpectedEndOfExecution",
-                "value": "The run failed in the interpreter: %s" % e,
-                "traceback": "",
-            })
+            await sink.send(failure_line(
+                "UnexpectedEndOfExecution", "The run failed in the interpreter: %s" % e))
         finally:
             ctx.lock.release()
 

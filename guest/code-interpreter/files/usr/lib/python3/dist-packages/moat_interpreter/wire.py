@@ -159,3 +159,8 @@ def error_line(content):
         "value": content.get("evalue", ""),
         "traceback": tb,
     }
+
+
+def failure_line(name, value):
+    """An `error` line of the server's own (the run did not get to its end), without traceback."""
+    return {"type": "error", "name": name, "value": value, "traceback": ""}
