@@ -6,9 +6,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -164,7 +166,20 @@ CliRun RunCli(uint16_t port, const std::vector<std::string>& args, const std::st
   in_r.Reset();
   out_w.Reset();
   err_w.Reset();
-  (void)!::write(in_w.get(), stdin_data.data(), stdin_data.size());  // small: fits the pipe
+  // Small: fits the pipe. The CLI may already have exited (a usage error reads no stdin), so the
+  // write must not raise SIGPIPE in the test process: EPIPE is expected and ignored.
+  {
+    sigset_t pipe_set, old_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
+    (void)!::write(in_w.get(), stdin_data.data(), stdin_data.size());
+    // Consume the SIGPIPE the write raised, if any, before unblocking.
+    timespec zero{};
+    while (::sigtimedwait(&pipe_set, nullptr, &zero) == SIGPIPE) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
+  }
   in_w.Reset();
   bool out_open = true, err_open = true;
   while (out_open || err_open) {
