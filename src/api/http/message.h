@@ -56,6 +56,14 @@ struct Request {
   std::map<std::string, std::string> params;  // path parameters filled in by the router
   std::string peer;                           // "127.0.0.1:54321", for logs
   unsigned version = 11;                      // HTTP/1.x as 10 or 11
+  // Who the request acts as, once a control route authenticated it (routes::Authed): the key's
+  // id and name (a dashboard session: the key it signed in with). The audit log and history
+  // name them.
+  std::string auth_key_id;
+  std::string auth_key_name;
+  // The request's id (X-Request-Id if the client sent a sane one, else minted): in its log lines,
+  // its audit record, and the X-Request-Id of its answer.
+  std::string request_id;
 
   // The header's value, empty if absent.
   std::string Header(std::string_view name) const;

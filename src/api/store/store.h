@@ -12,9 +12,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "api/lifecycle.h"
+#include "api/store/history.h"
 #include "common/status.h"
 
 namespace moat::api::store {
@@ -351,6 +353,9 @@ class Store {
                                          const std::string& mask) = 0;
   // The team a (non-revoked) key belongs to; nullopt for an unknown key.
   virtual Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) = 0;
+  // The same, with the key itself (who acts: the audit log and history name it).
+  virtual Result<std::optional<std::pair<TeamRecord, ApiKeyRecord>>> KeyByHash(
+      const std::string& key_sha256) = 0;
   virtual Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) = 0;
   // A key that is not revoked, by id.
   virtual Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) = 0;
@@ -455,6 +460,71 @@ class Store {
   // Writes it to `dest_path` (created or truncated, mode 0600); not_found if there is none.
   virtual Status ReadTemplateFile(const std::string& team_id, const std::string& hash,
                                   const std::string& dest_path) = 0;
+
+  // --- History, audit, usage and dashboard sessions (store/history.h). ---
+
+  // Records a sandbox's creation; a second insert of the same id changes nothing.
+  virtual Status InsertHistory(const HistoryRecord& h) = 0;
+  // The state it is in now, and its host when non-empty; nothing for an ended record.
+  virtual Status SetHistoryState(const std::string& sandbox_id, const std::string& state,
+                                 const std::string& host_id) = 0;
+  // Ends the record (ended_at, state, reason, by whom, detail) if it has not ended; false if it
+  // had (the first end is the one kept) or is unknown.
+  virtual Result<bool> EndHistory(const std::string& sandbox_id, int64_t ended_at_ms,
+                                  const std::string& state, const std::string& reason,
+                                  const std::string& ended_by, const std::string& detail) = 0;
+  virtual Result<std::optional<HistoryRecord>> GetHistory(const std::string& sandbox_id) = 0;
+  virtual Result<HistoryPage> ListHistory(const HistoryFilter& filter) = 0;
+  // Histories of sandboxes forked from `sandbox_id` or created from a snapshot it was taken
+  // from are found by parent_id: the children of a record, oldest first.
+  virtual Result<std::vector<HistoryRecord>> HistoryChildren(const std::string& parent_id) = 0;
+
+  // Appends an event (its seq assigned); the sandbox's history need not exist yet.
+  virtual Status AppendSandboxEvent(const SandboxEvent& e) = 0;
+  // The sandbox's events in order.
+  virtual Result<std::vector<SandboxEvent>> SandboxEvents(const std::string& sandbox_id) = 0;
+
+  // Records a command as started; its id.
+  virtual Result<int64_t> StartCommand(const CommandRecord& c) = 0;
+  // Records how the command `c.id` ended: ended_at, exit code, signal, error and the outputs.
+  virtual Status FinishCommand(const CommandRecord& c) = 0;
+  // The sandbox's commands, newest first, at most `limit`, with ids below `before_id` (0: any).
+  virtual Result<std::vector<CommandRecord>> ListCommands(const std::string& sandbox_id,
+                                                         int64_t before_id, int limit) = 0;
+
+  // Keeps (replaces) an ended sandbox's console log (the caller bounds it).
+  virtual Status SaveConsoleLog(const std::string& sandbox_id, const std::string& text) = 0;
+  virtual Result<std::optional<std::string>> ConsoleLog(const std::string& sandbox_id) = 0;
+
+  // Appends to the audit log (its seq assigned). Nothing updates or deletes a record but
+  // PruneHistory past the retention period.
+  virtual Status AppendAudit(const AuditRecord& a) = 0;
+  virtual Result<AuditPage> ListAudit(const AuditFilter& filter) = 0;
+
+  // The sandbox's network counters read now (totals since its slot was set up): in one
+  // transaction, what grew since the last reading (all of it when the counters went backwards:
+  // a new slot) is added to the hour `hour_ms` and the history's totals; the reading is kept
+  // for the next one. Exact across restarts: a reading already counted adds nothing.
+  virtual Status RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms,
+                                int64_t egress_total, int64_t ingress_total) = 0;
+  // A snapshot begins to be stored (a second record of the same id changes nothing)…
+  virtual Status RecordSnapshotStored(const SnapshotStorageRecord& s) = 0;
+  // …and ends (nothing for an unknown id, or one already ended).
+  virtual Status RecordSnapshotDeleted(const std::string& id, int64_t at_ms) = 0;
+  // What usage over [from, to) is computed from; `team_id` empty: every team.
+  virtual Result<UsageInput> LoadUsageInput(const std::string& team_id, int64_t from_ms,
+                                            int64_t to_ms) = 0;
+
+  // Removes ended histories (with their events, commands and console logs) that ended before
+  // `before_ms`, audit records, network buckets and ended snapshot records older than it, and
+  // expired sessions (expires_at < now_ms).
+  virtual Result<PruneCounts> PruneHistory(int64_t before_ms, int64_t now_ms) = 0;
+
+  virtual Status InsertSession(const SessionRecord& s) = 0;
+  // The session if it exists, has not expired by `now_ms`, and its key is not revoked.
+  virtual Result<std::optional<SessionRecord>> GetSession(const std::string& token_sha256,
+                                                          int64_t now_ms) = 0;
+  virtual Status DeleteSession(const std::string& token_sha256) = 0;
 
   // --- Fleet membership (shared/FLEET.md §3-§4). Every time below is the database's clock. ---
 
