@@ -142,11 +142,16 @@ Status CheckEnvdAccess(const http::Request& req, std::string_view access_token, 
 }
 
 Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request& req) {
+  MOAT_ASSIGN_OR_RETURN(Caller caller, AuthenticateCaller(store, req));
+  return std::move(caller.team);
+}
+
+Result<Caller> AuthenticateCaller(store::Store& store, const http::Request& req) {
   std::string key = req.Header("X-API-KEY");
   if (key.empty()) return Unauthenticated("missing X-API-KEY header");
-  MOAT_ASSIGN_OR_RETURN(auto team, store.TeamByKeyHash(Sha256Hex(key)));
-  if (!team) return Unauthenticated("invalid API key");
-  return *team;
+  MOAT_ASSIGN_OR_RETURN(auto found, store.KeyByHash(Sha256Hex(key)));
+  if (!found) return Unauthenticated("invalid API key");
+  return Caller{std::move(found->first), found->second.id, found->second.name};
 }
 
 }  // namespace moat::api

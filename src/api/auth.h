@@ -56,4 +56,15 @@ Status CheckEnvdAccess(const http::Request& req, std::string_view access_token, 
 // The team of the request's X-API-KEY; unauthenticated if it is missing or unknown.
 Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request& req);
 
+// Who a control request acts as: its team and the key (or the key a dashboard session signed in
+// with).
+struct Caller {
+  store::TeamRecord team;
+  std::string key_id;
+  std::string key_name;
+};
+// The caller of a control request: X-API-KEY, else a dashboard session (its cookie, and the
+// session's CSRF token in X-Moat-CSRF); unauthenticated naming what is wrong.
+Result<Caller> AuthenticateCaller(store::Store& store, const http::Request& req);
+
 }  // namespace moat::api

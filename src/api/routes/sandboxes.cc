@@ -130,9 +130,11 @@ void Fork(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
 
 http::Handler Authed(ControlContext& ctx, TeamHandler fn) {
   return [&ctx, fn = std::move(fn)](http::Request& req, http::ResponseWriter& w) {
-    auto team = Authenticate(*ctx.store, req);
-    if (!team.ok()) return SendRestError(w, team.status());
-    fn(req, w, *team);
+    auto caller = AuthenticateCaller(*ctx.store, req);
+    if (!caller.ok()) return SendRestError(w, caller.status());
+    req.auth_key_id = caller->key_id;
+    req.auth_key_name = caller->key_name;
+    fn(req, w, caller->team);
   };
 }
 
