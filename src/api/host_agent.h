@@ -63,6 +63,10 @@ struct HostSandboxUsage {
   double vmm_age_seconds = 0;
   pid_t vmm_pid = 0;
   uint64_t vmm_start_time = 0;
+  // The bytes the sandbox's network slot counted (its nftables counters, since the slot was set
+  // up): sent out by the guest, and sent to it. Both 0 for a sandbox without a network.
+  uint64_t net_egress_bytes = 0;
+  uint64_t net_ingress_bytes = 0;
 };
 
 // How a host sees one of its sandboxes right now.
