@@ -17,6 +17,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/socket.h"
+#include "common/unique_fd.h"
 #include "vmm/qemu/qemu_driver.h"
 
 namespace moat::agent {
@@ -690,6 +691,24 @@ Result<SandboxUsage> Sandbox::Usage() {
   if (::stat(origin_.base_disk.c_str(), &base) == 0) {
     u.disk_total_bytes = static_cast<uint64_t>(base.st_size);
   }
+  // Under the lock: Kill() releases the slot. A slot without counters (set up by an older
+  // agent and adopted) reads as 0.
+  std::lock_guard lock(mu_);
+  if (slot_ && !killed_) {
+    auto counters = slot_->ReadCounters();
+    if (counters.ok()) {
+      u.net_egress_bytes = counters->egress_bytes;
+      u.net_ingress_bytes = counters->ingress_bytes;
+    } else {
+      static RateLimiter counters_log(0.1, 3);
+      unsigned long suppressed = 0;
+      if (counters_log.Allow(&suppressed)) {
+        LogDebug("sandbox.net_counters_unread", {{"sandbox", id_},
+                                                 {"error", counters.status().ToString()},
+                                                 {"suppressed", suppressed}});
+      }
+    }
+  }
   return u;
 }
 
@@ -701,6 +720,30 @@ std::string Sandbox::DiagnosticTail() const {
     size_t from = text->size() > 600 ? text->size() - 600 : 0;
     out += path.substr(path.rfind('/') + 1) + ": " + text->substr(from) + "\n";
   }
+  return out;
+}
+
+Result<std::string> Sandbox::ConsoleTail(size_t max_bytes) const {
+  UniqueFd fd(::open(paths_.console_log.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return std::string();
+    return ErrnoError("opening " + paths_.console_log);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return ErrnoError("stat " + paths_.console_log);
+  off_t size = st.st_size;
+  off_t from = size > static_cast<off_t>(max_bytes) ? size - static_cast<off_t>(max_bytes) : 0;
+  std::string out(static_cast<size_t>(size - from), '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    ssize_t n =
+        ::pread(fd.get(), out.data() + got, out.size() - got, from + static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("reading " + paths_.console_log);
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  out.resize(got);
   return out;
 }
 

@@ -89,6 +89,10 @@ struct SandboxUsage {
   double vmm_age_seconds = 0;  // since the VMM process started (a resume starts a new one)
   pid_t vmm_pid = 0;
   uint64_t vmm_start_time = 0;  // the process's start time (clock ticks after boot)
+  // The slot's byte counters since it was set up (net::SlotCounters): 0 without a network, or
+  // when they could not be read (a sample never fails for them).
+  uint64_t net_egress_bytes = 0;
+  uint64_t net_ingress_bytes = 0;
 };
 
 // The guest's `identity` op for `identity`: the clock now and fresh entropy with it (empty
@@ -207,6 +211,8 @@ class Sandbox {
   Status SetEgress(const net::EgressPolicy& policy);
   // The last lines the VMM and the guest console wrote: why a VMM died, for the log.
   std::string DiagnosticTail() const;
+  // The last `max_bytes` of the guest's console log ("" if it wrote none).
+  Result<std::string> ConsoleTail(size_t max_bytes) const;
   // Stops the VM and releases everything; idempotent.
   void Kill();
   // Lets the VM run on for the next agent to adopt (Adopt): closes the guest and VMM

@@ -12,6 +12,47 @@
 #include "common/sandbox_id.h"
 
 namespace moat::api {
+namespace {
+
+int64_t MillisSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t)
+      .count();
+}
+
+// The storage record of a paused sandbox's snapshot: one per pause.
+std::string PauseSnapshotId(const store::SandboxRecord& r, int64_t at_ms) {
+  return r.id + "@" + std::to_string(at_ms);
+}
+
+// Ends the storage record of the sandbox's last pause (named in its last "paused" event).
+void EndPauseStorage(store::Store& store, const std::string& sandbox_id) {
+  auto events = store.SandboxEvents(sandbox_id);
+  if (!events.ok()) return;
+  for (auto it = events->rbegin(); it != events->rend(); ++it) {
+    if (it->kind != "paused") continue;
+    auto detail = nlohmann::json::parse(it->detail, nullptr, false);
+    if (detail.is_object() && detail.contains("storageID") && detail["storageID"].is_string()) {
+      (void)store.RecordSnapshotDeleted(detail["storageID"].get<std::string>(), UnixMillisNow());
+    }
+    return;
+  }
+}
+
+// A snapshot starts to be billed: its size is the sandbox's memory (the memory file, written
+// whole) — the disk layer is not counted (docs/usage.md).
+void RecordSnapshotStorage(store::Store& store, const std::string& id,
+                           const store::SandboxRecord& r, int64_t at_ms) {
+  store::SnapshotStorageRecord s{.id = id,
+                                 .team_id = r.team_id,
+                                 .template_id = r.template_id,
+                                 .bytes = int64_t{r.memory_mb} * 1024 * 1024,
+                                 .created_at_ms = at_ms};
+  if (Status st = store.RecordSnapshotStored(s); !st.ok()) {
+    LogWarn("api.snapshot_usage_failed", {{"snapshot", id}, {"error", st.ToString()}});
+  }
+}
+
+}  // namespace
 
 int64_t UnixMillisNow() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -42,6 +83,9 @@ Result<std::unique_ptr<SandboxController>> SandboxController::Start(HostDirector
     MOAT_RETURN_IF_ERROR(c->Reconcile(*host));
   }
   c->reaper_ = GuardedThread("reaper", [p = c.get()] { p->ReaperLoop(); });
+  if (c->history_.enabled()) {
+    c->usage_ = GuardedThread("usage", [p = c.get()] { p->UsageLoop(); });
+  }
   return c;
 }
 
@@ -87,6 +131,7 @@ Status SandboxController::Reconcile(HostAgent& host) {
     // it was never re-adopted. Its record goes too.
     bool was_left = std::find(cleaned.begin(), cleaned.end(), r.id) != cleaned.end();
     MOAT_RETURN_IF_ERROR(store.DeleteSandbox(r.id));
+    history_.Ended(r.id, r.team_id, store::kEndError, "not running after moatd restarted");
     LogInfo("api.sandbox_dropped",
             {{"sandbox", r.id},
              {"state", SandboxStateName(r.state)},
@@ -119,6 +164,7 @@ SandboxController::~SandboxController() {
   }
   cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
+  if (usage_.joinable()) usage_.join();
 }
 
 Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& team,
@@ -198,6 +244,8 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
     r.state = SandboxState::kRunning;
     if (choice.custom) (void)store_.RecordTemplateSpawn(choice.record_id, UnixMillisNow());
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    history_.Created(r, choice.snapshot ? "snapshot" : "", choice.snapshot ? choice.record_id : "",
+                     static_cast<int64_t>(secs * 1000));
     metrics_.create_latency().Observe(secs);
     LogInfo("api.sandbox_created", {{"sandbox", r.id},
                                     {"team", team.id},
@@ -262,6 +310,7 @@ Result<SandboxController::TemplateChoice> SandboxController::ResolveTemplate(
   if (!snap) return NotFound("template '" + template_id + "' not found");
   c.record_id = c.host_name = snap->id;
   c.host_id = snap->host_id;
+  c.snapshot = true;
   return c;
 }
 
@@ -292,6 +341,9 @@ Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::strin
                 .count();
   LogInfo("api.snapshot_created",
           {{"snapshot", snap.id}, {"sandbox", r.id}, {"team", team_id}, {"ms", ms}});
+  history_.Event(r.id, team_id, "snapshot", ms,
+                 nlohmann::json{{"snapshotID", snap.id}, {"name", a.name}}.dump());
+  if (history_.enabled()) RecordSnapshotStorage(store_, snap.id, r, snap.created_at_ms);
   return snap;
 }
 
@@ -312,6 +364,7 @@ Status SandboxController::DeleteSnapshot(const std::string& team_id,
   if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
   MOAT_RETURN_IF_ERROR(store_.DeleteSnapshot(snap->id));
   LogInfo("api.snapshot_deleted", {{"snapshot", snap->id}, {"team", team_id}});
+  if (history_.enabled()) (void)store_.RecordSnapshotDeleted(snap->id, UnixMillisNow());
   return Status::Ok();
 }
 
@@ -407,6 +460,7 @@ void SandboxController::Abandon(const store::SandboxRecord& r, const char* why) 
     LogError("api.sandbox_abandon_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
   }
   LogInfo("api.sandbox_released", {{"sandbox", r.id}, {"reason", why}});
+  history_.Ended(r.id, r.team_id, store::kEndError, why);
 }
 
 Status SandboxController::Release(const store::SandboxRecord& r, const char* why) {
@@ -428,6 +482,7 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
   Status killed = Status::Ok();
   if (r.state != SandboxState::kLost) {
     MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+    if (r.state != SandboxState::kKilling) KeepConsole(*host, r);
     killed = host->Kill(id);
   } else if (auto host = HostOf(r); host.ok()) {
     // A lost sandbox's host was cut off or fenced: asked once, in case it is back; when its agent
@@ -452,6 +507,19 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
   if (HoldsResources(r.state)) hosts_.Release(r.host_id, ReservationOf(r));
   MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
   LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
+  std::string_view w(why);
+  if (r.state == SandboxState::kLost) {
+    history_.Ended(id, r.team_id, store::kEndHostLost, "its host stopped heartbeating");
+  } else if (w == "timeout") {
+    history_.Ended(id, r.team_id, store::kEndTimeout);
+  } else if (w == "vmm exited") {
+    history_.Ended(id, r.team_id, store::kEndError, "the VMM exited");
+  } else if (r.state == SandboxState::kError && w != "killed") {
+    history_.Ended(id, r.team_id, store::kEndError, "its guest broke the protocol");
+  } else {
+    history_.Ended(id, r.team_id, store::kEndKilled);
+  }
+  if (r.state == SandboxState::kPaused && history_.enabled()) EndPauseStorage(store_, id);
   return Status::Ok();
 }
 
@@ -469,7 +537,10 @@ Status SandboxController::UpdateNetwork(const std::string& team_id, const std::s
                               ": resume it to change its network");
   }
   MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
-  return host->SetEgress(r.id, egress);
+  MOAT_RETURN_IF_ERROR(host->SetEgress(r.id, egress));
+  history_.Event(r.id, r.team_id, "network", 0,
+                 egress.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  return Status::Ok();
 }
 
 Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, uint16_t port) {
@@ -578,6 +649,7 @@ Status SandboxController::WakeForTraffic(const std::string& id, std::string_view
 }
 
 Status SandboxController::PauseRecord(const store::SandboxRecord& r, bool keep_memory) {
+  auto started = std::chrono::steady_clock::now();
   MOAT_ASSIGN_OR_RETURN(bool mine,
                         Transition(r.id, SandboxState::kRunning, SandboxState::kPausing));
   if (!mine) {
@@ -599,11 +671,23 @@ Status SandboxController::PauseRecord(const store::SandboxRecord& r, bool keep_m
   }
   // A paused sandbox holds only disk on its host.
   hosts_.Release(r.host_id, ReservationOf(r));
+  if (history_.enabled()) {
+    int64_t at = UnixMillisNow();
+    std::string storage_id = PauseSnapshotId(r, at);
+    RecordSnapshotStorage(store_, storage_id, r, at);
+    history_.Event(r.id, r.team_id, "paused", MillisSince(started),
+                   nlohmann::json{{"memory", keep_memory},
+                                  {"reason", CurrentActor() != nullptr ? "request" : "timeout"},
+                                  {"storageID", storage_id}}
+                       .dump(),
+                   "paused", r.host_id);
+  }
   return Status::Ok();
 }
 
 Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecord r,
                                                              int64_t timeout_s) {
+  auto started = std::chrono::steady_clock::now();
   QuotaGate::Ask ask{.sandboxes = 1, .vcpus = r.cpu_count, .memory_mib = r.memory_mb};
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(r.team_id, ask));
   // It resumes on the host that holds its snapshot, which must have room for it again.
@@ -637,6 +721,10 @@ Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecor
   r.end_at_ms = UnixMillisNow() + (timeout_s > 0 ? timeout_s : 300) * 1000;
   MOAT_RETURN_IF_ERROR(store_.SetSandboxEndAt(r.id, r.end_at_ms));
   LogInfo("api.sandbox_resumed", {{"sandbox", r.id}});
+  if (history_.enabled()) {
+    EndPauseStorage(store_, r.id);
+    history_.Event(r.id, r.team_id, "resumed", MillisSince(started), "", "running", r.host_id);
+  }
   return r;
 }
 
@@ -653,6 +741,7 @@ Result<store::SandboxRecord> SandboxController::Resume(const std::string& team_i
 Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::string& team_id,
                                                                   const std::string& id, int count,
                                                                   int64_t timeout_s) {
+  auto fork_started = std::chrono::steady_clock::now();
   MOAT_ASSIGN_OR_RETURN(auto parent, Get(team_id, id));
   if (parent.state != SandboxState::kRunning) {
     return FailedPrecondition("sandbox \"" + id + "\" is " +
@@ -712,6 +801,14 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
   std::erase_if(out,
                 [](const store::SandboxRecord& r) { return r.state != SandboxState::kRunning; });
   LogInfo("api.sandbox_forked", {{"sandbox", parent.id}, {"children", count}});
+  int64_t fork_ms = MillisSince(fork_started);
+  nlohmann::json children = nlohmann::json::array();
+  for (const auto& r : out) {
+    history_.Created(r, "fork", parent.id, fork_ms);
+    children.push_back(r.id);
+  }
+  history_.Event(parent.id, parent.team_id, "forked", fork_ms,
+                 nlohmann::json{{"children", children}}.dump());
   return out;
 }
 
@@ -729,6 +826,12 @@ void SandboxController::ReportFault(const std::string& id, const std::string& fa
   auto changed = Transition(id, SandboxState::kRunning, SandboxState::kError);
   if (changed.ok() && *changed) {
     LogWarn("api.sandbox_error", {{"sandbox", id}, {"fault", fault}});
+    if (auto r = store_.GetSandbox(id); r.ok() && *r) {
+      history_.Event(id, (*r)->team_id, "fault", 0,
+                     nlohmann::json{{"fault", fault}}.dump(
+                         -1, ' ', false, nlohmann::json::error_handler_t::replace),
+                     "error");
+    }
   }
 }
 
@@ -820,6 +923,84 @@ int SandboxController::ReclaimStaleCreating(std::chrono::milliseconds older_than
   }
   for (const auto& r : *stale) Abandon(r, "janitor: its create never finished");
   return static_cast<int>(stale->size());
+}
+
+void SandboxController::KeepConsole(HostAgent& host, const store::SandboxRecord& r) {
+  if (!history_.enabled()) return;
+  if (r.state == SandboxState::kRunning || r.state == SandboxState::kError) {
+    // The network counters' last reading: what the slot counted since the last meter pass.
+    if (auto usage = host.Usage(r.id); usage.ok()) {
+      int64_t now = UnixMillisNow();
+      (void)store_.RecordNetUsage(r.id, now - now % 3600000,
+                                  static_cast<int64_t>(usage->net_egress_bytes),
+                                  static_cast<int64_t>(usage->net_ingress_bytes));
+    }
+  }
+  auto text = host.ConsoleLog(r.id, HistoryLog::kConsoleKeep);
+  if (text.ok()) {
+    history_.Console(r.id, std::move(*text));
+  } else if (text.status().code() != ErrorCode::kNotFound) {
+    LogDebug("api.console_unavailable", {{"sandbox", r.id}, {"error", text.status().ToString()}});
+  }
+}
+
+Result<std::string> SandboxController::ConsoleLog(const std::string& team_id,
+                                                  const std::string& id) {
+  MOAT_ASSIGN_OR_RETURN(auto r, Get(team_id, id));
+  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  return host->ConsoleLog(r.id, HistoryLog::kConsoleKeep);
+}
+
+void SandboxController::MeterOnce(bool prune) {
+  auto leader = store_.Lead("usage");
+  if (!leader.ok() || !*leader) return;
+  auto all = store_.AllSandboxes();
+  if (!all.ok()) {
+    LogError("api.usage_store_failed", {{"error", all.status().ToString()}});
+    return;
+  }
+  int64_t now = UnixMillisNow();
+  int64_t hour = now - now % 3600000;
+  for (const auto& r : *all) {
+    if (r.state != SandboxState::kRunning && r.state != SandboxState::kError) continue;
+    auto host = HostOf(r);
+    if (!host.ok()) continue;
+    auto usage = (*host)->Usage(r.id);
+    if (!usage.ok()) continue;  // gone meanwhile: the reaper settles it
+    Status s = store_.RecordNetUsage(r.id, hour, static_cast<int64_t>(usage->net_egress_bytes),
+                                     static_cast<int64_t>(usage->net_ingress_bytes));
+    if (!s.ok() && s.code() != ErrorCode::kNotFound) {
+      LogWarn("api.usage_meter_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
+    }
+  }
+  if (prune) {
+    int64_t before =
+        now -
+        std::chrono::duration_cast<std::chrono::milliseconds>(options_.history_retention).count();
+    auto pruned = store_.PruneHistory(before, now);
+    if (!pruned.ok()) {
+      LogError("api.history_prune_failed", {{"error", pruned.status().ToString()}});
+    } else if (pruned->histories + pruned->audit + pruned->events + pruned->commands > 0) {
+      LogInfo("api.history_pruned", {{"histories", pruned->histories},
+                                     {"events", pruned->events},
+                                     {"commands", pruned->commands},
+                                     {"audit", pruned->audit}});
+    }
+  }
+}
+
+void SandboxController::UsageLoop() {
+  std::unique_lock lock(mu_);
+  auto next_prune = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    cv_.wait_for(lock, options_.usage_interval);
+    if (stopping_) break;
+    lock.unlock();
+    bool prune = std::chrono::steady_clock::now() >= next_prune;
+    if (prune) next_prune = std::chrono::steady_clock::now() + std::chrono::hours(1);
+    MeterOnce(prune);
+    lock.lock();
+  }
 }
 
 void SandboxController::ReaperLoop() {

@@ -19,6 +19,7 @@
 
 #include "api/data_plane.h"
 #include "api/host_agent.h"
+#include "api/history.h"
 #include "api/host_directory.h"
 #include "api/metrics.h"
 #include "api/sandbox_actions.h"
@@ -36,6 +37,12 @@ struct ControllerOptions {
   bool reconcile_at_start = true;
   // Custom templates (api/templates.h); unset: not offered (the routes answer 503).
   std::optional<TemplateOptions> templates;
+  // History, audit and usage (api/history.h): recorded unless off (moatd --history=false).
+  bool history = true;
+  // Ended sandboxes' history, audit records and usage buckets older than this are pruned.
+  std::chrono::hours history_retention{24 * 30};
+  // How often running sandboxes' network counters are metered (and the prune runs, hourly).
+  std::chrono::milliseconds usage_interval{60000};
 };
 
 class SandboxController {
@@ -125,6 +132,13 @@ class SandboxController {
 
   // Per-team quotas: create, resume (connect to a paused sandbox) and fork are admitted here.
   QuotaGate& quotas() { return quotas_; }
+  HistoryLog& history() { return history_; }
+  // The running sandbox's console log as its host has it now (its last HistoryLog::kConsoleKeep
+  // bytes).
+  Result<std::string> ConsoleLog(const std::string& team_id, const std::string& id);
+  // Meters every running sandbox's network counters once (the usage loop's pass; tests call
+  // it), and prunes history past the retention period when `prune`.
+  void MeterOnce(bool prune);
 
   // What /metrics reads from the store: sandboxes per state, fleet-wide and per host, and the
   // registered hosts (capacity, reservations, state, heartbeat). On a store error, what could be
@@ -143,10 +157,19 @@ class SandboxController {
  private:
   SandboxController(HostDirectory& hosts, store::Store& store, Metrics& metrics,
                     ControllerOptions options)
-      : hosts_(hosts), store_(store), metrics_(metrics), options_(options), quotas_(store) {}
+      : hosts_(hosts),
+        store_(store),
+        metrics_(metrics),
+        options_(options),
+        quotas_(store),
+        history_(&store, options.history) {}
   // Reconciles the store with the single host (ControllerOptions::reconcile_at_start).
   Status Reconcile(HostAgent& host);
   void ReaperLoop();
+  void UsageLoop();
+  // Before its VM goes: the sandbox's last network reading and its console log (the host's
+  // tail of it) go to its history.
+  void KeepConsole(HostAgent& host, const store::SandboxRecord& r);
   // Moves the record to killing (from the state it was read in), has the agent kill the VM (or
   // delete a paused sandbox's snapshot), then deletes the record.
   Status Release(const store::SandboxRecord& r, const char* why);
@@ -170,6 +193,7 @@ class SandboxController {
     uint32_t vcpus = 0, memory_mib = 0, disk_mib = 0;
     std::string default_user;
     bool custom = false;
+    bool snapshot = false;  // record_id is a named snapshot
   };
   Result<TemplateChoice> ResolveTemplate(const std::string& team_id,
                                          const std::string& template_id);
@@ -181,6 +205,7 @@ class SandboxController {
   ControllerOptions options_;
   QuotaGate quotas_;
   std::unique_ptr<TemplateService> templates_;
+  HistoryLog history_;
 
   // The previous CPU reading per sandbox, for cpu_used_pct.
   struct CpuReading {
@@ -199,6 +224,7 @@ class SandboxController {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread reaper_;
+  std::thread usage_;
 };
 
 int64_t UnixMillisNow();

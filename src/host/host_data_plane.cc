@@ -9,7 +9,8 @@ std::unique_ptr<api::LocalDataPlane> FleetHostDataPlane(api::store::Store& store
                                                         InProcessHostAgent& host,
                                                         agent::Agent& agent, api::Metrics& metrics,
                                                         api::PortProxyOptions proxy_options,
-                                                        size_t max_body_bytes, bool network) {
+                                                        size_t max_body_bytes, bool network,
+                                                        api::HistoryLog* history) {
   std::string host_id = host.host_id();
   // Kept until the store says the sandbox changed (or briefly, without the feed), and through a
   // database outage (the VM itself is the proof that it runs here).
@@ -42,7 +43,7 @@ std::unique_ptr<api::LocalDataPlane> FleetHostDataPlane(api::store::Store& store
     };
   }
   api::routes::EnvdContext ctx{std::move(find_running), std::move(report_fault), &metrics,
-                               GuestLookupOf(agent)};
+                               GuestLookupOf(agent), history};
   return std::make_unique<api::LocalDataPlane>(std::move(ctx), std::move(resolver), proxy_options,
                                                metrics, max_body_bytes);
 }

@@ -21,6 +21,7 @@ std::unique_ptr<api::LocalDataPlane> FleetHostDataPlane(api::store::Store& store
                                                         InProcessHostAgent& host,
                                                         agent::Agent& agent, api::Metrics& metrics,
                                                         api::PortProxyOptions proxy_options,
-                                                        size_t max_body_bytes, bool network);
+                                                        size_t max_body_bytes, bool network,
+                                                        api::HistoryLog* history);
 
 }  // namespace moat::host

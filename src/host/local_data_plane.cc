@@ -123,7 +123,7 @@ Result<std::unique_ptr<ApiServer>> StartWithLocalDataPlane(http::ServerOptions o
       [&controller](const std::string& id, const std::string& fault) {
         controller.ReportFault(id, fault);
       },
-      &metrics, std::move(guest_of)};
+      &metrics, std::move(guest_of), &controller.history()};
   auto plane = std::make_unique<LocalDataPlane>(std::move(ec), std::move(resolver), proxy_options,
                                                 metrics, options.body_limit);
   return ApiServer::Start(std::move(options), controller, store, metrics, std::move(plane),

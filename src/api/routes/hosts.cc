@@ -77,11 +77,11 @@ void RegisterHostRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("GET", "/hosts",
              Authed(ctx, [&ctx](auto&, auto& w, const auto& team) { List(ctx, w, team); }));
   router.Add("POST", "/hosts/{hostID}/drain",
-             Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+             Audited(ctx, "host.drain", "hostID", [&ctx](auto& req, auto& w, const auto& team) {
                SetDraining(ctx, req, w, team, /*draining=*/true);
              }));
   router.Add("POST", "/hosts/{hostID}/undrain",
-             Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+             Audited(ctx, "host.undrain", "hostID", [&ctx](auto& req, auto& w, const auto& team) {
                SetDraining(ctx, req, w, team, /*draining=*/false);
              }));
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -9,6 +10,10 @@
 #include "api/metrics.h"
 #include "api/sandbox_controller.h"
 #include "api/store/store.h"
+
+namespace moat::api {
+class DashboardState;  // api/dashboard.h
+}  // namespace moat::api
 
 namespace moat::api::routes {
 
@@ -20,6 +25,9 @@ struct ControlContext {
   Metrics* metrics;
   std::string envd_version;
   std::string domain;  // the sandbox domain; empty: answered as null
+  // The dashboard's files, sign-in limits and terminals; RegisterDashboardRoutes makes it when
+  // null (its files then from DefaultDashboardDir()).
+  std::shared_ptr<DashboardState> dashboard;
 };
 
 // Control API (E2B-WIRE §2): /sandboxes, /v2/sandboxes and their sub-resources.
@@ -40,11 +48,30 @@ void RegisterTeamRoutes(http::Router& router, ControlContext& ctx);
 void RegisterHostRoutes(http::Router& router, ControlContext& ctx);
 // moat's own: /healthz, /metrics, /openapi.json.
 void RegisterSystemRoutes(http::Router& router, ControlContext& ctx);
+// The dashboard's API (docs/dashboard-contract.md): /dashboard/api/session (sign-in, its read,
+// sign-out) and the web terminal, /dashboard/api/sandboxes/{sandboxID}/terminal.
+void RegisterDashboardRoutes(http::Router& router, ControlContext& ctx);
+inline constexpr const char* kDashboardSessionPath = "/dashboard/api/session";
+// The dashboard's files (api/dashboard_static.h), which no route pattern can name: answers a
+// request for /dashboard or under /dashboard/ (but /dashboard/api/) and returns true; false for
+// any other path.
+bool ServeDashboardFiles(ControlContext& ctx, const http::Request& req, http::ResponseWriter& w);
 using TeamHandler =
     std::function<void(http::Request&, http::ResponseWriter&, const store::TeamRecord&)>;
-// Authenticates with X-API-KEY (401 without a valid one), then runs the handler for the key's
-// team.
+// Authenticates with X-API-KEY or a dashboard session (401 without valid credentials), then
+// runs the handler for the key's team, as its actor (api/history.h).
 http::Handler Authed(ControlContext& ctx, TeamHandler fn);
+// Authed, and the action goes to the audit log once answered: `action` ("sandbox.kill"), its
+// target from the path parameter `target_param` (or, where that is empty or absent, the
+// answer's "sandboxID"/"templateID"/"id"), the status answered and, for an error, its message.
+http::Handler Audited(ControlContext& ctx, std::string action, std::string target_param,
+                      TeamHandler fn);
+// The client's address: X-Forwarded-For's first hop when the peer is loopback (a proxy on the
+// host), else the peer's host.
+std::string SourceAddress(const http::Request& req);
+// History, audit, usage and E2B's logs route: /history..., /audit, /usage,
+// /sandboxes/{id}/logs.
+void RegisterHistoryRoutes(http::Router& router, ControlContext& ctx);
 // GET /metrics' caller: X-API-Key, or `Authorization: Bearer <key>` (what Prometheus sends).
 Result<store::TeamRecord> MetricsCaller(store::Store& store, const http::Request& req);
 // Compact JSON; invalid UTF-8 is replaced, never thrown on.

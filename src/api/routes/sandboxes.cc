@@ -134,6 +134,10 @@ http::Handler Authed(ControlContext& ctx, TeamHandler fn) {
     if (!caller.ok()) return SendRestError(w, caller.status());
     req.auth_key_id = caller->key_id;
     req.auth_key_name = caller->key_name;
+    if (req.request_id.empty()) req.request_id = RandomToken("", 8);
+    Actor actor{caller->team.id, caller->key_id, caller->key_name, SourceAddress(req),
+                req.request_id};
+    ScopedActor scope(&actor);
     fn(req, w, caller->team);
   };
 }
@@ -143,10 +147,12 @@ std::string DumpJson(const json& j) {
 }
 
 void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
-  router.Add("POST", "/v2/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+  router.Add("POST", "/v2/sandboxes",
+             Audited(ctx, "sandbox.create", "", [&ctx](auto& req, auto& w, const auto& team) {
                Create(ctx, req, w, team, 300);
              }));
-  router.Add("POST", "/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
+  router.Add("POST", "/sandboxes",
+             Audited(ctx, "sandbox.create", "", [&ctx](auto& req, auto& w, const auto& team) {
                Create(ctx, req, w, team, 15);
              }));
   router.Add("GET", "/v2/sandboxes", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
@@ -185,19 +191,22 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                SendJson(w, 200, Dump(out));
              }));
   router.Add("DELETE", "/sandboxes/{sandboxID}",
-             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               Status s = ctx.controller->Kill(team.id, req.Param("sandboxID"));
-               if (!s.ok()) return SendRestError(w, s);
-               SendNoContent(w);
-             }));
+             Audited(ctx, "sandbox.kill", "sandboxID",
+                     [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+                       Status s = ctx.controller->Kill(team.id, req.Param("sandboxID"));
+                       if (!s.ok()) return SendRestError(w, s);
+                       SendNoContent(w);
+                     }));
   router.Add("POST", "/sandboxes/{sandboxID}/timeout",
-             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               auto secs = ParseSeconds(req.body, "timeout", std::nullopt);
-               if (!secs.ok()) return SendRestError(w, secs.status());
-               Status s = ctx.controller->SetTimeout(team.id, req.Param("sandboxID"), *secs);
-               if (!s.ok()) return SendRestError(w, s);
-               SendNoContent(w);
-             }));
+             Audited(ctx, "sandbox.timeout", "sandboxID",
+                     [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+                       auto secs = ParseSeconds(req.body, "timeout", std::nullopt);
+                       if (!secs.ok()) return SendRestError(w, secs.status());
+                       Status s =
+                           ctx.controller->SetTimeout(team.id, req.Param("sandboxID"), *secs);
+                       if (!s.ok()) return SendRestError(w, s);
+                       SendNoContent(w);
+                     }));
   router.Add("POST", "/sandboxes/{sandboxID}/refreshes",
              Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
                // Without a duration a refresh keeps the sandbox for the default 60 s more.
@@ -208,41 +217,45 @@ void RegisterSandboxRoutes(http::Router& router, ControlContext& ctx) {
                SendNoContent(w);
              }));
   router.Add("PUT", "/sandboxes/{sandboxID}/network",
-             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               auto egress = ParseNetworkUpdate(req.body);
-               if (!egress.ok()) return SendRestError(w, egress.status());
-               Status s =
-                   ctx.controller->UpdateNetwork(team.id, req.Param("sandboxID"), egress->ToJson());
-               if (!s.ok()) return SendRestError(w, s);
-               SendNoContent(w);
-             }));
+             Audited(ctx, "sandbox.network", "sandboxID",
+                     [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+                       auto egress = ParseNetworkUpdate(req.body);
+                       if (!egress.ok()) return SendRestError(w, egress.status());
+                       Status s = ctx.controller->UpdateNetwork(team.id, req.Param("sandboxID"),
+                                                                egress->ToJson());
+                       if (!s.ok()) return SendRestError(w, s);
+                       SendNoContent(w);
+                     }));
   router.Add("POST", "/sandboxes/{sandboxID}/pause",
-             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               auto keep_memory = ParsePauseKeepsMemory(req.body);
-               if (!keep_memory.ok()) return SendRestError(w, keep_memory.status());
-               Status s = ctx.controller->Pause(team.id, req.Param("sandboxID"), *keep_memory);
-               if (!s.ok()) return SendRestError(w, s);
-               SendNoContent(w);
-             }));
+             Audited(ctx, "sandbox.pause", "sandboxID",
+                     [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+                       auto keep_memory = ParsePauseKeepsMemory(req.body);
+                       if (!keep_memory.ok()) return SendRestError(w, keep_memory.status());
+                       Status s =
+                           ctx.controller->Pause(team.id, req.Param("sandboxID"), *keep_memory);
+                       if (!s.ok()) return SendRestError(w, s);
+                       SendNoContent(w);
+                     }));
   router.Add("POST", "/sandboxes/{sandboxID}/resume",
-             Authed(ctx, [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               auto secs = ParseSeconds(req.body, "timeout", 300);
-               if (!secs.ok()) return SendRestError(w, secs.status());
-               auto r = ctx.controller->Resume(team.id, req.Param("sandboxID"), *secs);
-               if (!r.ok()) return SendRestError(w, r.status());
-               SendJson(w, 201, Dump(SandboxJson(ctx, *r)));
-             }));
+             Audited(ctx, "sandbox.resume", "sandboxID",
+                     [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+                       auto secs = ParseSeconds(req.body, "timeout", 300);
+                       if (!secs.ok()) return SendRestError(w, secs.status());
+                       auto r = ctx.controller->Resume(team.id, req.Param("sandboxID"), *secs);
+                       if (!r.ok()) return SendRestError(w, r.status());
+                       SendJson(w, 201, Dump(SandboxJson(ctx, *r)));
+                     }));
+  router.Add("POST", "/sandboxes/{sandboxID}/fork",
+             Audited(ctx, "sandbox.fork", "sandboxID",
+                     [&ctx](auto& req, auto& w, const auto& team) { Fork(ctx, req, w, team); }));
   router.Add(
-      "POST", "/sandboxes/{sandboxID}/fork",
-      Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Fork(ctx, req, w, team); }));
-  router.Add("POST", "/v2/sandboxes/{sandboxID}/connect",
-             Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
-               Connect(ctx, req, w, team, true);
-             }));
-  router.Add("POST", "/sandboxes/{sandboxID}/connect",
-             Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
-               Connect(ctx, req, w, team, false);
-             }));
+      "POST", "/v2/sandboxes/{sandboxID}/connect",
+      Audited(ctx, "sandbox.connect", "sandboxID",
+              [&ctx](auto& req, auto& w, const auto& team) { Connect(ctx, req, w, team, true); }));
+  router.Add(
+      "POST", "/sandboxes/{sandboxID}/connect",
+      Audited(ctx, "sandbox.connect", "sandboxID",
+              [&ctx](auto& req, auto& w, const auto& team) { Connect(ctx, req, w, team, false); }));
 }
 
 }  // namespace moat::api::routes

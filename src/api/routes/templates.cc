@@ -34,14 +34,18 @@ TemplateService* Service(ControlContext& ctx) {
   return ctx.controller->templates();
 }
 
+// With `action`: the answered request goes to the audit log (Audited).
 template <typename F>
-http::Handler WithTemplates(ControlContext& ctx, F fn) {
-  return Authed(
-      ctx, [&ctx, fn](http::Request& req, http::ResponseWriter& w, const store::TeamRecord& team) {
-        TemplateService* t = Service(ctx);
-        if (t == nullptr) return SendRestError(w, Unavailable("custom templates are not enabled"));
-        fn(*t, req, w, team);
-      });
+http::Handler WithTemplates(ControlContext& ctx, F fn, std::string action = "",
+                            std::string target_param = "") {
+  TeamHandler h = [&ctx, fn](http::Request& req, http::ResponseWriter& w,
+                             const store::TeamRecord& team) {
+    TemplateService* t = Service(ctx);
+    if (t == nullptr) return SendRestError(w, Unavailable("custom templates are not enabled"));
+    fn(*t, req, w, team);
+  };
+  if (action.empty()) return Authed(ctx, std::move(h));
+  return Audited(ctx, std::move(action), std::move(target_param), std::move(h));
 }
 
 void Answer(http::ResponseWriter& w, int status, const Result<json>& r) {
@@ -53,11 +57,14 @@ void Answer(http::ResponseWriter& w, int status, const Result<json>& r) {
 
 void RegisterTemplateRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("POST", "/v3/templates",
-             WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
-               auto body = Body(req);
-               if (!body.ok()) return SendRestError(w, body.status());
-               Answer(w, 202, t.Register(team, *body));
-             }));
+             WithTemplates(
+                 ctx,
+                 [](TemplateService& t, auto& req, auto& w, const auto& team) {
+                   auto body = Body(req);
+                   if (!body.ok()) return SendRestError(w, body.status());
+                   Answer(w, 202, t.Register(team, *body));
+                 },
+                 "template.create", ""));
   router.Add("GET", "/templates/{templateID}/files/{hash}",
              WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
                Answer(w, 201,
@@ -84,14 +91,18 @@ void RegisterTemplateRoutes(http::Router& router, ControlContext& ctx) {
     SendJson(w, 200, "{}");
   });
   router.Add("POST", "/v2/templates/{templateID}/builds/{buildID}",
-             WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
-               auto body = Body(req);
-               if (!body.ok()) return SendRestError(w, body.status());
-               Status s = t.StartBuild(team, req.Param("templateID"), req.Param("buildID"), *body);
-               if (!s.ok()) return SendRestError(w, s);
-               // Empty, with Content-Length: 0 (the SDK parses any other 2xx body as JSON).
-               (void)w.Send(202, {}, "");
-             }));
+             WithTemplates(
+                 ctx,
+                 [](TemplateService& t, auto& req, auto& w, const auto& team) {
+                   auto body = Body(req);
+                   if (!body.ok()) return SendRestError(w, body.status());
+                   Status s =
+                       t.StartBuild(team, req.Param("templateID"), req.Param("buildID"), *body);
+                   if (!s.ok()) return SendRestError(w, s);
+                   // Empty, with Content-Length: 0 (the SDK parses any other 2xx body as JSON).
+                   (void)w.Send(202, {}, "");
+                 },
+                 "template.build", "templateID"));
   router.Add(
       "GET", "/templates/{templateID}/builds/{buildID}/status",
       WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
@@ -123,19 +134,25 @@ void RegisterTemplateRoutes(http::Router& router, ControlContext& ctx) {
                Answer(w, 200, t.Tags(team, req.Param("templateID")));
              }));
   router.Add("POST", "/templates/tags",
-             WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
-               auto body = Body(req);
-               if (!body.ok()) return SendRestError(w, body.status());
-               Answer(w, 201, t.AssignTags(team, *body));
-             }));
+             WithTemplates(
+                 ctx,
+                 [](TemplateService& t, auto& req, auto& w, const auto& team) {
+                   auto body = Body(req);
+                   if (!body.ok()) return SendRestError(w, body.status());
+                   Answer(w, 201, t.AssignTags(team, *body));
+                 },
+                 "template.tag", ""));
   router.Add("DELETE", "/templates/tags",
-             WithTemplates(ctx, [](TemplateService& t, auto& req, auto& w, const auto& team) {
-               auto body = Body(req);
-               if (!body.ok()) return SendRestError(w, body.status());
-               Status s = t.RemoveTags(team, *body);
-               if (!s.ok()) return SendRestError(w, s);
-               SendNoContent(w);
-             }));
+             WithTemplates(
+                 ctx,
+                 [](TemplateService& t, auto& req, auto& w, const auto& team) {
+                   auto body = Body(req);
+                   if (!body.ok()) return SendRestError(w, body.status());
+                   Status s = t.RemoveTags(team, *body);
+                   if (!s.ok()) return SendRestError(w, s);
+                   SendNoContent(w);
+                 },
+                 "template.untag", ""));
 }
 
 }  // namespace moat::api::routes

@@ -65,7 +65,7 @@ http::Handler WithSandbox(EnvdContext& ctx, EnvdErrors errors, EnvdAuth auth,
       user = running->options.default_user.empty() ? std::string(kDefaultUser)
                                                    : running->options.default_user;
     }
-    EnvdCall call{req, std::move(*running), *user, *ctx.metrics, ctx.guest_of};
+    EnvdCall call{req, std::move(*running), *user, *ctx.metrics, ctx.guest_of, ctx.history};
     handler(call, w);
   };
 }

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "api/envd_target.h"
+#include "api/history.h"
 #include "api/http/message.h"
 #include "api/http/router.h"
 #include "api/metrics.h"
@@ -36,6 +37,7 @@ struct EnvdCall {
   std::string user;  // never empty
   Metrics& metrics;
   const GuestLookup& guest_of;
+  HistoryLog* history = nullptr;  // where commands are recorded; null: nowhere
   Result<std::shared_ptr<channel::GuestClient>> Guest() { return guest_of(record.id); }
 };
 
@@ -52,6 +54,7 @@ struct EnvdContext {
   FaultReporter report_fault;
   Metrics* metrics;  // a pointer: see ControlContext
   GuestLookup guest_of;
+  HistoryLog* history = nullptr;  // commands are recorded here (null: not at all)
 };
 
 enum class EnvdErrors { kRest, kConnect };

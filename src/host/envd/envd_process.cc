@@ -81,10 +81,80 @@ Result<int64_t> SelectPid(EnvdCall& call, const json& req) {
   return NotFound("no process tagged \"" + *tag + "\"");
 }
 
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// What the history keeps of a command started through envd (api/history.h): recorded when it
+// starts, its output's head and tail gathered as the stream goes, how it ended recorded once.
+class CommandCapture {
+ public:
+  CommandCapture(HistoryLog& log, const EnvdCall& call, const proto::ExecOp& exec) : log_(log) {
+    rec_.sandbox_id = call.record.id;
+    rec_.team_id = call.record.team_id;
+    for (const auto& a : exec.argv) {
+      if (!rec_.command.empty()) rec_.command += ' ';
+      bool plain =
+          !a.empty() && a.find_first_of(" \t\n'\"$`\\;&|<>()*?[]{}!#~") == std::string::npos;
+      if (plain) {
+        rec_.command += a;
+      } else {
+        rec_.command += '\'';
+        for (char c : a) rec_.command += c == '\'' ? std::string("'\\''") : std::string(1, c);
+        rec_.command += '\'';
+      }
+    }
+    rec_.user = exec.user;
+    rec_.cwd = exec.cwd;
+    rec_.started_at_ms = NowMs();
+    rec_.id = log_.CommandStarted(rec_);
+  }
+  ~CommandCapture() { Finish(Status::Ok(), /*detached=*/true); }
+  CommandCapture(const CommandCapture&) = delete;
+  CommandCapture& operator=(const CommandCapture&) = delete;
+
+  void Output(bool is_stderr, std::string_view data) { (is_stderr ? err_ : out_).Append(data); }
+  void Exited(const proto::ExecExited& exit) {
+    if (exit.exit_code) rec_.exit_code = *exit.exit_code;
+    if (exit.signal) rec_.signal = "signal: " + SignalText(*exit.signal);
+    if (exit.timed_out) rec_.error = "the command ran past its timeout and was killed";
+    exited_ = true;
+  }
+  // How the relay ended: the process's end (exited), an error, or the client leaving while it
+  // still ran (detached: it runs on, its end unknown here).
+  void Finish(const Status& s, bool detached) {
+    if (finished_ || rec_.id == 0) return;
+    finished_ = true;
+    if (!exited_) {
+      if (!s.ok()) {
+        if (rec_.error.empty()) rec_.error = s.message();
+        rec_.ended_at_ms = NowMs();
+      } else if (detached) {
+        rec_.error = "the client left while it ran; it runs on, detached";
+      }
+    } else {
+      rec_.ended_at_ms = NowMs();
+    }
+    out_.Fill(&rec_.stdout_head, &rec_.stdout_tail, &rec_.stdout_bytes);
+    err_.Fill(&rec_.stderr_head, &rec_.stderr_tail, &rec_.stderr_bytes);
+    log_.CommandFinished(rec_);
+  }
+
+ private:
+  HistoryLog& log_;
+  store::CommandRecord rec_;
+  OutputTail out_, err_;
+  bool exited_ = false;
+  bool finished_ = false;
+};
+
 // Relays an exec or attach stream to the client until the process ends, the deadline passes or
 // the client goes away (then the process keeps running, detached).
 Status Relay(EnvdCall& call, GuestClient& guest, GuestClient::Stream& stream,
-             const StreamLimits& limits, StreamSink& sink, bool is_start, bool pty) {
+             const StreamLimits& limits, StreamSink& sink, bool is_start, bool pty,
+             CommandCapture* capture = nullptr) {
   auto opened = Clock::now();
   bool started = false;
   bool timed_out = false;
@@ -128,6 +198,7 @@ Status Relay(EnvdCall& call, GuestClient& guest, GuestClient::Stream& stream,
           }
           if (!sink.Send({{"event", {{"start", {{"pid", start->pid}}}}}})) break;
         } else if (auto* exit = std::get_if<proto::ExecExited>(&*event)) {
+          if (capture != nullptr) capture->Exited(*exit);
           if (exit->timed_out) {
             timed_out = true;
           } else if (!sink.Send(EndEvent(*exit))) {
@@ -138,6 +209,8 @@ Status Relay(EnvdCall& call, GuestClient& guest, GuestClient::Stream& stream,
       }
       case StreamEvent::Kind::kData: {
         const char* key = pty ? "pty" : ev->channel == SubChannel::kStderr ? "stderr" : "stdout";
+        if (capture != nullptr)
+          capture->Output(!pty && ev->channel == SubChannel::kStderr, ev->data);
         if (!sink.Send({{"event", {{"data", {{key, codec::Base64Encode(ev->data)}}}}}})) break;
         continue;
       }
@@ -207,7 +280,13 @@ Status Start(EnvdCall& call, const json& req, const StreamLimits& limits, Stream
   exec.timeout_ms = limits.timeout_ms;
   MOAT_ASSIGN_OR_RETURN(auto guest, call.Guest());
   MOAT_ASSIGN_OR_RETURN(auto stream, guest->Open(exec));
-  return Relay(call, *guest, *stream, limits, sink, true, pty != nullptr);
+  std::optional<CommandCapture> capture;
+  if (call.history != nullptr && call.history->enabled())
+    capture.emplace(*call.history, call, exec);
+  Status relayed = Relay(call, *guest, *stream, limits, sink, true, pty != nullptr,
+                         capture ? &*capture : nullptr);
+  if (capture) capture->Finish(relayed, /*detached=*/true);
+  return relayed;
 }
 
 Status ConnectProcess(EnvdCall& call, const json& req, const StreamLimits& limits,
