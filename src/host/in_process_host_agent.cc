@@ -181,7 +181,9 @@ Result<api::HostSandboxUsage> InProcessHostAgent::Usage(const std::string& id) {
                                .cpu_seconds = u.cpu_seconds,
                                .vmm_age_seconds = u.vmm_age_seconds,
                                .vmm_pid = u.vmm_pid,
-                               .vmm_start_time = u.vmm_start_time};
+                               .vmm_start_time = u.vmm_start_time,
+                               .net_egress_bytes = u.net_egress_bytes,
+                               .net_ingress_bytes = u.net_ingress_bytes};
 }
 
 Result<api::HostPortEndpoint> InProcessHostAgent::ResolvePort(const std::string& id,

@@ -169,6 +169,18 @@ EgressPolicy NetworkSlot::policy() const {
   return policy_;
 }
 
+Result<SlotCounters> NetworkSlot::ReadCounters() const {
+  std::lock_guard lock(mu_);
+  if (!owns_links_) return FailedPrecondition("network slot " + slot_.netns + " was released");
+  MOAT_ASSIGN_OR_RETURN(UniqueFd ns, OpenNetns(slot_.netns));
+  MOAT_ASSIGN_OR_RETURN(std::string listing, RunTool({shared_->config.nft_binary, "-j", "list",
+                                                      "counters", "table", "ip", kSlotTable},
+                                                     {}, ns.get(), std::chrono::seconds(2)));
+  auto counters = ParseSlotCounters(listing);
+  if (!counters.ok()) return counters.status().Annotate("network slot " + slot_.netns);
+  return counters;
+}
+
 channel::proto::NetworkOp NetworkSlot::GuestConfig() const {
   channel::proto::NetworkOp op;
   op.interface = kGuestInterface;

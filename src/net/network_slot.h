@@ -22,6 +22,7 @@
 #include "common/unique_fd.h"
 #include "net/domain_proxy.h"
 #include "net/net_config.h"
+#include "net/nft_ruleset.h"
 #include "net/slot_allocator.h"
 #include "net/slot_record.h"
 
@@ -49,6 +50,10 @@ class NetworkSlot {
   // continue) and records it. On failure the previous policy stays in force.
   Status ApplyPolicy(const EgressPolicy& policy);
   EgressPolicy policy() const;
+  // The slot's byte counters since it was set up (net/nft_ruleset.h), read with one `nft -j`
+  // inside its namespace (a few milliseconds; bounded by a 2 s timeout). A slot set up by an
+  // agent from before the counters existed has none: an error, as for a released slot.
+  Result<SlotCounters> ReadCounters() const;
 
   // The `network` request for moat-guest (api/guest-channel.md), sent after every boot,
   // restore and fork: {"op":"network","interface":"eth0","address":"169.254.0.21/30",

@@ -1,5 +1,7 @@
 #include "net/nft_ruleset.h"
 
+#include <nlohmann/json.hpp>
+
 namespace moat::net {
 namespace {
 
@@ -85,6 +87,8 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
   const std::string veth = "\"" + slot.ns_link + "\"";
   const std::string slot_addr = slot.slot_address.ToString();
   std::string t = std::string("table ip ") + kSlotTable + " {\n";
+  t += std::string("  counter ") + kEgressCounter + " {\n  }\n";
+  t += std::string("  counter ") + kIngressCounter + " {\n  }\n";
   t += "  chain domains {\n  }\n";  // declared before the prerouting rule that jumps to it
   t += "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n";
   if (!config.dns_servers.empty()) {
@@ -113,7 +117,14 @@ std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,
   t += "    ct state invalid drop\n";
   t += "    iifname " + veth + " oifname " + tap + " ct status dnat accept\n";
   t += "    iifname " + tap + " oifname " + veth + " jump egress\n  }\n";
-  t += "  chain egress {\n  }\n}\n";
+  t += "  chain egress {\n  }\n";
+  // Usage metering, in a chain of its own that the policy's updates leave alone. At
+  // postrouting every verdict has been given (what the egress chain drops or rejects never
+  // gets here) and both directions pass, whichever hook they came from (forward for the
+  // guest's traffic, output for the domain proxy's and the slot's rejections).
+  t += "  chain usage {\n    type filter hook postrouting priority filter; policy accept;\n";
+  t += "    oifname " + veth + " counter name " + kEgressCounter + "\n";
+  t += "    oifname " + tap + " counter name " + kIngressCounter + "\n  }\n}\n";
   return t + EgressRules(slot, config, policy) + DomainRules(config, policy);
 }
 
@@ -125,6 +136,49 @@ std::string EgressChainUpdate(const SlotAddresses& slot, const NetConfig& config
   return std::string("flush chain ip ") + kSlotTable + " egress\n" + "add chain ip " + kSlotTable +
          " domains\nflush chain ip " + kSlotTable + " domains\n" +
          EgressRules(slot, config, policy) + DomainRules(config, policy);
+}
+
+Result<SlotCounters> ParseSlotCounters(std::string_view nft_json) {
+  using nlohmann::json;
+  const json root = json::parse(nft_json, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) return InvalidArgument("nft counters: not JSON");
+  const auto items = root.is_object() ? root.find("nftables") : root.end();
+  if (items == root.end() || !items->is_array()) {
+    return InvalidArgument("nft counters: no \"nftables\" array");
+  }
+  SlotCounters out;
+  bool seen_egress = false;
+  bool seen_ingress = false;
+  for (const json& item : *items) {
+    if (!item.is_object()) return InvalidArgument("nft counters: an item is not an object");
+    const auto counter = item.find("counter");
+    if (counter == item.end()) continue;  // metainfo
+    if (!counter->is_object()) return InvalidArgument("nft counters: a counter is not an object");
+    const auto name = counter->find("name");
+    const auto table = counter->find("table");
+    const auto bytes = counter->find("bytes");
+    if (name == counter->end() || !name->is_string() || table == counter->end() ||
+        !table->is_string()) {
+      return InvalidArgument("nft counters: a counter without a name or table");
+    }
+    if (table->get_ref<const std::string&>() != kSlotTable) continue;
+    const std::string& n = name->get_ref<const std::string&>();
+    bool* seen = n == kEgressCounter    ? &seen_egress
+                 : n == kIngressCounter ? &seen_ingress
+                                        : nullptr;
+    if (seen == nullptr) continue;
+    if (*seen) return InvalidArgument("nft counters: " + n + " listed twice");
+    if (bytes == counter->end() || !bytes->is_number_unsigned()) {
+      return InvalidArgument("nft counters: " + n + " has no unsigned \"bytes\"");
+    }
+    *seen = true;
+    (n == kEgressCounter ? out.egress_bytes : out.ingress_bytes) = bytes->get<uint64_t>();
+  }
+  if (!seen_egress || !seen_ingress) {
+    return NotFound(std::string("nft counters: ") +
+                    (seen_egress ? kIngressCounter : kEgressCounter) + " is missing");
+  }
+  return out;
 }
 
 std::vector<Ipv4Cidr> AlwaysDeniedRanges(const NetConfig& config) {

@@ -2,19 +2,21 @@
 //
 // Two tables (docs/networking.md):
 //  - in each slot's namespace, table `ip moat`: NAT between the guest's fixed address and the
-//    slot address, DNS forwarding, the ingress DNAT moatd's port proxy uses, and the `egress`
+//    slot address, DNS forwarding, the ingress DNAT moatd's port proxy uses, the `egress`
 //    and `domains` chains, which ApplyPolicy replaces atomically (`domains` redirects what
 //    the egress chain would reject on ports 80/443 to the domain proxy, when the policy names
-//    domains);
+//    domains), and the byte counters of usage metering (SlotCounters);
 //  - in the host namespace, one table per agent (`ip moat_host_<pool>`): slots may not reach
 //    the host or each other, and their traffic is masqueraded on the way out.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/egress_policy.h"
+#include "common/status.h"
 #include "net/net_config.h"
 #include "net/slot_allocator.h"
 
@@ -26,6 +28,24 @@ inline constexpr char kSlotTable[] = "moat";
 // (Host header) and HTTPS (TLS SNI).
 inline constexpr uint16_t kDomainProxyPort = 15080;
 inline constexpr uint16_t kDomainPorts[] = {80, 443};
+
+// The slot table's named counters, kept from set-up to teardown (EgressChainUpdate never
+// touches them). Both count at postrouting, after every filter verdict of the slot, once per
+// IPv4 packet (its IP length): egress what leaves the slot towards the host side (the guest's
+// packets the slot forwards: what the policy let through, DNS, answers to moatd's port proxy;
+// and the domain proxy's connections on the guest's behalf); ingress what is sent to the guest
+// on its tap (from outside, from the domain proxy, and the slot's own ICMP rejections).
+inline constexpr char kEgressCounter[] = "egress_bytes";
+inline constexpr char kIngressCounter[] = "ingress_bytes";
+
+struct SlotCounters {
+  uint64_t egress_bytes = 0;
+  uint64_t ingress_bytes = 0;
+};
+
+// Reads what `nft -j list counters table ip moat` prints: both counters must be there, once
+// each, with unsigned byte counts; anything else is an error (never an exception).
+Result<SlotCounters> ParseSlotCounters(std::string_view nft_json);
 
 // The whole slot table, created once when the slot is set up (the namespace is new and empty).
 std::string SlotRuleset(const SlotAddresses& slot, const NetConfig& config,

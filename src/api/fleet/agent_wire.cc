@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <utility>
 
 namespace moat::api::fleet {
 namespace {
@@ -275,7 +276,9 @@ json UsageToJson(const HostSandboxUsage& u) {
           {"cpuSeconds", u.cpu_seconds},
           {"vmmAgeSeconds", u.vmm_age_seconds},
           {"vmmPid", u.vmm_pid},
-          {"vmmStartTime", u.vmm_start_time}};
+          {"vmmStartTime", u.vmm_start_time},
+          {"netEgressBytes", u.net_egress_bytes},
+          {"netIngressBytes", u.net_ingress_bytes}};
 }
 
 Result<HostSandboxUsage> UsageFromJson(const json& j) {
@@ -298,6 +301,11 @@ Result<HostSandboxUsage> UsageFromJson(const json& j) {
   }
   u.vmm_pid = static_cast<pid_t>(pid->get<int64_t>());
   MOAT_RETURN_IF_ERROR(UnsignedField(j, "vmmStartTime", &u.vmm_start_time));
+  // Agents from before the network counters send neither: 0, as for a sandbox without a network.
+  for (auto [key, out] : {std::pair{"netEgressBytes", &u.net_egress_bytes},
+                          std::pair{"netIngressBytes", &u.net_ingress_bytes}}) {
+    if (Field(j, key) != nullptr) MOAT_RETURN_IF_ERROR(UnsignedField(j, key, out));
+  }
   return u;
 }
 

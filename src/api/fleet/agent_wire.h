@@ -98,7 +98,8 @@ struct BuildProgress {
 nlohmann::json ProgressToJson(const BuildProgress& p);
 Result<BuildProgress> ProgressFromJson(const nlohmann::json& j);
 
-// The fields of HostSandboxUsage, camelCase.
+// The fields of HostSandboxUsage, camelCase. netEgressBytes and netIngressBytes may be absent
+// (agents from before them): 0.
 nlohmann::json UsageToJson(const HostSandboxUsage& u);
 Result<HostSandboxUsage> UsageFromJson(const nlohmann::json& j);
 

@@ -5,7 +5,11 @@
 // slots forward to any other destination, so even a broken policy cannot reach the real
 // uplink (and shows up as a timeout instead of the expected rejection). Every request is
 // bounded in count and time.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,6 +53,71 @@ Result<std::string> Sh(const std::string& cmd) {
 
 std::string OrEmpty(const Result<std::string>& r) {
   return r.ok() ? r.value() : "";
+}
+
+void PutMac(std::string& frame, const char* mac) {
+  unsigned b[6];
+  ASSERT_EQ(std::sscanf(mac, "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]), 6);
+  for (unsigned byte : b) frame.push_back(static_cast<char>(byte));
+}
+
+void Put16(std::string& s, uint16_t v) {
+  s.push_back(static_cast<char>(v >> 8));
+  s.push_back(static_cast<char>(v & 0xff));
+}
+
+// What the guest would put on its link: an Ethernet frame from its MAC and address to the
+// gateway, carrying IPv4/UDP to dst:port (UDP checksum 0: none, which IPv4 allows).
+std::string GuestUdpFrame(const std::string& dst, uint16_t sport, uint16_t dport,
+                          const std::string& payload) {
+  std::string f;
+  PutMac(f, kGatewayMac);
+  PutMac(f, kGuestMac);
+  Put16(f, 0x0800);
+  std::string ip;
+  ip.push_back(0x45);
+  ip.push_back(0);
+  Put16(ip, static_cast<uint16_t>(20 + 8 + payload.size()));
+  Put16(ip, 0x1234);  // id
+  Put16(ip, 0x4000);  // DF
+  ip.push_back(64);   // TTL
+  ip.push_back(17);   // UDP
+  Put16(ip, 0);       // checksum, below
+  in_addr src{}, dest{};
+  ::inet_pton(AF_INET, kGuestAddress, &src);
+  ::inet_pton(AF_INET, dst.c_str(), &dest);
+  ip.append(reinterpret_cast<const char*>(&src), 4);  // network order already
+  ip.append(reinterpret_cast<const char*>(&dest), 4);
+  uint32_t sum = 0;
+  for (size_t i = 0; i < 20; i += 2) {
+    sum += (static_cast<uint8_t>(ip[i]) << 8) | static_cast<uint8_t>(ip[i + 1]);
+  }
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  ip[10] = static_cast<char>((~sum >> 8) & 0xff);
+  ip[11] = static_cast<char>(~sum & 0xff);
+  Put16(ip, sport);
+  Put16(ip, dport);
+  Put16(ip, static_cast<uint16_t>(8 + payload.size()));
+  Put16(ip, 0);
+  return f + ip + payload;
+}
+
+// Reads what the slot sends the guest on its tap for `wait`, or until `want` IPv4 packets came:
+// how many, and their IP lengths together (what the slot's counters count).
+std::pair<int, uint64_t> DrainTap(int tap_fd, int want, milliseconds wait) {
+  int packets = 0;
+  uint64_t bytes = 0;
+  auto deadline = Clock::now() + wait;
+  while (packets < want && Clock::now() < deadline) {
+    pollfd p{tap_fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[2048];
+    ssize_t n = ::read(tap_fd, buf, sizeof buf);
+    if (n < 34 || buf[12] != 0x08 || buf[13] != 0x00) continue;  // not IPv4 (IPv6, ARP)
+    ++packets;
+    bytes += (static_cast<uint8_t>(buf[16]) << 8) | static_cast<uint8_t>(buf[17]);
+  }
+  return {packets, bytes};
 }
 
 // One VM with its slot, directory and guest channel.
@@ -291,6 +360,106 @@ TEST_F(NetE2e, EgressPolicyIsolationAndRestoreIntoAnotherSlot) {
   for (const auto& n : names) {
     EXPECT_FALSE(PathExists("/sys/class/net/" + n) || PathExists(NetnsPath(n))) << n;
   }
+  EXPECT_EQ(host_->slots_in_use(), 0u);
+}
+
+// Usage metering without a VM: the test plays the guest on the slot's tap. What leaves the slot
+// counts as egress once it passed the policy, what the slot sends the guest as ingress, and an
+// egress policy update resets neither.
+TEST_F(NetE2e, SlotCountsTheGuestsBytesEachWayOnceAndKeepsThemAcrossPolicyChanges) {
+  auto created = host_->CreateSlot();
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  std::unique_ptr<NetworkSlot> slot = std::move(*created);
+  const int tap = slot->tap_fd();
+  // The guest's ARP answer, so that what the slot sends it reaches the tap.
+  ASSERT_TRUE(Sh("ip -n " + slot->netns_name() + " neigh replace " + kGuestAddress + " lladdr " +
+                 kGuestMac + " dev " + kTapName + " nud permanent")
+                  .ok());
+  auto before = slot->ReadCounters();
+  ASSERT_TRUE(before.ok()) << before.status().ToString();
+  std::printf("counters at set-up: egress %llu, ingress %llu\n",
+              static_cast<unsigned long long>(before->egress_bytes),
+              static_cast<unsigned long long>(before->ingress_bytes));
+
+  // Denied (the metadata address): rejected in the egress chain, so not egress; the rejections
+  // the slot sends back are ingress.
+  constexpr int kDenied = 3;
+  for (int i = 0; i < kDenied; ++i) {
+    std::string f = GuestUdpFrame("169.254.169.254", 41000 + i, 80, std::string(100, 'd'));
+    ASSERT_EQ(::write(tap, f.data(), f.size()), static_cast<ssize_t>(f.size()));
+  }
+  auto [rejections, rejection_bytes] = DrainTap(tap, kDenied, seconds(5));
+  EXPECT_EQ(rejections, kDenied);
+  auto denied = slot->ReadCounters();
+  ASSERT_TRUE(denied.ok()) << denied.status().ToString();
+  EXPECT_EQ(denied->egress_bytes, before->egress_bytes);
+  EXPECT_GE(denied->ingress_bytes - before->ingress_bytes, rejection_bytes);
+
+  // Allowed: datagrams to the test resolver, which echoes each ("answer:" + it).
+  constexpr int kSent = 5;
+  const std::string payload(300, 'x');  // not a DNS query: echoed
+  uint64_t sent_bytes = 0;
+  for (int i = 0; i < kSent; ++i) {
+    std::string f = GuestUdpFrame(TestInternet::kResolver, 42000 + i, 53, payload);
+    ASSERT_EQ(::write(tap, f.data(), f.size()), static_cast<ssize_t>(f.size()));
+    sent_bytes += f.size() - 14;  // the IP packet
+  }
+  auto [answers, answer_bytes] = DrainTap(tap, kSent, seconds(5));
+  EXPECT_EQ(answers, kSent);
+  EXPECT_GE(answer_bytes, static_cast<uint64_t>(kSent) * (20 + 8 + 7 + payload.size()));
+  auto after = slot->ReadCounters();
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  std::printf("sent %llu bytes, got %llu; counters: egress %llu, ingress %llu\n",
+              static_cast<unsigned long long>(sent_bytes),
+              static_cast<unsigned long long>(answer_bytes),
+              static_cast<unsigned long long>(after->egress_bytes),
+              static_cast<unsigned long long>(after->ingress_bytes));
+  EXPECT_GE(after->egress_bytes - denied->egress_bytes, sent_bytes);
+  EXPECT_GE(after->ingress_bytes - denied->ingress_bytes, answer_bytes);
+  // Once per packet: nothing else goes through a quiet slot.
+  EXPECT_LT(after->egress_bytes - denied->egress_bytes, 2 * sent_bytes);
+  EXPECT_LT(after->ingress_bytes - denied->ingress_bytes, 2 * answer_bytes);
+
+  // What the slot itself sends out on the guest's behalf (the domain proxy's connections) is
+  // egress too; its answer goes to the slot, not the guest.
+  auto ns = OpenNetns(slot->netns_name());
+  ASSERT_TRUE(ns.ok());
+  auto echoed = InNetns<bool>(ns->get(), []() -> Result<bool> {
+    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!s) return ErrnoError("socket");
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(53);
+    ::inet_pton(AF_INET, TestInternet::kResolver, &to.sin_addr);
+    std::string d(200, 'p');
+    // sockaddr_in is the sockaddr of AF_INET: the cast is how the sockets API takes it.
+    if (::sendto(s.get(), d.data(), d.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to) < 0)
+      return ErrnoError("sendto");
+    char buf[512];
+    if (::recv(s.get(), buf, sizeof buf, 0) < 0) return ErrnoError("recv");
+    return true;
+  });
+  ASSERT_TRUE(echoed.ok()) << echoed.status().ToString();
+  auto proxied = slot->ReadCounters();
+  ASSERT_TRUE(proxied.ok());
+  EXPECT_GE(proxied->egress_bytes - after->egress_bytes, 20u + 8 + 200);
+  EXPECT_EQ(proxied->ingress_bytes, after->ingress_bytes);
+
+  // A policy change replaces the egress chain; the counters stay.
+  auto policy = EgressPolicy::FromE2b({{"denyOut", {"203.0.113.0/24"}}}, true);
+  ASSERT_TRUE(policy.ok());
+  Status applied = slot->ApplyPolicy(*policy);
+  ASSERT_TRUE(applied.ok()) << applied.ToString();
+  auto updated = slot->ReadCounters();
+  ASSERT_TRUE(updated.ok()) << updated.status().ToString();
+  EXPECT_EQ(updated->egress_bytes, proxied->egress_bytes);
+  EXPECT_EQ(updated->ingress_bytes, proxied->ingress_bytes);
+
+  Status released = slot->Release();
+  EXPECT_TRUE(released.ok()) << released.ToString();
+  EXPECT_FALSE(slot->ReadCounters().ok());  // nothing left to read
   EXPECT_EQ(host_->slots_in_use(), 0u);
 }
 

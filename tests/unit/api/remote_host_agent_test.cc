@@ -274,7 +274,9 @@ TEST_F(RemoteHostAgentTest, UsageCarriesEveryField) {
                         .cpu_seconds = 12.375,
                         .vmm_age_seconds = 0.125,
                         .vmm_pid = 4242,
-                        .vmm_start_time = 987654321};
+                        .vmm_start_time = 987654321,
+                        .net_egress_bytes = (1ull << 33) + 7,
+                        .net_ingress_bytes = 0xfffffffffffffffeull};
   {
     std::lock_guard lock(fake_.mu);
     fake_.usage = want;
@@ -292,7 +294,31 @@ TEST_F(RemoteHostAgentTest, UsageCarriesEveryField) {
   EXPECT_EQ(u->vmm_age_seconds, want.vmm_age_seconds);
   EXPECT_EQ(u->vmm_pid, want.vmm_pid);
   EXPECT_EQ(u->vmm_start_time, want.vmm_start_time);
+  EXPECT_EQ(u->net_egress_bytes, want.net_egress_bytes);
+  EXPECT_EQ(u->net_ingress_bytes, want.net_ingress_bytes);
   EXPECT_EQ(remote_->Usage(Id(2)).status().code(), ErrorCode::kNotFound);
+}
+
+TEST(AgentWireUsage, NetworkCountersFromAnOlderAgentReadAsZeroAndBadOnesAreRefused) {
+  json j = UsageToJson(HostSandboxUsage{.vcpus = 2, .net_egress_bytes = 5, .net_ingress_bytes = 6});
+  ASSERT_EQ(j["netEgressBytes"], 5u);
+  ASSERT_EQ(j["netIngressBytes"], 6u);
+  json old = j;
+  old.erase("netEgressBytes");
+  old.erase("netIngressBytes");
+  auto u = UsageFromJson(old);
+  ASSERT_TRUE(u.ok()) << u.status().ToString();
+  EXPECT_EQ(u->vcpus, 2u);
+  EXPECT_EQ(u->net_egress_bytes, 0u);
+  EXPECT_EQ(u->net_ingress_bytes, 0u);
+  for (const json& bad : {json(-1), json("12"), json(1.5), json(nullptr)}) {
+    json k = j;
+    k["netIngressBytes"] = bad;
+    auto r = UsageFromJson(k);
+    EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument) << bad.dump();
+    EXPECT_NE(r.status().message().find("netIngressBytes"), std::string::npos)
+        << r.status().ToString();
+  }
 }
 
 TEST_F(RemoteHostAgentTest, InventoryListsEveryKind) {

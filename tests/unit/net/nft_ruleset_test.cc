@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace moat::net {
 namespace {
 
@@ -141,6 +143,98 @@ TEST(EgressChainUpdate, FlushesAndRefillsOnlyTheEgressChainInOneTransaction) {
   auto rules = EgressRulesOf(t);
   EXPECT_EQ(rules,
             EgressRulesOf(SlotRuleset(Slot5(), Config(), Policy(false, {"198.51.100.0/24"}, {}))));
+}
+
+TEST(SlotRuleset, CountsBytesEachWayAtPostroutingInAChainOfItsOwn) {
+  std::string t = SlotRuleset(Slot5(), Config(), EgressPolicy{});
+  // Declared before any rule refers to them.
+  size_t egress = t.find("  counter egress_bytes {\n  }\n");
+  size_t ingress = t.find("  counter ingress_bytes {\n  }\n");
+  ASSERT_NE(egress, std::string::npos) << t;
+  ASSERT_NE(ingress, std::string::npos) << t;
+  EXPECT_LT(std::max(egress, ingress), t.find("chain"));
+  // After every verdict: out of the slot on the veth, to the guest on the tap.
+  EXPECT_THAT(t, HasSubstr("  chain usage {\n"
+                           "    type filter hook postrouting priority filter; policy accept;\n"
+                           "    oifname \"moat0ac80014g\" counter name egress_bytes\n"
+                           "    oifname \"moat-tap\" counter name ingress_bytes\n  }\n}\n"));
+  // Nothing else counts, so that nothing counts twice.
+  size_t counts = 0;
+  for (size_t at = 0; (at = t.find("counter", at)) != std::string::npos; ++at) ++counts;
+  EXPECT_EQ(counts, 4u) << t;
+}
+
+TEST(EgressChainUpdate, LeavesTheCountersAndTheirChainAlone) {
+  for (const EgressPolicy& p : {EgressPolicy{}, Policy(false, {"198.51.100.0/24"}, {}),
+                                *EgressPolicy::FromE2b({{"allowOut", {"example.com"}}}, false)}) {
+    std::string t = EgressChainUpdate(Slot5(), Config(), p);
+    EXPECT_THAT(t, Not(HasSubstr("counter"))) << t;
+    EXPECT_THAT(t, Not(HasSubstr("usage"))) << t;
+    EXPECT_THAT(t, Not(HasSubstr("delete"))) << t;
+    // Only the two policy chains are flushed.
+    for (size_t at = 0; (at = t.find("flush", at)) != std::string::npos; ++at) {
+      EXPECT_TRUE(t.compare(at, 27, "flush chain ip moat egress\n") == 0 ||
+                  t.compare(at, 28, "flush chain ip moat domains\n") == 0)
+          << t.substr(at, 40);
+    }
+  }
+}
+
+TEST(ParseSlotCounters, ReadsBothCountersFromNftJson) {
+  auto c = ParseSlotCounters(
+      R"({"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+          {"counter": {"family": "ip", "name": "ingress_bytes", "table": "moat", "handle": 4,
+                       "packets": 3, "bytes": 18446744073709551615}},
+          {"counter": {"family": "ip", "name": "egress_bytes", "table": "moat", "handle": 3,
+                       "packets": 0, "bytes": 0}},
+          {"counter": {"family": "ip", "name": "other", "table": "moat", "bytes": 9}}]})");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->egress_bytes, 0u);
+  EXPECT_EQ(c->ingress_bytes, 18446744073709551615ull);
+}
+
+TEST(ParseSlotCounters, MissingCountersAreNotFound) {
+  // A slot set up before the counters existed: the table lists none.
+  auto none = ParseSlotCounters(R"({"nftables": [{"metainfo": {"version": "1.0.6"}}]})");
+  EXPECT_EQ(none.status().code(), ErrorCode::kNotFound);
+  auto one = ParseSlotCounters(
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "moat", "bytes": 1}}]})");
+  EXPECT_EQ(one.status().code(), ErrorCode::kNotFound);
+  EXPECT_THAT(one.status().message(), HasSubstr("ingress_bytes"));
+  // Counters of another table are not the slot's.
+  auto elsewhere = ParseSlotCounters(
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "x", "bytes": 1}},
+                       {"counter": {"name": "ingress_bytes", "table": "x", "bytes": 1}}]})");
+  EXPECT_EQ(elsewhere.status().code(), ErrorCode::kNotFound);
+}
+
+TEST(ParseSlotCounters, MalformedOutputIsAnErrorNotACrash) {
+  const char* const bad[] = {
+      "",
+      "Error: No such file or directory",
+      "{\"nftables\": [",
+      "[]",
+      "null",
+      R"({"nft": []})",
+      R"({"nftables": {}})",
+      R"({"nftables": [3]})",
+      R"({"nftables": [{"counter": 3}]})",
+      R"({"nftables": [{"counter": {"table": "moat", "bytes": 1}}]})",
+      R"({"nftables": [{"counter": {"name": 7, "table": "moat", "bytes": 1}}]})",
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "moat"}}]})",
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "moat", "bytes": -1}}]})",
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "moat", "bytes": 1.5}}]})",
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "moat", "bytes": "1"}}]})",
+      // Listed twice: which one is the slot's?
+      R"({"nftables": [{"counter": {"name": "egress_bytes", "table": "moat", "bytes": 1}},
+                       {"counter": {"name": "egress_bytes", "table": "moat", "bytes": 2}},
+                       {"counter": {"name": "ingress_bytes", "table": "moat", "bytes": 1}}]})",
+  };
+  for (const char* text : bad) {
+    auto c = ParseSlotCounters(text);
+    EXPECT_FALSE(c.ok()) << text;
+    EXPECT_EQ(c.status().code(), ErrorCode::kInvalidArgument) << text;
+  }
 }
 
 TEST(HostRuleset, ClosesTheHostToSlotsSeparatesSlotsAndMasqueradesThePool) {
