@@ -12,7 +12,7 @@ packages=(
   libboost-dev libsqlite3-dev zlib1g-dev
   # the compatibility suite and its runner (npm comes with nodejs where nodejs is NodeSource's;
   # on stock Debian add the `npm` package)
-  nodejs curl python3
+  nodejs curl python3 chromium
   # the networking tests' HTTPS server makes its self-signed certificate with it
   openssl
   # the VMM and disk tools

@@ -290,7 +290,8 @@ export function TimeChart(props: {
   yLabel?: string
   yFormat?: (v: number) => string
   testid?: string
-  stacked?: boolean
+  // one point per day: day ticks, dates as labels, points drawn
+  daily?: boolean
 }) {
   const box = useRef<HTMLDivElement>(null)
   const plot = useRef<uPlot | null>(null)
@@ -304,9 +305,20 @@ export function TimeChart(props: {
       height: props.height ?? 180,
       legend: { show: true },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true } },
+      // y from 0: amounts, never negative
+      scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      tzDate: props.daily ? (ts: number) => uPlot.tzDate(new Date(ts * 1000), 'Etc/UTC') : undefined,
       axes: [
-        {},
+        props.daily
+          ? {
+              incrs: [86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400],
+              values: (_u: uPlot, ticks: number[]) =>
+                ticks.map((t) => {
+                  const d = new Date(t * 1000)
+                  return `${d.getUTCMonth() + 1}/${d.getUTCDate()}`
+                }),
+            }
+          : {},
         {
           label: props.yLabel,
           size: 60,
@@ -321,7 +333,7 @@ export function TimeChart(props: {
           width: 1.5,
           fill: s.fill ? s.color + '33' : undefined,
           value: s.value ? (_u: uPlot, v: number | null) => s.value!(v) : undefined,
-          points: { show: false },
+          points: { show: !!props.daily },
         })),
       ],
     }

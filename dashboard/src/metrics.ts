@@ -28,7 +28,7 @@ export async function sampleMetrics(id: string): Promise<MetricSample[]> {
     list.shift()
   }
   series.set(id, list)
-  return list
+  return [...list]
 }
 
 export function forget(ids: Set<string>): void {

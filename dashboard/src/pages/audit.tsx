@@ -104,7 +104,7 @@ export function AuditPage() {
             list="audit-actions"
             value={draft.action}
             onInput={(e) => set({ action: e.currentTarget.value })}
-            placeholder="any (sandbox. for all sandbox actions)"
+            placeholder="e.g. sandbox.kill, sandbox."
             data-testid="audit-action"
           />
           <datalist id="audit-actions">

@@ -201,6 +201,7 @@ export function UsagePage() {
           <Section title="Sandbox time per day">
             <TimeChart
               testid="usage-chart-time"
+              daily
               series={[
                 { label: 'running (h)', color: '#2563eb', fill: true, value: (v) => (v == null ? '—' : `${v.toFixed(2)} h`) },
                 { label: 'paused (h)', color: '#d97706', fill: true, value: (v) => (v == null ? '—' : `${v.toFixed(2)} h`) },
@@ -212,6 +213,7 @@ export function UsagePage() {
           <Section title="Network per day">
             <TimeChart
               testid="usage-chart-net"
+              daily
               series={[
                 { label: 'egress (MiB)', color: '#7c3aed', value: (v) => (v == null ? '—' : `${v.toFixed(1)} MiB`) },
                 { label: 'ingress (MiB)', color: '#0d9488', value: (v) => (v == null ? '—' : `${v.toFixed(1)} MiB`) },
