@@ -372,6 +372,224 @@ CREATE TABLE template_files (
   PRIMARY KEY (team_id, hash, seq)
 );
 )sql"},
+    // 13: what is kept of sandboxes beyond their lives (api/store/history.h): their history
+    // records, lifecycle events, commands and console logs, the audit log, network usage by hour
+    // (and the last counter reading, so that a reading is counted once), stored snapshots as usage
+    // bills them, and the dashboard's sessions. No foreign keys: a history outlives its sandbox's
+    // record (deleted when it is killed), and events may arrive before the history is written.
+    // AUTOINCREMENT: a number is never used twice, even after the newest rows were pruned.
+    {R"sql(
+CREATE TABLE sandbox_history (
+  sandbox_id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL,
+  template_id TEXT NOT NULL,
+  key_id TEXT NOT NULL DEFAULT '',
+  key_name TEXT NOT NULL DEFAULT '',
+  metadata TEXT NOT NULL DEFAULT '{}',
+  host_id TEXT NOT NULL DEFAULT '',
+  cpu_count INTEGER NOT NULL DEFAULT 0,
+  memory_mb INTEGER NOT NULL DEFAULT 0,
+  parent_kind TEXT NOT NULL DEFAULT '',
+  parent_id TEXT NOT NULL DEFAULT '',
+  created_at_ms INTEGER NOT NULL,
+  ended_at_ms INTEGER NOT NULL DEFAULT 0,
+  state TEXT NOT NULL,
+  end_reason TEXT NOT NULL DEFAULT '',
+  ended_by TEXT NOT NULL DEFAULT '',
+  end_detail TEXT NOT NULL DEFAULT '',
+  egress_bytes INTEGER NOT NULL DEFAULT 0,
+  ingress_bytes INTEGER NOT NULL DEFAULT 0,
+  net_last_egress INTEGER NOT NULL DEFAULT 0,
+  net_last_ingress INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sandbox_history_by_team ON sandbox_history(team_id, created_at_ms, sandbox_id);
+CREATE INDEX sandbox_history_by_parent ON sandbox_history(parent_id);
+CREATE INDEX sandbox_history_by_end ON sandbox_history(ended_at_ms);
+CREATE TABLE sandbox_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  sandbox_id TEXT NOT NULL,
+  team_id TEXT NOT NULL,
+  at_ms INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  duration_ms INTEGER NOT NULL DEFAULT 0,
+  detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX sandbox_events_by_sandbox ON sandbox_events(sandbox_id, seq);
+CREATE TABLE sandbox_commands (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  sandbox_id TEXT NOT NULL,
+  team_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  command TEXT NOT NULL,
+  usr TEXT NOT NULL,
+  cwd TEXT NOT NULL,
+  started_at_ms INTEGER NOT NULL,
+  ended_at_ms INTEGER NOT NULL DEFAULT 0,
+  exit_code INTEGER,
+  signal TEXT NOT NULL DEFAULT '',
+  error TEXT NOT NULL DEFAULT '',
+  stdout_head TEXT NOT NULL DEFAULT '',
+  stdout_tail TEXT NOT NULL DEFAULT '',
+  stderr_head TEXT NOT NULL DEFAULT '',
+  stderr_tail TEXT NOT NULL DEFAULT '',
+  stdout_bytes INTEGER NOT NULL DEFAULT 0,
+  stderr_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sandbox_commands_by_sandbox ON sandbox_commands(sandbox_id, id);
+CREATE TABLE sandbox_console (
+  sandbox_id TEXT PRIMARY KEY,
+  text TEXT NOT NULL
+);
+CREATE TABLE audit_log (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  at_ms INTEGER NOT NULL,
+  team_id TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  key_name TEXT NOT NULL,
+  source TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  action TEXT NOT NULL,
+  target TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  detail TEXT NOT NULL
+);
+CREATE INDEX audit_log_by_team ON audit_log(team_id, seq);
+CREATE INDEX audit_log_by_time ON audit_log(at_ms);
+CREATE TABLE net_usage (
+  sandbox_id TEXT NOT NULL,
+  hour_ms INTEGER NOT NULL,
+  egress_bytes INTEGER NOT NULL DEFAULT 0,
+  ingress_bytes INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (sandbox_id, hour_ms)
+);
+CREATE INDEX net_usage_by_hour ON net_usage(hour_ms);
+CREATE TABLE snapshot_storage (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL,
+  template_id TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  deleted_at_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX snapshot_storage_by_team ON snapshot_storage(team_id, created_at_ms);
+CREATE TABLE dashboard_sessions (
+  token_sha256 TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  key_name TEXT NOT NULL,
+  csrf_token TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions(expires_at_ms);
+)sql",
+     R"sql(
+CREATE TABLE sandbox_history (
+  sandbox_id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL,
+  template_id TEXT NOT NULL,
+  key_id TEXT NOT NULL DEFAULT '',
+  key_name TEXT NOT NULL DEFAULT '',
+  metadata TEXT NOT NULL DEFAULT '{}',
+  host_id TEXT NOT NULL DEFAULT '',
+  cpu_count BIGINT NOT NULL DEFAULT 0,
+  memory_mb BIGINT NOT NULL DEFAULT 0,
+  parent_kind TEXT NOT NULL DEFAULT '',
+  parent_id TEXT NOT NULL DEFAULT '',
+  created_at_ms BIGINT NOT NULL,
+  ended_at_ms BIGINT NOT NULL DEFAULT 0,
+  state TEXT NOT NULL,
+  end_reason TEXT NOT NULL DEFAULT '',
+  ended_by TEXT NOT NULL DEFAULT '',
+  end_detail TEXT NOT NULL DEFAULT '',
+  egress_bytes BIGINT NOT NULL DEFAULT 0,
+  ingress_bytes BIGINT NOT NULL DEFAULT 0,
+  net_last_egress BIGINT NOT NULL DEFAULT 0,
+  net_last_ingress BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX sandbox_history_by_team ON sandbox_history(team_id, created_at_ms, sandbox_id COLLATE "C");
+CREATE INDEX sandbox_history_by_parent ON sandbox_history(parent_id);
+CREATE INDEX sandbox_history_by_end ON sandbox_history(ended_at_ms);
+CREATE TABLE sandbox_events (
+  seq BIGSERIAL PRIMARY KEY,
+  sandbox_id TEXT NOT NULL,
+  team_id TEXT NOT NULL,
+  at_ms BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  duration_ms BIGINT NOT NULL DEFAULT 0,
+  detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX sandbox_events_by_sandbox ON sandbox_events(sandbox_id, seq);
+CREATE TABLE sandbox_commands (
+  id BIGSERIAL PRIMARY KEY,
+  sandbox_id TEXT NOT NULL,
+  team_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  command TEXT NOT NULL,
+  usr TEXT NOT NULL,
+  cwd TEXT NOT NULL,
+  started_at_ms BIGINT NOT NULL,
+  ended_at_ms BIGINT NOT NULL DEFAULT 0,
+  exit_code BIGINT,
+  signal TEXT NOT NULL DEFAULT '',
+  error TEXT NOT NULL DEFAULT '',
+  stdout_head TEXT NOT NULL DEFAULT '',
+  stdout_tail TEXT NOT NULL DEFAULT '',
+  stderr_head TEXT NOT NULL DEFAULT '',
+  stderr_tail TEXT NOT NULL DEFAULT '',
+  stdout_bytes BIGINT NOT NULL DEFAULT 0,
+  stderr_bytes BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX sandbox_commands_by_sandbox ON sandbox_commands(sandbox_id, id);
+CREATE TABLE sandbox_console (
+  sandbox_id TEXT PRIMARY KEY,
+  text TEXT NOT NULL
+);
+CREATE TABLE audit_log (
+  seq BIGSERIAL PRIMARY KEY,
+  at_ms BIGINT NOT NULL,
+  team_id TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  key_name TEXT NOT NULL,
+  source TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  action TEXT NOT NULL,
+  target TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  detail TEXT NOT NULL
+);
+CREATE INDEX audit_log_by_team ON audit_log(team_id, seq);
+CREATE INDEX audit_log_by_time ON audit_log(at_ms);
+CREATE TABLE net_usage (
+  sandbox_id TEXT NOT NULL,
+  hour_ms BIGINT NOT NULL,
+  egress_bytes BIGINT NOT NULL DEFAULT 0,
+  ingress_bytes BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (sandbox_id, hour_ms)
+);
+CREATE INDEX net_usage_by_hour ON net_usage(hour_ms);
+CREATE TABLE snapshot_storage (
+  id TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL,
+  template_id TEXT NOT NULL,
+  bytes BIGINT NOT NULL,
+  created_at_ms BIGINT NOT NULL,
+  deleted_at_ms BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX snapshot_storage_by_team ON snapshot_storage(team_id, created_at_ms);
+CREATE TABLE dashboard_sessions (
+  token_sha256 TEXT PRIMARY KEY,
+  team_id TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  key_name TEXT NOT NULL,
+  csrf_token TEXT NOT NULL,
+  created_at_ms BIGINT NOT NULL,
+  expires_at_ms BIGINT NOT NULL
+);
+CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions(expires_at_ms);
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

@@ -2,7 +2,8 @@
 // journal; the schema is brought up to date by numbered migrations when the store opens.
 // Sandboxes and snapshots are in sqlite_store.cc, teams, keys and quotas in sqlite_team_store.cc,
 // hosts and placement in sqlite_host_store.cc, custom templates, their builds, tags and logs in
-// sqlite_template_store.cc.
+// sqlite_template_store.cc, history, audit, usage and dashboard sessions in
+// sqlite_history_store.cc.
 #pragma once
 
 #include <memory>
@@ -35,6 +36,8 @@ class SqliteStore : public Store {
   Result<ApiKeyRecord> AddApiKey(const std::string& team_id, const std::string& name,
                                  const std::string& key_sha256, const std::string& mask) override;
   Result<std::optional<TeamRecord>> TeamByKeyHash(const std::string& key_sha256) override;
+  Result<std::optional<std::pair<TeamRecord, ApiKeyRecord>>> KeyByHash(
+      const std::string& key_sha256) override;
   Result<std::vector<ApiKeyRecord>> ListApiKeys(const std::string& team_id) override;
   Result<std::optional<ApiKeyRecord>> GetApiKey(const std::string& key_id) override;
   Status RevokeApiKey(const std::string& team_id, const std::string& key_id) override;
@@ -90,6 +93,37 @@ class SqliteStore : public Store {
   Result<bool> HasTemplateFile(const std::string& team_id, const std::string& hash) override;
   Status ReadTemplateFile(const std::string& team_id, const std::string& hash,
                           const std::string& dest_path) override;
+
+  Status InsertHistory(const HistoryRecord& h) override;
+  Status SetHistoryState(const std::string& sandbox_id, const std::string& state,
+                         const std::string& host_id) override;
+  Result<bool> EndHistory(const std::string& sandbox_id, int64_t ended_at_ms,
+                          const std::string& state, const std::string& reason,
+                          const std::string& ended_by, const std::string& detail) override;
+  Result<std::optional<HistoryRecord>> GetHistory(const std::string& sandbox_id) override;
+  Result<HistoryPage> ListHistory(const HistoryFilter& filter) override;
+  Result<std::vector<HistoryRecord>> HistoryChildren(const std::string& parent_id) override;
+  Status AppendSandboxEvent(const SandboxEvent& e) override;
+  Result<std::vector<SandboxEvent>> SandboxEvents(const std::string& sandbox_id) override;
+  Result<int64_t> StartCommand(const CommandRecord& c) override;
+  Status FinishCommand(const CommandRecord& c) override;
+  Result<std::vector<CommandRecord>> ListCommands(const std::string& sandbox_id, int64_t before_id,
+                                                  int limit) override;
+  Status SaveConsoleLog(const std::string& sandbox_id, const std::string& text) override;
+  Result<std::optional<std::string>> ConsoleLog(const std::string& sandbox_id) override;
+  Status AppendAudit(const AuditRecord& a) override;
+  Result<AuditPage> ListAudit(const AuditFilter& filter) override;
+  Status RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms, int64_t egress_total,
+                        int64_t ingress_total) override;
+  Status RecordSnapshotStored(const SnapshotStorageRecord& s) override;
+  Status RecordSnapshotDeleted(const std::string& id, int64_t at_ms) override;
+  Result<UsageInput> LoadUsageInput(const std::string& team_id, int64_t from_ms,
+                                    int64_t to_ms) override;
+  Result<PruneCounts> PruneHistory(int64_t before_ms, int64_t now_ms) override;
+  Status InsertSession(const SessionRecord& s) override;
+  Result<std::optional<SessionRecord>> GetSession(const std::string& token_sha256,
+                                                  int64_t now_ms) override;
+  Status DeleteSession(const std::string& token_sha256) override;
 
   Result<HostRecord> RegisterHost(const HostRegistration& host) override;
   Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;

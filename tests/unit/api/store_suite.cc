@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1391,6 +1392,709 @@ TEST_F(StoreSuite, PutsOfOneTemplateFileAtOnceBothSucceedAndOneWins) {
     std::string got = Contents(dir / "out");
     EXPECT_TRUE(got == a || got == b) << "one put's file whole, not a mix";
   }
+}
+
+// --- History, audit, usage and dashboard sessions (store/history.h). ---
+
+HistoryRecord History(const std::string& id, const std::string& team, int64_t created,
+                      std::map<std::string, std::string> metadata = {},
+                      const std::string& template_id = "base") {
+  HistoryRecord h;
+  h.sandbox_id = id;
+  h.team_id = team;
+  h.template_id = template_id;
+  h.key_id = "key-1";
+  h.key_name = "ci";
+  h.metadata = std::move(metadata);
+  h.cpu_count = 2;
+  h.memory_mb = 1024;
+  h.created_at_ms = created;
+  h.state = "running";
+  return h;
+}
+
+// Every page of a history listing, the ids in order; the number of pages in `pages`.
+std::vector<std::string> AllHistoryIds(Store& store, HistoryFilter f, int* pages = nullptr) {
+  std::vector<std::string> ids;
+  int n = 0;
+  for (; n < 50; ++n) {
+    auto page = store.ListHistory(f);
+    EXPECT_TRUE(page.ok()) << page.status().ToString();
+    if (!page.ok()) break;
+    EXPECT_LE(page->items.size(), static_cast<size_t>(f.limit));
+    for (const auto& h : page->items) ids.push_back(h.sandbox_id);
+    if (page->next_token.empty()) break;
+    f.next_token = page->next_token;
+  }
+  if (pages != nullptr) *pages = n + 1;
+  return ids;
+}
+
+CommandRecord Command(const std::string& sandbox, int64_t started, const std::string& line) {
+  CommandRecord c;
+  c.sandbox_id = sandbox;
+  c.team_id = "t";
+  c.command = line;
+  c.user = "user";
+  c.cwd = "/home/user";
+  c.started_at_ms = started;
+  return c;
+}
+
+// Starts and finishes a command that ended with `exit_code`, `signal` or `error`.
+void RunCommand(Store& store, const std::string& sandbox, std::optional<int32_t> exit_code,
+                const std::string& signal = "", const std::string& error = "") {
+  auto id = store.StartCommand(Command(sandbox, 10, "true"));
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  CommandRecord c = Command(sandbox, 10, "true");
+  c.id = *id;
+  c.ended_at_ms = 20;
+  c.exit_code = exit_code;
+  c.signal = signal;
+  c.error = error;
+  ASSERT_TRUE(store.FinishCommand(c).ok());
+}
+
+AuditRecord Audit(int64_t at, const std::string& team, const std::string& action,
+                  const std::string& target) {
+  AuditRecord a;
+  a.at_ms = at;
+  a.team_id = team;
+  a.key_id = "k1";
+  a.key_name = "ci";
+  a.source = "10.0.0.1";
+  a.request_id = "req-" + std::to_string(at);
+  a.action = action;
+  a.target = target;
+  a.outcome = "ok";
+  a.status = 200;
+  return a;
+}
+
+std::vector<int64_t> AuditTimes(const Result<AuditPage>& page) {
+  std::vector<int64_t> out;
+  if (!page.ok()) return out;
+  for (const auto& a : page->items) out.push_back(a.at_ms);
+  return out;
+}
+
+constexpr int64_t kHour = 3600 * 1000;
+
+TEST_F(StoreSuite, KeyByHashNamesTheTeamAndTheKeyUntilItIsRevoked) {
+  auto team = *store_->CreateTeam("acme", false);
+  auto key = *store_->AddApiKey(team.id, "ci", "hash-ci", "e2b_…");
+  (void)*store_->AddApiKey(team.id, "other", "hash-other", "e2b_…");
+  auto found = store_->KeyByHash("hash-ci");
+  ASSERT_TRUE(found.ok() && found->has_value()) << found.status().ToString();
+  EXPECT_EQ((*found)->first.id, team.id);
+  EXPECT_EQ((*found)->first.name, "acme");
+  EXPECT_EQ((*found)->second.id, key.id);
+  EXPECT_EQ((*found)->second.name, "ci");
+  EXPECT_EQ((*found)->second.team_id, team.id);
+  EXPECT_FALSE(store_->KeyByHash("nope")->has_value());
+  ASSERT_TRUE(store_->RevokeApiKey(team.id, key.id).ok());
+  EXPECT_FALSE(store_->KeyByHash("hash-ci")->has_value());
+}
+
+TEST_F(StoreSuite, AHistoryIsInsertedOnceFollowsItsStateAndEndsOnce) {
+  HistoryRecord h = History("s1", "t", 1000, {{"app", "web"}});
+  h.parent_kind = "fork";
+  h.parent_id = "s0";
+  h.host_id = "host-a";
+  ASSERT_TRUE(store_->InsertHistory(h).ok());
+  HistoryRecord again = History("s1", "t", 5000);
+  again.state = "paused";
+  ASSERT_TRUE(store_->InsertHistory(again).ok()) << "a second insert is no error";
+  auto got = store_->GetHistory("s1");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status().ToString();
+  EXPECT_EQ((*got)->created_at_ms, 1000) << "the second insert changed nothing";
+  EXPECT_EQ((*got)->state, "running");
+  EXPECT_EQ((*got)->metadata, (std::map<std::string, std::string>{{"app", "web"}}));
+  EXPECT_EQ((*got)->parent_kind, "fork");
+  EXPECT_EQ((*got)->parent_id, "s0");
+  EXPECT_EQ((*got)->key_id, "key-1");
+  EXPECT_EQ((*got)->key_name, "ci");
+  EXPECT_EQ((*got)->cpu_count, 2u);
+  EXPECT_EQ((*got)->memory_mb, 1024u);
+  EXPECT_EQ((*got)->ended_at_ms, 0);
+
+  ASSERT_TRUE(store_->SetHistoryState("s1", "paused", "").ok());
+  EXPECT_EQ((*store_->GetHistory("s1"))->state, "paused");
+  EXPECT_EQ((*store_->GetHistory("s1"))->host_id, "host-a") << "an empty host keeps it";
+  ASSERT_TRUE(store_->SetHistoryState("s1", "running", "host-b").ok());
+  EXPECT_EQ((*store_->GetHistory("s1"))->host_id, "host-b");
+  EXPECT_TRUE(store_->SetHistoryState("nobody", "running", "").ok());
+
+  auto ended = store_->EndHistory("s1", 2000, "killed", kEndKilled, "ci", "");
+  ASSERT_TRUE(ended.ok());
+  EXPECT_TRUE(*ended);
+  auto second = store_->EndHistory("s1", 3000, "error", kEndError, "", "boom");
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(*second) << "the first end is the one kept";
+  EXPECT_FALSE(*store_->EndHistory("nobody", 3000, "killed", kEndKilled, "", ""));
+  ASSERT_TRUE(store_->SetHistoryState("s1", "running", "host-c").ok());
+  got = store_->GetHistory("s1");
+  EXPECT_EQ((*got)->ended_at_ms, 2000);
+  EXPECT_EQ((*got)->state, "killed") << "an ended record's state does not change";
+  EXPECT_EQ((*got)->host_id, "host-b");
+  EXPECT_EQ((*got)->end_reason, kEndKilled);
+  EXPECT_EQ((*got)->ended_by, "ci");
+  EXPECT_FALSE(store_->GetHistory("nobody")->has_value());
+}
+
+TEST_F(StoreSuite, ListsATeamsHistoryNewestFirstThroughEveryFilterAndPage) {
+  // created at: a 100, b 200, c 300 (same time as d), d 300, e 400, f 500; x: another team.
+  ASSERT_TRUE(
+      store_->InsertHistory(History("a", "t", 100, {{"app", "web"}, {"env", "prod"}})).ok());
+  ASSERT_TRUE(store_->InsertHistory(History("b", "t", 200, {{"app", "web"}}, "tpl2")).ok());
+  ASSERT_TRUE(store_->InsertHistory(History("c", "t", 300, {{"app", "db"}})).ok());
+  ASSERT_TRUE(
+      store_->InsertHistory(History("d", "t", 300, {{"app", "web"}, {"env", "prod"}})).ok());
+  ASSERT_TRUE(store_->InsertHistory(History("e", "t", 400)).ok());
+  ASSERT_TRUE(store_->InsertHistory(History("f", "t", 500, {{"env", "prod"}})).ok());
+  ASSERT_TRUE(store_->InsertHistory(History("x", "other", 250, {{"app", "web"}})).ok());
+  ASSERT_TRUE(*store_->EndHistory("a", 150, "killed", kEndKilled, "ci", ""));
+  ASSERT_TRUE(*store_->EndHistory("c", 1000, "killed", kEndKilled, "ci", ""));
+  ASSERT_TRUE(store_->SetHistoryState("e", "paused", "").ok());
+
+  HistoryFilter f;
+  f.team_id = "t";
+  f.limit = 2;
+  int pages = 0;
+  EXPECT_EQ(AllHistoryIds(*store_, f, &pages),
+            (std::vector<std::string>{"f", "e", "d", "c", "b", "a"}))
+      << "newest first; equal times by id, descending";
+  EXPECT_EQ(pages, 3);
+
+  HistoryFilter live = f;
+  live.state = "live";
+  EXPECT_EQ(AllHistoryIds(*store_, live), (std::vector<std::string>{"f", "e", "d", "b"}));
+  HistoryFilter ended = f;
+  ended.state = "ended";
+  EXPECT_EQ(AllHistoryIds(*store_, ended), (std::vector<std::string>{"c", "a"}));
+  HistoryFilter paused = f;
+  paused.state = "paused";
+  EXPECT_EQ(AllHistoryIds(*store_, paused), (std::vector<std::string>{"e"}));
+  HistoryFilter tpl = f;
+  tpl.template_id = "tpl2";
+  EXPECT_EQ(AllHistoryIds(*store_, tpl), (std::vector<std::string>{"b"}));
+
+  HistoryFilter meta = f;
+  meta.limit = 1;
+  meta.metadata = {{"app", "web"}};
+  EXPECT_EQ(AllHistoryIds(*store_, meta, &pages), (std::vector<std::string>{"d", "b", "a"}));
+  EXPECT_EQ(pages, 3) << "one match per page, whatever lies between the matches";
+  meta.metadata = {{"app", "web"}, {"env", "prod"}};
+  EXPECT_EQ(AllHistoryIds(*store_, meta), (std::vector<std::string>{"d", "a"}))
+      << "every pair must match";
+  meta.metadata = {{"app", "nothing"}};
+  EXPECT_TRUE(AllHistoryIds(*store_, meta).empty());
+
+  // from: created at or after it, alive, or ended at or after it; to: created before it.
+  HistoryFilter window = f;
+  window.from_ms = 300;
+  EXPECT_EQ(AllHistoryIds(*store_, window), (std::vector<std::string>{"f", "e", "d", "c", "b"}))
+      << "a ended at 150; b is alive; c ended at 1000";
+  window.to_ms = 400;
+  EXPECT_EQ(AllHistoryIds(*store_, window), (std::vector<std::string>{"d", "c", "b"}));
+  window.state = "live";
+  EXPECT_EQ(AllHistoryIds(*store_, window), (std::vector<std::string>{"d", "b"}));
+
+  HistoryFilter other = f;
+  other.team_id = "other";
+  EXPECT_EQ(AllHistoryIds(*store_, other), (std::vector<std::string>{"x"}));
+
+  f.next_token = "nodot";
+  EXPECT_EQ(store_->ListHistory(f).status().code(), ErrorCode::kInvalidArgument);
+  f.next_token = "x.abc";
+  EXPECT_EQ(store_->ListHistory(f).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(StoreSuite, FailedOnlyListsErrorsLostHostsAndSandboxesWithAFailedCommand) {
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(store_->InsertHistory(History("s" + std::to_string(i), "t", 100 + i)).ok());
+  }
+  ASSERT_TRUE(*store_->EndHistory("s0", 200, "error", kEndError, "", "boot failed"));
+  ASSERT_TRUE(*store_->EndHistory("s1", 200, "lost", kEndHostLost, "", ""));
+  ASSERT_TRUE(*store_->EndHistory("s2", 200, "killed", kEndKilled, "ci", ""));
+  ASSERT_TRUE(*store_->EndHistory("s3", 200, "killed", kEndTimeout, "", ""));
+  RunCommand(*store_, "s3", 0);  // succeeded: not failed
+  RunCommand(*store_, "s4", 2);  // non-zero exit
+  RunCommand(*store_, "s5", std::nullopt, "SIGKILL");
+  RunCommand(*store_, "s6", std::nullopt, "", "envd: unavailable");
+  ASSERT_TRUE(store_->StartCommand(Command("s7", 10, "sleep 1000")).ok());  // still running
+  HistoryFilter f;
+  f.team_id = "t";
+  f.failed_only = true;
+  f.limit = 1;
+  int pages = 0;
+  EXPECT_EQ(AllHistoryIds(*store_, f, &pages),
+            (std::vector<std::string>{"s6", "s5", "s4", "s1", "s0"}));
+  EXPECT_EQ(pages, 5);
+  f.state = "live";
+  EXPECT_EQ(AllHistoryIds(*store_, f), (std::vector<std::string>{"s6", "s5", "s4"}));
+}
+
+TEST_F(StoreSuite, FindsAHistorysChildrenByParentOldestFirst) {
+  ASSERT_TRUE(store_->InsertHistory(History("parent", "t", 100)).ok());
+  const std::vector<std::pair<std::string, int64_t>> lives = {
+      {"fork2", 300}, {"fork1", 200}, {"unrelated", 250}};
+  for (const auto& [id, at] : lives) {
+    HistoryRecord h = History(id, "t", at);
+    if (id != "unrelated") {
+      h.parent_kind = "fork";
+      h.parent_id = "parent";
+    }
+    ASSERT_TRUE(store_->InsertHistory(h).ok());
+  }
+  auto children = store_->HistoryChildren("parent");
+  ASSERT_TRUE(children.ok()) << children.status().ToString();
+  ASSERT_EQ(children->size(), 2u);
+  EXPECT_EQ((*children)[0].sandbox_id, "fork1");
+  EXPECT_EQ((*children)[1].sandbox_id, "fork2");
+  EXPECT_TRUE(store_->HistoryChildren("fork1")->empty());
+}
+
+TEST_F(StoreSuite, KeepsASandboxsEventsInTheOrderAppendedEvenBeforeItsHistory) {
+  const char* kinds[] = {"created", "paused", "resumed", "killed", "ended"};
+  int64_t at = 100;
+  for (const char* kind : kinds) {
+    // Times need not increase: the order appended is the order kept.
+    ASSERT_TRUE(store_->AppendSandboxEvent({0, "s1", "t", at, kind, 5, "{\"k\":1}"}).ok());
+    ASSERT_TRUE(store_->AppendSandboxEvent({0, "s2", "t", at, kind, 0, ""}).ok());
+    at = at == 100 ? 50 : at + 100;
+  }
+  auto events = store_->SandboxEvents("s1");
+  ASSERT_TRUE(events.ok()) << events.status().ToString();
+  ASSERT_EQ(events->size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ((*events)[i].kind, kinds[i]);
+    EXPECT_EQ((*events)[i].sandbox_id, "s1");
+    EXPECT_EQ((*events)[i].team_id, "t");
+    EXPECT_EQ((*events)[i].duration_ms, 5);
+    EXPECT_EQ((*events)[i].detail, "{\"k\":1}");
+    if (i > 0) {
+      EXPECT_GT((*events)[i].seq, (*events)[i - 1].seq);
+    }
+  }
+  EXPECT_EQ((*events)[1].at_ms, 50);
+  EXPECT_TRUE(store_->SandboxEvents("nobody")->empty());
+}
+
+TEST_F(StoreSuite, RecordsCommandsFromStartToEndAndListsThemNewestFirstInPages) {
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto id = store_->StartCommand(Command("s1", 100 + i, "echo " + std::to_string(i)));
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    if (!ids.empty()) {
+      EXPECT_GT(*id, ids.back());
+    }
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE(store_->StartCommand(Command("s2", 100, "other")).ok());
+  CommandRecord done = Command("s1", 101, "ignored");
+  done.id = ids[1];
+  done.ended_at_ms = 150;
+  done.exit_code = 3;
+  done.error = "";
+  done.stdout_head = "head";
+  done.stdout_tail = "tail";
+  done.stderr_head = "err";
+  done.stdout_bytes = 9000;
+  done.stderr_bytes = 3;
+  ASSERT_TRUE(store_->FinishCommand(done).ok());
+  CommandRecord unknown = done;
+  unknown.id = ids.back() + 1000;
+  EXPECT_EQ(store_->FinishCommand(unknown).code(), ErrorCode::kNotFound);
+
+  auto all = store_->ListCommands("s1", 0, 50);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_EQ(all->size(), 5u);
+  EXPECT_EQ((*all)[0].id, ids[4]);
+  EXPECT_EQ((*all)[4].id, ids[0]);
+  const CommandRecord& c = (*all)[3];
+  EXPECT_EQ(c.command, "echo 1") << "the command line is the started one";
+  EXPECT_EQ(c.user, "user");
+  EXPECT_EQ(c.cwd, "/home/user");
+  EXPECT_EQ(c.kind, "command");
+  EXPECT_EQ(c.started_at_ms, 101);
+  EXPECT_EQ(c.ended_at_ms, 150);
+  ASSERT_TRUE(c.exit_code.has_value());
+  EXPECT_EQ(*c.exit_code, 3);
+  EXPECT_EQ(c.stdout_head, "head");
+  EXPECT_EQ(c.stdout_tail, "tail");
+  EXPECT_EQ(c.stderr_head, "err");
+  EXPECT_EQ(c.stdout_bytes, 9000);
+  EXPECT_EQ(c.stderr_bytes, 3);
+  EXPECT_FALSE((*all)[0].exit_code.has_value()) << "still running";
+  EXPECT_EQ((*all)[0].ended_at_ms, 0);
+
+  auto page1 = store_->ListCommands("s1", 0, 2);
+  ASSERT_EQ(page1->size(), 2u);
+  auto page2 = store_->ListCommands("s1", page1->back().id, 2);
+  ASSERT_EQ(page2->size(), 2u);
+  EXPECT_EQ((*page2)[0].id, ids[2]);
+  EXPECT_EQ((*page2)[1].id, ids[1]);
+  auto page3 = store_->ListCommands("s1", page2->back().id, 2);
+  ASSERT_EQ(page3->size(), 1u);
+  EXPECT_EQ((*page3)[0].id, ids[0]);
+  EXPECT_TRUE(store_->ListCommands("s1", ids[0], 2)->empty());
+
+  CommandRecord code = Command("s1", 200, std::string(5000, 'x'));
+  code.kind = "code";
+  auto long_id = store_->StartCommand(code);
+  ASSERT_TRUE(long_id.ok());
+  auto newest = store_->ListCommands("s1", 0, 1);
+  ASSERT_EQ(newest->size(), 1u);
+  EXPECT_EQ((*newest)[0].kind, "code");
+  EXPECT_EQ((*newest)[0].command, std::string(4096, 'x')) << "at most 4 KiB kept";
+}
+
+TEST_F(StoreSuite, KeepsTheLatestConsoleLogOfASandbox) {
+  EXPECT_FALSE(store_->ConsoleLog("s1")->has_value());
+  ASSERT_TRUE(store_->SaveConsoleLog("s1", "boot\nfirst").ok());
+  ASSERT_TRUE(store_->SaveConsoleLog("s1", "boot\nsecond").ok());
+  auto log = store_->ConsoleLog("s1");
+  ASSERT_TRUE(log.ok() && log->has_value());
+  EXPECT_EQ(**log, "boot\nsecond");
+  EXPECT_FALSE(store_->ConsoleLog("s2")->has_value());
+}
+
+TEST_F(StoreSuite, ListsTheAuditLogNewestFirstByTeamActionTargetAndTimeInPages) {
+  ASSERT_TRUE(store_->AppendAudit(Audit(100, "t", "sandbox.create", "s1")).ok());
+  ASSERT_TRUE(store_->AppendAudit(Audit(200, "t", "sandbox.kill", "s1")).ok());
+  ASSERT_TRUE(store_->AppendAudit(Audit(300, "other", "sandbox.create", "s9")).ok());
+  ASSERT_TRUE(store_->AppendAudit(Audit(400, "t", "key.create", "k2")).ok());
+  ASSERT_TRUE(store_->AppendAudit(Audit(500, "t", "sandboxes.odd", "s1")).ok());
+  AuditRecord failed = Audit(600, "t", "sandbox.pause", "s2");
+  failed.outcome = "error";
+  failed.status = 409;
+  failed.detail = "{\"message\":\"not running\"}";
+  ASSERT_TRUE(store_->AppendAudit(failed).ok());
+
+  AuditFilter f;
+  auto all = store_->ListAudit(f);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(AuditTimes(all), (std::vector<int64_t>{600, 500, 400, 300, 200, 100}))
+      << "an empty team: every team's";
+  const AuditRecord& newest = all->items[0];
+  EXPECT_GT(newest.seq, all->items[1].seq);
+  EXPECT_EQ(newest.outcome, "error");
+  EXPECT_EQ(newest.status, 409);
+  EXPECT_EQ(newest.detail, "{\"message\":\"not running\"}");
+  EXPECT_EQ(newest.key_id, "k1");
+  EXPECT_EQ(newest.key_name, "ci");
+  EXPECT_EQ(newest.source, "10.0.0.1");
+  EXPECT_EQ(newest.request_id, "req-600");
+  EXPECT_EQ(newest.target, "s2");
+
+  f.team_id = "t";
+  EXPECT_EQ(AuditTimes(store_->ListAudit(f)), (std::vector<int64_t>{600, 500, 400, 200, 100}));
+  f.action = "sandbox.";
+  EXPECT_EQ(AuditTimes(store_->ListAudit(f)), (std::vector<int64_t>{600, 200, 100}))
+      << "a prefix ending in a dot: that family, not \"sandboxes.\"";
+  f.action = "sandbox.kill";
+  EXPECT_EQ(AuditTimes(store_->ListAudit(f)), (std::vector<int64_t>{200}));
+  f.action = "sandbox";
+  EXPECT_TRUE(AuditTimes(store_->ListAudit(f)).empty()) << "without the dot: that action only";
+  f.action = "";
+  f.target = "s1";
+  EXPECT_EQ(AuditTimes(store_->ListAudit(f)), (std::vector<int64_t>{500, 200, 100}));
+  f.target = "";
+  f.from_ms = 200;
+  f.to_ms = 500;
+  EXPECT_EQ(AuditTimes(store_->ListAudit(f)), (std::vector<int64_t>{400, 200}))
+      << "from included, to excluded";
+
+  AuditFilter paged;
+  paged.limit = 2;
+  std::vector<int64_t> seen;
+  int pages = 0;
+  for (; pages < 10; ++pages) {
+    auto page = store_->ListAudit(paged);
+    ASSERT_TRUE(page.ok()) << page.status().ToString();
+    EXPECT_LE(page->items.size(), 2u);
+    for (auto t : AuditTimes(page)) seen.push_back(t);
+    if (page->next_token.empty()) break;
+    paged.next_token = page->next_token;
+  }
+  EXPECT_EQ(pages, 2);
+  EXPECT_EQ(seen, (std::vector<int64_t>{600, 500, 400, 300, 200, 100}));
+  paged.next_token = "seven";
+  EXPECT_EQ(store_->ListAudit(paged).status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(StoreSuite, CountsNetworkReadingsOnceIntoHourlyBucketsAcrossRestartsAndSlotResets) {
+  EXPECT_EQ(store_->RecordNetUsage("s1", 0, 10, 10).code(), ErrorCode::kNotFound) << "no history";
+  ASSERT_TRUE(store_->InsertHistory(History("s1", "t", 10)).ok());
+  auto totals = [&] {
+    auto h = store_->GetHistory("s1");
+    return std::pair<int64_t, int64_t>((*h)->egress_bytes, (*h)->ingress_bytes);
+  };
+  // Hour 0: a first reading counts all of it, then only what grew.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 100, 1000).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 150, 1000).ok());
+  EXPECT_EQ(totals(), std::make_pair(int64_t{150}, int64_t{1000}));
+  // A reading already counted (as after a moatd restart reads the same counters) adds nothing.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 150, 1000).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 150, 1000).ok());
+  EXPECT_EQ(totals(), std::make_pair(int64_t{150}, int64_t{1000}));
+  // Hour 1: growth goes into the new hour's bucket.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 250, 1500).ok());
+  // Hour 2: the counters went backwards (a new slot after a resume): all of them is new.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 40, 2000).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 60, 2100).ok());
+  EXPECT_EQ(totals(), std::make_pair(int64_t{150 + 100 + 60}, int64_t{1000 + 500 + 2100}));
+  // A reset to zero is kept as the new baseline even though it adds nothing.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 0, 0).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 5, 7).ok());
+  EXPECT_EQ(totals(), std::make_pair(int64_t{315}, int64_t{3607}));
+  EXPECT_EQ(store_->RecordNetUsage("s1", 0, -1, 0).code(), ErrorCode::kInvalidArgument);
+
+  auto in = store_->LoadUsageInput("t", 0, 3 * kHour);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  ASSERT_EQ(in->net.size(), 3u);
+  EXPECT_EQ(in->net[0].hour_ms, 0);
+  EXPECT_EQ(in->net[0].egress_bytes, 150);
+  EXPECT_EQ(in->net[0].ingress_bytes, 1000);
+  EXPECT_EQ(in->net[1].hour_ms, kHour);
+  EXPECT_EQ(in->net[1].egress_bytes, 100);
+  EXPECT_EQ(in->net[1].ingress_bytes, 500);
+  EXPECT_EQ(in->net[2].hour_ms, 2 * kHour);
+  EXPECT_EQ(in->net[2].egress_bytes, 65);
+  EXPECT_EQ(in->net[2].ingress_bytes, 2107);
+}
+
+TEST_F(StoreSuite, RecordsAStoredSnapshotOnceAndItsDeletionOnce) {
+  ASSERT_TRUE(store_->RecordSnapshotStored({"snap1", "t", "base", 4096, 100, 0}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"snap1", "t", "other", 1, 999, 0}).ok())
+      << "a second record of the id is no error";
+  ASSERT_TRUE(store_->RecordSnapshotDeleted("snap1", 500).ok());
+  ASSERT_TRUE(store_->RecordSnapshotDeleted("snap1", 800).ok());
+  ASSERT_TRUE(store_->RecordSnapshotDeleted("nobody", 800).ok());
+  auto in = store_->LoadUsageInput("t", 0, 1000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  ASSERT_EQ(in->snapshots.size(), 1u);
+  const SnapshotStorageRecord& s = in->snapshots[0];
+  EXPECT_EQ(s.template_id, "base");
+  EXPECT_EQ(s.bytes, 4096);
+  EXPECT_EQ(s.created_at_ms, 100);
+  EXPECT_EQ(s.deleted_at_ms, 500) << "the first deletion is the one kept";
+}
+
+TEST_F(StoreSuite, UsageInputHoldsWhatOverlapsTheWindowWithItsEventsCommandsAndBuckets) {
+  const int64_t from = 10 * kHour, to = 20 * kHour;
+  struct Life {
+    const char* id;
+    const char* team;
+    int64_t created, ended;
+  };
+  const Life lives[] = {
+      {"before", "t", from - 5 * kHour, from - kHour},  // ended before: out
+      {"at-from", "t", from - 5 * kHour, from},         // ended as it began: out
+      {"into", "t", from - 5 * kHour, from + kHour},    // ended within: in
+      {"alive", "t", from - 5 * kHour, 0},              // alive across it: in
+      {"within", "t", from + kHour, from + 2 * kHour},  // in
+      {"at-to", "t", to, 0},                            // created as it ended: out
+      {"theirs", "other", from + kHour, 0},             // another team's
+  };
+  for (const auto& l : lives) {
+    ASSERT_TRUE(store_->InsertHistory(History(l.id, l.team, l.created)).ok());
+    if (l.ended != 0) {
+      ASSERT_TRUE(*store_->EndHistory(l.id, l.ended, "killed", kEndKilled, "", ""));
+    }
+    ASSERT_TRUE(store_->AppendSandboxEvent({0, l.id, l.team, l.created, "created", 0, ""}).ok());
+    auto cmd = store_->StartCommand(Command(l.id, l.created + 1, "ls"));
+    ASSERT_TRUE(cmd.ok());
+  }
+  ASSERT_TRUE(store_->AppendSandboxEvent({0, "into", "t", from + kHour, "killed", 0, ""}).ok());
+  ASSERT_TRUE(store_->AppendSandboxEvent({0, "alive", "t", from - kHour, "paused", 0, ""}).ok());
+  ASSERT_TRUE(store_->AppendSandboxEvent({0, "alive", "t", from + kHour, "resumed", 0, ""}).ok());
+  // Buckets of "alive": the hour before the window counts (its start is in [from - 1h, from)).
+  for (int64_t hour : {from - 2 * kHour, from - kHour, from, to - kHour, to}) {
+    ASSERT_TRUE(store_->RecordNetUsage("alive", hour, hour / kHour, 0).ok());
+  }
+  ASSERT_TRUE(store_->RecordNetUsage("before", from - 2 * kHour, 10, 10).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"old", "t", "base", 1, 0, from - kHour}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"held", "t", "base", 2, 0, 0}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"late", "t", "base", 3, to, 0}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"ended-in", "t", "base", 4, from, from + 1}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"theirs", "other", "base", 5, from, 0}).ok());
+
+  auto in = store_->LoadUsageInput("t", from, to);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  std::vector<std::string> ids;
+  for (const auto& h : in->histories) ids.push_back(h.sandbox_id);
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(ids, (std::vector<std::string>{"alive", "into", "within"}));
+
+  std::vector<std::string> events;
+  for (const auto& e : in->events) events.push_back(e.sandbox_id + ":" + e.kind);
+  EXPECT_EQ(events, (std::vector<std::string>{"alive:created", "alive:paused", "alive:resumed",
+                                              "into:created", "into:killed", "within:created"}))
+      << "by sandbox, then in the order appended";
+  std::vector<std::string> commands;
+  for (const auto& c : in->commands) {
+    commands.push_back(c.sandbox_id);
+    EXPECT_EQ(c.kind, "command");
+    EXPECT_GT(c.id, 0);
+    EXPECT_GT(c.started_at_ms, 0);
+  }
+  EXPECT_EQ(commands, (std::vector<std::string>{"alive", "into", "within"}));
+  std::vector<int64_t> hours;
+  for (const auto& n : in->net) {
+    EXPECT_EQ(n.sandbox_id, "alive");
+    hours.push_back(n.hour_ms);
+  }
+  EXPECT_EQ(hours, (std::vector<int64_t>{from - kHour, from, to - kHour}));
+  std::vector<std::string> snaps;
+  for (const auto& s : in->snapshots) snaps.push_back(s.id);
+  std::sort(snaps.begin(), snaps.end());
+  EXPECT_EQ(snaps, (std::vector<std::string>{"ended-in", "held"}));
+
+  auto everyone = store_->LoadUsageInput("", from, to);
+  ASSERT_TRUE(everyone.ok());
+  EXPECT_EQ(everyone->histories.size(), 4u) << "an empty team: every team's";
+  EXPECT_EQ(everyone->snapshots.size(), 3u);
+}
+
+TEST_F(StoreSuite, PruningRemovesWhatEndedBeforeTheCutoffAndKeepsLiveHistories) {
+  const int64_t cutoff = 1000, now = 5000;
+  ASSERT_TRUE(store_->InsertHistory(History("old", "t", 100)).ok());
+  ASSERT_TRUE(*store_->EndHistory("old", 500, "killed", kEndKilled, "", ""));
+  ASSERT_TRUE(store_->InsertHistory(History("recent", "t", 100)).ok());
+  ASSERT_TRUE(*store_->EndHistory("recent", 1500, "killed", kEndKilled, "", ""));
+  ASSERT_TRUE(store_->InsertHistory(History("live", "t", 100)).ok());
+  for (const char* id : {"old", "recent", "live"}) {
+    ASSERT_TRUE(store_->AppendSandboxEvent({0, id, "t", 100, "created", 0, ""}).ok());
+    ASSERT_TRUE(store_->AppendSandboxEvent({0, id, "t", 200, "paused", 0, ""}).ok());
+    ASSERT_TRUE(store_->StartCommand(Command(id, 150, "ls")).ok());
+    ASSERT_TRUE(store_->SaveConsoleLog(id, "log").ok());
+    ASSERT_TRUE(store_->RecordNetUsage(id, 0, 10, 10).ok());
+    ASSERT_TRUE(store_->RecordNetUsage(id, 2000, 20, 20).ok());
+  }
+  // A sandbox that never got a history (its create failed early): its old rows go too.
+  ASSERT_TRUE(store_->AppendSandboxEvent({0, "never", "t", 100, "error", 0, ""}).ok());
+  ASSERT_TRUE(store_->AppendSandboxEvent({0, "never", "t", 2000, "error", 0, ""}).ok());
+  ASSERT_TRUE(store_->StartCommand(Command("never", 150, "ls")).ok());
+  ASSERT_TRUE(store_->AppendAudit(Audit(500, "t", "sandbox.kill", "old")).ok());
+  ASSERT_TRUE(store_->AppendAudit(Audit(1500, "t", "sandbox.kill", "recent")).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"gone", "t", "base", 1, 100, 900}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"held", "t", "base", 1, 100, 0}).ok());
+  ASSERT_TRUE(store_->RecordSnapshotStored({"gone-late", "t", "base", 1, 100, 1200}).ok());
+  auto team = *store_->CreateTeam("t", false);
+  auto key = *store_->AddApiKey(team.id, "k", "h", "m");
+  ASSERT_TRUE(store_->InsertSession({"expired", team.id, key.id, "k", "c", 0, now - 1}).ok());
+  ASSERT_TRUE(store_->InsertSession({"valid", team.id, key.id, "k", "c", 0, now + 1}).ok());
+
+  auto counts = store_->PruneHistory(cutoff, now);
+  ASSERT_TRUE(counts.ok()) << counts.status().ToString();
+  EXPECT_EQ(counts->histories, 1);
+  EXPECT_EQ(counts->events, 3);
+  EXPECT_EQ(counts->commands, 2);
+  EXPECT_EQ(counts->audit, 1);
+  EXPECT_EQ(counts->net, 3) << "hour 0 of all three";
+  EXPECT_EQ(counts->snapshots, 1);
+  EXPECT_EQ(counts->sessions, 1);
+
+  EXPECT_FALSE(store_->GetHistory("old")->has_value());
+  EXPECT_TRUE(store_->SandboxEvents("old")->empty());
+  EXPECT_TRUE(store_->ListCommands("old", 0, 10)->empty());
+  EXPECT_FALSE(store_->ConsoleLog("old")->has_value());
+  for (const char* id : {"recent", "live"}) {
+    EXPECT_TRUE(store_->GetHistory(id)->has_value()) << id;
+    EXPECT_EQ(store_->SandboxEvents(id)->size(), 2u) << id;
+    EXPECT_EQ(store_->ListCommands(id, 0, 10)->size(), 1u) << id;
+    EXPECT_TRUE(store_->ConsoleLog(id)->has_value()) << id;
+  }
+  EXPECT_EQ(store_->SandboxEvents("never")->size(), 1u) << "the newer one stays";
+  EXPECT_EQ(AuditTimes(store_->ListAudit(AuditFilter{})), (std::vector<int64_t>{1500}));
+  EXPECT_FALSE(store_->GetSession("expired", 0)->has_value());
+  EXPECT_TRUE(store_->GetSession("valid", now)->has_value());
+  auto again = store_->PruneHistory(cutoff, now);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->histories + again->events + again->commands + again->audit + again->net +
+                again->snapshots + again->sessions,
+            0)
+      << "nothing left to prune";
+}
+
+TEST_F(StoreSuite, ASessionLastsUntilItExpiresItsKeyIsRevokedOrItIsDeleted) {
+  auto team = *store_->CreateTeam("acme", false);
+  auto key = *store_->AddApiKey(team.id, "ci", "h1", "m1");
+  auto spare = *store_->AddApiKey(team.id, "spare", "h2", "m2");
+  SessionRecord s{"tok-1", team.id, key.id, "ci", "csrf-1", 1000, 2000};
+  ASSERT_TRUE(store_->InsertSession(s).ok());
+  EXPECT_EQ(store_->InsertSession(s).code(), ErrorCode::kAlreadyExists);
+  auto got = store_->GetSession("tok-1", 1500);
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status().ToString();
+  EXPECT_EQ((*got)->team_id, team.id);
+  EXPECT_EQ((*got)->key_id, key.id);
+  EXPECT_EQ((*got)->key_name, "ci");
+  EXPECT_EQ((*got)->csrf_token, "csrf-1");
+  EXPECT_EQ((*got)->created_at_ms, 1000);
+  EXPECT_EQ((*got)->expires_at_ms, 2000);
+  EXPECT_FALSE(store_->GetSession("tok-1", 2000)->has_value()) << "expired at its expiry";
+  EXPECT_FALSE(store_->GetSession("nobody", 1500)->has_value());
+
+  // A session naming a key of another team is not one.
+  auto other = *store_->CreateTeam("other", false);
+  ASSERT_TRUE(store_->InsertSession({"tok-x", other.id, key.id, "ci", "c", 1000, 2000}).ok());
+  EXPECT_FALSE(store_->GetSession("tok-x", 1500)->has_value());
+
+  ASSERT_TRUE(store_->InsertSession({"tok-2", team.id, spare.id, "spare", "c", 1000, 2000}).ok());
+  ASSERT_TRUE(store_->RevokeApiKey(team.id, key.id).ok());
+  EXPECT_FALSE(store_->GetSession("tok-1", 1500)->has_value()) << "its key was revoked";
+  EXPECT_TRUE(store_->GetSession("tok-2", 1500)->has_value());
+  ASSERT_TRUE(store_->DeleteSession("tok-2").ok());
+  EXPECT_FALSE(store_->GetSession("tok-2", 1500)->has_value());
+  EXPECT_TRUE(store_->DeleteSession("tok-2").ok()) << "deleting twice is no error";
+}
+
+TEST_F(StoreSuite, StoresGuestOutputThatIsNotUtf8OrHoldsNulsAsValidText) {
+  const std::string bad =
+      std::string("ok \xff\xfe then \xc3(") + std::string("a\0b", 3) + "\xe2\x82";
+  const std::string clean =
+      "ok \xEF\xBF\xBD\xEF\xBF\xBD then \xEF\xBF\xBD(ab\xEF\xBF\xBD\xEF\xBF\xBD";
+  ASSERT_TRUE(store_->InsertHistory(History("s1", "t", 100, {{"k", bad}})).ok());
+  auto id = store_->StartCommand(Command("s1", 100, "printf " + bad));
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  CommandRecord c = Command("s1", 100, "");
+  c.id = *id;
+  c.ended_at_ms = 200;
+  c.exit_code = 1;
+  c.error = bad;
+  c.stdout_head = bad;
+  c.stdout_tail = bad;
+  c.stderr_head = bad;
+  c.stderr_tail = std::string(1, '\0');
+  Status finished = store_->FinishCommand(c);
+  ASSERT_TRUE(finished.ok()) << finished.ToString();
+  auto commands = store_->ListCommands("s1", 0, 10);
+  ASSERT_TRUE(commands.ok() && commands->size() == 1u) << commands.status().ToString();
+  const CommandRecord& got = (*commands)[0];
+  EXPECT_EQ(got.command, "printf " + clean);
+  EXPECT_EQ(got.stdout_head, clean);
+  EXPECT_EQ(got.stdout_tail, clean);
+  EXPECT_EQ(got.stderr_head, clean);
+  EXPECT_EQ(got.stderr_tail, "");
+  EXPECT_EQ(got.error, clean);
+
+  ASSERT_TRUE(store_->SaveConsoleLog("s1", bad).ok());
+  EXPECT_EQ(**store_->ConsoleLog("s1"), clean);
+  ASSERT_TRUE(store_->AppendSandboxEvent({0, "s1", "t", 100, "error", 0, bad}).ok());
+  EXPECT_EQ((*store_->SandboxEvents("s1"))[0].detail, clean);
+  ASSERT_TRUE(*store_->EndHistory("s1", 300, "error", kEndError, "", bad));
+  auto h = store_->GetHistory("s1");
+  EXPECT_EQ((*h)->end_detail, clean);
+  EXPECT_EQ((*h)->metadata.at("k"), clean);
+  AuditRecord a = Audit(100, "t", "sandbox.kill", bad);
+  a.detail = bad;
+  ASSERT_TRUE(store_->AppendAudit(a).ok());
+  auto audit = store_->ListAudit(AuditFilter{});
+  ASSERT_TRUE(audit.ok() && audit->items.size() == 1u);
+  EXPECT_EQ(audit->items[0].target, clean);
+  EXPECT_EQ(audit->items[0].detail, clean);
 }
 
 }  // namespace
