@@ -138,6 +138,13 @@ class HostAgent {
   virtual Status SetEgress(const std::string& id, const nlohmann::json& egress) = 0;
   // not_found once it is not running.
   virtual Result<HostSandboxUsage> Usage(const std::string& id) = 0;
+  // The last `max_bytes` of the sandbox's guest console log (kept in its history when it ends).
+  // not_found for an unknown sandbox; failed_precondition where the host cannot tell.
+  virtual Result<std::string> ConsoleLog(const std::string& id, size_t max_bytes) {
+    (void)id;
+    (void)max_bytes;
+    return FailedPrecondition("this host does not serve console logs");
+  }
   // failed_precondition for a sandbox without a network.
   virtual Result<HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) = 0;
 

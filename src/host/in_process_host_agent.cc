@@ -159,6 +159,11 @@ Status InProcessHostAgent::SetEgress(const std::string& id, const nlohmann::json
   return agent_.SetEgress(id, policy);
 }
 
+Result<std::string> InProcessHostAgent::ConsoleLog(const std::string& id, size_t max_bytes) {
+  MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Get(id));
+  return sb->ConsoleTail(max_bytes);
+}
+
 Result<api::HostSandboxUsage> InProcessHostAgent::Usage(const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto sb, agent_.Get(id));
   auto usage = sb->Usage();

@@ -31,6 +31,7 @@ class InProcessHostAgent : public api::HostAgent {
   Status DeleteSnapshot(const std::string& snapshot_id) override;
   Status SetEgress(const std::string& id, const nlohmann::json& egress) override;
   Result<api::HostSandboxUsage> Usage(const std::string& id) override;
+  Result<std::string> ConsoleLog(const std::string& id, size_t max_bytes) override;
   Result<api::HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) override;
   Result<api::HostTemplateBuilt> BuildTemplate(
       const api::HostTemplateBuild& build, const std::function<void(const api::HostBuildLog&)>& log,

@@ -34,6 +34,9 @@ class FakeHostAgent : public api::HostAgent {
   api::HostTemplateInfo tmpl{.name = "base", .vcpus = 2, .memory_mib = 512, .disk_mib = 1024};
   // The template id each sandbox was created from, by sandbox id.
   std::map<std::string, std::string> created_from;
+  // What Usage reports of a sandbox's network counters (egress, ingress), and its console log.
+  std::map<std::string, std::pair<uint64_t, uint64_t>> net;
+  std::map<std::string, std::string> console;
   // Create refuses (not_found) a template that is not `tmpl`, one of `snapshots` or one of
   // `built`, as a real host does; off by default, as callers of the fake may name any.
   bool known_templates_only = false;
@@ -126,7 +129,19 @@ class FakeHostAgent : public api::HostAgent {
   Result<api::HostSandboxUsage> Usage(const std::string& id) override {
     std::lock_guard lock(mu_);
     if (running.count(id) == 0) return NotFound("sandbox " + id + " is not running");
-    return api::HostSandboxUsage{.vcpus = 2, .cpu_seconds = 1, .vmm_age_seconds = 2};
+    api::HostSandboxUsage u{.vcpus = 2, .cpu_seconds = 1, .vmm_age_seconds = 2};
+    if (auto it = net.find(id); it != net.end()) {
+      u.net_egress_bytes = it->second.first;
+      u.net_ingress_bytes = it->second.second;
+    }
+    return u;
+  }
+  Result<std::string> ConsoleLog(const std::string& id, size_t max_bytes) override {
+    std::lock_guard lock(mu_);
+    if (running.count(id) == 0) return NotFound("sandbox " + id + " is not running");
+    std::string text = console[id];
+    if (text.size() > max_bytes) text.erase(0, text.size() - max_bytes);
+    return text;
   }
   Result<api::HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) override {
     std::lock_guard lock(mu_);
