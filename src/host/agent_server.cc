@@ -331,6 +331,25 @@ void AgentServer::RegisterRoutes() {
                 if (!usage.ok()) return SendError(w, usage.status());
                 SendJson(w, 200, fleet::UsageToJson(*usage));
               });
+  // The guest console's last bytes (?max=N, at most 1 MiB), kept in a sandbox's history when it
+  // ends: {"text": ...} (invalid UTF-8 replaced).
+  router_.Add(
+      "GET", "/v1/sandboxes/{id}/console", [&agent](http::Request& req, http::ResponseWriter& w) {
+        auto id = SandboxIdOf(req, w);
+        if (!id) return;
+        size_t max = 256 * 1024;
+        if (auto m = api::codec::QueryValue(api::codec::ParseQuery(req.raw_query), "max"); m) {
+          bool digits = !m->empty() && m->size() <= 7 &&
+                        m->find_first_not_of("0123456789") == std::string::npos;
+          if (!digits || std::stoul(*m) > 1024 * 1024) {
+            return SendError(w, InvalidArgument("max must be 0..1048576"));
+          }
+          max = std::stoul(*m);
+        }
+        auto text = agent.ConsoleLog(*id, max);
+        if (!text.ok()) return SendError(w, text.status());
+        SendJson(w, 200, json{{"text", *text}});
+      });
   router_.Add("DELETE", "/v1/snapshots/{id}",
               [&agent](http::Request& req, http::ResponseWriter& w) {
                 std::string id = req.Param("id");

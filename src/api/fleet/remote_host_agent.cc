@@ -191,6 +191,16 @@ Result<HostSandboxUsage> RemoteHostAgent::Usage(const std::string& id) {
   return u;
 }
 
+Result<std::string> RemoteHostAgent::ConsoleLog(const std::string& id, size_t max_bytes) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  Call call{"GET", SandboxPath(id) + "/console?max=" + std::to_string(max_bytes)};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  if (!j.is_object() || !j.contains("text") || !j["text"].is_string()) {
+    return Internal(Where() + ": invalid console log of " + id);
+  }
+  return j["text"].get<std::string>();
+}
+
 Result<HostPortEndpoint> RemoteHostAgent::ResolvePort(const std::string& id, uint16_t port) {
   return FailedPrecondition("port " + std::to_string(port) + " of sandbox " + id + " on " +
                             Where() +

@@ -65,6 +65,7 @@ class RemoteHostAgent : public HostAgent {
   Status DeleteSnapshot(const std::string& snapshot_id) override;
   Status SetEgress(const std::string& id, const nlohmann::json& egress) override;
   Result<HostSandboxUsage> Usage(const std::string& id) override;
+  Result<std::string> ConsoleLog(const std::string& id, size_t max_bytes) override;
   // failed_precondition: a remote sandbox's ports are reached through its agent (the data-plane
   // relay, not built yet), never by dialling a host-local address from here.
   Result<HostPortEndpoint> ResolvePort(const std::string& id, uint16_t port) override;
