@@ -12,6 +12,33 @@ namespace {
 
 std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
 std::atomic<int> g_fd{STDERR_FILENO};
+std::atomic<int> g_format{static_cast<int>(LogFormat::kText)};
+thread_local LogContext tls_context;
+
+void AppendJsonString(std::string& out, std::string_view v) {
+  out += '"';
+  for (size_t i = 0; i < v.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(v[i]);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c >= 0x80) {
+          // Control bytes and anything beyond ASCII as \u00XX of the byte: always valid JSON,
+          // whatever the bytes were (logs never hold invalid UTF-8 text).
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  out += '"';
+}
 
 std::string_view LevelName(LogLevel l) {
   switch (l) {
@@ -56,6 +83,19 @@ void SetLogLevel(LogLevel level) {
 void SetLogFd(int fd) {
   g_fd = fd;
 }
+void SetLogFormat(LogFormat format) {
+  g_format = static_cast<int>(format);
+}
+
+ScopedLogContext::ScopedLogContext(LogContext ctx) : previous_(std::move(tls_context)) {
+  tls_context = std::move(ctx);
+}
+ScopedLogContext::~ScopedLogContext() {
+  tls_context = std::move(previous_);
+}
+void ScopedLogContext::SetSandbox(std::string_view sandbox) {
+  tls_context.sandbox = std::string(sandbox);
+}
 
 void Log(LogLevel level, std::string_view event, std::initializer_list<LogField> fields) {
   if (static_cast<int>(level) < g_level.load()) return;
@@ -67,19 +107,48 @@ void Log(LogLevel level, std::string_view event, std::initializer_list<LogField>
   std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900,
                 t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
                 static_cast<int>(tv.tv_usec / 1000));
-  std::string line = "ts=";
-  line += ts;
-  line += " level=";
-  line += LevelName(level);
-  line += " event=";
-  AppendValue(line, event);
+  bool has_sandbox = false, has_request = false;
   for (const auto& f : fields) {
-    line += ' ';
-    line += f.key;
-    line += '=';
-    AppendValue(line, f.value);
+    if (f.key == "sandbox") has_sandbox = true;
+    if (f.key == "request_id") has_request = true;
   }
-  line += '\n';
+  const LogContext& ctx = tls_context;
+  std::string line;
+  if (g_format.load() == static_cast<int>(LogFormat::kJson)) {
+    line = "{\"ts\":\"";
+    line += ts;
+    line += "\",\"level\":\"";
+    line += LevelName(level);
+    line += "\",\"event\":";
+    AppendJsonString(line, event);
+    auto field = [&](std::string_view k, std::string_view v) {
+      line += ',';
+      AppendJsonString(line, k);
+      line += ':';
+      AppendJsonString(line, v);
+    };
+    for (const auto& f : fields) field(f.key, f.value);
+    if (!has_sandbox && !ctx.sandbox.empty()) field("sandbox", ctx.sandbox);
+    if (!has_request && !ctx.request_id.empty()) field("request_id", ctx.request_id);
+    line += "}\n";
+  } else {
+    line = "ts=";
+    line += ts;
+    line += " level=";
+    line += LevelName(level);
+    line += " event=";
+    AppendValue(line, event);
+    auto field = [&](std::string_view k, std::string_view v) {
+      line += ' ';
+      line += k;
+      line += '=';
+      AppendValue(line, v);
+    };
+    for (const auto& f : fields) field(f.key, f.value);
+    if (!has_sandbox && !ctx.sandbox.empty()) field("sandbox", ctx.sandbox);
+    if (!has_request && !ctx.request_id.empty()) field("request_id", ctx.request_id);
+    line += '\n';
+  }
   // One write(2) per line keeps lines from different threads whole.
   ssize_t unused = ::write(g_fd.load(), line.data(), line.size());
   (void)unused;

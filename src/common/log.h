@@ -25,6 +25,30 @@ struct LogField {
 };
 
 void SetLogLevel(LogLevel level);
+// kText: `ts=… level=… event=… k=v` (logfmt); kJson: one JSON object per line with the same
+// keys ({"ts":…,"level":…,"event":…,"k":"v"}).
+enum class LogFormat { kText, kJson };
+void SetLogFormat(LogFormat format);
+
+// What every line logged on this thread carries while it serves one request: its request id and
+// the sandbox it names (each added unless the line has a field of that name already).
+struct LogContext {
+  std::string request_id;
+  std::string sandbox;
+};
+// Sets this thread's context for its scope (the previous one comes back after).
+class ScopedLogContext {
+ public:
+  explicit ScopedLogContext(LogContext ctx);
+  ~ScopedLogContext();
+  ScopedLogContext(const ScopedLogContext&) = delete;
+  ScopedLogContext& operator=(const ScopedLogContext&) = delete;
+  // Names the sandbox once it is known (after routing).
+  static void SetSandbox(std::string_view sandbox);
+
+ private:
+  LogContext previous_;
+};
 // Where lines go: stderr by default; a file descriptor the caller keeps open otherwise.
 void SetLogFd(int fd);
 void Log(LogLevel level, std::string_view event, std::initializer_list<LogField> fields = {});
