@@ -5,6 +5,7 @@
 
 #include "api/auth.h"
 #include "api/codec/query.h"
+#include "api/dashboard.h"
 #include "api/errors.h"
 #include "api/templates.h"
 #include "common/log.h"
@@ -32,6 +33,10 @@ ApiServer::~ApiServer() {
   }
 }
 
+void ApiServer::SetDashboardDir(std::string dir) {
+  control_ctx_.dashboard->set_files_dir(std::move(dir));
+}
+
 void ApiServer::Shutdown() {
   http_->Shutdown();
   // Relayed connections end when their upstream side is shut down too.
@@ -46,6 +51,7 @@ void ApiServer::RegisterControl(http::Router& control, routes::ControlContext& c
   routes::RegisterTeamRoutes(control, cc);
   routes::RegisterHostRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
+  routes::RegisterDashboardRoutes(control, cc);
 }
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
@@ -53,6 +59,7 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
                                                     store::Store& store, Metrics& metrics,
                                                     std::unique_ptr<DataPlane> data_plane,
                                                     std::string domain) {
+  std::string options_host = options.host;
   std::unique_ptr<ApiServer> s(
       new ApiServer(controller, store, metrics, std::move(data_plane), std::move(domain)));
   RegisterControl(s->control_, s->control_ctx_);
@@ -68,6 +75,8 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
                     [self](http::Request& req, bool has_body, http::ResponseWriter& w) {
                       return self->Admit(req, has_body, w);
                     }));
+  // The web terminal reaches sandboxes through this very port.
+  s->control_ctx_.dashboard->set_moatd_url(LocalUrlOf(options_host, s->http_->port()));
   return s;
 }
 
@@ -98,6 +107,9 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
       match.route ? match.route->method + " " + match.route->pattern : "(unmatched)";
   // /metrics also takes `Authorization: Bearer` (Prometheus): trusted the same way here.
   bool metrics = match.route && match.route->pattern == "/metrics";
+  // Signing in to the dashboard is what a request without credentials may do.
+  bool sign_in =
+      match.route && match.route->pattern == routes::kDashboardSessionPath && req.method == "POST";
   auto team = metrics ? routes::MetricsCaller(*control_ctx_.store, req)
                       : Authenticate(*control_ctx_.store, req);
   a.authenticated = team.ok();
@@ -111,7 +123,7 @@ http::Admission ApiServer::Admit(http::Request& req, bool has_body, http::Respon
     } else {
       SendRestError(rec, NotFound("no route " + req.method + " " + req.path), 404);
     }
-  } else if (!team.ok()) {
+  } else if (!team.ok() && !sign_in) {
     SendRestError(rec, team.status());
   }
   if (rec.status() != 0) Record(route, rec.status(), started, req.peer, false);
@@ -152,8 +164,12 @@ void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
     DataPlaneAnswer answer = data_plane_->Handle(req, *target, w);
     return Record(answer.route, answer.status, started, req.peer, answer.warn);
   }
-  auto match = control_.Find(req.method, req.path);
   http::StatusRecorder rec(w);
+  // The dashboard's files, under paths no route pattern can name.
+  if (routes::ServeDashboardFiles(control_ctx_, req, rec)) {
+    return Record("GET /dashboard/*", rec.status(), started, req.peer, rec.status() >= 500);
+  }
+  auto match = control_.Find(req.method, req.path);
   std::string route;
   if (match.route == nullptr) {
     route = "(unmatched)";

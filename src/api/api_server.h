@@ -37,6 +37,8 @@ class ApiServer {
   ~ApiServer();
 
   uint16_t port() const { return http_->port(); }
+  // Where the dashboard's files are served from (default: DefaultDashboardDir()).
+  void SetDashboardDir(std::string dir);
   // Stops accepting and closes connections, proxied ones included; Wait() joins their threads
   // once the handlers return (kill the sandboxes in between so that streams end).
   void Shutdown();

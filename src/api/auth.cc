@@ -12,6 +12,7 @@
 
 #include "api/codec/protojson.h"
 #include "api/codec/query.h"
+#include "api/dashboard_session.h"
 #include "common/fs.h"
 #include "common/socket.h"
 #include "common/unique_fd.h"
@@ -148,7 +149,15 @@ Result<store::TeamRecord> Authenticate(store::Store& store, const http::Request&
 
 Result<Caller> AuthenticateCaller(store::Store& store, const http::Request& req) {
   std::string key = req.Header("X-API-KEY");
-  if (key.empty()) return Unauthenticated("missing X-API-KEY header");
+  if (key.empty()) {
+    // The dashboard: its session cookie, and (since a browser sends cookies along with requests
+    // that other sites make it send) the session's CSRF token, which only the page can know.
+    auto token = SessionToken(req);
+    if (!token) return Unauthenticated("missing X-API-KEY header");
+    MOAT_ASSIGN_OR_RETURN(auto session, LiveSession(store, *token, NowUnixMs()));
+    if (!session) return Unauthenticated("the dashboard session has expired or was signed out");
+    return SessionCaller(store, *session, req.Header(kCsrfHeader));
+  }
   MOAT_ASSIGN_OR_RETURN(auto found, store.KeyByHash(Sha256Hex(key)));
   if (!found) return Unauthenticated("invalid API key");
   return Caller{std::move(found->first), found->second.id, found->second.name};

@@ -64,7 +64,8 @@ struct Caller {
   std::string key_name;
 };
 // The caller of a control request: X-API-KEY, else a dashboard session (its cookie, and the
-// session's CSRF token in X-Moat-CSRF); unauthenticated naming what is wrong.
+// session's CSRF token in X-Moat-CSRF); unauthenticated naming what is wrong, or
+// permission_denied (403) for a live session's cookie without its CSRF token.
 Result<Caller> AuthenticateCaller(store::Store& store, const http::Request& req);
 
 }  // namespace moat::api

@@ -174,6 +174,9 @@ Status ValidateConfig(MoatdConfig& c) {
       return InvalidArgument("--domain: not a DNS name: \"" + c.domain + "\"");
     }
   }
+  if (c.role != MoatdRole::kAgent && c.dashboard_dir.empty()) {
+    c.dashboard_dir = ExecutableDir() + "/../dashboard";
+  }
   // An api replica runs no VMs: no guest artifacts, no network slots.
   const bool vms = c.role != MoatdRole::kApi;
   if (vms && c.guest_dir.empty()) c.guest_dir = ExecutableDir() + "/../guest";

@@ -46,6 +46,9 @@ struct MoatdConfig {
   bool network = true;
   // The sandbox domain clients are told (Sandbox.domain, the SDK's getHost); empty: null.
   std::string domain;
+  // --dashboard-dir: where the dashboard's built files are (served under /dashboard/);
+  // default: <moatd's dir>/../dashboard (api and serve).
+  std::string dashboard_dir;
   std::string net_pool = "10.200.0.0/16";
   // Resolvers the slots forward DNS to; empty: the non-loopback nameservers of
   // /etc/resolv.conf.

@@ -165,6 +165,7 @@ void PrintApiBanner(const std::string& url, const MoatdConfig& config,
       "moatd: use it from the e2b SDKs with\n  export E2B_API_URL=%s E2B_SANDBOX_URL=%s "
       "E2B_API_KEY=$(cat %s)\n",
       url.c_str(), url.c_str(), boot.key_file.c_str());
+  std::printf("moatd: the dashboard is at %s/dashboard/ (sign in with an API key)\n", url.c_str());
   std::fflush(stdout);
 }
 
@@ -240,6 +241,7 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
       StartWithLocalDataPlane(HttpOptions(config), **controller, **store, metrics,
                               host::GuestLookupOf(**agent), resolver, ProxyOptions(config));
   if (!server.ok()) return Fail("listen", server.status());
+  (*server)->SetDashboardDir(config.dashboard_dir);
   std::string url = UrlOf(config.listen_host, (*server)->port());
   LogInfo("moatd.listening", {{"url", url}, {"data_dir", config.data_dir}});
   PrintApiBanner(url, config, *boot);
@@ -301,6 +303,7 @@ int RunApi(MoatdConfig config) {
       std::make_unique<fleet::RelayDataPlane>(**store, hosts, *token, metrics, relay),
       config.domain);
   if (!server.ok()) return Fail("listen", server.status());
+  (*server)->SetDashboardDir(config.dashboard_dir);
   std::string url = UrlOf(config.listen_host, (*server)->port());
   LogInfo("moatd.listening", {{"url", url}, {"role", "api"}});
   PrintApiBanner(url, config, *boot);
@@ -449,6 +452,9 @@ void AddApiOptions(CLI::App* cmd, MoatdConfig& config) {
       ->capture_default_str();
   cmd->add_option("--domain", config.domain,
                   "sandbox domain: <port>-<id>.<domain> must resolve to moatd (wildcard DNS)");
+  cmd->add_option("--dashboard-dir", config.dashboard_dir,
+                  "the dashboard's built files, served under /dashboard/ (default: "
+                  "<moatd's dir>/../dashboard)");
 }
 
 struct VmFlags {
