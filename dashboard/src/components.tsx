@@ -120,7 +120,6 @@ export function usePoll<T>(load: () => Promise<T>, intervalMs: number, deps: unk
     }
     kick.current = run
     setLoading(true)
-    setData(undefined)
     run()
     return () => {
       live = false

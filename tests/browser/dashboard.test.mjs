@@ -163,6 +163,30 @@ describe('the dashboard in a browser', { concurrency: false, timeout: 300_000 },
     // A reload resumes the session (GET /dashboard/api/session).
     await page.reload({ waitUntil: 'domcontentloaded' })
     await page.waitForSelector(sel('nav-live'), { timeout: 15_000 })
+    // One moatd has no fleet: GET /hosts is [] and the Hosts entry stays hidden; the keys are
+    // the admin team's to manage.
+    await page.waitForSelector(sel('nav-keys'))
+    await sleep(300)
+    assert.equal(await page.$(sel('nav-hosts')), null, 'Hosts shows without a fleet')
+  })
+
+  test('a 401 anywhere (the key revoked) returns to the sign-in form', async () => {
+    // A second key of the other team (a team's last key cannot be revoked), signed in, revoked.
+    const k = await moatApi('POST', '/keys', otherKey, { name: 'revoked-soon' })
+    assert.equal(k.status, 201, JSON.stringify(k.body))
+    const context = await browser.createBrowserContext()
+    try {
+      const p = await openPage(context)
+      await signInAs(p, k.body.key)
+      await p.waitForSelector(sel('page-live'))
+      const r = await moatApi('DELETE', `/keys/${k.body.id}`, otherKey)
+      assert.equal(r.status, 204, JSON.stringify(r.body))
+      // The live list's next poll gets 401.
+      await p.waitForSelector(sel('signin-key'), { timeout: 15_000 })
+      assert.equal(await p.$(sel('nav-live')), null)
+    } finally {
+      await context.close()
+    }
   })
 
   test('a sandbox created through the SDK appears live', async () => {
@@ -278,6 +302,17 @@ describe('the dashboard in a browser', { concurrency: false, timeout: 300_000 },
     await page.waitForSelector(sel(`history-row-${killed.sandboxId}`), { timeout: 15_000 })
     await waitText(page, sel(`history-end-${killed.sandboxId}`), `killed by ${KEY_NAME}`)
     await shot('history')
+    // Filters: this run's metadata finds it; live sandboxes only do not.
+    await page.type(sel('filter-metadata'), `run=${run}`)
+    await page.click(sel('filter-apply'))
+    await page.waitForFunction(() => new URLSearchParams(location.search).has('metadata'))
+    await page.waitForSelector(sel(`history-row-${killed.sandboxId}`), { timeout: 15_000 })
+    await page.select(sel('filter-state'), 'live')
+    await page.click(sel('filter-apply'))
+    await page.waitForSelector(sel(`history-row-${killed.sandboxId}`), { hidden: true, timeout: 15_000 })
+    await page.select(sel('filter-state'), '')
+    await page.click(sel('filter-apply'))
+    await page.waitForSelector(sel(`history-row-${killed.sandboxId}`), { timeout: 15_000 })
     // Its page: ended, and how.
     await page.click(sel(`history-open-${killed.sandboxId}`))
     await page.waitForSelector(sel('page-sandbox'))
@@ -326,7 +361,25 @@ describe('the dashboard in a browser', { concurrency: false, timeout: 300_000 },
     await page.waitForSelector(sel('keys-table'), { timeout: 15_000 })
     await waitText(page, sel('keys-table'), KEY_NAME)
     assert.ok(!(await textOf(page, sel('keys-table'))).includes(key), 'a key is shown in full')
+    // A key made in the page is shown once, works, and is revoked behind a confirmation.
+    await page.type(sel('key-name'), 'made-in-the-page')
+    await page.click(sel('key-create'))
+    await page.waitForSelector(sel('key-created-value'), { timeout: 15_000 })
+    const made = await page.$eval(sel('key-created-value'), (el) => el.value)
+    assert.match(made, /^e2b_[0-9a-f]+$/)
+    assert.equal((await moatApi('GET', '/v2/sandboxes', made)).status, 200)
+    await waitText(page, sel('keys-table'), 'made-in-the-page')
     await shot('keys')
+    const madeId = await page.$$eval('[data-testid^="key-row-"]', (rows) => {
+      const row = rows.find((r) => r.textContent.includes('made-in-the-page'))
+      return row?.getAttribute('data-testid').slice('key-row-'.length)
+    })
+    assert.ok(madeId)
+    await page.click(sel(`revoke-${madeId}`))
+    await page.waitForSelector(sel('confirm-dialog'))
+    await page.click(sel('confirm'))
+    await page.waitForSelector(sel(`key-row-${madeId}`), { hidden: true, timeout: 15_000 })
+    assert.equal((await moatApi('GET', '/v2/sandboxes', made)).status, 401)
     await nav(page, 'nav-audit', 'page-audit')
     await page.waitForSelector(sel('audit-table'), { timeout: 15_000 })
     await waitText(page, sel('audit-table'), 'sandbox.kill')
