@@ -318,7 +318,8 @@ function Metrics(props: { id: string }) {
         Sampled every 2 s while this page is open
         {last ? ` · now ${fmtPct(last.cpuUsedPct)} CPU, ${fmtBytes(last.memUsed)} of ${fmtBytes(last.memTotal)}` : ''}
       </p>
-      <div class="charts">
+      {samples.length < 2 ? <p class="muted small">Collecting samples…</p> : null}
+      <div class="charts" style={samples.length < 2 ? 'display:none' : undefined}>
         <TimeChart
           testid="chart-cpu"
           series={[{ label: 'CPU %', color: '#2563eb', fill: true, value: (v) => fmtPct(v) }]}

@@ -60,6 +60,13 @@ function idleShare(n: UsageNumbers): string {
 
 const hours = (s: number) => s / 3600
 
+// The unit the per-day chart shows sandbox time in: what its largest day reads best in.
+function timeUnit(maxSeconds: number): { name: string; short: string; per: number } {
+  if (maxSeconds >= 2 * 3600) return { name: 'sandbox-hours', short: 'h', per: 3600 }
+  if (maxSeconds >= 120) return { name: 'sandbox-minutes', short: 'min', per: 60 }
+  return { name: 'sandbox-seconds', short: 's', per: 1 }
+}
+
 function Stat(props: { label: string; value: string; testid?: string; title?: string }) {
   return (
     <div class="stat" title={props.title}>
@@ -114,10 +121,12 @@ export function UsagePage() {
     if (b) {
       for (let d = b.from; d < b.to; d += DAY) byDay.push({ x: d / 1000, n: perDay.get(isoDay(d)) ?? zero() })
     }
+    const unit = timeUnit(Math.max(0, ...byDay.map((d) => Math.max(d.n.runningSeconds, d.n.pausedSeconds))))
     return {
       totals: u.totals ? { ...zero(), ...u.totals } : total,
       templates: [...templates.entries()].sort((a, c) => c[1].runningSeconds - a[1].runningSeconds),
-      time: [byDay.map((d) => d.x), byDay.map((d) => hours(d.n.runningSeconds)), byDay.map((d) => hours(d.n.pausedSeconds))],
+      unit,
+      time: [byDay.map((d) => d.x), byDay.map((d) => d.n.runningSeconds / unit.per), byDay.map((d) => d.n.pausedSeconds / unit.per)],
       net: [byDay.map((d) => d.x), byDay.map((d) => d.n.egressBytes / 1048576), byDay.map((d) => d.n.ingressBytes / 1048576)],
       empty: rows.length === 0,
     }
@@ -203,11 +212,21 @@ export function UsagePage() {
               testid="usage-chart-time"
               daily
               series={[
-                { label: 'running (h)', color: '#2563eb', fill: true, value: (v) => (v == null ? '—' : `${v.toFixed(2)} h`) },
-                { label: 'paused (h)', color: '#d97706', fill: true, value: (v) => (v == null ? '—' : `${v.toFixed(2)} h`) },
+                {
+                  label: `running (${view.unit.short})`,
+                  color: '#2563eb',
+                  fill: true,
+                  value: (v) => (v == null ? '—' : `${v.toFixed(2)} ${view.unit.short}`),
+                },
+                {
+                  label: `paused (${view.unit.short})`,
+                  color: '#d97706',
+                  fill: true,
+                  value: (v) => (v == null ? '—' : `${v.toFixed(2)} ${view.unit.short}`),
+                },
               ]}
               data={view.time}
-              yLabel="sandbox-hours"
+              yLabel={view.unit.name}
             />
           </Section>
           <Section title="Network per day">
