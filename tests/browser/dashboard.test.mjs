@@ -296,8 +296,7 @@ describe('the dashboard in a browser', { concurrency: false, timeout: 300_000 },
     await page.click(sel('confirm'))
     await page.waitForSelector(sel('confirm-dialog'), { hidden: true, timeout: 20_000 })
     await page.waitForSelector(sel(`sandbox-row-${sbx.sandboxId}`), { hidden: true, timeout: 15_000 })
-    const killed = sbx
-    sbx = undefined
+    const killed = sbx // (its kill() in after() is then a harmless no-op)
     await nav(page, 'nav-history', 'page-history')
     await page.waitForSelector(sel(`history-row-${killed.sandboxId}`), { timeout: 15_000 })
     await waitText(page, sel(`history-end-${killed.sandboxId}`), `killed by ${KEY_NAME}`)
@@ -320,7 +319,6 @@ describe('the dashboard in a browser', { concurrency: false, timeout: 300_000 },
     await page.waitForSelector(sel('timeline'), { timeout: 15_000 })
     await waitText(page, sel('timeline'), 'killed')
     await shot('sandbox-ended')
-    sbx = killed // its id is still wanted below (kill() of a killed sandbox is harmless)
   })
 
   test('usage shows running seconds and creates', async () => {
