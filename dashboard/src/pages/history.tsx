@@ -4,6 +4,7 @@ import { api } from '../api'
 import { Empty, ErrorBox, Link, Loading, MetadataChips, StateBadge } from '../components'
 import { endedHow, fmtDuration, fmtTime, fromLocalInput, isFailedEnd, toLocalInput } from '../format'
 import { currentQuery, replaceQuery } from '../router'
+import { TemplateName, useTemplateNames } from '../templates'
 import type { History, Page } from '../types'
 
 interface Filters {
@@ -59,6 +60,7 @@ export function HistoryPage() {
   const [next, setNext] = useState('')
   const [error, setError] = useState<unknown>(null)
   const [loading, setLoading] = useState(false)
+  const names = useTemplateNames()
 
   const load = async (f: Filters, token: string) => {
     setLoading(true)
@@ -208,7 +210,9 @@ export function HistoryPage() {
                     </span>
                   ) : null}
                 </td>
-                <td class="mono">{h.templateID}</td>
+                <td>
+                  <TemplateName id={h.templateID} names={names} />
+                </td>
                 <td>
                   <StateBadge state={h.state} />
                 </td>

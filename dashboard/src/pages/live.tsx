@@ -4,6 +4,7 @@ import { api } from '../api'
 import { ErrorBox, Link, Loading, MetadataChips, Sparkline, StateBadge, useConfirm, usePoll } from '../components'
 import { fmtAge, fmtBytes, fmtPct, fmtTime } from '../format'
 import { forget, sampleMetrics, samplesOf } from '../metrics'
+import { TemplateName, useTemplateNames } from '../templates'
 import type { ListedSandbox } from '../types'
 
 const POLL_MS = 2000
@@ -86,6 +87,7 @@ export function sandboxActions(ask: ReturnType<typeof useConfirm>[1], s: { sandb
 export function LivePage() {
   const live = usePoll(loadLive, POLL_MS, [])
   const [dialog, ask] = useConfirm()
+  const names = useTemplateNames()
   const list = live.data
   const now = Date.now()
   return (
@@ -128,11 +130,7 @@ export function LivePage() {
                     </Link>
                   </td>
                   <td>
-                    {s.alias && s.alias !== s.templateID ? (
-                      <span title={s.templateID}>{s.alias}</span>
-                    ) : (
-                      <span class="mono">{s.templateID}</span>
-                    )}
+                    <TemplateName id={s.templateID} alias={s.alias} names={names} />
                   </td>
                   <td>
                     <StateBadge state={s.state} testid={`state-${s.sandboxID}`} />
