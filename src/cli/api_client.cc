@@ -1,5 +1,6 @@
 #include "cli/api_client.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "api/codec/protojson.h"
@@ -67,6 +68,39 @@ Result<json> ApiClient::ListAll(const std::string& path, const std::string& quer
     for (auto& item : page) all.push_back(std::move(item));
   } while (!next.empty());
   return all;
+}
+
+Result<json> ApiClient::ListItems(const std::string& path, const std::string& query, int limit) {
+  constexpr int kMaxPage = 1000;  // moatd's largest limit on these routes
+  json items = json::array();
+  std::string next;
+  bool empty_page = false;
+  do {
+    int want = std::min(kMaxPage, limit - static_cast<int>(items.size()));
+    std::string target =
+        path + query + (query.empty() ? "?" : "&") + "limit=" + std::to_string(want);
+    if (!next.empty()) target += "&nextToken=" + api::codec::PercentEncode(next);
+    MOAT_ASSIGN_OR_RETURN(json page, Control("GET", target));
+    if (!page.is_object() || !page.contains("items") || !page["items"].is_array()) {
+      return Internal("GET " + path + ": expected {\"items\":[…]}");
+    }
+    // A page with no items ends the walk even if it names a next one: never ask forever.
+    empty_page = page["items"].empty();
+    for (auto& item : page["items"]) {
+      if (static_cast<int>(items.size()) < limit) items.push_back(std::move(item));
+    }
+    auto token = page.find("nextToken");
+    next = token != page.end() && token->is_string() ? token->get<std::string>() : "";
+  } while (!next.empty() && !empty_page && static_cast<int>(items.size()) < limit);
+  return json{{"items", std::move(items)}, {"nextToken", next}};
+}
+
+Result<std::string> ApiClient::GetText(const std::string& target) {
+  HttpRequest req{.method = "GET", .target = target, .headers = {}, .body = {}};
+  req.headers.emplace_back("X-API-Key", config_.api_key);
+  MOAT_ASSIGN_OR_RETURN(HttpResponse resp, SendHttp(config_.base, req));
+  if (resp.status < 200 || resp.status >= 300) return ResponseError(resp);
+  return std::move(resp.body);
 }
 
 Result<json> ApiClient::Control(const std::string& method, const std::string& target,

@@ -52,6 +52,14 @@ class ApiClient {
   // Every page of a paged list route (`path` + `query`, X-Next-Token), as one JSON array.
   Result<json> ListAll(const std::string& path, const std::string& query);
 
+  // Up to `limit` items of a route that pages in its body ({"items":[…],"nextToken":"…"}:
+  // /history, /audit), following nextToken; `query` is "" or "?…" without limit. Returns the same
+  // shape: the items, and the token of the page after them ("" when there is none).
+  Result<json> ListItems(const std::string& path, const std::string& query, int limit);
+
+  // A GET whose 2xx body is not JSON (text/csv, text/plain), as it came.
+  Result<std::string> GetText(const std::string& target);
+
   // Routing headers for sandbox `id`'s envd, its access token (looked up with GET
   // /sandboxes/{id}) and, when `user` is set, Basic auth naming that Linux user.
   Result<std::vector<std::pair<std::string, std::string>>> EnvdHeaders(const std::string& id,

@@ -23,6 +23,9 @@ Runner AddKeys(CLI::App& app);      // keys create|list|revoke (/keys)
 Runner AddTeam(CLI::App& app);      // team quotas [--set NAME=N] (/teams/{teamID}/quotas)
 Runner AddHost(CLI::App& app);      // host list|drain|undrain (/hosts; admin key)
 Runner AddTemplate(CLI::App& app);  // template build|list|info|delete (E2B-TEMPLATES)
+Runner AddAudit(CLI::App& app);     // the audit log of control actions (/audit)
+Runner AddUsage(CLI::App& app);     // usage report, table, JSON or CSV (/usage)
+Runner AddHistory(CLI::App& app);   // sandboxes past and present, one's timeline (/history)
 
 // A repeatable `--flag K=V` collected into `values`. It is a scalar option fired on each use,
 // not a vector option, because CLI11 ends a vector option's values at `--`, which `exec` needs

@@ -1,6 +1,6 @@
 // moat: the command-line client. `version` and `doctor` work on their own; `sandbox`, `exec`,
-// `run-code`, `cp`, `snapshot`, `template`, `keys`, `team` and `host` talk to moatd's public API
-// at MOAT_API_URL with MOAT_API_KEY.
+// `run-code`, `cp`, `snapshot`, `template`, `keys`, `team`, `host`, `history`, `audit` and
+// `usage` talk to moatd's public API at MOAT_API_URL with MOAT_API_KEY.
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
@@ -12,7 +12,8 @@ int main(int argc, char** argv) {
   for (auto add :
        {moat::cli::AddVersion, moat::cli::AddDoctor, moat::cli::AddSandbox, moat::cli::AddExec,
         moat::cli::AddRunCode, moat::cli::AddCp, moat::cli::AddSnapshot, moat::cli::AddKeys,
-        moat::cli::AddTemplate, moat::cli::AddTeam, moat::cli::AddHost}) {
+        moat::cli::AddTemplate, moat::cli::AddTeam, moat::cli::AddHost, moat::cli::AddHistory,
+        moat::cli::AddAudit, moat::cli::AddUsage}) {
     auto run = add(app);
     commands.emplace_back(app.get_subcommands({}).back(), run);
   }

@@ -8,6 +8,7 @@
 #include "cli/api_client.h"
 #include "cli/commands.h"
 #include "cli/output.h"
+#include "cli/query_args.h"
 
 namespace moat::cli {
 namespace {
@@ -27,17 +28,6 @@ struct SandboxOptions {
 
 std::string SandboxPath(const std::string& id, std::string_view suffix = {}) {
   return "/sandboxes/" + PercentEncode(id) + std::string(suffix);
-}
-
-// The metadata filter of list: each key and value percent-encoded, joined as a form, and the
-// whole encoded once more as the query value (E2B-WIRE §2.2).
-std::string MetadataQuery(const std::map<std::string, std::string>& metadata) {
-  std::string form;
-  for (const auto& [k, v] : metadata) {
-    if (!form.empty()) form += "&";
-    form += PercentEncode(k) + "=" + PercentEncode(v);
-  }
-  return PercentEncode(form);
 }
 
 Result<json> Create(ApiClient& api, const SandboxOptions& o) {
