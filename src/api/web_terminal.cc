@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -403,14 +404,16 @@ class Terminal {
         pending_input_.append(**data);
       }
     } else if (*type == "resize") {
-      auto cols = codec::IntField(j, "cols", 1, kMaxTerminalCols);
-      auto rows = codec::IntField(j, "rows", 1, kMaxTerminalRows);
+      // Any size a window may have, clamped to what a PTY is given.
+      auto cols = codec::IntField(j, "cols", INT32_MIN, INT32_MAX);
+      auto rows = codec::IntField(j, "rows", INT32_MIN, INT32_MAX);
       if (!cols.ok() || !rows.ok() || !*cols || !*rows) {
-        page_.Close(ws::kClosePolicy, "resize: \"cols\" 1.." + std::to_string(kMaxTerminalCols) +
-                                          " and \"rows\" 1.." + std::to_string(kMaxTerminalRows));
+        page_.Close(ws::kClosePolicy, "resize: \"cols\" and \"rows\" must be numbers");
         return false;
       }
-      pending_size_ = cli::PtySize{static_cast<uint16_t>(**cols), static_cast<uint16_t>(**rows)};
+      pending_size_ =
+          cli::PtySize{static_cast<uint16_t>(std::clamp<int64_t>(**cols, 1, kMaxTerminalCols)),
+                       static_cast<uint16_t>(std::clamp<int64_t>(**rows, 1, kMaxTerminalRows))};
     }
     // Other types are ignored: a newer page may send what this moatd does not know.
     return true;

@@ -3,6 +3,8 @@
 // carries the dashboard's security headers; sign-ins and sign-outs go to the audit log.
 #include "api/dashboard.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <nlohmann/json.hpp>
 
 #include "api/codec/protojson.h"
@@ -152,18 +154,19 @@ std::string OriginHost(std::string_view origin) {
   return host;
 }
 
-// A query parameter as a PTY dimension: `fallback` when absent.
+// A query parameter as a PTY dimension: `fallback` when absent, clamped to 1..max (a page's
+// window may be any size).
 Result<uint16_t> Dimension(const codec::QueryParams& q, const char* name, uint16_t fallback,
                            uint16_t max) {
   auto text = codec::QueryValue(q, name);
   if (!text) return fallback;
   char* end = nullptr;
+  errno = 0;
   long v = std::strtol(text->c_str(), &end, 10);
-  if (text->empty() || *end != '\0' || v < 1 || v > max) {
-    return InvalidArgument(std::string("query parameter \"") + name + "\" must be 1.." +
-                           std::to_string(max));
+  if (text->empty() || *end != '\0' || errno != 0) {
+    return InvalidArgument(std::string("query parameter \"") + name + "\" must be a number");
   }
-  return static_cast<uint16_t>(v);
+  return static_cast<uint16_t>(std::clamp<long>(v, 1, max));
 }
 
 void TerminalRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter& writer) {

@@ -348,7 +348,7 @@ TEST_F(DashboardSessionTest, TheTerminalIsRefusedBeforeTheUpgradeWithoutTheRight
   EXPECT_EQ(Call("GET", path + "?csrf=" + s.csrf, other_origin).status(), 403);
   other_origin.erase("Origin");
   EXPECT_EQ(Call("GET", path + "?csrf=" + s.csrf, other_origin).status(), 403);
-  EXPECT_EQ(Call("GET", path + "?csrf=" + s.csrf + "&cols=0", upgrade).status(), 400);
+  EXPECT_EQ(Call("GET", path + "?csrf=" + s.csrf + "&cols=", upgrade).status(), 400);
   EXPECT_EQ(Call("GET", path + "?csrf=" + s.csrf + "&rows=x", upgrade).status(), 400);
 }
 
@@ -842,6 +842,8 @@ TEST_F(WebTerminalTest, RelaysOutputInputAndResizesThenTellsTheExit) {
   EXPECT_TRUE(page->OutputUntil("echo:ls\r"));
   page->SendJson({{"type", "resize"}, {"cols", 100}, {"rows", 40}});
   EXPECT_TRUE(envd_.WaitForCall("Update 100x40"));
+  page->SendJson({{"type", "resize"}, {"cols", 5000}, {"rows", 0}});
+  EXPECT_TRUE(envd_.WaitForCall("Update 1000x1")) << "clamped";
   page->SendJson({{"type", "input"}, {"data", "exit\r"}});
   EXPECT_EQ(page->NextJson(), json({{"type", "exit"}, {"exitCode", 3}}));
   EXPECT_EQ(page->NextJson(), json({{"close", 1000}}));
