@@ -869,6 +869,12 @@ void SandboxController::ReapOnce() {
     return;
   }
   int64_t now = UnixMillisNow();
+  // Forget killing records that are gone or changed.
+  std::set<std::string> killing_now;
+  for (const auto& r : *all) {
+    if (r.state == SandboxState::kKilling) killing_now.insert(r.id);
+  }
+  std::erase_if(killing_seen_, [&](const auto& kv) { return killing_now.count(kv.first) == 0; });
   for (const auto& r : *all) {
     const char* why = nullptr;
     switch (r.state) {
@@ -877,9 +883,17 @@ void SandboxController::ReapOnce() {
       case SandboxState::kPausing:
       case SandboxState::kResuming:
       case SandboxState::kKilled: continue;
-      case SandboxState::kKilling:  // a kill that failed half-way: try again
-      case SandboxState::kLost:     // its host is gone: the record goes
-        why = "left killing or lost";
+      case SandboxState::kKilling: {
+        // A kill that failed half-way: tried again once it has been killing for a while (a
+        // kill in flight — this replica's or another's — is killing too, for milliseconds).
+        auto [it, fresh] = killing_seen_.try_emplace(r.id, std::chrono::steady_clock::now());
+        if (fresh || std::chrono::steady_clock::now() - it->second < kKillingGrace) continue;
+        killing_seen_.erase(it);
+        why = "left killing";
+        break;
+      }
+      case SandboxState::kLost:  // its host is gone: the record goes
+        why = "lost";
         break;
       case SandboxState::kRunning:
       case SandboxState::kError:

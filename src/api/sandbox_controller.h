@@ -18,8 +18,8 @@
 #include <unordered_set>
 
 #include "api/data_plane.h"
-#include "api/host_agent.h"
 #include "api/history.h"
+#include "api/host_agent.h"
 #include "api/host_directory.h"
 #include "api/metrics.h"
 #include "api/sandbox_actions.h"
@@ -219,6 +219,10 @@ class SandboxController {
   // Sandboxes seen without auto-resume: WakeForTraffic need not read them again (bounded).
   std::mutex sleepless_mu_;
   std::unordered_set<std::string> sleepless_;
+
+  // When the reaper first saw each record in `killing` (a kill in flight is left alone).
+  static constexpr std::chrono::seconds kKillingGrace{30};
+  std::map<std::string, std::chrono::steady_clock::time_point> killing_seen_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -3,6 +3,7 @@
 // half-made, and races decided by the store's compare-and-set.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -313,6 +314,17 @@ TEST_F(ControllerTest, StartResolvesRecordsAnEarlierControlPlaneLeftMidChange) {
   EXPECT_EQ(host_.running.count("killingaaaaaaaaaaaaa"), 0u);
   EXPECT_EQ(StateOf("runningaaaaaaaaaaaaa"), SandboxState::kRunning);
   EXPECT_EQ(host_.running.count("orphanaaaaaaaaaaaaaa"), 0u);
+}
+
+TEST_F(ControllerTest, TheReaperLeavesAKillInFlightToItsKiller) {
+  auto r = Create();
+  ASSERT_TRUE(r.ok());
+  // Its kill is in flight (killing, the VM not yet released): the reaper's pass leaves it, so
+  // that the kill is released once and its history names who killed it.
+  host_.during["kill"] = [&](const std::string&) { controller_->ReapOnce(); };
+  ASSERT_TRUE(controller_->Kill(team_.id, r->id).ok());
+  EXPECT_EQ(std::count(host_.calls.begin(), host_.calls.end(), "kill " + r->id), 1);
+  EXPECT_FALSE(Record(r->id).has_value());
 }
 
 }  // namespace
