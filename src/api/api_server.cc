@@ -52,6 +52,7 @@ void ApiServer::RegisterControl(http::Router& control, routes::ControlContext& c
   routes::RegisterHostRoutes(control, cc);
   routes::RegisterSystemRoutes(control, cc);
   routes::RegisterDashboardRoutes(control, cc);
+  routes::RegisterHistoryRoutes(control, cc);
 }
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(http::ServerOptions options,
@@ -158,9 +159,26 @@ http::Admission ApiServer::AdmitUpload(http::Request& req, bool has_body, http::
   return a;
 }
 
+namespace {
+
+// The client's X-Request-Id when it is a sane token, else a fresh one.
+std::string RequestIdOf(const http::Request& req) {
+  std::string given = req.Header("X-Request-Id");
+  bool sane = !given.empty() && given.size() <= 64 &&
+              given.find_first_not_of(
+                  "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                  "0123456789-_.:") == std::string::npos;
+  return sane ? given : RandomToken("", 8);
+}
+
+}  // namespace
+
 void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
   auto started = std::chrono::steady_clock::now();
+  if (req.request_id.empty()) req.request_id = RequestIdOf(req);
+  ScopedLogContext log_context({req.request_id, ""});
   if (auto target = routes::EnvdTargetOf(req)) {
+    ScopedLogContext::SetSandbox(target->sandbox_id);
     DataPlaneAnswer answer = data_plane_->Handle(req, *target, w);
     return Record(answer.route, answer.status, started, req.peer, answer.warn);
   }
@@ -181,6 +199,9 @@ void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
   } else {
     route = match.route->method + " " + match.route->pattern;
     req.params = std::move(match.params);
+    if (auto id = req.params.find("sandboxID"); id != req.params.end()) {
+      ScopedLogContext::SetSandbox(id->second);
+    }
     match.route->handler(req, rec);
   }
   Record(route, rec.status(), started, req.peer, rec.status() >= 500);

@@ -66,6 +66,13 @@ struct MoatdConfig {
   // --prebake-templates: bake the built-in templates (code-interpreter-v1) at start, in the
   // background, rather than on their first create.
   bool prebake_templates = true;
+  // --history: keep sandboxes' history, their commands, the audit log and usage (docs/usage.md);
+  // false only to measure what it costs (bench/).
+  bool history = true;
+  // --history-retention-days: ended sandboxes' history, audit records and usage go after this.
+  int history_retention_days = 30;
+  // --usage-interval: seconds between two readings of running sandboxes' network counters.
+  int usage_interval_s = 60;
   // Pause, named snapshots and fork write memory-file snapshots (docs/snapshots.md); false:
   // one full migration stream each (--snapshot-format stream).
   bool memory_file_snapshots = true;

@@ -227,6 +227,9 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   auto templates = TemplatesIn(config.data_dir, /*owns_builds=*/true);
   if (!templates.ok()) return Fail("templates", templates.status());
   ControllerOptions copts;
+  copts.history = config.history;
+  copts.history_retention = std::chrono::hours(24 * config.history_retention_days);
+  copts.usage_interval = std::chrono::seconds(config.usage_interval_s);
   copts.templates = *templates;
   auto controller = SandboxController::Start(this_host, **store, metrics, copts);
   if (!controller.ok()) return Fail("controller", controller.status());
@@ -279,6 +282,9 @@ int RunApi(MoatdConfig config) {
   fleet::FleetHostDirectory hosts(**store, *token, placement);
   Metrics metrics;
   ControllerOptions copts;
+  copts.history = config.history;
+  copts.history_retention = std::chrono::hours(24 * config.history_retention_days);
+  copts.usage_interval = std::chrono::seconds(config.usage_interval_s);
   copts.reconcile_at_start = false;  // each agent reconciles its own host when it registers
   // Custom templates: uploads are kept in the store (any replica serves them), and every
   // replica signs and checks upload URLs with a key derived from the fleet token. A build
@@ -375,9 +381,10 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   host::InProcessHostAgent this_host(config.host_id, **agent);
   // envd and port traffic relayed by the replicas, for the sandboxes running here.
   Metrics metrics;
+  HistoryLog history(store->get(), config.history);
   auto data_plane =
       host::FleetHostDataPlane(**store, this_host, **agent, metrics, ProxyOptions(config),
-                               config.max_body_bytes, config.network);
+                               config.max_body_bytes, config.network, &history);
 
   auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config), data_plane.get(),
                                          config.data_dir + "/template-files");
@@ -455,6 +462,17 @@ void AddApiOptions(CLI::App* cmd, MoatdConfig& config) {
   cmd->add_option("--dashboard-dir", config.dashboard_dir,
                   "the dashboard's built files, served under /dashboard/ (default: "
                   "<moatd's dir>/../dashboard)");
+  cmd->add_option("--history", config.history,
+                  "keep sandbox history, commands, the audit log and usage (docs/usage.md)")
+      ->capture_default_str();
+  cmd->add_option("--history-retention-days", config.history_retention_days,
+                  "days ended sandboxes' history, audit records and usage are kept")
+      ->check(CLI::Range(1, 36500))
+      ->capture_default_str();
+  cmd->add_option("--usage-interval", config.usage_interval_s,
+                  "seconds between two readings of running sandboxes' network counters")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
 }
 
 struct VmFlags {
@@ -536,6 +554,12 @@ int main(int argc, char** argv) {
   CLI::App app{"moatd: the moat sandbox server"};
   app.set_version_flag("--version", "moatd 0.1.0");
   app.require_subcommand(1);
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format,
+                 "text (logfmt: ts=… level=… event=… k=v) or json (one object per line); every "
+                 "line a request causes carries its request_id and sandbox")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   MoatdConfig config;
   VmFlags vm;
 
@@ -580,6 +604,8 @@ int main(int argc, char** argv) {
       ->required();
   agent->add_option("--host-id", config.host_id, "this host's stable name in the fleet")
       ->required();
+  agent->add_option("--history", config.history, "record the commands run in sandboxes")
+      ->capture_default_str();
   agent->add_option("--data-dir", config.data_dir, "state directory")->capture_default_str();
   agent->add_option("--advertise", config.advertise,
                     "URL replicas reach this agent at (default: http://<listen>)");
@@ -594,6 +620,7 @@ int main(int argc, char** argv) {
   AddVmOptions(agent, config, vm);
 
   CLI11_PARSE(app, argc, argv);
+  moat::SetLogFormat(log_format == "json" ? moat::LogFormat::kJson : moat::LogFormat::kText);
   if (api->parsed()) return moat::api::RunApi(config);
   if (int rc = ApplyVmFlags(vm, config); rc != 0) return rc;
   if (serve->parsed()) return moat::api::Serve(config, vm.keep_sandboxes);
