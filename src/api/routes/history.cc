@@ -474,7 +474,10 @@ http::Handler Audited(ControlContext& ctx, std::string action, std::string targe
     if (rec.status() >= 400 && body.is_object() && body.contains("message")) {
       detail = DumpJson({{"message", body["message"]}});
     }
-    ctx.controller->history().Audit(action, target, rec.status(), detail);
+    // Without a controller (route tests), straight to the store.
+    HistoryLog direct(ctx.store, true);
+    HistoryLog& log = ctx.controller != nullptr ? ctx.controller->history() : direct;
+    log.Audit(action, target, rec.status(), detail);
   });
 }
 

@@ -5,8 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <thread>
 
+#include "api/auth.h"
+#include "api/http/router.h"
+#include "api/routes/routes.h"
 #include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "api/usage.h"
@@ -187,6 +191,92 @@ TEST_F(HistoryTest, RunningTimeIsExactAcrossARestartAndAPauseResume) {
   // Asked twice (or by another replica), the same answer.
   auto again = Usage(t0 - 3600000, t1 + 3600000, t1);
   EXPECT_EQ(again.totals.running_seconds, report.totals.running_seconds);
+}
+
+// The routes: who did what is in the audit log, the history answers for the team's own
+// sandboxes only, usage and E2B's logs route read the same records.
+class HistoryRoutesTest : public HistoryTest {
+ protected:
+  void SetUp() override {
+    HistoryTest::SetUp();
+    ASSERT_TRUE(store_->AddApiKey(team_.id, "ci-bot", Sha256Hex("e2b_acme"), "e2b_a…").ok());
+    other_ = *store_->CreateTeam("other", false);
+    ASSERT_TRUE(store_->AddApiKey(other_.id, "x", Sha256Hex("e2b_other"), "e2b_o…").ok());
+    cc_ = routes::ControlContext{controller_.get(), store_.get(), &metrics_, "0.6.4"};
+    routes::RegisterSandboxRoutes(router_, cc_);
+    routes::RegisterHistoryRoutes(router_, cc_);
+  }
+  http::RecordingWriter Call(const std::string& method, const std::string& target,
+                             const std::string& key, const std::string& body = "") {
+    http::Request req;
+    req.method = method;
+    size_t q = target.find('?');
+    req.path = target.substr(0, q);
+    if (q != std::string::npos) req.raw_query = target.substr(q + 1);
+    req.headers["X-API-KEY"] = key;
+    req.peer = "192.0.2.7:5555";
+    req.body = body;
+    http::RecordingWriter w;
+    auto match = router_.Find(req.method, req.path);
+    EXPECT_NE(match.route, nullptr) << method << " " << target;
+    if (match.route == nullptr) return w;
+    req.params = match.params;
+    match.route->handler(req, w);
+    return w;
+  }
+  nlohmann::json Json(const http::RecordingWriter& w) { return nlohmann::json::parse(w.body()); }
+
+  http::Router router_;
+  routes::ControlContext cc_{};
+  store::TeamRecord other_;
+};
+
+TEST_F(HistoryRoutesTest, AuditHistoryUsageAndLogsTellTheSameStory) {
+  auto created =
+      Call("POST", "/sandboxes", "e2b_acme", R"({"templateID":"base","metadata":{"job":"etl"}})");
+  ASSERT_EQ(created.status(), 201) << created.body();
+  std::string id = Json(created)["sandboxID"];
+  EXPECT_EQ(Call("DELETE", "/sandboxes/nosuchsandbox000000", "e2b_acme").status(), 404);
+  EXPECT_EQ(Call("DELETE", "/sandboxes/" + id, "e2b_acme").status(), 204);
+
+  auto audit = Json(Call("GET", "/audit", "e2b_acme"));
+  ASSERT_EQ(audit["items"].size(), 3u) << audit.dump();
+  EXPECT_EQ(audit["items"][0]["action"], "sandbox.kill");
+  EXPECT_EQ(audit["items"][0]["target"], id);
+  EXPECT_EQ(audit["items"][0]["keyName"], "ci-bot");
+  EXPECT_EQ(audit["items"][0]["source"], "192.0.2.7");
+  EXPECT_EQ(audit["items"][0]["outcome"], "ok");
+  EXPECT_EQ(audit["items"][1]["outcome"], "error");
+  EXPECT_EQ(audit["items"][1]["status"], 404);
+  EXPECT_EQ(audit["items"][2]["action"], "sandbox.create");
+  EXPECT_EQ(audit["items"][2]["target"], id) << "the create's target is the sandbox it made";
+  EXPECT_TRUE(Json(Call("GET", "/audit", "e2b_other"))["items"].empty()) << "another team's";
+  EXPECT_EQ(Call("GET", "/audit?allTeams=true", "e2b_acme").status(), 403);
+
+  auto list = Json(Call("GET", "/history?state=ended&metadata=job%3Detl", "e2b_acme"));
+  ASSERT_EQ(list["items"].size(), 1u) << list.dump();
+  EXPECT_EQ(list["items"][0]["endReason"], "killed");
+  EXPECT_EQ(list["items"][0]["endedBy"], "ci-bot");
+  EXPECT_EQ(list["items"][0]["createdBy"]["keyName"], "ci-bot");
+  EXPECT_TRUE(Json(Call("GET", "/history?state=live", "e2b_acme"))["items"].empty());
+  EXPECT_EQ(Call("GET", "/history/" + id, "e2b_other").status(), 404);
+  auto one = Json(Call("GET", "/history/" + id, "e2b_acme"));
+  EXPECT_EQ(one["events"].size(), 2u);
+  EXPECT_EQ(Call("GET", "/history?from=yesterday", "e2b_acme").status(), 400);
+  EXPECT_EQ(Call("GET", "/history?limit=0", "e2b_acme").status(), 400);
+
+  auto usage = Json(Call("GET", "/usage?groupBy=hour,template", "e2b_acme"));
+  EXPECT_EQ(usage["totals"]["creates"], 1);
+  EXPECT_EQ(usage["groupBy"], nlohmann::json({"hour", "template"}));
+  EXPECT_EQ(Call("GET", "/usage?groupBy=week", "e2b_acme").status(), 400);
+  EXPECT_EQ(Call("GET", "/usage?groupBy=team", "e2b_acme").status(), 403);
+  auto csv = Call("GET", "/usage?format=csv", "e2b_acme");
+  EXPECT_EQ(csv.status(), 200);
+  EXPECT_EQ(csv.body().rfind("bucket,runningSeconds", 0), 0u) << csv.body();
+
+  auto logs = Json(Call("GET", "/sandboxes/" + id + "/logs", "e2b_acme"));
+  EXPECT_TRUE(logs.contains("logs"));
+  EXPECT_TRUE(logs.contains("logEntries"));
 }
 
 // --- The arithmetic alone. ---
