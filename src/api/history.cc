@@ -24,7 +24,10 @@ RateLimiter& FailureLimiter() {
 
 }  // namespace
 
-std::atomic<int64_t> HistoryLog::write_errors_{0};
+HistoryLog::Counters& HistoryLog::counters() {
+  static Counters c;
+  return c;
+}
 
 const Actor* CurrentActor() {
   return tls_actor;
@@ -56,7 +59,7 @@ void OutputTail::Fill(std::string* head, std::string* tail, int64_t* bytes) cons
 }
 
 void HistoryLog::Failed(std::string_view what, const Status& s) {
-  write_errors_.fetch_add(1);
+  counters().errors.fetch_add(1);
   unsigned long suppressed = 0;
   if (FailureLimiter().Allow(&suppressed)) {
     LogWarn("api.history_write_failed",
@@ -84,6 +87,7 @@ void HistoryLog::Created(const store::SandboxRecord& r, const std::string& paren
   h.created_at_ms = r.started_at_ms;
   h.state = "running";
   if (Status s = store_->InsertHistory(h); !s.ok()) return Failed("history", s);
+  counters().history.fetch_add(1);
   nlohmann::json detail = {{"templateID", r.template_id}};
   if (!parent_id.empty()) detail[parent_kind == "fork" ? "forkOf" : "snapshot"] = parent_id;
   store::SandboxEvent e{.sandbox_id = r.id,
@@ -92,7 +96,11 @@ void HistoryLog::Created(const store::SandboxRecord& r, const std::string& paren
                         .kind = "created",
                         .duration_ms = duration_ms,
                         .detail = detail.dump()};
-  if (Status s = store_->AppendSandboxEvent(e); !s.ok()) Failed("event", s);
+  if (Status s = store_->AppendSandboxEvent(e); !s.ok()) {
+    Failed("event", s);
+  } else {
+    counters().event.fetch_add(1);
+  }
 }
 
 void HistoryLog::Event(const std::string& sandbox_id, const std::string& team_id,
@@ -105,7 +113,11 @@ void HistoryLog::Event(const std::string& sandbox_id, const std::string& team_id
                         .kind = std::string(kind),
                         .duration_ms = duration_ms,
                         .detail = detail_json};
-  if (Status s = store_->AppendSandboxEvent(e); !s.ok()) Failed("event", s);
+  if (Status s = store_->AppendSandboxEvent(e); !s.ok()) {
+    Failed("event", s);
+  } else {
+    counters().event.fetch_add(1);
+  }
   if (!state.empty()) {
     if (Status s = store_->SetHistoryState(sandbox_id, std::string(state), host_id); !s.ok()) {
       Failed("history state", s);
@@ -138,13 +150,21 @@ void HistoryLog::Ended(const std::string& sandbox_id, const std::string& team_id
       .at_ms = now,
       .kind = reason,
       .detail = d.empty() ? "" : d.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
-  if (Status s = store_->AppendSandboxEvent(e); !s.ok()) Failed("event", s);
+  if (Status s = store_->AppendSandboxEvent(e); !s.ok()) {
+    Failed("event", s);
+  } else {
+    counters().event.fetch_add(1);
+  }
 }
 
 void HistoryLog::Console(const std::string& sandbox_id, std::string text) {
   if (!store_ || text.empty()) return;
   if (text.size() > kConsoleKeep) text.erase(0, text.size() - kConsoleKeep);
-  if (Status s = store_->SaveConsoleLog(sandbox_id, text); !s.ok()) Failed("console", s);
+  if (Status s = store_->SaveConsoleLog(sandbox_id, text); !s.ok()) {
+    Failed("console", s);
+  } else {
+    counters().console.fetch_add(1);
+  }
 }
 
 int64_t HistoryLog::CommandStarted(store::CommandRecord c) {
@@ -156,6 +176,7 @@ int64_t HistoryLog::CommandStarted(store::CommandRecord c) {
     Failed("command", id.status());
     return 0;
   }
+  counters().command.fetch_add(1);
   return *id;
 }
 
@@ -181,7 +202,11 @@ void HistoryLog::Audit(std::string_view action, const std::string& target, int s
   a.outcome = status > 0 && status < 400 ? "ok" : "error";
   a.status = status;
   a.detail = detail_json;
-  if (Status s = store_->AppendAudit(a); !s.ok()) Failed("audit", s);
+  if (Status s = store_->AppendAudit(a); !s.ok()) {
+    Failed("audit", s);
+  } else {
+    counters().audit.fetch_add(1);
+  }
 }
 
 }  // namespace moat::api

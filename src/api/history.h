@@ -85,13 +85,19 @@ class HistoryLog {
   void Audit(std::string_view action, const std::string& target, int status,
              const std::string& detail_json = "");
 
-  static int64_t write_errors() { return write_errors_.load(); }
+  // What this process wrote (GET /metrics): records by kind — "history", "event", "command",
+  // "audit", "console" — and the writes that failed.
+  struct Counters {
+    std::atomic<int64_t> history{0}, event{0}, command{0}, audit{0}, console{0}, errors{0};
+    std::atomic<int64_t> meter_passes{0}, pruned{0};
+  };
+  static Counters& counters();
+  static int64_t write_errors() { return counters().errors.load(); }
 
  private:
   void Failed(std::string_view what, const Status& s);
 
   store::Store* store_;
-  static std::atomic<int64_t> write_errors_;
 };
 
 }  // namespace moat::api

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "api/history.h"
+
 namespace moat::api {
 namespace {
 
@@ -141,7 +143,49 @@ std::string Metrics::Render(const StoreGauges& gauges) const {
   out += "# HELP moat_port_proxy_connections Connections to sandbox ports open now.\n";
   out += "# TYPE moat_port_proxy_connections gauge\n";
   out += "moat_port_proxy_connections " + std::to_string(port_proxy_active_) + "\n";
+  out += "# HELP moat_dashboard_sign_ins_total Dashboard sign-ins, by outcome.\n";
+  out += "# TYPE moat_dashboard_sign_ins_total counter\n";
+  for (const char* outcome : {"ok", "refused", "limited"}) {
+    auto it = sign_ins_.find(outcome);
+    out += std::string("moat_dashboard_sign_ins_total{outcome=\"") + outcome + "\"} " +
+           std::to_string(it == sign_ins_.end() ? 0 : it->second) + "\n";
+  }
+  out += "# HELP moat_web_terminals Web terminals open now.\n# TYPE moat_web_terminals gauge\n";
+  out += "moat_web_terminals " + std::to_string(web_terminals_) + "\n";
+  HistoryLog::Counters& h = HistoryLog::counters();
+  out += "# HELP moat_history_writes_total History records written, by kind.\n";
+  out += "# TYPE moat_history_writes_total counter\n";
+  for (const auto& [kind, n] : {std::pair<const char*, int64_t>{"history", h.history.load()},
+                                {"event", h.event.load()},
+                                {"command", h.command.load()},
+                                {"audit", h.audit.load()},
+                                {"console", h.console.load()}}) {
+    out +=
+        std::string("moat_history_writes_total{kind=\"") + kind + "\"} " + std::to_string(n) + "\n";
+  }
+  out +=
+      "# HELP moat_history_write_errors_total History writes that failed (the action went on).\n";
+  out += "# TYPE moat_history_write_errors_total counter\n";
+  out += "moat_history_write_errors_total " + std::to_string(h.errors.load()) + "\n";
+  out += "# HELP moat_usage_meter_passes_total Passes over running sandboxes' network counters.\n";
+  out += "# TYPE moat_usage_meter_passes_total counter\n";
+  out += "moat_usage_meter_passes_total " + std::to_string(h.meter_passes.load()) + "\n";
+  out += "# HELP moat_history_pruned_total Rows pruned past the retention period.\n";
+  out += "# TYPE moat_history_pruned_total counter\n";
+  out += "moat_history_pruned_total " + std::to_string(h.pruned.load()) + "\n";
   return out;
+}
+
+void Metrics::CountSignIn(std::string_view outcome) {
+  std::lock_guard lock(mu_);
+  auto it = sign_ins_.find(outcome);
+  if (it == sign_ins_.end()) it = sign_ins_.emplace(std::string(outcome), 0).first;
+  ++it->second;
+}
+
+void Metrics::AddWebTerminals(int64_t delta) {
+  std::lock_guard lock(mu_);
+  web_terminals_ += delta;
 }
 
 }  // namespace moat::api

@@ -56,6 +56,10 @@ class Metrics {
   void CountPortProxy(std::string_view outcome);
   // Connections the port proxy is connecting or relaying now.
   void SetPortProxyActive(int64_t n);
+  // A dashboard sign-in, by outcome: "ok", "refused" (a wrong key or request), "limited" (429).
+  void CountSignIn(std::string_view outcome);
+  // Web terminals open now: +1 when one opens, -1 when it closes.
+  void AddWebTerminals(int64_t delta);
   // The whole exposition, with what the store said (`gauges`).
   std::string Render(const StoreGauges& gauges) const;
 
@@ -66,6 +70,8 @@ class Metrics {
   std::map<std::pair<std::string, int>, uint64_t> requests_;  // (route, status) → count
   std::map<std::string, uint64_t, std::less<>> port_proxy_;   // outcome → count
   int64_t port_proxy_active_ = 0;
+  std::map<std::string, uint64_t, std::less<>> sign_ins_;  // outcome → count
+  int64_t web_terminals_ = 0;
 };
 
 }  // namespace moat::api

@@ -554,7 +554,7 @@ Result<SandboxEndpoint> SandboxController::ResolvePort(const std::string& id, ui
     return endpoint.status();
   }
   return SandboxEndpoint{endpoint->address, endpoint->port, r.traffic_access_token,
-                         MaskedHost(r.options.mask_request_host, port)};
+                         MaskedHost(r.options.mask_request_host, port), r.team_id};
 }
 
 Status SandboxController::SetTimeout(const std::string& team_id, const std::string& id,
@@ -973,6 +973,7 @@ void SandboxController::MeterOnce(bool prune) {
     LogError("api.usage_store_failed", {{"error", all.status().ToString()}});
     return;
   }
+  HistoryLog::counters().meter_passes.fetch_add(1);
   int64_t now = UnixMillisNow();
   int64_t hour = now - now % 3600000;
   for (const auto& r : *all) {
@@ -992,6 +993,11 @@ void SandboxController::MeterOnce(bool prune) {
         now -
         std::chrono::duration_cast<std::chrono::milliseconds>(options_.history_retention).count();
     auto pruned = store_.PruneHistory(before, now);
+    if (pruned.ok()) {
+      HistoryLog::counters().pruned.fetch_add(pruned->histories + pruned->events +
+                                              pruned->commands + pruned->audit + pruned->net +
+                                              pruned->snapshots + pruned->sessions);
+    }
     if (!pruned.ok()) {
       LogError("api.history_prune_failed", {{"error", pruned.status().ToString()}});
     } else if (pruned->histories + pruned->audit + pruned->events + pruned->commands > 0) {

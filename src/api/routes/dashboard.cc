@@ -16,6 +16,8 @@
 #include "api/routes/routes.h"
 #include "api/web_terminal.h"
 #include "api/websocket.h"
+#include "common/cleanup.h"
+#include "common/cleanup.h"
 #include "common/log.h"
 
 namespace moat::api::routes {
@@ -92,10 +94,12 @@ void SignInRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter& 
     if (DashboardLogLimiter().Allow()) {
       LogWarn("dashboard.sign_in_limited", {{"source", source}});
     }
+    if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("limited");
     return SendRestError(
         w, ResourceExhausted("too many failed sign-ins from " + source + "; try again later"));
   }
   auto fail = [&](const Status& s) {
+    if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("refused");
     AuditSession(ctx, req, "session.create", nullptr, StatusOf(s), s.message());
     SendRestError(w, s);
   };
@@ -110,6 +114,7 @@ void SignInRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter& 
     if (session.status().code() == ErrorCode::kUnauthenticated) state.logins().Failed(client);
     return fail(session.status());
   }
+  if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("ok");
   AuditSession(ctx, req, "session.create", &session->record, 200, "");
   SendJson(w, 200, SessionJson(session->team, session->record),
            NoStore({{"Set-Cookie", SessionCookie(session->token, CameOverTls(req))}}));
@@ -213,6 +218,10 @@ void TerminalRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter
   if (target.moatd_url.empty()) return SendRestError(w, Unavailable("moatd is not listening"));
   auto conn = w.Hijack();
   if (!conn.ok()) return SendRestError(w, conn.status());
+  if (ctx.metrics != nullptr) ctx.metrics->AddWebTerminals(1);
+  Cleanup closed([&ctx] {
+    if (ctx.metrics != nullptr) ctx.metrics->AddWebTerminals(-1);
+  });
   RunWebTerminal(*conn, *client_key, target, state.terminal_options);
 }
 
