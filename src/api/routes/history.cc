@@ -131,6 +131,15 @@ Result<int> LimitParam(const codec::QueryParams& q, int fallback) {
   return n;
 }
 
+// `from`, `to` and `limit` (default 100) of a list query.
+Status ParseWindow(const codec::QueryParams& q, std::optional<int64_t>* from,
+                   std::optional<int64_t>* to, int* limit) {
+  MOAT_ASSIGN_OR_RETURN(*from, TimeParam(q, "from"));
+  MOAT_ASSIGN_OR_RETURN(*to, TimeParam(q, "to"));
+  MOAT_ASSIGN_OR_RETURN(*limit, LimitParam(q, 100));
+  return Status::Ok();
+}
+
 bool TrueParam(const codec::QueryParams& q, std::string_view name) {
   auto v = codec::QueryValue(q, name);
   return v && (*v == "true" || *v == "1");
@@ -158,15 +167,8 @@ void ListHistory(ControlContext& ctx, http::Request& req, http::ResponseWriter& 
     if (!meta.ok()) return SendRestError(w, meta.status());
     f.metadata = *meta;
   }
-  auto from = TimeParam(q, "from");
-  if (!from.ok()) return SendRestError(w, from.status());
-  auto to = TimeParam(q, "to");
-  if (!to.ok()) return SendRestError(w, to.status());
-  f.from_ms = *from;
-  f.to_ms = *to;
-  auto limit = LimitParam(q, 100);
-  if (!limit.ok()) return SendRestError(w, limit.status());
-  f.limit = *limit;
+  Status window = ParseWindow(q, &f.from_ms, &f.to_ms, &f.limit);
+  if (!window.ok()) return SendRestError(w, window);
   auto page = ctx.store->ListHistory(f);
   if (!page.ok()) return SendRestError(w, page.status());
   int64_t now = UnixMillisNow();
@@ -323,15 +325,8 @@ void ListAudit(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
   f.action = codec::QueryValue(q, "action").value_or("");
   f.target = codec::QueryValue(q, "target").value_or("");
   f.next_token = codec::QueryValue(q, "nextToken").value_or("");
-  auto from = TimeParam(q, "from");
-  if (!from.ok()) return SendRestError(w, from.status());
-  auto to = TimeParam(q, "to");
-  if (!to.ok()) return SendRestError(w, to.status());
-  f.from_ms = *from;
-  f.to_ms = *to;
-  auto limit = LimitParam(q, 100);
-  if (!limit.ok()) return SendRestError(w, limit.status());
-  f.limit = *limit;
+  Status window = ParseWindow(q, &f.from_ms, &f.to_ms, &f.limit);
+  if (!window.ok()) return SendRestError(w, window);
   auto page = ctx.store->ListAudit(f);
   if (!page.ok()) return SendRestError(w, page.status());
   json items = json::array();

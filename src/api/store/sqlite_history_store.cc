@@ -15,6 +15,7 @@
 namespace moat::api::store {
 namespace {
 
+using sqlite::QueryBuilder;
 using sqlite::Statement;
 using sqlite::Transaction;
 
@@ -117,31 +118,6 @@ auto ReadAll(Statement& s, Read read) -> Result<std::vector<decltype(read(s))>> 
     out.push_back(read(s));
   }
 }
-
-// A query whose parameters are numbered as they are added (as sqlite_store.cc's).
-class QueryBuilder {
- public:
-  explicit QueryBuilder(std::string sql) : sql_(std::move(sql)) {}
-  std::string Text(const std::string& v) {
-    texts_.emplace_back(++count_, v);
-    return "?" + std::to_string(count_);
-  }
-  std::string Int(int64_t v) {
-    ints_.emplace_back(++count_, v);
-    return "?" + std::to_string(count_);
-  }
-  std::string& sql() { return sql_; }
-  void BindAll(Statement& s) const {
-    for (const auto& [i, v] : texts_) s.Bind(i, v);
-    for (const auto& [i, v] : ints_) s.Bind(i, v);
-  }
-
- private:
-  std::string sql_;
-  int count_ = 0;
-  std::vector<std::pair<int, std::string>> texts_;
-  std::vector<std::pair<int, int64_t>> ints_;
-};
 
 // The histories LoadUsageInput reads, with ?1 the team ("" for all), ?2 from and ?3 to.
 constexpr const char* kUsageHistories =

@@ -11,6 +11,8 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/status.h"
 
@@ -137,6 +139,32 @@ class Transaction {
   sqlite3* db_;
   bool ok_ = false;
   bool done_ = false;
+};
+
+// Builds a query whose parameters are numbered as they are added, so that text and integer
+// binds can mix freely.
+class QueryBuilder {
+ public:
+  explicit QueryBuilder(std::string sql) : sql_(std::move(sql)) {}
+  std::string Text(const std::string& v) {
+    texts_.emplace_back(++count_, v);
+    return "?" + std::to_string(count_);
+  }
+  std::string Int(int64_t v) {
+    ints_.emplace_back(++count_, v);
+    return "?" + std::to_string(count_);
+  }
+  std::string& sql() { return sql_; }
+  void BindAll(Statement& s) const {
+    for (const auto& [i, v] : texts_) s.Bind(i, v);
+    for (const auto& [i, v] : ints_) s.Bind(i, v);
+  }
+
+ private:
+  std::string sql_;
+  int count_ = 0;
+  std::vector<std::pair<int, std::string>> texts_;
+  std::vector<std::pair<int, int64_t>> ints_;
 };
 
 }  // namespace moat::api::store::sqlite

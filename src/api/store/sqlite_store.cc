@@ -10,6 +10,7 @@
 namespace moat::api::store {
 namespace {
 
+using sqlite::QueryBuilder;
 using sqlite::Statement;
 using sqlite::Transaction;
 
@@ -70,32 +71,6 @@ Result<Cursor> ParseCursor(const std::string& token) {
 std::string MakeCursor(int64_t ms, const std::string& id) {
   return std::to_string(ms) + "." + id;
 }
-
-// Builds a query whose parameters are numbered as they are added, so that text and integer
-// binds can mix freely.
-class QueryBuilder {
- public:
-  explicit QueryBuilder(std::string sql) : sql_(std::move(sql)) {}
-  std::string Text(const std::string& v) {
-    texts_.emplace_back(++count_, v);
-    return "?" + std::to_string(count_);
-  }
-  std::string Int(int64_t v) {
-    ints_.emplace_back(++count_, v);
-    return "?" + std::to_string(count_);
-  }
-  std::string& sql() { return sql_; }
-  void BindAll(Statement& s) const {
-    for (const auto& [i, v] : texts_) s.Bind(i, v);
-    for (const auto& [i, v] : ints_) s.Bind(i, v);
-  }
-
- private:
-  std::string sql_;
-  int count_ = 0;
-  std::vector<std::pair<int, std::string>> texts_;
-  std::vector<std::pair<int, int64_t>> ints_;
-};
 
 }  // namespace
 
