@@ -164,6 +164,26 @@ done
 for id in "${ids[@]}"; do api B DELETE "/sandboxes/$id" >/dev/null; done
 say "2. creates spread over a1 and a2; every sandbox answers through replica B (exec, files, per-host metrics)"
 
+# History is the fleet's (PostgreSQL): a sandbox killed through B, whose commands its host's agent
+# recorded, reads the same on A — who killed it, the exec run through B, its console kept by the
+# host at the kill; the audit log names the kill; a dashboard session made on A works on B.
+h=$(api A GET "/history/${ids[0]}")
+[ "$(json "d['endReason'] + ' by ' + str(d['endedBy'])" <<<"$h")" = "killed by admin" ] \
+  || fail "A's history of ${ids[0]} killed through B: $h"
+cmds=$(api A GET "/history/${ids[0]}/commands")
+json "[c for c in d['items'] if 'relayed-' in c['command'] and c['exitCode'] == 0 and c['stdout']['head'] == 'relayed-42\\n']" <<<"$cmds" | grep -q relayed \
+  || fail "the exec through B is not in A's command history: $cmds"
+[ -n "$(curl -fs -H "X-API-Key: $key" "${url[A]}/history/${ids[1]}/console")" ] \
+  || fail "no console log kept for ${ids[1]}"
+audit=$(api A GET "/audit?action=sandbox.kill&target=${ids[0]}")
+[ "$(json "len(d['items'])" <<<"$audit")" = 1 ] || fail "the kill through B is not in A's audit log: $audit"
+csrf=$(curl -fs -c "$work/cookies" -H 'Content-Type: application/json' \
+  --data "{\"apiKey\":\"$key\"}" "${url[A]}/dashboard/api/session" | json "d['csrfToken']") \
+  || fail "dashboard sign-in on A failed"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -b "$work/cookies" -H "X-Moat-CSRF: $csrf" \
+  "${url[B]}/history?limit=1")" = 200 ] || fail "A's dashboard session is not honoured by B"
+say "2b. history, commands, console, audit and dashboard sessions are the fleet's: A and B agree"
+
 # --- 3. no overbooking under 20 concurrent creates from two replicas ------------------------
 start_api C --cpu-overcommit 1
 start_api D --cpu-overcommit 1
@@ -299,7 +319,15 @@ for id in "${on_a2[@]}"; do
 done
 after=$(create B)
 [ "$(api B GET "/sandboxes/$after" | json "d['hostID']")" = a1 ] || fail "a create after a2's loss did not land on a1"
-say "6. kill -9 of agent a2: lost after ${took}s, its sandboxes 404, creates go to a1"
+for id in "${on_a2[@]}"; do
+  for _ in $(seq 1 50); do
+    [ "$(api A GET "/history/$id" | json "d['endReason']")" = host_lost ] && break
+    sleep 0.2
+  done
+  [ "$(api A GET "/history/$id" | json "d['endReason']")" = host_lost ] \
+    || fail "the history of $id on lost a2 says: $(api A GET "/history/$id")"
+done
+say "6. kill -9 of agent a2: lost after ${took}s, its sandboxes 404 (history: host lost), creates go to a1"
 
 # --- 7. the lost agent comes back: fenced, its lost VMs killed -------------------------------
 start_agent a2 232 2100000

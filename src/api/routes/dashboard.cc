@@ -17,7 +17,6 @@
 #include "api/web_terminal.h"
 #include "api/websocket.h"
 #include "common/cleanup.h"
-#include "common/cleanup.h"
 #include "common/log.h"
 
 namespace moat::api::routes {

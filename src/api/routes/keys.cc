@@ -47,18 +47,19 @@ void List(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
 }  // namespace
 
 void RegisterKeyRoutes(http::Router& router, ControlContext& ctx) {
-  router.Add("POST", "/keys", Audited(ctx, "key.create", "", [&ctx](auto& req, auto& w, const auto& team) {
-               Create(ctx, req, w, team);
-             }));
+  router.Add("POST", "/keys",
+             Audited(ctx, "key.create", "",
+                     [&ctx](auto& req, auto& w, const auto& team) { Create(ctx, req, w, team); }));
   router.Add("GET", "/keys", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
                List(ctx, req, w, team);
              }));
   router.Add("DELETE", "/keys/{keyID}",
-             Audited(ctx, "key.revoke", "keyID", [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
-               Status s = RevokeKey(*ctx.store, team, req.Param("keyID"));
-               if (!s.ok()) return SendRestError(w, s);
-               SendNoContent(w);
-             }));
+             Audited(ctx, "key.revoke", "keyID",
+                     [&ctx](http::Request& req, http::ResponseWriter& w, const auto& team) {
+                       Status s = RevokeKey(*ctx.store, team, req.Param("keyID"));
+                       if (!s.ok()) return SendRestError(w, s);
+                       SendNoContent(w);
+                     }));
 }
 
 }  // namespace moat::api::routes

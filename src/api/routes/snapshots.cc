@@ -69,15 +69,15 @@ void Delete(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
 }  // namespace
 
 void RegisterSnapshotRoutes(http::Router& router, ControlContext& ctx) {
-  router.Add(
-      "POST", "/sandboxes/{sandboxID}/snapshots",
-      Audited(ctx, "sandbox.snapshot", "sandboxID", [&ctx](auto& req, auto& w, const auto& team) { Create(ctx, req, w, team); }));
+  router.Add("POST", "/sandboxes/{sandboxID}/snapshots",
+             Audited(ctx, "sandbox.snapshot", "sandboxID",
+                     [&ctx](auto& req, auto& w, const auto& team) { Create(ctx, req, w, team); }));
   router.Add("GET", "/snapshots", Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) {
                List(ctx, req, w, team);
              }));
-  router.Add(
-      "DELETE", "/templates/{templateID}",
-      Audited(ctx, "template.delete", "templateID", [&ctx](auto& req, auto& w, const auto& team) { Delete(ctx, req, w, team); }));
+  router.Add("DELETE", "/templates/{templateID}",
+             Audited(ctx, "template.delete", "templateID",
+                     [&ctx](auto& req, auto& w, const auto& team) { Delete(ctx, req, w, team); }));
 }
 
 }  // namespace moat::api::routes

@@ -80,7 +80,8 @@ void RegisterTeamRoutes(http::Router& router, ControlContext& ctx) {
   router.Add("GET", "/teams/{teamID}/quotas",
              Authed(ctx, [&ctx](auto& req, auto& w, const auto& team) { Get(ctx, req, w, team); }));
   router.Add("PUT", "/teams/{teamID}/quotas",
-             Audited(ctx, "team.quotas", "teamID", [&ctx](auto& req, auto& w, const auto& team) { Put(ctx, req, w, team); }));
+             Audited(ctx, "team.quotas", "teamID",
+                     [&ctx](auto& req, auto& w, const auto& team) { Put(ctx, req, w, team); }));
 }
 
 }  // namespace moat::api::routes

@@ -14,10 +14,10 @@
 namespace moat::api::store {
 
 // How a sandbox ended (HistoryRecord::end_reason).
-inline constexpr const char* kEndKilled = "killed";      // ended_by: the key's name
-inline constexpr const char* kEndTimeout = "timeout";    // its end time passed (not auto-paused)
-inline constexpr const char* kEndError = "error";        // end_detail: the reason
-inline constexpr const char* kEndHostLost = "host_lost"; // its host stopped heartbeating
+inline constexpr const char* kEndKilled = "killed";       // ended_by: the key's name
+inline constexpr const char* kEndTimeout = "timeout";     // its end time passed (not auto-paused)
+inline constexpr const char* kEndError = "error";         // end_detail: the reason
+inline constexpr const char* kEndHostLost = "host_lost";  // its host stopped heartbeating
 
 // A sandbox's record, kept from its create until the retention period after it ended.
 struct HistoryRecord {
@@ -53,9 +53,9 @@ struct HistoryFilter {
   std::string state;
   std::string template_id;                      // empty: any
   std::map<std::string, std::string> metadata;  // every pair must match
-  std::optional<int64_t> from_ms;  // created or alive at or after
-  std::optional<int64_t> to_ms;    // created before
-  bool failed_only = false;        // ended with kEndError or kEndHostLost, or a failed command
+  std::optional<int64_t> from_ms;               // created or alive at or after
+  std::optional<int64_t> to_ms;                 // created before
+  bool failed_only = false;  // ended with kEndError or kEndHostLost, or a failed command
   int limit = 100;
   std::string next_token;  // from the previous page
 };
@@ -157,7 +157,7 @@ struct SnapshotStorageRecord {
 // the snapshots stored in it (api/usage.h does the arithmetic).
 struct UsageInput {
   std::vector<HistoryRecord> histories;
-  std::vector<SandboxEvent> events;  // of those histories, by sandbox then seq
+  std::vector<SandboxEvent> events;     // of those histories, by sandbox then seq
   std::vector<CommandRecord> commands;  // intervals only (no output), of those histories
   std::vector<NetUsageRecord> net;
   std::vector<SnapshotStorageRecord> snapshots;
@@ -176,8 +176,7 @@ struct SessionRecord {
 
 // What PruneHistory removed.
 struct PruneCounts {
-  int64_t histories = 0, events = 0, commands = 0, audit = 0, net = 0, snapshots = 0,
-          sessions = 0;
+  int64_t histories = 0, events = 0, commands = 0, audit = 0, net = 0, snapshots = 0, sessions = 0;
 };
 
 }  // namespace moat::api::store

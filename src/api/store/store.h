@@ -490,7 +490,7 @@ class Store {
   virtual Status FinishCommand(const CommandRecord& c) = 0;
   // The sandbox's commands, newest first, at most `limit`, with ids below `before_id` (0: any).
   virtual Result<std::vector<CommandRecord>> ListCommands(const std::string& sandbox_id,
-                                                         int64_t before_id, int limit) = 0;
+                                                          int64_t before_id, int limit) = 0;
 
   // Keeps (replaces) an ended sandbox's console log (the caller bounds it).
   virtual Status SaveConsoleLog(const std::string& sandbox_id, const std::string& text) = 0;

@@ -275,10 +275,10 @@ TEST_F(HistoryRoutesTest, AuditHistoryUsageAndLogsTellTheSameStory) {
   EXPECT_EQ(csv.body().rfind("bucket,runningSeconds", 0), 0u) << csv.body();
 
   std::string m = metrics_.Render(StoreGauges{});
-  for (const char* series : {"moat_history_writes_total{kind=\"audit\"}",
-                             "moat_history_writes_total{kind=\"event\"}",
-                             "moat_history_write_errors_total 0", "moat_web_terminals 0",
-                             "moat_dashboard_sign_ins_total{outcome=\"ok\"} 0"}) {
+  for (const char* series :
+       {"moat_history_writes_total{kind=\"audit\"}", "moat_history_writes_total{kind=\"event\"}",
+        "moat_history_write_errors_total 0", "moat_web_terminals 0",
+        "moat_dashboard_sign_ins_total{outcome=\"ok\"} 0"}) {
     EXPECT_NE(m.find(series), std::string::npos) << series;
   }
 
