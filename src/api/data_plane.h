@@ -33,6 +33,8 @@ struct SandboxEndpoint {
   // Non-empty: the Host header sent upstream instead of the client's (E2B's
   // network.maskRequestHost, its "${PORT}" replaced); the client's goes in X-Forwarded-Host.
   std::string upstream_host;
+  // The sandbox's team: what the port proxy records (code-interpreter runs) is filed under it.
+  std::string team_id;
 };
 
 // `mask` with every "${PORT}" replaced by `port` (empty stays empty).

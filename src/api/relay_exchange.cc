@@ -12,7 +12,8 @@ using http::IsUpgrade;
 Result<RelayedExchange> RelayExchange(const http::Request& req, http::ResponseWriter& w,
                                       int upstream_fd, std::string first,
                                       std::chrono::milliseconds idle_timeout,
-                                      const std::string& what) {
+                                      const std::string& what,
+                                      std::function<void(std::string_view)> on_downstream) {
   auto client = w.Hijack();
   if (!client.ok()) return client.status();
   bool upgrade = IsUpgrade(req);
@@ -22,6 +23,7 @@ Result<RelayedExchange> RelayExchange(const http::Request& req, http::ResponseWr
   // another sandbox, or with an API key in it, and must not reach this upstream. An upgrade's
   // client speaks on after the 101 — and may have started already.
   options.forward_client = upgrade;
+  options.on_client_bytes = std::move(on_downstream);
   if (upgrade) first += client->buffered;
   RelayedExchange out;
   options.head_filter = [&out, upgrade](std::string_view head) {

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include "api/http/message.h"
 #include "common/relay.h"
@@ -22,10 +24,12 @@ struct RelayedExchange {
 // the client speaks on after the 101; otherwise nothing more of the client's is forwarded). The
 // response heads pass through http::FilterResponseHead. When nothing reached the client, it gets
 // a 502 (closed, or not HTTP) or 504 (idle) naming `what`. internal when the connection cannot be
-// taken over (nothing sent then).
-Result<RelayedExchange> RelayExchange(const http::Request& req, http::ResponseWriter& w,
-                                      int upstream_fd, std::string first,
-                                      std::chrono::milliseconds idle_timeout,
-                                      const std::string& what);
+// taken over (nothing sent then). `on_downstream`, when set, sees every byte relayed to the
+// client as it is written, response heads included (RelayOptions::on_client_bytes); not the
+// 502/504 sent in place of an answer.
+Result<RelayedExchange> RelayExchange(
+    const http::Request& req, http::ResponseWriter& w, int upstream_fd, std::string first,
+    std::chrono::milliseconds idle_timeout, const std::string& what,
+    std::function<void(std::string_view)> on_downstream = nullptr);
 
 }  // namespace moat::api

@@ -18,12 +18,15 @@ constexpr size_t kMaxResponseHead = 64 * 1024;
 // request; response heads as filtered) go out before anything read after them.
 class Pipe {
  public:
-  Pipe(int from, int to, size_t capacity, std::string queued = {})
+  // `on_written`: null, or called with each run of bytes written to `to`.
+  Pipe(int from, int to, size_t capacity, std::string queued = {},
+       const std::function<void(std::string_view)>* on_written = nullptr)
       : from_(from),
         to_(to),
         queued_(std::move(queued)),
         buf_(new char[capacity]),
-        cap_(capacity) {}
+        cap_(capacity),
+        on_written_(on_written) {}
 
   bool eof() const { return eof_; }
   bool empty() const { return Pending().empty(); }
@@ -62,6 +65,7 @@ class Pipe {
       // MSG_NOSIGNAL: a peer that went away is an error here, not a SIGPIPE.
       ssize_t n = ::send(to_, p.data(), p.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
+        if (on_written_ != nullptr) (*on_written_)(p.substr(0, static_cast<size_t>(n)));
         Consume(static_cast<size_t>(n));
         *written += static_cast<uint64_t>(n);
         result = Io::kProgress;
@@ -103,6 +107,7 @@ class Pipe {
   size_t begin_ = 0;
   size_t end_ = 0;
   bool eof_ = false;
+  const std::function<void(std::string_view)>* on_written_;
 };
 
 // Collects the upstream's response heads and passes each through the filter.
@@ -164,7 +169,8 @@ RelayStats Relay(int client_fd, int upstream_fd, std::string first_to_upstream,
                  const RelayOptions& options) {
   RelayStats st;
   Pipe up(client_fd, upstream_fd, options.buffer_bytes, std::move(first_to_upstream));
-  Pipe down(upstream_fd, client_fd, options.buffer_bytes);
+  Pipe down(upstream_fd, client_fd, options.buffer_bytes, {},
+            options.on_client_bytes ? &options.on_client_bytes : nullptr);
   HeadReader heads(options.head_filter);
   bool client_muted = !options.forward_client;
   bool upstream_shut = false;

@@ -35,6 +35,10 @@ struct RelayOptions {
   // Null: the upstream's bytes pass untouched. Otherwise the upstream must start with HTTP/1.x
   // response heads (at most 64 KiB each), which go through the filter.
   ResponseHeadFilter head_filter;
+  // Null: nothing is called. Otherwise called on the relay's thread with each run of bytes as it
+  // is written to the client (response heads as filtered included), in order: what the client
+  // got, for an observer that reads the exchange (the port proxy's code-run history).
+  std::function<void(std::string_view)> on_client_bytes;
 };
 
 enum class RelayEnd {

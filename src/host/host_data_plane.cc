@@ -39,7 +39,7 @@ std::unique_ptr<api::LocalDataPlane> FleetHostDataPlane(api::store::Store& store
       MOAT_ASSIGN_OR_RETURN(auto r, find_running(id));
       MOAT_ASSIGN_OR_RETURN(auto ep, host.ResolvePort(id, port));
       return api::SandboxEndpoint{ep.address, ep.port, r.traffic_access_token,
-                                  api::MaskedHost(r.options.mask_request_host, port)};
+                                  api::MaskedHost(r.options.mask_request_host, port), r.team_id};
     };
   }
   api::routes::EnvdContext ctx{std::move(find_running), std::move(report_fault), &metrics,

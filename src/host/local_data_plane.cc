@@ -31,7 +31,7 @@ LocalDataPlane::LocalDataPlane(routes::EnvdContext ctx, PortResolver resolver,
     : ctx_(std::move(ctx)),
       metrics_(metrics),
       max_body_bytes_(max_body_bytes),
-      proxy_(proxy_options, std::move(resolver), metrics) {
+      proxy_(proxy_options, std::move(resolver), metrics, ctx_.history) {
   RegisterRoutes(envd_, ctx_);
 }
 

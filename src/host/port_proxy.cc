@@ -3,13 +3,18 @@
 #include <openssl/crypto.h>
 #include <sys/socket.h>
 
+#include <functional>
+#include <memory>
+
 #include "api/errors.h"
 #include "api/http/proxying.h"
 #include "api/http/server.h"
 #include "api/relay_exchange.h"
+#include "common/builtin_templates.h"
 #include "common/cleanup.h"
 #include "common/log.h"
 #include "common/relay.h"
+#include "host/code_run_capture.h"
 
 namespace moat::api {
 namespace {
@@ -35,8 +40,9 @@ std::string UpstreamRequest(const http::Request& req, std::string_view client_ip
   return out;
 }
 
-PortProxy::PortProxy(PortProxyOptions options, PortResolver resolver, Metrics& metrics)
-    : options_(options), resolver_(std::move(resolver)), metrics_(metrics) {}
+PortProxy::PortProxy(PortProxyOptions options, PortResolver resolver, Metrics& metrics,
+                     HistoryLog* history)
+    : options_(options), resolver_(std::move(resolver)), metrics_(metrics), history_(history) {}
 
 int PortProxy::Fail(http::ResponseWriter& w, std::string_view outcome, const Status& status,
                     int http_status) {
@@ -141,11 +147,28 @@ int PortProxy::Serve(http::Request& req, const std::string& sandbox_id, int port
     upstreams_.erase(upstream_fd);
   });
 
+  // A code-interpreter run is recorded in the history from what the client gets of its answer.
+  std::unique_ptr<CodeRunCapture> code_run;
+  if (history_ != nullptr && history_->enabled() && port == kCodeInterpreterPort &&
+      req.method == "POST" && req.path == "/execute") {
+    code_run = CodeRunCapture::Start(*history_, sandbox_id, endpoint->team_id, req.body);
+  }
+  std::function<void(std::string_view)> on_downstream;
+  if (code_run) {
+    on_downstream = [capture = code_run.get()](std::string_view bytes) {
+      capture->Downstream(bytes);
+    };
+  }
+
   auto started = std::chrono::steady_clock::now();
   auto relayed = RelayExchange(req, w, upstream_fd,
                                UpstreamRequest(req, ClientIp(req.peer), endpoint->upstream_host),
-                               options_.idle_timeout, what);
-  if (!relayed.ok()) return Fail(w, "error", relayed.status().Annotate("port proxy"), 500);
+                               options_.idle_timeout, what, std::move(on_downstream));
+  if (!relayed.ok()) {
+    if (code_run) code_run->Finish(RelayEnd::kUpstreamError, 500);
+    return Fail(w, "error", relayed.status().Annotate("port proxy"), 500);
+  }
+  if (code_run) code_run->Finish(relayed->stats.end, relayed->status);
   const RelayStats& st = relayed->stats;
   int status = relayed->status;
   std::string_view outcome = "relayed";

@@ -22,6 +22,7 @@
 #include <string_view>
 
 #include "api/data_plane.h"
+#include "api/history.h"
 #include "api/http/message.h"
 #include "api/metrics.h"
 #include "common/relay.h"
@@ -43,7 +44,10 @@ struct PortProxyOptions {
 class PortProxy {
  public:
   // A null resolver: this moatd has no sandbox networking; every request answers 502.
-  PortProxy(PortProxyOptions options, PortResolver resolver, Metrics& metrics);
+  // `history` (null: none): where code-interpreter runs relayed (`POST /execute` to port
+  // kCodeInterpreterPort) are recorded, as commands of kind "code" (host/code_run_capture.h).
+  PortProxy(PortProxyOptions options, PortResolver resolver, Metrics& metrics,
+            HistoryLog* history = nullptr);
   PortProxy(const PortProxy&) = delete;
   PortProxy& operator=(const PortProxy&) = delete;
 
@@ -70,6 +74,7 @@ class PortProxy {
   PortProxyOptions options_;
   PortResolver resolver_;
   Metrics& metrics_;
+  HistoryLog* history_;
 
   mutable std::mutex mu_;
   std::set<int> upstreams_;  // upstream fds being relayed (owned by their Serve calls)

@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox, Template } from '@e2b/code-interpreter'
-import { sleep } from './support.mjs'
+import { sleep, waitFor } from './support.mjs'
 
 const skip = process.env.MOAT_COMPAT_STORE === 'postgresql'
   ? 'the interpreter does not touch the store: the SQLite run covers it'
@@ -57,6 +57,34 @@ describe('code interpreter (issue 16)', { concurrency: false, skip }, () => {
     assert.match(ex.error.traceback, /ZeroDivisionError/)
     assert.match(ex.error.traceback, /1\/0/)
     assert.doesNotMatch(ex.error.traceback, /\u001b\[/, 'no ANSI colours')
+  })
+
+  test('runs are recorded in the sandbox\'s command history as kind "code"', async () => {
+    const ok = await sbx.runCode('print(6*7)')
+    assert.equal(ok.error, undefined)
+    const failed = await sbx.runCode('1/0')
+    assert.equal(failed.error?.name, 'ZeroDivisionError')
+    // Newest first; the record is finished when the relay ends, just after the client has read
+    // the stream's end.
+    let items = []
+    await waitFor('both runs finished in the history', async () => {
+      const res = await fetch(`${process.env.E2B_API_URL}/history/${sbx.sandboxId}/commands?limit=20`, {
+        headers: { 'X-API-Key': process.env.E2B_API_KEY },
+      })
+      assert.equal(res.status, 200)
+      items = (await res.json()).items
+      const byCode = (code) => items.find((c) => c.command === code)
+      return byCode('print(6*7)')?.endedAt && byCode('1/0')?.endedAt
+    })
+    const first = items.find((c) => c.command === 'print(6*7)')
+    const second = items.find((c) => c.command === '1/0')
+    assert.ok(first.id < second.id)
+    for (const c of [first, second]) assert.equal(c.kind, 'code')
+    assert.match(first.stdout.head, /42/)
+    assert.equal(first.exitCode, 0)
+    assert.equal(first.error, null)
+    assert.match(second.error, /^ZeroDivisionError/)
+    assert.equal(second.exitCode, 1)
   })
 
   test('a matplotlib figure is a PNG and a chart with its numbers', async () => {

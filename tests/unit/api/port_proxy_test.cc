@@ -8,9 +8,14 @@
 #include <thread>
 #include <vector>
 
+#include "api/history.h"
+#include "api/store/sqlite_store.h"
+#include "common/builtin_templates.h"
+#include "common/fs.h"
 #include "common/relay.h"
 #include "common/unique_fd.h"
 #include "host/envd/envd_call.h"
+#include "support/raw_http.h"
 
 namespace moat::api {
 namespace {
@@ -226,6 +231,26 @@ TEST(Relay, FiltersResponseHeadsAndForwardsNothingFromAMutedClient) {
             "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 Rewritten\r\n\r\nbody");
 }
 
+TEST(Relay, ShowsAnObserverEveryByteTheClientGetsInOrder) {
+  SocketPair client, upstream;
+  RelayOptions options;
+  options.head_filter = [](std::string_view) -> Result<HeadDecision> {
+    return HeadDecision{"HTTP/1.1 200 Filtered\r\n\r\n", false, false};
+  };
+  std::string seen;
+  options.on_client_bytes = [&seen](std::string_view bytes) { seen.append(bytes); };
+  std::thread relay([&] { Relay(client.theirs.get(), upstream.theirs.get(), "", options); });
+  ASSERT_TRUE(Put(upstream.ours.get(), "HTTP/1.1 200 OK\r\n\r\nfirst,"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(Put(upstream.ours.get(), "second"));
+  upstream.ours.Reset();
+  relay.join();
+  ::shutdown(client.theirs.get(), SHUT_WR);
+  std::string got = ReadToEof(client.ours.get());
+  EXPECT_EQ(got, "HTTP/1.1 200 Filtered\r\n\r\nfirst,second");
+  EXPECT_EQ(seen, got);
+}
+
 TEST(Relay, ARefusedResponseHeadEndsItBeforeTheClientSeesAnything) {
   SocketPair client, upstream;
   RelayOptions options;
@@ -340,6 +365,95 @@ TEST_F(PortProxyErrors, NeverNameAnInternalAddress) {
   EXPECT_TRUE(Contains(answers[0].second.body(), "port 8080 of sandbox known is not reachable"))
       << answers[0].second.body();
   EXPECT_TRUE(Contains(answers[1].second.body(), "has no network"));
+}
+
+// A writer whose connection the proxy can take over: the relay's end of a socket pair.
+class HijackableWriter : public http::RecordingWriter {
+ public:
+  explicit HijackableWriter(int fd) : fd_(fd) {}
+  Result<http::HijackedConnection> Hijack() override { return http::HijackedConnection{fd_, ""}; }
+
+ private:
+  int fd_;
+};
+
+// POST /execute to the interpreter's port is recorded in the history from what the client gets:
+// the code, then the stream's stdout and error (a fake interpreter on loopback, real SQLite).
+TEST(PortProxyHistory, RecordsACodeInterpreterRunAsACodeCommand) {
+  auto dir = MakeTempDir("/tmp", "moat-port-proxy-test.");
+  ASSERT_TRUE(dir.ok());
+  auto store = store::SqliteStore::Open(*dir + "/moat.db");
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  HistoryLog history(store->get(), true);
+
+  std::string request_seen;
+  test_support::LoopbackServer interpreter([&request_seen](test_support::Conn& c) {
+    std::string head = c.ReadUntil("\r\n\r\n");
+    auto parsed = test_support::ParseHead(head);
+    std::string body;
+    c.ReadN(std::stoul(parsed.Header("content-length")), &body);
+    request_seen = head + body;
+    // The stream in pieces, as the interpreter flushes it: a chunk a line.
+    test_support::SendAll(c.fd.get(),
+                          "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n");
+    for (std::string line : {
+             R"({"type": "number_of_executions", "execution_count": 1})",
+             R"({"type": "stdout", "text": "42\n"})",
+             R"({"type": "error", "name": "ZeroDivisionError", "value": "division by zero"})",
+             R"({"type": "end_of_execution"})",
+         }) {
+      line += "\n";
+      char size[16];
+      std::snprintf(size, sizeof size, "%zx\r\n", line.size());
+      test_support::SendAll(c.fd.get(), size + line + "\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    test_support::SendAll(c.fd.get(), "0\r\n\r\n");
+  });
+  Metrics metrics;
+  uint16_t upstream_port = interpreter.port();
+  PortProxy proxy(
+      {},
+      [upstream_port](const std::string&, uint16_t) -> Result<SandboxEndpoint> {
+        return SandboxEndpoint{"127.0.0.1", upstream_port, "", "", "team-1"};
+      },
+      metrics, &history);
+
+  SocketPair client;
+  HijackableWriter w(client.theirs.get());
+  Request req;
+  req.method = "POST";
+  req.path = "/execute";
+  req.headers["Host"] = "49999-sbx1.moat.test";
+  req.body = R"j({"code": "print(6*7)\n1/0", "language": "python"})j";
+  int status = proxy.Serve(req, "sbx1", kCodeInterpreterPort, w);
+  EXPECT_EQ(status, 200);
+  EXPECT_TRUE(Contains(request_seen, "print(6*7)")) << request_seen;
+  ::shutdown(client.theirs.get(), SHUT_WR);
+  EXPECT_TRUE(Contains(ReadToEof(client.ours.get()), "end_of_execution"));
+
+  auto commands = (*store)->ListCommands("sbx1", 0, 10);
+  ASSERT_TRUE(commands.ok()) << commands.status().ToString();
+  ASSERT_EQ(commands->size(), 1u);
+  const store::CommandRecord& c = commands->front();
+  EXPECT_EQ(c.kind, "code");
+  EXPECT_EQ(c.command, "print(6*7)\n1/0");
+  EXPECT_EQ(c.team_id, "team-1");
+  EXPECT_EQ(c.stdout_head, "42\n");
+  EXPECT_EQ(c.error, "ZeroDivisionError: division by zero");
+  EXPECT_EQ(c.exit_code, 1);
+  EXPECT_GT(c.ended_at_ms, 0);
+
+  // Another port, or another route, is not a code run.
+  req.path = "/contexts";
+  SocketPair other;
+  HijackableWriter w2(other.theirs.get());
+  proxy.Serve(req, "sbx1", kCodeInterpreterPort, w2);
+  EXPECT_EQ((*store)->ListCommands("sbx1", 0, 10)->size(), 1u);
+
+  store->reset();
+  EXPECT_TRUE(RemoveTree(*dir).ok());
 }
 
 }  // namespace
