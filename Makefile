@@ -64,6 +64,7 @@ bench: build guest
 	$(BUILD)/bin/template_bench --guest-dir $(GUEST) --json $(BUILD)/bench/template.json
 	bench/fleet_bench.sh $(BUILD) $(BUILD)/bench/fleet.json
 	bench/code_interpreter_bench.sh $(BUILD) $(BUILD)/bench/code_interpreter.json
+	$(BUILD)/bin/history_bench --guest-dir $(GUEST) --json $(BUILD)/bench/history.json
 
 # The fuzz targets (tests/fuzz, docs/security.md "Fuzzing"), one after the other: the channel
 # decoder and the RAM splitter for FUZZ_SECONDS each, every other parser for FUZZ_SECONDS_EACH
