@@ -41,6 +41,9 @@ node_modules/.bin/esbuild src/main.tsx --bundle --minify --sourcemap --target=es
   --format=iife --jsx=automatic --jsx-import-source=preact --charset=utf8 \
   --legal-comments=linked --log-level=warning --outfile="$tmp/assets/app.js"
 cp src/index.html "$tmp/index.html"
+# Precompressed copies moatd serves to clients that accept gzip (-n: no name or time inside, so
+# the same sources give the same bytes).
+gzip -9 -n -k "$tmp/assets/app.js" "$tmp/assets/app.css"
 [ -s "$tmp/assets/app.js" ] && [ -s "$tmp/assets/app.css" ] || { echo "dashboard: the bundle is incomplete" >&2; exit 1; }
 rm -rf "$out.old"
 [ ! -e "$out" ] || mv "$out" "$out.old"

@@ -67,8 +67,8 @@ void HistoryLog::Failed(std::string_view what, const Status& s) {
   }
 }
 
-void HistoryLog::Created(const store::SandboxRecord& r, const std::string& parent_kind,
-                         const std::string& parent_id, int64_t duration_ms) {
+void HistoryLog::Recorded(const store::SandboxRecord& r, const std::string& parent_kind,
+                          const std::string& parent_id) {
   if (!store_) return;
   store::HistoryRecord h;
   h.sandbox_id = r.id;
@@ -85,11 +85,14 @@ void HistoryLog::Created(const store::SandboxRecord& r, const std::string& paren
   h.parent_kind = parent_kind;
   h.parent_id = parent_id;
   h.created_at_ms = r.started_at_ms;
-  h.state = "running";
+  h.state = "creating";
   if (Status s = store_->InsertHistory(h); !s.ok()) return Failed("history", s);
   counters().history.fetch_add(1);
+}
+
+void HistoryLog::Started(const store::SandboxRecord& r, int64_t duration_ms) {
+  if (!store_) return;
   nlohmann::json detail = {{"templateID", r.template_id}};
-  if (!parent_id.empty()) detail[parent_kind == "fork" ? "forkOf" : "snapshot"] = parent_id;
   store::SandboxEvent e{.sandbox_id = r.id,
                         .team_id = r.team_id,
                         .at_ms = r.started_at_ms,
@@ -100,6 +103,9 @@ void HistoryLog::Created(const store::SandboxRecord& r, const std::string& paren
     Failed("event", s);
   } else {
     counters().event.fetch_add(1);
+  }
+  if (Status s = store_->SetHistoryState(r.id, "running", r.host_id); !s.ok()) {
+    Failed("history state", s);
   }
 }
 

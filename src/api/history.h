@@ -62,10 +62,13 @@ class HistoryLog {
 
   bool enabled() const { return store_ != nullptr; }
 
-  // A sandbox was created (from a template, a snapshot, or as a fork of `parent_id`), by the
-  // thread's actor.
-  void Created(const store::SandboxRecord& r, const std::string& parent_kind,
-               const std::string& parent_id, int64_t duration_ms);
+  // A sandbox was recorded (creating: from a template, a snapshot, or as a fork of
+  // `parent_id`), by the thread's actor — before its host starts it, so that a kill racing with
+  // the create finds its history…
+  void Recorded(const store::SandboxRecord& r, const std::string& parent_kind,
+                const std::string& parent_id);
+  // …and it started (running), `duration_ms` after its create began.
+  void Started(const store::SandboxRecord& r, int64_t duration_ms);
   // A lifecycle event (and the state it leaves the sandbox in, when not empty).
   void Event(const std::string& sandbox_id, const std::string& team_id, std::string_view kind,
              int64_t duration_ms, const std::string& detail_json = "", std::string_view state = "",

@@ -119,7 +119,13 @@ Status SandboxController::Reconcile(HostAgent& host) {
     if (now) {
       if (*now != r.state) {
         MOAT_ASSIGN_OR_RETURN(bool changed, store.TransitionSandbox(r.id, {r.state}, {*now}));
-        (void)changed;
+        // A pause or resume that completed on the host while no moatd ran: its event now.
+        if (changed && *now == SandboxState::kPaused) {
+          history_.Event(r.id, r.team_id, "paused", 0, R"({"reason":"found paused at start"})",
+                         "paused", r.host_id);
+        } else if (changed && r.state == SandboxState::kResuming) {
+          history_.Event(r.id, r.team_id, "resumed", 0, "", "running", r.host_id);
+        }
       }
       if (running) {
         LogInfo("api.sandbox_kept", {{"sandbox", r.id}, {"reason", "re-adopted after restart"}});
@@ -131,6 +137,7 @@ Status SandboxController::Reconcile(HostAgent& host) {
     // it was never re-adopted. Its record goes too.
     bool was_left = std::find(cleaned.begin(), cleaned.end(), r.id) != cleaned.end();
     MOAT_RETURN_IF_ERROR(store.DeleteSandbox(r.id));
+    if (history_.enabled() && r.state == SandboxState::kPaused) EndPauseStorage(store, r.id);
     history_.Ended(r.id, r.team_id, store::kEndError, "not running after moatd restarted");
     LogInfo("api.sandbox_dropped",
             {{"sandbox", r.id},
@@ -152,6 +159,7 @@ Status SandboxController::Reconcile(HostAgent& host) {
   for (const auto& s : snapshots) {
     if (on_disk.count(s.id) != 0) continue;
     MOAT_RETURN_IF_ERROR(store.DeleteSnapshot(s.id));
+    if (history_.enabled()) (void)store.RecordSnapshotDeleted(s.id, UnixMillisNow());
     LogInfo("api.snapshot_dropped", {{"snapshot", s.id}, {"reason", "no files"}});
   }
   return Status::Ok();
@@ -218,6 +226,8 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
       hosts_.Release(placed->host_id, need);
       return recorded.Annotate("recording sandbox " + r.id);
     }
+    history_.Recorded(r, choice.snapshot ? "snapshot" : "",
+                      choice.snapshot ? choice.record_id : "");
     HostSandboxStart start{.id = r.id,
                            .template_id = template_id,
                            .env_vars = a.env_vars,
@@ -244,8 +254,7 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
     r.state = SandboxState::kRunning;
     if (choice.custom) (void)store_.RecordTemplateSpawn(choice.record_id, UnixMillisNow());
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    history_.Created(r, choice.snapshot ? "snapshot" : "", choice.snapshot ? choice.record_id : "",
-                     static_cast<int64_t>(secs * 1000));
+    history_.Started(r, static_cast<int64_t>(secs * 1000));
     metrics_.create_latency().Observe(secs);
     LogInfo("api.sandbox_created", {{"sandbox", r.id},
                                     {"team", team.id},
@@ -465,6 +474,11 @@ void SandboxController::Abandon(const store::SandboxRecord& r, const char* why) 
 
 Status SandboxController::Release(const store::SandboxRecord& r, const char* why) {
   const std::string& id = r.id;
+  // Its last network reading and its console, while it still runs and before it is `killing`
+  // (a kill in flight must stay short: the reaper retries one left killing for 30 s).
+  if (r.state == SandboxState::kRunning || r.state == SandboxState::kError) {
+    if (auto host = HostOf(r); host.ok()) KeepConsole(**host, r);
+  }
   // Killing first: from then on every route answers 404 for it at once, while the VM and its
   // network slot are released (tens of milliseconds, more under load). A pause or resume in
   // flight loses its own compare-and-set and leaves the rest to this.
@@ -482,7 +496,6 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
   Status killed = Status::Ok();
   if (r.state != SandboxState::kLost) {
     MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
-    if (r.state != SandboxState::kKilling) KeepConsole(*host, r);
     killed = host->Kill(id);
   } else if (auto host = HostOf(r); host.ok()) {
     // A lost sandbox's host was cut off or fenced: asked once, in case it is back; when its agent
@@ -657,6 +670,7 @@ Status SandboxController::PauseRecord(const store::SandboxRecord& r, bool keep_m
                               std::string(SandboxStateName(r.state)) + " or changing)");
   }
   MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
+  MeterNet(*host, r);  // its slot goes with the pause
   if (Status paused = host->Pause(r.id, keep_memory); !paused.ok()) {
     // A failed pause leaves the VM running as it was (HostAgent::Pause).
     auto back = Transition(r.id, SandboxState::kPausing, SandboxState::kRunning);
@@ -782,6 +796,7 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
       abandon_all("recording a fork failed");
       return s.Annotate("recording fork " + r.id);
     }
+    history_.Recorded(r, "fork", parent.id);
     ids.push_back(r.id);
     out.push_back(std::move(r));
   }
@@ -804,7 +819,7 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
   int64_t fork_ms = MillisSince(fork_started);
   nlohmann::json children = nlohmann::json::array();
   for (const auto& r : out) {
-    history_.Created(r, "fork", parent.id, fork_ms);
+    history_.Started(r, fork_ms);
     children.push_back(r.id);
   }
   history_.Event(parent.id, parent.team_id, "forked", fork_ms,
@@ -939,17 +954,36 @@ int SandboxController::ReclaimStaleCreating(std::chrono::milliseconds older_than
   return static_cast<int>(stale->size());
 }
 
+void SandboxController::EndAtShutdown() {
+  if (!history_.enabled()) return;
+  auto all = store_.AllSandboxes();
+  if (!all.ok()) return;
+  for (const auto& r : *all) {
+    if (!HoldsResources(r.state)) continue;
+    if (auto host = HostOf(r); host.ok()) KeepConsole(**host, r);
+    history_.Ended(r.id, r.team_id, store::kEndKilled, "moatd stopped");
+  }
+}
+
+void SandboxController::MeterNet(HostAgent& host, const store::SandboxRecord& r) {
+  if (!history_.enabled()) return;
+  auto usage = host.Usage(r.id);
+  if (!usage.ok()) return;  // gone meanwhile: the reaper settles it
+  int64_t now = UnixMillisNow();
+  // The VMM's start time tells slots apart: a resume or a fork starts a new VMM with a new slot,
+  // while a restarted moatd re-adopts the same VMM (and slot).
+  Status s = store_.RecordNetUsage(
+      r.id, now - now % 3600000, static_cast<int64_t>(usage->net_egress_bytes),
+      static_cast<int64_t>(usage->net_ingress_bytes), static_cast<int64_t>(usage->vmm_start_time));
+  if (!s.ok() && s.code() != ErrorCode::kNotFound) {
+    LogWarn("api.usage_meter_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
+  }
+}
+
 void SandboxController::KeepConsole(HostAgent& host, const store::SandboxRecord& r) {
   if (!history_.enabled()) return;
-  if (r.state == SandboxState::kRunning || r.state == SandboxState::kError) {
-    // The network counters' last reading: what the slot counted since the last meter pass.
-    if (auto usage = host.Usage(r.id); usage.ok()) {
-      int64_t now = UnixMillisNow();
-      (void)store_.RecordNetUsage(r.id, now - now % 3600000,
-                                  static_cast<int64_t>(usage->net_egress_bytes),
-                                  static_cast<int64_t>(usage->net_ingress_bytes));
-    }
-  }
+  // The network counters' last reading: what the slot counted since the last meter pass.
+  if (r.state == SandboxState::kRunning || r.state == SandboxState::kError) MeterNet(host, r);
   auto text = host.ConsoleLog(r.id, HistoryLog::kConsoleKeep);
   if (text.ok()) {
     history_.Console(r.id, std::move(*text));
@@ -975,18 +1009,10 @@ void SandboxController::MeterOnce(bool prune) {
   }
   HistoryLog::counters().meter_passes.fetch_add(1);
   int64_t now = UnixMillisNow();
-  int64_t hour = now - now % 3600000;
   for (const auto& r : *all) {
     if (r.state != SandboxState::kRunning && r.state != SandboxState::kError) continue;
     auto host = HostOf(r);
-    if (!host.ok()) continue;
-    auto usage = (*host)->Usage(r.id);
-    if (!usage.ok()) continue;  // gone meanwhile: the reaper settles it
-    Status s = store_.RecordNetUsage(r.id, hour, static_cast<int64_t>(usage->net_egress_bytes),
-                                     static_cast<int64_t>(usage->net_ingress_bytes));
-    if (!s.ok() && s.code() != ErrorCode::kNotFound) {
-      LogWarn("api.usage_meter_failed", {{"sandbox", r.id}, {"error", s.ToString()}});
-    }
+    if (host.ok()) MeterNet(**host, r);
   }
   if (prune) {
     int64_t before =

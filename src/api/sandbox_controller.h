@@ -133,6 +133,10 @@ class SandboxController {
   // Per-team quotas: create, resume (connect to a paused sandbox) and fork are admitted here.
   QuotaGate& quotas() { return quotas_; }
   HistoryLog& history() { return history_; }
+  // `moatd serve` stopping without keeping its sandboxes: the history of every sandbox that
+  // holds resources ends now (its last network reading and console kept), as they are about to
+  // be killed.
+  void EndAtShutdown();
   // The running sandbox's console log as its host has it now (its last HistoryLog::kConsoleKeep
   // bytes).
   Result<std::string> ConsoleLog(const std::string& team_id, const std::string& id);
@@ -167,6 +171,8 @@ class SandboxController {
   Status Reconcile(HostAgent& host);
   void ReaperLoop();
   void UsageLoop();
+  // Reads the sandbox's network counters into its usage (history on).
+  void MeterNet(HostAgent& host, const store::SandboxRecord& r);
   // Before its VM goes: the sandbox's last network reading and its console log (the host's
   // tail of it) go to its history.
   void KeepConsole(HostAgent& host, const store::SandboxRecord& r);

@@ -49,19 +49,31 @@ void Segments(const HistoryRecord& h, const std::vector<const SandboxEvent*>& ev
   if (state != kEnded) close(end);
 }
 
-// The parts of `spans` covered by none of `busy` (both sorted by begin; busy may overlap).
-double UncoveredSeconds(const Interval& span, const std::vector<Interval>& busy) {
-  int64_t idle = 0;
-  int64_t cursor = span.begin;
-  for (const Interval& b : busy) {
-    if (b.end <= cursor) continue;
-    if (b.begin >= span.end) break;
-    if (b.begin > cursor) idle += std::min(b.begin, span.end) - cursor;
-    cursor = std::max(cursor, b.end);
-    if (cursor >= span.end) break;
+// Sorts and merges overlapping intervals: the result is disjoint and ordered.
+void Merge(std::vector<Interval>& list) {
+  std::sort(list.begin(), list.end(),
+            [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
+  size_t out = 0;
+  for (const Interval& iv : list) {
+    if (out > 0 && iv.begin <= list[out - 1].end) {
+      list[out - 1].end = std::max(list[out - 1].end, iv.end);
+    } else {
+      list[out++] = iv;
+    }
   }
-  if (cursor < span.end) idle += span.end - cursor;
-  return static_cast<double>(idle) / 1000.0;
+  list.resize(out);
+}
+
+// The part of `span` covered by none of `busy` (disjoint and ordered: Merge), found from the
+// first busy interval that ends after the span begins.
+double UncoveredSeconds(const Interval& span, const std::vector<Interval>& busy) {
+  int64_t covered = 0;
+  auto it = std::upper_bound(busy.begin(), busy.end(), span.begin,
+                             [](int64_t t, const Interval& b) { return t < b.end; });
+  for (; it != busy.end() && it->begin < span.end; ++it) {
+    covered += std::min(it->end, span.end) - std::max(it->begin, span.begin);
+  }
+  return static_cast<double>(span.end - span.begin - covered) / 1000.0;
 }
 
 }  // namespace
@@ -79,7 +91,7 @@ void UsageFigures::Add(const UsageFigures& o) {
   snapshot_byte_hours += o.snapshot_byte_hours;
 }
 
-Result<UsageReport> ComputeUsage(const store::UsageInput& input, const UsageQuery& q) {
+Status CheckUsageQuery(const UsageQuery& q) {
   if (q.bucket_ms != 3600000 && q.bucket_ms != 86400000) {
     return InvalidArgument("usage buckets are an hour or a day");
   }
@@ -87,6 +99,11 @@ Result<UsageReport> ComputeUsage(const store::UsageInput& input, const UsageQuer
   if ((q.to_ms - q.from_ms) / q.bucket_ms > 10000) {
     return InvalidArgument("the window spans more than 10000 buckets; use a coarser groupBy");
   }
+  return Status::Ok();
+}
+
+Result<UsageReport> ComputeUsage(const store::UsageInput& input, const UsageQuery& q) {
+  MOAT_RETURN_IF_ERROR(CheckUsageQuery(q));
   using Key = std::tuple<int64_t, std::string, std::string>;  // bucket, team, template
   std::map<Key, UsageFigures> rows;
   auto bucket_of = [&](int64_t t) { return t - ((t % q.bucket_ms) + q.bucket_ms) % q.bucket_ms; };
@@ -121,10 +138,7 @@ Result<UsageReport> ComputeUsage(const store::UsageInput& input, const UsageQuer
                                                : q.now_ms;
     if (end > c.started_at_ms) busy[c.sandbox_id].push_back({c.started_at_ms, end});
   }
-  for (auto& [id, list] : busy) {
-    std::sort(list.begin(), list.end(),
-              [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
-  }
+  for (auto& [id, list] : busy) Merge(list);
 
   static const std::vector<const SandboxEvent*> kNoEvents;
   static const std::vector<Interval> kNoBusy;

@@ -51,8 +51,10 @@ struct UsageReport {
   UsageFigures totals;
 };
 
-// The report over [from, to). InvalidArgument for an empty or reversed window, or a bucket that
-// is neither an hour nor a day, or a window of more than 10,000 buckets.
+// InvalidArgument for an empty or reversed window, or a bucket that is neither an hour nor a
+// day, or a window of more than 10,000 buckets (checked before the store is read).
+Status CheckUsageQuery(const UsageQuery& query);
+// The report over [from, to) (CheckUsageQuery's errors).
 Result<UsageReport> ComputeUsage(const store::UsageInput& input, const UsageQuery& query);
 
 // The report as CSV: a header line, then one line per row.

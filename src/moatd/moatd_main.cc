@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 
 #include "agent/agent.h"
 #include "agent/builtin_templates.h"
@@ -173,11 +174,13 @@ void PrintApiBanner(const std::string& url, const MoatdConfig& config,
 // it, for the next moatd on this data dir to re-adopt — (their streams end), then let the
 // handlers finish.
 template <typename Server>
-void StopHost(Server& server, agent::Agent& agent, bool keep_sandboxes) {
+void StopHost(Server& server, agent::Agent& agent, bool keep_sandboxes,
+              const std::function<void()>& before_kill = {}) {
   server.Shutdown();
   if (keep_sandboxes) {
     agent.Detach();
   } else {
+    if (before_kill) before_kill();
     agent.KillAll();
   }
   server.Wait();
@@ -253,7 +256,8 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   sigwait(&stop_signals, &sig);
   LogInfo("moatd.stopping",
           {{"signal", sig}, {"sandboxes", keep_sandboxes ? "kept running" : "killed"}});
-  StopHost(**server, **agent, keep_sandboxes);
+  // Their histories end now, not when the next moatd finds them gone.
+  StopHost(**server, **agent, keep_sandboxes, [c = controller->get()] { c->EndAtShutdown(); });
   server->reset();
   controller->reset();
   agent->reset();

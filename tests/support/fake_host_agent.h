@@ -36,6 +36,7 @@ class FakeHostAgent : public api::HostAgent {
   std::map<std::string, std::string> created_from;
   // What Usage reports of a sandbox's network counters (egress, ingress), and its console log.
   std::map<std::string, std::pair<uint64_t, uint64_t>> net;
+  std::map<std::string, uint64_t> vmm_starts;  // Usage's vmm_start_time: bumped by Resume
   std::map<std::string, std::string> console;
   // Create refuses (not_found) a template that is not `tmpl`, one of `snapshots` or one of
   // `built`, as a real host does; off by default, as callers of the fake may name any.
@@ -102,6 +103,8 @@ class FakeHostAgent : public api::HostAgent {
     std::lock_guard lock(mu_);
     if (paused.erase(id) == 0) return NotFound("sandbox " + id + " not found");
     running.insert(id);
+    ++vmm_starts[id];  // a resumed sandbox runs in a new VMM, with a new network slot
+    net.erase(id);
     return Status::Ok();
   }
   Status Fork(const std::string& id, const std::vector<std::string>& child_ids) override {
@@ -130,6 +133,7 @@ class FakeHostAgent : public api::HostAgent {
     std::lock_guard lock(mu_);
     if (running.count(id) == 0) return NotFound("sandbox " + id + " is not running");
     api::HostSandboxUsage u{.vcpus = 2, .cpu_seconds = 1, .vmm_age_seconds = 2};
+    u.vmm_start_time = vmm_starts[id];
     if (auto it = net.find(id); it != net.end()) {
       u.net_egress_bytes = it->second.first;
       u.net_ingress_bytes = it->second.second;

@@ -109,13 +109,24 @@ json FiguresJson(const UsageFigures& f) {
 Result<std::optional<int64_t>> TimeParam(const codec::QueryParams& q, std::string_view name) {
   auto v = codec::QueryValue(q, name);
   if (!v || v->empty()) return std::optional<int64_t>();
+  // Up to the end of year 9999: later times would overflow nanoseconds in the answer.
+  constexpr int64_t kMaxMs = 253402300799999;
+  auto out_of_range = [&] {
+    return InvalidArgument("query parameter \"" + std::string(name) +
+                           "\" is out of range (1970 to 9999)");
+  };
   bool digits = std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '9'; });
-  if (digits && v->size() <= 15) return std::optional<int64_t>(std::stoll(*v));
+  if (digits && v->size() <= 15) {
+    int64_t ms = std::stoll(*v);
+    if (ms > kMaxMs) return out_of_range();
+    return std::optional<int64_t>(ms);
+  }
   auto secs = codec::ParseRfc3339(*v);
   if (!secs.ok()) {
     return InvalidArgument("query parameter \"" + std::string(name) +
                            "\" must be RFC 3339 or unix milliseconds, not \"" + *v + "\"");
   }
+  if (*secs < 0 || *secs > kMaxMs / 1000) return out_of_range();
   return std::optional<int64_t>(*secs * 1000);
 }
 
@@ -287,7 +298,9 @@ void Logs(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
     const auto& c = *it;
     json fields = {{"source", c.kind}, {"commandID", c.id}, {"user", c.user}};
     if (c.exit_code) fields["exitCode"] = *c.exit_code;
-    bool failed = (c.exit_code && *c.exit_code != 0) || !c.signal.empty() || !c.error.empty();
+    // As the history's "failed only" filter judges it (store/history_rows.h kFailedCommand).
+    bool failed = (c.exit_code && *c.exit_code != 0) || (!c.signal.empty() && c.kind != "pty") ||
+                  (!c.error.empty() && c.ended_at_ms != 0);
     std::string message = c.kind + ": " + c.command;
     if (c.exit_code) message += " (exit " + std::to_string(*c.exit_code) + ")";
     if (!c.signal.empty()) message += " (" + c.signal + ")";
@@ -379,6 +392,7 @@ void Usage(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
   // Default: the last 7 days, whole buckets.
   uq.to_ms = to->value_or(now - now % uq.bucket_ms + uq.bucket_ms);
   uq.from_ms = from->value_or(uq.to_ms - 7 * 86400000LL);
+  if (Status valid = CheckUsageQuery(uq); !valid.ok()) return SendRestError(w, valid);
   auto input = ctx.store->LoadUsageInput(team_id, uq.from_ms, uq.to_ms);
   if (!input.ok()) return SendRestError(w, input.status());
   auto report = ComputeUsage(*input, uq);
@@ -439,10 +453,13 @@ std::string SourceAddress(const http::Request& req) {
   bool loopback = peer.rfind("127.", 0) == 0 || peer == "::1";
   std::string forwarded = req.Header("X-Forwarded-For");
   if (loopback && !forwarded.empty()) {
-    std::string first = forwarded.substr(0, forwarded.find(','));
-    while (!first.empty() && first.front() == ' ') first.erase(0, 1);
-    while (!first.empty() && first.back() == ' ') first.pop_back();
-    if (!first.empty() && first.size() <= 64) return first;
+    // The last hop is the one the proxy on loopback appended: the address it was reached from.
+    // Hops before it are whatever the client sent, and prove nothing.
+    size_t comma = forwarded.rfind(',');
+    std::string last = comma == std::string::npos ? forwarded : forwarded.substr(comma + 1);
+    while (!last.empty() && (last.front() == ' ' || last.front() == '\t')) last.erase(0, 1);
+    while (!last.empty() && (last.back() == ' ' || last.back() == '\t')) last.pop_back();
+    if (!last.empty() && last.size() <= 64) return last;
   }
   return peer;
 }

@@ -84,7 +84,7 @@ struct CommandRecord {
   int64_t id = 0;  // assigned by StartCommand
   std::string sandbox_id;
   std::string team_id;
-  std::string kind = "command";
+  std::string kind = "command";  // "command", "pty" (an interactive PTY session) or "code"
   std::string command;  // the command line as given (the code, for "code"), at most 4 KiB kept
   std::string user;
   std::string cwd;

@@ -2,6 +2,7 @@
 // the store implementations): text made storable, and the page tokens of history and audit.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -69,5 +70,40 @@ inline int HistoryPageLimit(int limit) {
 
 // What LoadUsageInput reads of network buckets before `from`: the hour that holds it.
 inline constexpr int64_t kHourMs = 3600 * 1000;
+
+// A failed command, as the history's "failed only" filter and the logs route see it: a non-zero
+// exit, an error of a command that ended (one whose client left runs on: not a failure), or a
+// signal — except for a PTY session (the web terminal's shell is killed when its page leaves).
+inline constexpr const char* kFailedCommand =
+    "(c.exit_code <> 0 OR (c.error <> '' AND c.ended_at_ms <> 0) OR (c.signal <> '' AND c.kind "
+    "<> 'pty'))";
+
+// A reading of a sandbox's network counters and the slot generation it was read from.
+struct NetReading {
+  int64_t egress = 0, ingress = 0, generation = 0;
+};
+struct NetDelta {
+  bool changed = false;             // something to write
+  int64_t egress = 0, ingress = 0;  // what to add
+  NetReading kept;                  // the reading to keep for the next one
+};
+// What a reading adds after `last`: all of it from a new slot (another generation); otherwise
+// what each counter grew by — a counter lower than the last reading's is a stale reading that
+// lost a race with a newer one, and adds nothing (the newer value is kept).
+inline NetDelta NetDeltaOf(const NetReading& last, const NetReading& now) {
+  NetDelta d;
+  if (now.generation != last.generation) {
+    d.egress = now.egress;
+    d.ingress = now.ingress;
+    d.kept = now;
+    d.changed = true;
+    return d;
+  }
+  d.egress = now.egress > last.egress ? now.egress - last.egress : 0;
+  d.ingress = now.ingress > last.ingress ? now.ingress - last.ingress : 0;
+  d.kept = {std::max(now.egress, last.egress), std::max(now.ingress, last.ingress), now.generation};
+  d.changed = d.egress != 0 || d.ingress != 0;
+  return d;
+}
 
 }  // namespace moat::api::store

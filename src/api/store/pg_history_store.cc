@@ -246,8 +246,8 @@ Result<HistoryPage> PgStore::ListHistory(const HistoryFilter& f) {
   if (f.failed_only) {
     sql +=
         " AND (h.end_reason IN ('error', 'host_lost') OR EXISTS (SELECT 1 FROM sandbox_commands "
-        "c WHERE c.sandbox_id = h.sandbox_id AND (c.exit_code <> 0 OR c.signal <> '' OR c.error "
-        "<> '')))";
+        "c WHERE c.sandbox_id = h.sandbox_id AND " +
+        std::string(kFailedCommand) + "))";
   }
   if (!f.next_token.empty()) {
     MOAT_ASSIGN_OR_RETURN(HistoryCursor c, ParseHistoryToken(f.next_token));
@@ -408,23 +408,21 @@ Result<AuditPage> PgStore::ListAudit(const AuditFilter& f) {
 }
 
 Status PgStore::RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms, int64_t egress_total,
-                               int64_t ingress_total) {
+                               int64_t ingress_total, int64_t slot_generation) {
   if (egress_total < 0 || ingress_total < 0) {
     return InvalidArgument("network counters of " + sandbox_id + " are negative");
   }
   return Transact([&](pg::Connection& c) -> Status {
     // The row lock orders readings of one sandbox: each sees what the one before it kept.
     MOAT_ASSIGN_OR_RETURN(Rows last,
-                          c.Exec("SELECT net_last_egress, net_last_ingress FROM sandbox_history "
-                                 "WHERE sandbox_id = $1 FOR UPDATE",
+                          c.Exec("SELECT net_last_egress, net_last_ingress, net_last_gen FROM "
+                                 "sandbox_history WHERE sandbox_id = $1 FOR UPDATE",
                                  {sandbox_id}));
     if (last.size() == 0) return NotFound("history of sandbox \"" + sandbox_id + "\" not found");
-    int64_t last_egress = last.Int(0, 0), last_ingress = last.Int(0, 1);
-    // Counters that went backwards belong to a new slot: everything they count is new.
-    bool reset = egress_total < last_egress || ingress_total < last_ingress;
-    int64_t egress = reset ? egress_total : egress_total - last_egress;
-    int64_t ingress = reset ? ingress_total : ingress_total - last_ingress;
-    if (egress == 0 && ingress == 0 && !reset) return Status::Ok();
+    NetDelta d = NetDeltaOf({last.Int(0, 0), last.Int(0, 1), last.Int(0, 2)},
+                            {egress_total, ingress_total, slot_generation});
+    if (!d.changed) return Status::Ok();
+    int64_t egress = d.egress, ingress = d.ingress;
     if (egress != 0 || ingress != 0) {
       MOAT_RETURN_IF_ERROR(c.Run(
           "INSERT INTO net_usage (sandbox_id, hour_ms, egress_bytes, ingress_bytes) VALUES ($1, "
@@ -435,8 +433,9 @@ Status PgStore::RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms, i
     }
     return c.Run(
         "UPDATE sandbox_history SET egress_bytes = egress_bytes + $1, ingress_bytes = "
-        "ingress_bytes + $2, net_last_egress = $3, net_last_ingress = $4 WHERE sandbox_id = $5",
-        MakeParams(egress, ingress, egress_total, ingress_total, sandbox_id));
+        "ingress_bytes + $2, net_last_egress = $3, net_last_ingress = $4, net_last_gen = $6 "
+        "WHERE sandbox_id = $5",
+        MakeParams(egress, ingress, d.kept.egress, d.kept.ingress, sandbox_id, d.kept.generation));
   });
 }
 
@@ -482,12 +481,15 @@ Result<UsageInput> PgStore::LoadUsageInput(const std::string& team_id, int64_t f
                        window));
     in.events = ReadAll(e, ReadEvent);
     MOAT_ASSIGN_OR_RETURN(
-        Rows cmd, c.Exec(std::string("SELECT c.id, c.sandbox_id, c.team_id, c.kind, "
-                                     "c.started_at_ms, c.ended_at_ms FROM sandbox_commands c "
-                                     "JOIN sandbox_history h ON h.sandbox_id = c.sandbox_id "
-                                     "WHERE ") +
-                             kUsageHistories + " ORDER BY c.sandbox_id COLLATE \"C\", c.id",
-                         window));
+        Rows cmd,
+        c.Exec(std::string("SELECT c.id, c.sandbox_id, c.team_id, c.kind, "
+                           "c.started_at_ms, c.ended_at_ms FROM sandbox_commands c "
+                           "JOIN sandbox_history h ON h.sandbox_id = c.sandbox_id "
+                           "WHERE ") +
+                   kUsageHistories +
+                   " AND c.started_at_ms < $3::bigint AND (c.ended_at_ms = 0 OR "
+                   "c.ended_at_ms > $2::bigint) ORDER BY c.sandbox_id COLLATE \"C\", c.id",
+               window));
     in.commands = ReadAll(cmd, [](const Rows& r, int i) {
       CommandRecord rec;
       rec.id = r.Int(i, 0);

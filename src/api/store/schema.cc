@@ -400,7 +400,8 @@ CREATE TABLE sandbox_history (
   egress_bytes INTEGER NOT NULL DEFAULT 0,
   ingress_bytes INTEGER NOT NULL DEFAULT 0,
   net_last_egress INTEGER NOT NULL DEFAULT 0,
-  net_last_ingress INTEGER NOT NULL DEFAULT 0
+  net_last_ingress INTEGER NOT NULL DEFAULT 0,
+  net_last_gen INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX sandbox_history_by_team ON sandbox_history(team_id, created_at_ms, sandbox_id);
 CREATE INDEX sandbox_history_by_parent ON sandbox_history(parent_id);
@@ -506,7 +507,8 @@ CREATE TABLE sandbox_history (
   egress_bytes BIGINT NOT NULL DEFAULT 0,
   ingress_bytes BIGINT NOT NULL DEFAULT 0,
   net_last_egress BIGINT NOT NULL DEFAULT 0,
-  net_last_ingress BIGINT NOT NULL DEFAULT 0
+  net_last_ingress BIGINT NOT NULL DEFAULT 0,
+  net_last_gen BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX sandbox_history_by_team ON sandbox_history(team_id, created_at_ms, sandbox_id COLLATE "C");
 CREATE INDEX sandbox_history_by_parent ON sandbox_history(parent_id);

@@ -241,8 +241,8 @@ Result<HistoryPage> SqliteStore::ListHistory(const HistoryFilter& f) {
   if (f.failed_only) {
     sql +=
         " AND (h.end_reason IN ('error', 'host_lost') OR EXISTS (SELECT 1 FROM sandbox_commands "
-        "c WHERE c.sandbox_id = h.sandbox_id AND (c.exit_code != 0 OR c.signal != '' OR c.error "
-        "!= '')))";
+        "c WHERE c.sandbox_id = h.sandbox_id AND " +
+        std::string(kFailedCommand) + "))";
   }
   if (!f.next_token.empty()) {
     MOAT_ASSIGN_OR_RETURN(HistoryCursor c, ParseHistoryToken(f.next_token));
@@ -425,29 +425,27 @@ Result<AuditPage> SqliteStore::ListAudit(const AuditFilter& f) {
 }
 
 Status SqliteStore::RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms,
-                                   int64_t egress_total, int64_t ingress_total) {
+                                   int64_t egress_total, int64_t ingress_total,
+                                   int64_t slot_generation) {
   if (egress_total < 0 || ingress_total < 0) {
     return InvalidArgument("network counters of " + sandbox_id + " are negative");
   }
   std::lock_guard lock(mu_);
   Transaction tx(db_);
-  int64_t last_egress = 0, last_ingress = 0;
+  NetReading last;
   {
     Statement s(db_,
-                "SELECT net_last_egress, net_last_ingress FROM sandbox_history WHERE sandbox_id "
-                "= ?");
+                "SELECT net_last_egress, net_last_ingress, net_last_gen FROM sandbox_history "
+                "WHERE sandbox_id = ?");
     MOAT_RETURN_IF_ERROR(s.status());
     s.Bind(1, sandbox_id);
     MOAT_ASSIGN_OR_RETURN(bool row, s.Step());
     if (!row) return NotFound("history of sandbox \"" + sandbox_id + "\" not found");
-    last_egress = s.Int(0);
-    last_ingress = s.Int(1);
+    last = {s.Int(0), s.Int(1), s.Int(2)};
   }
-  // Counters that went backwards belong to a new slot: everything they count is new.
-  bool reset = egress_total < last_egress || ingress_total < last_ingress;
-  int64_t egress = reset ? egress_total : egress_total - last_egress;
-  int64_t ingress = reset ? ingress_total : ingress_total - last_ingress;
-  if (egress == 0 && ingress == 0 && !reset) return Status::Ok();
+  NetDelta d = NetDeltaOf(last, {egress_total, ingress_total, slot_generation});
+  if (!d.changed) return Status::Ok();
+  int64_t egress = d.egress, ingress = d.ingress;
   if (egress != 0 || ingress != 0) {
     Statement s(db_,
                 "INSERT INTO net_usage (sandbox_id, hour_ms, egress_bytes, ingress_bytes) VALUES "
@@ -460,14 +458,15 @@ Status SqliteStore::RecordNetUsage(const std::string& sandbox_id, int64_t hour_m
   {
     Statement s(db_,
                 "UPDATE sandbox_history SET egress_bytes = egress_bytes + ?1, ingress_bytes = "
-                "ingress_bytes + ?2, net_last_egress = ?3, net_last_ingress = ?4 WHERE "
-                "sandbox_id = ?5");
+                "ingress_bytes + ?2, net_last_egress = ?3, net_last_ingress = ?4, net_last_gen = "
+                "?6 WHERE sandbox_id = ?5");
     MOAT_RETURN_IF_ERROR(s.status());
     MOAT_RETURN_IF_ERROR(s.Bind(1, egress)
                              .Bind(2, ingress)
-                             .Bind(3, egress_total)
-                             .Bind(4, ingress_total)
+                             .Bind(3, d.kept.egress)
+                             .Bind(4, d.kept.ingress)
                              .Bind(5, sandbox_id)
+                             .Bind(6, d.kept.generation)
                              .Run());
   }
   return tx.Commit();
@@ -527,7 +526,9 @@ Result<UsageInput> SqliteStore::LoadUsageInput(const std::string& team_id, int64
     auto s = prepare(std::string("SELECT c.id, c.sandbox_id, c.team_id, c.kind, c.started_at_ms, "
                                  "c.ended_at_ms FROM sandbox_commands c JOIN sandbox_history h ON "
                                  "h.sandbox_id = c.sandbox_id WHERE ") +
-                     kUsageHistories + " ORDER BY c.sandbox_id, c.id");
+                     kUsageHistories +
+                     " AND c.started_at_ms < ?3 AND (c.ended_at_ms = 0 OR c.ended_at_ms > ?2)"
+                     " ORDER BY c.sandbox_id, c.id");
     MOAT_RETURN_IF_ERROR(s->status());
     MOAT_ASSIGN_OR_RETURN(in.commands, ReadAll(*s, [](Statement& r) {
                             CommandRecord c;

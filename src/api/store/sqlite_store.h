@@ -114,7 +114,7 @@ class SqliteStore : public Store {
   Status AppendAudit(const AuditRecord& a) override;
   Result<AuditPage> ListAudit(const AuditFilter& filter) override;
   Status RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms, int64_t egress_total,
-                        int64_t ingress_total) override;
+                        int64_t ingress_total, int64_t slot_generation) override;
   Status RecordSnapshotStored(const SnapshotStorageRecord& s) override;
   Status RecordSnapshotDeleted(const std::string& id, int64_t at_ms) override;
   Result<UsageInput> LoadUsageInput(const std::string& team_id, int64_t from_ms,

@@ -501,12 +501,15 @@ class Store {
   virtual Status AppendAudit(const AuditRecord& a) = 0;
   virtual Result<AuditPage> ListAudit(const AuditFilter& filter) = 0;
 
-  // The sandbox's network counters read now (totals since its slot was set up): in one
-  // transaction, what grew since the last reading (all of it when the counters went backwards:
-  // a new slot) is added to the hour `hour_ms` and the history's totals; the reading is kept
-  // for the next one. Exact across restarts: a reading already counted adds nothing.
+  // The sandbox's network counters read now (totals since its slot `slot_generation` was set
+  // up; a resume or a fork gets a new slot, hence a new generation): in one transaction, what
+  // grew since the last reading is added to the hour `hour_ms` and the history's totals, and
+  // the reading is kept for the next one. A reading of a new generation counts whole; one of
+  // the same generation that is lower than the last (a stale reading that lost a race) adds
+  // nothing. Exact across restarts: a reading already counted adds nothing.
   virtual Status RecordNetUsage(const std::string& sandbox_id, int64_t hour_ms,
-                                int64_t egress_total, int64_t ingress_total) = 0;
+                                int64_t egress_total, int64_t ingress_total,
+                                int64_t slot_generation) = 0;
   // A snapshot begins to be stored (a second record of the same id changes nothing)…
   virtual Status RecordSnapshotStored(const SnapshotStorageRecord& s) = 0;
   // …and ends (nothing for an unknown id, or one already ended).

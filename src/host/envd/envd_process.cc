@@ -94,6 +94,9 @@ class CommandCapture {
   CommandCapture(HistoryLog& log, const EnvdCall& call, const proto::ExecOp& exec) : log_(log) {
     rec_.sandbox_id = call.record.id;
     rec_.team_id = call.record.team_id;
+    // A PTY is an interactive session (a terminal): its end by a signal is its close, not a
+    // failure (store::kFailedCommand).
+    if (exec.pty) rec_.kind = "pty";
     for (const auto& a : exec.argv) {
       if (!rec_.command.empty()) rec_.command += ' ';
       bool plain =

@@ -162,6 +162,19 @@ TEST_F(HistoryTest, NetworkBytesAreMeteredOnceAcrossARestartAndAtTheKill) {
   EXPECT_EQ(report.totals.ingress_bytes, 300);
 }
 
+TEST_F(HistoryTest, NetworkBytesAreMeteredAtAPauseAndANewSlotAfterAResumeCountsWhole) {
+  auto r = Create();
+  ASSERT_TRUE(r.ok());
+  host_.net[r->id] = {1000, 100};
+  ASSERT_TRUE(controller_->Pause(team_.id, r->id).ok());  // read as its slot goes
+  EXPECT_EQ(History(r->id).egress_bytes, 1000);
+  ASSERT_TRUE(controller_->Resume(team_.id, r->id, 300).ok());
+  host_.net[r->id] = {5000, 50};  // the new slot's counters, above the old reading
+  controller_->MeterOnce(false);
+  EXPECT_EQ(History(r->id).egress_bytes, 6000);
+  EXPECT_EQ(History(r->id).ingress_bytes, 150);
+}
+
 TEST_F(HistoryTest, RunningTimeIsExactAcrossARestartAndAPauseResume) {
   int64_t t0 = UnixMillisNow();
   auto r = Create();

@@ -1623,6 +1623,19 @@ TEST_F(StoreSuite, FailedOnlyListsErrorsLostHostsAndSandboxesWithAFailedCommand)
   RunCommand(*store_, "s5", std::nullopt, "SIGKILL");
   RunCommand(*store_, "s6", std::nullopt, "", "envd: unavailable");
   ASSERT_TRUE(store_->StartCommand(Command("s7", 10, "sleep 1000")).ok());  // still running
+  // A terminal's shell killed as its page closed is no failure; nor is a command whose client
+  // left while it ran on (no end).
+  ASSERT_TRUE(store_->InsertHistory(History("s8", "t", 90)).ok());
+  CommandRecord pty = Command("s8", 10, "/bin/bash -l");
+  pty.kind = "pty";
+  pty.id = *store_->StartCommand(pty);
+  pty.ended_at_ms = 20;
+  pty.signal = "signal: killed";
+  ASSERT_TRUE(store_->FinishCommand(pty).ok());
+  CommandRecord detached = Command("s8", 10, "server");
+  detached.id = *store_->StartCommand(detached);
+  detached.error = "the client left while it ran; it runs on, detached";
+  ASSERT_TRUE(store_->FinishCommand(detached).ok());
   HistoryFilter f;
   f.team_id = "t";
   f.failed_only = true;
@@ -1825,31 +1838,35 @@ TEST_F(StoreSuite, ListsTheAuditLogNewestFirstByTeamActionTargetAndTimeInPages) 
 }
 
 TEST_F(StoreSuite, CountsNetworkReadingsOnceIntoHourlyBucketsAcrossRestartsAndSlotResets) {
-  EXPECT_EQ(store_->RecordNetUsage("s1", 0, 10, 10).code(), ErrorCode::kNotFound) << "no history";
+  EXPECT_EQ(store_->RecordNetUsage("s1", 0, 10, 10, 1).code(), ErrorCode::kNotFound)
+      << "no history";
   ASSERT_TRUE(store_->InsertHistory(History("s1", "t", 10)).ok());
   auto totals = [&] {
     auto h = store_->GetHistory("s1");
     return std::pair<int64_t, int64_t>((*h)->egress_bytes, (*h)->ingress_bytes);
   };
-  // Hour 0: a first reading counts all of it, then only what grew.
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 100, 1000).ok());
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 150, 1000).ok());
+  // Hour 0, slot generation 1: a first reading counts all of it, then only what grew.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 100, 1000, 1).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 150, 1000, 1).ok());
   EXPECT_EQ(totals(), std::make_pair(int64_t{150}, int64_t{1000}));
   // A reading already counted (as after a moatd restart reads the same counters) adds nothing.
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 150, 1000).ok());
-  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 150, 1000).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 0, 150, 1000, 1).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 150, 1000, 1).ok());
   EXPECT_EQ(totals(), std::make_pair(int64_t{150}, int64_t{1000}));
   // Hour 1: growth goes into the new hour's bucket.
-  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 250, 1500).ok());
-  // Hour 2: the counters went backwards (a new slot after a resume): all of them is new.
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 40, 2000).ok());
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 60, 2100).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 250, 1500, 1).ok());
+  // A stale reading of the same slot (it lost a race with a newer one) adds nothing.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", kHour, 200, 1400, 1).ok());
+  EXPECT_EQ(totals(), std::make_pair(int64_t{250}, int64_t{1500}));
+  // Hour 2: a new slot (generation 2, after a resume) counts whole, even above the old reading.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 40, 2000, 2).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 60, 2100, 2).ok());
   EXPECT_EQ(totals(), std::make_pair(int64_t{150 + 100 + 60}, int64_t{1000 + 500 + 2100}));
-  // A reset to zero is kept as the new baseline even though it adds nothing.
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 0, 0).ok());
-  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 5, 7).ok());
+  // Generation 3 starting at zero is its baseline.
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 0, 0, 3).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("s1", 2 * kHour, 5, 7, 3).ok());
   EXPECT_EQ(totals(), std::make_pair(int64_t{315}, int64_t{3607}));
-  EXPECT_EQ(store_->RecordNetUsage("s1", 0, -1, 0).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store_->RecordNetUsage("s1", 0, -1, 0, 3).code(), ErrorCode::kInvalidArgument);
 
   auto in = store_->LoadUsageInput("t", 0, 3 * kHour);
   ASSERT_TRUE(in.ok()) << in.status().ToString();
@@ -1912,9 +1929,9 @@ TEST_F(StoreSuite, UsageInputHoldsWhatOverlapsTheWindowWithItsEventsCommandsAndB
   ASSERT_TRUE(store_->AppendSandboxEvent({0, "alive", "t", from + kHour, "resumed", 0, ""}).ok());
   // Buckets of "alive": the hour before the window counts (its start is in [from - 1h, from)).
   for (int64_t hour : {from - 2 * kHour, from - kHour, from, to - kHour, to}) {
-    ASSERT_TRUE(store_->RecordNetUsage("alive", hour, hour / kHour, 0).ok());
+    ASSERT_TRUE(store_->RecordNetUsage("alive", hour, hour / kHour, 0, 1).ok());
   }
-  ASSERT_TRUE(store_->RecordNetUsage("before", from - 2 * kHour, 10, 10).ok());
+  ASSERT_TRUE(store_->RecordNetUsage("before", from - 2 * kHour, 10, 10, 1).ok());
   ASSERT_TRUE(store_->RecordSnapshotStored({"old", "t", "base", 1, 0, from - kHour}).ok());
   ASSERT_TRUE(store_->RecordSnapshotStored({"held", "t", "base", 2, 0, 0}).ok());
   ASSERT_TRUE(store_->RecordSnapshotStored({"late", "t", "base", 3, to, 0}).ok());
@@ -1970,8 +1987,8 @@ TEST_F(StoreSuite, PruningRemovesWhatEndedBeforeTheCutoffAndKeepsLiveHistories) 
     ASSERT_TRUE(store_->AppendSandboxEvent({0, id, "t", 200, "paused", 0, ""}).ok());
     ASSERT_TRUE(store_->StartCommand(Command(id, 150, "ls")).ok());
     ASSERT_TRUE(store_->SaveConsoleLog(id, "log").ok());
-    ASSERT_TRUE(store_->RecordNetUsage(id, 0, 10, 10).ok());
-    ASSERT_TRUE(store_->RecordNetUsage(id, 2000, 20, 20).ok());
+    ASSERT_TRUE(store_->RecordNetUsage(id, 0, 10, 10, 1).ok());
+    ASSERT_TRUE(store_->RecordNetUsage(id, 2000, 20, 20, 1).ok());
   }
   // A sandbox that never got a history (its create failed early): its old rows go too.
   ASSERT_TRUE(store_->AppendSandboxEvent({0, "never", "t", 100, "error", 0, ""}).ok());
