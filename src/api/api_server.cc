@@ -171,12 +171,36 @@ std::string RequestIdOf(const http::Request& req) {
   return sane ? given : RandomToken("", 8);
 }
 
+// Every answer moatd writes itself names its request (X-Request-Id); a relayed one (the port
+// proxy's, once the connection is taken over) is the sandbox's own.
+class RequestIdWriter : public http::ResponseWriter {
+ public:
+  RequestIdWriter(http::ResponseWriter& inner, const std::string& id) : inner_(inner), id_(id) {}
+  Status Send(int status, http::Headers headers, std::string body) override {
+    headers["X-Request-Id"] = id_;
+    return inner_.Send(status, std::move(headers), std::move(body));
+  }
+  Status BeginStream(int status, http::Headers headers) override {
+    headers["X-Request-Id"] = id_;
+    return inner_.BeginStream(status, std::move(headers));
+  }
+  Status WriteChunk(std::string_view data) override { return inner_.WriteChunk(data); }
+  Status EndStream() override { return inner_.EndStream(); }
+  bool started() const override { return inner_.started(); }
+  Result<http::HijackedConnection> Hijack() override { return inner_.Hijack(); }
+
+ private:
+  http::ResponseWriter& inner_;
+  const std::string& id_;
+};
+
 }  // namespace
 
-void ApiServer::Handle(http::Request& req, http::ResponseWriter& w) {
+void ApiServer::Handle(http::Request& req, http::ResponseWriter& writer) {
   auto started = std::chrono::steady_clock::now();
   if (req.request_id.empty()) req.request_id = RequestIdOf(req);
   ScopedLogContext log_context({req.request_id, ""});
+  RequestIdWriter w(writer, req.request_id);
   if (auto target = routes::EnvdTargetOf(req)) {
     ScopedLogContext::SetSandbox(target->sandbox_id);
     DataPlaneAnswer answer = data_plane_->Handle(req, *target, w);

@@ -206,6 +206,10 @@ std::string UsageCsv(const UsageReport& report, const UsageQuery& q) {
       "egressBytes,ingressBytes,snapshotByteHours\n";
   auto quoted = [](const std::string& s) {
     std::string q = "\"";
+    // A cell a spreadsheet would run as a formula starts with a quote mark instead.
+    if (!s.empty() && std::string_view("=+-@\t\r").find(s.front()) != std::string_view::npos) {
+      q += '\'';
+    }
     for (char c : s) {
       if (c == '"') q += '"';
       q += c;

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "common/utf8.h"
+
 namespace moat {
 namespace {
 
@@ -15,10 +17,12 @@ std::atomic<int> g_fd{STDERR_FILENO};
 std::atomic<int> g_format{static_cast<int>(LogFormat::kText)};
 thread_local LogContext tls_context;
 
-void AppendJsonString(std::string& out, std::string_view v) {
+void AppendJsonString(std::string& out, std::string_view raw) {
+  // Valid UTF-8 goes out as it is (invalid bytes become U+FFFD): always valid JSON, and readable.
+  std::string v = ValidUtf8(raw);
   out += '"';
-  for (size_t i = 0; i < v.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(v[i]);
+  for (char ch : v) {
+    unsigned char c = static_cast<unsigned char>(ch);
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -26,14 +30,12 @@ void AppendJsonString(std::string& out, std::string_view v) {
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
       default:
-        if (c < 0x20 || c >= 0x80) {
-          // Control bytes and anything beyond ASCII as \u00XX of the byte: always valid JSON,
-          // whatever the bytes were (logs never hold invalid UTF-8 text).
+        if (c < 0x20 || c == 0x7f) {
           char buf[8];
           std::snprintf(buf, sizeof buf, "\\u%04x", c);
           out += buf;
         } else {
-          out += static_cast<char>(c);
+          out += ch;
         }
     }
   }

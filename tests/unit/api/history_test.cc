@@ -396,6 +396,11 @@ TEST(UsageMath, GroupsByTemplateAndCountsSnapshotsAndNetwork) {
             "bucket,templateID,runningSeconds,pausedSeconds,vcpuSeconds,gibSeconds,idleSeconds,"
             "creates,forks,egressBytes,ingressBytes,snapshotByteHours");
   EXPECT_NE(csv.find("\"py\",3600.000"), std::string::npos) << csv;
+  in.histories[1].template_id = "=HYPERLINK(\"x\")";
+  auto formula = ComputeUsage(in, q);
+  ASSERT_TRUE(formula.ok());
+  EXPECT_NE(UsageCsv(*formula, q).find("\"'=HYPERLINK(\"\"x\"\")\""), std::string::npos)
+      << "a cell a spreadsheet would run is quoted";
 }
 
 TEST(UsageMath, RefusesBadWindowsAndBuckets) {

@@ -46,14 +46,18 @@ TEST(Log, JsonLinesAreValidJsonAndCarryTheRequestContext) {
   {
     ScopedLogContext ctx({"req-7", ""});
     ScopedLogContext::SetSandbox("sbx1");
-    line = CaptureLine([] { LogWarn("api.x", {{"msg", "a \"q\"\n\x01\xff"}, {"n", 3}}); });
+    line = CaptureLine([] {
+      LogWarn("api.x", {{"msg", "a \"q\"\n\x01\xff"}, {"n", 3}, {"who", "Zoë"}});
+    });
   }
   std::string after = CaptureLine([] { LogInfo("api.y", {}); });
   SetLogFormat(LogFormat::kText);
   auto j = nlohmann::json::parse(line);
   EXPECT_EQ(j["level"], "warn");
   EXPECT_EQ(j["event"], "api.x");
-  EXPECT_EQ(j["msg"], "a \"q\"\n\u0001\u00ff");
+  EXPECT_EQ(j["msg"], "a \"q\"\n\u0001\ufffd") << "invalid UTF-8 replaced";
+  EXPECT_EQ(j["who"], "Zoë") << "valid UTF-8 kept as it is";
+  EXPECT_NE(line.find("Zoë"), std::string::npos) << line;
   EXPECT_EQ(j["n"], "3");
   EXPECT_EQ(j["sandbox"], "sbx1");
   EXPECT_EQ(j["request_id"], "req-7");
