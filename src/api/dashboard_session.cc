@@ -20,10 +20,9 @@ std::string CookieAttributes(bool secure) {
   return std::string("; Path=/; HttpOnly; SameSite=Strict") + (secure ? "; Secure" : "");
 }
 
-}  // namespace
-
-std::optional<std::string> CookieValue(std::string_view header, std::string_view name) {
-  if (header.size() > kMaxCookieHeader) return std::nullopt;
+// Calls `f(name, value)` for each name=value pair of a Cookie header, until it returns false.
+template <typename F>
+void ForEachCookie(std::string_view header, F f) {
   // Pairs are separated by ';' (RFC 6265); ',' too, since several Cookie headers arrive joined
   // with ", " (a cookie value may contain neither).
   while (!header.empty()) {
@@ -31,21 +30,53 @@ std::optional<std::string> CookieValue(std::string_view header, std::string_view
     std::string_view pair = Trim(header.substr(0, end));
     header.remove_prefix(end == std::string_view::npos ? header.size() : end + 1);
     size_t eq = pair.find('=');
-    if (eq == std::string_view::npos || Trim(pair.substr(0, eq)) != name) continue;
-    std::string_view value = Trim(pair.substr(eq + 1));
+    if (eq == std::string_view::npos) continue;
+    if (!f(Trim(pair.substr(0, eq)), Trim(pair.substr(eq + 1)))) return;
+  }
+}
+
+}  // namespace
+
+std::optional<std::string> CookieValue(std::string_view header, std::string_view name) {
+  if (header.size() > kMaxCookieHeader) return std::nullopt;
+  std::optional<std::string> found;
+  ForEachCookie(header, [&](std::string_view n, std::string_view value) {
+    if (n != name) return true;
     if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
       value = value.substr(1, value.size() - 2);
     }
-    if (value.size() > kMaxCookieValue) return std::nullopt;
-    return std::string(value);
-  }
-  return std::nullopt;
+    if (value.size() <= kMaxCookieValue) found = std::string(value);
+    return false;
+  });
+  return found;
+}
+
+int CookieCount(std::string_view header, std::string_view name) {
+  if (header.size() > kMaxCookieHeader) return 0;
+  int n = 0;
+  ForEachCookie(header, [&](std::string_view k, std::string_view) {
+    if (k == name) ++n;
+    return true;
+  });
+  return n;
+}
+
+std::string_view SessionCookieName(const http::Request& req) {
+  return CameOverTls(req) ? kSecureSessionCookie : kSessionCookie;
+}
+
+Result<std::optional<std::string>> SessionTokenOf(const http::Request& req) {
+  std::string header = req.Header("Cookie");
+  std::string_view name = SessionCookieName(req);
+  if (CookieCount(header, name) > 1) return Unauthenticated("more than one moat_session cookie");
+  auto token = CookieValue(header, name);
+  if (!token || token->empty()) return std::optional<std::string>();
+  return token;
 }
 
 std::optional<std::string> SessionToken(const http::Request& req) {
-  auto token = CookieValue(req.Header("Cookie"), kSessionCookie);
-  if (!token || token->empty()) return std::nullopt;
-  return token;
+  auto token = SessionTokenOf(req);
+  return token.ok() ? *token : std::nullopt;
 }
 
 bool CameOverTls(const http::Request& req) {
@@ -59,12 +90,13 @@ bool CameOverTls(const http::Request& req) {
 }
 
 std::string SessionCookie(std::string_view token, bool secure) {
-  return std::string(kSessionCookie) + "=" + std::string(token) + CookieAttributes(secure) +
-         "; Max-Age=" + std::to_string(kSessionTtlSeconds);
+  return std::string(secure ? kSecureSessionCookie : kSessionCookie) + "=" + std::string(token) +
+         CookieAttributes(secure) + "; Max-Age=" + std::to_string(kSessionTtlSeconds);
 }
 
 std::string ClearedSessionCookie(bool secure) {
-  return std::string(kSessionCookie) + "=" + CookieAttributes(secure) + "; Max-Age=0";
+  return std::string(secure ? kSecureSessionCookie : kSessionCookie) + "=" +
+         CookieAttributes(secure) + "; Max-Age=0";
 }
 
 int64_t NowUnixMs() {
@@ -77,6 +109,11 @@ Result<std::optional<store::SessionRecord>> LiveSession(store::Store& store, std
                                                         int64_t now_ms) {
   if (token.empty()) return std::optional<store::SessionRecord>();
   return store.GetSession(Sha256Hex(token), now_ms);
+}
+
+Result<bool> SessionIsLive(store::Store& store, const std::string& token_sha256, int64_t now_ms) {
+  MOAT_ASSIGN_OR_RETURN(auto session, store.GetSession(token_sha256, now_ms));
+  return session.has_value();
 }
 
 Result<Caller> SessionCaller(store::Store& store, const store::SessionRecord& session,
@@ -126,29 +163,39 @@ double LoginLimiter::Refill(Bucket& b, Clock::time_point now) const {
   return b.tokens;
 }
 
-bool LoginLimiter::Allow(const std::string& client, Clock::time_point now) {
-  std::lock_guard lock(mu_);
-  auto it = buckets_.find(client);
-  return it == buckets_.end() || Refill(it->second, now) >= 1.0;
+void LoginLimiter::EvictFor(const std::string& client, Clock::time_point now) {
+  if (buckets_.size() < kMaxClients || buckets_.count(client) != 0) return;
+  for (auto it = buckets_.begin(); it != buckets_.end();) {
+    it = Refill(it->second, now) >= burst_ ? buckets_.erase(it) : std::next(it);
+  }
+  // Still full of addresses that all failed lately: the oldest record goes (an attacker with
+  // thousands of addresses gains a few guesses; memory stays bounded).
+  if (buckets_.size() >= kMaxClients) {
+    auto oldest = std::min_element(buckets_.begin(), buckets_.end(),
+                                   [](auto& a, auto& b) { return a.second.at < b.second.at; });
+    buckets_.erase(oldest);
+  }
 }
 
-void LoginLimiter::Failed(const std::string& client, Clock::time_point now) {
+bool LoginLimiter::TryCharge(const std::string& client, Clock::time_point now) {
   std::lock_guard lock(mu_);
-  if (buckets_.size() >= kMaxClients && buckets_.count(client) == 0) {
-    for (auto it = buckets_.begin(); it != buckets_.end();) {
-      it = Refill(it->second, now) >= burst_ ? buckets_.erase(it) : std::next(it);
-    }
-    // Still full of addresses that all failed lately: the oldest record goes (an attacker with
-    // thousands of addresses gains a few guesses; memory stays bounded).
-    if (buckets_.size() >= kMaxClients) {
-      auto oldest = std::min_element(buckets_.begin(), buckets_.end(),
-                                     [](auto& a, auto& b) { return a.second.at < b.second.at; });
-      buckets_.erase(oldest);
-    }
-  }
+  EvictFor(client, now);
   auto [it, inserted] = buckets_.try_emplace(client, Bucket{burst_, now});
-  Refill(it->second, now);
-  it->second.tokens = std::max(0.0, it->second.tokens - 1.0);
+  if (Refill(it->second, now) < 1.0) return false;
+  it->second.tokens -= 1.0;
+  return true;
+}
+
+void LoginLimiter::Refund(const std::string& client, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  auto it = buckets_.find(client);
+  if (it == buckets_.end()) return;
+  // A full bucket is the same as none: forgotten.
+  if (Refill(it->second, now) + 1.0 >= burst_) {
+    buckets_.erase(it);
+  } else {
+    it->second.tokens += 1.0;
+  }
 }
 
 }  // namespace moat::api

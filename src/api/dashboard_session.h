@@ -20,6 +20,10 @@
 namespace moat::api {
 
 inline constexpr std::string_view kSessionCookie = "moat_session";
+// The cookie's name over TLS: the __Host- prefix makes browsers refuse it unless it was set
+// Secure, with Path=/ and no Domain, by this very host, so a sibling host (a sandbox's page on
+// <port>-<id>.<domain>) cannot plant one.
+inline constexpr std::string_view kSecureSessionCookie = "__Host-moat_session";
 inline constexpr std::string_view kCsrfHeader = "X-Moat-CSRF";
 inline constexpr int64_t kSessionTtlSeconds = 12 * 3600;
 // A Cookie header longer than this is not looked into (browsers send at most a few KiB).
@@ -30,10 +34,20 @@ inline constexpr const char* kWrongCsrfMessage = "missing or wrong X-Moat-CSRF h
 // pair with that exact name, its value unquoted; nullopt when absent, or when the header or the
 // value is past a sane length.
 std::optional<std::string> CookieValue(std::string_view header, std::string_view name);
-// The session token of the request's `moat_session` cookie, if any.
+// How many cookies named `name` a Cookie header holds (bounded by the header's length).
+int CookieCount(std::string_view header, std::string_view name);
+// The session cookie's name for this request: kSecureSessionCookie when it came over TLS, else
+// kSessionCookie. Only that name is read.
+std::string_view SessionCookieName(const http::Request& req);
+// The session token of the request's session cookie: nullopt when there is none (or it is
+// empty or too long); unauthenticated "more than one moat_session cookie" when there are
+// several (another host of the domain may have planted one for a parent domain or a path: which
+// is ours cannot be told, so neither is used).
+Result<std::optional<std::string>> SessionTokenOf(const http::Request& req);
+// SessionTokenOf, with several cookies counted as none.
 std::optional<std::string> SessionToken(const http::Request& req);
 // Whether the client reached moatd over TLS (a proxy in front says X-Forwarded-Proto: https):
-// the cookie is then Secure.
+// the cookie is then Secure and named kSecureSessionCookie.
 bool CameOverTls(const http::Request& req);
 // The Set-Cookie values that start a session and that end it (Max-Age=0).
 std::string SessionCookie(std::string_view token, bool secure);
@@ -43,6 +57,10 @@ int64_t NowUnixMs();
 // The live session of `token` (not expired by `now_ms`, its key not revoked), or nullopt.
 Result<std::optional<store::SessionRecord>> LiveSession(store::Store& store, std::string_view token,
                                                         int64_t now_ms);
+// Whether the session whose token's SHA-256 is `token_sha256` is live at `now_ms` (not signed
+// out or expired, its key not revoked): what outlives the request that opened it (the web
+// terminal) asks again.
+Result<bool> SessionIsLive(store::Store& store, const std::string& token_sha256, int64_t now_ms);
 // Who a request with this session acts as, provided `csrf` is the session's CSRF token
 // (permission_denied kWrongCsrfMessage otherwise): its team, and the key it signed in with.
 Result<Caller> SessionCaller(store::Store& store, const store::SessionRecord& session,
@@ -63,15 +81,19 @@ std::string SessionJson(const store::TeamRecord& team, const store::SessionRecor
 // Failed sign-ins per client address: a token bucket each (`burst` failures, refilled at
 // `per_minute`), so that guessing keys from one address is slow while typos cost nothing. Bounded
 // in memory: addresses whose bucket is full again are forgotten.
+//
+// Every attempt is charged up front and refunded once it succeeds, in one locked step each, so
+// that guesses sent in parallel cannot all pass a check made before any of them failed.
 class LoginLimiter {
  public:
   using Clock = std::chrono::steady_clock;
   explicit LoginLimiter(double burst = 10, double per_minute = 10)
       : burst_(burst), per_minute_(per_minute) {}
-  // Whether `client` may try to sign in now (it has failures left).
-  bool Allow(const std::string& client, Clock::time_point now = Clock::now());
-  // Counts a failed sign-in from `client`.
-  void Failed(const std::string& client, Clock::time_point now = Clock::now());
+  // Charges one attempt to `client` if it has one left (true); false, charging nothing, when
+  // it has none.
+  bool TryCharge(const std::string& client, Clock::time_point now = Clock::now());
+  // Gives back the attempt charged to `client` (it succeeded).
+  void Refund(const std::string& client, Clock::time_point now = Clock::now());
 
  private:
   struct Bucket {
@@ -80,6 +102,8 @@ class LoginLimiter {
   };
   // The bucket refilled up to `now` (caller holds mu_).
   double Refill(Bucket& b, Clock::time_point now) const;
+  // Makes room for one more client (caller holds mu_).
+  void EvictFor(const std::string& client, Clock::time_point now);
 
   static constexpr size_t kMaxClients = 4096;
   const double burst_;

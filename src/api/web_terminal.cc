@@ -166,8 +166,12 @@ std::string ErrorMessageOf(int status, std::string_view body) {
 class Terminal {
  public:
   Terminal(const http::HijackedConnection& conn, const TerminalTarget& target,
-           const WebTerminalOptions& options)
-      : conn_(conn), target_(target), options_(options), page_(conn.fd, options.write_timeout) {}
+           const WebTerminalOptions& options, const std::function<bool()>& session_live)
+      : conn_(conn),
+        target_(target),
+        options_(options),
+        session_live_(session_live),
+        page_(conn.fd, options.write_timeout) {}
 
   void Run(std::string_view client_key) {
     if (!page_.SendRaw(ws::HandshakeResponse(client_key)).ok()) return;
@@ -320,6 +324,7 @@ class Terminal {
     if (!conn_.buffered.empty()) reader.Append(conn_.buffered);
     auto last_heard = Clock::now();
     auto last_ping = last_heard;
+    auto last_check = last_heard;
     std::optional<Clock::time_point> close_deadline;
     std::array<char, 16 * 1024> buf;
     bool readable = !conn_.buffered.empty();
@@ -338,6 +343,16 @@ class Terminal {
       }
       FlushPending();
       auto now = Clock::now();
+      if (session_live_ && now - last_check >= options_.session_check_interval &&
+          !page_.close_sent()) {
+        // Signed out, expired, or its key revoked since: the terminal goes with the session.
+        if (!session_live_()) {
+          LogInfo("dashboard.terminal_session_ended", {{"sandbox", target_.sandbox_id}});
+          page_.Close(ws::kClosePolicy, "session ended");
+        }
+        now = Clock::now();
+        last_check = now;
+      }
       if (page_.close_sent() && !close_deadline) close_deadline = now + options_.close_wait;
       if (close_deadline && now >= *close_deadline) return;
       if (now - last_heard >= options_.client_timeout) {
@@ -348,8 +363,12 @@ class Terminal {
         (void)page_.Send(ws::Opcode::kPing, "");
         last_ping = now;
       }
-      auto next =
-          std::min(last_ping + options_.ping_interval, last_heard + options_.client_timeout);
+      // The next thing due (a ping and a session check only until moatd's close went out).
+      auto next = last_heard + options_.client_timeout;
+      if (!page_.close_sent()) {
+        next = std::min(next, last_ping + options_.ping_interval);
+        if (session_live_) next = std::min(next, last_check + options_.session_check_interval);
+      }
       if (close_deadline) next = std::min(next, *close_deadline);
       auto wait = std::chrono::ceil<milliseconds>(next - now);
       pollfd fds[2] = {{conn_.fd, POLLIN, 0}, {wake_read_.get(), POLLIN, 0}};
@@ -494,6 +513,7 @@ class Terminal {
   const http::HijackedConnection& conn_;
   const TerminalTarget& target_;
   const WebTerminalOptions& options_;
+  const std::function<bool()>& session_live_;
   PageWriter page_;
   std::unique_ptr<http::Client> unary_;
   UniqueFd stream_fd_;  // the Start stream's connection; shut down to cut it
@@ -514,30 +534,69 @@ class Terminal {
 }  // namespace
 
 void RunWebTerminal(const http::HijackedConnection& conn, std::string_view client_key,
-                    const TerminalTarget& target, const WebTerminalOptions& options) {
-  Terminal t(conn, target, options);
+                    const TerminalTarget& target, const WebTerminalOptions& options,
+                    const std::function<bool()>& session_live) {
+  Terminal t(conn, target, options, session_live);
   t.Run(client_key);
 }
+
+namespace {
+
+// Takes one off a count, forgetting it at zero (caller holds the lock).
+void Release(std::map<std::string, int>& counts, const std::string& key) {
+  auto it = counts.find(key);
+  if (it != counts.end() && --it->second <= 0) counts.erase(it);
+}
+
+int CountOf(const std::map<std::string, int>& counts, const std::string& key) {
+  auto it = counts.find(key);
+  return it == counts.end() ? 0 : it->second;
+}
+
+}  // namespace
 
 TerminalSlots::Slot::~Slot() {
   if (owner_ == nullptr) return;
   std::lock_guard lock(owner_->mu_);
-  auto it = owner_->open_.find(session_);
-  if (it != owner_->open_.end() && --it->second <= 0) owner_->open_.erase(it);
+  Release(owner_->by_session_, session_);
+  Release(owner_->by_team_, team_);
+  --owner_->total_;
 }
 
-std::optional<TerminalSlots::Slot> TerminalSlots::Acquire(const std::string& session) {
+Result<TerminalSlots::Slot> TerminalSlots::Acquire(const std::string& session,
+                                                   const std::string& team) {
   std::lock_guard lock(mu_);
-  int& n = open_[session];
-  if (n >= per_session_) return std::nullopt;
-  ++n;
-  return Slot(this, session);
+  if (CountOf(by_session_, session) >= limits_.per_session) {
+    return ResourceExhausted("this session has the most terminals it may open (" +
+                             std::to_string(limits_.per_session) + ")");
+  }
+  if (CountOf(by_team_, team) >= limits_.per_team) {
+    return ResourceExhausted("the team has the most terminals it may open (" +
+                             std::to_string(limits_.per_team) + ")");
+  }
+  if (total_ >= limits_.total) {
+    return ResourceExhausted("moatd has the most terminals it may open (" +
+                             std::to_string(limits_.total) + "); try again later");
+  }
+  ++by_session_[session];
+  ++by_team_[team];
+  ++total_;
+  return Slot(this, session, team);
 }
 
 int TerminalSlots::open(const std::string& session) {
   std::lock_guard lock(mu_);
-  auto it = open_.find(session);
-  return it == open_.end() ? 0 : it->second;
+  return CountOf(by_session_, session);
+}
+
+int TerminalSlots::open_for_team(const std::string& team) {
+  std::lock_guard lock(mu_);
+  return CountOf(by_team_, team);
+}
+
+int TerminalSlots::open_total() {
+  std::lock_guard lock(mu_);
+  return total_;
 }
 
 }  // namespace moat::api

@@ -8,18 +8,23 @@
 // moatd → page: {"type":"output","data":"<base64 of the PTY's bytes>"},
 // {"type":"exit","exitCode":N} then close 1000; {"type":"error","message":"..."} then close 1011.
 // When the page goes (close frame, EOF, silence past the ping timeout), the shell is killed.
+// The session that opened it is checked again every 30 s: once it is over (signed out, expired,
+// its key revoked), moatd closes with 1008 "session ended" and kills the shell.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "api/http/message.h"
 #include "api/websocket.h"
+#include "common/status.h"
 
 namespace moat::api {
 
@@ -40,6 +45,9 @@ struct WebTerminalOptions {
   std::chrono::milliseconds write_timeout{30000};
   // After moatd's close frame, how long the page has to answer with its own.
   std::chrono::milliseconds close_wait{5000};
+  // How often the session that opened the terminal is checked again (RunWebTerminal's
+  // `session_live`).
+  std::chrono::milliseconds session_check_interval{30000};
 };
 
 // PTY sizes a page may ask for.
@@ -49,35 +57,53 @@ inline constexpr uint16_t kMaxTerminalRows = 500;
 // Answers the WebSocket handshake whose Sec-WebSocket-Key was `client_key` (101) on a connection
 // taken over, then runs one terminal on it until either side ends it; returns once the shell is
 // gone (or could not be killed in time) and every thread it started has ended.
-// `conn.buffered`: bytes the page sent after the handshake.
+// `conn.buffered`: bytes the page sent after the handshake. `session_live`, when given, is
+// called on the page's thread every options.session_check_interval: false ends the terminal
+// (close 1008 "session ended", the shell killed).
 void RunWebTerminal(const http::HijackedConnection& conn, std::string_view client_key,
-                    const TerminalTarget& target, const WebTerminalOptions& options = {});
+                    const TerminalTarget& target, const WebTerminalOptions& options = {},
+                    const std::function<bool()>& session_live = nullptr);
 
-// How many terminals each dashboard session has open, capped.
+// How many terminals are open, capped per dashboard session, per team and in all (each holds a
+// shell in a sandbox, two threads and two connections in moatd).
 class TerminalSlots {
  public:
-  explicit TerminalSlots(int per_session = 4) : per_session_(per_session) {}
+  struct Limits {
+    int per_session = 4;
+    int per_team = 16;
+    int total = 64;
+  };
+  TerminalSlots() : TerminalSlots(Limits{}) {}
+  explicit TerminalSlots(Limits limits) : limits_(limits) {}
 
-  // Holds one of a session's slots until destroyed.
+  // Holds one slot of a session and its team until destroyed.
   class Slot {
    public:
-    Slot(TerminalSlots* owner, std::string session) : owner_(owner), session_(std::move(session)) {}
-    Slot(Slot&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), session_(o.session_) {}
+    Slot(TerminalSlots* owner, std::string session, std::string team)
+        : owner_(owner), session_(std::move(session)), team_(std::move(team)) {}
+    Slot(Slot&& o) noexcept
+        : owner_(std::exchange(o.owner_, nullptr)), session_(o.session_), team_(o.team_) {}
     Slot& operator=(Slot&&) = delete;
     ~Slot();
 
    private:
     TerminalSlots* owner_;
     std::string session_;
+    std::string team_;
   };
-  // A slot of `session`, or nullopt when it has per_session open already.
-  std::optional<Slot> Acquire(const std::string& session);
+  // A slot of `session` (of `team`); resource_exhausted, naming the cap, when the session, the
+  // team or moatd has all the terminals it may have open.
+  Result<Slot> Acquire(const std::string& session, const std::string& team);
   int open(const std::string& session);
+  int open_for_team(const std::string& team);
+  int open_total();
 
  private:
-  const int per_session_;
+  const Limits limits_;
   std::mutex mu_;
-  std::map<std::string, int> open_;
+  std::map<std::string, int> by_session_;
+  std::map<std::string, int> by_team_;
+  int total_ = 0;
 };
 
 }  // namespace moat::api

@@ -1,6 +1,7 @@
 // The dashboard's own routes (docs/dashboard-contract.md): sign-in, its read and sign-out on
 // /dashboard/api/session, the web terminal's WebSocket, and the dashboard's files. Every answer
-// carries the dashboard's security headers; sign-ins and sign-outs go to the audit log.
+// carries the dashboard's security headers; sign-ins (those with a key to judge), sign-outs and
+// terminals opened go to the audit log.
 #include "api/dashboard.h"
 
 #include <algorithm>
@@ -29,18 +30,18 @@ RateLimiter& DashboardLogLimiter() {
   return limiter;
 }
 
-// The audit record of a sign-in or sign-out. A failure names no team or key: nobody proved to
-// be either.
-void AuditSession(ControlContext& ctx, const http::Request& req, const char* action,
-                  const store::SessionRecord* who, int status, const std::string& message) {
+// An audit record of the dashboard's: `who` (may be null) names the team and key.
+void AuditDashboard(ControlContext& ctx, const http::Request& req, const char* action,
+                    const store::SessionRecord* who, const std::string& target, int status,
+                    const std::string& message) {
   store::AuditRecord a;
   a.at_ms = NowUnixMs();
-  if (who != nullptr && status < 400) {
+  if (who != nullptr) {
     a.team_id = who->team_id;
     a.key_id = who->key_id;
     a.key_name = who->key_name;
-    a.target = who->key_id;
   }
+  a.target = target;
   a.source = SourceAddress(req);
   a.request_id = req.request_id;
   a.action = action;
@@ -53,6 +54,14 @@ void AuditSession(ControlContext& ctx, const http::Request& req, const char* act
   }
 }
 
+// The audit record of a sign-in or sign-out. A failure names no team or key: nobody proved to
+// be either.
+void AuditSession(ControlContext& ctx, const http::Request& req, const char* action,
+                  const store::SessionRecord* who, int status, const std::string& message) {
+  bool ok = who != nullptr && status < 400;
+  AuditDashboard(ctx, req, action, ok ? who : nullptr, ok ? who->key_id : "", status, message);
+}
+
 int StatusOf(const Status& s) {
   return RestHttpStatus(s.code());
 }
@@ -63,10 +72,15 @@ http::Headers NoStore(http::Headers h = {}) {
 }
 
 // The live session the request's cookie names: nullopt after answering 401 (or the store's
-// error) when there is none.
+// error) when there is none, or when there are several cookies.
 std::optional<store::SessionRecord> RequireSession(ControlContext& ctx, const http::Request& req,
                                                    http::ResponseWriter& w) {
-  auto token = SessionToken(req);
+  auto cookie = SessionTokenOf(req);
+  if (!cookie.ok()) {
+    SendRestError(w, cookie.status());
+    return std::nullopt;
+  }
+  const std::optional<std::string>& token = *cookie;
   if (!token) {
     SendRestError(w, Unauthenticated("not signed in"));
     return std::nullopt;
@@ -83,13 +97,71 @@ std::optional<store::SessionRecord> RequireSession(ControlContext& ctx, const ht
   return std::move(**session);
 }
 
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// "http://host:port/..." → "host:port" (lower case); empty for "null" or no scheme.
+std::string OriginHost(std::string_view origin) {
+  size_t scheme = origin.find("://");
+  if (scheme == std::string_view::npos) return "";
+  std::string_view rest = origin.substr(scheme + 3);
+  return Lower(std::string(rest.substr(0, rest.find('/'))));
+}
+
+// What a sign-in must be before its key is looked at, so that no other site can sign a
+// visitor's browser in (login CSRF: into the attacker's team, or with a cookie the attacker
+// chose): a JSON body (a cross-site form or a "simple" fetch cannot send
+// application/json without a preflight, which moatd never answers), not from another site
+// (Sec-Fetch-Site) nor another origin (Origin, when sent, naming this Host), and at most one
+// session cookie.
+Status CheckSignInRequest(const http::Request& req, int* http_status) {
+  std::string type = req.Header("Content-Type");
+  type = Lower(type.substr(0, type.find(';')));
+  while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) type.pop_back();
+  while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) type.erase(0, 1);
+  if (type != "application/json") {
+    *http_status = 415;
+    return InvalidArgument("a sign-in's body must be sent as Content-Type: application/json");
+  }
+  *http_status = 403;
+  if (Lower(req.Header("Sec-Fetch-Site")) == "cross-site") {
+    return Status(ErrorCode::kPermissionDenied, "a sign-in may not come from another site");
+  }
+  if (req.HasHeader("Origin")) {
+    std::string host = Lower(req.Header("Host"));
+    if (host.empty() || OriginHost(req.Header("Origin")) != host) {
+      return Status(ErrorCode::kPermissionDenied,
+                    "the Origin header does not match the Host header");
+    }
+  }
+  *http_status = 0;
+  return SessionTokenOf(req).status();
+}
+
 void SignInRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter& writer) {
   DashboardHeadersWriter w(writer);
   DashboardState& state = *ctx.dashboard;
   std::string source = SourceAddress(req);
-  // Failures are counted per client (an IPv6 client by its /64, as the connection caps do).
+  // A request that fails for how it was sent, or whose body has no key in it, proves nothing
+  // and is not audited (a flood of them would fill the log), only logged, rate-limited.
+  auto refuse = [&](const Status& s, int http_status = 0) {
+    if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("refused");
+    if (DashboardLogLimiter().Allow()) {
+      LogWarn("dashboard.sign_in_refused", {{"source", source}, {"error", s.message()}});
+    }
+    SendRestError(w, s, http_status);
+  };
+  // Checking the headers is no work, and charging for it would let any site that a user
+  // visits lock them out of signing in (its cross-site posts come from their address).
+  int header_status = 0;
+  if (Status s = CheckSignInRequest(req, &header_status); !s.ok()) return refuse(s, header_status);
+  // Every attempt past that is charged to its client up front (an IPv6 client by its /64, as
+  // the connection caps do), before any parsing, and given back only when it succeeds: at most
+  // 10 failures a minute per client, however many are sent at once.
   std::string client = http::ClientOf(source + ":0");
-  if (!state.logins().Allow(client)) {
+  if (!state.logins().TryCharge(client)) {
     if (DashboardLogLimiter().Allow()) {
       LogWarn("dashboard.sign_in_limited", {{"source", source}});
     }
@@ -97,22 +169,21 @@ void SignInRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter& 
     return SendRestError(
         w, ResourceExhausted("too many failed sign-ins from " + source + "; try again later"));
   }
-  auto fail = [&](const Status& s) {
-    if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("refused");
-    AuditSession(ctx, req, "session.create", nullptr, StatusOf(s), s.message());
-    SendRestError(w, s);
-  };
   json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (!body.is_object()) return fail(InvalidArgument("expected a JSON object {\"apiKey\": ...}"));
+  if (!body.is_object()) return refuse(InvalidArgument("expected a JSON object {\"apiKey\": ...}"));
   auto key = codec::StringField(body, "apiKey");
   if (!key.ok() || !*key || (*key)->empty()) {
-    return fail(InvalidArgument("field \"apiKey\" is required"));
+    return refuse(InvalidArgument("field \"apiKey\" is required"));
   }
   auto session = SignIn(*ctx.store, **key, NowUnixMs());
   if (!session.ok()) {
-    if (session.status().code() == ErrorCode::kUnauthenticated) state.logins().Failed(client);
-    return fail(session.status());
+    // A wrong key: audited (the limiter bounds these to 10 a minute per client).
+    if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("refused");
+    AuditSession(ctx, req, "session.create", nullptr, StatusOf(session.status()),
+                 session.status().message());
+    return SendRestError(w, session.status());
   }
+  state.logins().Refund(client);
   if (ctx.metrics != nullptr) ctx.metrics->CountSignIn("ok");
   AuditSession(ctx, req, "session.create", &session->record, 200, "");
   SendJson(w, 200, SessionJson(session->team, session->record),
@@ -148,16 +219,6 @@ void SignOutRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter&
   (void)w.Send(204, NoStore({{"Set-Cookie", ClearedSessionCookie(CameOverTls(req))}}), "");
 }
 
-// "http://host:port/..." → "host:port" (lower case); empty for "null" or no scheme.
-std::string OriginHost(std::string_view origin) {
-  size_t scheme = origin.find("://");
-  if (scheme == std::string_view::npos) return "";
-  std::string_view rest = origin.substr(scheme + 3);
-  std::string host(rest.substr(0, rest.find('/')));
-  for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return host;
-}
-
 // A query parameter as a PTY dimension: `fallback` when absent, clamped to 1..max (a page's
 // window may be any size).
 Result<uint16_t> Dimension(const codec::QueryParams& q, const char* name, uint16_t fallback,
@@ -190,38 +251,54 @@ void TerminalRoute(ControlContext& ctx, http::Request& req, http::ResponseWriter
     }
     return SendRestError(w, caller.status());
   }
-  std::string host = req.Header("Host");
-  for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string host = Lower(req.Header("Host"));
   if (host.empty() || OriginHost(req.Header("Origin")) != host) {
     return SendRestError(w, Status(ErrorCode::kPermissionDenied,
                                    "the Origin header does not match the Host header"));
   }
+  // From here the caller is known: what it is refused is audited, as is the terminal it opens.
+  std::string sandbox_id = req.Param("sandboxID");
+  auto refuse = [&](const Status& s) {
+    AuditDashboard(ctx, req, "sandbox.terminal", &*session, sandbox_id, StatusOf(s), s.message());
+    SendRestError(w, s);
+  };
   auto cols = Dimension(q, "cols", 80, kMaxTerminalCols);
-  if (!cols.ok()) return SendRestError(w, cols.status());
+  if (!cols.ok()) return refuse(cols.status());
   auto rows = Dimension(q, "rows", 24, kMaxTerminalRows);
-  if (!rows.ok()) return SendRestError(w, rows.status());
+  if (!rows.ok()) return refuse(rows.status());
 
   DashboardState& state = *ctx.dashboard;
-  auto sandbox = ctx.controller->Get(caller->team.id, req.Param("sandboxID"));
-  if (!sandbox.ok()) return SendRestError(w, sandbox.status());
+  auto sandbox = ctx.controller->Get(caller->team.id, sandbox_id);
+  if (!sandbox.ok()) return refuse(sandbox.status());
   if (sandbox->state != SandboxState::kRunning) {
-    return SendRestError(w, FailedPrecondition("sandbox " + sandbox->id + " is " +
-                                               std::string(SandboxStateName(sandbox->state)) +
-                                               ": only a running sandbox has a terminal"));
+    return refuse(FailedPrecondition("sandbox " + sandbox->id + " is " +
+                                     std::string(SandboxStateName(sandbox->state)) +
+                                     ": only a running sandbox has a terminal"));
   }
-  auto slot = state.terminals().Acquire(session->token_sha256);
-  if (!slot) {
-    return SendRestError(w, ResourceExhausted("this session has the most terminals it may open"));
-  }
+  auto slot = state.terminals().Acquire(session->token_sha256, caller->team.id);
+  if (!slot.ok()) return refuse(slot.status());
   TerminalTarget target{sandbox->id, sandbox->access_token, state.moatd_url(), *cols, *rows};
-  if (target.moatd_url.empty()) return SendRestError(w, Unavailable("moatd is not listening"));
+  if (target.moatd_url.empty()) return refuse(Unavailable("moatd is not listening"));
   auto conn = w.Hijack();
-  if (!conn.ok()) return SendRestError(w, conn.status());
+  if (!conn.ok()) return refuse(conn.status());
+  AuditDashboard(ctx, req, "sandbox.terminal", &*session, sandbox_id, 101, "");
   if (ctx.metrics != nullptr) ctx.metrics->AddWebTerminals(1);
   Cleanup closed([&ctx] {
     if (ctx.metrics != nullptr) ctx.metrics->AddWebTerminals(-1);
   });
-  RunWebTerminal(*conn, *client_key, target, state.terminal_options);
+  // The session is asked again every 30 s: the terminal ends with it (sign-out, expiry, its key
+  // revoked). A store that cannot answer ends it too.
+  store::Store* store = ctx.store;
+  std::string token_sha256 = session->token_sha256;
+  auto session_live = [store, token_sha256, sandbox_id] {
+    auto live = SessionIsLive(*store, token_sha256, NowUnixMs());
+    if (!live.ok() && DashboardLogLimiter().Allow()) {
+      LogWarn("dashboard.terminal_session_check_failed",
+              {{"sandbox", sandbox_id}, {"error", live.status().ToString()}});
+    }
+    return live.ok() && *live;
+  };
+  RunWebTerminal(*conn, *client_key, target, state.terminal_options, session_live);
 }
 
 }  // namespace

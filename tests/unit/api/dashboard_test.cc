@@ -9,12 +9,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+// Header-only; by its path, since this test links no test support library.
+#include "../../support/fake_host_agent.h"
 #include "api/api_server.h"
 #include "api/auth.h"
 #include "api/codec/connect.h"
@@ -22,6 +26,8 @@
 #include "api/dashboard_session.h"
 #include "api/dashboard_static.h"
 #include "api/http/server.h"
+#include "api/routes/routes.h"
+#include "api/sandbox_controller.h"
 #include "api/store/sqlite_store.h"
 #include "api/web_terminal.h"
 #include "api/websocket.h"
@@ -54,6 +60,15 @@ TEST(CookieValue, FindsTheNamedCookieAmongOthersWithSpacesAndQuotes) {
   EXPECT_EQ(CookieValue("moat_session=", "moat_session"), "");
 }
 
+TEST(CookieCount, CountsEveryCookieOfAName) {
+  EXPECT_EQ(CookieCount("", "moat_session"), 0);
+  EXPECT_EQ(CookieCount("a=1; moat_session=x", "moat_session"), 1);
+  EXPECT_EQ(CookieCount("moat_session=x; a=1; moat_session=y", "moat_session"), 2);
+  EXPECT_EQ(CookieCount("moat_session=x, moat_session=", "moat_session"), 2)
+      << "two Cookie headers joined";
+  EXPECT_EQ(CookieCount("__Host-moat_session=x; moat_session=y", "__Host-moat_session"), 1);
+}
+
 TEST(CookieValue, IgnoresOtherNamesAndRefusesWhatIsTooLong) {
   EXPECT_FALSE(CookieValue("", "moat_session"));
   EXPECT_FALSE(CookieValue("xmoat_session=abc; moat_sessionx=def", "moat_session"));
@@ -64,33 +79,110 @@ TEST(CookieValue, IgnoresOtherNamesAndRefusesWhatIsTooLong) {
   EXPECT_FALSE(CookieValue(huge, "moat_session"));
 }
 
-TEST(SessionCookie, CarriesTheContractsAttributes) {
+TEST(SessionCookie, CarriesTheContractsAttributesAndOverTlsTheHostPrefix) {
   EXPECT_EQ(SessionCookie("tok", false),
             "moat_session=tok; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
   EXPECT_EQ(SessionCookie("tok", true),
-            "moat_session=tok; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=43200");
+            "__Host-moat_session=tok; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=43200");
   EXPECT_EQ(ClearedSessionCookie(false),
             "moat_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+  EXPECT_EQ(ClearedSessionCookie(true),
+            "__Host-moat_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0");
   http::Request req;
   EXPECT_FALSE(CameOverTls(req));
+  EXPECT_EQ(SessionCookieName(req), "moat_session");
   req.headers["X-Forwarded-Proto"] = "HTTPS, http";
   EXPECT_TRUE(CameOverTls(req));
+  EXPECT_EQ(SessionCookieName(req), "__Host-moat_session");
   req.headers["X-Forwarded-Proto"] = "http";
   EXPECT_FALSE(CameOverTls(req));
+}
+
+TEST(SessionTokenOf, RefusesTwoCookiesAndReadsOnlyTheNameOfTheRequestsScheme) {
+  http::Request req;
+  req.headers["Cookie"] = "a=1; moat_session=tok";
+  EXPECT_EQ(SessionTokenOf(req).value(), "tok");
+  req.headers["Cookie"] = "moat_session=planted; a=1; moat_session=tok";
+  auto two = SessionTokenOf(req);
+  ASSERT_FALSE(two.ok());
+  EXPECT_EQ(two.status().code(), ErrorCode::kUnauthenticated);
+  EXPECT_EQ(two.status().message(), "more than one moat_session cookie");
+  EXPECT_FALSE(SessionToken(req));
+  req.headers["Cookie"] = "__Host-moat_session=tok";
+  EXPECT_FALSE(SessionTokenOf(req).value()) << "over http, only moat_session";
+  req.headers["X-Forwarded-Proto"] = "https";
+  EXPECT_EQ(SessionTokenOf(req).value(), "tok");
+  req.headers["Cookie"] = "moat_session=planted";
+  EXPECT_FALSE(SessionTokenOf(req).value()) << "over TLS, only __Host-moat_session";
+  req.headers["Cookie"] = "moat_session=planted; __Host-moat_session=tok";
+  EXPECT_EQ(SessionTokenOf(req).value(), "tok");
+  req.headers["Cookie"] = "__Host-moat_session=a; __Host-moat_session=tok";
+  EXPECT_FALSE(SessionTokenOf(req).ok());
 }
 
 TEST(LoginLimiter, RefusesAClientAfterTenFailuresUntilTheBucketRefills) {
   LoginLimiter limiter;
   auto t0 = LoginLimiter::Clock::now();
-  for (int i = 0; i < 10; ++i) {
-    EXPECT_TRUE(limiter.Allow("10.0.0.1", t0)) << i;
-    limiter.Failed("10.0.0.1", t0);
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(limiter.TryCharge("10.0.0.1", t0)) << i;
+  EXPECT_FALSE(limiter.TryCharge("10.0.0.1", t0));
+  EXPECT_TRUE(limiter.TryCharge("10.0.0.2", t0)) << "another client has its own bucket";
+  EXPECT_TRUE(limiter.TryCharge("10.0.0.1", t0 + std::chrono::seconds(6))) << "one back per 6 s";
+  EXPECT_FALSE(limiter.TryCharge("10.0.0.1", t0 + std::chrono::seconds(6)));
+}
+
+TEST(LoginLimiter, ASuccessIsRefunded) {
+  LoginLimiter limiter;
+  auto t0 = LoginLimiter::Clock::now();
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(limiter.TryCharge("10.0.0.1", t0)) << i;
+    limiter.Refund("10.0.0.1", t0);
   }
-  EXPECT_FALSE(limiter.Allow("10.0.0.1", t0));
-  EXPECT_TRUE(limiter.Allow("10.0.0.2", t0)) << "another client has its own bucket";
-  EXPECT_TRUE(limiter.Allow("10.0.0.1", t0 + std::chrono::seconds(6))) << "one back per 6 s";
-  limiter.Failed("10.0.0.1", t0 + std::chrono::seconds(6));
-  EXPECT_FALSE(limiter.Allow("10.0.0.1", t0 + std::chrono::seconds(6)));
+  for (int i = 0; i < 9; ++i) ASSERT_TRUE(limiter.TryCharge("10.0.0.1", t0));
+  ASSERT_TRUE(limiter.TryCharge("10.0.0.1", t0));
+  limiter.Refund("10.0.0.1", t0);
+  EXPECT_TRUE(limiter.TryCharge("10.0.0.1", t0));
+  EXPECT_FALSE(limiter.TryCharge("10.0.0.1", t0));
+  limiter.Refund("10.0.0.9", t0);  // never charged: nothing to give back
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(limiter.TryCharge("10.0.0.9", t0)) << i;
+  EXPECT_FALSE(limiter.TryCharge("10.0.0.9", t0));
+}
+
+TEST(LoginLimiter, ParallelAttemptsAreChargedOneByOne) {
+  LoginLimiter limiter;
+  std::atomic<int> passed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 100; ++i) {
+        if (limiter.TryCharge("10.0.0.1")) ++passed;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // Ten, plus at most what refilled meanwhile (10 a minute).
+  EXPECT_GE(passed.load(), 10);
+  EXPECT_LE(passed.load(), 11);
+}
+
+TEST(SourceAddress, TakesTheLastForwardedHopAndOnlyFromAProxyOnLoopback) {
+  http::Request req;
+  req.peer = "127.0.0.1:5000";
+  req.headers["X-Forwarded-For"] = "1.2.3.4, 203.0.113.5";
+  EXPECT_EQ(routes::SourceAddress(req), "203.0.113.5") << "the first hop is the client's say";
+  req.headers["X-Forwarded-For"] = "203.0.113.5";
+  EXPECT_EQ(routes::SourceAddress(req), "203.0.113.5");
+  req.headers["X-Forwarded-For"] = "1.2.3.4,203.0.113.6 ";
+  EXPECT_EQ(routes::SourceAddress(req), "203.0.113.6");
+  req.headers["X-Forwarded-For"] = "1.2.3.4, ";
+  EXPECT_EQ(routes::SourceAddress(req), "127.0.0.1") << "an empty last hop: the peer";
+  req.peer = "[::1]:5000";
+  req.headers["X-Forwarded-For"] = "1.2.3.4, 2001:db8::1";
+  EXPECT_EQ(routes::SourceAddress(req), "2001:db8::1");
+  req.peer = "192.0.2.7:5000";
+  EXPECT_EQ(routes::SourceAddress(req), "192.0.2.7") << "a remote peer is not a proxy";
+  req.headers.erase("X-Forwarded-For");
+  req.peer = "127.0.0.1:5000";
+  EXPECT_EQ(routes::SourceAddress(req), "127.0.0.1");
 }
 
 TEST(LocalUrlOf, ReachesAWildcardListenerThroughLoopback) {
@@ -101,19 +193,55 @@ TEST(LocalUrlOf, ReachesAWildcardListenerThroughLoopback) {
 }
 
 TEST(TerminalSlots, AllowsFourPerSessionAndFreesASlotWhenItIsDropped) {
-  TerminalSlots slots(4);
+  TerminalSlots slots;
   std::vector<TerminalSlots::Slot> held;
   for (int i = 0; i < 4; ++i) {
-    auto s = slots.Acquire("a");
-    ASSERT_TRUE(s);
+    auto s = slots.Acquire("a", "t");
+    ASSERT_TRUE(s.ok());
     held.push_back(std::move(*s));
   }
-  EXPECT_FALSE(slots.Acquire("a"));
-  EXPECT_TRUE(slots.Acquire("b"));
+  auto fifth = slots.Acquire("a", "t");
+  ASSERT_FALSE(fifth.ok());
+  EXPECT_EQ(fifth.status().code(), ErrorCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(fifth.status().message(), "this session")) << fifth.status().message();
+  EXPECT_TRUE(slots.Acquire("b", "t").ok());
   EXPECT_EQ(slots.open("b"), 0) << "the slot of b was dropped at once";
+  EXPECT_EQ(slots.open_for_team("t"), 4);
   held.pop_back();
   EXPECT_EQ(slots.open("a"), 3);
-  EXPECT_TRUE(slots.Acquire("a"));
+  EXPECT_EQ(slots.open_for_team("t"), 3);
+  EXPECT_EQ(slots.open_total(), 3);
+  EXPECT_TRUE(slots.Acquire("a", "t").ok());
+}
+
+TEST(TerminalSlots, CapsEachTeamAndTheWhole) {
+  TerminalSlots slots;  // 4 a session, 16 a team, 64 in all
+  std::vector<TerminalSlots::Slot> held;
+  for (int i = 0; i < 16; ++i) {
+    auto s = slots.Acquire("s" + std::to_string(i), "t1");
+    ASSERT_TRUE(s.ok()) << i;
+    held.push_back(std::move(*s));
+  }
+  auto team = slots.Acquire("fresh", "t1");
+  ASSERT_FALSE(team.ok());
+  EXPECT_EQ(team.status().code(), ErrorCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(team.status().message(), "team")) << team.status().message();
+  for (int t = 2; t <= 4; ++t) {
+    for (int i = 0; i < 16; ++i) {
+      auto s =
+          slots.Acquire("s" + std::to_string(t) + "-" + std::to_string(i), "t" + std::to_string(t));
+      ASSERT_TRUE(s.ok()) << t << " " << i;
+      held.push_back(std::move(*s));
+    }
+  }
+  EXPECT_EQ(slots.open_total(), 64);
+  auto all = slots.Acquire("fresh", "t5");
+  ASSERT_FALSE(all.ok());
+  EXPECT_TRUE(Contains(all.status().message(), "moatd")) << all.status().message();
+  held.clear();
+  EXPECT_EQ(slots.open_total(), 0);
+  EXPECT_EQ(slots.open_for_team("t1"), 0);
+  EXPECT_TRUE(slots.Acquire("fresh", "t5").ok());
 }
 
 // --- sign-in and sessions through the router --------------------------------------------------
@@ -139,9 +267,9 @@ class DashboardSessionTest : public ::testing::Test {
     EXPECT_TRUE(RemoveTree(dir_).ok());
   }
 
-  // One control request through the router, as ApiServer::Handle routes it.
-  http::RecordingWriter Call(const std::string& method, const std::string& target,
-                             http::Headers headers = {}, const std::string& body = "") {
+  // One control request through the router, as ApiServer::Handle routes it, answered to `w`.
+  void Dispatch(http::ResponseWriter& w, const std::string& method, const std::string& target,
+                http::Headers headers, const std::string& body = "") {
     http::Request req;
     req.method = method;
     size_t q = target.find('?');
@@ -151,13 +279,22 @@ class DashboardSessionTest : public ::testing::Test {
     req.body = body;
     req.peer = "192.0.2.7:5555";
     req.request_id = "req-1";
-    http::RecordingWriter w;
     auto match = control_.Find(req.method, req.path);
     EXPECT_NE(match.route, nullptr) << method << " " << target;
-    if (match.route == nullptr) return w;
+    if (match.route == nullptr) return;
     req.params = match.params;
     match.route->handler(req, w);
+  }
+  http::RecordingWriter Call(const std::string& method, const std::string& target,
+                             http::Headers headers = {}, const std::string& body = "") {
+    http::RecordingWriter w;
+    Dispatch(w, method, target, std::move(headers), body);
     return w;
+  }
+  // POST /dashboard/api/session as the page sends it (a JSON body), plus `headers`.
+  http::RecordingWriter PostSession(const std::string& body, http::Headers headers = {}) {
+    headers.try_emplace("Content-Type", "application/json");
+    return Call("POST", "/dashboard/api/session", std::move(headers), body);
   }
 
   struct SignedIn {
@@ -166,8 +303,7 @@ class DashboardSessionTest : public ::testing::Test {
     json body;
   };
   SignedIn SignInWith(const std::string& key, http::Headers headers = {}) {
-    auto w =
-        Call("POST", "/dashboard/api/session", std::move(headers), json{{"apiKey", key}}.dump());
+    auto w = PostSession(json{{"apiKey", key}}.dump(), std::move(headers));
     EXPECT_EQ(w.status(), 200) << w.body();
     SignedIn out;
     if (w.status() != 200) return out;
@@ -199,7 +335,7 @@ class DashboardSessionTest : public ::testing::Test {
 };
 
 TEST_F(DashboardSessionTest, SignInAnswersTheTeamTheKeyAndACsrfTokenWithAnHttpOnlyCookie) {
-  auto w = Call("POST", "/dashboard/api/session", {}, json{{"apiKey", kAdminKey}}.dump());
+  auto w = PostSession(json{{"apiKey", kAdminKey}}.dump());
   ASSERT_EQ(w.status(), 200) << w.body();
   auto body = json::parse(w.body());
   EXPECT_EQ(body["team"]["id"], admin_.id);
@@ -222,29 +358,148 @@ TEST_F(DashboardSessionTest, SignInAnswersTheTeamTheKeyAndACsrfTokenWithAnHttpOn
   EXPECT_NEAR((*session)->expires_at_ms - (*session)->created_at_ms, 12 * 3600 * 1000, 1);
   EXPECT_FALSE(store_->GetSession(*token, NowUnixMs())->has_value());
 
-  auto https = Call("POST", "/dashboard/api/session", {{"X-Forwarded-Proto", "https"}},
-                    json{{"apiKey", kAdminKey}}.dump());
+  auto https = PostSession(json{{"apiKey", kAdminKey}}.dump(), {{"X-Forwarded-Proto", "https"}});
   EXPECT_TRUE(Contains(https.headers().at("Set-Cookie"), "; Secure"));
 }
 
 TEST_F(DashboardSessionTest, SignInRefusesWrongKeysAndBodiesWithoutOne) {
-  auto wrong = Call("POST", "/dashboard/api/session", {}, R"({"apiKey":"e2b_nope"})");
+  auto wrong = PostSession(R"({"apiKey":"e2b_nope"})");
   EXPECT_EQ(wrong.status(), 401);
   EXPECT_EQ(json::parse(wrong.body()), json({{"code", 401}, {"message", "invalid API key"}}));
   EXPECT_FALSE(wrong.headers().count("Set-Cookie"));
-  EXPECT_EQ(Call("POST", "/dashboard/api/session", {}, "{}").status(), 400);
-  EXPECT_EQ(Call("POST", "/dashboard/api/session", {}, R"({"apiKey":7})").status(), 400);
-  EXPECT_EQ(Call("POST", "/dashboard/api/session", {}, "not json").status(), 400);
+  EXPECT_EQ(PostSession("{}").status(), 400);
+  EXPECT_EQ(PostSession(R"({"apiKey":7})").status(), 400);
+  EXPECT_EQ(PostSession("not json").status(), 400);
 }
 
 TEST_F(DashboardSessionTest, TenFailedSignInsFromOneAddressAreFollowedBy429) {
   for (int i = 0; i < 10; ++i) {
-    EXPECT_EQ(Call("POST", "/dashboard/api/session", {}, R"({"apiKey":"e2b_x"})").status(), 401);
+    EXPECT_EQ(PostSession(R"({"apiKey":"e2b_x"})").status(), 401);
   }
-  auto limited = Call("POST", "/dashboard/api/session", {}, json{{"apiKey", kAdminKey}}.dump());
+  auto limited = PostSession(json{{"apiKey", kAdminKey}}.dump());
   EXPECT_EQ(limited.status(), 429) << "even the right key, until the bucket refills";
   // Ten failures were audited, the refused attempt not (the limiter is what stops a flood).
   EXPECT_EQ(Audit("session.create").size(), 10u);
+}
+
+TEST_F(DashboardSessionTest, MalformedSignInsAreChargedToTheClientButNotAudited) {
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(PostSession("{}").status(), 400);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(PostSession("not json").status(), 400);
+  EXPECT_EQ(PostSession(json{{"apiKey", kAdminKey}}.dump()).status(), 429)
+      << "ten malformed attempts spend the client's ten";
+  EXPECT_EQ(PostSession("{}").status(), 429);
+  EXPECT_TRUE(Audit("session.create").empty()) << "a body without a key proves nothing";
+}
+
+TEST_F(DashboardSessionTest, SuccessfulSignInsCostNothing) {
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(PostSession(R"({"apiKey":"e2b_x"})").status(), 401);
+  for (int i = 0; i < 5; ++i) SignInWith(kAdminKey);
+  EXPECT_EQ(PostSession(R"({"apiKey":"e2b_x"})").status(), 401) << "the tenth failure";
+  EXPECT_EQ(PostSession(json{{"apiKey", kAdminKey}}.dump()).status(), 429);
+}
+
+TEST_F(DashboardSessionTest, ParallelWrongKeysCannotGetPastTheLimit) {
+  std::atomic<int> refused{0}, limited{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 5; ++i) {
+        int status = PostSession(R"({"apiKey":"e2b_guess"})").status();
+        (status == 401 ? refused : status == 429 ? limited : other)++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(other.load(), 0);
+  // Ten, plus at most one that refilled meanwhile (one every 6 s).
+  EXPECT_GE(refused.load(), 10);
+  EXPECT_LE(refused.load(), 11);
+  EXPECT_EQ(refused.load() + limited.load(), 40);
+  EXPECT_EQ(Audit("session.create").size(), static_cast<size_t>(refused.load()));
+}
+
+TEST_F(DashboardSessionTest, SignInNeedsAJsonBodyFromThisOrigin) {
+  const std::string body = json{{"apiKey", kAdminKey}}.dump();
+  // What a cross-site form or a no-preflight fetch can send.
+  for (const char* type : {"", "text/plain", "application/x-www-form-urlencoded",
+                           "multipart/form-data; boundary=x", "application/jsonx"}) {
+    http::Headers h;
+    if (*type != '\0') h["Content-Type"] = type;
+    auto w = Call("POST", "/dashboard/api/session", h, body);
+    EXPECT_EQ(w.status(), 415) << type;
+    EXPECT_FALSE(w.headers().count("Set-Cookie")) << type;
+  }
+  EXPECT_EQ(PostSession(body, {{"Content-Type", "Application/JSON; charset=utf-8"}}).status(), 200);
+
+  http::Headers other{{"Host", "moat.example:3000"}, {"Origin", "https://evil.example"}};
+  EXPECT_EQ(PostSession(body, other).status(), 403);
+  other["Origin"] = "null";
+  EXPECT_EQ(PostSession(body, other).status(), 403);
+  other["Origin"] = "http://8000-abc.moat.example:3000";
+  EXPECT_EQ(PostSession(body, other).status(), 403) << "a sandbox's page is another origin";
+  other.erase("Host");
+  other["Origin"] = "http://moat.example:3000";
+  EXPECT_EQ(PostSession(body, other).status(), 403) << "no Host to match";
+  EXPECT_EQ(
+      PostSession(body, {{"Host", "moat.example:3000"}, {"Origin", "http://MOAT.example:3000"}})
+          .status(),
+      200);
+  EXPECT_EQ(PostSession(body, {{"Sec-Fetch-Site", "cross-site"}}).status(), 403);
+  EXPECT_EQ(PostSession(body, {{"Sec-Fetch-Site", "same-origin"}}).status(), 200);
+
+  // None of these is charged or audited: a site cannot lock its visitors out of signing in.
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(
+        Call("POST", "/dashboard/api/session", {{"Content-Type", "text/plain"}}, body).status(),
+        415);
+    EXPECT_EQ(PostSession(body, {{"Sec-Fetch-Site", "cross-site"}}).status(), 403);
+  }
+  EXPECT_EQ(PostSession(body).status(), 200);
+  for (const auto& a : Audit("session.create")) EXPECT_EQ(a.status, 200);
+}
+
+TEST_F(DashboardSessionTest, TwoSessionCookiesAreRefused) {
+  SignedIn s = SignInWith(kAdminKey);
+  // A sandbox's page on <port>-<id>.<domain> may set a cookie for the parent domain.
+  http::Headers two{{"Cookie", "moat_session=" + s.token + "; moat_session=planted"}};
+  auto read = Call("GET", "/dashboard/api/session", two);
+  EXPECT_EQ(read.status(), 401);
+  EXPECT_EQ(json::parse(read.body())["message"], "more than one moat_session cookie");
+  two["Cookie"] = "moat_session=planted; moat_session=" + s.token;
+  EXPECT_EQ(Call("GET", "/dashboard/api/session", two).status(), 401);
+  two["X-Moat-CSRF"] = s.csrf;
+  EXPECT_EQ(Call("DELETE", "/dashboard/api/session", two).status(), 401);
+  auto sign_in = PostSession(json{{"apiKey", kAdminKey}}.dump(), two);
+  EXPECT_EQ(sign_in.status(), 401);
+  EXPECT_EQ(json::parse(sign_in.body())["message"], "more than one moat_session cookie");
+  EXPECT_EQ(Call("GET", "/dashboard/api/session", Cookie(s)).status(), 200);
+}
+
+TEST_F(DashboardSessionTest, OverTlsTheCookieIsHostPrefixedAndOnlyThatNameIsRead) {
+  http::Headers tls{{"X-Forwarded-Proto", "https"}};
+  auto w = PostSession(json{{"apiKey", kAdminKey}}.dump(), tls);
+  ASSERT_EQ(w.status(), 200) << w.body();
+  std::string cookie = w.headers().at("Set-Cookie");
+  EXPECT_EQ(cookie.rfind("__Host-moat_session=", 0), 0u) << cookie;
+  auto token = CookieValue(cookie, "__Host-moat_session");
+  ASSERT_TRUE(token);
+  EXPECT_EQ(cookie, SessionCookie(*token, true));
+
+  tls["Cookie"] = "__Host-moat_session=" + *token;
+  EXPECT_EQ(Call("GET", "/dashboard/api/session", tls).status(), 200);
+  tls["Cookie"] = "moat_session=" + *token;
+  EXPECT_EQ(Call("GET", "/dashboard/api/session", tls).status(), 401)
+      << "over TLS a cookie without the prefix may have been planted";
+  EXPECT_EQ(
+      Call("GET", "/dashboard/api/session", {{"Cookie", "__Host-moat_session=" + *token}}).status(),
+      401)
+      << "over http, only moat_session";
+  tls["Cookie"] = "moat_session=planted; __Host-moat_session=" + *token;
+  EXPECT_EQ(Call("GET", "/dashboard/api/session", tls).status(), 200);
+  tls["X-Moat-CSRF"] = json::parse(w.body())["csrfToken"];
+  auto out = Call("DELETE", "/dashboard/api/session", tls);
+  ASSERT_EQ(out.status(), 204) << out.body();
+  EXPECT_EQ(out.headers().at("Set-Cookie"), ClearedSessionCookie(true));
 }
 
 TEST_F(DashboardSessionTest, ReadingTheSessionNeedsTheCookieButNoCsrf) {
@@ -303,7 +558,7 @@ TEST_F(DashboardSessionTest, ARevokedKeysSessionIsRefused) {
 }
 
 TEST_F(DashboardSessionTest, SignInsAndSignOutsAreAudited) {
-  Call("POST", "/dashboard/api/session", {}, R"({"apiKey":"e2b_wrong"})");
+  PostSession(R"({"apiKey":"e2b_wrong"})");
   SignedIn s = SignInWith(kAdminKey);
   Call("DELETE", "/dashboard/api/session", Cookie(s, s.csrf));
   auto created = Audit("session.create");
@@ -657,6 +912,12 @@ class FakeEnvd {
     std::lock_guard lock(mu_);
     return start_request_;
   }
+  // The sandbox id and access token calls must carry (default "sbx" and "tok").
+  void Expect(std::string sandbox_id, std::string token) {
+    std::lock_guard lock(mu_);
+    sandbox_id_ = std::move(sandbox_id);
+    token_ = std::move(token);
+  }
 
  private:
   void Push(const json& event, bool end_stream = false) {
@@ -670,7 +931,13 @@ class FakeEnvd {
   }
 
   void Handle(http::Request& req, http::ResponseWriter& w) {
-    if (req.Header("X-Access-Token") != "tok" || req.Header("E2b-Sandbox-Id") != "sbx") {
+    bool allowed;
+    {
+      std::lock_guard lock(mu_);
+      allowed =
+          req.Header("X-Access-Token") == token_ && req.Header("E2b-Sandbox-Id") == sandbox_id_;
+    }
+    if (!allowed) {
       (void)w.Send(401, {{"Content-Type", "application/json"}},
                    R"({"code":401,"message":"invalid X-Access-Token"})");
       return;
@@ -736,6 +1003,8 @@ class FakeEnvd {
   std::vector<std::string> calls_;
   json start_request_;
   bool stopping_ = false;
+  std::string sandbox_id_ = "sbx";
+  std::string token_ = "tok";
 };
 
 // The page's end of the terminal's socket.
@@ -790,6 +1059,17 @@ class Page {
       if (Contains(seen, text)) return true;
     }
   }
+  // Skips output and pings up to moatd's close frame: its code and reason (code 0: none came).
+  std::pair<int, std::string> CloseFrame() {
+    for (;;) {
+      auto m = Next();
+      if (!m) return {0, ""};
+      if (m->opcode != ws::Opcode::kClose) continue;
+      auto close = ws::ParseClose(m->payload);
+      if (!close.ok()) return {0, ""};
+      return {close->code.value_or(0), close->reason};
+    }
+  }
   void Close() { fd_.Reset(); }
 
  private:
@@ -800,15 +1080,17 @@ class Page {
 class WebTerminalTest : public ::testing::Test {
  protected:
   // Starts a terminal on one end of a socket pair; the page gets the other.
-  std::unique_ptr<Page> Open(TerminalTarget target, WebTerminalOptions options = {}) {
+  std::unique_ptr<Page> Open(TerminalTarget target, WebTerminalOptions options = {},
+                             std::function<bool()> session_live = nullptr) {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     server_end_.Reset(sv[0]);
     options_ = options;
     target_ = std::move(target);
+    session_live_ = std::move(session_live);
     conn_.fd = sv[0];
     thread_ = std::thread([this] {
-      RunWebTerminal(conn_, "dGhlIHNhbXBsZSBub25jZQ==", target_, options_);
+      RunWebTerminal(conn_, "dGhlIHNhbXBsZSBub25jZQ==", target_, options_, session_live_);
       done_ = true;
     });
     auto page = std::make_unique<Page>(UniqueFd(sv[1]));
@@ -825,6 +1107,7 @@ class WebTerminalTest : public ::testing::Test {
   http::HijackedConnection conn_;
   TerminalTarget target_;
   WebTerminalOptions options_;
+  std::function<bool()> session_live_;
   std::thread thread_;
   std::atomic<bool> done_{false};
 };
@@ -912,6 +1195,192 @@ TEST_F(WebTerminalTest, ASilentPageIsPingedThenDropped) {
   EXPECT_TRUE(pinged);
   thread_.join();
   EXPECT_TRUE(envd_.WaitForCall("SendSignal SIGNAL_SIGKILL"));
+}
+
+TEST_F(WebTerminalTest, ASessionThatEndsClosesTheTerminalWith1008AndKillsTheShell) {
+  WebTerminalOptions options;
+  options.session_check_interval = std::chrono::milliseconds(50);
+  std::atomic<bool> live{true};
+  std::atomic<int> checks{0};
+  auto page = Open(Target(), options, [&] {
+    ++checks;
+    return live.load();
+  });
+  EXPECT_TRUE(page->OutputUntil("ready"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_GE(checks.load(), 3) << "asked again every interval";
+  page->SendJson({{"type", "input"}, {"data", "ls\r"}});
+  EXPECT_TRUE(page->OutputUntil("echo:ls\r")) << "a live session keeps its terminal";
+  live = false;
+  auto ended = std::chrono::steady_clock::now();
+  EXPECT_EQ(page->CloseFrame(), std::make_pair(1008, std::string("session ended")));
+  EXPECT_LT(std::chrono::steady_clock::now() - ended, std::chrono::seconds(2));
+  page->Send(ws::Opcode::kClose, ws::ClosePayload(1008, ""));
+  thread_.join();
+  EXPECT_TRUE(envd_.WaitForCall("SendSignal SIGNAL_SIGKILL"));
+}
+
+// --- the terminal's route, against a fake host and a fake envd --------------------------------
+
+// A writer whose connection can be taken over: the page's end is the other end of a socket pair.
+class HijackableWriter : public http::RecordingWriter {
+ public:
+  explicit HijackableWriter(int fd) : fd_(fd) {}
+  Result<http::HijackedConnection> Hijack() override {
+    http::HijackedConnection c;
+    c.fd = fd_;
+    return c;
+  }
+
+ private:
+  int fd_;
+};
+
+class DashboardTerminalTest : public DashboardSessionTest {
+ protected:
+  void SetUp() override {
+    DashboardSessionTest::SetUp();
+    if (HasFatalFailure()) return;
+    auto c = SandboxController::Start(host_, *store_, metrics_,
+                                      {.reap_interval = std::chrono::hours(1)});
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    controller_ = std::move(*c);
+    cc_.controller = controller_.get();
+    auto created = controller_->Create(admin_, CreateSandboxAction{});
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    sandbox_ = *created;
+    envd_.Expect(sandbox_.id, sandbox_.access_token);
+    cc_.dashboard->set_moatd_url(envd_.url());
+    cc_.dashboard->terminal_options.session_check_interval = std::chrono::milliseconds(100);
+  }
+  void TearDown() override {
+    for (auto& t : routes_) t.join();
+    controller_.reset();
+    DashboardSessionTest::TearDown();
+  }
+
+  http::Headers Upgrade(const SignedIn& s) {
+    http::Headers h = Cookie(s);
+    h["Upgrade"] = "websocket";
+    h["Connection"] = "Upgrade";
+    h["Sec-WebSocket-Version"] = "13";
+    h["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ==";
+    h["Host"] = "localhost:3000";
+    h["Origin"] = "http://localhost:3000";
+    return h;
+  }
+  std::string TerminalPath(const SignedIn& s, const std::string& id = "") {
+    return "/dashboard/api/sandboxes/" + (id.empty() ? sandbox_.id : id) +
+           "/terminal?csrf=" + s.csrf;
+  }
+  // Opens the terminal through the route, which runs on a thread of its own until it ends.
+  std::unique_ptr<Page> OpenTerminal(const SignedIn& s) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    auto server_end = std::make_shared<UniqueFd>(sv[0]);
+    routes_.emplace_back([this, server_end, headers = Upgrade(s), path = TerminalPath(s)] {
+      HijackableWriter w(server_end->get());
+      Dispatch(w, "GET", path, headers);
+      EXPECT_FALSE(w.started()) << w.status() << " " << w.body();
+      server_end->Reset();  // as the server closes a connection taken over
+    });
+    auto page = std::make_unique<Page>(UniqueFd(sv[1]));
+    EXPECT_TRUE(Contains(page->ReadHandshake(), "101 Switching Protocols"));
+    return page;
+  }
+  void CloseAndWait(Page& page) {
+    page.Send(ws::Opcode::kClose, ws::ClosePayload(1000, ""));
+    for (auto& t : routes_) t.join();
+    routes_.clear();
+  }
+
+  test_support::FakeHostAgent host_{"h1"};
+  Metrics metrics_;
+  std::unique_ptr<SandboxController> controller_;
+  store::SandboxRecord sandbox_;
+  FakeEnvd envd_;
+  std::vector<std::thread> routes_;
+};
+
+TEST_F(DashboardTerminalTest, OpeningATerminalIsAuditedAndItEndsWithSignOut) {
+  SignedIn s = SignInWith(kAdminKey);
+  auto page = OpenTerminal(s);
+  EXPECT_TRUE(page->OutputUntil("ready"));
+  auto opened = Audit("sandbox.terminal");
+  ASSERT_EQ(opened.size(), 1u);
+  EXPECT_EQ(opened[0].status, 101);
+  EXPECT_EQ(opened[0].outcome, "ok");
+  EXPECT_EQ(opened[0].target, sandbox_.id);
+  EXPECT_EQ(opened[0].team_id, admin_.id);
+  EXPECT_EQ(opened[0].key_id, s.body["key"]["id"]);
+  EXPECT_EQ(opened[0].source, "192.0.2.7");
+
+  // Several session checks later, a live session still has its terminal.
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  page->SendJson({{"type", "input"}, {"data", "ls\r"}});
+  EXPECT_TRUE(page->OutputUntil("echo:ls\r"));
+
+  ASSERT_EQ(Call("DELETE", "/dashboard/api/session", Cookie(s, s.csrf)).status(), 204);
+  EXPECT_EQ(page->CloseFrame(), std::make_pair(1008, std::string("session ended")));
+  CloseAndWait(*page);
+  EXPECT_TRUE(envd_.WaitForCall("SendSignal SIGNAL_SIGKILL")) << "the shell goes with it";
+  EXPECT_EQ(cc_.dashboard->terminals().open_total(), 0);
+}
+
+TEST_F(DashboardTerminalTest, RevokingTheKeyEndsItsSessionsTerminals) {
+  std::string key = NewApiKey();
+  auto added = store_->AddApiKey(admin_.id, "laptop", Sha256Hex(key), MaskApiKey(key));
+  ASSERT_TRUE(added.ok());
+  SignedIn s = SignInWith(key);
+  auto page = OpenTerminal(s);
+  EXPECT_TRUE(page->OutputUntil("ready"));
+  ASSERT_TRUE(store_->RevokeApiKey(admin_.id, added->id).ok());
+  EXPECT_EQ(page->CloseFrame(), std::make_pair(1008, std::string("session ended")));
+  CloseAndWait(*page);
+  EXPECT_TRUE(envd_.WaitForCall("SendSignal SIGNAL_SIGKILL"));
+}
+
+TEST_F(DashboardTerminalTest, TerminalsAreCappedPerTeamAndInAllAndRefusalsAreAudited) {
+  SignedIn s = SignInWith(kAdminKey);
+  std::vector<TerminalSlots::Slot> held;
+  for (int i = 0; i < 16; ++i) {
+    auto slot = cc_.dashboard->terminals().Acquire("other-session-" + std::to_string(i), admin_.id);
+    ASSERT_TRUE(slot.ok());
+    held.push_back(std::move(*slot));
+  }
+  auto team = Call("GET", TerminalPath(s), Upgrade(s));
+  EXPECT_EQ(team.status(), 429) << team.body();
+  EXPECT_TRUE(Contains(team.body(), "team")) << team.body();
+  held.clear();
+  for (int i = 0; i < 64; ++i) {
+    auto slot = cc_.dashboard->terminals().Acquire("s" + std::to_string(i),
+                                                   "team-" + std::to_string(i % 8));
+    ASSERT_TRUE(slot.ok()) << i;
+    held.push_back(std::move(*slot));
+  }
+  auto all = Call("GET", TerminalPath(s), Upgrade(s));
+  EXPECT_EQ(all.status(), 429) << all.body();
+  EXPECT_TRUE(Contains(all.body(), "moatd")) << all.body();
+  held.clear();
+  EXPECT_EQ(Call("GET", TerminalPath(s, "nope"), Upgrade(s)).status(), 404);
+
+  auto refused = Audit("sandbox.terminal");
+  ASSERT_EQ(refused.size(), 3u);
+  EXPECT_EQ(refused[0].status, 404);
+  EXPECT_EQ(refused[0].target, "nope");
+  EXPECT_EQ(refused[1].status, 429);
+  EXPECT_EQ(refused[1].outcome, "error");
+  EXPECT_EQ(refused[1].target, sandbox_.id);
+  EXPECT_EQ(refused[1].team_id, admin_.id);
+  EXPECT_TRUE(Contains(refused[1].detail, "moatd")) << refused[1].detail;
+
+  // An unauthenticated or cross-origin attempt is not (it proves nothing, and costs nothing).
+  http::Headers other = Upgrade(s);
+  other["Origin"] = "http://evil.example";
+  EXPECT_EQ(Call("GET", TerminalPath(s), other).status(), 403);
+  other.erase("Cookie");
+  EXPECT_EQ(Call("GET", TerminalPath(s), other).status(), 401);
+  EXPECT_EQ(Audit("sandbox.terminal").size(), 3u);
 }
 
 }  // namespace
