@@ -152,7 +152,7 @@ Result<Caller> AuthenticateCaller(store::Store& store, const http::Request& req)
   if (key.empty()) {
     // The dashboard: its session cookie, and (since a browser sends cookies along with requests
     // that other sites make it send) the session's CSRF token, which only the page can know.
-    auto token = SessionToken(req);
+    MOAT_ASSIGN_OR_RETURN(auto token, SessionTokenOf(req));  // two session cookies: refused
     if (!token) return Unauthenticated("missing X-API-KEY header");
     MOAT_ASSIGN_OR_RETURN(auto session, LiveSession(store, *token, NowUnixMs()));
     if (!session) return Unauthenticated("the dashboard session has expired or was signed out");

@@ -66,8 +66,8 @@ http::Handler Authed(ControlContext& ctx, TeamHandler fn);
 // answer's "sandboxID"/"templateID"/"id"), the status answered and, for an error, its message.
 http::Handler Audited(ControlContext& ctx, std::string action, std::string target_param,
                       TeamHandler fn);
-// The client's address: X-Forwarded-For's first hop when the peer is loopback (a proxy on the
-// host), else the peer's host.
+// The client's address: X-Forwarded-For's last hop (the one the proxy appended) when the peer
+// is loopback (a proxy on the host), else the peer's host.
 std::string SourceAddress(const http::Request& req);
 // History, audit, usage and E2B's logs route: /history..., /audit, /usage,
 // /sandboxes/{id}/logs.

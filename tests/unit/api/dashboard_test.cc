@@ -689,6 +689,25 @@ TEST_F(DashboardFilesTest, ServesIndexAndAssetsWithTypesCachingAndSecurityHeader
   EXPECT_EQ(head.headers().at("Content-Type"), "text/javascript; charset=utf-8");
 }
 
+TEST_F(DashboardFilesTest, ServesTheBuildsGzipCopyOfAnAssetToClientsThatTakeIt) {
+  Write(root_ + "/assets/app.js.gz", "GZ-BYTES");
+  auto packed = Get("/dashboard/assets/app.js", {{"Accept-Encoding", "br, gzip, deflate"}});
+  ASSERT_EQ(packed.status(), 200);
+  EXPECT_EQ(packed.body(), "GZ-BYTES");
+  EXPECT_EQ(packed.headers().at("Content-Encoding"), "gzip");
+  EXPECT_EQ(packed.headers().at("Vary"), "Accept-Encoding");
+  EXPECT_EQ(packed.headers().at("Content-Type"), "text/javascript; charset=utf-8");
+  auto plain = Get("/dashboard/assets/app.js");
+  EXPECT_EQ(plain.body(), "console.log(1)");
+  EXPECT_EQ(plain.headers().count("Content-Encoding"), 0u);
+  EXPECT_NE(plain.headers().at("ETag"), packed.headers().at("ETag"));
+  EXPECT_EQ(Get("/dashboard/assets/app.js", {{"Accept-Encoding", "gzip;q=0"}}).body(),
+            "console.log(1)")
+      << "refused gzip";
+  EXPECT_EQ(Get("/dashboard/assets/app.css", {{"Accept-Encoding", "gzip"}}).body(), "body{}")
+      << "no .gz copy: the file itself";
+}
+
 TEST_F(DashboardFilesTest, PageRoutesGetIndexAndTheBarePrefixRedirects) {
   auto bare = Get("/dashboard?x=1");
   EXPECT_EQ(bare.status(), 308);
