@@ -652,12 +652,14 @@ Result<SandboxUsage> Sandbox::Usage() {
   SandboxUsage u;
   pid_t pid = -1;
   uint64_t start_time = 0;
+  std::shared_ptr<net::NetworkSlot> slot;
   {
     // The API samples while the sandbox may be killed: read the VMM under the lock.
     std::lock_guard lock(mu_);
     if (killed_ || !vmm_) return NotFound("sandbox " + id_ + " was killed");
     pid = vmm_->pid();
     start_time = vmm_start_time_;
+    slot = slot_;
   }
   if (pid <= 0) return FailedPrecondition("sandbox " + id_ + " has no VMM");
   MOAT_ASSIGN_OR_RETURN(std::string rollup,
@@ -691,23 +693,32 @@ Result<SandboxUsage> Sandbox::Usage() {
   if (::stat(origin_.base_disk.c_str(), &base) == 0) {
     u.disk_total_bytes = static_cast<uint64_t>(base.st_size);
   }
-  // Under the lock: Kill() releases the slot. A slot without counters (set up by an older
-  // agent and adopted) reads as 0.
-  std::lock_guard lock(mu_);
-  if (slot_ && !killed_) {
-    auto counters = slot_->ReadCounters();
-    if (counters.ok()) {
-      u.net_egress_bytes = counters->egress_bytes;
-      u.net_ingress_bytes = counters->ingress_bytes;
-    } else {
-      static RateLimiter counters_log(0.1, 3);
-      unsigned long suppressed = 0;
-      if (counters_log.Allow(&suppressed)) {
-        LogDebug("sandbox.net_counters_unread", {{"sandbox", id_},
-                                                 {"error", counters.status().ToString()},
-                                                 {"suppressed", suppressed}});
+  // Outside mu_ (the read forks nft, and Guest() needs mu_ for every guest call): `slot` keeps
+  // the object alive, should Kill() drop slot_ meanwhile, and a read racing its Release() reads
+  // the namespace it opened before or fails (NetworkSlot::ReadCounters). A slot without counters
+  // (set up by an older agent and adopted) reads as 0.
+  if (slot) {
+    std::lock_guard net_lock(net_mu_);
+    const auto now = Clock::now();
+    if (!net_reading_ || now - net_reading_->taken >= kNetCountersMaxAge) {
+      NetCountersReading r{.taken = now};
+      auto counters = slot->ReadCounters();
+      if (counters.ok()) {
+        r.egress_bytes = counters->egress_bytes;
+        r.ingress_bytes = counters->ingress_bytes;
+      } else {
+        static RateLimiter counters_log(0.1, 3);
+        unsigned long suppressed = 0;
+        if (counters_log.Allow(&suppressed)) {
+          LogDebug("sandbox.net_counters_unread", {{"sandbox", id_},
+                                                   {"error", counters.status().ToString()},
+                                                   {"suppressed", suppressed}});
+        }
       }
+      net_reading_ = r;
     }
+    u.net_egress_bytes = net_reading_->egress_bytes;
+    u.net_ingress_bytes = net_reading_->ingress_bytes;
   }
   return u;
 }

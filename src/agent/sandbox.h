@@ -89,8 +89,9 @@ struct SandboxUsage {
   double vmm_age_seconds = 0;  // since the VMM process started (a resume starts a new one)
   pid_t vmm_pid = 0;
   uint64_t vmm_start_time = 0;  // the process's start time (clock ticks after boot)
-  // The slot's byte counters since it was set up (net::SlotCounters): 0 without a network, or
-  // when they could not be read (a sample never fails for them).
+  // The slot's byte counters since it was set up (net::SlotCounters), as read at most a second
+  // ago (Sandbox::kNetCountersMaxAge): 0 without a network, or when they could not be read (a
+  // sample never fails for them).
   uint64_t net_egress_bytes = 0;
   uint64_t net_ingress_bytes = 0;
 };
@@ -265,7 +266,10 @@ class Sandbox {
   bool from_warm_pool_ = false;
   std::mutex mu_;
   std::unique_ptr<vmm::VmmDriver> vmm_;
-  std::unique_ptr<net::NetworkSlot> slot_;  // released after the VMM has exited
+  // Released after the VMM has exited. Shared: Usage() reads its counters outside mu_ through a
+  // copy, which keeps the object alive; a read racing Kill's Release() reads the namespace it
+  // opened before or fails (NetworkSlot::ReadCounters).
+  std::shared_ptr<net::NetworkSlot> slot_;
   std::shared_ptr<channel::GuestClient> guest_;
   // Shared with every GuestClient's violation handler (a client may outlive the sandbox).
   struct GuestFaults {
@@ -275,6 +279,17 @@ class Sandbox {
     std::optional<std::string> fault;
   };
   std::shared_ptr<GuestFaults> faults_ = std::make_shared<GuestFaults>();
+  // Usage()'s last reading of the slot's counters. Reading them forks `nft` (up to 2 s), so it
+  // happens outside mu_, at most once per kNetCountersMaxAge (a reading is reused until then,
+  // never after): net_mu_ is held across the read, so concurrent samplers wait for it and then
+  // reuse it instead of forking again. Never taken with mu_ held.
+  static constexpr std::chrono::milliseconds kNetCountersMaxAge{1000};
+  struct NetCountersReading {
+    std::chrono::steady_clock::time_point taken;   // when the read began
+    uint64_t egress_bytes = 0, ingress_bytes = 0;  // 0 when the read failed
+  };
+  std::mutex net_mu_;
+  std::optional<NetCountersReading> net_reading_;
   bool killed_ = false;
   bool owns_dir_ = false;  // set once Boot created the directory: only then does Kill remove it
 };

@@ -170,9 +170,18 @@ EgressPolicy NetworkSlot::policy() const {
 }
 
 Result<SlotCounters> NetworkSlot::ReadCounters() const {
-  std::lock_guard lock(mu_);
-  if (!owns_links_) return FailedPrecondition("network slot " + slot_.netns + " was released");
-  MOAT_ASSIGN_OR_RETURN(UniqueFd ns, OpenNetns(slot_.netns));
+  UniqueFd ns;
+  {
+    // Only the check and the open under mu_: the nft run below must not hold up ApplyPolicy(),
+    // policy() or Release() (callers such as Sandbox hold their own locks around those). Once
+    // open, the fd pins this slot's namespace: a Release() meanwhile removes its name and the
+    // veth pair, and the namespace (with its table) lives on, unnamed, until the fd closes, so
+    // the read either sees these counters or fails; it never reads a namespace of the same
+    // name that a later slot set up.
+    std::lock_guard lock(mu_);
+    if (!owns_links_) return FailedPrecondition("network slot " + slot_.netns + " was released");
+    MOAT_ASSIGN_OR_RETURN(ns, OpenNetns(slot_.netns));
+  }
   MOAT_ASSIGN_OR_RETURN(std::string listing, RunTool({shared_->config.nft_binary, "-j", "list",
                                                       "counters", "table", "ip", kSlotTable},
                                                      {}, ns.get(), std::chrono::seconds(2)));

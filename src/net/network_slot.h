@@ -52,7 +52,10 @@ class NetworkSlot {
   EgressPolicy policy() const;
   // The slot's byte counters since it was set up (net/nft_ruleset.h), read with one `nft -j`
   // inside its namespace (a few milliseconds; bounded by a 2 s timeout). A slot set up by an
-  // agent from before the counters existed has none: an error, as for a released slot.
+  // agent from before the counters existed has none: an error, as for a released slot. Safe to
+  // call concurrently with every other method (the object must stay alive meanwhile): the nft
+  // run holds no lock, so it delays neither ApplyPolicy() nor Release(); one racing Release()
+  // reads the namespace it opened before or fails, and a detached slot fails.
   Result<SlotCounters> ReadCounters() const;
 
   // The `network` request for moat-guest (api/guest-channel.md), sent after every boot,

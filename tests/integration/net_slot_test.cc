@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/fs.h"
@@ -133,6 +134,70 @@ TEST_F(NetSlotTest, SetUpBuildsNamespaceVethTapAndRulesAndReleaseRemovesThemAll)
     EXPECT_FALSE((*slot)->ApplyPolicy(*policy).ok());
   }
   EXPECT_EQ(test_support::OpenFdCount(), fds_before);
+}
+
+// An nft that takes `seconds` over `list counters` while `dir`/slow exists (touching
+// `dir`/reading as it starts); the real `nft` otherwise.
+std::string SlowCountersNft(const std::string& dir, const std::string& nft, double seconds) {
+  std::string path = dir + "/nft";
+  std::string script = "#!/bin/sh\ncase \"$*\" in *counters*)\n  if [ -e " + dir +
+                       "/slow ]; then touch " + dir + "/reading; sleep " + std::to_string(seconds) +
+                       "; fi;;\nesac\nexec " + nft + " \"$@\"\n";
+  EXPECT_TRUE(WriteFileAtomic(path, script, 0755).ok());
+  return path;
+}
+
+// Sandbox::Usage reads the counters holding no lock of the sandbox; the slot's own lock must
+// not bring the wait back: a slow read holds up neither a policy change nor the release, and a
+// read racing the release reads the namespace it opened or fails cleanly (never another slot's).
+TEST_F(NetSlotTest, ASlowCounterReadHoldsUpNeitherThePolicyNorTheRelease) {
+  config_.nft_binary = SlowCountersNft(dir_, config_.nft_binary, 1.5);
+  auto host = HostNetwork::Create(config_);
+  ASSERT_TRUE(host.ok()) << host.status().ToString();
+  auto slot = (*host)->CreateSlot();
+  ASSERT_TRUE(slot.ok()) << slot.status().ToString();
+  ASSERT_TRUE((*slot)->ReadCounters().ok());  // fast while dir_/slow does not exist
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/slow", "").ok());
+
+  auto read_in_background = [&] {
+    (void)::unlink((dir_ + "/reading").c_str());
+    std::thread t([&, s = slot->get()] {
+      auto c = s->ReadCounters();
+      EXPECT_TRUE(c.ok() || c.status().code() == ErrorCode::kFailedPrecondition)
+          << c.status().ToString();
+    });
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (!PathExists(dir_ + "/reading") && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(PathExists(dir_ + "/reading")) << "the read never started";
+    return t;
+  };
+  auto ms_since = [](Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+  };
+
+  std::thread reader = read_in_background();
+  auto start = Clock::now();
+  auto policy = EgressPolicy::FromE2b({{"denyOut", {"203.0.113.0/24"}}}, true);
+  ASSERT_TRUE(policy.ok());
+  EXPECT_EQ((*slot)->policy(), EgressPolicy{});
+  Status applied = (*slot)->ApplyPolicy(*policy);
+  EXPECT_TRUE(applied.ok()) << applied.ToString();
+  EXPECT_EQ((*slot)->policy(), *policy);
+  EXPECT_LT(ms_since(start), 1000) << "the policy waited for the counter read";
+  reader.join();
+
+  reader = read_in_background();
+  start = Clock::now();
+  Status released = (*slot)->Release();
+  EXPECT_TRUE(released.ok()) << released.ToString();
+  EXPECT_LT(ms_since(start), 1000) << "the release waited for the counter read";
+  EXPECT_FALSE(PathExists((*slot)->netns_path()));
+  reader.join();  // the namespace it held goes with its fd
+  auto after = (*slot)->ReadCounters();
+  EXPECT_EQ(after.status().code(), ErrorCode::kFailedPrecondition) << after.status().ToString();
+  EXPECT_EQ((*host)->slots_in_use(), 0u);
 }
 
 // Listening TCP sockets in the slot's namespace.

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -42,6 +44,17 @@ class SandboxNetE2e : public ::testing::Test {
     fds_before_ = test_support::OpenFdCount();
     AgentConfig c = test_support::E2eAgentConfig(*dir_);
     net::NetConfig n = test_support::TestNetConfig(*dir_, 224);
+    // The real nft, except that `list counters` logs itself to dir_/reads and, while dir_/slow
+    // exists, touches dir_/reading and takes 1.8 s (under the read's 2 s timeout).
+    std::string d = *dir_;
+    ASSERT_TRUE(WriteFileAtomic(d + "/nft",
+                                "#!/bin/sh\ncase \"$*\" in *counters*)\n  echo >> " + d +
+                                    "/reads\n  if [ -e " + d + "/slow ]; then touch " + d +
+                                    "/reading; sleep 1.8; fi;;\nesac\nexec " + n.nft_binary +
+                                    " \"$@\"\n",
+                                0755)
+                    .ok());
+    n.nft_binary = d + "/nft";
     c.network = n;
     pool_ = n.pool;
     c.ready_slots = 2;
@@ -244,6 +257,78 @@ TEST_F(SandboxNetE2e, DomainsInAllowOutAreMatchedBySniAndHost) {
   EXPECT_EQ(r[other_https], "ok:tls-other");
   EXPECT_TRUE(agent_->Kill(sb->id()).ok());
   EXPECT_TRUE(agent_->Kill(open->id()).ok());
+}
+
+// The dashboard samples every sandbox's usage every 2 s. Reading the slot's counters forks nft:
+// at most once a second per sandbox (a reading is reused for up to a second, never longer), and
+// with no lock held that the sandbox's guest calls or its kill need.
+TEST_F(SandboxNetE2e, CounterReadsAreRateLimitedAndASlowOneHoldsUpNoGuestCallNorTheKill) {
+  auto sb = MustCreate();
+  ASSERT_TRUE(sb);
+  const std::string reads_file = *dir_ + "/reads";
+  auto reads = [&] {
+    auto text = ReadFile(reads_file);
+    return text.ok() ? std::count(text->begin(), text->end(), '\n') : 0;
+  };
+  json p = Probe(sb, {kInternet});
+  EXPECT_EQ(p[kInternet], "ok:internet");
+  auto first = sb->Usage();
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_GT(first->net_egress_bytes, 0u);
+  EXPECT_GT(first->net_ingress_bytes, 0u);
+  const auto read_at = Clock::now();
+  const auto n = reads();
+  // Within the second: the same reading, no nft.
+  auto cached = sb->Usage();
+  ASSERT_TRUE(cached.ok());
+  if (Clock::now() - read_at < 900ms) {
+    EXPECT_EQ(reads(), n);
+    EXPECT_EQ(cached->net_egress_bytes, first->net_egress_bytes);
+  }
+  // After it: read anew, with what the guest sent since.
+  Probe(sb, {kInternet});
+  std::this_thread::sleep_for(1100ms);
+  auto fresh = sb->Usage();
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(reads(), n + 1);
+  EXPECT_GT(fresh->net_egress_bytes, first->net_egress_bytes);
+  EXPECT_GT(fresh->net_ingress_bytes, first->net_ingress_bytes);
+
+  // A slow read (1.8 s): guest calls go on meanwhile, and a kill does not wait for it.
+  std::this_thread::sleep_for(1100ms);
+  ASSERT_TRUE(WriteFileAtomic(*dir_ + "/slow", "").ok());
+  auto sample = [&](std::atomic<bool>* done) {
+    (void)::unlink((*dir_ + "/reading").c_str());
+    std::thread t([sb, done] {
+      auto u = sb->Usage();  // ok (the read started before any kill) or NotFound
+      EXPECT_TRUE(u.ok() || u.status().code() == ErrorCode::kNotFound) << u.status().ToString();
+      done->store(true);
+    });
+    auto deadline = Clock::now() + 10s;
+    while (!PathExists(*dir_ + "/reading") && Clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_TRUE(PathExists(*dir_ + "/reading")) << "the counter read never started";
+    return t;
+  };
+  std::atomic<bool> done{false};
+  std::thread sampler = sample(&done);
+  EXPECT_EQ(Sh(sb, "echo still-here"), "still-here\n");
+  EXPECT_FALSE(done.load()) << "the guest calls waited for the counter read";
+  sampler.join();
+
+  std::this_thread::sleep_for(1100ms);
+  done = false;
+  sampler = sample(&done);
+  auto kill_start = Clock::now();
+  EXPECT_TRUE(agent_->Kill(sb->id()).ok());
+  auto kill_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - kill_start).count();
+  std::printf("kill during a 1.8 s counter read: %lld ms\n", static_cast<long long>(kill_ms));
+  EXPECT_LT(kill_ms, 1000) << "the kill waited for the counter read";
+  sampler.join();
+  (void)::unlink((*dir_ + "/slow").c_str());
+  EXPECT_FALSE(sb->Usage().ok());
 }
 
 TEST_F(SandboxNetE2e, ThreeHundredCreateKillCyclesLeaveNoNetworkBehind) {
