@@ -209,7 +209,7 @@ class TemplateRoutesTest : public ::testing::Test {
                   key, spec.dump());
     if (r.status() == 202) {
       EXPECT_EQ(r.body(), "") << "an empty 202";
-      EXPECT_TRUE(r.headers().empty()) << "no Content-Type on an empty body";
+      EXPECT_EQ(r.headers().count("Content-Type"), 0u) << "no Content-Type on an empty body";
     }
     return r.status();
   }
