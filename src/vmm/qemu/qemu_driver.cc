@@ -276,7 +276,10 @@ Status QemuDriver::SetUpJail(const JailSpec& jail_in) {
       limits.memory_bytes = (s.memory_mib + options_.memory_overhead_mib) << 20;
     }
     if (limits.cpus == 0) limits.cpus = s.vcpus;
-    if (limits.pids_max == 0) limits.pids_max = 64 + 2 * s.vcpus;
+    // QEMU's block thread pool alone grows to 64 workers under heavy guest I/O, beside its main,
+    // RCU and vCPU threads: at 64 + 2 × vCPUs a busy 2-vCPU guest (the code interpreter loading
+    // its libraries) hit the limit and QEMU died of qemu_thread_create's EAGAIN.
+    if (limits.pids_max == 0) limits.pids_max = 128 + 2 * s.vcpus;
     MOAT_ASSIGN_OR_RETURN(Cgroup cg, Cgroup::Create(layout, jail.cgroup_parent, s.name, limits));
     cgroup_.emplace(std::move(cg));
   }
