@@ -10,6 +10,8 @@ packages=(
   # libraries
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libssl-dev libcli11-dev
   libboost-dev libsqlite3-dev zlib1g-dev
+  # the snapshot store's S3 client (libcurl) and `moatd memfs` (FUSE 3)
+  libcurl4-openssl-dev libfuse3-dev fuse3
   # the compatibility suite and its runner (npm comes with nodejs where nodejs is NodeSource's;
   # on stock Debian add the `npm` package)
   nodejs curl python3 chromium

@@ -36,9 +36,9 @@ struct ObjectStoreStats {
   std::atomic<uint64_t> put_bytes{0};
   std::atomic<uint64_t> heads{0};
   std::atomic<uint64_t> deletes{0};
-  std::atomic<uint64_t> lists{0};      // list pages
-  std::atomic<uint64_t> retries{0};    // attempts beyond each request's first
-  std::atomic<uint64_t> failures{0};   // requests that failed after their last attempt
+  std::atomic<uint64_t> lists{0};     // list pages
+  std::atomic<uint64_t> retries{0};   // attempts beyond each request's first
+  std::atomic<uint64_t> failures{0};  // requests that failed after their last attempt
 };
 
 bool IsValidObjectKey(std::string_view key);
