@@ -592,6 +592,58 @@ CREATE TABLE dashboard_sessions (
 );
 CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions(expires_at_ms);
 )sql"},
+    // 14: snapshots in the object store (StoredSnapshotRecord; docs/snapshots.md "Across hosts"):
+    // one row per snapshot a host wrote, by its key under snapshots/, with its upload's state;
+    // and the one row of the store's chunk sweep, whose start time (0: none running) keeps
+    // uploads and sweeps apart (BeginSnapshotUpload, BeginStorageSweep).
+    {R"sql(
+CREATE TABLE stored_snapshots (
+  key TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  owner_id TEXT NOT NULL,
+  team_id TEXT NOT NULL DEFAULT '',
+  host_id TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL,
+  bytes INTEGER NOT NULL DEFAULT 0,
+  nonzero_bytes INTEGER NOT NULL DEFAULT 0,
+  created_at_ms INTEGER NOT NULL,
+  upload_started_at_ms INTEGER NOT NULL DEFAULT 0,
+  uploaded_at_ms INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX stored_snapshots_by_owner ON stored_snapshots(owner_id, kind, created_at_ms);
+CREATE INDEX stored_snapshots_by_state ON stored_snapshots(state, host_id);
+CREATE TABLE storage_sweep (
+  id INTEGER PRIMARY KEY,
+  sweeping_since_ms INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO storage_sweep (id, sweeping_since_ms) VALUES (1, 0);
+)sql",
+     R"sql(
+CREATE TABLE stored_snapshots (
+  key TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  owner_id TEXT NOT NULL,
+  team_id TEXT NOT NULL DEFAULT '',
+  host_id TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL,
+  bytes BIGINT NOT NULL DEFAULT 0,
+  nonzero_bytes BIGINT NOT NULL DEFAULT 0,
+  created_at_ms BIGINT NOT NULL,
+  upload_started_at_ms BIGINT NOT NULL DEFAULT 0,
+  uploaded_at_ms BIGINT NOT NULL DEFAULT 0,
+  attempts BIGINT NOT NULL DEFAULT 0,
+  last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX stored_snapshots_by_owner ON stored_snapshots(owner_id, kind, created_at_ms);
+CREATE INDEX stored_snapshots_by_state ON stored_snapshots(state, host_id);
+CREATE TABLE storage_sweep (
+  id INTEGER PRIMARY KEY,
+  sweeping_since_ms BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO storage_sweep (id, sweeping_since_ms) VALUES (1, 0);
+)sql"},
 };
 
 const size_t kMigrationCount = std::size(kMigrations);

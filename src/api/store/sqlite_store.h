@@ -3,7 +3,8 @@
 // Sandboxes and snapshots are in sqlite_store.cc, teams, keys and quotas in sqlite_team_store.cc,
 // hosts and placement in sqlite_host_store.cc, custom templates, their builds, tags and logs in
 // sqlite_template_store.cc, history, audit, usage and dashboard sessions in
-// sqlite_history_store.cc.
+// sqlite_history_store.cc, snapshots in the object store and the chunk sweep in
+// sqlite_storage_store.cc.
 #pragma once
 
 #include <memory>
@@ -124,6 +125,24 @@ class SqliteStore : public Store {
   Result<std::optional<SessionRecord>> GetSession(const std::string& token_sha256,
                                                   int64_t now_ms) override;
   Status DeleteSession(const std::string& token_sha256) override;
+
+  Status InsertStoredSnapshot(const StoredSnapshotRecord& r) override;
+  Result<std::optional<StoredSnapshotRecord>> GetStoredSnapshot(const std::string& key) override;
+  Result<std::optional<StoredSnapshotRecord>> LatestStoredSnapshot(
+      const std::string& kind, const std::string& owner_id) override;
+  Result<std::vector<StoredSnapshotRecord>> ListStoredSnapshots(
+      const StoredSnapshotFilter& filter) override;
+  Result<bool> BeginSnapshotUpload(const std::string& key, int64_t now_ms,
+                                   int64_t sweep_stale_ms) override;
+  Result<bool> FinishSnapshotUpload(const std::string& key, int64_t uploaded_at_ms, int64_t bytes,
+                                    int64_t nonzero_bytes) override;
+  Status FailSnapshotUpload(const std::string& key, const std::string& error) override;
+  Result<int64_t> ResetSnapshotUploads(const std::string& host_id) override;
+  Result<int64_t> MarkStoredSnapshotsDeleting(const std::string& kind, const std::string& owner_id,
+                                              const std::string& except_key) override;
+  Status DeleteStoredSnapshot(const std::string& key) override;
+  Result<bool> BeginStorageSweep(int64_t now_ms, int64_t stale_ms) override;
+  Status EndStorageSweep() override;
 
   Result<HostRecord> RegisterHost(const HostRegistration& host) override;
   Result<bool> Heartbeat(const std::string& host_id, int64_t epoch) override;

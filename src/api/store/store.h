@@ -320,6 +320,40 @@ class SandboxChangeFeed {
   virtual Result<std::optional<std::string>> Next(std::chrono::milliseconds timeout) = 0;
 };
 
+// --- Snapshots in the object store (docs/snapshots.md "Across hosts", shared/FLEET.md §5). ---
+
+// One snapshot a host wrote and uploads (or uploaded) to the object store under
+// snapshots/<key>/manifest.json. Its lifecycle:
+//   local-only --(BeginSnapshotUpload)--> uploading --(FinishSnapshotUpload)--> uploaded
+//   uploading --(FailSnapshotUpload, ResetSnapshotUploads)--> local-only
+//   any --(MarkStoredSnapshotsDeleting)--> deleting --(DeleteStoredSnapshot, once its manifest
+//   is gone from the store)--> no row
+// A local-only snapshot exists only on its host's disk: if that host is lost, so is it.
+struct StoredSnapshotRecord {
+  std::string key;       // [A-Za-z0-9_-], 1..64: the key under snapshots/
+  std::string kind;      // "paused" | "named" | "fork" | "template"
+  std::string owner_id;  // the paused sandbox, the named snapshot, the forked parent, the build
+  std::string team_id;   // empty for a built-in template's
+  std::string host_id;   // the host that wrote it (and keeps a local copy)
+  std::string state;     // "local-only" | "uploading" | "uploaded" | "deleting"
+  int64_t bytes = 0;     // the snapshot's files, as stored (sum of chunk map sizes)
+  int64_t nonzero_bytes = 0;  // of which not in all-zero chunks
+  int64_t created_at_ms = 0;
+  int64_t upload_started_at_ms = 0;  // of the upload in progress or the last one
+  int64_t uploaded_at_ms = 0;        // 0 until uploaded
+  int64_t attempts = 0;              // uploads that failed
+  std::string last_error;            // the last failed upload's error
+};
+
+struct StoredSnapshotFilter {
+  std::string state;     // empty: any
+  std::string kind;      // empty: any
+  std::string owner_id;  // empty: any
+  std::string host_id;   // empty: any
+  std::string team_id;   // empty: any
+  int limit = 1000;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -592,6 +626,45 @@ class Store {
   // changing nothing, otherwise (or when the host is lost or unknown).
   virtual Result<bool> TrimReservation(const std::string& host_id, int64_t vcpus, int64_t mem_mb,
                                        int64_t seq) = 0;
+
+  // --- Snapshots in the object store (StoredSnapshotRecord). Times are the caller's clock. ---
+
+  // already_exists for a key in use; invalid_argument for a bad key, kind or state.
+  virtual Status InsertStoredSnapshot(const StoredSnapshotRecord& r) = 0;
+  virtual Result<std::optional<StoredSnapshotRecord>> GetStoredSnapshot(const std::string& key) = 0;
+  // The newest (created_at_ms, then key) of this kind and owner that is not deleting.
+  virtual Result<std::optional<StoredSnapshotRecord>> LatestStoredSnapshot(
+      const std::string& kind, const std::string& owner_id) = 0;
+  // Oldest first, at most filter.limit.
+  virtual Result<std::vector<StoredSnapshotRecord>> ListStoredSnapshots(
+      const StoredSnapshotFilter& filter) = 0;
+  // local-only -> uploading (upload_started_at_ms = now_ms), unless a storage sweep began less
+  // than `sweep_stale_ms` ago and has not ended: false, changing nothing, then (or when the
+  // record is not local-only). Uploads and sweeps exclude each other (see BeginStorageSweep).
+  virtual Result<bool> BeginSnapshotUpload(const std::string& key, int64_t now_ms,
+                                           int64_t sweep_stale_ms) = 0;
+  // uploading -> uploaded with its sizes; false if it was not uploading (deleted meanwhile).
+  virtual Result<bool> FinishSnapshotUpload(const std::string& key, int64_t uploaded_at_ms,
+                                            int64_t bytes, int64_t nonzero_bytes) = 0;
+  // uploading -> local-only, attempts + 1, last_error = error (a later try resumes it).
+  virtual Status FailSnapshotUpload(const std::string& key, const std::string& error) = 0;
+  // Every upload of the host left `uploading` (its agent died mid-upload) back to local-only;
+  // how many.
+  virtual Result<int64_t> ResetSnapshotUploads(const std::string& host_id) = 0;
+  // Every record of this kind and owner but `except_key` (empty: none spared) becomes deleting;
+  // how many did.
+  virtual Result<int64_t> MarkStoredSnapshotsDeleting(const std::string& kind,
+                                                      const std::string& owner_id,
+                                                      const std::string& except_key = "") = 0;
+  // ok if there is none.
+  virtual Status DeleteStoredSnapshot(const std::string& key) = 0;
+  // Starts a mark-and-sweep of the store's chunks: true (sweeping_since = now_ms) when no other
+  // sweep began less than `stale_ms` ago without ending, and no record has been uploading for
+  // less than `stale_ms`; false otherwise, changing nothing. One conditional statement (or one
+  // transaction), so two callers never both get true, and no upload begins until EndStorageSweep
+  // (or until the sweep is stale: a sweeper that died).
+  virtual Result<bool> BeginStorageSweep(int64_t now_ms, int64_t stale_ms) = 0;
+  virtual Status EndStorageSweep() = 0;
 
   // Every sandbox recorded on the host, in any state, by id (an agent reconciling after it
   // registers).

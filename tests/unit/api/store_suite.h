@@ -1,5 +1,6 @@
-// The store test suite's fixture (store_suite.cc holds the tests). Each test binary that runs the
-// suite defines TestBackend(), which makes a fresh, empty, migrated store per test.
+// The store test suite's fixture (store_suite.cc and store_suite_storage.cc hold the tests). Each
+// test binary that runs the suite defines TestBackend(), which makes a fresh, empty, migrated
+// store per test.
 #pragma once
 
 #include <gtest/gtest.h>
