@@ -75,12 +75,13 @@ fuzz:
 	@[ -f build-fuzz/build.ninja ] || cmake --preset fuzz >/dev/null
 	cmake --build build-fuzz -j$(JOBS) --target frame_decoder_fuzz ram_split_fuzz api_json_fuzz \
 	  connect_fuzz multipart_fuzz gzip_fuzz query_fuzz qmp_fuzz domain_proxy_fuzz envd_target_fuzz \
-	  guest_reply_fuzz code_stream_fuzz execute_stream_fuzz
+	  guest_reply_fuzz code_stream_fuzz execute_stream_fuzz remote_manifest_fuzz
 	@each=$(or $(FUZZ_SECONDS_EACH),20); failed=""; \
 	for spec in frame_decoder:4096:$(FUZZ_SECONDS) ram_split:16384:$(FUZZ_SECONDS) \
 	    api_json:2048:$$each connect:2048:$$each multipart:4096:$$each gzip:8192:$$each \
 	    query:1024:$$each qmp:1024:$$each domain_proxy:4096:$$each envd_target:1024:$$each \
-	    guest_reply:2048:$$each code_stream:4096:$$each execute_stream:4096:$$each; do \
+	    guest_reply:2048:$$each code_stream:4096:$$each execute_stream:4096:$$each \
+	    remote_manifest:4096:$$each; do \
 	  IFS=: read -r name max_len secs <<< "$$spec"; \
 	  mkdir -p build-fuzz/corpora/$$name; \
 	  seeds=tests/fuzz/seeds/$$name; [ -d $$seeds ] || seeds=; \
