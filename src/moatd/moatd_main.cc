@@ -31,6 +31,7 @@
 #include "host/host_membership.h"
 #include "host/in_process_host_agent.h"
 #include "host/local_data_plane.h"
+#include "moatd/memfs_command.h"
 #include "moatd/moatd_config.h"
 #include "vmm/qemu/command_line.h"
 #include "vmm/qemu/qemu_version.h"
@@ -623,8 +624,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   AddVmOptions(agent, config, vm);
 
+  moat::api::MemfsCommand memfs;
+  moat::api::AddMemfsCommand(app, memfs);
+
   CLI11_PARSE(app, argc, argv);
   moat::SetLogFormat(log_format == "json" ? moat::LogFormat::kJson : moat::LogFormat::kText);
+  if (memfs.app->parsed()) return moat::api::RunMemfsCommand(memfs);
   if (api->parsed()) return moat::api::RunApi(config);
   if (int rc = ApplyVmFlags(vm, config); rc != 0) return rc;
   if (serve->parsed()) return moat::api::Serve(config, vm.keep_sandboxes);
