@@ -317,7 +317,7 @@ Result<std::unique_ptr<FuseMount>> FuseMount::Mount(MemoryFiles& files,
   for (auto& a : argv) cargv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(cargv.size()), cargv.data());
   static const fuse_lowlevel_ops kOps = MakeOps();
-  mount->session_ = fuse_session_new(&args, &kOps, sizeof(kOps), &files);
+  mount->session_ = fuse_session_new(&args, &kOps, sizeof(kOps), &mount->files_);
   fuse_opt_free_args(&args);
   if (mount->session_ == nullptr) return Internal("fuse_session_new failed (see the log)");
   if (fuse_session_mount(mount->session_, mount_dir.c_str()) != 0) {

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
@@ -10,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -256,8 +256,9 @@ Result<UniqueFd> LockControlDir(const std::string& control_dir) {
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
     if (errno == EWOULDBLOCK) {
       auto pid = ReadFile(MemfsPidPath(control_dir));
+      std::string owner = pid.ok() ? pid->substr(0, pid->find('\n')) : "";
       return FailedPrecondition("another memfs runs on " + control_dir +
-                                (pid.ok() ? " (memfs.pid: " + *pid + ")" : ""));
+                                (owner.empty() ? "" : " (pid " + owner + ")"));
     }
     return ErrnoError("flock(" + path + ")");
   }

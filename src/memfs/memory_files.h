@@ -18,11 +18,11 @@
 #pragma once
 
 #include <sys/types.h>
-#include <time.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <mutex>
