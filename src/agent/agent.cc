@@ -61,7 +61,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
                  .jail_ids = agent->jail_ids_.get(),
                  .ready_timeout = c.ready_timeout,
                  .slots = nullptr,
-                 .memory_file_snapshots = c.memory_file_snapshots};
+                 .memory_file_snapshots = c.memory_file_snapshots,
+                 .replication = c.replication};
   agent->Recover();
   // A start that fails from here on leaves the adopted sandboxes running for the next attempt.
   Cleanup detach_on_error([a = agent.get()] {
@@ -748,6 +749,7 @@ Status Agent::Pause(const std::string& id, bool keep_memory) {
     sandboxes_.erase(id);
   }
   sb->Kill();
+  if (config_.replication != nullptr) config_.replication->Written("paused", id, SnapshotDir(id));
   auto ms = [](auto d) {
     return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
   };
@@ -881,6 +883,9 @@ Result<SnapshotManifest> Agent::CreateSnapshot(const std::string& id, const std:
   MOAT_RETURN_IF_ERROR(
       sb->SaveSnapshot(SnapshotDir(snap_id), m, /*keep_running=*/true, /*durable=*/true));
   MOAT_ASSIGN_OR_RETURN(m, ReadManifest(SnapshotDir(snap_id)));
+  if (config_.replication != nullptr) {
+    config_.replication->Written("named", snap_id, SnapshotDir(snap_id));
+  }
   m.sandbox_id = snap_id;  // reported as the snapshot's id
   return m;
 }

@@ -73,6 +73,10 @@ struct AgentConfig {
   // before memory files, kept for comparison (snapshot_bench) and as a way out should a QEMU
   // build write a stream the splitter refuses. Both formats always restore.
   bool memory_file_snapshots = true;
+  // Snapshots shared through an object store (host/snapshot_replicator.h): every pause, named
+  // snapshot and template bake is uploaded in the background, and a template is fetched from the
+  // store before it is baked. Null: everything stays on this host. Not owned; outlives the agent.
+  SnapshotReplication* replication = nullptr;
 };
 
 // By public id (a claimed warm clone's directory has a name of its own); `cleaned` names a

@@ -310,6 +310,15 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
     // Copy-on-write over the template's RAM: clean pages stay shared by every clone.
     spec.memory_path = f.memory;
     gid = kTemplateGid;
+  } else if (snap.memory_file && !snap.memory_path.empty()) {
+    // RAM paged in from the object store by `moatd memfs` (a snapshot of another host): mapped
+    // privately like a local one; its file lives as long as memfs serves it. The sandbox's dir
+    // names it with a symbolic link, for the record.
+    if (::symlink(snap.memory_path.c_str(), p.memory.c_str()) < 0) {
+      return ErrnoError("symlink(" + snap.memory_path + ", " + p.memory + ")");
+    }
+    spec.memory_path = snap.memory_path;
+    gid = kTemplateGid;
   } else if (snap.memory_file) {
     // The same over the snapshot's RAM file, linked into the sandbox's dir: it outlives the
     // snapshot (a resume removes it, a fork's is transient), its disk space is the sandbox's,
@@ -337,6 +346,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
   MOAT_RETURN_IF_ERROR(
       AcrossQemuVersions(snap, sb->vmm_->Resume().Annotate("resuming restored sandbox " + id)));
   sb->origin_ = snap;
+  sb->origin_.memory_path.clear();
   sb->origin_.egress = nullptr;
   sb->origin_.identity.reset();
   // A resume sends no identity (the guest keeps its own) but remembers the one it had.

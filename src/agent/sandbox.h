@@ -22,6 +22,7 @@
 #include "agent/guest_identity.h"
 #include "agent/sandbox_state.h"
 #include "agent/snapshot.h"
+#include "agent/snapshot_replication.h"
 #include "channel/guest_client.h"
 #include "common/egress_policy.h"
 #include "common/status.h"
@@ -68,6 +69,8 @@ struct SandboxEnv {
   net::SlotPool* slots = nullptr;
   // AgentConfig::memory_file_snapshots.
   bool memory_file_snapshots = true;
+  // AgentConfig::replication (null: snapshots stay on this host).
+  SnapshotReplication* replication = nullptr;
 };
 
 // Paths inside a sandbox's directory.

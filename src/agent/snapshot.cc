@@ -31,6 +31,7 @@ json ManifestToJson(const SnapshotManifest& m) {
             {"memoryFile", m.memory_file},
             {"qemuVersion", m.qemu_version}};
   if (m.filesystem_only) j["filesystemOnly"] = true;
+  if (!m.memory_path.empty()) j["memoryPath"] = m.memory_path;
   if (m.identity) j["identity"] = IdentityToJson(*m.identity);
   return j;
 }
@@ -96,6 +97,13 @@ Result<SnapshotManifest> ManifestFromJson(const json& j) {
       return InvalidArgument("manifest: \"memoryFile\" must be a bool");
     }
     m.memory_file = j["memoryFile"].get<bool>();
+  }
+  if (j.contains("memoryPath")) {
+    if (!j["memoryPath"].is_string() || j["memoryPath"].get<std::string>().empty() ||
+        j["memoryPath"].get<std::string>()[0] != '/') {
+      return InvalidArgument("manifest: \"memoryPath\" must be an absolute path");
+    }
+    m.memory_path = j["memoryPath"].get<std::string>();
   }
   if (j.contains("qemuVersion")) {
     if (!j["qemuVersion"].is_string() || j["qemuVersion"].get<std::string>().size() > 64) {

@@ -48,6 +48,10 @@ struct SnapshotManifest {
   // Paused and named snapshots: guest RAM is in the `mem` file (not in the state stream).
   // Templates always have one.
   bool memory_file = false;
+  // Where the RAM file is when it is not the snapshot directory's `mem`: a snapshot restored from
+  // the object store on another host maps its RAM from `moatd memfs` (absolute path; only in
+  // manifests a host writes for itself, never uploaded). Empty: `mem`.
+  std::string memory_path;
   // The QEMU that saved it ("10.0.2"); empty in manifests written before moat recorded it (QEMU
   // 7.2). Device state moves between QEMU versions only as far as QEMU allows (microvm is not
   // a versioned machine type): a restore that fails across versions says so, and keeps it.

@@ -135,6 +135,30 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   MOAT_ASSIGN_OR_RETURN(std::string tmp, MakeTempDir(dir_ + "/" + t.name, ".bake-"));
   Cleanup remove_tmp([&] { (void)RemoveTree(tmp); });
   ::chmod(tmp.c_str(), 0711);
+  // A fleet bakes a template once: another host's bake, from the object store, restores here
+  // like one of this host's own (same build id: same kernel, rootfs, resources, QEMU).
+  if (env_.replication != nullptr) {
+    auto fetched =
+        env_.replication->FetchTemplate(t.name, build_dir.substr(build_dir.rfind('/') + 1), tmp);
+    if (!fetched.ok()) {
+      LogWarn("template.fetch_failed",
+              {{"template", t.name}, {"error", fetched.status().ToString()}});
+    } else if (*fetched) {
+      if (::rename(tmp.c_str(), build_dir.c_str()) < 0) {
+        return ErrnoError("rename(" + tmp + ", " + build_dir + ")");
+      }
+      remove_tmp.Cancel();
+      LogInfo("template.fetched",
+              {{"template", t.name},
+               {"ms", static_cast<long>(
+                          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0)
+                              .count())}});
+      return build_dir;
+    }
+    // Whatever a failed fetch left goes; the bake starts from an empty directory.
+    (void)RemoveTree(tmp);
+    MOAT_RETURN_IF_ERROR(MakeDirs(tmp, 0711));
+  }
   SnapshotFiles f(tmp);
   std::string base = tmp + "/disk.raw";
   // The template keeps its own copy of the rootfs (shared blocks where the filesystem can), so
@@ -268,6 +292,10 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
        {"ms",
         static_cast<long>(
             std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count())}});
+  if (env_.replication != nullptr) {
+    env_.replication->Written("template", t.name + "/" + build_dir.substr(build_dir.rfind('/') + 1),
+                              build_dir);
+  }
   return build_dir;
 }
 

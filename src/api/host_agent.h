@@ -46,8 +46,12 @@ struct HostSandboxStart {
   std::string id;           // minted by the control plane; the host takes it as it is
   std::string template_id;  // "base" or a named snapshot's id on this host
   std::map<std::string, std::string> env_vars;
-  // The egress policy in its canonical JSON (net::EgressPolicy::ToJson); null: the default.
+  // The egress policy in its canonical JSON (net::EgressPolicy::ToJson); null: the default (with
+  // `from_store`: the snapshot's own).
   nlohmann::json egress;
+  // A cross-host fork's child: the key of the snapshot in the object store that `template_id`
+  // names, laid out on this host first (docs/snapshots.md "Across hosts"). Empty: none.
+  std::string from_store;
 };
 
 // One sample of what a running sandbox costs its host.
@@ -128,10 +132,20 @@ class HostAgent {
   virtual Status Kill(const std::string& id) = 0;
   // `keep_memory` false keeps only the filesystem: the resume boots it (E2B's memory: false).
   virtual Status Pause(const std::string& id, bool keep_memory = true) = 0;
-  // A failed resume keeps the snapshot (the sandbox stays paused).
-  virtual Status Resume(const std::string& id) = 0;
+  // A failed resume keeps the snapshot (the sandbox stays paused). `from_store`: the key of the
+  // sandbox's pause in the object store, to restore on this host although another one paused it
+  // (docs/snapshots.md "Across hosts"); empty: the snapshot is on this host's disk.
+  virtual Status Resume(const std::string& id, const std::string& from_store = "") = 0;
   // Children of a running sandbox, one per id, all or none.
   virtual Status Fork(const std::string& id, const std::vector<std::string>& child_ids) = 0;
+  // For children on other hosts: a snapshot of the running sandbox (which runs on) uploaded to
+  // the object store before this returns; its key, which is also a snapshot id here (creates
+  // on other hosts name it with HostSandboxStart::from_store). failed_precondition where the
+  // host has no object store.
+  virtual Result<std::string> ExportFork(const std::string& id) {
+    (void)id;
+    return FailedPrecondition("this host has no snapshot store: forks stay on their host");
+  }
   // A named snapshot of a running sandbox (which runs on): its id, usable as a template here.
   virtual Result<std::string> CreateSnapshot(const std::string& id, const std::string& name) = 0;
   virtual Status DeleteSnapshot(const std::string& snapshot_id) = 0;

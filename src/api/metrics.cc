@@ -173,6 +173,19 @@ std::string Metrics::Render(const StoreGauges& gauges) const {
   out += "# HELP moat_history_pruned_total Rows pruned past the retention period.\n";
   out += "# TYPE moat_history_pruned_total counter\n";
   out += "moat_history_pruned_total " + std::to_string(h.pruned.load()) + "\n";
+  out += "# HELP moat_stored_snapshots Snapshots recorded for the object store, by state.\n";
+  out += "# TYPE moat_stored_snapshots gauge\n";
+  for (const auto& [state, cb] : gauges.stored_snapshots) {
+    out +=
+        "moat_stored_snapshots{state=\"" + Escape(state) + "\"} " + std::to_string(cb.first) + "\n";
+  }
+  out += "# HELP moat_stored_snapshot_bytes Their files' bytes (zero chunks included), by state.\n";
+  out += "# TYPE moat_stored_snapshot_bytes gauge\n";
+  for (const auto& [state, cb] : gauges.stored_snapshots) {
+    out += "moat_stored_snapshot_bytes{state=\"" + Escape(state) + "\"} " +
+           std::to_string(cb.second) + "\n";
+  }
+  if (host_) out += host_();
   return out;
 }
 

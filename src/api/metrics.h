@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,6 +28,8 @@ struct StoreGauges {
     std::map<std::string, int64_t> sandboxes_by_state;
   };
   std::map<std::string, Host> hosts;  // by host id
+  // Snapshots recorded for the object store, by state: how many, and their bytes.
+  std::map<std::string, std::pair<int64_t, int64_t>> stored_snapshots;
 };
 
 class Histogram {
@@ -60,10 +63,14 @@ class Metrics {
   void CountSignIn(std::string_view outcome);
   // Web terminals open now: +1 when one opens, -1 when it closes.
   void AddWebTerminals(int64_t delta);
+  // Text appended to every exposition: this host's own counters (`moatd serve`: its snapshot
+  // store's). Set once, before scrapes.
+  void SetHostCollector(std::function<std::string()> collect) { host_ = std::move(collect); }
   // The whole exposition, with what the store said (`gauges`).
   std::string Render(const StoreGauges& gauges) const;
 
  private:
+  std::function<std::string()> host_;
   Histogram create_;
   Histogram exec_;
   mutable std::mutex mu_;

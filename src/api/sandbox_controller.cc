@@ -7,6 +7,7 @@
 
 #include "api/auth.h"
 #include "common/builtin_templates.h"
+#include "common/cleanup.h"
 #include "common/guarded.h"
 #include "common/log.h"
 #include "common/sandbox_id.h"
@@ -197,6 +198,16 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
   for (int attempt = 0; attempt < (snapshot_host.empty() ? 2 : 1); ++attempt) {
     auto placed =
         snapshot_host.empty() ? hosts_.Place(need, failed_host) : PlaceOn(snapshot_host, need);
+    // A named snapshot whose host cannot take the sandbox (lost, draining, full) restores on
+    // another host from the object store, once uploaded (docs/snapshots.md "Across hosts").
+    std::string from_store;
+    if (!placed.ok() && choice.snapshot) {
+      auto stored = store_.GetStoredSnapshot(template_id);
+      if (stored.ok() && *stored && (*stored)->state == "uploaded") {
+        placed = hosts_.Place(need, snapshot_host);
+        from_store = template_id;
+      }
+    }
     if (!placed.ok()) return attempt == 0 ? placed.status() : failure;
     if (attempt > 0 && placed->host_id == failed_host) {
       hosts_.Release(placed->host_id, need);
@@ -231,7 +242,8 @@ Result<store::SandboxRecord> SandboxController::Create(const store::TeamRecord& 
     HostSandboxStart start{.id = r.id,
                            .template_id = template_id,
                            .env_vars = a.env_vars,
-                           .egress = a.egress.ToJson()};
+                           .egress = a.egress.ToJson(),
+                           .from_store = from_store};
     if (Status s = placed->host->Create(start); !s.ok()) {
       Abandon(r, "start failed");
       failure = s;
@@ -356,6 +368,12 @@ Result<store::SnapshotRecord> SandboxController::CreateSnapshot(const std::strin
   return snap;
 }
 
+Result<std::string> SandboxController::SnapshotStorage(const std::string& snapshot_id) {
+  MOAT_ASSIGN_OR_RETURN(auto stored, store_.GetStoredSnapshot(snapshot_id));
+  if (!stored) return std::string("local");
+  return stored->state;
+}
+
 Result<store::SnapshotPage> SandboxController::ListSnapshots(const store::SnapshotFilter& filter) {
   return store_.ListSnapshots(filter);
 }
@@ -366,12 +384,19 @@ Status SandboxController::DeleteSnapshot(const std::string& team_id,
   if (!snap || snap->team_id != team_id) {
     return NotFound("snapshot \"" + snapshot_id + "\" not found");
   }
-  // Named snapshots stay on the host that took them (cross-host snapshots come with the
-  // snapshot store).
-  MOAT_ASSIGN_OR_RETURN(HostAgent * host, hosts_.Host(snap->host_id));
-  Status removed = host->DeleteSnapshot(snap->id);
-  if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
+  // On the host that took it; a copy in the object store goes too. A snapshot whose host is gone
+  // can still be deleted when the store has it (its host's disk copy goes when it registers
+  // again: reconciliation drops snapshots without a record).
+  auto host = hosts_.Host(snap->host_id);
+  if (host.ok()) {
+    Status removed = (*host)->DeleteSnapshot(snap->id);
+    if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
+  } else {
+    MOAT_ASSIGN_OR_RETURN(auto stored, store_.GetStoredSnapshot(snap->id));
+    if (!stored) return host.status();
+  }
   MOAT_RETURN_IF_ERROR(store_.DeleteSnapshot(snap->id));
+  (void)store_.MarkStoredSnapshotsDeleting("named", snap->id);
   LogInfo("api.snapshot_deleted", {{"snapshot", snap->id}, {"team", team_id}});
   if (history_.enabled()) (void)store_.RecordSnapshotDeleted(snap->id, UnixMillisNow());
   return Status::Ok();
@@ -495,8 +520,15 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
   }
   Status killed = Status::Ok();
   if (r.state != SandboxState::kLost) {
-    MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
-    killed = host->Kill(id);
+    auto host = HostOf(r);
+    if (!host.ok() && r.state == SandboxState::kPaused) {
+      // A paused sandbox of a lost host: nothing runs there, and what its disk held goes when
+      // its agent registers again; its copy in the object store goes below.
+      LogInfo("api.paused_on_lost_host", {{"sandbox", id}, {"host", r.host_id}});
+    } else {
+      MOAT_RETURN_IF_ERROR(host.status());
+      killed = (*host)->Kill(id);
+    }
   } else if (auto host = HostOf(r); host.ok()) {
     // A lost sandbox's host was cut off or fenced: asked once, in case it is back; when its agent
     // registers again it kills every VM whose record is not live there anyway
@@ -519,6 +551,11 @@ Status SandboxController::Release(const store::SandboxRecord& r, const char* why
   // (history keeps killed sandboxes later).
   if (HoldsResources(r.state)) hosts_.Release(r.host_id, ReservationOf(r));
   MOAT_RETURN_IF_ERROR(store_.DeleteSandbox(id));
+  // Its pauses in the object store, if any, are released (their chunks go with the next sweep).
+  if (auto marked = store_.MarkStoredSnapshotsDeleting("paused", id); !marked.ok()) {
+    LogWarn("api.stored_snapshot_release_failed",
+            {{"sandbox", id}, {"error", marked.status().ToString()}});
+  }
   LogInfo("api.sandbox_released", {{"sandbox", id}, {"reason", why}});
   std::string_view w(why);
   if (r.state == SandboxState::kLost) {
@@ -704,25 +741,55 @@ Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecor
   auto started = std::chrono::steady_clock::now();
   QuotaGate::Ask ask{.sandboxes = 1, .vcpus = r.cpu_count, .memory_mib = r.memory_mb};
   MOAT_ASSIGN_OR_RETURN(auto admitted, quotas_.Admit(r.team_id, ask));
-  // It resumes on the host that holds its snapshot, which must have room for it again.
-  MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(r));
-  MOAT_RETURN_IF_ERROR(hosts_.Reserve(r.host_id, ReservationOf(r)));
-  // One conditional update: two resumes of one paused sandbox never both run it.
-  auto mine = Transition(r.id, SandboxState::kPaused, SandboxState::kResuming);
+  // It resumes on the host that holds its snapshot, which must have room for it again; where
+  // that host is lost, draining or full, on another one that restores the snapshot from the
+  // object store (docs/snapshots.md "Across hosts") — if it was uploaded.
+  const std::string home_id = r.host_id;
+  auto home = HostOf(r);
+  Status reserved = home.ok() ? hosts_.Reserve(home_id, ReservationOf(r)) : home.status();
+  HostAgent* host = reserved.ok() ? *home : nullptr;
+  std::string from_store;
+  if (!reserved.ok()) {
+    MOAT_ASSIGN_OR_RETURN(auto stored, store_.LatestStoredSnapshot("paused", r.id));
+    if (!stored) return reserved;  // no object store: it waits for its host
+    if (stored->state != "uploaded") {
+      return Unavailable("sandbox \"" + r.id + "\" cannot resume: its host " + home_id +
+                         " cannot take it (" + reserved.message() +
+                         ") and its snapshot is local-only there (the upload to the object "
+                         "store has not completed)");
+    }
+    MOAT_ASSIGN_OR_RETURN(Placement p, hosts_.Place(ReservationOf(r), home_id));
+    host = p.host;
+    r.host_id = p.host_id;
+    from_store = stored->key;
+  }
+  // One conditional update: two resumes of one paused sandbox never both run it (a move to
+  // another host is a new placement: a new generation).
+  auto mine = store_.TransitionSandbox(
+      r.id, {SandboxState::kPaused, home_id},
+      {SandboxState::kResuming, r.host_id, /*bump_generation=*/r.host_id != home_id});
   if (!mine.ok() || !*mine) {
     hosts_.Release(r.host_id, ReservationOf(r));
     if (!mine.ok()) return mine.status();
     return Status(ErrorCode::kAborted, "sandbox \"" + r.id + "\" is already being resumed");
   }
-  if (Status resumed = host->Resume(r.id); !resumed.ok()) {
-    // The snapshot is kept (HostAgent::Resume): it stays paused.
-    auto back = Transition(r.id, SandboxState::kResuming, SandboxState::kPaused);
+  if (Status resumed = host->Resume(r.id, from_store); !resumed.ok()) {
+    // The snapshot is kept (HostAgent::Resume): it stays paused, on its own host.
+    auto back = store_.TransitionSandbox(r.id, {SandboxState::kResuming, r.host_id},
+                                         {SandboxState::kPaused, home_id});
     if (back.ok() && *back) {
       hosts_.Release(r.host_id, ReservationOf(r));
     } else {
       (void)host->Kill(r.id);  // killed meanwhile (the kill gave the reservation back)
     }
     return resumed;
+  }
+  // The snapshot it resumed from is spent: its objects in the store go (the sweep takes the
+  // chunks no other snapshot shares), and a copy its old host still holds.
+  (void)store_.MarkStoredSnapshotsDeleting("paused", r.id);
+  if (r.host_id != home_id) {
+    LogInfo("api.sandbox_moved", {{"sandbox", r.id}, {"from", home_id}, {"to", r.host_id}});
+    if (home.ok()) (void)(*home)->Kill(r.id);
   }
   MOAT_ASSIGN_OR_RETURN(bool done,
                         Transition(r.id, SandboxState::kResuming, SandboxState::kRunning));
@@ -770,8 +837,24 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
   // The children run on their parent's host (they share its snapshot), which must have room.
   MOAT_ASSIGN_OR_RETURN(HostAgent * host, HostOf(parent));
   Reservation each = ReservationOf(parent);
-  MOAT_RETURN_IF_ERROR(
-      hosts_.Reserve(parent.host_id, {each.vcpus * count, each.memory_mib * count}));
+  if (Status here = hosts_.Reserve(parent.host_id, {each.vcpus * count, each.memory_mib * count});
+      !here.ok()) {
+    // Its host cannot take them (draining, full): on other hosts, through the object store.
+    auto elsewhere = ForkElsewhere(parent, *host, count, timeout_s);
+    if (!elsewhere.ok() && elsewhere.status().code() == ErrorCode::kFailedPrecondition) {
+      return here;  // no object store: the children need the parent's host
+    }
+    if (!elsewhere.ok()) return elsewhere.status();
+    int64_t fork_ms = MillisSince(fork_started);
+    nlohmann::json children = nlohmann::json::array();
+    for (const auto& r : *elsewhere) {
+      history_.Started(r, fork_ms);
+      children.push_back(r.id);
+    }
+    history_.Event(parent.id, parent.team_id, "forked", fork_ms,
+                   nlohmann::json{{"children", children}, {"acrossHosts", true}}.dump());
+    return elsewhere;
+  }
   // The children are recorded (creating) before the host starts them, as a create's sandbox;
   // each one gives its share back when it is abandoned or killed.
   std::vector<store::SandboxRecord> out;
@@ -827,6 +910,60 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
   return out;
 }
 
+Result<std::vector<store::SandboxRecord>> SandboxController::ForkElsewhere(
+    const store::SandboxRecord& parent, HostAgent& host, int count, int64_t timeout_s) {
+  MOAT_ASSIGN_OR_RETURN(std::string key, host.ExportFork(parent.id));
+  // The children's own disks and RAM are theirs once they run: the snapshot goes then (its
+  // objects after the store's grace period, while memfs pages the rest in).
+  Cleanup release_snapshot([&] {
+    (void)store_.MarkStoredSnapshotsDeleting("named", key);
+    (void)host.DeleteSnapshot(key);
+  });
+  Reservation each = ReservationOf(parent);
+  std::vector<store::SandboxRecord> out;
+  auto abandon_all = [&](const char* why) {
+    for (const auto& r : out) Abandon(r, why);
+  };
+  for (int i = 0; i < count; ++i) {
+    auto placed = hosts_.Place(each, parent.host_id);
+    if (!placed.ok()) {
+      abandon_all("fork failed");
+      return placed.status().Annotate("placing a child of " + parent.id);
+    }
+    store::SandboxRecord r = parent;
+    r.id = NewSandboxId();
+    r.access_token = RandomToken("", 24);
+    if (!r.traffic_access_token.empty()) r.traffic_access_token = RandomToken("", 24);
+    r.host_id = placed->host_id;
+    r.started_at_ms = UnixMillisNow();
+    r.end_at_ms = r.started_at_ms + timeout_s * 1000;
+    r.state = SandboxState::kCreating;
+    if (Status s = store_.InsertSandbox(r); !s.ok()) {
+      hosts_.Release(placed->host_id, each);
+      abandon_all("recording a fork failed");
+      return s.Annotate("recording fork " + r.id);
+    }
+    history_.Recorded(r, "fork", parent.id);
+    HostSandboxStart start{.id = r.id, .template_id = key, .from_store = key};
+    if (Status s = placed->host->Create(start); !s.ok()) {
+      Abandon(r, "fork failed");
+      abandon_all("fork failed");
+      return s.Annotate("starting fork " + r.id + " on host " + placed->host_id);
+    }
+    auto started = Transition(r.id, SandboxState::kCreating, SandboxState::kRunning);
+    if (!started.ok() || !*started) {
+      (void)placed->host->Kill(r.id);
+      (void)store_.DeleteSandbox(r.id);
+      continue;
+    }
+    r.state = SandboxState::kRunning;
+    out.push_back(std::move(r));
+  }
+  LogInfo("api.sandbox_forked",
+          {{"sandbox", parent.id}, {"children", count}, {"across_hosts", true}});
+  return out;
+}
+
 Result<store::SandboxRecord> SandboxController::FindRunning(const std::string& id) {
   MOAT_ASSIGN_OR_RETURN(auto r, store_.GetSandbox(id));
   if (!r || r->state != SandboxState::kRunning) {
@@ -858,6 +995,16 @@ StoreGauges SandboxController::Gauges() {
       StoreGauges::Host& g = out.hosts[h.id];
       g.record = h;
       g.sandboxes_by_state = {{"running", 0}, {"paused", 0}};
+    }
+  }
+  if (auto stored = store_.ListStoredSnapshots({.limit = 1000000}); stored.ok()) {
+    for (const char* state : {"local-only", "uploading", "uploaded", "deleting"}) {
+      out.stored_snapshots[state] = {0, 0};
+    }
+    for (const auto& s : *stored) {
+      auto& [count, bytes] = out.stored_snapshots[s.state];
+      ++count;
+      bytes += s.bytes;
     }
   }
   auto all = store_.AllSandboxes();

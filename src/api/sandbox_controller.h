@@ -98,6 +98,9 @@ class SandboxController {
   Result<std::vector<store::SandboxRecord>> Fork(const std::string& team_id, const std::string& id,
                                                  int count, int64_t timeout_s);
 
+  // Where a named snapshot lives beyond its host's disk: its record in the object store's
+  // state ("local-only", "uploading", "uploaded"), or "local" when there is none (no store).
+  Result<std::string> SnapshotStorage(const std::string& snapshot_id);
   // A named snapshot of a running sandbox, which keeps running; owned by the sandbox's team.
   // failed_precondition (409) for a paused sandbox.
   Result<store::SnapshotRecord> CreateSnapshot(const std::string& team_id,
@@ -186,6 +189,12 @@ class SandboxController {
   Result<HostSandboxStatus> ProbeOnHost(const store::SandboxRecord& r);
   static Reservation ReservationOf(const store::SandboxRecord& r);
   Status PauseRecord(const store::SandboxRecord& r, bool keep_memory);
+  // A fork whose children go to other hosts (the parent's cannot take them): the parent's
+  // snapshot is uploaded to the object store, each child is placed anywhere else and restored
+  // from it there. failed_precondition where the parent's host has no object store.
+  Result<std::vector<store::SandboxRecord>> ForkElsewhere(const store::SandboxRecord& parent,
+                                                          HostAgent& host, int count,
+                                                          int64_t timeout_s);
   // Reserves `need` on that very host (where a snapshot is): the placement, or why not.
   Result<Placement> PlaceOn(const std::string& host_id, const Reservation& need);
   Result<bool> Transition(const std::string& id, SandboxState from, SandboxState to);

@@ -136,11 +136,13 @@ std::string FormatSnapshotList(const json& snapshots) {
   std::vector<std::vector<std::string>> rows;
   if (snapshots.is_array()) {
     for (const auto& s : snapshots) {
-      rows.push_back(
-          {Cell(s, "snapshotID"), Cell(s, "names"), Cell(s, "sandboxID"), Cell(s, "createdAt")});
+      rows.push_back({Cell(s, "snapshotID"), Cell(s, "names"), Cell(s, "sandboxID"),
+                      Cell(s, "hostID"), Cell(s, "storage"), Cell(s, "createdAt")});
     }
   }
-  return FormatTable({"SNAPSHOT ID", "NAMES", "FROM SANDBOX", "CREATED"}, rows);
+  // Where it lives: its host's disk, and whether the object store has it (any host can then
+  // restore it) or it is local-only (lost with its host).
+  return FormatTable({"SNAPSHOT ID", "NAMES", "FROM SANDBOX", "HOST", "STORAGE", "CREATED"}, rows);
 }
 
 std::string FormatHostList(const json& hosts) {

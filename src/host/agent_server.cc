@@ -163,7 +163,8 @@ http::Admission AgentServer::Admit(http::Request& req, bool has_body, http::Resp
     a.body_limit = fleet::kTemplateFilePiece;
   }
   auto target = api::routes::EnvdTargetOf(req);
-  if (req.path == "/healthz" && !target) return a;  // no token: load balancers probe it
+  // No token: load balancers probe /healthz, Prometheus scrapes /metrics.
+  if ((req.path == "/healthz" || req.path == "/metrics") && !target) return a;
   // Data-plane traffic is signed for the sandbox and port it names, control calls for the host.
   std::string subject =
       target ? fleet::DataPlaneSubject(agent_.host_id(), target->sandbox_id, target->port)
@@ -239,6 +240,10 @@ void AgentServer::RegisterRoutes() {
   router_.Add("GET", "/healthz", [&agent](http::Request&, http::ResponseWriter& w) {
     SendJson(w, 200, {{"role", "agent"}, {"hostID", agent.host_id()}});
   });
+  router_.Add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& w) {
+    if (!metrics_) return SendError(w, NotFound("this agent reports no metrics"));
+    (void)w.Send(200, {{"Content-Type", "text/plain; version=0.0.4"}}, metrics_());
+  });
   router_.Add("GET", "/v1/template", [&agent](http::Request&, http::ResponseWriter& w) {
     SendJson(w, 200, fleet::TemplateToJson(agent.base_template()));
   });
@@ -285,7 +290,21 @@ void AgentServer::RegisterRoutes() {
               });
   router_.Add("POST", "/v1/sandboxes/{id}/resume",
               [&agent](http::Request& req, http::ResponseWriter& w) {
-                if (auto id = SandboxIdOf(req, w)) SendDone(w, agent.Resume(*id));
+                auto id = SandboxIdOf(req, w);
+                if (!id) return;
+                // An empty body resumes from this host's disk; {"fromStore": key} from the
+                // object store (a sandbox another host paused).
+                std::string from_store;
+                if (!req.body.empty()) {
+                  auto body = BodyOf(req, w);
+                  if (!body) return;
+                  auto key = body->is_object() ? body->find("fromStore") : body->end();
+                  if (key == body->end() || !key->is_string()) {
+                    return SendError(w, InvalidArgument("resume: expected {\"fromStore\": key}"));
+                  }
+                  from_store = key->get<std::string>();
+                }
+                SendDone(w, agent.Resume(*id, from_store));
               });
   router_.Add("POST", "/v1/sandboxes/{id}/fork",
               [&agent](http::Request& req, http::ResponseWriter& w) {
@@ -314,6 +333,14 @@ void AgentServer::RegisterRoutes() {
                 auto snap = agent.CreateSnapshot(*id, name);
                 if (!snap.ok()) return SendError(w, snap.status());
                 SendJson(w, 201, {{"snapshotID", *snap}});
+              });
+  router_.Add("POST", "/v1/sandboxes/{id}/export-fork",
+              [&agent](http::Request& req, http::ResponseWriter& w) {
+                auto id = SandboxIdOf(req, w);
+                if (!id) return;
+                auto key = agent.ExportFork(*id);
+                if (!key.ok()) return SendError(w, key.status());
+                SendJson(w, 201, {{"snapshotID", *key}});
               });
   router_.Add("PUT", "/v1/sandboxes/{id}/egress",
               [&agent](http::Request& req, http::ResponseWriter& w) {

@@ -58,6 +58,10 @@ class AgentServer {
   }
   void Wait() { http_->Wait(); }
   size_t open_connections() const { return http_->open_connections(); }
+  // GET /metrics: Prometheus text of this host's own counters (the snapshot store's: chunk
+  // cache, fetches, uploads), unsigned like /healthz — the agent listens on the fleet's private
+  // network, and the text holds counts only. Unset: 404. Set before requests arrive.
+  void SetMetrics(std::function<std::string()> render) { metrics_ = std::move(render); }
 
   // The server's admission hook: from the head alone, whether the request is signed for this
   // host (else 401 here), and its body limit.
@@ -68,6 +72,7 @@ class AgentServer {
 
  private:
   AgentServer(api::HostAgent& agent, api::fleet::FleetToken token, api::DataPlane* data_plane);
+  std::function<std::string()> metrics_;
   void RegisterRoutes();
 
   // Template builds run here in the background; the control plane polls them.

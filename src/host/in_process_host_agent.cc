@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include "common/egress_policy.h"
+#include "host/snapshot_replicator.h"
 
 namespace moat::host {
 namespace {
@@ -46,7 +47,23 @@ Result<api::HostSandboxStatus> InProcessHostAgent::Probe(const std::string& id) 
 }
 
 Status InProcessHostAgent::Create(const api::HostSandboxStart& start) {
-  MOAT_ASSIGN_OR_RETURN(net::EgressPolicy egress, PolicyOf(start.egress));
+  nlohmann::json egress_json = start.egress;
+  if (!start.from_store.empty()) {
+    if (replicator_ == nullptr) {
+      return FailedPrecondition("this host has no snapshot store: it cannot restore snapshot " +
+                                start.from_store);
+    }
+    if (start.template_id != start.from_store) {
+      return InvalidArgument("a create from the store names its snapshot as its template");
+    }
+    MOAT_RETURN_IF_ERROR(replicator_->MaterializeNamed(start.from_store, start.template_id));
+    // A fork's child keeps its parent's policy (recorded in the snapshot) unless told otherwise.
+    if (egress_json.is_null()) {
+      auto m = agent::ReadManifest(agent_.config().data_dir + "/snapshots/" + start.template_id);
+      if (m.ok()) egress_json = m->egress;
+    }
+  }
+  MOAT_ASSIGN_OR_RETURN(net::EgressPolicy egress, PolicyOf(egress_json));
   agent::CreateRequest req{.id = start.id, .template_name = start.template_id, .egress = egress};
   req.identity.env = start.env_vars;
   return agent_.Create(req).status();
@@ -136,12 +153,35 @@ Status InProcessHostAgent::Pause(const std::string& id, bool keep_memory) {
   return agent_.Pause(id, keep_memory);
 }
 
-Status InProcessHostAgent::Resume(const std::string& id) {
+Status InProcessHostAgent::Resume(const std::string& id, const std::string& from_store) {
+  if (!from_store.empty() && !agent_.IsPaused(id)) {
+    if (replicator_ == nullptr) {
+      return FailedPrecondition("this host has no snapshot store: it cannot resume sandbox " + id +
+                                " from another host's snapshot");
+    }
+    // Laid out here (RAM paged in lazily by memfs), then resumed as one of this host's own.
+    MOAT_RETURN_IF_ERROR(replicator_->MaterializePaused(from_store, id));
+  }
   return agent_.Resume(id).status();
 }
 
 Status InProcessHostAgent::Fork(const std::string& id, const std::vector<std::string>& child_ids) {
   return agent_.Fork(id, child_ids).status();
+}
+
+Result<std::string> InProcessHostAgent::ExportFork(const std::string& id) {
+  if (replicator_ == nullptr) {
+    return FailedPrecondition("this host has no snapshot store: forks stay on their host");
+  }
+  MOAT_ASSIGN_OR_RETURN(auto manifest, agent_.CreateSnapshot(id, "fork of " + id));
+  const std::string& key = manifest.sandbox_id;  // the snapshot's id
+  Status up =
+      replicator_->UploadNow("named", key, key, agent_.config().data_dir + "/snapshots/" + key);
+  if (!up.ok()) {
+    (void)agent_.DeleteSnapshot(key);
+    return up.Annotate("uploading the fork of " + id);
+  }
+  return key;
 }
 
 Result<std::string> InProcessHostAgent::CreateSnapshot(const std::string& id,

@@ -12,6 +12,8 @@
 
 namespace moat::host {
 
+class SnapshotReplicator;
+
 class InProcessHostAgent : public api::HostAgent {
  public:
   InProcessHostAgent(std::string host_id, agent::Agent& agent)
@@ -25,8 +27,11 @@ class InProcessHostAgent : public api::HostAgent {
   Status Create(const api::HostSandboxStart& start) override;
   Status Kill(const std::string& id) override;
   Status Pause(const std::string& id, bool keep_memory = true) override;
-  Status Resume(const std::string& id) override;
+  Status Resume(const std::string& id, const std::string& from_store = "") override;
+  // Snapshots across hosts (null: none configured; a resume from the store is refused).
+  void SetReplicator(SnapshotReplicator* replicator) { replicator_ = replicator; }
   Status Fork(const std::string& id, const std::vector<std::string>& child_ids) override;
+  Result<std::string> ExportFork(const std::string& id) override;
   Result<std::string> CreateSnapshot(const std::string& id, const std::string& name) override;
   Status DeleteSnapshot(const std::string& snapshot_id) override;
   Status SetEgress(const std::string& id, const nlohmann::json& egress) override;
@@ -46,6 +51,7 @@ class InProcessHostAgent : public api::HostAgent {
  private:
   std::string host_id_;
   agent::Agent& agent_;
+  SnapshotReplicator* replicator_ = nullptr;
 };
 
 // The envd routes' way to a running sandbox's guest channel on this host (routes::GuestLookup):

@@ -29,13 +29,19 @@ MemoryFiles& FilesOf(fuse_req_t req) {
   return *static_cast<MemoryFiles*>(fuse_req_userdata(req));
 }
 
+// agent::kTemplateGid (memfs does not link the agent).
+constexpr gid_t kSandboxesGid = 899999;
+
 struct stat StatOf(const MemoryFiles::Attr& a) {
   struct stat st {};
   st.st_ino = a.ino;
-  st.st_mode = S_IFREG | 0444;
+  // Root's, readable by the sandboxes' group only, like a local snapshot's memory file: the
+  // jailed VMMs that map it run with that group (agent/template_store.h kTemplateGid; the VMM
+  // driver refuses a file its jail could read only as "other").
+  st.st_mode = S_IFREG | 0440;
   st.st_nlink = 1;
   st.st_uid = 0;
-  st.st_gid = 0;
+  st.st_gid = kSandboxesGid;
   st.st_size = static_cast<off_t>(a.size);
   st.st_blksize = 4096;
   st.st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/fs.h"
+#include "storage/s3_object_store.h"
 
 namespace moat::api {
 namespace {
@@ -126,6 +127,29 @@ Status ValidateFleet(MoatdConfig& c) {
 }  // namespace
 
 Status ValidateConfig(MoatdConfig& c) {
+  if (!c.snapshot_store.empty()) {
+    if (auto url = storage::ParseS3Url(c.snapshot_store); !url.ok()) {
+      return InvalidArgument("--snapshot-store: " + url.status().message());
+    }
+    if (c.s3_endpoint.rfind("http://", 0) != 0 && c.s3_endpoint.rfind("https://", 0) != 0) {
+      return InvalidArgument(
+          "--s3-endpoint: an http:// or https:// URL is needed with "
+          "--snapshot-store, got \"" +
+          c.s3_endpoint + "\"");
+    }
+    if (c.upload_concurrency < 1 || c.upload_concurrency > 64) {
+      return InvalidArgument("--upload-concurrency: must be 1..64, got " +
+                             std::to_string(c.upload_concurrency));
+    }
+    if (c.chunk_cache_mb < 64) {
+      return InvalidArgument("--chunk-cache-mb: must be at least 64, got " +
+                             std::to_string(c.chunk_cache_mb));
+    }
+    if (c.sweep_interval_s < 0) return InvalidArgument("--sweep-interval: must be >= 0");
+    if (c.snapshot_delete_grace_s < 0) {
+      return InvalidArgument("--snapshot-delete-grace: must be >= 0");
+    }
+  }
   size_t colon = c.listen.rfind(':');
   if (colon == std::string::npos || colon == 0) {
     return InvalidArgument("--listen: expected HOST:PORT, got \"" + c.listen + "\"");

@@ -77,6 +77,23 @@ struct MoatdConfig {
   // one full migration stream each (--snapshot-format stream).
   bool memory_file_snapshots = true;
 
+  // Snapshots across hosts (docs/snapshots.md "Across hosts"): s3://bucket[/prefix] of an
+  // S3-compatible store at --s3-endpoint; empty: every snapshot stays on its host. Credentials
+  // come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) or
+  // --s3-credentials-file, and are never logged.
+  std::string snapshot_store;
+  std::string s3_endpoint;
+  std::string s3_region = "us-east-1";
+  std::string s3_credentials_file;
+  // The per-host chunk cache of memfs (its disk bound), chunk transfers in flight per snapshot,
+  // bytes per second one chunk upload may send (0: no limit), and the chunk sweep's period.
+  uint64_t chunk_cache_mb = 10240;
+  int upload_concurrency = 4;
+  uint64_t upload_bytes_per_second = 0;
+  int64_t sweep_interval_s = 600;
+  // How long a released snapshot's objects stay (hosts that restored it moments ago page in).
+  int64_t snapshot_delete_grace_s = 600;
+
   // The fleet (api and agent roles; docs/fleet.md). The token file's first line is the shared
   // secret requests between replicas and agents are signed with.
   std::string fleet_token_file;

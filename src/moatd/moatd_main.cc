@@ -33,6 +33,7 @@
 #include "host/local_data_plane.h"
 #include "moatd/memfs_command.h"
 #include "moatd/moatd_config.h"
+#include "moatd/snapshot_store_setup.h"
 #include "vmm/qemu/command_line.h"
 #include "vmm/qemu/qemu_version.h"
 
@@ -87,8 +88,10 @@ std::optional<HostProbe> ProbeHost(const MoatdConfig& config) {
 
 // This host's agent (serve's and an agent's), on the config's data dir, guest and network.
 Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
-                                                      const HostProbe& host) {
+                                                      const HostProbe& host,
+                                                      HostSnapshotStore* snapshots) {
   agent::AgentConfig ac;
+  if (snapshots != nullptr) ac.replication = snapshots->replicator.get();
   ac.data_dir = config.data_dir;
   ac.base.kernel_path = config.guest_dir + "/vmlinux";
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
@@ -211,6 +214,16 @@ Result<TemplateOptions> TemplatesIn(const std::string& data_dir, bool owns_build
   return o;
 }
 
+// memfs outlives its agent only for the VMs a next agent re-adopts (--keep-sandboxes-on-stop);
+// otherwise no VM maps its files any more and it stops with the host, unmounting.
+void StopMemfs(HostSnapshotStore* snapshots, bool keep_sandboxes) {
+  if (snapshots == nullptr || snapshots->memfs == nullptr || keep_sandboxes) return;
+  snapshots->replicator.reset();
+  if (Status s = snapshots->memfs->Stop(); !s.ok()) {
+    LogWarn("moatd.memfs_stop_failed", {{"error", s.ToString()}});
+  }
+}
+
 // `keep_sandboxes`: on SIGTERM/SIGINT leave running sandboxes to the next moatd on this data dir
 // (Agent::Detach) instead of killing them.
 int Serve(MoatdConfig config, bool keep_sandboxes) {
@@ -222,11 +235,14 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   if (!store.ok()) return Fail("store", store.status());
   auto boot = Bootstrap(**store, config);
   if (!boot.ok()) return Fail("api key", boot.status());
-  auto agent = StartLocalAgent(config, *probe);
+  auto snapshots = OpenHostSnapshotStore(config, **store, kServeHostId);
+  if (!snapshots.ok()) return Fail("snapshot store", snapshots.status());
+  auto agent = StartLocalAgent(config, *probe, snapshots->get());
   if (!agent.ok()) return Fail("agent", agent.status());
 
   // `serve` is one control plane and this one host, with no hop between them.
   host::InProcessHostAgent this_host(kServeHostId, **agent);
+  if (*snapshots) this_host.SetReplicator((*snapshots)->replicator.get());
   Metrics metrics;
   auto templates = TemplatesIn(config.data_dir, /*owns_builds=*/true);
   if (!templates.ok()) return Fail("templates", templates.status());
@@ -235,6 +251,9 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   copts.history_retention = std::chrono::hours(24 * config.history_retention_days);
   copts.usage_interval = std::chrono::seconds(config.usage_interval_s);
   copts.templates = *templates;
+  if (*snapshots) {
+    metrics.SetHostCollector([s = snapshots->get()] { return s->RenderMetrics(kServeHostId); });
+  }
   auto controller = SandboxController::Start(this_host, **store, metrics, copts);
   if (!controller.ok()) return Fail("controller", controller.status());
   // Sandbox ports: the slot address of a running sandbox (its DNAT forwards to the guest).
@@ -262,6 +281,7 @@ int Serve(MoatdConfig config, bool keep_sandboxes) {
   server->reset();
   controller->reset();
   agent->reset();
+  StopMemfs(snapshots->get(), keep_sandboxes);
   LogInfo("moatd.stopped");
   return 0;
 }
@@ -381,9 +401,12 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   if (!probe) return 2;
   auto store = store::OpenStore(config.store, config.data_dir);
   if (!store.ok()) return Fail("store", store.status());
-  auto agent = StartLocalAgent(config, *probe);
+  auto snapshots = OpenHostSnapshotStore(config, **store, config.host_id);
+  if (!snapshots.ok()) return Fail("snapshot store", snapshots.status());
+  auto agent = StartLocalAgent(config, *probe, snapshots->get());
   if (!agent.ok()) return Fail("agent", agent.status());
   host::InProcessHostAgent this_host(config.host_id, **agent);
+  if (*snapshots) this_host.SetReplicator((*snapshots)->replicator.get());
   // envd and port traffic relayed by the replicas, for the sandboxes running here.
   Metrics metrics;
   HistoryLog history(store->get(), config.history);
@@ -394,6 +417,10 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   auto server = host::AgentServer::Start(this_host, *token, HttpOptions(config), data_plane.get(),
                                          config.data_dir + "/template-files");
   if (!server.ok()) return Fail("listen", server.status());
+  if (*snapshots) {
+    (*server)->SetMetrics(
+        [s = snapshots->get(), id = config.host_id] { return s->RenderMetrics(id); });
+  }
   host::MembershipOptions mopts;
   mopts.heartbeat_interval = std::chrono::milliseconds(config.heartbeat_interval_ms);
   auto membership =
@@ -421,6 +448,7 @@ int RunAgent(MoatdConfig config, bool keep_sandboxes) {
   StopHost(**server, **agent, keep_sandboxes);
   server->reset();
   agent->reset();
+  StopMemfs(snapshots->get(), keep_sandboxes);
   LogInfo("moatd.stopped");
   return 0;
 }
@@ -524,6 +552,34 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
                   "memory-file|stream: how pause, named snapshots and fork save a sandbox's RAM "
                   "(memory-file: a file that restores map, nothing loaded; stream: inside one "
                   "migration stream that restores load)")
+      ->capture_default_str();
+  cmd->add_option("--snapshot-store", config.snapshot_store,
+                  "s3://bucket[/prefix]: share pauses, named snapshots and template bakes with "
+                  "the other hosts through this S3-compatible store (docs/snapshots.md); "
+                  "credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                  "--s3-credentials-file");
+  cmd->add_option("--s3-endpoint", config.s3_endpoint,
+                  "the store's URL (http://host:port or https://…), path-style requests");
+  cmd->add_option("--s3-region", config.s3_region, "the store's SigV4 region")
+      ->capture_default_str();
+  cmd->add_option("--s3-credentials-file", config.s3_credentials_file,
+                  "an AWS shared-credentials file (or KEY=VALUE lines) for the store");
+  cmd->add_option("--chunk-cache-mb", config.chunk_cache_mb,
+                  "disk memfs's chunk cache may keep (least recently used chunks go first; "
+                  "chunks of memory files in use never do)")
+      ->capture_default_str();
+  cmd->add_option("--upload-concurrency", config.upload_concurrency,
+                  "chunk transfers in flight per snapshot upload or download")
+      ->capture_default_str();
+  cmd->add_option("--upload-bytes-per-second", config.upload_bytes_per_second,
+                  "bytes per second one chunk upload may send (0: no limit)")
+      ->capture_default_str();
+  cmd->add_option("--sweep-interval", config.sweep_interval_s,
+                  "seconds between sweeps of chunks no snapshot references (0: never)")
+      ->capture_default_str();
+  cmd->add_option("--snapshot-delete-grace", config.snapshot_delete_grace_s,
+                  "seconds a released snapshot's objects stay in the store (hosts that restored "
+                  "it moments ago may still be paging it in)")
       ->capture_default_str();
   cmd->add_flag("--keep-sandboxes-on-stop", flags.keep_sandboxes,
                 "on SIGTERM/SIGINT leave running sandboxes running; the next moatd on the same "

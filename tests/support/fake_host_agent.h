@@ -36,7 +36,9 @@ class FakeHostAgent : public api::HostAgent {
   std::map<std::string, std::string> created_from;
   // What Usage reports of a sandbox's network counters (egress, ingress), and its console log.
   std::map<std::string, std::pair<uint64_t, uint64_t>> net;
-  std::map<std::string, uint64_t> vmm_starts;  // Usage's vmm_start_time: bumped by Resume
+  std::map<std::string, uint64_t> vmm_starts;
+  std::string last_resume_from_store;  // Resume's from_store, the last time  // Usage's
+                                       // vmm_start_time: bumped by Resume
   std::map<std::string, std::string> console;
   // Create refuses (not_found) a template that is not `tmpl`, one of `snapshots` or one of
   // `built`, as a real host does; off by default, as callers of the fake may name any.
@@ -98,8 +100,9 @@ class FakeHostAgent : public api::HostAgent {
     if (!keep_memory) paused_filesystem_only.insert(id);
     return Status::Ok();
   }
-  Status Resume(const std::string& id) override {
+  Status Resume(const std::string& id, const std::string& from_store = "") override {
     MOAT_RETURN_IF_ERROR(Enter("resume", id));
+    last_resume_from_store = from_store;
     std::lock_guard lock(mu_);
     if (paused.erase(id) == 0) return NotFound("sandbox " + id + " not found");
     running.insert(id);

@@ -228,7 +228,8 @@ json StartToJson(const HostSandboxStart& start) {
   return {{"id", start.id},
           {"templateID", start.template_id},
           {"envVars", start.env_vars},
-          {"egress", start.egress}};
+          {"egress", start.egress},
+          {"fromStore", start.from_store}};
 }
 
 Result<HostSandboxStart> StartFromJson(const json& j) {
@@ -248,6 +249,10 @@ Result<HostSandboxStart> StartFromJson(const json& j) {
     }
   }
   if (const json* egress = Field(j, "egress"); egress != nullptr) start.egress = *egress;
+  if (const json* key = Field(j, "fromStore"); key != nullptr && !key->is_null()) {
+    if (!key->is_string()) return InvalidArgument("\"fromStore\" must be a string");
+    start.from_store = key->get<std::string>();
+  }
   return start;
 }
 

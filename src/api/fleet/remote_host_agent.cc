@@ -146,9 +146,10 @@ Status RemoteHostAgent::Pause(const std::string& id, bool keep_memory) {
   return Send({"POST", SandboxPath(id) + "/pause", body, true, 204}).status();
 }
 
-Status RemoteHostAgent::Resume(const std::string& id) {
+Status RemoteHostAgent::Resume(const std::string& id, const std::string& from_store) {
   if (!IsSandboxId(id)) return BadId("sandbox", id);
-  return Send({"POST", SandboxPath(id) + "/resume", "", true, 204}).status();
+  std::string body = from_store.empty() ? "" : DumpJson({{"fromStore", from_store}});
+  return Send({"POST", SandboxPath(id) + "/resume", body, true, 204}).status();
 }
 
 Status RemoteHostAgent::Fork(const std::string& id, const std::vector<std::string>& child_ids) {
@@ -158,6 +159,17 @@ Status RemoteHostAgent::Fork(const std::string& id, const std::vector<std::strin
   }
   Call call{"POST", SandboxPath(id) + "/fork", DumpJson(ForkToJson(child_ids)), true, 201};
   return Send(call).status();
+}
+
+Result<std::string> RemoteHostAgent::ExportFork(const std::string& id) {
+  if (!IsSandboxId(id)) return BadId("sandbox", id);
+  Call call{"POST", SandboxPath(id) + "/export-fork", "", true, 201};
+  MOAT_ASSIGN_OR_RETURN(json j, SendForJson(call));
+  auto key = StringField(j, "snapshotID");
+  if (!key.ok() || !IsSnapshotId(*key)) {
+    return Internal(Where() + " answered a fork export of " + id + " without a valid snapshotID");
+  }
+  return key;
 }
 
 Result<std::string> RemoteHostAgent::CreateSnapshot(const std::string& id,

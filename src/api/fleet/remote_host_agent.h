@@ -59,7 +59,8 @@ class RemoteHostAgent : public HostAgent {
   Status Create(const HostSandboxStart& start) override;
   Status Kill(const std::string& id) override;
   Status Pause(const std::string& id, bool keep_memory = true) override;
-  Status Resume(const std::string& id) override;
+  Status Resume(const std::string& id, const std::string& from_store = "") override;
+  Result<std::string> ExportFork(const std::string& id) override;
   Status Fork(const std::string& id, const std::vector<std::string>& child_ids) override;
   Result<std::string> CreateSnapshot(const std::string& id, const std::string& name) override;
   Status DeleteSnapshot(const std::string& snapshot_id) override;

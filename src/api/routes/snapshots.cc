@@ -14,14 +14,17 @@ namespace {
 
 using nlohmann::json;
 
-// SnapshotInfo, plus moat's `sandboxID` and `createdAt` (the SDK ignores unknown fields).
-json SnapshotJson(const store::SnapshotRecord& s) {
+// SnapshotInfo, plus moat's `sandboxID`, `createdAt`, and where it lives: `hostID` (the host
+// whose disk holds it) and `storage` — "local" (no object store), "local-only" (not uploaded
+// yet: lost with its host), "uploading" or "uploaded" (any host of the fleet can restore it).
+// The SDK ignores unknown fields.
+json SnapshotJson(ControlContext& ctx, const store::SnapshotRecord& s) {
   json names = json::array();
   if (!s.name.empty()) names.push_back(s.name);
-  return {{"snapshotID", s.id},
-          {"names", names},
-          {"sandboxID", s.sandbox_id},
-          {"createdAt", codec::Rfc3339(s.created_at_ms * 1000000)}};
+  auto storage = ctx.controller->SnapshotStorage(s.id);
+  return {{"snapshotID", s.id},        {"names", names},
+          {"sandboxID", s.sandbox_id}, {"createdAt", codec::Rfc3339(s.created_at_ms * 1000000)},
+          {"hostID", s.host_id},       {"storage", storage.ok() ? *storage : "unknown"}};
 }
 
 void Create(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
@@ -30,7 +33,7 @@ void Create(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
   if (!action.ok()) return SendRestError(w, action.status());
   auto snap = ctx.controller->CreateSnapshot(team.id, req.Param("sandboxID"), *action);
   if (!snap.ok()) return SendRestError(w, snap.status());
-  SendJson(w, 201, DumpJson(SnapshotJson(*snap)));
+  SendJson(w, 201, DumpJson(SnapshotJson(ctx, *snap)));
 }
 
 void List(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
@@ -41,7 +44,7 @@ void List(ControlContext& ctx, http::Request& req, http::ResponseWriter& w,
   auto page = ctx.controller->ListSnapshots(*filter);
   if (!page.ok()) return SendRestError(w, page.status());
   json out = json::array();
-  for (const auto& s : page->items) out.push_back(SnapshotJson(s));
+  for (const auto& s : page->items) out.push_back(SnapshotJson(ctx, s));
   http::Headers headers;
   if (!page->next_token.empty()) headers["X-Next-Token"] = page->next_token;
   SendJson(w, 200, DumpJson(out), std::move(headers));

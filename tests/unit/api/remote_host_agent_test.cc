@@ -87,9 +87,9 @@ class RecordingHostAgent : public test_support::FakeHostAgent {
     ++seen;
     return FakeHostAgent::Pause(id, keep_memory);
   }
-  Status Resume(const std::string& id) override {
+  Status Resume(const std::string& id, const std::string& from_store = "") override {
     ++seen;
-    return FakeHostAgent::Resume(id);
+    return FakeHostAgent::Resume(id, from_store);
   }
   Status Fork(const std::string& id, const std::vector<std::string>& child_ids) override {
     ++seen;

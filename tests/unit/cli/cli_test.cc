@@ -157,13 +157,14 @@ TEST(FormatKeyList, ShowsMasksNeverValues) {
       << "columns line up however many bytes the mask's ellipsis takes";
 }
 
-TEST(FormatSnapshotList, JoinsNamesAndShowsADashForNone) {
+TEST(FormatSnapshotList, JoinsNamesShowsWhereEachLivesAndADashForNone) {
   json snaps = json::parse(R"([{"snapshotID":"snap1","names":["a","b"],"sandboxID":"s1",
-      "createdAt":"2026-01-01T12:00:00Z"},{"snapshotID":"snap2","names":[]}])");
+      "hostID":"h1","storage":"uploaded","createdAt":"2026-01-01T12:00:00Z"},
+      {"snapshotID":"snap2","names":[]}])");
   EXPECT_EQ(FormatSnapshotList(snaps),
-            "SNAPSHOT ID  NAMES  FROM SANDBOX  CREATED\n"
-            "snap1        a,b    s1            2026-01-01T12:00:00Z\n"
-            "snap2        -      -             -\n");
+            "SNAPSHOT ID  NAMES  FROM SANDBOX  HOST  STORAGE   CREATED\n"
+            "snap1        a,b    s1            h1    uploaded  2026-01-01T12:00:00Z\n"
+            "snap2        -      -             -     -         -\n");
 }
 
 TEST(FormatHostList, ShowsReservedOverTotalAndADashForWhatIsMissing) {
