@@ -135,7 +135,9 @@ PY
 }
 
 pg_start "$(mktemp -d /tmp/moat-snap-pg.XXXXXX)"
-s3_start "$work/s3"
+# Outside $work: the harness flags any process left mentioning $work, and s3rver (restarted in U)
+# is stopped by s3_stop after the moatd processes.
+s3_start "$(mktemp -d /tmp/moat-snap-s3.XXXXXX)"
 od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$work/token"
 chmod 600 "$work/token"
 start_agent a1
@@ -215,9 +217,12 @@ sh_in "$child" 'echo child > ~/f' >/dev/null
 [ "$(sh_in "$p" 'cat ~/f')" = parent-file ] || fail "a write in the child reached the parent"
 sh_in "$p" 'echo parent-2 > ~/f' >/dev/null
 [ "$(sh_in "$child" 'cat ~/f')" = child ] || fail "a write in the parent reached the child"
-pid_env=$(sh_in "$p" 'echo $E2B_SANDBOX_ID')
-child_env=$(sh_in "$child" 'echo $E2B_SANDBOX_ID')
-[ "$pid_env" != "$child_env" ] || fail "parent and child have the same identity ($pid_env)"
+# A fresh identity: its own id, and a kernel RNG reseeded with the host's entropy (a clone that
+# kept its parent's pool would print the same bytes).
+[ "$child" != "$p" ] || fail "the child has its parent's id"
+r_parent=$(sh_in "$p" 'od -An -N16 -tx1 /dev/urandom | tr -d " \n"')
+r_child=$(sh_in "$child" 'od -An -N16 -tx1 /dev/urandom | tr -d " \n"')
+[ -n "$r_child" ] && [ "$r_parent" != "$r_child" ] || fail "parent and child drew the same random bytes"
 undrain a1
 say "F. fork of $p on a1 → child $child on a2: files equal, writes isolated, identities differ"
 
@@ -266,7 +271,7 @@ done
 [ "$(sql "SELECT count(*) FROM stored_snapshots WHERE state='deleting'")" = 0 ] \
   || fail "released snapshots were not deleted: $(sql "SELECT key, kind FROM stored_snapshots WHERE state='deleting'")"
 sleep 8  # a sweep after the deletions (--sweep-interval 3)
-python3 - "$work/s3" "$S3_BUCKET" <<'EOF' || fail "the store's chunks and manifests disagree after the sweep"
+python3 - "$S3_DIR" "$S3_BUCKET" <<'EOF' || fail "the store's chunks and manifests disagree after the sweep"
 import json, os, sys
 root = os.path.join(sys.argv[1], "data", sys.argv[2], "fleet")
 chunks = set(os.listdir(os.path.join(root, "chunks"))) if os.path.isdir(os.path.join(root, "chunks")) else set()
