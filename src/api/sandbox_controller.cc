@@ -773,6 +773,20 @@ Result<store::SandboxRecord> SandboxController::ResumeRecord(store::SandboxRecor
     if (!mine.ok()) return mine.status();
     return Status(ErrorCode::kAborted, "sandbox \"" + r.id + "\" is already being resumed");
   }
+  if (!from_store.empty()) {
+    // The pause chosen before the compare-and-set must still be its latest: a resume and a new
+    // pause may have come in between (the record was paused on its home host again).
+    auto latest = store_.LatestStoredSnapshot("paused", r.id);
+    if (!latest.ok() || !*latest || (*latest)->key != from_store ||
+        (*latest)->state != "uploaded") {
+      auto back = store_.TransitionSandbox(r.id, {SandboxState::kResuming, r.host_id},
+                                           {SandboxState::kPaused, home_id});
+      hosts_.Release(r.host_id, ReservationOf(r));
+      if (!back.ok()) return back.status();
+      return Status(ErrorCode::kAborted,
+                    "sandbox \"" + r.id + "\" was paused again meanwhile; try the resume again");
+    }
+  }
   if (Status resumed = host->Resume(r.id, from_store); !resumed.ok()) {
     // The snapshot is kept (HostAgent::Resume): it stays paused, on its own host.
     auto back = store_.TransitionSandbox(r.id, {SandboxState::kResuming, r.host_id},
@@ -912,24 +926,38 @@ Result<std::vector<store::SandboxRecord>> SandboxController::Fork(const std::str
 
 Result<std::vector<store::SandboxRecord>> SandboxController::ForkElsewhere(
     const store::SandboxRecord& parent, HostAgent& host, int count, int64_t timeout_s) {
-  MOAT_ASSIGN_OR_RETURN(std::string key, host.ExportFork(parent.id));
+  // Room for every child first (nothing is uploaded for a fork that cannot be placed).
+  Reservation each = ReservationOf(parent);
+  std::vector<Placement> placements;
+  auto release_unused = [&](size_t from) {
+    for (size_t i = from; i < placements.size(); ++i) hosts_.Release(placements[i].host_id, each);
+  };
+  for (int i = 0; i < count; ++i) {
+    auto placed = hosts_.Place(each, parent.host_id);
+    if (!placed.ok()) {
+      release_unused(0);
+      return placed.status().Annotate("placing a child of " + parent.id);
+    }
+    placements.push_back(*placed);
+  }
+  auto exported = host.ExportFork(parent.id);
+  if (!exported.ok()) {
+    release_unused(0);
+    return exported.status();
+  }
+  const std::string key = *exported;
   // The children's own disks and RAM are theirs once they run: the snapshot goes then (its
   // objects after the store's grace period, while memfs pages the rest in).
   Cleanup release_snapshot([&] {
     (void)store_.MarkStoredSnapshotsDeleting("named", key);
     (void)host.DeleteSnapshot(key);
   });
-  Reservation each = ReservationOf(parent);
   std::vector<store::SandboxRecord> out;
   auto abandon_all = [&](const char* why) {
     for (const auto& r : out) Abandon(r, why);
   };
   for (int i = 0; i < count; ++i) {
-    auto placed = hosts_.Place(each, parent.host_id);
-    if (!placed.ok()) {
-      abandon_all("fork failed");
-      return placed.status().Annotate("placing a child of " + parent.id);
-    }
+    const Placement* placed = &placements[static_cast<size_t>(i)];
     store::SandboxRecord r = parent;
     r.id = NewSandboxId();
     r.access_token = RandomToken("", 24);
@@ -939,13 +967,14 @@ Result<std::vector<store::SandboxRecord>> SandboxController::ForkElsewhere(
     r.end_at_ms = r.started_at_ms + timeout_s * 1000;
     r.state = SandboxState::kCreating;
     if (Status s = store_.InsertSandbox(r); !s.ok()) {
-      hosts_.Release(placed->host_id, each);
+      release_unused(static_cast<size_t>(i));
       abandon_all("recording a fork failed");
       return s.Annotate("recording fork " + r.id);
     }
     history_.Recorded(r, "fork", parent.id);
     HostSandboxStart start{.id = r.id, .template_id = key, .from_store = key};
     if (Status s = placed->host->Create(start); !s.ok()) {
+      release_unused(static_cast<size_t>(i) + 1);
       Abandon(r, "fork failed");
       abandon_all("fork failed");
       return s.Annotate("starting fork " + r.id + " on host " + placed->host_id);

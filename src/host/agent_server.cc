@@ -241,8 +241,13 @@ void AgentServer::RegisterRoutes() {
     SendJson(w, 200, {{"role", "agent"}, {"hostID", agent.host_id()}});
   });
   router_.Add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& w) {
-    if (!metrics_) return SendError(w, NotFound("this agent reports no metrics"));
-    (void)w.Send(200, {{"Content-Type", "text/plain; version=0.0.4"}}, metrics_());
+    std::function<std::string()> render;
+    {
+      std::lock_guard lock(metrics_mu_);
+      render = metrics_;
+    }
+    if (!render) return SendError(w, NotFound("this agent reports no metrics"));
+    (void)w.Send(200, {{"Content-Type", "text/plain; version=0.0.4"}}, render());
   });
   router_.Add("GET", "/v1/template", [&agent](http::Request&, http::ResponseWriter& w) {
     SendJson(w, 200, fleet::TemplateToJson(agent.base_template()));

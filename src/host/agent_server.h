@@ -61,7 +61,10 @@ class AgentServer {
   // GET /metrics: Prometheus text of this host's own counters (the snapshot store's: chunk
   // cache, fetches, uploads), unsigned like /healthz — the agent listens on the fleet's private
   // network, and the text holds counts only. Unset: 404. Set before requests arrive.
-  void SetMetrics(std::function<std::string()> render) { metrics_ = std::move(render); }
+  void SetMetrics(std::function<std::string()> render) {
+    std::lock_guard lock(metrics_mu_);
+    metrics_ = std::move(render);
+  }
 
   // The server's admission hook: from the head alone, whether the request is signed for this
   // host (else 401 here), and its body limit.
@@ -72,7 +75,8 @@ class AgentServer {
 
  private:
   AgentServer(api::HostAgent& agent, api::fleet::FleetToken token, api::DataPlane* data_plane);
-  std::function<std::string()> metrics_;
+  std::mutex metrics_mu_;
+  std::function<std::string()> metrics_;  // metrics_mu_
   void RegisterRoutes();
 
   // Template builds run here in the background; the control plane polls them.

@@ -154,15 +154,23 @@ Status InProcessHostAgent::Pause(const std::string& id, bool keep_memory) {
 }
 
 Status InProcessHostAgent::Resume(const std::string& id, const std::string& from_store) {
-  if (!from_store.empty() && !agent_.IsPaused(id)) {
-    if (replicator_ == nullptr) {
-      return FailedPrecondition("this host has no snapshot store: it cannot resume sandbox " + id +
-                                " from another host's snapshot");
-    }
-    // Laid out here (RAM paged in lazily by memfs), then resumed as one of this host's own.
-    MOAT_RETURN_IF_ERROR(replicator_->MaterializePaused(from_store, id));
+  if (from_store.empty()) return agent_.Resume(id).status();
+  if (replicator_ == nullptr) {
+    return FailedPrecondition("this host has no snapshot store: it cannot resume sandbox " + id +
+                              " from another host's snapshot");
   }
-  return agent_.Resume(id).status();
+  // A copy of this sandbox this host still holds is not the pause the control plane resumes
+  // (an earlier pause here, or an earlier restore that failed): it goes.
+  if (agent_.IsPaused(id) && replicator_->StoreKeyOfPaused(id) != from_store) {
+    MOAT_RETURN_IF_ERROR(agent_.Kill(id).Annotate("dropping a stale copy of sandbox " + id));
+  }
+  // Laid out here (RAM paged in lazily by memfs), then resumed as one of this host's own.
+  if (!agent_.IsPaused(id)) MOAT_RETURN_IF_ERROR(replicator_->MaterializePaused(from_store, id));
+  auto resumed = agent_.Resume(id);
+  // A failed restore keeps nothing here: the sandbox stays paused on its own host, and the next
+  // try lays it out again (from this host's cache).
+  if (!resumed.ok()) (void)agent_.Kill(id);
+  return resumed.status();
 }
 
 Status InProcessHostAgent::Fork(const std::string& id, const std::vector<std::string>& child_ids) {

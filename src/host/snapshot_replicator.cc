@@ -11,6 +11,7 @@
 #include "common/cleanup.h"
 #include "common/fs.h"
 #include "common/guarded.h"
+#include "common/json_depth.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "memfs/memfs_control.h"
@@ -113,6 +114,7 @@ Result<std::unique_ptr<SnapshotReplicator>> SnapshotReplicator::Start(storage::O
 }
 
 SnapshotReplicator::~SnapshotReplicator() {
+  stop_ = true;  // an upload or sweep in progress gives up at its next chunk
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
@@ -249,6 +251,7 @@ Status SnapshotReplicator::PutMissingChunks(const std::map<std::string, storage:
     }
   }
   return ParallelFor(items.size(), options_.concurrency, [&](size_t i) -> Status {
+    if (stop_) return Status(ErrorCode::kCancelled, "the replicator is stopping");
     const Item& it = items[i];
     std::string key = storage::ChunkKey(it.hash);
     MOAT_ASSIGN_OR_RETURN(auto present, objects_.Head(key));
@@ -279,18 +282,25 @@ Status SnapshotReplicator::Upload(const std::string& key, const std::string& dir
     }
     return Status(ErrorCode::kAborted, "a storage sweep runs");
   }
+  // From here on the record is `uploading`: every way out but success puts it back to
+  // local-only (a later try resumes it), also when a call to the store fails on the way.
+  bool settled = false;
   auto fail = [&](const Status& s) {
     Status noted = db_.FailSnapshotUpload(key, s.ToString());
     if (!noted.ok())
       LogWarn("replicator.record_failed", {{"key", key}, {"error", noted.ToString()}});
+    settled = true;
     return s;
   };
+  Cleanup unclaim([&] {
+    if (!settled) (void)db_.FailSnapshotUpload(key, "the upload was interrupted");
+  });
   auto m = agent::ReadManifest(dir);
   if (!m.ok()) {
     // Gone (resumed, deleted) before it was uploaded: nothing to upload any more.
-    MOAT_ASSIGN_OR_RETURN(auto rec, db_.GetStoredSnapshot(key));
+    auto rec = db_.GetStoredSnapshot(key);
     (void)fail(m.status());
-    if (rec) (void)db_.MarkStoredSnapshotsDeleting(rec->kind, rec->owner_id);
+    if (rec.ok() && *rec) (void)db_.MarkStoredSnapshotsDeleting((*rec)->kind, (*rec)->owner_id);
     return NotFound("snapshot " + key + ": " + m.status().ToString());
   }
   std::map<std::string, std::string> paths;
@@ -315,8 +325,10 @@ Status SnapshotReplicator::Upload(const std::string& key, const std::string& dir
     bytes += static_cast<int64_t>(map.size);
     nonzero += static_cast<int64_t>(map.NonZeroBytes());
   }
-  MOAT_ASSIGN_OR_RETURN(bool done, db_.FinishSnapshotUpload(key, NowMs(), bytes, nonzero));
-  if (!done) {
+  auto finish = db_.FinishSnapshotUpload(key, NowMs(), bytes, nonzero);
+  if (!finish.ok()) return fail(finish.status());
+  settled = true;
+  if (!*finish) {
     // Deleted while it uploaded: its manifest goes too (the sweep takes the chunks).
     (void)objects_.Delete(storage::ManifestKey(key));
     return NotFound("snapshot " + key + " was deleted while it was uploaded");
@@ -346,7 +358,9 @@ Status SnapshotReplicator::UploadNow(const std::string& kind, const std::string&
   if (Status s = db_.InsertStoredSnapshot(rec); !s.ok() && s.code() != ErrorCode::kAlreadyExists) {
     return s;
   }
-  auto deadline = Clock::now() + std::chrono::minutes(5);
+  // Within the control plane's patience for a call to a host (120 s): a fork it gave up on
+  // must not go on uploading.
+  auto deadline = Clock::now() + std::chrono::seconds(90);
   for (int attempt = 0;; ++attempt) {
     Status s = Upload(key, dir);
     if (s.ok()) return s;
@@ -362,27 +376,36 @@ Result<storage::RemoteManifest> SnapshotReplicator::FetchManifest(const std::str
   if (!storage::IsValidSnapshotKeyId(key)) return InvalidArgument("bad snapshot key " + key);
   std::string cached = options_.data_dir + "/store-cache/" + key + "/manifest.json";
   auto text = ReadFile(cached);
-  if (!text.ok()) {
+  bool from_store = !text.ok();
+  if (from_store) {
     text = objects_.Get(storage::ManifestKey(key));
     ++restore_gets_;
     if (!text.ok()) {
       return text.status().Annotate("snapshot " + key + " in " + objects_.Describe());
     }
-    MOAT_RETURN_IF_ERROR(MakeDirs(options_.data_dir + "/store-cache/" + key, 0711));
-    MOAT_RETURN_IF_ERROR(WriteFileAtomic(cached, *text, 0644));
   }
   auto rm = storage::DecodeRemoteManifest(*text);
   if (!rm.ok()) return rm.status().Annotate("snapshot " + key + "'s manifest");
   if (rm->snapshot_id != key) {
     return InvalidArgument("snapshot " + key + "'s manifest names " + rm->snapshot_id);
   }
+  // Cached only once valid: a bad one cached would be served to every later restore here, even
+  // after the store has a good one again.
+  if (from_store) {
+    MOAT_RETURN_IF_ERROR(MakeDirs(options_.data_dir + "/store-cache/" + key, 0711));
+    MOAT_RETURN_IF_ERROR(WriteFileAtomic(cached, *text, 0644));
+  }
   return rm;
 }
 
 Status SnapshotReplicator::Assemble(const storage::ChunkMap& map, const std::string& dest) {
-  std::string tmp = dest + ".part";
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd) return ErrnoError("open(" + tmp + ")");
+  // A temporary name of this download's own: two restores of one snapshot (or of two snapshots
+  // on one base disk) may download the same file at once; the first rename wins and the other
+  // finds the file there.
+  std::string tmp = dest + ".part-XXXXXX";
+  UniqueFd fd(::mkostemp(tmp.data(), O_CLOEXEC));
+  if (!fd) return ErrnoError("mkostemp(" + tmp + ")");
+  if (::fchmod(fd.get(), 0644) < 0) return ErrnoError("fchmod(" + tmp + ")");
   Cleanup remove([&] { (void)::unlink(tmp.c_str()); });
   if (::ftruncate(fd.get(), static_cast<off_t>(map.size)) < 0) {
     return ErrnoError("ftruncate(" + tmp + ")");
@@ -408,7 +431,10 @@ Status SnapshotReplicator::Assemble(const storage::ChunkMap& map, const std::str
         return Status::Ok();
       }));
   if (::fsync(fd.get()) < 0) return ErrnoError("fsync(" + tmp + ")");
-  if (::rename(tmp.c_str(), dest.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE) < 0) {
+    if (errno == EEXIST) return Status::Ok();  // another download of the same bytes won
+    return ErrnoError("rename(" + tmp + ")");
+  }
   remove.Cancel();
   return Status::Ok();
 }
@@ -478,12 +504,14 @@ std::vector<uint32_t> SnapshotReplicator::Trace(const std::string& key,
     (void)WriteFileAtomic(cached, *text, 0644);
   }
   std::vector<uint32_t> out;
+  // Another host's upload: bounded before it is parsed (at most one entry per chunk).
+  if (text->size() > (uint64_t{1} << 20) || JsonDepth(*text, 2) < 0) return {};
   try {
     auto j = nlohmann::json::parse(*text);
     size_t chunks = rm.files.count("mem") ? rm.files.at("mem").chunks.size() : 0;
     std::set<uint32_t> seen;
     for (const auto& v : j) {
-      if (!v.is_number_unsigned()) return {};
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > UINT32_MAX) return {};
       uint32_t i = v.get<uint32_t>();
       if (i >= chunks || !seen.insert(i).second) return {};
       out.push_back(i);
@@ -498,6 +526,22 @@ Status SnapshotReplicator::LayOut(const std::string& key, const std::string& tmp
                                   const std::string& final_dir) {
   MOAT_ASSIGN_OR_RETURN(storage::RemoteManifest rm, FetchManifest(key));
   MOAT_ASSIGN_OR_RETURN(agent::SnapshotManifest m, agent::ManifestFromJson(rm.meta));
+  // Whatever names a path of the host that wrote it means nothing here, and a manifest from the
+  // store (anyone who can write the bucket) must never point this host's VMs at its files.
+  m.memory_path.clear();
+  m.base_disk.clear();
+  // Sizes the restore will write to this host's disk: bounded by what the snapshot is.
+  uint64_t ram = m.memory_mib << 20;
+  for (const auto& [name, map] : rm.files) {
+    uint64_t limit = name == "mem"     ? ram
+                     : name == "state" ? ram + (uint64_t{256} << 20)
+                                       : storage::kMaxRemoteFileBytes;
+    if (map.size > limit) {
+      return InvalidArgument("snapshot " + key + ": its " + name + " is " +
+                             std::to_string(map.size) + " bytes, more than the " +
+                             std::to_string(limit) + " it can be");
+    }
+  }
   agent::SnapshotFiles f(tmp);
   for (const char* name : {"state", "disk.qcow2"}) {
     auto it = rm.files.find(name);
@@ -551,8 +595,39 @@ Status SnapshotReplicator::LayOut(const std::string& key, const std::string& tmp
   return agent::WriteManifest(tmp, m);
 }
 
+namespace {
+
+// A restore from the store that failed says so as unavailable (the store, or what it holds, let
+// it down): never not_found or invalid_argument, which callers would read as "no such sandbox"
+// or "a bad request" about something the client did not send.
+Status AsStoreFailure(const Status& s) {
+  if (s.ok() || s.code() == ErrorCode::kAlreadyExists) return s;
+  if (s.code() == ErrorCode::kNotFound || s.code() == ErrorCode::kInvalidArgument ||
+      s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kPermissionDenied) {
+    return Unavailable("restoring from the snapshot store failed: " + s.message());
+  }
+  return s;
+}
+
+}  // namespace
+
 Status SnapshotReplicator::MaterializePaused(const std::string& key,
                                              const std::string& sandbox_id) {
+  return AsStoreFailure(MaterializePausedImpl(key, sandbox_id));
+}
+
+std::string SnapshotReplicator::StoreKeyOfPaused(const std::string& sandbox_id) {
+  auto key = ReadFile(options_.data_dir + "/snapshots/" + sandbox_id + "/store-key");
+  return key.ok() ? *key : "";
+}
+
+Status SnapshotReplicator::MaterializeNamed(const std::string& key,
+                                            const std::string& snapshot_id) {
+  return AsStoreFailure(MaterializeNamedImpl(key, snapshot_id));
+}
+
+Status SnapshotReplicator::MaterializePausedImpl(const std::string& key,
+                                                 const std::string& sandbox_id) {
   auto t0 = Clock::now();
   std::string snapshots = options_.data_dir + "/snapshots";
   std::string dir = snapshots + "/" + sandbox_id;
@@ -565,6 +640,8 @@ Status SnapshotReplicator::MaterializePaused(const std::string& key,
   if (m.kind != "paused" || m.sandbox_id != sandbox_id) {
     return InvalidArgument("snapshot " + key + " is not sandbox " + sandbox_id + "'s pause");
   }
+  // Which pause this layout is: a resume naming another one discards it (StoreKeyOfPaused).
+  MOAT_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/store-key", key, 0600));
   if (::rename(tmp.c_str(), dir.c_str()) < 0) return ErrnoError("rename(" + tmp + ")");
   remove.Cancel();
   LogInfo(
@@ -577,11 +654,25 @@ Status SnapshotReplicator::MaterializePaused(const std::string& key,
   return Status::Ok();
 }
 
-Status SnapshotReplicator::MaterializeNamed(const std::string& key,
-                                            const std::string& snapshot_id) {
+Status SnapshotReplicator::MaterializeNamedImpl(const std::string& key,
+                                                const std::string& snapshot_id) {
   std::string snapshots = options_.data_dir + "/snapshots";
   std::string dir = snapshots + "/" + snapshot_id;
-  if (PathExists(dir + "/manifest.json")) return Status::Ok();
+  if (PathExists(dir + "/manifest.json")) {
+    // Laid out before: its memory file must be served now too (memfs restarted or the host
+    // rebooted since: the control directory describes one boot only).
+    auto m = agent::ReadManifest(dir);
+    if (m.ok() && !m->memory_path.empty() && options_.memfs != nullptr) {
+      MOAT_ASSIGN_OR_RETURN(storage::RemoteManifest rm, FetchManifest(key));
+      auto it = rm.files.find("mem");
+      if (it == rm.files.end()) return InvalidArgument("snapshot " + key + " has no memory file");
+      memfs::MemfsFileSpec spec{
+          .name = key, .chunks = it->second, .prefetch = Trace(key, rm), .fill = true};
+      MOAT_RETURN_IF_ERROR(memfs::WriteMemfsFile(options_.memfs_control, spec));
+      MOAT_RETURN_IF_ERROR(options_.memfs->EnsureRunning());
+    }
+    return Status::Ok();
+  }
   MOAT_ASSIGN_OR_RETURN(std::string tmp, MakeTempDir(snapshots, ".fetch-"));
   Cleanup remove([&] { (void)RemoveTree(tmp); });
   ::chmod(tmp.c_str(), 0711);
@@ -628,7 +719,7 @@ void SnapshotReplicator::DeleteMarked() {
     if (now - since < options_.delete_grace) continue;
     Status a = objects_.Delete(storage::ManifestKey(rec.key));
     Status b = objects_.Delete(TraceKey(rec.key));
-    if (!a.ok() || !b.ok()) return;  // the store is unreachable: next round
+    if (!a.ok() || !b.ok()) continue;  // next round (the store is unreachable, or refuses)
     if (db_.DeleteStoredSnapshot(rec.key).ok()) ++deleted_;
     (void)RemoveTree(options_.data_dir + "/store-cache/" + rec.key);
     // A memory file memfs presents for it: VMs that map it keep it (their chunks are local by
@@ -700,6 +791,7 @@ Result<int64_t> SnapshotReplicator::Sweep() {
   MOAT_ASSIGN_OR_RETURN(auto objects, objects_.List("chunks/"));
   int64_t swept = 0;
   for (const auto& o : objects) {
+    if (stop_) return Status(ErrorCode::kCancelled, "the replicator is stopping");
     std::string hash = o.key.substr(std::string("chunks/").size());
     if (live.count(hash)) continue;
     MOAT_RETURN_IF_ERROR(objects_.Delete(o.key));

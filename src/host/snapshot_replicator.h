@@ -97,6 +97,9 @@ class SnapshotReplicator : public agent::SnapshotReplication {
   // a temporary name, renamed last), ready for Agent::Resume. already_exists if that directory
   // exists; not_found if the store has no such snapshot.
   Status MaterializePaused(const std::string& key, const std::string& sandbox_id);
+  // The store key of the pause laid out as DATA_DIR/snapshots/<sandbox_id>/ by
+  // MaterializePaused; empty for one this host paused itself (or none).
+  std::string StoreKeyOfPaused(const std::string& sandbox_id);
   // Lays out stored snapshot `key` (a named snapshot, or a fork's) as DATA_DIR/snapshots/<id>/
   // for creates from it on this host; ok at once when it is already there.
   Status MaterializeNamed(const std::string& key, const std::string& snapshot_id);
@@ -149,6 +152,8 @@ class SnapshotReplicator : public agent::SnapshotReplication {
   // The prefetch trace of `key` (from the cache or the store); empty when none was recorded.
   std::vector<uint32_t> Trace(const std::string& key, const storage::RemoteManifest& rm);
   // Lays out `key` into the temporary directory `tmp` for a restore; the manifest it wrote.
+  Status MaterializePausedImpl(const std::string& key, const std::string& sandbox_id);
+  Status MaterializeNamedImpl(const std::string& key, const std::string& snapshot_id);
   Status LayOut(const std::string& key, const std::string& tmp, bool lazy_memory,
                 const std::string& final_dir);
   void DeleteMarked();
@@ -179,6 +184,7 @@ class SnapshotReplicator : public agent::SnapshotReplication {
       chunks_present_{0}, restores_{0}, restore_bytes_{0}, restore_gets_{0}, deleted_{0},
       sweeps_{0}, chunks_swept_{0};
 
+  std::atomic<bool> stop_{false};
   std::thread uploader_;
   std::thread maintenance_;
 };
