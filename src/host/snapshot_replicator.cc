@@ -492,11 +492,12 @@ Result<std::string> SnapshotReplicator::LocalBase(const storage::ChunkMap& map) 
 }
 
 std::vector<uint32_t> SnapshotReplicator::Trace(const std::string& key,
-                                                const storage::RemoteManifest& rm) {
+                                                const storage::RemoteManifest& rm, bool may_fetch) {
   if (!rm.prefetch.empty()) return rm.prefetch;
   std::string cached = options_.data_dir + "/store-cache/" + key + "/trace.json";
   auto text = ReadFile(cached);
   if (!text.ok()) {
+    if (!may_fetch) return {};
     auto got = objects_.Get(TraceKey(key));
     ++restore_gets_;
     if (!got.ok()) return {};  // none recorded yet (or unreachable: no prefetch this time)
@@ -663,12 +664,20 @@ Status SnapshotReplicator::MaterializeNamedImpl(const std::string& key,
     // rebooted since: the control directory describes one boot only).
     auto m = agent::ReadManifest(dir);
     if (m.ok() && !m->memory_path.empty() && options_.memfs != nullptr) {
-      MOAT_ASSIGN_OR_RETURN(storage::RemoteManifest rm, FetchManifest(key));
-      auto it = rm.files.find("mem");
-      if (it == rm.files.end()) return InvalidArgument("snapshot " + key + " has no memory file");
-      memfs::MemfsFileSpec spec{
-          .name = key, .chunks = it->second, .prefetch = Trace(key, rm), .fill = true};
-      MOAT_RETURN_IF_ERROR(memfs::WriteMemfsFile(options_.memfs_control, spec));
+      // Without a request to the store: the control file is rewritten only when it is gone, from
+      // the cached manifest (and a trace only if one is cached).
+      if (!memfs::ReadMemfsFile(options_.memfs_control, key).ok()) {
+        MOAT_ASSIGN_OR_RETURN(storage::RemoteManifest rm, FetchManifest(key));
+        auto it = rm.files.find("mem");
+        if (it == rm.files.end()) {
+          return InvalidArgument("snapshot " + key + " has no memory file");
+        }
+        memfs::MemfsFileSpec spec{.name = key,
+                                  .chunks = it->second,
+                                  .prefetch = Trace(key, rm, /*may_fetch=*/false),
+                                  .fill = true};
+        MOAT_RETURN_IF_ERROR(memfs::WriteMemfsFile(options_.memfs_control, spec));
+      }
       MOAT_RETURN_IF_ERROR(options_.memfs->EnsureRunning());
     }
     return Status::Ok();
@@ -753,6 +762,11 @@ void SnapshotReplicator::UploadTraces() {
     if (!present.ok()) continue;
     if (!*present && !objects_.Put(TraceKey(key), nlohmann::json(*trace).dump()).ok()) continue;
     traces_uploaded_.insert(key);
+    // Later restores here read it locally (no request to the store).
+    if (PathExists(options_.data_dir + "/store-cache/" + key)) {
+      (void)WriteFileAtomic(options_.data_dir + "/store-cache/" + key + "/trace.json",
+                            nlohmann::json(*trace).dump(), 0644);
+    }
   }
 }
 

@@ -150,7 +150,9 @@ class SnapshotReplicator : public agent::SnapshotReplication {
   // A file on this host with exactly these chunks (a template's disk.raw), else downloaded once.
   Result<std::string> LocalBase(const storage::ChunkMap& map);
   // The prefetch trace of `key` (from the cache or the store); empty when none was recorded.
-  std::vector<uint32_t> Trace(const std::string& key, const storage::RemoteManifest& rm);
+  // `may_fetch` false: only a cached trace (no request to the store).
+  std::vector<uint32_t> Trace(const std::string& key, const storage::RemoteManifest& rm,
+                              bool may_fetch = true);
   // Lays out `key` into the temporary directory `tmp` for a restore; the manifest it wrote.
   Status MaterializePausedImpl(const std::string& key, const std::string& sandbox_id);
   Status MaterializeNamedImpl(const std::string& key, const std::string& snapshot_id);

@@ -19,13 +19,14 @@ BackgroundFetcher::~BackgroundFetcher() {
 }
 
 void BackgroundFetcher::Enqueue(Priority priority, std::vector<std::string> hashes,
-                                const CancelToken& cancel) {
+                                const CancelToken& cancel,
+                                std::chrono::steady_clock::time_point not_before) {
   if (hashes.empty()) return;
   {
     std::lock_guard lock(mu_);
     if (stopping_) return;
     auto& queue = priority == Priority::kPrefetch ? prefetch_ : fill_;
-    for (auto& h : hashes) queue.push_back(Task{std::move(h), cancel});
+    for (auto& h : hashes) queue.push_back(Task{std::move(h), cancel, not_before});
     (priority == Priority::kPrefetch ? stats_.prefetch_queued : stats_.fill_queued) +=
         hashes.size();
   }
@@ -35,10 +36,19 @@ void BackgroundFetcher::Enqueue(Priority priority, std::vector<std::string> hash
 void BackgroundFetcher::Work() {
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] {
-      return stopping_ || !prefetch_.empty() ||
-             (!fill_.empty() && fill_in_flight_ < max_fill_in_flight_);
-    });
+    auto fill_ready = [&] {
+      return !fill_.empty() && fill_in_flight_ < max_fill_in_flight_ &&
+             fill_.front().not_before <= std::chrono::steady_clock::now();
+    };
+    if (!stopping_ && prefetch_.empty() && !fill_ready()) {
+      // A fill that waits for its time wakes this thread then (or an Enqueue/Stop earlier).
+      if (!fill_.empty() && fill_in_flight_ < max_fill_in_flight_) {
+        cv_.wait_until(lock, fill_.front().not_before);
+      } else {
+        cv_.wait(lock);
+      }
+      continue;
+    }
     if (stopping_) return;
     bool is_fill = prefetch_.empty();
     auto& queue = is_fill ? fill_ : prefetch_;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -43,7 +44,10 @@ class BackgroundFetcher {
   BackgroundFetcher(const BackgroundFetcher&) = delete;
   BackgroundFetcher& operator=(const BackgroundFetcher&) = delete;
 
-  void Enqueue(Priority priority, std::vector<std::string> hashes, const CancelToken& cancel);
+  // `not_before`: the tasks wait until then (a fill that must not compete with the restore's
+  // own faults in its first seconds); default: at once.
+  void Enqueue(Priority priority, std::vector<std::string> hashes, const CancelToken& cancel,
+               std::chrono::steady_clock::time_point not_before = {});
   // Drops what is queued, waits for the fetches in progress, joins the threads.
   void Stop();
   BackgroundFetchStats stats();
@@ -52,6 +56,7 @@ class BackgroundFetcher {
   struct Task {
     std::string hash;
     CancelToken cancel;
+    std::chrono::steady_clock::time_point not_before;
   };
   void Work();
 

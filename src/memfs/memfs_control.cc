@@ -430,6 +430,7 @@ Status MemfsProcess::StartLocked() {
                                    "--cache-dir",      o.cache_dir,
                                    "--cache-mib",      std::to_string(o.cache_mib),
                                    "--trace-window-s", std::to_string(o.trace_window_s),
+                                   "--fill-delay-ms",  std::to_string(o.fill_delay_ms),
                                    "--foreground"};
   if (!o.snapshot_store.empty()) {
     argv.insert(argv.end(), {"--snapshot-store", o.snapshot_store, "--s3-endpoint", o.s3_endpoint,

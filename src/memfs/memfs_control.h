@@ -115,6 +115,8 @@ struct MemfsProcessOptions {
   std::string s3_credentials_file;
   std::string local_store;
   int trace_window_s = 10;
+  // Milliseconds after a file's open before memfs fills the rest of it.
+  int fill_delay_ms = 5000;
   // memfs's stdout and stderr are appended here; empty: <control>/memfs.log.
   std::string log_file;
   // How long a start may take until the mount is live.

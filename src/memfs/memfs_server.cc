@@ -293,6 +293,9 @@ Status ValidateMemfsServerConfig(const MemfsServerConfig& c) {
   if (c.trace_window_s < 0 || c.trace_window_s > 3600) {
     return InvalidArgument("--trace-window-s: want 0..3600");
   }
+  if (c.fill_delay_ms < 0 || c.fill_delay_ms > 3600000) {
+    return InvalidArgument("--fill-delay-ms: want 0..3600000");
+  }
   if (c.prefetch_threads < 1 || c.prefetch_threads > 256) {
     return InvalidArgument("--prefetch-threads: want 1..256");
   }
@@ -335,6 +338,7 @@ int RunMemfsServer(const MemfsServerConfig& config) {
   options.trace_window = std::chrono::seconds(config.trace_window_s);
   options.background_threads = static_cast<size_t>(config.prefetch_threads);
   options.max_fill_in_flight = static_cast<size_t>(config.fill_threads);
+  options.fill_delay = std::chrono::milliseconds(config.fill_delay_ms);
   MemoryFiles files(options, **cache, fetcher);
   auto mount = FuseMount::Mount(files, config.mount_dir);
   if (!mount.ok()) return Fail("mount", mount.status());

@@ -28,6 +28,8 @@ struct MemfsServerConfig {
   // Threads fetching prefetch and fill chunks, and how many of them may fill at once.
   int prefetch_threads = 8;
   int fill_threads = 2;
+  // Milliseconds after a file's open before its fill starts.
+  int fill_delay_ms = 5000;
   // FUSE loop threads at most.
   int max_threads = 64;
   // false: detach (fork; the parent exits 0 once the mount is live, 1 if the start failed).

@@ -222,7 +222,8 @@ Status MemoryFiles::Open(Ino ino) {
     for (uint32_t i = 0; i < chunks.size(); ++i) {
       if (chunks[i] && !prefetched.contains(i)) fill.push_back(*chunks[i]);
     }
-    background_.Enqueue(BackgroundFetcher::Priority::kFill, std::move(fill), file->cancel);
+    background_.Enqueue(BackgroundFetcher::Priority::kFill, std::move(fill), file->cancel,
+                        std::chrono::steady_clock::now() + options_.fill_delay);
   }
   return Status::Ok();
 }

@@ -46,6 +46,9 @@ struct MemoryFilesOptions {
   std::chrono::milliseconds trace_window{10000};
   size_t background_threads = 8;
   size_t max_fill_in_flight = 2;
+  // Fill starts this long after a file's open: the restore's own faults (and the prefetch) have
+  // the store to themselves first, and a sandbox that runs one command and goes fetches little.
+  std::chrono::milliseconds fill_delay{5000};
 };
 
 struct MemoryFilesStats {

@@ -33,6 +33,9 @@ void AddMemfsCommand(CLI::App& app, MemfsCommand& command) {
       ->capture_default_str();
   cmd->add_option("--fill-threads", c.fill_threads, "of those, how many may fill at once")
       ->capture_default_str();
+  cmd->add_option("--fill-delay-ms", c.fill_delay_ms,
+                  "milliseconds after a file's open before its fill (every other chunk) starts")
+      ->capture_default_str();
   cmd->add_option("--max-threads", c.max_threads, "FUSE request threads at most")
       ->capture_default_str();
   cmd->add_flag("--foreground", c.foreground,

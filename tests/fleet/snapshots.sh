@@ -234,8 +234,16 @@ wait_uploaded named "$snap"
 drain a1
 z1=$(create "$snap")
 [ "$(host_of "$z1")" = a2 ] || fail "a create from snapshot $snap landed on $(host_of "$z1")"
-sleep 5  # memfs fills the rest of the memory file in the background; stats files refresh
-g0=$(s3_gets a2)
+# memfs fills the rest of the memory file in the background (after --fill-delay-ms): wait until
+# it is done and the counts are still.
+g0=-1
+for _ in $(seq 1 60); do
+  sleep 2
+  g=$(s3_gets a2)
+  filled=$(python3 -c "import json; f=json.load(open('$work/a2/memfs/control/stats.json'))['fill']; print(int(f['done'] + f['failed'] >= f['queued']))")
+  [ "$filled" = 1 ] && [ "$g" = "$g0" ] && break
+  g0=$g
+done
 z2=$(create "$snap")
 [ "$(host_of "$z2")" = a2 ] || fail "the second create landed on $(host_of "$z2")"
 [ "$(sh_in "$z2" 'cat ~/f')" = parent-2 ] || fail "the second restore's file differs"

@@ -57,6 +57,7 @@ class MemfsTest : public ::testing::Test {
     o.cache_mib = 256;
     o.local_store = dir_ + "/store";
     o.log_file = dir_ + "/memfs.log";
+    o.fill_delay_ms = 0;
     process_ = std::make_unique<MemfsProcess>(o);
     Status started = process_->EnsureRunning();
     ASSERT_TRUE(started.ok()) << started.ToString();

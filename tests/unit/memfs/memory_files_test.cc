@@ -45,6 +45,7 @@ class MemoryFilesTest : public ::testing::Test {
     o.control_dir = control_;
     o.trace_window = trace_window;
     o.background_threads = 4;
+    o.fill_delay = std::chrono::milliseconds(0);
     files_ = std::make_unique<MemoryFiles>(o, *cache_, *fetcher_);
   }
 
