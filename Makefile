@@ -65,6 +65,7 @@ bench: build guest
 	bench/fleet_bench.sh $(BUILD) $(BUILD)/bench/fleet.json
 	bench/code_interpreter_bench.sh $(BUILD) $(BUILD)/bench/code_interpreter.json
 	bench/store_bench.sh $(BUILD) $(BUILD)/bench/store.json
+	bench/sdk_bench.sh $(BUILD) $(BUILD)/bench/sdk.json
 	$(BUILD)/bin/history_bench --guest-dir $(GUEST) --json $(BUILD)/bench/history.json
 
 # The fuzz targets (tests/fuzz, docs/security.md "Fuzzing"), one after the other: the channel

@@ -78,6 +78,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
   detach_on_error.Cancel();
   agent->monitor_ = GuardedThread("agent monitor", [a = agent.get()] { a->MonitorLoop(); });
+  agent->teardown_thread_ =
+      GuardedThread("sandbox teardown", [a = agent.get()] { a->TeardownLoop(); });
   if (c.warm_sandboxes > 0) {
     agent->warm_filler_ = GuardedThread("warm pool filler", [a = agent.get()] { a->WarmLoop(); });
   }
@@ -90,7 +92,60 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
 Agent::~Agent() {
   StopWarmPool();
   StopMonitor();
+  StopTeardowns();
   KillAll();
+}
+
+void Agent::TeardownLoop() {
+  std::unique_lock lock(teardown_mu_);
+  for (;;) {
+    teardown_cv_.wait(lock, [&] { return teardown_stopping_ || !teardown_.empty(); });
+    if (teardown_.empty()) return;  // stopping, and nothing left
+    auto [sb, stopped] = std::move(teardown_.front());
+    teardown_.pop_front();
+    ++teardown_busy_;
+    lock.unlock();
+    auto t0 = std::chrono::steady_clock::now();
+    sb->Kill();
+    auto done = std::chrono::steady_clock::now();
+    auto ms = [](auto d) {
+      return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+    };
+    // queued_ms: from the kill's answer until the teardown began; teardown_ms: the teardown.
+    LogInfo(
+        "sandbox.torn_down",
+        {{"sandbox", sb->id()}, {"queued_ms", ms(t0 - stopped)}, {"teardown_ms", ms(done - t0)}});
+    sb.reset();
+    lock.lock();
+    --teardown_busy_;
+    teardown_cv_.notify_all();
+  }
+}
+
+void Agent::StopTeardowns() {
+  {
+    std::lock_guard lock(teardown_mu_);
+    teardown_stopping_ = true;
+  }
+  teardown_cv_.notify_all();
+  if (teardown_thread_.joinable()) teardown_thread_.join();
+  // Had the thread never started, what was queued is torn down here.
+  std::deque<std::pair<std::shared_ptr<Sandbox>, std::chrono::steady_clock::time_point>> left;
+  {
+    std::lock_guard lock(teardown_mu_);
+    left.swap(teardown_);
+  }
+  for (auto& [sb, stopped] : left) sb->Kill();
+}
+
+void Agent::WaitForTeardowns() {
+  std::unique_lock lock(teardown_mu_);
+  teardown_cv_.wait(lock, [&] { return teardown_.empty() && teardown_busy_ == 0; });
+}
+
+size_t Agent::teardowns_pending() {
+  std::lock_guard lock(teardown_mu_);
+  return teardown_.size() + teardown_busy_;
 }
 
 void Agent::Prebake() {
@@ -145,28 +200,50 @@ void Agent::NoteDemand(const std::string& template_name) {
   warm_cv_.notify_all();
 }
 
+namespace {
+
+// Drops the times before `horizon` and the entries left empty; the count per name.
+std::map<std::string, size_t> CountSince(
+    std::map<std::string, std::deque<std::chrono::steady_clock::time_point>>& times,
+    std::chrono::steady_clock::time_point horizon) {
+  std::map<std::string, size_t> counts;
+  for (auto it = times.begin(); it != times.end();) {
+    while (!it->second.empty() && it->second.front() < horizon) it->second.pop_front();
+    if (it->second.empty()) {
+      it = times.erase(it);
+    } else {
+      counts[it->first] = it->second.size();
+      ++it;
+    }
+  }
+  return counts;
+}
+
+}  // namespace
+
+size_t WarmPoolWant(size_t floor, size_t dry_creates, size_t warm_max) {
+  if (floor == 0 && dry_creates == 0) return 0;
+  return std::max(floor, std::min(floor + dry_creates, std::max(floor, warm_max)));
+}
+
 std::vector<Agent::WarmTarget> Agent::WarmTargets() {
   std::vector<WarmTarget> out;
-  auto base = templates_->Ensure(config_.base);
-  if (base.ok()) {
-    out.push_back({config_.base.name, *base, config_.warm_sandboxes, config_.base.memory_mib});
-  } else {
-    LogWarn("agent.warm_base_unavailable", {{"error", base.status().ToString()}});
-  }
-  std::map<std::string, size_t> recent;
+  std::map<std::string, size_t> recent, dry;
   {
     std::lock_guard lock(warm_mu_);
     auto horizon = std::chrono::steady_clock::now() - config_.warm_demand_window;
-    for (auto it = demand_.begin(); it != demand_.end();) {
-      while (!it->second.empty() && it->second.front() < horizon) it->second.pop_front();
-      if (it->second.empty()) {
-        it = demand_.erase(it);
-      } else {
-        recent[it->first] = it->second.size();
-        ++it;
-      }
-    }
+    recent = CountSince(demand_, horizon);
+    dry = CountSince(dry_, horizon);
   }
+  auto base = templates_->Ensure(config_.base);
+  if (base.ok()) {
+    out.push_back({config_.base.name, *base,
+                   WarmPoolWant(config_.warm_sandboxes, dry[config_.base.name], config_.warm_max),
+                   config_.base.memory_mib});
+  } else {
+    LogWarn("agent.warm_base_unavailable", {{"error", base.status().ToString()}});
+  }
+  recent.erase(config_.base.name);
   // The busiest templates first.
   std::vector<std::pair<std::string, size_t>> busy(recent.begin(), recent.end());
   std::sort(busy.begin(), busy.end(),
@@ -178,7 +255,10 @@ std::vector<Agent::WarmTarget> Agent::WarmTargets() {
     if (!spec.ok()) continue;  // deleted meanwhile
     auto dir = templates_->Ensure(*spec);
     if (!dir.ok()) continue;
-    out.push_back({name, *dir, std::min(count, config_.warm_sandboxes), spec->memory_mib});
+    out.push_back(
+        {name, *dir,
+         WarmPoolWant(std::min(count, config_.warm_sandboxes), dry[name], config_.warm_max),
+         spec->memory_mib});
   }
   // Within the memory budget, in this order.
   uint64_t budget = config_.warm_memory_budget_mib;
@@ -187,10 +267,34 @@ std::vector<Agent::WarmTarget> Agent::WarmTargets() {
     t.want = std::min(t.want, fits);
     budget -= std::min<uint64_t>(budget, t.want * t.memory_mib);
   }
+  std::lock_guard lock(warm_mu_);
+  last_want_.clear();
+  for (const auto& t : out) last_want_[t.name] = t.want;
   return out;
 }
 
+void Agent::NoteDry(const std::string& template_name) {
+  {
+    std::lock_guard lock(warm_mu_);
+    // Only a pool that was meant to hold clones ran dry; a template's first create (no pool
+    // yet) is demand, counted as such.
+    auto w = last_want_.find(template_name);
+    if (w == last_want_.end() || w->second == 0) return;
+    auto& d = dry_[template_name];
+    d.push_back(std::chrono::steady_clock::now());
+    while (d.size() > std::max<size_t>(config_.warm_max, 1)) d.pop_front();
+    warm_kick_ = true;
+  }
+  LogInfo("agent.warm_pool_dry", {{"template", template_name}});
+  warm_cv_.notify_all();
+}
+
 void Agent::WarmLoop() {
+  // Refills are background work: this thread (and what it forks — QEMU, whose own cgroup's
+  // weight is low until the clone is claimed) yields the cores to requests.
+  if (Status s = SetThreadNice(kBackgroundNice); !s.ok()) {
+    LogWarn("agent.warm_nice_failed", {{"error", s.ToString()}});
+  }
   auto backoff = std::chrono::milliseconds(0);
   for (;;) {
     {
@@ -236,13 +340,22 @@ void Agent::WarmLoop() {
     auto m = ReadManifest(fill->dir);
     Status s = m.status();
     if (s.ok()) {
+      auto t0 = std::chrono::steady_clock::now();
       auto sb = Sandbox::Restore(env_, fill->dir, *m, NewSandboxId(), {}, std::nullopt,
                                  /*pooled=*/true);
       s = sb.status();
+      auto t1 = std::chrono::steady_clock::now();
       if (s.ok()) s = (*sb)->WarmUp();
       if (s.ok()) {
+        auto ms = [](auto d) {
+          return static_cast<long>(
+              std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+        };
         LogInfo("agent.warm_clone_added",
-                {{"sandbox", (*sb)->local_id()}, {"template", fill->name}});
+                {{"sandbox", (*sb)->local_id()},
+                 {"template", fill->name},
+                 {"restore_ms", ms(t1 - t0)},
+                 {"warmup_ms", ms(std::chrono::steady_clock::now() - t1)}});
         std::lock_guard lock(warm_mu_);
         warm_.push_back({fill->dir, std::move(*sb), fill->name, fill->memory_mib});
       } else if (sb.ok()) {
@@ -321,6 +434,8 @@ void Agent::Detach() {
   StopWarmPool();
   // No sandbox is released under them once detached: the monitor stops first.
   StopMonitor();
+  // Killed ones are released, not left behind.
+  StopTeardowns();
   std::lock_guard paused(paused_mu_);
   std::map<std::string, std::shared_ptr<Sandbox>> all;
   {
@@ -623,6 +738,7 @@ Result<std::shared_ptr<Sandbox>> Agent::Create(const CreateRequest& req) {
     MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> warm,
                           ClaimWarm(dir, req.id, req.identity, req.egress));
     if (warm) return warm;
+    NoteDry(template_name);
   }
   MOAT_ASSIGN_OR_RETURN(SnapshotManifest m, ReadManifest(dir));
   return Restore(dir, m, req.id, req.identity, req.egress);
@@ -939,7 +1055,16 @@ Status Agent::Kill(const std::string& id) {
     if (IsPaused(id)) return RemoveTree(SnapshotDir(id));
     return NotFound("sandbox \"" + id + "\" not found");
   }
-  sb->Kill();
+  // Unreachable now; released in the background (TeardownLoop).
+  sb->Stop();
+  {
+    std::lock_guard lock(teardown_mu_);
+    if (!teardown_stopping_) {
+      teardown_.emplace_back(std::move(sb), std::chrono::steady_clock::now());
+    }
+  }
+  teardown_cv_.notify_all();
+  if (sb) sb->Kill();  // the agent is stopping: no queue any more
   return Status::Ok();
 }
 

@@ -67,6 +67,11 @@ struct AgentConfig {
   // Disk the cache of template build layers may keep (least recently used layers go first).
   uint64_t template_cache_mib = 20480;
   std::chrono::seconds warm_demand_window{300};
+  // A pool that runs dry (a create finds none of its clones ready while it should have had
+  // some) grows by one clone per such create within warm_demand_window, up to this many clones
+  // per template (and within warm_memory_budget_mib); it shrinks back once the window has no
+  // such create. 0: pools never grow past warm_sandboxes.
+  size_t warm_max = 16;
   // Pause, named snapshots and fork write memory-file snapshots: the RAM split out of the
   // migration stream into a file that restores map (nothing loaded; fork children share its
   // pages). False: one full migration stream each, whose RAM every restore loads — the format
@@ -96,6 +101,12 @@ struct CreateRequest {
   GuestIdentity identity;
   net::EgressPolicy egress;  // ignored without networking
 };
+
+// How many warm clones a template's pool should hold: `floor` (the base template's
+// warm_sandboxes; a custom template's recent creates, at most warm_sandboxes), plus one per
+// create that found it dry within the demand window, up to `warm_max` (never below `floor`).
+// Pure: unit-tested.
+size_t WarmPoolWant(size_t floor, size_t dry_creates, size_t warm_max);
 
 class Agent {
  public:
@@ -159,8 +170,16 @@ class Agent {
   Status DeleteSnapshot(const std::string& snapshot_id);
   Result<std::shared_ptr<Sandbox>> Get(const std::string& id);
   std::vector<std::shared_ptr<Sandbox>> List();
-  // Kills a running sandbox, or deletes a paused one.
+  // Kills a running sandbox, or deletes a paused one. A running one is unreachable when this
+  // returns (gone from the agent, its VMM SIGKILLed, its guest calls ended); the rest of its
+  // teardown — reaping the VMM, its cgroup and jail, network slot and directory — finishes in
+  // the background (WaitForTeardowns), and always before the agent is destroyed or detached.
+  // An agent that dies first leaves it to the next one's recovery, like any dead VMM.
   Status Kill(const std::string& id);
+  // Blocks until every teardown Kill started has finished.
+  void WaitForTeardowns();
+  // Teardowns started and not finished yet.
+  size_t teardowns_pending();
   void KillAll();
 
   // Builds a custom template on this host (agent/template_builder.h): the steps in a builder
@@ -195,6 +214,8 @@ class Agent {
   Status ReserveIds(const std::vector<std::string>& ids);
   void ReleaseIds(const std::vector<std::string>& ids);
   void StopMonitor();
+  void TeardownLoop();
+  void StopTeardowns();
   std::string SnapshotDir(const std::string& id) const;
   Result<std::shared_ptr<Sandbox>> Restore(const std::string& snapshot_dir,
                                            const SnapshotManifest& m, const std::string& id,
@@ -248,7 +269,12 @@ class Agent {
   std::vector<WarmTarget> WarmTargets();
   // A create from `template_name` (the pool of a custom template follows its demand).
   void NoteDemand(const std::string& template_name);
+  // A create from `template_name` that found its pool dry (no clone ready).
+  void NoteDry(const std::string& template_name);
   std::map<std::string, std::deque<std::chrono::steady_clock::time_point>> demand_;  // warm_mu_
+  // Creates that found the pool dry while its target was above zero (they grow it).
+  std::map<std::string, std::deque<std::chrono::steady_clock::time_point>> dry_;  // warm_mu_
+  std::map<std::string, size_t> last_want_;  // WarmTargets' last answer per template; warm_mu_
   std::mutex warm_mu_;
   std::condition_variable warm_cv_;
   std::deque<WarmClone> warm_;
@@ -256,6 +282,14 @@ class Agent {
   bool warm_kick_ = true;  // the filler has work to look at now
   std::thread warm_filler_;
   std::thread prebake_;  // AgentConfig::prebake_builtins: bakes them once, at start
+
+  // Killed sandboxes whose teardown is left to teardown_thread_ (Kill).
+  std::mutex teardown_mu_;
+  std::condition_variable teardown_cv_;
+  std::deque<std::pair<std::shared_ptr<Sandbox>, std::chrono::steady_clock::time_point>> teardown_;
+  size_t teardown_busy_ = 0;  // taken off the queue and not finished
+  bool teardown_stopping_ = false;
+  std::thread teardown_thread_;
 
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;

@@ -158,6 +158,8 @@ Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid, bool own_memory) {
     jail.gid = gid != 0 ? gid : jail_id_;
     jail.root_dir = p.jail_root;
     jail.dev_kvm = env_.accel == vmm::Accel::kKvm;
+    // A warm clone yields the CPU to sandboxes in use until it is claimed (Claim).
+    if (pooled_) jail.limits.cpu_weight = vmm::kBackgroundCpuWeight;
     spec.jail = jail;
     // A sandbox's own memory file (the fresh RAM of an old full snapshot) is its VM's alone.
     if (own_memory && ::chown(p.memory.c_str(), jail.uid, jail.gid) < 0) {
@@ -379,15 +381,28 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(
   return sb;
 }
 
-Status Sandbox::WarmUp() {
-  // Along the path the SDK's first command takes: a login bash (profile scripts included) as
-  // the default user, forking and exec'ing a program.
+Status WarmGuestPaths(channel::GuestClient& guest, bool python3) {
+  auto deadline = [] { return Clock::now() + std::chrono::seconds(35); };
   channel::ExecRequest req;
   req.cmd = "true";
   req.timeout_ms = 30000;
-  auto r = guest_->Run(req, Clock::now() + std::chrono::seconds(35));
-  if (!r.ok()) return r.status().Annotate("warming up pooled sandbox " + id_);
-  return Status::Ok();
+  MOAT_RETURN_IF_ERROR(guest.Run(req, deadline()).status());
+  channel::proto::ListOp list;
+  list.path = ".";  // the default user's home
+  list.depth = 1;
+  MOAT_RETURN_IF_ERROR(channel::ops::List(guest, list, deadline()).status());
+  if (!python3) return Status::Ok();
+  channel::ExecRequest py;
+  py.argv = {"/bin/sh", "-c", "command -v python3 >/dev/null 2>&1 || exit 0; exec python3 -c pass"};
+  py.timeout_ms = 30000;
+  return guest.Run(py, deadline()).status();
+}
+
+Status Sandbox::WarmUp() {
+  // Not python3 here: its translations would stay in every clone's TCG buffer (~22 MiB more
+  // per idle sandbox, docs/performance.md) and double a refill's CPU; the bake already left
+  // what it reads in the page cache.
+  return WarmGuestPaths(*guest_, /*python3=*/false).Annotate("warming up pooled sandbox " + id_);
 }
 
 Status Sandbox::Claim(const std::string& id, const GuestIdentity& identity,
@@ -408,6 +423,10 @@ Status Sandbox::Claim(const std::string& id, const GuestIdentity& identity,
   if (slot_ && !(slot_->policy() == egress)) {
     MOAT_RETURN_IF_ERROR(slot_->ApplyPolicy(egress).Annotate("egress policy of sandbox " + id_));
   }
+  // Its full share of the CPU from now on (the first command must not wait behind refills).
+  Status w = vmm_->SetCpuWeight(vmm::kNormalCpuWeight);
+  if (w.ok()) w = SetProcessNice(vmm_->pid(), 0);  // it was forked by the niced warm filler
+  if (!w.ok()) LogError("sandbox.cpu_priority_failed", {{"sandbox", id_}, {"error", w.ToString()}});
   MOAT_RETURN_IF_ERROR(SendIdentity(identity));
   identity_ = identity;
   pooled_ = false;
@@ -768,9 +787,19 @@ Result<std::string> Sandbox::ConsoleTail(size_t max_bytes) const {
   return out;
 }
 
-void Sandbox::Kill() {
+void Sandbox::Stop() {
   std::lock_guard lock(mu_);
   if (killed_) return;
+  killed_ = true;
+  if (guest_) guest_->Shutdown();
+  guest_.reset();
+  if (vmm_) vmm_->SignalKill();
+}
+
+void Sandbox::Kill() {
+  std::lock_guard lock(mu_);
+  if (torn_down_) return;
+  torn_down_ = true;
   killed_ = true;
   guest_.reset();
   if (vmm_) {
@@ -795,6 +824,7 @@ void Sandbox::Detach() {
   std::lock_guard lock(mu_);
   if (killed_) return;
   killed_ = true;
+  torn_down_ = true;
   // Callers may hold the client: shut it down for all of them, so that the next agent's
   // connection is the only one the guest's chardev waits on.
   if (guest_) guest_->Shutdown();

@@ -103,6 +103,13 @@ struct SandboxUsage {
 // fields keep what the guest has).
 Result<channel::proto::IdentityOp> IdentityOpFor(const GuestIdentity& identity);
 
+// Runs what a user's first calls run, as the guest's default user: `/bin/bash -l -c true` (the
+// SDK's and the CLI's commands), a listing of the home directory (the file API), and with
+// `python3`, `python3 -c pass` where the image has python3. In a warm clone (Sandbox::WarmUp)
+// it has the VMM's TCG translate those paths; in a template's bake it leaves what they read in
+// the guest's page cache, which every clone then starts with. docs/performance.md measures both.
+Status WarmGuestPaths(channel::GuestClient& guest, bool python3);
+
 class Sandbox {
  public:
   ~Sandbox();
@@ -134,9 +141,9 @@ class Sandbox {
       const std::string& id, const GuestIdentity& identity,
       const std::optional<net::EgressPolicy>& egress = std::nullopt, bool pooled = false);
 
-  // A pooled clone: runs `/bin/bash -l -c true` once as the default user (the SDK's first
-  // command's path), so that this VMM's TCG has translated the guest's exec path (the login
-  // shell, fork, exec, the loader) before a user's first command needs it.
+  // A pooled clone: WarmGuestPaths without python3, so that this VMM's TCG has translated the
+  // paths of a user's first command and file call (the login shell, fork, exec, the loader)
+  // before they are needed.
   Status WarmUp();
   // Makes a pooled clone a sandbox: checks that it still runs, applies `egress` when it is not
   // what the slot has, gives the guest its identity (clock, fresh entropy, env, user,
@@ -219,6 +226,11 @@ class Sandbox {
   Result<std::string> ConsoleTail(size_t max_bytes) const;
   // Stops the VM and releases everything; idempotent.
   void Kill();
+  // Makes the sandbox unreachable at once, without waiting for anything: every operation fails
+  // as for a killed one, in-flight guest calls end, and the VMM gets SIGKILL. The rest of Kill()
+  // (reaping the VMM, its cgroup and jail, the network slot, the directory) is left for a
+  // Kill() that must follow — the agent's teardown thread does it in the background.
+  void Stop();
   // Lets the VM run on for the next agent to adopt (Adopt): closes the guest and VMM
   // connections and leaves the VMM, its directory, cgroup and network slot as they are. The
   // object then behaves as killed, and its destruction releases nothing.
@@ -293,8 +305,9 @@ class Sandbox {
   };
   std::mutex net_mu_;
   std::optional<NetCountersReading> net_reading_;
-  bool killed_ = false;
-  bool owns_dir_ = false;  // set once Boot created the directory: only then does Kill remove it
+  bool killed_ = false;     // unreachable: Stop, Kill or Detach
+  bool torn_down_ = false;  // released (Kill), or left to the next agent (Detach)
+  bool owns_dir_ = false;   // set once Boot created the directory: only then does Kill remove it
 };
 
 }  // namespace moat::agent

@@ -82,7 +82,7 @@ Result<std::string> TemplateStore::BuildId(const TemplateSpec& t) const {
       ArtifactKey(t.rootfs_path, KeyFileOf(t.rootfs_path)) + "|" + std::to_string(t.vcpus) + "|" +
       std::to_string(t.memory_mib) + "|" + std::string(vmm::AccelName(env_.accel)) + "|" +
       ArtifactKey("/usr/bin/qemu-system-x86_64", "") + "|" + vmm::qemu::kBaseKernelCmdline +
-      "|moat-snapshot-v2" + (env_.slots != nullptr ? "|nic" : "");
+      "|moat-snapshot-v2|warmed-v1" + (env_.slots != nullptr ? "|nic" : "");
   if (!t.start_cmd.empty() || !t.defaults.user.empty() || !t.defaults.workdir.empty() ||
       !t.bake_files.empty() || t.resize_root_fs) {
     nlohmann::json start = {{"start", t.start_cmd},
@@ -246,6 +246,11 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   if (!t.start_cmd.empty() || !t.ready_cmd.empty()) {
     MOAT_RETURN_IF_ERROR(StartAndWait(**guest, t, log));
   }
+  // What a user's first calls read is in the page cache of every clone (the memory file's pages
+  // are shared by all of them): a clone restored on a create's path, not warmed up in a pool,
+  // then reads nothing from its disk for them.
+  MOAT_RETURN_IF_ERROR(WarmGuestPaths(**guest, /*python3=*/true)
+                           .Annotate("baking template " + t.name + ": warm-up"));
   // Saved while the guest waits on a connected port: after a restore the host's HELLO wakes it
   // at once (a disconnected port would leave it polling).
   MOAT_RETURN_IF_ERROR(

@@ -1,9 +1,11 @@
 #include "common/child_process.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -332,6 +334,34 @@ Result<std::string> RunTool(const std::vector<std::string>& argv, std::chrono::m
     return Internal(argv[0] + " " + DescribeWaitStatus(st) + (tail.empty() ? "" : ": " + tail));
   }
   return out;
+}
+
+Status SetProcessNice(pid_t pid, int nice) {
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(task.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT) return NotFound("process " + std::to_string(pid) + " is gone");
+    return ErrnoError("opendir(" + task + ")");
+  }
+  Status result = Status::Ok();
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    long tid = std::strtol(e->d_name, &end, 10);
+    if (tid <= 0 || *end != '\0') continue;
+    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice) < 0 && errno != ESRCH &&
+        result.ok()) {
+      result = ErrnoError("setpriority(" + std::to_string(tid) + ")");
+    }
+  }
+  ::closedir(d);
+  return result;
+}
+
+Status SetThreadNice(int nice) {
+  if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice) < 0) {
+    return ErrnoError("setpriority");
+  }
+  return Status::Ok();
 }
 
 }  // namespace moat

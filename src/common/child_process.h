@@ -95,4 +95,13 @@ Result<ProcessTimes> ReadProcessTimes(pid_t pid);
 // later.
 Result<uint64_t> ProcessStartTime(pid_t pid);
 
+// Sets the nice value of every thread of process `pid` (nice is per thread on Linux; threads
+// it starts later inherit their creator's). A thread gone meanwhile is skipped; NotFound if the
+// process is.
+Status SetProcessNice(pid_t pid, int nice);
+// The nice value of background refills (warm clones, ready network slots).
+inline constexpr int kBackgroundNice = 19;
+// The calling thread's nice value (processes it forks inherit it).
+Status SetThreadNice(int nice);
+
 }  // namespace moat

@@ -227,6 +227,9 @@ Status ValidateConfig(MoatdConfig& c) {
     return InvalidArgument("--warm-sandboxes: must be 0..16, got " +
                            std::to_string(c.warm_sandboxes));
   }
+  if (c.warm_max > 64) {
+    return InvalidArgument("--warm-max: must be 0..64, got " + std::to_string(c.warm_max));
+  }
   if (c.network) MOAT_RETURN_IF_ERROR(ValidateNetwork(c));
   return Status::Ok();
 }

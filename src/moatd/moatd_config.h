@@ -56,6 +56,8 @@ struct MoatdConfig {
   size_t ready_slots = 4;
   // Warm clones of the base template kept restored for creates (agent::AgentConfig).
   size_t warm_sandboxes = 2;
+  // The most one template's pool grows to when creates find it dry (agent::AgentConfig).
+  size_t warm_max = 16;
   // Guest memory all warm clones together may hold (custom templates' pools share what the
   // base template's leaves).
   uint64_t warm_memory_mb = 4096;

@@ -97,6 +97,7 @@ Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
   ac.base.rootfs_path = config.guest_dir + "/rootfs.ext4";
   ac.accel = host.accel;
   ac.warm_sandboxes = config.warm_sandboxes;
+  ac.warm_max = config.warm_max;
   ac.warm_memory_budget_mib = config.warm_memory_mb;
   ac.insecure_registries = config.insecure_registries;
   ac.template_cache_mib = config.template_cache_mb;
@@ -530,6 +531,11 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
   cmd->add_option("--warm-sandboxes", config.warm_sandboxes,
                   "clones of the base template kept restored and warm, so that a create only "
                   "hands one out (0: every create restores)")
+      ->capture_default_str();
+  cmd->add_option("--warm-max", config.warm_max,
+                  "the most clones one template's warm pool grows to when creates find it dry "
+                  "(one more per such create in the last 5 minutes; within --warm-memory-mb); "
+                  "0: pools stay at --warm-sandboxes")
       ->capture_default_str();
   cmd->add_option("--insecure-registry", config.insecure_registries,
                   "a registry on this host's own network (loopback or link-local: \"127.0.0.1\" "

@@ -1,5 +1,6 @@
 #include "net/slot_pool.h"
 
+#include "common/child_process.h"
 #include "common/guarded.h"
 #include "common/log.h"
 
@@ -53,6 +54,8 @@ Status SlotPool::WaitReady(size_t n, std::chrono::milliseconds timeout) {
 }
 
 void SlotPool::RefillLoop() {
+  // Background work: requests that take a slot (or make one when none is ready) come first.
+  (void)SetThreadNice(kBackgroundNice);
   auto backoff = std::chrono::milliseconds(100);
   std::unique_lock lock(mu_);
   while (!stop_) {

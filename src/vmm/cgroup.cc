@@ -6,6 +6,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <sstream>
 #include <thread>
@@ -129,6 +130,13 @@ std::vector<std::string> CgroupDirsFor(const CgroupLayout& layout, std::string_v
   return dirs;
 }
 
+std::pair<std::string, std::string> CpuWeightFile(CgroupVersion version, uint32_t weight) {
+  weight = std::clamp<uint32_t>(weight, 1, 10000);
+  if (version == CgroupVersion::kV2) return {"cpu.weight", std::to_string(weight)};
+  // v1: 1024 is normal; the kernel's floor is 2.
+  return {"cpu.shares", std::to_string(std::max<uint64_t>(2, uint64_t{weight} * 1024 / 100))};
+}
+
 std::vector<std::pair<std::string, std::string>> CgroupLimitFiles(CgroupVersion version,
                                                                   std::string_view controller,
                                                                   const CgroupLimits& limits) {
@@ -148,6 +156,9 @@ std::vector<std::pair<std::string, std::string>> CgroupLimitFiles(CgroupVersion 
       files.emplace_back("cpu.cfs_period_us", std::to_string(kPeriodUs));
       files.emplace_back("cpu.cfs_quota_us", std::to_string(quota_us));
     }
+  }
+  if ((all || controller == "cpu") && limits.cpu_weight > 0) {
+    files.push_back(CpuWeightFile(version, limits.cpu_weight));
   }
   if ((all || controller == "pids") && limits.pids_max > 0) {
     files.emplace_back("pids.max", std::to_string(limits.pids_max));
@@ -275,6 +286,18 @@ std::vector<int> Cgroup::procs_fds() const {
   std::vector<int> fds;
   for (const auto& fd : procs_fds_) fds.push_back(fd.get());
   return fds;
+}
+
+Status Cgroup::SetCpuWeight(uint32_t weight) {
+  // The directory of the cpu controller: v2's only one, or v1's that has cpu.shares.
+  for (const auto& dir : dirs_) {
+    for (CgroupVersion v : {CgroupVersion::kV2, CgroupVersion::kV1}) {
+      auto [file, value] = CpuWeightFile(v, weight);
+      if (!PathExists(dir + "/" + file)) continue;
+      return WriteCgroupFile(dir + "/" + file, value).Annotate("cgroup " + dir);
+    }
+  }
+  return NotFound("no cgroup directory of this VM has the cpu controller");
 }
 
 Result<bool> Cgroup::Contains(pid_t pid) const {

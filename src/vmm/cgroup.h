@@ -54,7 +54,18 @@ struct CgroupLimits {
   uint64_t memory_bytes = 0;  // 0: no limit
   double cpus = 0;            // CPU quota in CPUs (1.5 = 150 ms per 100 ms); 0: no limit
   uint64_t pids_max = 0;      // 0: no limit
+  // Relative CPU share against the other VMs, on cgroup v2's scale (1-10000, 100 normal; v1's
+  // cpu.shares scaled from it, 1024 normal). 0: the default. A warm clone being restored and
+  // warmed up runs at kBackgroundCpuWeight, so that it yields the cores to sandboxes in use.
+  uint32_t cpu_weight = 0;
 };
+
+inline constexpr uint32_t kNormalCpuWeight = 100;
+inline constexpr uint32_t kBackgroundCpuWeight = 1;
+
+// The file and value that give a cgroup `weight` (CgroupLimits::cpu_weight's scale; clamped to
+// 1-10000) on `version`. Pure: unit-tested.
+std::pair<std::string, std::string> CpuWeightFile(CgroupVersion version, uint32_t weight);
 
 // The lines to write, as {file name, value}, for the given version. Pure: unit-tested.
 std::vector<std::pair<std::string, std::string>> CgroupLimitFiles(CgroupVersion version,
@@ -87,6 +98,9 @@ class Cgroup {
   const std::vector<std::string>& dirs() const { return dirs_; }
   // cgroup.procs of each directory, open for writing: a child joins with write(fd, "<pid>").
   std::vector<int> procs_fds() const;
+  // Sets the CPU weight (CgroupLimits::cpu_weight's scale, 1-10000) of the cpu controller's
+  // directory, whichever version: cpu.weight (v2) or cpu.shares (v1).
+  Status SetCpuWeight(uint32_t weight);
   // Is `pid` a member in every hierarchy?
   Result<bool> Contains(pid_t pid) const;
   // Removes the directories; fails (and keeps ownership) while processes remain after `wait`.

@@ -129,6 +129,12 @@ class VmmDriver {
   virtual Status Stop(std::chrono::milliseconds grace) = 0;
   // SIGKILL; releases everything the VM held (process, sockets, cgroup, jail directory).
   virtual void Kill() = 0;
+  // SIGKILL only, without waiting: the VM stops running at once; Kill() (which may follow at
+  // any time, from any thread once no other call is in flight) reaps it and releases the rest.
+  virtual void SignalKill() = 0;
+  // The VM's share of CPU against other VMs (vmm::CgroupLimits::cpu_weight's scale); Ok and
+  // nothing done when the VMM runs without a cgroup.
+  virtual Status SetCpuWeight(uint32_t weight) = 0;
   // Waits for the VMM process to exit; returns its wait status or DeadlineExceeded.
   virtual Result<int> WaitForExit(std::optional<std::chrono::milliseconds> timeout) = 0;
   virtual pid_t pid() const = 0;

@@ -243,10 +243,12 @@ TEST_F(SandboxAdoptE2eTest, RunningSandboxesAreAdoptedByTheNextAgentAndDeadOnesC
   std::string stopped_dir = (*s)->paths().dir;
   s->reset();
   ASSERT_TRUE(next->Kill(stopped_id).ok());
+  next->WaitForTeardowns();  // the kill answers before the teardown is done
   EXPECT_FALSE(ProcessRuns(stopped_pid));
   EXPECT_FALSE(PathExists(stopped_dir));
   EXPECT_FALSE(CgroupExists("moat-" + stopped_id));
   ASSERT_TRUE(next->Kill(counter_id).ok());
+  next->WaitForTeardowns();
   EXPECT_FALSE(PathExists(resumed_dir));
   ASSERT_TRUE(next->Kill((*fresh)->id()).ok());
   fresh->reset();
@@ -294,6 +296,7 @@ TEST_F(SandboxAdoptE2eTest, AClaimedWarmCloneIsAdoptedUnderItsPublicIdAndKilledB
             ErrorCode::kAlreadyExists);
   c->reset();
   ASSERT_TRUE(next->Kill(id).ok());
+  next->WaitForTeardowns();
   EXPECT_FALSE(ProcessRuns(pid));
   EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + local));
   EXPECT_FALSE(CgroupExists("moat-" + local));
@@ -373,6 +376,7 @@ TEST_F(SandboxAdoptE2eTest, MoatdKillsAnAdoptedSandboxThatNoRecordNames) {
   auto controller = api::SandboxController::Start(next_host, **store, metrics, {});
   ASSERT_TRUE(controller.ok()) << controller.status().ToString();
   EXPECT_TRUE(next->List().empty());
+  next->WaitForTeardowns();
   EXPECT_EQ(test_support::CountProcessesMentioning(*dir_ + "/sandboxes/" + id), 0);
   EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + id));
   controller->reset();

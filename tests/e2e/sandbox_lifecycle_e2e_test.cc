@@ -133,11 +133,18 @@ TEST_F(SandboxLifecycleTest, KillReleasesProcessDirectoryAndCgroup) {
   std::string id = (*sb)->id();
   std::string sandbox_dir = (*sb)->paths().dir;
   ASSERT_TRUE(CgroupExists("moat-" + id));
+  pid_t pid = (*sb)->vmm_pid();
   ASSERT_TRUE((*agent)->Kill(id).ok());
-  EXPECT_FALSE(PathExists(sandbox_dir));
-  EXPECT_FALSE(CgroupExists("moat-" + id));
+  // Unreachable as soon as the kill answers: gone from the agent, every call on it fails.
   EXPECT_EQ((*agent)->Kill(id).code(), ErrorCode::kNotFound);
   EXPECT_EQ((*agent)->Get(id).status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ((*sb)->Guest().status().code(), ErrorCode::kNotFound);
+  // Released in the background, and entirely.
+  (*agent)->WaitForTeardowns();
+  EXPECT_EQ((*agent)->teardowns_pending(), 0u);
+  EXPECT_NE(::kill(pid, 0), 0) << "the VMM was reaped";
+  EXPECT_FALSE(PathExists(sandbox_dir));
+  EXPECT_FALSE(CgroupExists("moat-" + id));
 }
 
 TEST_F(SandboxLifecycleTest, AVmmThatDiesIsNoticedAndReleased) {

@@ -430,16 +430,19 @@ TEST_F(SnapshotE2eTest, TwoHundredPauseResumeCyclesLoseNothing) {
 }
 
 TEST_F(SnapshotE2eTest, FiveHundredCreateKillCyclesLeaveNothingBehind) {
+  agent_->WaitForTeardowns();  // earlier tests' kills still hold fds until torn down
   int fds = moat::test_support::OpenFdCount();
   for (int i = 0; i < 500; ++i) {
     auto sb = agent_->Create("base", {});
     ASSERT_TRUE(sb.ok()) << "cycle " << i << ": " << sb.status().ToString();
     ASSERT_TRUE(agent_->Kill((*sb)->id()).ok());
   }
+  agent_->WaitForTeardowns();
   EXPECT_EQ(moat::test_support::CountProcessesMentioning(*dir_ + "/sandboxes"), 0);
   auto left = ReadFile("/proc/self/status");  // touch nothing: just make sure /proc works
   ASSERT_TRUE(left.ok());
-  EXPECT_EQ(moat::test_support::OpenFdCount(), fds) << "the agent leaks fds";
+  EXPECT_EQ(moat::test_support::OpenFdCount(), fds) << "the agent leaks fds:\n"
+                                                    << moat::test_support::OpenFdList();
   EXPECT_TRUE(agent_->List().empty());
   // No directory, socket or file of any sandbox is left.
   EXPECT_EQ(::rmdir((*dir_ + "/sandboxes").c_str()), 0) << "sandbox leftovers";

@@ -36,6 +36,7 @@ class WarmPoolE2e : public ::testing::Test {
     c.network = test_support::TestNetConfig(*dir_, 227);
     c.ready_slots = 2;
     c.warm_sandboxes = 2;
+    c.warm_max = 0;  // a pool of exactly 2 (the last test grows one)
     auto agent = Agent::Start(c);
     ASSERT_TRUE(agent.ok()) << agent.status().ToString();
     agent_ = agent->release();
@@ -115,6 +116,7 @@ TEST_F(WarmPoolE2e, ACreateClaimsAWarmCloneWithItsOwnIdentityAndThePoolRefills) 
 TEST_F(WarmPoolE2e, WaitingClonesAreNeverReadyOnDiskAndDeadOnesAreReplaced) {
   ASSERT_TRUE(WaitForPool(2));
   ASSERT_TRUE(agent_->List().empty());
+  agent_->WaitForTeardowns();  // the last test's sandboxes' directories go in the background
   // Every directory now is a waiting clone's: none says ready (a restarted agent would clean
   // them up, not adopt them as sandboxes nobody created).
   std::vector<std::string> clones = DirNames(*dir_ + "/sandboxes");
@@ -202,6 +204,7 @@ TEST_F(WarmPoolE2e, AClaimedCloneTakesTheIdOfItsCreateAndIsKnownByItEverywhere) 
   EXPECT_EQ(*(*resumed)->Egress(), *deny);
   resumed->reset();
   ASSERT_TRUE(agent_->Kill(id).ok());
+  agent_->WaitForTeardowns();
   EXPECT_FALSE(PathExists(*dir_ + "/sandboxes/" + id));
 
   // A claimed clone whose VMM dies is released by the monitor, found by its id.
@@ -220,6 +223,63 @@ TEST_F(WarmPoolE2e, AClaimedCloneTakesTheIdOfItsCreateAndIsKnownByItEverywhere) 
   while (PathExists(dies_dir) && Clock::now() < end) std::this_thread::sleep_for(20ms);
   EXPECT_FALSE(PathExists(dies_dir));
   EXPECT_TRUE(agent_->List().empty());
+}
+
+// Last (it restarts the suite's agent): a pool that runs dry grows by one clone per create that
+// found it dry, up to warm_max, and shrinks back to warm_sandboxes once the demand window has
+// none. Warm clones restore at a low CPU weight and are raised to the normal one when claimed.
+TEST_F(WarmPoolE2e, ZAPoolThatRunsDryGrowsToItsMaximumAndShrinksBack) {
+  delete agent_;
+  agent_ = nullptr;
+  AgentConfig c = test_support::E2eAgentConfig(*dir_);
+  c.network = test_support::TestNetConfig(*dir_, 227);
+  c.ready_slots = 2;
+  c.warm_sandboxes = 1;
+  c.warm_max = 3;
+  c.warm_demand_window = 8s;
+  auto agent = Agent::Start(c);
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  agent_ = agent->release();
+  ASSERT_TRUE(WaitForPool(1));
+  // The waiting clone's VMM runs at the background weight.
+  std::vector<std::string> waiting = DirNames(*dir_ + "/sandboxes");
+  ASSERT_EQ(waiting.size(), 1u);
+  auto shares = ReadFile("/sys/fs/cgroup/cpu/moat/moat-" + waiting[0] + "/cpu.shares");
+  auto weight = ReadFile("/sys/fs/cgroup/moat/moat-" + waiting[0] + "/cpu.weight");
+  if (shares.ok()) {
+    EXPECT_EQ(*shares, "10\n");  // cgroup v1 (this machine)
+  }
+  if (weight.ok()) {
+    EXPECT_EQ(*weight, "1\n");  // cgroup v2
+  }
+  // Three creates back to back: the first claims the clone, the next two find the pool dry.
+  std::vector<std::shared_ptr<Sandbox>> made;
+  for (int i = 0; i < 3; ++i) {
+    auto sb = agent_->Create("base", {});
+    ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+    made.push_back(*sb);
+  }
+  EXPECT_TRUE(made[0]->from_warm_pool());
+  EXPECT_FALSE(made[2]->from_warm_pool());
+  // Claimed: the normal weight.
+  shares = ReadFile("/sys/fs/cgroup/cpu/moat/moat-" + made[0]->local_id() + "/cpu.shares");
+  weight = ReadFile("/sys/fs/cgroup/moat/moat-" + made[0]->local_id() + "/cpu.weight");
+  if (shares.ok()) {
+    EXPECT_EQ(*shares, "1024\n");
+  }
+  if (weight.ok()) {
+    EXPECT_EQ(*weight, "100\n");
+  }
+  for (auto& sb : made) EXPECT_TRUE(agent_->Kill(sb->id()).ok());
+  made.clear();
+  // 1 + 2 dry creates, within warm_max.
+  ASSERT_TRUE(WaitForPool(3));
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(agent_->warm_ready(), 3u) << "never past warm_max";
+  // The window passes without a dry create: back to one clone.
+  auto end = Clock::now() + 60s;
+  while (agent_->warm_ready() > 1 && Clock::now() < end) std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(agent_->warm_ready(), 1u);
 }
 
 }  // namespace

@@ -43,6 +43,21 @@ int OpenFdCount() {
   return n - 1;  // the directory stream's own fd
 }
 
+std::string OpenFdList() {
+  std::string out;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char target[512] = {};
+    std::string link = std::string("/proc/self/fd/") + e->d_name;
+    ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    out += std::string(e->d_name) + " -> " + (n > 0 ? std::string(target, n) : "?") + "\n";
+  }
+  ::closedir(d);
+  return out;
+}
+
 int CountProcessesMentioning(const std::string& needle) {
   DIR* d = ::opendir("/proc");
   if (d == nullptr) return -1;

@@ -12,6 +12,8 @@ std::string Sha256Hex(std::string_view data);
 long VmRssKiB();
 // How many fds this process has open.
 int OpenFdCount();
+// What this process's fds point to, one "fd -> target" per line (for a failure's message).
+std::string OpenFdList();
 // How many processes have `needle` in their command line (a test's unique temp dir, say).
 int CountProcessesMentioning(const std::string& needle);
 // The directory tests find build outputs in: $MOAT_BUILD_DIR, else "build".

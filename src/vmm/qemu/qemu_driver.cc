@@ -561,6 +561,15 @@ void QemuDriver::Kill() {
   Release();
 }
 
+void QemuDriver::SignalKill() {
+  if (process_.valid()) (void)process_.Signal(SIGKILL);
+}
+
+Status QemuDriver::SetCpuWeight(uint32_t weight) {
+  if (!cgroup_) return Status::Ok();
+  return cgroup_->SetCpuWeight(weight);
+}
+
 Result<int> QemuDriver::WaitForExit(std::optional<std::chrono::milliseconds> timeout) {
   if (!process_.valid()) return FailedPrecondition("vmm not started");
   return process_.Wait(timeout);

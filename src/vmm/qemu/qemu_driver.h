@@ -50,6 +50,8 @@ class QemuDriver final : public VmmDriver {
   Result<VmStatus> QueryStatus() override;
   Status Stop(std::chrono::milliseconds grace) override;
   void Kill() override;
+  void SignalKill() override;
+  Status SetCpuWeight(uint32_t weight) override;
   Result<int> WaitForExit(std::optional<std::chrono::milliseconds> timeout) override;
   pid_t pid() const override { return process_.pid(); }
   std::string VersionNumber() const override {

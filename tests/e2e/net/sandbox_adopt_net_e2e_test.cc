@@ -138,6 +138,7 @@ TEST_F(SandboxAdoptNetE2e, TheSlotIsAdoptedWithTheSandboxAndADeadOnesSlotRelease
   EXPECT_EQ(r[TestInternet::kInternet2], "ok:internet") << r.dump();
   adopted->reset();
   ASSERT_TRUE((*next)->Kill(id).ok());
+  (*next)->WaitForTeardowns();
   EXPECT_FALSE(PathExists(net::NetnsPath(netns)));
   next->reset();
 }

@@ -334,6 +334,7 @@ TEST_F(SandboxNetE2e, CounterReadsAreRateLimitedAndASlowOneHoldsUpNoGuestCallNor
 TEST_F(SandboxNetE2e, ThreeHundredCreateKillCyclesLeaveNoNetworkBehind) {
   auto pool = agent_->slot_pool();
   ASSERT_NE(pool, nullptr);
+  agent_->WaitForTeardowns();  // earlier tests' kills hold slots and fds until torn down
   ASSERT_TRUE(pool->WaitReady(2, 30s).ok());
   int before = test_support::SlotObjects(pool_);
   int fds = test_support::OpenFdCount();
@@ -343,6 +344,7 @@ TEST_F(SandboxNetE2e, ThreeHundredCreateKillCyclesLeaveNoNetworkBehind) {
     ASSERT_TRUE((*sb)->NetworkAddress().ok());
     ASSERT_TRUE(agent_->Kill((*sb)->id()).ok());
   }
+  agent_->WaitForTeardowns();
   EXPECT_TRUE(agent_->List().empty());
   EXPECT_EQ(test_support::OpenFdCount(), fds) << "the agent leaks fds";
   // Only the ready pool's slots (refilled in the background) remain: as many as before.

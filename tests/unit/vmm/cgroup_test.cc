@@ -83,6 +83,24 @@ TEST(CgroupLimits, V2FilesInOneDirectoryAndZeroMeansNoLimit) {
   EXPECT_TRUE(CgroupLimitFiles(CgroupVersion::kV2, "", CgroupLimits{}).empty());
 }
 
+TEST(CgroupLimits, CpuWeightIsCpuWeightOnV2AndScaledSharesOnV1) {
+  CgroupLimits l;
+  l.cpu_weight = kBackgroundCpuWeight;
+  EXPECT_THAT(CgroupLimitFiles(CgroupVersion::kV2, "", l), ElementsAre(Pair("cpu.weight", "1")));
+  // v1's floor is 2 shares; 100 (normal) is 1024.
+  EXPECT_THAT(CgroupLimitFiles(CgroupVersion::kV1, "cpu", l),
+              ElementsAre(Pair("cpu.shares", "10")));
+  EXPECT_TRUE(CgroupLimitFiles(CgroupVersion::kV1, "memory", l).empty());
+  EXPECT_EQ(CpuWeightFile(CgroupVersion::kV1, kNormalCpuWeight),
+            std::make_pair(std::string("cpu.shares"), std::string("1024")));
+  EXPECT_EQ(CpuWeightFile(CgroupVersion::kV2, kNormalCpuWeight),
+            std::make_pair(std::string("cpu.weight"), std::string("100")));
+  // Out of range: clamped.
+  EXPECT_EQ(CpuWeightFile(CgroupVersion::kV2, 0).second, "1");
+  EXPECT_EQ(CpuWeightFile(CgroupVersion::kV2, 50000).second, "10000");
+  EXPECT_EQ(CpuWeightFile(CgroupVersion::kV1, 0).second, "10");
+}
+
 TEST(Cgroup, CreateRejectsNamesThatEscapeTheParent) {
   auto layout = ParseCgroupLayout(CgroupVersion::kV2, "/nonexistent", "0::/\n");
   ASSERT_TRUE(layout.ok());
