@@ -4,7 +4,8 @@
 #   1. defaults (2 warm clones, pools grow to --warm-max 16 when creates find them dry):
 #      fresh-sandbox first vs second command, create -> port answer, the serial agent loop,
 #      4 concurrent loops, creates sustained for 60 s, PSS at SDK_BENCH_IDLE idle sandboxes
-#   2. --warm-max 0 (the pool before this issue: never grows): the serial loop again
+#   2. --warm-max 0 (the pool before this issue: never grows): the serial loop again; and
+#      --refill-priority low (refills as background work): the serial and the 4 loops again
 #   3. --warm-sandboxes 0 (every create restores on the request's path): fresh sandboxes
 # moatd's log gives what the client cannot see: which creates a warm clone served, a refill's
 # restore and warm-up times, and each kill's teardown after its answer.
@@ -74,28 +75,31 @@ phase() {  # phase PHASE OUTNAME [ENV=VALUE...]
     E2B_API_KEY="$key" node "$work/sdk_bench.mjs" >"$work/out/$o.json"
 }
 
+all_phases() {  # all_phases PREFIX: every phase of set-up 1, outputs named PREFIX<phase>
+  phase fresh "${1}fresh" SDK_BENCH_N="$FRESH"
+  phase port "${1}port" SDK_BENCH_N=10
+  phase loop "${1}loop" SDK_BENCH_N="$N"
+  phase loop4 "${1}loop4" SDK_BENCH_N="$N"
+  phase creates "${1}creates" SDK_BENCH_SUSTAIN_S="${SDK_BENCH_SUSTAIN_S:-60}"
+  phase idle "${1}idle" SDK_BENCH_IDLE="${SDK_BENCH_IDLE:-50}"
+}
+
 start_serve defaults 2
-phase fresh fresh SDK_BENCH_N="$FRESH"
-phase port port SDK_BENCH_N=10
-phase loop loop SDK_BENCH_N="$N"
-phase loop4 loop4 SDK_BENCH_N="$N"
-phase creates creates SDK_BENCH_SUSTAIN_S="${SDK_BENCH_SUSTAIN_S:-60}"
-phase idle idle SDK_BENCH_IDLE="${SDK_BENCH_IDLE:-50}"
+all_phases ""
 stop_serve
 start_serve fixed_pool 2 --warm-max 0
 phase loop loop_fixed_pool SDK_BENCH_N="$N"
+stop_serve
+start_serve low_priority 2 --refill-priority low
+phase loop loop_low_priority SDK_BENCH_N="$N"
+phase loop4 loop4_low_priority SDK_BENCH_N="$N"
 stop_serve
 start_serve no_pool 0
 phase fresh fresh_no_pool SDK_BENCH_N=$((FRESH / 2))
 stop_serve
 if [ -n "${SDK_BENCH_BEFORE_MOATD:-}" ]; then
   MOATD_BIN=$SDK_BENCH_BEFORE_MOATD MOATD_DATA=$work/data-before start_serve before 2
-  phase fresh before_fresh SDK_BENCH_N="$FRESH"
-  phase port before_port SDK_BENCH_N=10
-  phase loop before_loop SDK_BENCH_N="$N"
-  phase loop4 before_loop4 SDK_BENCH_N="$N"
-  phase creates before_creates SDK_BENCH_SUSTAIN_S="${SDK_BENCH_SUSTAIN_S:-60}"
-  phase idle before_idle SDK_BENCH_IDLE="${SDK_BENCH_IDLE:-50}"
+  all_phases before_
   stop_serve
 fi
 
@@ -122,7 +126,9 @@ for f in sorted(glob.glob(f"{work}/out/*.json")):
     ids = set(o.pop("ids", []))
     log = logs["defaults" if name in ("fresh", "port", "loop", "loop4", "creates", "idle")
                else "before" if name.startswith("before_")
-               else {"loop_fixed_pool": "fixed_pool", "fresh_no_pool": "no_pool"}[name]]
+               else {"loop_fixed_pool": "fixed_pool", "fresh_no_pool": "no_pool",
+                     "loop_low_priority": "low_priority",
+                     "loop4_low_priority": "low_priority"}[name]]
     claimed = {e["sandbox"] for e in events(log, "sandbox.claimed")} & ids
     o["from_warm_pool"] = f"{len(claimed)}/{len(ids)}"
     td = [e for e in events(log, "sandbox.torn_down") if e["sandbox"] in ids]

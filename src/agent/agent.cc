@@ -62,7 +62,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
                  .ready_timeout = c.ready_timeout,
                  .slots = nullptr,
                  .memory_file_snapshots = c.memory_file_snapshots,
-                 .replication = c.replication};
+                 .replication = c.replication,
+                 .low_priority_pool = c.low_priority_refills};
   agent->Recover();
   // A start that fails from here on leaves the adopted sandboxes running for the next attempt.
   Cleanup detach_on_error([a = agent.get()] {
@@ -290,10 +291,12 @@ void Agent::NoteDry(const std::string& template_name) {
 }
 
 void Agent::WarmLoop() {
-  // Refills are background work: this thread (and what it forks — QEMU, whose own cgroup's
-  // weight is low until the clone is claimed) yields the cores to requests.
-  if (Status s = SetThreadNice(kBackgroundNice); !s.ok()) {
-    LogWarn("agent.warm_nice_failed", {{"error", s.ToString()}});
+  // Low-priority refills: this thread (and what it forks — QEMU, whose own cgroup's weight is
+  // low until the clone is claimed) yields the cores to requests.
+  if (config_.low_priority_refills) {
+    if (Status s = SetThreadNice(kBackgroundNice); !s.ok()) {
+      LogWarn("agent.warm_nice_failed", {{"error", s.ToString()}});
+    }
   }
   auto backoff = std::chrono::milliseconds(0);
   for (;;) {

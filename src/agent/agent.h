@@ -72,6 +72,11 @@ struct AgentConfig {
   // per template (and within warm_memory_budget_mib); it shrinks back once the window has no
   // such create. 0: pools never grow past warm_sandboxes.
   size_t warm_max = 16;
+  // Refill warm clones as background work: the filler thread (and what it forks) at nice 19, and
+  // a waiting clone's VM in a cgroup of CPU weight 1 until it is claimed. Requests then keep the
+  // cores under load (4 concurrent loops), but refills starve and the pool serves fewer creates
+  // of a serial loop: off by default (docs/performance.md measures both).
+  bool low_priority_refills = false;
   // Pause, named snapshots and fork write memory-file snapshots: the RAM split out of the
   // migration stream into a file that restores map (nothing loaded; fork children share its
   // pages). False: one full migration stream each, whose RAM every restore loads — the format

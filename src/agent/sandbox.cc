@@ -158,8 +158,8 @@ Status Sandbox::StartVmm(vmm::VmSpec spec, gid_t gid, bool own_memory) {
     jail.gid = gid != 0 ? gid : jail_id_;
     jail.root_dir = p.jail_root;
     jail.dev_kvm = env_.accel == vmm::Accel::kKvm;
-    // A warm clone yields the CPU to sandboxes in use until it is claimed (Claim).
-    if (pooled_) jail.limits.cpu_weight = vmm::kBackgroundCpuWeight;
+    // A warm clone may yield the CPU to sandboxes in use until it is claimed (Claim).
+    if (pooled_ && env_.low_priority_pool) jail.limits.cpu_weight = vmm::kBackgroundCpuWeight;
     spec.jail = jail;
     // A sandbox's own memory file (the fresh RAM of an old full snapshot) is its VM's alone.
     if (own_memory && ::chown(p.memory.c_str(), jail.uid, jail.gid) < 0) {

@@ -71,6 +71,8 @@ struct SandboxEnv {
   bool memory_file_snapshots = true;
   // AgentConfig::replication (null: snapshots stay on this host).
   SnapshotReplication* replication = nullptr;
+  // AgentConfig::low_priority_refills: a pooled clone's VM starts at the background CPU weight.
+  bool low_priority_pool = false;
 };
 
 // Paths inside a sandbox's directory.

@@ -58,6 +58,8 @@ struct MoatdConfig {
   size_t warm_sandboxes = 2;
   // The most one template's pool grows to when creates find it dry (agent::AgentConfig).
   size_t warm_max = 16;
+  // --refill-priority low: agent::AgentConfig::low_priority_refills.
+  bool low_priority_refills = false;
   // Guest memory all warm clones together may hold (custom templates' pools share what the
   // base template's leaves).
   uint64_t warm_memory_mb = 4096;

@@ -98,6 +98,7 @@ Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
   ac.accel = host.accel;
   ac.warm_sandboxes = config.warm_sandboxes;
   ac.warm_max = config.warm_max;
+  ac.low_priority_refills = config.low_priority_refills;
   ac.warm_memory_budget_mib = config.warm_memory_mb;
   ac.insecure_registries = config.insecure_registries;
   ac.template_cache_mib = config.template_cache_mb;
@@ -513,6 +514,7 @@ struct VmFlags {
   std::string accel = "auto";
   std::string network = "on";
   std::string snapshot_format = "memory-file";
+  std::string refill_priority = "normal";
   bool keep_sandboxes = false;
 };
 
@@ -536,6 +538,11 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
                   "the most clones one template's warm pool grows to when creates find it dry "
                   "(one more per such create in the last 5 minutes; within --warm-memory-mb); "
                   "0: pools stay at --warm-sandboxes")
+      ->capture_default_str();
+  cmd->add_option("--refill-priority", flags.refill_priority,
+                  "normal|low: low refills warm clones as background work (nice 19, CPU weight 1 "
+                  "until claimed): requests keep the cores under load, but the pool serves fewer "
+                  "creates of a fast serial loop (docs/performance.md)")
       ->capture_default_str();
   cmd->add_option("--insecure-registry", config.insecure_registries,
                   "a registry on this host's own network (loopback or link-local: \"127.0.0.1\" "
@@ -606,6 +613,12 @@ int ApplyVmFlags(const VmFlags& flags, MoatdConfig& config) {
     return 2;
   }
   config.memory_file_snapshots = flags.snapshot_format == "memory-file";
+  if (flags.refill_priority != "normal" && flags.refill_priority != "low") {
+    std::fprintf(stderr, "moatd: --refill-priority: expected normal or low, got \"%s\"\n",
+                 flags.refill_priority.c_str());
+    return 2;
+  }
+  config.low_priority_refills = flags.refill_priority == "low";
   auto mode = moat::vmm::qemu::ParseAccelMode(flags.accel);
   if (!mode.ok()) {
     std::fprintf(stderr, "moatd: --accel: %s\n", mode.status().message().c_str());

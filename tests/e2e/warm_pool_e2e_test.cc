@@ -227,7 +227,8 @@ TEST_F(WarmPoolE2e, AClaimedCloneTakesTheIdOfItsCreateAndIsKnownByItEverywhere) 
 
 // Last (it restarts the suite's agent): a pool that runs dry grows by one clone per create that
 // found it dry, up to warm_max, and shrinks back to warm_sandboxes once the demand window has
-// none. Warm clones restore at a low CPU weight and are raised to the normal one when claimed.
+// none. With low-priority refills, warm clones restore at a low CPU weight and are raised to the
+// normal one when claimed.
 TEST_F(WarmPoolE2e, ZAPoolThatRunsDryGrowsToItsMaximumAndShrinksBack) {
   delete agent_;
   agent_ = nullptr;
@@ -237,6 +238,7 @@ TEST_F(WarmPoolE2e, ZAPoolThatRunsDryGrowsToItsMaximumAndShrinksBack) {
   c.warm_sandboxes = 1;
   c.warm_max = 3;
   c.warm_demand_window = 8s;
+  c.low_priority_refills = true;
   auto agent = Agent::Start(c);
   ASSERT_TRUE(agent.ok()) << agent.status().ToString();
   agent_ = agent->release();
