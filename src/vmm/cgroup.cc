@@ -205,29 +205,42 @@ Result<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_view paren
     const auto& h = layout.hierarchies[i];
     const std::string& dir = dirs[i];
     std::string parent_dir = dir.substr(0, dir.rfind('/'));
-    if (::mkdir(parent_dir.c_str(), 0755) < 0 && errno != EEXIST) {
-      return ErrnoError("mkdir(" + parent_dir + ")");
+    // The parent, our directory in it, and (v2) the controllers enabled down to it. Another VM's
+    // cgroup, removed meanwhile, may take the parent with it when it was the last one in it
+    // (Remove): a directory that vanished under us is made again.
+    auto make = [&]() -> Status {
+      if (::mkdir(parent_dir.c_str(), 0755) < 0 && errno != EEXIST) {
+        return ErrnoError("mkdir(" + parent_dir + ")");
+      }
+      if (layout.version == CgroupVersion::kV2) {
+        // v2 only limits what the parent delegates: enable the controllers in every ancestor
+        // between the agent's cgroup and ours.
+        std::string walk = h.mount;
+        std::string rel = parent_dir.substr(h.mount.size());
+        std::istringstream parts(rel);
+        std::string part;
+        std::vector<std::string> chain{walk};
+        while (std::getline(parts, part, '/')) {
+          if (part.empty()) continue;
+          walk += "/" + part;
+          chain.push_back(walk);
+        }
+        for (const auto& c : chain) {
+          MOAT_RETURN_IF_ERROR(WriteCgroupFile(c + "/cgroup.subtree_control", "+memory +cpu +pids")
+                                   .Annotate("enabling cgroup controllers"));
+        }
+      }
+      if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST)
+        return ErrnoError("mkdir(" + dir + ")");
+      return Status::Ok();
+    };
+    Status made = make();
+    for (int attempt = 1; !made.ok() && made.code() == ErrorCode::kNotFound && attempt < 5;
+         ++attempt) {
+      made = make();
     }
+    MOAT_RETURN_IF_ERROR(made);
     cg.parents_.push_back(parent_dir);
-    if (layout.version == CgroupVersion::kV2) {
-      // v2 only limits what the parent delegates: enable the controllers in every ancestor
-      // between the agent's cgroup and ours.
-      std::string walk = h.mount;
-      std::string rel = parent_dir.substr(h.mount.size());
-      std::istringstream parts(rel);
-      std::string part;
-      std::vector<std::string> chain{walk};
-      while (std::getline(parts, part, '/')) {
-        if (part.empty()) continue;
-        walk += "/" + part;
-        chain.push_back(walk);
-      }
-      for (const auto& c : chain) {
-        MOAT_RETURN_IF_ERROR(WriteCgroupFile(c + "/cgroup.subtree_control", "+memory +cpu +pids")
-                                 .Annotate("enabling cgroup controllers"));
-      }
-    }
-    if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return ErrnoError("mkdir(" + dir + ")");
     cg.dirs_.push_back(dir);
     MOAT_ASSIGN_OR_RETURN(std::string procs, ReadFile(dir + "/cgroup.procs"));
     if (!procs.empty()) {
