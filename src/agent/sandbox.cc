@@ -423,10 +423,14 @@ Status Sandbox::Claim(const std::string& id, const GuestIdentity& identity,
   if (slot_ && !(slot_->policy() == egress)) {
     MOAT_RETURN_IF_ERROR(slot_->ApplyPolicy(egress).Annotate("egress policy of sandbox " + id_));
   }
-  // Its full share of the CPU from now on (the first command must not wait behind refills).
-  Status w = vmm_->SetCpuWeight(vmm::kNormalCpuWeight);
-  if (w.ok()) w = SetProcessNice(vmm_->pid(), 0);  // it was forked by the niced warm filler
-  if (!w.ok()) LogError("sandbox.cpu_priority_failed", {{"sandbox", id_}, {"error", w.ToString()}});
+  if (env_.low_priority_pool) {
+    // Restored as background work: its full share of the CPU from now on.
+    Status w = vmm_->SetCpuWeight(vmm::kNormalCpuWeight);
+    if (w.ok()) w = SetProcessNice(vmm_->pid(), 0);  // it was forked by the niced warm filler
+    if (!w.ok()) {
+      LogError("sandbox.cpu_priority_failed", {{"sandbox", id_}, {"error", w.ToString()}});
+    }
+  }
   MOAT_RETURN_IF_ERROR(SendIdentity(identity));
   identity_ = identity;
   pooled_ = false;
