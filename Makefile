@@ -4,7 +4,7 @@ SHELL := /bin/bash
 JOBS ?= $(shell nproc)
 BUILD := build
 GUEST := $(BUILD)/guest
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 20
 
 .PHONY: all setup deps build build-asan guest up test test-unit test-asan test-integration \
         test-e2e test-compat fuzz fmt fmt-check tidy bench clean
@@ -35,8 +35,17 @@ guest: build
 up: setup
 	$(BUILD)/bin/moatd serve --listen 127.0.0.1:3000 --data-dir .moat
 
-test: setup fmt-check test-unit test-asan fuzz test-integration test-e2e test-compat
-	@echo "make test: all suites passed"
+# One after the other, each step's time said (a fresh machine's run is mostly the three builds,
+# the guest image and the VM suites: docs/testing.md).
+TEST_STEPS = setup fmt-check test-unit test-asan fuzz test-integration test-e2e test-compat
+test:
+	@start=$$(date +%s); \
+	for step in $(TEST_STEPS); do \
+	  t=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$step || { echo "make test: $$step FAILED"; exit 1; }; \
+	  echo "make test: $$step took $$(( $$(date +%s) - t )) s"; \
+	done; \
+	echo "make test: all suites passed in $$(( $$(date +%s) - start )) s"
 
 test-unit: build
 	ctest --test-dir $(BUILD) -L unit --output-on-failure
@@ -69,16 +78,17 @@ bench: build guest
 	$(BUILD)/bin/history_bench --guest-dir $(GUEST) --json $(BUILD)/bench/history.json
 
 # The fuzz targets (tests/fuzz, docs/security.md "Fuzzing"), one after the other: the channel
-# decoder and the RAM splitter for FUZZ_SECONDS each, every other parser for FUZZ_SECONDS_EACH
-# (20 s; about 4 minutes in all). Each starts from its seeds (tests/fuzz/seeds/<name>) and the
-# corpus of earlier runs (build-fuzz/corpora/<name>); a crash fails `make fuzz`, names the target
-# and shows its log (the crashing input is saved as build-fuzz/<name>_fuzz-crash-*).
+# decoder and the RAM splitter for FUZZ_SECONDS (20 s) each, every other parser for
+# FUZZ_SECONDS_EACH (12 s): about 3 minutes in all (tests/fuzz/campaign.sh runs long ones). Each
+# starts from its seeds (tests/fuzz/seeds/<name>) and the corpus of earlier runs
+# (build-fuzz/corpora/<name>); a crash fails `make fuzz`, names the target and shows its log (the
+# crashing input is saved as build-fuzz/<name>_fuzz-crash-*).
 fuzz:
 	@[ -f build-fuzz/build.ninja ] || cmake --preset fuzz >/dev/null
 	cmake --build build-fuzz -j$(JOBS) --target frame_decoder_fuzz ram_split_fuzz api_json_fuzz \
 	  connect_fuzz multipart_fuzz gzip_fuzz query_fuzz qmp_fuzz domain_proxy_fuzz envd_target_fuzz \
 	  guest_reply_fuzz code_stream_fuzz execute_stream_fuzz remote_manifest_fuzz
-	@each=$(or $(FUZZ_SECONDS_EACH),20); failed=""; \
+	@each=$(or $(FUZZ_SECONDS_EACH),12); failed=""; \
 	for spec in frame_decoder:4096:$(FUZZ_SECONDS) ram_split:16384:$(FUZZ_SECONDS) \
 	    api_json:2048:$$each connect:2048:$$each multipart:4096:$$each gzip:8192:$$each \
 	    query:1024:$$each qmp:1024:$$each domain_proxy:4096:$$each envd_target:1024:$$each \

@@ -16,18 +16,8 @@ moatd=$build/bin/moatd
 (cd "$root/tests/compat" && { npm ci --offline --no-audit --no-fund >/dev/null 2>&1 || npm ci --no-audit --no-fund >/dev/null; })
 
 . "$root/tests/support/moatd_procs.sh"
-work=$(mktemp -d /tmp/moat-ci-bench.XXXXXX)
-key="moat_bench_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 declare -A pid url
-procs_who=code_interpreter_bench
-cleanup() {
-  local rc=$?
-  procs_stop_all || rc=1
-  [ "$rc" = 0 ] || procs_show_logs
-  rm -rf "$work"
-  exit "$rc"
-}
-trap cleanup EXIT INT TERM
+procs_bench_begin code_interpreter_bench
 
 url[serve]=http://127.0.0.1:$(procs_free_port)
 mkdir -p "$work/data"

@@ -6,7 +6,9 @@
 #      4 concurrent loops, creates sustained for 60 s, PSS at SDK_BENCH_IDLE idle sandboxes
 #   2. --warm-max 0 (the pool before this issue: never grows): the serial loop again; and
 #      --refill-priority low (refills as background work): the serial and the 4 loops again
-#   3. --warm-sandboxes 0 (every create restores on the request's path): fresh sandboxes
+#   3. --warm-sandboxes 0 (every create restores on the request's path): fresh sandboxes; and
+#      --refill-delay-ms 0 (a claim refills at once, beside the new sandbox's first commands):
+#      fresh sandboxes, the serial loop and sustained creates again
 # moatd's log gives what the client cannot see: which creates a warm clone served, a refill's
 # restore and warm-up times, and each kill's teardown after its answer.
 #
@@ -25,18 +27,8 @@ moatd=$build/bin/moatd
 (cd "$root/tests/compat" && { npm ci --offline --no-audit --no-fund >/dev/null 2>&1 || npm ci --no-audit --no-fund >/dev/null; })
 
 . "$root/tests/support/moatd_procs.sh"
-work=$(mktemp -d /tmp/moat-sdk-bench.XXXXXX)
-key="moat_bench_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 declare -A pid url
-procs_who=sdk_bench
-cleanup() {
-  local rc=$?
-  procs_stop_all || rc=1
-  [ "$rc" = 0 ] || procs_show_logs
-  rm -rf "$work"
-  exit "$rc"
-}
-trap cleanup EXIT INT TERM
+procs_bench_begin sdk_bench
 
 N=${SDK_BENCH_N:-100}
 FRESH=${SDK_BENCH_FRESH:-20}
@@ -97,6 +89,11 @@ stop_serve
 start_serve no_pool 0
 phase fresh fresh_no_pool SDK_BENCH_N=$((FRESH / 2))
 stop_serve
+start_serve no_refill_delay 2 --refill-delay-ms 0
+phase fresh fresh_no_refill_delay SDK_BENCH_N="$FRESH"
+phase loop loop_no_refill_delay SDK_BENCH_N="$N"
+phase creates creates_no_refill_delay SDK_BENCH_SUSTAIN_S="${SDK_BENCH_SUSTAIN_S:-60}"
+stop_serve
 if [ -n "${SDK_BENCH_BEFORE_MOATD:-}" ]; then
   MOATD_BIN=$SDK_BENCH_BEFORE_MOATD MOATD_DATA=$work/data-before start_serve before 2
   all_phases before_
@@ -128,7 +125,10 @@ for f in sorted(glob.glob(f"{work}/out/*.json")):
                else "before" if name.startswith("before_")
                else {"loop_fixed_pool": "fixed_pool", "fresh_no_pool": "no_pool",
                      "loop_low_priority": "low_priority",
-                     "loop4_low_priority": "low_priority"}[name]]
+                     "loop4_low_priority": "low_priority",
+                     "fresh_no_refill_delay": "no_refill_delay",
+                     "loop_no_refill_delay": "no_refill_delay",
+                     "creates_no_refill_delay": "no_refill_delay"}[name]]
     claimed = {e["sandbox"] for e in events(log, "sandbox.claimed")} & ids
     o["from_warm_pool"] = f"{len(claimed)}/{len(ids)}"
     td = [e for e in events(log, "sandbox.torn_down") if e["sandbox"] in ids]

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <optional>
 
 #include "agent/sandbox_state.h"
 #include "common/builtin_templates.h"
@@ -222,6 +223,26 @@ std::map<std::string, size_t> CountSince(
 
 }  // namespace
 
+Status HostMemoryAdmits(const MemInfo& mem, uint64_t reserve_mib, std::string_view what) {
+  uint64_t available_mib = mem.available_bytes >> 20;
+  if (reserve_mib == 0 || available_mib >= reserve_mib) return Status::Ok();
+  return ResourceExhausted("host memory low: " + std::to_string(available_mib) +
+                           " MiB available, below the " + std::to_string(reserve_mib) +
+                           " MiB reserve (--memory-reserve-mb); " + std::string(what) + " refused");
+}
+
+Status Agent::AdmitNewVm(std::string_view what) {
+  if (config_.memory_reserve_mib == 0) return Status::Ok();
+  auto mem = ReadMeminfo();
+  if (!mem.ok()) {
+    LogWarn("agent.meminfo_unreadable", {{"error", mem.status().ToString()}});
+    return Status::Ok();
+  }
+  Status s = HostMemoryAdmits(*mem, config_.memory_reserve_mib, what);
+  if (!s.ok()) LogWarn("agent.memory_low", {{"what", std::string(what)}, {"error", s.ToString()}});
+  return s;
+}
+
 size_t WarmPoolWant(size_t floor, size_t dry_creates, size_t warm_max) {
   if (floor == 0 && dry_creates == 0) return 0;
   return std::max(floor, std::min(floor + dry_creates, std::max(floor, warm_max)));
@@ -311,9 +332,12 @@ void Agent::WarmLoop() {
     }
     std::vector<WarmTarget> targets = WarmTargets();
     // Drop clones that died, belong to a build no longer current, or exceed their template's
-    // share; then fill the first template short of its share.
+    // share; then fill the first template short of its share whose refill is not held by a
+    // recent claim (refill_hold_; if all are, the earliest hold's end or the next claim is
+    // waited for).
     std::vector<std::unique_ptr<Sandbox>> stale;
     const WarmTarget* fill = nullptr;
+    std::optional<std::chrono::steady_clock::time_point> deferred_until;
     {
       std::lock_guard lock(warm_mu_);
       std::map<std::string, size_t> have;
@@ -328,20 +352,31 @@ void Agent::WarmLoop() {
           ++it;
         }
       }
+      auto now = std::chrono::steady_clock::now();
+      std::erase_if(refill_hold_, [&](const auto& h) { return now >= h.second; });
       for (const auto& t : targets) {
-        if (have[t.dir] < t.want) {
-          fill = &t;
-          break;
+        if (have[t.dir] >= t.want) continue;
+        if (auto held = refill_hold_.find(t.dir); held != refill_hold_.end()) {
+          if (!deferred_until || held->second < *deferred_until) deferred_until = held->second;
+          continue;
         }
+        fill = &t;
+        break;
       }
     }
     for (auto& sb : stale) sb->Kill();
     if (fill == nullptr) {
       backoff = std::chrono::milliseconds(0);
+      if (deferred_until) {
+        std::unique_lock lock(warm_mu_);
+        warm_cv_.wait_until(lock, *deferred_until, [&] { return warm_stopping_ || warm_kick_; });
+        warm_kick_ = true;  // look again at once
+      }
       continue;
     }
     auto m = ReadManifest(fill->dir);
     Status s = m.status();
+    if (s.ok()) s = AdmitNewVm("a warm clone");
     if (s.ok()) {
       auto t0 = std::chrono::steady_clock::now();
       auto sb = Sandbox::Restore(env_, fill->dir, *m, NewSandboxId(), {}, std::nullopt,
@@ -405,6 +440,13 @@ Result<std::shared_ptr<Sandbox>> Agent::ClaimWarm(const std::string& template_di
       if (it == warm_.end()) return std::shared_ptr<Sandbox>();
       sb = std::move(it->sandbox);
       warm_.erase(it);
+      if (config_.refill_delay.count() > 0 &&
+          std::any_of(warm_.begin(), warm_.end(),
+                      [&](const WarmClone& w) { return w.template_dir == template_dir; })) {
+        refill_hold_[template_dir] = std::chrono::steady_clock::now() + config_.refill_delay;
+      } else {
+        refill_hold_.erase(template_dir);  // emptied: refill at once, all the way
+      }
       warm_kick_ = true;
     }
     warm_cv_.notify_all();  // refill
@@ -691,6 +733,7 @@ Result<std::shared_ptr<Sandbox>> Agent::Restore(const std::string& snapshot_dir,
                                                 const SnapshotManifest& m, const std::string& id,
                                                 const GuestIdentity& identity,
                                                 const std::optional<net::EgressPolicy>& egress) {
+  MOAT_RETURN_IF_ERROR(AdmitNewVm("sandbox " + id));
   MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb,
                         Sandbox::Restore(env_, snapshot_dir, m, id, identity, egress));
   std::shared_ptr<Sandbox> shared = std::move(sb);
@@ -841,6 +884,7 @@ Status Agent::SetEgress(const std::string& id, const net::EgressPolicy& egress) 
 }
 
 Result<std::shared_ptr<Sandbox>> Agent::CreateColdBoot(const GuestIdentity& identity) {
+  MOAT_RETURN_IF_ERROR(AdmitNewVm("a cold boot"));
   MOAT_ASSIGN_OR_RETURN(std::unique_ptr<Sandbox> sb,
                         Sandbox::Boot(env_, config_.base, NewSandboxId(), identity));
   std::shared_ptr<Sandbox> shared = std::move(sb);
@@ -901,6 +945,7 @@ Result<std::shared_ptr<Sandbox>> Agent::Resume(const std::string& id) {
 
 Result<std::shared_ptr<Sandbox>> Agent::BootFromDisk(const std::string& dir,
                                                      const SnapshotManifest& m) {
+  MOAT_RETURN_IF_ERROR(AdmitNewVm("sandbox " + m.sandbox_id));
   // The template it came from, with the resources and base disk it had.
   TemplateSpec tmpl = config_.base;
   tmpl.name = m.source;
@@ -955,6 +1000,7 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(
   Cleanup release([&] { ReleaseIds(child_ids); });
   const int count = static_cast<int>(child_ids.size());
   MOAT_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> parent, Get(id));
+  MOAT_RETURN_IF_ERROR(AdmitNewVm("fork of " + id));  // before the parent's snapshot
   // One snapshot of the parent (it runs on right after), then every child restores from it.
   std::string dir = SnapshotDir(".fork-" + NewSandboxId());
   Cleanup remove([&] { (void)RemoveTree(dir); });

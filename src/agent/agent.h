@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "agent/snapshot.h"
 #include "agent/template_builder.h"
 #include "agent/template_store.h"
+#include "common/proc_text.h"
 #include "common/status.h"
 #include "net/network_slot.h"
 #include "net/slot_pool.h"
@@ -72,6 +74,16 @@ struct AgentConfig {
   // per template (and within warm_memory_budget_mib); it shrinks back once the window has no
   // such create. 0: pools never grow past warm_sandboxes.
   size_t warm_max = 16;
+  // A claim that leaves its template's pool holding a clone holds that pool's refill this long:
+  // the refill (a restore and a warm-up, most of a core for ~0.7 s under TCG) would otherwise
+  // run beside the claimed sandbox's first commands. A claim that empties the pool refills it at
+  // once, all the way. 0: every claim refills at once.
+  std::chrono::milliseconds refill_delay{500};
+  // No new VM starts (a create that restores, a resume, a fork's children, a warm refill, a cold
+  // boot) while the host's MemAvailable is below this: the create fails with resource_exhausted
+  // naming it, instead of the kernel's OOM killer picking a sandbox (or the agent) later. A
+  // claim of a clone already running is still served. 0: no check.
+  uint64_t memory_reserve_mib = 1024;
   // Refill warm clones as background work: the filler thread (and what it forks) at nice 19, and
   // a waiting clone's VM in a cgroup of CPU weight 1 until it is claimed. Requests then keep the
   // cores under load (4 concurrent loops), but refills starve and the pool serves fewer creates
@@ -112,6 +124,11 @@ struct CreateRequest {
 // create that found it dry within the demand window, up to `warm_max` (never below `floor`).
 // Pure: unit-tested.
 size_t WarmPoolWant(size_t floor, size_t dry_creates, size_t warm_max);
+
+// Whether a new VM may start with `mem` as the host's memory (AgentConfig::memory_reserve_mib):
+// resource_exhausted naming what was refused and both figures when MemAvailable is below the
+// reserve. Pure: unit-tested.
+Status HostMemoryAdmits(const MemInfo& mem, uint64_t reserve_mib, std::string_view what);
 
 class Agent {
  public:
@@ -271,6 +288,8 @@ class Agent {
     size_t want = 0;
     uint64_t memory_mib = 0;
   };
+  // HostMemoryAdmits on this host's /proc/meminfo now (admits when it cannot be read).
+  Status AdmitNewVm(std::string_view what);
   std::vector<WarmTarget> WarmTargets();
   // A create from `template_name` (the pool of a custom template follows its demand).
   void NoteDemand(const std::string& template_name);
@@ -280,6 +299,8 @@ class Agent {
   // Creates that found the pool dry while its target was above zero (they grow it).
   std::map<std::string, std::deque<std::chrono::steady_clock::time_point>> dry_;  // warm_mu_
   std::map<std::string, size_t> last_want_;  // WarmTargets' last answer per template; warm_mu_
+  // Per template build dir: no refill before this time (AgentConfig::refill_delay); warm_mu_.
+  std::map<std::string, std::chrono::steady_clock::time_point> refill_hold_;
   std::mutex warm_mu_;
   std::condition_variable warm_cv_;
   std::deque<WarmClone> warm_;

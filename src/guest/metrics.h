@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "common/proc_text.h"
 #include "common/status.h"
 #include "guest/request.h"
 
@@ -19,11 +20,8 @@ Result<CpuSample> ParseProcStat(std::string_view text);
 // Percentage of non-idle time between two samples, 0..100.
 double CpuUsedPct(const CpuSample& before, const CpuSample& after);
 
-struct MemInfo {
-  uint64_t total_bytes = 0;
-  uint64_t available_bytes = 0;
-};
-Result<MemInfo> ParseMeminfo(std::string_view text);
+using ::moat::MemInfo;
+using ::moat::ParseMeminfo;
 
 // Keeps the previous CPU sample so that each report covers the time since the last one.
 class MetricsCollector {

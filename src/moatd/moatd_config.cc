@@ -230,6 +230,14 @@ Status ValidateConfig(MoatdConfig& c) {
   if (c.warm_max > 64) {
     return InvalidArgument("--warm-max: must be 0..64, got " + std::to_string(c.warm_max));
   }
+  if (c.memory_reserve_mb > (uint64_t{1} << 20)) {
+    return InvalidArgument("--memory-reserve-mb: must be at most 1048576, got " +
+                           std::to_string(c.memory_reserve_mb));
+  }
+  if (c.refill_delay_ms > 60000) {
+    return InvalidArgument("--refill-delay-ms: must be 0..60000, got " +
+                           std::to_string(c.refill_delay_ms));
+  }
   if (c.network) MOAT_RETURN_IF_ERROR(ValidateNetwork(c));
   return Status::Ok();
 }

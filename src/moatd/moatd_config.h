@@ -58,6 +58,10 @@ struct MoatdConfig {
   size_t warm_sandboxes = 2;
   // The most one template's pool grows to when creates find it dry (agent::AgentConfig).
   size_t warm_max = 16;
+  // --refill-delay-ms: agent::AgentConfig::refill_delay.
+  uint64_t refill_delay_ms = 500;
+  // --memory-reserve-mb: agent::AgentConfig::memory_reserve_mib.
+  uint64_t memory_reserve_mb = 1024;
   // --refill-priority low: agent::AgentConfig::low_priority_refills.
   bool low_priority_refills = false;
   // Guest memory all warm clones together may hold (custom templates' pools share what the

@@ -98,6 +98,8 @@ Result<std::unique_ptr<agent::Agent>> StartLocalAgent(const MoatdConfig& config,
   ac.accel = host.accel;
   ac.warm_sandboxes = config.warm_sandboxes;
   ac.warm_max = config.warm_max;
+  ac.refill_delay = std::chrono::milliseconds(config.refill_delay_ms);
+  ac.memory_reserve_mib = config.memory_reserve_mb;
   ac.low_priority_refills = config.low_priority_refills;
   ac.warm_memory_budget_mib = config.warm_memory_mb;
   ac.insecure_registries = config.insecure_registries;
@@ -538,6 +540,16 @@ void AddVmOptions(CLI::App* cmd, MoatdConfig& config, VmFlags& flags) {
                   "the most clones one template's warm pool grows to when creates find it dry "
                   "(one more per such create in the last 5 minutes; within --warm-memory-mb); "
                   "0: pools stay at --warm-sandboxes")
+      ->capture_default_str();
+  cmd->add_option("--memory-reserve-mb", config.memory_reserve_mb,
+                  "no new VM starts (create, resume, fork, warm refill) while the host's "
+                  "MemAvailable is below this many MiB: such a create fails with 429 naming it "
+                  "rather than the OOM killer picking a sandbox later; 0: no check")
+      ->capture_default_str();
+  cmd->add_option("--refill-delay-ms", config.refill_delay_ms,
+                  "after a create takes a warm clone, a pool that still holds one waits this "
+                  "long before it refills, so that the new sandbox's first commands have the "
+                  "cores (a pool left empty refills at once); 0: refill at once")
       ->capture_default_str();
   cmd->add_option("--refill-priority", flags.refill_priority,
                   "normal|low: low refills warm clones as background work (nice 19, CPU weight 1 "

@@ -284,5 +284,70 @@ TEST_F(WarmPoolE2e, ZAPoolThatRunsDryGrowsToItsMaximumAndShrinksBack) {
   EXPECT_EQ(agent_->warm_ready(), 1u);
 }
 
+// Last too (it restarts the suite's agent): a claim that leaves a clone in the pool holds the
+// refill for refill_delay (the new sandbox's first commands have the cores); one that empties
+// the pool refills it at once, all the way.
+TEST_F(WarmPoolE2e, ZBRefillIsHeldAfterAClaimThatLeavesAClone) {
+  delete agent_;
+  agent_ = nullptr;
+  AgentConfig c = test_support::E2eAgentConfig(*dir_);
+  c.network = test_support::TestNetConfig(*dir_, 227);
+  c.ready_slots = 2;
+  c.warm_sandboxes = 2;
+  c.warm_max = 0;
+  c.refill_delay = 10s;
+  auto agent = Agent::Start(c);
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  agent_ = agent->release();
+  ASSERT_TRUE(WaitForPool(2));
+  auto t0 = Clock::now();
+  auto one = agent_->Create("base", {});
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  ASSERT_TRUE((*one)->from_warm_pool());
+  EXPECT_EQ(Sh(*one, "echo first"), "first\n");
+  ASSERT_TRUE(WaitForPool(2));
+  EXPECT_GE(Clock::now() - t0, 10s) << "refilled before the hold ended";
+  EXPECT_TRUE(agent_->Kill((*one)->id()).ok());
+  one->reset();
+
+  // Two claims back to back empty the pool: both clones come back without waiting for a hold.
+  std::vector<std::shared_ptr<Sandbox>> made;
+  auto t1 = Clock::now();
+  for (int i = 0; i < 2; ++i) {
+    auto sb = agent_->Create("base", {});
+    ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+    EXPECT_TRUE((*sb)->from_warm_pool());
+    made.push_back(*sb);
+  }
+  ASSERT_TRUE(WaitForPool(2));
+  EXPECT_LT(Clock::now() - t1, 10s) << "an emptied pool waited for a hold";
+  for (auto& sb : made) EXPECT_TRUE(agent_->Kill(sb->id()).ok());
+}
+
+// Last too: below --memory-reserve-mb (here more than any host has) no VM starts: a create fails
+// with resource_exhausted naming the figures, the pool does not fill, and nothing is left.
+TEST_F(WarmPoolE2e, ZCNoVmStartsBelowTheMemoryReserve) {
+  delete agent_;
+  agent_ = nullptr;
+  AgentConfig c = test_support::E2eAgentConfig(*dir_);
+  c.network = test_support::TestNetConfig(*dir_, 227);
+  c.ready_slots = 2;
+  c.warm_sandboxes = 1;
+  c.memory_reserve_mib = uint64_t{1} << 40;
+  auto agent = Agent::Start(c);
+  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+  agent_ = agent->release();
+  auto sb = agent_->Create("base", {});
+  ASSERT_FALSE(sb.ok());
+  EXPECT_EQ(sb.status().code(), ErrorCode::kResourceExhausted) << sb.status().ToString();
+  EXPECT_NE(sb.status().message().find("host memory low"), std::string::npos)
+      << sb.status().ToString();
+  EXPECT_NE(sb.status().message().find("--memory-reserve-mb"), std::string::npos);
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(agent_->warm_ready(), 0u) << "a warm clone started below the reserve";
+  EXPECT_TRUE(agent_->List().empty());
+  EXPECT_EQ(DirNames(*dir_ + "/sandboxes"), std::vector<std::string>{});
+}
+
 }  // namespace
 }  // namespace moat::agent

@@ -9,6 +9,10 @@
 #                                    process still mentioning $work is killed; 1 if either was
 #                                    needed
 #   procs_show_logs                  the last lines of every $work/*.log
+#   procs_bench_begin WHO            a benchmark's set-up: procs_who=WHO, work=a new temp dir,
+#                                    key=a random API key, and a trap on EXIT, INT and TERM that
+#                                    stops every process, shows the logs if anything failed and
+#                                    removes $work (the caller declares pid and url first)
 
 procs_say() { echo "$procs_who: $*" >&2; }
 
@@ -51,4 +55,19 @@ procs_show_logs() {
     [ -f "$log" ] || continue
     procs_say "last lines of $(basename "$log"):"; tail -n 25 "$log" >&2
   done
+}
+
+procs_bench_begin() {
+  procs_who=$1
+  work=$(mktemp -d "/tmp/moat-$1.XXXXXX")
+  key="moat_bench_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+  trap procs_bench_end EXIT INT TERM
+}
+
+procs_bench_end() {
+  local rc=$?
+  procs_stop_all || rc=1
+  [ "$rc" = 0 ] || procs_show_logs
+  rm -rf "$work"
+  exit "$rc"
 }
