@@ -75,6 +75,7 @@ bench: build guest
 	bench/code_interpreter_bench.sh $(BUILD) $(BUILD)/bench/code_interpreter.json
 	bench/store_bench.sh $(BUILD) $(BUILD)/bench/store.json
 	bench/sdk_bench.sh $(BUILD) $(BUILD)/bench/sdk.json
+	bench/capacity_bench.sh $(BUILD) $(BUILD)/bench/capacity.json
 	$(BUILD)/bin/history_bench --guest-dir $(GUEST) --json $(BUILD)/bench/history.json
 
 # The fuzz targets (tests/fuzz, docs/security.md "Fuzzing"), one after the other: the channel

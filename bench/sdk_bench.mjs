@@ -128,8 +128,8 @@ if (phase === 'fresh') {
         kill.push(now() - t)
         ids.push(sbx.sandboxId)
       } catch (e) {
-        errors++
-        console.error(`creates: ${e}`)
+        if (errors++ < 5) console.error(`creates: ${e}`)
+        await sleep(200)  // an error is counted, not hammered
       }
     }
   }

@@ -47,6 +47,7 @@ start_serve() {
     --warm-sandboxes "$warm" "$@" >>"$work/$name.log" 2>&1 &
   pid[serve]=$!
   procs_wait_healthy serve
+  procs_lift_quotas serve "$key"  # the host is measured, not the team's create rate
   for _ in $(seq 1 600); do
     [ "$(grep -c 'event=agent.warm_clone_added' "$work/$name.log" || true)" -ge "$warm" ] && return 0
     sleep 0.5

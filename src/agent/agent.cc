@@ -20,6 +20,12 @@
 #include "vmm/cgroup.h"
 
 namespace moat::agent {
+namespace {
+
+// Threads that tear sandboxes down side by side (Agent::TeardownLoop, KillAll).
+unsigned TeardownWorkers() { return std::clamp(std::thread::hardware_concurrency(), 2u, 8u); }
+
+}  // namespace
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)) {}
 
@@ -80,8 +86,10 @@ Result<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   agent->templates_ = std::make_unique<TemplateStore>(c.data_dir + "/templates", agent->env_);
   detach_on_error.Cancel();
   agent->monitor_ = GuardedThread("agent monitor", [a = agent.get()] { a->MonitorLoop(); });
-  agent->teardown_thread_ =
-      GuardedThread("sandbox teardown", [a = agent.get()] { a->TeardownLoop(); });
+  for (unsigned i = 0; i < TeardownWorkers(); ++i) {
+    agent->teardown_threads_.push_back(
+        GuardedThread("sandbox teardown", [a = agent.get()] { a->TeardownLoop(); }));
+  }
   if (c.warm_sandboxes > 0) {
     agent->warm_filler_ = GuardedThread("warm pool filler", [a = agent.get()] { a->WarmLoop(); });
   }
@@ -130,8 +138,10 @@ void Agent::StopTeardowns() {
     teardown_stopping_ = true;
   }
   teardown_cv_.notify_all();
-  if (teardown_thread_.joinable()) teardown_thread_.join();
-  // Had the thread never started, what was queued is torn down here.
+  for (auto& t : teardown_threads_) {
+    if (t.joinable()) t.join();
+  }
+  // Had no thread started, what was queued is torn down here.
   std::deque<std::pair<std::shared_ptr<Sandbox>, std::chrono::steady_clock::time_point>> left;
   {
     std::lock_guard lock(teardown_mu_);
@@ -1118,12 +1128,21 @@ Status Agent::Kill(const std::string& id) {
 }
 
 void Agent::KillAll() {
-  std::map<std::string, std::shared_ptr<Sandbox>> all;
+  std::vector<std::shared_ptr<Sandbox>> all;
   {
     std::lock_guard lock(mu_);
-    all.swap(sandboxes_);
+    for (auto& [id, sb] : sandboxes_) all.push_back(std::move(sb));
+    sandboxes_.clear();
   }
-  for (auto& [id, sb] : all) sb->Kill();
+  // Side by side, as the teardown threads do: a host with hundreds of sandboxes stops in seconds.
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < all.size();) all[i]->Kill();
+  };
+  size_t workers = std::min<size_t>(all.size(), TeardownWorkers());
+  std::vector<std::jthread> threads;
+  for (size_t w = 1; w < workers; ++w) threads.emplace_back(work);
+  work();
 }
 
 void Agent::MonitorLoop() {

@@ -309,13 +309,15 @@ class Agent {
   std::thread warm_filler_;
   std::thread prebake_;  // AgentConfig::prebake_builtins: bakes them once, at start
 
-  // Killed sandboxes whose teardown is left to teardown_thread_ (Kill).
+  // Killed sandboxes whose teardown is left to teardown_threads_ (Kill): as many as the host
+  // has cores (2..8), since a teardown is mostly waiting (QEMU's exit, ip and nft runs) and a
+  // kill storm (hundreds at once) would otherwise queue behind one.
   std::mutex teardown_mu_;
   std::condition_variable teardown_cv_;
   std::deque<std::pair<std::shared_ptr<Sandbox>, std::chrono::steady_clock::time_point>> teardown_;
   size_t teardown_busy_ = 0;  // taken off the queue and not finished
   bool teardown_stopping_ = false;
-  std::thread teardown_thread_;
+  std::vector<std::thread> teardown_threads_;
 
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;

@@ -9,6 +9,8 @@
 #                                    process still mentioning $work is killed; 1 if either was
 #                                    needed
 #   procs_show_logs                  the last lines of every $work/*.log
+#   procs_lift_quotas NAME KEY       raises the quotas of KEY's team (an admin key: moatd's
+#                                    bootstrap one) on ${url[NAME]} out of a benchmark's way
 #   procs_bench_begin WHO            a benchmark's set-up: procs_who=WHO, work=a new temp dir,
 #                                    key=a random API key, and a trap on EXIT, INT and TERM that
 #                                    stops every process, shows the logs if anything failed and
@@ -70,4 +72,13 @@ procs_bench_end() {
   [ "$rc" = 0 ] || procs_show_logs
   rm -rf "$work"
   exit "$rc"
+}
+
+procs_lift_quotas() {
+  local base=${url[$1]} key=$2 team
+  team=$(curl -fsS -H "X-API-Key: $key" "$base/keys" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["teamID"])') || return 1
+  curl -fsS -X PUT -H "X-API-Key: $key" -H 'Content-Type: application/json' \
+    -d '{"maxSandboxes": 100000, "maxVcpus": 100000, "maxMemoryMiB": 102400000,
+         "maxCreatesPerMinute": 100000}' "$base/teams/$team/quotas" >/dev/null
 }
