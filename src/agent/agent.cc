@@ -23,7 +23,9 @@ namespace moat::agent {
 namespace {
 
 // Threads that tear sandboxes down side by side (Agent::TeardownLoop, KillAll).
-unsigned TeardownWorkers() { return std::clamp(std::thread::hardware_concurrency(), 2u, 8u); }
+unsigned TeardownWorkers() {
+  return std::clamp(std::thread::hardware_concurrency(), 2u, 8u);
+}
 
 }  // namespace
 
