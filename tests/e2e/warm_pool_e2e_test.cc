@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -55,6 +56,19 @@ class WarmPoolE2e : public ::testing::Test {
     auto end = Clock::now() + limit;
     while (agent_->warm_ready() < n && Clock::now() < end) std::this_thread::sleep_for(50ms);
     return agent_->warm_ready() >= n;
+  }
+  // Replaces the suite's agent by one with the suite's network and 2 ready slots, then
+  // `adjust`'s changes (the last tests: they need a pool configured otherwise).
+  static void RestartAgent(const std::function<void(AgentConfig&)>& adjust) {
+    delete agent_;
+    agent_ = nullptr;
+    AgentConfig c = test_support::E2eAgentConfig(*dir_);
+    c.network = test_support::TestNetConfig(*dir_, 227);
+    c.ready_slots = 2;
+    adjust(c);
+    auto agent = Agent::Start(c);
+    ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+    agent_ = agent->release();
   }
   static std::string Sh(const std::shared_ptr<Sandbox>& sb, const std::string& cmd) {
     return test_support::GuestSh(sb, cmd);
@@ -230,18 +244,13 @@ TEST_F(WarmPoolE2e, AClaimedCloneTakesTheIdOfItsCreateAndIsKnownByItEverywhere) 
 // none. With low-priority refills, warm clones restore at a low CPU weight and are raised to the
 // normal one when claimed.
 TEST_F(WarmPoolE2e, ZAPoolThatRunsDryGrowsToItsMaximumAndShrinksBack) {
-  delete agent_;
-  agent_ = nullptr;
-  AgentConfig c = test_support::E2eAgentConfig(*dir_);
-  c.network = test_support::TestNetConfig(*dir_, 227);
-  c.ready_slots = 2;
-  c.warm_sandboxes = 1;
-  c.warm_max = 3;
-  c.warm_demand_window = 8s;
-  c.low_priority_refills = true;
-  auto agent = Agent::Start(c);
-  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
-  agent_ = agent->release();
+  RestartAgent([](AgentConfig& c) {
+    c.warm_sandboxes = 1;
+    c.warm_max = 3;
+    c.warm_demand_window = 8s;
+    c.low_priority_refills = true;
+  });
+  ASSERT_NE(agent_, nullptr);
   ASSERT_TRUE(WaitForPool(1));
   // The waiting clone's VMM runs at the background weight.
   std::vector<std::string> waiting = DirNames(*dir_ + "/sandboxes");
@@ -288,17 +297,12 @@ TEST_F(WarmPoolE2e, ZAPoolThatRunsDryGrowsToItsMaximumAndShrinksBack) {
 // refill for refill_delay (the new sandbox's first commands have the cores); one that empties
 // the pool refills it at once, all the way.
 TEST_F(WarmPoolE2e, ZBRefillIsHeldAfterAClaimThatLeavesAClone) {
-  delete agent_;
-  agent_ = nullptr;
-  AgentConfig c = test_support::E2eAgentConfig(*dir_);
-  c.network = test_support::TestNetConfig(*dir_, 227);
-  c.ready_slots = 2;
-  c.warm_sandboxes = 2;
-  c.warm_max = 0;
-  c.refill_delay = 10s;
-  auto agent = Agent::Start(c);
-  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
-  agent_ = agent->release();
+  RestartAgent([](AgentConfig& c) {
+    c.warm_sandboxes = 2;
+    c.warm_max = 0;
+    c.refill_delay = 10s;
+  });
+  ASSERT_NE(agent_, nullptr);
   ASSERT_TRUE(WaitForPool(2));
   auto t0 = Clock::now();
   auto one = agent_->Create("base", {});
@@ -327,16 +331,11 @@ TEST_F(WarmPoolE2e, ZBRefillIsHeldAfterAClaimThatLeavesAClone) {
 // Last too: below --memory-reserve-mb (here more than any host has) no VM starts: a create fails
 // with resource_exhausted naming the figures, the pool does not fill, and nothing is left.
 TEST_F(WarmPoolE2e, ZCNoVmStartsBelowTheMemoryReserve) {
-  delete agent_;
-  agent_ = nullptr;
-  AgentConfig c = test_support::E2eAgentConfig(*dir_);
-  c.network = test_support::TestNetConfig(*dir_, 227);
-  c.ready_slots = 2;
-  c.warm_sandboxes = 1;
-  c.memory_reserve_mib = uint64_t{1} << 40;
-  auto agent = Agent::Start(c);
-  ASSERT_TRUE(agent.ok()) << agent.status().ToString();
-  agent_ = agent->release();
+  RestartAgent([](AgentConfig& c) {
+    c.warm_sandboxes = 1;
+    c.memory_reserve_mib = uint64_t{1} << 40;
+  });
+  ASSERT_NE(agent_, nullptr);
   auto sb = agent_->Create("base", {});
   ASSERT_FALSE(sb.ok());
   EXPECT_EQ(sb.status().code(), ErrorCode::kResourceExhausted) << sb.status().ToString();

@@ -28,7 +28,7 @@ _s3_install() {
     flock 9
     [ -f node_modules/s3rver/bin/s3rver.js ] && exit 0
     npm ci --offline --no-audit --no-fund >/dev/null 2>&1 || npm ci --no-audit --no-fund >/dev/null
-  ) 9>/tmp/moat-s3rver-install.lock
+  ) 9>"$_S3_HOME/.install.lock"  # beside what it guards (git-ignored), not left in /tmp
 }
 
 # Starts s3rver on S3_PORT (0: a free one, read back from what s3rver prints) and waits until it

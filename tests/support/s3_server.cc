@@ -24,7 +24,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kListening = "S3rver listening on 127.0.0.1:";
-constexpr const char* kInstallLock = "/tmp/moat-s3rver-install.lock";
 
 void Note(const std::string& what) {
   std::fprintf(stderr, "[s3_server] %s\n", what.c_str());
@@ -72,10 +71,11 @@ Result<std::string> EnsureS3rverInstalled() {
   if (::access((dir + "/package-lock.json").c_str(), R_OK) != 0) {
     return FailedPrecondition("s3_server: no " + dir + "/package-lock.json");
   }
-  UniqueFd lock(::open(kInstallLock, O_RDWR | O_CREAT | O_CLOEXEC, 0666));
-  if (!lock) return ErrnoError(std::string("open(") + kInstallLock + ")");
-  if (::flock(lock.get(), LOCK_EX) < 0)
-    return ErrnoError(std::string("flock(") + kInstallLock + ")");
+  // Beside what it guards (git-ignored), not in /tmp where it would outlive every test.
+  const std::string lock_path = dir + "/.install.lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666));
+  if (!lock) return ErrnoError("open(" + lock_path + ")");
+  if (::flock(lock.get(), LOCK_EX) < 0) return ErrnoError("flock(" + lock_path + ")");
   // Another test may have installed it while this one waited.
   if (::access(js.c_str(), R_OK) == 0) return js;
   auto started = Clock::now();
