@@ -393,7 +393,7 @@ Result<storage::RemoteManifest> SnapshotReplicator::FetchManifest(const std::str
   // after the store has a good one again.
   if (from_store) {
     MOAT_RETURN_IF_ERROR(MakeDirs(options_.data_dir + "/store-cache/" + key, 0711));
-    MOAT_RETURN_IF_ERROR(WriteFileAtomic(cached, *text, 0644));
+    MOAT_RETURN_IF_ERROR(WriteFileAtomic(cached, *text, 0600));  // names env vars
   }
   return rm;
 }
@@ -405,7 +405,9 @@ Status SnapshotReplicator::Assemble(const storage::ChunkMap& map, const std::str
   std::string tmp = dest + ".part-XXXXXX";
   UniqueFd fd(::mkostemp(tmp.data(), O_CLOEXEC));
   if (!fd) return ErrnoError("mkostemp(" + tmp + ")");
-  if (::fchmod(fd.get(), 0644) < 0) return ErrnoError("fchmod(" + tmp + ")");
+  // Root's only: a sandbox's disk overlay and device state are its user's data. What others must
+  // read is opened up by the caller (a base disk; a memory file, to the sandboxes' group).
+  if (::fchmod(fd.get(), 0600) < 0) return ErrnoError("fchmod(" + tmp + ")");
   Cleanup remove([&] { (void)::unlink(tmp.c_str()); });
   if (::ftruncate(fd.get(), static_cast<off_t>(map.size)) < 0) {
     return ErrnoError("ftruncate(" + tmp + ")");
@@ -554,7 +556,9 @@ Status SnapshotReplicator::LayOut(const std::string& key, const std::string& tmp
     }
     MOAT_ASSIGN_OR_RETURN(std::string cached, CachedFile(key, name, it->second));
     MOAT_RETURN_IF_ERROR(agent::CopyFile(cached, tmp + "/" + name));
-    ::chmod((tmp + "/" + name).c_str(), 0644);
+    // As a local bake or pause leaves them: a template's readable, a sandbox's root's only (the
+    // VMM gets the state as an fd and the overlay as its own copy).
+    ::chmod((tmp + "/" + name).c_str(), m.kind == "template" ? 0644 : 0600);
   }
   if (auto it = rm.files.find("disk.raw"); it != rm.files.end()) {
     if (m.kind == "template") {
@@ -582,11 +586,10 @@ Status SnapshotReplicator::LayOut(const std::string& key, const std::string& tmp
     } else {
       // Whole (a template, used by every clone for as long as it exists; or no memfs).
       MOAT_RETURN_IF_ERROR(Assemble(it->second, f.memory));
-      if (m.kind == "template") {
-        if (::chown(f.memory.c_str(), 0, agent::kTemplateGid) < 0 ||
-            ::chmod(f.memory.c_str(), 0640) < 0) {
-          return ErrnoError("giving " + f.memory + " to the sandboxes' group");
-        }
+      // The VMMs (unprivileged, in the sandboxes' group) map it; nobody else reads it.
+      if (::chown(f.memory.c_str(), 0, agent::kTemplateGid) < 0 ||
+          ::chmod(f.memory.c_str(), 0640) < 0) {
+        return ErrnoError("giving " + f.memory + " to the sandboxes' group");
       }
     }
   } else if (has_memory) {

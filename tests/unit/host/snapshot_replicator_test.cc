@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "agent/snapshot.h"
+#include "agent/template_store.h"
 #include "api/store/sqlite_store.h"
 #include "common/fs.h"
 #include "common/unique_fd.h"
@@ -549,6 +551,29 @@ TEST_F(SnapshotReplicatorTest, AnotherHostLaysOutAPauseFromTheStore) {
   struct stat st {};
   ASSERT_EQ(::stat(f.memory.c_str(), &st), 0);
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, kMemSize) << "holes stay holes";
+  // A pause is its user's data: root's only, as a local pause leaves it (the VMM gets the state
+  // as an fd and the overlay as its own copy), and so is what the store cache keeps of it; the
+  // RAM is the VMMs' group's to map.
+  auto mode = [](const std::string& path) {
+    struct stat s {};
+    return ::stat(path.c_str(), &s) == 0 ? (s.st_mode & 07777) : 0777777u;
+  };
+  EXPECT_EQ(mode(f.state), 0600u);
+  EXPECT_EQ(mode(f.overlay), 0600u);
+  EXPECT_EQ(mode(f.memory), 0640u);
+  EXPECT_EQ(st.st_gid, agent::kTemplateGid);
+  int cached_files = 0;
+  for (const auto& e :
+       std::filesystem::recursive_directory_iterator(DataDir("host-b") + "/store-cache")) {
+    std::string rel = e.path().string().substr(DataDir("host-b").size());
+    if (!e.is_regular_file() || rel.starts_with("/store-cache/bases/") ||
+        rel == "/store-cache/stats.json") {
+      continue;
+    }
+    ++cached_files;
+    EXPECT_EQ(mode(e.path().string()), 0600u) << rel;
+  }
+  EXPECT_GE(cached_files, 3) << "the manifest, state and overlay";
   EXPECT_TRUE(FetchLeftovers("host-b").empty());
   EXPECT_EQ(b->stats().restores, 1u);
 
