@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <functional>
 #include <optional>
 
 #include "agent/sandbox_state.h"
@@ -25,6 +26,17 @@ namespace {
 // Threads that tear sandboxes down side by side (Agent::TeardownLoop, KillAll).
 unsigned TeardownWorkers() {
   return std::clamp(std::thread::hardware_concurrency(), 2u, 8u);
+}
+
+// fn(0) .. fn(n - 1) on up to `workers` threads (this one included), each taking the next index.
+void SideBySide(size_t n, size_t workers, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < n;) fn(i);
+  };
+  std::vector<std::jthread> threads;  // joined even if starting one of them throws
+  for (size_t w = 1; w < std::min(n, workers); ++w) threads.emplace_back(work);
+  work();
 }
 
 }  // namespace
@@ -1023,20 +1035,12 @@ Result<std::vector<std::shared_ptr<Sandbox>>> Agent::Fork(
   // loading the stream and then a guest translating its first code, both CPU-bound. Each child
   // gets a slot of its own with the parent's policy (recorded in the snapshot).
   std::vector<std::optional<Result<std::shared_ptr<Sandbox>>>> results(count);
-  std::atomic<int> next{0};
-  auto work = [&] {
-    for (int i; (i = next.fetch_add(1)) < count;) {
-      Status caught = CatchAll("fork child", [&] {
-        results[i] = Restore(dir, m, child_ids[i], parent->identity(), std::nullopt);
-      });
-      if (!caught.ok()) results[i] = caught;
-    }
-  };
-  int workers = std::min<int>(count, std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::jthread> threads;  // joined even if starting one of them throws
-  for (int w = 1; w < workers; ++w) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
+  SideBySide(count, std::max(1u, std::thread::hardware_concurrency()), [&](size_t i) {
+    Status caught = CatchAll("fork child", [&] {
+      results[i] = Restore(dir, m, child_ids[i], parent->identity(), std::nullopt);
+    });
+    if (!caught.ok()) results[i] = caught;
+  });
   std::vector<std::shared_ptr<Sandbox>> children;
   Status failed;
   for (auto& r : results) {
@@ -1137,14 +1141,7 @@ void Agent::KillAll() {
     sandboxes_.clear();
   }
   // Side by side, as the teardown threads do: a host with hundreds of sandboxes stops in seconds.
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < all.size();) all[i]->Kill();
-  };
-  size_t workers = std::min<size_t>(all.size(), TeardownWorkers());
-  std::vector<std::jthread> threads;
-  for (size_t w = 1; w < workers; ++w) threads.emplace_back(work);
-  work();
+  SideBySide(all.size(), TeardownWorkers(), [&](size_t i) { all[i]->Kill(); });
 }
 
 void Agent::MonitorLoop() {

@@ -38,16 +38,6 @@ SandboxPaths::SandboxPaths(const std::string& d)
 
 namespace {
 
-// A snapshot's memory file, mapped share=off by every VM restored from it: each opens it
-// read-only (readonly=on,rom=off) through the sandboxes' group, and none may write it, like a
-// template's memory (docs/jail.md).
-Status GiveMemoryFileToSandboxes(const std::string& path) {
-  if (::chown(path.c_str(), 0, kTemplateGid) < 0 || ::chmod(path.c_str(), 0640) < 0) {
-    return ErrnoError("giving " + path + " to the sandboxes' group");
-  }
-  return Status::Ok();
-}
-
 // A restore that failed: when the snapshot came from another QEMU than this host's, the error
 // says so (that is the likely cause, and what an operator must know). The caller keeps the
 // snapshot either way.

@@ -24,6 +24,13 @@
 #include "vmm/qemu/qemu_driver.h"
 
 namespace moat::agent {
+
+Status GiveMemoryFileToSandboxes(const std::string& path) {
+  if (::chown(path.c_str(), 0, kTemplateGid) < 0 || ::chmod(path.c_str(), 0640) < 0) {
+    return ErrnoError("giving " + path + " to the sandboxes' group");
+  }
+  return Status::Ok();
+}
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -262,10 +269,7 @@ Result<std::string> TemplateStore::Bake(const TemplateSpec& t, const std::string
   // VM's (its uid goes back to the pool): now root's, readable by the clones' group only.
   ::chmod(f.state.c_str(), 0644);
   ::chmod(f.overlay.c_str(), 0644);
-  if (env_.jail_ids != nullptr &&
-      (::chown(f.memory.c_str(), 0, kTemplateGid) < 0 || ::chmod(f.memory.c_str(), 0640) < 0)) {
-    return ErrnoError("giving " + f.memory + " to the sandboxes' group");
-  }
+  if (env_.jail_ids != nullptr) MOAT_RETURN_IF_ERROR(GiveMemoryFileToSandboxes(f.memory));
   for (const char* leftover : {"/guest.sock", "/qmp.sock", "/jail", "/state.json"}) {
     (void)RemoveTree(tmp + leftover);
   }

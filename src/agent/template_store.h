@@ -23,6 +23,11 @@ namespace moat::agent {
 // that file of it is bound into each clone's jail. See docs/jail.md.
 inline constexpr gid_t kTemplateGid = 899999;
 
+// A memory file that VMs map share=off (a template's, a snapshot's): root's, readable by the
+// sandboxes' group only; each VM opens it read-only (readonly=on,rom=off) and none may write it
+// (docs/jail.md).
+Status GiveMemoryFileToSandboxes(const std::string& path);
+
 // The bake VM's name (and so its cgroup's): unique per bake directory
 // (<templates>/<name>/.bake-XXXXXX), since the cgroup namespace is the host's and two agents
 // (two data dirs) may bake a template of the same name at once.

@@ -587,10 +587,7 @@ Status SnapshotReplicator::LayOut(const std::string& key, const std::string& tmp
       // Whole (a template, used by every clone for as long as it exists; or no memfs).
       MOAT_RETURN_IF_ERROR(Assemble(it->second, f.memory));
       // The VMMs (unprivileged, in the sandboxes' group) map it; nobody else reads it.
-      if (::chown(f.memory.c_str(), 0, agent::kTemplateGid) < 0 ||
-          ::chmod(f.memory.c_str(), 0640) < 0) {
-        return ErrnoError("giving " + f.memory + " to the sandboxes' group");
-      }
+      MOAT_RETURN_IF_ERROR(agent::GiveMemoryFileToSandboxes(f.memory));
     }
   } else if (has_memory) {
     return InvalidArgument("snapshot " + key + " has no memory file");
